@@ -1,0 +1,1 @@
+"""Composition root: the `agentos` CLI and the embedded local stack."""

@@ -1,0 +1,141 @@
+"""Turn `Authorization: Bearer <credential>` into a Principal, or refuse with 401.
+
+Credentials are API keys (`aos_...`) or JWTs. JWTs are checked with an explicit algorithm per
+key kind: HS256 with the shared secret, RS256 with a configured public key or a JWKS URL. A
+token whose header names any other algorithm (including `none`) is refused, and a token that
+claims HS256 is never checked against an RSA public key.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import time
+from typing import Any
+
+import jwt
+from starlette.requests import Request
+
+from core.errors import ApiError
+from core.principal import ROLES, Principal
+from core.settings import AuthSettings
+from core.store import api_keys, orgs
+from core.tenancy import AsyncPool, tenant_tx
+
+_CHALLENGE = {"WWW-Authenticate": 'Bearer realm="agentos"'}
+_ORG_CACHE_TTL_S = 60.0
+
+
+def unauthenticated(message: str) -> ApiError:
+    return ApiError("UNAUTHENTICATED", message, headers=_CHALLENGE)
+
+
+def bearer_token(request: Request) -> str:
+    header = request.headers.get("authorization")
+    if not header:
+        raise unauthenticated("Missing credential: send 'Authorization: Bearer <API key or JWT>'.")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise unauthenticated("Malformed Authorization header: use 'Bearer <API key or JWT>'.")
+    return token.strip()
+
+
+class Authenticator:
+    """Resolves credentials against the database (API keys) or the configured JWT keys."""
+
+    def __init__(self, settings: AuthSettings, pool: AsyncPool) -> None:
+        self._settings = settings
+        self._pool = pool
+        self._jwks: jwt.PyJWKClient | None = (
+            jwt.PyJWKClient(settings.jwks_url, cache_keys=True, lifespan=300, timeout=5)
+            if settings.jwks_url
+            else None
+        )
+        self._known_orgs: dict[str, float] = {}
+
+    async def authenticate(self, request: Request) -> Principal:
+        token = bearer_token(request)
+        if token.startswith("aos_"):
+            return await self._api_key(token)
+        return await self._jwt(token)
+
+    def is_platform_admin(self, request: Request) -> bool:
+        admin = self._settings.platform_admin_token
+        if admin is None:
+            return False
+        token = bearer_token(request)
+        return hmac.compare_digest(token.encode(), admin.get_secret_value().encode())
+
+    async def _api_key(self, token: str) -> Principal:
+        row = await api_keys.verify(self._pool, token)
+        if row is None:
+            raise unauthenticated("The API key is invalid, revoked or expired.")
+        async with tenant_tx(self._pool, row["org_id"]) as conn:
+            await api_keys.touch(conn, row["id"])
+        return Principal(
+            org_id=row["org_id"],
+            user_id=row["created_by"],
+            role=row["role"],
+            credential="api_key",
+            credential_id=row["id"],
+        )
+
+    def _jwt_key(self, token: str, alg: str) -> Any:
+        s = self._settings
+        if alg == "HS256" and s.jwt_secret is not None:
+            return s.jwt_secret.get_secret_value()
+        if alg == "RS256" and s.jwt_public_key:
+            return s.jwt_public_key
+        if alg == "RS256" and self._jwks is not None:
+            return self._jwks.get_signing_key_from_jwt(token).key
+        raise unauthenticated(f"JWT algorithm {alg!r} is not accepted by this server.")
+
+    async def _jwt(self, token: str) -> Principal:
+        s = self._settings
+        try:
+            alg = str(jwt.get_unverified_header(token).get("alg", ""))
+            key = await asyncio.to_thread(self._jwt_key, token, alg) if self._jwks else self._jwt_key(token, alg)
+            claims = jwt.decode(
+                token,
+                key,
+                algorithms=[alg],
+                audience=s.jwt_audience,
+                issuer=s.jwt_issuer,
+                leeway=s.jwt_leeway_s,
+                options={"require": ["exp", "sub", "aud"]},
+            )
+        except ApiError:
+            raise
+        except jwt.ExpiredSignatureError as exc:
+            raise unauthenticated("The JWT has expired; get a new token.") from exc
+        except jwt.InvalidAudienceError as exc:
+            raise unauthenticated(f"The JWT audience must be {s.jwt_audience!r}.") from exc
+        except (jwt.PyJWTError, ValueError, TypeError) as exc:
+            raise unauthenticated("The JWT is invalid or its signature does not verify.") from exc
+        org_id = claims.get("org_id")
+        role = claims.get("role", "viewer")
+        if not isinstance(org_id, str) or not org_id:
+            raise unauthenticated("The JWT has no 'org_id' claim.")
+        if role not in ROLES:
+            raise unauthenticated(f"The JWT role must be one of {', '.join(ROLES)}.")
+        if not await self._org_exists(org_id):
+            raise unauthenticated("The JWT names an organisation that does not exist.")
+        raw_scopes = claims.get("scopes", claims.get("scope", []))
+        scopes = raw_scopes.split() if isinstance(raw_scopes, str) else list(raw_scopes or [])
+        return Principal(
+            org_id=org_id,
+            user_id=str(claims["sub"]),
+            role=role,
+            scopes=frozenset(str(x) for x in scopes),
+            credential="jwt",
+            credential_id=claims.get("jti"),
+        )
+
+    async def _org_exists(self, org_id: str) -> bool:
+        now = time.monotonic()
+        if self._known_orgs.get(org_id, 0.0) > now:
+            return True
+        if await orgs.get_org(self._pool, org_id) is None:
+            return False
+        self._known_orgs[org_id] = now + _ORG_CACHE_TTL_S
+        return True

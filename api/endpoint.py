@@ -1,0 +1,157 @@
+"""`@endpoint`: how every route authenticates, checks the role, parses its body and query,
+and describes itself for `/openapi.json`. Handlers receive a `Call` and never read headers."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, Generic, Literal, TypeVar
+
+import orjson
+from pydantic import BaseModel, ValidationError
+from starlette.requests import Request
+from starlette.responses import Response
+
+from api.auth import unauthenticated
+from core import ids
+from core.errors import ApiError
+from core.pagination import DEFAULT_LIMIT, MAX_LIMIT, BadCursor, decode_cursor
+from core.principal import Principal, Role
+from core.tenancy import AsyncPool
+
+B = TypeVar("B", bound=BaseModel)
+
+
+@dataclass
+class Call(Generic[B]):
+    request: Request
+    principal: Principal
+    body: B
+
+    @property
+    def pool(self) -> AsyncPool:
+        pool: AsyncPool = self.request.app.state.pool
+        return pool
+
+    def path_id(self, name: str, kind: str) -> str:
+        """A path id of the right shape, or 404 (a malformed id names nothing)."""
+        value = str(self.request.path_params[name])
+        if not ids.looks_like(kind, value):
+            raise ApiError("NOT_FOUND", f"No {kind.replace('_', ' ')} with id {value!r} in this organisation.")
+        return value
+
+    def page_params(self) -> tuple[str | None, int]:
+        q = self.request.query_params
+        try:
+            limit = int(q.get("limit", DEFAULT_LIMIT))
+        except ValueError:
+            limit = -1
+        if not 1 <= limit <= MAX_LIMIT:
+            raise validation_failed([{"field": "limit", "message": f"must be an integer from 1 to {MAX_LIMIT}"}])
+        try:
+            cursor = decode_cursor(q.get("cursor"))
+        except BadCursor:
+            raise validation_failed([{"field": "cursor", "message": "is not a cursor this API returned"}]) from None
+        return cursor, limit
+
+
+class NoBody(BaseModel):
+    pass
+
+
+@dataclass
+class EndpointSpec:
+    summary: str
+    role: Access
+    body: type[BaseModel] | None
+    status: int
+    response: str | None
+    paginated: bool
+    tags: list[str] = field(default_factory=list)
+
+
+# A role name: an org credential of at least that role. "platform_admin": the platform admin
+# token (org sign-up). None: no credential (health checks).
+Access = Role | Literal["platform_admin"] | None
+Handler = Callable[[Call[Any]], Awaitable[Response]]
+
+
+def validation_failed(fields: list[dict[str, Any]]) -> ApiError:
+    first = fields[0] if fields else {}
+    where = f"'{first.get('field')}'" if first.get("field") else "the body"
+    return ApiError(
+        "VALIDATION_FAILED",
+        f"{where} {first.get('message', 'is invalid')}" + (f" (and {len(fields) - 1} more)" if len(fields) > 1 else ""),
+        details={"fields": fields},
+    )
+
+
+def _fields(exc: ValidationError) -> list[dict[str, Any]]:
+    out = []
+    for err in exc.errors(include_url=False, include_input=False):
+        loc = ".".join(str(p) for p in err["loc"])
+        message = "is not allowed here" if err["type"] == "extra_forbidden" else err["msg"]
+        out.append({"field": loc, "message": message, "type": err["type"]})
+    return out
+
+
+async def parse_body(request: Request, model: type[B]) -> B:
+    raw = await request.body()
+    if not raw.strip():
+        data: Any = {}
+    else:
+        ctype = request.headers.get("content-type", "")
+        if ctype and "json" not in ctype.split(";")[0]:
+            raise ApiError("UNSUPPORTED_MEDIA_TYPE", f"Content-Type {ctype!r} is not JSON; send application/json.")
+        try:
+            data = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            raise ApiError("BAD_REQUEST", f"The body is not valid JSON: {exc}.") from None
+    if not isinstance(data, dict):
+        raise ApiError("BAD_REQUEST", "The body must be a JSON object.")
+    return validate(model, data)
+
+
+def validate(model: type[B], data: Any) -> B:
+    """`model.model_validate(data)`, failing as 422 VALIDATION_FAILED with every field listed."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise validation_failed(_fields(exc)) from None
+
+
+def endpoint(
+    summary: str,
+    *,
+    role: Access = "viewer",
+    body: type[BaseModel] | None = None,
+    status: int = 200,
+    response: str | None = None,
+    paginated: bool = False,
+) -> Callable[[Handler], Callable[[Request], Awaitable[Response]]]:
+    """Wrap a handler: authenticate, check access, then parse the body (so an anonymous caller
+    learns nothing about the body's rules)."""
+    spec = EndpointSpec(summary, role, body, status, response, paginated)
+
+    def wrap(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
+        async def run(request: Request) -> Response:
+            principal: Principal | None = None
+            auth = request.app.state.auth
+            if role == "platform_admin":
+                if not auth.is_platform_admin(request):
+                    raise unauthenticated("This needs the platform admin token.")
+            elif role is not None:
+                principal = await auth.authenticate(request)
+                if not principal.allows(role):
+                    raise ApiError(
+                        "FORBIDDEN", f"This needs the {role} role or higher; your credential is {principal.role}."
+                    )
+            parsed = await parse_body(request, body) if body is not None else NoBody()
+            return await handler(Call(request, principal, parsed))  # type: ignore[arg-type]
+
+        run.__name__ = handler.__name__
+        run.__doc__ = handler.__doc__
+        run.spec = spec  # type: ignore[attr-defined]
+        return run
+
+    return wrap

@@ -1,0 +1,56 @@
+"""Exception handlers: every failure leaves as the error object of API.md, never a bare 500."""
+
+from __future__ import annotations
+
+import logging
+
+import psycopg
+from psycopg_pool import PoolTimeout
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+
+from api.responses import error
+from core.errors import ApiError, code_for_status
+
+log = logging.getLogger("agentos.api")
+
+
+async def api_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ApiError)
+    return error(exc)
+
+
+async def http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    code = code_for_status(exc.status_code)
+    message = None
+    if exc.status_code == 413:
+        limit = request.scope.get("starlette.max_body_size")
+        message = f"The request body is larger than {limit} bytes; send less." if limit else None
+    if exc.status_code == 404:
+        message = f"No route matches {request.method} {request.url.path}."
+    return error(ApiError(code, message, headers=dict(exc.headers or {})))
+
+
+async def unavailable(request: Request, exc: Exception) -> Response:
+    log.warning("dependency unavailable on %s %s: %s", request.method, request.url.path, type(exc).__name__)
+    return error(ApiError("UNAVAILABLE", headers={"Retry-After": "5"}))
+
+
+async def unexpected(request: Request, exc: Exception) -> Response:
+    log.exception("unhandled error on %s %s", request.method, request.url.path)
+    return error(ApiError("INTERNAL"))
+
+
+HANDLERS = {
+    ApiError: api_error,
+    HTTPException: http_error,
+    psycopg.OperationalError: unavailable,
+    PoolTimeout: unavailable,
+    RedisConnectionError: unavailable,
+    RedisTimeoutError: unavailable,
+    Exception: unexpected,
+}

@@ -1,0 +1,1 @@
+"""Route modules, one per resource. `api.app` collects their `routes` lists."""

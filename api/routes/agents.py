@@ -1,0 +1,143 @@
+"""Agents: create, list, read, patch (bumps the version, keeps history), delete."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import psycopg
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.responses import Response
+from starlette.routing import Route
+
+from api.endpoint import Call, endpoint, validate, validation_failed
+from api.responses import json, listing
+from core.agent_config import NAME_PATTERN, AgentConfig, AgentLimits, AgentMemory
+from core.errors import ApiError
+from core.pagination import page
+from core.store import agents, audit
+from core.tenancy import tenant_tx
+
+
+class AgentCreate(AgentConfig):
+    name: str = Field(pattern=NAME_PATTERN)
+
+
+class AgentPatch(BaseModel):
+    """Any subset of the agent's fields; what is absent stays as it is."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str | None = Field(default=None, pattern=NAME_PATTERN)
+    instructions: str | None = None
+    model: str | None = None
+    skills: list[str] | None = None
+    subagents: list[str] | None = None
+    confirm: list[str] | Literal["all", "none"] | None = None
+    mode: Literal["agent", "plan"] | None = None
+    limits: AgentLimits | None = None
+    memory: AgentMemory | None = None
+
+
+def _not_found(agent_id: str) -> ApiError:
+    return ApiError("NOT_FOUND", f"No agent with id {agent_id!r} in this organisation.")
+
+
+def _name_taken(name: str) -> ApiError:
+    return ApiError("CONFLICT", f"An agent named {name!r} already exists; choose another name.",
+                    details={"field": "name"})
+
+
+async def _check_subagents(conn: Any, subagents: list[str], self_id: str | None = None) -> None:
+    problems = [{"field": "subagents", "message": "an agent cannot be its own sub-agent"}] if (
+        self_id and self_id in subagents) else []
+    for missing in await agents.missing_ids(conn, [s for s in subagents if s != self_id]):
+        problems.append({"field": "subagents", "message": f"no agent with id {missing!r} in this organisation"})
+    if problems:
+        raise validation_failed(problems)
+
+
+@endpoint("Create an agent.", role="member", body=AgentCreate, status=201, response="Agent")
+async def create_agent(call: Call[AgentCreate]) -> Response:
+    body, principal = call.body, call.principal
+    config = validate(AgentConfig, body.model_dump(exclude={"name"})).model_dump(mode="json")
+    try:
+        async with tenant_tx(call.pool, principal.org_id) as conn:
+            await _check_subagents(conn, body.subagents)
+            row = await agents.create(conn, body.name, config, principal.user_id)
+            await audit.record(conn, principal.actor, "agent.create", "agent", row["id"], {"name": body.name})
+    except psycopg.errors.UniqueViolation:
+        raise _name_taken(body.name) from None
+    return json(agents.to_public(row), status=201)
+
+
+@endpoint("List agents, newest first.", paginated=True, response="Agent")
+async def list_agents(call: Call[Any]) -> Response:
+    cursor, limit = call.page_params()
+    async with tenant_tx(call.pool, call.principal.org_id) as conn:
+        rows = await agents.list_agents(conn, cursor, limit)
+    data, next_cursor = page(rows, limit)
+    return listing([agents.to_public(r) for r in data], next_cursor)
+
+
+@endpoint("Read one agent.", response="Agent")
+async def get_agent(call: Call[Any]) -> Response:
+    agent_id = call.path_id("agent_id", "agent")
+    async with tenant_tx(call.pool, call.principal.org_id) as conn:
+        row = await agents.get(conn, agent_id)
+    if row is None:
+        raise _not_found(agent_id)
+    return json(agents.to_public(row))
+
+
+@endpoint("Change an agent; the version goes up by one and the old one is kept.",
+          role="member", body=AgentPatch, response="Agent")
+async def patch_agent(call: Call[AgentPatch]) -> Response:
+    agent_id = call.path_id("agent_id", "agent")
+    changes = call.body.model_dump(exclude_unset=True)
+    name = changes.pop("name", None)
+    try:
+        async with tenant_tx(call.pool, call.principal.org_id) as conn:
+            current = await agents.get(conn, agent_id, for_update=True)
+            if current is None:
+                raise _not_found(agent_id)
+            config = validate(AgentConfig, {**current["config"], **changes}).model_dump(mode="json")
+            if "subagents" in changes:
+                await _check_subagents(conn, config["subagents"], self_id=agent_id)
+            row = await agents.update(conn, agent_id, name or current["name"], config, call.principal.user_id)
+            assert row is not None
+            await audit.record(conn, call.principal.actor, "agent.update", "agent", agent_id,
+                               {"version": row["version"], "fields": sorted(call.body.model_fields_set)})
+    except psycopg.errors.UniqueViolation:
+        raise _name_taken(str(name)) from None
+    return json(agents.to_public(row))
+
+
+@endpoint("Delete an agent. Its sessions and runs stay readable.", role="member", status=204)
+async def delete_agent(call: Call[Any]) -> Response:
+    agent_id = call.path_id("agent_id", "agent")
+    async with tenant_tx(call.pool, call.principal.org_id) as conn:
+        if not await agents.delete(conn, agent_id):
+            raise _not_found(agent_id)
+        await audit.record(conn, call.principal.actor, "agent.delete", "agent", agent_id)
+    return Response(status_code=204)
+
+
+@endpoint("An agent's version history, newest first.", response="AgentVersion")
+async def agent_versions(call: Call[Any]) -> Response:
+    agent_id = call.path_id("agent_id", "agent")
+    async with tenant_tx(call.pool, call.principal.org_id) as conn:
+        if await agents.get(conn, agent_id) is None:
+            raise _not_found(agent_id)
+        rows = await agents.versions(conn, agent_id)
+    data = [{"version": r["version"], "name": r["name"], **r["config"], "created_by": r["created_by"],
+             "created_at": r["created_at"]} for r in rows]
+    return listing(data, None)
+
+
+routes = [
+    Route("/v1/agents", create_agent, methods=["POST"]),
+    Route("/v1/agents", list_agents, methods=["GET"]),
+    Route("/v1/agents/{agent_id}", get_agent, methods=["GET"]),
+    Route("/v1/agents/{agent_id}", patch_agent, methods=["PATCH"]),
+    Route("/v1/agents/{agent_id}", delete_agent, methods=["DELETE"]),
+    Route("/v1/agents/{agent_id}/versions", agent_versions, methods=["GET"]),
+]

@@ -1,0 +1,78 @@
+"""API keys of the caller's org. Admins and owners manage them; a key never outranks its maker."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
+from starlette.responses import Response
+from starlette.routing import Route
+
+from api.endpoint import Call, endpoint
+from api.responses import json, listing
+from core.errors import ApiError
+from core.pagination import page
+from core.principal import Role
+from core.store import api_keys, audit
+from core.tenancy import tenant_tx
+
+
+class ApiKeyCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(min_length=1, max_length=200)
+    role: Role = "member"
+    expires_at: AwareDatetime | None = None
+
+    @field_validator("expires_at")
+    @classmethod
+    def _future(cls, value: datetime | None) -> datetime | None:
+        if value is not None and value <= datetime.now(timezone.utc):
+            raise ValueError("must be in the future")
+        return value
+
+
+def _public(row: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in row.items() if k != "secret_hash"}
+
+
+@endpoint("Create an API key; the key itself is in this response only.", role="admin",
+          body=ApiKeyCreate, status=201, response="ApiKeyCreated")
+async def create_key(call: Call[ApiKeyCreate]) -> Response:
+    body, principal = call.body, call.principal
+    if not principal.allows(body.role):
+        raise ApiError("FORBIDDEN", f"You cannot create a key with role {body.role}; it is above your own.")
+    async with tenant_tx(call.pool, principal.org_id) as conn:
+        row = await api_keys.create(
+            conn, name=body.name, role=body.role, created_by=principal.user_id, expires_at=body.expires_at
+        )
+        await audit.record(conn, principal.actor, "api_key.create", "api_key", row["id"],
+                           {"name": body.name, "role": body.role})
+    return json(_public(row), status=201)
+
+
+@endpoint("List the org's API keys (never their secrets).", role="admin", paginated=True, response="ApiKey")
+async def list_keys(call: Call[Any]) -> Response:
+    cursor, limit = call.page_params()
+    async with tenant_tx(call.pool, call.principal.org_id) as conn:
+        rows = await api_keys.list_keys(conn, cursor, limit)
+    data, next_cursor = page(rows, limit)
+    return listing(data, next_cursor)
+
+
+@endpoint("Revoke an API key; it stops working at once.", role="admin", response="ApiKey")
+async def revoke_key(call: Call[Any]) -> Response:
+    key_id = call.path_id("key_id", "api_key")
+    async with tenant_tx(call.pool, call.principal.org_id) as conn:
+        row = await api_keys.revoke(conn, key_id)
+        if row is None:
+            raise ApiError("NOT_FOUND", f"No API key with id {key_id!r} in this organisation.")
+        await audit.record(conn, call.principal.actor, "api_key.revoke", "api_key", key_id)
+    return json(_public(row))
+
+
+routes = [
+    Route("/v1/api-keys", create_key, methods=["POST"]),
+    Route("/v1/api-keys", list_keys, methods=["GET"]),
+    Route("/v1/api-keys/{key_id}", revoke_key, methods=["DELETE"]),
+]

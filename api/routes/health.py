@@ -1,0 +1,47 @@
+"""Liveness (`/healthz`: the process is up) and readiness (`/readyz`: Postgres and Redis answer)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from api.endpoint import Call, endpoint
+from api.responses import json
+
+READY_TIMEOUT_S = 2.0
+
+
+@endpoint("Liveness: the API process is up.", role=None, response="Health")
+async def healthz(call: Call[Any]) -> Response:
+    return json({"status": "ok"})
+
+
+async def _check(coro: Any) -> str:
+    try:
+        await asyncio.wait_for(coro, READY_TIMEOUT_S)
+        return "ok"
+    except Exception as exc:  # any failure means "not ready"; say which kind
+        return f"unavailable: {type(exc).__name__}"
+
+
+async def _ping_db(request: Request) -> None:
+    async with request.app.state.pool.connection(timeout=READY_TIMEOUT_S) as conn:
+        await conn.execute("SELECT 1")
+
+
+@endpoint("Readiness: Postgres and Redis are reachable.", role=None, response="Health")
+async def readyz(call: Call[Any]) -> Response:
+    request = call.request
+    checks = {
+        "postgres": await _check(_ping_db(request)),
+        "redis": await _check(request.app.state.redis.ping()),
+    }
+    ok = all(v == "ok" for v in checks.values())
+    return json({"status": "ok" if ok else "unavailable", "checks": checks}, status=200 if ok else 503)
+
+
+routes = [Route("/healthz", healthz, methods=["GET"]), Route("/readyz", readyz, methods=["GET"])]

@@ -1,0 +1,98 @@
+"""Sessions (a conversation with one agent) and their messages."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.responses import Response
+from starlette.routing import Route
+
+from api.endpoint import Call, endpoint, validation_failed
+from api.responses import json, listing
+from core import ids
+from core.errors import ApiError
+from core.pagination import page
+from core.store import agents, audit, sessions
+from core.tenancy import tenant_tx
+
+
+class SessionCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    agent_id: str = Field(min_length=1, max_length=64)
+    title: str | None = Field(default=None, max_length=500)
+    # The end user of the integrating app this session belongs to; defaults to the JWT subject.
+    user_id: str | None = Field(default=None, min_length=1, max_length=200)
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+
+def _not_found(session_id: str) -> ApiError:
+    return ApiError("NOT_FOUND", f"No session with id {session_id!r} in this organisation.")
+
+
+@endpoint("Start a session with an agent.", role="member", body=SessionCreate, status=201, response="Session")
+async def create_session(call: Call[SessionCreate]) -> Response:
+    body, principal = call.body, call.principal
+    async with tenant_tx(call.pool, principal.org_id) as conn:
+        agent = await agents.get(conn, body.agent_id) if ids.looks_like("agent", body.agent_id) else None
+        if agent is None:
+            raise ApiError("NOT_FOUND", f"No agent with id {body.agent_id!r} in this organisation.",
+                           details={"field": "agent_id"})
+        row = await sessions.create(conn, body.agent_id, body.user_id or principal.user_id, body.title, body.metadata)
+        await audit.record(conn, principal.actor, "session.create", "session", row["id"], {"agent_id": body.agent_id})
+    return json(row, status=201)
+
+
+@endpoint("List sessions, newest first (`?agent_id=` filters).", paginated=True, response="Session")
+async def list_sessions(call: Call[Any]) -> Response:
+    cursor, limit = call.page_params()
+    agent_id = call.request.query_params.get("agent_id")
+    async with tenant_tx(call.pool, call.principal.org_id) as conn:
+        rows = await sessions.list_sessions(conn, cursor, limit, agent_id)
+    data, next_cursor = page(rows, limit)
+    return listing(data, next_cursor)
+
+
+@endpoint("Read one session.", response="Session")
+async def get_session(call: Call[Any]) -> Response:
+    session_id = call.path_id("session_id", "session")
+    async with tenant_tx(call.pool, call.principal.org_id) as conn:
+        row = await sessions.get(conn, session_id)
+    if row is None:
+        raise _not_found(session_id)
+    return json(row)
+
+
+@endpoint("Delete a session.", role="member", status=204)
+async def delete_session(call: Call[Any]) -> Response:
+    session_id = call.path_id("session_id", "session")
+    async with tenant_tx(call.pool, call.principal.org_id) as conn:
+        if not await sessions.delete(conn, session_id):
+            raise _not_found(session_id)
+        await audit.record(conn, call.principal.actor, "session.delete", "session", session_id)
+    return Response(status_code=204)
+
+
+@endpoint("A session's messages, oldest first (`?order=desc` for newest first).", paginated=True,
+          response="Message")
+async def list_messages(call: Call[Any]) -> Response:
+    session_id = call.path_id("session_id", "session")
+    cursor, limit = call.page_params()
+    order = call.request.query_params.get("order", "asc")
+    if order not in ("asc", "desc"):
+        raise validation_failed([{"field": "order", "message": "must be 'asc' or 'desc'"}])
+    async with tenant_tx(call.pool, call.principal.org_id) as conn:
+        if await sessions.get(conn, session_id) is None:
+            raise _not_found(session_id)
+        rows = await sessions.list_messages(conn, session_id, cursor, limit, ascending=order == "asc")
+    data, next_cursor = page(rows, limit)
+    return listing(data, next_cursor)
+
+
+routes = [
+    Route("/v1/sessions", create_session, methods=["POST"]),
+    Route("/v1/sessions", list_sessions, methods=["GET"]),
+    Route("/v1/sessions/{session_id}", get_session, methods=["GET"]),
+    Route("/v1/sessions/{session_id}", delete_session, methods=["DELETE"]),
+    Route("/v1/sessions/{session_id}/messages", list_messages, methods=["GET"]),
+]

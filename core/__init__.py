@@ -1,0 +1,1 @@
+"""Shared ground: settings, database, tenancy, errors, ids. Imports third-party libraries only."""

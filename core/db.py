@@ -1,0 +1,94 @@
+"""Connection pools. Every pooled connection switches to the application role, so row-level
+security applies to everything that goes through a pool; tenant work then goes through
+`core.tenancy`, which sets the org for one transaction.
+"""
+
+from __future__ import annotations
+
+from psycopg import AsyncConnection, sql
+from psycopg.rows import DictRow, dict_row
+from psycopg_pool import AsyncConnectionPool
+
+from core.migrations import TENANT_TABLES
+from core.settings import DatabaseSettings
+
+
+class TenantIsolationError(RuntimeError):
+    """The database would not isolate tenants; the process must not serve."""
+
+
+def _connect_kwargs(db: DatabaseSettings) -> dict[str, object]:
+    options = f"-c statement_timeout={db.statement_timeout_ms} -c TimeZone=UTC"
+    return {
+        "row_factory": dict_row,
+        "connect_timeout": max(1, int(db.connect_timeout_s)),
+        "options": options,
+        "application_name": "agentos",
+    }
+
+
+def _set_role_sql(role: str) -> sql.Composed:
+    return sql.SQL("SET ROLE {}").format(sql.Identifier(role))
+
+
+async def open_pool(db: DatabaseSettings, *, name: str = "agentos") -> AsyncConnectionPool[AsyncConnection[DictRow]]:
+    """Open an async pool whose connections act as the application role."""
+
+    async def configure(conn: AsyncConnection[DictRow]) -> None:
+        await conn.execute(_set_role_sql(db.app_role))
+        await conn.commit()
+
+    pool: AsyncConnectionPool[AsyncConnection[DictRow]] = AsyncConnectionPool(
+        db.url,
+        kwargs=_connect_kwargs(db),
+        min_size=db.pool_min,
+        max_size=db.pool_max,
+        configure=configure,
+        open=False,
+        timeout=db.connect_timeout_s,
+        name=name,
+    )
+    await pool.open(wait=db.pool_min > 0, timeout=db.connect_timeout_s * 2)
+    return pool
+
+
+CHECK_ROLE_SQL = """
+SELECT current_user AS role, r.rolsuper, r.rolbypassrls
+FROM pg_roles r WHERE r.rolname = current_user
+"""
+
+CHECK_TABLES_SQL = """
+SELECT c.relname, c.relrowsecurity, c.relforcerowsecurity,
+       pg_get_userbyid(c.relowner) = current_user AS owned
+FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE n.nspname = current_schema() AND c.relname = ANY(%s) AND c.relkind = 'r'
+"""
+
+
+async def isolation_problems(conn: AsyncConnection[DictRow]) -> list[str]:
+    """What would let one tenant see another's rows, as seen from `conn`'s current role."""
+    role = await (await conn.execute(CHECK_ROLE_SQL)).fetchone()
+    rows = await (await conn.execute(CHECK_TABLES_SQL, (list(TENANT_TABLES),))).fetchall()
+    problems: list[str] = []
+    if role is None:
+        problems.append("cannot read the current role")
+    elif role["rolsuper"] or role["rolbypassrls"]:
+        problems.append(f"role {role['role']!r} is superuser or BYPASSRLS")
+    found = {r["relname"]: r for r in rows}
+    for table in TENANT_TABLES:
+        info = found.get(table)
+        if info is None:
+            problems.append(f"table {table} is missing (run `agentos migrate`)")
+        elif not (info["relrowsecurity"] and info["relforcerowsecurity"]):
+            problems.append(f"table {table} does not ENABLE and FORCE row-level security")
+        elif info["owned"]:
+            problems.append(f"role {role['role'] if role else '?'} owns table {table}")
+    return problems
+
+
+async def check_tenant_isolation(pool: AsyncConnectionPool[AsyncConnection[DictRow]]) -> None:
+    """Refuse to serve unless the pooled role is subject to RLS and every tenant table FORCEs it."""
+    async with pool.connection() as conn:
+        problems = await isolation_problems(conn)
+    if problems:
+        raise TenantIsolationError("tenant isolation check failed: " + "; ".join(problems))

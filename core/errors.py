@@ -1,0 +1,56 @@
+"""Error codes of the public API: one home for every code, its HTTP status and default text."""
+
+from __future__ import annotations
+
+from typing import Any
+
+# code -> (HTTP status, default message)
+CODES: dict[str, tuple[int, str]] = {
+    "BAD_REQUEST": (400, "The request is malformed."),
+    "UNAUTHENTICATED": (401, "Send a valid credential: 'Authorization: Bearer <API key or JWT>'."),
+    "FORBIDDEN": (403, "Your role does not allow this."),
+    "NOT_FOUND": (404, "No such resource in this organisation."),
+    "METHOD_NOT_ALLOWED": (405, "This method is not allowed on this path."),
+    "SESSION_BUSY": (409, "A run is already active in this session."),
+    "CONFLICT": (409, "The resource's state does not allow this."),
+    "PAYLOAD_TOO_LARGE": (413, "The request body is too large."),
+    "UNSUPPORTED_MEDIA_TYPE": (415, "Send JSON with 'Content-Type: application/json'."),
+    "VALIDATION_FAILED": (422, "The request body failed validation; see details.fields."),
+    "IDEMPOTENCY_MISMATCH": (422, "This Idempotency-Key was used with a different body."),
+    "RATE_LIMITED": (429, "Too many requests; retry after the given delay."),
+    "QUOTA_EXCEEDED": (429, "A quota of this organisation is used up."),
+    "INTERNAL": (500, "An internal error occurred; it has been logged."),
+    "UNAVAILABLE": (503, "A dependency is unavailable; retry later. Nothing was half-written."),
+}
+
+
+class ApiError(Exception):
+    """An error a caller sees: a stable code, a sentence saying what to do, optional details."""
+
+    def __init__(
+        self,
+        code: str,
+        message: str | None = None,
+        *,
+        details: dict[str, Any] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        if code not in CODES:
+            raise ValueError(f"unknown error code {code!r}")
+        self.code = code
+        self.status = CODES[code][0]
+        self.message = message or CODES[code][1]
+        self.details = details or {}
+        self.headers = headers or {}
+        super().__init__(f"{code}: {self.message}")
+
+    def body(self) -> dict[str, Any]:
+        return {"error": {"code": self.code, "message": self.message, "details": self.details}}
+
+
+def code_for_status(status: int) -> str:
+    """The code used when only an HTTP status is known (e.g. a framework-raised 404/405/413)."""
+    for code, (code_status, _) in CODES.items():
+        if code_status == status:
+            return code
+    return "BAD_REQUEST" if status < 500 else "INTERNAL"

@@ -1,0 +1,307 @@
+"""Ordered, append-only schema migrations. A migration's position in `MIGRATIONS` is its version.
+
+Never edit or reorder a migration that has shipped: append a new one. `migrate()` applies the
+missing ones in order, each in its own transaction, under an advisory lock so that several
+processes starting at once do not race. It runs as the database login (the owner), not as the
+application role; afterwards it (re)grants the application role its table privileges.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import psycopg
+from psycopg import sql
+
+# Every table that holds one organisation's data. RLS is ENABLEd and FORCEd on each, and the
+# API refuses to start if any of them lacks it (see core.db.check_tenant_isolation).
+TENANT_TABLES: tuple[str, ...] = (
+    "orgs",
+    "users",
+    "api_keys",
+    "agents",
+    "agent_versions",
+    "sessions",
+    "messages",
+    "runs",
+    "run_events",
+    "tool_calls",
+    "audit_logs",
+)
+
+_MIGRATION_LOCK_KEY = 0x6167656E746F73  # "agentos"
+
+CREATE_VERSION_TABLE_SQL = """
+CREATE TABLE IF NOT EXISTS agentos_schema_migrations (
+    version integer PRIMARY KEY,
+    name text NOT NULL,
+    applied_at timestamptz NOT NULL DEFAULT now()
+)
+"""
+
+_INITIAL_SCHEMA_SQL = """
+CREATE EXTENSION IF NOT EXISTS vector;
+
+-- The organisation of the current unit of work, set with SET LOCAL by core.tenancy.
+CREATE OR REPLACE FUNCTION agentos_current_org() RETURNS text
+    LANGUAGE sql STABLE AS $$ SELECT nullif(current_setting('app.org_id', true), '') $$;
+
+CREATE TABLE orgs (
+    id text PRIMARY KEY,
+    name text NOT NULL CHECK (length(name) BETWEEN 1 AND 200),
+    settings jsonb NOT NULL DEFAULT '{}',
+    created_at timestamptz NOT NULL DEFAULT now()
+);
+
+CREATE TABLE users (
+    org_id text NOT NULL REFERENCES orgs(id) ON DELETE CASCADE,
+    id text NOT NULL,
+    email text,
+    name text,
+    role text NOT NULL CHECK (role IN ('owner', 'admin', 'member', 'viewer')),
+    created_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (org_id, id)
+);
+
+CREATE TABLE api_keys (
+    id text PRIMARY KEY,
+    org_id text NOT NULL REFERENCES orgs(id) ON DELETE CASCADE,
+    name text NOT NULL,
+    prefix text NOT NULL UNIQUE,
+    secret_hash text NOT NULL,
+    role text NOT NULL CHECK (role IN ('owner', 'admin', 'member', 'viewer')),
+    created_by text,
+    created_at timestamptz NOT NULL DEFAULT now(),
+    expires_at timestamptz,
+    last_used_at timestamptz,
+    revoked_at timestamptz
+);
+CREATE INDEX api_keys_org_idx ON api_keys (org_id, id DESC);
+
+CREATE TABLE agents (
+    id text PRIMARY KEY,
+    org_id text NOT NULL REFERENCES orgs(id) ON DELETE CASCADE,
+    name text NOT NULL,
+    version integer NOT NULL DEFAULT 1,
+    config jsonb NOT NULL,
+    created_by text,
+    created_at timestamptz NOT NULL DEFAULT now(),
+    updated_at timestamptz NOT NULL DEFAULT now(),
+    deleted_at timestamptz
+);
+CREATE UNIQUE INDEX agents_name_uq ON agents (org_id, name) WHERE deleted_at IS NULL;
+CREATE INDEX agents_org_idx ON agents (org_id, id DESC) WHERE deleted_at IS NULL;
+
+CREATE TABLE agent_versions (
+    org_id text NOT NULL REFERENCES orgs(id) ON DELETE CASCADE,
+    agent_id text NOT NULL REFERENCES agents(id) ON DELETE CASCADE,
+    version integer NOT NULL,
+    name text NOT NULL,
+    config jsonb NOT NULL,
+    created_by text,
+    created_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (agent_id, version)
+);
+
+CREATE TABLE sessions (
+    id text PRIMARY KEY,
+    org_id text NOT NULL REFERENCES orgs(id) ON DELETE CASCADE,
+    agent_id text NOT NULL REFERENCES agents(id),
+    user_id text,
+    title text,
+    metadata jsonb NOT NULL DEFAULT '{}',
+    created_at timestamptz NOT NULL DEFAULT now(),
+    updated_at timestamptz NOT NULL DEFAULT now(),
+    deleted_at timestamptz
+);
+CREATE INDEX sessions_org_idx ON sessions (org_id, id DESC) WHERE deleted_at IS NULL;
+
+CREATE TABLE runs (
+    id text PRIMARY KEY,
+    org_id text NOT NULL REFERENCES orgs(id) ON DELETE CASCADE,
+    session_id text NOT NULL REFERENCES sessions(id) ON DELETE CASCADE,
+    agent_id text NOT NULL REFERENCES agents(id),
+    agent_version integer NOT NULL,
+    status text NOT NULL DEFAULT 'queued' CHECK (status IN ('queued', 'running',
+        'awaiting_confirmation', 'succeeded', 'failed', 'cancelled', 'timed_out')),
+    multitask text NOT NULL DEFAULT 'enqueue' CHECK (multitask IN ('enqueue', 'reject')),
+    input jsonb NOT NULL,
+    output jsonb,
+    error jsonb,
+    usage jsonb NOT NULL DEFAULT '{}',
+    metadata jsonb NOT NULL DEFAULT '{}',
+    idempotency_key text,
+    request_hash text,
+    attempt integer NOT NULL DEFAULT 0,
+    lease_owner text,
+    lease_expires_at timestamptz,
+    heartbeat_at timestamptz,
+    deadline_at timestamptz,
+    cancel_requested_at timestamptz,
+    trace_id text NOT NULL,
+    created_by text,
+    created_at timestamptz NOT NULL DEFAULT now(),
+    started_at timestamptz,
+    finished_at timestamptz
+);
+CREATE UNIQUE INDEX runs_idempotency_uq ON runs (org_id, session_id, idempotency_key)
+    WHERE idempotency_key IS NOT NULL;
+CREATE INDEX runs_session_idx ON runs (session_id, id DESC);
+CREATE INDEX runs_active_idx ON runs (session_id, id)
+    WHERE status IN ('queued', 'running', 'awaiting_confirmation');
+CREATE INDEX runs_lease_idx ON runs (lease_expires_at) WHERE status = 'running';
+
+CREATE TABLE messages (
+    id text PRIMARY KEY,
+    org_id text NOT NULL REFERENCES orgs(id) ON DELETE CASCADE,
+    session_id text NOT NULL REFERENCES sessions(id) ON DELETE CASCADE,
+    run_id text REFERENCES runs(id) ON DELETE SET NULL,
+    role text NOT NULL CHECK (role IN ('user', 'assistant', 'system', 'tool')),
+    content text NOT NULL,
+    metadata jsonb NOT NULL DEFAULT '{}',
+    created_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX messages_session_idx ON messages (session_id, id);
+
+CREATE TABLE run_events (
+    org_id text NOT NULL REFERENCES orgs(id) ON DELETE CASCADE,
+    session_id text NOT NULL REFERENCES sessions(id) ON DELETE CASCADE,
+    seq bigint NOT NULL,
+    run_id text NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
+    type text NOT NULL,
+    data jsonb NOT NULL DEFAULT '{}',
+    ts timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (session_id, seq)
+);
+CREATE INDEX run_events_run_idx ON run_events (run_id, seq);
+
+CREATE TABLE tool_calls (
+    id text PRIMARY KEY,
+    org_id text NOT NULL REFERENCES orgs(id) ON DELETE CASCADE,
+    run_id text NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
+    session_id text NOT NULL REFERENCES sessions(id) ON DELETE CASCADE,
+    agent_id text NOT NULL,
+    name text NOT NULL,
+    args jsonb NOT NULL DEFAULT '{}',
+    sensitive boolean NOT NULL DEFAULT false,
+    status text NOT NULL CHECK (status IN ('pending', 'approved', 'rejected', 'running',
+        'succeeded', 'failed')),
+    output jsonb,
+    error jsonb,
+    decided_by text,
+    decided_at timestamptz,
+    decision_reason text,
+    created_at timestamptz NOT NULL DEFAULT now(),
+    finished_at timestamptz
+);
+CREATE INDEX tool_calls_run_idx ON tool_calls (run_id, id);
+CREATE INDEX tool_calls_pending_idx ON tool_calls (org_id, id) WHERE status = 'pending';
+
+CREATE TABLE audit_logs (
+    id text PRIMARY KEY,
+    org_id text NOT NULL REFERENCES orgs(id) ON DELETE CASCADE,
+    actor text NOT NULL,
+    action text NOT NULL,
+    target_type text NOT NULL,
+    target_id text,
+    details jsonb NOT NULL DEFAULT '{}',
+    trace_id text,
+    created_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX audit_logs_org_idx ON audit_logs (org_id, id DESC);
+"""
+
+
+def _tenant_policies(conn: psycopg.Connection) -> None:
+    """ENABLE and FORCE row-level security on every tenant table, scoped to the current org."""
+    for table in TENANT_TABLES:
+        column = "id" if table == "orgs" else "org_id"
+        ident = sql.Identifier(table)
+        conn.execute(sql.SQL("ALTER TABLE {} ENABLE ROW LEVEL SECURITY").format(ident))
+        conn.execute(sql.SQL("ALTER TABLE {} FORCE ROW LEVEL SECURITY").format(ident))
+        conn.execute(
+            sql.SQL(
+                "CREATE POLICY tenant_isolation ON {} USING ({col} = agentos_current_org()) "
+                "WITH CHECK ({col} = agentos_current_org())"
+            ).format(ident, col=sql.Identifier(column))
+        )
+    # Authentication must find a key by its public prefix before the org is known. This policy
+    # shows exactly the one row whose prefix the request named (set with SET LOCAL by
+    # core.store.api_keys); the secret's hash is still checked in the application.
+    conn.execute(
+        "CREATE POLICY api_key_lookup ON api_keys FOR SELECT "
+        "USING (prefix = nullif(current_setting('app.api_key_prefix', true), ''))"
+    )
+
+
+def _initial(conn: psycopg.Connection) -> None:
+    conn.execute(_INITIAL_SCHEMA_SQL)
+    _tenant_policies(conn)
+
+
+@dataclass(frozen=True)
+class Migration:
+    name: str
+    apply: Callable[[psycopg.Connection], None]
+
+
+MIGRATIONS: tuple[Migration, ...] = (Migration("initial schema with row-level security", _initial),)
+
+
+def ensure_app_role(conn: psycopg.Connection, role: str) -> None:
+    """Create the application role (no login, no superuser, no BYPASSRLS) and let the
+    current login switch to it; grant it DML on every table but the version table."""
+    ident = sql.Identifier(role)
+    exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)).fetchone()
+    if not exists:
+        conn.execute(sql.SQL("CREATE ROLE {} NOLOGIN NOSUPERUSER NOBYPASSRLS").format(ident))
+    member = conn.execute(
+        "SELECT pg_has_role(current_user, %s, 'MEMBER')", (role,)
+    ).fetchone()
+    if not (member and member[0]):
+        conn.execute(sql.SQL("GRANT {} TO CURRENT_USER").format(ident))
+    conn.execute(sql.SQL("GRANT USAGE ON SCHEMA public TO {}").format(ident))
+    conn.execute(
+        sql.SQL("GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {}").format(
+            ident
+        )
+    )
+    conn.execute(sql.SQL("GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA public TO {}").format(ident))
+    conn.execute(sql.SQL("REVOKE ALL ON agentos_schema_migrations FROM {}").format(ident))
+
+
+def migrate(conninfo: str, app_role: str, *, log: Callable[[str], None] = lambda _: None) -> int:
+    """Apply missing migrations; return how many were applied."""
+    applied = 0
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        conn.execute("SELECT pg_advisory_lock(%s)", (_MIGRATION_LOCK_KEY,))
+        try:
+            conn.execute(CREATE_VERSION_TABLE_SQL)
+            row = conn.execute("SELECT coalesce(max(version), 0) FROM agentos_schema_migrations").fetchone()
+            current = int(row[0]) if row else 0
+            for version, migration in enumerate(MIGRATIONS, start=1):
+                if version <= current:
+                    continue
+                log(f"applying migration {version}: {migration.name}")
+                with conn.transaction():
+                    migration.apply(conn)
+                    conn.execute(
+                        "INSERT INTO agentos_schema_migrations (version, name) VALUES (%s, %s)",
+                        (version, migration.name),
+                    )
+                applied += 1
+            with conn.transaction():
+                ensure_app_role(conn, app_role)
+        finally:
+            conn.execute("SELECT pg_advisory_unlock(%s)", (_MIGRATION_LOCK_KEY,))
+    return applied
+
+
+def current_version(conninfo: str) -> int:
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        exists = conn.execute("SELECT to_regclass('agentos_schema_migrations')").fetchone()
+        if not exists or exists[0] is None:
+            return 0
+        row = conn.execute("SELECT coalesce(max(version), 0) FROM agentos_schema_migrations").fetchone()
+        return int(row[0]) if row else 0

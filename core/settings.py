@@ -1,0 +1,96 @@
+"""Settings, read from `AGENTOS_*` environment variables and built only in entry points.
+
+Nested groups use a double underscore: `AGENTOS_DATABASE__URL`, `AGENTOS_AUTH__JWT_SECRET`.
+The two most common ones also have flat aliases (`AGENTOS_DATABASE_URL`, `AGENTOS_REDIS_URL`).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Literal
+
+from pydantic import BaseModel, Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# Values that ship in this file. Outside development they are refused.
+DEV_JWT_SECRET = "agentos-dev-jwt-secret-change-me-0123456789"
+DEV_PLATFORM_ADMIN_TOKEN = "agentos-dev-admin-token"
+
+
+class DatabaseSettings(BaseModel):
+    url: str = "postgresql://postgres@127.0.0.1:5432/agentos"
+    # Role that every pooled connection switches to (`SET ROLE`): not owner, not superuser,
+    # not BYPASSRLS, so row-level security applies to everything the application does.
+    app_role: str = "agentos_app"
+    pool_min: int = Field(default=1, ge=0)
+    pool_max: int = Field(default=10, ge=1)
+    connect_timeout_s: float = Field(default=5.0, gt=0)
+    statement_timeout_ms: int = Field(default=15_000, ge=0)
+
+
+class RedisSettings(BaseModel):
+    url: str = "redis://127.0.0.1:6379/0"
+    socket_timeout_s: float = Field(default=5.0, gt=0)
+
+
+class AuthSettings(BaseModel):
+    jwt_secret: SecretStr | None = SecretStr(DEV_JWT_SECRET)
+    jwt_public_key: str | None = None  # PEM, for RS256
+    jwks_url: str | None = None  # for RS256 keys published by an identity provider
+    jwt_audience: str = "agentos"
+    jwt_issuer: str | None = None
+    jwt_leeway_s: int = Field(default=30, ge=0)
+    platform_admin_token: SecretStr | None = SecretStr(DEV_PLATFORM_ADMIN_TOKEN)
+
+
+class ApiSettings(BaseModel):
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65535)
+    max_body_bytes: int = Field(default=1_048_576, ge=1024)
+    public_url: str | None = None
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="AGENTOS_", env_nested_delimiter="__", extra="ignore", frozen=True
+    )
+
+    env: Literal["development", "test", "production"] = "development"
+    log_level: str = "INFO"
+    database: DatabaseSettings = DatabaseSettings()
+    redis: RedisSettings = RedisSettings()
+    auth: AuthSettings = AuthSettings()
+    api: ApiSettings = ApiSettings()
+
+    @model_validator(mode="after")
+    def _refuse_default_secrets(self) -> Settings:
+        if self.env != "production":
+            return self
+        problems = []
+        secret = self.auth.jwt_secret
+        if secret is not None and secret.get_secret_value() == DEV_JWT_SECRET:
+            problems.append("AGENTOS_AUTH__JWT_SECRET is the development default")
+        if secret is not None and len(secret.get_secret_value()) < 32:
+            problems.append("AGENTOS_AUTH__JWT_SECRET must be at least 32 characters")
+        admin = self.auth.platform_admin_token
+        if admin is not None and admin.get_secret_value() == DEV_PLATFORM_ADMIN_TOKEN:
+            problems.append("AGENTOS_AUTH__PLATFORM_ADMIN_TOKEN is the development default")
+        if problems:
+            raise ValueError(
+                "refusing to start in production with default secrets: "
+                + "; ".join(problems)
+                + " (set your own, or unset the HS256 secret / admin token to disable them)"
+            )
+        return self
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Build settings from the environment; flat aliases fill in when nested keys are absent."""
+    data: dict[str, object] = {}
+    flat = {"AGENTOS_DATABASE_URL": "database", "AGENTOS_REDIS_URL": "redis"}
+    for env_name, group in flat.items():
+        nested = f"AGENTOS_{group.upper()}__URL"
+        if os.environ.get(env_name) and not os.environ.get(nested):
+            data[group] = {"url": os.environ[env_name]}
+    data.update(overrides)
+    return Settings(**data)  # type: ignore[arg-type]

@@ -1,0 +1,42 @@
+"""The one home of tenant scoping.
+
+Every unit of work on tenant tables runs in a transaction that first does
+`SET LOCAL app.org_id` (via `set_config(..., true)`), so the org can never leak to the next
+user of a pooled connection. Row-level security does the filtering; queries may still say
+`WHERE org_id = ...` for the planner, but correctness never depends on it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from psycopg import AsyncConnection
+from psycopg.rows import DictRow
+from psycopg_pool import AsyncConnectionPool
+
+SET_ORG_SQL = "SELECT set_config('app.org_id', %s, true)"
+
+AsyncPool = AsyncConnectionPool[AsyncConnection[DictRow]]
+
+
+@asynccontextmanager
+async def tenant_tx(pool: AsyncPool, org_id: str) -> AsyncIterator[AsyncConnection[DictRow]]:
+    """A connection inside a transaction scoped to `org_id`; commits on success."""
+    if not org_id:
+        raise ValueError("tenant_tx needs an org id")
+    async with pool.connection() as conn, conn.transaction():
+        await conn.execute(SET_ORG_SQL, (org_id,))
+        yield conn
+
+
+SET_KEY_PREFIX_SQL = "SELECT set_config('app.api_key_prefix', %s, true)"
+
+
+@asynccontextmanager
+async def api_key_lookup_tx(pool: AsyncPool, prefix: str) -> AsyncIterator[AsyncConnection[DictRow]]:
+    """The one unscoped entry: authentication finds a key by its public prefix before the org
+    is known. The `api_key_lookup` policy shows exactly that key's row and nothing else."""
+    async with pool.connection() as conn, conn.transaction():
+        await conn.execute(SET_KEY_PREFIX_SQL, (prefix,))
+        yield conn

@@ -1,0 +1,125 @@
+"""Fixtures: one real embedded Postgres (with pgvector) and one real Redis for the whole run,
+the same servers `agentos dev` uses; an in-process API client; fresh orgs per test."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from starlette.testclient import TestClient
+
+from agentos.stack.local import LocalStack, StackUrls
+from api.app import create_app
+from core.migrations import migrate
+from core.settings import Settings, load_settings
+
+ADMIN_TOKEN = "test-platform-admin-token-" + secrets.token_hex(8)
+JWT_SECRET = "test-jwt-secret-" + secrets.token_hex(16)
+
+
+@dataclass(frozen=True)
+class RsaKeys:
+    private_pem: bytes
+    public_pem: str
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StackUrls]:
+    data_dir: Path = tmp_path_factory.mktemp("stack")
+    local = LocalStack(data_dir, database="agentos_test", durable=False)
+    urls = local.start()
+    try:
+        migrate(urls.database_url, "agentos_app")
+        yield urls
+    finally:
+        local.stop()
+
+
+@pytest.fixture(scope="session")
+def rsa_keys() -> RsaKeys:
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    private_pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    public_pem = key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    ).decode()
+    return RsaKeys(private_pem, public_pem)
+
+
+def make_settings(stack: StackUrls, rsa_keys: RsaKeys, **overrides: object) -> Settings:
+    base: dict[str, object] = {
+        "env": "test",
+        "database": {"url": stack.database_url, "pool_min": 1, "pool_max": 8},
+        "redis": {"url": stack.redis_url},
+        "auth": {
+            "jwt_secret": JWT_SECRET,
+            "jwt_public_key": rsa_keys.public_pem,
+            "platform_admin_token": ADMIN_TOKEN,
+        },
+        "api": {"max_body_bytes": 64 * 1024},
+    }
+    base.update(overrides)
+    return load_settings(**base)
+
+
+@pytest.fixture(scope="session")
+def settings(stack: StackUrls, rsa_keys: RsaKeys) -> Settings:
+    return make_settings(stack, rsa_keys)
+
+
+@pytest.fixture(scope="session")
+def client(settings: Settings) -> Iterator[TestClient]:
+    with TestClient(create_app(settings), raise_server_exceptions=True) as c:
+        yield c
+
+
+@dataclass
+class Org:
+    """A fresh organisation with an owner key; `headers` authenticate as that owner."""
+
+    id: str
+    key: str
+    client: TestClient
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.key}"}
+
+    def key_with_role(self, role: str) -> str:
+        r = self.client.post("/v1/api-keys", json={"name": f"{role} key", "role": role}, headers=self.headers)
+        assert r.status_code == 201, r.text
+        return str(r.json()["key"])
+
+    def create_agent(self, **fields: object) -> dict[str, object]:
+        body = {"name": "agent-" + secrets.token_hex(4), "instructions": "Be helpful."} | fields
+        r = self.client.post("/v1/agents", json=body, headers=self.headers)
+        assert r.status_code == 201, r.text
+        return dict(r.json())
+
+    def create_session(self, agent_id: str, **fields: object) -> dict[str, object]:
+        r = self.client.post("/v1/sessions", json={"agent_id": agent_id} | fields, headers=self.headers)
+        assert r.status_code == 201, r.text
+        return dict(r.json())
+
+
+def new_org(client: TestClient, name: str = "test org") -> Org:
+    r = client.post("/v1/orgs", json={"name": name}, headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
+    assert r.status_code == 201, r.text
+    body = r.json()
+    return Org(id=body["org"]["id"], key=body["api_key"]["key"], client=client)
+
+
+@pytest.fixture
+def org(client: TestClient) -> Org:
+    return new_org(client, "org A")
+
+
+@pytest.fixture
+def other_org(client: TestClient) -> Org:
+    return new_org(client, "org B")

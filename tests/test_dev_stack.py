@@ -1,0 +1,91 @@
+"""`agentos dev` as a user runs it: start, use, Ctrl-C, start again on the same data."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+
+from agentos.stack.process import free_port
+
+AGENTOS = [sys.executable, "-c", "from agentos.cli import main; main()"]
+
+
+def _env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AGENTOS_")}
+    return env | {"PYTHONUNBUFFERED": "1"}
+
+
+def _start(workdir: Path, port: int) -> subprocess.Popen[str]:
+    return subprocess.Popen([*AGENTOS, "dev", "--port", str(port)], cwd=workdir, env=_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _wait_ready(proc: subprocess.Popen[str], port: int, timeout_s: float = 90) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"agentos dev exited early:\n{proc.stdout.read() if proc.stdout else ''}")
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    proc.kill()
+    raise AssertionError("agentos dev did not become ready")
+
+
+def _interrupt(proc: subprocess.Popen[str]) -> str:
+    """Ctrl-C, then check every process it started is gone."""
+    family = psutil.Process(proc.pid).children(recursive=True)
+    assert {p.name() for p in family} >= {"postgres", "redis-server"}
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode in (0, 130, -signal.SIGINT), out  # 130: exited "by" Ctrl-C, as shells expect
+    gone, alive = psutil.wait_procs(family, timeout=10)
+    assert alive == [], f"left behind: {[p.pid for p in alive]}"
+    return out
+
+
+@pytest.mark.timeout(300)
+def test_dev_starts_serves_stops_cleanly_and_reuses_its_data(tmp_path):
+    port = free_port()
+    proc = _start(tmp_path, port)
+    try:
+        _wait_ready(proc, port)
+        key = (tmp_path / ".agentos" / "owner_key").read_text().strip()
+        me = httpx.get(f"http://127.0.0.1:{port}/v1/me", headers={"Authorization": f"Bearer {key}"}).json()
+        agent = httpx.post(f"http://127.0.0.1:{port}/v1/agents", json={"name": "keeper"},
+                           headers={"Authorization": f"Bearer {key}"})
+        assert agent.status_code == 201
+        created = subprocess.run([*AGENTOS, "org", "create", "second org"], cwd=tmp_path, env=_env(),
+                                 capture_output=True, text=True, timeout=60)
+        assert created.returncode == 0, created.stderr
+        new_key = created.stdout.split("owner_api_key: ")[1].strip()
+        other = httpx.get(f"http://127.0.0.1:{port}/v1/me", headers={"Authorization": f"Bearer {new_key}"})
+        assert other.json()["org_id"] != me["org_id"]
+    finally:
+        out = _interrupt(proc) if proc.poll() is None else ""
+    assert "stopped" in out
+    assert not (tmp_path / ".agentos" / "stack.json").exists()
+
+    proc = _start(tmp_path, port)
+    try:
+        _wait_ready(proc, port)
+        again = httpx.get(f"http://127.0.0.1:{port}/v1/me", headers={"Authorization": f"Bearer {key}"}).json()
+        assert again["org_id"] == me["org_id"]
+        agents = httpx.get(f"http://127.0.0.1:{port}/v1/agents", headers={"Authorization": f"Bearer {key}"})
+        assert [a["name"] for a in agents.json()["data"]] == ["keeper"]
+        assert json.loads((tmp_path / ".agentos" / "dev.json").read_text())["org_id"] == me["org_id"]
+    finally:
+        out = _interrupt(proc) if proc.poll() is None else ""
+    assert "reused" in out
