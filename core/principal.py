@@ -7,7 +7,7 @@ from typing import Literal
 
 Role = Literal["owner", "admin", "member", "viewer"]
 ROLES: tuple[Role, ...] = ("viewer", "member", "admin", "owner")
-_RANK = {role: rank for rank, role in enumerate(ROLES)}
+_RANK: dict[str, int] = {role: rank for rank, role in enumerate(ROLES)}
 
 
 def role_at_least(role: str, minimum: Role) -> bool:

@@ -89,3 +89,26 @@ def test_dev_starts_serves_stops_cleanly_and_reuses_its_data(tmp_path):
     finally:
         out = _interrupt(proc) if proc.poll() is None else ""
     assert "reused" in out
+
+
+def _serve_until_ready(args: list[str], env: dict[str, str], cwd: Path, port: int) -> subprocess.Popen[str]:
+    proc = subprocess.Popen([*AGENTOS, *args], cwd=cwd, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    _wait_ready(proc, port)
+    return proc
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("command", ["dev", "api"])
+def test_given_urls_it_uses_those_servers_and_starts_none(tmp_path, stack, command):
+    port = free_port()
+    env = _env() | {"AGENTOS_DATABASE_URL": stack.database_url, "AGENTOS_REDIS_URL": stack.redis_url}
+    proc = _serve_until_ready([command, "--port", str(port)], env, tmp_path, port)
+    try:
+        children = {p.name() for p in psutil.Process(proc.pid).children(recursive=True)}
+        assert not children & {"postgres", "redis-server"}
+        assert not (tmp_path / ".agentos" / "pgdata").exists()
+        assert httpx.get(f"http://127.0.0.1:{port}/readyz").json()["checks"] == {"postgres": "ok", "redis": "ok"}
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=30)
