@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-import httpx
+import orjson
 import pytest
 from starlette.testclient import TestClient
 
@@ -23,7 +23,7 @@ MAX_BODY = 64 * 1024  # tests.conftest.make_settings sets api.max_body_bytes to 
 # helpers
 
 
-def assert_error(r: httpx.Response, status: int, code: str) -> dict[str, Any]:
+def assert_error(r: Any, status: int, code: str) -> dict[str, Any]:  # r: a TestClient response
     """`r` is the documented error object with this status and code; return its `error`."""
     assert r.status_code == status, r.text
     assert r.headers["content-type"].startswith("application/json"), r.headers
@@ -143,17 +143,27 @@ def _oversize_agent() -> dict[str, Any]:
     return {"name": "too-big", "instructions": "x" * (MAX_BODY + 1)}
 
 
-def test_oversize_body_is_413_with_the_error_object_and_creates_nothing(client: TestClient, org: Org) -> None:
+def test_oversize_body_is_413_and_creates_nothing(client: TestClient, org: Org) -> None:
     r = client.post("/v1/agents", json=_oversize_agent(), headers=org.headers)
+    assert r.status_code == 413, r.text
+    assert agent_names(client, org) == []
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=AssertionError,
+    reason="BUG: with a Content-Length over the limit, starlette's RequestBodyLimitResponder.send_with_limit "
+    "throws away the JSON error from api.errors.http_error and sends text/plain 'Content Too Large'.",
+)
+def test_oversize_body_413_carries_the_error_object(client: TestClient, org: Org) -> None:
+    r = client.post("/v1/agents", json=_oversize_agent(), headers=org.headers)
+    assert "content-length" in {k.lower() for k in r.request.headers}
     err = assert_error(r, 413, "PAYLOAD_TOO_LARGE")
     assert str(MAX_BODY) in err["message"]
-    assert agent_names(client, org) == []
 
 
 def test_oversize_chunked_body_is_413_with_the_error_object_and_creates_nothing(client: TestClient, org: Org) -> None:
     """No Content-Length: the limit trips while the body is being read."""
-    import orjson
-
     raw = orjson.dumps(_oversize_agent())
 
     def chunks() -> Iterator[bytes]:
@@ -287,8 +297,9 @@ def test_api_key_create_with_a_bad_field_is_422_naming_it(
 def test_unknown_field_is_422_not_allowed_here(
     client: TestClient, org: Org, agent: dict[str, Any], method: str, path: str, body: dict[str, Any], field: str
 ) -> None:
-    agents_before, sessions_before, keys_before = agent_names(client, org), session_ids(client, org), key_names(
-        client, org)
+    agents_before = agent_names(client, org)
+    sessions_before = session_ids(client, org)
+    keys_before = key_names(client, org)
     r = client.request(method, fill(path, agent["id"]), json=fill(body, agent["id"]), headers=org.headers)
     err = assert_error(r, 422, "VALIDATION_FAILED")
     assert field_problems(err).get(field) == "is not allowed here", err
@@ -400,8 +411,9 @@ def test_wrong_method_is_405_with_the_error_object(
 
 @pytest.mark.xfail(
     strict=True,
+    raises=AssertionError,
     reason="BUG: a 405's Allow header names only the first route that matched the path "
-    "(PUT /v1/agents -> 'Allow: POST'), although GET is allowed too; RFC 9110 15.5.6 says all.",
+    "(PUT or DELETE /v1/agents -> 'Allow: POST'), although GET is allowed too; RFC 9110 says list all.",
 )
 def test_405_allow_header_lists_every_method_of_the_path(client: TestClient, org: Org) -> None:
     r = client.put("/v1/agents", json={}, headers=org.headers)
@@ -484,7 +496,7 @@ def test_bad_model_spec_on_patch_is_422_and_keeps_the_version(
                      headers=org.headers)
     err = assert_error(r, 422, "VALIDATION_FAILED")
     assert "model" in field_problems(err)
-    assert "provider:model" in field_problems(err)["model"] or "provider" in field_problems(err)["model"]
+    assert "provider" in field_problems(err)["model"]
     after = client.get(f"/v1/agents/{agent['id']}", headers=org.headers).json()
     assert after["version"] == agent["version"]
     assert after == agent
@@ -631,6 +643,7 @@ NUL_CASES = [
 
 @pytest.mark.xfail(
     strict=True,
+    raises=AssertionError,
     reason="BUG: a U+0000 in any stored string reaches Postgres, which refuses it (psycopg.DataError "
     "for text, UntranslatableCharacter for jsonb); api.errors.unexpected turns it into 500 INTERNAL "
     "instead of 422 VALIDATION_FAILED.",
@@ -644,9 +657,13 @@ def test_nul_character_in_a_string_is_422_not_500(
     assert_error(r, 422, "VALIDATION_FAILED")
 
 
-def test_org_name_with_nul_is_not_500(raw_client: TestClient) -> None:
+@pytest.mark.xfail(
+    strict=True, raises=AssertionError, reason="BUG: as above, for POST /v1/orgs (core/store/orgs.py create_org)."
+)
+def test_org_name_with_nul_is_422_not_500(raw_client: TestClient) -> None:
     r = raw_client.post("/v1/orgs", json={"name": "a\u0000b"}, headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
     assert r.status_code != 500, r.text
+    assert_error(r, 422, "VALIDATION_FAILED")
 
 
 # --------------------------------------------------------------------------------------------
