@@ -1,6 +1,6 @@
 """`create_app(settings)`: the whole request path in one place.
 
-A request goes: body-size limit -> router -> `@endpoint` (authenticate, check role, parse
+A request goes: body-size limit (`api.body_limit`) -> router -> `@endpoint` (authenticate, check role, parse
 body) -> handler (one `tenant_tx` per unit of work) -> JSON response, or an error object from
 `api.errors`. The lifespan opens the Postgres pool and the Redis client and refuses to start
 when tenant isolation is not in force.
@@ -16,11 +16,13 @@ from typing import Any
 
 import redis.asyncio as aioredis
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from api.auth import Authenticator
+from api.body_limit import BodyLimit
 from api.errors import HANDLERS
 from api.openapi import build_openapi
 from api.responses import json
@@ -72,7 +74,7 @@ def create_app(settings: Settings) -> Starlette:
     exception_handlers: Any = HANDLERS
     return Starlette(
         routes=[*routes, Route("/openapi.json", openapi_json, methods=["GET"])],
+        middleware=[Middleware(BodyLimit, max_bytes=settings.api.max_body_bytes)],
         exception_handlers=exception_handlers,
         lifespan=lifespan,
-        max_body_size=settings.api.max_body_bytes,
     )

@@ -11,6 +11,7 @@ import orjson
 from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.routing import Route
 
 from api.auth import unauthenticated
 from core import ids
@@ -109,7 +110,31 @@ async def parse_body(request: Request, model: type[B]) -> B:
             raise ApiError("BAD_REQUEST", f"The body is not valid JSON: {exc}.") from None
     if not isinstance(data, dict):
         raise ApiError("BAD_REQUEST", "The body must be a JSON object.")
+    nul_at = _find_nul(data, "")
+    if nul_at is not None:
+        raise validation_failed([{"field": nul_at or "body", "message": "must not contain the NUL character (\\u0000)",
+                                  "type": "nul_character"}])
     return validate(model, data)
+
+
+def _find_nul(value: Any, path: str) -> str | None:
+    """The path of the first string (or key) holding U+0000, which Postgres cannot store."""
+    if isinstance(value, str):
+        return path if "\x00" in value else None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            where = f"{path}.{key}" if path else str(key)
+            if "\x00" in key:
+                return where
+            found = _find_nul(item, where)
+            if found is not None:
+                return found
+    if isinstance(value, list):
+        for i, item in enumerate(value):
+            found = _find_nul(item, f"{path}.{i}" if path else str(i))
+            if found is not None:
+                return found
+    return None
 
 
 def validate(model: type[B], data: Any) -> B:
@@ -155,3 +180,16 @@ def endpoint(
         return run
 
     return wrap
+
+
+def resource(path: str, **handlers: Callable[[Request], Awaitable[Response]]) -> Route:
+    """One route per path with a handler per method, so a 405 lists every allowed method."""
+    if "GET" in handlers:
+        handlers.setdefault("HEAD", handlers["GET"])
+
+    async def dispatch(request: Request) -> Response:
+        return await handlers[request.method](request)
+
+    dispatch.__name__ = f"resource:{path}"
+    dispatch.handlers = handlers  # type: ignore[attr-defined]
+    return Route(path, dispatch, methods=list(handlers))

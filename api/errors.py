@@ -27,9 +27,6 @@ async def http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     code = code_for_status(exc.status_code)
     message = None
-    if exc.status_code == 413:
-        limit = request.scope.get("starlette.max_body_size")
-        message = f"The request body is larger than {limit} bytes; send less." if limit else None
     if exc.status_code == 404:
         message = f"No route matches {request.method} {request.url.path}."
     return error(ApiError(code, message, headers=dict(exc.headers or {})))
@@ -38,6 +35,12 @@ async def http_error(request: Request, exc: Exception) -> Response:
 async def unavailable(request: Request, exc: Exception) -> Response:
     log.warning("dependency unavailable on %s %s: %s", request.method, request.url.path, type(exc).__name__)
     return error(ApiError("UNAVAILABLE", headers={"Retry-After": "5"}))
+
+
+async def unstorable(request: Request, exc: Exception) -> Response:
+    # Input that passed validation but Postgres cannot store (e.g. a number out of range).
+    log.info("unstorable input on %s %s: %s", request.method, request.url.path, exc)
+    return error(ApiError("VALIDATION_FAILED", "A value in the request cannot be stored; check its size and characters."))
 
 
 async def unexpected(request: Request, exc: Exception) -> Response:
@@ -49,6 +52,7 @@ HANDLERS = {
     ApiError: api_error,
     HTTPException: http_error,
     psycopg.OperationalError: unavailable,
+    psycopg.DataError: unstorable,
     PoolTimeout: unavailable,
     RedisConnectionError: unavailable,
     RedisTimeoutError: unavailable,

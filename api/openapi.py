@@ -33,13 +33,15 @@ def build_openapi(routes: list[BaseRoute], version: str) -> dict[str, Any]:
     paths: dict[str, dict[str, Any]] = {}
     schemas: dict[str, Any] = {"Error": _ERROR_SCHEMA}
     for route in routes:
-        if not isinstance(route, Route) or not hasattr(route.endpoint, "spec"):
+        if not isinstance(route, Route) or not hasattr(route.endpoint, "handlers"):
             continue
-        spec = route.endpoint.spec
-        for method in sorted((route.methods or set()) - {"HEAD"}):
+        for method, handler in sorted(route.endpoint.handlers.items()):
+            if method == "HEAD":
+                continue
+            spec = handler.spec
             op: dict[str, Any] = {
                 "summary": spec.summary,
-                "operationId": route.endpoint.__name__,
+                "operationId": handler.__name__,
                 "responses": {str(spec.status): {"description": spec.response or "No content"}},
             }
             params = [

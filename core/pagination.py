@@ -7,6 +7,8 @@ import binascii
 from collections.abc import Sequence
 from typing import Any
 
+from core.ids import is_id
+
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 200
 
@@ -27,7 +29,7 @@ def decode_cursor(cursor: str | None) -> str | None:
         value = base64.urlsafe_b64decode(padded.encode()).decode()
     except (binascii.Error, UnicodeDecodeError, ValueError) as exc:
         raise BadCursor("cursor is not one this API returned") from exc
-    if not value or len(value) > 64 or not value.isascii():
+    if not is_id(value):
         raise BadCursor("cursor is not one this API returned")
     return value
 

@@ -168,8 +168,9 @@ def test_b_paging_with_a_cursor_made_from_an_id_of_a_sees_only_b(
     client: TestClient, world: World, b_headers: dict[str, str]
 ) -> None:
     """A cursor is only a position; one built from A's newest id must not open A's rows."""
-    newest = world.a.create_agent()
-    r = client.get("/v1/agents", params={"cursor": encode_cursor(str(newest["id"]) + "~")}, headers=b_headers)
+    newest = str(world.a.create_agent()["id"])
+    past_newest = newest[:-16] + "f" * 16  # a well-formed id just after A's newest agent
+    r = client.get("/v1/agents", params={"cursor": encode_cursor(past_newest)}, headers=b_headers)
     assert r.status_code == 200, r.text
     assert [a["id"] for a in r.json()["data"]] == [world.b_agent["id"]]
 

@@ -7,9 +7,8 @@ from typing import Any, Literal
 import psycopg
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.responses import Response
-from starlette.routing import Route
 
-from api.endpoint import Call, endpoint, validate, validation_failed
+from api.endpoint import Call, endpoint, resource, validate, validation_failed
 from api.responses import json, listing
 from core.agent_config import NAME_PATTERN, AgentConfig, AgentLimits, AgentMemory
 from core.errors import ApiError
@@ -134,10 +133,7 @@ async def agent_versions(call: Call[Any]) -> Response:
 
 
 routes = [
-    Route("/v1/agents", create_agent, methods=["POST"]),
-    Route("/v1/agents", list_agents, methods=["GET"]),
-    Route("/v1/agents/{agent_id}", get_agent, methods=["GET"]),
-    Route("/v1/agents/{agent_id}", patch_agent, methods=["PATCH"]),
-    Route("/v1/agents/{agent_id}", delete_agent, methods=["DELETE"]),
-    Route("/v1/agents/{agent_id}/versions", agent_versions, methods=["GET"]),
+    resource("/v1/agents", POST=create_agent, GET=list_agents),
+    resource("/v1/agents/{agent_id}", GET=get_agent, PATCH=patch_agent, DELETE=delete_agent),
+    resource("/v1/agents/{agent_id}/versions", GET=agent_versions),
 ]

@@ -7,9 +7,8 @@ from typing import Any
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
 from starlette.responses import Response
-from starlette.routing import Route
 
-from api.endpoint import Call, endpoint
+from api.endpoint import Call, endpoint, resource
 from api.responses import json, listing
 from core.errors import ApiError
 from core.pagination import page
@@ -72,7 +71,6 @@ async def revoke_key(call: Call[Any]) -> Response:
 
 
 routes = [
-    Route("/v1/api-keys", create_key, methods=["POST"]),
-    Route("/v1/api-keys", list_keys, methods=["GET"]),
-    Route("/v1/api-keys/{key_id}", revoke_key, methods=["DELETE"]),
+    resource("/v1/api-keys", POST=create_key, GET=list_keys),
+    resource("/v1/api-keys/{key_id}", DELETE=revoke_key),
 ]

@@ -7,9 +7,8 @@ from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
 
-from api.endpoint import Call, endpoint
+from api.endpoint import Call, endpoint, resource
 from api.responses import json
 
 READY_TIMEOUT_S = 2.0
@@ -44,4 +43,7 @@ async def readyz(call: Call[Any]) -> Response:
     return json({"status": "ok" if ok else "unavailable", "checks": checks}, status=200 if ok else 503)
 
 
-routes = [Route("/healthz", healthz, methods=["GET"]), Route("/readyz", readyz, methods=["GET"])]
+routes = [
+    resource("/healthz", GET=healthz),
+    resource("/readyz", GET=readyz),
+]

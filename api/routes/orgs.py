@@ -6,9 +6,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.responses import Response
-from starlette.routing import Route
 
-from api.endpoint import Call, endpoint
+from api.endpoint import Call, endpoint, resource
 from api.responses import json
 from core.store import orgs
 
@@ -35,4 +34,7 @@ async def create_org(call: Call[OrgCreate]) -> Response:
     return json({"org": org, "api_key": key}, status=201)
 
 
-routes = [Route("/v1/me", me, methods=["GET"]), Route("/v1/orgs", create_org, methods=["POST"])]
+routes = [
+    resource("/v1/me", GET=me),
+    resource("/v1/orgs", POST=create_org),
+]

@@ -6,9 +6,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.responses import Response
-from starlette.routing import Route
 
-from api.endpoint import Call, endpoint, validation_failed
+from api.endpoint import Call, endpoint, resource, validation_failed
 from api.responses import json, listing
 from core import ids
 from core.errors import ApiError
@@ -90,9 +89,7 @@ async def list_messages(call: Call[Any]) -> Response:
 
 
 routes = [
-    Route("/v1/sessions", create_session, methods=["POST"]),
-    Route("/v1/sessions", list_sessions, methods=["GET"]),
-    Route("/v1/sessions/{session_id}", get_session, methods=["GET"]),
-    Route("/v1/sessions/{session_id}", delete_session, methods=["DELETE"]),
-    Route("/v1/sessions/{session_id}/messages", list_messages, methods=["GET"]),
+    resource("/v1/sessions", POST=create_session, GET=list_sessions),
+    resource("/v1/sessions/{session_id}", GET=get_session, DELETE=delete_session),
+    resource("/v1/sessions/{session_id}/messages", GET=list_messages),
 ]
