@@ -40,7 +40,8 @@ async def unavailable(request: Request, exc: Exception) -> Response:
 async def unstorable(request: Request, exc: Exception) -> Response:
     # Input that passed validation but Postgres cannot store (e.g. a number out of range).
     log.info("unstorable input on %s %s: %s", request.method, request.url.path, exc)
-    return error(ApiError("VALIDATION_FAILED", "A value in the request cannot be stored; check its size and characters."))
+    message = "A value in the request cannot be stored; check its size and characters."
+    return error(ApiError("VALIDATION_FAILED", message))
 
 
 async def unexpected(request: Request, exc: Exception) -> Response:

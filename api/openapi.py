@@ -26,7 +26,8 @@ _ERROR_SCHEMA = {
 
 
 def _error(description: str) -> dict[str, Any]:
-    return {"description": description, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+    schema = {"$ref": "#/components/schemas/Error"}
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
 
 
 def build_openapi(routes: list[BaseRoute], version: str) -> dict[str, Any]:
@@ -50,7 +51,8 @@ def build_openapi(routes: list[BaseRoute], version: str) -> dict[str, Any]:
             ]
             if spec.paginated:
                 params += [
-                    {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 200, "default": 50}},
+                    {"name": "limit", "in": "query",
+                     "schema": {"type": "integer", "minimum": 1, "maximum": 200, "default": 50}},
                     {"name": "cursor", "in": "query", "schema": {"type": "string"}},
                 ]
             if params:
@@ -79,6 +81,8 @@ def build_openapi(routes: list[BaseRoute], version: str) -> dict[str, Any]:
         "paths": paths,
         "components": {
             "schemas": schemas,
-            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer", "description": "API key (aos_...) or JWT"}},
+            "securitySchemes": {
+                "bearer": {"type": "http", "scheme": "bearer", "description": "API key (aos_...) or JWT"}
+            },
         },
     }

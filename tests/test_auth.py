@@ -8,7 +8,7 @@ import hashlib
 import hmac
 import json
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import jwt
 import psycopg
@@ -57,7 +57,7 @@ def test_revoked_key_gets_401(client, org):
 
 
 def test_expired_key_gets_401(client, org, stack):
-    soon = (datetime.now(timezone.utc) + timedelta(hours=1)).isoformat()
+    soon = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
     created = client.post("/v1/api-keys", json={"name": "short", "expires_at": soon}, headers=org.headers).json()
     assert client.get("/v1/me", headers=_bearer(created["key"])).status_code == 200
     with psycopg.connect(stack.database_url) as conn:  # the clock moves on: expire it

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import socket
 from collections.abc import Iterator
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
@@ -592,7 +592,7 @@ def test_session_for_a_deleted_agent_is_404(client: TestClient, org: Org, agent:
 
 def test_api_key_expiring_in_the_past_is_422(client: TestClient, org: Org) -> None:
     before = key_names(client, org)
-    past = (datetime.now(timezone.utc) - timedelta(minutes=1)).isoformat()
+    past = (datetime.now(UTC) - timedelta(minutes=1)).isoformat()
     r = client.post("/v1/api-keys", json={"name": "stale", "expires_at": past}, headers=org.headers)
     err = assert_error(r, 422, "VALIDATION_FAILED")
     assert "future" in field_problems(err)["expires_at"]
@@ -600,7 +600,7 @@ def test_api_key_expiring_in_the_past_is_422(client: TestClient, org: Org) -> No
 
 
 def test_api_key_expiry_without_timezone_is_422(client: TestClient, org: Org) -> None:
-    naive = (datetime.now(timezone.utc) + timedelta(days=1)).replace(tzinfo=None).isoformat()
+    naive = (datetime.now(UTC) + timedelta(days=1)).replace(tzinfo=None).isoformat()
     r = client.post("/v1/api-keys", json={"name": "naive", "expires_at": naive}, headers=org.headers)
     err = assert_error(r, 422, "VALIDATION_FAILED")
     assert "timezone" in field_problems(err)["expires_at"]
@@ -608,7 +608,7 @@ def test_api_key_expiry_without_timezone_is_422(client: TestClient, org: Org) ->
 
 
 def test_api_key_expiring_in_the_future_is_accepted(client: TestClient, org: Org) -> None:
-    future = (datetime.now(timezone.utc) + timedelta(days=1)).isoformat()
+    future = (datetime.now(UTC) + timedelta(days=1)).isoformat()
     r = client.post("/v1/api-keys", json={"name": "fresh", "expires_at": future}, headers=org.headers)
     assert r.status_code == 201, r.text
 

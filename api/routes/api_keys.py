@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
@@ -26,7 +26,7 @@ class ApiKeyCreate(BaseModel):
     @field_validator("expires_at")
     @classmethod
     def _future(cls, value: datetime | None) -> datetime | None:
-        if value is not None and value <= datetime.now(timezone.utc):
+        if value is not None and value <= datetime.now(UTC):
             raise ValueError("must be in the future")
         return value
 
