@@ -14,7 +14,7 @@ from starlette.testclient import TestClient
 
 from api.app import create_app
 from core.db import TenantIsolationError
-from tests.conftest import make_settings
+from tests.conftest import ADMIN_TOKEN, make_settings
 
 
 def test_api_refuses_to_start_as_a_role_that_bypasses_rls(stack, rsa_keys):
@@ -58,3 +58,39 @@ def test_rs256_tokens_verify_against_a_jwks_endpoint(stack, rsa_keys, org):
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_database_outage_answers_503_and_recovers(tmp_path, stack, rsa_keys):
+    from agentos.stack.postgres import EmbeddedPostgres
+    from core.migrations import migrate
+
+    pg = EmbeddedPostgres(tmp_path, durable=False)
+    pg.start()
+    try:
+        url = pg.ensure_database("agentos")
+        migrate(url, "agentos_app")
+        settings = make_settings(stack, rsa_keys, database={"url": url, "pool_min": 1, "pool_max": 2,
+                                                            "connect_timeout_s": 1})
+        with TestClient(create_app(settings)) as client:
+            admin = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+            key = client.post("/v1/orgs", json={"name": "o"}, headers=admin).json()["api_key"]["key"]
+            headers = {"Authorization": f"Bearer {key}"}
+            assert client.get("/v1/agents", headers=headers).status_code == 200
+
+            pg.stop()
+            down = client.get("/v1/agents", headers=headers)
+            assert down.status_code == 503, down.text
+            assert down.json()["error"]["code"] == "UNAVAILABLE"
+            assert down.headers["retry-after"]
+            ready = client.get("/readyz")
+            assert ready.status_code == 503
+            assert ready.json()["checks"]["postgres"].startswith("unavailable")
+            assert client.get("/healthz").status_code == 200
+
+            pg.start()
+            deadline = time.monotonic() + 20
+            while client.get("/readyz").status_code != 200 and time.monotonic() < deadline:
+                time.sleep(0.2)
+            assert client.get("/v1/agents", headers=headers).status_code == 200
+    finally:
+        pg.stop()
