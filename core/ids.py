@@ -32,7 +32,7 @@ def new_id(kind: str) -> str:
 
 def looks_like(kind: str, value: str) -> bool:
     """True when `value` has the shape of an id of `kind` (a cheap check before any query)."""
-    return bool(_ID_RE.match(value)) and value.startswith(PREFIXES[kind] + "_")
+    return is_id(value) and value.startswith(PREFIXES[kind] + "_")
 
 
 def is_id(value: str) -> bool:
