@@ -1,0 +1,8 @@
+"""The skills AgentOS ships. Keep BUILTINS in step with `core.skill_names.BUILTIN_SKILLS`."""
+
+from skills.builtin.file_manager import file_manager
+from skills.registry import Skill
+
+BUILTINS: tuple[Skill, ...] = (file_manager,)
+
+__all__ = ["BUILTINS"]
