@@ -107,6 +107,21 @@ def api(
     _serve(_settings(), host, port)
 
 
+@app.command()
+def worker(
+    concurrency: Annotated[int | None, typer.Option(help="Runs executed at once (processes).")] = None,
+    pool: Annotated[str, typer.Option(help="Celery pool: prefork, solo or threads.")] = "prefork",
+    data_dir: DataDir = Path(".agentos"),
+) -> None:
+    """Execute runs: a Celery worker on the runs queue (uses the running `agentos dev` stack of this
+    directory, or AGENTOS_DATABASE_URL / AGENTOS_REDIS_URL)."""
+    from runtime.celery_app import run_worker
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    settings = _settings_for_cli(data_dir)
+    run_worker(settings, concurrency=concurrency, pool=pool, loglevel=settings.log_level.upper())
+
+
 def _settings_for_cli(data_dir: Path) -> Settings:
     """The settings of a running `agentos dev` in `data_dir`, else those of the environment."""
     urls = running_stack(data_dir.resolve())

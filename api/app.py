@@ -26,8 +26,9 @@ from api.body_limit import BodyLimit
 from api.errors import HANDLERS
 from api.openapi import build_openapi
 from api.responses import json
-from api.routes import agents, api_keys, health, orgs, sessions
+from api.routes import agents, api_keys, events, health, orgs, runs, sessions
 from core.db import check_tenant_isolation, open_pool
+from core.jobs import JobQueue
 from core.settings import Settings
 
 log = logging.getLogger("agentos.api")
@@ -41,7 +42,8 @@ def _version() -> str:
 
 
 def _routes() -> list[BaseRoute]:
-    return [*health.routes, *orgs.routes, *api_keys.routes, *agents.routes, *sessions.routes]
+    return [*health.routes, *orgs.routes, *api_keys.routes, *agents.routes, *sessions.routes, *runs.routes,
+            *events.routes]
 
 
 def create_app(settings: Settings) -> Starlette:
@@ -59,15 +61,18 @@ def create_app(settings: Settings) -> Starlette:
             socket_timeout=settings.redis.socket_timeout_s,
             socket_connect_timeout=settings.redis.socket_timeout_s,
         )
+        jobs = JobQueue(settings)
         try:
             await check_tenant_isolation(pool)
             app.state.settings = settings
             app.state.pool = pool
             app.state.redis = redis
+            app.state.jobs = jobs
             app.state.auth = Authenticator(settings.auth, pool)
             log.info("AgentOS API ready")
             yield
         finally:
+            jobs.close()
             await redis.aclose()
             await pool.close()
 

@@ -31,8 +31,14 @@ def _set_role_sql(role: str) -> sql.Composed:
     return sql.SQL("SET ROLE {}").format(sql.Identifier(role))
 
 
-async def open_pool(db: DatabaseSettings, *, name: str = "agentos") -> AsyncConnectionPool[AsyncConnection[DictRow]]:
-    """Open an async pool whose connections act as the application role."""
+async def open_pool(
+    db: DatabaseSettings, *, name: str = "agentos", autocommit: bool = False, max_size: int | None = None
+) -> AsyncConnectionPool[AsyncConnection[DictRow]]:
+    """Open an async pool whose connections act as the application role. `autocommit` pools
+    (no prepared statements) are what LangGraph's checkpoint saver expects."""
+    kwargs = _connect_kwargs(db)
+    if autocommit:
+        kwargs.update(autocommit=True, prepare_threshold=0)
 
     async def configure(conn: AsyncConnection[DictRow]) -> None:
         await conn.execute(_set_role_sql(db.app_role))
@@ -40,9 +46,9 @@ async def open_pool(db: DatabaseSettings, *, name: str = "agentos") -> AsyncConn
 
     pool: AsyncConnectionPool[AsyncConnection[DictRow]] = AsyncConnectionPool(
         db.url,
-        kwargs=_connect_kwargs(db),
-        min_size=db.pool_min,
-        max_size=db.pool_max,
+        kwargs=kwargs,
+        min_size=min(db.pool_min, max_size or db.pool_max),
+        max_size=max_size or db.pool_max,
         configure=configure,
         open=False,
         timeout=db.connect_timeout_s,

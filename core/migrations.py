@@ -246,7 +246,36 @@ class Migration:
     apply: Callable[[psycopg.Connection], None]
 
 
-MIGRATIONS: tuple[Migration, ...] = (Migration("initial schema with row-level security", _initial),)
+_RUN_QUEUE_SQL = """
+-- The last event sequence number handed out in each session; events take the next ones while
+-- holding the session row, so ids increase with no gaps and no repeats.
+ALTER TABLE sessions ADD COLUMN event_seq bigint NOT NULL DEFAULT 0;
+-- A run's place in its session's FIFO: the seq of its `run.queued` event.
+ALTER TABLE runs ADD COLUMN queue_seq bigint;
+CREATE INDEX runs_queue_idx ON runs (session_id, queue_seq)
+    WHERE status IN ('queued', 'running', 'awaiting_confirmation');
+"""
+
+
+def _run_queue(conn: psycopg.Connection) -> None:
+    conn.execute(_RUN_QUEUE_SQL)
+
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration("initial schema with row-level security", _initial),
+    Migration("per-session event sequence and run queue order", _run_queue),
+)
+
+
+def setup_checkpoints(conninfo: str) -> None:
+    """Create or upgrade LangGraph's checkpoint tables (the library versions its own schema).
+
+    Imported lazily: only `agentos migrate` and the test fixtures need langgraph here, never the API.
+    """
+    from langgraph.checkpoint.postgres import PostgresSaver
+
+    with psycopg.connect(conninfo, autocommit=True, prepare_threshold=0) as conn:
+        PostgresSaver(conn).setup()  # type: ignore[arg-type]
 
 
 def ensure_app_role(conn: psycopg.Connection, role: str) -> None:
@@ -291,6 +320,7 @@ def migrate(conninfo: str, app_role: str, *, log: Callable[[str], None] = lambda
                         (version, migration.name),
                     )
                 applied += 1
+            setup_checkpoints(conninfo)
             with conn.transaction():
                 ensure_app_role(conn, app_role)
         finally:

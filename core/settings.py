@@ -50,6 +50,45 @@ class ApiSettings(BaseModel):
     public_url: str | None = None
 
 
+class ModelSettings(BaseModel):
+    """Provider credentials and call policy for `openai:` and `anthropic:` model specs."""
+
+    openai_api_key: SecretStr | None = None
+    # Any OpenAI-compatible server (vLLM, Ollama, llama.cpp): e.g. http://127.0.0.1:11434/v1
+    openai_base_url: str | None = None
+    anthropic_api_key: SecretStr | None = None
+    anthropic_base_url: str | None = None
+    request_timeout_s: float = Field(default=60.0, gt=0)
+    max_retries: int = Field(default=3, ge=0, le=10)
+    retry_base_delay_s: float = Field(default=0.5, ge=0)
+
+
+class WorkerSettings(BaseModel):
+    """How workers execute runs."""
+
+    concurrency: int = Field(default=2, ge=1, le=256)
+    # A claimed run's lease; a heartbeat renews it every `heartbeat_s` while the run executes.
+    lease_s: float = Field(default=30.0, gt=0)
+    heartbeat_s: float = Field(default=5.0, gt=0)
+    # Per-session file workspaces for `file_manager` live under this directory.
+    workspace_root: str = ".agentos/workspaces"
+    # How deep sub-agents may delegate to further sub-agents.
+    max_delegation_depth: int = Field(default=3, ge=1, le=10)
+    # How often a running run checks its cancel flag (seconds).
+    cancel_poll_s: float = Field(default=0.1, gt=0)
+
+
+class EventSettings(BaseModel):
+    """The live event bus (Redis Streams) and SSE delivery."""
+
+    # Redis keeps about this many recent events per session; older ones are served from Postgres.
+    stream_maxlen: int = Field(default=10_000, ge=100)
+    stream_ttl_s: int = Field(default=86_400, ge=60)
+    keepalive_s: float = Field(default=15.0, gt=0)
+    # The longest a client may hold `GET /v1/runs/{id}/wait`.
+    max_wait_s: float = Field(default=60.0, gt=0)
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="AGENTOS_", env_nested_delimiter="__", extra="ignore", frozen=True
@@ -61,6 +100,9 @@ class Settings(BaseSettings):
     redis: RedisSettings = RedisSettings()
     auth: AuthSettings = AuthSettings()
     api: ApiSettings = ApiSettings()
+    models: ModelSettings = ModelSettings()
+    worker: WorkerSettings = WorkerSettings()
+    events: EventSettings = EventSettings()
 
     @model_validator(mode="after")
     def _refuse_default_secrets(self) -> Settings:

@@ -40,3 +40,22 @@ async def api_key_lookup_tx(pool: AsyncPool, prefix: str) -> AsyncIterator[Async
     async with pool.connection() as conn, conn.transaction():
         await conn.execute(SET_KEY_PREFIX_SQL, (prefix,))
         yield conn
+
+
+# Redis keys and checkpoint thread ids: built here only, always from ids the server resolved
+# (never from a client's string), and always carrying the org.
+
+
+def session_stream_key(org_id: str, session_id: str) -> str:
+    """The Redis Stream holding a session's live events (entry id `<seq>-0`)."""
+    return f"agentos:{org_id}:session:{session_id}:events"
+
+
+def run_cancel_key(org_id: str, run_id: str) -> str:
+    """Set when a client asks to cancel a run; the executing worker polls it."""
+    return f"agentos:{org_id}:run:{run_id}:cancel"
+
+
+def checkpoint_thread_id(org_id: str, session_id: str) -> str:
+    """The LangGraph checkpoint thread of a session's conversation."""
+    return f"{org_id}:{session_id}"

@@ -14,9 +14,12 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from starlette.testclient import TestClient
 
 from agentos.stack.local import LocalStack, StackUrls
+from agentos.stack.process import ServerProcess
+from agentos.stack.worker import worker_process
 from api.app import create_app
 from core.migrations import migrate
 from core.settings import Settings, load_settings
+from tests.openai_server import OpenAIServer
 
 ADMIN_TOKEN = "test-platform-admin-token-" + secrets.token_hex(8)
 JWT_SECRET = "test-jwt-secret-" + secrets.token_hex(16)
@@ -123,3 +126,34 @@ def org(client: TestClient) -> Org:
 @pytest.fixture
 def other_org(client: TestClient) -> Org:
     return new_org(client, "org B")
+
+
+@pytest.fixture(scope="session")
+def openai_server() -> Iterator[OpenAIServer]:
+    """A local OpenAI-compatible server; the worker's `openai:` models point at it."""
+    with OpenAIServer() as server:
+        yield server
+
+
+@dataclass(frozen=True)
+class Worker:
+    process: ServerProcess
+    workspace_root: Path
+
+
+@pytest.fixture(scope="session")
+def worker(stack: StackUrls, openai_server: OpenAIServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Worker]:
+    """A real Celery worker process (`agentos worker`, prefork, 2 slots) on the test stack."""
+    base = tmp_path_factory.mktemp("worker")
+    proc = worker_process(
+        base / "worker.log", database_url=stack.database_url, redis_url=stack.redis_url,
+        workspace_root=base / "workspaces", concurrency=2,
+        extra_env={"AGENTOS_ENV": "test", "AGENTOS_MODELS__OPENAI_BASE_URL": openai_server.base_url,
+                   "AGENTOS_MODELS__MAX_RETRIES": "1", "AGENTOS_MODELS__RETRY_BASE_DELAY_S": "0.05"},
+    )
+    proc.start()
+    try:
+        proc.wait_until(lambda: " ready." in proc.log_tail(200), timeout_s=60)
+        yield Worker(proc, base / "workspaces")
+    finally:
+        proc.stop()

@@ -36,12 +36,15 @@ class ServerProcess:
     """One server binary run in its own process group, logged to a file."""
 
     def __init__(self, name: str, argv: list[str], log_path: Path, *, stop_signal: int,
-                 user: str | None = None) -> None:
+                 user: str | None = None, env: dict[str, str] | None = None, group: bool = False) -> None:
         self.name = name
         self.argv = argv
         self.log_path = log_path
         self.stop_signal = stop_signal
         self.user = user
+        self.env = env
+        # Signal the whole process group on stop (for servers that fork workers of their own).
+        self.group = group
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
@@ -54,6 +57,7 @@ class ServerProcess:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,  # Ctrl-C in the terminal reaches us, not the servers
                 preexec_fn=_die_with_parent(self.stop_signal),
+                env=self.env,
                 user=self.user,
                 group=self.user,
                 extra_groups=[] if self.user else None,
@@ -89,10 +93,16 @@ class ServerProcess:
         if self.proc is None or self.proc.poll() is not None:
             return
         try:
-            os.kill(self.proc.pid, self.stop_signal)
+            if self.group:
+                os.killpg(self.proc.pid, self.stop_signal)
+            else:
+                os.kill(self.proc.pid, self.stop_signal)
             self.proc.wait(timeout_s)
         except subprocess.TimeoutExpired:
-            self.proc.kill()
+            if self.group:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            else:
+                self.proc.kill()
             self.proc.wait(5)
         except ProcessLookupError:
             pass

@@ -100,3 +100,14 @@ async def missing_ids(conn: AsyncConnection[DictRow], ids: list[str]) -> list[st
         return []
     found = {r["id"] for r in await (await conn.execute(EXISTING_IDS_SQL, (ids,))).fetchall()}
     return [i for i in ids if i not in found]
+
+
+GET_VERSION_SQL = """
+SELECT a.id, v.name, v.version, v.config FROM agent_versions v JOIN agents a ON a.id = v.agent_id
+WHERE v.agent_id = %s AND v.version = %s
+"""
+
+
+async def get_version(conn: AsyncConnection[DictRow], agent_id: str, version: int) -> dict[str, Any] | None:
+    """The agent as it was at `version` (what a run uses, even if the agent changed since)."""
+    return await (await conn.execute(GET_VERSION_SQL, (agent_id, version))).fetchone()

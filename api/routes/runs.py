@@ -1,0 +1,246 @@
+"""Runs: start one in a session, read, list, wait for, cancel.
+
+A POST stores the user's message, the queued run and its `run.queued` event in one
+transaction; only after the commit is the run sent to the workers (by task name).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+from typing import Any, Literal
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field
+from redis.exceptions import RedisError
+from starlette.responses import Response
+
+from api.endpoint import Call, endpoint, resource, validation_failed
+from api.responses import json, listing
+from core import events
+from core.errors import ApiError
+from core.event_reader import EventReader
+from core.jobs import JobQueue
+from core.pagination import page
+from core.settings import Settings
+from core.store import agents, audit, runs
+from core.tenancy import run_cancel_key, tenant_tx
+
+log = logging.getLogger("agentos.api")
+
+MAX_INPUT_CHARS = 100_000
+IDEMPOTENCY_KEY_MAX = 200
+
+
+class RunCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    input: str = Field(min_length=1, max_length=MAX_INPUT_CHARS)
+    multitask: Literal["enqueue", "reject"] = "enqueue"
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+
+def run_not_found(run_id: str) -> ApiError:
+    return ApiError("NOT_FOUND", f"No run with id {run_id!r} in this organisation.")
+
+
+def session_not_found(session_id: str) -> ApiError:
+    return ApiError("NOT_FOUND", f"No session with id {session_id!r} in this organisation.")
+
+
+def _public(run: dict[str, Any]) -> dict[str, Any]:
+    body = runs.to_public(run)
+    body["stream_url"] = f"/v1/runs/{run['id']}/events"
+    return body
+
+
+def _idempotency_key(call: Call[Any]) -> str | None:
+    key = call.request.headers.get("idempotency-key")
+    if key is None:
+        return None
+    if not 1 <= len(key) <= IDEMPOTENCY_KEY_MAX or not key.isprintable():
+        raise ApiError("BAD_REQUEST", f"Idempotency-Key must be 1 to {IDEMPOTENCY_KEY_MAX} printable characters.")
+    return key
+
+
+def _jobs(call: Call[Any]) -> JobQueue:
+    jobs: JobQueue = call.request.app.state.jobs
+    return jobs
+
+
+def settings_of(call: Call[Any]) -> Settings:
+    settings: Settings = call.request.app.state.settings
+    return settings
+
+
+async def publish(call: Call[Any], org_id: str, emitted: list[events.Event]) -> None:
+    s = settings_of(call).events
+    await events.publish(call.request.app.state.redis, org_id, emitted, maxlen=s.stream_maxlen, ttl_s=s.stream_ttl_s)
+
+
+async def enqueue_next(call: Call[Any], org_id: str, run_id: str | None) -> None:
+    """Send the session's next run to the workers (after the run before it ended here)."""
+    if run_id is None:
+        return
+    try:
+        await _jobs(call).enqueue_run(run_id, org_id)
+    except Exception as exc:  # the run stays queued; the durability work (watchdog) re-sends it
+        log.warning("could not enqueue run %s: %s", run_id, exc)
+
+
+@endpoint("Start a run: the message is stored and the run queued for a worker (`202`).", role="member",
+          body=RunCreate, status=202, response="Run")
+async def create_run(call: Call[RunCreate]) -> Response:
+    session_id = call.path_id("session_id", "session")
+    body, principal = call.body, call.principal
+    key = _idempotency_key(call)
+    request_hash = hashlib.sha256(orjson.dumps(body.model_dump(), option=orjson.OPT_SORT_KEYS)).hexdigest()
+    async with tenant_tx(call.pool, principal.org_id) as conn:
+        session = await runs.lock_session(conn, session_id)
+        if session is None:
+            raise session_not_found(session_id)
+        agent = await agents.get(conn, session["agent_id"])
+        if agent is None:
+            raise ApiError("CONFLICT", "This session's agent was deleted; start a new session with another agent.")
+        created = await runs.create(
+            conn, session_id=session_id, agent=agent, text=body.input, multitask=body.multitask,
+            metadata=body.metadata, idempotency_key=key, request_hash=request_hash, created_by=principal.actor,
+        )
+        assert created is not None  # the session row is locked above
+    run = created.run
+    if not created.created:
+        return json(_public(run), status=202, headers={"Idempotent-Replayed": "true"})
+    await publish(call, principal.org_id, created.events)
+    if created.first_in_line:
+        try:
+            await _jobs(call).enqueue_run(run["id"], principal.org_id)
+        except Exception as exc:
+            await _fail_unqueued(call, run, exc)
+    return json(_public(run), status=202, headers={"Location": f"/v1/runs/{run['id']}"})
+
+
+async def _fail_unqueued(call: Call[Any], run: dict[str, Any], exc: Exception) -> None:
+    """The broker refused the run: end it as failed (so nothing waits on it) and answer 503."""
+    log.error("enqueueing run %s failed: %s", run["id"], exc)
+    error = {"code": "UNAVAILABLE", "message": "The run could not be queued (the broker is unreachable); retry."}
+    org_id = call.principal.org_id
+    try:
+        async with tenant_tx(call.pool, org_id) as conn:
+            done = await runs.finish(conn, run["id"], run["session_id"], "failed", owner=None,
+                                     from_status=("queued",), error=error)
+        if done is not None:
+            await publish(call, org_id, done.events)
+            await enqueue_next(call, org_id, done.next_run_id)
+    except Exception:
+        log.exception("could not mark unqueued run %s failed", run["id"])
+    raise ApiError("UNAVAILABLE", error["message"], headers={"Retry-After": "5"},
+                   details={"run_id": run["id"]}) from exc
+
+
+@endpoint("Read one run.", response="Run")
+async def get_run(call: Call[Any]) -> Response:
+    run_id = call.path_id("run_id", "run")
+    async with tenant_tx(call.pool, call.principal.org_id) as conn:
+        run = await runs.get(conn, run_id)
+    if run is None:
+        raise run_not_found(run_id)
+    return json(_public(run))
+
+
+@endpoint("A session's runs, newest first.", paginated=True, response="Run")
+async def list_session_runs(call: Call[Any]) -> Response:
+    session_id = call.path_id("session_id", "session")
+    cursor, limit = call.page_params()
+    async with tenant_tx(call.pool, call.principal.org_id) as conn:
+        if await runs.lock_session(conn, session_id) is None:
+            raise session_not_found(session_id)
+        rows = await runs.list_runs(conn, session_id, cursor, limit)
+    data, next_cursor = page(rows, limit)
+    return listing([_public(r) for r in data], next_cursor)
+
+
+def _wait_timeout(call: Call[Any]) -> float:
+    raw = call.request.query_params.get("timeout", "30")
+    limit = settings_of(call).events.max_wait_s
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value <= limit:
+        raise validation_failed([{"field": "timeout", "message": f"must be a number of seconds from 0 to {limit:g}"}])
+    return value
+
+
+SESSION_SEQ_SQL = "SELECT event_seq FROM sessions WHERE id = %s"
+
+
+@endpoint("Wait until the run ends (or `?timeout=` seconds pass, default 30) and return it.", response="Run")
+async def wait_run(call: Call[Any]) -> Response:
+    run_id = call.path_id("run_id", "run")
+    timeout = _wait_timeout(call)
+    org_id = call.principal.org_id
+    async with tenant_tx(call.pool, org_id) as conn:
+        run = await runs.get(conn, run_id)
+        if run is None:
+            raise run_not_found(run_id)
+        row = await (await conn.execute(SESSION_SEQ_SQL, (run["session_id"],))).fetchone()
+    if run["status"] in runs.TERMINAL or timeout == 0:
+        return json(_public(run))
+    after = int(row["event_seq"]) if row else 0
+    reader = reader_for(call, run["session_id"])
+    try:
+        async with asyncio.timeout(timeout):
+            async for event in reader.follow(after):
+                if event.run_id == run_id and event.terminal:
+                    break
+    except TimeoutError:
+        pass
+    async with tenant_tx(call.pool, org_id) as conn:
+        run = await runs.get(conn, run_id)
+    assert run is not None
+    return json(_public(run))
+
+
+def reader_for(call: Call[Any], session_id: str) -> EventReader:
+    s = settings_of(call)
+    block_s = min(s.events.keepalive_s, max(s.redis.socket_timeout_s - 1.0, 0.5))
+    return EventReader(call.pool, call.request.app.state.redis, call.principal.org_id, session_id, block_s=block_s)
+
+
+@endpoint("Cancel a run: a queued run ends at once; a running one stops within a step (`202`).",
+          role="member", status=202, response="Run")
+async def cancel_run(call: Call[Any]) -> Response:
+    run_id = call.path_id("run_id", "run")
+    org_id = call.principal.org_id
+    async with tenant_tx(call.pool, org_id) as conn:
+        run = await runs.get(conn, run_id)
+        if run is None:
+            raise run_not_found(run_id)
+        if run["status"] in runs.TERMINAL:
+            raise ApiError("CONFLICT", f"The run already ended ({run['status']}); there is nothing to cancel.",
+                           details={"status": run["status"]})
+        done = None
+        if run["status"] in ("queued", "awaiting_confirmation"):
+            done = await runs.finish(conn, run_id, run["session_id"], "cancelled", owner=None,
+                                     from_status=("queued", "awaiting_confirmation"))
+        if done is None:  # running (or it started meanwhile): the worker stops it
+            await runs.request_cancel(conn, run_id)
+        await audit.record(conn, call.principal.actor, "run.cancel", "run", run_id, trace_id=run["trace_id"])
+    if done is not None:
+        await publish(call, org_id, done.events)
+        await enqueue_next(call, org_id, done.next_run_id)
+        run = done.run
+    else:
+        try:
+            await call.request.app.state.redis.set(run_cancel_key(org_id, run_id), b"1", ex=86_400)
+        except (RedisError, OSError) as exc:  # the worker also sees the request in Postgres
+            log.warning("cancel flag for run %s not set in Redis: %s", run_id, exc)
+    return json(_public(run), status=202)
+
+
+routes = [
+    resource("/v1/sessions/{session_id}/runs", POST=create_run, GET=list_session_runs),
+    resource("/v1/runs/{run_id}", GET=get_run),
+    resource("/v1/runs/{run_id}/wait", GET=wait_run),
+    resource("/v1/runs/{run_id}/cancel", POST=cancel_run),
+]

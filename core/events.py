@@ -1,0 +1,243 @@
+"""The event protocol of a run, and the one place events are written.
+
+Every event belongs to a session and gets that session's next sequence number (`seq`) in the
+same Postgres transaction that stores it (`append`), taken while holding the session row, so
+seqs increase with no gaps and no repeats. After the transaction commits the events are
+published to the session's Redis Stream with the entry id `<seq>-0` (`publish`), which wakes
+live readers. Postgres is the record; the stream is a bounded, best-effort cache of its tail,
+so whoever reads (`core.event_reader`) fills any hole in the stream from Postgres.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+import redis.asyncio as aioredis
+from psycopg import AsyncConnection
+from psycopg.rows import DictRow
+from redis.exceptions import RedisError, ResponseError
+
+from core.tenancy import AsyncPool, session_stream_key, tenant_tx
+
+log = logging.getLogger("agentos.events")
+
+RUN_QUEUED = "run.queued"
+RUN_STARTED = "run.started"
+STEP_STARTED = "step.started"
+MESSAGE_DELTA = "message.delta"
+TOOL_CALL = "tool.call"
+TOOL_RESULT = "tool.result"
+CONFIRMATION_REQUIRED = "confirmation.required"
+CONFIRMATION_RESOLVED = "confirmation.resolved"
+SUBAGENT_STARTED = "subagent.started"
+SUBAGENT_COMPLETED = "subagent.completed"
+MESSAGE_COMPLETED = "message.completed"
+RUN_SUCCEEDED = "run.succeeded"
+RUN_FAILED = "run.failed"
+RUN_CANCELLED = "run.cancelled"
+RUN_TIMED_OUT = "run.timed_out"
+
+TERMINAL_TYPES = frozenset({RUN_SUCCEEDED, RUN_FAILED, RUN_CANCELLED, RUN_TIMED_OUT})
+EVENT_TYPES = frozenset({
+    RUN_QUEUED, RUN_STARTED, STEP_STARTED, MESSAGE_DELTA, TOOL_CALL, TOOL_RESULT, CONFIRMATION_REQUIRED,
+    CONFIRMATION_RESOLVED, SUBAGENT_STARTED, SUBAGENT_COMPLETED, MESSAGE_COMPLETED, *TERMINAL_TYPES,
+})
+
+
+@dataclass(frozen=True)
+class Event:
+    seq: int
+    type: str
+    run_id: str
+    session_id: str
+    ts: datetime
+    data: dict[str, Any]
+
+    @property
+    def terminal(self) -> bool:
+        return self.type in TERMINAL_TYPES
+
+    def to_json(self) -> bytes:
+        """The SSE `data:` payload of API.md."""
+        return orjson.dumps({
+            "seq": self.seq, "type": self.type, "run_id": self.run_id, "session_id": self.session_id,
+            "ts": self.ts.astimezone(UTC).isoformat().replace("+00:00", "Z"), "data": self.data,
+        })
+
+    @classmethod
+    def from_json(cls, raw: bytes | str) -> Event:
+        doc = orjson.loads(raw)
+        return cls(
+            seq=int(doc["seq"]), type=doc["type"], run_id=doc["run_id"], session_id=doc["session_id"],
+            ts=datetime.fromisoformat(doc["ts"]), data=doc["data"],
+        )
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> Event:
+        return cls(seq=int(row["seq"]), type=row["type"], run_id=row["run_id"], session_id=row["session_id"],
+                   ts=row["ts"], data=row["data"])
+
+
+class SessionGone(Exception):
+    """Events were emitted for a session that no longer exists (or is not this org's)."""
+
+
+RESERVE_SEQ_SQL = "UPDATE sessions SET event_seq = event_seq + %s WHERE id = %s RETURNING event_seq"
+INSERT_EVENTS_SQL = """
+INSERT INTO run_events (org_id, session_id, seq, run_id, type, data, ts)
+SELECT agentos_current_org(), %(session_id)s, s, r, t, d::jsonb, %(ts)s
+FROM unnest(%(seqs)s::bigint[], %(runs)s::text[], %(types)s::text[], %(datas)s::text[]) AS e(s, r, t, d)
+"""
+
+
+async def append(
+    conn: AsyncConnection[DictRow], session_id: str, items: list[tuple[str, str, dict[str, Any]]]
+) -> list[Event]:
+    """Store events `(run_id, type, data)` in order, inside the caller's tenant transaction.
+
+    Taking the seqs locks the session row until the transaction ends, which is what keeps the
+    numbering gap-free when the API and a worker emit for the same session at once.
+    """
+    if not items:
+        return []
+    for _, kind, _ in items:
+        if kind not in EVENT_TYPES:
+            raise ValueError(f"unknown event type {kind!r}")
+    row = await (await conn.execute(RESERVE_SEQ_SQL, (len(items), session_id))).fetchone()
+    if row is None:
+        raise SessionGone(session_id)
+    first = int(row["event_seq"]) - len(items) + 1
+    ts = datetime.now(UTC)
+    events = [
+        Event(seq=first + i, type=kind, run_id=run_id, session_id=session_id, ts=ts, data=data)
+        for i, (run_id, kind, data) in enumerate(items)
+    ]
+    await conn.execute(INSERT_EVENTS_SQL, {
+        "session_id": session_id, "ts": ts, "seqs": [e.seq for e in events], "runs": [e.run_id for e in events],
+        "types": [e.type for e in events], "datas": [orjson.dumps(e.data).decode() for e in events],
+    })
+    return events
+
+
+async def publish(
+    redis: aioredis.Redis, org_id: str, events: list[Event], *, maxlen: int, ttl_s: int
+) -> None:
+    """Add committed events to their session's stream. Never raises: Postgres already has them,
+    and readers fill from Postgres whatever the stream lacks."""
+    if not events:
+        return
+    key = session_stream_key(org_id, events[0].session_id)
+    try:
+        async with redis.pipeline(transaction=False) as pipe:
+            for event in events:
+                pipe.xadd(key, {"e": event.to_json()}, id=f"{event.seq}-0", maxlen=maxlen, approximate=True)
+            pipe.expire(key, ttl_s)
+            results = await pipe.execute(raise_on_error=False)
+    except (RedisError, OSError) as exc:
+        log.warning("events %s..%s of session %s not published to Redis: %s",
+                    events[0].seq, events[-1].seq, events[0].session_id, exc)
+        return
+    for result in results:
+        # "ID ... equal or smaller": a later event reached the stream first. Readers see the
+        # hole in the ids and read it from Postgres.
+        if isinstance(result, ResponseError):
+            log.info("event out of order for session %s: %s", events[0].session_id, result)
+        elif isinstance(result, Exception):
+            log.warning("publishing an event failed: %s", result)
+
+
+class RunEmitter:
+    """Emits one run's events: each `emit` is stored (its own transaction) and then published.
+
+    `message.delta` text is coalesced: a delta goes out at once when none went out within the
+    last `delta_window_s`, otherwise it is buffered and flushed by a timer, by the next other
+    event, or by `flush()`. That keeps token streaming live without one transaction per token.
+    """
+
+    def __init__(
+        self,
+        pool: AsyncPool,
+        redis: aioredis.Redis,
+        org_id: str,
+        session_id: str,
+        run_id: str,
+        *,
+        maxlen: int,
+        ttl_s: int,
+        delta_window_s: float = 0.02,
+    ) -> None:
+        self.org_id = org_id
+        self.session_id = session_id
+        self.run_id = run_id
+        self._pool = pool
+        self._redis = redis
+        self._maxlen = maxlen
+        self._ttl_s = ttl_s
+        self._window = delta_window_s
+        self._lock = asyncio.Lock()
+        self._pending: list[tuple[str, str]] = []  # (agent_id, text)
+        self._last_delta_at = 0.0
+        self._timer: asyncio.Task[None] | None = None
+        self.emitted = 0
+
+    async def emit(self, kind: str, data: dict[str, Any]) -> None:
+        async with self._lock:
+            items = self._take_deltas() + [(self.run_id, kind, data)]
+            await self._write(items)
+
+    async def delta(self, text: str, agent_id: str) -> None:
+        if not text:
+            return
+        loop = asyncio.get_running_loop()
+        async with self._lock:
+            self._pending.append((agent_id, text))
+            if loop.time() - self._last_delta_at >= self._window and len({a for a, _ in self._pending}) == 1:
+                await self._write(self._take_deltas())
+            elif self._timer is None:
+                self._timer = asyncio.create_task(self._flush_later())
+
+    async def flush(self) -> None:
+        async with self._lock:
+            await self._write(self._take_deltas())
+
+    async def close(self) -> None:
+        await self.flush()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    async def publish(self, events: list[Event]) -> None:
+        """Publish events stored by someone else's transaction (e.g. a run's terminal event)."""
+        await publish(self._redis, self.org_id, events, maxlen=self._maxlen, ttl_s=self._ttl_s)
+
+    async def _flush_later(self) -> None:
+        await asyncio.sleep(self._window)
+        async with self._lock:
+            self._timer = None
+            await self._write(self._take_deltas())
+
+    def _take_deltas(self) -> list[tuple[str, str, dict[str, Any]]]:
+        """Pending deltas as events, one per run of consecutive text from the same agent."""
+        merged: list[tuple[str, str]] = []
+        for agent_id, text in self._pending:
+            if merged and merged[-1][0] == agent_id:
+                merged[-1] = (agent_id, merged[-1][1] + text)
+            else:
+                merged.append((agent_id, text))
+        self._pending = []
+        if merged:
+            self._last_delta_at = asyncio.get_running_loop().time()
+        return [(self.run_id, MESSAGE_DELTA, {"text": text, "agent_id": agent}) for agent, text in merged]
+
+    async def _write(self, items: list[tuple[str, str, dict[str, Any]]]) -> None:
+        if not items:
+            return
+        async with tenant_tx(self._pool, self.org_id) as conn:
+            stored = await append(conn, self.session_id, items)
+        self.emitted += len(stored)
+        await self.publish(stored)

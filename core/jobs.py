@@ -1,0 +1,65 @@
+"""Job names and payloads: the contract between whoever enqueues (the API, the runtime) and
+the Celery workers that execute. Enqueuers send by task **name**, so the API never imports
+the runtime (or langchain).
+
+`JobQueue` is a small client: a Celery app with no tasks, used only to send. Sending is
+blocking network IO, so async callers go through `enqueue_run`, which runs it in a thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from celery import Celery
+from pydantic import BaseModel
+
+from core.settings import Settings
+
+EXECUTE_RUN = "agentos.execute_run"
+RUNS_QUEUE = "agentos.runs"
+
+
+class RunJob(BaseModel):
+    """The whole payload of an `EXECUTE_RUN` task: ids only; the worker loads the rest."""
+
+    run_id: str
+    org_id: str
+
+
+def celery_config(settings: Settings) -> dict[str, Any]:
+    """Broker settings shared by senders and workers, so both see the same queue."""
+    return {
+        "broker_url": settings.redis.url,
+        "task_default_queue": RUNS_QUEUE,
+        "task_serializer": "json",
+        "accept_content": ["json"],
+        "broker_connection_retry_on_startup": True,
+        "broker_connection_timeout": settings.redis.socket_timeout_s,
+        "broker_transport_options": {
+            "socket_timeout": settings.redis.socket_timeout_s,
+            "socket_connect_timeout": settings.redis.socket_timeout_s,
+            # A run is protected by its lease in Postgres, not by the broker; the visibility
+            # timeout only decides when a message of a dead worker is redelivered.
+            "visibility_timeout": 3600,
+        },
+        "task_publish_retry": True,
+        "task_publish_retry_policy": {"max_retries": 3, "interval_start": 0.1, "interval_step": 0.2},
+    }
+
+
+class JobQueue:
+    """Sends jobs to the workers by name."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._app = Celery("agentos-sender", set_as_current=False)
+        self._app.conf.update(celery_config(settings))
+
+    def send_run(self, job: RunJob) -> None:
+        self._app.send_task(EXECUTE_RUN, kwargs=job.model_dump(), queue=RUNS_QUEUE)
+
+    async def enqueue_run(self, run_id: str, org_id: str) -> None:
+        await asyncio.to_thread(self.send_run, RunJob(run_id=run_id, org_id=org_id))
+
+    def close(self) -> None:
+        self._app.close()

@@ -1,0 +1,256 @@
+"""Runs: create (with idempotency and the per-session queue), claim with a lease, heartbeat,
+finish, cancel. Every state change emits its event in the same transaction.
+
+A session runs one run at a time, in the order their `run.queued` events were numbered
+(`queue_seq`). Creating and claiming both lock the session row first, so a run is claimable
+only when no earlier run of its session is still active, and whoever ends a run learns which
+run is next and enqueues it after commit.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Sequence
+from datetime import timedelta
+from typing import Any
+
+from psycopg import AsyncConnection
+from psycopg.rows import DictRow
+from psycopg.types.json import Jsonb
+
+from core import events
+from core.errors import ApiError
+from core.events import Event
+from core.ids import new_id
+
+ACTIVE = ("queued", "running", "awaiting_confirmation")
+TERMINAL = ("succeeded", "failed", "cancelled", "timed_out")
+
+COLUMNS = (
+    "id, session_id, agent_id, agent_version, status, multitask, input, output, error, usage, metadata, "
+    "attempt, trace_id, created_at, started_at, finished_at"
+)
+PUBLIC_FIELDS = (
+    "id", "session_id", "agent_id", "agent_version", "status", "input", "output", "error", "usage",
+    "metadata", "attempt", "created_at", "started_at", "finished_at", "trace_id",
+)
+
+LOCK_SESSION_SQL = "SELECT id, agent_id FROM sessions WHERE id = %s AND deleted_at IS NULL FOR UPDATE"
+BY_IDEMPOTENCY_SQL = f"SELECT {COLUMNS}, request_hash FROM runs WHERE session_id = %s AND idempotency_key = %s"
+ACTIVE_IN_SESSION_SQL = "SELECT id FROM runs WHERE session_id = %s AND status IN ('queued', 'running', " \
+    "'awaiting_confirmation') ORDER BY queue_seq LIMIT 1"
+INSERT_RUN_SQL = f"""
+INSERT INTO runs (id, org_id, session_id, agent_id, agent_version, multitask, input, metadata,
+                  idempotency_key, request_hash, trace_id, created_by, deadline_at)
+VALUES (%(id)s, agentos_current_org(), %(session_id)s, %(agent_id)s, %(agent_version)s, %(multitask)s,
+        %(input)s, %(metadata)s, %(idempotency_key)s, %(request_hash)s, %(trace_id)s, %(created_by)s, NULL)
+RETURNING {COLUMNS}
+"""
+SET_QUEUE_SEQ_SQL = "UPDATE runs SET queue_seq = %s WHERE id = %s"
+GET_RUN_SQL = f"SELECT {COLUMNS}, queue_seq, lease_owner, lease_expires_at, cancel_requested_at FROM runs WHERE id = %s"
+LIST_RUNS_SQL = f"""
+SELECT {COLUMNS} FROM runs WHERE session_id = %(session_id)s
+  AND (%(cursor)s::text IS NULL OR id < %(cursor)s)
+ORDER BY id DESC LIMIT %(limit)s
+"""
+# Claimable: queued (or running with a lapsed lease) and first in its session's line.
+CLAIM_SQL = f"""
+UPDATE runs r SET status = 'running', attempt = attempt + 1, lease_owner = %(owner)s,
+    lease_expires_at = now() + %(lease)s, heartbeat_at = now(), started_at = coalesce(started_at, now()),
+    deadline_at = coalesce(deadline_at, now() + %(timeout)s)
+WHERE r.id = %(run_id)s
+  AND (r.status = 'queued' OR (r.status = 'running' AND r.lease_expires_at < now()))
+  AND r.cancel_requested_at IS NULL
+  AND NOT EXISTS (SELECT 1 FROM runs e WHERE e.session_id = r.session_id AND e.queue_seq < r.queue_seq
+                  AND e.status IN ('queued', 'running', 'awaiting_confirmation'))
+RETURNING {COLUMNS}, deadline_at
+"""
+HEARTBEAT_SQL = """
+UPDATE runs SET lease_expires_at = now() + %s, heartbeat_at = now()
+WHERE id = %s AND status = 'running' AND lease_owner = %s RETURNING cancel_requested_at
+"""
+FINISH_SQL = f"""
+UPDATE runs SET status = %(status)s, output = %(output)s, error = %(error)s, usage = %(usage)s,
+    finished_at = now(), lease_owner = NULL, lease_expires_at = NULL
+WHERE id = %(run_id)s AND status = ANY(%(from)s)
+  AND (%(owner)s::text IS NULL OR lease_owner = %(owner)s)
+RETURNING {COLUMNS}
+"""
+NEXT_IN_SESSION_SQL = """
+SELECT id, status FROM runs WHERE session_id = %s AND status IN ('queued', 'running', 'awaiting_confirmation')
+ORDER BY queue_seq LIMIT 1
+"""
+REQUEST_CANCEL_SQL = "UPDATE runs SET cancel_requested_at = coalesce(cancel_requested_at, now()) WHERE id = %s"
+
+
+def to_public(row: dict[str, Any]) -> dict[str, Any]:
+    return {k: row.get(k) for k in PUBLIC_FIELDS}
+
+
+async def lock_session(conn: AsyncConnection[DictRow], session_id: str) -> dict[str, Any] | None:
+    return await (await conn.execute(LOCK_SESSION_SQL, (session_id,))).fetchone()
+
+
+async def get(conn: AsyncConnection[DictRow], run_id: str) -> dict[str, Any] | None:
+    return await (await conn.execute(GET_RUN_SQL, (run_id,))).fetchone()
+
+
+async def list_runs(
+    conn: AsyncConnection[DictRow], session_id: str, cursor: str | None, limit: int
+) -> list[dict[str, Any]]:
+    params = {"session_id": session_id, "cursor": cursor, "limit": limit + 1}
+    return list(await (await conn.execute(LIST_RUNS_SQL, params)).fetchall())
+
+
+class Created:
+    """What `create` did: the run, its events, and whether to enqueue it now."""
+
+    def __init__(self, run: dict[str, Any], events: list[Event], created: bool, first_in_line: bool) -> None:
+        self.run = run
+        self.events = events
+        self.created = created
+        self.first_in_line = first_in_line
+
+
+async def create(
+    conn: AsyncConnection[DictRow],
+    *,
+    session_id: str,
+    agent: dict[str, Any],
+    text: str,
+    multitask: str,
+    metadata: dict[str, Any],
+    idempotency_key: str | None,
+    request_hash: str,
+    created_by: str | None,
+) -> Created | None:
+    """Insert the user's message and a queued run (None if the session does not exist).
+
+    Raises ApiError for a reused idempotency key with another body, and for a busy session
+    when `multitask` is `reject`.
+    """
+    if await lock_session(conn, session_id) is None:
+        return None
+    if idempotency_key is not None:
+        existing = await (await conn.execute(BY_IDEMPOTENCY_SQL, (session_id, idempotency_key))).fetchone()
+        if existing is not None:
+            if existing.pop("request_hash") != request_hash:
+                raise ApiError(
+                    "IDEMPOTENCY_MISMATCH",
+                    "This Idempotency-Key was already used with a different request body.",
+                    details={"idempotency_key": idempotency_key, "run_id": existing["id"]},
+                )
+            return Created(existing, [], created=False, first_in_line=False)
+    active = await (await conn.execute(ACTIVE_IN_SESSION_SQL, (session_id,))).fetchone()
+    if active is not None and multitask == "reject":
+        raise ApiError(
+            "SESSION_BUSY",
+            "A run is already active in this session; wait for it to finish, cancel it, or send "
+            "multitask: \"enqueue\" to queue behind it.",
+            details={"active_run_id": active["id"]},
+        )
+    run_id = new_id("run")
+    run = await (await conn.execute(INSERT_RUN_SQL, {
+        "id": run_id, "session_id": session_id, "agent_id": agent["id"], "agent_version": agent["version"],
+        "multitask": multitask, "input": Jsonb({"text": text}), "metadata": Jsonb(metadata),
+        "idempotency_key": idempotency_key, "request_hash": request_hash, "trace_id": new_trace_id(),
+        "created_by": created_by,
+    })).fetchone()
+    assert run is not None
+    await conn.execute(
+        "INSERT INTO messages (id, org_id, session_id, run_id, role, content) "
+        "VALUES (%s, agentos_current_org(), %s, %s, 'user', %s)",
+        (new_id("message"), session_id, run_id, text),
+    )
+    emitted = await events.append(conn, session_id, [(run_id, events.RUN_QUEUED, {"attempt": 0})])
+    await conn.execute(SET_QUEUE_SEQ_SQL, (emitted[0].seq, run_id))
+    return Created(run, emitted, created=True, first_in_line=active is None)
+
+
+def new_trace_id() -> str:
+    """A W3C trace id (32 hex) that follows the run through logs, events and spans."""
+    return secrets.token_hex(16)
+
+
+async def claim(
+    conn: AsyncConnection[DictRow], run_id: str, session_id: str, owner: str, lease_s: float, timeout_s: float
+) -> tuple[dict[str, Any], list[Event]] | None:
+    """Take the run for `owner`: None if it is not claimable (finished, cancelled, held by a live
+    lease, or waiting behind an earlier run of its session)."""
+    if await lock_session(conn, session_id) is None:
+        return None
+    row = await (await conn.execute(CLAIM_SQL, {
+        "owner": owner, "lease": timedelta(seconds=lease_s), "timeout": timedelta(seconds=timeout_s),
+        "run_id": run_id,
+    })).fetchone()
+    if row is None:
+        return None
+    emitted = await events.append(conn, session_id, [(run_id, events.RUN_STARTED, {"attempt": row["attempt"]})])
+    return row, emitted
+
+
+async def heartbeat(conn: AsyncConnection[DictRow], run_id: str, owner: str, lease_s: float) -> tuple[bool, bool]:
+    """Renew the lease: (still ours, cancel requested)."""
+    row = await (await conn.execute(HEARTBEAT_SQL, (timedelta(seconds=lease_s), run_id, owner))).fetchone()
+    if row is None:
+        return False, False
+    return True, row["cancel_requested_at"] is not None
+
+
+TERMINAL_EVENT = {
+    "succeeded": events.RUN_SUCCEEDED,
+    "failed": events.RUN_FAILED,
+    "cancelled": events.RUN_CANCELLED,
+    "timed_out": events.RUN_TIMED_OUT,
+}
+
+
+class Finished:
+    def __init__(self, run: dict[str, Any], events: list[Event], next_run_id: str | None) -> None:
+        self.run = run
+        self.events = events
+        self.next_run_id = next_run_id
+
+
+async def finish(
+    conn: AsyncConnection[DictRow],
+    run_id: str,
+    session_id: str,
+    status: str,
+    *,
+    owner: str | None,
+    from_status: tuple[str, ...] = ("running",),
+    output: dict[str, Any] | None = None,
+    error: dict[str, Any] | None = None,
+    usage: dict[str, Any] | None = None,
+    extra_events: Sequence[tuple[str, dict[str, Any]]] = (),
+) -> Finished | None:
+    """Move the run to a terminal state and emit its terminal event; None if it was not in
+    `from_status` (or not held by `owner`). Reports the run that is next in the session."""
+    if status not in TERMINAL_EVENT:
+        raise ValueError(f"not a terminal status: {status}")
+    if await lock_session(conn, session_id) is None:
+        return None
+    row = await (await conn.execute(FINISH_SQL, {
+        "status": status, "output": Jsonb(output) if output is not None else None,
+        "error": Jsonb(error) if error is not None else None, "usage": Jsonb(usage or {}),
+        "run_id": run_id, "from": list(from_status), "owner": owner,
+    })).fetchone()
+    if row is None:
+        return None
+    data: dict[str, Any]
+    if status == "succeeded":
+        data = {"output": output, "usage": usage or {}}
+    elif status in ("failed", "timed_out"):
+        data = {"error": error}
+    else:
+        data = {}
+    items = [(run_id, kind, payload) for kind, payload in extra_events] + [(run_id, TERMINAL_EVENT[status], data)]
+    emitted = await events.append(conn, session_id, items)
+    nxt = await (await conn.execute(NEXT_IN_SESSION_SQL, (session_id,))).fetchone()
+    next_id = nxt["id"] if nxt is not None and nxt["status"] == "queued" else None
+    return Finished(row, emitted, next_id)
+
+
+async def request_cancel(conn: AsyncConnection[DictRow], run_id: str) -> None:
+    await conn.execute(REQUEST_CANCEL_SQL, (run_id,))

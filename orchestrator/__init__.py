@@ -1,0 +1,1 @@
+"""The orchestrator: models, graphs and the agent loop, independent of transport and storage."""

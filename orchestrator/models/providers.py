@@ -1,0 +1,188 @@
+"""Build chat models from `provider:model` specs, and retry the transient failures of their calls."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import re
+from collections.abc import Awaitable, Callable
+from functools import cached_property
+from typing import Any, TypeVar
+
+import anthropic
+import httpx
+import httpx2
+import openai
+from langchain_anthropic import ChatAnthropic
+from langchain_core.exceptions import ModelError
+from langchain_core.language_models import BaseChatModel
+from langchain_openai import ChatOpenAI
+from pydantic import SecretStr
+
+from core.agent_config import MODEL_PROVIDERS
+from core.settings import ModelSettings
+from orchestrator.models.offline import OfflineChatModel, OfflineModelError
+
+T = TypeVar("T")
+
+OPENAI_KEY_ENV = "AGENTOS_MODELS__OPENAI_API_KEY"
+ANTHROPIC_KEY_ENV = "AGENTOS_MODELS__ANTHROPIC_API_KEY"
+_PLACEHOLDER_KEY = "not-needed"  # local OpenAI-compatible servers ignore the key
+_RETRY_STATUSES = {408, 409, 429}
+_SECRET = re.compile(r"\b(?:sk|pk|rk)-[A-Za-z0-9_\-*.]{4,}|(?i:bearer\s+\S+)")
+
+
+class ModelConfigError(ValueError):
+    """A model spec or provider configuration that cannot work."""
+
+
+class _ChatAnthropic(ChatAnthropic):
+    """ChatAnthropic with its own async HTTP client instead of one shared by every event loop."""
+
+    @cached_property
+    def _async_client(self) -> anthropic.AsyncClient:
+        params = self._client_params
+        return anthropic.AsyncClient(**params, http_client=anthropic.DefaultAsyncHttpxClient())
+
+
+def resolve_model(spec: str, settings: ModelSettings) -> BaseChatModel:
+    """The chat model for `spec` (`offline:<name>`, `openai:<model>`, `anthropic:<model>`).
+
+    Build one per run: its async HTTP client belongs to the event loop that first uses it.
+    Release it with `aclose_model`. Provider clients never retry; use `with_retries`.
+    """
+    provider, sep, name = spec.partition(":")
+    provider, name = provider.strip().lower(), name.strip()
+    if not sep or not name:
+        raise ModelConfigError(f"model {spec!r} must look like 'provider:model', e.g. 'offline:default'")
+    if provider == "offline":
+        return OfflineChatModel(model_name=name)
+    if provider == "openai":
+        return _openai(name, settings)
+    if provider == "anthropic":
+        return _anthropic(name, settings)
+    raise ModelConfigError(f"unknown model provider {provider!r} in {spec!r}; use one of {', '.join(MODEL_PROVIDERS)}")
+
+
+def _openai(name: str, settings: ModelSettings) -> BaseChatModel:
+    key = settings.openai_api_key
+    if key is None and not settings.openai_base_url:
+        raise ModelConfigError(
+            f"openai:{name} needs an API key: set {OPENAI_KEY_ENV} "
+            "(or AGENTOS_MODELS__OPENAI_BASE_URL for a local OpenAI-compatible server)"
+        )
+    return ChatOpenAI(
+        model=name,
+        api_key=key or SecretStr(_PLACEHOLDER_KEY),
+        base_url=settings.openai_base_url,
+        timeout=settings.request_timeout_s,
+        max_retries=0,
+        streaming=True,
+        stream_usage=True,
+        http_async_client=openai.DefaultAsyncHttpxClient(timeout=settings.request_timeout_s),
+    )
+
+
+def _anthropic(name: str, settings: ModelSettings) -> BaseChatModel:
+    if settings.anthropic_api_key is None:
+        raise ModelConfigError(f"anthropic:{name} needs an API key: set {ANTHROPIC_KEY_ENV}")
+    return _ChatAnthropic(
+        model_name=name,
+        api_key=settings.anthropic_api_key,
+        base_url=settings.anthropic_base_url,
+        timeout=settings.request_timeout_s,
+        max_retries=0,
+        streaming=True,
+        stream_usage=True,
+        stop=None,
+    )
+
+
+async def aclose_model(model: BaseChatModel) -> None:
+    """Close the async HTTP client `resolve_model` gave `model` (a no-op for the offline model)."""
+    if isinstance(model, ChatOpenAI) and model.root_async_client is not None:
+        await model.root_async_client.close()
+    elif isinstance(model, _ChatAnthropic) and "_async_client" in model.__dict__:
+        await model._async_client.close()
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether retrying the same model call may succeed (network, timeout, 429, 5xx)."""
+    if isinstance(exc, ModelError):
+        return exc.is_retryable
+    if isinstance(exc, openai.APIConnectionError | anthropic.APIConnectionError):
+        return True
+    if isinstance(exc, openai.APIStatusError | anthropic.APIStatusError):
+        return exc.status_code in _RETRY_STATUSES or exc.status_code >= 500
+    return isinstance(exc, httpx.TransportError | httpx2.TransportError | ConnectionError)
+
+
+async def with_retries(
+    fn: Callable[[], Awaitable[T]],
+    *,
+    attempts: int,
+    base_delay_s: float,
+    on_retry: Callable[[int, BaseException, float], None] | None = None,
+    max_delay_s: float = 30.0,
+) -> T:
+    """Await `fn()` up to `attempts` times, backing off exponentially with jitter on transient errors.
+
+    `on_retry(attempt, error, delay_s)` runs before each pause; `attempt` counts from 1.
+    A non-transient error, or the last one, is raised as it is.
+    """
+    attempt = 0
+    while True:
+        attempt += 1
+        try:
+            return await fn()
+        except Exception as exc:
+            if attempt >= attempts or not is_transient(exc):
+                raise
+            delay = min(max_delay_s, base_delay_s * 2 ** (attempt - 1) * random.uniform(0.5, 1.5))
+            if on_retry is not None:
+                on_retry(attempt, exc, delay)
+            await asyncio.sleep(delay)
+
+
+def _provider(exc: BaseException) -> str:
+    if isinstance(exc, openai.OpenAIError):
+        return "openai"
+    if isinstance(exc, anthropic.AnthropicError):
+        return "anthropic"
+    return "model provider"
+
+
+def _detail(exc: BaseException) -> str:
+    body: Any = getattr(exc, "body", None)
+    if isinstance(body, dict) and isinstance(body.get("error"), dict):
+        body = body["error"]
+    message = body.get("message") if isinstance(body, dict) else None
+    text = str(message or getattr(exc, "message", None) or exc or type(exc).__name__)
+    text = (" ".join(text.split()))
+    return text if len(text) <= 300 else text[:299] + "…"
+
+
+def describe_error(exc: BaseException, *, attempts: int | None = None) -> str:
+    """A readable one-line account of a failed model call, for the user; never includes a key.
+
+    Pass `attempts` (how many calls were made) to mention it for transient failures.
+    """
+    if isinstance(exc, ModelConfigError | OfflineModelError):
+        prefix = "offline model failed: " if isinstance(exc, OfflineModelError) else ""
+        return prefix + _detail(exc)
+    provider = _provider(exc)
+    env = ANTHROPIC_KEY_ENV if provider == "anthropic" else OPENAI_KEY_ENV
+    status: int | None = getattr(exc, "status_code", None)
+    if status == 401:
+        return f"{provider}: authentication failed (401): check {env}"
+    if status == 403:
+        return f"{provider}: permission denied (403): the API key may not use this model: {_detail(exc)}"
+    if status == 404:
+        return f"{provider}: not found (404): check the model name in the agent's `model`: {_detail(exc)}"
+    if is_transient(exc):
+        tries = f" after {attempts} attempts" if attempts and attempts > 1 else ""
+        what = "rate limited (429)" if status == 429 else f"server error ({status})" if status else "unreachable"
+        return f"{provider}: {what}{tries}: {_detail(exc)}"
+    if status is not None:
+        return f"{provider}: request rejected ({status}): {_detail(exc)}"
+    return f"{provider}: {type(exc).__name__}: {_detail(exc)}"

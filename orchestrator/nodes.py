@@ -1,0 +1,275 @@
+"""The four nodes: THINK calls the model, ACT runs skills, DELEGATE runs sub-agents, RESPOND
+hands back the answer. Each node announces itself with `step.started`."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from typing import Any
+
+from langchain_core.messages import (
+    AIMessage,
+    AIMessageChunk,
+    AnyMessage,
+    BaseMessage,
+    HumanMessage,
+    SystemMessage,
+    ToolMessage,
+)
+from langchain_core.messages.ai import UsageMetadata
+from langgraph.runtime import Runtime
+
+from core import events
+from core.ids import new_id
+from core.skill_names import DELEGATE_TOOL
+from core.store import tool_calls
+from core.tenancy import tenant_tx
+from orchestrator.context import RunContext
+from orchestrator.models import resolve_model, with_retries
+from orchestrator.state import AgentState
+from skills import SkillContext, SkillError
+
+log = logging.getLogger("agentos.orchestrator")
+
+NOT_RUN = "Not run: the run that proposed this call ended before it completed."
+MAX_RESULT_CHARS = 20_000
+
+
+class ModelCallFailed(Exception):
+    """The model provider failed (after retries); ends the run with a readable message."""
+
+    def __init__(self, cause: BaseException) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
+
+
+async def _step(ctx: RunContext, node: str) -> None:
+    await ctx.emitter.emit(events.STEP_STARTED, {"node": node, "agent_id": ctx.agent.id})
+
+
+def _delegate_tool(ctx: RunContext, names: list[str]) -> dict[str, Any]:
+    return {
+        "type": "function",
+        "function": {
+            "name": DELEGATE_TOOL,
+            "description": "Hand a task to one of your sub-agents and get its answer back.",
+            "parameters": {
+                "type": "object",
+                "properties": {
+                    "agent": {"type": "string", "enum": names, "description": "Which sub-agent."},
+                    "message": {"type": "string", "description": "The task, written for that agent."},
+                },
+                "required": ["agent", "message"],
+                "additionalProperties": False,
+            },
+        },
+    }
+
+
+async def _subagents(ctx: RunContext) -> dict[str, str]:
+    """Sub-agent name -> id, for the agent of this context."""
+    found: dict[str, str] = {}
+    for agent_id in ctx.agent.config.subagents:
+        spec = await ctx.load_agent(agent_id)
+        if spec is not None:
+            found[spec.name] = spec.id
+    return found
+
+
+def _conversation(messages: list[AnyMessage]) -> list[BaseMessage]:
+    """The messages as a model accepts them: a tool call left unanswered by an earlier, ended
+    run gets a note in place of its result."""
+    answered = {m.tool_call_id for m in messages if isinstance(m, ToolMessage)}
+    out: list[BaseMessage] = []
+    for message in messages:
+        out.append(message)
+        if isinstance(message, AIMessage):
+            for call in message.tool_calls:
+                if call["id"] not in answered:
+                    out.append(ToolMessage(content=NOT_RUN, tool_call_id=call["id"] or "", name=call["name"]))
+    return out
+
+
+def _model(ctx: RunContext) -> Any:
+    spec = ctx.agent.config.model
+    if spec not in ctx.model_cache:
+        ctx.model_cache[spec] = resolve_model(spec, ctx.models)
+    return ctx.model_cache[spec]
+
+
+def _add_usage(ctx: RunContext, usage: UsageMetadata | None) -> None:
+    if not usage:
+        return
+    counts: dict[str, Any] = dict(usage)
+    for key in ("input_tokens", "output_tokens", "total_tokens"):
+        ctx.usage[key] = ctx.usage.get(key, 0) + int(counts.get(key) or 0)
+    ctx.budget.add_tokens(int(counts.get("total_tokens") or 0))
+
+
+async def think(state: AgentState, runtime: Runtime[RunContext]) -> dict[str, Any]:
+    ctx = runtime.context
+    assert ctx is not None
+    ctx.budget.take_step()
+    await _step(ctx, "think")
+    tools = [s.tool_spec() for s in ctx.skills.select(ctx.agent.config.skills)]
+    subagents = await _subagents(ctx)
+    if subagents and ctx.depth < ctx.max_depth:
+        tools.append(_delegate_tool(ctx, sorted(subagents)))
+    model = _model(ctx)
+    bound = model.bind_tools(tools) if tools else model
+    prompt: list[BaseMessage] = []
+    if ctx.agent.config.instructions:
+        prompt.append(SystemMessage(ctx.agent.config.instructions))
+    prompt.extend(_conversation(state["messages"]))
+
+    async def call() -> AIMessageChunk:
+        streamed = False
+        total: AIMessageChunk | None = None
+        try:
+            async for chunk in bound.astream(prompt):
+                text = chunk.text if isinstance(chunk.text, str) else ""
+                if text:
+                    streamed = True
+                    await ctx.emitter.delta(text, ctx.agent.id)
+                total = chunk if total is None else total + chunk
+        except Exception as exc:
+            if streamed:  # do not retry and stream the start of the answer twice
+                raise ModelCallFailed(exc) from exc
+            raise
+        return total if total is not None else AIMessageChunk(content="")
+
+    try:
+        chunk = await with_retries(
+            call, attempts=ctx.models.max_retries + 1, base_delay_s=ctx.models.retry_base_delay_s
+        )
+    except ModelCallFailed:
+        raise
+    except Exception as exc:
+        raise ModelCallFailed(exc) from exc
+    _add_usage(ctx, chunk.usage_metadata)
+    message = AIMessage(
+        content=chunk.content, tool_calls=chunk.tool_calls, usage_metadata=chunk.usage_metadata,
+        response_metadata=chunk.response_metadata, id=chunk.id,
+    )
+    return {"messages": [message]}
+
+
+def _pending_calls(messages: list[AnyMessage]) -> list[dict[str, Any]]:
+    """Tool calls of the latest AI message that have no result yet."""
+    for index in range(len(messages) - 1, -1, -1):
+        message = messages[index]
+        if isinstance(message, AIMessage):
+            done = {m.tool_call_id for m in messages[index + 1:] if isinstance(m, ToolMessage)}
+            return [dict(c) for c in message.tool_calls if c["id"] not in done]
+    return []
+
+
+def route_after_think(state: AgentState) -> str:
+    calls = _pending_calls(state["messages"])
+    if not calls:
+        return "respond"
+    return "act" if any(c["name"] != DELEGATE_TOOL for c in calls) else "delegate"
+
+
+def route_after_act(state: AgentState) -> str:
+    return "delegate" if any(c["name"] == DELEGATE_TOOL for c in _pending_calls(state["messages"])) else "think"
+
+
+def _result_text(value: Any) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, default=str)
+    return text if len(text) <= MAX_RESULT_CHARS else text[:MAX_RESULT_CHARS] + " …(truncated)"
+
+
+async def _run_skill(ctx: RunContext, call: dict[str, Any], tool_call_id: str) -> tuple[Any, str | None]:
+    """(output, error) of one skill call; a missing or failing skill is an error the model reads."""
+    name, args = call["name"], call.get("args") or {}
+    if name not in ctx.agent.config.skills or name not in ctx.skills:
+        return None, f"Unknown tool {name!r}; available: {', '.join(ctx.agent.config.skills) or 'none'}."
+    skill = ctx.skills.get(name)
+    skill_ctx = SkillContext(
+        org_id=ctx.org_id, session_id=ctx.session_id, run_id=ctx.run_id, agent_id=ctx.agent.id,
+        tool_call_id=tool_call_id, workspace=ctx.workspace,
+    )
+    try:
+        async with asyncio.timeout(max(ctx.budget.remaining_s(), 0.001)):
+            return await skill.invoke(skill_ctx, args), None
+    except SkillError as exc:
+        return None, str(exc)
+    except TimeoutError:
+        raise
+    except Exception as exc:
+        log.exception("skill %s failed in run %s", name, ctx.run_id)
+        return None, f"The tool {name} failed unexpectedly ({type(exc).__name__})."
+
+
+async def act(state: AgentState, runtime: Runtime[RunContext]) -> dict[str, Any]:
+    ctx = runtime.context
+    assert ctx is not None
+    await _step(ctx, "act")
+    results: list[AnyMessage] = []
+    for call in _pending_calls(state["messages"]):
+        if call["name"] == DELEGATE_TOOL:
+            continue
+        tool_call_id = new_id("tool_call")
+        args = call.get("args") or {}
+        sensitive = call["name"] in ctx.skills and ctx.skills.get(call["name"]).is_sensitive(args)
+        async with tenant_tx(ctx.pool, ctx.org_id) as conn:
+            await tool_calls.start(conn, tool_call_id, run_id=ctx.run_id, session_id=ctx.session_id,
+                                   agent_id=ctx.agent.id, name=call["name"], args=args, sensitive=sensitive)
+        await ctx.emitter.emit(events.TOOL_CALL, {"tool_call_id": tool_call_id, "name": call["name"], "args": args,
+                                                  "agent_id": ctx.agent.id})
+        output, error = await _run_skill(ctx, call, tool_call_id)
+        async with tenant_tx(ctx.pool, ctx.org_id) as conn:
+            await tool_calls.finish(conn, tool_call_id, output=output, error=error)
+        result = {"error": error} if error is not None else {"output": output}
+        await ctx.emitter.emit(events.TOOL_RESULT, {"tool_call_id": tool_call_id, **result})
+        content = f"Error: {error}" if error is not None else _result_text(output)
+        results.append(ToolMessage(content=content, tool_call_id=call["id"], name=call["name"],
+                                   status="error" if error is not None else "success"))
+    return {"messages": results}
+
+
+async def delegate(state: AgentState, runtime: Runtime[RunContext]) -> dict[str, Any]:
+    from orchestrator.graph import subagent_graph  # the graph module imports this one
+
+    ctx = runtime.context
+    assert ctx is not None
+    await _step(ctx, "delegate")
+    subagents = await _subagents(ctx)
+    results: list[AnyMessage] = []
+    for call in _pending_calls(state["messages"]):
+        if call["name"] != DELEGATE_TOOL:
+            continue
+        args = call.get("args") or {}
+        name, task = str(args.get("agent", "")), str(args.get("message", ""))
+        agent_id = subagents.get(name)
+        spec = await ctx.load_agent(agent_id) if agent_id else None
+        if spec is None or ctx.depth >= ctx.max_depth:
+            reason = (f"no sub-agent named {name!r}; available: {', '.join(sorted(subagents)) or 'none'}"
+                      if spec is None else f"delegation depth limit ({ctx.max_depth}) reached")
+            results.append(ToolMessage(content=f"Error: {reason}.", tool_call_id=call["id"], name=DELEGATE_TOOL,
+                                       status="error"))
+            continue
+        child = ctx.for_subagent(spec)
+        await ctx.emitter.emit(events.SUBAGENT_STARTED, {"agent_id": spec.id, "name": spec.name,
+                                                         "parent_agent_id": ctx.agent.id})
+        final = await subagent_graph().ainvoke({"messages": [HumanMessage(task)]}, context=child)
+        answer = final_text(final["messages"])
+        await ctx.emitter.emit(events.SUBAGENT_COMPLETED, {"agent_id": spec.id, "name": spec.name})
+        results.append(ToolMessage(content=answer, tool_call_id=call["id"], name=DELEGATE_TOOL))
+    return {"messages": results}
+
+
+def final_text(messages: list[AnyMessage]) -> str:
+    for message in reversed(messages):
+        if isinstance(message, AIMessage):
+            return message.text if isinstance(message.text, str) else str(message.content)
+    return ""
+
+
+async def respond(state: AgentState, runtime: Runtime[RunContext]) -> dict[str, Any]:
+    ctx = runtime.context
+    assert ctx is not None
+    await _step(ctx, "respond")
+    return {"answer": final_text(state["messages"])}

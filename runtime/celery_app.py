@@ -1,0 +1,67 @@
+"""`create_celery(settings)`: the worker's Celery app and its one thin task.
+
+The task carries ids only and hands them to `runtime.executor.execute_run`; the run's lease in
+Postgres (not the broker) decides who executes it, so a redelivered message is harmless.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from celery import Celery
+from celery.signals import worker_process_shutdown
+
+from core import jobs
+from core.settings import Settings
+from runtime.executor import execute_run
+from runtime.services import RuntimeHolder
+
+log = logging.getLogger("agentos.worker")
+
+
+def create_celery(settings: Settings) -> Celery:
+    app = Celery("agentos", set_as_current=False)
+    app.conf.update(
+        jobs.celery_config(settings),
+        task_acks_late=True,  # a message is acked only after the run's delivery ends ...
+        task_reject_on_worker_lost=True,  # ... and requeued if the worker process dies
+        worker_prefetch_multiplier=1,
+        worker_concurrency=settings.worker.concurrency,
+        worker_hijack_root_logger=False,
+        task_ignore_result=True,
+        worker_send_task_events=False,
+        worker_enable_remote_control=False,
+    )
+    holder = RuntimeHolder(settings)
+
+    @app.task(name=jobs.EXECUTE_RUN, ignore_result=True)  # type: ignore[untyped-decorator]
+    def execute_run_task(run_id: str, org_id: str) -> str:
+        job = jobs.RunJob(run_id=run_id, org_id=org_id)
+        runtime = holder.get()
+        outcome = runtime.run(execute_run(runtime.services, job.run_id, job.org_id))
+        log.info("run %s: %s", job.run_id, outcome)
+        return outcome
+
+    def _shutdown(**_: Any) -> None:
+        holder.close()
+
+    worker_process_shutdown.connect(_shutdown, weak=False)
+    app.agentos_holder = holder
+    return app
+
+
+def run_worker(settings: Settings, *, concurrency: int | None = None, pool: str = "prefork",
+               loglevel: str = "INFO") -> None:
+    """Run a worker in this process until it is stopped (SIGTERM / Ctrl-C)."""
+    app = create_celery(settings)
+    argv = [
+        "worker", f"--loglevel={loglevel}", f"--concurrency={concurrency or settings.worker.concurrency}",
+        f"--pool={pool}", f"--queues={jobs.RUNS_QUEUE}", "--without-gossip", "--without-mingle",
+        "--without-heartbeat",
+    ]
+    try:
+        app.worker_main(argv)
+    finally:
+        if pool == "solo":
+            app.agentos_holder.close()

@@ -1,0 +1,243 @@
+"""The run lifecycle in a worker: claim -> execute the graph (with heartbeat, cancel watch and
+deadline) -> finish with exactly one terminal event -> start the session's next run.
+
+Where a run is executed: `execute_run`. Every way a run can end maps to one terminal status
+here, so a run never stays `running` because of an error in its own execution.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from langchain_core.messages import HumanMessage
+from psycopg.types.json import Jsonb
+from redis.exceptions import RedisError
+
+from core import events
+from core.agent_config import AgentConfig
+from core.events import RunEmitter
+from core.ids import new_id
+from core.store import agents, runs
+from core.tenancy import checkpoint_thread_id, run_cancel_key, tenant_tx
+from orchestrator.context import AgentSpec, Budget, LimitExceeded, RunContext
+from orchestrator.models import ModelConfigError, aclose_model, describe_error
+from orchestrator.nodes import ModelCallFailed
+from runtime.services import Services
+
+log = logging.getLogger("agentos.worker")
+
+
+@dataclass
+class Outcome:
+    status: str
+    output: dict[str, Any] | None = None
+    error: dict[str, Any] | None = None
+    answer: str | None = None
+    usage: dict[str, int] | None = None
+
+
+class _Watch:
+    """Why the graph task was stopped from outside, if it was."""
+
+    cancelled = False
+    lease_lost = False
+
+
+def worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+async def _load_agent(svc: Services, org_id: str, agent_id: str, version: int | None = None) -> AgentSpec | None:
+    async with tenant_tx(svc.pool, org_id) as conn:
+        if version is None:
+            row = await agents.get(conn, agent_id)
+        else:
+            row = await agents.get_version(conn, agent_id, version)
+    if row is None:
+        return None
+    return AgentSpec(id=row["id"], name=row["name"], version=row["version"], config=AgentConfig(**row["config"]))
+
+
+async def execute_run(svc: Services, run_id: str, org_id: str) -> str:
+    """Execute one delivery of a run; returns what happened, for the task log."""
+    owner = worker_id()
+    async with tenant_tx(svc.pool, org_id) as conn:
+        run = await runs.get(conn, run_id)
+    if run is None:
+        return "missing"
+    if run["status"] in runs.TERMINAL:
+        return "already finished"
+    agent = await _load_agent(svc, org_id, run["agent_id"], run["agent_version"])
+    if agent is None:
+        return await _finish_unstarted(svc, {**run, "org_id": org_id}, "The run's agent version no longer exists.")
+    async with tenant_tx(svc.pool, org_id) as conn:
+        claimed = await runs.claim(conn, run_id, run["session_id"], owner, svc.settings.worker.lease_s,
+                                   agent.config.limits.timeout_s)
+    if claimed is None:
+        return "not claimable (held by a live lease, behind an earlier run, or cancelled)"
+    row, started = claimed
+    emitter = RunEmitter(svc.pool, svc.redis, org_id, run["session_id"], run_id,
+                         maxlen=svc.settings.events.stream_maxlen, ttl_s=svc.settings.events.stream_ttl_s)
+    await emitter.publish(started)
+    outcome = await _execute(svc, row, agent, emitter, owner)
+    if outcome is None:
+        return "lease lost: another worker owns the run"
+    return await _complete(svc, row, emitter, owner, outcome)
+
+
+async def _execute(
+    svc: Services, run: dict[str, Any], agent: AgentSpec, emitter: RunEmitter, owner: str
+) -> Outcome | None:
+    loop = asyncio.get_running_loop()
+    org_id, session_id = emitter.org_id, emitter.session_id
+    remaining = (run["deadline_at"] - datetime.now(UTC)).total_seconds()
+    deadline = loop.time() + remaining
+    limits = agent.config.limits
+    ctx = RunContext(
+        org_id=org_id, session_id=session_id, run_id=run["id"], agent=agent,
+        budget=Budget(max_steps=limits.max_steps, max_tokens=limits.max_tokens, deadline=deadline),
+        emitter=emitter, pool=svc.pool, skills=svc.skills, models=svc.settings.models,
+        workspace=Path(svc.settings.worker.workspace_root).resolve() / org_id / session_id,
+        load_agent=lambda agent_id: _load_agent(svc, org_id, agent_id),
+        max_depth=svc.settings.worker.max_delegation_depth,
+    )
+    config: Any = {"configurable": {"thread_id": checkpoint_thread_id(org_id, session_id)}}
+    text = (run["input"] or {}).get("text", "")
+
+    async def invoke() -> dict[str, Any]:
+        async with asyncio.timeout_at(deadline):
+            result: dict[str, Any] = await svc.graph.ainvoke({"messages": [HumanMessage(text)]}, config, context=ctx)
+            return result
+
+    watch = _Watch()
+    task = asyncio.create_task(invoke())
+    watcher = asyncio.create_task(_watch(svc, org_id, run["id"], owner, task, watch))
+    try:
+        result = await task
+        answer = str(result.get("answer", ""))
+        return Outcome("succeeded", output={"text": answer}, answer=answer, usage=dict(ctx.usage))
+    except asyncio.CancelledError:
+        if watch.lease_lost:
+            return None
+        if watch.cancelled:
+            return Outcome("cancelled")
+        raise
+    except TimeoutError:
+        return Outcome("timed_out", error={
+            "code": "TIMED_OUT", "message": f"The run did not finish within its limit of {limits.timeout_s} s; "
+                                            "raise limits.timeout_s or give the agent a smaller task."})
+    except LimitExceeded as exc:
+        return Outcome("failed", error={"code": exc.code, "message": exc.message})
+    except ModelCallFailed as exc:
+        attempts = svc.settings.models.max_retries + 1
+        return Outcome("failed", error={"code": "MODEL_ERROR", "message": describe_error(exc.cause, attempts=attempts)})
+    except ModelConfigError as exc:
+        return Outcome("failed", error={"code": "MODEL_CONFIG", "message": str(exc)})
+    except Exception as exc:
+        log.exception("run %s failed", run["id"])
+        return Outcome("failed", error={"code": "INTERNAL", "message": f"The run failed unexpectedly "
+                                                                        f"({type(exc).__name__}); see the worker log."})
+    finally:
+        watcher.cancel()
+        for model in ctx.model_cache.values():
+            await aclose_model(model)
+
+
+async def _watch(svc: Services, org_id: str, run_id: str, owner: str, task: asyncio.Task[Any], watch: _Watch) -> None:
+    """Renew the lease every `heartbeat_s`; stop the run when it is cancelled or the lease is lost."""
+    settings = svc.settings.worker
+    key = run_cancel_key(org_id, run_id)
+    loop = asyncio.get_running_loop()
+    next_beat = loop.time() + settings.heartbeat_s
+    while not task.done():
+        await asyncio.sleep(settings.cancel_poll_s)
+        cancel = False
+        try:
+            cancel = bool(await svc.redis.exists(key))
+        except (RedisError, OSError):
+            pass  # the heartbeat below reads the request from Postgres too
+        if loop.time() >= next_beat:
+            next_beat = loop.time() + settings.heartbeat_s
+            async with tenant_tx(svc.pool, org_id) as conn:
+                ours, requested = await runs.heartbeat(conn, run_id, owner, settings.lease_s)
+            if not ours:
+                watch.lease_lost = True
+                task.cancel()
+                return
+            cancel = cancel or requested
+        if cancel:
+            watch.cancelled = True
+            task.cancel()
+            return
+
+
+class _NotOurs(Exception):
+    """The run was no longer ours to finish; roll the finishing transaction back."""
+
+
+INSERT_ANSWER_SQL = """
+INSERT INTO messages (id, org_id, session_id, run_id, role, content, metadata)
+VALUES (%s, agentos_current_org(), %s, %s, 'assistant', %s, %s)
+RETURNING id, session_id, run_id, role, content, metadata, created_at
+"""
+
+
+async def _complete(svc: Services, run: dict[str, Any], emitter: RunEmitter, owner: str, outcome: Outcome) -> str:
+    """Store the answer, the terminal state and its events in one transaction; then publish,
+    clear the cancel flag and start the session's next run."""
+    await emitter.close()
+    org_id, session_id, run_id = emitter.org_id, emitter.session_id, run["id"]
+    extra: list[tuple[str, dict[str, Any]]] = []
+    output = outcome.output
+    try:
+        async with tenant_tx(svc.pool, org_id) as conn:
+            if outcome.status == "succeeded":
+                message = await (await conn.execute(INSERT_ANSWER_SQL, (
+                    new_id("message"), session_id, run_id, outcome.answer or "", Jsonb({"agent_id": run["agent_id"]}),
+                ))).fetchone()
+                assert message is not None
+                extra.append((events.MESSAGE_COMPLETED, {"message": message}))
+                output = {**(output or {}), "message_id": message["id"]}
+            done = await runs.finish(conn, run_id, session_id, outcome.status, owner=owner, output=output,
+                                     error=outcome.error, usage=outcome.usage, extra_events=extra)
+            if done is None:
+                raise _NotOurs
+    except _NotOurs:
+        return "lease lost before finishing: another worker owns the run"
+    await emitter.publish(done.events)
+    try:
+        await svc.redis.delete(run_cancel_key(org_id, run_id))
+    except (RedisError, OSError):
+        pass
+    await _start_next(svc, org_id, done.next_run_id)
+    return outcome.status
+
+
+async def _start_next(svc: Services, org_id: str, run_id: str | None) -> None:
+    if run_id is None:
+        return
+    try:
+        await svc.jobs.enqueue_run(run_id, org_id)
+    except Exception as exc:  # it stays queued; re-sending lapsed runs is the watchdog's job
+        log.warning("could not enqueue the next run %s: %s", run_id, exc)
+
+
+async def _finish_unstarted(svc: Services, run: dict[str, Any], message: str) -> str:
+    org_id = run["org_id"]
+    async with tenant_tx(svc.pool, org_id) as conn:
+        done = await runs.finish(conn, run["id"], run["session_id"], "failed", owner=None, from_status=("queued",),
+                                 error={"code": "AGENT_MISSING", "message": message})
+    if done is None:
+        return "not claimable"
+    await events.publish(svc.redis, org_id, done.events, maxlen=svc.settings.events.stream_maxlen,
+                         ttl_s=svc.settings.events.stream_ttl_s)
+    await _start_next(svc, org_id, done.next_run_id)
+    return "failed: agent missing"

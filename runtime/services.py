@@ -1,0 +1,100 @@
+"""What a worker process holds open while it executes runs: Postgres pools, Redis, the job
+queue (to start a session's next run), the skill registry and the compiled graph.
+
+Celery tasks are synchronous, the run code is async: `WorkerRuntime` keeps one event loop in
+a background thread per process and runs each task's coroutine there, so pools and clients
+live across tasks. It is created lazily in the process that runs tasks (after a prefork fork).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import threading
+from collections.abc import Coroutine
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import redis.asyncio as aioredis
+from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
+
+from core.db import open_pool
+from core.jobs import JobQueue
+from core.settings import Settings
+from core.tenancy import AsyncPool
+from orchestrator.graph import Graph, build_graph
+from skills import SkillRegistry, default_registry
+
+log = logging.getLogger("agentos.worker")
+T = TypeVar("T")
+
+
+@dataclass
+class Services:
+    settings: Settings
+    pool: AsyncPool
+    checkpoint_pool: AsyncPool
+    redis: aioredis.Redis
+    jobs: JobQueue
+    skills: SkillRegistry
+    graph: Graph
+
+    @classmethod
+    async def open(cls, settings: Settings) -> Services:
+        pool = await open_pool(settings.database, name="agentos-worker", max_size=4)
+        checkpoint_pool = await open_pool(settings.database, name="agentos-checkpoints", autocommit=True, max_size=2)
+        redis = aioredis.Redis.from_url(
+            settings.redis.url, socket_timeout=settings.redis.socket_timeout_s,
+            socket_connect_timeout=settings.redis.socket_timeout_s,
+        )
+        saver = AsyncPostgresSaver(checkpoint_pool)
+        return cls(settings, pool, checkpoint_pool, redis, JobQueue(settings), default_registry(), build_graph(saver))
+
+    async def close(self) -> None:
+        self.jobs.close()
+        await self.redis.aclose()
+        await self.checkpoint_pool.close()
+        await self.pool.close()
+
+
+class WorkerRuntime:
+    """An event loop in a daemon thread, with the process's `Services` opened on it."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.pid = os.getpid()
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="agentos-runtime", daemon=True)
+        self._thread.start()
+        self.services = self.run(Services.open(settings))
+
+    def run(self, coro: Coroutine[Any, Any, T]) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+
+    def close(self) -> None:
+        try:
+            self.run(self.services.close())
+        finally:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(timeout=5)
+
+
+class RuntimeHolder:
+    """One `WorkerRuntime` per process, made on first use (so never before a fork)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._runtime: WorkerRuntime | None = None
+        self._lock = threading.Lock()
+
+    def get(self) -> WorkerRuntime:
+        with self._lock:
+            if self._runtime is None or self._runtime.pid != os.getpid():
+                self._runtime = WorkerRuntime(self._settings)
+            return self._runtime
+
+    def close(self) -> None:
+        with self._lock:
+            if self._runtime is not None and self._runtime.pid == os.getpid():
+                self._runtime.close()
+            self._runtime = None

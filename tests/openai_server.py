@@ -1,0 +1,164 @@
+"""A small, scripted OpenAI-compatible Chat Completions server for tests, served by uvicorn in a thread.
+
+For `POST /v1/chat/completions` it answers, in order of precedence:
+- a tool call, when the request has `tools` and the last message is a user message with a line
+  `use tool <name> <json args>`;
+- `tool said: <content>` when the last message is a `tool` message;
+- `echo: <last user content>` otherwise.
+Both `stream: true` (SSE chunks, word by word) and plain responses are served, and every request
+body is recorded in `requests`. `fail_next(status, times)` makes the next requests fail.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import socket
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator
+from types import TracebackType
+from typing import Any
+
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+_USE_TOOL = re.compile(r"^use tool (\S+)\s*(.*)$", re.MULTILINE)
+_WORD = re.compile(r"\s*\S+\s*")
+
+
+def _content(message: dict[str, Any]) -> str:
+    content = message.get("content") or ""
+    if isinstance(content, list):
+        return "".join(str(part.get("text", "")) for part in content if isinstance(part, dict))
+    return str(content)
+
+
+class OpenAIServer:
+    """Start with `start()` (or `with OpenAIServer() as server:`); point clients at `base_url`."""
+
+    def __init__(self) -> None:
+        self.requests: list[dict[str, Any]] = []
+        self.authorizations: list[str | None] = []
+        self._failures: list[tuple[int, str | None]] = []
+        self._lock = threading.Lock()
+        self._server: uvicorn.Server | None = None
+        self._thread: threading.Thread | None = None
+        self._socket: socket.socket | None = None
+        self.base_url = ""
+
+    def fail_next(self, status: int, times: int = 1, message: str | None = None) -> None:
+        """Answer the next `times` requests with HTTP `status` and an OpenAI-style error body."""
+        with self._lock:
+            self._failures.extend([(status, message)] * times)
+
+    def start(self) -> OpenAIServer:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("127.0.0.1", 0))
+        self._socket = sock
+        app = Starlette(routes=[Route("/v1/chat/completions", self._completions, methods=["POST"])])
+        config = uvicorn.Config(app, log_level="warning", lifespan="off", loop="asyncio", http="h11", ws="none")
+        self._server = uvicorn.Server(config)
+        self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [sock]}, daemon=True)
+        self._thread.start()
+        deadline = time.monotonic() + 10
+        while not self._server.started:
+            if time.monotonic() > deadline or not self._thread.is_alive():
+                raise RuntimeError("the test OpenAI server did not start")
+            time.sleep(0.01)
+        self.base_url = f"http://127.0.0.1:{sock.getsockname()[1]}/v1"
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None and self._thread is not None:
+            self._server.should_exit = True
+            self._thread.join(timeout=10)
+        if self._socket is not None:
+            self._socket.close()
+        self._server = self._thread = self._socket = None
+
+    def __enter__(self) -> OpenAIServer:
+        return self.start()
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        self.stop()
+
+    async def _completions(self, request: Request) -> Response:
+        body: dict[str, Any] = await request.json()
+        with self._lock:
+            self.requests.append(body)
+            self.authorizations.append(request.headers.get("authorization"))
+            failure = self._failures.pop(0) if self._failures else None
+        if failure is not None:
+            return _error(failure[0], failure[1], request.headers.get("authorization"))
+        text, call = _answer(body)
+        model = str(body.get("model", "test-model"))
+        usage = {"prompt_tokens": 7, "completion_tokens": len(text.split()) or 1}
+        usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
+        if body.get("stream"):
+            with_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+            events = _stream(model, text, call, usage if with_usage else None)
+            return StreamingResponse(_sse(events), media_type="text/event-stream")
+        message: dict[str, Any] = {"role": "assistant", "content": text or None}
+        if call is not None:
+            message["tool_calls"] = [{"id": call["id"], "type": "function", "function": call["function"]}]
+        choice = {"index": 0, "message": message, "finish_reason": "tool_calls" if call else "stop"}
+        return JSONResponse(_envelope("chat.completion", model, [choice]) | {"usage": usage})
+
+
+def _answer(body: dict[str, Any]) -> tuple[str, dict[str, Any] | None]:
+    """The scripted reply: text, or a tool call `{"id", "function": {"name", "arguments"}}`."""
+    messages: list[dict[str, Any]] = body.get("messages") or []
+    last = messages[-1] if messages else {}
+    if last.get("role") == "tool":
+        return f"tool said: {_content(last)}", None
+    user = next((_content(m) for m in reversed(messages) if m.get("role") == "user"), "")
+    match = _USE_TOOL.search(_content(last)) if last.get("role") == "user" and body.get("tools") else None
+    if match:
+        index = sum(1 for m in messages if m.get("role") == "assistant")
+        function = {"name": match.group(1), "arguments": match.group(2).strip() or "{}"}
+        return "", {"id": f"call_test_{index}", "function": function}
+    return f"echo: {user}", None
+
+
+def _envelope(kind: str, model: str, choices: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"id": "chatcmpl-test", "object": kind, "created": 1_700_000_000, "model": model, "choices": choices}
+
+
+def _delta(model: str, delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
+    return _envelope("chat.completion.chunk", model, [{"index": 0, "delta": delta, "finish_reason": finish}])
+
+
+def _stream(model: str, text: str, call: dict[str, Any] | None, usage: dict[str, int] | None) -> Iterator[Any]:
+    yield _delta(model, {"role": "assistant", "content": ""})
+    for word in _WORD.findall(text):
+        yield _delta(model, {"content": word})
+    if call is not None:
+        name, arguments = call["function"]["name"], call["function"]["arguments"]
+        head = {"index": 0, "id": call["id"], "type": "function", "function": {"name": name, "arguments": ""}}
+        yield _delta(model, {"tool_calls": [head]})
+        half = len(arguments) // 2
+        for piece in (arguments[:half], arguments[half:]):
+            yield _delta(model, {"tool_calls": [{"index": 0, "function": {"arguments": piece}}]})
+    yield _delta(model, {}, "tool_calls" if call else "stop")
+    if usage is not None:
+        yield _envelope("chat.completion.chunk", model, []) | {"usage": usage}
+    yield "[DONE]"
+
+
+async def _sse(events: Iterator[Any]) -> AsyncIterator[str]:
+    for event in events:
+        yield f"data: {event if isinstance(event, str) else json.dumps(event)}\n\n"
+
+
+def _error(status: int, message: str | None, authorization: str | None) -> JSONResponse:
+    kinds = {401: "invalid_request_error", 429: "rate_limit_exceeded"}
+    if message is None and status == 401:
+        # Like the real service, name the key that was refused.
+        message = f"Incorrect API key provided: {(authorization or '').removeprefix('Bearer ')}."
+    error = {"message": message or f"simulated failure {status}", "type": kinds.get(status, "server_error")}
+    return JSONResponse({"error": error | {"param": None, "code": None}}, status_code=status)

@@ -1,0 +1,68 @@
+"""Runs end to end: API -> Redis queue -> a real Celery worker -> LangGraph -> events over SSE."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from starlette.testclient import TestClient
+
+from tests.conftest import Org, Worker
+from tests.sse import read_events
+
+pytestmark = pytest.mark.usefixtures("worker")
+
+
+def start_run(org: Org, session_id: str, text: str, **fields: Any) -> dict[str, Any]:
+    r = org.client.post(f"/v1/sessions/{session_id}/runs", json={"input": text} | fields, headers=org.headers)
+    assert r.status_code == 202, r.text
+    return dict(r.json())
+
+
+def wait(org: Org, run_id: str, timeout: float = 30) -> dict[str, Any]:
+    r = org.client.get(f"/v1/runs/{run_id}/wait?timeout={timeout}", headers=org.headers)
+    assert r.status_code == 200, r.text
+    return dict(r.json())
+
+
+def test_offline_run_with_a_tool_and_a_subagent_streams_every_step(org: Org, client: TestClient, worker: Worker):
+    helper = org.create_agent(name="helper", instructions="You help.")
+    agent = org.create_agent(name="boss", skills=["file_manager"], subagents=[helper["id"]])
+    session = org.create_session(str(agent["id"]))
+    script = 'call: file_manager {"action": "write", "path": "notes/a.txt", "content": "hello"}\n' \
+             "delegate: helper please summarise\n" \
+             'call: file_manager {"action": "read", "path": "notes/a.txt"}'
+    run = start_run(org, str(session["id"]), script)
+    assert run["status"] == "queued" and run["stream_url"] == f"/v1/runs/{run['id']}/events"
+
+    events = read_events(client, f"/v1/runs/{run['id']}/events", org.headers)
+    types = [e["type"] for e in events]
+    assert types[0] == "run.queued" and types[1] == "run.started" and types[-1] == "run.succeeded"
+    seqs = [e["seq"] for e in events]
+    assert seqs == list(range(seqs[0], seqs[0] + len(seqs))), "gap or repeat in seqs"
+    nodes = [e["data"]["node"] for e in events if e["type"] == "step.started"]
+    assert {"think", "act", "delegate", "respond"} <= set(nodes)
+    assert nodes[0] == "think" and nodes[-1] == "respond"
+    for kind in ("message.delta", "tool.call", "tool.result", "subagent.started", "subagent.completed",
+                 "message.completed"):
+        assert kind in types, kind
+    assert types.index("subagent.started") < types.index("subagent.completed")
+    calls = [e["data"] for e in events if e["type"] == "tool.call"]
+    assert [c["args"]["action"] for c in calls] == ["write", "read"]
+    results = [e["data"] for e in events if e["type"] == "tool.result"]
+    assert results[1]["output"]["content"] == "hello"
+    sub = [e for e in events if e["type"] == "message.delta" and e["data"]["agent_id"] == helper["id"]]
+    assert sub, "the sub-agent's tokens stream too, tagged with its id"
+    assert (worker.workspace_root / org.id / str(session["id"]) / "notes" / "a.txt").read_text() == "hello"
+
+    final = wait(org, run["id"])
+    assert final["status"] == "succeeded" and final["attempt"] == 1
+    assert "hello" in final["output"]["text"]
+    assert final["usage"]["total_tokens"] > 0
+    completed = next(e for e in events if e["type"] == "message.completed")["data"]["message"]
+    assert completed["role"] == "assistant" and completed["content"] == final["output"]["text"]
+    messages = client.get(f"/v1/sessions/{session['id']}/messages", headers=org.headers).json()["data"]
+    assert [m["role"] for m in messages] == ["user", "assistant"]
+    assert messages[1]["content"] == final["output"]["text"]
+    tool_calls = client.get(f"/v1/runs/{run['id']}/events", headers=org.headers)
+    assert tool_calls.status_code == 200
