@@ -8,7 +8,8 @@ from pathlib import Path
 
 from core.db import open_pool
 from core.settings import Settings
-from core.store import api_keys, orgs
+from core.store import agents, api_keys, orgs
+from core.tenancy import tenant_tx
 
 DEV_STATE_FILE = "dev.json"
 OWNER_KEY_FILE = "owner_key"
@@ -33,6 +34,48 @@ async def ensure_default_org(settings: Settings, data_dir: Path) -> tuple[str, s
         return org_id, key, True
     finally:
         await pool.close()
+
+
+DEFAULT_AGENT = "assistant"
+HELPER_AGENT = "helper"
+
+
+async def ensure_default_agents(settings: Settings, org_id: str) -> str | None:
+    """When the org has no agents, create `assistant` (offline model, `file_manager`, with the
+    sub-agent `helper`) so that a first `agentos run assistant "hi"` works. Returns what it made."""
+    pool = await open_pool(settings.database.model_copy(update={"pool_min": 1, "pool_max": 1}))
+    try:
+        async with tenant_tx(pool, org_id) as conn:
+            if await agents.list_agents(conn, None, 1):
+                return None
+            helper = await agents.create(conn, HELPER_AGENT, {
+                **_offline_config("You are a careful helper. Do the task you are given and answer briefly."),
+            }, "agentos dev")
+            assistant = await agents.create(conn, DEFAULT_AGENT, {
+                **_offline_config("You are a helpful assistant. Use file_manager for files and hand research "
+                                  "tasks to the helper sub-agent."),
+                "skills": ["file_manager"], "subagents": [helper["id"]],
+            }, "agentos dev")
+            return str(assistant["id"])
+    finally:
+        await pool.close()
+
+
+def _offline_config(instructions: str) -> dict[str, object]:
+    from core.agent_config import AgentConfig
+
+    return AgentConfig(instructions=instructions, model="offline:default").model_dump(mode="json")
+
+
+def record_api_url(data_dir: Path, api_url: str) -> None:
+    """Remember where the dev API listens, for `agentos run`."""
+    state_path = data_dir / DEV_STATE_FILE
+    try:
+        state = json.loads(state_path.read_text())
+    except (OSError, ValueError):
+        state = {}
+    state["api_url"] = api_url
+    _write_private(state_path, json.dumps(state, indent=2))
 
 
 def _write_private(path: Path, text: str) -> None:

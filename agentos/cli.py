@@ -13,8 +13,10 @@ import uvicorn
 from pydantic import ValidationError
 from rich.console import Console
 
-from agentos.bootstrap import OWNER_KEY_FILE, ensure_default_org
+from agentos.bootstrap import DEV_STATE_FILE, OWNER_KEY_FILE, ensure_default_agents, ensure_default_org, record_api_url
 from agentos.stack.local import LocalStack, running_stack
+from agentos.stack.process import ServerProcess
+from agentos.stack.worker import worker_process
 from core.db import open_pool
 from core.migrations import migrate as apply_migrations
 from core.settings import Settings, load_settings
@@ -61,15 +63,17 @@ def _serve(settings: Settings, host: str, port: int) -> None:
 def dev(
     port: Annotated[int, typer.Option(help="API port.")] = 8000,
     host: Annotated[str, typer.Option(help="API bind address.")] = "127.0.0.1",
+    workers: Annotated[int, typer.Option(help="Runs the local worker executes at once.", min=1, max=32)] = 2,
     data_dir: DataDir = Path(".agentos"),
 ) -> None:
-    """Start the whole platform locally: Postgres + pgvector, Redis, migrations, API.
+    """Start the whole platform locally: Postgres + pgvector, Redis, migrations, API, a worker.
 
     Uses AGENTOS_DATABASE_URL / AGENTOS_REDIS_URL instead of embedded servers when both are set.
     """
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     data_dir = data_dir.resolve()
     stack: LocalStack | None = None
+    worker: ServerProcess | None = None
     try:
         if _external_services():
             settings = _settings()
@@ -85,12 +89,28 @@ def dev(
         data_dir.mkdir(parents=True, exist_ok=True)
         org_id, key, created = asyncio.run(ensure_default_org(settings, data_dir))
         console.print(f"[green]✓[/green] org {org_id} ({'created' if created else 'reused'})")
-        console.print(f"\n  API       http://{host}:{port}")
+        if asyncio.run(ensure_default_agents(settings, org_id)):
+            console.print("[green]✓[/green] agent 'assistant' (offline model, file_manager, sub-agent 'helper')")
+        worker = worker_process(
+            data_dir / "worker.log", database_url=settings.database.url, redis_url=settings.redis.url,
+            workspace_root=data_dir / "workspaces", concurrency=workers,
+        )
+        worker.start()
+        with console.status("Starting the worker…"):
+            worker.wait_until(lambda: " ready." in worker.log_tail(400), timeout_s=90)
+        console.print(f"[green]✓[/green] worker pid {worker.pid} ({workers} slot(s); log {data_dir / 'worker.log'})")
+        api_url = f"http://{host}:{port}"
+        record_api_url(data_dir, api_url)
+        console.print(f"\n  API       {api_url}")
         console.print(f"  Owner key {key}   (saved in {data_dir / OWNER_KEY_FILE})")
-        console.print(f"  Try:      curl -H 'Authorization: Bearer {key}' http://{host}:{port}/v1/me\n")
+        console.print(f"  Try:      curl -H 'Authorization: Bearer {key}' {api_url}/v1/me")
+        console.print('            agentos run assistant "hello"\n')
         console.print("Press Ctrl-C to stop everything.")
         _serve(settings, host, port)
     finally:
+        if worker is not None:
+            with console.status("Stopping the worker…"):
+                worker.stop()
         if stack is not None:
             with console.status("Stopping Redis and PostgreSQL…"):
                 stack.stop()
@@ -159,6 +179,61 @@ def org_create(
     typer.echo(f"org_id: {org_id}")
     typer.echo(f"owner_api_key: {key}")
     console.print("[yellow]Store the key now: it is not shown again.[/yellow]")
+
+
+@app.command()
+def run(
+    agent: Annotated[str, typer.Argument(help="Agent id or name.")],
+    message: Annotated[str, typer.Argument(help="What to ask.")],
+    session: Annotated[str | None, typer.Option(help="Continue this session instead of starting one.")] = None,
+    api_url: Annotated[str | None, typer.Option(envvar="AGENTOS_API_URL", help="Default: the local dev API.")] = None,
+    api_key: Annotated[str | None, typer.Option(envvar="AGENTOS_API_KEY", help="Default: the dev owner key.")] = None,
+    data_dir: DataDir = Path(".agentos"),
+) -> None:
+    """Send a message to an agent and stream the run: tokens to stdout, steps to stderr.
+
+    Exits 0 when the run succeeds, 1 when it fails, times out or is cancelled (Ctrl-C cancels it).
+    """
+    from agentos.run_client import ClientError, RunClient, render
+
+    url, key = _dev_client_defaults(data_dir, api_url, api_key)
+    client = RunClient(url, key)
+    out = Console(soft_wrap=True)
+    try:
+        started = client.start(agent, message, session)
+    except ClientError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(1) from None
+    console.print(f"[dim]session {started['session_id']} · run {started['id']}[/dim]")
+    try:
+        terminal = render(client.events(started["id"]), out, console, started["agent_id"])
+    except KeyboardInterrupt:
+        client.cancel(started["id"])
+        console.print("\n[yellow]cancelled[/yellow]")
+        raise typer.Exit(130) from None
+    except ClientError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(1) from None
+    if terminal["type"] != "run.succeeded":
+        error = terminal["data"].get("error") or {}
+        console.print(f"[red]{terminal['type']}[/red] {error.get('code', '')}: {error.get('message', '')}")
+        raise typer.Exit(1)
+
+
+def _dev_client_defaults(data_dir: Path, api_url: str | None, api_key: str | None) -> tuple[str, str]:
+    """The API URL and key: given ones first, else those `agentos dev` saved in `data_dir`."""
+    import json
+
+    try:
+        state = json.loads((data_dir / DEV_STATE_FILE).read_text())
+    except (OSError, ValueError):
+        state = {}
+    url, key = api_url or state.get("api_url"), api_key or state.get("api_key")
+    if not url or not key:
+        console.print("[red]No API to talk to:[/red] start `agentos dev` in this directory, or set "
+                      "AGENTOS_API_URL and AGENTOS_API_KEY.")
+        raise typer.Exit(2)
+    return str(url), str(key)
 
 
 def main() -> None:

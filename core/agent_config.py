@@ -6,6 +6,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from core.skill_names import BUILTIN_SKILLS
+
 MODEL_PROVIDERS = ("offline", "openai", "anthropic")
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\- ]{0,99}$"
 
@@ -58,4 +60,12 @@ class AgentConfig(_Strict):
     def _unique(cls, value: list[str]) -> list[str]:
         if len(set(value)) != len(value):
             raise ValueError("must not repeat an entry")
+        return value
+
+    @field_validator("skills")
+    @classmethod
+    def _known_skills(cls, value: list[str]) -> list[str]:
+        unknown = [name for name in value if name not in BUILTIN_SKILLS]
+        if unknown:
+            raise ValueError(f"unknown skill(s) {', '.join(map(repr, unknown))}; available: {', '.join(BUILTIN_SKILLS)}")
         return value

@@ -48,6 +48,7 @@ def _interrupt(proc: subprocess.Popen[str]) -> str:
     """Ctrl-C, then check every process it started is gone."""
     family = psutil.Process(proc.pid).children(recursive=True)
     assert {p.name() for p in family} >= {"postgres", "redis-server"}
+    assert any("worker" in p.cmdline() for p in family), "agentos dev runs a worker"
     proc.send_signal(signal.SIGINT)
     out, _ = proc.communicate(timeout=60)
     assert proc.returncode in (0, 130, -signal.SIGINT), out  # 130: exited "by" Ctrl-C, as shells expect
@@ -73,6 +74,15 @@ def test_dev_starts_serves_stops_cleanly_and_reuses_its_data(tmp_path):
         new_key = created.stdout.split("owner_api_key: ")[1].strip()
         other = httpx.get(f"http://127.0.0.1:{port}/v1/me", headers={"Authorization": f"Bearer {new_key}"})
         assert other.json()["org_id"] != me["org_id"]
+        # The first run a newcomer makes: the default offline agent answers, streamed.
+        ran = subprocess.run([*AGENTOS, "run", "assistant", "hello there"], cwd=tmp_path, env=_env(),
+                             capture_output=True, text=True, timeout=60)
+        assert ran.returncode == 0, ran.stderr
+        assert "offline model" in ran.stdout and 'You said: "hello there"' in ran.stdout
+        assert "· think" in ran.stderr and "· respond" in ran.stderr
+        failed = subprocess.run([*AGENTOS, "run", "assistant", "fail: on purpose"], cwd=tmp_path, env=_env(),
+                                capture_output=True, text=True, timeout=60)
+        assert failed.returncode == 1 and "run.failed" in failed.stderr, failed.stderr
     finally:
         out = _interrupt(proc) if proc.poll() is None else ""
     assert "stopped" in out
@@ -84,7 +94,7 @@ def test_dev_starts_serves_stops_cleanly_and_reuses_its_data(tmp_path):
         again = httpx.get(f"http://127.0.0.1:{port}/v1/me", headers={"Authorization": f"Bearer {key}"}).json()
         assert again["org_id"] == me["org_id"]
         agents = httpx.get(f"http://127.0.0.1:{port}/v1/agents", headers={"Authorization": f"Bearer {key}"})
-        assert [a["name"] for a in agents.json()["data"]] == ["keeper"]
+        assert sorted(a["name"] for a in agents.json()["data"]) == ["assistant", "helper", "keeper"]
         assert json.loads((tmp_path / ".agentos" / "dev.json").read_text())["org_id"] == me["org_id"]
     finally:
         out = _interrupt(proc) if proc.poll() is None else ""

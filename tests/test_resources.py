@@ -141,6 +141,9 @@ def test_openapi_describes_every_route(client):
         ("/v1/agents/{agent_id}/versions", "get"), ("/v1/sessions", "post"), ("/v1/sessions", "get"),
         ("/v1/sessions/{session_id}", "get"), ("/v1/sessions/{session_id}", "delete"),
         ("/v1/sessions/{session_id}/messages", "get"), ("/healthz", "get"), ("/readyz", "get"),
+        ("/v1/sessions/{session_id}/runs", "post"), ("/v1/sessions/{session_id}/runs", "get"),
+        ("/v1/runs/{run_id}", "get"), ("/v1/runs/{run_id}/wait", "get"), ("/v1/runs/{run_id}/cancel", "post"),
+        ("/v1/runs/{run_id}/events", "get"), ("/v1/sessions/{session_id}/events", "get"),
     }
     served = {(path, method) for path, ops in doc["paths"].items() for method in ops}
     assert served == expected

@@ -7,6 +7,7 @@ comment line every `events.keepalive_s` seconds so proxies keep the connection o
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -20,6 +21,7 @@ from core.events import Event
 from core.store import runs
 from core.tenancy import tenant_tx
 
+CURSOR = re.compile(r"[0-9]{1,18}")
 RUN_HAS_EVENTS_AFTER_SQL = "SELECT 1 FROM run_events WHERE run_id = %s AND seq > %s LIMIT 1"
 SESSION_SEQ_SQL = "SELECT event_seq FROM sessions WHERE id = %s AND deleted_at IS NULL"
 
@@ -29,7 +31,7 @@ def _after(call: Call[Any]) -> int | None:
     raw = call.request.headers.get("last-event-id") or call.request.query_params.get("after")
     if raw is None or raw == "":
         return None
-    if not raw.isdigit() or len(raw) > 18:
+    if not CURSOR.fullmatch(raw):
         raise ApiError("BAD_REQUEST", "Last-Event-ID (or ?after=) must be an event seq: a non-negative integer.")
     return int(raw)
 

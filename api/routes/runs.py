@@ -13,19 +13,17 @@ from typing import Any, Literal
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field
-from redis.exceptions import RedisError
 from starlette.responses import Response
 
 from api.endpoint import Call, endpoint, resource, validation_failed
 from api.responses import json, listing
-from core import events
+from api.run_signals import enqueue, enqueue_next, flag_cancel, publish_events
 from core.errors import ApiError
 from core.event_reader import EventReader
-from core.jobs import JobQueue
 from core.pagination import page
 from core.settings import Settings
-from core.store import agents, audit, runs
-from core.tenancy import run_cancel_key, tenant_tx
+from core.store import agents, audit, runs, sessions
+from core.tenancy import tenant_tx
 
 log = logging.getLogger("agentos.api")
 
@@ -63,29 +61,9 @@ def _idempotency_key(call: Call[Any]) -> str | None:
     return key
 
 
-def _jobs(call: Call[Any]) -> JobQueue:
-    jobs: JobQueue = call.request.app.state.jobs
-    return jobs
-
-
 def settings_of(call: Call[Any]) -> Settings:
     settings: Settings = call.request.app.state.settings
     return settings
-
-
-async def publish(call: Call[Any], org_id: str, emitted: list[events.Event]) -> None:
-    s = settings_of(call).events
-    await events.publish(call.request.app.state.redis, org_id, emitted, maxlen=s.stream_maxlen, ttl_s=s.stream_ttl_s)
-
-
-async def enqueue_next(call: Call[Any], org_id: str, run_id: str | None) -> None:
-    """Send the session's next run to the workers (after the run before it ended here)."""
-    if run_id is None:
-        return
-    try:
-        await _jobs(call).enqueue_run(run_id, org_id)
-    except Exception as exc:  # the run stays queued; the durability work (watchdog) re-sends it
-        log.warning("could not enqueue run %s: %s", run_id, exc)
 
 
 @endpoint("Start a run: the message is stored and the run queued for a worker (`202`).", role="member",
@@ -110,10 +88,10 @@ async def create_run(call: Call[RunCreate]) -> Response:
     run = created.run
     if not created.created:
         return json(_public(run), status=202, headers={"Idempotent-Replayed": "true"})
-    await publish(call, principal.org_id, created.events)
+    await publish_events(call.request.app.state, principal.org_id, created.events)
     if created.first_in_line:
         try:
-            await _jobs(call).enqueue_run(run["id"], principal.org_id)
+            await enqueue(call.request.app.state, principal.org_id, run["id"])
         except Exception as exc:
             await _fail_unqueued(call, run, exc)
     return json(_public(run), status=202, headers={"Location": f"/v1/runs/{run['id']}"})
@@ -129,8 +107,8 @@ async def _fail_unqueued(call: Call[Any], run: dict[str, Any], exc: Exception) -
             done = await runs.finish(conn, run["id"], run["session_id"], "failed", owner=None,
                                      from_status=("queued",), error=error)
         if done is not None:
-            await publish(call, org_id, done.events)
-            await enqueue_next(call, org_id, done.next_run_id)
+            await publish_events(call.request.app.state, org_id, done.events)
+            await enqueue_next(call.request.app.state, org_id, done.next_run_id)
     except Exception:
         log.exception("could not mark unqueued run %s failed", run["id"])
     raise ApiError("UNAVAILABLE", error["message"], headers={"Retry-After": "5"},
@@ -152,7 +130,7 @@ async def list_session_runs(call: Call[Any]) -> Response:
     session_id = call.path_id("session_id", "session")
     cursor, limit = call.page_params()
     async with tenant_tx(call.pool, call.principal.org_id) as conn:
-        if await runs.lock_session(conn, session_id) is None:
+        if await sessions.get(conn, session_id) is None:
             raise session_not_found(session_id)
         rows = await runs.list_runs(conn, session_id, cursor, limit)
     data, next_cursor = page(rows, limit)
@@ -171,7 +149,7 @@ def _wait_timeout(call: Call[Any]) -> float:
     return value
 
 
-SESSION_SEQ_SQL = "SELECT event_seq FROM sessions WHERE id = %s"
+SESSION_SEQ_OF_RUN_SQL = "SELECT s.event_seq FROM sessions s JOIN runs r ON r.session_id = s.id WHERE r.id = %s"
 
 
 @endpoint("Wait until the run ends (or `?timeout=` seconds pass, default 30) and return it.", response="Run")
@@ -180,10 +158,12 @@ async def wait_run(call: Call[Any]) -> Response:
     timeout = _wait_timeout(call)
     org_id = call.principal.org_id
     async with tenant_tx(call.pool, org_id) as conn:
+        # The session's seq first, the run second: if the run is still active in the second
+        # read, its terminal event will get a seq above the first, so following cannot miss it.
+        row = await (await conn.execute(SESSION_SEQ_OF_RUN_SQL, (run_id,))).fetchone()
         run = await runs.get(conn, run_id)
         if run is None:
             raise run_not_found(run_id)
-        row = await (await conn.execute(SESSION_SEQ_SQL, (run["session_id"],))).fetchone()
     if run["status"] in runs.TERMINAL or timeout == 0:
         return json(_public(run))
     after = int(row["event_seq"]) if row else 0
@@ -226,15 +206,13 @@ async def cancel_run(call: Call[Any]) -> Response:
         if done is None:  # running (or it started meanwhile): the worker stops it
             await runs.request_cancel(conn, run_id)
         await audit.record(conn, call.principal.actor, "run.cancel", "run", run_id, trace_id=run["trace_id"])
+    state = call.request.app.state
     if done is not None:
-        await publish(call, org_id, done.events)
-        await enqueue_next(call, org_id, done.next_run_id)
+        await publish_events(state, org_id, done.events)
+        await enqueue_next(state, org_id, done.next_run_id)
         run = done.run
     else:
-        try:
-            await call.request.app.state.redis.set(run_cancel_key(org_id, run_id), b"1", ex=86_400)
-        except (RedisError, OSError) as exc:  # the worker also sees the request in Postgres
-            log.warning("cancel flag for run %s not set in Redis: %s", run_id, exc)
+        await flag_cancel(state, org_id, [run_id])
     return json(_public(run), status=202)
 
 

@@ -9,10 +9,11 @@ from starlette.responses import Response
 
 from api.endpoint import Call, endpoint, resource, validation_failed
 from api.responses import json, listing
+from api.run_signals import flag_cancel, publish_events
 from core import ids
 from core.errors import ApiError
 from core.pagination import page
-from core.store import agents, audit, sessions
+from core.store import agents, audit, runs, sessions
 from core.tenancy import tenant_tx
 
 
@@ -65,10 +66,16 @@ async def get_session(call: Call[Any]) -> Response:
 @endpoint("Delete a session.", role="member", status=204)
 async def delete_session(call: Call[Any]) -> Response:
     session_id = call.path_id("session_id", "session")
-    async with tenant_tx(call.pool, call.principal.org_id) as conn:
-        if not await sessions.delete(conn, session_id):
+    org_id = call.principal.org_id
+    async with tenant_tx(call.pool, org_id) as conn:
+        if await runs.lock_session(conn, session_id) is None:
             raise _not_found(session_id)
-        await audit.record(conn, call.principal.actor, "session.delete", "session", session_id)
+        cancelled, running = await runs.cancel_all(conn, session_id)
+        await sessions.delete(conn, session_id)
+        await audit.record(conn, call.principal.actor, "session.delete", "session", session_id,
+                           {"cancelled_runs": len(cancelled) + len(running)})
+    await publish_events(call.request.app.state, org_id, cancelled)
+    await flag_cancel(call.request.app.state, org_id, running)
     return Response(status_code=204)
 
 

@@ -36,6 +36,8 @@ PUBLIC_FIELDS = (
 )
 
 LOCK_SESSION_SQL = "SELECT id, agent_id FROM sessions WHERE id = %s AND deleted_at IS NULL FOR UPDATE"
+# Ending a run must work even after its session was deleted.
+LOCK_ANY_SESSION_SQL = "SELECT id FROM sessions WHERE id = %s FOR UPDATE"
 BY_IDEMPOTENCY_SQL = f"SELECT {COLUMNS}, request_hash FROM runs WHERE session_id = %s AND idempotency_key = %s"
 ACTIVE_IN_SESSION_SQL = "SELECT id FROM runs WHERE session_id = %s AND status IN ('queued', 'running', " \
     "'awaiting_confirmation') ORDER BY queue_seq LIMIT 1"
@@ -229,7 +231,7 @@ async def finish(
     `from_status` (or not held by `owner`). Reports the run that is next in the session."""
     if status not in TERMINAL_EVENT:
         raise ValueError(f"not a terminal status: {status}")
-    if await lock_session(conn, session_id) is None:
+    if await (await conn.execute(LOCK_ANY_SESSION_SQL, (session_id,))).fetchone() is None:
         return None
     row = await (await conn.execute(FINISH_SQL, {
         "status": status, "output": Jsonb(output) if output is not None else None,
@@ -254,3 +256,25 @@ async def finish(
 
 async def request_cancel(conn: AsyncConnection[DictRow], run_id: str) -> None:
     await conn.execute(REQUEST_CANCEL_SQL, (run_id,))
+
+
+ACTIVE_RUNS_SQL = """
+SELECT id, status FROM runs WHERE session_id = %s AND status IN ('queued', 'running', 'awaiting_confirmation')
+ORDER BY queue_seq
+"""
+
+
+async def cancel_all(conn: AsyncConnection[DictRow], session_id: str) -> tuple[list[Event], list[str]]:
+    """Cancel every active run of a session (it is being deleted): waiting runs end at once;
+    returns their events and the ids of running runs, whose workers must be told to stop."""
+    emitted: list[Event] = []
+    running: list[str] = []
+    for run in await (await conn.execute(ACTIVE_RUNS_SQL, (session_id,))).fetchall():
+        done = await finish(conn, run["id"], session_id, "cancelled", owner=None,
+                            from_status=("queued", "awaiting_confirmation"))
+        if done is not None:
+            emitted.extend(done.events)
+        else:
+            await request_cancel(conn, run["id"])
+            running.append(run["id"])
+    return emitted, running

@@ -29,6 +29,7 @@ OPENAI_KEY_ENV = "AGENTOS_MODELS__OPENAI_API_KEY"
 ANTHROPIC_KEY_ENV = "AGENTOS_MODELS__ANTHROPIC_API_KEY"
 _PLACEHOLDER_KEY = "not-needed"  # local OpenAI-compatible servers ignore the key
 _RETRY_STATUSES = {408, 409, 429}
+_TIMEOUTS = (openai.APITimeoutError, anthropic.APITimeoutError, httpx.TimeoutException, httpx2.TimeoutException)
 _SECRET = re.compile(r"\b(?:sk|pk|rk)-[A-Za-z0-9_\-*.]{4,}|(?i:bearer\s+\S+)")
 
 
@@ -158,7 +159,7 @@ def _detail(exc: BaseException) -> str:
         body = body["error"]
     message = body.get("message") if isinstance(body, dict) else None
     text = str(message or getattr(exc, "message", None) or exc or type(exc).__name__)
-    text = (" ".join(text.split()))
+    text = _SECRET.sub("[redacted]", " ".join(text.split()))
     return text if len(text) <= 300 else text[:299] + "…"
 
 
@@ -182,6 +183,8 @@ def describe_error(exc: BaseException, *, attempts: int | None = None) -> str:
     if is_transient(exc):
         tries = f" after {attempts} attempts" if attempts and attempts > 1 else ""
         what = "rate limited (429)" if status == 429 else f"server error ({status})" if status else "unreachable"
+        if isinstance(exc, _TIMEOUTS):
+            what = "timed out"
         return f"{provider}: {what}{tries}: {_detail(exc)}"
     if status is not None:
         return f"{provider}: request rejected ({status}): {_detail(exc)}"
