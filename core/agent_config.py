@@ -67,5 +67,6 @@ class AgentConfig(_Strict):
     def _known_skills(cls, value: list[str]) -> list[str]:
         unknown = [name for name in value if name not in BUILTIN_SKILLS]
         if unknown:
-            raise ValueError(f"unknown skill(s) {', '.join(map(repr, unknown))}; available: {', '.join(BUILTIN_SKILLS)}")
+            names = ", ".join(map(repr, unknown))
+            raise ValueError(f"unknown skill(s) {names}; available: {', '.join(BUILTIN_SKILLS)}")
         return value
