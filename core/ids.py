@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import secrets
+import threading
 import time
 
 PREFIXES = {
@@ -25,9 +26,33 @@ PREFIXES = {
 _ID_RE = re.compile(r"^[a-z]{2,3}_[0-9a-f]{28}$")
 
 
+class _Monotonic:
+    """(ms, random) pairs that strictly increase within a process: ids made in the same
+    millisecond (say, three messages in one transaction) still sort in creation order."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._ms = 0
+        self._rand = 0
+
+    def next(self) -> tuple[int, int]:
+        with self._lock:
+            ms = int(time.time() * 1000)
+            if ms > self._ms:
+                self._ms, self._rand = ms, secrets.randbits(63)  # top bit clear: room to count up
+            elif self._rand + 1 < 2**64:
+                self._rand += 1
+            else:
+                self._ms, self._rand = self._ms + 1, secrets.randbits(63)
+            return self._ms, self._rand
+
+
+_CLOCK = _Monotonic()
+
+
 def new_id(kind: str) -> str:
-    ms = int(time.time() * 1000)
-    return f"{PREFIXES[kind]}_{ms:012x}{secrets.token_hex(8)}"
+    ms, rand = _CLOCK.next()
+    return f"{PREFIXES[kind]}_{ms:012x}{rand:016x}"
 
 
 def looks_like(kind: str, value: str) -> bool:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from celery import Celery
+from celery import Celery, Task
 from celery.signals import worker_process_shutdown
 
 from core import jobs
@@ -35,13 +35,15 @@ def create_celery(settings: Settings) -> Celery:
     )
     holder = RuntimeHolder(settings)
 
-    @app.task(name=jobs.EXECUTE_RUN, ignore_result=True)  # type: ignore[untyped-decorator]
-    def execute_run_task(run_id: str, org_id: str) -> str:
+    @app.task(name=jobs.EXECUTE_RUN, bind=True, ignore_result=True, max_retries=None)  # type: ignore[untyped-decorator]
+    def execute_run_task(task: Task, run_id: str, org_id: str) -> str:
         job = jobs.RunJob(run_id=run_id, org_id=org_id)
         runtime = holder.get()
-        outcome = runtime.run(execute_run(runtime.services, job.run_id, job.org_id))
-        log.info("run %s: %s", job.run_id, outcome)
-        return outcome
+        delivery = runtime.run(execute_run(runtime.services, job.run_id, job.org_id))
+        log.info("run %s: %s", job.run_id, delivery.outcome)
+        if delivery.retry_after_s is not None:
+            raise task.retry(countdown=delivery.retry_after_s)
+        return delivery.outcome
 
     def _shutdown(**_: Any) -> None:
         holder.close()

@@ -51,6 +51,23 @@ class _Watch:
     lease_lost = False
 
 
+@dataclass(frozen=True)
+class Delivery:
+    """What one delivery of a run's task did; `retry_after_s` asks for another delivery later
+    (the run is held by another worker's lease, which may lapse if that worker died)."""
+
+    outcome: str
+    retry_after_s: float | None = None
+
+
+async def _interrupted_here(svc: Services, config: Any, input_id: str) -> bool:
+    """Did an earlier attempt of this run stop mid-graph (its input is in the thread and a step
+    is still pending)? Then the run resumes from that checkpoint instead of starting over."""
+    state = await svc.graph.aget_state(config)
+    messages = state.values.get("messages", []) if state.values else []
+    return bool(state.next) and any(getattr(m, "id", None) == input_id for m in messages)
+
+
 def worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
@@ -66,31 +83,41 @@ async def _load_agent(svc: Services, org_id: str, agent_id: str, version: int | 
     return AgentSpec(id=row["id"], name=row["name"], version=row["version"], config=AgentConfig(**row["config"]))
 
 
-async def execute_run(svc: Services, run_id: str, org_id: str) -> str:
-    """Execute one delivery of a run; returns what happened, for the task log."""
+async def execute_run(svc: Services, run_id: str, org_id: str) -> Delivery:
+    """Execute one delivery of a run: claim it, run it, record how it ended."""
     owner = worker_id()
     async with tenant_tx(svc.pool, org_id) as conn:
         run = await runs.get(conn, run_id)
     if run is None:
-        return "missing"
+        return Delivery("missing")
     if run["status"] in runs.TERMINAL:
-        return "already finished"
+        return Delivery("already finished")
     agent = await _load_agent(svc, org_id, run["agent_id"], run["agent_version"])
     if agent is None:
-        return await _finish_unstarted(svc, {**run, "org_id": org_id}, "The run's agent version no longer exists.")
+        return Delivery(await _finish_unstarted(svc, {**run, "org_id": org_id},
+                                                "The run's agent version no longer exists."))
     async with tenant_tx(svc.pool, org_id) as conn:
         claimed = await runs.claim(conn, run_id, run["session_id"], owner, svc.settings.worker.lease_s,
                                    agent.config.limits.timeout_s)
-    if claimed is None:
-        return "not claimable (held by a live lease, behind an earlier run, or cancelled)"
+    if isinstance(claimed, runs.NotClaimed):
+        if claimed.status == "running" and claimed.lease_left_s is not None:
+            # Another worker holds it. Look again when its lease would lapse: if that worker
+            # died, this delivery takes over; if it is alive, its heartbeat keeps the lease.
+            return Delivery("held by another worker's lease", retry_after_s=max(claimed.lease_left_s, 0.0) + 1.0)
+        return Delivery(f"not claimable ({claimed.status or 'session gone'}; a queued run starts when the one "
+                        "before it ends)")
     row, started = claimed
     emitter = RunEmitter(svc.pool, svc.redis, org_id, run["session_id"], run_id,
                          maxlen=svc.settings.events.stream_maxlen, ttl_s=svc.settings.events.stream_ttl_s)
     await emitter.publish(started)
-    outcome = await _execute(svc, row, agent, emitter, owner)
-    if outcome is None:
-        return "lease lost: another worker owns the run"
-    return await _complete(svc, row, emitter, owner, outcome)
+    if row["deadline_at"] <= datetime.now(UTC):  # taken over after the run's time was up
+        ended: Outcome | None = Outcome("timed_out", error={
+            "code": "TIMED_OUT", "message": "The run's time limit passed while its worker was gone."})
+    else:
+        ended = await _execute(svc, row, agent, emitter, owner)
+    if ended is None:
+        return Delivery("lease lost: another worker owns the run")
+    return Delivery(await _complete(svc, row, emitter, owner, ended))
 
 
 async def _execute(
@@ -111,10 +138,15 @@ async def _execute(
     )
     config: Any = {"configurable": {"thread_id": checkpoint_thread_id(org_id, session_id)}}
     text = (run["input"] or {}).get("text", "")
+    # The input's message id is the run's, so a later attempt never adds it to the thread twice.
+    user_message = HumanMessage(text, id=f"input-{run['id']}")
 
     async def invoke() -> dict[str, Any]:
         async with asyncio.timeout_at(deadline):
-            result: dict[str, Any] = await svc.graph.ainvoke({"messages": [HumanMessage(text)]}, config, context=ctx)
+            graph_input: Any = {"messages": [user_message]}
+            if run["attempt"] > 1 and await _interrupted_here(svc, config, user_message.id or ""):
+                graph_input = None  # resume the interrupted step from the last checkpoint
+            result: dict[str, Any] = await svc.graph.ainvoke(graph_input, config, context=ctx)
             return result
 
     watch = _Watch()

@@ -149,7 +149,9 @@ def worker(stack: StackUrls, openai_server: OpenAIServer, tmp_path_factory: pyte
         base / "worker.log", database_url=stack.database_url, redis_url=stack.redis_url,
         workspace_root=base / "workspaces", concurrency=2,
         extra_env={"AGENTOS_ENV": "test", "AGENTOS_MODELS__OPENAI_BASE_URL": openai_server.base_url,
-                   "AGENTOS_MODELS__MAX_RETRIES": "1", "AGENTOS_MODELS__RETRY_BASE_DELAY_S": "0.05"},
+                   "AGENTOS_MODELS__MAX_RETRIES": "1", "AGENTOS_MODELS__RETRY_BASE_DELAY_S": "0.05",
+                   # short leases, so a run whose worker process is killed is taken over quickly
+                   "AGENTOS_WORKER__LEASE_S": "3", "AGENTOS_WORKER__HEARTBEAT_S": "0.5"},
     )
     proc.start()
     try:

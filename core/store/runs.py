@@ -174,19 +174,36 @@ def new_trace_id() -> str:
     return secrets.token_hex(16)
 
 
+class NotClaimed:
+    """Why a run could not be claimed: its status, and for a running run how long the current
+    holder's lease has left (then another delivery may take over once it lapses)."""
+
+    def __init__(self, status: str | None, lease_left_s: float | None) -> None:
+        self.status = status
+        self.lease_left_s = lease_left_s
+
+
+CLAIM_BLOCKER_SQL = """
+SELECT status, extract(epoch FROM lease_expires_at - now())::float8 AS lease_left FROM runs WHERE id = %s
+"""
+
+
 async def claim(
     conn: AsyncConnection[DictRow], run_id: str, session_id: str, owner: str, lease_s: float, timeout_s: float
-) -> tuple[dict[str, Any], list[Event]] | None:
-    """Take the run for `owner`: None if it is not claimable (finished, cancelled, held by a live
-    lease, or waiting behind an earlier run of its session)."""
+) -> tuple[dict[str, Any], list[Event]] | NotClaimed:
+    """Take the run for `owner`, or say why not: finished, cancelled, held by a live lease, or
+    waiting behind an earlier run of its session (whose end will enqueue it)."""
     if await lock_session(conn, session_id) is None:
-        return None
+        return NotClaimed(None, None)
     row = await (await conn.execute(CLAIM_SQL, {
         "owner": owner, "lease": timedelta(seconds=lease_s), "timeout": timedelta(seconds=timeout_s),
         "run_id": run_id,
     })).fetchone()
     if row is None:
-        return None
+        blocker = await (await conn.execute(CLAIM_BLOCKER_SQL, (run_id,))).fetchone()
+        if blocker is None:
+            return NotClaimed(None, None)
+        return NotClaimed(blocker["status"], blocker["lease_left"] if blocker["status"] == "running" else None)
     emitted = await events.append(conn, session_id, [(run_id, events.RUN_STARTED, {"attempt": row["attempt"]})])
     return row, emitted
 
