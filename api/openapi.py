@@ -55,6 +55,12 @@ def build_openapi(routes: list[BaseRoute], version: str) -> dict[str, Any]:
                      "schema": {"type": "integer", "minimum": 1, "maximum": 200, "default": 50}},
                     {"name": "cursor", "in": "query", "schema": {"type": "string"}},
                 ]
+            if spec.response == "EventStream":
+                op["responses"][str(spec.status)]["content"] = {"text/event-stream": {"schema": {"type": "string"}}}
+                params += [
+                    {"name": "Last-Event-ID", "in": "header", "schema": {"type": "integer", "minimum": 0}},
+                    {"name": "after", "in": "query", "schema": {"type": "integer", "minimum": 0}},
+                ]
             if params:
                 op["parameters"] = params
             if spec.body is not None:

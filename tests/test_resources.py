@@ -147,6 +147,9 @@ def test_openapi_describes_every_route(client):
     }
     served = {(path, method) for path, ops in doc["paths"].items() for method in ops}
     assert served == expected
+    events = doc["paths"]["/v1/runs/{run_id}/events"]["get"]
+    assert "text/event-stream" in events["responses"]["200"]["content"]
+    assert {"Last-Event-ID", "after"} <= {p["name"] for p in events["parameters"]}
     agent_create = doc["paths"]["/v1/agents"]["post"]["requestBody"]["content"]["application/json"]["schema"]
     assert agent_create["$ref"].split("/")[-1] in doc["components"]["schemas"]
 

@@ -45,7 +45,8 @@ def _response(call: Call[Any], stream: AsyncIterator[ServerSentEvent]) -> Respon
     return EventSourceResponse(stream, ping=keepalive, headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
 
-@endpoint("Stream one run's events (SSE); replays after `Last-Event-ID`, ends after the terminal event.")
+@endpoint("Stream one run's events (SSE); replays after `Last-Event-ID`, ends after the terminal event.",
+          response="EventStream")
 async def run_events(call: Call[Any]) -> Response:
     run_id = call.path_id("run_id", "run")
     after = _after(call)
@@ -72,7 +73,8 @@ async def run_events(call: Call[Any]) -> Response:
     return _response(call, stream())
 
 
-@endpoint("Stream every event of a session (SSE), live; `Last-Event-ID` or `?after=0` replays first.")
+@endpoint("Stream every event of a session (SSE), live; `Last-Event-ID` or `?after=0` replays first.",
+          response="EventStream")
 async def session_events(call: Call[Any]) -> Response:
     session_id = call.path_id("session_id", "session")
     after = _after(call)
