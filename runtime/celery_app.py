@@ -19,6 +19,9 @@ from runtime.services import RuntimeHolder
 
 log = logging.getLogger("agentos.worker")
 
+# How often a delivery that failed for lack of Postgres or Redis is retried (backoff up to 30 s).
+INFRA_RETRIES = 30
+
 
 def create_celery(settings: Settings) -> Celery:
     app = Celery("agentos", set_as_current=False)
@@ -38,8 +41,15 @@ def create_celery(settings: Settings) -> Celery:
     @app.task(name=jobs.EXECUTE_RUN, bind=True, ignore_result=True, max_retries=None)  # type: ignore[untyped-decorator]
     def execute_run_task(task: Task, run_id: str, org_id: str) -> str:
         job = jobs.RunJob(run_id=run_id, org_id=org_id)
-        runtime = holder.get()
-        delivery = runtime.run(execute_run(runtime.services, job.run_id, job.org_id))
+        try:
+            runtime = holder.get()
+            delivery = runtime.run(execute_run(runtime.services, job.run_id, job.org_id))
+        except Exception as exc:  # Postgres or Redis unreachable: the run is intact; try again later
+            retries = task.request.retries or 0
+            if retries >= INFRA_RETRIES:
+                raise
+            log.warning("run %s: delivery failed (%s); retrying", job.run_id, exc)
+            raise task.retry(countdown=min(2.0**retries, 30.0), exc=exc) from exc
         log.info("run %s: %s", job.run_id, delivery.outcome)
         if delivery.retry_after_s is not None:
             raise task.retry(countdown=delivery.retry_after_s)

@@ -198,8 +198,12 @@ async def _watch(svc: Services, org_id: str, run_id: str, owner: str, task: asyn
             pass  # the heartbeat below reads the request from Postgres too
         if loop.time() >= next_beat:
             next_beat = loop.time() + settings.heartbeat_s
-            async with tenant_tx(svc.pool, org_id) as conn:
-                ours, requested = await runs.heartbeat(conn, run_id, owner, settings.lease_s)
+            try:
+                async with tenant_tx(svc.pool, org_id) as conn:
+                    ours, requested = await runs.heartbeat(conn, run_id, owner, settings.lease_s)
+            except Exception as exc:  # keep going; if Postgres stays away the lease lapses
+                log.warning("heartbeat of run %s failed: %s", run_id, exc)
+                continue
             if not ours:
                 watch.lease_lost = True
                 task.cancel()
