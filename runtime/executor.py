@@ -12,6 +12,7 @@ import logging
 import os
 import socket
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -72,33 +73,41 @@ def worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 
-async def _load_agent(svc: Services, org_id: str, agent_id: str, version: int | None = None) -> AgentSpec | None:
-    async with tenant_tx(svc.pool, org_id) as conn:
-        if version is None:
-            row = await agents.get(conn, agent_id)
-        else:
-            row = await agents.get_version(conn, agent_id, version)
-    if row is None:
-        return None
+def _agent_loader(svc: Services, org_id: str) -> Callable[[str], Awaitable[AgentSpec | None]]:
+    """Sub-agents by id, at their current version, read once per run."""
+    cache: dict[str, AgentSpec | None] = {}
+
+    async def load(agent_id: str) -> AgentSpec | None:
+        if agent_id not in cache:
+            async with tenant_tx(svc.pool, org_id) as conn:
+                row = await agents.get(conn, agent_id)
+            cache[agent_id] = _spec(row) if row is not None else None
+        return cache[agent_id]
+
+    return load
+
+
+def _spec(row: dict[str, Any]) -> AgentSpec:
     return AgentSpec(id=row["id"], name=row["name"], version=row["version"], config=AgentConfig(**row["config"]))
 
 
 async def execute_run(svc: Services, run_id: str, org_id: str) -> Delivery:
     """Execute one delivery of a run: claim it, run it, record how it ended."""
     owner = worker_id()
-    async with tenant_tx(svc.pool, org_id) as conn:
+    async with tenant_tx(svc.pool, org_id) as conn:  # one transaction: read, then claim
         run = await runs.get(conn, run_id)
-    if run is None:
-        return Delivery("missing")
-    if run["status"] in runs.TERMINAL:
-        return Delivery("already finished")
-    agent = await _load_agent(svc, org_id, run["agent_id"], run["agent_version"])
+        if run is None:
+            return Delivery("missing")
+        if run["status"] in runs.TERMINAL:
+            return Delivery("already finished")
+        version = await agents.get_version(conn, run["agent_id"], run["agent_version"])
+        agent = _spec(version) if version is not None else None
+        if agent is not None:
+            claimed = await runs.claim(conn, run_id, run["session_id"], owner, svc.settings.worker.lease_s,
+                                       agent.config.limits.timeout_s)
     if agent is None:
         return Delivery(await _finish_unstarted(svc, {**run, "org_id": org_id},
                                                 "The run's agent version no longer exists."))
-    async with tenant_tx(svc.pool, org_id) as conn:
-        claimed = await runs.claim(conn, run_id, run["session_id"], owner, svc.settings.worker.lease_s,
-                                   agent.config.limits.timeout_s)
     if isinstance(claimed, runs.NotClaimed):
         if claimed.status == "running" and claimed.lease_left_s is not None:
             # Another worker holds it. Look again when its lease would lapse: if that worker
@@ -133,7 +142,7 @@ async def _execute(
         budget=Budget(max_steps=limits.max_steps, max_tokens=limits.max_tokens, deadline=deadline),
         emitter=emitter, pool=svc.pool, skills=svc.skills, models=svc.settings.models,
         workspace=Path(svc.settings.worker.workspace_root).resolve() / org_id / session_id,
-        load_agent=lambda agent_id: _load_agent(svc, org_id, agent_id),
+        load_agent=_agent_loader(svc, org_id),
         max_depth=svc.settings.worker.max_delegation_depth,
     )
     config: Any = {"configurable": {"thread_id": checkpoint_thread_id(org_id, session_id)}}

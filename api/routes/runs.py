@@ -84,16 +84,16 @@ async def create_run(call: Call[RunCreate]) -> Response:
             conn, session_id=session_id, agent=agent, text=body.input, multitask=body.multitask,
             metadata=body.metadata, idempotency_key=key, request_hash=request_hash, created_by=principal.actor,
         )
-        assert created is not None  # the session row is locked above
     run = created.run
     if not created.created:
         return json(_public(run), status=202, headers={"Idempotent-Replayed": "true"})
-    await publish_events(call.request.app.state, principal.org_id, created.events)
-    if created.first_in_line:
-        try:
-            await enqueue(call.request.app.state, principal.org_id, run["id"])
-        except Exception as exc:
-            await _fail_unqueued(call, run, exc)
+    state = call.request.app.state
+    sending = enqueue(state, principal.org_id, run["id"]) if created.first_in_line else asyncio.sleep(0)
+    _, sent = await asyncio.gather(
+        publish_events(state, principal.org_id, created.events), sending, return_exceptions=True
+    )
+    if isinstance(sent, Exception):
+        await _fail_unqueued(call, run, sent)
     return json(_public(run), status=202, headers={"Location": f"/v1/runs/{run['id']}"})
 
 

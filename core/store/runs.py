@@ -125,14 +125,13 @@ async def create(
     idempotency_key: str | None,
     request_hash: str,
     created_by: str | None,
-) -> Created | None:
-    """Insert the user's message and a queued run (None if the session does not exist).
+) -> Created:
+    """Insert the user's message and a queued run. The caller holds the session row
+    (`lock_session`) for the whole transaction: that serialises runs of one session.
 
     Raises ApiError for a reused idempotency key with another body, and for a busy session
     when `multitask` is `reject`.
     """
-    if await lock_session(conn, session_id) is None:
-        return None
     if idempotency_key is not None:
         existing = await (await conn.execute(BY_IDEMPOTENCY_SQL, (session_id, idempotency_key))).fetchone()
         if existing is not None:
