@@ -144,6 +144,7 @@ def test_openapi_describes_every_route(client):
         ("/v1/sessions/{session_id}/runs", "post"), ("/v1/sessions/{session_id}/runs", "get"),
         ("/v1/runs/{run_id}", "get"), ("/v1/runs/{run_id}/wait", "get"), ("/v1/runs/{run_id}/cancel", "post"),
         ("/v1/runs/{run_id}/events", "get"), ("/v1/sessions/{session_id}/events", "get"),
+        ("/v1/runs/{run_id}/tool-calls", "get"), ("/v1/tool-calls", "get"),
     }
     served = {(path, method) for path, ops in doc["paths"].items() for method in ops}
     assert served == expected

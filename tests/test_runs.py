@@ -64,5 +64,25 @@ def test_offline_run_with_a_tool_and_a_subagent_streams_every_step(org: Org, cli
     messages = client.get(f"/v1/sessions/{session['id']}/messages", headers=org.headers).json()["data"]
     assert [m["role"] for m in messages] == ["user", "assistant"]
     assert messages[1]["content"] == final["output"]["text"]
-    tool_calls = client.get(f"/v1/runs/{run['id']}/events", headers=org.headers)
-    assert tool_calls.status_code == 200
+    stored = client.get(f"/v1/runs/{run['id']}/tool-calls", headers=org.headers).json()["data"]
+    assert [(c["name"], c["args"]["action"], c["status"]) for c in stored] == [
+        ("file_manager", "write", "succeeded"), ("file_manager", "read", "succeeded")]
+    assert [c["id"] for c in stored] == [c["tool_call_id"] for c in calls]
+    assert stored[0]["sensitive"] is True and stored[1]["sensitive"] is False
+    assert stored[1]["output"]["content"] == "hello"
+    listed = client.get("/v1/tool-calls", params={"status": "succeeded"}, headers=org.headers).json()["data"]
+    assert {c["id"] for c in stored} <= {c["id"] for c in listed}
+    assert client.get("/v1/tool-calls", params={"status": "pending"}, headers=org.headers).json()["data"] == []
+    bad = client.get("/v1/tool-calls", params={"status": "nope"}, headers=org.headers)
+    assert bad.status_code == 422
+
+
+def test_tool_calls_are_visible_to_their_org_only(org: Org, other_org: Org, client: TestClient):
+    agent = org.create_agent(skills=["file_manager"])
+    session = org.create_session(str(agent["id"]))
+    run = start_run(org, str(session["id"]), 'call: file_manager {"action": "list"}')
+    assert wait(org, run["id"])["status"] == "succeeded"
+    assert len(client.get(f"/v1/runs/{run['id']}/tool-calls", headers=org.headers).json()["data"]) == 1
+    r = client.get(f"/v1/runs/{run['id']}/tool-calls", headers=other_org.headers)
+    assert r.status_code == 404 and r.json()["error"]["code"] == "NOT_FOUND"
+    assert client.get("/v1/tool-calls", headers=other_org.headers).json()["data"] == []

@@ -52,3 +52,20 @@ async def finish(
 
 async def list_for_run(conn: AsyncConnection[DictRow], run_id: str) -> list[dict[str, Any]]:
     return list(await (await conn.execute(LIST_FOR_RUN_SQL, (run_id,))).fetchall())
+
+
+LIST_SQL = f"""
+SELECT {COLUMNS} FROM tool_calls
+WHERE (%(status)s::text IS NULL OR status = %(status)s)
+  AND (%(cursor)s::text IS NULL OR id < %(cursor)s)
+ORDER BY id DESC LIMIT %(limit)s
+"""
+STATUSES = ("pending", "approved", "rejected", "running", "succeeded", "failed")
+
+
+async def list_calls(
+    conn: AsyncConnection[DictRow], status: str | None, cursor: str | None, limit: int
+) -> list[dict[str, Any]]:
+    """The org's tool calls, newest first, optionally of one status."""
+    params = {"status": status, "cursor": cursor, "limit": limit + 1}
+    return list(await (await conn.execute(LIST_SQL, params)).fetchall())
