@@ -261,9 +261,37 @@ def _run_queue(conn: psycopg.Connection) -> None:
     conn.execute(_RUN_QUEUE_SQL)
 
 
+_DURABILITY_SQL = """
+-- Per-org overrides of admission limits (e.g. {"max_active_runs": 20, "requests_per_minute": 600}).
+ALTER TABLE orgs ADD COLUMN limits jsonb NOT NULL DEFAULT '{}';
+-- When a run started waiting for a human; the wait does not count against its deadline.
+ALTER TABLE runs ADD COLUMN paused_at timestamptz;
+-- A tool call's key within its run (the model's call id, prefixed by the delegation path), so a
+-- replayed step finds the call it already made instead of making it again.
+ALTER TABLE tool_calls ADD COLUMN call_key text;
+-- What the model proposed, when a human approved different arguments.
+ALTER TABLE tool_calls ADD COLUMN proposed_args jsonb;
+-- 'tool': a skill call; 'plan': a plan-mode plan held for approval.
+ALTER TABLE tool_calls ADD COLUMN kind text NOT NULL DEFAULT 'tool' CHECK (kind IN ('tool', 'plan'));
+CREATE UNIQUE INDEX tool_calls_call_key_uq ON tool_calls (run_id, call_key) WHERE call_key IS NOT NULL;
+-- The watchdog looks across orgs for runs that need it (lapsed leases, lost enqueues, deadlines).
+-- Like api_key_lookup, it is read-only and must be switched on explicitly for one transaction
+-- (core.tenancy.watchdog_scan_tx); every change it then makes goes through tenant_tx.
+CREATE POLICY watchdog_scan ON runs FOR SELECT
+    USING (current_setting('app.watchdog', true) = 'on');
+CREATE INDEX runs_watchdog_idx ON runs (status, created_at)
+    WHERE status IN ('queued', 'running', 'awaiting_confirmation');
+"""
+
+
+def _durability(conn: psycopg.Connection) -> None:
+    conn.execute(_DURABILITY_SQL)
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration("initial schema with row-level security", _initial),
     Migration("per-session event sequence and run queue order", _run_queue),
+    Migration("approvals, side-effect keys, org limits, watchdog scan", _durability),
 )
 
 

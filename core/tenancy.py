@@ -42,6 +42,18 @@ async def api_key_lookup_tx(pool: AsyncPool, prefix: str) -> AsyncIterator[Async
         yield conn
 
 
+SET_WATCHDOG_SQL = "SELECT set_config('app.watchdog', 'on', true)"
+
+
+@asynccontextmanager
+async def watchdog_scan_tx(pool: AsyncPool) -> AsyncIterator[AsyncConnection[DictRow]]:
+    """The watchdog's read-only view across orgs: the `watchdog_scan` policy shows `runs` rows
+    (only) for this one transaction. Changes to a run still go through `tenant_tx`."""
+    async with pool.connection() as conn, conn.transaction():
+        await conn.execute(SET_WATCHDOG_SQL)
+        yield conn
+
+
 # Redis keys and checkpoint thread ids: built here only, always from ids the server resolved
 # (never from a client's string), and always carrying the org.
 
