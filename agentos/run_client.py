@@ -5,7 +5,7 @@ stderr, so `agentos run assistant "hi" > answer.txt` keeps just the answer."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -66,6 +66,12 @@ class RunClient:
         run: dict[str, Any] = self._call("POST", f"/v1/sessions/{session_id}/runs", json={"input": message})
         return run
 
+    def decide(self, tool_call_id: str, approve: bool, reason: str | None = None) -> None:
+        if approve:
+            self._call("POST", f"/v1/tool-calls/{tool_call_id}/approve", json={})
+        else:
+            self._call("POST", f"/v1/tool-calls/{tool_call_id}/reject", json={"reason": reason})
+
     def cancel(self, run_id: str) -> None:
         self._call("POST", f"/v1/runs/{run_id}/cancel")
 
@@ -92,8 +98,12 @@ class RunClient:
             return
 
 
-def render(events: Iterator[dict[str, Any]], out: Console, err: Console, root_agent: str) -> dict[str, Any]:
-    """Print a run's events; return its terminal event."""
+def render(
+    events: Iterator[dict[str, Any]], out: Console, err: Console, root_agent: str,
+    on_confirm: Callable[[dict[str, Any]], None] | None = None,
+) -> dict[str, Any]:
+    """Print a run's events; return its terminal event. `on_confirm` is called with the data of
+    each `confirmation.required` (a call waiting for a human)."""
     at_line_start = True
     for event in events:
         kind, data = event["type"], event["data"]
@@ -118,6 +128,13 @@ def render(events: Iterator[dict[str, Any]], out: Console, err: Console, root_ag
             err.print(f"[magenta]⇢ delegating to {data.get('name', data['agent_id'])}[/magenta]")
         elif kind == "subagent.completed":
             err.print(f"[magenta]⇠ {data.get('name', data['agent_id'])} done[/magenta]")
+        elif kind == "confirmation.required":
+            err.print(f"[yellow]⏸ {data['name']} {json.dumps(data['args'])[:300]} needs your approval[/yellow]",
+                      highlight=False)
+            if on_confirm is not None:
+                on_confirm(data)
+        elif kind == "confirmation.resolved":
+            err.print(f"[yellow]  {data['decision']}[/yellow]")
         elif kind in TERMINAL:
             return event
     return {"type": "run.failed", "data": {"error": {"code": "STREAM_ENDED", "message": "the stream ended early"}}}

@@ -108,15 +108,22 @@ class RunContext:
     load_agent: AgentLoader  # an agent of this org by id, at its current version
     max_depth: int = 3
     depth: int = 0
+    # Where in the delegation tree this context acts: "" for the run's agent, then the ids of
+    # the delegate calls leading here. Prefixes tool-call keys, so replays find their calls.
+    call_path: str = ""
     # Shared with sub-agent contexts: models resolved once per run, closed when it ends.
     model_cache: dict[str, Any] = field(default_factory=dict)
     usage: dict[str, int] = field(default_factory=lambda: {"input_tokens": 0, "output_tokens": 0, "total_tokens": 0})
 
-    def for_subagent(self, agent: AgentSpec) -> RunContext:
+    def for_subagent(self, agent: AgentSpec, via_call_id: str) -> RunContext:
         limits = agent.config.limits
         return replace(
             self,
             agent=agent,
             budget=self.budget.child(limits.max_steps, limits.max_tokens, limits.timeout_s),
             depth=self.depth + 1,
+            call_path=f"{self.call_path}{via_call_id}/",
         )
+
+    def call_key(self, model_call_id: str) -> str:
+        return f"{self.call_path}{model_call_id}"

@@ -25,6 +25,7 @@ from core.ids import new_id
 from core.skill_names import DELEGATE_TOOL
 from core.store import tool_calls
 from core.tenancy import tenant_tx
+from orchestrator.approvals import ApprovalNeeded, needs_approval, wait_for_human
 from orchestrator.context import RunContext
 from orchestrator.models import resolve_model, with_retries
 from orchestrator.state import AgentState
@@ -209,25 +210,56 @@ async def act(state: AgentState, runtime: Runtime[RunContext]) -> dict[str, Any]
     await _step(ctx, "act")
     results: list[AnyMessage] = []
     for call in _pending_calls(state["messages"]):
-        if call["name"] == DELEGATE_TOOL:
-            continue
-        tool_call_id = new_id("tool_call")
-        args = call.get("args") or {}
-        sensitive = call["name"] in ctx.skills and ctx.skills.get(call["name"]).is_sensitive(args)
-        async with tenant_tx(ctx.pool, ctx.org_id) as conn:
-            await tool_calls.start(conn, tool_call_id, run_id=ctx.run_id, session_id=ctx.session_id,
-                                   agent_id=ctx.agent.id, name=call["name"], args=args, sensitive=sensitive)
-        await ctx.emitter.emit(events.TOOL_CALL, {"tool_call_id": tool_call_id, "name": call["name"], "args": args,
-                                                  "agent_id": ctx.agent.id})
-        output, error = await _run_skill(ctx, call, tool_call_id)
-        async with tenant_tx(ctx.pool, ctx.org_id) as conn:
-            await tool_calls.finish(conn, tool_call_id, output=output, error=error)
-        result = {"error": error} if error is not None else {"output": output}
-        await ctx.emitter.emit(events.TOOL_RESULT, {"tool_call_id": tool_call_id, **result})
-        content = f"Error: {error}" if error is not None else _result_text(output)
-        results.append(ToolMessage(content=content, tool_call_id=call["id"], name=call["name"],
-                                   status="error" if error is not None else "success"))
+        if call["name"] != DELEGATE_TOOL:
+            results.append(await _act_on(ctx, call))
     return {"messages": results}
+
+
+async def _act_on(ctx: RunContext, call: dict[str, Any]) -> ToolMessage:
+    """One skill call, keyed by its place in the run: a replayed step finds the stored call and
+    its outcome instead of repeating it; a call that needs a human waits here."""
+    key = ctx.call_key(call["id"])
+    name, args = call["name"], call.get("args") or {}
+    skill = ctx.skills.get(name) if name in ctx.agent.config.skills and name in ctx.skills else None
+    async with tenant_tx(ctx.pool, ctx.org_id) as conn:
+        row = await tool_calls.by_key(conn, ctx.run_id, key)
+        if row is None:
+            wait = skill is not None and needs_approval(ctx.agent.config, skill, args)
+            row = await tool_calls.start(
+                conn, new_id("tool_call"), run_id=ctx.run_id, session_id=ctx.session_id, agent_id=ctx.agent.id,
+                name=name, args=args, sensitive=skill is not None and skill.is_sensitive(args),
+                status="pending" if wait else "running", call_key=key,
+            )
+            if wait:
+                await ctx.emitter.emit(events.CONFIRMATION_REQUIRED, {
+                    "tool_call_id": row["id"], "name": name, "args": args, "agent_id": ctx.agent.id})
+        elif row["status"] == "approved":
+            row = await tool_calls.set_status(conn, row["id"], "running") or row
+    tool_call_id = row["id"]
+    if row["status"] == "pending":
+        await ctx.emitter.flush()
+        wait_for_human({"tool_call_id": tool_call_id, "name": name}, ctx.depth)
+    if row["status"] == "rejected":
+        reason = row["decision_reason"] or "no reason given"
+        return ToolMessage(content=f"A human rejected this call ({reason}). Do not retry it; answer without it.",
+                           tool_call_id=call["id"], name=name, status="error")
+    if row["status"] in ("succeeded", "failed"):  # done in an earlier attempt of this step
+        return _tool_message(call, row["output"], (row["error"] or {}).get("message"))
+    run_args = row["args"]  # what a human approved, if they edited the proposal
+    await ctx.emitter.emit(events.TOOL_CALL, {"tool_call_id": tool_call_id, "name": name, "args": run_args,
+                                              "agent_id": ctx.agent.id})
+    output, error = await _run_skill(ctx, {**call, "args": run_args}, tool_call_id)
+    async with tenant_tx(ctx.pool, ctx.org_id) as conn:
+        await tool_calls.finish(conn, tool_call_id, output=output, error=error)
+    result = {"error": error} if error is not None else {"output": output}
+    await ctx.emitter.emit(events.TOOL_RESULT, {"tool_call_id": tool_call_id, **result})
+    return _tool_message(call, output, error)
+
+
+def _tool_message(call: dict[str, Any], output: Any, error: str | None) -> ToolMessage:
+    content = f"Error: {error}" if error is not None else _result_text(output)
+    return ToolMessage(content=content, tool_call_id=call["id"], name=call["name"],
+                       status="error" if error is not None else "success")
 
 
 async def delegate(state: AgentState, runtime: Runtime[RunContext]) -> dict[str, Any]:
@@ -251,10 +283,14 @@ async def delegate(state: AgentState, runtime: Runtime[RunContext]) -> dict[str,
             results.append(ToolMessage(content=f"Error: {reason}.", tool_call_id=call["id"], name=DELEGATE_TOOL,
                                        status="error"))
             continue
-        child = ctx.for_subagent(spec)
+        child = ctx.for_subagent(spec, call["id"])
         await ctx.emitter.emit(events.SUBAGENT_STARTED, {"agent_id": spec.id, "name": spec.name,
                                                          "parent_agent_id": ctx.agent.id})
-        final = await subagent_graph().ainvoke({"messages": [HumanMessage(task)]}, context=child)
+        try:
+            final = await subagent_graph().ainvoke({"messages": [HumanMessage(task)]}, context=child)
+        except ApprovalNeeded as waiting:  # the sub-agent's call waits for a human: so does the run
+            wait_for_human(waiting.payload, ctx.depth)
+            raise
         answer = final_text(final["messages"])
         await ctx.emitter.emit(events.SUBAGENT_COMPLETED, {"agent_id": spec.id, "name": spec.name})
         results.append(ToolMessage(content=answer, tool_call_id=call["id"], name=DELEGATE_TOOL))

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from langchain_core.messages import HumanMessage
+from langgraph.types import Command
 from psycopg.types.json import Jsonb
 from redis.exceptions import RedisError
 
@@ -26,7 +27,7 @@ from core import events
 from core.agent_config import AgentConfig
 from core.events import RunEmitter
 from core.ids import new_id
-from core.store import agents, runs
+from core.store import agents, runs, tool_calls
 from core.tenancy import checkpoint_thread_id, run_cancel_key, tenant_tx
 from orchestrator.context import AgentSpec, Budget, LimitExceeded, RunContext
 from orchestrator.models import ModelConfigError, aclose_model, describe_error
@@ -61,12 +62,19 @@ class Delivery:
     retry_after_s: float | None = None
 
 
-async def _interrupted_here(svc: Services, config: Any, input_id: str) -> bool:
-    """Did an earlier attempt of this run stop mid-graph (its input is in the thread and a step
-    is still pending)? Then the run resumes from that checkpoint instead of starting over."""
+async def _graph_input(svc: Services, config: Any, user_message: HumanMessage, attempt: int) -> Any:
+    """What to invoke the graph with. A first attempt starts from the user's message. A later
+    one (after a crash, or after a human decided) continues from the last checkpoint if that
+    attempt stopped mid-graph with this input in the thread: `Command(resume=...)` when it
+    stopped for a human, `None` to re-run the step that was cut off."""
+    start = {"messages": [user_message]}
+    if attempt <= 1:
+        return start
     state = await svc.graph.aget_state(config)
     messages = state.values.get("messages", []) if state.values else []
-    return bool(state.next) and any(getattr(m, "id", None) == input_id for m in messages)
+    if not state.next or not any(getattr(m, "id", None) == user_message.id for m in messages):
+        return start
+    return Command(resume="decided") if state.interrupts else None
 
 
 def worker_id() -> str:
@@ -152,9 +160,7 @@ async def _execute(
 
     async def invoke() -> dict[str, Any]:
         async with asyncio.timeout_at(deadline):
-            graph_input: Any = {"messages": [user_message]}
-            if run["attempt"] > 1 and await _interrupted_here(svc, config, user_message.id or ""):
-                graph_input = None  # resume the interrupted step from the last checkpoint
+            graph_input = await _graph_input(svc, config, user_message, run["attempt"])
             result: dict[str, Any] = await svc.graph.ainvoke(graph_input, config, context=ctx)
             return result
 
@@ -163,6 +169,8 @@ async def _execute(
     watcher = asyncio.create_task(_watch(svc, org_id, run["id"], owner, task, watch))
     try:
         result = await task
+        if result.get("__interrupt__"):
+            return Outcome("awaiting_confirmation", usage=dict(ctx.usage))
         answer = str(result.get("answer", ""))
         return Outcome("succeeded", output={"text": answer}, answer=answer, usage=dict(ctx.usage))
     except asyncio.CancelledError:
@@ -240,6 +248,16 @@ async def _complete(svc: Services, run: dict[str, Any], emitter: RunEmitter, own
     clear the cancel flag and start the session's next run."""
     await emitter.close()
     org_id, session_id, run_id = emitter.org_id, emitter.session_id, run["id"]
+    if outcome.status == "awaiting_confirmation":
+        async with tenant_tx(svc.pool, org_id) as conn:
+            paused = await runs.pause(conn, run_id, owner)
+            # A human may have decided while the graph was stopping; then go straight on.
+            resumed = paused and await tool_calls.pending_in_run(conn, run_id) == 0 and \
+                await runs.resume(conn, run_id) is not None
+        if resumed:
+            await _start_next(svc, org_id, run_id)
+            return "decided while pausing: re-queued"
+        return "awaiting confirmation (worker released)" if paused else "lease lost before pausing"
     extra: list[tuple[str, dict[str, Any]]] = []
     output = outcome.output
     try:

@@ -15,7 +15,8 @@ pytestmark = pytest.mark.usefixtures("worker")
 
 
 def test_an_openai_agent_streams_and_calls_a_tool(client: TestClient, org: Org, openai_server: OpenAIServer):
-    agent = org.create_agent(model="openai:test-model", skills=["file_manager"], instructions="Be brief.")
+    agent = org.create_agent(model="openai:test-model", skills=["file_manager"], instructions="Be brief.",
+                             confirm="none")
     session = org.create_session(str(agent["id"]))
     seen = len(openai_server.requests)
     run = start_run(org, str(session["id"]), 'use tool file_manager {"action": "write", "path": "o.txt", '

@@ -399,7 +399,7 @@ THREE_CALLS = "\n".join(f'call: file_manager {{"action": "write", "path": "f{i}.
 
 
 def test_max_steps_exceeded_fails_the_run(client: TestClient, org: Org):
-    agent = org.create_agent(skills=["file_manager"], limits={"max_steps": 2})
+    agent = org.create_agent(skills=["file_manager"], limits={"max_steps": 2}, confirm="none")
     session = org.create_session(str(agent["id"]))
     run = start_run(org, str(session["id"]), THREE_CALLS)
     behind = start_run(org, str(session["id"]), "hello")
@@ -415,7 +415,7 @@ def test_max_steps_exceeded_fails_the_run(client: TestClient, org: Org):
 
 
 def test_max_steps_is_enough_when_the_steps_fit(org: Org):
-    agent = org.create_agent(skills=["file_manager"], limits={"max_steps": 2})
+    agent = org.create_agent(skills=["file_manager"], limits={"max_steps": 2}, confirm="none")
     session = org.create_session(str(agent["id"]))
     run = start_run(org, str(session["id"]), 'call: file_manager {"action": "list"}')
     assert wait(org, run["id"])["status"] == "succeeded"

@@ -17,7 +17,7 @@ from tests.test_runs import start_run, wait
 
 @pytest.mark.timeout(90)
 def test_a_killed_worker_process_does_not_lose_the_run(client: TestClient, org: Org, worker: Worker):
-    agent = org.create_agent(skills=["file_manager"])
+    agent = org.create_agent(skills=["file_manager"], confirm="none")
     session = org.create_session(str(agent["id"]))
     script = 'call: file_manager {"action": "write", "path": "once.txt", "content": "1"}\n' \
              "wait: 4\n" \

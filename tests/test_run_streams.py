@@ -39,7 +39,7 @@ def redis_client(stack: StackUrls) -> Iterator[redis.Redis]:
 
 @pytest.fixture
 def session(org: Org) -> dict[str, Any]:
-    agent = org.create_agent(skills=["file_manager"])
+    agent = org.create_agent(skills=["file_manager"], confirm="none")
     return org.create_session(str(agent["id"]))
 
 

@@ -27,7 +27,7 @@ def wait(org: Org, run_id: str, timeout: float = 30) -> dict[str, Any]:
 
 def test_offline_run_with_a_tool_and_a_subagent_streams_every_step(org: Org, client: TestClient, worker: Worker):
     helper = org.create_agent(name="helper", instructions="You help.")
-    agent = org.create_agent(name="boss", skills=["file_manager"], subagents=[helper["id"]])
+    agent = org.create_agent(name="boss", skills=["file_manager"], subagents=[helper["id"]], confirm="none")
     session = org.create_session(str(agent["id"]))
     script = 'call: file_manager {"action": "write", "path": "notes/a.txt", "content": "hello"}\n' \
              "delegate: helper please summarise\n" \

@@ -4,14 +4,29 @@ from __future__ import annotations
 
 from typing import Any
 
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.responses import Response
 
 from api.endpoint import Call, endpoint, resource, validation_failed
-from api.responses import listing
+from api.responses import json, listing
 from api.routes.runs import run_not_found
+from api.run_signals import enqueue_next, publish_events
+from core import events
+from core.errors import ApiError
 from core.pagination import page
-from core.store import runs, tool_calls
+from core.store import audit, runs, tool_calls
 from core.tenancy import tenant_tx
+
+
+class Approval(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    # Edited arguments to run instead of the proposed ones (the approval binds to exactly these).
+    args: dict[str, Any] | None = None
+
+
+class Rejection(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    reason: str | None = Field(default=None, max_length=2000)
 
 
 @endpoint("A run's tool calls (its sub-agents' included), in the order they were made.", response="ToolCall")
@@ -37,7 +52,60 @@ async def list_tool_calls(call: Call[Any]) -> Response:
     return listing(data, next_cursor)
 
 
+async def _decide(call: Call[Any], *, approve: bool, args: dict[str, Any] | None, reason: str | None) -> Response:
+    """Record a human's decision on a pending call, emit `confirmation.resolved`, and when the
+    run has no other pending call, re-queue it so a worker resumes it from its checkpoint."""
+    tool_call_id = call.path_id("tool_call_id", "tool_call")
+    principal = call.principal
+    async with tenant_tx(call.pool, principal.org_id) as conn:
+        found = await tool_calls.get(conn, tool_call_id)
+        if found is None:
+            raise ApiError("NOT_FOUND", f"No tool call with id {tool_call_id!r} in this organisation.")
+        # Lock order everywhere: session, then run, then tool call.
+        await runs.lock_session(conn, found["session_id"])
+        await runs.lock_run(conn, found["run_id"])
+        row = await tool_calls.decide(conn, tool_call_id, approve=approve, by=principal.actor, args=args,
+                                      reason=reason)
+        if row is None:
+            current = await tool_calls.get(conn, tool_call_id)
+            status = current["status"] if current else "gone"
+            raise ApiError("CONFLICT", f"This tool call is not pending (it is {status}); it was already decided.",
+                           details={"status": status})
+        decision = "approved" if approve else "rejected"
+        data: dict[str, Any] = {"tool_call_id": tool_call_id, "decision": decision, "decided_by": principal.actor}
+        if approve and row["proposed_args"] is not None:
+            data["args"] = row["args"]
+        if reason:
+            data["reason"] = reason
+        resolved = (found["run_id"], events.CONFIRMATION_RESOLVED, data)
+        emitted = await events.append(conn, found["session_id"], [resolved])
+        resumed = None
+        if await tool_calls.pending_in_run(conn, found["run_id"]) == 0:
+            resumed = await runs.resume(conn, found["run_id"])
+        await audit.record(conn, principal.actor, f"tool_call.{'approve' if approve else 'reject'}", "tool_call",
+                           tool_call_id, {"run_id": found["run_id"], "edited": row["proposed_args"] is not None})
+    state = call.request.app.state
+    await publish_events(state, principal.org_id, emitted)
+    if resumed is not None:
+        await enqueue_next(state, principal.org_id, found["run_id"])
+    return json(row)
+
+
+@endpoint("Approve a pending tool call, optionally with edited `args`; the run resumes.", role="member",
+          body=Approval, response="ToolCall")
+async def approve_tool_call(call: Call[Approval]) -> Response:
+    return await _decide(call, approve=True, args=call.body.args, reason=None)
+
+
+@endpoint("Reject a pending tool call (`reason` is told to the model); the run resumes without it.",
+          role="member", body=Rejection, response="ToolCall")
+async def reject_tool_call(call: Call[Rejection]) -> Response:
+    return await _decide(call, approve=False, args=None, reason=call.body.reason)
+
+
 routes = [
     resource("/v1/runs/{run_id}/tool-calls", GET=list_run_tool_calls),
     resource("/v1/tool-calls", GET=list_tool_calls),
+    resource("/v1/tool-calls/{tool_call_id}/approve", POST=approve_tool_call),
+    resource("/v1/tool-calls/{tool_call_id}/reject", POST=reject_tool_call),
 ]

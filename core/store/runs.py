@@ -82,6 +82,19 @@ NEXT_IN_SESSION_SQL = """
 SELECT id, status FROM runs WHERE session_id = %s AND status IN ('queued', 'running', 'awaiting_confirmation')
 ORDER BY queue_seq LIMIT 1
 """
+ABANDON_PENDING_CALLS_SQL = """
+UPDATE tool_calls SET status = 'rejected', decision_reason = 'the run ended before a decision', decided_at = now()
+WHERE run_id = %s AND status = 'pending'
+"""
+PAUSE_SQL = """
+UPDATE runs SET status = 'awaiting_confirmation', paused_at = now(), lease_owner = NULL, lease_expires_at = NULL
+WHERE id = %s AND status = 'running' AND lease_owner = %s RETURNING id
+"""
+# Waiting for a human does not count against the run's time limit.
+RESUME_SQL = f"""
+UPDATE runs SET status = 'queued', deadline_at = deadline_at + (now() - paused_at), paused_at = NULL
+WHERE id = %s AND status = 'awaiting_confirmation' RETURNING {COLUMNS}
+"""
 REQUEST_CANCEL_SQL = "UPDATE runs SET cancel_requested_at = coalesce(cancel_requested_at, now()) WHERE id = %s"
 
 
@@ -91,6 +104,11 @@ def to_public(row: dict[str, Any]) -> dict[str, Any]:
 
 async def lock_session(conn: AsyncConnection[DictRow], session_id: str) -> dict[str, Any] | None:
     return await (await conn.execute(LOCK_SESSION_SQL, (session_id,))).fetchone()
+
+
+async def lock_run(conn: AsyncConnection[DictRow], run_id: str) -> dict[str, Any] | None:
+    """Hold the run row (take the session row first, see `lock_session`)."""
+    return await (await conn.execute("SELECT id, status FROM runs WHERE id = %s FOR UPDATE", (run_id,))).fetchone()
 
 
 async def get(conn: AsyncConnection[DictRow], run_id: str) -> dict[str, Any] | None:
@@ -256,6 +274,7 @@ async def finish(
     })).fetchone()
     if row is None:
         return None
+    await conn.execute(ABANDON_PENDING_CALLS_SQL, (run_id,))
     data: dict[str, Any]
     if status == "succeeded":
         data = {"output": output, "usage": usage or {}}
@@ -294,3 +313,13 @@ async def cancel_all(conn: AsyncConnection[DictRow], session_id: str) -> tuple[l
             await request_cancel(conn, run["id"])
             running.append(run["id"])
     return emitted, running
+
+
+async def pause(conn: AsyncConnection[DictRow], run_id: str, owner: str) -> bool:
+    """The run waits for a human: it holds no worker and no lease until `resume`."""
+    return await (await conn.execute(PAUSE_SQL, (run_id, owner))).fetchone() is not None
+
+
+async def resume(conn: AsyncConnection[DictRow], run_id: str) -> dict[str, Any] | None:
+    """Back to `queued` after the human decided (the caller enqueues it after commit)."""
+    return await (await conn.execute(RESUME_SQL, (run_id,))).fetchone()

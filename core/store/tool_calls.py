@@ -8,12 +8,27 @@ from psycopg import AsyncConnection
 from psycopg.rows import DictRow
 from psycopg.types.json import Jsonb
 
-COLUMNS = "id, run_id, session_id, agent_id, name, args, sensitive, status, output, error, created_at, finished_at"
+COLUMNS = (
+    "id, run_id, session_id, agent_id, kind, name, args, proposed_args, sensitive, status, output, error, "
+    "decided_by, decided_at, decision_reason, call_key, created_at, finished_at"
+)
 
 INSERT_SQL = f"""
-INSERT INTO tool_calls (id, org_id, run_id, session_id, agent_id, name, args, sensitive, status)
-VALUES (%s, agentos_current_org(), %s, %s, %s, %s, %s, %s, %s) RETURNING {COLUMNS}
+INSERT INTO tool_calls (id, org_id, run_id, session_id, agent_id, name, args, sensitive, status, call_key, kind)
+VALUES (%s, agentos_current_org(), %s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING {COLUMNS}
 """
+GET_SQL = f"SELECT {COLUMNS} FROM tool_calls WHERE id = %s"
+GET_FOR_UPDATE_SQL = GET_SQL + " FOR UPDATE"
+BY_KEY_SQL = f"SELECT {COLUMNS} FROM tool_calls WHERE run_id = %s AND call_key = %s"
+SET_STATUS_SQL = f"UPDATE tool_calls SET status = %s WHERE id = %s RETURNING {COLUMNS}"
+DECIDE_SQL = f"""
+UPDATE tool_calls SET status = %(status)s, args = coalesce(%(args)s, args),
+    proposed_args = CASE WHEN %(args)s::jsonb IS NOT NULL AND %(args)s::jsonb <> args THEN args ELSE NULL END,
+    decided_by = %(by)s, decided_at = now(), decision_reason = %(reason)s
+WHERE id = %(id)s AND status = 'pending' RETURNING {COLUMNS}
+"""
+PENDING_IN_RUN_SQL = "SELECT count(*) AS n FROM tool_calls WHERE run_id = %s AND status = 'pending'"
+
 FINISH_SQL = f"""
 UPDATE tool_calls SET status = %s, output = %s, error = %s, finished_at = now()
 WHERE id = %s RETURNING {COLUMNS}
@@ -32,9 +47,11 @@ async def start(
     args: dict[str, Any],
     sensitive: bool,
     status: str = "running",
+    call_key: str | None = None,
+    kind: str = "tool",
 ) -> dict[str, Any]:
     row = await (await conn.execute(
-        INSERT_SQL, (tool_call_id, run_id, session_id, agent_id, name, Jsonb(args), sensitive, status)
+        INSERT_SQL, (tool_call_id, run_id, session_id, agent_id, name, Jsonb(args), sensitive, status, call_key, kind)
     )).fetchone()
     assert row is not None
     return row
@@ -69,3 +86,32 @@ async def list_calls(
     """The org's tool calls, newest first, optionally of one status."""
     params = {"status": status, "cursor": cursor, "limit": limit + 1}
     return list(await (await conn.execute(LIST_SQL, params)).fetchall())
+
+
+async def get(conn: AsyncConnection[DictRow], tool_call_id: str, *, for_update: bool = False) -> dict[str, Any] | None:
+    return await (await conn.execute(GET_FOR_UPDATE_SQL if for_update else GET_SQL, (tool_call_id,))).fetchone()
+
+
+async def by_key(conn: AsyncConnection[DictRow], run_id: str, call_key: str) -> dict[str, Any] | None:
+    """The call a run already made under this key (a replayed step finds it here)."""
+    return await (await conn.execute(BY_KEY_SQL, (run_id, call_key))).fetchone()
+
+
+async def set_status(conn: AsyncConnection[DictRow], tool_call_id: str, status: str) -> dict[str, Any] | None:
+    return await (await conn.execute(SET_STATUS_SQL, (status, tool_call_id))).fetchone()
+
+
+async def decide(
+    conn: AsyncConnection[DictRow], tool_call_id: str, *, approve: bool, by: str, args: dict[str, Any] | None = None,
+    reason: str | None = None,
+) -> dict[str, Any] | None:
+    """Approve (optionally with edited arguments) or reject a pending call; None if it is not pending."""
+    return await (await conn.execute(DECIDE_SQL, {
+        "status": "approved" if approve else "rejected", "args": Jsonb(args) if args is not None else None,
+        "by": by, "reason": reason, "id": tool_call_id,
+    })).fetchone()
+
+
+async def pending_in_run(conn: AsyncConnection[DictRow], run_id: str) -> int:
+    row = await (await conn.execute(PENDING_IN_RUN_SQL, (run_id,))).fetchone()
+    return int(row["n"]) if row else 0
