@@ -1,4 +1,4 @@
-"""The orchestrator: START -> think -> (act | delegate -> think)* -> respond -> END.
+"""The orchestrator: START -> [plan] -> think -> (act | delegate -> think)* -> respond -> END.
 
 `build_graph(checkpointer)` compiles the graph a run executes (checkpointed in Postgres under
 the session's thread id). Sub-agents run the same graph, compiled without a checkpointer
@@ -23,11 +23,13 @@ Graph = CompiledStateGraph[AgentState, RunContext, AgentState, AgentState]
 
 def _builder() -> StateGraph[AgentState, RunContext, AgentState, AgentState]:
     graph = StateGraph(AgentState, context_schema=RunContext)
+    graph.add_node("plan", nodes.plan)
     graph.add_node("think", nodes.think)
     graph.add_node("act", nodes.act)
     graph.add_node("delegate", nodes.delegate)
     graph.add_node("respond", nodes.respond)
-    graph.add_edge(START, "think")
+    graph.add_conditional_edges(START, nodes.route_start, ["plan", "think"])
+    graph.add_edge("plan", "think")
     graph.add_conditional_edges("think", nodes.route_after_think, ["act", "delegate", "respond"])
     graph.add_conditional_edges("act", nodes.route_after_act, ["delegate", "think"])
     graph.add_edge("delegate", "think")

@@ -18,7 +18,7 @@ from langchain_core.messages import (
     ToolMessage,
 )
 from langchain_core.messages.ai import UsageMetadata
-from langgraph.runtime import Runtime
+from langgraph.runtime import Runtime, get_runtime
 
 from core import events
 from core.ids import new_id
@@ -27,7 +27,7 @@ from core.store import tool_calls
 from core.tenancy import tenant_tx
 from orchestrator.approvals import ApprovalNeeded, needs_approval, wait_for_human
 from orchestrator.context import RunContext
-from orchestrator.models import resolve_model, with_retries
+from orchestrator.models import PLAN_MARK, resolve_model, with_retries
 from orchestrator.state import AgentState
 from skills import SkillContext, SkillError
 
@@ -122,6 +122,8 @@ async def think(state: AgentState, runtime: Runtime[RunContext]) -> dict[str, An
     prompt: list[BaseMessage] = []
     if ctx.agent.config.instructions:
         prompt.append(SystemMessage(ctx.agent.config.instructions))
+    if ctx.depth == 0 and state.get("plan"):
+        prompt.append(SystemMessage(f"Carry out this approved plan:\n{state['plan']}"))
     prompt.extend(_conversation(state["messages"]))
 
     async def call() -> AIMessageChunk:
@@ -236,9 +238,7 @@ async def _act_on(ctx: RunContext, call: dict[str, Any]) -> ToolMessage:
         elif row["status"] == "approved":
             row = await tool_calls.set_status(conn, row["id"], "running") or row
     tool_call_id = row["id"]
-    if row["status"] == "pending":
-        await ctx.emitter.flush()
-        wait_for_human({"tool_call_id": tool_call_id, "name": name}, ctx.depth)
+    row = await _decided(ctx, row)
     if row["status"] == "rejected":
         reason = row["decision_reason"] or "no reason given"
         return ToolMessage(content=f"A human rejected this call ({reason}). Do not retry it; answer without it.",
@@ -254,6 +254,23 @@ async def _act_on(ctx: RunContext, call: dict[str, Any]) -> ToolMessage:
     result = {"error": error} if error is not None else {"output": output}
     await ctx.emitter.emit(events.TOOL_RESULT, {"tool_call_id": tool_call_id, **result})
     return _tool_message(call, output, error)
+
+
+async def _decided(ctx: RunContext, row: dict[str, Any]) -> dict[str, Any]:
+    """The call once a human has decided it. While it is pending the run pauses here.
+
+    After a resume LangGraph re-runs the whole step, and the first `interrupt()` of that re-run
+    returns instead of pausing; so the row is read again, and a call still pending (another
+    one than the human decided) pauses at the next `interrupt()`.
+    """
+    while row["status"] == "pending":
+        await ctx.emitter.flush()
+        wait_for_human({"tool_call_id": row["id"], "name": row["name"]}, ctx.depth)
+        async with tenant_tx(ctx.pool, ctx.org_id) as conn:
+            row = await tool_calls.get(conn, row["id"]) or row
+            if row["status"] == "approved":
+                row = await tool_calls.set_status(conn, row["id"], "running") or row
+    return row
 
 
 def _tool_message(call: dict[str, Any], output: Any, error: str | None) -> ToolMessage:
@@ -286,11 +303,14 @@ async def delegate(state: AgentState, runtime: Runtime[RunContext]) -> dict[str,
         child = ctx.for_subagent(spec, call["id"])
         await ctx.emitter.emit(events.SUBAGENT_STARTED, {"agent_id": spec.id, "name": spec.name,
                                                          "parent_agent_id": ctx.agent.id})
-        try:
-            final = await subagent_graph().ainvoke({"messages": [HumanMessage(task)]}, context=child)
-        except ApprovalNeeded as waiting:  # the sub-agent's call waits for a human: so does the run
-            wait_for_human(waiting.payload, ctx.depth)
-            raise
+        while True:
+            try:
+                final = await subagent_graph().ainvoke({"messages": [HumanMessage(task)]}, context=child)
+                break
+            except ApprovalNeeded as waiting:  # the sub-agent's call waits for a human: so does the run
+                # Raises (the run pauses) unless this step was just resumed: then the sub-agent
+                # runs again and finds the decision.
+                wait_for_human(waiting.payload, ctx.depth)
         answer = final_text(final["messages"])
         await ctx.emitter.emit(events.SUBAGENT_COMPLETED, {"agent_id": spec.id, "name": spec.name})
         results.append(ToolMessage(content=answer, tool_call_id=call["id"], name=DELEGATE_TOOL))
@@ -309,3 +329,62 @@ async def respond(state: AgentState, runtime: Runtime[RunContext]) -> dict[str, 
     assert ctx is not None
     await _step(ctx, "respond")
     return {"answer": final_text(state["messages"])}
+
+
+PLAN_PROMPT = (
+    f"{PLAN_MARK} Before doing anything, write a short numbered plan of the steps you will take "
+    "(tools you will call, sub-agents you will ask). Do not call any tool now; a human approves the plan first."
+)
+
+
+def route_start(state: AgentState) -> str:
+    """Plan mode: the run's agent plans first (sub-agents never do)."""
+    ctx = get_runtime(RunContext).context
+    return "plan" if ctx is not None and ctx.depth == 0 and ctx.agent.config.mode == "plan" else "think"
+
+
+async def plan(state: AgentState, runtime: Runtime[RunContext]) -> dict[str, Any]:
+    """Plan mode: propose a plan and hold it for approval like a tool call; a rejection (with
+    its reason) leads to a new plan; the approved plan (as approved, maybe edited) guides THINK."""
+    ctx = runtime.context
+    assert ctx is not None
+    attempt, feedback = 0, ""
+    while True:
+        key = ctx.call_key(f"plan:{attempt}")
+        async with tenant_tx(ctx.pool, ctx.org_id) as conn:
+            row = await tool_calls.by_key(conn, ctx.run_id, key)
+        if row is None:
+            text = await _propose_plan(ctx, state, feedback)
+            async with tenant_tx(ctx.pool, ctx.org_id) as conn:
+                row = await tool_calls.start(
+                    conn, new_id("tool_call"), run_id=ctx.run_id, session_id=ctx.session_id, agent_id=ctx.agent.id,
+                    name="plan", args={"plan": text}, sensitive=False, status="pending", call_key=key, kind="plan",
+                )
+            await ctx.emitter.emit(events.CONFIRMATION_REQUIRED, {
+                "tool_call_id": row["id"], "name": "plan", "args": {"plan": text}, "agent_id": ctx.agent.id,
+                "kind": "plan"})
+        row = await _decided(ctx, row)
+        if row["status"] == "rejected":
+            attempt, feedback = attempt + 1, row["decision_reason"] or "no reason given"
+            continue
+        async with tenant_tx(ctx.pool, ctx.org_id) as conn:
+            await tool_calls.finish(conn, row["id"], output={"approved": True})
+        return {"plan": str(row["args"].get("plan", ""))}
+
+
+async def _propose_plan(ctx: RunContext, state: AgentState, feedback: str) -> str:
+    ctx.budget.take_step()
+    await _step(ctx, "plan")
+    request = PLAN_PROMPT + (f"\nFeedback on the last plan: {feedback}" if feedback else "")
+    prompt: list[BaseMessage] = [SystemMessage(request)]
+    if ctx.agent.config.instructions:
+        prompt.insert(0, SystemMessage(ctx.agent.config.instructions))
+    prompt.extend(_conversation(state["messages"]))
+    text = ""
+    async for chunk in _model(ctx).astream(prompt):
+        piece = chunk.text if isinstance(chunk.text, str) else ""
+        if piece:
+            text += piece
+            await ctx.emitter.delta(piece, ctx.agent.id)
+        _add_usage(ctx, chunk.usage_metadata)
+    return text

@@ -11,3 +11,4 @@ from langgraph.graph.message import add_messages
 class AgentState(TypedDict, total=False):
     messages: Annotated[list[AnyMessage], add_messages]
     answer: str
+    plan: str  # plan mode: the plan a human approved for the current run

@@ -67,7 +67,7 @@ async def _graph_input(svc: Services, config: Any, user_message: HumanMessage, a
     one (after a crash, or after a human decided) continues from the last checkpoint if that
     attempt stopped mid-graph with this input in the thread: `Command(resume=...)` when it
     stopped for a human, `None` to re-run the step that was cut off."""
-    start = {"messages": [user_message]}
+    start = {"messages": [user_message], "plan": ""}
     if attempt <= 1:
         return start
     state = await svc.graph.aget_state(config)

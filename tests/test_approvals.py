@@ -171,3 +171,59 @@ def test_other_orgs_and_viewers_cannot_decide(client: TestClient, org: Org, othe
                        headers=org.headers).status_code == 422
     assert pending_for(org, run["id"]) != []
     client.post(f"/v1/runs/{run['id']}/cancel", headers=org.headers)
+
+
+def test_plan_mode_plans_first_replans_on_rejection_and_executes_once_approved(
+    client: TestClient, org: Org, worker: Worker
+):
+    agent = org.create_agent(skills=["file_manager"], mode="plan", confirm="none")
+    session = org.create_session(str(agent["id"]))
+    run = start_run(org, str(session["id"]), 'call: file_manager {"action": "write", "path": "p.txt", "content": "v"}')
+    until_status(org, run["id"], "awaiting_confirmation")
+    [first] = pending_for(org, run["id"])
+    assert first["kind"] == "plan" and first["name"] == "plan"
+    assert "1. call file_manager" in first["args"]["plan"]
+    assert not (workspace(worker, org, session) / "p.txt").exists(), "nothing runs before the plan is approved"
+
+    r = client.post(f"/v1/tool-calls/{first['id']}/reject", json={"reason": "name the file"}, headers=org.headers)
+    assert r.status_code == 200
+    deadline = time.monotonic() + 20
+    while not (second := pending_for(org, run["id"])) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    [revised] = second
+    assert revised["id"] != first["id"] and "revised after: name the file" in revised["args"]["plan"]
+    assert client.post(f"/v1/tool-calls/{revised['id']}/approve", json={}, headers=org.headers).status_code == 200
+
+    final = wait(org, run["id"])
+    assert final["status"] == "succeeded", final
+    assert (workspace(worker, org, session) / "p.txt").read_text() == "v"
+    events = read_events(client, f"/v1/runs/{run['id']}/events", org.headers)
+    nodes = [e["data"]["node"] for e in events if e["type"] == "step.started"]
+    assert nodes[:1] == ["plan"] and nodes.count("plan") == 2 and "act" in nodes
+    assert nodes.index("act") > max(i for i, n in enumerate(nodes) if n == "plan")
+    required = [e["data"] for e in events if e["type"] == "confirmation.required"]
+    assert [c["kind"] for c in required] == ["plan", "plan"]
+
+
+def test_each_of_a_subagents_calls_needs_its_own_approval(client: TestClient, org: Org, worker: Worker):
+    helper = org.create_agent(name="copyist", skills=["file_manager"])
+    boss = org.create_agent(name="editor", subagents=[helper["id"]])
+    # Two boss steps, each delegating one write: the second approval must not be skipped.
+    session = org.create_session(str(boss["id"]))
+    script = "\n".join([
+        'delegate: copyist call: file_manager {"action": "write", "path": "one.txt", "content": "1"}',
+        'delegate: copyist call: file_manager {"action": "write", "path": "two.txt", "content": "2"}',
+    ])
+    run = start_run(org, str(session["id"]), script)
+    decided = []
+    for expected in ("one.txt", "two.txt"):
+        deadline = time.monotonic() + 20
+        while not (pending := pending_for(org, run["id"])) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        [call] = pending
+        assert call["args"]["path"] == expected
+        assert not (workspace(worker, org, session) / expected).exists()
+        assert client.post(f"/v1/tool-calls/{call['id']}/approve", json={}, headers=org.headers).status_code == 200
+        decided.append(call["id"])
+    assert wait(org, run["id"])["status"] == "succeeded"
+    assert (workspace(worker, org, session) / "two.txt").read_text() == "2"

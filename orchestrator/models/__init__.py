@@ -1,6 +1,6 @@
 """Chat models for agents: the offline model, provider resolution, and retries."""
 
-from orchestrator.models.offline import OfflineChatModel, OfflineModelError
+from orchestrator.models.offline import PLAN_MARK, OfflineChatModel, OfflineModelError
 from orchestrator.models.providers import (
     ModelConfigError,
     aclose_model,
@@ -11,6 +11,7 @@ from orchestrator.models.providers import (
 )
 
 __all__ = [
+    "PLAN_MARK",
     "ModelConfigError",
     "OfflineChatModel",
     "OfflineModelError",

@@ -8,6 +8,9 @@ delegated). Each line of that message may be a directive:
 - `wait: <seconds>` pauses before the next directive (or before the final answer).
 - `fail: <message>` makes the model call fail with `OfflineModelError(<message>)`.
 
+In plan mode (a system message starting with `PLAN_MARK`) it answers with a numbered plan of
+the directives it would follow, noting any feedback the system message carries.
+
 Other lines are ordinary text. Directives run one per model call, in order: a call emits the
 first directive not yet answered, and once all have run the model answers `Done.` with a
 summary of the tool results it saw. A message without directives gets a short canned reply
@@ -28,7 +31,7 @@ from typing import Any
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
 from langchain_core.language_models import BaseChatModel, LanguageModelInput
 from langchain_core.language_models.chat_models import generate_from_stream
-from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, HumanMessage, ToolMessage
+from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, HumanMessage, SystemMessage, ToolMessage
 from langchain_core.messages.ai import UsageMetadata
 from langchain_core.messages.tool import tool_call_chunk
 from langchain_core.outputs import ChatGenerationChunk, ChatResult
@@ -157,12 +160,34 @@ def _canned(user_text: str, tools: Sequence[str]) -> str:
     )
 
 
+PLAN_MARK = "[plan mode]"
+
+
+def _a_plan(user_text: str, request: str) -> str:
+    """The numbered plan for a plan-mode request: one line per directive."""
+    lines = []
+    for step in _parse(user_text):
+        if isinstance(step.action, _Call):
+            if step.action.name == DELEGATE_TOOL:
+                lines.append(f"ask {step.action.args.get('agent')}: {step.action.args.get('message')}")
+            else:
+                lines.append(f"call {step.action.name} with {json.dumps(step.action.args)}")
+    numbered = [f"{i}. {line}" for i, line in enumerate(lines or ["answer directly"], start=1)]
+    feedback = request.partition("Feedback on the last plan:")[2].strip()
+    head = f"Plan (revised after: {feedback}):" if feedback else "Plan:"
+    return "\n".join([head, *numbered])
+
+
 def _plan_reply(messages: Sequence[BaseMessage], tools: Sequence[str] = (), *, echo: bool = False) -> _Reply:
     """Decide, without side effects, what the offline model answers to `messages`."""
     latest = max((i for i, m in enumerate(messages) if isinstance(m, HumanMessage)), default=-1)
     user_text = _text(messages[latest]) if latest >= 0 else ""
     if echo:
         return _Reply(text=user_text)
+    plan_request = next((_text(m) for m in messages if isinstance(m, SystemMessage)
+                         and _text(m).startswith(PLAN_MARK)), None)
+    if plan_request is not None:
+        return _Reply(text=_a_plan(user_text, plan_request))
     history = messages[latest + 1 :]
     steps = _parse(user_text)
     if len(steps) == 1 and not steps[0].waits:
