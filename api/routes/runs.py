@@ -92,27 +92,13 @@ async def create_run(call: Call[RunCreate]) -> Response:
     _, sent = await asyncio.gather(
         publish_events(state, principal.org_id, created.events), sending, return_exceptions=True
     )
+    headers = {"Location": f"/v1/runs/{run['id']}"}
     if isinstance(sent, Exception):
-        await _fail_unqueued(call, run, sent)
-    return json(_public(run), status=202, headers={"Location": f"/v1/runs/{run['id']}"})
-
-
-async def _fail_unqueued(call: Call[Any], run: dict[str, Any], exc: Exception) -> None:
-    """The broker refused the run: end it as failed (so nothing waits on it) and answer 503."""
-    log.error("enqueueing run %s failed: %s", run["id"], exc)
-    error = {"code": "UNAVAILABLE", "message": "The run could not be queued (the broker is unreachable); retry."}
-    org_id = call.principal.org_id
-    try:
-        async with tenant_tx(call.pool, org_id) as conn:
-            done = await runs.finish(conn, run["id"], run["session_id"], "failed", owner=None,
-                                     from_status=("queued",), error=error)
-        if done is not None:
-            await publish_events(call.request.app.state, org_id, done.events)
-            await enqueue_next(call.request.app.state, org_id, done.next_run_id)
-    except Exception:
-        log.exception("could not mark unqueued run %s failed", run["id"])
-    raise ApiError("UNAVAILABLE", error["message"], headers={"Retry-After": "5"},
-                   details={"run_id": run["id"]}) from exc
+        # The run is stored and stays queued; the watchdog sends it once the broker answers
+        # again (docs/runs.md, "Redis trouble"). Nothing is lost and nothing is half-written.
+        log.warning("broker unreachable: run %s deferred to the watchdog (%s)", run["id"], sent)
+        headers["AgentOS-Deferred"] = "broker-unavailable"
+    return json(_public(run), status=202, headers=headers)
 
 
 @endpoint("Read one run.", response="Run")
