@@ -26,7 +26,11 @@ _NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 @dataclass(frozen=True)
 class SkillContext:
-    """Who is calling, and where: handed to every skill as its first argument."""
+    """Who is calling, and where: handed to every skill as its first argument.
+
+    After a worker crash a call may be invoked again with the same `tool_call_id` (a finished
+    call never is): a skill with side effects should key them by it, so they happen once.
+    """
 
     org_id: str
     session_id: str
