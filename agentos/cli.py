@@ -1,10 +1,12 @@
-"""The `agentos` command: `dev`, `api`, `migrate`, `org create`."""
+"""The `agentos` command: `dev`, `api`, `worker`, `watchdog`, `migrate`, `org create`, `run`."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import os
+import sys
+from functools import partial
 from pathlib import Path
 from typing import Annotated
 
@@ -15,8 +17,8 @@ from rich.console import Console
 
 from agentos.bootstrap import DEV_STATE_FILE, OWNER_KEY_FILE, ensure_default_agents, ensure_default_org, record_api_url
 from agentos.stack.local import LocalStack, running_stack
-from agentos.stack.process import ServerProcess
-from agentos.stack.worker import worker_process
+from agentos.stack.supervisor import Supervisor
+from agentos.stack.worker import watchdog_process, worker_process
 from core.db import open_pool
 from core.migrations import migrate as apply_migrations
 from core.settings import Settings, load_settings
@@ -63,17 +65,19 @@ def _serve(settings: Settings, host: str, port: int) -> None:
 def dev(
     port: Annotated[int, typer.Option(help="API port.")] = 8000,
     host: Annotated[str, typer.Option(help="API bind address.")] = "127.0.0.1",
-    workers: Annotated[int, typer.Option(help="Runs the local worker executes at once.", min=1, max=32)] = 2,
+    workers: Annotated[int, typer.Option(
+        help="Worker processes; each executes one run at a time and is restarted if it dies.", min=1, max=16)] = 1,
     data_dir: DataDir = Path(".agentos"),
 ) -> None:
-    """Start the whole platform locally: Postgres + pgvector, Redis, migrations, API, a worker.
+    """Start the whole platform locally: Postgres + pgvector, Redis, migrations, API, workers and
+    the watchdog.
 
     Uses AGENTOS_DATABASE_URL / AGENTOS_REDIS_URL instead of embedded servers when both are set.
     """
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     data_dir = data_dir.resolve()
     stack: LocalStack | None = None
-    worker: ServerProcess | None = None
+    supervisor: Supervisor | None = None
     try:
         if _external_services():
             settings = _settings()
@@ -91,14 +95,7 @@ def dev(
         console.print(f"[green]✓[/green] org {org_id} ({'created' if created else 'reused'})")
         if asyncio.run(ensure_default_agents(settings, org_id)):
             console.print("[green]✓[/green] agent 'assistant' (offline model, file_manager, sub-agent 'helper')")
-        worker = worker_process(
-            data_dir / "worker.log", database_url=settings.database.url, redis_url=settings.redis.url,
-            workspace_root=data_dir / "workspaces", concurrency=workers,
-        )
-        worker.start()
-        with console.status("Starting the worker…"):
-            worker.wait_until(lambda: " ready." in worker.log_tail(400), timeout_s=90)
-        console.print(f"[green]✓[/green] worker pid {worker.pid} ({workers} slot(s); log {data_dir / 'worker.log'})")
+        supervisor = _start_workers(settings, data_dir, workers)
         api_url = f"http://{host}:{port}"
         record_api_url(data_dir, api_url)
         console.print(f"\n  API       {api_url}")
@@ -108,13 +105,40 @@ def dev(
         console.print("Press Ctrl-C to stop everything.")
         _serve(settings, host, port)
     finally:
-        if worker is not None:
-            with console.status("Stopping the worker…"):
-                worker.stop()
+        if supervisor is not None:
+            with console.status("Stopping the workers and the watchdog…"):
+                supervisor.stop()
         if stack is not None:
             with console.status("Stopping Redis and PostgreSQL…"):
                 stack.stop()
             console.print("[green]✓[/green] stopped")
+
+
+def _start_workers(settings: Settings, data_dir: Path, count: int) -> Supervisor:
+    """`count` worker processes (one run at a time each) and the watchdog, restarted if they die."""
+    db, rd = settings.database.url, settings.redis.url
+    supervisor = Supervisor(report=lambda text: console.print(f"[yellow]![/yellow] {text}"))
+    for i in range(1, count + 1):
+        supervisor.add(f"worker {i}", partial(worker_process, data_dir / f"worker-{i}.log", database_url=db,
+                                              redis_url=rd, workspace_root=data_dir / "workspaces", concurrency=1),
+                       ready_marker=" ready.")
+    supervisor.add("watchdog", partial(watchdog_process, data_dir / "watchdog.log", database_url=db, redis_url=rd),
+                   ready_marker="watchdog ready.")
+    try:
+        supervisor.start()
+        with console.status(f"Starting {count} worker(s) and the watchdog…"):
+            supervisor.wait_ready(timeout_s=90)
+    except BaseException:
+        supervisor.stop()
+        raise
+    supervisor.supervise()
+    pids = ", ".join(str(p) for p in supervisor.pids("worker"))
+    logs = data_dir / ("worker-1.log" if count == 1 else "worker-*.log")
+    console.print(f"[green]✓[/green] {count} worker(s), one run at a time each, restarted if they die "
+                  f"(pid {pids}; log {logs})")
+    console.print(f"[green]✓[/green] watchdog pid {supervisor.pids('watchdog')[0]} (recovers stalled runs; "
+                  f"log {data_dir / 'watchdog.log'})")
+    return supervisor
 
 
 @app.command()
@@ -148,6 +172,26 @@ def _settings_for_cli(data_dir: Path) -> Settings:
     if urls and not _external_services():
         return _settings(database={"url": urls.database_url}, redis={"url": urls.redis_url})
     return _settings()
+
+
+@app.command()
+def watchdog(
+    interval: Annotated[float | None, typer.Option(
+        help="Seconds between passes (default: AGENTOS_WORKER__WATCHDOG_INTERVAL_S).", min=0.05)] = None,
+    once: Annotated[bool, typer.Option("--once", help="Make one pass, print what it did, and exit.")] = False,
+    data_dir: DataDir = Path(".agentos"),
+) -> None:
+    """Recover stalled runs: re-send runs whose worker died (lapsed lease) and queued runs whose
+    message was lost; end runs past their deadline or attempt budget. Run one (or more) per
+    deployment, next to the workers."""
+    from runtime.watchdog import run_watchdog, sweep_once
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    settings = _settings_for_cli(data_dir)
+    if once:
+        typer.echo(asyncio.run(sweep_once(settings)).summary())
+        return
+    run_watchdog(settings, interval)
 
 
 @app.command()
@@ -188,11 +232,14 @@ def run(
     session: Annotated[str | None, typer.Option(help="Continue this session instead of starting one.")] = None,
     api_url: Annotated[str | None, typer.Option(envvar="AGENTOS_API_URL", help="Default: the local dev API.")] = None,
     api_key: Annotated[str | None, typer.Option(envvar="AGENTOS_API_KEY", help="Default: the dev owner key.")] = None,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Approve every call that asks for approval.")] = False,
     data_dir: DataDir = Path(".agentos"),
 ) -> None:
     """Send a message to an agent and stream the run: tokens to stdout, steps to stderr.
 
-    Exits 0 when the run succeeds, 1 when it fails, times out or is cancelled (Ctrl-C cancels it).
+    A call that needs approval is asked about on the terminal (or approved with --yes; without a
+    terminal the run waits for a decision through the API). Exits 0 when the run succeeds, 1 when
+    it fails, times out or is cancelled (Ctrl-C cancels it).
     """
     from agentos.run_client import ClientError, RunClient, render
 
@@ -205,8 +252,19 @@ def run(
         console.print(f"[red]{exc}[/red]")
         raise typer.Exit(1) from None
     console.print(f"[dim]session {started['session_id']} · run {started['id']}[/dim]")
+
+    def on_confirm(call: dict[str, object]) -> None:
+        tool_call_id = str(call["tool_call_id"])
+        if yes:
+            client.decide(tool_call_id, approve=True)
+        elif sys.stdin.isatty():
+            approve = typer.confirm("  Approve?", default=False, err=True)
+            client.decide(tool_call_id, approve=approve, reason=None if approve else "declined on the terminal")
+        else:
+            console.print(f"  waiting: POST /v1/tool-calls/{tool_call_id}/approve (or /reject)")
+
     try:
-        terminal = render(client.events(started["id"]), out, console, started["agent_id"])
+        terminal = render(client.events(started["id"]), out, console, started["agent_id"], on_confirm)
     except KeyboardInterrupt:
         client.cancel(started["id"])
         console.print("\n[yellow]cancelled[/yellow]")

@@ -27,6 +27,7 @@ from api.errors import HANDLERS
 from api.openapi import build_openapi
 from api.responses import json
 from api.routes import agents, api_keys, events, health, orgs, runs, sessions, tool_calls
+from core.admission import Admission
 from core.db import check_tenant_isolation, open_pool
 from core.jobs import JobQueue
 from core.settings import Settings
@@ -69,6 +70,7 @@ def create_app(settings: Settings) -> Starlette:
             app.state.redis = redis
             app.state.jobs = jobs
             app.state.auth = Authenticator(settings.auth, pool)
+            app.state.admission = Admission(settings.limits, redis, pool)
             log.info("AgentOS API ready")
             yield
         finally:

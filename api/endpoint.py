@@ -15,6 +15,7 @@ from starlette.routing import Route
 
 from api.auth import unauthenticated
 from core import ids
+from core.admission import Admission, RateDecision
 from core.errors import ApiError
 from core.pagination import DEFAULT_LIMIT, MAX_LIMIT, BadCursor, decode_cursor
 from core.principal import Principal, Role
@@ -163,18 +164,28 @@ def endpoint(
     def wrap(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
         async def run(request: Request) -> Response:
             principal: Principal | None = None
+            rate: RateDecision | None = None
             auth = request.app.state.auth
             if role == "platform_admin":
                 if not auth.is_platform_admin(request):
                     raise unauthenticated("This needs the platform admin token.")
             elif role is not None:
                 principal = await auth.authenticate(request)
+                # Every authenticated request of an org draws on its request rate (health checks
+                # and platform admin calls do not).
+                admission: Admission = request.app.state.admission
+                rate = await admission.check_rate(principal.org_id)
+                if rate is not None and not rate.allowed:
+                    raise rate.refusal()
                 if not principal.allows(role):
                     raise ApiError(
                         "FORBIDDEN", f"This needs the {role} role or higher; your credential is {principal.role}."
                     )
             parsed = await parse_body(request, body) if body is not None else NoBody()
-            return await handler(Call(request, principal, parsed))  # type: ignore[arg-type]
+            response = await handler(Call(request, principal, parsed))  # type: ignore[arg-type]
+            if rate is not None:
+                response.headers.update(rate.headers())
+            return response
 
         run.__name__ = handler.__name__
         run.__doc__ = handler.__doc__

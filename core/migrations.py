@@ -288,10 +288,17 @@ def _durability(conn: psycopg.Connection) -> None:
     conn.execute(_DURABILITY_SQL)
 
 
+def _lapses(conn: psycopg.Connection) -> None:
+    # How many times a worker holding the run stopped renewing its lease (died, hung); a resume
+    # after a human's decision is a new claim (`attempt`) but not a lapse.
+    conn.execute("ALTER TABLE runs ADD COLUMN lapses integer NOT NULL DEFAULT 0")
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration("initial schema with row-level security", _initial),
     Migration("per-session event sequence and run queue order", _run_queue),
     Migration("approvals, side-effect keys, org limits, watchdog scan", _durability),
+    Migration("count lease lapses apart from claims", _lapses),
 )
 
 

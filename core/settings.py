@@ -76,6 +76,13 @@ class WorkerSettings(BaseModel):
     max_delegation_depth: int = Field(default=3, ge=1, le=10)
     # How often a running run checks its cancel flag (seconds).
     cancel_poll_s: float = Field(default=0.1, gt=0)
+    # A run whose worker stopped this many times (its lease lapsed on every attempt) is failed
+    # by the watchdog with ATTEMPTS_EXHAUSTED instead of being handed to another worker.
+    max_attempts: int = Field(default=3, ge=1, le=100)
+    # How often `agentos watchdog` sweeps, and how long a queued run may wait for its worker
+    # message before the watchdog sends another (the message may have been lost).
+    watchdog_interval_s: float = Field(default=5.0, gt=0)
+    requeue_after_s: float = Field(default=30.0, gt=0)
 
 
 class EventSettings(BaseModel):
@@ -87,6 +94,24 @@ class EventSettings(BaseModel):
     keepalive_s: float = Field(default=15.0, gt=0)
     # The longest a client may hold `GET /v1/runs/{id}/wait`.
     max_wait_s: float = Field(default=60.0, gt=0)
+
+
+class LimitSettings(BaseModel):
+    """Admission control, per org: these are the defaults; an org may override each of them
+    (`orgs.limits`, set with `PATCH /v1/orgs/{id}`)."""
+
+    # Authenticated API requests: a token bucket refilled at this rate...
+    requests_per_minute: int = Field(default=1200, ge=1)
+    # ...holding at most this many tokens (the burst a client may send at once); None: the
+    # per-minute figure.
+    burst: int | None = Field(default=None, ge=1)
+    # Runs that are queued, running or awaiting confirmation at the same time.
+    max_active_runs: int = Field(default=50, ge=1)
+    # An entry of the active-run set older than this is dropped (self-healing after a lost
+    # release); keep it at least the longest run timeout.
+    active_run_ttl_s: int = Field(default=86_400, ge=60)
+    # How long an API process trusts an org's limits before reading them again.
+    cache_s: float = Field(default=5.0, ge=0)
 
 
 class Settings(BaseSettings):
@@ -103,6 +128,7 @@ class Settings(BaseSettings):
     models: ModelSettings = ModelSettings()
     worker: WorkerSettings = WorkerSettings()
     events: EventSettings = EventSettings()
+    limits: LimitSettings = LimitSettings()
 
     @model_validator(mode="after")
     def _refuse_default_secrets(self) -> Settings:

@@ -71,3 +71,13 @@ def run_cancel_key(org_id: str, run_id: str) -> str:
 def checkpoint_thread_id(org_id: str, session_id: str) -> str:
     """The LangGraph checkpoint thread of a session's conversation."""
     return f"{org_id}:{session_id}"
+
+
+def org_request_bucket_key(org_id: str) -> str:
+    """The org's API request token bucket (a hash: tokens, last refill in ms)."""
+    return f"agentos:{org_id}:limits:requests"
+
+
+def org_active_runs_key(org_id: str) -> str:
+    """The org's admitted, not yet ended runs (a sorted set: member -> admission time in ms)."""
+    return f"agentos:{org_id}:limits:active_runs"

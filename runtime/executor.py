@@ -24,6 +24,7 @@ from psycopg.types.json import Jsonb
 from redis.exceptions import RedisError
 
 from core import events
+from core.admission import release_run
 from core.agent_config import AgentConfig
 from core.events import RunEmitter
 from core.ids import new_id
@@ -127,8 +128,13 @@ async def execute_run(svc: Services, run_id: str, org_id: str) -> Delivery:
     emitter = RunEmitter(svc.pool, svc.redis, org_id, run["session_id"], run_id,
                          maxlen=svc.settings.events.stream_maxlen, ttl_s=svc.settings.events.stream_ttl_s)
     await emitter.publish(started)
-    if row["deadline_at"] <= datetime.now(UTC):  # taken over after the run's time was up
-        ended: Outcome | None = Outcome("timed_out", error={
+    max_attempts = svc.settings.worker.max_attempts
+    if row["lapses"] >= max_attempts:  # its workers keep dying: stop trying
+        ended: Outcome | None = Outcome("failed", error={"code": "ATTEMPTS_EXHAUSTED", "message": (
+            f"The run was given up: its worker stopped {row['lapses']} times before finishing it "
+            f"(AGENTOS_WORKER__MAX_ATTEMPTS is {max_attempts}); see the worker logs.")})
+    elif row["deadline_at"] <= datetime.now(UTC):  # taken over after the run's time was up
+        ended = Outcome("timed_out", error={
             "code": "TIMED_OUT", "message": "The run's time limit passed while its worker was gone."})
     else:
         ended = await _execute(svc, row, agent, emitter, owner)
@@ -275,6 +281,7 @@ async def _complete(svc: Services, run: dict[str, Any], emitter: RunEmitter, own
                 raise _NotOurs
     except _NotOurs:
         return "lease lost before finishing: another worker owns the run"
+    await release_run(svc.redis, org_id, run_id)
     await emitter.publish(done.events)
     try:
         await svc.redis.delete(run_cancel_key(org_id, run_id))
@@ -300,6 +307,7 @@ async def _finish_unstarted(svc: Services, run: dict[str, Any], message: str) ->
                                  error={"code": "AGENT_MISSING", "message": message})
     if done is None:
         return "not claimable"
+    await release_run(svc.redis, org_id, run["id"])
     await events.publish(svc.redis, org_id, done.events, maxlen=svc.settings.events.stream_maxlen,
                          ttl_s=svc.settings.events.stream_ttl_s)
     await _start_next(svc, org_id, done.next_run_id)

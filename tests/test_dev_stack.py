@@ -80,6 +80,13 @@ def test_dev_starts_serves_stops_cleanly_and_reuses_its_data(tmp_path):
         assert ran.returncode == 0, ran.stderr
         assert "offline model" in ran.stdout and 'You said: "hello there"' in ran.stdout
         assert "· think" in ran.stderr and "· respond" in ran.stderr
+        # A write waits for approval; --yes gives it (stdin is not a terminal here).
+        script = 'call: file_manager {"action": "write", "path": "hi.md", "content": "hi"}'
+        wrote = subprocess.run([*AGENTOS, "run", "assistant", "--yes", script], cwd=tmp_path, env=_env(),
+                               capture_output=True, text=True, timeout=60)
+        assert wrote.returncode == 0, wrote.stderr
+        assert "needs your approval" in wrote.stderr and "approved" in wrote.stderr
+        assert list((tmp_path / ".agentos" / "workspaces").glob("*/*/hi.md")), "the approved write happened"
         failed = subprocess.run([*AGENTOS, "run", "assistant", "fail: on purpose"], cwd=tmp_path, env=_env(),
                                 capture_output=True, text=True, timeout=60)
         assert failed.returncode == 1 and "run.failed" in failed.stderr, failed.stderr

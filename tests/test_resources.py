@@ -145,6 +145,8 @@ def test_openapi_describes_every_route(client):
         ("/v1/runs/{run_id}", "get"), ("/v1/runs/{run_id}/wait", "get"), ("/v1/runs/{run_id}/cancel", "post"),
         ("/v1/runs/{run_id}/events", "get"), ("/v1/sessions/{session_id}/events", "get"),
         ("/v1/runs/{run_id}/tool-calls", "get"), ("/v1/tool-calls", "get"),
+        ("/v1/tool-calls/{tool_call_id}/approve", "post"), ("/v1/tool-calls/{tool_call_id}/reject", "post"),
+        ("/v1/orgs/{org_id}", "get"), ("/v1/orgs/{org_id}", "patch"),
     }
     served = {(path, method) for path, ops in doc["paths"].items() for method in ops}
     assert served == expected

@@ -1,4 +1,4 @@
-"""A Celery worker as a child process of `agentos dev` (and of the test suite)."""
+"""Workers and the watchdog as child processes of `agentos dev` (and of the test suite)."""
 
 from __future__ import annotations
 
@@ -10,20 +10,34 @@ from pathlib import Path
 from agentos.stack.process import ServerProcess
 
 
+def _env(database_url: str, redis_url: str, extra_env: dict[str, str] | None) -> dict[str, str]:
+    env = {
+        **os.environ,
+        "AGENTOS_DATABASE_URL": database_url,
+        "AGENTOS_REDIS_URL": redis_url,
+        **(extra_env or {}),
+    }
+    env.pop("AGENTOS_DATABASE__URL", None)
+    env.pop("AGENTOS_REDIS__URL", None)
+    return env
+
+
 def worker_process(
     log_path: Path, *, database_url: str, redis_url: str, workspace_root: Path, concurrency: int = 2,
     extra_env: dict[str, str] | None = None,
 ) -> ServerProcess:
     """`agentos worker` against the given services; stopped with SIGTERM (warm shutdown) sent to
     its process group, so the prefork children go with it."""
-    env = {
-        **os.environ,
-        "AGENTOS_DATABASE_URL": database_url,
-        "AGENTOS_REDIS_URL": redis_url,
-        "AGENTOS_WORKER__WORKSPACE_ROOT": str(workspace_root),
-        **(extra_env or {}),
-    }
-    env.pop("AGENTOS_DATABASE__URL", None)
-    env.pop("AGENTOS_REDIS__URL", None)
+    env = _env(database_url, redis_url, {"AGENTOS_WORKER__WORKSPACE_ROOT": str(workspace_root), **(extra_env or {})})
     argv = [sys.executable, "-m", "agentos", "worker", f"--concurrency={concurrency}"]
     return ServerProcess("worker", argv, log_path, stop_signal=signal.SIGTERM, env=env, group=True)
+
+
+def watchdog_process(
+    log_path: Path, *, database_url: str, redis_url: str, extra_env: dict[str, str] | None = None,
+) -> ServerProcess:
+    """`agentos watchdog` against the given services; it logs "watchdog ready." once it loops and
+    stops at SIGTERM after its current pass."""
+    argv = [sys.executable, "-m", "agentos", "watchdog"]
+    return ServerProcess("watchdog", argv, log_path, stop_signal=signal.SIGTERM,
+                         env=_env(database_url, redis_url, extra_env), group=True)

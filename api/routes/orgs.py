@@ -1,20 +1,60 @@
-"""`/v1/me` and organisation sign-up (`POST /v1/orgs`, platform admin token only)."""
+"""`/v1/me`, and organisations (platform admin token only): sign-up (`POST /v1/orgs`), reading
+one and changing its name or admission limits (`GET|PATCH /v1/orgs/{id}`)."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictInt
 from starlette.responses import Response
 
 from api.endpoint import Call, endpoint, resource
 from api.responses import json
+from core import ids
+from core.admission import Admission, overrides_of
+from core.errors import ApiError
 from core.store import orgs
 
 
 class OrgCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str = Field(min_length=1, max_length=200)
+
+
+class LimitsPatch(BaseModel):
+    """Per-org overrides of the `AGENTOS_LIMITS__*` defaults; `null` restores the default,
+    an absent key leaves the override as it is."""
+
+    model_config = ConfigDict(extra="forbid")
+    requests_per_minute: Annotated[StrictInt, Field(ge=1, le=1_000_000)] | None = None
+    burst: Annotated[StrictInt, Field(ge=1, le=1_000_000)] | None = None
+    max_active_runs: Annotated[StrictInt, Field(ge=1, le=100_000)] | None = None
+
+
+class OrgPatch(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str | None = Field(default=None, min_length=1, max_length=200)
+    limits: LimitsPatch | None = None
+
+
+def _admission(call: Call[Any]) -> Admission:
+    admission: Admission = call.request.app.state.admission
+    return admission
+
+
+def _public_org(call: Call[Any], row: dict[str, Any]) -> dict[str, Any]:
+    """The org with its effective limits, and which of them are its own overrides."""
+    body = {k: v for k, v in row.items() if k != "limits"}
+    body["limits"] = _admission(call).effective(row.get("limits")).public()
+    body["limit_overrides"] = overrides_of(row.get("limits"))
+    return body
+
+
+def _org_id(call: Call[Any]) -> str:
+    value = str(call.request.path_params["org_id"])
+    if not ids.looks_like("org", value):
+        raise ApiError("NOT_FOUND", f"No organisation with id {value!r}.")
+    return value
 
 
 @endpoint("The caller's principal: org, user, role and scopes.", response="Principal")
@@ -31,10 +71,42 @@ async def me(call: Call[Any]) -> Response:
 )
 async def create_org(call: Call[OrgCreate]) -> Response:
     org, key = await orgs.create_org(call.pool, call.body.name, actor="platform_admin")
-    return json({"org": org, "api_key": key}, status=201)
+    return json({"org": _public_org(call, org), "api_key": key}, status=201)
+
+
+@endpoint("Read an organisation with its effective limits (platform admin token required).",
+          role="platform_admin", response="Org")
+async def get_org(call: Call[Any]) -> Response:
+    org_id = _org_id(call)
+    org = await orgs.get_org(call.pool, org_id)
+    if org is None:
+        raise ApiError("NOT_FOUND", f"No organisation with id {org_id!r}.")
+    return json(_public_org(call, org))
+
+
+@endpoint("Rename an organisation or change its limits; a limit set to null returns to the default "
+          "(platform admin token required).", role="platform_admin", body=OrgPatch, response="Org")
+async def update_org(call: Call[OrgPatch]) -> Response:
+    org_id = _org_id(call)
+    set_limits: dict[str, int] = {}
+    clear_limits: list[str] = []
+    if call.body.limits is not None:
+        for name in sorted(call.body.limits.model_fields_set):
+            value = getattr(call.body.limits, name)
+            if value is None:
+                clear_limits.append(name)
+            else:
+                set_limits[name] = value
+    org = await orgs.update_org(call.pool, org_id, actor="platform_admin", name=call.body.name,
+                                set_limits=set_limits, clear_limits=clear_limits)
+    if org is None:
+        raise ApiError("NOT_FOUND", f"No organisation with id {org_id!r}.")
+    _admission(call).forget(org_id)
+    return json(_public_org(call, org))
 
 
 routes = [
     resource("/v1/me", GET=me),
     resource("/v1/orgs", POST=create_org),
+    resource("/v1/orgs/{org_id}", GET=get_org, PATCH=update_org),
 ]

@@ -18,6 +18,7 @@ from starlette.responses import Response
 from api.endpoint import Call, endpoint, resource, validation_failed
 from api.responses import json, listing
 from api.run_signals import enqueue, enqueue_next, flag_cancel, publish_events
+from core.admission import Admission, release_run
 from core.errors import ApiError
 from core.event_reader import EventReader
 from core.pagination import page
@@ -73,20 +74,35 @@ async def create_run(call: Call[RunCreate]) -> Response:
     body, principal = call.body, call.principal
     key = _idempotency_key(call)
     request_hash = hashlib.sha256(orjson.dumps(body.model_dump(), option=orjson.OPT_SORT_KEYS)).hexdigest()
-    async with tenant_tx(call.pool, principal.org_id) as conn:
-        session = await runs.lock_session(conn, session_id)
-        if session is None:
-            raise session_not_found(session_id)
-        agent = await agents.get(conn, session["agent_id"])
-        if agent is None:
-            raise ApiError("CONFLICT", "This session's agent was deleted; start a new session with another agent.")
-        created = await runs.create(
-            conn, session_id=session_id, agent=agent, text=body.input, multitask=body.multitask,
-            metadata=body.metadata, idempotency_key=key, request_hash=request_hash, created_by=principal.actor,
-        )
+    # A place under the org's cap on active runs is reserved before the run is inserted, so
+    # concurrent POSTs cannot overshoot it. Over the cap, a request with an Idempotency-Key still
+    # goes on: a replay answers the run it made; anything new is refused (and rolled back).
+    admission: Admission = call.request.app.state.admission
+    ticket = await admission.admit_run(principal.org_id)
+    if not ticket.admitted and key is None:
+        raise ticket.refusal()
+    try:
+        async with tenant_tx(call.pool, principal.org_id) as conn:
+            session = await runs.lock_session(conn, session_id)
+            if session is None:
+                raise session_not_found(session_id)
+            agent = await agents.get(conn, session["agent_id"])
+            if agent is None:
+                raise ApiError("CONFLICT", "This session's agent was deleted; start a new session with another agent.")
+            created = await runs.create(
+                conn, session_id=session_id, agent=agent, text=body.input, multitask=body.multitask,
+                metadata=body.metadata, idempotency_key=key, request_hash=request_hash, created_by=principal.actor,
+            )
+            if created.created and not ticket.admitted:
+                raise ticket.refusal()  # rolls the insert back
+    except BaseException:
+        await ticket.release()
+        raise
     run = created.run
     if not created.created:
+        await ticket.release()
         return json(_public(run), status=202, headers={"Idempotent-Replayed": "true"})
+    await ticket.bind(run["id"])
     state = call.request.app.state
     sending = enqueue(state, principal.org_id, run["id"]) if created.first_in_line else asyncio.sleep(0)
     _, sent = await asyncio.gather(
@@ -194,6 +210,7 @@ async def cancel_run(call: Call[Any]) -> Response:
         await audit.record(conn, call.principal.actor, "run.cancel", "run", run_id, trace_id=run["trace_id"])
     state = call.request.app.state
     if done is not None:
+        await release_run(state.redis, org_id, run_id)
         await publish_events(state, org_id, done.events)
         await enqueue_next(state, org_id, done.next_run_id)
         run = done.run

@@ -10,7 +10,8 @@ from starlette.responses import Response
 from api.endpoint import Call, endpoint, resource, validation_failed
 from api.responses import json, listing
 from api.run_signals import flag_cancel, publish_events
-from core import ids
+from core import events, ids
+from core.admission import release_runs
 from core.errors import ApiError
 from core.pagination import page
 from core.store import agents, audit, runs, sessions
@@ -74,6 +75,8 @@ async def delete_session(call: Call[Any]) -> Response:
         await sessions.delete(conn, session_id)
         await audit.record(conn, call.principal.actor, "session.delete", "session", session_id,
                            {"cancelled_runs": len(cancelled) + len(running)})
+    await release_runs(call.request.app.state.redis, org_id,
+                       [e.run_id for e in cancelled if e.type == events.RUN_CANCELLED])
     await publish_events(call.request.app.state, org_id, cancelled)
     await flag_cancel(call.request.app.state, org_id, running)
     return Response(status_code=204)

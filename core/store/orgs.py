@@ -10,11 +10,19 @@ from core.ids import new_id
 from core.store import api_keys, audit
 from core.tenancy import AsyncPool, tenant_tx
 
-INSERT_ORG_SQL = """
+COLUMNS = "id, name, settings, limits, created_at"
+INSERT_ORG_SQL = f"""
 INSERT INTO orgs (id, name, settings) VALUES (%s, %s, %s)
-RETURNING id, name, settings, created_at
+RETURNING {COLUMNS}
 """
-GET_ORG_SQL = "SELECT id, name, settings, created_at FROM orgs WHERE id = %s"
+GET_ORG_SQL = f"SELECT {COLUMNS} FROM orgs WHERE id = %s"
+# `limits` holds only the org's overrides of the admission defaults (core.admission): set keys
+# are merged in, cleared keys removed (the default applies again).
+UPDATE_ORG_SQL = f"""
+UPDATE orgs SET name = coalesce(%(name)s, name), limits = (limits || %(set)s) - %(clear)s::text[]
+WHERE id = %(id)s
+RETURNING {COLUMNS}
+"""
 
 
 async def create_org(
@@ -35,3 +43,24 @@ async def get_org(pool: AsyncPool, org_id: str) -> dict[str, Any] | None:
     async with tenant_tx(pool, org_id) as conn:
         row = await (await conn.execute(GET_ORG_SQL, (org_id,))).fetchone()
     return dict(row) if row else None
+
+
+async def update_org(
+    pool: AsyncPool,
+    org_id: str,
+    *,
+    actor: str,
+    name: str | None = None,
+    set_limits: dict[str, int] | None = None,
+    clear_limits: list[str] | None = None,
+) -> dict[str, Any] | None:
+    """Rename the org and/or change its limit overrides; None if there is no such org."""
+    changes = {"name": name, "set_limits": set_limits or {}, "clear_limits": clear_limits or []}
+    async with tenant_tx(pool, org_id) as conn:
+        row = await (await conn.execute(UPDATE_ORG_SQL, {
+            "id": org_id, "name": name, "set": Jsonb(set_limits or {}), "clear": list(clear_limits or []),
+        })).fetchone()
+        if row is None:
+            return None
+        await audit.record(conn, actor, "org.update", "org", org_id, changes)
+    return dict(row)

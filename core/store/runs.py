@@ -58,6 +58,7 @@ ORDER BY id DESC LIMIT %(limit)s
 # Claimable: queued (or running with a lapsed lease) and first in its session's line.
 CLAIM_SQL = f"""
 UPDATE runs r SET status = 'running', attempt = attempt + 1, lease_owner = %(owner)s,
+    lapses = lapses + (CASE WHEN r.status = 'running' THEN 1 ELSE 0 END),
     lease_expires_at = now() + %(lease)s, heartbeat_at = now(), started_at = coalesce(started_at, now()),
     deadline_at = coalesce(deadline_at, now() + %(timeout)s)
 WHERE r.id = %(run_id)s
@@ -65,7 +66,7 @@ WHERE r.id = %(run_id)s
   AND r.cancel_requested_at IS NULL
   AND NOT EXISTS (SELECT 1 FROM runs e WHERE e.session_id = r.session_id AND e.queue_seq < r.queue_seq
                   AND e.status IN ('queued', 'running', 'awaiting_confirmation'))
-RETURNING {COLUMNS}, deadline_at
+RETURNING {COLUMNS}, deadline_at, lapses
 """
 HEARTBEAT_SQL = """
 UPDATE runs SET lease_expires_at = now() + %s, heartbeat_at = now()
