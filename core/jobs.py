@@ -41,7 +41,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             "socket_connect_timeout": settings.redis.socket_timeout_s,
             # A run is protected by its lease in Postgres, not by the broker; the visibility
             # timeout only decides when a message of a dead worker is redelivered.
-            "visibility_timeout": 3600,
+            "visibility_timeout": settings.worker.visibility_timeout_s,
         },
         "task_publish_retry": True,
         "task_publish_retry_policy": {"max_retries": 3, "interval_start": 0.1, "interval_step": 0.2},

@@ -68,8 +68,12 @@ class WorkerSettings(BaseModel):
 
     concurrency: int = Field(default=2, ge=1, le=256)
     # A claimed run's lease; a heartbeat renews it every `heartbeat_s` while the run executes.
-    lease_s: float = Field(default=30.0, gt=0)
-    heartbeat_s: float = Field(default=5.0, gt=0)
+    # A dead worker's run is taken over once its lease lapses, so keep it short (seconds).
+    lease_s: float = Field(default=10.0, gt=0)
+    heartbeat_s: float = Field(default=2.0, gt=0)
+    # When the broker re-delivers a task whose worker host vanished without a word. The lease,
+    # not this, protects against double execution; the watchdog usually acts long before.
+    visibility_timeout_s: int = Field(default=3600, ge=1)
     # Per-session file workspaces for `file_manager` live under this directory.
     workspace_root: str = ".agentos/workspaces"
     # How deep sub-agents may delegate to further sub-agents.
