@@ -42,6 +42,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             # A run is protected by its lease in Postgres, not by the broker; the visibility
             # timeout only decides when a message of a dead worker is redelivered.
             "visibility_timeout": settings.worker.visibility_timeout_s,
+            # How often workers look for messages past that timeout (kombu's default is ~100 s).
+            "unacked_restore_interval": max(1, min(10, settings.worker.visibility_timeout_s // 2)),
+            "unacked_restore_throttle": 1 if settings.worker.visibility_timeout_s < 600 else 10,
         },
         "task_publish_retry": True,
         "task_publish_retry_policy": {"max_retries": 3, "interval_start": 0.1, "interval_step": 0.2},
