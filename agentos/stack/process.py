@@ -21,13 +21,19 @@ def free_port() -> int:
 
 
 def _die_with_parent(sig: int) -> Callable[[], None]:
-    """preexec_fn: ask Linux to send `sig` to the child when its parent dies (even by SIGKILL)."""
+    """preexec_fn: ask Linux to send `sig` to the child when its parent dies (even by SIGKILL).
+
+    libc is loaded here, in the parent: the forked child then only makes the one `prctl` call.
+    Loading it in the child (dlopen takes locks) could deadlock when the parent has threads,
+    as `agentos dev`'s worker supervisor does.
+    """
+    try:
+        prctl = ctypes.CDLL("libc.so.6", use_errno=True).prctl
+    except OSError:
+        return lambda: None
 
     def apply() -> None:
-        try:
-            ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, sig)
-        except OSError:
-            pass
+        prctl(_PR_SET_PDEATHSIG, sig)
 
     return apply
 
