@@ -21,6 +21,7 @@ PREFIXES = {
     "run": "run",
     "tool_call": "tc",
     "audit": "aud",
+    "memory": "mem",
 }
 
 _ID_RE = re.compile(r"^[a-z]{2,3}_[0-9a-f]{28}$")

@@ -14,9 +14,8 @@ from dataclasses import dataclass
 import psycopg
 from psycopg import sql
 
-# Every table that holds one organisation's data. RLS is ENABLEd and FORCEd on each, and the
-# API refuses to start if any of them lacks it (see core.db.check_tenant_isolation).
-TENANT_TABLES: tuple[str, ...] = (
+# The tenant tables of the initial schema (the shipped first migration secures exactly these).
+_INITIAL_TENANT_TABLES: tuple[str, ...] = (
     "orgs",
     "users",
     "api_keys",
@@ -29,6 +28,10 @@ TENANT_TABLES: tuple[str, ...] = (
     "tool_calls",
     "audit_logs",
 )
+
+# Every table that holds one organisation's data. RLS is ENABLEd and FORCEd on each, and the
+# API refuses to start if any of them lacks it (see core.db.check_tenant_isolation).
+TENANT_TABLES: tuple[str, ...] = (*_INITIAL_TENANT_TABLES, "memories")
 
 _MIGRATION_LOCK_KEY = 0x6167656E746F73  # "agentos"
 
@@ -213,19 +216,24 @@ CREATE INDEX audit_logs_org_idx ON audit_logs (org_id, id DESC);
 """
 
 
+def _tenant_policy(conn: psycopg.Connection, table: str) -> None:
+    """ENABLE and FORCE row-level security on one tenant table, scoped to the current org."""
+    column = "id" if table == "orgs" else "org_id"
+    ident = sql.Identifier(table)
+    conn.execute(sql.SQL("ALTER TABLE {} ENABLE ROW LEVEL SECURITY").format(ident))
+    conn.execute(sql.SQL("ALTER TABLE {} FORCE ROW LEVEL SECURITY").format(ident))
+    conn.execute(
+        sql.SQL(
+            "CREATE POLICY tenant_isolation ON {} USING ({col} = agentos_current_org()) "
+            "WITH CHECK ({col} = agentos_current_org())"
+        ).format(ident, col=sql.Identifier(column))
+    )
+
+
 def _tenant_policies(conn: psycopg.Connection) -> None:
-    """ENABLE and FORCE row-level security on every tenant table, scoped to the current org."""
-    for table in TENANT_TABLES:
-        column = "id" if table == "orgs" else "org_id"
-        ident = sql.Identifier(table)
-        conn.execute(sql.SQL("ALTER TABLE {} ENABLE ROW LEVEL SECURITY").format(ident))
-        conn.execute(sql.SQL("ALTER TABLE {} FORCE ROW LEVEL SECURITY").format(ident))
-        conn.execute(
-            sql.SQL(
-                "CREATE POLICY tenant_isolation ON {} USING ({col} = agentos_current_org()) "
-                "WITH CHECK ({col} = agentos_current_org())"
-            ).format(ident, col=sql.Identifier(column))
-        )
+    """ENABLE and FORCE row-level security on every tenant table of the initial schema."""
+    for table in _INITIAL_TENANT_TABLES:
+        _tenant_policy(conn, table)
     # Authentication must find a key by its public prefix before the org is known. This policy
     # shows exactly the one row whose prefix the request named (set with SET LOCAL by
     # core.store.api_keys); the secret's hash is still checked in the application.
@@ -294,11 +302,51 @@ def _lapses(conn: psycopg.Connection) -> None:
     conn.execute("ALTER TABLE runs ADD COLUMN lapses integer NOT NULL DEFAULT 0")
 
 
+_MEMORIES_SQL = """
+-- Long-term memory (issue #5). `embedding` has no fixed dimension: each row records the model
+-- that made it (`embedding_model`, `dims`), and search only compares rows of the same model.
+CREATE TABLE memories (
+    id text PRIMARY KEY,
+    org_id text NOT NULL REFERENCES orgs(id) ON DELETE CASCADE,
+    scope text NOT NULL CHECK (scope IN ('org', 'agent', 'user', 'session')),
+    agent_id text,
+    user_id text,
+    session_id text,
+    kind text NOT NULL CHECK (kind IN ('summary', 'preference', 'fact', 'document')),
+    content text NOT NULL,
+    content_hash text NOT NULL,
+    embedding vector NOT NULL,
+    embedding_model text NOT NULL,
+    dims integer NOT NULL CHECK (dims > 0),
+    metadata jsonb NOT NULL DEFAULT '{}',
+    source text,
+    created_at timestamptz NOT NULL DEFAULT now(),
+    expires_at timestamptz
+);
+-- One row per fact: concurrent writes of the same item meet here (INSERT ... ON CONFLICT).
+CREATE UNIQUE INDEX memories_dedup_uq ON memories (org_id, scope, coalesce(agent_id, ''),
+    coalesce(user_id, ''), coalesce(session_id, ''), kind, content_hash, embedding_model);
+-- Approximate search for the default offline model (384-d); other models get their own
+-- partial index when they are adopted.
+CREATE INDEX memories_offline_hnsw ON memories USING hnsw ((embedding::vector(384)) vector_cosine_ops)
+    WHERE embedding_model = 'offline:hash';
+CREATE INDEX memories_org_model_idx ON memories (org_id, embedding_model, created_at);
+CREATE INDEX memories_org_idx ON memories (org_id, id DESC);
+CREATE INDEX memories_user_idx ON memories (org_id, user_id) WHERE user_id IS NOT NULL;
+"""
+
+
+def _memories(conn: psycopg.Connection) -> None:
+    conn.execute(_MEMORIES_SQL)
+    _tenant_policy(conn, "memories")
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration("initial schema with row-level security", _initial),
     Migration("per-session event sequence and run queue order", _run_queue),
     Migration("approvals, side-effect keys, org limits, watchdog scan", _durability),
     Migration("count lease lapses apart from claims", _lapses),
+    Migration("long-term memories with embeddings", _memories),
 )
 
 

@@ -118,6 +118,20 @@ class LimitSettings(BaseModel):
     cache_s: float = Field(default=5.0, ge=0)
 
 
+class MemorySettings(BaseModel):
+    """Long-term memory and embeddings."""
+
+    # `offline:hash` (deterministic, dependency-free, for trying things out) or `openai:<model>`
+    # (key and base URL from `models`).
+    embedding_model: str = "offline:hash"
+    # The dimension to ask an `openai:` model for; None: the model's own (read from the first reply).
+    embedding_dims: int | None = Field(default=None, ge=1, le=16_000)
+    # A memory longer than this is refused with 413.
+    max_content_chars: int = Field(default=8000, ge=1)
+    # How many results a search returns by default.
+    search_limit: int = Field(default=10, ge=1, le=200)
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="AGENTOS_", env_nested_delimiter="__", extra="ignore", frozen=True
@@ -133,6 +147,7 @@ class Settings(BaseSettings):
     worker: WorkerSettings = WorkerSettings()
     events: EventSettings = EventSettings()
     limits: LimitSettings = LimitSettings()
+    memory: MemorySettings = MemorySettings()
 
     @model_validator(mode="after")
     def _refuse_default_secrets(self) -> Settings:

@@ -147,6 +147,8 @@ def test_openapi_describes_every_route(client):
         ("/v1/runs/{run_id}/tool-calls", "get"), ("/v1/tool-calls", "get"),
         ("/v1/tool-calls/{tool_call_id}/approve", "post"), ("/v1/tool-calls/{tool_call_id}/reject", "post"),
         ("/v1/orgs/{org_id}", "get"), ("/v1/orgs/{org_id}", "patch"),
+        ("/v1/memories", "post"), ("/v1/memories", "get"), ("/v1/memories", "delete"),
+        ("/v1/memories/{memory_id}", "get"), ("/v1/memories/{memory_id}", "delete"),
     }
     served = {(path, method) for path, ops in doc["paths"].items() for method in ops}
     assert served == expected

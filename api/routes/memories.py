@@ -1,0 +1,193 @@
+"""Long-term memories: write, semantic search or list, delete one, delete all of an end user.
+
+Embeddings are made here, in the API process, by the embedder of `settings.memory.embedding_model`
+(created once per app, on first use), before the transaction opens.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from starlette.requests import Request
+from starlette.responses import Response
+
+from api.endpoint import Call, endpoint, resource, validation_failed
+from api.responses import json, listing
+from core import ids
+from core.errors import ApiError
+from core.pagination import page
+from core.settings import Settings
+from core.store import agents, audit, sessions
+from core.tenancy import tenant_tx
+from memory import long_term
+from memory.embeddings import Embedder, resolve_embedder
+
+Scope = Literal["org", "agent", "user", "session"]
+Kind = Literal["summary", "preference", "fact", "document"]
+
+
+class MemoryCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    # Its length limit (settings.memory.max_content_chars) is checked in the handler: 413, not 422.
+    content: str = Field(min_length=1)
+    scope: Scope = "org"
+    kind: Kind = "fact"
+    agent_id: str | None = Field(default=None, min_length=1, max_length=64)
+    user_id: str | None = Field(default=None, min_length=1, max_length=200)
+    session_id: str | None = Field(default=None, min_length=1, max_length=64)
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    source: str | None = Field(default=None, max_length=200)
+    expires_at: AwareDatetime | None = None
+
+
+def embedder_for(request: Request) -> Embedder:
+    """The app's embedder, made on first use (so an `openai:` one loads its client only then)."""
+    state = request.app.state
+    embedder: Embedder | None = getattr(state, "memory_embedder", None)
+    if embedder is None:
+        settings: Settings = state.settings
+        embedder = resolve_embedder(settings.memory.embedding_model, settings)
+        state.memory_embedder = embedder
+    return embedder
+
+
+async def _embed(request: Request, texts: list[str]) -> tuple[Embedder, list[list[float]]]:
+    embedder = embedder_for(request)
+    try:
+        vectors = await embedder.embed(texts)
+    except Exception as exc:  # the provider is down or refused: nothing was written
+        raise ApiError("UNAVAILABLE", f"The embedding model {embedder.model!r} is unavailable: "
+                                      f"{type(exc).__name__}.") from None
+    return embedder, vectors
+
+
+def _not_found(memory_id: str) -> ApiError:
+    return ApiError("NOT_FOUND", f"No memory with id {memory_id!r} in this organisation.")
+
+
+_REQUIRED = {"agent": "agent_id", "user": "user_id", "session": "session_id"}
+
+
+@endpoint("Remember an item (deduplicated: the same item again returns the stored one with 200).",
+          role="member", body=MemoryCreate, status=201, response="Memory")
+async def create_memory(call: Call[MemoryCreate]) -> Response:
+    body, principal = call.body, call.principal
+    settings: Settings = call.request.app.state.settings
+    limit = settings.memory.max_content_chars
+    if len(body.content) > limit:
+        raise ApiError("PAYLOAD_TOO_LARGE", f"'content' is {len(body.content)} characters; the limit is {limit}.",
+                       details={"field": "content", "max_chars": limit})
+    if not body.content.strip():
+        raise validation_failed([{"field": "content", "message": "must not be blank"}])
+    needed = _REQUIRED.get(body.scope)
+    if needed and getattr(body, needed) is None:
+        raise validation_failed([{"field": needed, "message": f"is required for scope {body.scope!r}"}])
+    if body.expires_at is not None and body.expires_at <= datetime.now(UTC):
+        raise validation_failed([{"field": "expires_at", "message": "must be in the future"}])
+    embedder, (vector,) = await _embed(call.request, [body.content])
+    item = long_term.MemoryItem(
+        content=body.content, scope=body.scope, kind=body.kind, agent_id=body.agent_id, user_id=body.user_id,
+        session_id=body.session_id, metadata=body.metadata, source=body.source or "api",
+        expires_at=body.expires_at,
+    )
+    async with tenant_tx(call.pool, principal.org_id) as conn:
+        if body.agent_id is not None:
+            agent = await agents.get(conn, body.agent_id) if ids.looks_like("agent", body.agent_id) else None
+            if agent is None:
+                raise ApiError("NOT_FOUND", f"No agent with id {body.agent_id!r} in this organisation.",
+                               details={"field": "agent_id"})
+        if body.session_id is not None:
+            found = await sessions.get(conn, body.session_id) if ids.looks_like("session", body.session_id) else None
+            if found is None:
+                raise ApiError("NOT_FOUND", f"No session with id {body.session_id!r} in this organisation.",
+                               details={"field": "session_id"})
+        row, created = await long_term.remember(conn, item, vector, embedder.model)
+        await audit.record(conn, principal.actor, "memory.create" if created else "memory.refresh", "memory",
+                           row["id"], {"scope": body.scope, "kind": body.kind})
+    if created:
+        return json(row, status=201)
+    return json(row, status=200, headers={"AgentOS-Deduplicated": "true"})
+
+
+def _filters(call: Call[Any]) -> long_term.MemoryFilters:
+    q = call.request.query_params
+    scope = q.get("scope") or None
+    if scope is not None and scope not in long_term.SCOPES:
+        raise validation_failed([{"field": "scope", "message": f"must be one of {', '.join(long_term.SCOPES)}"}])
+    kinds = [k for k in q.getlist("kind") for k in k.split(",") if k] or None
+    bad = [k for k in kinds or [] if k not in long_term.KINDS]
+    if bad:
+        raise validation_failed([{"field": "kind", "message": f"must be among {', '.join(long_term.KINDS)}"}])
+    return long_term.MemoryFilters(
+        scope=scope, agent_id=q.get("agent_id") or None, user_id=q.get("user") or q.get("user_id") or None,
+        session_id=q.get("session_id") or None, kinds=kinds,
+    )
+
+
+@endpoint("Search memories by meaning (`?query=`, results carry `score`, no cursor) or list them, newest "
+          "first; filters: `scope`, `agent_id`, `user`, `session_id`, `kind`.", paginated=True, response="Memory")
+async def list_memories(call: Call[Any]) -> Response:
+    filters = _filters(call)
+    query = call.request.query_params.get("query")
+    settings: Settings = call.request.app.state.settings
+    if not query:
+        cursor, limit = call.page_params()
+        async with tenant_tx(call.pool, call.principal.org_id) as conn:
+            rows = await long_term.list_memories(conn, filters, cursor, limit)
+        data, next_cursor = page(rows, limit)
+        return listing(data, next_cursor)
+    if "limit" not in call.request.query_params:
+        limit = settings.memory.search_limit
+    else:
+        _, limit = call.page_params()
+    if len(query) > settings.memory.max_content_chars:
+        raise ApiError("PAYLOAD_TOO_LARGE", f"'query' is longer than {settings.memory.max_content_chars} characters.")
+    embedder, (vector,) = await _embed(call.request, [query])
+    async with tenant_tx(call.pool, call.principal.org_id) as conn:
+        rows = await long_term.search(conn, vector, embedder.model, filters, limit)
+        known = bool(rows) or await long_term.has_model(conn, embedder.model)
+    body: dict[str, Any] = {"data": rows, "next_cursor": None, "embedding_model": embedder.model}
+    if not known:
+        body["note"] = (f"This organisation has no memories embedded with {embedder.model!r}; "
+                        "items made by other models are not compared.")
+    return json(body)
+
+
+@endpoint("Read one memory.", response="Memory")
+async def get_memory(call: Call[Any]) -> Response:
+    memory_id = call.path_id("memory_id", "memory")
+    async with tenant_tx(call.pool, call.principal.org_id) as conn:
+        row = await long_term.get(conn, memory_id)
+    if row is None:
+        raise _not_found(memory_id)
+    return json(row)
+
+
+@endpoint("Delete one memory.", role="member", status=204)
+async def delete_memory(call: Call[Any]) -> Response:
+    memory_id = call.path_id("memory_id", "memory")
+    async with tenant_tx(call.pool, call.principal.org_id) as conn:
+        if not await long_term.delete(conn, memory_id):
+            raise _not_found(memory_id)
+        await audit.record(conn, call.principal.actor, "memory.delete", "memory", memory_id)
+    return Response(status_code=204)
+
+
+@endpoint("Delete every memory of one end user (`?user=`; a privacy request).", role="admin",
+          response="Deleted")
+async def delete_user_memories(call: Call[Any]) -> Response:
+    user_id = call.request.query_params.get("user") or call.request.query_params.get("user_id")
+    if not user_id:
+        raise validation_failed([{"field": "user", "message": "is required: whose memories to delete"}])
+    async with tenant_tx(call.pool, call.principal.org_id) as conn:
+        deleted = await long_term.delete_for_user(conn, user_id)
+        await audit.record(conn, call.principal.actor, "memory.delete_user", "user", user_id, {"deleted": deleted})
+    return json({"deleted": deleted})
+
+
+routes = [
+    resource("/v1/memories", POST=create_memory, GET=list_memories, DELETE=delete_user_memories),
+    resource("/v1/memories/{memory_id}", GET=get_memory, DELETE=delete_memory),
+]
