@@ -69,7 +69,17 @@ from rich.table import Table  # noqa: E402
 from agentos.stack.local import LocalStack, StackUrls  # noqa: E402
 from agentos.stack.process import ServerProcess, free_port  # noqa: E402
 from agentos.stack.worker import watchdog_process, worker_process  # noqa: E402
-from bench.runs import APP_ROLE, TERMINAL, _child_env, _ts, machine, mean, pct  # noqa: E402
+from bench.runs import (  # noqa: E402
+    APP_ROLE,
+    TERMINAL,
+    _child_env,
+    _ts,
+    api_ready,
+    create_org_and_agent,
+    machine,
+    mean,
+    pct,
+)
 from core.migrations import migrate  # noqa: E402
 
 console = Console(highlight=False, width=max(Console().width, 120))
@@ -207,22 +217,12 @@ class Cluster:
         self._create_org_and_agent()
 
     def _api_ready(self) -> bool:
-        try:
-            return httpx.get(f"{self.api_url}/healthz", timeout=1).status_code == 200
-        except httpx.HTTPError:
-            return False
+        return api_ready(self.api_url)
 
     def _create_org_and_agent(self) -> None:
-        with httpx.Client(base_url=self.api_url, timeout=30) as client:
-            r = client.post("/v1/orgs", json={"name": "chaos"},
-                            headers={"Authorization": f"Bearer {self.admin_token}"})
-            r.raise_for_status()
-            self.key = r.json()["api_key"]["key"]
-            r = client.post("/v1/agents", headers=self.headers, json={
-                "name": "chaos", "model": "offline:default", "instructions": "You are a chaos test agent.",
-                "skills": ["file_manager"], "confirm": "none"})
-            r.raise_for_status()
-            self.agent_id = r.json()["id"]
+        _, self.key, self.agent_id = create_org_and_agent(self.api_url, self.admin_token, "chaos", {
+            "name": "chaos", "model": "offline:default", "instructions": "You are a chaos test agent.",
+            "skills": ["file_manager"], "confirm": "none"})
 
     def new_worker(self) -> ServerProcess:
         assert self.urls is not None

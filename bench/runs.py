@@ -151,6 +151,24 @@ def _child_env(urls: StackUrls, admin_token: str, log_level: str) -> dict[str, s
     return env
 
 
+def api_ready(api_url: str) -> bool:
+    try:
+        return httpx.get(f"{api_url}/healthz", timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def create_org_and_agent(api_url: str, admin_token: str, org_name: str, agent: dict[str, Any]) -> tuple[str, str, str]:
+    """A fresh org (through the platform admin token) and one agent in it: (org id, key, agent id)."""
+    with httpx.Client(base_url=api_url, timeout=30) as client:
+        r = client.post("/v1/orgs", json={"name": org_name}, headers={"Authorization": f"Bearer {admin_token}"})
+        r.raise_for_status()
+        org_id, key = r.json()["org"]["id"], r.json()["api_key"]["key"]
+        r = client.post("/v1/agents", json=agent, headers={"Authorization": f"Bearer {key}"})
+        r.raise_for_status()
+        return str(org_id), str(key), str(r.json()["id"])
+
+
 class Bench:
     """The stack, the API and (one at a time) a worker; `close()` stops whatever was started."""
 
@@ -186,24 +204,14 @@ class Bench:
         console.print(f"stack, migrations and API up in {time.perf_counter() - t0:.1f}s ({self.dir})")
 
     def _api_ready(self) -> bool:
-        try:
-            return httpx.get(f"{self.api_url}/healthz", timeout=1).status_code == 200
-        except httpx.HTTPError:
-            return False
+        return api_ready(self.api_url)
 
     def create_org_and_agent(self) -> None:
-        with httpx.Client(base_url=self.api_url, timeout=30) as client:
-            r = client.post("/v1/orgs", json={"name": "bench"},
-                            headers={"Authorization": f"Bearer {self.admin_token}"})
-            r.raise_for_status()
-            self.org_id, self.key = r.json()["org"]["id"], r.json()["api_key"]["key"]
-            agent: dict[str, Any] = {"name": "bench", "model": "offline:default",
-                                     "instructions": "You are a benchmark agent."}
-            if "call:" in self.args.input:  # a scripted tool call needs the tool
-                agent["skills"] = ["file_manager"]
-            r = client.post("/v1/agents", json=agent, headers=self.headers)
-            r.raise_for_status()
-            self.agent_id = r.json()["id"]
+        agent: dict[str, Any] = {"name": "bench", "model": "offline:default",
+                                 "instructions": "You are a benchmark agent."}
+        if "call:" in self.args.input:  # a scripted tool call needs the tool
+            agent["skills"] = ["file_manager"]
+        self.org_id, self.key, self.agent_id = create_org_and_agent(self.api_url, self.admin_token, "bench", agent)
 
     def start_worker(self, concurrency: int) -> None:
         assert self.urls is not None

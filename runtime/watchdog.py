@@ -79,7 +79,6 @@ LIMIT %(limit)s
 QUIET_SINCE_SQL = "SELECT ts < now() - %s AS quiet FROM run_events WHERE run_id = %s ORDER BY seq DESC LIMIT 1"
 # Locks in the order every other writer takes them (session row, then run row), so the watchdog
 # never deadlocks with a claim or a finishing worker.
-LOCK_SESSION_SQL = "SELECT id FROM sessions WHERE id = %s FOR UPDATE"
 LOCK_RUN_SQL = """
 SELECT status, attempt, lapses, lease_expires_at < now() AS lapsed, deadline_at < now() AS past_deadline,
        cancel_requested_at IS NOT NULL AS cancel_requested
@@ -219,7 +218,7 @@ async def _recover(
     max_attempts = settings.worker.max_attempts
     done: runs.Finished | None = None
     async with tenant_tx(pool, org_id) as conn:
-        await conn.execute(LOCK_SESSION_SQL, (session_id,))
+        await runs.lock_any_session(conn, session_id)
         current = await (await conn.execute(LOCK_RUN_SQL, (run_id,))).fetchone()
         verdict = _verdict(current, max_attempts) if current is not None else None
         attempt = int(current["attempt"]) if current is not None else 0

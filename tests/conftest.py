@@ -7,6 +7,7 @@ import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives import serialization
@@ -80,6 +81,15 @@ def settings(stack: StackUrls, rsa_keys: RsaKeys) -> Settings:
 def client(settings: Settings) -> Iterator[TestClient]:
     with TestClient(create_app(settings), raise_server_exceptions=True) as c:
         yield c
+
+
+def error_of(response: Any, status: int, code: str) -> dict[str, Any]:
+    """The error object of a response that must be `status` with `code` and a message."""
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert error["code"] == code, error
+    assert error["message"]
+    return dict(error)
 
 
 @dataclass

@@ -17,7 +17,7 @@ from starlette.testclient import TestClient
 
 from api.app import create_app
 from core.tenancy import org_active_runs_key
-from tests.conftest import ADMIN_TOKEN, Org, RsaKeys, make_settings, new_org
+from tests.conftest import ADMIN_TOKEN, Org, RsaKeys, error_of, make_settings, new_org
 
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 # Runs that stay active for the length of a test whether or not a worker picks them up.
@@ -37,14 +37,6 @@ def redis_client(stack: Any) -> Iterator[redis.Redis]:
     r = redis.Redis.from_url(stack.redis_url)
     yield r
     r.close()
-
-
-def error_of(response: Any, status: int, code: str) -> dict[str, Any]:
-    assert response.status_code == status, response.text
-    error = response.json()["error"]
-    assert error["code"] == code, error
-    assert error["message"]
-    return dict(error)
 
 
 def patch_limits(client: TestClient, org_id: str, **limits: Any) -> dict[str, Any]:

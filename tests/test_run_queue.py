@@ -12,7 +12,7 @@ import pytest
 from starlette.testclient import TestClient
 
 from core.events import TERMINAL_TYPES
-from tests.conftest import Org
+from tests.conftest import Org, error_of
 from tests.sse import read_events
 from tests.test_runs import start_run, wait
 
@@ -46,14 +46,6 @@ def until_running(client: TestClient, org: Org, run_id: str) -> None:
     """Block until the run's first THINK step started (the model call, where `wait:` pauses)."""
     events = run_events(client, org, run_id, limit=3)
     assert [e["type"] for e in events] == ["run.queued", "run.started", "step.started"], events
-
-
-def error_of(response: Any, status: int, code: str) -> dict[str, Any]:
-    assert response.status_code == status, response.text
-    error = response.json()["error"]
-    assert error["code"] == code, error
-    assert error["message"]
-    return dict(error)
 
 
 def list_runs(org: Org, session_id: str, **params: Any) -> dict[str, Any]:

@@ -39,8 +39,6 @@ LOCK_SESSION_SQL = "SELECT id, agent_id FROM sessions WHERE id = %s AND deleted_
 # Ending a run must work even after its session was deleted.
 LOCK_ANY_SESSION_SQL = "SELECT id FROM sessions WHERE id = %s FOR UPDATE"
 BY_IDEMPOTENCY_SQL = f"SELECT {COLUMNS}, request_hash FROM runs WHERE session_id = %s AND idempotency_key = %s"
-ACTIVE_IN_SESSION_SQL = "SELECT id FROM runs WHERE session_id = %s AND status IN ('queued', 'running', " \
-    "'awaiting_confirmation') ORDER BY queue_seq LIMIT 1"
 INSERT_RUN_SQL = f"""
 INSERT INTO runs (id, org_id, session_id, agent_id, agent_version, multitask, input, metadata,
                   idempotency_key, request_hash, trace_id, created_by, deadline_at)
@@ -79,7 +77,8 @@ WHERE id = %(run_id)s AND status = ANY(%(from)s)
   AND (%(owner)s::text IS NULL OR lease_owner = %(owner)s)
 RETURNING {COLUMNS}
 """
-NEXT_IN_SESSION_SQL = """
+# The run at the head of a session's line (the active one, or the next to start).
+FIRST_ACTIVE_SQL = """
 SELECT id, status FROM runs WHERE session_id = %s AND status IN ('queued', 'running', 'awaiting_confirmation')
 ORDER BY queue_seq LIMIT 1
 """
@@ -105,6 +104,11 @@ def to_public(row: dict[str, Any]) -> dict[str, Any]:
 
 async def lock_session(conn: AsyncConnection[DictRow], session_id: str) -> dict[str, Any] | None:
     return await (await conn.execute(LOCK_SESSION_SQL, (session_id,))).fetchone()
+
+
+async def lock_any_session(conn: AsyncConnection[DictRow], session_id: str) -> bool:
+    """Hold the session row even if the session was deleted (ending its runs must still work)."""
+    return await (await conn.execute(LOCK_ANY_SESSION_SQL, (session_id,))).fetchone() is not None
 
 
 async def lock_run(conn: AsyncConnection[DictRow], run_id: str) -> dict[str, Any] | None:
@@ -161,7 +165,7 @@ async def create(
                     details={"idempotency_key": idempotency_key, "run_id": existing["id"]},
                 )
             return Created(existing, [], created=False, first_in_line=False)
-    active = await (await conn.execute(ACTIVE_IN_SESSION_SQL, (session_id,))).fetchone()
+    active = await (await conn.execute(FIRST_ACTIVE_SQL, (session_id,))).fetchone()
     if active is not None and multitask == "reject":
         raise ApiError(
             "SESSION_BUSY",
@@ -266,7 +270,7 @@ async def finish(
     `from_status` (or not held by `owner`). Reports the run that is next in the session."""
     if status not in TERMINAL_EVENT:
         raise ValueError(f"not a terminal status: {status}")
-    if await (await conn.execute(LOCK_ANY_SESSION_SQL, (session_id,))).fetchone() is None:
+    if not await lock_any_session(conn, session_id):
         return None
     row = await (await conn.execute(FINISH_SQL, {
         "status": status, "output": Jsonb(output) if output is not None else None,
@@ -285,7 +289,7 @@ async def finish(
         data = {}
     items = [(run_id, kind, payload) for kind, payload in extra_events] + [(run_id, TERMINAL_EVENT[status], data)]
     emitted = await events.append(conn, session_id, items)
-    nxt = await (await conn.execute(NEXT_IN_SESSION_SQL, (session_id,))).fetchone()
+    nxt = await (await conn.execute(FIRST_ACTIVE_SQL, (session_id,))).fetchone()
     next_id = nxt["id"] if nxt is not None and nxt["status"] == "queued" else None
     return Finished(row, emitted, next_id)
 
