@@ -41,8 +41,8 @@ HELPER_AGENT = "helper"
 
 
 async def ensure_default_agents(settings: Settings, org_id: str) -> str | None:
-    """When the org has no agents, create `assistant` (offline model, `file_manager`, with the
-    sub-agent `helper`) so that a first `agentos run assistant "hi"` works. Returns what it made."""
+    """When the org has no agents, create `assistant` (offline model, `file_manager`, `remember`
+    and `recall`, with the sub-agent `helper`) so that a first `agentos run assistant "hi"` works. Returns what it made."""
     pool = await open_pool(settings.database.model_copy(update={"pool_min": 1, "pool_max": 1}))
     try:
         async with tenant_tx(pool, org_id) as conn:
@@ -52,9 +52,9 @@ async def ensure_default_agents(settings: Settings, org_id: str) -> str | None:
                 **_offline_config("You are a careful helper. Do the task you are given and answer briefly."),
             }, "agentos dev")
             assistant = await agents.create(conn, DEFAULT_AGENT, {
-                **_offline_config("You are a helpful assistant. Use file_manager for files and hand research "
-                                  "tasks to the helper sub-agent."),
-                "skills": ["file_manager"], "subagents": [helper["id"]],
+                **_offline_config("You are a helpful assistant. Use file_manager for files, remember what the "
+                                  "user asks you to remember, and hand research tasks to the helper sub-agent."),
+                "skills": ["file_manager", "remember", "recall"], "subagents": [helper["id"]],
             }, "agentos dev")
             return str(assistant["id"])
     finally:

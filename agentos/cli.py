@@ -1,4 +1,5 @@
-"""The `agentos` command: `dev`, `api`, `worker`, `watchdog`, `migrate`, `org create`, `run`."""
+"""The `agentos` command: `dev`, `api`, `worker`, `watchdog`, `migrate`, `org create`, `run`,
+`memory reembed`."""
 
 from __future__ import annotations
 
@@ -27,6 +28,8 @@ from core.store import orgs
 app = typer.Typer(help="AgentOS: a self-hostable, multi-tenant agent platform.", no_args_is_help=True)
 org_app = typer.Typer(help="Manage organisations.", no_args_is_help=True)
 app.add_typer(org_app, name="org")
+memory_app = typer.Typer(help="Manage long-term memory.", no_args_is_help=True)
+app.add_typer(memory_app, name="memory")
 console = Console(stderr=True, soft_wrap=True)
 
 DataDir = Annotated[Path, typer.Option("--data-dir", help="Where the local stack keeps its data.")]
@@ -223,6 +226,60 @@ def org_create(
     typer.echo(f"org_id: {org_id}")
     typer.echo(f"owner_api_key: {key}")
     console.print("[yellow]Store the key now: it is not shown again.[/yellow]")
+
+
+@memory_app.command("reembed")
+def memory_reembed(
+    org: Annotated[str, typer.Option("--org", help="The organisation's id.")],
+    model: Annotated[str, typer.Option("--model", help="Target embedding spec, e.g. openai:text-embedding-3-small.")],
+    batch: Annotated[int, typer.Option(help="Items embedded per request and written per transaction.",
+                                       min=1, max=10_000)] = 256,
+    data_dir: DataDir = Path(".agentos"),
+) -> None:
+    """Re-embed an organisation's memories with another model, then make it the org's model.
+
+    Resumable: after a failure, run it again to continue; when everything is on the model it only
+    confirms the org's setting.
+    """
+    import psycopg
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    from memory.embeddings import resolve_embedder
+    from memory.reembed import ReembedError, ReembedProgress, reembed
+
+    settings = _settings_for_cli(data_dir)
+    try:
+        embedder = resolve_embedder(model, settings)
+    except ValueError as exc:
+        console.print(str(exc), style="red", markup=False)
+        raise typer.Exit(2) from None
+
+    async def go(bar: Progress) -> ReembedProgress:
+        task = bar.add_task(f"re-embedding with {embedder.model}", total=None)
+
+        def report(p: ReembedProgress) -> None:
+            bar.update(task, total=p.total, completed=p.done + p.merged + p.skipped)
+
+        pool = await open_pool(settings.database.model_copy(update={"pool_min": 1, "pool_max": 1}))
+        try:
+            return await reembed(pool, settings, org, model, batch=batch, progress=report, embedder=embedder)
+        finally:
+            await pool.close()
+
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn())
+    try:
+        with Progress(*columns, console=console, transient=True) as bar:
+            counts = asyncio.run(go(bar))
+    except ValueError as exc:  # an unknown org: nothing was changed
+        console.print(str(exc), style="red", markup=False)
+        raise typer.Exit(2) from None
+    except (ReembedError, psycopg.Error) as exc:
+        detail = f"database error ({type(exc).__name__}): {exc}" if isinstance(exc, psycopg.Error) else str(exc)
+        console.print(detail, style="red", markup=False)
+        console.print("Nothing is lost: items already moved stay moved; run the command again to continue.")
+        raise typer.Exit(1) from None
+    console.print(f"[green]✓[/green] org {org}: {counts.done} re-embedded, {counts.merged} merged into an "
+                  f"existing item, {counts.skipped} skipped; its embedding model is now {embedder.model}")
 
 
 @app.command()

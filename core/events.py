@@ -37,6 +37,10 @@ CONFIRMATION_RESOLVED = "confirmation.resolved"
 SUBAGENT_STARTED = "subagent.started"
 SUBAGENT_COMPLETED = "subagent.completed"
 MESSAGE_COMPLETED = "message.completed"
+# What memory THINK gave the model: recalled items (ids, kinds, scores) and the session window.
+MEMORY_RECALLED = "memory.recalled"
+# Something degraded but the run goes on (e.g. recall failed: `{code, message}`).
+RUN_WARNING = "run.warning"
 RUN_SUCCEEDED = "run.succeeded"
 RUN_FAILED = "run.failed"
 RUN_CANCELLED = "run.cancelled"
@@ -45,7 +49,8 @@ RUN_TIMED_OUT = "run.timed_out"
 TERMINAL_TYPES = frozenset({RUN_SUCCEEDED, RUN_FAILED, RUN_CANCELLED, RUN_TIMED_OUT})
 EVENT_TYPES = frozenset({
     RUN_QUEUED, RUN_STARTED, STEP_STARTED, MESSAGE_DELTA, TOOL_CALL, TOOL_RESULT, CONFIRMATION_REQUIRED,
-    CONFIRMATION_RESOLVED, SUBAGENT_STARTED, SUBAGENT_COMPLETED, MESSAGE_COMPLETED, *TERMINAL_TYPES,
+    CONFIRMATION_RESOLVED, SUBAGENT_STARTED, SUBAGENT_COMPLETED, MESSAGE_COMPLETED, MEMORY_RECALLED, RUN_WARNING,
+    *TERMINAL_TYPES,
 })
 
 

@@ -22,6 +22,7 @@ PREFIXES = {
     "tool_call": "tc",
     "audit": "aud",
     "memory": "mem",
+    "document": "doc",
 }
 
 _ID_RE = re.compile(r"^[a-z]{2,3}_[0-9a-f]{28}$")

@@ -17,6 +17,8 @@ from pydantic import BaseModel
 from core.settings import Settings
 
 EXECUTE_RUN = "agentos.execute_run"
+# Chunk and embed one knowledge-base document (memory.knowledge.ingest).
+INGEST_DOCUMENT = "agentos.ingest_document"
 RUNS_QUEUE = "agentos.runs"
 
 
@@ -24,6 +26,13 @@ class RunJob(BaseModel):
     """The whole payload of an `EXECUTE_RUN` task: ids only; the worker loads the rest."""
 
     run_id: str
+    org_id: str
+
+
+class IngestJob(BaseModel):
+    """The whole payload of an `INGEST_DOCUMENT` task: ids only; the worker loads the document."""
+
+    document_id: str
     org_id: str
 
 
@@ -63,6 +72,12 @@ class JobQueue:
 
     async def enqueue_run(self, run_id: str, org_id: str) -> None:
         await asyncio.to_thread(self.send_run, RunJob(run_id=run_id, org_id=org_id))
+
+    def send_ingest(self, job: IngestJob) -> None:
+        self._app.send_task(INGEST_DOCUMENT, kwargs=job.model_dump(), queue=RUNS_QUEUE)
+
+    async def enqueue_ingest(self, document_id: str, org_id: str) -> None:
+        await asyncio.to_thread(self.send_ingest, IngestJob(document_id=document_id, org_id=org_id))
 
     def close(self) -> None:
         self._app.close()

@@ -130,6 +130,24 @@ class MemorySettings(BaseModel):
     max_content_chars: int = Field(default=8000, ge=1)
     # How many results a search returns by default.
     search_limit: int = Field(default=10, ge=1, le=200)
+    # Short-term memory: how long a session's window and a run's scratch state stay in Redis
+    # (a cache: a miss rebuilds the window from Postgres).
+    short_term_ttl_s: int = Field(default=86_400, ge=60)
+    # Recall at each run's first THINK: at most `recall_k` long-term items scoring at least
+    # `recall_min_score` (cosine similarity) are given to the model.
+    recall_k: int = Field(default=5, ge=0, le=50)
+    recall_min_score: float = Field(default=0.15, ge=-1.0, le=1.0)
+    # Knowledge base: a document larger than this (UTF-8 bytes) is refused with 413.
+    max_document_bytes: int = Field(default=1_048_576, ge=1)
+    # Chunks are packed up to about `chunk_chars`; a split inside a paragraph repeats the last
+    # `chunk_overlap_chars` of the previous piece.
+    chunk_chars: int = Field(default=1200, ge=100, le=100_000)
+    chunk_overlap_chars: int = Field(default=150, ge=0, le=10_000)
+    # Ingestion whose embedding fails is retried with exponential backoff (base * 2^(n-1), at
+    # most `ingest_retry_max_s`) until it has been tried `ingest_max_attempts` times; then failed.
+    ingest_max_attempts: int = Field(default=5, ge=1, le=100)
+    ingest_retry_base_s: float = Field(default=2.0, ge=0)
+    ingest_retry_max_s: float = Field(default=300.0, ge=0)
 
 
 class Settings(BaseSettings):

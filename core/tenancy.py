@@ -8,6 +8,7 @@ user of a pooled connection. Row-level security does the filtering; queries may 
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -68,6 +69,16 @@ def run_cancel_key(org_id: str, run_id: str) -> str:
     return f"agentos:{org_id}:run:{run_id}:cancel"
 
 
+def session_window_key(org_id: str, session_id: str) -> str:
+    """A session's short-term memory window (JSON; a cache of what Postgres holds)."""
+    return f"agentos:{org_id}:session:{session_id}:window"
+
+
+def run_scratch_key(org_id: str, run_id: str) -> str:
+    """A run's scratch state (a hash), dropped when the run ends."""
+    return f"agentos:{org_id}:run:{run_id}:scratch"
+
+
 def checkpoint_thread_id(org_id: str, session_id: str) -> str:
     """The LangGraph checkpoint thread of a session's conversation."""
     return f"{org_id}:{session_id}"
@@ -81,3 +92,25 @@ def org_request_bucket_key(org_id: str) -> str:
 def org_active_runs_key(org_id: str) -> str:
     """The org's admitted, not yet ended runs (a sorted set: member -> admission time in ms)."""
     return f"agentos:{org_id}:limits:active_runs"
+
+
+def memory_item_key(org_id: str, memory_id: str) -> str:
+    """A short-lived memory item (a hash) of `memory.redis_store`."""
+    return f"agentos:{org_id}:memory:item:{memory_id}"
+
+
+def memory_index_key(org_id: str) -> str:
+    """The org's short-lived memory ids (a sorted set, all scores 0: ordered by id)."""
+    return f"agentos:{org_id}:memory:index"
+
+
+def memory_user_key(org_id: str, user_id: str) -> str:
+    """The ids of one end user's short-lived memories (a set). The end-user id is the client's
+    string, so the key carries its SHA-256, never the string itself."""
+    return f"agentos:{org_id}:memory:user:{hashlib.sha256(user_id.encode()).hexdigest()}"
+
+
+def memory_dedup_key(org_id: str, fingerprint: str) -> str:
+    """Claimed (SET NX) by the first write of one fact; holds that item's id. `fingerprint` is
+    the hex digest of the fact's identity (scope, ids, kind, content hash, model)."""
+    return f"agentos:{org_id}:memory:dedup:{fingerprint}"

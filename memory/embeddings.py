@@ -7,14 +7,21 @@ is for trying things out, tests and offline development, not for production reca
 
 `openai:<model>` uses langchain-openai's `OpenAIEmbeddings` (imported only when such a spec is
 resolved), with the key and base URL of `ModelSettings`, so any OpenAI-compatible server works.
+
+`local:<model name or path>` runs a sentence-transformers model in-process (the optional extra
+`agentos[local-embeddings]`, imported only when such a spec is resolved).
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import math
 import re
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+from psycopg import AsyncConnection
+from psycopg.rows import DictRow
 
 if TYPE_CHECKING:
     from core.settings import Settings
@@ -107,8 +114,31 @@ class OpenAIEmbedder:
         return vectors
 
 
+class LocalEmbedder:
+    """`local:<model name or path>`: a sentence-transformers model in this process (the optional
+    extra `local-embeddings`). A name not on disk is fetched from the Hugging Face hub on first use;
+    pass a local path to stay offline. Encoding runs in a thread, off the event loop."""
+
+    def __init__(self, name: str) -> None:
+        try:
+            from sentence_transformers import SentenceTransformer  # lazy: heavy, and optional
+        except ImportError:
+            raise ValueError(
+                f"embedding spec 'local:{name}' needs sentence-transformers: "
+                "pip install 'agentos[local-embeddings]'"
+            ) from None
+        self.model = f"local:{name}"
+        self._model = SentenceTransformer(name)
+        self.dims = int(self._model.get_sentence_embedding_dimension() or 0)
+
+    async def embed(self, texts: list[str]) -> list[list[float]]:
+        vectors = await asyncio.to_thread(self._model.encode, texts, normalize_embeddings=True)
+        return [[float(v) for v in vector] for vector in vectors]
+
+
 def resolve_embedder(spec: str, settings: Settings) -> Embedder:
-    """The embedder named by `spec` (`offline:hash`, `openai:<model>`); ValueError otherwise."""
+    """The embedder named by `spec` (`offline:hash`, `openai:<model>`, `local:<model>`); ValueError
+    otherwise (also when `local:` lacks its optional extra)."""
     provider, _, name = spec.partition(":")
     if provider == "offline":
         if name == "hash":
@@ -118,6 +148,21 @@ def resolve_embedder(spec: str, settings: Settings) -> Embedder:
         if not name:
             raise ValueError("embedding spec 'openai:' needs a model name, e.g. 'openai:text-embedding-3-small'")
         return OpenAIEmbedder(name, settings)
+    if provider == "local":
+        if not name:
+            raise ValueError("embedding spec 'local:' needs a model name or path, e.g. 'local:all-MiniLM-L6-v2'")
+        return LocalEmbedder(name)
     raise ValueError(
-        f"unknown embedding model spec {spec!r}: use 'offline:hash' or 'openai:<model>'"
+        f"unknown embedding model spec {spec!r}: use 'offline:hash', 'openai:<model>' or 'local:<model>'"
     )
+
+
+ORG_EMBEDDING_SQL = "SELECT settings->>'embedding_model' AS model FROM orgs WHERE id = agentos_current_org()"
+
+
+async def org_embedding_spec(conn: AsyncConnection[DictRow], default: str) -> str:
+    """The embedding model of the org of `conn` (a `core.tenancy.tenant_tx` connection): its
+    `settings.embedding_model` once `agentos memory reembed` moved it, else `default`
+    (`memory.embedding_model`)."""
+    row = await (await conn.execute(ORG_EMBEDDING_SQL)).fetchone()
+    return str(row["model"]) if row and row["model"] else default

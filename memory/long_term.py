@@ -12,6 +12,7 @@ expiry and merges its metadata, and `remember` says it was not created.
 from __future__ import annotations
 
 import hashlib
+import time
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -29,17 +30,17 @@ OFFLINE_DIMS = 384
 
 COLUMNS = (
     "id, scope, agent_id, user_id, session_id, kind, content, metadata, source, embedding_model, dims, "
-    "created_at, expires_at"
+    "created_at, expires_at, document_id"
 )
 
 INSERT_SQL = f"""
 INSERT INTO memories (id, org_id, scope, agent_id, user_id, session_id, kind, content, content_hash,
-                      embedding, embedding_model, dims, metadata, source, expires_at)
+                      embedding, embedding_model, dims, metadata, source, expires_at, document_id)
 VALUES (%(id)s, agentos_current_org(), %(scope)s, %(agent_id)s, %(user_id)s, %(session_id)s, %(kind)s,
         %(content)s, %(content_hash)s, %(embedding)s::vector, %(model)s, %(dims)s, %(metadata)s, %(source)s,
-        %(expires_at)s)
+        %(expires_at)s, %(document_id)s)
 ON CONFLICT (org_id, scope, coalesce(agent_id, ''), coalesce(user_id, ''), coalesce(session_id, ''), kind,
-             content_hash, embedding_model)
+             content_hash, embedding_model, coalesce(document_id, ''))
 DO UPDATE SET expires_at = EXCLUDED.expires_at, metadata = memories.metadata || EXCLUDED.metadata
 RETURNING {COLUMNS}, (xmax = 0) AS created
 """
@@ -51,18 +52,68 @@ _FILTERS = """
   AND (%(user_id)s::text IS NULL OR user_id = %(user_id)s)
   AND (%(session_id)s::text IS NULL OR session_id = %(session_id)s)
   AND (%(kinds)s::text[] IS NULL OR kind = ANY(%(kinds)s))
+  AND (NOT %(recall)s::boolean OR (
+        (scope = 'org' OR (scope = 'agent' AND agent_id = %(recall_agent)s)
+         OR (scope = 'user' AND user_id = %(recall_user)s) OR (scope = 'session' AND session_id = %(recall_session)s))
+        AND NOT (kind = 'summary' AND session_id IS NOT DISTINCT FROM %(recall_session)s)))
 """
 
-# The offline model's rows are searched through the partial HNSW index: the model is a literal
-# (so the planner can prove the index predicate) and both sides are cast to vector(384).
-SEARCH_OFFLINE_SQL = f"""
-SELECT {COLUMNS}, 1 - ((embedding::vector(384)) <=> %(query)s::vector(384)) AS score
-FROM memories
-WHERE embedding_model = '{OFFLINE_MODEL}'
-{_FILTERS}
-ORDER BY (embedding::vector(384)) <=> %(query)s::vector(384)
-LIMIT %(limit)s
+# How search picks its plan (measured by bench/memory.py; see docs/memory.md and the "Memory
+# recall" section of docs/benchmarks.md). An org with few items of the offline model, or a search
+# filtered by end user or session, is exact: every matching row is compared, read from the
+# covering btree memories_offline_exact_idx, with a recall of 1. A larger org goes through HNSW
+# with pgvector's iterative scan: its own partial index if an operator created one (`WHERE
+# embedding_model = 'offline:hash' AND org_id = '<org>'`, matched because the query repeats the
+# org id as a value), else the shared memories_offline_hnsw, whose results are filtered by org
+# afterwards (lower recall for orgs that hold a few % of the table).
+EXACT_SCAN_MAX_ROWS = 15_000  # at most this many rows of the model in the org: exact search
+HNSW_EF_SEARCH = 100  # candidate list per index scan step (pgvector's default is 40)
+HNSW_MAX_SCAN_TUPLES = 20_000  # iterative scan budget, then the exact search below takes over
+HNSW_ITERATIVE_SCAN = "relaxed_order"  # re-sorted below, so relaxed order costs nothing
+
+PLAN_CACHE_S = 60.0  # how long a process reuses an org's count (below) before counting again
+
+# How many rows of the offline model the org holds, up to a cap: an index-only scan of
+# memories_org_model_idx (row-level security adds the org), bounded by the cap, but still about
+# 1 ms per 10,000 rows, so each process keeps the answer for PLAN_CACHE_S.
+COUNT_OFFLINE_SQL = f"""
+SELECT count(*) AS n FROM (
+  SELECT 1 FROM memories WHERE embedding_model = '{OFFLINE_MODEL}' LIMIT %(cap)s
+) AS capped
 """
+# The offline model's rows are searched through a partial HNSW index: the model is a literal and
+# the org a bound value (so the planner can prove an index predicate; row-level security checks
+# the org anyway) and both sides are cast to vector(384). With
+# relaxed order the scan may return rows slightly out of order, so the materialised CTE keeps
+# the index scan together and the outer query re-sorts its `limit` rows.
+SEARCH_OFFLINE_SQL = f"""
+WITH nearest AS MATERIALIZED (
+  SELECT {COLUMNS}, (embedding::vector(384)) <=> %(query)s::vector(384) AS distance
+  FROM memories
+  WHERE embedding_model = '{OFFLINE_MODEL}' AND org_id = %(org_id)s
+  {_FILTERS}
+  ORDER BY (embedding::vector(384)) <=> %(query)s::vector(384)
+  LIMIT %(limit)s
+)
+SELECT {COLUMNS}, 1 - distance AS score FROM nearest ORDER BY distance
+"""
+# Exact search for the offline model: the CTE cannot be read in distance order from the HNSW
+# index, so the planner compares every row that passes the filters (found through an
+# org_id-leading btree) and keeps the `limit` nearest; only those rows are then read in full.
+SEARCH_OFFLINE_EXACT_SQL = f"""
+WITH distances AS MATERIALIZED (
+  SELECT id, (embedding::vector(384)) <=> %(query)s::vector(384) AS distance
+  FROM memories
+  WHERE embedding_model = '{OFFLINE_MODEL}'
+  {_FILTERS}
+), nearest AS (
+  SELECT id, distance FROM distances ORDER BY distance LIMIT %(limit)s
+)
+SELECT {COLUMNS}, 1 - nearest.distance AS score
+FROM nearest JOIN memories USING (id)
+ORDER BY nearest.distance
+"""
+# Other models have no index: always an exact search.
 SEARCH_SQL = f"""
 SELECT {COLUMNS}, 1 - (embedding <=> %(query)s::vector) AS score
 FROM memories
@@ -71,9 +122,13 @@ WHERE embedding_model = %(model)s AND dims = %(dims)s
 ORDER BY embedding <=> %(query)s::vector
 LIMIT %(limit)s
 """
-# Filters after an approximate index scan may leave fewer than `limit` rows (a small org in a big
-# table); pgvector >= 0.8 then keeps scanning. Older versions ignore the unknown setting.
-ITERATIVE_SCAN_SQL = "SELECT set_config('hnsw.iterative_scan', 'strict_order', true)"
+# Transaction-local (set_config(..., true)): they end with the caller's tenant transaction.
+HNSW_SETTINGS_SQL = """
+SELECT agentos_current_org() AS org_id,
+       set_config('hnsw.iterative_scan', %(iterative)s, true),
+       set_config('hnsw.ef_search', %(ef_search)s, true),
+       set_config('hnsw.max_scan_tuples', %(max_scan_tuples)s, true)
+"""
 
 HAS_MODEL_SQL = "SELECT EXISTS (SELECT 1 FROM memories WHERE embedding_model = %s) AS found"
 
@@ -84,8 +139,10 @@ WHERE (%(cursor)s::text IS NULL OR id < %(cursor)s)
 ORDER BY id DESC LIMIT %(limit)s
 """
 GET_SQL = f"SELECT {COLUMNS} FROM memories WHERE id = %s AND (expires_at IS NULL OR expires_at > now())"
-DELETE_SQL = "DELETE FROM memories WHERE id = %s RETURNING id"
-DELETE_FOR_USER_SQL = "DELETE FROM memories WHERE user_id = %s"
+# Expired rows are deleted too (they are invisible anyway) but do not count as found.
+_LIVE = "(expires_at IS NULL OR expires_at > now()) AS live"
+DELETE_SQL = f"DELETE FROM memories WHERE id = %s RETURNING {_LIVE}"
+DELETE_FOR_USER_SQL = f"DELETE FROM memories WHERE user_id = %s RETURNING {_LIVE}"
 
 
 @dataclass(frozen=True)
@@ -101,6 +158,8 @@ class MemoryItem:
     metadata: dict[str, Any] = field(default_factory=dict)
     source: str | None = None
     expires_at: datetime | None = None
+    # A knowledge-base chunk: the document it belongs to (deleted with it).
+    document_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -112,15 +171,32 @@ class MemoryFilters:
     user_id: str | None = None
     session_id: str | None = None
     kinds: list[str] | None = None
+    # Recall for one conversation: items of the org, of this agent, of this end user and of this
+    # session, except this session's own summaries (the session window already holds them).
+    recall_for: RecallScope | None = None
 
     def params(self) -> dict[str, Any]:
+        recall = self.recall_for
         return {
             "scope": self.scope,
             "agent_id": self.agent_id,
             "user_id": self.user_id,
             "session_id": self.session_id,
             "kinds": list(self.kinds) if self.kinds else None,
+            "recall": recall is not None,
+            "recall_agent": recall.agent_id if recall else None,
+            "recall_user": recall.user_id if recall else None,
+            "recall_session": recall.session_id if recall else None,
         }
+
+
+@dataclass(frozen=True)
+class RecallScope:
+    """Whose memories a conversation may recall."""
+
+    agent_id: str
+    user_id: str | None
+    session_id: str
 
 
 def content_hash(content: str) -> str:
@@ -132,16 +208,21 @@ def vector_literal(values: list[float]) -> str:
     return "[" + ",".join(repr(float(v)) for v in values) + "]"
 
 
-async def remember(
-    conn: AsyncConnection[DictRow], item: MemoryItem, embedding: list[float], model: str
-) -> tuple[dict[str, Any], bool]:
-    """Store `item` (or find the same fact already stored); returns (row, created)."""
+def check_item(item: MemoryItem, embedding: list[float]) -> None:
+    """ValueError for an item no backend may store."""
     if item.scope not in SCOPES:
         raise ValueError(f"unknown scope {item.scope!r}")
     if item.kind not in KINDS:
         raise ValueError(f"unknown kind {item.kind!r}")
     if not embedding:
         raise ValueError("an embedding needs at least one dimension")
+
+
+async def remember(
+    conn: AsyncConnection[DictRow], item: MemoryItem, embedding: list[float], model: str
+) -> tuple[dict[str, Any], bool]:
+    """Store `item` (or find the same fact already stored); returns (row, created)."""
+    check_item(item, embedding)
     params = {
         "id": new_id("memory"),
         "scope": item.scope,
@@ -157,6 +238,7 @@ async def remember(
         "metadata": Jsonb(item.metadata),
         "source": item.source,
         "expires_at": item.expires_at,
+        "document_id": item.document_id,
     }
     row = await (await conn.execute(INSERT_SQL, params)).fetchone()
     assert row is not None
@@ -173,18 +255,79 @@ async def search(
 ) -> list[dict[str, Any]]:
     """The `limit` live items nearest to the query among those made by the same `model`, best
     first, each with `score` (cosine similarity, 1 is identical)."""
+    rows, _plan = await search_with_plan(conn, query_embedding, model, filters, limit)
+    return rows
+
+
+_org_counts: dict[str, tuple[float, int]] = {}  # org id -> (when counted, capped count)
+
+
+def forget_plans() -> None:
+    """Drop the cached counts (after changing the knobs above, e.g. in a benchmark)."""
+    _org_counts.clear()
+
+
+async def _offline_plan(
+    conn: AsyncConnection[DictRow], model: str, dims: int, limit: int, filters: MemoryFilters | None
+) -> tuple[str, str | None]:
+    """(`exact` or `hnsw`, the current org) for a search among the org's items of `model`; also
+    sets the HNSW scan settings for this transaction."""
+    if model != OFFLINE_MODEL or dims != OFFLINE_DIMS:
+        return "exact", None
+    if filters is not None and (filters.user_id or filters.session_id):
+        # One end user's or one session's items are few, and found through their own btree
+        # (memories_user_idx, memories_session_idx); through HNSW they would be rare among the
+        # org's neighbours.
+        return "exact", None
+    settings = {"iterative": HNSW_ITERATIVE_SCAN, "ef_search": str(min(max(HNSW_EF_SEARCH, limit), 1000)),
+                "max_scan_tuples": str(HNSW_MAX_SCAN_TUPLES)}
+    row = await (await conn.execute(HNSW_SETTINGS_SQL, settings)).fetchone()
+    org_id = row["org_id"] if row else None
+    if org_id is None:
+        return "exact", None
+    now = time.monotonic()
+    cached = _org_counts.get(org_id)
+    if cached is None or now - cached[0] > PLAN_CACHE_S:
+        found = await (await conn.execute(COUNT_OFFLINE_SQL, {"cap": EXACT_SCAN_MAX_ROWS + 1})).fetchone()
+        cached = (now, int(found["n"]) if found else 0)
+        if len(_org_counts) > 10_000:
+            _org_counts.clear()
+        _org_counts[org_id] = cached
+    return ("hnsw" if cached[1] > EXACT_SCAN_MAX_ROWS else "exact"), org_id
+
+
+async def search_with_plan(
+    conn: AsyncConnection[DictRow],
+    query_embedding: list[float],
+    model: str,
+    filters: MemoryFilters | None = None,
+    limit: int = 10,
+) -> tuple[list[dict[str, Any]], str]:
+    """`search`, also saying how it searched: `exact`, `hnsw`, or `hnsw+exact` when the index
+    scan ran out of its budget (`HNSW_MAX_SCAN_TUPLES`) before `limit` rows passed the filters."""
+    dims = len(query_embedding)
+    plan, org_id = await _offline_plan(conn, model, dims, limit, filters)
     params = (filters or MemoryFilters()).params() | {
         "query": vector_literal(query_embedding),
         "model": model,
-        "dims": len(query_embedding),
+        "dims": dims,
         "limit": limit,
+        "org_id": org_id,
     }
-    await conn.execute(ITERATIVE_SCAN_SQL)
-    sql = SEARCH_OFFLINE_SQL if model == OFFLINE_MODEL and len(query_embedding) == OFFLINE_DIMS else SEARCH_SQL
-    rows = list(await (await conn.execute(sql, params)).fetchall())
+    rows: list[dict[str, Any]] = []
+    if plan == "hnsw":
+        # Never a prepared statement: a generic plan cannot see which filters are NULL nor the
+        # limit (and then prefers the btree and a sort), nor match a per-org partial index.
+        rows = list(await (await conn.execute(SEARCH_OFFLINE_SQL, params, prepare=False)).fetchall())
+        if len(rows) < limit:  # few rows pass the filters: only an exact search finds them all
+            plan = "hnsw+exact"
+    if plan != "hnsw":
+        offline = model == OFFLINE_MODEL and dims == OFFLINE_DIMS
+        sql = SEARCH_OFFLINE_EXACT_SQL if offline else SEARCH_SQL
+        rows = list(await (await conn.execute(sql, params, prepare=False)).fetchall())
     for row in rows:
         row["score"] = float(row["score"])
-    return rows
+    return rows, plan
 
 
 async def has_model(conn: AsyncConnection[DictRow], model: str) -> bool:
@@ -206,10 +349,13 @@ async def get(conn: AsyncConnection[DictRow], memory_id: str) -> dict[str, Any] 
 
 
 async def delete(conn: AsyncConnection[DictRow], memory_id: str) -> bool:
-    return await (await conn.execute(DELETE_SQL, (memory_id,))).fetchone() is not None
+    """Remove one item; False if there was no live item with that id."""
+    row = await (await conn.execute(DELETE_SQL, (memory_id,))).fetchone()
+    return bool(row and row["live"])
 
 
 async def delete_for_user(conn: AsyncConnection[DictRow], user_id: str) -> int:
-    """Remove every item of one end user (a privacy request); returns how many."""
-    cur = await conn.execute(DELETE_FOR_USER_SQL, (user_id,))
-    return max(cur.rowcount, 0)
+    """Remove every item of one end user (a privacy request), expired ones too; returns how many
+    live items went."""
+    rows = await (await conn.execute(DELETE_FOR_USER_SQL, (user_id,))).fetchall()
+    return sum(1 for row in rows if row["live"])

@@ -16,6 +16,7 @@ from core.agent_config import AgentConfig
 from core.events import RunEmitter
 from core.settings import ModelSettings
 from core.tenancy import AsyncPool
+from memory.service import MemoryService
 from skills import SkillRegistry
 
 
@@ -113,6 +114,10 @@ class RunContext:
     call_path: str = ""
     # Shared with sub-agent contexts: models resolved once per run, closed when it ends.
     model_cache: dict[str, Any] = field(default_factory=dict)
+    user_id: str | None = None  # the session's end user
+    memory: MemoryService | None = None  # None: the run works without memory
+    # The run's memory context (recall and session window), made at its first THINK.
+    memory_cache: dict[str, Any] = field(default_factory=dict)
     usage: dict[str, int] = field(default_factory=lambda: {"input_tokens": 0, "output_tokens": 0, "total_tokens": 0})
 
     def for_subagent(self, agent: AgentSpec, via_call_id: str) -> RunContext:

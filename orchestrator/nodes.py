@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 from langchain_core.messages import (
@@ -25,8 +26,10 @@ from core.ids import new_id
 from core.skill_names import DELEGATE_TOOL
 from core.store import tool_calls
 from core.tenancy import tenant_tx
+from memory.short_term import CHARS_PER_TOKEN, Turn, clip
 from orchestrator.approvals import ApprovalNeeded, needs_approval, wait_for_human
 from orchestrator.context import RunContext
+from orchestrator.memory_context import MemoryContext, memory_context, offline_summary
 from orchestrator.models import PLAN_MARK, resolve_model, with_retries
 from orchestrator.state import AgentState
 from skills import SkillContext, SkillError
@@ -108,6 +111,47 @@ def _add_usage(ctx: RunContext, usage: UsageMetadata | None) -> None:
     ctx.budget.add_tokens(int(counts.get("total_tokens") or 0))
 
 
+def _run_start(ctx: RunContext, messages: Sequence[AnyMessage]) -> int:
+    """Where the current run begins in the session's thread: its input message."""
+    marker = f"input-{ctx.run_id}"
+    for index in range(len(messages) - 1, -1, -1):
+        if messages[index].id == marker:
+            return index
+    return max((i for i, m in enumerate(messages) if isinstance(m, HumanMessage)), default=0)
+
+
+SUMMARY_PROMPT = (
+    "You keep the running summary of a conversation between a user and an AI agent, for the agent's own "
+    "later use. Merge the summary so far with the new turns into one updated summary of at most {words} "
+    "words: keep facts, decisions, the user's preferences and open tasks; drop pleasantries. Answer with "
+    "the summary only."
+)
+
+
+async def _summarise(ctx: RunContext, previous: str, turns: Sequence[Turn], max_tokens: int) -> str:
+    """The running summary with `turns` folded in: by the agent's model, or deterministically for the
+    offline model and whenever the model fails (a summary must never fail the run)."""
+    if ctx.agent.config.model.startswith("offline:"):
+        return offline_summary(previous, turns, max_tokens)
+    model = _model(ctx)
+    text = "\n".join(f"{turn.role}: {clip(turn.content, 2000)}" for turn in turns)
+    prompt = [SystemMessage(SUMMARY_PROMPT.format(words=max(max_tokens * 3 // 4, 20))),
+              HumanMessage(f"Summary so far:\n{previous or '(none)'}\n\nNew turns:\n{text}")]
+
+    async def call() -> Any:
+        return await model.ainvoke(prompt)
+
+    try:
+        reply = await with_retries(call, attempts=ctx.models.max_retries + 1,
+                                   base_delay_s=ctx.models.retry_base_delay_s)
+    except Exception as exc:
+        log.warning("summary by %s failed in run %s (%s); using the extractive one", ctx.agent.config.model,
+                    ctx.run_id, type(exc).__name__)
+        return offline_summary(previous, turns, max_tokens)
+    _add_usage(ctx, getattr(reply, "usage_metadata", None))
+    return clip(str(reply.text), max_tokens * CHARS_PER_TOKEN) or offline_summary(previous, turns, max_tokens)
+
+
 async def think(state: AgentState, runtime: Runtime[RunContext]) -> dict[str, Any]:
     ctx = runtime.context
     assert ctx is not None
@@ -119,12 +163,21 @@ async def think(state: AgentState, runtime: Runtime[RunContext]) -> dict[str, An
         tools.append(_delegate_tool(ctx, sorted(subagents)))
     model = _model(ctx)
     bound = model.bind_tools(tools) if tools else model
+    messages: list[AnyMessage] = list(state["messages"])
+    memory = MemoryContext()
+    if ctx.depth == 0 and ctx.memory is not None:  # earlier runs come from memory, within budget
+        start = _run_start(ctx, messages)
+        query = str(messages[start].text) if start < len(messages) else ""
+        memory = await memory_context(ctx, query, lambda prev, turns, limit: _summarise(ctx, prev, turns, limit))
+        messages = messages[start:]
     prompt: list[BaseMessage] = []
-    if ctx.agent.config.instructions:
-        prompt.append(SystemMessage(ctx.agent.config.instructions))
+    system = "\n\n".join(part for part in (ctx.agent.config.instructions, memory.system) if part)
+    if system:
+        prompt.append(SystemMessage(system))
     if ctx.depth == 0 and state.get("plan"):
         prompt.append(SystemMessage(f"Carry out this approved plan:\n{state['plan']}"))
-    prompt.extend(_conversation(state["messages"]))
+    prompt.extend(memory.earlier)
+    prompt.extend(_conversation(messages))
 
     async def call() -> AIMessageChunk:
         streamed = False
@@ -192,7 +245,8 @@ async def _run_skill(ctx: RunContext, call: dict[str, Any], tool_call_id: str) -
     skill = ctx.skills.get(name)
     skill_ctx = SkillContext(
         org_id=ctx.org_id, session_id=ctx.session_id, run_id=ctx.run_id, agent_id=ctx.agent.id,
-        tool_call_id=tool_call_id, workspace=ctx.workspace,
+        tool_call_id=tool_call_id, workspace=ctx.workspace, user_id=ctx.user_id, memory=ctx.memory,
+        knowledge=ctx.agent.config.memory.knowledge,
     )
     try:
         async with asyncio.timeout(max(ctx.budget.remaining_s(), 0.001)):

@@ -1,7 +1,9 @@
-"""`create_celery(settings)`: the worker's Celery app and its one thin task.
+"""`create_celery(settings)`: the worker's Celery app and its thin tasks.
 
-The task carries ids only and hands them to `runtime.executor.execute_run`; the run's lease in
-Postgres (not the broker) decides who executes it, so a redelivered message is harmless.
+The run task carries ids only and hands them to `runtime.executor.execute_run`; the run's lease in
+Postgres (not the broker) decides who executes it, so a redelivered message is harmless. The
+ingestion task hands a knowledge-base document to `memory.knowledge.ingest` (safe to repeat) and
+retries it with backoff while its embedding fails.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from celery.signals import worker_process_shutdown
 
 from core import jobs
 from core.settings import Settings
+from memory import knowledge
 from runtime.executor import execute_run
 from runtime.services import RuntimeHolder
 
@@ -54,6 +57,25 @@ def create_celery(settings: Settings) -> Celery:
         if delivery.retry_after_s is not None:
             raise task.retry(countdown=delivery.retry_after_s)
         return delivery.outcome
+
+    @app.task(name=jobs.INGEST_DOCUMENT, bind=True, ignore_result=True, max_retries=None)  # type: ignore[untyped-decorator]
+    def ingest_document_task(task: Task, document_id: str, org_id: str) -> str:
+        job = jobs.IngestJob(document_id=document_id, org_id=org_id)
+        try:
+            runtime = holder.get()
+            services = runtime.services
+            outcome = runtime.run(knowledge.ingest(services.pool, services.settings, job.org_id, job.document_id))
+        except Exception as exc:  # Postgres unreachable: the document stays pending; try again later
+            retries = task.request.retries or 0
+            if retries >= INFRA_RETRIES:
+                raise
+            log.warning("document %s: ingestion failed (%s); retrying", job.document_id, exc)
+            raise task.retry(countdown=min(2.0**retries, 30.0), exc=exc) from exc
+        log.info("document %s: %s (attempt %d, %d chunks)", job.document_id, outcome.status, outcome.attempts,
+                 outcome.chunks)
+        if outcome.retry_after_s is not None:  # the embedding failed; the attempt is counted
+            raise task.retry(countdown=outcome.retry_after_s)
+        return outcome.status
 
     def _shutdown(**_: Any) -> None:
         holder.close()

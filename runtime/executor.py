@@ -28,7 +28,7 @@ from core.admission import release_run
 from core.agent_config import AgentConfig
 from core.events import RunEmitter
 from core.ids import new_id
-from core.store import agents, runs, tool_calls
+from core.store import agents, runs, sessions, tool_calls
 from core.tenancy import checkpoint_thread_id, run_cancel_key, tenant_tx
 from orchestrator.context import AgentSpec, Budget, LimitExceeded, RunContext
 from orchestrator.models import ModelConfigError, aclose_model, describe_error
@@ -109,6 +109,7 @@ async def execute_run(svc: Services, run_id: str, org_id: str) -> Delivery:
             return Delivery("missing")
         if run["status"] in runs.TERMINAL:
             return Delivery("already finished")
+        session = await sessions.get(conn, run["session_id"])
         version = await agents.get_version(conn, run["agent_id"], run["agent_version"])
         agent = _spec(version) if version is not None else None
         if agent is not None:
@@ -137,14 +138,14 @@ async def execute_run(svc: Services, run_id: str, org_id: str) -> Delivery:
         ended = Outcome("timed_out", error={
             "code": "TIMED_OUT", "message": "The run's time limit passed while its worker was gone."})
     else:
-        ended = await _execute(svc, row, agent, emitter, owner)
+        ended = await _execute(svc, row, agent, emitter, owner, session["user_id"] if session else None)
     if ended is None:
         return Delivery("lease lost: another worker owns the run")
     return Delivery(await _complete(svc, row, emitter, owner, ended))
 
 
 async def _execute(
-    svc: Services, run: dict[str, Any], agent: AgentSpec, emitter: RunEmitter, owner: str
+    svc: Services, run: dict[str, Any], agent: AgentSpec, emitter: RunEmitter, owner: str, user_id: str | None
 ) -> Outcome | None:
     loop = asyncio.get_running_loop()
     org_id, session_id = emitter.org_id, emitter.session_id
@@ -157,7 +158,7 @@ async def _execute(
         emitter=emitter, pool=svc.pool, skills=svc.skills, models=svc.settings.models,
         workspace=Path(svc.settings.worker.workspace_root).resolve() / org_id / session_id,
         load_agent=_agent_loader(svc, org_id),
-        max_depth=svc.settings.worker.max_delegation_depth,
+        max_depth=svc.settings.worker.max_delegation_depth, user_id=user_id, memory=svc.memory,
     )
     config: Any = {"configurable": {"thread_id": checkpoint_thread_id(org_id, session_id)}}
     text = (run["input"] or {}).get("text", "")
@@ -282,6 +283,7 @@ async def _complete(svc: Services, run: dict[str, Any], emitter: RunEmitter, own
     except _NotOurs:
         return "lease lost before finishing: another worker owns the run"
     await release_run(svc.redis, org_id, run_id)
+    await svc.memory.short_term.scratch_clear(org_id, run_id)
     await emitter.publish(done.events)
     try:
         await svc.redis.delete(run_cancel_key(org_id, run_id))

@@ -23,6 +23,7 @@ from core.db import open_pool
 from core.jobs import JobQueue
 from core.settings import Settings
 from core.tenancy import AsyncPool
+from memory.service import MemoryService
 from orchestrator.graph import Graph, build_graph
 from skills import SkillRegistry, default_registry
 
@@ -39,6 +40,7 @@ class Services:
     jobs: JobQueue
     skills: SkillRegistry
     graph: Graph
+    memory: MemoryService
 
     @classmethod
     async def open(cls, settings: Settings) -> Services:
@@ -49,7 +51,8 @@ class Services:
             socket_connect_timeout=settings.redis.socket_timeout_s,
         )
         saver = AsyncPostgresSaver(checkpoint_pool)
-        return cls(settings, pool, checkpoint_pool, redis, JobQueue(settings), default_registry(), build_graph(saver))
+        return cls(settings, pool, checkpoint_pool, redis, JobQueue(settings), default_registry(), build_graph(saver),
+                   MemoryService(settings, pool, redis))
 
     async def close(self) -> None:
         self.jobs.close()

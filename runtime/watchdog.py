@@ -16,7 +16,9 @@ broker was down when it was sent). One pass of the watchdog (`sweep`):
     resumes from its last checkpoint;
 - a `queued` run that is first in its session's line and has waited more than
   `requeue_after_s` (since it was created, or for a run re-queued after a human's decision,
-  since its latest event) is sent again.
+  since its latest event) is sent again;
+- a knowledge-base document still `pending` that no attempt touched for `requeue_after_s` plus
+  the longest ingestion backoff (`memory.ingest_retry_max_s`) is sent again (its message was lost).
 
 Sending twice is harmless: the claim in Postgres decides who executes. The scan is read-only
 and crosses orgs (`watchdog_scan_tx`); every change happens in the run's own `tenant_tx`,
@@ -34,6 +36,7 @@ import asyncio
 import logging
 import signal
 import time
+from collections.abc import Awaitable, Callable
 from contextlib import suppress
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -49,6 +52,7 @@ from core.jobs import JobQueue
 from core.settings import Settings
 from core.store import runs
 from core.tenancy import AsyncPool, run_cancel_key, tenant_tx, watchdog_scan_tx
+from memory import knowledge
 
 log = logging.getLogger("agentos.watchdog")
 
@@ -101,19 +105,21 @@ class SweepReport:
     timed_out: list[str] = field(default_factory=list)
     exhausted: list[str] = field(default_factory=list)  # failed ATTEMPTS_EXHAUSTED
     cancelled: list[str] = field(default_factory=list)
+    documents_resent: list[str] = field(default_factory=list)  # knowledge documents left pending: sent again
     skipped: int = 0  # changed between the scan and the action (claimed, finished, held again)
     errors: int = 0
 
     @property
     def acted(self) -> int:
         return (len(self.requeued) + len(self.resent) + len(self.timed_out) + len(self.exhausted)
-                + len(self.cancelled))
+                + len(self.cancelled) + len(self.documents_resent))
 
     def summary(self) -> str:
         counts = [
             (len(self.requeued), "sent again (lease lapsed)"), (len(self.resent), "sent again (queued, unclaimed)"),
             (len(self.timed_out), "timed out"), (len(self.exhausted), "failed (attempts exhausted)"),
-            (len(self.cancelled), "cancelled"), (self.skipped, "changed meanwhile"), (self.errors, "error(s)"),
+            (len(self.cancelled), "cancelled"), (len(self.documents_resent), "document(s) sent again"),
+            (self.skipped, "changed meanwhile"), (self.errors, "error(s)"),
         ]
         return ", ".join(f"{n} {what}" for n, what in counts if n) or "nothing to do"
 
@@ -168,6 +174,27 @@ def _ending(verdict: str, lapses: int, max_attempts: int) -> tuple[str, dict[str
     return "cancelled", None
 
 
+async def _send_each(
+    rows: list[dict[str, Any]], version: str, send: Callable[[dict[str, Any]], Awaitable[bool]], sent: list[str],
+    report: SweepReport, memo: SendMemo | None, what: str,
+) -> None:
+    """Send each row that is due (per `memo`, keyed by id and `row[version]`); `send` may
+    decline (False). One row's failure is counted and the others still go."""
+    for row in rows:
+        if memo is not None and not memo.due(row["id"], row[version]):
+            continue
+        try:
+            if not await send(row):
+                continue
+        except Exception as exc:
+            report.errors += 1
+            log.warning("watchdog: could not send %s %s: %s", what, row["id"], exc)
+            continue
+        if memo is not None:
+            memo.sent(row["id"], row[version])
+        sent.append(row["id"])
+
+
 async def sweep(
     pool: AsyncPool, redis: aioredis.Redis, jobs: JobQueue, settings: Settings, *, memo: SendMemo | None = None
 ) -> SweepReport:
@@ -179,26 +206,28 @@ async def sweep(
         unsent = list(await (await conn.execute(UNSENT_SQL, {
             "after": timedelta(seconds=settings.worker.requeue_after_s), "limit": BATCH,
         })).fetchall())
+        # A document being retried is touched at each attempt: wait out the longest backoff too.
+        stale_documents = await knowledge.stale_pending(conn, timedelta(
+            seconds=settings.worker.requeue_after_s + settings.memory.ingest_retry_max_s), BATCH)
     for run in lapsed:
         try:
             await _recover(pool, redis, jobs, settings, run, report, memo)
         except Exception as exc:  # one run's trouble must not stop the pass
             report.errors += 1
             log.warning("watchdog: run %s (org %s) could not be recovered: %s", run["id"], run["org_id"], exc)
-    for run in unsent:
-        if memo is not None and not memo.due(run["id"], run["attempt"]):
-            continue
-        try:
-            if run["attempt"] > 0 and not await _quiet(pool, run, settings.worker.requeue_after_s):
-                continue
-            await jobs.enqueue_run(run["id"], run["org_id"])
-        except Exception as exc:
-            report.errors += 1
-            log.warning("watchdog: could not send queued run %s: %s", run["id"], exc)
-            continue
-        if memo is not None:
-            memo.sent(run["id"], run["attempt"])
-        report.resent.append(run["id"])
+    async def send_run(run: dict[str, Any]) -> bool:
+        if run["attempt"] > 0 and not await _quiet(pool, run, settings.worker.requeue_after_s):
+            return False
+        await jobs.enqueue_run(run["id"], run["org_id"])
+        return True
+
+    async def send_document(doc: dict[str, Any]) -> bool:
+        await jobs.enqueue_ingest(doc["id"], doc["org_id"])
+        return True
+
+    await _send_each(unsent, "attempt", send_run, report.resent, report, memo, "queued run")
+    await _send_each(stale_documents, "attempts", send_document, report.documents_resent, report, memo,
+                     "pending document")
     if memo is not None:
         memo.forget_stale()
     return report

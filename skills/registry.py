@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 from pydantic import ValidationError
 
 from core.skill_names import BUILTIN_SKILLS, DELEGATE_TOOL
+from memory.service import MemoryService
 from skills.arguments import ArgumentSpec, describe_errors
 
 SkillFunc = Callable[..., Awaitable[Any]]
@@ -38,6 +39,9 @@ class SkillContext:
     agent_id: str
     tool_call_id: str
     workspace: pathlib.Path  # the session's workspace directory; skills create it if missing
+    user_id: str | None = None  # the session's end user, if the caller named one
+    memory: MemoryService | None = None  # remember/recall for this org, agent, user and session
+    knowledge: bool = False  # whether the agent may read the org's knowledge base
 
 
 class SkillError(Exception):

@@ -7,15 +7,21 @@ For `POST /v1/chat/completions` it answers, in order of precedence:
 - `echo: <last user content>` otherwise.
 Both `stream: true` (SSE chunks, word by word) and plain responses are served, and every request
 body is recorded in `requests`. `fail_next(status, times)` makes the next requests fail.
+
+`POST /v1/embeddings` answers with deterministic vectors: the offline hash embedding of each input
+(`memory.embeddings.hash_embed`) with `dimensions` (default `EMBEDDING_DIMS`) entries, as floats or
+base64; its request bodies are recorded in `embedding_requests`, and `fail_next` applies too.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 import socket
 import threading
 import time
+from array import array
 from collections.abc import AsyncIterator, Iterator
 from types import TracebackType
 from typing import Any
@@ -26,6 +32,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from memory.embeddings import hash_embed
+
+EMBEDDING_DIMS = 64
 _USE_TOOL = re.compile(r"^use tool (\S+)\s*(.*)$", re.MULTILINE)
 _WORD = re.compile(r"\s*\S+\s*")
 
@@ -42,6 +51,7 @@ class OpenAIServer:
 
     def __init__(self) -> None:
         self.requests: list[dict[str, Any]] = []
+        self.embedding_requests: list[dict[str, Any]] = []
         self.authorizations: list[str | None] = []
         self._failures: list[tuple[int, str | None]] = []
         self._lock = threading.Lock()
@@ -60,7 +70,8 @@ class OpenAIServer:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(("127.0.0.1", 0))
         self._socket = sock
-        app = Starlette(routes=[Route("/v1/chat/completions", self._completions, methods=["POST"])])
+        app = Starlette(routes=[Route("/v1/chat/completions", self._completions, methods=["POST"]),
+                                Route("/v1/embeddings", self._embeddings, methods=["POST"])])
         config = uvicorn.Config(app, log_level="warning", lifespan="off", loop="asyncio", http="h11", ws="none")
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [sock]}, daemon=True)
@@ -108,6 +119,26 @@ class OpenAIServer:
             message["tool_calls"] = [{"id": call["id"], "type": "function", "function": call["function"]}]
         choice = {"index": 0, "message": message, "finish_reason": "tool_calls" if call else "stop"}
         return JSONResponse(_envelope("chat.completion", model, [choice]) | {"usage": usage})
+
+
+    async def _embeddings(self, request: Request) -> Response:
+        body: dict[str, Any] = await request.json()
+        with self._lock:
+            self.embedding_requests.append(body)
+            failure = self._failures.pop(0) if self._failures else None
+        if failure is not None:
+            return _error(failure[0], failure[1], request.headers.get("authorization"))
+        texts = body["input"] if isinstance(body["input"], list) else [body["input"]]
+        dims = int(body.get("dimensions") or EMBEDDING_DIMS)
+        data = []
+        for i, text in enumerate(texts):
+            vector = hash_embed(str(text), dims)
+            encoded: Any = vector
+            if body.get("encoding_format") == "base64":
+                encoded = base64.b64encode(array("f", vector).tobytes()).decode()
+            data.append({"object": "embedding", "index": i, "embedding": encoded})
+        usage = {"prompt_tokens": len(texts), "total_tokens": len(texts)}
+        return JSONResponse({"object": "list", "data": data, "model": body.get("model"), "usage": usage})
 
 
 def _answer(body: dict[str, Any]) -> tuple[str, dict[str, Any] | None]:

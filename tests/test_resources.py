@@ -149,6 +149,8 @@ def test_openapi_describes_every_route(client):
         ("/v1/orgs/{org_id}", "get"), ("/v1/orgs/{org_id}", "patch"),
         ("/v1/memories", "post"), ("/v1/memories", "get"), ("/v1/memories", "delete"),
         ("/v1/memories/{memory_id}", "get"), ("/v1/memories/{memory_id}", "delete"),
+        ("/v1/knowledge", "post"), ("/v1/knowledge", "get"),
+        ("/v1/knowledge/{document_id}", "get"), ("/v1/knowledge/{document_id}", "delete"),
     }
     served = {(path, method) for path, ops in doc["paths"].items() for method in ops}
     assert served == expected

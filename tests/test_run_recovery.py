@@ -23,9 +23,9 @@ def test_a_killed_worker_process_does_not_lose_the_run(client: TestClient, org: 
              "wait: 4\n" \
              'call: file_manager {"action": "list"}'
     run = start_run(org, str(session["id"]), script)
-    # queued, started, think, act, tool.call, tool.result, think: the write has happened and the
-    # model now sits in `wait: 4` before its next directive.
-    first = read_events(client, f"/v1/runs/{run['id']}/events", org.headers, limit=7)
+    # queued, started, think, memory.recalled, act, tool.call, tool.result, think: the write has
+    # happened and the model now sits in `wait: 4` before its next directive.
+    first = read_events(client, f"/v1/runs/{run['id']}/events", org.headers, limit=8)
     assert [e["type"] for e in first][-2:] == ["tool.result", "step.started"], first
     children = psutil.Process(worker.process.pid).children()
     assert children, "the worker runs prefork children"

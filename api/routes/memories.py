@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
-from starlette.requests import Request
+from redis.exceptions import RedisError
 from starlette.responses import Response
 
 from api.endpoint import Call, endpoint, resource, validation_failed
@@ -22,7 +22,8 @@ from core.settings import Settings
 from core.store import agents, audit, sessions
 from core.tenancy import tenant_tx
 from memory import long_term
-from memory.embeddings import Embedder, resolve_embedder
+from memory.embeddings import Embedder, org_embedding_spec, resolve_embedder
+from memory.redis_store import RedisMemoryStore
 
 Scope = Literal["org", "agent", "user", "session"]
 Kind = Literal["summary", "preference", "fact", "document"]
@@ -42,19 +43,27 @@ class MemoryCreate(BaseModel):
     expires_at: AwareDatetime | None = None
 
 
-def embedder_for(request: Request) -> Embedder:
-    """The app's embedder, made on first use (so an `openai:` one loads its client only then)."""
-    state = request.app.state
-    embedder: Embedder | None = getattr(state, "memory_embedder", None)
-    if embedder is None:
-        settings: Settings = state.settings
-        embedder = resolve_embedder(settings.memory.embedding_model, settings)
-        state.memory_embedder = embedder
-    return embedder
+async def embedder_for(call: Call[Any]) -> Embedder:
+    """The caller's org's embedder (its `settings.embedding_model`, which `agentos memory
+    reembed` moves, else the platform default), made once per spec per app (so an `openai:`
+    one loads its client only when used)."""
+    state = call.request.app.state
+    settings: Settings = state.settings
+    async with tenant_tx(call.pool, call.principal.org_id) as conn:
+        spec = await org_embedding_spec(conn, settings.memory.embedding_model)
+    cache: dict[str, Embedder] | None = getattr(state, "memory_embedders", None)
+    if cache is None:
+        cache = state.memory_embedders = {}
+    if spec not in cache:
+        try:
+            cache[spec] = resolve_embedder(spec, settings)
+        except (ValueError, ImportError) as exc:  # a spec this deployment cannot serve
+            raise ApiError("UNAVAILABLE", f"The org's embedding model is not usable here: {exc}") from None
+    return cache[spec]
 
 
-async def _embed(request: Request, texts: list[str]) -> tuple[Embedder, list[list[float]]]:
-    embedder = embedder_for(request)
+async def _embed(call: Call[Any], texts: list[str]) -> tuple[Embedder, list[list[float]]]:
+    embedder = await embedder_for(call)
     try:
         vectors = await embedder.embed(texts)
     except Exception as exc:  # the provider is down or refused: nothing was written
@@ -86,7 +95,7 @@ async def create_memory(call: Call[MemoryCreate]) -> Response:
         raise validation_failed([{"field": needed, "message": f"is required for scope {body.scope!r}"}])
     if body.expires_at is not None and body.expires_at <= datetime.now(UTC):
         raise validation_failed([{"field": "expires_at", "message": "must be in the future"}])
-    embedder, (vector,) = await _embed(call.request, [body.content])
+    embedder, (vector,) = await _embed(call, [body.content])
     item = long_term.MemoryItem(
         content=body.content, scope=body.scope, kind=body.kind, agent_id=body.agent_id, user_id=body.user_id,
         session_id=body.session_id, metadata=body.metadata, source=body.source or "api",
@@ -144,7 +153,7 @@ async def list_memories(call: Call[Any]) -> Response:
         _, limit = call.page_params()
     if len(query) > settings.memory.max_content_chars:
         raise ApiError("PAYLOAD_TOO_LARGE", f"'query' is longer than {settings.memory.max_content_chars} characters.")
-    embedder, (vector,) = await _embed(call.request, [query])
+    embedder, (vector,) = await _embed(call, [query])
     async with tenant_tx(call.pool, call.principal.org_id) as conn:
         rows = await long_term.search(conn, vector, embedder.model, filters, limit)
         known = bool(rows) or await long_term.has_model(conn, embedder.model)
@@ -181,9 +190,16 @@ async def delete_user_memories(call: Call[Any]) -> Response:
     user_id = call.request.query_params.get("user") or call.request.query_params.get("user_id")
     if not user_id:
         raise validation_failed([{"field": "user", "message": "is required: whose memories to delete"}])
-    async with tenant_tx(call.pool, call.principal.org_id) as conn:
+    org_id = call.principal.org_id
+    async with tenant_tx(call.pool, org_id) as conn:
         deleted = await long_term.delete_for_user(conn, user_id)
         await audit.record(conn, call.principal.actor, "memory.delete_user", "user", user_id, {"deleted": deleted})
+    state = call.request.app.state
+    try:  # and the user's short-term session notes
+        deleted += await RedisMemoryStore(state.redis, default_ttl_s=None).delete_for_user(org_id, user_id)
+    except (RedisError, OSError):
+        raise ApiError("UNAVAILABLE", f"Deleted {deleted} long-term memories of {user_id!r}, but the short-term "
+                                      "session notes in Redis could not be reached; send the request again.") from None
     return json({"deleted": deleted})
 
 

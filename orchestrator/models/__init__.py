@@ -1,6 +1,12 @@
 """Chat models for agents: the offline model, provider resolution, and retries."""
 
-from orchestrator.models.offline import PLAN_MARK, OfflineChatModel, OfflineModelError
+from orchestrator.models.offline import (
+    MEMORY_HEADING,
+    PLAN_MARK,
+    SUMMARY_HEADING,
+    OfflineChatModel,
+    OfflineModelError,
+)
 from orchestrator.models.providers import (
     ModelConfigError,
     aclose_model,
@@ -11,7 +17,9 @@ from orchestrator.models.providers import (
 )
 
 __all__ = [
+    "MEMORY_HEADING",
     "PLAN_MARK",
+    "SUMMARY_HEADING",
     "ModelConfigError",
     "OfflineChatModel",
     "OfflineModelError",

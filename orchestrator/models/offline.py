@@ -11,6 +11,11 @@ delegated). Each line of that message may be a directive:
 In plan mode (a system message starting with `PLAN_MARK`) it answers with a numbered plan of
 the directives it would follow, noting any feedback the system message carries.
 
+A message that starts with "remember" (e.g. `Remember that I prefer green tea`), to an agent with
+the `remember` skill, saves the rest as a memory (a preference if it says prefer/like/love/hate/
+favourite, else a fact). Memories the run recalled (a system message section headed
+`MEMORY_HEADING`) are quoted at the start of the canned reply ("From memory: ...").
+
 Other lines are ordinary text. Directives run one per model call, in order: a call emits the
 first directive not yet answered, and once all have run the model answers `Done.` with a
 summary of the tool results it saw. A message without directives gets a short canned reply
@@ -42,6 +47,8 @@ from langchain_core.utils.function_calling import convert_to_openai_tool
 from core.skill_names import DELEGATE_TOOL
 
 _DIRECTIVE = re.compile(r"^(call|delegate|wait|fail)\s*:\s*(.*)$", re.IGNORECASE)
+_REMEMBER = re.compile(r"^\s*(?:please\s+)?remember(?:\s+that)?[\s:,]+(.+)$", re.IGNORECASE | re.DOTALL)
+_PREFERENCE = re.compile(r"\b(prefer|prefers|like|likes|love|loves|hate|hates|favou?rite)\b", re.IGNORECASE)
 _WORD = re.compile(r"\s*\S+\s*")
 _RESULT_CHARS = 200
 
@@ -161,6 +168,31 @@ def _canned(user_text: str, tools: Sequence[str]) -> str:
 
 
 PLAN_MARK = "[plan mode]"
+# Headings of the memory sections of the system prompt (orchestrator.memory_context writes them).
+MEMORY_HEADING = "Things you remember"
+SUMMARY_HEADING = "Summary of the earlier conversation"
+
+
+def _remembered(messages: Sequence[BaseMessage]) -> list[str]:
+    """The recalled items listed in the system prompt's memory section."""
+    found: list[str] = []
+    for message in messages:
+        if not isinstance(message, SystemMessage) or MEMORY_HEADING not in _text(message):
+            continue
+        section = _text(message).split(MEMORY_HEADING, 1)[1].split("\n\n", 1)[0]
+        for line in section.splitlines()[1:]:
+            if line.startswith("- "):
+                found.append(re.sub(r"^- \([^)]*\)\s*", "", line).strip())
+    return found
+
+
+def _remember_call(user_text: str, tools: Sequence[str]) -> _Call | None:
+    match = _REMEMBER.match(user_text)
+    if match is None or "remember" not in tools:
+        return None
+    content = " ".join(match.group(1).split()).rstrip(".!")
+    kind = "preference" if _PREFERENCE.search(content) else "fact"
+    return _Call("remember", {"content": content, "kind": kind})
 
 
 def _a_plan(user_text: str, request: str) -> str:
@@ -191,7 +223,12 @@ def _plan_reply(messages: Sequence[BaseMessage], tools: Sequence[str] = (), *, e
     history = messages[latest + 1 :]
     steps = _parse(user_text)
     if len(steps) == 1 and not steps[0].waits:
-        return _Reply(text=_canned(user_text, tools))
+        implicit = _remember_call(user_text, tools)
+        if implicit is None:
+            memories = _remembered(messages)
+            recalled = f"From memory: {'; '.join(memories)}. " if memories else ""
+            return _Reply(text=recalled + _canned(user_text, tools))
+        steps = [_Step(action=implicit), _Step()]
     done = sum(1 for m in history if isinstance(m, AIMessage) and m.tool_calls)
     actions = [s for s in steps if s.action is not None or s.failure is not None]
     if done >= len(actions):

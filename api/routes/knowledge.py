@@ -1,0 +1,206 @@
+"""The knowledge base: add a text or markdown document, list, read and delete documents.
+
+`POST /v1/knowledge` stores the document `pending` and sends it to the workers, which chunk and
+embed it (`memory.knowledge.ingest`); its chunks become memories of kind `document`. The body is
+JSON (`{title?, content, content_type?, metadata?}`) or the document itself, sent with
+`Content-Type: text/plain` or `text/markdown` (its title in `?title=`).
+"""
+
+from __future__ import annotations
+
+import codecs
+import logging
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.requests import Request
+from starlette.responses import Response
+
+from api.endpoint import Call, endpoint, parse_body, resource, validation_failed
+from api.responses import json, listing
+from core.errors import ApiError
+from core.jobs import JobQueue
+from core.pagination import page
+from core.settings import Settings
+from core.store import audit
+from core.tenancy import tenant_tx
+from memory import knowledge
+
+log = logging.getLogger("agentos.api")
+
+TITLE_MAX = 300
+# Room for the JSON around the content (title, metadata, escapes) when checking Content-Length.
+JSON_SLACK_BYTES = 64 * 1024
+RAW_TYPES = ("text/plain", "text/markdown")
+
+
+class KnowledgeCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    # Without a title, the document's first heading or line (cut to 120 characters) is used.
+    title: str | None = Field(default=None, min_length=1, max_length=TITLE_MAX)
+    # Its size limit (settings.memory.max_document_bytes) is checked in the handler: 413, not 422.
+    content: str
+    # `text/plain` or `text/markdown`; anything else is 415.
+    content_type: str = "text/plain"
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+
+def _settings(call: Call[Any]) -> Settings:
+    settings: Settings = call.request.app.state.settings
+    return settings
+
+
+def _too_large(limit: int, what: str) -> ApiError:
+    return ApiError("PAYLOAD_TOO_LARGE", f"{what} is larger than {limit} bytes, the limit for a document.",
+                    details={"max_bytes": limit})
+
+
+def _unsupported(ctype: str) -> ApiError:
+    return ApiError("UNSUPPORTED_MEDIA_TYPE",
+                    f"Documents are {' or '.join(RAW_TYPES)}, not {ctype!r}: send one of those raw, or JSON "
+                    "with 'content' and 'content_type'.", details={"supported": list(RAW_TYPES)})
+
+
+def _declared_length(request: Request) -> int | None:
+    value = request.headers.get("content-length", "")
+    return int(value) if value.isdigit() else None
+
+
+async def _read_capped(request: Request, limit: int) -> bytes:
+    """The body, refused with 413 as soon as it passes `limit` bytes (never read whole first)."""
+    declared = _declared_length(request)
+    if declared is not None and declared > limit:
+        raise _too_large(limit, "The document")
+    chunks: list[bytes] = []
+    size = 0
+    async for part in request.stream():
+        size += len(part)
+        if size > limit:
+            raise _too_large(limit, "The document")
+        chunks.append(part)
+    return b"".join(chunks)
+
+
+def _default_title(content: str) -> str:
+    for line in content.splitlines():
+        text = line.strip().lstrip("#").strip()
+        if text:
+            return text[:120]
+    return "Untitled"
+
+
+async def _raw_document(request: Request, media_type: str, limit: int) -> KnowledgeCreate:
+    charset = "utf-8"
+    for param in request.headers.get("content-type", "").split(";")[1:]:
+        name, _, value = param.partition("=")
+        if name.strip().lower() == "charset":
+            charset = value.strip().strip('"').lower() or "utf-8"
+    try:
+        codecs.lookup(charset)
+    except LookupError:
+        raise ApiError("UNSUPPORTED_MEDIA_TYPE", f"Unknown charset {charset!r}; send UTF-8.") from None
+    raw = await _read_capped(request, limit)
+    try:
+        content = raw.decode(charset)
+    except UnicodeDecodeError:
+        raise validation_failed([{"field": "body", "message": f"is not valid {charset} text"}]) from None
+    title = request.query_params.get("title")
+    if title is not None and not 1 <= len(title) <= TITLE_MAX:
+        raise validation_failed([{"field": "title", "message": f"must be 1 to {TITLE_MAX} characters"}])
+    return KnowledgeCreate(title=title, content=content, content_type=media_type)
+
+
+async def _document(request: Request, limit: int) -> KnowledgeCreate:
+    """The document of a POST, from a raw text body or a JSON one."""
+    ctype = request.headers.get("content-type", "")
+    media_type = ctype.split(";")[0].strip().lower()
+    if media_type in RAW_TYPES:
+        return await _raw_document(request, media_type, limit)
+    if media_type and media_type != "application/json" and not media_type.endswith("+json"):
+        raise _unsupported(media_type)
+    declared = _declared_length(request)
+    cap = limit * 2 + JSON_SLACK_BYTES
+    if declared is not None and declared > cap:
+        raise _too_large(cap, "The JSON body")
+    return await parse_body(request, KnowledgeCreate)
+
+
+@endpoint("Add a document to the knowledge base (`202`): JSON `{title?, content, content_type?, metadata?}` "
+          "or the raw text with `Content-Type: text/plain` or `text/markdown` and `?title=`. It is chunked "
+          "and embedded by a worker: poll it until `status` is `ready` (or `failed`).",
+          role="member", status=202, response="KnowledgeDocument")
+async def create_document(call: Call[Any]) -> Response:
+    settings = _settings(call)
+    limit = settings.memory.max_document_bytes
+    body = await _document(call.request, limit)
+    if body.content_type not in RAW_TYPES:
+        raise _unsupported(body.content_type)
+    size = len(body.content.encode("utf-8"))
+    if size > limit:
+        raise _too_large(limit, f"The document ({size} bytes)")
+    if not body.content.strip():
+        raise validation_failed([{"field": "content", "message": "must not be blank"}])
+    if "\x00" in body.content:
+        raise validation_failed([{"field": "content", "message": "must not contain the NUL character"}])
+    title = body.title if body.title is not None else _default_title(body.content)
+    if not title.strip() or "\x00" in title:
+        raise validation_failed([{"field": "title", "message": "must not be blank"}])
+    principal = call.principal
+    async with tenant_tx(call.pool, principal.org_id) as conn:
+        doc = await knowledge.create(conn, title=title, content_type=body.content_type, content=body.content,
+                                     metadata=body.metadata)
+        await audit.record(conn, principal.actor, "knowledge.create", "document", doc["id"],
+                           {"content_type": body.content_type, "size_bytes": size})
+    headers = {"Location": f"/v1/knowledge/{doc['id']}"}
+    jobs: JobQueue = call.request.app.state.jobs
+    try:
+        await jobs.enqueue_ingest(doc["id"], principal.org_id)
+    except Exception as exc:  # stored and pending; sent again once the broker answers
+        log.warning("broker unreachable: document %s deferred (%s)", doc["id"], exc)
+        headers["AgentOS-Deferred"] = "broker-unavailable"
+    return json(doc, status=202, headers=headers)
+
+
+@endpoint("Knowledge-base documents, newest first (without their content); `?status=pending|ready|failed`.",
+          paginated=True, response="KnowledgeDocument")
+async def list_documents(call: Call[Any]) -> Response:
+    status = call.request.query_params.get("status") or None
+    if status is not None and status not in knowledge.STATUSES:
+        raise validation_failed([{"field": "status", "message": f"must be one of {', '.join(knowledge.STATUSES)}"}])
+    cursor, limit = call.page_params()
+    async with tenant_tx(call.pool, call.principal.org_id) as conn:
+        rows = await knowledge.list_documents(conn, status, cursor, limit)
+    data, next_cursor = page(rows, limit)
+    return listing(data, next_cursor)
+
+
+def _not_found(document_id: str) -> ApiError:
+    return ApiError("NOT_FOUND", f"No document with id {document_id!r} in this organisation.")
+
+
+@endpoint("Read one document, with the start of its content (`content_preview`).", response="KnowledgeDocument")
+async def get_document(call: Call[Any]) -> Response:
+    document_id = call.path_id("document_id", "document")
+    async with tenant_tx(call.pool, call.principal.org_id) as conn:
+        row = await knowledge.get(conn, document_id)
+    if row is None:
+        raise _not_found(document_id)
+    return json(row)
+
+
+@endpoint("Delete a document and all its chunks.", role="member", status=204)
+async def delete_document(call: Call[Any]) -> Response:
+    document_id = call.path_id("document_id", "document")
+    async with tenant_tx(call.pool, call.principal.org_id) as conn:
+        deleted = await knowledge.delete(conn, document_id)
+        if deleted is None:
+            raise _not_found(document_id)
+        await audit.record(conn, call.principal.actor, "knowledge.delete", "document", document_id,
+                           {"chunks": deleted["chunks"]})
+    return Response(status_code=204)
+
+
+routes = [
+    resource("/v1/knowledge", POST=create_document, GET=list_documents),
+    resource("/v1/knowledge/{document_id}", GET=get_document, DELETE=delete_document),
+]

@@ -1,0 +1,140 @@
+"""What a worker uses of memory in a run: remember, recall, the session window and scratch state.
+
+One `MemoryService` per worker process. `Who` says whose memory a call is about (org, agent, end
+user, session); every read and write goes through a tenant transaction of that org.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from core.settings import Settings
+from core.tenancy import AsyncPool, tenant_tx
+from memory import long_term as items
+from memory.embeddings import Embedder, org_embedding_spec, resolve_embedder
+from memory.long_term import KINDS, MemoryFilters, MemoryItem, RecallScope
+from memory.redis_store import RedisMemoryStore
+from memory.short_term import ShortTermMemory, Window
+
+log = logging.getLogger("agentos.memory")
+RECALLED_KINDS = ("summary", "preference", "fact")  # plus "document" for agents with knowledge
+WRITABLE_SCOPES = ("user", "agent", "org", "session")
+
+
+class MemoryInputError(ValueError):
+    """A request the caller can fix (unknown scope, no end user, oversize content)."""
+
+
+@dataclass(frozen=True)
+class Who:
+    org_id: str
+    agent_id: str
+    user_id: str | None
+    session_id: str
+
+    def recall_scope(self) -> RecallScope:
+        return RecallScope(agent_id=self.agent_id, user_id=self.user_id, session_id=self.session_id)
+
+
+class MemoryService:
+    def __init__(self, settings: Settings, pool: AsyncPool, redis: aioredis.Redis) -> None:
+        self.settings = settings
+        self.pool = pool
+        self.short_term = ShortTermMemory(redis, ttl_s=settings.memory.short_term_ttl_s)
+        # Notes for one conversation (`scope: session` from the `remember` skill) are short-term:
+        # kept in Redis for as long as the session window, never written to Postgres.
+        self.notes = RedisMemoryStore(redis, default_ttl_s=settings.memory.short_term_ttl_s)
+        self._embedders: dict[str, Embedder] = {}
+
+    async def embedder(self, org_id: str) -> Embedder:
+        """The org's embedder (its `settings.embedding_model`, else the platform default)."""
+        async with tenant_tx(self.pool, org_id) as conn:
+            spec = await org_embedding_spec(conn, self.settings.memory.embedding_model)
+        if spec not in self._embedders:
+            self._embedders[spec] = resolve_embedder(spec, self.settings)
+        return self._embedders[spec]
+
+    async def remember(
+        self, who: Who, content: str, *, kind: str = "fact", scope: str = "user", source: str | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> tuple[dict[str, Any], bool]:
+        """Save one item for `who`: `user` scope (the end user, across sessions and agents),
+        `agent`, `org` or `session`. Raises MemoryInputError for what the caller can fix."""
+        content = content.strip()
+        if not content:
+            raise MemoryInputError("there is nothing to remember: content is empty")
+        if len(content) > self.settings.memory.max_content_chars:
+            raise MemoryInputError(f"content is {len(content)} characters; the limit is "
+                                   f"{self.settings.memory.max_content_chars}")
+        if kind not in KINDS or kind == "document":
+            raise MemoryInputError(f"unknown kind {kind!r}; use fact, preference or summary")
+        if scope not in WRITABLE_SCOPES:
+            raise MemoryInputError(f"unknown scope {scope!r}; use {', '.join(WRITABLE_SCOPES)}")
+        if scope == "user" and who.user_id is None:
+            scope = "agent"  # a session without an end user: remember for the agent
+        item = MemoryItem(
+            content=content, scope=scope, kind=kind,
+            agent_id=who.agent_id if scope in ("agent", "user", "session") else None,
+            user_id=who.user_id if scope in ("user", "session") else None,
+            session_id=who.session_id if scope == "session" else None,
+            metadata=metadata or {}, source=source,
+        )
+        embedder = await self.embedder(who.org_id)
+        [vector] = await embedder.embed([content])
+        if scope == "session":
+            return await self.notes.remember(who.org_id, item, vector, embedder.model)
+        async with tenant_tx(self.pool, who.org_id) as conn:
+            return await items.remember(conn, item, vector, embedder.model)
+
+    async def recall(
+        self, who: Who, query: str, *, limit: int, min_score: float = -1.0, long_term: bool = True,
+        knowledge: bool = False,
+    ) -> list[dict[str, Any]]:
+        """The items `who` may recall nearest to `query`, best first: the org's, this agent's,
+        this end user's (from any session) and this session's memories if `long_term`, and
+        knowledge-base chunks if `knowledge`."""
+        kinds = [*(RECALLED_KINDS if long_term else ()), *(("document",) if knowledge else ())]
+        if limit <= 0 or not query.strip() or not kinds:
+            return []
+        embedder = await self.embedder(who.org_id)
+        [vector] = await embedder.embed([query])
+        filters = MemoryFilters(kinds=kinds, recall_for=who.recall_scope())
+        async with tenant_tx(self.pool, who.org_id) as conn:
+            rows = await items.search(conn, vector, embedder.model, filters, limit)
+        if long_term:
+            try:
+                notes = await self.notes.search(who.org_id, vector, embedder.model,
+                                                MemoryFilters(session_id=who.session_id), limit)
+            except (RedisError, OSError) as exc:  # short-term notes are a bonus; recall goes on
+                log.warning("session notes unavailable for recall: %s", exc)
+                notes = []
+            rows = sorted([*rows, *notes], key=lambda r: r["score"], reverse=True)[:limit]
+        return [r for r in rows if r["score"] >= min_score]
+
+    async def window(self, who: Who) -> tuple[Window, bool]:
+        """The session's short-term window (see `memory.short_term`)."""
+        async with tenant_tx(self.pool, who.org_id) as conn:
+            return await self.short_term.load(conn, who.org_id, who.session_id)
+
+    async def store_summary(self, who: Who, window: Window) -> None:
+        """Keep the window's summary in long-term memory (the copy a rebuild starts from, and
+        what later sessions of the same end user recall); replaces the session's earlier one.
+        Raises if it cannot be embedded or stored; the caller decides what that costs."""
+        embedder = await self.embedder(who.org_id)
+        [vector] = await embedder.embed([window.summary])
+        item = MemoryItem(
+            content=window.summary, kind="summary", scope="user" if who.user_id else "session",
+            agent_id=who.agent_id, user_id=who.user_id, session_id=who.session_id,
+            metadata={"upto": window.summary_upto}, source="summary",
+        )
+        async with tenant_tx(self.pool, who.org_id) as conn:
+            row, _ = await items.remember(conn, item, vector, embedder.model)
+            await conn.execute(
+                "DELETE FROM memories WHERE session_id = %s AND kind = 'summary' AND id <> %s",
+                (who.session_id, row["id"]),
+            )

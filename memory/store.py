@@ -1,0 +1,86 @@
+"""The memory-store contract every backend keeps, and the Postgres backend.
+
+A `MemoryStore` holds items for many orgs and never lets one org see, change or delete another's
+(each call names the org; the backend enforces it: row-level security in Postgres, org-scoped
+keys in Redis). The same fact written twice, even concurrently, is one item; expired items are
+invisible; search compares only items embedded by the same model, best first.
+
+`PostgresMemoryStore` is long-term memory (durable, pgvector). `memory.redis_store` keeps
+short-lived session notes in Redis. `tests/test_memory_conformance.py` runs one suite against
+both.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from core.tenancy import AsyncPool, tenant_tx
+from memory import long_term
+from memory.long_term import MemoryFilters, MemoryItem
+
+
+class MemoryStore(Protocol):
+    async def remember(
+        self, org_id: str, item: MemoryItem, embedding: list[float], model: str
+    ) -> tuple[dict[str, Any], bool]:
+        """Store `item` (or find the same fact stored); returns (row, created)."""
+        ...
+
+    async def search(
+        self, org_id: str, embedding: list[float], model: str, filters: MemoryFilters | None = None,
+        limit: int = 10,
+    ) -> list[dict[str, Any]]:
+        """Live items embedded by `model`, nearest first, each with `score` (cosine similarity)."""
+        ...
+
+    async def list(
+        self, org_id: str, filters: MemoryFilters | None = None, cursor: str | None = None, limit: int = 50
+    ) -> list[dict[str, Any]]:
+        """Live items, newest id first, ids below `cursor`; up to `limit + 1` rows (for paging)."""
+        ...
+
+    async def get(self, org_id: str, memory_id: str) -> dict[str, Any] | None: ...
+
+    async def delete(self, org_id: str, memory_id: str) -> bool: ...
+
+    async def delete_for_user(self, org_id: str, user_id: str) -> int:
+        """Remove every item of one end user; returns how many."""
+        ...
+
+
+class PostgresMemoryStore:
+    """Long-term memory: `memory.long_term` in one tenant transaction per call."""
+
+    def __init__(self, pool: AsyncPool) -> None:
+        self.pool = pool
+
+    async def remember(
+        self, org_id: str, item: MemoryItem, embedding: list[float], model: str
+    ) -> tuple[dict[str, Any], bool]:
+        async with tenant_tx(self.pool, org_id) as conn:
+            return await long_term.remember(conn, item, embedding, model)
+
+    async def search(
+        self, org_id: str, embedding: list[float], model: str, filters: MemoryFilters | None = None,
+        limit: int = 10,
+    ) -> list[dict[str, Any]]:
+        async with tenant_tx(self.pool, org_id) as conn:
+            return await long_term.search(conn, embedding, model, filters, limit)
+
+    async def list(
+        self, org_id: str, filters: MemoryFilters | None = None, cursor: str | None = None, limit: int = 50
+    ) -> list[dict[str, Any]]:
+        async with tenant_tx(self.pool, org_id) as conn:
+            return await long_term.list_memories(conn, filters, cursor, limit)
+
+    async def get(self, org_id: str, memory_id: str) -> dict[str, Any] | None:
+        async with tenant_tx(self.pool, org_id) as conn:
+            return await long_term.get(conn, memory_id)
+
+    async def delete(self, org_id: str, memory_id: str) -> bool:
+        async with tenant_tx(self.pool, org_id) as conn:
+            return await long_term.delete(conn, memory_id)
+
+    async def delete_for_user(self, org_id: str, user_id: str) -> int:
+        async with tenant_tx(self.pool, org_id) as conn:
+            return await long_term.delete_for_user(conn, user_id)

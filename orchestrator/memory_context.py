@@ -1,0 +1,162 @@
+"""Memory in the model's context: what THINK gives the run's agent besides the current run.
+
+At a run's first THINK (and once per run: the result is kept on the `RunContext`, the recall also
+in the run's scratch state so a resumed run sees the same items):
+
+- recall: the long-term items nearest to the run's input that this org, agent, end user and
+  session may see (and knowledge-base chunks for agents with `memory.knowledge`), above
+  `memory.recall_min_score`. If recall fails (say the embedding provider is down) the run goes on
+  without it and a `run.warning` event says so.
+- the session window: earlier finished runs, newest last, within the agent's
+  `memory.short_term_tokens`; older runs are folded into a running summary (by the agent's
+  model, or deterministically for the offline model), which is stored in long-term memory.
+
+A `memory.recalled` event reports what was given: item ids, kinds and scores, whether there was a
+summary, and the window's size in turns and estimated tokens.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
+
+from core import events
+from memory.service import Who
+from memory.short_term import Turn, Window, clip, extractive_summary, split_for_summary
+from orchestrator.context import RunContext
+from orchestrator.models import MEMORY_HEADING, SUMMARY_HEADING
+
+log = logging.getLogger("agentos.orchestrator")
+
+Summariser = Callable[[str, Sequence[Turn], int], Awaitable[str]]
+RECALL_SCRATCH = "recall"
+ITEM_CHARS = 1200  # one recalled item in the prompt is clipped to this
+
+
+@dataclass
+class MemoryContext:
+    system: str = ""  # appended to the system prompt
+    earlier: list[BaseMessage] = field(default_factory=list)  # the session window as messages
+
+
+def who(ctx: RunContext) -> Who:
+    return Who(org_id=ctx.org_id, agent_id=ctx.agent.id, user_id=ctx.user_id, session_id=ctx.session_id)
+
+
+async def memory_context(ctx: RunContext, query: str, summarise: Summariser) -> MemoryContext:
+    """The run's memory context, made once per run."""
+    cached = ctx.memory_cache.get("context")
+    if isinstance(cached, MemoryContext):
+        return cached
+    if ctx.memory is None:
+        return MemoryContext()
+    items, recalled_now = await _recall(ctx, query)
+    window = await _window(ctx, summarise)
+    sections: list[str] = []
+    if items:
+        lines = [f"{MEMORY_HEADING} (most relevant first; use them when they help):"]
+        for item in items:
+            label = item["kind"] if item["kind"] != "document" else f"document: {item.get('title') or 'untitled'}"
+            lines.append(f"- ({label}) {clip(item['content'], ITEM_CHARS)}")
+        sections.append("\n".join(lines))
+    if window.summary:
+        sections.append(f"{SUMMARY_HEADING}:\n{window.summary}")
+    result = MemoryContext(system="\n\n".join(sections), earlier=earlier_messages(window.turns))
+    ctx.memory_cache["context"] = result
+    if recalled_now:
+        await ctx.emitter.emit(events.MEMORY_RECALLED, {
+            "agent_id": ctx.agent.id,
+            "items": [{"id": i["id"], "kind": i["kind"], "scope": i["scope"], "score": i["score"]} for i in items],
+            "summary": bool(window.summary), "turns": len(window.turns), "tokens": window.tokens,
+        })
+    return result
+
+
+async def _recall(ctx: RunContext, query: str) -> tuple[list[dict[str, Any]], bool]:
+    """(items, whether they were recalled now rather than by an earlier attempt of the run)."""
+    assert ctx.memory is not None
+    config, settings = ctx.agent.config.memory, ctx.memory.settings.memory
+    if not (config.long_term or config.knowledge) or settings.recall_k == 0:
+        return [], True
+    short_term = ctx.memory.short_term
+    try:
+        kept = await short_term.scratch_get(ctx.org_id, ctx.run_id, RECALL_SCRATCH)
+        if isinstance(kept, list):
+            return kept, False
+    except Exception:  # Redis trouble: recall again
+        pass
+    try:
+        rows = await ctx.memory.recall(who(ctx), query, limit=settings.recall_k, min_score=settings.recall_min_score,
+                                       long_term=config.long_term, knowledge=config.knowledge)
+    except Exception as exc:
+        log.warning("recall failed in run %s: %s: %s", ctx.run_id, type(exc).__name__, exc)
+        await ctx.emitter.emit(events.RUN_WARNING, {"code": "MEMORY_UNAVAILABLE", "message": (
+            f"Long-term memory could not be searched ({type(exc).__name__}); the run goes on without it.")})
+        return [], True
+    items = [{"id": r["id"], "kind": r["kind"], "scope": r["scope"], "score": round(r["score"], 4),
+              "content": r["content"], "title": (r.get("metadata") or {}).get("title")} for r in rows]
+    try:
+        await short_term.scratch_set(ctx.org_id, ctx.run_id, RECALL_SCRATCH, items)
+    except Exception:
+        pass
+    return items, True
+
+
+async def _window(ctx: RunContext, summarise: Summariser) -> Window:
+    assert ctx.memory is not None
+    budget = ctx.agent.config.memory.short_term_tokens
+    if budget <= 0:
+        return Window()
+    person = who(ctx)
+    window, changed = await ctx.memory.window(person)
+    folded, kept = split_for_summary(window, budget)
+    if folded:
+        window.summary = await summarise(window.summary, folded, budget // 2)
+        window.summary_upto = folded[-1].ended
+        window.turns = kept
+        changed = True
+        try:
+            await ctx.memory.store_summary(person, window)
+        except Exception as exc:  # it stays in the Redis window; the next overflow stores it again
+            log.warning("could not store the summary of session %s: %s: %s", ctx.session_id, type(exc).__name__, exc)
+            await ctx.emitter.emit(events.RUN_WARNING, {"code": "MEMORY_UNAVAILABLE", "message": (
+                f"The conversation summary could not be stored ({type(exc).__name__}); it is kept for now.")})
+    if changed:
+        await ctx.memory.short_term.save(ctx.org_id, ctx.session_id, window)
+    return window
+
+
+def offline_summary(previous: str, turns: Sequence[Turn], max_tokens: int) -> str:
+    return extractive_summary(previous, turns, max_tokens)
+
+
+def earlier_messages(turns: Sequence[Turn]) -> list[BaseMessage]:
+    """The window as plain chat messages: each run's user message, then its answer with the
+    tool results it used folded in front (a model accepts them without the original tool calls)."""
+    out: list[BaseMessage] = []
+    tools: list[str] = []
+
+    def answer(text: str) -> None:
+        notes = "".join(f"[tool result] {t}\n" for t in tools)
+        if notes or text:
+            out.append(AIMessage(notes + text))
+        tools.clear()
+
+    run_id = None
+    for turn in turns:
+        if turn.run_id != run_id and tools:
+            answer("")
+        run_id = turn.run_id
+        if turn.role == "user":
+            out.append(HumanMessage(turn.content))
+        elif turn.role == "tool":
+            tools.append(turn.content)
+        else:
+            answer(turn.content)
+    if tools:
+        answer("")
+    return out
