@@ -97,7 +97,8 @@ def dev(
         org_id, key, created = asyncio.run(ensure_default_org(settings, data_dir))
         console.print(f"[green]✓[/green] org {org_id} ({'created' if created else 'reused'})")
         if asyncio.run(ensure_default_agents(settings, org_id)):
-            console.print("[green]✓[/green] agent 'assistant' (offline model, file_manager, sub-agent 'helper')")
+            console.print("[green]✓[/green] agent 'assistant' (offline model, file_manager, remember, recall, "
+                          "sub-agent 'helper')")
         supervisor = _start_workers(settings, data_dir, workers)
         api_url = f"http://{host}:{port}"
         record_api_url(data_dir, api_url)
