@@ -401,6 +401,21 @@ def _memory_search(conn: psycopg.Connection) -> None:
     conn.execute(_MEMORY_SEARCH_SQL)
 
 
+_MEMORY_EXACT_BY_USER_SQL = """
+-- The exact-search index of migration 7, keyed by (org_id, user_id): a search filtered by end user
+-- then reads only that user's entries, from the index alone (bench/memory.py: 7.3 ms instead of
+-- 11.9 ms for 6,000 items of one user in a 300,000-item org).
+DROP INDEX memories_offline_exact_idx;
+CREATE INDEX memories_offline_exact_idx ON memories (org_id, user_id)
+    INCLUDE (id, scope, agent_id, session_id, kind, expires_at, embedding)
+    WHERE embedding_model = 'offline:hash';
+"""
+
+
+def _memory_exact_by_user(conn: psycopg.Connection) -> None:
+    conn.execute(_MEMORY_EXACT_BY_USER_SQL)
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration("initial schema with row-level security", _initial),
     Migration("per-session event sequence and run queue order", _run_queue),
@@ -409,6 +424,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration("long-term memories with embeddings", _memories),
     Migration("knowledge base documents, chunks as memories", _knowledge),
     Migration("memory search: session index", _memory_search),
+    Migration("memory search: exact-search index keyed by org and end user", _memory_exact_by_user),
 )
 
 
