@@ -20,6 +20,7 @@ from memory.embeddings import Embedder, org_embedding_spec, resolve_embedder
 from memory.long_term import KINDS, MemoryFilters, MemoryItem, RecallScope
 from memory.redis_store import RedisMemoryStore
 from memory.short_term import ShortTermMemory, Window
+from memory.store import MemoryStore, PostgresMemoryStore
 
 log = logging.getLogger("agentos.memory")
 RECALLED_KINDS = ("summary", "preference", "fact")  # plus "document" for agents with knowledge
@@ -48,6 +49,7 @@ class MemoryService:
         self.short_term = ShortTermMemory(redis, ttl_s=settings.memory.short_term_ttl_s)
         # Notes for one conversation (`scope: session` from the `remember` skill) are short-term:
         # kept in Redis for as long as the session window, never written to Postgres.
+        self.long_term = PostgresMemoryStore(pool)
         self.notes = RedisMemoryStore(redis, default_ttl_s=settings.memory.short_term_ttl_s)
         self._embedders: dict[str, Embedder] = {}
 
@@ -86,10 +88,8 @@ class MemoryService:
         )
         embedder = await self.embedder(who.org_id)
         [vector] = await embedder.embed([content])
-        if scope == "session":
-            return await self.notes.remember(who.org_id, item, vector, embedder.model)
-        async with tenant_tx(self.pool, who.org_id) as conn:
-            return await items.remember(conn, item, vector, embedder.model)
+        store: MemoryStore = self.notes if scope == "session" else self.long_term
+        return await store.remember(who.org_id, item, vector, embedder.model)
 
     async def recall(
         self, who: Who, query: str, *, limit: int, min_score: float = -1.0, long_term: bool = True,
@@ -104,8 +104,7 @@ class MemoryService:
         embedder = await self.embedder(who.org_id)
         [vector] = await embedder.embed([query])
         filters = MemoryFilters(kinds=kinds, recall_for=who.recall_scope())
-        async with tenant_tx(self.pool, who.org_id) as conn:
-            rows = await items.search(conn, vector, embedder.model, filters, limit)
+        rows = await self.long_term.search(who.org_id, vector, embedder.model, filters, limit)
         if long_term:
             try:
                 notes = await self.notes.search(who.org_id, vector, embedder.model,

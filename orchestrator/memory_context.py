@@ -26,7 +26,7 @@ from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
 
 from core import events
 from memory.service import Who
-from memory.short_term import Turn, Window, clip, extractive_summary, split_for_summary
+from memory.short_term import Turn, Window, clip, split_for_summary
 from orchestrator.context import RunContext
 from orchestrator.models import MEMORY_HEADING, SUMMARY_HEADING
 
@@ -128,10 +128,6 @@ async def _window(ctx: RunContext, summarise: Summariser) -> Window:
     if changed:
         await ctx.memory.short_term.save(ctx.org_id, ctx.session_id, window)
     return window
-
-
-def offline_summary(previous: str, turns: Sequence[Turn], max_tokens: int) -> str:
-    return extractive_summary(previous, turns, max_tokens)
 
 
 def earlier_messages(turns: Sequence[Turn]) -> list[BaseMessage]:

@@ -26,10 +26,10 @@ from core.ids import new_id
 from core.skill_names import DELEGATE_TOOL
 from core.store import tool_calls
 from core.tenancy import tenant_tx
-from memory.short_term import CHARS_PER_TOKEN, Turn, clip
+from memory.short_term import CHARS_PER_TOKEN, Turn, clip, extractive_summary
 from orchestrator.approvals import ApprovalNeeded, needs_approval, wait_for_human
 from orchestrator.context import RunContext
-from orchestrator.memory_context import MemoryContext, memory_context, offline_summary
+from orchestrator.memory_context import MemoryContext, memory_context
 from orchestrator.models import PLAN_MARK, resolve_model, with_retries
 from orchestrator.state import AgentState
 from skills import SkillContext, SkillError
@@ -132,7 +132,7 @@ async def _summarise(ctx: RunContext, previous: str, turns: Sequence[Turn], max_
     """The running summary with `turns` folded in: by the agent's model, or deterministically for the
     offline model and whenever the model fails (a summary must never fail the run)."""
     if ctx.agent.config.model.startswith("offline:"):
-        return offline_summary(previous, turns, max_tokens)
+        return extractive_summary(previous, turns, max_tokens)
     model = _model(ctx)
     text = "\n".join(f"{turn.role}: {clip(turn.content, 2000)}" for turn in turns)
     prompt = [SystemMessage(SUMMARY_PROMPT.format(words=max(max_tokens * 3 // 4, 20))),
@@ -147,9 +147,9 @@ async def _summarise(ctx: RunContext, previous: str, turns: Sequence[Turn], max_
     except Exception as exc:
         log.warning("summary by %s failed in run %s (%s); using the extractive one", ctx.agent.config.model,
                     ctx.run_id, type(exc).__name__)
-        return offline_summary(previous, turns, max_tokens)
+        return extractive_summary(previous, turns, max_tokens)
     _add_usage(ctx, getattr(reply, "usage_metadata", None))
-    return clip(str(reply.text), max_tokens * CHARS_PER_TOKEN) or offline_summary(previous, turns, max_tokens)
+    return clip(str(reply.text), max_tokens * CHARS_PER_TOKEN) or extractive_summary(previous, turns, max_tokens)
 
 
 async def think(state: AgentState, runtime: Runtime[RunContext]) -> dict[str, Any]:

@@ -4,7 +4,9 @@ the same servers `agentos dev` uses; an in-process API client; fresh orgs per te
 from __future__ import annotations
 
 import secrets
+import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -151,17 +153,18 @@ class Worker:
     workspace_root: Path
 
 
-@pytest.fixture(scope="session")
-def worker(stack: StackUrls, openai_server: OpenAIServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Worker]:
-    """A real Celery worker process (`agentos worker`, prefork, 2 slots) on the test stack."""
-    base = tmp_path_factory.mktemp("worker")
+@contextmanager
+def running_worker(stack: StackUrls, openai_server: OpenAIServer, base: Path,
+                   extra_env: dict[str, str] | None = None) -> Iterator[Worker]:
+    """A real Celery worker process (`agentos worker`, prefork, 2 slots) on the test stack, with
+    quick model retries and short leases (a run whose worker is killed is taken over quickly);
+    `extra_env` adds or overrides settings."""
     proc = worker_process(
         base / "worker.log", database_url=stack.database_url, redis_url=stack.redis_url,
         workspace_root=base / "workspaces", concurrency=2,
         extra_env={"AGENTOS_ENV": "test", "AGENTOS_MODELS__OPENAI_BASE_URL": openai_server.base_url,
                    "AGENTOS_MODELS__MAX_RETRIES": "1", "AGENTOS_MODELS__RETRY_BASE_DELAY_S": "0.05",
-                   # short leases, so a run whose worker process is killed is taken over quickly
-                   "AGENTOS_WORKER__LEASE_S": "3", "AGENTOS_WORKER__HEARTBEAT_S": "0.5"},
+                   "AGENTOS_WORKER__LEASE_S": "3", "AGENTOS_WORKER__HEARTBEAT_S": "0.5", **(extra_env or {})},
     )
     proc.start()
     try:
@@ -169,3 +172,30 @@ def worker(stack: StackUrls, openai_server: OpenAIServer, tmp_path_factory: pyte
         yield Worker(proc, base / "workspaces")
     finally:
         proc.stop()
+
+
+@pytest.fixture(scope="session")
+def worker(stack: StackUrls, openai_server: OpenAIServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Worker]:
+    """The suite's worker (see `running_worker`)."""
+    with running_worker(stack, openai_server, tmp_path_factory.mktemp("worker")) as running:
+        yield running
+
+
+def post_concurrently(org: Org, requests: list[tuple[str, dict[str, Any], dict[str, str]]]) -> list[Any]:
+    """POST each (path, body, extra headers) from its own thread, all released at once; responses
+    in order."""
+    barrier = threading.Barrier(len(requests))
+    responses: list[Any] = [None] * len(requests)
+
+    def post(i: int) -> None:
+        path, body, extra = requests[i]
+        barrier.wait()
+        responses[i] = org.client.post(path, json=body, headers=org.headers | extra)
+
+    threads = [threading.Thread(target=post, args=(i,)) for i in range(len(requests))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    assert all(r is not None for r in responses)
+    return responses

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import secrets
 import socket
-import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -17,7 +16,7 @@ from starlette.testclient import TestClient
 
 from api.app import create_app
 from core.tenancy import org_active_runs_key
-from tests.conftest import ADMIN_TOKEN, Org, RsaKeys, error_of, make_settings, new_org
+from tests.conftest import ADMIN_TOKEN, Org, RsaKeys, error_of, make_settings, new_org, post_concurrently
 
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 # Runs that stay active for the length of a test whether or not a worker picks them up.
@@ -172,24 +171,6 @@ def test_the_admin_renames_an_org_and_the_change_is_audited(client: TestClient, 
 
 
 # --- active runs --------------------------------------------------------------------------------
-
-
-def post_concurrently(org: Org, requests: list[tuple[str, dict[str, Any], dict[str, str]]]) -> list[Any]:
-    barrier = threading.Barrier(len(requests))
-    responses: list[Any] = [None] * len(requests)
-
-    def post(i: int) -> None:
-        path, body, extra = requests[i]
-        barrier.wait()
-        responses[i] = org.client.post(path, json=body, headers=org.headers | extra)
-
-    threads = [threading.Thread(target=post, args=(i,)) for i in range(len(requests))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=30)
-    assert all(r is not None for r in responses)
-    return responses
 
 
 def start(org: Org, session_id: str, text: str = LONG_RUN, key: str | None = None) -> Any:

@@ -15,7 +15,6 @@ import pytest
 from starlette.testclient import TestClient
 
 from agentos.stack.local import StackUrls
-from agentos.stack.worker import worker_process
 from api.app import create_app
 from core.db import open_pool
 from core.settings import Settings
@@ -24,7 +23,7 @@ from memory import knowledge, long_term
 from memory.chunking import chunk_document, split_long
 from memory.embeddings import hash_embed
 from runtime.watchdog import sweep_once
-from tests.conftest import Org, RsaKeys, error_of, make_settings, new_org
+from tests.conftest import Org, RsaKeys, error_of, make_settings, new_org, running_worker
 from tests.openai_server import EMBEDDING_DIMS, OpenAIServer
 
 T = TypeVar("T")
@@ -128,22 +127,10 @@ def set_org_embedding_model(stack: StackUrls, org_id: str, spec: str) -> None:
 @pytest.fixture(scope="module")
 def knowledge_worker(stack: StackUrls, openai_server: OpenAIServer,
                      tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    """A real Celery worker (`agentos worker`) whose ingestion retries are quick. Apart from that it
-    is configured like conftest's `worker`, so either may take any message."""
-    base = tmp_path_factory.mktemp("knowledge-worker")
-    proc = worker_process(
-        base / "worker.log", database_url=stack.database_url, redis_url=stack.redis_url,
-        workspace_root=base / "workspaces", concurrency=2,
-        extra_env={"AGENTOS_ENV": "test", "AGENTOS_MODELS__OPENAI_BASE_URL": openai_server.base_url,
-                   "AGENTOS_MODELS__MAX_RETRIES": "1", "AGENTOS_MODELS__RETRY_BASE_DELAY_S": "0.05",
-                   "AGENTOS_WORKER__LEASE_S": "3", "AGENTOS_WORKER__HEARTBEAT_S": "0.5", **FAST_RETRY_ENV},
-    )
-    proc.start()
-    try:
-        proc.wait_until(lambda: " ready." in proc.log_tail(200), timeout_s=60)
+    """A real Celery worker whose ingestion retries are quick. Apart from that it is configured
+    like conftest's `worker`, so either may take any message."""
+    with running_worker(stack, openai_server, tmp_path_factory.mktemp("knowledge-worker"), FAST_RETRY_ENV):
         yield
-    finally:
-        proc.stop()
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ import pytest
 from starlette.testclient import TestClient
 
 from core.events import TERMINAL_TYPES
-from tests.conftest import Org, error_of
+from tests.conftest import Org, error_of, post_concurrently
 from tests.sse import read_events
 from tests.test_runs import start_run, wait
 
@@ -288,26 +288,13 @@ def test_idempotent_replay_of_a_reject_post_is_not_session_busy(client: TestClie
     assert wait(org, first.json()["id"])["status"] == "cancelled"
 
 
-def post_concurrently(org: Org, path: str, bodies: list[dict[str, Any]]) -> list[Any]:
-    """POST each body from its own thread, all released at once; responses in `bodies` order."""
-    barrier = threading.Barrier(len(bodies))
-    responses: list[Any] = [None] * len(bodies)
-
-    def post(i: int) -> None:
-        barrier.wait()
-        responses[i] = org.client.post(path, json=bodies[i], headers=org.headers)
-
-    threads = [threading.Thread(target=post, args=(i,)) for i in range(len(bodies))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=30)
-    assert all(r is not None for r in responses)
-    return responses
+def post_all(org: Org, path: str, bodies: list[dict[str, Any]]) -> list[Any]:
+    """POST each body to `path` at once (see conftest's `post_concurrently`)."""
+    return post_concurrently(org, [(path, body, {}) for body in bodies])
 
 
 def test_concurrent_reject_posts_on_an_idle_session_start_exactly_one_run(org: Org, session: dict[str, Any]):
-    responses = post_concurrently(org, f"/v1/sessions/{session['id']}/runs",
+    responses = post_all(org, f"/v1/sessions/{session['id']}/runs",
                                   [{"input": f"race {i}", "multitask": "reject"} for i in range(3)])
     accepted = [r for r in responses if r.status_code == 202]
     busy = [r for r in responses if r.status_code == 409]
@@ -319,7 +306,7 @@ def test_concurrent_reject_posts_on_an_idle_session_start_exactly_one_run(org: O
 
 
 def test_concurrent_enqueue_posts_all_run_one_at_a_time(client: TestClient, org: Org, session: dict[str, Any]):
-    responses = post_concurrently(org, f"/v1/sessions/{session['id']}/runs",
+    responses = post_all(org, f"/v1/sessions/{session['id']}/runs",
                                   [{"input": f"wait: 0.2\nrace {i}"} for i in range(3)])
     assert [r.status_code for r in responses] == [202] * 3, [r.text for r in responses]
     ids = [r.json()["id"] for r in responses]
