@@ -14,7 +14,6 @@ from contextlib import asynccontextmanager
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
-import redis.asyncio as aioredis
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
@@ -27,9 +26,10 @@ from api.errors import HANDLERS
 from api.openapi import build_openapi
 from api.responses import json
 from api.routes import agents, api_keys, events, health, knowledge, memories, orgs, runs, sessions, tool_calls
+from api.state import ApiState, LifespanState
 from core.admission import Admission
-from core.db import check_tenant_isolation, open_pool
-from core.jobs import JobQueue
+from core.db import check_tenant_isolation
+from core.infra import Infra
 from core.settings import Settings
 
 log = logging.getLogger("agentos.api")
@@ -55,28 +55,16 @@ def create_app(settings: Settings) -> Starlette:
         return json(openapi)
 
     @asynccontextmanager
-    async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        pool = await open_pool(settings.database, name="agentos-api")
-        redis = aioredis.Redis.from_url(
-            settings.redis.url,
-            socket_timeout=settings.redis.socket_timeout_s,
-            socket_connect_timeout=settings.redis.socket_timeout_s,
-        )
-        jobs = JobQueue(settings)
+    async def lifespan(app: Starlette) -> AsyncIterator[LifespanState]:
+        infra = await Infra.open(settings, name="agentos-api")
         try:
-            await check_tenant_isolation(pool)
-            app.state.settings = settings
-            app.state.pool = pool
-            app.state.redis = redis
-            app.state.jobs = jobs
-            app.state.auth = Authenticator(settings.auth, pool)
-            app.state.admission = Admission(settings.limits, redis, pool)
+            await check_tenant_isolation(infra.pool)
+            state = ApiState(infra, Authenticator(settings.auth, infra.pool),
+                             Admission(settings.limits, infra.redis, infra.pool))
             log.info("AgentOS API ready")
-            yield
+            yield {"api": state}
         finally:
-            jobs.close()
-            await redis.aclose()
-            await pool.close()
+            await infra.close()
 
     exception_handlers: Any = HANDLERS
     return Starlette(

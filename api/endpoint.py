@@ -14,11 +14,14 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from api.auth import unauthenticated
+from api.state import state_of
 from core import ids
-from core.admission import Admission, RateDecision
+from core.admission import RateDecision
 from core.errors import ApiError
+from core.infra import Infra
 from core.pagination import DEFAULT_LIMIT, MAX_LIMIT, BadCursor, decode_cursor
 from core.principal import Principal, Role
+from core.settings import Settings
 from core.tenancy import AsyncPool
 
 B = TypeVar("B", bound=BaseModel)
@@ -31,9 +34,16 @@ class Call(Generic[B]):
     body: B
 
     @property
+    def infra(self) -> Infra:
+        return state_of(self.request).infra
+
+    @property
     def pool(self) -> AsyncPool:
-        pool: AsyncPool = self.request.app.state.pool
-        return pool
+        return self.infra.pool
+
+    @property
+    def settings(self) -> Settings:
+        return self.infra.settings
 
     def path_id(self, name: str, kind: str) -> str:
         """A path id of the right shape, or 404 (a malformed id names nothing)."""
@@ -165,7 +175,8 @@ def endpoint(
         async def run(request: Request) -> Response:
             principal: Principal | None = None
             rate: RateDecision | None = None
-            auth = request.app.state.auth
+            shared = state_of(request)
+            auth = shared.auth
             if role == "platform_admin":
                 if not auth.is_platform_admin(request):
                     raise unauthenticated("This needs the platform admin token.")
@@ -173,8 +184,7 @@ def endpoint(
                 principal = await auth.authenticate(request)
                 # Every authenticated request of an org draws on its request rate (health checks
                 # and platform admin calls do not).
-                admission: Admission = request.app.state.admission
-                rate = await admission.check_rate(principal.org_id)
+                rate = await shared.admission.check_rate(principal.org_id)
                 if rate is not None and not rate.allowed:
                     raise rate.refusal()
                 if not principal.allows(role):

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from typing import Any
 
 import psycopg
 from psycopg_pool import PoolTimeout
@@ -14,6 +16,7 @@ from starlette.responses import Response
 
 from api.responses import error
 from core.errors import ApiError, code_for_status
+from core.store.errors import IdempotencyMismatch, SessionBusy, StoreError
 
 log = logging.getLogger("agentos.api")
 
@@ -21,6 +24,36 @@ log = logging.getLogger("agentos.api")
 async def api_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, ApiError)
     return error(exc)
+
+
+# Each refusal of the stores, as the error a caller sees.
+def _session_busy(exc: SessionBusy) -> ApiError:
+    return ApiError("SESSION_BUSY", "A run is already active in this session; wait for it to finish, cancel it, "
+                    "or send multitask: \"enqueue\" to queue behind it.", details={"active_run_id": exc.active_run_id})
+
+
+def _idempotency_mismatch(exc: IdempotencyMismatch) -> ApiError:
+    return ApiError("IDEMPOTENCY_MISMATCH", "This Idempotency-Key was already used with a different request body.",
+                    details={"idempotency_key": exc.key, "run_id": exc.run_id})
+
+
+STORE_ERRORS: dict[type[StoreError], Callable[[Any], ApiError]] = {
+    SessionBusy: _session_busy,
+    IdempotencyMismatch: _idempotency_mismatch,
+}
+
+
+def to_api_error(exc: StoreError) -> ApiError:
+    for kind in type(exc).__mro__:
+        if kind in STORE_ERRORS:
+            return STORE_ERRORS[kind](exc)
+    log.error("no error code for %s: %s", type(exc).__name__, exc)
+    return ApiError("CONFLICT", str(exc))
+
+
+async def store_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, StoreError)
+    return error(to_api_error(exc))
 
 
 async def http_error(request: Request, exc: Exception) -> Response:
@@ -51,6 +84,7 @@ async def unexpected(request: Request, exc: Exception) -> Response:
 
 HANDLERS = {
     ApiError: api_error,
+    StoreError: store_error,
     HTTPException: http_error,
     psycopg.OperationalError: unavailable,
     psycopg.DataError: unstorable,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -42,5 +43,5 @@ def error(exc: ApiError) -> JSONResponse:
     return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers or None)
 
 
-def listing(data: list[dict[str, Any]], next_cursor: str | None) -> JSONResponse:
+def listing(data: Sequence[Mapping[str, Any]], next_cursor: str | None) -> JSONResponse:
     return JSONResponse({"data": data, "next_cursor": next_cursor})

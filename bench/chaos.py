@@ -211,7 +211,7 @@ class Cluster:
             self.workers.append(self.new_worker())
         self.api.wait_until(self._api_ready, timeout_s=60)
         for w in list(self.workers):
-            w.wait_until(lambda w=w: " ready." in w.log_tail(400), timeout_s=90)
+            _wait_ready(w)
         watchdog = self.watchdog
         watchdog.wait_until(lambda: "watchdog ready." in watchdog.log_tail(50), timeout_s=60)
         self._create_org_and_agent()
@@ -592,3 +592,7 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def _wait_ready(worker: ServerProcess) -> None:
+    worker.wait_until(lambda: " ready." in worker.log_tail(400), timeout_s=90)

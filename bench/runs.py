@@ -37,8 +37,8 @@ import signal
 import sys
 import tempfile
 import time
-from collections import Counter
-from collections.abc import AsyncIterator, Iterator
+from collections import Counter, defaultdict
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -377,7 +377,7 @@ def _tree_cpu(pid: int | None) -> float:
 def _own_cpu() -> float:
     """This process only: the servers are its children, counted above."""
     t = psutil.Process().cpu_times()
-    return t.user + t.system
+    return float(t.user + t.system)
 
 
 def cpu_by_process(bench: Bench) -> dict[str, float]:
@@ -395,7 +395,7 @@ def cpu_by_process(bench: Bench) -> dict[str, float]:
 
 def _machine_busy() -> float:
     t = psutil.cpu_times()
-    return t.user + t.nice + t.system + getattr(t, "irq", 0.0) + getattr(t, "softirq", 0.0)
+    return float(t.user + t.nice + t.system + getattr(t, "irq", 0.0) + getattr(t, "softirq", 0.0))
 
 
 def cpu_snapshot(bench: Bench) -> dict[str, float]:
@@ -498,7 +498,7 @@ class Timers:
     """Wall time spent in chosen functions, by wrapping them in this process (restored after)."""
 
     def __init__(self) -> None:
-        self.total: Counter[str] = Counter()
+        self.total: dict[str, float] = defaultdict(float)
         self.calls: Counter[str] = Counter()
         self._undo: list[tuple[Any, str, Any]] = []
 
@@ -731,7 +731,7 @@ def report(phases: list[Phase], args: argparse.Namespace) -> None:
     table = Table(title="Latency (ms) per run")
     for col in ("phase", "metric", "p50", "p99", "mean", "max"):
         table.add_column(col, justify="left" if col in ("phase", "metric") else "right")
-    metrics = [
+    metrics: list[tuple[str, Callable[[Sample], float]]] = [
         ("POST latency", lambda s: s.post_s),
         ("POST -> first event", lambda s: s.first_s),
         ("POST -> terminal", lambda s: s.terminal_s),

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import base64
 import binascii
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Mapping, Sequence
+from typing import Any, TypeVar
 
 from core.ids import is_id
+
+# A row with an "id" (a dict from `dict_row`, or one of the stores' TypedDicts).
+R = TypeVar("R", bound=Mapping[str, Any])
 
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 200
@@ -34,7 +37,7 @@ def decode_cursor(cursor: str | None) -> str | None:
     return value
 
 
-def page(rows: Sequence[dict[str, Any]], limit: int) -> tuple[list[dict[str, Any]], str | None]:
+def page(rows: Sequence[R], limit: int) -> tuple[list[R], str | None]:
     """Rows were fetched with `LIMIT limit + 1`; split off the extra and make the next cursor."""
     data = list(rows[:limit])
     next_cursor = encode_cursor(str(data[-1]["id"])) if len(rows) > limit and data else None

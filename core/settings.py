@@ -97,7 +97,7 @@ class EventSettings(BaseModel):
     stream_ttl_s: int = Field(default=86_400, ge=60)
     keepalive_s: float = Field(default=15.0, gt=0)
     # The longest a client may hold `GET /v1/runs/{id}/wait`.
-    max_wait_s: float = Field(default=60.0, gt=0)
+    max_wait_s: float = Field(default=300.0, gt=0)
 
 
 class LimitSettings(BaseModel):

@@ -27,13 +27,12 @@ from psycopg import AsyncConnection
 from psycopg.rows import DictRow
 from redis.exceptions import RedisError
 
+from core.store.runs import TERMINAL
 from core.tenancy import run_scratch_key, session_window_key
 
 CHARS_PER_TOKEN = 4
 TOOL_RESULT_CHARS = 600  # a tool result in the window is clipped to this
 MAX_RUNS_REBUILT = 200  # a rebuild reads at most this many runs after the summary
-
-TERMINAL = ("succeeded", "failed", "cancelled", "timed_out")
 
 # The runs of a session that ended after `after`, oldest first, with what each said and did.
 RUN_TURNS_SQL = """
@@ -200,7 +199,7 @@ class ShortTermMemory:
     async def _turns_after(
         self, conn: AsyncConnection[DictRow], session_id: str, after: str | None
     ) -> tuple[str, list[Turn]] | None:
-        params = {"session_id": session_id, "terminal": list(TERMINAL), "after": after,
+        params = {"session_id": session_id, "terminal": [str(s) for s in TERMINAL], "after": after,
                   "max_runs": MAX_RUNS_REBUILT}
         rows = await (await conn.execute(RUN_TURNS_SQL, params)).fetchall()
         if not rows:

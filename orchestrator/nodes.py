@@ -25,6 +25,7 @@ from core import events
 from core.ids import new_id
 from core.skill_names import DELEGATE_TOOL
 from core.store import tool_calls
+from core.store.tool_calls import ToolCallRow, ToolCallStatus
 from core.tenancy import tenant_tx
 from memory.short_term import CHARS_PER_TOKEN, Turn, clip, extractive_summary
 from orchestrator.approvals import ApprovalNeeded, needs_approval, wait_for_human
@@ -284,20 +285,20 @@ async def _act_on(ctx: RunContext, call: dict[str, Any]) -> ToolMessage:
             row = await tool_calls.start(
                 conn, new_id("tool_call"), run_id=ctx.run_id, session_id=ctx.session_id, agent_id=ctx.agent.id,
                 name=name, args=args, sensitive=skill is not None and skill.is_sensitive(args),
-                status="pending" if wait else "running", call_key=key,
+                status=ToolCallStatus.PENDING if wait else ToolCallStatus.RUNNING, call_key=key,
             )
             if wait:
                 await ctx.emitter.emit(events.CONFIRMATION_REQUIRED, {
                     "tool_call_id": row["id"], "name": name, "args": args, "agent_id": ctx.agent.id})
-        elif row["status"] == "approved":
-            row = await tool_calls.set_status(conn, row["id"], "running") or row
+        elif row["status"] == ToolCallStatus.APPROVED:
+            row = await tool_calls.set_status(conn, row["id"], ToolCallStatus.RUNNING) or row
     tool_call_id = row["id"]
     row = await _decided(ctx, row)
-    if row["status"] == "rejected":
+    if row["status"] == ToolCallStatus.REJECTED:
         reason = row["decision_reason"] or "no reason given"
         return ToolMessage(content=f"A human rejected this call ({reason}). Do not retry it; answer without it.",
                            tool_call_id=call["id"], name=name, status="error")
-    if row["status"] in ("succeeded", "failed"):  # done in an earlier attempt of this step
+    if row["status"] in (ToolCallStatus.SUCCEEDED, ToolCallStatus.FAILED):  # done in an earlier attempt of this step
         return _tool_message(call, row["output"], (row["error"] or {}).get("message"))
     run_args = row["args"]  # what a human approved, if they edited the proposal
     await ctx.emitter.emit(events.TOOL_CALL, {"tool_call_id": tool_call_id, "name": name, "args": run_args,
@@ -310,20 +311,20 @@ async def _act_on(ctx: RunContext, call: dict[str, Any]) -> ToolMessage:
     return _tool_message(call, output, error)
 
 
-async def _decided(ctx: RunContext, row: dict[str, Any]) -> dict[str, Any]:
+async def _decided(ctx: RunContext, row: ToolCallRow) -> ToolCallRow:
     """The call once a human has decided it. While it is pending the run pauses here.
 
     After a resume LangGraph re-runs the whole step, and the first `interrupt()` of that re-run
     returns instead of pausing; so the row is read again, and a call still pending (another
     one than the human decided) pauses at the next `interrupt()`.
     """
-    while row["status"] == "pending":
+    while row["status"] == ToolCallStatus.PENDING:
         await ctx.emitter.flush()
         wait_for_human({"tool_call_id": row["id"], "name": row["name"]}, ctx.depth)
         async with tenant_tx(ctx.pool, ctx.org_id) as conn:
             row = await tool_calls.get(conn, row["id"]) or row
-            if row["status"] == "approved":
-                row = await tool_calls.set_status(conn, row["id"], "running") or row
+            if row["status"] == ToolCallStatus.APPROVED:
+                row = await tool_calls.set_status(conn, row["id"], ToolCallStatus.RUNNING) or row
     return row
 
 
@@ -412,13 +413,14 @@ async def plan(state: AgentState, runtime: Runtime[RunContext]) -> dict[str, Any
             async with tenant_tx(ctx.pool, ctx.org_id) as conn:
                 row = await tool_calls.start(
                     conn, new_id("tool_call"), run_id=ctx.run_id, session_id=ctx.session_id, agent_id=ctx.agent.id,
-                    name="plan", args={"plan": text}, sensitive=False, status="pending", call_key=key, kind="plan",
+                    name="plan", args={"plan": text}, sensitive=False, status=ToolCallStatus.PENDING, call_key=key,
+                    kind="plan",
                 )
             await ctx.emitter.emit(events.CONFIRMATION_REQUIRED, {
                 "tool_call_id": row["id"], "name": "plan", "args": {"plan": text}, "agent_id": ctx.agent.id,
                 "kind": "plan"})
         row = await _decided(ctx, row)
-        if row["status"] == "rejected":
+        if row["status"] == ToolCallStatus.REJECTED:
             attempt, feedback = attempt + 1, row["decision_reason"] or "no reason given"
             continue
         async with tenant_tx(ctx.pool, ctx.org_id) as conn:

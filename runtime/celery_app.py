@@ -4,26 +4,62 @@ The run task carries ids only and hands them to `runtime.executor.execute_run`; 
 Postgres (not the broker) decides who executes it, so a redelivered message is harmless. The
 ingestion task hands a knowledge-base document to `memory.knowledge.ingest` (safe to repeat) and
 retries it with backoff while its embedding fails.
+
+Retries are declared on `AgentTask`: a delivery that fails because Postgres, Redis or the
+broker is away is retried with exponential backoff and jitter; anything else is a bug, which
+`execute_run` ends as `failed` `INTERNAL` at once rather than retrying.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, ClassVar
 
 from celery import Celery, Task
 from celery.signals import worker_process_shutdown
 
 from core import jobs
+from core.infra import INFRA_ERRORS, InfraUnavailable, is_infra_error
 from core.settings import Settings
 from memory import knowledge
 from runtime.executor import execute_run
-from runtime.services import RuntimeHolder
+from runtime.services import RuntimeHolder, Services, WorkerRuntime
 
 log = logging.getLogger("agentos.worker")
 
-# How often a delivery that failed for lack of Postgres or Redis is retried (backoff up to 30 s).
-INFRA_RETRIES = 30
+
+class AgentTask(Task):  # type: ignore[misc]  # celery ships no type hints
+    """The base of AgentOS's tasks: retries limited to infrastructure failures, and the
+    process's `WorkerRuntime` (Celery's `DatabaseTask` pattern: per-process resources on the
+    task class, made on first use, so never before a prefork fork)."""
+
+    autoretry_for = INFRA_ERRORS
+    retry_backoff = 1  # seconds, doubling per retry ...
+    retry_backoff_max = 30  # ... up to this
+    retry_jitter = True
+    # About a quarter of an hour of outage, then the watchdog takes over. Retries the task asks
+    # for itself (a run held by another worker's lease, an embedding backoff) are not failures
+    # and are not limited.
+    retry_kwargs: ClassVar[dict[str, Any]] = {"max_retries": 30}
+    max_retries = None
+    holder: ClassVar[RuntimeHolder]
+
+    @property
+    def runtime(self) -> WorkerRuntime:
+        return self.holder.get()
+
+    def call_infra(self, what: str, fn: Any, *args: Any) -> Any:
+        """Run `fn(services, *args)` on the runtime's loop. An infrastructure error wrapped by
+        a library is re-raised as `InfraUnavailable` so `autoretry_for` sees it."""
+        runtime = self.runtime
+        try:
+            return runtime.run(fn(runtime.services, *args))
+        except Exception as exc:
+            if is_infra_error(exc):
+                log.warning("%s: Postgres/Redis unreachable (%s: %s); retrying", what, type(exc).__name__, exc)
+                if not isinstance(exc, INFRA_ERRORS):
+                    raise InfraUnavailable(str(exc)) from exc
+            raise
 
 
 def create_celery(settings: Settings) -> Celery:
@@ -39,49 +75,37 @@ def create_celery(settings: Settings) -> Celery:
         worker_send_task_events=False,
         worker_enable_remote_control=False,
     )
-    holder = RuntimeHolder(settings)
 
-    @app.task(name=jobs.EXECUTE_RUN, bind=True, ignore_result=True, max_retries=None)  # type: ignore[untyped-decorator]
-    def execute_run_task(task: Task, run_id: str, org_id: str) -> str:
+    class Bound(AgentTask):
+        holder = RuntimeHolder(settings)
+
+    @app.task(name=jobs.EXECUTE_RUN, base=Bound, bind=True, ignore_result=True)  # type: ignore[untyped-decorator]
+    def execute_run_task(task: AgentTask, run_id: str, org_id: str) -> str:
         job = jobs.RunJob(run_id=run_id, org_id=org_id)
-        try:
-            runtime = holder.get()
-            delivery = runtime.run(execute_run(runtime.services, job.run_id, job.org_id))
-        except Exception as exc:  # Postgres or Redis unreachable: the run is intact; try again later
-            retries = task.request.retries or 0
-            if retries >= INFRA_RETRIES:
-                raise
-            log.warning("run %s: delivery failed (%s); retrying", job.run_id, exc)
-            raise task.retry(countdown=min(2.0**retries, 30.0), exc=exc) from exc
+        delivery = task.call_infra(f"run {job.run_id}", execute_run, job.run_id, job.org_id)
         log.info("run %s: %s", job.run_id, delivery.outcome)
-        if delivery.retry_after_s is not None:
+        if delivery.retry_after_s is not None:  # held by another worker's lease: not a failure
             raise task.retry(countdown=delivery.retry_after_s)
-        return delivery.outcome
+        return str(delivery.outcome)
 
-    @app.task(name=jobs.INGEST_DOCUMENT, bind=True, ignore_result=True, max_retries=None)  # type: ignore[untyped-decorator]
-    def ingest_document_task(task: Task, document_id: str, org_id: str) -> str:
+    @app.task(name=jobs.INGEST_DOCUMENT, base=Bound, bind=True, ignore_result=True)  # type: ignore[untyped-decorator]
+    def ingest_document_task(task: AgentTask, document_id: str, org_id: str) -> str:
         job = jobs.IngestJob(document_id=document_id, org_id=org_id)
-        try:
-            runtime = holder.get()
-            services = runtime.services
-            outcome = runtime.run(knowledge.ingest(services.pool, services.settings, job.org_id, job.document_id))
-        except Exception as exc:  # Postgres unreachable: the document stays pending; try again later
-            retries = task.request.retries or 0
-            if retries >= INFRA_RETRIES:
-                raise
-            log.warning("document %s: ingestion failed (%s); retrying", job.document_id, exc)
-            raise task.retry(countdown=min(2.0**retries, 30.0), exc=exc) from exc
+
+        async def ingest(services: Services, org: str, document: str) -> knowledge.IngestOutcome:
+            return await knowledge.ingest(services.pool, services.settings, org, document)
+
+        outcome = task.call_infra(f"document {job.document_id}", ingest, job.org_id, job.document_id)
         log.info("document %s: %s (attempt %d, %d chunks)", job.document_id, outcome.status, outcome.attempts,
                  outcome.chunks)
         if outcome.retry_after_s is not None:  # the embedding failed; the attempt is counted
             raise task.retry(countdown=outcome.retry_after_s)
-        return outcome.status
+        return str(outcome.status)
 
     def _shutdown(**_: Any) -> None:
-        holder.close()
+        Bound.holder.close()
 
     worker_process_shutdown.connect(_shutdown, weak=False)
-    app.agentos_holder = holder
     return app
 
 
@@ -98,4 +122,4 @@ def run_worker(settings: Settings, *, concurrency: int | None = None, pool: str 
         app.worker_main(argv)
     finally:
         if pool == "solo":
-            app.agentos_holder.close()
+            app.tasks[jobs.EXECUTE_RUN].holder.close()

@@ -8,8 +8,10 @@ here, so a run never stays `running` because of an error in its own execution.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import os
+import random
 import socket
 import uuid
 from collections.abc import Awaitable, Callable
@@ -24,11 +26,13 @@ from psycopg.types.json import Jsonb
 from redis.exceptions import RedisError
 
 from core import events
-from core.admission import release_run
 from core.agent_config import AgentConfig
 from core.events import RunEmitter
 from core.ids import new_id
+from core.infra import is_infra_error
+from core.run_signals import run_ended, start_next
 from core.store import agents, runs, sessions, tool_calls
+from core.store.runs import RunStatus
 from core.tenancy import checkpoint_thread_id, run_cancel_key, tenant_tx
 from orchestrator.context import AgentSpec, Budget, LimitExceeded, RunContext
 from orchestrator.models import ModelConfigError, aclose_model, describe_error
@@ -38,9 +42,9 @@ from runtime.services import Services
 log = logging.getLogger("agentos.worker")
 
 
-@dataclass
+@dataclass(frozen=True)
 class Outcome:
-    status: str
+    status: RunStatus
     output: dict[str, Any] | None = None
     error: dict[str, Any] | None = None
     answer: str | None = None
@@ -63,19 +67,26 @@ class Delivery:
     retry_after_s: float | None = None
 
 
-async def _graph_input(svc: Services, config: Any, user_message: HumanMessage, attempt: int) -> Any:
-    """What to invoke the graph with. A first attempt starts from the user's message. A later
-    one (after a crash, or after a human decided) continues from the last checkpoint if that
-    attempt stopped mid-graph with this input in the thread: `Command(resume=...)` when it
-    stopped for a human, `None` to re-run the step that was cut off."""
+async def _graph_input(svc: Services, config: Any, user_message: HumanMessage, resume: bool) -> Any:
+    """What to invoke the graph with. A first try starts from the user's message. A later one
+    (after a crash, a human's decision, or an infrastructure error mid-step) continues from the
+    last checkpoint if the thread holds this input: `Command(resume=...)` when it stopped for a
+    human, `None` to re-run the step that was cut off, and `FINISHED` when the graph already
+    ended for this input (only the run's own ending was not recorded)."""
     start = {"messages": [user_message], "plan": ""}
-    if attempt <= 1:
+    if not resume:
         return start
     state = await svc.graph.aget_state(config)
     messages = state.values.get("messages", []) if state.values else []
-    if not state.next or not any(getattr(m, "id", None) == user_message.id for m in messages):
+    if not any(getattr(m, "id", None) == user_message.id for m in messages):
         return start
+    if not state.next:
+        return FINISHED
     return Command(resume="decided") if state.interrupts else None
+
+
+# `_graph_input`'s answer when the thread already finished this run's input.
+FINISHED = object()
 
 
 def worker_id() -> str:
@@ -101,8 +112,22 @@ def _spec(row: dict[str, Any]) -> AgentSpec:
 
 
 async def execute_run(svc: Services, run_id: str, org_id: str) -> Delivery:
-    """Execute one delivery of a run: claim it, run it, record how it ended."""
+    """Execute one delivery of a run: claim it, run it, record how it ended.
+
+    Raises only when Postgres/Redis/the broker is away (the task retries the delivery later). A
+    bug anywhere else ends the run `failed` `INTERNAL` at once, logged with its traceback,
+    instead of being retried as if the database were down."""
     owner = worker_id()
+    try:
+        return await _deliver(svc, run_id, org_id, owner)
+    except Exception as exc:
+        if is_infra_error(exc):
+            raise
+        log.exception("run %s: unexpected error outside its graph", run_id)
+        return Delivery(await _fail_internal(svc, run_id, org_id, owner, exc))
+
+
+async def _deliver(svc: Services, run_id: str, org_id: str, owner: str) -> Delivery:
     async with tenant_tx(svc.pool, org_id) as conn:  # one transaction: read, then claim
         run = await runs.get(conn, run_id)
         if run is None:
@@ -116,26 +141,25 @@ async def execute_run(svc: Services, run_id: str, org_id: str) -> Delivery:
             claimed = await runs.claim(conn, run_id, run["session_id"], owner, svc.settings.worker.lease_s,
                                        agent.config.limits.timeout_s)
     if agent is None:
-        return Delivery(await _finish_unstarted(svc, {**run, "org_id": org_id},
-                                                "The run's agent version no longer exists."))
+        return Delivery(await _finish_unstarted(svc, run, org_id, "The run's agent version no longer exists."))
     if isinstance(claimed, runs.NotClaimed):
-        if claimed.status == "running" and claimed.lease_left_s is not None:
+        if claimed.status == RunStatus.RUNNING and claimed.lease_left_s is not None:
             # Another worker holds it. Look again when its lease would lapse: if that worker
             # died, this delivery takes over; if it is alive, its heartbeat keeps the lease.
             return Delivery("held by another worker's lease", retry_after_s=max(claimed.lease_left_s, 0.0) + 1.0)
         return Delivery(f"not claimable ({claimed.status or 'session gone'}; a queued run starts when the one "
                         "before it ends)")
-    row, started = claimed
+    row = claimed.run
     emitter = RunEmitter(svc.pool, svc.redis, org_id, run["session_id"], run_id,
                          maxlen=svc.settings.events.stream_maxlen, ttl_s=svc.settings.events.stream_ttl_s)
-    await emitter.publish(started)
+    await emitter.publish(claimed.events)
     max_attempts = svc.settings.worker.max_attempts
     if row["lapses"] >= max_attempts:  # its workers keep dying: stop trying
-        ended: Outcome | None = Outcome("failed", error={"code": "ATTEMPTS_EXHAUSTED", "message": (
+        ended: Outcome | None = Outcome(RunStatus.FAILED, error={"code": "ATTEMPTS_EXHAUSTED", "message": (
             f"The run was given up: its worker stopped {row['lapses']} times before finishing it "
             f"(AGENTOS_WORKER__MAX_ATTEMPTS is {max_attempts}); see the worker logs.")})
     elif row["deadline_at"] <= datetime.now(UTC):  # taken over after the run's time was up
-        ended = Outcome("timed_out", error={
+        ended = Outcome(RunStatus.TIMED_OUT, error={
             "code": "TIMED_OUT", "message": "The run's time limit passed while its worker was gone."})
     else:
         ended = await _execute(svc, row, agent, emitter, owner, session["user_id"] if session else None)
@@ -145,7 +169,7 @@ async def execute_run(svc: Services, run_id: str, org_id: str) -> Delivery:
 
 
 async def _execute(
-    svc: Services, run: dict[str, Any], agent: AgentSpec, emitter: RunEmitter, owner: str, user_id: str | None
+    svc: Services, run: runs.ClaimedRun, agent: AgentSpec, emitter: RunEmitter, owner: str, user_id: str | None
 ) -> Outcome | None:
     loop = asyncio.get_running_loop()
     org_id, session_id = emitter.org_id, emitter.session_id
@@ -167,9 +191,32 @@ async def _execute(
 
     async def invoke() -> dict[str, Any]:
         async with asyncio.timeout_at(deadline):
-            graph_input = await _graph_input(svc, config, user_message, run["attempt"])
-            result: dict[str, Any] = await svc.graph.ainvoke(graph_input, config, context=ctx)
-            return result
+            resume = run["attempt"] > 1
+            for failures in itertools.count():
+                try:
+                    graph_input = await _graph_input(svc, config, user_message, resume)
+                    if graph_input is FINISHED:
+                        state = await svc.graph.aget_state(config)
+                        return dict(state.values)
+                    result: dict[str, Any] = await svc.graph.ainvoke(graph_input, config, context=ctx)
+                    return result
+                except Exception as exc:
+                    if not is_infra_error(exc):
+                        raise
+                    # Postgres or Redis went away mid-step. The step is re-run from the last
+                    # checkpoint once they answer (side effects are keyed by tool call, so a
+                    # re-run does not repeat them), while the lease is still ours.
+                    delay = infra_backoff(failures)
+                    log.warning("run %s: a step failed for lack of Postgres/Redis (%s: %s); retrying in %.1f s",
+                                run["id"], type(exc).__name__, exc, delay)
+                    await asyncio.sleep(delay)
+                    resume = True
+                    try:
+                        await _still_ours(svc, org_id, run["id"], owner)
+                    except Exception as again:  # still away: the next try waits longer
+                        if not is_infra_error(again):
+                            raise
+            raise AssertionError("unreachable")
 
     watch = _Watch()
     task = asyncio.create_task(invoke())
@@ -177,29 +224,32 @@ async def _execute(
     try:
         result = await task
         if result.get("__interrupt__"):
-            return Outcome("awaiting_confirmation", usage=dict(ctx.usage))
+            return Outcome(RunStatus.AWAITING_CONFIRMATION, usage=dict(ctx.usage))
         answer = str(result.get("answer", ""))
-        return Outcome("succeeded", output={"text": answer}, answer=answer, usage=dict(ctx.usage))
+        return Outcome(RunStatus.SUCCEEDED, output={"text": answer}, answer=answer, usage=dict(ctx.usage))
+    except _LeaseLost:
+        return None
     except asyncio.CancelledError:
         if watch.lease_lost:
             return None
         if watch.cancelled:
-            return Outcome("cancelled")
+            return Outcome(RunStatus.CANCELLED)
         raise
     except TimeoutError:
-        return Outcome("timed_out", error={
+        return Outcome(RunStatus.TIMED_OUT, error={
             "code": "TIMED_OUT", "message": f"The run did not finish within its limit of {limits.timeout_s} s; "
                                             "raise limits.timeout_s or give the agent a smaller task."})
     except LimitExceeded as exc:
-        return Outcome("failed", error={"code": exc.code, "message": exc.message})
+        return Outcome(RunStatus.FAILED, error={"code": exc.code, "message": exc.message})
     except ModelCallFailed as exc:
         attempts = svc.settings.models.max_retries + 1
-        return Outcome("failed", error={"code": "MODEL_ERROR", "message": describe_error(exc.cause, attempts=attempts)})
+        message = describe_error(exc.cause, attempts=attempts)
+        return Outcome(RunStatus.FAILED, error={"code": "MODEL_ERROR", "message": message})
     except ModelConfigError as exc:
-        return Outcome("failed", error={"code": "MODEL_CONFIG", "message": str(exc)})
+        return Outcome(RunStatus.FAILED, error={"code": "MODEL_CONFIG", "message": str(exc)})
     except Exception as exc:
         log.exception("run %s failed", run["id"])
-        return Outcome("failed", error={"code": "INTERNAL", "message": f"The run failed unexpectedly "
+        return Outcome(RunStatus.FAILED, error={"code": "INTERNAL", "message": f"The run failed unexpectedly "
                                                                         f"({type(exc).__name__}); see the worker log."})
     finally:
         watcher.cancel()
@@ -239,6 +289,25 @@ async def _watch(svc: Services, org_id: str, run_id: str, owner: str, task: asyn
             return
 
 
+class _LeaseLost(Exception):
+    """Another worker took the run over while this one waited for Postgres/Redis."""
+
+
+def infra_backoff(failures: int) -> float:
+    """Seconds to wait after the `failures`-th consecutive infrastructure error: exponential
+    from 0.5 s, capped at 8 s, with jitter so workers do not return in step."""
+    return float(min(0.5 * 2**failures, 8.0) * random.uniform(0.75, 1.25))
+
+
+async def _still_ours(svc: Services, org_id: str, run_id: str, owner: str) -> None:
+    """Renew the lease before re-running a step; stop if another worker took the run over. While
+    Postgres is still away this raises its error, and the step waits again."""
+    async with tenant_tx(svc.pool, org_id) as conn:
+        ours, _ = await runs.heartbeat(conn, run_id, owner, svc.settings.worker.lease_s)
+    if not ours:
+        raise _LeaseLost
+
+
 class _NotOurs(Exception):
     """The run was no longer ours to finish; roll the finishing transaction back."""
 
@@ -250,26 +319,42 @@ RETURNING id, session_id, run_id, role, content, metadata, created_at
 """
 
 
-async def _complete(svc: Services, run: dict[str, Any], emitter: RunEmitter, owner: str, outcome: Outcome) -> str:
-    """Store the answer, the terminal state and its events in one transaction; then publish,
-    clear the cancel flag and start the session's next run."""
+async def _complete(svc: Services, run: runs.ClaimedRun, emitter: RunEmitter, owner: str, outcome: Outcome) -> str:
+    """Store the answer, the terminal state and its events in one transaction, then announce the
+    ending (`core.run_signals.run_ended`). An infrastructure error while finishing is retried
+    here (the run's work is done; only its record is missing) for up to a lease, then raised
+    so the delivery is retried."""
+    give_up = asyncio.get_running_loop().time() + svc.settings.worker.lease_s
+    for failures in itertools.count():
+        try:
+            return await _record_end(svc, run, emitter, owner, outcome)
+        except Exception as exc:
+            if not is_infra_error(exc) or asyncio.get_running_loop().time() >= give_up:
+                raise
+            delay = infra_backoff(failures)
+            log.warning("run %s: recording its end failed (%s); retrying in %.1f s", run["id"], exc, delay)
+            await asyncio.sleep(delay)
+    raise AssertionError("unreachable")
+
+
+async def _record_end(svc: Services, run: runs.ClaimedRun, emitter: RunEmitter, owner: str, outcome: Outcome) -> str:
     await emitter.close()
     org_id, session_id, run_id = emitter.org_id, emitter.session_id, run["id"]
-    if outcome.status == "awaiting_confirmation":
+    if outcome.status == RunStatus.AWAITING_CONFIRMATION:
         async with tenant_tx(svc.pool, org_id) as conn:
             paused = await runs.pause(conn, run_id, owner)
             # A human may have decided while the graph was stopping; then go straight on.
             resumed = paused and await tool_calls.pending_in_run(conn, run_id) == 0 and \
                 await runs.resume(conn, run_id) is not None
         if resumed:
-            await _start_next(svc, org_id, run_id)
+            await start_next(svc.infra, org_id, run_id)
             return "decided while pausing: re-queued"
         return "awaiting confirmation (worker released)" if paused else "lease lost before pausing"
     extra: list[tuple[str, dict[str, Any]]] = []
     output = outcome.output
     try:
         async with tenant_tx(svc.pool, org_id) as conn:
-            if outcome.status == "succeeded":
+            if outcome.status == RunStatus.SUCCEEDED:
                 message = await (await conn.execute(INSERT_ANSWER_SQL, (
                     new_id("message"), session_id, run_id, outcome.answer or "", Jsonb({"agent_id": run["agent_id"]}),
                 ))).fetchone()
@@ -282,35 +367,36 @@ async def _complete(svc: Services, run: dict[str, Any], emitter: RunEmitter, own
                 raise _NotOurs
     except _NotOurs:
         return "lease lost before finishing: another worker owns the run"
-    await release_run(svc.redis, org_id, run_id)
-    await svc.memory.short_term.scratch_clear(org_id, run_id)
-    await emitter.publish(done.events)
-    try:
-        await svc.redis.delete(run_cancel_key(org_id, run_id))
-    except (RedisError, OSError):
-        pass
-    await _start_next(svc, org_id, done.next_run_id)
+    await run_ended(svc.infra, org_id, done)
     return outcome.status
 
 
-async def _start_next(svc: Services, org_id: str, run_id: str | None) -> None:
-    if run_id is None:
-        return
-    try:
-        await svc.jobs.enqueue_run(run_id, org_id)
-    except Exception as exc:  # it stays queued; re-sending lapsed runs is the watchdog's job
-        log.warning("could not enqueue the next run %s: %s", run_id, exc)
-
-
-async def _finish_unstarted(svc: Services, run: dict[str, Any], message: str) -> str:
-    org_id = run["org_id"]
+async def _end_unstarted(svc: Services, run_id: str, org_id: str, session_id: str, owner: str | None,
+                         error: dict[str, Any]) -> runs.Finished | None:
+    """Fail a run this delivery could not execute: one it holds (`owner`), else a queued one."""
     async with tenant_tx(svc.pool, org_id) as conn:
-        done = await runs.finish(conn, run["id"], run["session_id"], "failed", owner=None, from_status=("queued",),
-                                 error={"code": "AGENT_MISSING", "message": message})
-    if done is None:
-        return "not claimable"
-    await release_run(svc.redis, org_id, run["id"])
-    await events.publish(svc.redis, org_id, done.events, maxlen=svc.settings.events.stream_maxlen,
-                         ttl_s=svc.settings.events.stream_ttl_s)
-    await _start_next(svc, org_id, done.next_run_id)
-    return "failed: agent missing"
+        done = None
+        if owner is not None:
+            done = await runs.finish(conn, run_id, session_id, RunStatus.FAILED, owner=owner, error=error)
+        if done is None:
+            done = await runs.finish(conn, run_id, session_id, RunStatus.FAILED, owner=None,
+                                     from_status=(RunStatus.QUEUED,), error=error)
+    if done is not None:
+        await run_ended(svc.infra, org_id, done)
+    return done
+
+
+async def _finish_unstarted(svc: Services, run: runs.RunRow, org_id: str, message: str) -> str:
+    done = await _end_unstarted(svc, run["id"], org_id, run["session_id"], None,
+                                {"code": "AGENT_MISSING", "message": message})
+    return "failed: agent missing" if done is not None else "not claimable"
+
+
+async def _fail_internal(svc: Services, run_id: str, org_id: str, owner: str, exc: Exception) -> str:
+    async with tenant_tx(svc.pool, org_id) as conn:
+        run = await runs.get(conn, run_id)
+    if run is None or run["status"] in runs.TERMINAL:
+        return "unexpected error; the run had already ended"
+    error = {"code": "INTERNAL", "message": f"The run failed unexpectedly ({type(exc).__name__}); see the worker log."}
+    done = await _end_unstarted(svc, run_id, org_id, run["session_id"], owner, error)
+    return "failed: internal error" if done is not None else "unexpected error; the run is another worker's"

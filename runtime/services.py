@@ -1,5 +1,6 @@
-"""What a worker process holds open while it executes runs: Postgres pools, Redis, the job
-queue (to start a session's next run), the skill registry and the compiled graph.
+"""What a worker process holds open while it executes runs: its `Infra` (settings, Postgres
+pool, Redis, the job queue to start a session's next run), the checkpoint pool, the skill
+registry and the compiled graph.
 
 Celery tasks are synchronous, the run code is async: `WorkerRuntime` keeps one event loop in
 a background thread per process and runs each task's coroutine there, so pools and clients
@@ -20,7 +21,7 @@ import redis.asyncio as aioredis
 from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
 
 from core.db import open_pool
-from core.jobs import JobQueue
+from core.infra import Infra
 from core.settings import Settings
 from core.tenancy import AsyncPool
 from memory.service import MemoryService
@@ -31,34 +32,39 @@ log = logging.getLogger("agentos.worker")
 T = TypeVar("T")
 
 
-@dataclass
+@dataclass(frozen=True)
 class Services:
-    settings: Settings
-    pool: AsyncPool
+    """The process's `Infra` plus what only workers need."""
+
+    infra: Infra
     checkpoint_pool: AsyncPool
-    redis: aioredis.Redis
-    jobs: JobQueue
     skills: SkillRegistry
     graph: Graph
     memory: MemoryService
 
+    @property
+    def settings(self) -> Settings:
+        return self.infra.settings
+
+    @property
+    def pool(self) -> AsyncPool:
+        return self.infra.pool
+
+    @property
+    def redis(self) -> aioredis.Redis:
+        return self.infra.redis
+
     @classmethod
     async def open(cls, settings: Settings) -> Services:
-        pool = await open_pool(settings.database, name="agentos-worker", max_size=4)
+        infra = await Infra.open(settings, name="agentos-worker", pool_max=4)
         checkpoint_pool = await open_pool(settings.database, name="agentos-checkpoints", autocommit=True, max_size=2)
-        redis = aioredis.Redis.from_url(
-            settings.redis.url, socket_timeout=settings.redis.socket_timeout_s,
-            socket_connect_timeout=settings.redis.socket_timeout_s,
-        )
         saver = AsyncPostgresSaver(checkpoint_pool)
-        return cls(settings, pool, checkpoint_pool, redis, JobQueue(settings), default_registry(), build_graph(saver),
-                   MemoryService(settings, pool, redis))
+        return cls(infra, checkpoint_pool, default_registry(), build_graph(saver),
+                   MemoryService(settings, infra.pool, infra.redis))
 
     async def close(self) -> None:
-        self.jobs.close()
-        await self.redis.aclose()
         await self.checkpoint_pool.close()
-        await self.pool.close()
+        await self.infra.close()
 
 
 class WorkerRuntime:

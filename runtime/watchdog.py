@@ -23,8 +23,8 @@ broker was down when it was sent). One pass of the watchdog (`sweep`):
 Sending twice is harmless: the claim in Postgres decides who executes. The scan is read-only
 and crosses orgs (`watchdog_scan_tx`); every change happens in the run's own `tenant_tx`,
 after locking its session and the run and checking again that the run still needs it (a
-worker may have claimed or finished it since the scan). Each ending publishes its events and
-starts the session's next run, as a worker's would.
+worker may have claimed or finished it since the scan). Each ending goes through
+`core.run_signals.run_ended`, as a worker's and a cancel's do.
 
 `run_watchdog` loops `sweep` until SIGTERM/SIGINT: `agentos watchdog`, and a child process of
 `agentos dev`. Several watchdogs may run at once; they only duplicate harmless sends.
@@ -42,16 +42,12 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
-import redis.asyncio as aioredis
-from redis.exceptions import RedisError
-
-from core import events
-from core.admission import release_run
-from core.db import open_pool
-from core.jobs import JobQueue
+from core.infra import Infra
+from core.run_signals import run_ended, send_run
 from core.settings import Settings
 from core.store import runs
-from core.tenancy import AsyncPool, run_cancel_key, tenant_tx, watchdog_scan_tx
+from core.store.runs import RunStatus
+from core.tenancy import AsyncPool, tenant_tx, watchdog_scan_tx
 from memory import knowledge
 
 log = logging.getLogger("agentos.watchdog")
@@ -151,7 +147,7 @@ class SendMemo:
 
 def _verdict(run: dict[str, Any], max_attempts: int) -> str | None:
     """What a run whose lease lapsed needs (None: it is no longer running with a lapsed lease)."""
-    if run["status"] != "running" or not run["lapsed"]:
+    if run["status"] != RunStatus.RUNNING or not run["lapsed"]:
         return None
     if run["cancel_requested"]:
         return CANCEL
@@ -162,16 +158,16 @@ def _verdict(run: dict[str, Any], max_attempts: int) -> str | None:
     return REQUEUE
 
 
-def _ending(verdict: str, lapses: int, max_attempts: int) -> tuple[str, dict[str, Any] | None]:
+def _ending(verdict: str, lapses: int, max_attempts: int) -> tuple[RunStatus, dict[str, Any] | None]:
     if verdict == TIME_OUT:
-        return "timed_out", {"code": "TIMED_OUT", "message": "The run's time limit passed while its worker was gone "
-                                                            "(it stopped renewing its lease)."}
+        return RunStatus.TIMED_OUT, {"code": "TIMED_OUT", "message": (
+            "The run's time limit passed while its worker was gone (it stopped renewing its lease).")}
     if verdict == EXHAUSTED:
-        return "failed", {"code": "ATTEMPTS_EXHAUSTED", "message": (
+        return RunStatus.FAILED, {"code": "ATTEMPTS_EXHAUSTED", "message": (
             f"The run was given up: its worker stopped {lapses} times before finishing it "
             f"(AGENTOS_WORKER__MAX_ATTEMPTS is {max_attempts}). Something in the run may be crashing or "
             "stalling workers; see the worker logs.")}
-    return "cancelled", None
+    return RunStatus.CANCELLED, None
 
 
 async def _send_each(
@@ -195,13 +191,12 @@ async def _send_each(
         sent.append(row["id"])
 
 
-async def sweep(
-    pool: AsyncPool, redis: aioredis.Redis, jobs: JobQueue, settings: Settings, *, memo: SendMemo | None = None
-) -> SweepReport:
+async def sweep(infra: Infra, *, memo: SendMemo | None = None) -> SweepReport:
     """One pass over lapsed leases and unsent queued runs (at most `BATCH` of each). Without a
     `memo` every candidate is sent; `run_watchdog` keeps one across passes."""
     report = SweepReport()
-    async with watchdog_scan_tx(pool) as conn:
+    settings = infra.settings
+    async with watchdog_scan_tx(infra.pool) as conn:
         lapsed = list(await (await conn.execute(LAPSED_SQL, {"limit": BATCH})).fetchall())
         unsent = list(await (await conn.execute(UNSENT_SQL, {
             "after": timedelta(seconds=settings.worker.requeue_after_s), "limit": BATCH,
@@ -211,21 +206,21 @@ async def sweep(
             seconds=settings.worker.requeue_after_s + settings.memory.ingest_retry_max_s), BATCH)
     for run in lapsed:
         try:
-            await _recover(pool, redis, jobs, settings, run, report, memo)
+            await _recover(infra, run, report, memo)
         except Exception as exc:  # one run's trouble must not stop the pass
             report.errors += 1
             log.warning("watchdog: run %s (org %s) could not be recovered: %s", run["id"], run["org_id"], exc)
-    async def send_run(run: dict[str, Any]) -> bool:
-        if run["attempt"] > 0 and not await _quiet(pool, run, settings.worker.requeue_after_s):
+    async def resend(run: dict[str, Any]) -> bool:
+        if run["attempt"] > 0 and not await _quiet(infra.pool, run, settings.worker.requeue_after_s):
             return False
-        await jobs.enqueue_run(run["id"], run["org_id"])
+        await send_run(infra, run["org_id"], run["id"])
         return True
 
     async def send_document(doc: dict[str, Any]) -> bool:
-        await jobs.enqueue_ingest(doc["id"], doc["org_id"])
+        await infra.jobs.enqueue_ingest(doc["id"], doc["org_id"])
         return True
 
-    await _send_each(unsent, "attempt", send_run, report.resent, report, memo, "queued run")
+    await _send_each(unsent, "attempt", resend, report.resent, report, memo, "queued run")
     await _send_each(stale_documents, "attempts", send_document, report.documents_resent, report, memo,
                      "pending document")
     if memo is not None:
@@ -239,14 +234,11 @@ async def _quiet(pool: AsyncPool, run: dict[str, Any], after_s: float) -> bool:
     return row is None or bool(row["quiet"])
 
 
-async def _recover(
-    pool: AsyncPool, redis: aioredis.Redis, jobs: JobQueue, settings: Settings, run: dict[str, Any],
-    report: SweepReport, memo: SendMemo | None,
-) -> None:
+async def _recover(infra: Infra, run: dict[str, Any], report: SweepReport, memo: SendMemo | None) -> None:
     run_id, org_id, session_id = run["id"], run["org_id"], run["session_id"]
-    max_attempts = settings.worker.max_attempts
+    max_attempts = infra.settings.worker.max_attempts
     done: runs.Finished | None = None
-    async with tenant_tx(pool, org_id) as conn:
+    async with tenant_tx(infra.pool, org_id) as conn:
         await runs.lock_any_session(conn, session_id)
         current = await (await conn.execute(LOCK_RUN_SQL, (run_id,))).fetchone()
         verdict = _verdict(current, max_attempts) if current is not None else None
@@ -255,51 +247,30 @@ async def _recover(
             status, error = _ending(verdict, int(current["lapses"]) + 1 if current else 0, max_attempts)
             # Still running under a lapsed lease, and both rows are locked: nobody can claim or
             # finish it between the check above and this.
-            done = await runs.finish(conn, run_id, session_id, status, owner=None, from_status=("running",),
-                                     error=error)
+            done = await runs.finish(conn, run_id, session_id, status, owner=None, error=error)
     if verdict is None or (verdict != REQUEUE and done is None):
         report.skipped += 1
         return
     if verdict == REQUEUE:
         if memo is not None and not memo.due(run_id, attempt):
             return
-        await jobs.enqueue_run(run_id, org_id)
+        await send_run(infra, org_id, run_id)
         if memo is not None:
             memo.sent(run_id, attempt)
         report.requeued.append(run_id)
         return
     assert done is not None
     {CANCEL: report.cancelled, TIME_OUT: report.timed_out, EXHAUSTED: report.exhausted}[verdict].append(run_id)
-    await events.publish(redis, org_id, done.events, maxlen=settings.events.stream_maxlen,
-                         ttl_s=settings.events.stream_ttl_s)
-    await release_run(redis, org_id, run_id)
-    if verdict == CANCEL:
-        with suppress(RedisError, OSError):
-            await redis.delete(run_cancel_key(org_id, run_id))
-    if done.next_run_id is not None:
-        try:
-            await jobs.enqueue_run(done.next_run_id, org_id)
-        except Exception as exc:  # it stays queued; a later pass sends it (UNSENT_SQL)
-            log.warning("watchdog: could not send run %s, next after %s: %s", done.next_run_id, run_id, exc)
+    await run_ended(infra, org_id, done)  # a next run it could not send stays queued: UNSENT_SQL finds it
 
 
 async def sweep_once(settings: Settings) -> SweepReport:
     """One pass with connections of its own (`agentos watchdog --once`)."""
-    pool = await open_pool(settings.database.model_copy(update={"pool_min": 1}), name="agentos-watchdog",
-                           max_size=1)
-    redis = _redis(settings)
-    jobs = JobQueue(settings)
+    infra = await Infra.open(settings, name="agentos-watchdog", pool_min=1, pool_max=1)
     try:
-        return await sweep(pool, redis, jobs, settings)
+        return await sweep(infra)
     finally:
-        jobs.close()
-        await redis.aclose()
-        await pool.close()
-
-
-def _redis(settings: Settings) -> aioredis.Redis:
-    return aioredis.Redis.from_url(settings.redis.url, socket_timeout=settings.redis.socket_timeout_s,
-                                   socket_connect_timeout=settings.redis.socket_timeout_s)
+        await infra.close()
 
 
 def run_watchdog(settings: Settings, interval_s: float | None = None) -> None:
@@ -314,10 +285,7 @@ async def _loop(settings: Settings, interval_s: float) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     # No connection is required at start: the loop waits for Postgres instead of exiting.
-    pool = await open_pool(settings.database.model_copy(update={"pool_min": 0}), name="agentos-watchdog",
-                           max_size=2)
-    redis = _redis(settings)
-    jobs = JobQueue(settings)
+    infra = await Infra.open(settings, name="agentos-watchdog", pool_min=0, pool_max=2)
     memo = SendMemo(settings.worker.requeue_after_s)
     log.info("watchdog ready. Sweeping every %.1f s (max attempts %d, queued runs resent after %.0f s)",
              interval_s, settings.worker.max_attempts, settings.worker.requeue_after_s)
@@ -325,7 +293,7 @@ async def _loop(settings: Settings, interval_s: float) -> None:
     try:
         while not stop.is_set():
             try:
-                report = await sweep(pool, redis, jobs, settings, memo=memo)
+                report = await sweep(infra, memo=memo)
             except Exception as exc:
                 if not failing:  # once per outage, not once per pass
                     log.warning("watchdog pass failed (will keep trying): %s", exc)
@@ -339,7 +307,5 @@ async def _loop(settings: Settings, interval_s: float) -> None:
             with suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), interval_s)
     finally:
-        jobs.close()
-        await redis.aclose()
-        await pool.close()
+        await infra.close()
         log.info("watchdog stopped")

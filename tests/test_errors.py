@@ -78,10 +78,12 @@ def agent(org: Org) -> dict[str, Any]:
     return org.create_agent(name="subject")
 
 
-@pytest.fixture
-def raw_client(client: TestClient) -> TestClient:
-    """The same app, but a server exception comes back as the 500 response a caller would see."""
-    return TestClient(client.app, raise_server_exceptions=False)
+@pytest.fixture(scope="session")
+def raw_client(client: TestClient) -> Iterator[TestClient]:
+    """The same app, but a server exception comes back as the 500 response a caller would see
+    (its own lifespan: the shared state is per running app, not global)."""
+    with TestClient(client.app, raise_server_exceptions=False) as raw:
+        yield raw
 
 
 # --------------------------------------------------------------------------------------------

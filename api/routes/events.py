@@ -15,7 +15,7 @@ from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.responses import Response
 
 from api.endpoint import Call, endpoint, resource
-from api.routes.runs import reader_for, run_not_found, session_not_found, settings_of
+from api.routes.runs import reader_for, run_not_found, session_not_found
 from core.errors import ApiError
 from core.events import Event
 from core.store import runs
@@ -41,7 +41,7 @@ def _sse(event: Event) -> ServerSentEvent:
 
 
 def _response(call: Call[Any], stream: AsyncIterator[ServerSentEvent]) -> Response:
-    keepalive = settings_of(call).events.keepalive_s
+    keepalive = call.settings.events.keepalive_s
     return EventSourceResponse(stream, ping=keepalive, headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from starlette.requests import Request
 from starlette.responses import Response
 
 from api.endpoint import Call, endpoint, resource
 from api.responses import json
+from core.tenancy import AsyncPool
 
 READY_TIMEOUT_S = 2.0
 
@@ -27,17 +27,16 @@ async def _check(coro: Any) -> str:
         return f"unavailable: {type(exc).__name__}"
 
 
-async def _ping_db(request: Request) -> None:
-    async with request.app.state.pool.connection(timeout=READY_TIMEOUT_S) as conn:
+async def _ping_db(pool: AsyncPool) -> None:
+    async with pool.connection(timeout=READY_TIMEOUT_S) as conn:
         await conn.execute("SELECT 1")
 
 
 @endpoint("Readiness: Postgres and Redis are reachable.", role=None, response="Health")
 async def readyz(call: Call[Any]) -> Response:
-    request = call.request
     checks = {
-        "postgres": await _check(_ping_db(request)),
-        "redis": await _check(request.app.state.redis.ping()),
+        "postgres": await _check(_ping_db(call.pool)),
+        "redis": await _check(call.infra.redis.ping()),
     }
     ok = all(v == "ok" for v in checks.values())
     return json({"status": "ok" if ok else "unavailable", "checks": checks}, status=200 if ok else 503)

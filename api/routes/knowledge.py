@@ -19,9 +19,7 @@ from starlette.responses import Response
 from api.endpoint import Call, endpoint, parse_body, resource, validation_failed
 from api.responses import json, listing
 from core.errors import ApiError
-from core.jobs import JobQueue
 from core.pagination import page
-from core.settings import Settings
 from core.store import audit
 from core.tenancy import tenant_tx
 from memory import knowledge
@@ -43,11 +41,6 @@ class KnowledgeCreate(BaseModel):
     # `text/plain` or `text/markdown`; anything else is 415.
     content_type: str = "text/plain"
     metadata: dict[str, Any] = Field(default_factory=dict)
-
-
-def _settings(call: Call[Any]) -> Settings:
-    settings: Settings = call.request.app.state.settings
-    return settings
 
 
 def _too_large(limit: int, what: str) -> ApiError:
@@ -130,7 +123,7 @@ async def _document(request: Request, limit: int) -> KnowledgeCreate:
           "and embedded by a worker: poll it until `status` is `ready` (or `failed`).",
           role="member", status=202, response="KnowledgeDocument")
 async def create_document(call: Call[Any]) -> Response:
-    settings = _settings(call)
+    settings = call.settings
     limit = settings.memory.max_document_bytes
     body = await _document(call.request, limit)
     if body.content_type not in RAW_TYPES:
@@ -152,9 +145,8 @@ async def create_document(call: Call[Any]) -> Response:
         await audit.record(conn, principal.actor, "knowledge.create", "document", doc["id"],
                            {"content_type": body.content_type, "size_bytes": size})
     headers = {"Location": f"/v1/knowledge/{doc['id']}"}
-    jobs: JobQueue = call.request.app.state.jobs
     try:
-        await jobs.enqueue_ingest(doc["id"], principal.org_id)
+        await call.infra.jobs.enqueue_ingest(doc["id"], principal.org_id)
     except Exception as exc:  # stored and pending; sent again once the broker answers
         log.warning("broker unreachable: document %s deferred (%s)", doc["id"], exc)
         headers["AgentOS-Deferred"] = "broker-unavailable"

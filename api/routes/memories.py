@@ -15,10 +15,10 @@ from starlette.responses import Response
 
 from api.endpoint import Call, endpoint, resource, validation_failed
 from api.responses import json, listing
+from api.state import state_of
 from core import ids
 from core.errors import ApiError
 from core.pagination import page
-from core.settings import Settings
 from core.store import agents, audit, sessions
 from core.tenancy import tenant_tx
 from memory import long_term
@@ -47,13 +47,10 @@ async def embedder_for(call: Call[Any]) -> Embedder:
     """The caller's org's embedder (its `settings.embedding_model`, which `agentos memory
     reembed` moves, else the platform default), made once per spec per app (so an `openai:`
     one loads its client only when used)."""
-    state = call.request.app.state
-    settings: Settings = state.settings
+    settings = call.settings
     async with tenant_tx(call.pool, call.principal.org_id) as conn:
         spec = await org_embedding_spec(conn, settings.memory.embedding_model)
-    cache: dict[str, Embedder] | None = getattr(state, "memory_embedders", None)
-    if cache is None:
-        cache = state.memory_embedders = {}
+    cache = state_of(call.request).embedders
     if spec not in cache:
         try:
             cache[spec] = resolve_embedder(spec, settings)
@@ -83,7 +80,7 @@ _REQUIRED = {"agent": "agent_id", "user": "user_id", "session": "session_id"}
           role="member", body=MemoryCreate, status=201, response="Memory")
 async def create_memory(call: Call[MemoryCreate]) -> Response:
     body, principal = call.body, call.principal
-    settings: Settings = call.request.app.state.settings
+    settings = call.settings
     limit = settings.memory.max_content_chars
     if len(body.content) > limit:
         raise ApiError("PAYLOAD_TOO_LARGE", f"'content' is {len(body.content)} characters; the limit is {limit}.",
@@ -140,7 +137,7 @@ def _filters(call: Call[Any]) -> long_term.MemoryFilters:
 async def list_memories(call: Call[Any]) -> Response:
     filters = _filters(call)
     query = call.request.query_params.get("query")
-    settings: Settings = call.request.app.state.settings
+    settings = call.settings
     if not query:
         cursor, limit = call.page_params()
         async with tenant_tx(call.pool, call.principal.org_id) as conn:
@@ -194,9 +191,8 @@ async def delete_user_memories(call: Call[Any]) -> Response:
     async with tenant_tx(call.pool, org_id) as conn:
         deleted = await long_term.delete_for_user(conn, user_id)
         await audit.record(conn, call.principal.actor, "memory.delete_user", "user", user_id, {"deleted": deleted})
-    state = call.request.app.state
     try:  # and the user's short-term session notes
-        deleted += await RedisMemoryStore(state.redis, default_ttl_s=None).delete_for_user(org_id, user_id)
+        deleted += await RedisMemoryStore(call.infra.redis, default_ttl_s=None).delete_for_user(org_id, user_id)
     except (RedisError, OSError):
         raise ApiError("UNAVAILABLE", f"Deleted {deleted} long-term memories of {user_id!r}, but the short-term "
                                       "session notes in Redis could not be reached; send the request again.") from None

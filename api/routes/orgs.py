@@ -10,6 +10,7 @@ from starlette.responses import Response
 
 from api.endpoint import Call, endpoint, resource
 from api.responses import json
+from api.state import state_of
 from core import ids
 from core.admission import Admission, overrides_of
 from core.errors import ApiError
@@ -38,8 +39,7 @@ class OrgPatch(BaseModel):
 
 
 def _admission(call: Call[Any]) -> Admission:
-    admission: Admission = call.request.app.state.admission
-    return admission
+    return state_of(call.request).admission
 
 
 def _public_org(call: Call[Any], row: dict[str, Any]) -> dict[str, Any]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+from contextlib import suppress
 from typing import Any, Literal
 
 import orjson
@@ -17,13 +18,13 @@ from starlette.responses import Response
 
 from api.endpoint import Call, endpoint, resource, validation_failed
 from api.responses import json, listing
-from api.run_signals import enqueue, enqueue_next, flag_cancel, publish_events
-from core.admission import Admission, release_run
+from api.state import state_of
 from core.errors import ApiError
 from core.event_reader import EventReader
 from core.pagination import page
-from core.settings import Settings
+from core.run_signals import flag_cancel, publish, run_ended, send_run
 from core.store import agents, audit, runs, sessions
+from core.store.runs import RunStatus
 from core.tenancy import tenant_tx
 
 log = logging.getLogger("agentos.api")
@@ -47,7 +48,7 @@ def session_not_found(session_id: str) -> ApiError:
     return ApiError("NOT_FOUND", f"No session with id {session_id!r} in this organisation.")
 
 
-def _public(run: dict[str, Any]) -> dict[str, Any]:
+def _public(run: runs.RunRow) -> dict[str, Any]:
     body = runs.to_public(run)
     body["stream_url"] = f"/v1/runs/{run['id']}/events"
     return body
@@ -62,11 +63,6 @@ def _idempotency_key(call: Call[Any]) -> str | None:
     return key
 
 
-def settings_of(call: Call[Any]) -> Settings:
-    settings: Settings = call.request.app.state.settings
-    return settings
-
-
 @endpoint("Start a run: the message is stored and the run queued for a worker (`202`).", role="member",
           body=RunCreate, status=202, response="Run")
 async def create_run(call: Call[RunCreate]) -> Response:
@@ -77,8 +73,7 @@ async def create_run(call: Call[RunCreate]) -> Response:
     # A place under the org's cap on active runs is reserved before the run is inserted, so
     # concurrent POSTs cannot overshoot it. Over the cap, a request with an Idempotency-Key still
     # goes on: a replay answers the run it made; anything new is refused (and rolled back).
-    admission: Admission = call.request.app.state.admission
-    ticket = await admission.admit_run(principal.org_id)
+    ticket = await state_of(call.request).admission.admit_run(principal.org_id)
     if not ticket.admitted and key is None:
         raise ticket.refusal()
     try:
@@ -99,16 +94,15 @@ async def create_run(call: Call[RunCreate]) -> Response:
         await ticket.release()
         raise
     run = created.run
+    headers = {"Location": f"/v1/runs/{run['id']}"}
     if not created.created:
         await ticket.release()
-        return json(_public(run), status=202, headers={"Idempotent-Replayed": "true"})
+        return json(_public(run), status=202, headers={**headers, "Idempotent-Replayed": "true"})
     await ticket.bind(run["id"])
-    state = call.request.app.state
-    sending = enqueue(state, principal.org_id, run["id"]) if created.first_in_line else asyncio.sleep(0)
-    _, sent = await asyncio.gather(
-        publish_events(state, principal.org_id, created.events), sending, return_exceptions=True
-    )
-    headers = {"Location": f"/v1/runs/{run['id']}"}
+    infra = call.infra
+    sending = send_run(infra, principal.org_id, run["id"]) if created.first_in_line else asyncio.sleep(0)
+    _, sent = await asyncio.gather(publish(infra, principal.org_id, created.events), sending,
+                                   return_exceptions=True)
     if isinstance(sent, Exception):
         # The run is stored and stays queued; the watchdog sends it once the broker answers
         # again (docs/runs.md, "Redis trouble"). Nothing is lost and nothing is half-written.
@@ -141,7 +135,7 @@ async def list_session_runs(call: Call[Any]) -> Response:
 
 def _wait_timeout(call: Call[Any]) -> float:
     raw = call.request.query_params.get("timeout", "30")
-    limit = settings_of(call).events.max_wait_s
+    limit = call.settings.events.max_wait_s
     try:
         value = float(raw)
     except ValueError:
@@ -151,10 +145,13 @@ def _wait_timeout(call: Call[Any]) -> float:
     return value
 
 
+# A wait that ended before the run did says so (status 202 and this header).
+WAIT_HEADER = "AgentOS-Wait"
 SESSION_SEQ_OF_RUN_SQL = "SELECT s.event_seq FROM sessions s JOIN runs r ON r.session_id = s.id WHERE r.id = %s"
 
 
-@endpoint("Wait until the run ends (or `?timeout=` seconds pass, default 30) and return it.", response="Run")
+@endpoint("Wait until the run ends (or `?timeout=` seconds pass, default 30, at most 300) and return it: `200` "
+          "once it ended, `202` with `AgentOS-Wait: timeout` while it is still active.", response="Run")
 async def wait_run(call: Call[Any]) -> Response:
     run_id = call.path_id("run_id", "run")
     timeout = _wait_timeout(call)
@@ -166,27 +163,27 @@ async def wait_run(call: Call[Any]) -> Response:
         run = await runs.get(conn, run_id)
         if run is None:
             raise run_not_found(run_id)
-    if run["status"] in runs.TERMINAL or timeout == 0:
+    if run["status"] not in runs.TERMINAL and timeout > 0:
+        after = int(row["event_seq"]) if row else 0
+        reader = reader_for(call, run["session_id"])
+        with suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                async for event in reader.follow(after):
+                    if event.run_id == run_id and event.terminal:
+                        break
+        async with tenant_tx(call.pool, org_id) as conn:
+            run = await runs.get(conn, run_id)
+        if run is None:  # deleted meanwhile
+            raise run_not_found(run_id)
+    if run["status"] in runs.TERMINAL:
         return json(_public(run))
-    after = int(row["event_seq"]) if row else 0
-    reader = reader_for(call, run["session_id"])
-    try:
-        async with asyncio.timeout(timeout):
-            async for event in reader.follow(after):
-                if event.run_id == run_id and event.terminal:
-                    break
-    except TimeoutError:
-        pass
-    async with tenant_tx(call.pool, org_id) as conn:
-        run = await runs.get(conn, run_id)
-    assert run is not None
-    return json(_public(run))
+    return json(_public(run), status=202, headers={WAIT_HEADER: "timeout"})
 
 
 def reader_for(call: Call[Any], session_id: str) -> EventReader:
-    s = settings_of(call)
+    s = call.settings
     block_s = min(s.events.keepalive_s, max(s.redis.socket_timeout_s - 1.0, 0.5))
-    return EventReader(call.pool, call.request.app.state.redis, call.principal.org_id, session_id, block_s=block_s)
+    return EventReader(call.pool, call.infra.redis, call.principal.org_id, session_id, block_s=block_s)
 
 
 @endpoint("Cancel a run: a queued run ends at once; a running one stops within a step (`202`).",
@@ -201,22 +198,19 @@ async def cancel_run(call: Call[Any]) -> Response:
         if run["status"] in runs.TERMINAL:
             raise ApiError("CONFLICT", f"The run already ended ({run['status']}); there is nothing to cancel.",
                            details={"status": run["status"]})
+        waiting = (RunStatus.QUEUED, RunStatus.AWAITING_CONFIRMATION)
         done = None
-        if run["status"] in ("queued", "awaiting_confirmation"):
-            done = await runs.finish(conn, run_id, run["session_id"], "cancelled", owner=None,
-                                     from_status=("queued", "awaiting_confirmation"))
+        if run["status"] in waiting:
+            done = await runs.finish(conn, run_id, run["session_id"], RunStatus.CANCELLED, owner=None,
+                                     from_status=waiting)
         if done is None:  # running (or it started meanwhile): the worker stops it
             await runs.request_cancel(conn, run_id)
         await audit.record(conn, call.principal.actor, "run.cancel", "run", run_id, trace_id=run["trace_id"])
-    state = call.request.app.state
-    if done is not None:
-        await release_run(state.redis, org_id, run_id)
-        await publish_events(state, org_id, done.events)
-        await enqueue_next(state, org_id, done.next_run_id)
-        run = done.run
-    else:
-        await flag_cancel(state, org_id, [run_id])
-    return json(_public(run), status=202)
+    if done is None:
+        await flag_cancel(call.infra, org_id, [run_id])
+        return json(_public(run), status=202)
+    await run_ended(call.infra, org_id, done)
+    return json(_public(done.run), status=202)
 
 
 routes = [

@@ -9,11 +9,11 @@ from starlette.responses import Response
 
 from api.endpoint import Call, endpoint, resource, validation_failed
 from api.responses import json, listing
-from api.run_signals import flag_cancel, publish_events
 from core import events, ids
 from core.admission import release_runs
 from core.errors import ApiError
 from core.pagination import page
+from core.run_signals import flag_cancel, publish
 from core.store import agents, audit, runs, sessions
 from core.tenancy import tenant_tx
 
@@ -75,10 +75,9 @@ async def delete_session(call: Call[Any]) -> Response:
         await sessions.delete(conn, session_id)
         await audit.record(conn, call.principal.actor, "session.delete", "session", session_id,
                            {"cancelled_runs": len(cancelled) + len(running)})
-    await release_runs(call.request.app.state.redis, org_id,
-                       [e.run_id for e in cancelled if e.type == events.RUN_CANCELLED])
-    await publish_events(call.request.app.state, org_id, cancelled)
-    await flag_cancel(call.request.app.state, org_id, running)
+    await release_runs(call.infra.redis, org_id, [e.run_id for e in cancelled if e.type == events.RUN_CANCELLED])
+    await publish(call.infra, org_id, cancelled)
+    await flag_cancel(call.infra, org_id, running)
     return Response(status_code=204)
 
 

@@ -10,11 +10,12 @@ from starlette.responses import Response
 from api.endpoint import Call, endpoint, resource, validation_failed
 from api.responses import json, listing
 from api.routes.runs import run_not_found
-from api.run_signals import enqueue_next, publish_events
 from core import events
 from core.errors import ApiError
 from core.pagination import page
+from core.run_signals import publish, start_next
 from core.store import audit, runs, tool_calls
+from core.store.tool_calls import ToolCallStatus
 from core.tenancy import tenant_tx
 
 
@@ -43,9 +44,10 @@ async def list_run_tool_calls(call: Call[Any]) -> Response:
           response="ToolCall")
 async def list_tool_calls(call: Call[Any]) -> Response:
     cursor, limit = call.page_params()
-    status = call.request.query_params.get("status")
-    if status is not None and status not in tool_calls.STATUSES:
+    raw = call.request.query_params.get("status")
+    if raw is not None and raw not in tool_calls.STATUSES:
         raise validation_failed([{"field": "status", "message": f"must be one of {', '.join(tool_calls.STATUSES)}"}])
+    status = ToolCallStatus(raw) if raw is not None else None
     async with tenant_tx(call.pool, call.principal.org_id) as conn:
         rows = await tool_calls.list_calls(conn, status, cursor, limit)
     data, next_cursor = page(rows, limit)
@@ -84,10 +86,9 @@ async def _decide(call: Call[Any], *, approve: bool, args: dict[str, Any] | None
             resumed = await runs.resume(conn, found["run_id"])
         await audit.record(conn, principal.actor, f"tool_call.{'approve' if approve else 'reject'}", "tool_call",
                            tool_call_id, {"run_id": found["run_id"], "edited": row["proposed_args"] is not None})
-    state = call.request.app.state
-    await publish_events(state, principal.org_id, emitted)
+    await publish(call.infra, principal.org_id, emitted)
     if resumed is not None:
-        await enqueue_next(state, principal.org_id, found["run_id"])
+        await start_next(call.infra, principal.org_id, found["run_id"])
     return json(row)
 
 

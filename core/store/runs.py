@@ -11,20 +11,70 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Sequence
-from datetime import timedelta
-from typing import Any
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from enum import StrEnum
+from typing import Any, TypedDict, cast
 
 from psycopg import AsyncConnection
 from psycopg.rows import DictRow
 from psycopg.types.json import Jsonb
 
 from core import events
-from core.errors import ApiError
 from core.events import Event
 from core.ids import new_id
+from core.store.errors import IdempotencyMismatch, SessionBusy
 
-ACTIVE = ("queued", "running", "awaiting_confirmation")
-TERMINAL = ("succeeded", "failed", "cancelled", "timed_out")
+
+class RunStatus(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    AWAITING_CONFIRMATION = "awaiting_confirmation"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    TIMED_OUT = "timed_out"
+
+
+ACTIVE = frozenset({RunStatus.QUEUED, RunStatus.RUNNING, RunStatus.AWAITING_CONFIRMATION})
+TERMINAL = frozenset({RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.CANCELLED, RunStatus.TIMED_OUT})
+
+
+class RunRow(TypedDict):
+    """A run as the stores return it (`COLUMNS`)."""
+
+    id: str
+    session_id: str
+    agent_id: str
+    agent_version: int
+    status: RunStatus
+    multitask: str
+    input: dict[str, Any] | None
+    output: dict[str, Any] | None
+    error: dict[str, Any] | None
+    usage: dict[str, Any]
+    metadata: dict[str, Any]
+    attempt: int
+    trace_id: str
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+
+
+class RunDetail(RunRow):
+    """A run with its place in the session's line, its lease and any cancel request (`get`)."""
+
+    queue_seq: int | None
+    lease_owner: str | None
+    lease_expires_at: datetime | None
+    cancel_requested_at: datetime | None
+
+
+class ClaimedRun(RunRow):
+    """A run just claimed: its deadline and how often its workers' leases lapsed."""
+
+    deadline_at: datetime
+    lapses: int
 
 COLUMNS = (
     "id, session_id, agent_id, agent_version, status, multitask, input, output, error, usage, metadata, "
@@ -98,7 +148,7 @@ WHERE id = %s AND status = 'awaiting_confirmation' RETURNING {COLUMNS}
 REQUEST_CANCEL_SQL = "UPDATE runs SET cancel_requested_at = coalesce(cancel_requested_at, now()) WHERE id = %s"
 
 
-def to_public(row: dict[str, Any]) -> dict[str, Any]:
+def to_public(row: RunRow) -> dict[str, Any]:
     return {k: row.get(k) for k in PUBLIC_FIELDS}
 
 
@@ -116,25 +166,23 @@ async def lock_run(conn: AsyncConnection[DictRow], run_id: str) -> dict[str, Any
     return await (await conn.execute("SELECT id, status FROM runs WHERE id = %s FOR UPDATE", (run_id,))).fetchone()
 
 
-async def get(conn: AsyncConnection[DictRow], run_id: str) -> dict[str, Any] | None:
-    return await (await conn.execute(GET_RUN_SQL, (run_id,))).fetchone()
+async def get(conn: AsyncConnection[DictRow], run_id: str) -> RunDetail | None:
+    return cast(RunDetail | None, await (await conn.execute(GET_RUN_SQL, (run_id,))).fetchone())
 
 
-async def list_runs(
-    conn: AsyncConnection[DictRow], session_id: str, cursor: str | None, limit: int
-) -> list[dict[str, Any]]:
+async def list_runs(conn: AsyncConnection[DictRow], session_id: str, cursor: str | None, limit: int) -> list[RunRow]:
     params = {"session_id": session_id, "cursor": cursor, "limit": limit + 1}
-    return list(await (await conn.execute(LIST_RUNS_SQL, params)).fetchall())
+    return cast(list[RunRow], await (await conn.execute(LIST_RUNS_SQL, params)).fetchall())
 
 
+@dataclass(frozen=True)
 class Created:
     """What `create` did: the run, its events, and whether to enqueue it now."""
 
-    def __init__(self, run: dict[str, Any], events: list[Event], created: bool, first_in_line: bool) -> None:
-        self.run = run
-        self.events = events
-        self.created = created
-        self.first_in_line = first_in_line
+    run: RunRow
+    events: list[Event]
+    created: bool
+    first_in_line: bool
 
 
 async def create(
@@ -152,27 +200,18 @@ async def create(
     """Insert the user's message and a queued run. The caller holds the session row
     (`lock_session`) for the whole transaction: that serialises runs of one session.
 
-    Raises ApiError for a reused idempotency key with another body, and for a busy session
-    when `multitask` is `reject`.
+    Raises `IdempotencyMismatch` for a reused idempotency key with another body, and
+    `SessionBusy` when a run is active and `multitask` is `reject`.
     """
     if idempotency_key is not None:
         existing = await (await conn.execute(BY_IDEMPOTENCY_SQL, (session_id, idempotency_key))).fetchone()
         if existing is not None:
             if existing.pop("request_hash") != request_hash:
-                raise ApiError(
-                    "IDEMPOTENCY_MISMATCH",
-                    "This Idempotency-Key was already used with a different request body.",
-                    details={"idempotency_key": idempotency_key, "run_id": existing["id"]},
-                )
-            return Created(existing, [], created=False, first_in_line=False)
+                raise IdempotencyMismatch(idempotency_key, existing["id"])
+            return Created(cast(RunRow, existing), [], created=False, first_in_line=False)
     active = await (await conn.execute(FIRST_ACTIVE_SQL, (session_id,))).fetchone()
     if active is not None and multitask == "reject":
-        raise ApiError(
-            "SESSION_BUSY",
-            "A run is already active in this session; wait for it to finish, cancel it, or send "
-            "multitask: \"enqueue\" to queue behind it.",
-            details={"active_run_id": active["id"]},
-        )
+        raise SessionBusy(active["id"])
     run_id = new_id("run")
     run = await (await conn.execute(INSERT_RUN_SQL, {
         "id": run_id, "session_id": session_id, "agent_id": agent["id"], "agent_version": agent["version"],
@@ -188,7 +227,7 @@ async def create(
     )
     emitted = await events.append(conn, session_id, [(run_id, events.RUN_QUEUED, {"attempt": 0})])
     await conn.execute(SET_QUEUE_SEQ_SQL, (emitted[0].seq, run_id))
-    return Created(run, emitted, created=True, first_in_line=active is None)
+    return Created(cast(RunRow, run), emitted, created=True, first_in_line=active is None)
 
 
 def new_trace_id() -> str:
@@ -196,13 +235,22 @@ def new_trace_id() -> str:
     return secrets.token_hex(16)
 
 
+@dataclass(frozen=True)
 class NotClaimed:
-    """Why a run could not be claimed: its status, and for a running run how long the current
-    holder's lease has left (then another delivery may take over once it lapses)."""
+    """Why a run could not be claimed: its status (None: it or its session is gone), and for a
+    running run how long the current holder's lease has left (then another delivery may take
+    over once it lapses)."""
 
-    def __init__(self, status: str | None, lease_left_s: float | None) -> None:
-        self.status = status
-        self.lease_left_s = lease_left_s
+    status: RunStatus | None
+    lease_left_s: float | None
+
+
+@dataclass(frozen=True)
+class Claimed:
+    """A run this worker now holds, and its `run.started` event to publish."""
+
+    run: ClaimedRun
+    events: list[Event]
 
 
 CLAIM_BLOCKER_SQL = """
@@ -212,7 +260,7 @@ SELECT status, extract(epoch FROM lease_expires_at - now())::float8 AS lease_lef
 
 async def claim(
     conn: AsyncConnection[DictRow], run_id: str, session_id: str, owner: str, lease_s: float, timeout_s: float
-) -> tuple[dict[str, Any], list[Event]] | NotClaimed:
+) -> Claimed | NotClaimed:
     """Take the run for `owner`, or say why not: finished, cancelled, held by a live lease, or
     waiting behind an earlier run of its session (whose end will enqueue it)."""
     if await lock_session(conn, session_id) is None:
@@ -225,9 +273,10 @@ async def claim(
         blocker = await (await conn.execute(CLAIM_BLOCKER_SQL, (run_id,))).fetchone()
         if blocker is None:
             return NotClaimed(None, None)
-        return NotClaimed(blocker["status"], blocker["lease_left"] if blocker["status"] == "running" else None)
+        status = RunStatus(blocker["status"])
+        return NotClaimed(status, blocker["lease_left"] if status == RunStatus.RUNNING else None)
     emitted = await events.append(conn, session_id, [(run_id, events.RUN_STARTED, {"attempt": row["attempt"]})])
-    return row, emitted
+    return Claimed(cast(ClaimedRun, row), emitted)
 
 
 async def heartbeat(conn: AsyncConnection[DictRow], run_id: str, owner: str, lease_s: float) -> tuple[bool, bool]:
@@ -239,28 +288,31 @@ async def heartbeat(conn: AsyncConnection[DictRow], run_id: str, owner: str, lea
 
 
 TERMINAL_EVENT = {
-    "succeeded": events.RUN_SUCCEEDED,
-    "failed": events.RUN_FAILED,
-    "cancelled": events.RUN_CANCELLED,
-    "timed_out": events.RUN_TIMED_OUT,
+    RunStatus.SUCCEEDED: events.RUN_SUCCEEDED,
+    RunStatus.FAILED: events.RUN_FAILED,
+    RunStatus.CANCELLED: events.RUN_CANCELLED,
+    RunStatus.TIMED_OUT: events.RUN_TIMED_OUT,
 }
 
 
+@dataclass(frozen=True)
 class Finished:
-    def __init__(self, run: dict[str, Any], events: list[Event], next_run_id: str | None) -> None:
-        self.run = run
-        self.events = events
-        self.next_run_id = next_run_id
+    """A run just ended: its row, its events (the terminal one last), and the session's next
+    queued run, which may start now."""
+
+    run: RunRow
+    events: list[Event]
+    next_run_id: str | None
 
 
 async def finish(
     conn: AsyncConnection[DictRow],
     run_id: str,
     session_id: str,
-    status: str,
+    status: RunStatus,
     *,
     owner: str | None,
-    from_status: tuple[str, ...] = ("running",),
+    from_status: tuple[RunStatus, ...] = (RunStatus.RUNNING,),
     output: dict[str, Any] | None = None,
     error: dict[str, Any] | None = None,
     usage: dict[str, Any] | None = None,
@@ -281,17 +333,17 @@ async def finish(
         return None
     await conn.execute(ABANDON_PENDING_CALLS_SQL, (run_id,))
     data: dict[str, Any]
-    if status == "succeeded":
+    if status == RunStatus.SUCCEEDED:
         data = {"output": output, "usage": usage or {}}
-    elif status in ("failed", "timed_out"):
+    elif status in (RunStatus.FAILED, RunStatus.TIMED_OUT):
         data = {"error": error}
     else:
         data = {}
     items = [(run_id, kind, payload) for kind, payload in extra_events] + [(run_id, TERMINAL_EVENT[status], data)]
     emitted = await events.append(conn, session_id, items)
     nxt = await (await conn.execute(FIRST_ACTIVE_SQL, (session_id,))).fetchone()
-    next_id = nxt["id"] if nxt is not None and nxt["status"] == "queued" else None
-    return Finished(row, emitted, next_id)
+    next_id = nxt["id"] if nxt is not None and nxt["status"] == RunStatus.QUEUED else None
+    return Finished(cast(RunRow, row), emitted, next_id)
 
 
 async def request_cancel(conn: AsyncConnection[DictRow], run_id: str) -> None:
@@ -310,8 +362,8 @@ async def cancel_all(conn: AsyncConnection[DictRow], session_id: str) -> tuple[l
     emitted: list[Event] = []
     running: list[str] = []
     for run in await (await conn.execute(ACTIVE_RUNS_SQL, (session_id,))).fetchall():
-        done = await finish(conn, run["id"], session_id, "cancelled", owner=None,
-                            from_status=("queued", "awaiting_confirmation"))
+        done = await finish(conn, run["id"], session_id, RunStatus.CANCELLED, owner=None,
+                            from_status=(RunStatus.QUEUED, RunStatus.AWAITING_CONFIRMATION))
         if done is not None:
             emitted.extend(done.events)
         else:
@@ -325,6 +377,6 @@ async def pause(conn: AsyncConnection[DictRow], run_id: str, owner: str) -> bool
     return await (await conn.execute(PAUSE_SQL, (run_id, owner))).fetchone() is not None
 
 
-async def resume(conn: AsyncConnection[DictRow], run_id: str) -> dict[str, Any] | None:
+async def resume(conn: AsyncConnection[DictRow], run_id: str) -> RunRow | None:
     """Back to `queued` after the human decided (the caller enqueues it after commit)."""
-    return await (await conn.execute(RESUME_SQL, (run_id,))).fetchone()
+    return cast(RunRow | None, await (await conn.execute(RESUME_SQL, (run_id,))).fetchone())

@@ -2,13 +2,35 @@
 
 from __future__ import annotations
 
-from typing import Any
+from datetime import datetime
+from typing import Any, TypedDict, cast
 
 from psycopg import AsyncConnection
 from psycopg.rows import DictRow
 from psycopg.types.json import Jsonb
 
 from core.ids import new_id
+
+
+class SessionRow(TypedDict):
+    id: str
+    agent_id: str
+    user_id: str | None  # the app's end user the conversation is with (user-scoped memory)
+    title: str | None
+    metadata: dict[str, Any]
+    created_at: datetime
+    updated_at: datetime
+
+
+class MessageRow(TypedDict):
+    id: str
+    session_id: str
+    run_id: str | None
+    role: str  # "user" or "assistant"
+    content: str
+    metadata: dict[str, Any]
+    created_at: datetime
+
 
 COLUMNS = "id, agent_id, user_id, title, metadata, created_at, updated_at"
 
@@ -48,23 +70,23 @@ async def create(
     user_id: str | None,
     title: str | None,
     metadata: dict[str, Any],
-) -> dict[str, Any]:
+) -> SessionRow:
     row = await (
         await conn.execute(INSERT_SESSION_SQL, (new_id("session"), agent_id, user_id, title, Jsonb(metadata)))
     ).fetchone()
     assert row is not None
-    return row
+    return cast(SessionRow, row)
 
 
-async def get(conn: AsyncConnection[DictRow], session_id: str) -> dict[str, Any] | None:
-    return await (await conn.execute(GET_SESSION_SQL, (session_id,))).fetchone()
+async def get(conn: AsyncConnection[DictRow], session_id: str) -> SessionRow | None:
+    return cast(SessionRow | None, await (await conn.execute(GET_SESSION_SQL, (session_id,))).fetchone())
 
 
 async def list_sessions(
     conn: AsyncConnection[DictRow], cursor: str | None, limit: int, agent_id: str | None = None
-) -> list[dict[str, Any]]:
+) -> list[SessionRow]:
     params = {"cursor": cursor, "limit": limit + 1, "agent_id": agent_id}
-    return list(await (await conn.execute(LIST_SESSIONS_SQL, params)).fetchall())
+    return cast(list[SessionRow], await (await conn.execute(LIST_SESSIONS_SQL, params)).fetchall())
 
 
 async def delete(conn: AsyncConnection[DictRow], session_id: str) -> bool:
@@ -73,10 +95,10 @@ async def delete(conn: AsyncConnection[DictRow], session_id: str) -> bool:
 
 async def list_messages(
     conn: AsyncConnection[DictRow], session_id: str, cursor: str | None, limit: int, *, ascending: bool = True
-) -> list[dict[str, Any]]:
+) -> list[MessageRow]:
     sql = LIST_MESSAGES_ASC_SQL if ascending else LIST_MESSAGES_DESC_SQL
     params = {"session_id": session_id, "cursor": cursor, "limit": limit + 1}
-    return list(await (await conn.execute(sql, params)).fetchall())
+    return cast(list[MessageRow], await (await conn.execute(sql, params)).fetchall())
 
 
 async def add_message(
@@ -86,11 +108,11 @@ async def add_message(
     content: str,
     run_id: str | None = None,
     metadata: dict[str, Any] | None = None,
-) -> dict[str, Any]:
+) -> MessageRow:
     row = await (
         await conn.execute(
             INSERT_MESSAGE_SQL, (new_id("message"), session_id, run_id, role, content, Jsonb(metadata or {}))
         )
     ).fetchone()
     assert row is not None
-    return row
+    return cast(MessageRow, row)

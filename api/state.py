@@ -1,0 +1,32 @@
+"""What the API's lifespan yields: the process's shared objects, typed. Starlette copies the
+yielded mapping into each request's `request.state`; `state_of` is the one typed way to read it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TypedDict
+
+from starlette.requests import Request
+
+from api.auth import Authenticator
+from core.admission import Admission
+from core.infra import Infra
+from memory.embeddings import Embedder
+
+
+@dataclass(frozen=True)
+class ApiState:
+    infra: Infra
+    auth: Authenticator
+    admission: Admission
+    # Embedders by model spec, made on first use (an `openai:` one loads its client only then).
+    embedders: dict[str, Embedder] = field(default_factory=dict)
+
+
+class LifespanState(TypedDict):
+    api: ApiState
+
+
+def state_of(request: Request) -> ApiState:
+    state: ApiState = request.state.api
+    return state

@@ -1,0 +1,69 @@
+"""What is told to others after a transaction about runs commits: events to the session's
+live stream, runs to the workers, cancel flags to running workers — and, in `run_ended`, the
+one path every ending of a run goes through (a worker's, a cancel, the watchdog's).
+
+Postgres already holds the truth when these are called, so a Redis hiccup is logged, never
+raised (except by `send_run`, whose caller decides what a failed send means).
+"""
+
+from __future__ import annotations
+
+import logging
+from contextlib import suppress
+
+from redis.exceptions import RedisError
+
+from core import events
+from core.admission import release_run
+from core.infra import Infra
+from core.store.runs import Finished
+from core.tenancy import run_cancel_key, run_scratch_key
+
+log = logging.getLogger("agentos.runs")
+
+CANCEL_FLAG_TTL_S = 86_400
+
+
+async def publish(infra: Infra, org_id: str, emitted: list[events.Event]) -> None:
+    """Add committed events to their session's stream (never raises)."""
+    await events.publish(infra.redis, org_id, emitted, maxlen=infra.settings.events.stream_maxlen,
+                         ttl_s=infra.settings.events.stream_ttl_s)
+
+
+async def send_run(infra: Infra, org_id: str, run_id: str) -> None:
+    """Send a run to the workers; raises if the broker cannot be reached."""
+    await infra.jobs.enqueue_run(run_id, org_id)
+
+
+async def start_next(infra: Infra, org_id: str, run_id: str | None) -> None:
+    """Send a queued run whose turn has come (the run before it ended, or a human decided). On
+    failure it stays queued, and the watchdog sends it once the broker answers again."""
+    if run_id is None:
+        return
+    try:
+        await send_run(infra, org_id, run_id)
+    except Exception as exc:
+        log.warning("could not send run %s to the workers (the watchdog will): %s", run_id, exc)
+
+
+async def flag_cancel(infra: Infra, org_id: str, run_ids: list[str]) -> None:
+    """Tell the workers executing these runs to stop (they also see the request in Postgres)."""
+    for run_id in run_ids:
+        try:
+            await infra.redis.set(run_cancel_key(org_id, run_id), b"1", ex=CANCEL_FLAG_TTL_S)
+        except (RedisError, OSError) as exc:
+            log.warning("cancel flag for run %s not set in Redis: %s", run_id, exc)
+
+
+async def run_ended(infra: Infra, org_id: str, done: Finished) -> None:
+    """After the transaction that made a run terminal committed: publish its events, free its
+    place among the org's active runs, drop its cancel flag and scratch state, and start the
+    session's next run. Never raises for Redis or the broker being away."""
+    run_id = done.run["id"]
+    # Released before the terminal event goes out: a client that starts its next run as soon as
+    # it sees this one end must find the place free.
+    await release_run(infra.redis, org_id, run_id)
+    await publish(infra, org_id, done.events)
+    with suppress(RedisError, OSError):
+        await infra.redis.delete(run_cancel_key(org_id, run_id), run_scratch_key(org_id, run_id))
+    await start_next(infra, org_id, done.next_run_id)
