@@ -16,7 +16,7 @@ from starlette.testclient import TestClient
 
 from api.app import create_app
 from core.tenancy import org_active_runs_key
-from tests.conftest import ADMIN_TOKEN, Org, RsaKeys, error_of, make_settings, new_org, post_concurrently
+from tests.helpers import ADMIN_TOKEN, Org, RsaKeys, error_of, make_settings, new_org, post_concurrently
 
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 # Runs that stay active for the length of a test whether or not a worker picks them up.

@@ -14,7 +14,7 @@ import jwt
 import psycopg
 import pytest
 
-from tests.conftest import JWT_SECRET
+from tests.helpers import JWT_SECRET
 
 
 def _claims(org_id: str, **extra: object) -> dict[str, object]:

@@ -14,7 +14,7 @@ from starlette.testclient import TestClient
 
 from core import ids
 from core.pagination import encode_cursor
-from tests.conftest import JWT_SECRET, Org
+from tests.helpers import JWT_SECRET, Org
 
 
 def mint_jwt(org_id: str, role: str = "owner", sub: str = "user-of-b") -> str:

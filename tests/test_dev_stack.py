@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -15,33 +12,14 @@ import psutil
 import pytest
 
 from agentos.stack.process import free_port
-
-AGENTOS = [sys.executable, "-c", "from agentos.cli import main; main()"]
-
-
-def _env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AGENTOS_")}
-    return env | {"PYTHONUNBUFFERED": "1"}
+from tests.helpers import AGENTOS
+from tests.helpers import cli_env as _env
+from tests.helpers import wait_ready as _wait_ready
 
 
 def _start(workdir: Path, port: int) -> subprocess.Popen[str]:
     return subprocess.Popen([*AGENTOS, "dev", "--port", str(port)], cwd=workdir, env=_env(),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-
-
-def _wait_ready(proc: subprocess.Popen[str], port: int, timeout_s: float = 90) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"agentos dev exited early:\n{proc.stdout.read() if proc.stdout else ''}")
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    proc.kill()
-    raise AssertionError("agentos dev did not become ready")
 
 
 def _interrupt(proc: subprocess.Popen[str]) -> str:

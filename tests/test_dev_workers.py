@@ -16,7 +16,9 @@ import psycopg
 import pytest
 
 from agentos.stack.process import free_port
-from tests.test_dev_stack import AGENTOS, _env, _wait_ready
+from tests.helpers import AGENTOS
+from tests.helpers import cli_env as _env
+from tests.helpers import wait_ready as _wait_ready
 
 
 def _workers(dev: psutil.Process) -> dict[int, psutil.Process]:

@@ -15,9 +15,9 @@ from starlette.testclient import TestClient
 
 from api.app import create_app
 from core import ids
-from tests.conftest import ADMIN_TOKEN, Org, make_settings
+from tests.helpers import ADMIN_TOKEN, Org, make_settings
 
-MAX_BODY = 64 * 1024  # tests.conftest.make_settings sets api.max_body_bytes to this
+MAX_BODY = 64 * 1024  # tests.helpers.make_settings sets api.max_body_bytes to this
 
 # --------------------------------------------------------------------------------------------
 # helpers

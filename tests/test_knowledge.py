@@ -23,7 +23,7 @@ from memory import knowledge, long_term
 from memory.chunking import chunk_document, split_long
 from memory.embeddings import hash_embed
 from runtime.watchdog import sweep_once
-from tests.conftest import Org, RsaKeys, error_of, make_settings, new_org, running_worker
+from tests.helpers import Org, RsaKeys, error_of, make_settings, new_org, running_worker
 from tests.openai_server import EMBEDDING_DIMS, OpenAIServer
 
 T = TypeVar("T")

@@ -16,7 +16,7 @@ from starlette.testclient import TestClient
 
 from core.settings import Settings
 from memory.embeddings import hash_embed, resolve_embedder
-from tests.conftest import Org
+from tests.helpers import Org
 
 FACTS = [
     "The user prefers dark mode in the code editor",

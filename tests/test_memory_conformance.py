@@ -21,7 +21,7 @@ from memory.embeddings import HashEmbedder
 from memory.long_term import MemoryFilters, MemoryItem
 from memory.redis_store import ROW_KEYS, RedisMemoryStore
 from memory.store import MemoryStore, PostgresMemoryStore
-from tests.conftest import new_org
+from tests.helpers import new_org
 
 MODEL = HashEmbedder.model
 EMBEDDER = HashEmbedder()

@@ -17,7 +17,7 @@ from starlette.testclient import TestClient
 from agentos.stack.local import StackUrls
 from core.tenancy import run_scratch_key, session_window_key
 from memory.short_term import estimate_tokens
-from tests.conftest import Org
+from tests.helpers import Org
 from tests.openai_server import OpenAIServer
 from tests.sse import read_events
 

@@ -15,7 +15,7 @@ from agentos.stack.redis import EmbeddedRedis
 from agentos.stack.worker import worker_process
 from api.app import create_app
 from runtime.watchdog import sweep_once
-from tests.conftest import RsaKeys, make_settings, new_org
+from tests.helpers import RsaKeys, make_settings, new_org
 from tests.sse import read_events
 
 

@@ -24,7 +24,7 @@ from memory.embeddings import hash_embed, org_embedding_spec, resolve_embedder
 from memory.long_term import MemoryItem
 from memory.reembed import ReembedError, ReembedProgress, reembed
 from memory.store import PostgresMemoryStore
-from tests.conftest import Org, new_org
+from tests.helpers import Org, new_org
 from tests.openai_server import EMBEDDING_DIMS, OpenAIServer
 
 TARGET = "openai:test-embed"

@@ -7,6 +7,7 @@ import asyncio
 from core.db import open_pool
 from core.store import sessions as session_store
 from core.tenancy import tenant_tx
+from tests.helpers import new_org
 
 
 def test_health_and_readiness(client):
@@ -17,8 +18,6 @@ def test_health_and_readiness(client):
 
 
 def test_org_sign_up_returns_a_working_owner_key(client):
-    from tests.conftest import new_org
-
     org = new_org(client, "Acme")
     assert client.get("/v1/me", headers=org.headers).json()["role"] == "owner"
 

@@ -13,7 +13,7 @@ from starlette.testclient import TestClient
 
 from agentos.stack.local import StackUrls
 from core.tenancy import org_active_runs_key, run_cancel_key, run_scratch_key
-from tests.conftest import Org
+from tests.helpers import Org
 
 pytestmark = pytest.mark.usefixtures("worker")
 

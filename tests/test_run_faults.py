@@ -24,7 +24,7 @@ from core.tenancy import tenant_tx
 from runtime.celery_app import AgentTask
 from runtime.executor import execute_run
 from runtime.services import Services
-from tests.conftest import Org
+from tests.helpers import Org
 from tests.sse import read_events
 from tests.tcp_proxy import TcpProxy
 

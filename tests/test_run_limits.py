@@ -6,9 +6,8 @@ from __future__ import annotations
 import pytest
 from starlette.testclient import TestClient
 
-from tests.conftest import Org
+from tests.helpers import Org, start_run, wait
 from tests.sse import read_events
-from tests.test_runs import start_run, wait
 
 pytestmark = pytest.mark.usefixtures("worker")
 

@@ -12,9 +12,8 @@ import pytest
 from starlette.testclient import TestClient
 
 from core.events import TERMINAL_TYPES
-from tests.conftest import Org, error_of, post_concurrently
+from tests.helpers import Org, error_of, post_concurrently, start_run, wait
 from tests.sse import read_events
-from tests.test_runs import start_run, wait
 
 pytestmark = pytest.mark.usefixtures("worker")
 
@@ -294,7 +293,7 @@ def test_idempotent_replay_of_a_reject_post_is_not_session_busy(client: TestClie
 
 
 def post_all(org: Org, path: str, bodies: list[dict[str, Any]]) -> list[Any]:
-    """POST each body to `path` at once (see conftest's `post_concurrently`)."""
+    """POST each body to `path` at once (see `tests.helpers.post_concurrently`)."""
     return post_concurrently(org, [(path, body, {}) for body in bodies])
 
 

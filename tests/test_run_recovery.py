@@ -10,9 +10,8 @@ import psutil
 import pytest
 from starlette.testclient import TestClient
 
-from tests.conftest import Org, Worker
+from tests.helpers import Org, Worker, start_run, wait
 from tests.sse import read_events
-from tests.test_runs import start_run, wait
 
 
 @pytest.mark.timeout(90)

@@ -16,9 +16,8 @@ from starlette.testclient import TestClient
 from agentos.stack.local import StackUrls
 from core.events import TERMINAL_TYPES
 from core.tenancy import session_stream_key
-from tests.conftest import Org
+from tests.helpers import Org, start_run, wait
 from tests.sse import read_events
-from tests.test_runs import start_run, wait
 
 pytestmark = [pytest.mark.usefixtures("worker"), pytest.mark.timeout(60)]
 

@@ -2,27 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
 from starlette.testclient import TestClient
 
-from tests.conftest import Org, Worker
+from tests.helpers import Org, Worker, start_run, wait
 from tests.sse import read_events
 
 pytestmark = pytest.mark.usefixtures("worker")
-
-
-def start_run(org: Org, session_id: str, text: str, **fields: Any) -> dict[str, Any]:
-    r = org.client.post(f"/v1/sessions/{session_id}/runs", json={"input": text} | fields, headers=org.headers)
-    assert r.status_code == 202, r.text
-    return dict(r.json())
-
-
-def wait(org: Org, run_id: str, timeout: float = 30) -> dict[str, Any]:
-    r = org.client.get(f"/v1/runs/{run_id}/wait?timeout={timeout}", headers=org.headers)
-    assert r.status_code == 200, r.text
-    return dict(r.json())
 
 
 def test_offline_run_with_a_tool_and_a_subagent_streams_every_step(org: Org, client: TestClient, worker: Worker):

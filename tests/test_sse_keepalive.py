@@ -7,7 +7,7 @@ import time
 from starlette.testclient import TestClient
 
 from api.app import create_app
-from tests.conftest import make_settings, new_org
+from tests.helpers import make_settings, new_org
 
 
 def test_an_idle_session_stream_sends_keepalive_comments(stack, rsa_keys):

@@ -14,7 +14,7 @@ from starlette.testclient import TestClient
 
 from api.app import create_app
 from core.db import TenantIsolationError
-from tests.conftest import ADMIN_TOKEN, make_settings
+from tests.helpers import ADMIN_TOKEN, make_settings
 
 
 def test_api_refuses_to_start_as_a_role_that_bypasses_rls(stack, rsa_keys):

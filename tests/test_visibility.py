@@ -10,9 +10,8 @@ from starlette.testclient import TestClient
 
 from agentos.stack.local import StackUrls
 from agentos.stack.worker import worker_process
-from tests.conftest import Org, Worker
+from tests.helpers import Org, Worker, start_run, wait
 from tests.sse import read_events
-from tests.test_runs import start_run, wait
 
 
 @pytest.mark.timeout(120)

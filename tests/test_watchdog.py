@@ -18,9 +18,8 @@ from core.settings import Settings
 from core.store import agents, runs
 from core.tenancy import AsyncPool, tenant_tx
 from runtime.watchdog import SendMemo, SweepReport, sweep_once
-from tests.conftest import Org
+from tests.helpers import Org, start_run, wait
 from tests.sse import read_events
-from tests.test_runs import start_run, wait
 
 pytestmark = pytest.mark.usefixtures("worker")
 T = TypeVar("T")

@@ -1,0 +1,186 @@
+"""Helpers shared by test modules: the test stack's secrets and settings, API clients acting as an
+org, runs started and awaited through the API, a real worker, and `agentos` CLI processes.
+Test modules import these from here (never from conftest or another test module); conftest
+builds its fixtures from them."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+from starlette.testclient import TestClient
+
+from agentos.stack.local import StackUrls
+from agentos.stack.process import ServerProcess
+from agentos.stack.worker import worker_process
+from core.settings import Settings, load_settings
+from tests.openai_server import OpenAIServer
+
+# Random per test process; conftest's settings use them, tests sign and authenticate with them.
+ADMIN_TOKEN = "test-platform-admin-token-" + secrets.token_hex(8)
+JWT_SECRET = "test-jwt-secret-" + secrets.token_hex(16)
+
+
+@dataclass(frozen=True)
+class RsaKeys:
+    private_pem: bytes
+    public_pem: str
+
+
+def make_settings(stack: StackUrls, rsa_keys: RsaKeys, **overrides: object) -> Settings:
+    base: dict[str, object] = {
+        "env": "test",
+        "database": {"url": stack.database_url, "pool_min": 1, "pool_max": 8},
+        "redis": {"url": stack.redis_url},
+        "auth": {
+            "jwt_secret": JWT_SECRET,
+            "jwt_public_key": rsa_keys.public_pem,
+            "platform_admin_token": ADMIN_TOKEN,
+        },
+        "api": {"max_body_bytes": 64 * 1024},
+    }
+    base.update(overrides)
+    return load_settings(**base)
+
+
+def error_of(response: Any, status: int, code: str) -> dict[str, Any]:
+    """The error object of a response that must be `status` with `code` and a message."""
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert error["code"] == code, error
+    assert error["message"]
+    return dict(error)
+
+
+@dataclass
+class Org:
+    """A fresh organisation with an owner key; `headers` authenticate as that owner."""
+
+    id: str
+    key: str
+    client: TestClient
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.key}"}
+
+    def key_with_role(self, role: str) -> str:
+        r = self.client.post("/v1/api-keys", json={"name": f"{role} key", "role": role}, headers=self.headers)
+        assert r.status_code == 201, r.text
+        return str(r.json()["key"])
+
+    def create_agent(self, **fields: object) -> dict[str, object]:
+        body = {"name": "agent-" + secrets.token_hex(4), "instructions": "Be helpful."} | fields
+        r = self.client.post("/v1/agents", json=body, headers=self.headers)
+        assert r.status_code == 201, r.text
+        return dict(r.json())
+
+    def create_session(self, agent_id: str, **fields: object) -> dict[str, object]:
+        r = self.client.post("/v1/sessions", json={"agent_id": agent_id} | fields, headers=self.headers)
+        assert r.status_code == 201, r.text
+        return dict(r.json())
+
+
+def new_org(client: TestClient, name: str = "test org") -> Org:
+    r = client.post("/v1/orgs", json={"name": name}, headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
+    assert r.status_code == 201, r.text
+    body = r.json()
+    return Org(id=body["org"]["id"], key=body["api_key"]["key"], client=client)
+
+
+def post_concurrently(org: Org, requests: list[tuple[str, dict[str, Any], dict[str, str]]]) -> list[Any]:
+    """POST each (path, body, extra headers) from its own thread, all released at once; responses
+    in order."""
+    barrier = threading.Barrier(len(requests))
+    responses: list[Any] = [None] * len(requests)
+
+    def post(i: int) -> None:
+        path, body, extra = requests[i]
+        barrier.wait()
+        responses[i] = org.client.post(path, json=body, headers=org.headers | extra)
+
+    threads = [threading.Thread(target=post, args=(i,)) for i in range(len(requests))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    assert all(r is not None for r in responses)
+    return responses
+
+
+def start_run(org: Org, session_id: str, text: str, **fields: Any) -> dict[str, Any]:
+    """POST a run to a session; it must be accepted (202)."""
+    r = org.client.post(f"/v1/sessions/{session_id}/runs", json={"input": text} | fields, headers=org.headers)
+    assert r.status_code == 202, r.text
+    return dict(r.json())
+
+
+def wait(org: Org, run_id: str, timeout: float = 30) -> dict[str, Any]:
+    """The run once it ended, through the API's long poll (a `202`, still active when `timeout`
+    passed, fails the test)."""
+    r = org.client.get(f"/v1/runs/{run_id}/wait?timeout={timeout}", headers=org.headers)
+    assert r.status_code == 200, r.text
+    return dict(r.json())
+
+
+@dataclass(frozen=True)
+class Worker:
+    process: ServerProcess
+    workspace_root: Path
+
+
+@contextmanager
+def running_worker(stack: StackUrls, openai_server: OpenAIServer, base: Path,
+                   extra_env: dict[str, str] | None = None) -> Iterator[Worker]:
+    """A real Celery worker process (`agentos worker`, prefork, 2 slots) on the test stack, with
+    quick model retries and short leases (a run whose worker is killed is taken over quickly);
+    `extra_env` adds or overrides settings."""
+    proc = worker_process(
+        base / "worker.log", database_url=stack.database_url, redis_url=stack.redis_url,
+        workspace_root=base / "workspaces", concurrency=2,
+        extra_env={"AGENTOS_ENV": "test", "AGENTOS_MODELS__OPENAI_BASE_URL": openai_server.base_url,
+                   "AGENTOS_MODELS__MAX_RETRIES": "1", "AGENTOS_MODELS__RETRY_BASE_DELAY_S": "0.05",
+                   "AGENTOS_WORKER__LEASE_S": "3", "AGENTOS_WORKER__HEARTBEAT_S": "0.5", **(extra_env or {})},
+    )
+    proc.start()
+    try:
+        proc.wait_until(lambda: " ready." in proc.log_tail(200), timeout_s=60)
+        yield Worker(proc, base / "workspaces")
+    finally:
+        proc.stop()
+
+
+# The `agentos` command as a user runs it, from this interpreter (so from this checkout's venv).
+AGENTOS = [sys.executable, "-c", "from agentos.cli import main; main()"]
+
+
+def cli_env() -> dict[str, str]:
+    """This process's environment without AGENTOS_* settings, so a CLI process uses its defaults."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AGENTOS_")}
+    return env | {"PYTHONUNBUFFERED": "1"}
+
+
+def wait_ready(proc: subprocess.Popen[str], port: int, timeout_s: float = 90) -> None:
+    """Until `agentos dev` on `port` answers /readyz with 200; fails if it exits or never does."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"agentos dev exited early:\n{proc.stdout.read() if proc.stdout else ''}")
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    proc.kill()
+    raise AssertionError("agentos dev did not become ready")
