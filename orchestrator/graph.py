@@ -13,6 +13,7 @@ from typing import Any
 from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.graph import END, START, StateGraph
 from langgraph.graph.state import CompiledStateGraph
+from langgraph.runtime import Runtime
 
 from orchestrator import nodes
 from orchestrator.context import RunContext
@@ -21,12 +22,17 @@ from orchestrator.state import AgentState
 Graph = CompiledStateGraph[AgentState, RunContext, AgentState, AgentState]
 
 
+async def _delegate(state: AgentState, runtime: Runtime[RunContext]) -> dict[str, Any]:
+    # The node gets the sub-agent graph from here rather than importing this module back.
+    return await nodes.delegate(state, runtime, subagent_graph)
+
+
 def _builder() -> StateGraph[AgentState, RunContext, AgentState, AgentState]:
     graph = StateGraph(AgentState, context_schema=RunContext)
     graph.add_node("plan", nodes.plan)
     graph.add_node("think", nodes.think)
     graph.add_node("act", nodes.act)
-    graph.add_node("delegate", nodes.delegate)
+    graph.add_node("delegate", _delegate)
     graph.add_node("respond", nodes.respond)
     graph.add_conditional_edges(START, nodes.route_start, ["plan", "think"])
     graph.add_edge("plan", "think")

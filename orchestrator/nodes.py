@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from langchain_core.messages import (
@@ -19,6 +19,7 @@ from langchain_core.messages import (
     ToolMessage,
 )
 from langchain_core.messages.ai import UsageMetadata
+from langgraph.graph.state import CompiledStateGraph
 from langgraph.runtime import Runtime, get_runtime
 
 from core import events
@@ -36,6 +37,9 @@ from orchestrator.state import AgentState
 from skills import SkillContext, SkillError
 
 log = logging.getLogger("agentos.orchestrator")
+
+# The compiled graph sub-agents run on, made (once) by `orchestrator.graph.subagent_graph`.
+SubagentGraph = Callable[[], CompiledStateGraph[AgentState, RunContext, AgentState, AgentState]]
 
 NOT_RUN = "Not run: the run that proposed this call ended before it completed."
 MAX_RESULT_CHARS = 20_000
@@ -334,9 +338,9 @@ def _tool_message(call: dict[str, Any], output: Any, error: str | None) -> ToolM
                        status="error" if error is not None else "success")
 
 
-async def delegate(state: AgentState, runtime: Runtime[RunContext]) -> dict[str, Any]:
-    from orchestrator.graph import subagent_graph  # the graph module imports this one
-
+async def delegate(state: AgentState, runtime: Runtime[RunContext], subagent_graph: SubagentGraph) -> dict[str, Any]:
+    """Runs each delegate call's sub-agent on `subagent_graph()`. The graph module binds that
+    argument when it adds this node (so this module needs no import of the graph module)."""
     ctx = runtime.context
     assert ctx is not None
     await _step(ctx, "delegate")

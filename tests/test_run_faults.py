@@ -16,7 +16,10 @@ import pytest
 from starlette.testclient import TestClient
 
 from agentos.stack.local import StackUrls
+from agentos.stack.process import ServerProcess
+from agentos.stack.redis import EmbeddedRedis
 from agentos.stack.worker import worker_process
+from api.app import create_app
 from core.infra import INFRA_ERRORS, is_infra_error
 from core.settings import Settings
 from core.store import agents, runs
@@ -24,7 +27,7 @@ from core.tenancy import tenant_tx
 from runtime.celery_app import AgentTask
 from runtime.executor import execute_run
 from runtime.services import Services
-from tests.helpers import Org
+from tests.helpers import Org, RsaKeys, make_settings, new_org
 from tests.sse import read_events
 from tests.tcp_proxy import TcpProxy
 
@@ -101,16 +104,20 @@ def _through(proxy: TcpProxy, database_url: str) -> str:
 
 @pytest.mark.timeout(150)
 def test_a_postgres_outage_mid_run_is_waited_out_and_the_run_succeeds(
-    stack: StackUrls, client: TestClient, org: Org, tmp_path: Path
+    stack: StackUrls, rsa_keys: RsaKeys, tmp_path: Path
 ):
     """Regression: an 8-second Postgres outage failed an in-flight run `INTERNAL` (the LangGraph
     checkpoint write raised OperationalError). The worker reaches Postgres through a proxy that
-    the test takes down; the API and the rest of the suite are untouched."""
+    the test takes down; the API and the rest of the suite are untouched. A Redis of its own
+    keeps the suite's worker from taking the run."""
     port = urlsplit(stack.database_url).port
     assert port is not None
+    redis = EmbeddedRedis(tmp_path, durable=False)
+    redis.start()
+    settings = make_settings(stack, rsa_keys, redis={"url": redis.url})
     with TcpProxy(port) as proxy:
         worker = worker_process(
-            tmp_path / "worker.log", database_url=_through(proxy, stack.database_url), redis_url=stack.redis_url,
+            tmp_path / "worker.log", database_url=_through(proxy, stack.database_url), redis_url=redis.url,
             workspace_root=tmp_path / "ws", concurrency=1,
             extra_env={"AGENTOS_ENV": "test", "AGENTOS_WORKER__LEASE_S": "3", "AGENTOS_WORKER__HEARTBEAT_S": "0.5",
                        "AGENTOS_DATABASE__CONNECT_TIMEOUT_S": "2"},
@@ -118,33 +125,40 @@ def test_a_postgres_outage_mid_run_is_waited_out_and_the_run_succeeds(
         worker.start()
         try:
             worker.wait_until(lambda: " ready." in worker.log_tail(200), timeout_s=60)
-            agent = org.create_agent(skills=["file_manager"], confirm="none")
-            session = org.create_session(str(agent["id"]))
-            script = 'call: file_manager {"action": "write", "path": "once.txt", "content": "1"}\n' \
-                     "wait: 5\n" \
-                     'call: file_manager {"action": "list"}'
-            r = client.post(f"/v1/sessions/{session['id']}/runs", json={"input": script}, headers=org.headers)
-            assert r.status_code == 202, r.text
-            run_id = r.json()["id"]
-            # The write happened and the model sits in `wait: 5`: Postgres goes away for 8 s, so
-            # the step ends (and writes its checkpoint) while it is away.
-            first = read_events(client, f"/v1/runs/{run_id}/events", org.headers, limit=8)
-            assert [e["type"] for e in first][-2:] == ["tool.result", "step.started"], first
-            proxy.down()
-            made = client.get(f"/v1/runs/{run_id}/tool-calls", headers=org.headers).json()["data"]
-            assert [c["args"]["action"] for c in made] == ["write"], "the step ended before the outage began"
-            time.sleep(8)
-            proxy.up()
-            final = client.get(f"/v1/runs/{run_id}/wait?timeout=60", headers=org.headers).json()
-            assert final["status"] == "succeeded", (final, worker.log_tail(40))
-            assert final["attempt"] == 1, "waited out in the same delivery, not failed and retried"
-            events = read_events(client, f"/v1/runs/{run_id}/events", org.headers)
-            seqs = [e["seq"] for e in events]
-            assert seqs == list(range(seqs[0], seqs[0] + len(seqs))), "no gap"
-            types = [e["type"] for e in events]
-            assert [t for t in types if t in ("run.succeeded", "run.failed", "run.timed_out")] == ["run.succeeded"]
-            calls = [e["data"]["args"]["action"] for e in events if e["type"] == "tool.call"]
-            assert calls.count("write") == 1, calls
-            assert "a step failed for lack of Postgres/Redis" in worker.log_tail(400)
+            with TestClient(create_app(settings)) as client:
+                org = new_org(client)
+                _outage_mid_run(client, org, proxy, worker)
         finally:
             worker.stop()
+            redis.stop()
+
+
+def _outage_mid_run(client: TestClient, org: Org, proxy: TcpProxy, worker: ServerProcess) -> None:
+    agent = org.create_agent(skills=["file_manager"], confirm="none")
+    session = org.create_session(str(agent["id"]))
+    script = 'call: file_manager {"action": "write", "path": "once.txt", "content": "1"}\n' \
+             "wait: 5\n" \
+             'call: file_manager {"action": "list"}'
+    r = client.post(f"/v1/sessions/{session['id']}/runs", json={"input": script}, headers=org.headers)
+    assert r.status_code == 202, r.text
+    run_id = r.json()["id"]
+    # The write happened and the model sits in `wait: 5`: Postgres goes away for 8 s, so the
+    # step ends (and writes its checkpoint) while it is away.
+    first = read_events(client, f"/v1/runs/{run_id}/events", org.headers, limit=8)
+    assert [e["type"] for e in first][-2:] == ["tool.result", "step.started"], first
+    proxy.down()
+    made = client.get(f"/v1/runs/{run_id}/tool-calls", headers=org.headers).json()["data"]
+    assert [c["args"]["action"] for c in made] == ["write"], "the step ended before the outage began"
+    time.sleep(8)
+    proxy.up()
+    final = client.get(f"/v1/runs/{run_id}/wait?timeout=60", headers=org.headers).json()
+    assert final["status"] == "succeeded", (final, worker.log_tail(40))
+    assert final["attempt"] == 1, "waited out in the same delivery, not failed and retried"
+    events = read_events(client, f"/v1/runs/{run_id}/events", org.headers)
+    seqs = [e["seq"] for e in events]
+    assert seqs == list(range(seqs[0], seqs[0] + len(seqs))), "no gap"
+    types = [e["type"] for e in events]
+    assert [t for t in types if t in ("run.succeeded", "run.failed", "run.timed_out")] == ["run.succeeded"]
+    calls = [e["data"]["args"]["action"] for e in events if e["type"] == "tool.call"]
+    assert calls.count("write") == 1, calls
+    assert "a step failed for lack of Postgres/Redis" in worker.log_tail(400)

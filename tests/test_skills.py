@@ -11,7 +11,7 @@ from typing import Annotated, Literal
 import pytest
 from pydantic import Field
 
-import skills.registry as registry_module
+import skills.defaults as defaults_module
 from core.skill_names import BUILTIN_SKILLS, DELEGATE_TOOL
 from skills import Skill, SkillContext, SkillError, SkillRegistry, default_registry, skill
 from skills.builtin.file_manager import MAX_READ_BYTES, MAX_WRITE_BYTES, file_manager
@@ -220,7 +220,7 @@ def test_default_registry_holds_exactly_the_builtins():
 
 
 def test_default_registry_notices_a_mismatch(monkeypatch):
-    monkeypatch.setattr(registry_module, "BUILTIN_SKILLS", (*BUILTIN_SKILLS, "missing_skill"))
+    monkeypatch.setattr(defaults_module, "BUILTIN_SKILLS", (*BUILTIN_SKILLS, "missing_skill"))
     with pytest.raises(AssertionError, match="missing_skill"):
         default_registry()
 

@@ -2,7 +2,7 @@
 
 from skills.builtin.file_manager import file_manager
 from skills.builtin.memory import recall, remember
-from skills.registry import Skill
+from skills.skill import Skill
 
 BUILTINS: tuple[Skill, ...] = (file_manager, remember, recall)
 

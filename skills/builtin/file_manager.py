@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field
 
-from skills.registry import SkillContext, SkillError, skill
+from skills.skill import SkillContext, SkillError, skill
 
 MAX_READ_BYTES = 256 * 1024
 MAX_WRITE_BYTES = 1024 * 1024

@@ -11,7 +11,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field
 
 from memory.service import MemoryInputError, MemoryService, Who
-from skills.registry import SkillContext, SkillError, skill
+from skills.skill import SkillContext, SkillError, skill
 
 RECALL_LIMIT = 20
 log = logging.getLogger("agentos.skills")
