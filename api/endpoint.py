@@ -3,6 +3,7 @@ and describes itself for `/openapi.json`. Handlers receive a `Call` and never re
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Generic, Literal, TypeVar
@@ -27,8 +28,16 @@ B = TypeVar("B", bound=BaseModel)
 @dataclass
 class Call(Generic[B]):
     request: Request
-    principal: Principal
+    # None on endpoints that take no org credential (role None or "platform_admin").
+    caller: Principal | None
     body: B
+
+    @property
+    def principal(self) -> Principal:
+        """Who is calling; only endpoints that take an org credential have one."""
+        if self.caller is None:
+            raise RuntimeError("this endpoint takes no org credential, so it has no principal")
+        return self.caller
 
     @property
     def pool(self) -> AsyncPool:
@@ -61,8 +70,10 @@ class NoBody(BaseModel):
     pass
 
 
-@dataclass
+@dataclass(frozen=True)
 class EndpointSpec:
+    """What `/openapi.json` says about an endpoint, and the access and body it enforces."""
+
     summary: str
     role: Access
     body: type[BaseModel] | None
@@ -148,6 +159,43 @@ def validate(model: type[B], data: Any) -> B:
         raise validation_failed(_fields(exc)) from None
 
 
+class Endpoint:
+    """A handler with its typed metadata: callable as a Starlette endpoint (`request -> response`),
+    it authenticates, checks access, then parses the body (so an anonymous caller learns nothing
+    about the body's rules) before calling the handler with a `Call`."""
+
+    def __init__(self, handler: Handler, spec: EndpointSpec) -> None:
+        self.handler = handler
+        self.spec = spec
+        functools.update_wrapper(self, handler)
+
+    async def __call__(self, request: Request) -> Response:
+        spec = self.spec
+        principal: Principal | None = None
+        rate: RateDecision | None = None
+        auth = request.app.state.auth
+        if spec.role == "platform_admin":
+            if not auth.is_platform_admin(request):
+                raise unauthenticated("This needs the platform admin token.")
+        elif spec.role is not None:
+            principal = await auth.authenticate(request)
+            # Every authenticated request of an org draws on its request rate (health checks
+            # and platform admin calls do not).
+            admission: Admission = request.app.state.admission
+            rate = await admission.check_rate(principal.org_id)
+            if rate is not None and not rate.allowed:
+                raise rate.refusal()
+            if not principal.allows(spec.role):
+                raise ApiError(
+                    "FORBIDDEN", f"This needs the {spec.role} role or higher; your credential is {principal.role}."
+                )
+        parsed = await parse_body(request, spec.body) if spec.body is not None else NoBody()
+        response = await self.handler(Call(request, principal, parsed))
+        if rate is not None:
+            response.headers.update(rate.headers())
+        return response
+
+
 def endpoint(
     summary: str,
     *,
@@ -156,53 +204,29 @@ def endpoint(
     status: int = 200,
     response: str | None = None,
     paginated: bool = False,
-) -> Callable[[Handler], Callable[[Request], Awaitable[Response]]]:
-    """Wrap a handler: authenticate, check access, then parse the body (so an anonymous caller
-    learns nothing about the body's rules)."""
+) -> Callable[[Handler], Endpoint]:
+    """Make a handler an `Endpoint` described by these fields (see `EndpointSpec`)."""
     spec = EndpointSpec(summary, role, body, status, response, paginated)
 
-    def wrap(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
-        async def run(request: Request) -> Response:
-            principal: Principal | None = None
-            rate: RateDecision | None = None
-            auth = request.app.state.auth
-            if role == "platform_admin":
-                if not auth.is_platform_admin(request):
-                    raise unauthenticated("This needs the platform admin token.")
-            elif role is not None:
-                principal = await auth.authenticate(request)
-                # Every authenticated request of an org draws on its request rate (health checks
-                # and platform admin calls do not).
-                admission: Admission = request.app.state.admission
-                rate = await admission.check_rate(principal.org_id)
-                if rate is not None and not rate.allowed:
-                    raise rate.refusal()
-                if not principal.allows(role):
-                    raise ApiError(
-                        "FORBIDDEN", f"This needs the {role} role or higher; your credential is {principal.role}."
-                    )
-            parsed = await parse_body(request, body) if body is not None else NoBody()
-            response = await handler(Call(request, principal, parsed))  # type: ignore[arg-type]
-            if rate is not None:
-                response.headers.update(rate.headers())
-            return response
-
-        run.__name__ = handler.__name__
-        run.__doc__ = handler.__doc__
-        run.spec = spec  # type: ignore[attr-defined]
-        return run
+    def wrap(handler: Handler) -> Endpoint:
+        return Endpoint(handler, spec)
 
     return wrap
 
 
-def resource(path: str, **handlers: Callable[[Request], Awaitable[Response]]) -> Route:
-    """One route per path with a handler per method, so a 405 lists every allowed method."""
-    if "GET" in handlers:
-        handlers.setdefault("HEAD", handlers["GET"])
+class Resource(Route):
+    """One route per path with an `Endpoint` per method, so a 405 lists every allowed method."""
 
-    async def dispatch(request: Request) -> Response:
-        return await handlers[request.method](request)
+    def __init__(self, path: str, handlers: dict[str, Endpoint]) -> None:
+        self.handlers = dict(handlers)
+        if "GET" in self.handlers:
+            self.handlers.setdefault("HEAD", self.handlers["GET"])
+        super().__init__(path, self._dispatch, methods=list(self.handlers), name=f"resource:{path}")
 
-    dispatch.__name__ = f"resource:{path}"
-    dispatch.handlers = handlers  # type: ignore[attr-defined]
-    return Route(path, dispatch, methods=list(handlers))
+    async def _dispatch(self, request: Request) -> Response:
+        return await self.handlers[request.method](request)
+
+
+def resource(path: str, **handlers: Endpoint) -> Resource:
+    """`Resource(path, {"GET": ..., "POST": ...})`, spelled with keywords."""
+    return Resource(path, handlers)
