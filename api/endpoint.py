@@ -14,12 +14,14 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from api import json_limits
 from api.auth import unauthenticated
 from core import ids
 from core.admission import Admission, RateDecision
 from core.errors import ApiError
 from core.pagination import DEFAULT_LIMIT, MAX_LIMIT, BadCursor, decode_cursor
 from core.principal import Principal, Role
+from core.settings import Settings
 from core.tenancy import AsyncPool
 
 B = TypeVar("B", bound=BaseModel)
@@ -108,7 +110,15 @@ def _fields(exc: ValidationError) -> list[dict[str, Any]]:
     return out
 
 
+def _max_json_depth(request: Request) -> int:
+    settings: Settings = request.app.state.settings
+    return settings.api.max_json_depth
+
+
 async def parse_body(request: Request, model: type[B]) -> B:
+    """The JSON object of the body as `model`. Every client-supplied JSON value is bounded here,
+    before pydantic sees it: in size by the body limit (`api.body_limit`), in depth by
+    `settings.api.max_json_depth`, and it holds no U+0000."""
     raw = await request.body()
     if not raw.strip():
         data: Any = {}
@@ -116,6 +126,12 @@ async def parse_body(request: Request, model: type[B]) -> B:
         ctype = request.headers.get("content-type", "")
         if ctype and "json" not in ctype.split(";")[0]:
             raise ApiError("UNSUPPORTED_MEDIA_TYPE", f"Content-Type {ctype!r} is not JSON; send application/json.")
+        # Before parsing: a body nested past orjson's limit is still told which field is too deep.
+        max_depth = _max_json_depth(request)
+        deep_at = json_limits.too_deep(raw, max_depth)
+        if deep_at is not None:
+            raise validation_failed([{"field": deep_at, "message": f"nests deeper than {max_depth} levels (the body "
+                                      "counts as one)", "type": "too_deep"}])
         try:
             data = orjson.loads(raw)
         except orjson.JSONDecodeError as exc:
@@ -124,31 +140,11 @@ async def parse_body(request: Request, model: type[B]) -> B:
         raise ApiError("BAD_REQUEST", "The body must be a JSON object.")
     # Strict JSON forbids raw control characters, so U+0000 can only arrive escaped: walk the
     # parsed body only when the escape is present (almost never).
-    nul_at = _find_nul(data, "") if b"\\u0000" in raw else None
+    nul_at = json_limits.nul_path(data) if b"\\u0000" in raw else None
     if nul_at is not None:
         raise validation_failed([{"field": nul_at or "body", "message": "must not contain the NUL character (\\u0000)",
                                   "type": "nul_character"}])
     return validate(model, data)
-
-
-def _find_nul(value: Any, path: str) -> str | None:
-    """The path of the first string (or key) holding U+0000, which Postgres cannot store."""
-    if isinstance(value, str):
-        return path if "\x00" in value else None
-    if isinstance(value, dict):
-        for key, item in value.items():
-            where = f"{path}.{key}" if path else str(key)
-            if "\x00" in key:
-                return where
-            found = _find_nul(item, where)
-            if found is not None:
-                return found
-    if isinstance(value, list):
-        for i, item in enumerate(value):
-            found = _find_nul(item, f"{path}.{i}" if path else str(i))
-            if found is not None:
-                return found
-    return None
 
 
 def validate(model: type[B], data: Any) -> B:

@@ -47,6 +47,9 @@ class ApiSettings(BaseModel):
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
     max_body_bytes: int = Field(default=1_048_576, ge=1024)
+    # How deep a request body's arrays and objects may nest (the body itself is level 1). Stored
+    # values come back inside list envelopes, and orjson renders at most 254 levels: keep it low.
+    max_json_depth: int = Field(default=32, ge=2, le=128)
     public_url: str | None = None
 
 
