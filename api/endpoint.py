@@ -126,16 +126,21 @@ async def parse_body(request: Request, model: type[B]) -> B:
         ctype = request.headers.get("content-type", "")
         if ctype and "json" not in ctype.split(";")[0]:
             raise ApiError("UNSUPPORTED_MEDIA_TYPE", f"Content-Type {ctype!r} is not JSON; send application/json.")
-        # Before parsing: a body nested past orjson's limit is still told which field is too deep.
         max_depth = _max_json_depth(request)
-        deep_at = json_limits.too_deep(raw, max_depth)
-        if deep_at is not None:
-            raise validation_failed([{"field": deep_at, "message": f"nests deeper than {max_depth} levels (the body "
-                                      "counts as one)", "type": "too_deep"}])
         try:
             data = orjson.loads(raw)
         except orjson.JSONDecodeError as exc:
-            raise ApiError("BAD_REQUEST", f"The body is not valid JSON: {exc}.") from None
+            # Nested past orjson's own limit (1024): still say which field went too deep. The text
+            # before the error is valid JSON (the depth check needs that to run in linear time).
+            valid = exc.doc[: exc.pos].encode("utf-8", "surrogatepass")  # `pos` counts characters
+            deep_at = json_limits.too_deep(valid, max_depth) if "depth limit" in exc.msg else None
+            if deep_at is None:
+                raise ApiError("BAD_REQUEST", f"The body is not valid JSON: {exc}.") from None
+        else:
+            deep_at = json_limits.too_deep(raw, max_depth)
+        if deep_at is not None:
+            raise validation_failed([{"field": deep_at, "message": f"nests deeper than {max_depth} levels (the body "
+                                      "counts as one)", "type": "too_deep"}])
     if not isinstance(data, dict):
         raise ApiError("BAD_REQUEST", "The body must be a JSON object.")
     # Strict JSON forbids raw control characters, so U+0000 can only arrive escaped: walk the

@@ -40,7 +40,10 @@ def _key(token: bytes) -> str:
 def too_deep(raw: bytes, max_depth: int) -> str | None:
     """The path of the first array or object in the JSON text `raw` that is nested more than
     `max_depth` levels deep (the outermost value is level 1), or None. Reads the text, not a
-    parsed value, so it works on bodies nested past any parser's limit."""
+    parsed value, so it works on bodies nested past any parser's limit.
+
+    `raw` must be valid JSON, or a prefix of it that ends outside a string: an unterminated
+    string would make the string pattern retry from every escaped quote (quadratic time)."""
     if raw.count(b"[") + raw.count(b"{") <= max_depth or _max_nesting(raw) <= max_depth:
         return None
     path: list[str | int] = []  # per open container: the key or index being filled

@@ -129,6 +129,21 @@ def test_a_body_exactly_at_the_limit_is_accepted(client, org):
     assert json_limits.too_deep(body.encode(), 31) is not None
 
 
+def test_past_the_parsers_limit_the_path_is_found_after_non_ascii_keys(client, org):
+    body = '{"métadonnées €": ' + nested(5_000) + "}"
+    r = client.post("/v1/agents", content=body.encode(), headers=org.headers | {"Content-Type": "application/json"})
+    field = error_of(r, 422, "VALIDATION_FAILED")["details"]["fields"][0]
+    assert field["type"] == "too_deep" and field["field"].startswith("métadonnées €.k.0.k")
+
+
+def test_invalid_json_after_many_brackets_is_400_not_a_slow_scan(client, org):
+    """An unterminated string full of escaped quotes is refused by the parser; the depth scan,
+    which needs well-formed strings to stay linear, never sees it."""
+    body = b"[" * 40 + b'"' + b'\\"' * 30_000  # 60 KB, under the test app's body limit
+    r = client.post("/v1/agents", content=body, headers=org.headers | {"Content-Type": "application/json"})
+    assert "not valid JSON" in error_of(r, 400, "BAD_REQUEST")["message"]
+
+
 def _deep_text(depth: int) -> str:
     return '{"deep": ' + nested(depth - 1) + "}"
 
