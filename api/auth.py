@@ -25,6 +25,7 @@ from core.tenancy import AsyncPool, tenant_tx
 _CHALLENGE = {"WWW-Authenticate": 'Bearer realm="agentos"'}
 _ORG_CACHE_TTL_S = 60.0
 _TOUCH_EVERY_S = 60.0  # how often one process records a key's last use
+_NUMERIC_CLAIMS = ("exp", "nbf", "iat")  # NumericDate claims (RFC 7519, section 2)
 
 
 def unauthenticated(message: str) -> ApiError:
@@ -117,6 +118,11 @@ class Authenticator:
             raise unauthenticated(f"The JWT audience must be {s.jwt_audience!r}.") from exc
         except (jwt.PyJWTError, ValueError, TypeError) as exc:
             raise unauthenticated("The JWT is invalid or its signature does not verify.") from exc
+        for name in _NUMERIC_CLAIMS:
+            # PyJWT checks these with int(), which also takes "9999999999"; RFC 7519 says numbers.
+            value = claims.get(name)
+            if name in claims and (isinstance(value, bool) or not isinstance(value, (int, float))):
+                raise unauthenticated(f"The JWT claim {name!r} must be a number (seconds since the epoch).")
         org_id = claims.get("org_id")
         role = claims.get("role", "viewer")
         if not isinstance(org_id, str) or not org_id:

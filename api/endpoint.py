@@ -3,6 +3,7 @@ and describes itself for `/openapi.json`. Handlers receive a `Call` and never re
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Generic, Literal, TypeVar
@@ -13,6 +14,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from api import json_limits
 from api.auth import unauthenticated
 from api.state import state_of
 from core import ids
@@ -30,8 +32,16 @@ B = TypeVar("B", bound=BaseModel)
 @dataclass
 class Call(Generic[B]):
     request: Request
-    principal: Principal
+    # None on endpoints that take no org credential (role None or "platform_admin").
+    caller: Principal | None
     body: B
+
+    @property
+    def principal(self) -> Principal:
+        """Who is calling; only endpoints that take an org credential have one."""
+        if self.caller is None:
+            raise RuntimeError("this endpoint takes no org credential, so it has no principal")
+        return self.caller
 
     @property
     def infra(self) -> Infra:
@@ -71,8 +81,10 @@ class NoBody(BaseModel):
     pass
 
 
-@dataclass
+@dataclass(frozen=True)
 class EndpointSpec:
+    """What `/openapi.json` says about an endpoint, and the access and body it enforces."""
+
     summary: str
     role: Access
     body: type[BaseModel] | None
@@ -107,7 +119,14 @@ def _fields(exc: ValidationError) -> list[dict[str, Any]]:
     return out
 
 
+def _max_json_depth(request: Request) -> int:
+    return state_of(request).infra.settings.api.max_json_depth
+
+
 async def parse_body(request: Request, model: type[B]) -> B:
+    """The JSON object of the body as `model`. Every client-supplied JSON value is bounded here,
+    before pydantic sees it: in size by the body limit (`api.body_limit`), in depth by
+    `settings.api.max_json_depth`, and it holds no U+0000."""
     raw = await request.body()
     if not raw.strip():
         data: Any = {}
@@ -115,39 +134,30 @@ async def parse_body(request: Request, model: type[B]) -> B:
         ctype = request.headers.get("content-type", "")
         if ctype and "json" not in ctype.split(";")[0]:
             raise ApiError("UNSUPPORTED_MEDIA_TYPE", f"Content-Type {ctype!r} is not JSON; send application/json.")
+        max_depth = _max_json_depth(request)
         try:
             data = orjson.loads(raw)
         except orjson.JSONDecodeError as exc:
-            raise ApiError("BAD_REQUEST", f"The body is not valid JSON: {exc}.") from None
+            # Nested past orjson's own limit (1024): still say which field went too deep. The text
+            # before the error is valid JSON (the depth check needs that to run in linear time).
+            valid = exc.doc[: exc.pos].encode("utf-8", "surrogatepass")  # `pos` counts characters
+            deep_at = json_limits.too_deep(valid, max_depth) if "depth limit" in exc.msg else None
+            if deep_at is None:
+                raise ApiError("BAD_REQUEST", f"The body is not valid JSON: {exc}.") from None
+        else:
+            deep_at = json_limits.too_deep(raw, max_depth)
+        if deep_at is not None:
+            raise validation_failed([{"field": deep_at, "message": f"nests deeper than {max_depth} levels (the body "
+                                      "counts as one)", "type": "too_deep"}])
     if not isinstance(data, dict):
         raise ApiError("BAD_REQUEST", "The body must be a JSON object.")
     # Strict JSON forbids raw control characters, so U+0000 can only arrive escaped: walk the
     # parsed body only when the escape is present (almost never).
-    nul_at = _find_nul(data, "") if b"\\u0000" in raw else None
+    nul_at = json_limits.nul_path(data) if b"\\u0000" in raw else None
     if nul_at is not None:
         raise validation_failed([{"field": nul_at or "body", "message": "must not contain the NUL character (\\u0000)",
                                   "type": "nul_character"}])
     return validate(model, data)
-
-
-def _find_nul(value: Any, path: str) -> str | None:
-    """The path of the first string (or key) holding U+0000, which Postgres cannot store."""
-    if isinstance(value, str):
-        return path if "\x00" in value else None
-    if isinstance(value, dict):
-        for key, item in value.items():
-            where = f"{path}.{key}" if path else str(key)
-            if "\x00" in key:
-                return where
-            found = _find_nul(item, where)
-            if found is not None:
-                return found
-    if isinstance(value, list):
-        for i, item in enumerate(value):
-            found = _find_nul(item, f"{path}.{i}" if path else str(i))
-            if found is not None:
-                return found
-    return None
 
 
 def validate(model: type[B], data: Any) -> B:
@@ -158,6 +168,43 @@ def validate(model: type[B], data: Any) -> B:
         raise validation_failed(_fields(exc)) from None
 
 
+class Endpoint:
+    """A handler with its typed metadata: callable as a Starlette endpoint (`request -> response`),
+    it authenticates, checks access, then parses the body (so an anonymous caller learns nothing
+    about the body's rules) before calling the handler with a `Call`."""
+
+    def __init__(self, handler: Handler, spec: EndpointSpec) -> None:
+        self.handler = handler
+        self.spec = spec
+        functools.update_wrapper(self, handler)
+
+    async def __call__(self, request: Request) -> Response:
+        spec = self.spec
+        principal: Principal | None = None
+        rate: RateDecision | None = None
+        shared = state_of(request)
+        auth = shared.auth
+        if spec.role == "platform_admin":
+            if not auth.is_platform_admin(request):
+                raise unauthenticated("This needs the platform admin token.")
+        elif spec.role is not None:
+            principal = await auth.authenticate(request)
+            # Every authenticated request of an org draws on its request rate (health checks
+            # and platform admin calls do not).
+            rate = await shared.admission.check_rate(principal.org_id)
+            if rate is not None and not rate.allowed:
+                raise rate.refusal()
+            if not principal.allows(spec.role):
+                raise ApiError(
+                    "FORBIDDEN", f"This needs the {spec.role} role or higher; your credential is {principal.role}."
+                )
+        parsed = await parse_body(request, spec.body) if spec.body is not None else NoBody()
+        response = await self.handler(Call(request, principal, parsed))
+        if rate is not None:
+            response.headers.update(rate.headers())
+        return response
+
+
 def endpoint(
     summary: str,
     *,
@@ -166,53 +213,29 @@ def endpoint(
     status: int = 200,
     response: str | None = None,
     paginated: bool = False,
-) -> Callable[[Handler], Callable[[Request], Awaitable[Response]]]:
-    """Wrap a handler: authenticate, check access, then parse the body (so an anonymous caller
-    learns nothing about the body's rules)."""
+) -> Callable[[Handler], Endpoint]:
+    """Make a handler an `Endpoint` described by these fields (see `EndpointSpec`)."""
     spec = EndpointSpec(summary, role, body, status, response, paginated)
 
-    def wrap(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
-        async def run(request: Request) -> Response:
-            principal: Principal | None = None
-            rate: RateDecision | None = None
-            shared = state_of(request)
-            auth = shared.auth
-            if role == "platform_admin":
-                if not auth.is_platform_admin(request):
-                    raise unauthenticated("This needs the platform admin token.")
-            elif role is not None:
-                principal = await auth.authenticate(request)
-                # Every authenticated request of an org draws on its request rate (health checks
-                # and platform admin calls do not).
-                rate = await shared.admission.check_rate(principal.org_id)
-                if rate is not None and not rate.allowed:
-                    raise rate.refusal()
-                if not principal.allows(role):
-                    raise ApiError(
-                        "FORBIDDEN", f"This needs the {role} role or higher; your credential is {principal.role}."
-                    )
-            parsed = await parse_body(request, body) if body is not None else NoBody()
-            response = await handler(Call(request, principal, parsed))  # type: ignore[arg-type]
-            if rate is not None:
-                response.headers.update(rate.headers())
-            return response
-
-        run.__name__ = handler.__name__
-        run.__doc__ = handler.__doc__
-        run.spec = spec  # type: ignore[attr-defined]
-        return run
+    def wrap(handler: Handler) -> Endpoint:
+        return Endpoint(handler, spec)
 
     return wrap
 
 
-def resource(path: str, **handlers: Callable[[Request], Awaitable[Response]]) -> Route:
-    """One route per path with a handler per method, so a 405 lists every allowed method."""
-    if "GET" in handlers:
-        handlers.setdefault("HEAD", handlers["GET"])
+class Resource(Route):
+    """One route per path with an `Endpoint` per method, so a 405 lists every allowed method."""
 
-    async def dispatch(request: Request) -> Response:
-        return await handlers[request.method](request)
+    def __init__(self, path: str, handlers: dict[str, Endpoint]) -> None:
+        self.handlers = dict(handlers)
+        if "GET" in self.handlers:
+            self.handlers.setdefault("HEAD", self.handlers["GET"])
+        super().__init__(path, self._dispatch, methods=list(self.handlers), name=f"resource:{path}")
 
-    dispatch.__name__ = f"resource:{path}"
-    dispatch.handlers = handlers  # type: ignore[attr-defined]
-    return Route(path, dispatch, methods=list(handlers))
+    async def _dispatch(self, request: Request) -> Response:
+        return await self.handlers[request.method](request)
+
+
+def resource(path: str, **handlers: Endpoint) -> Resource:
+    """`Resource(path, {"GET": ..., "POST": ...})`, spelled with keywords."""
+    return Resource(path, handlers)

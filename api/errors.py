@@ -11,7 +11,7 @@ from psycopg_pool import PoolTimeout
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
 from api.responses import error
@@ -77,6 +77,13 @@ async def unstorable(request: Request, exc: Exception) -> Response:
     return error(ApiError("VALIDATION_FAILED", message))
 
 
+async def client_gone(request: Request, exc: Exception) -> Response:
+    # The client hung up mid-body (a cancelled upload, a dropped connection): nothing was done,
+    # nothing is wrong on our side, and nobody is left to read the answer.
+    log.info("client disconnected before sending the whole body of %s %s", request.method, request.url.path)
+    return error(ApiError("BAD_REQUEST", "The client disconnected before sending the whole body."))
+
+
 async def unexpected(request: Request, exc: Exception) -> Response:
     log.exception("unhandled error on %s %s", request.method, request.url.path)
     return error(ApiError("INTERNAL"))
@@ -91,5 +98,6 @@ HANDLERS = {
     PoolTimeout: unavailable,
     RedisConnectionError: unavailable,
     RedisTimeoutError: unavailable,
+    ClientDisconnect: client_gone,
     Exception: unexpected,
 }

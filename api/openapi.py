@@ -6,7 +6,9 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from starlette.routing import BaseRoute, Route
+from starlette.routing import BaseRoute
+
+from api.endpoint import Resource
 
 _ERROR_SCHEMA = {
     "type": "object",
@@ -34,15 +36,15 @@ def build_openapi(routes: list[BaseRoute], version: str) -> dict[str, Any]:
     paths: dict[str, dict[str, Any]] = {}
     schemas: dict[str, Any] = {"Error": _ERROR_SCHEMA}
     for route in routes:
-        if not isinstance(route, Route) or not hasattr(route.endpoint, "handlers"):
+        if not isinstance(route, Resource):
             continue
-        for method, handler in sorted(route.endpoint.handlers.items()):
+        for method, handler in sorted(route.handlers.items()):
             if method == "HEAD":
                 continue
             spec = handler.spec
             op: dict[str, Any] = {
                 "summary": spec.summary,
-                "operationId": handler.__name__,
+                "operationId": handler.handler.__name__,
                 "responses": {str(spec.status): {"description": spec.response or "No content"}},
             }
             params = [

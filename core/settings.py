@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from typing import Literal
 
-from pydantic import BaseModel, Field, SecretStr, model_validator
+from pydantic import BaseModel, Field, SecretStr, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # Values that ship in this file. Outside development they are refused.
@@ -34,6 +34,8 @@ class RedisSettings(BaseModel):
 
 
 class AuthSettings(BaseModel):
+    # HS256 secret and platform admin token. Unset: the development values (refused in
+    # production). Set to the empty string (`AGENTOS_AUTH__JWT_SECRET=`): disabled.
     jwt_secret: SecretStr | None = SecretStr(DEV_JWT_SECRET)
     jwt_public_key: str | None = None  # PEM, for RS256
     jwks_url: str | None = None  # for RS256 keys published by an identity provider
@@ -42,11 +44,28 @@ class AuthSettings(BaseModel):
     jwt_leeway_s: int = Field(default=30, ge=0)
     platform_admin_token: SecretStr | None = SecretStr(DEV_PLATFORM_ADMIN_TOKEN)
 
+    @field_validator("jwt_secret", "platform_admin_token", mode="before")
+    @classmethod
+    def _empty_disables(cls, value: object, info: ValidationInfo) -> object:
+        text = value.get_secret_value() if isinstance(value, SecretStr) else value
+        if not isinstance(text, str):
+            return value
+        if not text.strip():
+            return None  # the one way to disable it: an empty value
+        if text.strip().lower() in ("null", "none"):
+            # An environment variable cannot be null; this would become the secret "null".
+            env = f"AGENTOS_AUTH__{(info.field_name or '').upper()}"
+            raise ValueError(f"{env}={text!r} is not a secret; to disable it, set it empty ({env}=)")
+        return value
+
 
 class ApiSettings(BaseModel):
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
     max_body_bytes: int = Field(default=1_048_576, ge=1024)
+    # How deep a request body's arrays and objects may nest (the body itself is level 1). Stored
+    # values come back inside list envelopes, and orjson renders at most 254 levels: keep it low.
+    max_json_depth: int = Field(default=32, ge=2, le=128)
     public_url: str | None = None
 
 
@@ -184,7 +203,8 @@ class Settings(BaseSettings):
             raise ValueError(
                 "refusing to start in production with default secrets: "
                 + "; ".join(problems)
-                + " (set your own, or unset the HS256 secret / admin token to disable them)"
+                + " (set your own, or set the HS256 secret / admin token empty to disable it, e.g. "
+                "AGENTOS_AUTH__JWT_SECRET=)"
             )
         return self
 

@@ -1,4 +1,5 @@
-"""Agents: create, list, read, patch (bumps the version, keeps history), delete."""
+"""Agents: create, list, read, patch (a change bumps the version and keeps history; a patch
+that changes nothing, an empty one included, does not), delete."""
 
 from __future__ import annotations
 
@@ -87,7 +88,7 @@ async def get_agent(call: Call[Any]) -> Response:
     return json(agents.to_public(row))
 
 
-@endpoint("Change an agent; the version goes up by one and the old one is kept.",
+@endpoint("Change an agent; the version goes up by one and the old one is kept (unless nothing changes).",
           role="member", body=AgentPatch, response="Agent")
 async def patch_agent(call: Call[AgentPatch]) -> Response:
     agent_id = call.path_id("agent_id", "agent")
@@ -99,6 +100,9 @@ async def patch_agent(call: Call[AgentPatch]) -> Response:
             if current is None:
                 raise _not_found(agent_id)
             config = validate(AgentConfig, {**current["config"], **changes}).model_dump(mode="json")
+            unchanged = validate(AgentConfig, current["config"]).model_dump(mode="json")
+            if config == unchanged and (name is None or name == current["name"]):
+                return json(agents.to_public(current))  # nothing changes: no new version
             if "subagents" in changes:
                 await _check_subagents(conn, config["subagents"], self_id=agent_id)
             row = await agents.update(conn, agent_id, name or current["name"], config, call.principal.user_id)

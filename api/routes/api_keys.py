@@ -1,4 +1,6 @@
-"""API keys of the caller's org. Admins and owners manage them; a key never outranks its maker."""
+"""API keys of the caller's org. Admins and owners manage them; a key never outranks its maker,
+only an owner revokes an owner's key, and the org's last live owner key cannot be revoked (so
+nobody, not even an owner by mistake, locks the org out of its own administration)."""
 
 from __future__ import annotations
 
@@ -63,9 +65,19 @@ async def list_keys(call: Call[Any]) -> Response:
 async def revoke_key(call: Call[Any]) -> Response:
     key_id = call.path_id("key_id", "api_key")
     async with tenant_tx(call.pool, call.principal.org_id) as conn:
-        row = await api_keys.revoke(conn, key_id)
-        if row is None:
+        target = await api_keys.get(conn, key_id)
+        if target is None:
             raise ApiError("NOT_FOUND", f"No API key with id {key_id!r} in this organisation.")
+        if target["role"] == "owner":
+            if not call.principal.allows("owner"):
+                raise ApiError("FORBIDDEN", "Only an owner may revoke an owner's API key; "
+                                            f"your credential is {call.principal.role}.")
+            if await api_keys.lock_live_owner_keys(conn) == [key_id]:
+                raise ApiError("CONFLICT", "This is the organisation's last active owner key: revoking it would "
+                                           "leave nobody able to manage the organisation. Create another owner "
+                                           "key first, then revoke this one.", details={"reason": "last_owner_key"})
+        row = await api_keys.revoke(conn, key_id)
+        assert row is not None
         await audit.record(conn, call.principal.actor, "api_key.revoke", "api_key", key_id)
     return json(_public(row))
 

@@ -37,6 +37,13 @@ REVOKE_KEY_SQL = f"""
 UPDATE api_keys SET revoked_at = coalesce(revoked_at, now()) WHERE id = %s
 RETURNING {PUBLIC_COLUMNS}
 """
+# The org's live owner keys, locked (in id order, so concurrent revokers queue behind each other
+# and each sees the other's revocation): the last of them must not be revoked.
+LOCK_LIVE_OWNER_KEYS_SQL = """
+SELECT id FROM api_keys
+WHERE role = 'owner' AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > now())
+ORDER BY id FOR UPDATE
+"""
 # Runs inside core.tenancy.api_key_lookup_tx: the lookup policy shows only that one row.
 LOOKUP_KEY_SQL = """
 SELECT id, org_id, secret_hash, role, created_by, expires_at, revoked_at, last_used_at,
@@ -90,6 +97,11 @@ async def get(conn: AsyncConnection[DictRow], key_id: str) -> dict[str, Any] | N
 
 async def revoke(conn: AsyncConnection[DictRow], key_id: str) -> dict[str, Any] | None:
     return await (await conn.execute(REVOKE_KEY_SQL, (key_id,))).fetchone()
+
+
+async def lock_live_owner_keys(conn: AsyncConnection[DictRow]) -> list[str]:
+    """Ids of the org's active, unexpired owner keys, locked until the transaction ends."""
+    return [r["id"] for r in await (await conn.execute(LOCK_LIVE_OWNER_KEYS_SQL)).fetchall()]
 
 
 async def verify(pool: AsyncPool, key: str) -> dict[str, Any] | None:
