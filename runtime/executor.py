@@ -107,7 +107,7 @@ def _agent_loader(svc: Services, org_id: str) -> Callable[[str], Awaitable[Agent
     return load
 
 
-def _spec(row: dict[str, Any]) -> AgentSpec:
+def _spec(row: agents.AgentRow | agents.AgentVersionRow) -> AgentSpec:
     return AgentSpec(id=row["id"], name=row["name"], version=row["version"], config=AgentConfig(**row["config"]))
 
 

@@ -2,13 +2,36 @@
 
 from __future__ import annotations
 
-from typing import Any
+from datetime import datetime
+from typing import Any, TypedDict, cast
 
 from psycopg import AsyncConnection
 from psycopg.rows import DictRow
 from psycopg.types.json import Jsonb
 
 from core.ids import new_id
+
+
+class AgentRow(TypedDict):
+    """An agent at its current version; `config` is an `AgentConfig` as stored."""
+
+    id: str
+    name: str
+    version: int
+    config: dict[str, Any]
+    created_by: str | None
+    created_at: datetime
+    updated_at: datetime
+
+
+class AgentVersionRow(TypedDict):
+    """An agent as it was at one version (what a run executes)."""
+
+    id: str
+    name: str
+    version: int
+    config: dict[str, Any]
+
 
 COLUMNS = "id, name, version, config, created_by, created_at, updated_at"
 
@@ -40,7 +63,7 @@ WHERE agent_id = %s ORDER BY version DESC
 EXISTING_IDS_SQL = "SELECT id FROM agents WHERE id = ANY(%s) AND deleted_at IS NULL"
 
 
-def to_public(row: dict[str, Any]) -> dict[str, Any]:
+def to_public(row: AgentRow) -> dict[str, Any]:
     """Flatten the stored config into the API's agent object."""
     return {
         "id": row["id"],
@@ -55,35 +78,36 @@ def to_public(row: dict[str, Any]) -> dict[str, Any]:
 
 async def create(
     conn: AsyncConnection[DictRow], name: str, config: dict[str, Any], created_by: str | None
-) -> dict[str, Any]:
+) -> AgentRow:
     row = await (
         await conn.execute(INSERT_AGENT_SQL, (new_id("agent"), name, Jsonb(config), created_by))
     ).fetchone()
     assert row is not None
     await conn.execute(INSERT_VERSION_SQL, (row["id"], 1, name, Jsonb(config), created_by))
-    return row
+    return cast(AgentRow, row)
 
 
-async def get(conn: AsyncConnection[DictRow], agent_id: str, *, for_update: bool = False) -> dict[str, Any] | None:
+async def get(conn: AsyncConnection[DictRow], agent_id: str, *, for_update: bool = False) -> AgentRow | None:
     sql = GET_AGENT_FOR_UPDATE_SQL if for_update else GET_AGENT_SQL
-    return await (await conn.execute(sql, (agent_id,))).fetchone()
+    return cast(AgentRow | None, await (await conn.execute(sql, (agent_id,))).fetchone())
 
 
-async def get_by_name(conn: AsyncConnection[DictRow], name: str) -> dict[str, Any] | None:
-    return await (await conn.execute(GET_AGENT_BY_NAME_SQL, (name,))).fetchone()
+async def get_by_name(conn: AsyncConnection[DictRow], name: str) -> AgentRow | None:
+    return cast(AgentRow | None, await (await conn.execute(GET_AGENT_BY_NAME_SQL, (name,))).fetchone())
 
 
-async def list_agents(conn: AsyncConnection[DictRow], cursor: str | None, limit: int) -> list[dict[str, Any]]:
-    return list(await (await conn.execute(LIST_AGENTS_SQL, {"cursor": cursor, "limit": limit + 1})).fetchall())
+async def list_agents(conn: AsyncConnection[DictRow], cursor: str | None, limit: int) -> list[AgentRow]:
+    rows = await (await conn.execute(LIST_AGENTS_SQL, {"cursor": cursor, "limit": limit + 1})).fetchall()
+    return cast(list[AgentRow], rows)
 
 
 async def update(
     conn: AsyncConnection[DictRow], agent_id: str, name: str, config: dict[str, Any], actor: str | None
-) -> dict[str, Any] | None:
+) -> AgentRow | None:
     row = await (await conn.execute(UPDATE_AGENT_SQL, (name, Jsonb(config), agent_id))).fetchone()
     if row is not None:
         await conn.execute(INSERT_VERSION_SQL, (agent_id, row["version"], name, Jsonb(config), actor))
-    return row
+    return cast(AgentRow | None, row)
 
 
 async def delete(conn: AsyncConnection[DictRow], agent_id: str) -> bool:
@@ -108,6 +132,6 @@ WHERE v.agent_id = %s AND v.version = %s
 """
 
 
-async def get_version(conn: AsyncConnection[DictRow], agent_id: str, version: int) -> dict[str, Any] | None:
+async def get_version(conn: AsyncConnection[DictRow], agent_id: str, version: int) -> AgentVersionRow | None:
     """The agent as it was at `version` (what a run uses, even if the agent changed since)."""
-    return await (await conn.execute(GET_VERSION_SQL, (agent_id, version))).fetchone()
+    return cast(AgentVersionRow | None, await (await conn.execute(GET_VERSION_SQL, (agent_id, version))).fetchone())

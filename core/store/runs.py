@@ -23,6 +23,7 @@ from psycopg.types.json import Jsonb
 from core import events
 from core.events import Event
 from core.ids import new_id
+from core.store.agents import AgentRow
 from core.store.errors import IdempotencyMismatch, SessionBusy
 
 
@@ -189,7 +190,7 @@ async def create(
     conn: AsyncConnection[DictRow],
     *,
     session_id: str,
-    agent: dict[str, Any],
+    agent: AgentRow,
     text: str,
     multitask: str,
     metadata: dict[str, Any],
