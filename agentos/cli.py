@@ -23,6 +23,7 @@ import typer
 import uvicorn
 from pydantic import ValidationError
 from rich.console import Console
+from rich.markup import escape
 from typer.core import TyperGroup
 
 from agentos.bootstrap import (
@@ -73,7 +74,7 @@ class AgentosGroup(TyperGroup):
                 failure = CliError(str(exc))
             if failure is None or ctx.params.get("debug"):
                 raise
-            console.print(f"[red]error:[/red] {failure.message}", highlight=False)
+            console.print(f"[red]error:[/red] {escape(failure.message)}", highlight=False)
             ctx.exit(failure.code)
 
 
@@ -449,7 +450,8 @@ def run(
         raise CliError(str(exc)) from None
     if terminal["type"] != "run.succeeded":
         error = terminal["data"].get("error") or {}
-        console.print(f"[red]{terminal['type']}[/red] {error.get('code', '')}: {error.get('message', '')}")
+        message = escape(str(error.get("message", "")))
+        console.print(f"[red]{terminal['type']}[/red] {error.get('code', '')}: {message}", highlight=False)
         raise typer.Exit(EXIT_FAILED)
 
 
