@@ -98,6 +98,8 @@ def root(
                                           is_eager=True)] = False,
 ) -> None:
     """AgentOS: a self-hostable, multi-tenant agent platform."""
+
+
 org_app = typer.Typer(help="Manage organisations.", no_args_is_help=True)
 app.add_typer(org_app, name="org")
 memory_app = typer.Typer(help="Manage long-term memory.", no_args_is_help=True)

@@ -38,19 +38,28 @@ def unreachable(service: str, url: str) -> CliError:
     return CliError(f"cannot reach {service} at {where(url)}: {START_HINT}.")
 
 
-def explain(exc: BaseException, *, database_url: str = "", redis_url: str = "") -> CliError | None:
+_UNREACHABLE = ("connection refused", "timeout expired", "could not translate host", "no route to host",
+                "network is unreachable", "connection timed out", "server closed the connection")
+
+
+def is_unreachable(exc: BaseException) -> bool:
+    """Whether a database error says nothing answers there (rather than, say, a wrong password)."""
+    text = str(exc).lower()
+    return any(s in text for s in _UNREACHABLE)
+
+
+def explain(exc: BaseException) -> CliError | None:
     """The one line for an infrastructure failure the user can fix, or None for a real bug."""
     import psycopg
     from psycopg_pool import PoolTimeout
     from redis.exceptions import ConnectionError as RedisConnectionError
     from redis.exceptions import TimeoutError as RedisTimeoutError
 
-    if isinstance(exc, psycopg.OperationalError | PoolTimeout):
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        if "connection" in first.lower() or isinstance(exc, PoolTimeout):
-            return unreachable("PostgreSQL", database_url) if database_url else CliError(
-                f"cannot reach PostgreSQL: {START_HINT}.")
-        return CliError(f"database error: {first}")
+    if isinstance(exc, PoolTimeout) or isinstance(exc, psycopg.OperationalError) and is_unreachable(exc):
+        return CliError(f"cannot reach PostgreSQL: {START_HINT}.")
+    if isinstance(exc, psycopg.OperationalError):
+        # e.g. 'connection failed: connection to server at "h", port 5432 failed: FATAL: password ...'
+        return CliError(f"database error: {' '.join(str(exc).split()) or type(exc).__name__}")
     if isinstance(exc, RedisConnectionError | RedisTimeoutError):
-        return unreachable("Redis", redis_url) if redis_url else CliError(f"cannot reach Redis: {START_HINT}.")
+        return CliError(f"cannot reach Redis: {START_HINT}.")
     return None

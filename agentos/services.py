@@ -6,7 +6,7 @@ from __future__ import annotations
 import psycopg
 import redis
 
-from agentos.errors import unreachable
+from agentos.errors import is_unreachable, unreachable
 from core.settings import Settings
 
 PROBE_TIMEOUT_S = 2
@@ -18,7 +18,7 @@ def require_services(settings: Settings, *, need_redis: bool = False) -> None:
         with psycopg.connect(settings.database.url, connect_timeout=PROBE_TIMEOUT_S):
             pass
     except psycopg.OperationalError as exc:
-        if _refused_or_gone(exc):
+        if is_unreachable(exc):
             raise unreachable("PostgreSQL", settings.database.url) from exc
         raise  # e.g. a wrong password or database name: explained by the caller's handler
     if need_redis:
@@ -31,8 +31,3 @@ def require_services(settings: Settings, *, need_redis: bool = False) -> None:
         finally:
             client.close()
 
-
-def _refused_or_gone(exc: psycopg.OperationalError) -> bool:
-    text = str(exc).lower()
-    return any(s in text for s in ("connection refused", "timeout expired", "could not translate host",
-                                   "no route to host", "network is unreachable", "connection timed out"))
