@@ -12,6 +12,7 @@ from typing import Any
 
 import httpx
 from rich.console import Console
+from rich.markup import escape
 
 from core.events import TERMINAL_TYPES as TERMINAL
 
@@ -168,17 +169,18 @@ class Renderer:
         elif kind == "step.started":
             err.print(f"[dim]· {data['node']}[/dim]")
         elif kind == "tool.call":
-            err.print(f"[cyan]→ {data['name']}[/cyan] {json.dumps(data['args'])[:200]}", markup=True)
+            err.print(f"[cyan]→ {escape(data['name'])}[/cyan] {escape(json.dumps(data['args'])[:200])}",
+                      highlight=False)
         elif kind == "tool.result":
             text = f"error: {data['error']}" if data.get("error") else json.dumps(data.get("output"))[:200]
-            err.print(f"[cyan]←[/cyan] {text}", highlight=False)
+            err.print(f"[cyan]←[/cyan] {escape(text)}", highlight=False)
         elif kind == "subagent.started":
             err.print(f"[magenta]⇢ delegating to {data.get('name', data['agent_id'])}[/magenta]")
         elif kind == "subagent.completed":
             err.print(f"[magenta]⇠ {data.get('name', data['agent_id'])} done[/magenta]")
         elif kind == "confirmation.required":
-            err.print(f"[yellow]⏸ {data['name']} {json.dumps(data['args'])[:300]} needs your approval[/yellow]",
-                      highlight=False)
+            err.print(f"[yellow]⏸ {escape(data['name'])} {escape(json.dumps(data['args'])[:300])} needs your "
+                      "approval[/yellow]", highlight=False)
         elif kind == "confirmation.resolved":
             self.decided_since_start = True
             err.print(f"[yellow]  {data['decision']}[/yellow]")
