@@ -1,23 +1,50 @@
 """The `agentos` command: `dev`, `api`, `worker`, `watchdog`, `migrate`, `org create`, `run`,
-`memory reembed`."""
+`memory reembed`.
+
+Expected failures (a port in use, no stack running, a taken name, ...) raise `CliError` or one of
+the infrastructure errors `agentos.errors.explain` knows; `AgentosGroup` prints them as one line
+on stderr and exits non-zero. `agentos --debug` shows their traceback instead."""
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import os
+import socket
 import sys
 from functools import partial
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as package_version
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 import uvicorn
 from pydantic import ValidationError
 from rich.console import Console
+from rich.markup import escape
+from typer.core import TyperGroup
 
-from agentos.bootstrap import DEV_STATE_FILE, OWNER_KEY_FILE, ensure_default_agents, ensure_default_org, record_api_url
+from agentos.bootstrap import (
+    DEV_STATE_FILE,
+    OWNER_KEY_FILE,
+    ensure_default_agents,
+    ensure_default_org,
+    forget_api_url,
+    record_api_url,
+)
+from agentos.errors import (
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_NEEDS_APPROVAL,
+    EXIT_USAGE,
+    CliError,
+    explain,
+)
+from agentos.services import require_services
 from agentos.stack.local import LocalStack, running_stack
+from agentos.stack.process import StackError
 from agentos.stack.supervisor import Supervisor
 from agentos.stack.worker import watchdog_process, worker_process
 from core.db import open_pool
@@ -25,12 +52,58 @@ from core.migrations import migrate as apply_migrations
 from core.settings import Settings, load_settings
 from core.store import orgs
 
-app = typer.Typer(help="AgentOS: a self-hostable, multi-tenant agent platform.", no_args_is_help=True)
+console = Console(stderr=True, soft_wrap=True)
+
+
+class AgentosGroup(TyperGroup):
+    """The root command: turns expected failures into one line on stderr and an exit code."""
+
+    def invoke(self, ctx: Any) -> Any:  # Any: typer's vendored click.Context is not public API
+        try:
+            return super().invoke(ctx)
+        except (typer.Exit, typer.Abort, typer.TyperException):  # typer's own: exit codes and usage errors
+            raise
+        except KeyboardInterrupt:
+            if ctx.params.get("debug"):
+                raise
+            console.print("interrupted")
+            ctx.exit(EXIT_INTERRUPTED)
+        except Exception as exc:
+            failure = exc if isinstance(exc, CliError) else explain(exc)
+            if failure is None and isinstance(exc, StackError):
+                failure = CliError(str(exc))
+            if failure is None or ctx.params.get("debug"):
+                raise
+            console.print(f"[red]error:[/red] {escape(failure.message)}", highlight=False)
+            ctx.exit(failure.code)
+
+
+def _version(value: bool) -> None:
+    if value:
+        try:
+            typer.echo(f"agentos {package_version('agentos')}")
+        except PackageNotFoundError:
+            typer.echo("agentos (not installed as a package)")
+        raise typer.Exit()
+
+
+app = typer.Typer(help="AgentOS: a self-hostable, multi-tenant agent platform.", no_args_is_help=True,
+                  cls=AgentosGroup, pretty_exceptions_show_locals=False)
+
+
+@app.callback()
+def root(
+    debug: Annotated[bool, typer.Option("--debug", help="Show the traceback of a failure.")] = False,
+    version: Annotated[bool, typer.Option("--version", help="Print the version and exit.", callback=_version,
+                                          is_eager=True)] = False,
+) -> None:
+    """AgentOS: a self-hostable, multi-tenant agent platform."""
+
+
 org_app = typer.Typer(help="Manage organisations.", no_args_is_help=True)
 app.add_typer(org_app, name="org")
 memory_app = typer.Typer(help="Manage long-term memory.", no_args_is_help=True)
 app.add_typer(memory_app, name="memory")
-console = Console(stderr=True, soft_wrap=True)
 
 DataDir = Annotated[Path, typer.Option("--data-dir", help="Where the local stack keeps its data.")]
 
@@ -39,8 +112,8 @@ def _settings(**overrides: object) -> Settings:
     try:
         return load_settings(**overrides)
     except ValidationError as exc:
-        console.print(f"[red]Invalid settings:[/red] {exc}")
-        raise typer.Exit(2) from None
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'settings'}: {e['msg']}" for e in exc.errors())
+        raise CliError(f"invalid settings: {problems}", EXIT_USAGE) from None
 
 
 def _external_services() -> bool:
@@ -56,12 +129,30 @@ def _migrate(settings: Settings) -> None:
     console.print(f"[green]✓[/green] database schema up to date ({applied} migration(s) applied)")
 
 
-def _serve(settings: Settings, host: str, port: int) -> None:
+def _serve(settings: Settings, host: str, port: int, sock: socket.socket | None = None) -> None:
     from api.app import create_app
 
     config = uvicorn.Config(create_app(settings), host=host, port=port, log_level=settings.log_level.lower(),
                             lifespan="on", timeout_graceful_shutdown=10)
-    uvicorn.Server(config).run()
+    uvicorn.Server(config).run(sockets=[sock] if sock else None)
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    """The API's listening socket, taken before anything else starts: a port in use is then a
+    one-line error, not a stack started for nothing (or a recorded URL that is someone else's)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does: restart at once
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise CliError(f"port {port} on {host} is already in use; stop what uses it or choose another "
+                           "with --port") from None
+        raise CliError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    sock.set_inheritable(False)
+    return sock
 
 
 @app.command()
@@ -79,16 +170,24 @@ def dev(
     """
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     data_dir = data_dir.resolve()
+    other = running_stack(data_dir)
+    if other is not None and not _external_services():
+        raise CliError(f"`agentos dev` is already running from {data_dir} (pid {other.pid}); stop it first, "
+                       "or use another directory")
+    sock = _bind(host, port)
     stack: LocalStack | None = None
     supervisor: Supervisor | None = None
+    api_url = f"http://{host}:{port}"
     try:
         if _external_services():
             settings = _settings()
+            require_services(settings, need_redis=True)
             console.print("Using the Postgres and Redis named by AGENTOS_DATABASE_URL / AGENTOS_REDIS_URL")
         else:
-            stack = LocalStack(data_dir)
+            starting = LocalStack(data_dir)
             with console.status("Starting embedded PostgreSQL (pgvector) and Redis…"):
-                urls = stack.start()
+                urls = starting.start()  # stops what it started if it fails
+            stack = starting
             console.print(f"[green]✓[/green] PostgreSQL {urls.database_url}")
             console.print(f"[green]✓[/green] Redis      {urls.redis_url}")
             settings = _settings(database={"url": urls.database_url}, redis={"url": urls.redis_url})
@@ -98,17 +197,18 @@ def dev(
         console.print(f"[green]✓[/green] org {org_id} ({'created' if created else 'reused'})")
         if asyncio.run(ensure_default_agents(settings, org_id)):
             console.print("[green]✓[/green] agent 'assistant' (offline model, file_manager, remember, recall, "
-                          "sub-agent 'helper')")
+                          "knowledge recall, sub-agent 'helper' with file_manager)")
         supervisor = _start_workers(settings, data_dir, workers)
-        api_url = f"http://{host}:{port}"
         record_api_url(data_dir, api_url)
         console.print(f"\n  API       {api_url}")
         console.print(f"  Owner key {key}   (saved in {data_dir / OWNER_KEY_FILE})")
         console.print(f"  Try:      curl -H 'Authorization: Bearer {key}' {api_url}/v1/me")
         console.print('            agentos run assistant "hello"\n')
         console.print("Press Ctrl-C to stop everything.")
-        _serve(settings, host, port)
+        _serve(settings, host, port, sock)
     finally:
+        sock.close()
+        forget_api_url(data_dir, api_url)
         if supervisor is not None:
             with console.status("Stopping the workers and the watchdog…"):
                 supervisor.stop()
@@ -147,12 +247,16 @@ def _start_workers(settings: Settings, data_dir: Path, count: int) -> Supervisor
 
 @app.command()
 def api(
-    port: Annotated[int, typer.Option(help="Port to listen on.", envvar="AGENTOS_API__PORT")] = 8000,
-    host: Annotated[str, typer.Option(help="Address to bind.", envvar="AGENTOS_API__HOST")] = "0.0.0.0",
+    port: Annotated[int | None, typer.Option(help="Port to listen on (default: AGENTOS_API__PORT, 8000).")] = None,
+    host: Annotated[str | None, typer.Option(
+        help="Address to bind (default: AGENTOS_API__HOST, 127.0.0.1; 0.0.0.0 listens on every interface).")] = None,
 ) -> None:
     """Serve the API alone, against AGENTOS_DATABASE_URL and AGENTOS_REDIS_URL (for deployment)."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    _serve(_settings(), host, port)
+    settings = _settings()
+    require_services(settings)  # Redis may be down: the API serves reads and defers runs meanwhile
+    host, port = host or settings.api.host, settings.api.port if port is None else port
+    _serve(settings, host, port, _bind(host, port))
 
 
 @app.command()
@@ -166,16 +270,20 @@ def worker(
     from runtime.celery_app import run_worker
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    settings = _settings_for_cli(data_dir)
+    settings = _settings_for_cli(data_dir, need_redis=True)
     run_worker(settings, concurrency=concurrency, pool=pool, loglevel=settings.log_level.upper())
 
 
-def _settings_for_cli(data_dir: Path) -> Settings:
-    """The settings of a running `agentos dev` in `data_dir`, else those of the environment."""
+def _settings_for_cli(data_dir: Path, *, need_redis: bool = False) -> Settings:
+    """The settings of a running `agentos dev` in `data_dir`, else those of the environment;
+    `CliError` at once when their Postgres (or Redis) cannot be reached."""
     urls = running_stack(data_dir.resolve())
     if urls and not _external_services():
-        return _settings(database={"url": urls.database_url}, redis={"url": urls.redis_url})
-    return _settings()
+        settings = _settings(database={"url": urls.database_url}, redis={"url": urls.redis_url})
+    else:
+        settings = _settings()
+    require_services(settings, need_redis=need_redis)
+    return settings
 
 
 @app.command()
@@ -191,7 +299,7 @@ def watchdog(
     from runtime.watchdog import run_watchdog, sweep_once
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    settings = _settings_for_cli(data_dir)
+    settings = _settings_for_cli(data_dir, need_redis=True)
     if once:
         typer.echo(asyncio.run(sweep_once(settings)).summary())
         return
@@ -206,10 +314,12 @@ def migrate(data_dir: DataDir = Path(".agentos")) -> None:
 
 @org_app.command("create")
 def org_create(
-    name: Annotated[str, typer.Argument(help="The organisation's name.")],
+    name: Annotated[str, typer.Argument(help="The organisation's name (unique, regardless of case).")],
     data_dir: DataDir = Path(".agentos"),
 ) -> None:
     """Create an organisation; prints its id and an owner API key (shown once)."""
+    if not 1 <= len(name.strip()) <= 200:
+        raise CliError("the name must be 1 to 200 characters", EXIT_USAGE)
     settings = _settings_for_cli(data_dir)
 
     async def create() -> tuple[str, str]:
@@ -220,10 +330,10 @@ def org_create(
         finally:
             await pool.close()
 
-    if not 1 <= len(name) <= 200:
-        console.print("[red]The name must be 1 to 200 characters.[/red]")
-        raise typer.Exit(2)
-    org_id, key = asyncio.run(create())
+    try:
+        org_id, key = asyncio.run(create())
+    except orgs.OrgNameTaken:
+        raise CliError(f"an organisation named {name!r} already exists; choose another name") from None
     typer.echo(f"org_id: {org_id}")
     typer.echo(f"owner_api_key: {key}")
     console.print("[yellow]Store the key now: it is not shown again.[/yellow]")
@@ -247,13 +357,16 @@ def memory_reembed(
 
     from memory.embeddings import resolve_embedder
     from memory.reembed import ReembedError, ReembedProgress, reembed
+    from orchestrator.models import ModelConfigError, require_credentials
 
     settings = _settings_for_cli(data_dir)
     try:
+        require_credentials(model, settings.models)  # the check (and message) a run makes
         embedder = resolve_embedder(model, settings)
+    except ModelConfigError as exc:  # what a run reports as MODEL_CONFIG
+        raise CliError(f"MODEL_CONFIG: {exc}", EXIT_USAGE) from None
     except ValueError as exc:
-        console.print(str(exc), style="red", markup=False)
-        raise typer.Exit(2) from None
+        raise CliError(str(exc), EXIT_USAGE) from None
 
     async def go(bar: Progress) -> ReembedProgress:
         task = bar.add_task(f"re-embedding with {embedder.model}", total=None)
@@ -272,13 +385,11 @@ def memory_reembed(
         with Progress(*columns, console=console, transient=True) as bar:
             counts = asyncio.run(go(bar))
     except ValueError as exc:  # an unknown org: nothing was changed
-        console.print(str(exc), style="red", markup=False)
-        raise typer.Exit(2) from None
+        raise CliError(str(exc), EXIT_USAGE) from None
     except (ReembedError, psycopg.Error) as exc:
         detail = f"database error ({type(exc).__name__}): {exc}" if isinstance(exc, psycopg.Error) else str(exc)
-        console.print(detail, style="red", markup=False)
-        console.print("Nothing is lost: items already moved stay moved; run the command again to continue.")
-        raise typer.Exit(1) from None
+        raise CliError(f"{' '.join(detail.split())}. Nothing is lost: items already moved stay moved; run the "
+                       "command again to continue.") from None
     console.print(f"[green]✓[/green] org {org}: {counts.done} re-embedded, {counts.merged} merged into an "
                   f"existing item, {counts.skipped} skipped; its embedding model is now {embedder.model}")
 
@@ -288,27 +399,31 @@ def run(
     agent: Annotated[str, typer.Argument(help="Agent id or name.")],
     message: Annotated[str, typer.Argument(help="What to ask.")],
     session: Annotated[str | None, typer.Option(help="Continue this session instead of starting one.")] = None,
+    user: Annotated[str | None, typer.Option(
+        "--user", help="The end user of a new session (user-scoped memory is theirs); default: the key's.")] = None,
     api_url: Annotated[str | None, typer.Option(envvar="AGENTOS_API_URL", help="Default: the local dev API.")] = None,
     api_key: Annotated[str | None, typer.Option(envvar="AGENTOS_API_KEY", help="Default: the dev owner key.")] = None,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Approve every call that asks for approval.")] = False,
     data_dir: DataDir = Path(".agentos"),
 ) -> None:
-    """Send a message to an agent and stream the run: tokens to stdout, steps to stderr.
+    """Send a message to an agent and stream the run: the answer to stdout, steps to stderr.
 
-    A call that needs approval is asked about on the terminal (or approved with --yes; without a
-    terminal the run waits for a decision through the API). Exits 0 when the run succeeds, 1 when
-    it fails, times out or is cancelled (Ctrl-C cancels it).
+    A call that needs approval is asked about on the terminal, or approved with --yes. Without a
+    terminal (stdin not a tty) and without --yes, the command prints how to decide over HTTP and
+    exits 3, leaving the run waiting. Exits 0 when the run succeeds, 1 when it fails, times out
+    or is cancelled, 130 on Ctrl-C (which cancels the run).
     """
     from agentos.run_client import ClientError, RunClient, render
 
-    url, key = _dev_client_defaults(data_dir, api_url, api_key)
+    if session and user:
+        raise CliError("--user applies to a new session; a --session keeps its own end user", EXIT_USAGE)
+    url, key, key_hint = _dev_client_defaults(data_dir, api_url, api_key)
     client = RunClient(url, key)
     out = Console(soft_wrap=True)
     try:
-        started = client.start(agent, message, session)
+        started = client.start(agent, message, session, user)
     except ClientError as exc:
-        console.print(f"[red]{exc}[/red]")
-        raise typer.Exit(1) from None
+        raise CliError(str(exc)) from None
     console.print(f"[dim]session {started['session_id']} · run {started['id']}[/dim]")
 
     def on_confirm(call: dict[str, object]) -> None:
@@ -319,25 +434,32 @@ def run(
             approve = typer.confirm("  Approve?", default=False, err=True)
             client.decide(tool_call_id, approve=approve, reason=None if approve else "declined on the terminal")
         else:
-            console.print(f"  waiting: POST /v1/tool-calls/{tool_call_id}/approve (or /reject)")
+            decide = f"{url}/v1/tool-calls/{tool_call_id}"
+            console.print(f"run {started['id']} waits for a decision and there is no terminal to ask (--yes "
+                          f"approves every call): curl -X POST -H \"Authorization: Bearer {key_hint}\" "
+                          f"{decide}/approve   (or .../reject); then follow it: GET {url}/v1/runs/{started['id']}"
+                          "/events", highlight=False, markup=False)
+            raise typer.Exit(EXIT_NEEDS_APPROVAL)
 
     try:
-        terminal = render(client.events(started["id"]), out, console, started["agent_id"], on_confirm)
+        terminal = render(client.events(started["id"]), out, console, started["agent_id"], on_confirm,
+                          stream=out.is_terminal)
     except KeyboardInterrupt:
         client.cancel(started["id"])
         console.print("\n[yellow]cancelled[/yellow]")
-        raise typer.Exit(130) from None
+        raise typer.Exit(EXIT_INTERRUPTED) from None
     except ClientError as exc:
-        console.print(f"[red]{exc}[/red]")
-        raise typer.Exit(1) from None
+        raise CliError(str(exc)) from None
     if terminal["type"] != "run.succeeded":
         error = terminal["data"].get("error") or {}
-        console.print(f"[red]{terminal['type']}[/red] {error.get('code', '')}: {error.get('message', '')}")
-        raise typer.Exit(1)
+        message = escape(str(error.get("message", "")))
+        console.print(f"[red]{terminal['type']}[/red] {error.get('code', '')}: {message}", highlight=False)
+        raise typer.Exit(EXIT_FAILED)
 
 
-def _dev_client_defaults(data_dir: Path, api_url: str | None, api_key: str | None) -> tuple[str, str]:
-    """The API URL and key: given ones first, else those `agentos dev` saved in `data_dir`."""
+def _dev_client_defaults(data_dir: Path, api_url: str | None, api_key: str | None) -> tuple[str, str, str]:
+    """The API URL and key, given ones first, else those `agentos dev` saved in `data_dir`; and
+    how to name the key in a hint without printing it."""
     import json
 
     try:
@@ -346,10 +468,10 @@ def _dev_client_defaults(data_dir: Path, api_url: str | None, api_key: str | Non
         state = {}
     url, key = api_url or state.get("api_url"), api_key or state.get("api_key")
     if not url or not key:
-        console.print("[red]No API to talk to:[/red] start `agentos dev` in this directory, or set "
-                      "AGENTOS_API_URL and AGENTOS_API_KEY.")
-        raise typer.Exit(2)
-    return str(url), str(key)
+        raise CliError("no API to talk to: start `agentos dev` in this directory, or set AGENTOS_API_URL and "
+                       "AGENTOS_API_KEY", EXIT_USAGE)
+    hint = "$AGENTOS_API_KEY" if api_key else f"$(cat {data_dir / OWNER_KEY_FILE})"
+    return str(url).rstrip("/"), str(key), hint
 
 
 def main() -> None:

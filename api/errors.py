@@ -1,4 +1,4 @@
-"""Exception handlers: every failure leaves as the error object of API.md, never a bare 500."""
+"""Exception handlers: every failure leaves as the error object of docs/api.md ("Errors"), never a bare 500."""
 
 from __future__ import annotations
 

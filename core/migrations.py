@@ -416,6 +416,25 @@ def _memory_exact_by_user(conn: psycopg.Connection) -> None:
     conn.execute(_MEMORY_EXACT_BY_USER_SQL)
 
 
+_UNIQUE_ORG_NAMES_SQL = """
+-- Org names become unique regardless of case (`agentos org create` and POST /v1/orgs answer a
+-- taken name with a conflict). Names taken twice before this migration keep the oldest org's
+-- name; each later one gets its id appended, "Acme (org_...)", cut to the 200-character limit.
+-- FORCEd row-level security would hide every org from the owner login: lifted for this one
+-- statement, inside the migration's transaction.
+ALTER TABLE orgs NO FORCE ROW LEVEL SECURITY;
+UPDATE orgs o SET name = left(o.name, 200 - length(o.id) - 3) || ' (' || o.id || ')'
+FROM (SELECT id, row_number() OVER (PARTITION BY lower(name) ORDER BY created_at, id) AS n FROM orgs) d
+WHERE d.id = o.id AND d.n > 1;
+ALTER TABLE orgs FORCE ROW LEVEL SECURITY;
+CREATE UNIQUE INDEX orgs_name_uq ON orgs (lower(name));
+"""
+
+
+def _unique_org_names(conn: psycopg.Connection) -> None:
+    conn.execute(_UNIQUE_ORG_NAMES_SQL)
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration("initial schema with row-level security", _initial),
     Migration("per-session event sequence and run queue order", _run_queue),
@@ -425,6 +444,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration("knowledge base documents, chunks as memories", _knowledge),
     Migration("memory search: session index", _memory_search),
     Migration("memory search: exact-search index keyed by org and end user", _memory_exact_by_user),
+    Migration("organisation names unique regardless of case", _unique_org_names),
 )
 
 

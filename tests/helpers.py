@@ -92,7 +92,9 @@ class Org:
 
 
 def new_org(client: TestClient, name: str = "test org") -> Org:
-    r = client.post("/v1/orgs", json={"name": name}, headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
+    # Org names are unique: a suffix lets every test ask for "org A".
+    r = client.post("/v1/orgs", json={"name": f"{name} {secrets.token_hex(4)}"},
+                    headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
     assert r.status_code == 201, r.text
     body = r.json()
     return Org(id=body["org"]["id"], key=body["api_key"]["key"], client=client)

@@ -1,5 +1,6 @@
-"""The import edges of ARCHITECTURE.md, enforced by reading every module's imports: layers, no import
-cycles, no test module importing another, and what the API process loads."""
+"""The import edges of docs/architecture.md ("Import direction"), enforced by reading every
+module's imports: layers, no import cycles, no test module importing another, and what the API
+process loads."""
 
 from __future__ import annotations
 

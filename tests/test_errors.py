@@ -1,4 +1,4 @@
-"""The error contract (../shared/API.md): every bad input gets its documented 4xx with a stable
+"""The error contract (docs/api.md, "Errors"): every bad input gets its documented 4xx with a stable
 code, a sentence that helps, and the `{"error": {"code", "message", "details"}}` object. Never a
 500, and a refused write leaves nothing half-written behind."""
 

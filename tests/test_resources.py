@@ -1,4 +1,4 @@
-"""Happy paths of every route in API.md that this release serves."""
+"""Happy paths of every route in docs/api.md that this release serves."""
 
 from __future__ import annotations
 

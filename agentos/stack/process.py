@@ -14,6 +14,10 @@ from pathlib import Path
 _PR_SET_PDEATHSIG = 1
 
 
+class StackError(RuntimeError):
+    """A server of the local stack could not start; the message is one line naming its log."""
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
@@ -88,12 +92,12 @@ class ServerProcess:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if not self.alive():
-                raise RuntimeError(f"{self.name} exited while starting; its log says:\n{self.log_tail()}")
+                raise StackError(f"{self.name} exited while starting; see {self.log_path}")
             if ready():
                 return
             time.sleep(0.05)
         self.stop()
-        raise RuntimeError(f"{self.name} did not become ready in {timeout_s:.0f}s; log:\n{self.log_tail()}")
+        raise StackError(f"{self.name} did not become ready in {timeout_s:.0f}s; see {self.log_path}")
 
     def stop(self, timeout_s: float = 20.0) -> None:
         if self.proc is None or self.proc.poll() is not None:

