@@ -29,6 +29,7 @@ from api.responses import json
 from api.routes import agents, api_keys, events, health, knowledge, memories, orgs, runs, sessions, tool_calls
 from core.admission import Admission
 from core.db import check_tenant_isolation, open_pool
+from core.event_hub import EventHub
 from core.jobs import JobQueue
 from core.settings import Settings
 
@@ -63,6 +64,7 @@ def create_app(settings: Settings) -> Starlette:
             socket_connect_timeout=settings.redis.socket_timeout_s,
         )
         jobs = JobQueue(settings)
+        event_hub = EventHub.from_settings(settings, pool)
         try:
             await check_tenant_isolation(pool)
             app.state.settings = settings
@@ -71,10 +73,12 @@ def create_app(settings: Settings) -> Starlette:
             app.state.jobs = jobs
             app.state.auth = Authenticator(settings.auth, pool)
             app.state.admission = Admission(settings.limits, redis, pool)
+            app.state.event_hub = await event_hub.open()
             log.info("AgentOS API ready")
             yield
         finally:
             jobs.close()
+            await event_hub.aclose()
             await redis.aclose()
             await pool.close()
 

@@ -20,6 +20,7 @@ from api.responses import json, listing
 from api.run_signals import enqueue, enqueue_next, flag_cancel, publish_events
 from core.admission import Admission, release_run
 from core.errors import ApiError
+from core.event_hub import EventHub
 from core.event_reader import EventReader
 from core.pagination import page
 from core.settings import Settings
@@ -184,9 +185,8 @@ async def wait_run(call: Call[Any]) -> Response:
 
 
 def reader_for(call: Call[Any], session_id: str) -> EventReader:
-    s = settings_of(call)
-    block_s = min(s.events.keepalive_s, max(s.redis.socket_timeout_s - 1.0, 0.5))
-    return EventReader(call.pool, call.request.app.state.redis, call.principal.org_id, session_id, block_s=block_s)
+    hub: EventHub = call.request.app.state.event_hub
+    return EventReader(hub, call.principal.org_id, session_id)
 
 
 @endpoint("Cancel a run: a queued run ends at once; a running one stops within a step (`202`).",
