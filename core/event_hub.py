@@ -37,8 +37,9 @@ log = logging.getLogger("agentos.events")
 
 PAGE = 500
 # Redis connections of one hub: one blocking XREAD plus short catch-up reads. The bound of what
-# any number of followers costs an API process in Redis connections.
+# any number of followers costs an API process in Redis connections. They carry CLIENT_NAME.
 CONNECTIONS = 4
+CLIENT_NAME = "agentos-events"
 POLL_WHEN_REDIS_DOWN_S = 0.5
 LOG_EVERY_S = 30.0
 # A follower that falls this far behind (a client not reading) drops its buffer and reads
@@ -132,7 +133,7 @@ class EventHub:
         timeout = settings.redis.socket_timeout_s
         redis_pool = aioredis.BlockingConnectionPool.from_url(
             settings.redis.url, max_connections=CONNECTIONS, timeout=timeout,
-            socket_timeout=timeout, socket_connect_timeout=timeout,
+            socket_timeout=timeout, socket_connect_timeout=timeout, client_name=CLIENT_NAME,
         )
         block_s = min(max(timeout - 1.0, timeout / 2), 10.0)
         return cls(pool, aioredis.Redis(connection_pool=redis_pool), block_s=block_s, check_s=max(block_s, 1.0))
