@@ -169,11 +169,18 @@ class EventHub:
     def followers(self) -> int:
         return sum(len(s.followers) for s in self._streams.values())
 
+    @property
+    def degraded(self) -> bool:
+        """True while the multiplexed read cannot reach Redis (followers read Postgres)."""
+        return self._redis_down
+
     # --- followers ------------------------------------------------------------------------
 
     async def read_once(self, key: str, after: int) -> list[Event] | None:
         """Up to `PAGE` entries of `key` after seq `after`, without blocking; None when Redis
         cannot answer."""
+        if self._redis_down:  # known to be down: do not make every new follower wait for a timeout
+            return None
         try:
             reply: Any = await self.redis.xread({key: f"{after}-0"}, count=PAGE)
         except (RedisError, OSError) as exc:
@@ -265,10 +272,18 @@ class EventHub:
             stream = self._streams.get(key)
             if stream is None or not entries:
                 continue
-            events = [Event.from_json(fields[b"e"]) for _id, fields in entries]
-            stream.cursor = max(stream.cursor, events[-1].seq)
-            for follower in stream.followers:
-                follower.deliver(events)
+            events: list[Event] = []
+            for entry_id, fields in entries:
+                try:
+                    events.append(Event.from_json(fields[b"e"]))
+                except (KeyError, ValueError, TypeError) as exc:  # followers fill the hole from Postgres
+                    self._warner.warn("entry", "skipping malformed entry %r of %s: %r", entry_id, key, exc)
+            last_id = entries[-1][0]
+            stream.cursor = max(stream.cursor, int((last_id.decode() if isinstance(last_id, bytes) else last_id)
+                                                   .split("-")[0]))
+            if events:
+                for follower in stream.followers:
+                    follower.deliver(events)
 
     def _poke_all(self) -> None:
         for stream in self._streams.values():
