@@ -199,8 +199,7 @@ class EventHub:
             self._warner.warn("catch-up", "reading event streams from Redis failed (%s); "
                                           "followers read Postgres instead", exc)
             return None
-        return [Event.from_json(_field(fields, b"e"))
-                for entries in _entries(reply).values() for _id, fields in entries]
+        return self._parse(str(key), [entry for entries in _entries(reply).values() for entry in entries])
 
     def join(self, org_id: str, session_id: str, last: int) -> Follower:
         """Start handing this session's live events (after seq `last`) to a new follower."""
@@ -249,29 +248,36 @@ class EventHub:
 
     async def _read_loop(self) -> None:
         while True:
-            if not self._streams:
-                self._changed.clear()
-                await self._changed.wait()
-                continue
-            self._reading, self._wake_sent = True, False
             try:
-                reply: Any = await self._xread_all()
-            except (RedisError, OSError) as exc:
-                self._reading = False
-                if not self._redis_down:
-                    self._redis_down = True
-                    self._poke_all()  # nothing may wait for Redis now: read Postgres at once
-                self._warner.warn("read", "reading event streams from Redis failed (%s); following %d "
-                                          "streams from Postgres every %.1f s until it answers",
-                                  exc, len(self._streams), POLL_WHEN_REDIS_DOWN_S)
+                await self._read_step()
+            except Exception:  # a bug must not silence every stream: the Postgres check goes on too
+                log.exception("the event hub's read failed; trying again")
                 await asyncio.sleep(POLL_WHEN_REDIS_DOWN_S)
-                continue
+
+    async def _read_step(self) -> None:
+        if not self._streams:
+            self._changed.clear()
+            await self._changed.wait()
+            return
+        self._reading, self._wake_sent = True, False
+        try:
+            reply: Any = await self._xread_all()
+        except (RedisError, OSError) as exc:
             self._reading = False
-            if self._redis_down:
-                self._redis_down = False
-                log.info("reading event streams from Redis again")
-                self._poke_all()  # whatever happened meanwhile is in Postgres
-            self._dispatch(reply)
+            if not self._redis_down:
+                self._redis_down = True
+                self._poke_all()  # nothing may wait for Redis now: read Postgres at once
+            self._warner.warn("read", "reading event streams from Redis failed (%s); following %d "
+                                      "streams from Postgres every %.1f s until it answers",
+                              exc, len(self._streams), POLL_WHEN_REDIS_DOWN_S)
+            await asyncio.sleep(POLL_WHEN_REDIS_DOWN_S)
+            return
+        self._reading = False
+        if self._redis_down:
+            self._redis_down = False
+            log.info("reading event streams from Redis again")
+            self._poke_all()  # whatever happened meanwhile is in Postgres
+        self._dispatch(reply)
 
     async def _xread_all(self) -> Any:
         """One blocking XREAD over every followed key and the wake stream, as the raw reply.
@@ -305,18 +311,24 @@ class EventHub:
             stream = self._streams.get(key)
             if stream is None or not entries:
                 continue
-            events: list[Event] = []
-            for entry_id, fields in entries:
-                try:
-                    events.append(Event.from_json(_field(fields, b"e")))
-                except (KeyError, ValueError, TypeError) as exc:  # followers fill the hole from Postgres
-                    self._warner.warn("entry", "skipping malformed entry %r of %s: %r", entry_id, key, exc)
+            events = self._parse(key, entries)
             last_id = entries[-1][0]
             stream.cursor = max(stream.cursor, int((last_id.decode() if isinstance(last_id, bytes) else last_id)
                                                    .split("-")[0]))
             if events:
                 for follower in stream.followers:
                     follower.deliver(events)
+
+    def _parse(self, key: str, entries: list[Any]) -> list[Event]:
+        """The events of stream entries; a malformed one is skipped (followers see the hole in
+        the seqs and read it from Postgres)."""
+        events: list[Event] = []
+        for entry_id, fields in entries:
+            try:
+                events.append(Event.from_json(_field(fields, b"e")))
+            except (KeyError, ValueError, TypeError) as exc:
+                self._warner.warn("entry", "skipping malformed entry %r of %s: %r", entry_id, key, exc)
+        return events
 
     def _poke_all(self) -> None:
         for stream in self._streams.values():

@@ -23,7 +23,7 @@ from core.db import open_pool
 from core.event_hub import EventHub
 from core.event_reader import EventReader
 from core.settings import Settings
-from core.tenancy import AsyncPool, tenant_tx
+from core.tenancy import AsyncPool, session_stream_key, tenant_tx
 from tests.conftest import RsaKeys, make_settings, new_org
 
 pytestmark = pytest.mark.timeout(90)
@@ -153,3 +153,26 @@ def test_with_redis_down_followers_read_postgres_and_the_hub_recovers(setup: Set
     warnings = [r.getMessage() for r in caplog.records if r.name == "agentos.events" and r.levelno >= logging.WARNING]
     assert 1 <= len(warnings) <= 2, warnings  # the read loop's, and at most one for catch-up reads
     assert any("Redis again" in r.getMessage() for r in caplog.records)
+
+
+def test_a_malformed_stream_entry_is_skipped_and_its_event_read_from_postgres(setup: Setup):
+    async def scenario() -> list[int]:
+        pool = await open_pool(setup.settings.database, name="test-hub")
+        redis = aioredis.Redis.from_url(setup.settings.redis.url)
+        try:
+            async with EventHub.from_settings(setup.settings, pool) as hub:
+                seen: list[int] = []
+                task = _collect(hub, setup, 0, seen)
+                await _until(lambda: seen == [1] and hub.followers == 1)
+                await _emit(pool, setup, 1, publish=False)  # seq 2 in Postgres only...
+                await redis.xadd(session_stream_key(setup.org_id, setup.session_id), {"e": b"not json"}, id="2-0")
+                await _emit(pool, setup, 1, publish=True)  # ...its entry garbage, then seq 3
+                await _until(lambda: len(seen) == 3)
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+        finally:
+            await redis.aclose()
+            await pool.close()
+        return seen
+
+    assert asyncio.run(scenario()) == [1, 2, 3]
