@@ -29,6 +29,7 @@ from api.routes import agents, api_keys, events, health, knowledge, memories, or
 from api.state import ApiState, LifespanState
 from core.admission import Admission
 from core.db import check_tenant_isolation
+from core.event_hub import EventHub
 from core.infra import Infra
 from core.settings import Settings
 
@@ -57,13 +58,15 @@ def create_app(settings: Settings) -> Starlette:
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[LifespanState]:
         infra = await Infra.open(settings, name="agentos-api")
+        event_hub = EventHub.from_settings(settings, infra.pool)
         try:
             await check_tenant_isolation(infra.pool)
             state = ApiState(infra, Authenticator(settings.auth, infra.pool),
-                             Admission(settings.limits, infra.redis, infra.pool))
+                             Admission(settings.limits, infra.redis, infra.pool), await event_hub.open())
             log.info("AgentOS API ready")
             yield {"api": state}
         finally:
+            await event_hub.aclose()
             await infra.close()
 
     exception_handlers: Any = HANDLERS

@@ -10,6 +10,7 @@ from starlette.requests import Request
 
 from api.auth import Authenticator
 from core.admission import Admission
+from core.event_hub import EventHub
 from core.infra import Infra
 from memory.embeddings import Embedder
 
@@ -19,6 +20,8 @@ class ApiState:
     infra: Infra
     auth: Authenticator
     admission: Admission
+    # Followers of the sessions' event streams in this process share its reads (one XREAD).
+    events: EventHub
     # Embedders by model spec, made on first use (an `openai:` one loads its client only then).
     embedders: dict[str, Embedder] = field(default_factory=dict)
 

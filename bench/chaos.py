@@ -571,6 +571,10 @@ def parse_args(argv: list[str] | None = None) -> ChaosOptions:
                         keep=a.keep)
 
 
+def _wait_ready(worker: ServerProcess) -> None:
+    worker.wait_until(lambda: " ready." in worker.log_tail(400), timeout_s=90)
+
+
 def main(argv: list[str] | None = None) -> int:
     opts = parse_args(argv)
     t0 = time.perf_counter()
@@ -592,7 +596,3 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
-
-
-def _wait_ready(worker: ServerProcess) -> None:
-    worker.wait_until(lambda: " ready." in worker.log_tail(400), timeout_s=90)

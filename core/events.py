@@ -22,6 +22,7 @@ from psycopg import AsyncConnection
 from psycopg.rows import DictRow
 from redis.exceptions import RedisError, ResponseError
 
+from core.storable import storable
 from core.tenancy import AsyncPool, session_stream_key, tenant_tx
 
 log = logging.getLogger("agentos.events")
@@ -118,8 +119,9 @@ async def append(
         raise SessionGone(session_id)
     first = int(row["event_seq"]) - len(items) + 1
     ts = datetime.now(UTC)
+    # Text a model or user produced may hold what Postgres cannot store (core.storable).
     events = [
-        Event(seq=first + i, type=kind, run_id=run_id, session_id=session_id, ts=ts, data=data)
+        Event(seq=first + i, type=kind, run_id=run_id, session_id=session_id, ts=ts, data=storable(data))
         for i, (run_id, kind, data) in enumerate(items)
     ]
     await conn.execute(INSERT_EVENTS_SQL, {

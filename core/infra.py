@@ -25,12 +25,16 @@ from core.tenancy import AsyncPool
 
 def open_redis(settings: RedisSettings) -> aioredis.Redis:
     """The one way a process builds its Redis client: bounded socket and connect timeouts, so
-    a Redis that stopped answering fails a call instead of hanging it."""
-    return aioredis.Redis.from_url(
+    a Redis that stopped answering fails a call instead of hanging it, and a bounded pool whose
+    callers wait for a free connection rather than fail when a burst needs more."""
+    pool = aioredis.BlockingConnectionPool.from_url(
         settings.url,
+        max_connections=settings.max_connections,
+        timeout=settings.socket_timeout_s,
         socket_timeout=settings.socket_timeout_s,
         socket_connect_timeout=settings.socket_timeout_s,
     )
+    return aioredis.Redis.from_pool(pool)
 
 
 @dataclass(frozen=True)

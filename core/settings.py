@@ -31,6 +31,9 @@ class DatabaseSettings(BaseModel):
 class RedisSettings(BaseModel):
     url: str = "redis://127.0.0.1:6379/0"
     socket_timeout_s: float = Field(default=5.0, gt=0)
+    # Connections a process's shared client may hold; a burst past it waits (up to the socket
+    # timeout) for a free one instead of failing with "Too many connections".
+    max_connections: int = Field(default=64, ge=2, le=10_000)
 
 
 class AuthSettings(BaseModel):

@@ -64,6 +64,12 @@ def session_stream_key(org_id: str, session_id: str) -> str:
     return f"agentos:{org_id}:session:{session_id}:events"
 
 
+def event_hub_wake_key(token: str) -> str:
+    """One API process's wake-up stream (`core.event_hub`): no org's data, only a nudge that
+    makes the process's blocking read pick up newly followed sessions. `token` is random."""
+    return f"agentos:event-hub:{token}:wake"
+
+
 def run_cancel_key(org_id: str, run_id: str) -> str:
     """Set when a client asks to cancel a run; the executing worker polls it."""
     return f"agentos:{org_id}:run:{run_id}:cancel"

@@ -25,6 +25,7 @@ from langgraph.runtime import Runtime, get_runtime
 from core import events
 from core.ids import new_id
 from core.skill_names import DELEGATE_TOOL
+from core.storable import refusal, storable, storable_text
 from core.store import tool_calls
 from core.store.tool_calls import ToolCallRow, ToolCallStatus
 from core.tenancy import tenant_tx
@@ -209,8 +210,9 @@ async def think(state: AgentState, runtime: Runtime[RunContext]) -> dict[str, An
     except Exception as exc:
         raise ModelCallFailed(exc) from exc
     _add_usage(ctx, chunk.usage_metadata)
+    # The answer is stored as a message: characters Postgres cannot hold are replaced here, once.
     message = AIMessage(
-        content=chunk.content, tool_calls=chunk.tool_calls, usage_metadata=chunk.usage_metadata,
+        content=storable(chunk.content), tool_calls=chunk.tool_calls, usage_metadata=chunk.usage_metadata,
         response_metadata=chunk.response_metadata, id=chunk.id,
     )
     return {"messages": [message]}
@@ -281,6 +283,9 @@ async def _act_on(ctx: RunContext, call: dict[str, Any]) -> ToolMessage:
     its outcome instead of repeating it; a call that needs a human waits here."""
     key = ctx.call_key(call["id"])
     name, args = call["name"], call.get("args") or {}
+    refused = refusal(name, args)
+    if refused is not None:
+        return await _refuse(ctx, call, key, refused)
     skill = ctx.skills.get(name) if name in ctx.agent.config.skills and name in ctx.skills else None
     async with tenant_tx(ctx.pool, ctx.org_id) as conn:
         row = await tool_calls.by_key(conn, ctx.run_id, key)
@@ -308,11 +313,32 @@ async def _act_on(ctx: RunContext, call: dict[str, Any]) -> ToolMessage:
     await ctx.emitter.emit(events.TOOL_CALL, {"tool_call_id": tool_call_id, "name": name, "args": run_args,
                                               "agent_id": ctx.agent.id})
     output, error = await _run_skill(ctx, {**call, "args": run_args}, tool_call_id)
+    output, error = storable(output), storable_text(error) if error is not None else None
     async with tenant_tx(ctx.pool, ctx.org_id) as conn:
         await tool_calls.finish(conn, tool_call_id, output=output, error=error)
     result = {"error": error} if error is not None else {"output": output}
     await ctx.emitter.emit(events.TOOL_RESULT, {"tool_call_id": tool_call_id, **result})
     return _tool_message(call, output, error)
+
+
+async def _refuse(ctx: RunContext, call: dict[str, Any], key: str, error: str) -> ToolMessage:
+    """A call whose name or arguments cannot be stored: recorded (with those characters
+    replaced) as failed without running, and answered with an error the model reads."""
+    name, args = storable_text(call["name"]), storable(call.get("args") or {})
+    async with tenant_tx(ctx.pool, ctx.org_id) as conn:
+        row = await tool_calls.by_key(conn, ctx.run_id, key)
+        fresh = row is None
+        if row is None:
+            row = await tool_calls.start(
+                conn, new_id("tool_call"), run_id=ctx.run_id, session_id=ctx.session_id, agent_id=ctx.agent.id,
+                name=name, args=args, sensitive=False, call_key=key,
+            )
+            row = await tool_calls.finish(conn, row["id"], error=error) or row
+    if fresh:
+        await ctx.emitter.emit(events.TOOL_CALL, {"tool_call_id": row["id"], "name": name, "args": args,
+                                                  "agent_id": ctx.agent.id})
+        await ctx.emitter.emit(events.TOOL_RESULT, {"tool_call_id": row["id"], "error": error})
+    return _tool_message(call, None, error)
 
 
 async def _decided(ctx: RunContext, row: ToolCallRow) -> ToolCallRow:
@@ -350,6 +376,11 @@ async def delegate(state: AgentState, runtime: Runtime[RunContext], subagent_gra
         if call["name"] != DELEGATE_TOOL:
             continue
         args = call.get("args") or {}
+        refused = refusal(DELEGATE_TOOL, args)
+        if refused is not None:
+            results.append(ToolMessage(content=f"Error: {refused}", tool_call_id=call["id"], name=DELEGATE_TOOL,
+                                       status="error"))
+            continue
         name, task = str(args.get("agent", "")), str(args.get("message", ""))
         agent_id = subagents.get(name)
         spec = await ctx.load_agent(agent_id) if agent_id else None
@@ -413,7 +444,7 @@ async def plan(state: AgentState, runtime: Runtime[RunContext]) -> dict[str, Any
         async with tenant_tx(ctx.pool, ctx.org_id) as conn:
             row = await tool_calls.by_key(conn, ctx.run_id, key)
         if row is None:
-            text = await _propose_plan(ctx, state, feedback)
+            text = storable_text(await _propose_plan(ctx, state, feedback))
             async with tenant_tx(ctx.pool, ctx.org_id) as conn:
                 row = await tool_calls.start(
                     conn, new_id("tool_call"), run_id=ctx.run_id, session_id=ctx.session_id, agent_id=ctx.agent.id,

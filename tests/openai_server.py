@@ -4,6 +4,8 @@ For `POST /v1/chat/completions` it answers, in order of precedence:
 - a tool call, when the request has `tools` and the last message is a user message with a line
   `use tool <name> <json args>`;
 - `tool said: <content>` when the last message is a `tool` message;
+- the text a line `say json <JSON string>` of the latest user message decodes to (so a test can
+  make the model answer characters a message cannot carry literally, e.g. `"\\u0000"`);
 - `echo: <last user content>` otherwise.
 Both `stream: true` (SSE chunks, word by word) and plain responses are served, and every request
 body is recorded in `requests`. `fail_next(status, times)` makes the next requests fail.
@@ -36,6 +38,7 @@ from memory.embeddings import hash_embed
 
 EMBEDDING_DIMS = 64
 _USE_TOOL = re.compile(r"^use tool (\S+)\s*(.*)$", re.MULTILINE)
+_SAY = re.compile(r"^say json (.*)$", re.MULTILINE)
 _WORD = re.compile(r"\s*\S+\s*")
 
 
@@ -153,6 +156,9 @@ def _answer(body: dict[str, Any]) -> tuple[str, dict[str, Any] | None]:
         index = sum(1 for m in messages if m.get("role") == "assistant")
         function = {"name": match.group(1), "arguments": match.group(2).strip() or "{}"}
         return "", {"id": f"call_test_{index}", "function": function}
+    say = _SAY.search(user)
+    if say:
+        return str(json.loads(say.group(1))), None
     return f"echo: {user}", None
 
 

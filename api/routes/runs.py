@@ -181,9 +181,7 @@ async def wait_run(call: Call[Any]) -> Response:
 
 
 def reader_for(call: Call[Any], session_id: str) -> EventReader:
-    s = call.settings
-    block_s = min(s.events.keepalive_s, max(s.redis.socket_timeout_s - 1.0, 0.5))
-    return EventReader(call.pool, call.infra.redis, call.principal.org_id, session_id, block_s=block_s)
+    return EventReader(state_of(call.request).events, call.principal.org_id, session_id)
 
 
 @endpoint("Cancel a run: a queued run ends at once; a running one stops within a step (`202`).",

@@ -1,0 +1,386 @@
+"""One per API process: reads every followed session stream with ONE blocking `XREAD` and hands
+the events to the followers in process, so idle SSE clients cost no Redis connection each.
+
+`EventHub` owns a small Redis connection pool of its own (`CONNECTIONS`): one connection for the
+multiplexed `XREAD`, the rest for the short catch-up reads of followers that just arrived. A
+follower joins a stream key at the seq it has caught up to; the hub reads each key from the
+highest seq it has seen there. Adding a key while the `XREAD` blocks appends an entry to the
+process's wake stream, which is part of every `XREAD`, so the read returns and starts again with
+the new key (an entry added before the read blocks is seen too: ids, not time, decide).
+
+Postgres stays the record: a check every `check_s` (every `POLL_WHEN_REDIS_DOWN_S` while Redis
+is down) reads, in one query per org, the newest seq of every followed session and tells each
+follower that is behind to read Postgres. That covers events that never reached Redis and the
+whole outage; Redis errors are logged once per `LOG_EVERY_S`, not per read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from core.events import Event
+from core.settings import Settings
+from core.tenancy import AsyncPool, event_hub_wake_key, session_stream_key, tenant_tx
+
+log = logging.getLogger("agentos.events")
+
+PAGE = 500
+# Redis connections of one hub: one blocking XREAD plus short catch-up reads. The bound of what
+# any number of followers costs an API process in Redis connections. They carry CLIENT_NAME.
+CONNECTIONS = 4
+CLIENT_NAME = "agentos-events"
+POLL_WHEN_REDIS_DOWN_S = 0.5
+LOG_EVERY_S = 30.0
+# A follower that falls this far behind (a client not reading) drops its buffer and reads
+# Postgres when it next runs, instead of holding events without limit.
+MAX_PENDING = 2000
+SESSION_SEQS_SQL = "SELECT id, event_seq FROM sessions WHERE id = ANY(%s)"
+SEQS_PER_QUERY = 1000
+
+
+@dataclass(eq=False)
+class Follower:
+    """One client following one session: where it is, and what the hub has for it."""
+
+    org_id: str
+    session_id: str
+    key: str
+    last: int
+    pending: list[Event] = field(default_factory=list)
+    # Postgres may hold events this follower has not got (missed, dropped or never published).
+    stale: bool = False
+    closed: bool = False
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def deliver(self, events: list[Event]) -> None:
+        if len(self.pending) + len(events) > MAX_PENDING:
+            self.pending.clear()
+            self.stale = True
+        else:
+            self.pending.extend(events)
+        self.wake.set()
+
+    def poke(self) -> None:
+        self.stale = True
+        self.wake.set()
+
+    @property
+    def seen(self) -> int:
+        """The newest seq this follower has or holds."""
+        return max(self.last, self.pending[-1].seq if self.pending else 0)
+
+
+@dataclass(eq=False)
+class _Stream:
+    key: bytes  # the key as an encoded XREAD argument
+    cursor: int  # the newest seq the hub has read from this key
+    followers: set[Follower] = field(default_factory=set)
+    _id_arg: tuple[int, bytes] = (-1, b"")
+
+    def id_arg(self) -> bytes:
+        if self._id_arg[0] != self.cursor:
+            self._id_arg = (self.cursor, _bulk(b"%d-0" % self.cursor))
+        return self._id_arg[1]
+
+
+def _bulk(value: bytes) -> bytes:
+    """One argument of a Redis command, as the protocol sends it."""
+    return b"$%d\r\n%s\r\n" % (len(value), value)
+
+
+class _Warner:
+    """Logs a degraded path once per interval with a count of what it skipped."""
+
+    def __init__(self, every_s: float) -> None:
+        self._every = every_s
+        self._last: dict[str, float] = {}
+        self._skipped: dict[str, int] = defaultdict(int)
+
+    def warn(self, topic: str, message: str, *args: object) -> None:
+        now = time.monotonic()
+        if now - self._last.get(topic, -self._every) < self._every:
+            self._skipped[topic] += 1
+            return
+        skipped = self._skipped.pop(topic, 0)
+        self._last[topic] = now
+        log.warning(message + (f" ({skipped} more since the last report)" if skipped else ""), *args)
+
+
+class EventHub:
+    """Live events for every follower in this process. Use `async with EventHub(...)` or
+    `open()` / `aclose()`; build it per process (`from_settings`), never at import."""
+
+    def __init__(self, pool: AsyncPool, redis: aioredis.Redis, *, block_s: float, check_s: float) -> None:
+        self.pool = pool
+        self.redis = redis
+        self._block_ms = max(int(block_s * 1000), 10)
+        self._check_s = check_s
+        self._wake_key = event_hub_wake_key(secrets.token_hex(8))
+        self._wake_id = "0-0"
+        self._streams: dict[str, _Stream] = {}
+        self._changed = asyncio.Event()
+        self._reading = False
+        self._wake_sent = False
+        self._redis_down = False
+        self._tasks: list[asyncio.Task[None]] = []
+        self._background: set[asyncio.Task[Any]] = set()
+        self._warner = _Warner(LOG_EVERY_S)
+        self._closed = False
+
+    @classmethod
+    def from_settings(cls, settings: Settings, pool: AsyncPool) -> EventHub:
+        """A hub with its own bounded Redis pool (waiting for a free connection, never failing
+        with "Too many connections"). Reads block for less than the socket timeout."""
+        timeout = settings.redis.socket_timeout_s
+        redis_pool = aioredis.BlockingConnectionPool.from_url(
+            settings.redis.url, max_connections=CONNECTIONS, timeout=timeout,
+            socket_timeout=timeout, socket_connect_timeout=timeout, client_name=CLIENT_NAME,
+        )
+        block_s = min(max(timeout - 1.0, timeout / 2), 10.0)
+        return cls(pool, aioredis.Redis(connection_pool=redis_pool), block_s=block_s, check_s=max(block_s, 1.0))
+
+    async def open(self) -> EventHub:
+        self._tasks = [asyncio.create_task(self._read_loop(), name="event-hub-read"),
+                       asyncio.create_task(self._check_loop(), name="event-hub-check")]
+        return self
+
+    async def aclose(self) -> None:
+        """Stop reading, end every follower (clients reconnect with `Last-Event-ID`), close Redis."""
+        self._closed = True
+        for task in [*self._tasks, *self._background]:
+            task.cancel()
+        await asyncio.gather(*self._tasks, *self._background, return_exceptions=True)
+        self._tasks = []
+        for stream in self._streams.values():
+            for follower in stream.followers:
+                follower.closed = True
+                follower.wake.set()
+        self._streams.clear()
+        await self.redis.aclose()
+
+    async def __aenter__(self) -> EventHub:
+        return await self.open()
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+    @property
+    def followers(self) -> int:
+        return sum(len(s.followers) for s in self._streams.values())
+
+    @property
+    def degraded(self) -> bool:
+        """True while the multiplexed read cannot reach Redis (followers read Postgres)."""
+        return self._redis_down
+
+    # --- followers ------------------------------------------------------------------------
+
+    async def read_once(self, key: str, after: int) -> list[Event] | None:
+        """Up to `PAGE` entries of `key` after seq `after`, without blocking; None when Redis
+        cannot answer."""
+        if self._redis_down:  # known to be down: do not make every new follower wait for a timeout
+            return None
+        try:
+            reply: Any = await self.redis.xread({key: f"{after}-0"}, count=PAGE)
+        except (RedisError, OSError) as exc:
+            self._warner.warn("catch-up", "reading event streams from Redis failed (%s); "
+                                          "followers read Postgres instead", exc)
+            return None
+        return self._parse(str(key), [entry for entries in _entries(reply).values() for entry in entries])
+
+    def join(self, org_id: str, session_id: str, last: int) -> Follower:
+        """Start handing this session's live events (after seq `last`) to a new follower."""
+        key = session_stream_key(org_id, session_id)
+        follower = Follower(org_id, session_id, key, last)
+        if self._closed:
+            follower.closed = True
+            return follower
+        stream = self._streams.get(key)
+        if stream is None:
+            stream = self._streams[key] = _Stream(_bulk(key.encode()), cursor=last)
+            self._changed.set()
+            self._wake_reader()
+        elif stream.cursor > last:
+            follower.stale = True  # the hub already passed events this follower still needs
+        stream.followers.add(follower)
+        return follower
+
+    def leave(self, follower: Follower) -> None:
+        stream = self._streams.get(follower.key)
+        if stream is None:
+            return
+        stream.followers.discard(follower)
+        if not stream.followers:
+            del self._streams[follower.key]
+
+    # --- the multiplexed read ---------------------------------------------------------------
+
+    def _wake_reader(self) -> None:
+        """Make a blocked XREAD return so that the next one includes the new key."""
+        if not self._reading or self._wake_sent:
+            return
+        self._wake_sent = True
+        task = asyncio.create_task(self._send_wake())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _send_wake(self) -> None:
+        try:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                pipe.xadd(self._wake_key, {"w": b"1"}, maxlen=8, approximate=False)
+                pipe.expire(self._wake_key, 3600)
+                await pipe.execute()
+        except (RedisError, OSError) as exc:  # the read loop reports the outage; it retries soon
+            log.debug("waking the event reader failed: %s", exc)
+
+    async def _read_loop(self) -> None:
+        while True:
+            try:
+                await self._read_step()
+            except Exception:  # a bug must not silence every stream: the Postgres check goes on too
+                log.exception("the event hub's read failed; trying again")
+                await asyncio.sleep(POLL_WHEN_REDIS_DOWN_S)
+
+    async def _read_step(self) -> None:
+        if not self._streams:
+            self._changed.clear()
+            await self._changed.wait()
+            return
+        self._reading, self._wake_sent = True, False
+        try:
+            reply: Any = await self._xread_all()
+        except (RedisError, OSError) as exc:
+            self._reading = False
+            if not self._redis_down:
+                self._redis_down = True
+                self._poke_all()  # nothing may wait for Redis now: read Postgres at once
+            self._warner.warn("read", "reading event streams from Redis failed (%s); following %d "
+                                      "streams from Postgres every %.1f s until it answers",
+                              exc, len(self._streams), POLL_WHEN_REDIS_DOWN_S)
+            await asyncio.sleep(POLL_WHEN_REDIS_DOWN_S)
+            return
+        self._reading = False
+        if self._redis_down:
+            self._redis_down = False
+            log.info("reading event streams from Redis again")
+            self._poke_all()  # whatever happened meanwhile is in Postgres
+        self._dispatch(reply)
+
+    async def _xread_all(self) -> Any:
+        """One blocking XREAD over every followed key and the wake stream, as the raw reply.
+
+        The command is packed here from arguments encoded once per key: redis-py's generic
+        packing costs about 6 ms per 1,000 keys, which every delivered event would wait for."""
+        streams = list(self._streams.values())
+        head = b"".join([b"*%d\r\n" % (6 + 2 * (len(streams) + 1)), _bulk(b"XREAD"), _bulk(b"COUNT"),
+                         _bulk(b"%d" % PAGE), _bulk(b"BLOCK"), _bulk(b"%d" % self._block_ms), _bulk(b"STREAMS")])
+        packed = b"".join([head, _bulk(self._wake_key.encode()), *(s.key for s in streams),
+                           _bulk(self._wake_id.encode()), *(s.id_arg() for s in streams)])
+        pool = self.redis.connection_pool
+        conn = await pool.get_connection()  # type: ignore[no-untyped-call]
+        try:
+            await conn.send_packed_command(packed)
+            return await conn.read_response()
+        except BaseException:
+            # Cancelled or failed mid-read: the reply would arrive on a reused connection.
+            await conn.disconnect(nowait=True)
+            raise
+        finally:
+            await pool.release(conn)
+
+    def _dispatch(self, reply: Any) -> None:
+        for raw_key, entries in _entries(reply).items():
+            key = raw_key.decode() if isinstance(raw_key, bytes) else str(raw_key)
+            if key == self._wake_key:
+                last_id = entries[-1][0]
+                self._wake_id = last_id.decode() if isinstance(last_id, bytes) else str(last_id)
+                continue
+            stream = self._streams.get(key)
+            if stream is None or not entries:
+                continue
+            events = self._parse(key, entries)
+            last_id = entries[-1][0]
+            stream.cursor = max(stream.cursor, int((last_id.decode() if isinstance(last_id, bytes) else last_id)
+                                                   .split("-")[0]))
+            if events:
+                for follower in stream.followers:
+                    follower.deliver(events)
+
+    def _parse(self, key: str, entries: list[Any]) -> list[Event]:
+        """The events of stream entries; a malformed one is skipped (followers see the hole in
+        the seqs and read it from Postgres)."""
+        events: list[Event] = []
+        for entry_id, fields in entries:
+            try:
+                events.append(Event.from_json(_field(fields, b"e")))
+            except (KeyError, ValueError, TypeError) as exc:
+                self._warner.warn("entry", "skipping malformed entry %r of %s: %r", entry_id, key, exc)
+        return events
+
+    def _poke_all(self) -> None:
+        for stream in self._streams.values():
+            for follower in stream.followers:
+                follower.poke()
+
+    # --- the Postgres check ---------------------------------------------------------------
+
+    async def _check_loop(self) -> None:
+        while True:
+            await asyncio.sleep(POLL_WHEN_REDIS_DOWN_S if self._redis_down else self._check_s)
+            by_org: dict[str, dict[str, list[Follower]]] = defaultdict(lambda: defaultdict(list))
+            for stream in self._streams.values():
+                for follower in stream.followers:
+                    by_org[follower.org_id][follower.session_id].append(follower)
+            for org_id, sessions in by_org.items():
+                try:
+                    seqs = await self._session_seqs(org_id, sessions)
+                except Exception as exc:  # Postgres trouble: followers wait for it like everyone
+                    self._warner.warn("check", "checking followed sessions in Postgres failed: %s", exc)
+                    continue
+                for session_id, seq in seqs:
+                    for follower in sessions.get(session_id, ()):
+                        if seq > follower.seen:
+                            follower.poke()
+
+    async def _session_seqs(self, org_id: str, session_ids: Iterable[str]) -> list[tuple[str, int]]:
+        ids = list(session_ids)
+        found: list[tuple[str, int]] = []
+        async with tenant_tx(self.pool, org_id) as conn:
+            for start in range(0, len(ids), SEQS_PER_QUERY):
+                rows = await (await conn.execute(SESSION_SEQS_SQL, (ids[start:start + SEQS_PER_QUERY],))).fetchall()
+                found.extend((str(r["id"]), int(r["event_seq"])) for r in rows)
+        return found
+
+
+def _entries(reply: Any) -> dict[Any, list[Any]]:
+    """An XREAD reply as {key: [(id, fields), ...]}, whatever shape the protocol gave it
+    (RESP2: a list of [key, entries]; RESP3: a dict whose values may wrap the entries once)."""
+    if not reply:
+        return {}
+    pairs = reply.items() if isinstance(reply, dict) else ((item[0], item[1]) for item in reply)
+    found: dict[Any, list[Any]] = {}
+    for key, value in pairs:
+        if len(value) == 1 and isinstance(value[0], list) and (not value[0] or isinstance(value[0][0], (list, tuple))):
+            value = value[0]
+        found[key] = list(value)
+    return found
+
+
+def _field(fields: Any, name: bytes) -> Any:
+    """A field of a stream entry, parsed (a dict) or raw (a flat [name, value, ...] list)."""
+    if isinstance(fields, dict):
+        return fields[name]
+    return dict(zip(fields[::2], fields[1::2], strict=True))[name]

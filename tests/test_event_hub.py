@@ -1,0 +1,178 @@
+"""The process's event hub: followers of one session share it and each gets every event once, in
+order, whatever its cursor; with Redis down they read Postgres (and the outage is logged once,
+not per read); once Redis is back the hub reads it again."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis.asyncio as aioredis
+from starlette.testclient import TestClient
+
+from agentos.stack.local import StackUrls
+from agentos.stack.redis import EmbeddedRedis
+from api.app import create_app
+from core import events
+from core.db import open_pool
+from core.event_hub import EventHub
+from core.event_reader import EventReader
+from core.settings import Settings
+from core.tenancy import AsyncPool, session_stream_key, tenant_tx
+from tests.helpers import RsaKeys, make_settings, new_org
+
+pytestmark = pytest.mark.timeout(90)
+
+
+@dataclass
+class Setup:
+    settings: Settings
+    redis: EmbeddedRedis
+    org_id: str
+    session_id: str
+    run_id: str
+
+
+@pytest.fixture
+def setup(stack: StackUrls, rsa_keys: RsaKeys, tmp_path: Path) -> Iterator[Setup]:
+    """A session with one queued run (its `run.queued` is seq 1) on a Redis of this test's own,
+    which no worker reads: only the test writes events."""
+    own = EmbeddedRedis(tmp_path, durable=False)
+    own.start()
+    settings = make_settings(stack, rsa_keys, redis={"url": own.url, "socket_timeout_s": 1.0})
+    try:
+        with TestClient(create_app(settings)) as client:
+            org = new_org(client)
+            session = org.create_session(str(org.create_agent()["id"]))
+            r = client.post(f"/v1/sessions/{session['id']}/runs", json={"input": "hi"}, headers=org.headers)
+            assert r.status_code == 202, r.text
+        yield Setup(settings, own, org.id, str(session["id"]), str(r.json()["id"]))
+    finally:
+        own.stop()
+
+
+async def _emit(pool: AsyncPool, s: Setup, count: int, *, publish: bool) -> list[events.Event]:
+    items = [(s.run_id, events.RUN_WARNING, {"code": "TEST", "message": str(i)}) for i in range(count)]
+    async with tenant_tx(pool, s.org_id) as conn:
+        stored = await events.append(conn, s.session_id, items)
+    if publish:
+        client = aioredis.Redis.from_url(s.settings.redis.url)
+        try:
+            await events.publish(client, s.org_id, stored, maxlen=1000, ttl_s=600)
+        finally:
+            await client.aclose()
+    return stored
+
+
+async def _until(check: Callable[[], bool], limit_s: float = 30) -> None:
+    for _ in range(int(limit_s / 0.05)):
+        if check():
+            return
+        await asyncio.sleep(0.05)
+
+
+def _collect(hub: EventHub, s: Setup, after: int, into: list[int]) -> asyncio.Task[Any]:
+    async def run() -> None:
+        async for event in EventReader(hub, s.org_id, s.session_id).follow(after):
+            into.append(event.seq)
+
+    return asyncio.create_task(run())
+
+
+def test_followers_of_one_session_share_one_key_and_each_gets_every_event_once(setup: Setup):
+    async def scenario() -> tuple[list[int], list[int], list[int], int]:
+        pool = await open_pool(setup.settings.database, name="test-hub")
+        try:
+            async with EventHub.from_settings(setup.settings, pool) as hub:
+                early: list[int] = []
+                tasks = [_collect(hub, setup, 0, early)]
+                await _emit(pool, setup, 5, publish=True)  # seqs 2..6
+                await _until(lambda: len(early) == 6)
+                # Joins after the hub passed seq 6, from a cursor before it, and one from "now".
+                late: list[int] = []
+                live: list[int] = []
+                tasks += [_collect(hub, setup, 2, late), _collect(hub, setup, 6, live)]
+                await _until(lambda: len(late) == 4 and hub.followers == 3)
+                followers = hub.followers
+                await _emit(pool, setup, 3, publish=True)  # seqs 7..9
+                await _until(lambda: len(early) == 9 and len(late) == 7 and len(live) == 3)
+                for task in tasks:
+                    task.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+                assert hub.followers == 0
+        finally:
+            await pool.close()
+        return early, late, live, followers
+
+    early, late, live, followers = asyncio.run(scenario())
+    assert followers == 3
+    assert early == list(range(1, 10))
+    assert late == list(range(3, 10))
+    assert live == [7, 8, 9]
+
+
+def test_with_redis_down_followers_read_postgres_and_the_hub_recovers(setup: Setup, caplog: pytest.LogCaptureFixture):
+    async def scenario() -> tuple[list[int], bool, bool]:
+        pool = await open_pool(setup.settings.database, name="test-hub")
+        try:
+            async with EventHub.from_settings(setup.settings, pool) as hub:
+                seen: list[int] = []
+                task = _collect(hub, setup, 0, seen)
+                await _until(lambda: seen == [1])
+                setup.redis.stop()
+                await _emit(pool, setup, 3, publish=False)  # seqs 2..4, only in Postgres
+                await _until(lambda: len(seen) == 4)
+                was_degraded = hub.degraded
+                # A follower arriving during the outage catches up from Postgres too.
+                other: list[int] = []
+                second = _collect(hub, setup, 0, other)
+                await _until(lambda: len(other) == 4)
+                await asyncio.sleep(1.5)  # several failed reads: still one warning
+                setup.redis.start()  # same port, empty
+                await _until(lambda: not hub.degraded)
+                recovered = not hub.degraded
+                await _emit(pool, setup, 2, publish=True)  # seqs 5..6, through Redis again
+                await _until(lambda: len(seen) == 6 and len(other) == 6)
+                for t in (task, second):
+                    t.cancel()
+                await asyncio.gather(task, second, return_exceptions=True)
+        finally:
+            await pool.close()
+        assert other == list(range(1, 7))
+        return seen, was_degraded, recovered
+
+    with caplog.at_level(logging.INFO, logger="agentos.events"):
+        seen, was_degraded, recovered = asyncio.run(scenario())
+    assert seen == list(range(1, 7))
+    assert was_degraded and recovered
+    warnings = [r.getMessage() for r in caplog.records if r.name == "agentos.events" and r.levelno >= logging.WARNING]
+    assert 1 <= len(warnings) <= 2, warnings  # the read loop's, and at most one for catch-up reads
+    assert any("Redis again" in r.getMessage() for r in caplog.records)
+
+
+def test_a_malformed_stream_entry_is_skipped_and_its_event_read_from_postgres(setup: Setup):
+    async def scenario() -> list[int]:
+        pool = await open_pool(setup.settings.database, name="test-hub")
+        redis = aioredis.Redis.from_url(setup.settings.redis.url)
+        try:
+            async with EventHub.from_settings(setup.settings, pool) as hub:
+                seen: list[int] = []
+                task = _collect(hub, setup, 0, seen)
+                await _until(lambda: seen == [1] and hub.followers == 1)
+                await _emit(pool, setup, 1, publish=False)  # seq 2 in Postgres only...
+                await redis.xadd(session_stream_key(setup.org_id, setup.session_id), {"e": b"not json"}, id="2-0")
+                await _emit(pool, setup, 1, publish=True)  # ...its entry garbage, then seq 3
+                await _until(lambda: len(seen) == 3)
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+        finally:
+            await redis.aclose()
+            await pool.close()
+        return seen
+
+    assert asyncio.run(scenario()) == [1, 2, 3]
