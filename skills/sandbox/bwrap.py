@@ -106,8 +106,7 @@ class BwrapBackend:
                 os.lseek(seccomp_fd, 0, os.SEEK_SET)
                 extra.append(seccomp_fd)
             argv = self.argv(staging, request.language, limits, result_w, info_w, seccomp_fd)
-            outcome = run_launcher(argv, staging.stdin, (result_r, result_w), (info_r, info_w), limits,
-                                   pass_fds=extra)
+            outcome = run_launcher(argv, staging.stdin, limits, (result_r, result_w), (info_r, info_w), extra)
         finally:
             if seccomp_fd is not None:
                 os.close(seccomp_fd)

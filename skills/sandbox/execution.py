@@ -24,7 +24,7 @@ import subprocess
 import tarfile
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -141,31 +141,36 @@ class Outcome:
     duration_ms: int
 
 
-def run_launcher(argv: Sequence[str], stdin_path: Path, result: tuple[int, int], info: tuple[int, int],
-                 limits: SandboxLimits, pass_fds: Sequence[int] = ()) -> Outcome:
+def run_launcher(argv: Sequence[str], stdin_path: Path, limits: SandboxLimits, result: tuple[int, int] | None = None,
+                 info: tuple[int, int] | None = None, pass_fds: Sequence[int] = (),
+                 on_timeout: Callable[[], None] | None = None) -> Outcome:
     """Start `argv` in its own session with an empty environment, collect its streams up to the
     limits (draining the rest so it never blocks), SIGKILL it at the wall limit, and reap it with
     its resource usage (the CPU of every process it reaped, i.e. the sandbox).
 
     `result` and `info` are pipes (read end, write end): the launcher's result, and bwrap's
     `--info-fd` JSON naming the sandbox's pid 1 on the host, which is killed and waited for too,
-    so nothing of the sandbox is alive when this returns."""
+    so nothing of the sandbox is alive when this returns. `on_timeout` is called at the wall
+    limit before the kill (a backend's own way of stopping its sandbox)."""
     started = time.monotonic()
     deadline = started + limits.wall_s
-    result_r, result_w = result
-    info_r, info_w = info
+    write_ends = [pipe[1] for pipe in (result, info) if pipe is not None]
     with open(stdin_path, "rb") as stdin:
         proc = subprocess.Popen(list(argv), stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={},
-                                start_new_session=True, pass_fds=(result_w, info_w, *pass_fds), close_fds=True)
-    os.close(result_w)
-    os.close(info_w)
+                                start_new_session=True, pass_fds=(*write_ends, *pass_fds), close_fds=True)
+    for fd in write_ends:
+        os.close(fd)
     assert proc.stdout is not None and proc.stderr is not None
     out = _Stream(limits.output_bytes, bytearray())
     err = _Stream(limits.output_bytes, bytearray())
     # The exit status line plus a tar of a full workdir (headers add about 512 bytes a file).
     res = _Stream(limits.disk_mb * 2**20 * 2 + 2**20, bytearray())
     sandbox_info = _Stream(4096, bytearray())
-    streams = {proc.stdout.fileno(): out, proc.stderr.fileno(): err, result_r: res, info_r: sandbox_info}
+    streams = {proc.stdout.fileno(): out, proc.stderr.fileno(): err}
+    if result is not None:
+        streams[result[0]] = res
+    if info is not None:
+        streams[info[0]] = sandbox_info
     timed_out = False
     with selectors.DefaultSelector() as selector:
         for fd in streams:
@@ -187,6 +192,8 @@ def run_launcher(argv: Sequence[str], stdin_path: Path, result: tuple[int, int],
                 else:
                     selector.unregister(fd)
     if timed_out:
+        if on_timeout is not None:
+            on_timeout()
         _kill_group(proc.pid)
     _, status, usage = os.wait4(proc.pid, 0)
     proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here: keep Popen from waiting again
@@ -194,8 +201,9 @@ def run_launcher(argv: Sequence[str], stdin_path: Path, result: tuple[int, int],
     _kill_and_wait(_sandbox_pid(bytes(sandbox_info.data)))
     proc.stdout.close()
     proc.stderr.close()
-    os.close(result_r)
-    os.close(info_r)
+    for pipe in (result, info):
+        if pipe is not None:
+            os.close(pipe[0])
     duration_ms = int((time.monotonic() - started) * 1000)
     cpu_ms = int((usage.ru_utime + usage.ru_stime) * 1000)
     if timed_out:  # the sandbox's own processes were never reaped into this usage: charge the wall time
