@@ -7,9 +7,11 @@ import asyncio
 import base64
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,10 +29,11 @@ from core.tenancy import tenant_tx
 from runtime.executor import execute_run
 from runtime.services import Services
 from skills import default_registry
+from skills.sandbox.bwrap import BwrapBackend
 from skills.sandbox.client import SandboxClient, SandboxError
 from skills.sandbox.protocol import ExecuteRequest
 from tests.conftest import Org, RsaKeys, make_settings
-from tests.sandbox_service import Sandbox, running_sandbox, sandbox_processes
+from tests.sandbox_service import Sandbox, require_bwrap, running_sandbox, sandbox_processes
 from tests.sse import read_events
 
 
@@ -304,3 +307,28 @@ def test_the_request_and_result_models_round_trip() -> None:
     assert list(request.files) == ["b.txt"]
     assert json.loads(request.model_dump_json())["limits"] == {
         "wall_s": None, "cpu_s": None, "memory_mb": None, "pids": None, "output_bytes": None, "disk_mb": None}
+
+
+def test_an_operators_read_only_venv_provides_packages() -> None:
+    require_bwrap()
+    root = Path(tempfile.mkdtemp(prefix="agentos-venv-test-"))
+    try:
+        root.chmod(0o755)  # as an operator would prepare it: readable by the sandbox uid
+        venv = root / "venv"
+        subprocess.run(["/usr/bin/python3", "-m", "venv", "--without-pip", str(venv)], check=True)
+        package = venv / "lib" / f"python{sys.version_info.major}.{sys.version_info.minor}" / "site-packages" / "demo"
+        package.mkdir(parents=True)
+        (package / "__init__.py").write_text("VALUE = 42\n")
+        subprocess.run(["chmod", "-R", "a+rX", str(root)], check=True)
+        settings = SandboxSettings(venv=str(venv))
+        backend = BwrapBackend(settings)
+        try:
+            backend.check()
+            code = (f"import sys, demo\nprint(sys.prefix, demo.VALUE)\n"
+                    f"try:\n    open({str(package / 'x.py')!r}, 'w')\nexcept OSError as e:\n    print(e.strerror)\n")
+            result = backend.execute(ExecuteRequest(language="python", code=code), settings.defaults)
+        finally:
+            backend.close()
+        assert result.stdout == f"{venv} 42\nRead-only file system\n"
+    finally:
+        shutil.rmtree(root)

@@ -135,8 +135,6 @@ class BwrapBackend:
                 argv += ["--symlink", os.readlink(link), f"/{name}"]
             elif link.is_dir():
                 argv += ["--ro-bind", str(link), f"/{name}"]
-        if s.venv:
-            argv += ["--ro-bind", s.venv, s.venv]
         argv += [
             "--ro-bind", str(staging.etc), "/etc",
             "--proc", "/proc", "--dev", "/dev",
@@ -144,6 +142,10 @@ class BwrapBackend:
             "--size", str(limits.disk_mb * MIB), "--tmpfs", "/tmp",
             "--ro-bind", str(staging.files), "/in",
             "--ro-bind", str(staging.code), CODE_DIR,
+        ]
+        if s.venv:  # after the tmpfs mounts, so a venv under /tmp is not hidden by the sandbox's /tmp
+            argv += ["--ro-bind", s.venv, s.venv]
+        argv += [
             # bwrap's root and /dev are unbounded tmpfs: /dev/shm gets its own size-limited one,
             # then both are made read-only, leaving /workspace, /tmp and /dev/shm the only writable places.
             "--size", str(limits.disk_mb * MIB), "--tmpfs", "/dev/shm",
