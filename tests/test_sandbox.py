@@ -18,11 +18,13 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psutil
 import pytest
 import redis.asyncio as aioredis
 from starlette.testclient import TestClient
 
 from agentos.stack.local import StackUrls
+from agentos.stack.process import free_port
 from core.settings import SandboxSettings, Settings
 from core.store import agents, runs
 from core.tenancy import tenant_tx
@@ -332,3 +334,43 @@ def test_an_operators_read_only_venv_provides_packages() -> None:
         assert result.stdout == f"{venv} 42\nRead-only file system\n"
     finally:
         shutil.rmtree(root)
+
+
+@pytest.mark.timeout(180)
+def test_agentos_dev_starts_a_sandbox_and_a_run_gets_45(stack: StackUrls, tmp_path: Path) -> None:
+    """The acceptance run through the real CLI: `agentos dev` (on the suite's Postgres and Redis)
+    starts the sandbox service next to its worker, `agentos run` streams the tool result, and
+    Ctrl-C leaves nothing of it running."""
+    require_bwrap()
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AGENTOS_")}
+    env |= {"PYTHONUNBUFFERED": "1", "AGENTOS_DATABASE_URL": stack.database_url, "AGENTOS_REDIS_URL": stack.redis_url}
+    agentos = [sys.executable, "-m", "agentos"]
+    dev = subprocess.Popen([*agentos, "dev", "--port", str(port)], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert dev.poll() is None and time.monotonic() < deadline, "agentos dev did not become ready"
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        family = psutil.Process(dev.pid).children(recursive=True)
+        assert any("sandbox" in p.cmdline() for p in family), "agentos dev runs the sandbox service"
+        key = (tmp_path / ".agentos" / "owner_key").read_text().strip()
+        created = httpx.post(f"http://127.0.0.1:{port}/v1/agents", headers={"Authorization": f"Bearer {key}"},
+                             json={"name": "coder", "skills": ["code_executor"], "confirm": "none"})
+        assert created.status_code == 201, created.text
+        script = 'call: code_executor {"language": "python", "code": "print(sum(range(10)))"}'
+        ran = subprocess.run([*agentos, "run", "coder", script], cwd=tmp_path, env=env, capture_output=True,
+                             text=True, timeout=90)
+        assert ran.returncode == 0, ran.stderr
+        assert '← {"exit_code": 0, "stdout": "45\\n"' in ran.stderr
+    finally:
+        dev.send_signal(signal.SIGINT)
+        out, _ = dev.communicate(timeout=60)
+    assert "sandbox service (code_executor) on 127.0.0.1:" in out
+    _, alive = psutil.wait_procs(family, timeout=10)
+    assert alive == [] and sandbox_processes() == []
