@@ -370,6 +370,7 @@ def sandbox(
     """Serve the sandbox service (POST /execute) that runs code_executor's code. Needs root (each
     execution drops to an unprivileged uid), bubblewrap (or runsc) and AGENTOS_SANDBOX__TOKEN."""
     from skills.sandbox.backend import BackendUnavailable, make_backend
+    from skills.sandbox.execution import become_subreaper
     from skills.sandbox.service import create_sandbox_app
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -377,6 +378,7 @@ def sandbox(
     if settings.token is None or not settings.token.get_secret_value():
         console.print("[red]No service token:[/red] set AGENTOS_SANDBOX__TOKEN (the workers send the same one).")
         raise typer.Exit(2)
+    become_subreaper()  # a killed sandbox's orphans are reaped here, not left as zombies of init
     backend = make_backend(settings)
     try:
         backend.check()

@@ -33,7 +33,6 @@ from skills.sandbox.execution import (
     LAUNCHER_PATH,
     SANDBOX_ENV,
     Staging,
-    become_subreaper,
     decode_inputs,
     result_of,
     run_launcher,
@@ -65,7 +64,6 @@ class BwrapBackend:
                            ("env", "env not found: apt-get install coreutils")):
             if shutil.which(tool) is None:
                 raise BackendUnavailable(hint)
-        become_subreaper()
         if os.geteuid() != 0:
             raise BackendUnavailable(
                 "the bwrap backend must start as root: it drops every execution to "
