@@ -90,7 +90,7 @@ def test_no_process_environment_inside_holds_the_services_secrets(sandbox: Sandb
 
 def test_only_the_sandboxs_own_processes_are_visible(sandbox: Sandbox) -> None:
     pids = out(sandbox, "import os; print(sorted(int(p) for p in os.listdir('/proc') if p.isdigit()))")
-    assert pids == "[1, 3]\n"  # the launcher (pid 1) and this interpreter (2 was the forked subshell)
+    assert pids == "[1, 3]\n"  # the launcher (pid 1) and this interpreter (2 was `cp` of the staged files)
 
 
 def test_host_directories_are_absent(sandbox: Sandbox) -> None:
