@@ -369,12 +369,18 @@ def sandbox(
 ) -> None:
     """Serve the sandbox service (POST /execute) that runs code_executor's code. Needs root (each
     execution drops to an unprivileged uid), bubblewrap (or runsc) and AGENTOS_SANDBOX__TOKEN."""
+    from core.settings import SandboxServiceSettings
     from skills.sandbox.backend import BackendUnavailable, make_backend
     from skills.sandbox.execution import become_subreaper
     from skills.sandbox.service import create_sandbox_app
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    settings = _settings().sandbox
+    try:
+        service = SandboxServiceSettings()
+    except ValidationError as exc:
+        console.print(f"[red]Invalid settings:[/red] {exc}")
+        raise typer.Exit(2) from None
+    settings = service.sandbox
     if settings.token is None or not settings.token.get_secret_value():
         console.print("[red]No service token:[/red] set AGENTOS_SANDBOX__TOKEN (the workers send the same one).")
         raise typer.Exit(2)
@@ -387,7 +393,7 @@ def sandbox(
         console.print(f"[red]Sandbox backend {settings.backend} unavailable:[/red] {exc}")
         raise typer.Exit(2) from None
     uvicorn.run(create_sandbox_app(settings, backend), host=host or settings.host,
-                port=settings.port if port is None else port, log_level=_settings().log_level.lower())
+                port=settings.port if port is None else port, log_level=service.log_level.lower())
 
 
 def _dev_sandbox(settings: Settings) -> tuple[int | None, dict[str, str]]:

@@ -232,6 +232,16 @@ class Settings(BaseSettings):
         return self
 
 
+class SandboxServiceSettings(BaseSettings):
+    """All that `agentos sandbox` reads: it holds no database, Redis, auth or provider settings,
+    so a sandbox-only host needs (and is checked for) nothing else."""
+
+    model_config = SettingsConfigDict(env_prefix="AGENTOS_", env_nested_delimiter="__", extra="ignore", frozen=True)
+
+    log_level: str = "INFO"
+    sandbox: SandboxSettings = SandboxSettings()
+
+
 def load_settings(**overrides: object) -> Settings:
     """Build settings from the environment; flat aliases fill in when nested keys are absent."""
     data: dict[str, object] = {}

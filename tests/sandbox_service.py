@@ -69,14 +69,14 @@ def sandbox_processes() -> list[str]:
 
 
 @contextmanager
-def running_sandbox(log_dir: Path, **settings: str) -> Iterator[Sandbox]:
+def running_sandbox(log_dir: Path, extra_env: dict[str, str] | None = None, **settings: str) -> Iterator[Sandbox]:
     """`agentos sandbox` on a free loopback port with a fresh token; `settings` are extra
     AGENTOS_SANDBOX__* values (e.g. DEFAULTS__WALL_S="2")."""
     require_bwrap()
     port, token = free_port(), secrets.token_urlsafe(24)
     env = {**os.environ, "AGENTOS_SANDBOX__TOKEN": token, "AGENTOS_SANDBOX__HOST": "127.0.0.1",
            "AGENTOS_SANDBOX__PORT": str(port), "AGENTOS_TEST_CANARY": CANARY,
-           **{f"AGENTOS_SANDBOX__{k.upper()}": v for k, v in settings.items()}}
+           **{f"AGENTOS_SANDBOX__{k.upper()}": v for k, v in settings.items()}, **(extra_env or {})}
     proc = ServerProcess("sandbox", [sys.executable, "-m", "agentos", "sandbox"], log_dir / "sandbox.log",
                          stop_signal=signal.SIGTERM, env=env, group=True)
     proc.start()

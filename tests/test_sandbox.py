@@ -114,6 +114,13 @@ def test_the_service_refuses_to_start_without_a_backend_binary(tmp_path: Path) -
     assert "bubblewrap not found: apt-get install bubblewrap, or set AGENTOS_SANDBOX__BACKEND" in done.stderr
 
 
+def test_a_sandbox_only_host_in_production_needs_no_api_secrets(tmp_path: Path) -> None:
+    """Regression: the service loaded every setting, so `AGENTOS_ENV=production` refused to start
+    it over the API's development JWT secret, which a sandbox host neither has nor needs."""
+    with running_sandbox(tmp_path, {"AGENTOS_ENV": "production"}) as production:
+        assert production.execute("print(2 + 2)")["stdout"] == "4\n"
+
+
 # --- quotas --------------------------------------------------------------------------------------
 
 def _client(sandbox: Sandbox, stack: StackUrls, **quota: int) -> tuple[SandboxClient, aioredis.Redis]:
