@@ -370,11 +370,15 @@ def test_agentos_dev_starts_a_sandbox_and_a_run_gets_45(stack: StackUrls, tmp_pa
         created = httpx.post(f"http://127.0.0.1:{port}/v1/agents", headers={"Authorization": f"Bearer {key}"},
                              json={"name": "coder", "skills": ["code_executor"], "confirm": "none"})
         assert created.status_code == 201, created.text
-        script = 'call: code_executor {"language": "python", "code": "print(sum(range(10)))"}'
+        probe = (f"import socket\\ntry:\\n    socket.create_connection(('127.0.0.1', {port}), 2)\\n"
+                 "except OSError as e:\\n    print(type(e).__name__)")
+        script = ('call: code_executor {"language": "python", "code": "print(sum(range(10)))"}\n'
+                  f'call: code_executor {{"language": "python", "code": "{probe}"}}')  # this API's port
         ran = subprocess.run([*agentos, "run", "coder", script], cwd=tmp_path, env=env, capture_output=True,
                              text=True, timeout=90)
         assert ran.returncode == 0, ran.stderr
         assert '← {"exit_code": 0, "stdout": "45\\n"' in ran.stderr
+        assert '← {"exit_code": 0, "stdout": "ConnectionRefusedError\\n"' in ran.stderr
     finally:
         dev.send_signal(signal.SIGINT)
         out, _ = dev.communicate(timeout=60)
