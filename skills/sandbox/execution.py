@@ -172,6 +172,7 @@ def run_launcher(argv: Sequence[str], stdin_path: Path, limits: SandboxLimits, r
     if info is not None:
         streams[info[0]] = sandbox_info
     timed_out = False
+    sandbox_pidfd: int | None = None  # the sandbox's pid 1, once bwrap named it
     with selectors.DefaultSelector() as selector:
         for fd in streams:
             os.set_blocking(fd, False)
@@ -189,6 +190,10 @@ def run_launcher(argv: Sequence[str], stdin_path: Path, limits: SandboxLimits, r
                     continue
                 if chunk:
                     streams[fd].feed(chunk)
+                    if streams[fd] is sandbox_info and sandbox_pidfd is None:
+                        # Opened while bwrap still runs (so pid 1 cannot have been reaped yet); from
+                        # then on it names that process even if its pid is reused.
+                        sandbox_pidfd = _open_pidfd(_sandbox_pid(bytes(sandbox_info.data)))
                 else:
                     selector.unregister(fd)
     if timed_out:
@@ -198,7 +203,8 @@ def run_launcher(argv: Sequence[str], stdin_path: Path, limits: SandboxLimits, r
     _, status, usage = os.wait4(proc.pid, 0)
     proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here: keep Popen from waiting again
     _kill_group(proc.pid)
-    _kill_and_wait(_sandbox_pid(bytes(sandbox_info.data)))
+    if sandbox_pidfd is not None:
+        _kill_and_wait(sandbox_pidfd)
     proc.stdout.close()
     proc.stderr.close()
     for pipe in (result, info):
@@ -227,23 +233,27 @@ def become_subreaper() -> None:
         raise OSError(ctypes.get_errno(), "prctl(PR_SET_CHILD_SUBREAPER) failed")
 
 
-def _kill_and_wait(pid: int | None) -> None:
+def _open_pidfd(pid: int | None) -> int | None:
+    if pid is None:
+        return None
+    try:
+        return os.pidfd_open(pid)
+    except ProcessLookupError:
+        return None
+
+
+def _kill_and_wait(pidfd: int) -> None:
     """SIGKILL the sandbox's pid 1 (the kernel then kills its whole pid namespace) and wait until
     it is gone: reaped here when it was reparented to this (subreaper) process, else watched
-    through a pidfd until it exited."""
-    if pid is None:
-        return
-    try:
-        pidfd = os.pidfd_open(pid)
-    except ProcessLookupError:
-        return
+    through its pidfd until it exited. Only the pidfd names it: its pid may already belong to
+    another process (even another execution's child of this service)."""
     try:
         signal.pidfd_send_signal(pidfd, signal.SIGKILL)
     except ProcessLookupError:
         pass
     try:
         select.select([pidfd], [], [], 10.0)
-        os.waitpid(pid, 0)
+        os.waitid(os.P_PIDFD, pidfd, os.WEXITED)
     except ChildProcessError:
         pass  # not ours to reap (the service is not a subreaper): it has exited, its parent reaps it
     finally:
