@@ -202,7 +202,8 @@ def run_launcher(argv: Sequence[str], stdin_path: Path, limits: SandboxLimits, r
         _kill_group(proc.pid)
     _, status, usage = os.wait4(proc.pid, 0)
     proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here: keep Popen from waiting again
-    _kill_group(proc.pid)
+    # Not the group again: once reaped, its id may already lead another execution's group. The
+    # group held only the exec chain env -> setpriv -> prlimit -> bwrap; the sandbox has its own session.
     if sandbox_pidfd is not None:
         _kill_and_wait(sandbox_pidfd)
     proc.stdout.close()
