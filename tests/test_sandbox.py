@@ -385,3 +385,18 @@ def test_agentos_dev_starts_a_sandbox_and_a_run_gets_45(stack: StackUrls, tmp_pa
     assert "sandbox service (code_executor) on 127.0.0.1:" in out
     _, alive = psutil.wait_procs(family, timeout=10)
     assert alive == [] and sandbox_processes() == []
+
+
+def test_a_file_replaced_by_a_directory_is_applied_to_the_workspace(
+        sandbox: Sandbox, stack: StackUrls, rsa_keys: RsaKeys, org: Org, client: TestClient, tmp_path: Path) -> None:
+    agent = org.create_agent(skills=["code_executor"], confirm="none")
+    session = org.create_session(str(agent["id"]))
+    workspace = tmp_path / org.id / str(session["id"])
+    workspace.mkdir(parents=True)
+    (workspace / "a").write_text("was a file")
+    script = 'call: code_executor {"language": "bash", "code": "rm a; mkdir a; echo inside > a/b"}'
+    run_id, _ = _execute(_settings(stack, rsa_keys, tmp_path, sandbox), org, session, script)
+    results, _ = _results(client, org, run_id)
+    assert results[0]["output"]["files_changed"] == [{"path": "a", "change": "deleted", "size": None},
+                                                     {"path": "a/b", "change": "created", "size": 7}]
+    assert (workspace / "a" / "b").read_text() == "inside\n"

@@ -83,7 +83,8 @@ def _pack(workspace: Path, max_bytes: int) -> dict[str, str]:
 def _apply(workspace: Path, result: ExecuteResult) -> list[dict[str, Any]]:
     """Write the changed files back into the workspace; what was applied, as the model sees it."""
     applied: list[dict[str, Any]] = []
-    for change in result.files_changed:
+    # Deletions first: the code may have replaced a file `a` by a directory `a/` holding new files.
+    for change in sorted(result.files_changed, key=lambda c: c.change != "deleted"):
         try:
             root, target, shown = _resolve(workspace, change.path)
         except SkillError:
