@@ -387,16 +387,19 @@ def test_agentos_dev_starts_a_sandbox_and_a_run_gets_45(stack: StackUrls, tmp_pa
     assert alive == [] and sandbox_processes() == []
 
 
-def test_a_file_replaced_by_a_directory_is_applied_to_the_workspace(
+def test_files_and_directories_replacing_each_other_are_applied_to_the_workspace(
         sandbox: Sandbox, stack: StackUrls, rsa_keys: RsaKeys, org: Org, client: TestClient, tmp_path: Path) -> None:
     agent = org.create_agent(skills=["code_executor"], confirm="none")
     session = org.create_session(str(agent["id"]))
     workspace = tmp_path / org.id / str(session["id"])
     workspace.mkdir(parents=True)
     (workspace / "a").write_text("was a file")
-    script = 'call: code_executor {"language": "bash", "code": "rm a; mkdir a; echo inside > a/b"}'
+    (workspace / "d").mkdir()
+    (workspace / "d" / "x").write_text("in a directory")
+    script = 'call: code_executor {"language": "bash", "code": "rm a; mkdir a; echo in > a/b; rm -r d; echo f > d"}'
     run_id, _ = _execute(_settings(stack, rsa_keys, tmp_path, sandbox), org, session, script)
     results, _ = _results(client, org, run_id)
-    assert results[0]["output"]["files_changed"] == [{"path": "a", "change": "deleted", "size": None},
-                                                     {"path": "a/b", "change": "created", "size": 7}]
-    assert (workspace / "a" / "b").read_text() == "inside\n"
+    assert results[0]["output"]["files_changed"] == [
+        {"path": "a", "change": "deleted", "size": None}, {"path": "d/x", "change": "deleted", "size": None},
+        {"path": "a/b", "change": "created", "size": 3}, {"path": "d", "change": "created", "size": 2}]
+    assert (workspace / "a" / "b").read_text() == "in\n" and (workspace / "d").read_text() == "f\n"

@@ -83,17 +83,25 @@ def _pack(workspace: Path, max_bytes: int) -> dict[str, str]:
 def _apply(workspace: Path, result: ExecuteResult) -> list[dict[str, Any]]:
     """Write the changed files back into the workspace; what was applied, as the model sees it."""
     applied: list[dict[str, Any]] = []
-    # Deletions first: the code may have replaced a file `a` by a directory `a/` holding new files.
+    # Deletions first: the code may have replaced a file `a` by a directory `a/` holding new
+    # files, or a directory by a file (whose old directory is then empty, and removed).
     for change in sorted(result.files_changed, key=lambda c: c.change != "deleted"):
         try:
             root, target, shown = _resolve(workspace, change.path)
         except SkillError:
             continue  # a path the workspace cannot hold (it would lead outside): never written
-        if target == root or target.is_dir() or target.is_symlink():
+        if target == root or target.is_symlink():
             continue
         if change.change == "deleted":
+            if target.is_dir():
+                continue
             target.unlink(missing_ok=True)
         else:
+            if target.is_dir():
+                try:
+                    target.rmdir()
+                except OSError:
+                    continue  # still holds files the code did not delete
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_bytes(base64.b64decode(change.content or ""))
         applied.append({"path": shown, "change": change.change, "size": change.size})
