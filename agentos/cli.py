@@ -46,7 +46,7 @@ from agentos.services import require_services
 from agentos.stack.local import LocalStack, running_stack
 from agentos.stack.process import StackError
 from agentos.stack.supervisor import Supervisor
-from agentos.stack.worker import watchdog_process, worker_process
+from agentos.stack.worker import sandbox_process, watchdog_process, worker_process
 from core.db import open_pool
 from core.migrations import migrate as apply_migrations
 from core.settings import Settings, load_settings
@@ -198,7 +198,7 @@ def dev(
         if asyncio.run(ensure_default_agents(settings, org_id)):
             console.print("[green]✓[/green] agent 'assistant' (offline model, file_manager, remember, recall, "
                           "knowledge recall, sub-agent 'helper' with file_manager)")
-        supervisor = _start_workers(settings, data_dir, workers)
+        supervisor = _start_workers(settings, data_dir, workers, *_dev_sandbox(settings))
         record_api_url(data_dir, api_url)
         console.print(f"\n  API       {api_url}")
         console.print(f"  Owner key {key}   (saved in {data_dir / OWNER_KEY_FILE})")
@@ -218,13 +218,20 @@ def dev(
             console.print("[green]✓[/green] stopped")
 
 
-def _start_workers(settings: Settings, data_dir: Path, count: int) -> Supervisor:
-    """`count` worker processes (one run at a time each) and the watchdog, restarted if they die."""
+def _start_workers(settings: Settings, data_dir: Path, count: int, sandbox_port: int | None = None,
+                   sandbox_env: dict[str, str] | None = None) -> Supervisor:
+    """`count` worker processes (one run at a time each) and the watchdog, restarted if they die;
+    the sandbox service too when `sandbox_port` is given."""
     db, rd = settings.database.url, settings.redis.url
     supervisor = Supervisor(report=lambda text: console.print(f"[yellow]![/yellow] {text}"))
+    if sandbox_port is not None and sandbox_env:
+        token = sandbox_env["AGENTOS_SANDBOX__TOKEN"]
+        supervisor.add("sandbox", partial(sandbox_process, data_dir / "sandbox.log", port=sandbox_port, token=token),
+                       ready_marker="Uvicorn running on")
     for i in range(1, count + 1):
         supervisor.add(f"worker {i}", partial(worker_process, data_dir / f"worker-{i}.log", database_url=db,
-                                              redis_url=rd, workspace_root=data_dir / "workspaces", concurrency=1),
+                                              redis_url=rd, workspace_root=data_dir / "workspaces", concurrency=1,
+                                              extra_env=sandbox_env),
                        ready_marker=" ready.")
     supervisor.add("watchdog", partial(watchdog_process, data_dir / "watchdog.log", database_url=db, redis_url=rd),
                    ready_marker="watchdog ready.")
@@ -472,6 +479,66 @@ def _dev_client_defaults(data_dir: Path, api_url: str | None, api_key: str | Non
                        "AGENTOS_API_KEY", EXIT_USAGE)
     hint = "$AGENTOS_API_KEY" if api_key else f"$(cat {data_dir / OWNER_KEY_FILE})"
     return str(url).rstrip("/"), str(key), hint
+
+
+# --- sandbox (issue 11): `agentos sandbox`, and the one `agentos dev` starts -----------------------
+
+
+@app.command()
+def sandbox(
+    port: Annotated[int | None, typer.Option(help="Port (default: AGENTOS_SANDBOX__PORT, 8300).")] = None,
+    host: Annotated[str | None, typer.Option(help="Address to bind (default: AGENTOS_SANDBOX__HOST).")] = None,
+) -> None:
+    """Serve the sandbox service (POST /execute) that runs code_executor's code. Needs root (each
+    execution drops to an unprivileged uid), bubblewrap (or runsc) and AGENTOS_SANDBOX__TOKEN."""
+    from core.settings import SandboxServiceSettings
+    from skills.sandbox.backend import BackendUnavailable
+    from skills.sandbox.choose import make_backend
+    from skills.sandbox.execution import become_subreaper
+    from skills.sandbox.service import create_sandbox_app
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        service = SandboxServiceSettings()
+    except ValidationError as exc:
+        raise CliError(f"invalid settings: {exc}", EXIT_USAGE) from None
+    settings = service.sandbox
+    if settings.token is None or not settings.token.get_secret_value():
+        raise CliError("no service token: set AGENTOS_SANDBOX__TOKEN (the workers send the same one)", EXIT_USAGE)
+    become_subreaper()  # a killed sandbox's orphans are reaped here, not left as zombies of init
+    backend = make_backend(settings)
+    try:
+        backend.check()
+    except BackendUnavailable as exc:
+        backend.close()
+        raise CliError(f"sandbox backend {settings.backend} unavailable: {exc}", EXIT_USAGE) from None
+    uvicorn.run(create_sandbox_app(settings, backend), host=host or settings.host,
+                port=settings.port if port is None else port, log_level=service.log_level.lower())
+
+
+def _dev_sandbox(settings: Settings) -> tuple[int | None, dict[str, str]]:
+    """(the port of a sandbox service to start, the env the dev workers need to reach it): the
+    configured service (nothing to start), else one `agentos dev` starts with a fresh token when
+    this machine can run it, else none (code_executor then says no sandbox is configured)."""
+    import secrets
+
+    from agentos.stack.process import free_port
+    from skills.sandbox.backend import BackendUnavailable
+    from skills.sandbox.choose import make_backend
+
+    if settings.sandbox.url:
+        return None, {}
+    backend = make_backend(settings.sandbox)
+    try:
+        backend.check()
+    except BackendUnavailable as exc:
+        console.print(f"[yellow]![/yellow] no sandbox, so code_executor will not run code: {exc}")
+        return None, {}
+    finally:
+        backend.close()
+    port, token = free_port(), secrets.token_urlsafe(32)
+    console.print(f"[green]✓[/green] sandbox service (code_executor) on 127.0.0.1:{port}")
+    return port, {"AGENTOS_SANDBOX__URL": f"http://127.0.0.1:{port}", "AGENTOS_SANDBOX__TOKEN": token}
 
 
 def main() -> None:

@@ -172,6 +172,48 @@ class MemorySettings(BaseModel):
     ingest_retry_max_s: float = Field(default=300.0, ge=0)
 
 
+class SandboxLimits(BaseModel):
+    """Resource limits of one execution (a request may lower or raise each, up to the ceiling)."""
+
+    wall_s: float = Field(default=10.0, gt=0)
+    cpu_s: int = Field(default=10, ge=1)
+    memory_mb: int = Field(default=512, ge=16)  # address space (RLIMIT_AS)
+    pids: int = Field(default=64, ge=4)  # processes of the sandbox uid (RLIMIT_NPROC)
+    output_bytes: int = Field(default=65_536, ge=256)  # each of stdout and stderr
+    disk_mb: int = Field(default=64, ge=1)  # the workdir tmpfs
+
+
+class SandboxSettings(BaseModel):
+    """The sandbox service (`agentos sandbox`) and how workers reach it (docs/sandbox.md)."""
+
+    # bwrap (bubblewrap, default) or gvisor (runsc); checked when the service starts.
+    backend: Literal["bwrap", "gvisor"] = "bwrap"
+    # Where workers send `POST /execute`; None: code_executor answers that no sandbox is configured.
+    url: str | None = None
+    # Shared by the service and its callers (Bearer). The service refuses to start without one.
+    token: SecretStr | None = None
+    host: str = "127.0.0.1"
+    port: int = Field(default=8300, ge=0, le=65535)
+    # The unprivileged uid/gid that sandboxed code runs as (the service itself runs as root).
+    uid: int = Field(default=65534, ge=1)
+    gid: int = Field(default=65534, ge=1)
+    # The interpreter inside the sandbox: must be readable by `uid` (not under /root or a home).
+    python: str = "/usr/bin/python3"
+    # A prepared virtualenv, mounted read-only at the same path inside the sandbox; its python
+    # then runs Python code. How an operator adds packages. None: the system python only.
+    venv: str | None = None
+    # Executions the service runs at once (more wait); keep at most the cores you give it.
+    max_concurrent: int = Field(default=4, ge=1, le=256)
+    defaults: SandboxLimits = SandboxLimits()
+    ceilings: SandboxLimits = SandboxLimits(wall_s=60.0, cpu_s=60, memory_mb=2048, pids=256,
+                                            output_bytes=1_048_576, disk_mb=512)
+    # Per-org quotas, enforced by the caller (the worker) in Redis.
+    org_max_concurrent: int = Field(default=4, ge=1)
+    org_cpu_s_per_day: int = Field(default=3600, ge=1)
+    # How long the skill waits for the service beyond the wall limit before giving up.
+    request_slack_s: float = Field(default=15.0, gt=0)
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="AGENTOS_", env_nested_delimiter="__", extra="ignore", frozen=True
@@ -188,6 +230,7 @@ class Settings(BaseSettings):
     events: EventSettings = EventSettings()
     limits: LimitSettings = LimitSettings()
     memory: MemorySettings = MemorySettings()
+    sandbox: SandboxSettings = SandboxSettings()
 
     @model_validator(mode="after")
     def _refuse_default_secrets(self) -> Settings:
@@ -210,6 +253,16 @@ class Settings(BaseSettings):
                 "AGENTOS_AUTH__JWT_SECRET=)"
             )
         return self
+
+
+class SandboxServiceSettings(BaseSettings):
+    """All that `agentos sandbox` reads: it holds no database, Redis, auth or provider settings,
+    so a sandbox-only host needs (and is checked for) nothing else."""
+
+    model_config = SettingsConfigDict(env_prefix="AGENTOS_", env_nested_delimiter="__", extra="ignore", frozen=True)
+
+    log_level: str = "INFO"
+    sandbox: SandboxSettings = SandboxSettings()
 
 
 def load_settings(**overrides: object) -> Settings:

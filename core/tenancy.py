@@ -100,6 +100,16 @@ def org_active_runs_key(org_id: str) -> str:
     return f"agentos:{org_id}:limits:active_runs"
 
 
+def org_sandbox_running_key(org_id: str) -> str:
+    """The org's code executions in progress (a sorted set: execution id -> start time in ms)."""
+    return f"agentos:{org_id}:limits:sandbox_running"
+
+
+def org_sandbox_cpu_key(org_id: str, day: str) -> str:
+    """CPU milliseconds the org's code executions used on one UTC day (`YYYYMMDD`; a counter)."""
+    return f"agentos:{org_id}:limits:sandbox_cpu:{day}"
+
+
 def memory_item_key(org_id: str, memory_id: str) -> str:
     """A short-lived memory item (a hash) of `memory.redis_store`."""
     return f"agentos:{org_id}:memory:item:{memory_id}"

@@ -18,6 +18,7 @@ from core.settings import ModelSettings
 from core.tenancy import AsyncPool
 from memory.service import MemoryService
 from skills import SkillRegistry
+from skills.sandbox.client import SandboxClient
 
 
 @dataclass(frozen=True)
@@ -116,6 +117,7 @@ class RunContext:
     model_cache: dict[str, Any] = field(default_factory=dict)
     user_id: str | None = None  # the session's end user
     memory: MemoryService | None = None  # None: the run works without memory
+    sandbox: SandboxClient | None = None  # None: code_executor says no sandbox is configured
     # The run's memory context (recall and session window), made at its first THINK.
     memory_cache: dict[str, Any] = field(default_factory=dict)
     usage: dict[str, int] = field(default_factory=lambda: {"input_tokens": 0, "output_tokens": 0, "total_tokens": 0})

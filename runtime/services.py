@@ -27,6 +27,7 @@ from core.tenancy import AsyncPool
 from memory.service import MemoryService
 from orchestrator.graph import Graph, build_graph
 from skills import SkillRegistry, default_registry
+from skills.sandbox.client import SandboxClient
 
 log = logging.getLogger("agentos.worker")
 T = TypeVar("T")
@@ -41,6 +42,7 @@ class Services:
     skills: SkillRegistry
     graph: Graph
     memory: MemoryService
+    sandbox: SandboxClient | None = None  # None: no sandbox service configured
 
     @property
     def settings(self) -> Settings:
@@ -59,10 +61,13 @@ class Services:
         infra = await Infra.open(settings, name="agentos-worker", pool_max=4)
         checkpoint_pool = await open_pool(settings.database, name="agentos-checkpoints", autocommit=True, max_size=2)
         saver = AsyncPostgresSaver(checkpoint_pool)
+        sandbox = SandboxClient(settings.sandbox, infra.redis) if settings.sandbox.url else None
         return cls(infra, checkpoint_pool, default_registry(), build_graph(saver),
-                   MemoryService(settings, infra.pool, infra.redis))
+                   MemoryService(settings, infra.pool, infra.redis), sandbox)
 
     async def close(self) -> None:
+        if self.sandbox is not None:
+            await self.sandbox.aclose()
         await self.checkpoint_pool.close()
         await self.infra.close()
 

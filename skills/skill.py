@@ -16,6 +16,7 @@ from pydantic import ValidationError
 
 from memory.service import MemoryService
 from skills.arguments import ArgumentSpec, describe_errors
+from skills.sandbox.client import SandboxClient
 
 SkillFunc = Callable[..., Awaitable[Any]]
 F = TypeVar("F", bound=SkillFunc)
@@ -42,6 +43,7 @@ class SkillContext:
     user_id: str | None = None  # the session's end user, if the caller named one
     memory: MemoryService | None = None  # remember/recall for this org, agent, user and session
     knowledge: bool = False  # whether the agent may read the org's knowledge base
+    sandbox: SandboxClient | None = None  # runs code_executor's code; None: no sandbox configured
 
 
 class SkillError(Exception):

@@ -41,3 +41,12 @@ def watchdog_process(
     argv = [sys.executable, "-m", "agentos", "watchdog"]
     return ServerProcess("watchdog", argv, log_path, stop_signal=signal.SIGTERM,
                          env=_env(database_url, redis_url, extra_env), group=True)
+
+
+def sandbox_process(log_path: Path, *, port: int, token: str) -> ServerProcess:
+    """`agentos sandbox` on 127.0.0.1:`port`; it logs "Uvicorn running on" once it serves. It
+    gets no database or Redis address: it has no use for them and must not hold them."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AGENTOS_")}
+    env |= {"AGENTOS_SANDBOX__TOKEN": token, "AGENTOS_SANDBOX__HOST": "127.0.0.1", "AGENTOS_SANDBOX__PORT": str(port)}
+    argv = [sys.executable, "-m", "agentos", "sandbox"]
+    return ServerProcess("sandbox", argv, log_path, stop_signal=signal.SIGTERM, env=env, group=True)

@@ -1,9 +1,10 @@
 """The skills AgentOS ships. Keep BUILTINS in step with `core.skill_names.BUILTIN_SKILLS`."""
 
+from skills.builtin.code_executor import code_executor
 from skills.builtin.file_manager import file_manager
 from skills.builtin.memory import recall, remember
 from skills.skill import Skill
 
-BUILTINS: tuple[Skill, ...] = (file_manager, remember, recall)
+BUILTINS: tuple[Skill, ...] = (file_manager, remember, recall, code_executor)
 
 __all__ = ["BUILTINS"]
