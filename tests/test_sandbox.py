@@ -25,6 +25,7 @@ from starlette.testclient import TestClient
 
 from agentos.stack.local import StackUrls
 from agentos.stack.process import free_port
+from agentos.stack.redis import EmbeddedRedis
 from core.settings import SandboxSettings, Settings
 from core.store import agents, runs
 from core.tenancy import tenant_tx
@@ -347,11 +348,14 @@ def test_an_operators_read_only_venv_provides_packages() -> None:
 def test_agentos_dev_starts_a_sandbox_and_a_run_gets_45(stack: StackUrls, tmp_path: Path) -> None:
     """The acceptance run through the real CLI: `agentos dev` (on the suite's Postgres and Redis)
     starts the sandbox service next to its worker, `agentos run` streams the tool result, and
-    Ctrl-C leaves nothing of it running."""
+    Ctrl-C leaves nothing of it running. A Redis of its own keeps the suite's worker (which has
+    no sandbox) from taking the run."""
     require_bwrap()
     port = free_port()
+    redis = EmbeddedRedis(tmp_path / "redis", durable=False)
+    redis.start()
     env = {k: v for k, v in os.environ.items() if not k.startswith("AGENTOS_")}
-    env |= {"PYTHONUNBUFFERED": "1", "AGENTOS_DATABASE_URL": stack.database_url, "AGENTOS_REDIS_URL": stack.redis_url}
+    env |= {"PYTHONUNBUFFERED": "1", "AGENTOS_DATABASE_URL": stack.database_url, "AGENTOS_REDIS_URL": redis.url}
     agentos = [sys.executable, "-m", "agentos"]
     dev = subprocess.Popen([*agentos, "dev", "--port", str(port)], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
                            stderr=subprocess.STDOUT, text=True)
@@ -382,6 +386,7 @@ def test_agentos_dev_starts_a_sandbox_and_a_run_gets_45(stack: StackUrls, tmp_pa
     finally:
         dev.send_signal(signal.SIGINT)
         out, _ = dev.communicate(timeout=60)
+        redis.stop()
     assert "sandbox service (code_executor) on 127.0.0.1:" in out
     _, alive = psutil.wait_procs(family, timeout=10)
     assert alive == [] and sandbox_processes() == []
