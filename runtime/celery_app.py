@@ -17,6 +17,7 @@ from celery.signals import worker_process_shutdown
 from core import jobs
 from core.settings import Settings
 from memory import knowledge
+from runtime import liveness
 from runtime.executor import execute_run
 from runtime.services import RuntimeHolder
 
@@ -39,6 +40,7 @@ def create_celery(settings: Settings) -> Celery:
         worker_send_task_events=False,
         worker_enable_remote_control=False,
     )
+    liveness.install(app, settings)  # the consumer proves it consumes (runtime/liveness.py)
     holder = RuntimeHolder(settings)
 
     @app.task(name=jobs.EXECUTE_RUN, bind=True, ignore_result=True, max_retries=None)  # type: ignore[untyped-decorator]
