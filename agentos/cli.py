@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import signal
 import sys
 from functools import partial
 from pathlib import Path
@@ -19,7 +20,7 @@ from rich.console import Console
 from agentos.bootstrap import DEV_STATE_FILE, OWNER_KEY_FILE, ensure_default_agents, ensure_default_org, record_api_url
 from agentos.stack.local import LocalStack, running_stack
 from agentos.stack.supervisor import Supervisor
-from agentos.stack.worker import watchdog_process, worker_process
+from agentos.stack.worker import watchdog_process, worker_health, worker_process
 from core.db import open_pool
 from core.migrations import migrate as apply_migrations
 from core.settings import Settings, load_settings
@@ -99,7 +100,7 @@ def dev(
         if asyncio.run(ensure_default_agents(settings, org_id)):
             console.print("[green]✓[/green] agent 'assistant' (offline model, file_manager, remember, recall, "
                           "sub-agent 'helper')")
-        supervisor = _start_workers(settings, data_dir, workers)
+        supervisor = _start_workers(settings, data_dir, workers, stack)
         api_url = f"http://{host}:{port}"
         record_api_url(data_dir, api_url)
         console.print(f"\n  API       {api_url}")
@@ -108,6 +109,9 @@ def dev(
         console.print('            agentos run assistant "hello"\n')
         console.print("Press Ctrl-C to stop everything.")
         _serve(settings, host, port)
+        if supervisor.failed:
+            console.print(f"[red]Stopped:[/red] {supervisor.failed}. See the logs in {data_dir}.")
+            raise typer.Exit(1)
     finally:
         if supervisor is not None:
             with console.status("Stopping the workers and the watchdog…"):
@@ -118,14 +122,21 @@ def dev(
             console.print("[green]✓[/green] stopped")
 
 
-def _start_workers(settings: Settings, data_dir: Path, count: int) -> Supervisor:
-    """`count` worker processes (one run at a time each) and the watchdog, restarted if they die."""
+def _start_workers(settings: Settings, data_dir: Path, count: int, stack: LocalStack | None) -> Supervisor:
+    """`count` worker processes (one run at a time each) and the watchdog, restarted if they die
+    or (workers) stop consuming; the embedded Postgres and Redis, restarted if they die."""
     db, rd = settings.database.url, settings.redis.url
-    supervisor = Supervisor(report=lambda text: console.print(f"[yellow]![/yellow] {text}"))
+    supervisor = Supervisor(report=lambda text: console.print(f"[yellow]![/yellow] {text}"),
+                            on_fatal=lambda _: os.kill(os.getpid(), signal.SIGINT))  # ends _serve
+    if stack is not None:
+        supervisor.watch("PostgreSQL", lambda: stack.postgres.server, stack.postgres.start)
+        supervisor.watch("Redis", lambda: stack.redis.server, stack.redis.start)
     for i in range(1, count + 1):
+        health = data_dir / f"worker-{i}.health.json"
         supervisor.add(f"worker {i}", partial(worker_process, data_dir / f"worker-{i}.log", database_url=db,
-                                              redis_url=rd, workspace_root=data_dir / "workspaces", concurrency=1),
-                       ready_marker=" ready.")
+                                              redis_url=rd, workspace_root=data_dir / "workspaces", concurrency=1,
+                                              health_file=health),
+                       ready_marker=" ready.", health=worker_health(health, rd))
     supervisor.add("watchdog", partial(watchdog_process, data_dir / "watchdog.log", database_url=db, redis_url=rd),
                    ready_marker="watchdog ready.")
     try:
@@ -159,14 +170,23 @@ def api(
 def worker(
     concurrency: Annotated[int | None, typer.Option(help="Runs executed at once (processes).")] = None,
     pool: Annotated[str, typer.Option(help="Celery pool: prefork, solo or threads.")] = "prefork",
+    check: Annotated[bool, typer.Option("--check", help=(
+        "Don't run a worker: judge the one writing AGENTOS_WORKER__HEALTH_FILE; exit 1 if it stopped "
+        "consuming (a liveness probe for orchestrators)."))] = False,
     data_dir: DataDir = Path(".agentos"),
 ) -> None:
     """Execute runs: a Celery worker on the runs queue (uses the running `agentos dev` stack of this
     directory, or AGENTOS_DATABASE_URL / AGENTOS_REDIS_URL)."""
+    settings = _settings_for_cli(data_dir)
+    if check:
+        from runtime.liveness import check as judge
+
+        verdict = judge(Path(settings.worker.health_file), settings.redis.url)
+        typer.echo(f"{'healthy' if verdict.healthy else 'unhealthy'}: {verdict.reason}")
+        raise typer.Exit(0 if verdict.healthy else 1)
     from runtime.celery_app import run_worker
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    settings = _settings_for_cli(data_dir)
     run_worker(settings, concurrency=concurrency, pool=pool, loglevel=settings.log_level.upper())
 
 

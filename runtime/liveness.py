@@ -94,10 +94,10 @@ def read_heartbeat(path: Path) -> Heartbeat | None:
 
 def assess(hb: Heartbeat | None, now: float, *, broker_reachable: bool) -> Verdict:
     """Whether the worker that wrote `hb` should be trusted (see the module doc)."""
-    if hb is None:
-        return Verdict(False, "no heartbeat (the worker has not started consuming, or writes elsewhere)")
     if not broker_reachable:
         return Verdict(True, "the broker is unreachable: not judged (a restart would not help)")
+    if hb is None:
+        return Verdict(False, "no heartbeat (the worker has not started consuming, or writes elsewhere)")
     age = now - hb.written_at
     loop_stale_s = max(LOOP_STALE_MIN_S, LOOP_STALE_FACTOR * hb.stall_after_s)
     if age > loop_stale_s:
@@ -124,6 +124,9 @@ def check(path: Path, broker_url: str, *, pid: int | None = None) -> Verdict:
     hb = read_heartbeat(path)
     if hb is not None and pid is not None and hb.pid != pid:
         hb = None
+    verdict = assess(hb, time.time(), broker_reachable=True)
+    if verdict.healthy:  # the broker is asked only when it matters
+        return verdict
     return assess(hb, time.time(), broker_reachable=broker_reachable(broker_url))
 
 

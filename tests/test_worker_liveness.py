@@ -102,3 +102,4 @@ def test_liveness_verdicts() -> None:
     assert not assess(None, now, broker_reachable=True).healthy
     # With the broker away nothing is judged: a restart would not help.
     assert assess(_heartbeat(written_at=now - 120, stalled_s=99.0), now, broker_reachable=False).healthy
+    assert assess(None, now, broker_reachable=False).healthy
