@@ -4,21 +4,25 @@ cannot come back, and restarts a process that is alive but reported unhealthy.""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
+import subprocess
 import sys
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 
+import httpx
+import psutil
 import psycopg
 import pytest
 import redis
 
 from agentos.stack.postgres import EmbeddedPostgres
-from agentos.stack.process import ServerProcess
+from agentos.stack.process import ServerProcess, free_port
 from agentos.stack.redis import EmbeddedRedis
 from agentos.stack.supervisor import Supervisor
 
@@ -154,3 +158,66 @@ def test_a_live_process_reported_unhealthy_is_killed_and_restarted(tmp_path: Pat
             os.kill(first, 0)
     finally:
         supervisor.stop()
+
+
+AGENTOS = [sys.executable, "-c", "from agentos.cli import main; main()"]
+
+
+@pytest.mark.timeout(240)
+def test_agentos_dev_brings_back_its_redis_and_postgres_and_runs_go_on(tmp_path: Path) -> None:
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AGENTOS_")} | {
+        "PYTHONUNBUFFERED": "1", "AGENTOS_WORKER__PROBE_INTERVAL_S": "0.5", "AGENTOS_WORKER__STALL_AFTER_S": "3",
+        "AGENTOS_WORKER__WATCHDOG_INTERVAL_S": "0.5", "AGENTOS_WORKER__REQUEUE_AFTER_S": "2"}
+    out_path = tmp_path / "dev.out"
+    with open(out_path, "w") as out:
+        proc = subprocess.Popen([*AGENTOS, "dev", "--port", str(port)], cwd=tmp_path, env=env, stdout=out,
+                                stderr=subprocess.STDOUT, text=True)
+    dev = psutil.Process(proc.pid)
+    family: list[psutil.Process] = []
+    base = f"http://127.0.0.1:{port}"
+
+    def ready() -> bool:
+        assert proc.poll() is None, out_path.read_text()
+        try:
+            return httpx.get(f"{base}/readyz", timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def child(name: str) -> psutil.Process:
+        return next(c for c in dev.children() if c.name().startswith(name))
+
+    def a_run_succeeds(text: str) -> None:
+        headers = {"Authorization": f"Bearer {(tmp_path / '.agentos' / 'owner_key').read_text().strip()}"}
+        agents = httpx.get(f"{base}/v1/agents", headers=headers).json()["data"]
+        assistant = next(a for a in agents if a["name"] == "assistant")
+        session = httpx.post(f"{base}/v1/sessions", json={"agent_id": assistant["id"]}, headers=headers).json()
+        run = httpx.post(f"{base}/v1/sessions/{session['id']}/runs", json={"input": text}, headers=headers)
+        assert run.status_code == 202, run.text
+        final = httpx.get(f"{base}/v1/runs/{run.json()['id']}/wait?timeout=60", headers=headers, timeout=70).json()
+        assert final["status"] == "succeeded", (final.get("error"), out_path.read_text()[-3000:])
+
+    try:
+        _until(ready, 120, "agentos dev to be ready")
+        family = dev.children(recursive=True)
+        a_run_succeeds("first")
+
+        for name, label in (("redis-server", "Redis"), ("postgres", "PostgreSQL")):
+            victim = child(name)
+            victim.kill()
+            _until(lambda label=label: f"{label} restarted" in out_path.read_text(), 90, f"{label} to come back")
+            assert f"{label} (pid {victim.pid}) was killed (SIGKILL); restarting it" in out_path.read_text()
+            _until(ready, 60, "the API to be ready again")
+            a_run_succeeds(f"after {label}")
+        family += dev.children(recursive=True)
+
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(60) in (0, 130, -signal.SIGINT), out_path.read_text()
+        time.sleep(0.5)
+        assert not [p for p in family if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        for p in family:
+            with contextlib.suppress(psutil.Error):
+                p.kill()
