@@ -176,7 +176,8 @@ class Monitor:
         """One beat of the consumer's event loop: count, probe, write; raise to reconnect."""
         now = time.time()
         busy = len(worker_state.reserved_requests) >= capacity
-        if self.pending and not busy and self._last_tick is not None:
+        # Only while the broker takes our probes: a probe sent before an outage may be gone.
+        if self.pending and not busy and self.broker_ok and self._last_tick is not None:
             self.stalled_s += now - self._last_tick
         self._last_tick = now
         if now >= self._next_send and self.pending < MAX_PENDING:
