@@ -244,7 +244,7 @@ class FaultDriver(Driver):
             run = (await client.get(f"/v1/runs/{result.run_id}", headers=self.cluster.headers)).json()
             self.codes[result.run_id] = str((run.get("error") or {}).get("code", "?"))
 
-    async def run(self) -> FaultReport:  # type: ignore[override]
+    async def run(self) -> FaultReport:
         report = FaultReport()
         limits = httpx.Limits(max_connections=2 * self.opts.concurrency + 4)
         async with httpx.AsyncClient(base_url=self.cluster.api_url, limits=limits, timeout=30) as client:
@@ -274,13 +274,13 @@ class FaultDriver(Driver):
         report.resumes, report.retried_requests = self.resumes, self.retried
         ends = [_event_wall(r.events[-1]) for r in self.results if r.events]
         report.settle_max_s = max([e - self.last_fault_wall for e in ends] + [0.0])
+        await asyncio.sleep(3)  # a probe round trip after the last run
         self.judge_workers(report)
         return report
 
     def judge_workers(self, report: FaultReport) -> None:
-        """Every live worker must prove it consumes (give a stalled one time to show it)."""
+        """Every live worker must prove it consumes."""
         assert self.cluster.urls is not None
-        time.sleep(3)  # a probe round trip after the last run
         for w in self.cluster.workers:
             if not w.alive() or w.pid is None or w.env is None:
                 continue

@@ -39,6 +39,9 @@ def create_celery(settings: Settings) -> Celery:
         task_ignore_result=True,
         worker_send_task_events=False,
         worker_enable_remote_control=False,
+        # A run outlives a broker outage (Postgres holds it; its lease guards the redelivery):
+        # never cancel it on a lost connection (Celery 6 makes True the default).
+        worker_cancel_long_running_tasks_on_connection_loss=False,
     )
     liveness.install(app, settings)  # the consumer proves it consumes (runtime/liveness.py)
     holder = RuntimeHolder(settings)
