@@ -108,7 +108,11 @@ def dev(
         console.print(f"  Try:      curl -H 'Authorization: Bearer {key}' {api_url}/v1/me")
         console.print('            agentos run assistant "hello"\n')
         console.print("Press Ctrl-C to stop everything.")
-        _serve(settings, host, port)
+        try:
+            _serve(settings, host, port)
+        except KeyboardInterrupt:  # uvicorn re-raises the SIGINT that stopped it
+            if not supervisor.failed:
+                raise
         if supervisor.failed:
             console.print(f"[red]Stopped:[/red] {supervisor.failed}. See the logs in {data_dir}.")
             raise typer.Exit(1)
