@@ -42,6 +42,7 @@ import argparse
 import asyncio
 import contextlib
 import random
+import re
 import secrets
 import sys
 import time
@@ -81,6 +82,8 @@ FAULT_ENV = WORKER_ENV | {
     "AGENTOS_DATABASE__CONNECT_TIMEOUT_S": "2",
 }
 RETRYABLE = {429, 500, 502, 503, 504}
+# The last line of a logged traceback: `psycopg_pool.PoolTimeout: couldn't get a connection ...`
+EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Timeout|Exception|Shutdown|Exit)\b[^\n]*$", re.M)
 
 
 @dataclass
@@ -108,6 +111,7 @@ class Fault:
 class FaultReport(ChaosReport):
     faults: list[Fault] = field(default_factory=list)
     failed_by_code: Counter[str] = field(default_factory=Counter)
+    failure_causes: Counter[str] = field(default_factory=Counter)  # exception logged by the worker
     resumes: int = 0  # live streams resumed with Last-Event-ID after a break
     retried_requests: int = 0  # client requests retried because a server was down
     unhealthy_workers: list[str] = field(default_factory=list)
@@ -271,12 +275,23 @@ class FaultDriver(Driver):
         self.tally(report)
         report.faults = self.faults
         report.failed_by_code = Counter(self.codes.values())
+        report.failure_causes = self.failure_causes()
         report.resumes, report.retried_requests = self.resumes, self.retried
         ends = [_event_wall(r.events[-1]) for r in self.results if r.events]
         report.settle_max_s = max([e - self.last_fault_wall for e in ends] + [0.0])
         await asyncio.sleep(3)  # a probe round trip after the last run
         self.judge_workers(report)
         return report
+
+    def failure_causes(self) -> Counter[str]:
+        """For each failed run, the exception its worker logged (`<type>: <message>`, first line)."""
+        logs = "\n".join(p.read_text(errors="replace") for p in sorted(self.cluster.dir.glob("worker-*.log")))
+        causes: Counter[str] = Counter()
+        for run_id in self.codes:
+            at = logs.rfind(f"run {run_id} failed\n")
+            found = EXCEPTION_LINE.search(logs, at) if at >= 0 else None
+            causes[found.group(0)[:160] if found else "? (not in the worker logs)"] += 1
+        return causes
 
     def judge_workers(self, report: FaultReport) -> None:
         """Every live worker must prove it consumes."""
@@ -346,6 +361,8 @@ def print_report(report: FaultReport, opts: FaultOptions) -> None:
     for name, value, expected in rows:
         table.add_row(name, str(value), expected)
     console.print(table)
+    for cause, n in report.failure_causes.most_common():
+        console.print(f"[red]failed {n}x: {cause}[/red]")
     for p in report.problems + report.unhealthy_workers:
         console.print(f"[red]{p}[/red]")
     console.print("[green]all checks passed[/green]" if report.ok else "[red]CHECKS FAILED[/red]")

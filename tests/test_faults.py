@@ -20,5 +20,7 @@ def test_runs_survive_redis_and_postgres_restarts_and_worker_kills() -> None:
     assert report.duplicated_completed == 0, report.problems
     assert report.stream_gaps == 0, report.problems
     assert report.unhealthy_workers == [], report.unhealthy_workers
-    assert report.failed_by_code == {}, (report.failed_by_code, report.problems)
+    # Fails while a Postgres outage inside a graph step still ends the run INTERNAL (PoolTimeout);
+    # the causes say which exception the worker logged.
+    assert report.failed_by_code == {}, (report.failed_by_code, report.failure_causes, report.problems)
     assert report.ok, report.problems
