@@ -16,6 +16,9 @@ and prefetch window: raising a connection error inside Celery's event loop is th
 takes on any broker loss); the heartbeat file shows it, and a checker (`agentos worker
 --check`, the `agentos dev` supervisor) declares the worker unhealthy when that did not help
 (stalled for twice as long) or when the file stopped changing (the event loop itself is stuck).
+While Celery's own reconnect loop holds the event loop (after any broker loss), a thread writes
+the file instead, marked `reconnecting`, and notes when the broker answers again: a worker that
+has not reconnected a minute after that is unhealthy too.
 Neither judges while the broker is unreachable: restarting a worker then helps nobody and would
 cut runs that can finish without Redis.
 """
@@ -27,6 +30,7 @@ import json
 import logging
 import os
 import socket
+import threading
 import time
 import uuid
 from dataclasses import asdict, dataclass
@@ -54,6 +58,9 @@ SEND_BACKOFF_S = 5.0
 # event loop stopped; Celery's own reconnect loop may keep it still for up to ~30 s.
 LOOP_STALE_FACTOR = 4.0
 LOOP_STALE_MIN_S = 60.0
+# Celery retries a lost broker connection every 2, 4, ... up to 30 s: once the broker answers
+# again, a worker that has not reconnected within this is stuck.
+RECONNECT_GRACE_S = 60.0
 
 
 @dataclass
@@ -72,6 +79,10 @@ class Heartbeat:
     broker_ok: bool  # the last probe send reached the broker
     reconnects: int  # consumer reconnects forced by a stall
     stall_after_s: float
+    # In Celery's reconnect loop (its event loop does not run; a thread writes the file then),
+    # and since when the broker answers again, if it does.
+    reconnecting: bool = False
+    broker_back_at: float | None = None
 
 
 @dataclass(frozen=True)
@@ -102,6 +113,11 @@ def assess(hb: Heartbeat | None, now: float, *, broker_reachable: bool) -> Verdi
     loop_stale_s = max(LOOP_STALE_MIN_S, LOOP_STALE_FACTOR * hb.stall_after_s)
     if age > loop_stale_s:
         return Verdict(False, f"its event loop stopped: no heartbeat for {age:.0f} s")
+    if hb.reconnecting:
+        back_s = 0.0 if hb.broker_back_at is None else now - hb.broker_back_at
+        if back_s > RECONNECT_GRACE_S:
+            return Verdict(False, f"not reconnected although the broker answers again for {back_s:.0f} s")
+        return Verdict(True, "reconnecting to the broker")
     if hb.stalled_s >= 2 * hb.stall_after_s:
         return Verdict(False, f"not consuming: its probe waited {hb.stalled_s:.0f} s while it had a free slot "
                               f"({hb.reconnects} reconnect(s) did not help)")
@@ -159,6 +175,11 @@ class Monitor:
         self._next_send = 0.0
         self._conn: Connection | None = None
         self._producer: Producer | None = None
+        self.broker_url = str(app.conf.broker_url)
+        self.reconnecting = False
+        self.broker_back_at: float | None = None
+        self._reconnected = threading.Event()
+        self._watcher: threading.Thread | None = None
 
     def on_probe(self) -> None:
         """A probe reached the task consumer: it consumes."""
@@ -167,10 +188,37 @@ class Monitor:
         self.stalled_s = self.stalled_at_reconnect = 0.0
 
     def on_consumer_start(self) -> None:
+        self.end_reconnect_watch()
         # Probes sent on the old connection may be gone with it; fresh ones follow.
         self.pending = 0
         self._next_send = 0.0
         self._last_tick = None
+
+    def start_reconnect_watch(self) -> None:
+        """The consumer lost its connection: until it is back, Celery's reconnect loop holds the
+        event loop, so a thread writes the heartbeat (and notes when the broker answers again)."""
+        self.end_reconnect_watch()
+        self.reconnecting, self.broker_back_at = True, None
+        self._reconnected.clear()
+        self._watcher = threading.Thread(target=self._watch_reconnect, name="agentos-liveness", daemon=True)
+        self._watcher.start()
+
+    def end_reconnect_watch(self) -> None:
+        self._reconnected.set()
+        if self._watcher is not None:
+            self._watcher.join(timeout=5)
+            self._watcher = None
+        self.reconnecting, self.broker_back_at = False, None
+
+    def _watch_reconnect(self) -> None:
+        while not self._reconnected.is_set():
+            now = time.time()
+            if self.broker_back_at is None and broker_reachable(self.broker_url, timeout_s=1.0):
+                self.broker_back_at = now
+            if self._reconnected.is_set():
+                return
+            self.write(now, busy=False)
+            self._reconnected.wait(self.tick_s)
 
     def tick(self, capacity: int, can_reconnect: bool) -> None:
         """One beat of the consumer's event loop: count, probe, write; raise to reconnect."""
@@ -199,7 +247,7 @@ class Monitor:
     def heartbeat(self, now: float, busy: bool) -> Heartbeat:
         return Heartbeat(self.pid, self.hostname, self.queue.name, now, busy, self.pending, self.sent_at,
                          self.received_at, round(self.stalled_s, 2), self.broker_ok, self.reconnects,
-                         self.stall_after_s)
+                         self.stall_after_s, self.reconnecting, self.broker_back_at)
 
     def write(self, now: float, busy: bool) -> None:
         tmp = self.path.with_name(f".{self.path.name}.{self.pid}.tmp")
@@ -278,9 +326,12 @@ def install(app: Celery, settings: Settings) -> Monitor:
             if self.tref is not None:
                 self.tref.cancel()
                 self.tref = None
+            if c.blueprint.state == bootsteps.RUN:  # a restart after a lost connection, not shutdown
+                monitor.start_reconnect_watch()
 
         def shutdown(self, c: Any) -> None:
             self.stop(c)
+            monitor.end_reconnect_watch()
             monitor.close()
 
     app.steps["consumer"].add(Liveness)

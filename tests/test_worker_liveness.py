@@ -100,6 +100,11 @@ def test_liveness_verdicts() -> None:
     frozen = assess(_heartbeat(written_at=now - 120), now, broker_reachable=True)
     assert not frozen.healthy and "event loop stopped" in frozen.reason
     assert not assess(None, now, broker_reachable=True).healthy
+    # In Celery's reconnect loop: fine until the broker has answered again for a minute.
+    assert assess(_heartbeat(reconnecting=True, stalled_s=99.0), now, broker_reachable=True).healthy
+    assert assess(_heartbeat(reconnecting=True, broker_back_at=now - 30), now, broker_reachable=True).healthy
+    stuck = assess(_heartbeat(reconnecting=True, broker_back_at=now - 90), now, broker_reachable=True)
+    assert not stuck.healthy and "not reconnected" in stuck.reason
     # With the broker away nothing is judged: a restart would not help.
     assert assess(_heartbeat(written_at=now - 120, stalled_s=99.0), now, broker_reachable=False).healthy
     assert assess(None, now, broker_reachable=False).healthy
