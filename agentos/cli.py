@@ -11,6 +11,7 @@ import asyncio
 import errno
 import logging
 import os
+import signal
 import socket
 import sys
 from functools import partial
@@ -46,7 +47,7 @@ from agentos.services import require_services
 from agentos.stack.local import LocalStack, running_stack
 from agentos.stack.process import StackError
 from agentos.stack.supervisor import Supervisor
-from agentos.stack.worker import sandbox_process, watchdog_process, worker_process
+from agentos.stack.worker import sandbox_process, watchdog_process, worker_health, worker_process
 from core.db import open_pool
 from core.migrations import migrate as apply_migrations
 from core.settings import Settings, load_settings
@@ -198,14 +199,20 @@ def dev(
         if asyncio.run(ensure_default_agents(settings, org_id)):
             console.print("[green]✓[/green] agent 'assistant' (offline model, file_manager, code_executor, remember, "
                           "recall, knowledge recall, sub-agent 'helper' with file_manager)")
-        supervisor = _start_workers(settings, data_dir, workers, *_dev_sandbox(settings))
+        supervisor = _start_workers(settings, data_dir, workers, stack, *_dev_sandbox(settings))
         record_api_url(data_dir, api_url)
         console.print(f"\n  API       {api_url}")
         console.print(f"  Owner key {key}   (saved in {data_dir / OWNER_KEY_FILE})")
         console.print(f"  Try:      curl -H 'Authorization: Bearer {key}' {api_url}/v1/me")
         console.print('            agentos run assistant "hello"\n')
         console.print("Press Ctrl-C to stop everything.")
-        _serve(settings, host, port, sock)
+        try:
+            _serve(settings, host, port, sock)
+        except KeyboardInterrupt:  # uvicorn re-raises the SIGINT that stopped it
+            if not supervisor.failed:
+                raise
+        if supervisor.failed:
+            raise CliError(f"stopped: {supervisor.failed}; see the logs in {data_dir}")
     finally:
         sock.close()
         forget_api_url(data_dir, api_url)
@@ -218,21 +225,27 @@ def dev(
             console.print("[green]✓[/green] stopped")
 
 
-def _start_workers(settings: Settings, data_dir: Path, count: int, sandbox_port: int | None = None,
-                   sandbox_env: dict[str, str] | None = None) -> Supervisor:
-    """`count` worker processes (one run at a time each) and the watchdog, restarted if they die;
-    the sandbox service too when `sandbox_port` is given."""
+def _start_workers(settings: Settings, data_dir: Path, count: int, stack: LocalStack | None,
+                   sandbox_port: int | None = None, sandbox_env: dict[str, str] | None = None) -> Supervisor:
+    """`count` worker processes (one run at a time each) and the watchdog, restarted if they die
+    or (workers) stop consuming; the embedded Postgres and Redis, restarted if they die; the
+    sandbox service too when `sandbox_port` is given."""
     db, rd = settings.database.url, settings.redis.url
-    supervisor = Supervisor(report=lambda text: console.print(f"[yellow]![/yellow] {text}"))
+    supervisor = Supervisor(report=lambda text: console.print(f"[yellow]![/yellow] {text}"),
+                            on_fatal=lambda _: os.kill(os.getpid(), signal.SIGINT))  # ends _serve
+    if stack is not None:
+        supervisor.watch("PostgreSQL", lambda: stack.postgres.server, stack.postgres.start)
+        supervisor.watch("Redis", lambda: stack.redis.server, stack.redis.start)
     if sandbox_port is not None and sandbox_env:
         token = sandbox_env["AGENTOS_SANDBOX__TOKEN"]
         supervisor.add("sandbox", partial(sandbox_process, data_dir / "sandbox.log", port=sandbox_port, token=token),
                        ready_marker="Uvicorn running on")
     for i in range(1, count + 1):
+        health = data_dir / f"worker-{i}.health.json"
         supervisor.add(f"worker {i}", partial(worker_process, data_dir / f"worker-{i}.log", database_url=db,
                                               redis_url=rd, workspace_root=data_dir / "workspaces", concurrency=1,
-                                              extra_env=sandbox_env),
-                       ready_marker=" ready.")
+                                              extra_env=sandbox_env, health_file=health),
+                       ready_marker=" ready.", health=worker_health(health, rd))
     supervisor.add("watchdog", partial(watchdog_process, data_dir / "watchdog.log", database_url=db, redis_url=rd),
                    ready_marker="watchdog ready.")
     try:
@@ -270,10 +283,20 @@ def api(
 def worker(
     concurrency: Annotated[int | None, typer.Option(help="Runs executed at once (processes).")] = None,
     pool: Annotated[str, typer.Option(help="Celery pool: prefork, solo or threads.")] = "prefork",
+    check: Annotated[bool, typer.Option("--check", help=(
+        "Don't run a worker: judge the one writing AGENTOS_WORKER__HEALTH_FILE; exit 1 if it stopped "
+        "consuming (a liveness probe for orchestrators)."))] = False,
     data_dir: DataDir = Path(".agentos"),
 ) -> None:
     """Execute runs: a Celery worker on the runs queue (uses the running `agentos dev` stack of this
     directory, or AGENTOS_DATABASE_URL / AGENTOS_REDIS_URL)."""
+    if check:  # judged from the heartbeat file and Redis, never failed for a database that is away
+        from runtime.liveness import check as judge
+
+        settings = _settings_for_cli(data_dir, require=False)
+        verdict = judge(Path(settings.worker.health_file), settings.redis.url)
+        typer.echo(f"{'healthy' if verdict.healthy else 'unhealthy'}: {verdict.reason}")
+        raise typer.Exit(0 if verdict.healthy else 1)
     from runtime.celery_app import run_worker
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -281,15 +304,16 @@ def worker(
     run_worker(settings, concurrency=concurrency, pool=pool, loglevel=settings.log_level.upper())
 
 
-def _settings_for_cli(data_dir: Path, *, need_redis: bool = False) -> Settings:
+def _settings_for_cli(data_dir: Path, *, need_redis: bool = False, require: bool = True) -> Settings:
     """The settings of a running `agentos dev` in `data_dir`, else those of the environment;
-    `CliError` at once when their Postgres (or Redis) cannot be reached."""
+    `CliError` at once when their Postgres (or Redis) cannot be reached (unless not `require`d)."""
     urls = running_stack(data_dir.resolve())
     if urls and not _external_services():
         settings = _settings(database={"url": urls.database_url}, redis={"url": urls.redis_url})
     else:
         settings = _settings()
-    require_services(settings, need_redis=need_redis)
+    if require:
+        require_services(settings, need_redis=need_redis)
     return settings
 
 

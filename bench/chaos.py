@@ -98,13 +98,13 @@ EXPECTED_ACTIONS = ["write", "list", "write"]
 HOLDERS_SQL = "SELECT id, lease_owner FROM runs WHERE status = 'running' AND lease_expires_at > now()"
 
 
-def script(tag: str) -> str:
+def script(tag: str, wait_s: float = 0.3) -> str:
     """The run input: write, list, write, with short waits between (offline model directives)."""
     return "\n".join([
         f'call: file_manager {{"action": "write", "path": "{tag}-1.txt", "content": "1"}}',
-        "wait: 0.3",
+        f"wait: {wait_s}",
         'call: file_manager {"action": "list"}',
-        "wait: 0.3",
+        f"wait: {wait_s}",
         f'call: file_manager {{"action": "write", "path": "{tag}-2.txt", "content": "2"}}',
     ])
 
@@ -175,9 +175,11 @@ class ChaosReport:
 class Cluster:
     """The stack, the API, W workers and a watchdog; `close()` stops whatever was started."""
 
-    def __init__(self, opts: ChaosOptions) -> None:
+    def __init__(self, opts: ChaosOptions, *, worker_env: dict[str, str] | None = None,
+                 prefix: str = "agentos-chaos-") -> None:
         self.opts = opts
-        self.dir = Path(tempfile.mkdtemp(prefix="agentos-chaos-"))
+        self.worker_env = worker_env or WORKER_ENV  # for the workers and the watchdog
+        self.dir = Path(tempfile.mkdtemp(prefix=prefix))
         self.stack: LocalStack | None = None
         self.urls: StackUrls | None = None
         self.api: ServerProcess | None = None
@@ -205,7 +207,7 @@ class Cluster:
                                  env=_child_env(self.urls, self.admin_token, "WARNING"))
         self.api.start()
         self.watchdog = watchdog_process(self.dir / "watchdog.log", database_url=self.urls.database_url,
-                                         redis_url=self.urls.redis_url, extra_env=WORKER_ENV)
+                                         redis_url=self.urls.redis_url, extra_env=self.worker_env)
         self.watchdog.start()
         for _ in range(self.opts.workers):
             self.workers.append(self.new_worker())
@@ -229,7 +231,8 @@ class Cluster:
         self.started += 1
         w = worker_process(self.dir / f"worker-{self.started}.log", database_url=self.urls.database_url,
                            redis_url=self.urls.redis_url, workspace_root=self.dir / "workspaces",
-                           concurrency=1, extra_env=WORKER_ENV)
+                           concurrency=1, extra_env=self.worker_env,
+                           health_file=self.dir / f"worker-{self.started}.health.json")
         # Not `w.start()`: its preexec_fn (PR_SET_PDEATHSIG through ctypes) runs Python in the
         # forked child, which can deadlock when other threads of this process hold a lock at
         # fork time (seen here: restarted workers hung before exec). `setpriv` sets the same
@@ -308,10 +311,12 @@ class Cluster:
 
 
 async def read_sse(client: httpx.AsyncClient, path: str, headers: dict[str, str], *,
-                   until_run_terminal: str | None = None) -> list[dict[str, Any]]:
+                   until_run_terminal: str | None = None,
+                   into: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
     """Events of an SSE response until it ends (or, with `until_run_terminal`, until that run's
-    terminal event). Checks that `id:`/`event:` agree with the data."""
-    found: list[dict[str, Any]] = []
+    terminal event). Checks that `id:`/`event:` agree with the data. `into`: append the events
+    there as they arrive (kept when the stream breaks)."""
+    found: list[dict[str, Any]] = [] if into is None else into
     async with client.stream("GET", path, headers=headers) as resp:
         if resp.status_code != 200:
             raise RuntimeError(f"GET {path}: {resp.status_code} {(await resp.aread())!r}")

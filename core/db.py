@@ -50,6 +50,9 @@ async def open_pool(
         min_size=min(db.pool_min, max_size or db.pool_max),
         max_size=max_size or db.pool_max,
         configure=configure,
+        # After a Postgres restart every idle connection is dead; without a check at checkout the
+        # next run of each worker failed INTERNAL (AdminShutdown) on one of them.
+        check=AsyncConnectionPool.check_connection,
         open=False,
         timeout=db.connect_timeout_s,
         name=name,

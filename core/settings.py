@@ -109,6 +109,12 @@ class WorkerSettings(BaseModel):
     # message before the watchdog sends another (the message may have been lost).
     watchdog_interval_s: float = Field(default=5.0, gt=0)
     requeue_after_s: float = Field(default=30.0, gt=0)
+    # Liveness (runtime/liveness.py): every `probe_interval_s` the worker sends itself a probe
+    # through the broker and writes `health_file`; a worker with a free slot whose probe waited
+    # `stall_after_s` reconnects its consumer, and `agentos worker --check` fails after twice that.
+    health_file: str = "/tmp/agentos-worker-health.json"
+    probe_interval_s: float = Field(default=2.0, gt=0)
+    stall_after_s: float = Field(default=15.0, gt=0)
 
 
 class EventSettings(BaseModel):

@@ -22,6 +22,7 @@ from core import jobs
 from core.infra import INFRA_ERRORS, InfraUnavailable, is_infra_error
 from core.settings import Settings
 from memory import knowledge
+from runtime import liveness
 from runtime.executor import execute_run
 from runtime.services import RuntimeHolder, Services, WorkerRuntime
 
@@ -74,7 +75,11 @@ def create_celery(settings: Settings) -> Celery:
         task_ignore_result=True,
         worker_send_task_events=False,
         worker_enable_remote_control=False,
+        # A run outlives a broker outage (Postgres holds it; its lease guards the redelivery):
+        # never cancel it on a lost connection (Celery 6 makes True the default).
+        worker_cancel_long_running_tasks_on_connection_loss=False,
     )
+    liveness.install(app, settings)  # the consumer proves it consumes (runtime/liveness.py)
 
     class Bound(AgentTask):
         holder = RuntimeHolder(settings)

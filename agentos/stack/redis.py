@@ -49,7 +49,7 @@ class EmbeddedRedis:
 
     def _ready(self) -> bool:
         try:
-            return bool(redis.Redis(port=self.port, socket_connect_timeout=0.5).ping())
+            return bool(redis.Redis(port=self.port, socket_connect_timeout=0.5, socket_timeout=0.5).ping())
         except redis.RedisError:
             return False
 

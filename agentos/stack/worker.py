@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from agentos.stack.process import ServerProcess
@@ -24,11 +25,15 @@ def _env(database_url: str, redis_url: str, extra_env: dict[str, str] | None) ->
 
 def worker_process(
     log_path: Path, *, database_url: str, redis_url: str, workspace_root: Path, concurrency: int = 2,
-    extra_env: dict[str, str] | None = None,
+    extra_env: dict[str, str] | None = None, health_file: Path | None = None,
 ) -> ServerProcess:
     """`agentos worker` against the given services; stopped with SIGTERM (warm shutdown) sent to
-    its process group, so the prefork children go with it."""
-    env = _env(database_url, redis_url, {"AGENTOS_WORKER__WORKSPACE_ROOT": str(workspace_root), **(extra_env or {})})
+    its process group, so the prefork children go with it. `health_file`: where it writes its
+    liveness heartbeat (see `worker_health`)."""
+    own = {"AGENTOS_WORKER__WORKSPACE_ROOT": str(workspace_root)}
+    if health_file is not None:
+        own["AGENTOS_WORKER__HEALTH_FILE"] = str(health_file)
+    env = _env(database_url, redis_url, {**own, **(extra_env or {})})
     argv = [sys.executable, "-m", "agentos", "worker", f"--concurrency={concurrency}"]
     return ServerProcess("worker", argv, log_path, stop_signal=signal.SIGTERM, env=env, group=True)
 
@@ -50,3 +55,16 @@ def sandbox_process(log_path: Path, *, port: int, token: str) -> ServerProcess:
     env |= {"AGENTOS_SANDBOX__TOKEN": token, "AGENTOS_SANDBOX__HOST": "127.0.0.1", "AGENTOS_SANDBOX__PORT": str(port)}
     argv = [sys.executable, "-m", "agentos", "sandbox"]
     return ServerProcess("sandbox", argv, log_path, stop_signal=signal.SIGTERM, env=env, group=True)
+
+
+def worker_health(health_file: Path, redis_url: str) -> Callable[[int], str | None]:
+    """A supervisor health check for the worker writing `health_file`: None while its consumer
+    proves it consumes (or cannot be judged), else why it should be restarted."""
+
+    def judge(pid: int) -> str | None:
+        from runtime.liveness import check  # loads Celery only when a worker is supervised
+
+        verdict = check(health_file, redis_url, pid=pid)
+        return None if verdict.healthy else verdict.reason
+
+    return judge
