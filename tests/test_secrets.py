@@ -175,12 +175,28 @@ def test_secrets_round_trip_and_the_value_never_leaks(client: Any, settings: Set
     assert all(value.encode() not in bytes(w) + bytes(c) for w, c in stored)
 
 
-def test_another_orgs_secrets_are_not_found(client: Any) -> None:
+def test_another_orgs_secrets_are_not_found(client: Any, settings: Settings) -> None:
     a, b = new_org(client, "secrets A"), new_org(client, "secrets B")
     assert client.put("/v1/secrets/db_url", json={"value": "postgres://a"}, headers=a.headers).status_code == 200
     assert client.get("/v1/secrets", headers=b.headers).json()["data"] == []
     error_of(client.delete("/v1/secrets/db_url", headers=b.headers), 404, "NOT_FOUND")
     assert [s["name"] for s in client.get("/v1/secrets", headers=a.headers).json()["data"]] == ["db_url"]
+    # The same name in another org is that org's own secret.
+    mine = client.put("/v1/secrets/db_url", json={"value": "postgres://b"}, headers=b.headers)
+    assert mine.status_code == 200 and mine.json()["created"] is True
+    assert read(settings, a.id, "db_url") == "postgres://a" and read(settings, b.id, "db_url") == "postgres://b"
+
+
+def test_secrets_are_listed_by_name_in_pages(client: Any) -> None:
+    org = new_org(client, "secret pages")
+    for name in ("c", "a", "b"):
+        client.put(f"/v1/secrets/{name}", json={"value": name}, headers=org.headers)
+    first = client.get("/v1/secrets?limit=2", headers=org.headers).json()
+    assert [s["name"] for s in first["data"]] == ["a", "b"] and first["next_cursor"]
+    rest = client.get(f"/v1/secrets?limit=2&cursor={first['next_cursor']}", headers=org.headers).json()
+    assert [s["name"] for s in rest["data"]] == ["c"] and rest["next_cursor"] is None
+    error_of(client.get("/v1/secrets?cursor=bm90IGEgbmFtZSE", headers=org.headers), 422, "VALIDATION_FAILED")
+    error_of(client.get("/v1/secrets?limit=0", headers=org.headers), 422, "VALIDATION_FAILED")
 
 
 def test_a_row_copied_to_another_org_or_name_does_not_decrypt(client: Any, settings: Settings,
