@@ -259,9 +259,22 @@ class _GuardedBackend(httpcore.AsyncNetworkBackend):
         await self._inner.sleep(seconds)
 
 
+def _tls_failure(exc: BaseException) -> ssl.SSLError | None:
+    seen: BaseException | None = exc
+    for _ in range(10):
+        if seen is None or isinstance(seen, ssl.SSLError):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
 def _mapped(exc: Exception, url: str) -> OutboundError:
     if isinstance(exc, OutboundError):
         return exc
+    tls = _tls_failure(exc)
+    if tls is not None:
+        reason = getattr(tls, "verify_message", None) or getattr(tls, "reason", None) or type(tls).__name__
+        return OutboundError(f"The TLS certificate of {url} could not be verified ({reason}); nothing was sent.")
     if isinstance(exc, (httpcore.TimeoutException, httpx.TimeoutException, TimeoutError)):
         return OutboundTimeout(f"{url} did not answer in time.")
     if isinstance(exc, (httpcore.ConnectError, httpx.ConnectError)):
@@ -375,14 +388,17 @@ class Outbound:
     """An HTTP client for one task (a skill call, a provider request): `async with Outbound(...)`.
 
     `allow` adds entries to the operator's allowlist for this client only (an org's own
-    allowlist for private addresses, set by its admin)."""
+    allowlist for private addresses, set by its admin). `resolver` replaces DNS (tests);
+    `ssl_context` the certificate authorities trusted (a private CA)."""
 
     def __init__(self, settings: OutboundSettings, *, allow: Sequence[str] = (),
-                 resolver: Resolver = system_resolver) -> None:
+                 resolver: Resolver = system_resolver, ssl_context: ssl.SSLContext | None = None) -> None:
         self.settings = settings
         self.guard = AddressGuard.from_settings(settings, allow=allow, resolver=resolver)
+        # The default verifies certificates against the system's CAs (certifi's), host names included.
+        context = ssl_context or httpx.create_ssl_context()
         self._client = httpx.AsyncClient(
-            transport=_PinnedTransport(self.guard, httpx.create_ssl_context()), follow_redirects=False,
+            transport=_PinnedTransport(self.guard, context), follow_redirects=False,
             trust_env=False, headers={"User-Agent": settings.user_agent},
         )
 

@@ -7,11 +7,18 @@ to a local server on 127.0.0.1."""
 from __future__ import annotations
 
 import asyncio
+import datetime
 import ipaddress
+import ssl
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 from core.outbound import (
     AddressGuard,
@@ -214,3 +221,54 @@ def test_429_and_5xx_are_retried_then_returned(web: FakeWeb) -> None:
     with pytest.raises(OutboundRefused):
         run(get(client(), web.url("/flaky"), retries=3))
     assert len(web.seen) == 5
+
+
+# --- TLS: the address is pinned, the name is still verified ----------------------------------------
+
+
+def _tls_files(tmp: Path) -> tuple[Path, Path, Path]:
+    """A private CA and a server certificate for `pinned.test` signed by it: (CA, cert, key)."""
+    now = datetime.datetime.now(datetime.UTC)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "test CA")])
+    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
+          .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
+          .not_valid_after(now + datetime.timedelta(hours=1))
+          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+          .sign(ca_key, hashes.SHA256()))
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "pinned.test")]))
+            .issuer_name(ca_name).public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(hours=1))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName("pinned.test")]), critical=False)
+            .sign(ca_key, hashes.SHA256()))
+    paths = (tmp / "ca.pem", tmp / "cert.pem", tmp / "key.pem")
+    paths[0].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    paths[1].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    paths[2].write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return paths
+
+
+def test_https_connects_to_the_checked_address_and_verifies_the_url_host(web: FakeWeb, tmp_path: Path) -> None:
+    ca, cert, key = _tls_files(tmp_path)
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_context.load_cert_chain(cert, key)
+    names: list[str | None] = []
+    server_context.sni_callback = lambda sock, name, ctx: names.append(name)  # type: ignore[assignment,misc]
+    web.routes["/secure"] = lambda _: html("over tls")
+    web.use_tls(server_context)
+    client_context = ssl.create_default_context(cafile=str(ca))
+    dns = fake_dns({"pinned.test": ["127.0.0.1"], "other.test": ["127.0.0.1"]})
+    settings = OutboundSettings(allow=["127.0.0.1/32"])
+    page = run(get(Outbound(settings, resolver=dns, ssl_context=client_context),
+                   f"https://pinned.test:{web.port}/secure"))
+    assert page.content == b"over tls" and names == ["pinned.test"]
+    assert web.seen[-1].headers["Host"] == f"pinned.test:{web.port}"
+    # The same address under another name: the certificate does not match, nothing is sent.
+    with pytest.raises(OutboundError, match="certificate"):
+        run(get(Outbound(settings, resolver=dns, ssl_context=client_context), f"https://other.test:{web.port}/secure"))
+    # And a certificate nobody vouches for (the system's CAs do not know the test CA).
+    with pytest.raises(OutboundError, match="certificate"):
+        run(get(Outbound(settings, resolver=dns), f"https://pinned.test:{web.port}/secure"))
+    assert len(web.seen) == 1
