@@ -277,6 +277,10 @@ def _mapped(exc: Exception, url: str) -> OutboundError:
         return OutboundError(f"The TLS certificate of {url} could not be verified ({reason}); nothing was sent.")
     if isinstance(exc, (httpcore.TimeoutException, httpx.TimeoutException, TimeoutError)):
         return OutboundTimeout(f"{url} did not answer in time.")
+    # Never str(exc) here: a library's message may quote a header, and headers carry credentials.
+    if isinstance(exc, (httpx.LocalProtocolError, UnicodeError)):
+        return OutboundError(f"The request to {url} could not be sent: a header or the URL is not valid HTTP "
+                             f"({type(exc).__name__}).")
     if isinstance(exc, (httpcore.ConnectError, httpx.ConnectError)):
         return OutboundError(f"Could not connect to {url} (connection refused or unreachable).")
     return OutboundError(f"The request to {url} failed ({type(exc).__name__}).")
@@ -327,6 +331,8 @@ class _PinnedTransport(httpx.AsyncBaseTransport):
             raise httpx.ConnectError(str(exc), request=request) from exc
         except httpcore.NetworkError as exc:
             raise httpx.NetworkError(str(exc), request=request) from exc
+        except httpcore.LocalProtocolError as exc:  # e.g. a header value with a line break
+            raise httpx.LocalProtocolError(str(exc), request=request) from exc
         except httpcore.ProtocolError as exc:
             raise httpx.RemoteProtocolError(str(exc), request=request) from exc
         stream = response.stream
@@ -469,7 +475,7 @@ class Outbound:
             raise
         except TimeoutError:
             raise OutboundTimeout(f"{shown} did not answer within {timeout_s:g} s.") from None
-        except (httpx.HTTPError, httpcore.ConnectError, OSError) as exc:
+        except (httpx.HTTPError, httpcore.ConnectError, OSError, UnicodeError) as exc:
             raise _mapped(exc, shown) from None
 
     def _build(self, method: str, url: str, headers: Mapping[str, str], params: Mapping[str, str | int] | None,

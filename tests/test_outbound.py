@@ -272,3 +272,12 @@ def test_https_connects_to_the_checked_address_and_verifies_the_url_host(web: Fa
     with pytest.raises(OutboundError, match="certificate"):
         run(get(Outbound(settings, resolver=dns), f"https://pinned.test:{web.port}/secure"))
     assert len(web.seen) == 1
+
+
+def test_a_header_http_cannot_carry_fails_without_quoting_it(web: FakeWeb) -> None:
+    web.routes["/p"] = lambda _: html("x")
+    for value in ("line\nbreak-SECRET", "caf\u00e9-SECRET", "nul\x00-SECRET"):
+        with pytest.raises(OutboundError, match="not valid HTTP") as failure:
+            run(get(client(allow=["127.0.0.1"]), web.url("/p"), headers={"X-Key": value}))
+        assert "SECRET" not in str(failure.value)
+    assert web.seen == []
