@@ -381,6 +381,26 @@ class OutboundResponse:
         return self
 
 
+def _guarded(guard: AddressGuard, settings: OutboundSettings, ssl_context: ssl.SSLContext | None,
+             **client_options: Any) -> httpx.AsyncClient:
+    # The default context verifies certificates against certifi's CAs, host names included.
+    transport = _PinnedTransport(guard, ssl_context or httpx.create_ssl_context())
+    options: dict[str, Any] = {"follow_redirects": False, "headers": {"User-Agent": settings.user_agent},
+                               **client_options}
+    return httpx.AsyncClient(transport=transport, trust_env=False, **options)
+
+
+def guarded_client(settings: OutboundSettings, *, allow: Sequence[str] = (), resolver: Resolver = system_resolver,
+                   ssl_context: ssl.SSLContext | None = None, **client_options: Any) -> httpx.AsyncClient:
+    """A plain `httpx.AsyncClient` whose every connection passes the guard, for libraries that
+    take one (the MCP client's `httpx_client_factory`). `client_options` go to the client
+    (`headers`, `timeout`, `auth`; `follow_redirects` is off unless given, and each hop is checked
+    anyway). Unlike `Outbound`, it does not bound response sizes: the library reads what it reads."""
+    client_options.setdefault("timeout", httpx.Timeout(settings.timeout_s, connect=settings.connect_timeout_s))
+    guard = AddressGuard.from_settings(settings, allow=allow, resolver=resolver)
+    return _guarded(guard, settings, ssl_context, **client_options)
+
+
 def _type_allowed(content_type: str, allowed: Sequence[str]) -> bool:
     """`allowed` holds full types (`application/json`) or prefixes ending in `/` (`text/`)."""
     return any(content_type.startswith(a) if a.endswith("/") else content_type == a for a in allowed)
@@ -401,12 +421,7 @@ class Outbound:
                  resolver: Resolver = system_resolver, ssl_context: ssl.SSLContext | None = None) -> None:
         self.settings = settings
         self.guard = AddressGuard.from_settings(settings, allow=allow, resolver=resolver)
-        # The default verifies certificates against the system's CAs (certifi's), host names included.
-        context = ssl_context or httpx.create_ssl_context()
-        self._client = httpx.AsyncClient(
-            transport=_PinnedTransport(self.guard, context), follow_redirects=False,
-            trust_env=False, headers={"User-Agent": settings.user_agent},
-        )
+        self._client = _guarded(self.guard, settings, ssl_context)
 
     async def __aenter__(self) -> Outbound:
         return self

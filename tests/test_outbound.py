@@ -29,6 +29,7 @@ from core.outbound import (
     OutboundTimeout,
     OutboundTooLarge,
     OutboundUnsupportedType,
+    guarded_client,
     refusal_reason,
 )
 from core.settings import OutboundSettings
@@ -281,3 +282,21 @@ def test_a_header_http_cannot_carry_fails_without_quoting_it(web: FakeWeb) -> No
             run(get(client(allow=["127.0.0.1"]), web.url("/p"), headers={"X-Key": value}))
         assert "SECRET" not in str(failure.value)
     assert web.seen == []
+
+
+def test_a_plain_guarded_client_for_libraries_checks_every_connection(web: FakeWeb) -> None:
+    web.routes["/p"] = lambda _: html("x")
+    web.routes["/hop"] = lambda _: redirect(f"http://127.0.0.2:{web.port}/p")
+
+    async def go() -> tuple[int, str]:
+        async with guarded_client(OutboundSettings(allow=["127.0.0.1/32"]), follow_redirects=True) as http:
+            ok = await http.get(web.url("/p"))
+            with pytest.raises(OutboundRefused, match="127.0.0.2 is a loopback"):
+                await http.get(web.url("/hop"))
+        async with guarded_client(OutboundSettings()) as http:
+            with pytest.raises(OutboundRefused):
+                await http.get(web.url("/p"))
+        return ok.status_code, ok.text
+
+    assert run(go()) == (200, "x")
+    assert [s.path for s in web.seen] == ["/p", "/hop"]
