@@ -66,6 +66,10 @@ class OutboundTimeout(OutboundError):
     pass
 
 
+class OutboundConnectError(OutboundError):
+    """No connection could be made, or it broke before the answer was read (worth a retry)."""
+
+
 class OutboundTooLarge(OutboundError):
     pass
 
@@ -282,7 +286,9 @@ def _mapped(exc: Exception, url: str) -> OutboundError:
         return OutboundError(f"The request to {url} could not be sent: a header or the URL is not valid HTTP "
                              f"({type(exc).__name__}).")
     if isinstance(exc, (httpcore.ConnectError, httpx.ConnectError)):
-        return OutboundError(f"Could not connect to {url} (connection refused or unreachable).")
+        return OutboundConnectError(f"Could not connect to {url} (connection refused or unreachable).")
+    if isinstance(exc, (httpx.TransportError, OSError)):
+        return OutboundConnectError(f"The connection to {url} broke ({type(exc).__name__}).")
     return OutboundError(f"The request to {url} failed ({type(exc).__name__}).")
 
 
@@ -441,7 +447,8 @@ class Outbound:
         """Send a request and read its response within the limits.
 
         Retries (`retries` more attempts, exponential backoff with jitter, honouring a short
-        Retry-After) on 429/5xx answers, timeouts and failed connections; never on a refusal.
+        Retry-After) on 429/5xx answers, timeouts and failed or broken connections; never on a
+        refusal or any other error.
         After the last attempt a 429/5xx answer is returned as it is (see `raise_for_status`).
         `content_types` restricts successful responses' types (full types or `text/`-style
         prefixes); other responses are refused unread."""
@@ -452,8 +459,8 @@ class Outbound:
                                                timeout_s or self.settings.timeout_s,
                                                max_bytes or self.settings.max_response_bytes, content_types,
                                                follow_redirects)
-            except OutboundError as exc:
-                if isinstance(exc, (OutboundRefused, OutboundTooLarge, OutboundUnsupportedType)) or attempt >= retries:
+            except (OutboundTimeout, OutboundConnectError):
+                if attempt >= retries:
                     raise
                 delay = None
             else:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import datetime
 import ipaddress
+import socket
 import ssl
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,6 +24,7 @@ from cryptography.x509.oid import NameOID
 from core.outbound import (
     AddressGuard,
     Outbound,
+    OutboundConnectError,
     OutboundError,
     OutboundHTTPError,
     OutboundRefused,
@@ -300,3 +302,18 @@ def test_a_plain_guarded_client_for_libraries_checks_every_connection(web: FakeW
 
     assert run(go()) == (200, "x")
     assert [s.path for s in web.seen] == ["/p", "/hop"]
+
+
+def test_failed_connections_are_retried_and_refusals_are_not() -> None:
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        closed = probe.getsockname()[1]
+    calls: list[str] = []
+    dns = fake_dns({"down.test": ["127.0.0.1"], "inside.test": ["10.0.0.1"]}, calls)
+    settings = OutboundSettings(allow=["127.0.0.1/32"], retry_base_delay_s=0.01)
+    with pytest.raises(OutboundConnectError, match="Could not connect"):
+        run(get(Outbound(settings, resolver=dns), f"http://down.test:{closed}/", retries=2))
+    assert calls == ["down.test"] * 3
+    with pytest.raises(OutboundRefused):
+        run(get(Outbound(settings, resolver=dns), "http://inside.test/", retries=2))
+    assert calls[3:] == ["inside.test"]
