@@ -55,6 +55,18 @@ async def watchdog_scan_tx(pool: AsyncPool) -> AsyncIterator[AsyncConnection[Dic
         yield conn
 
 
+SET_SECRET_ROTATION_SQL = "SELECT set_config('app.secret_rotation', 'on', true)"
+
+
+@asynccontextmanager
+async def secret_rotation_scan_tx(pool: AsyncPool) -> AsyncIterator[AsyncConnection[DictRow]]:
+    """`agentos secrets rotate`'s read-only view across orgs: the `secret_rotation` policy shows
+    `org_secrets` rows (only) for this one transaction. Each rewrap still goes through `tenant_tx`."""
+    async with pool.connection() as conn, conn.transaction():
+        await conn.execute(SET_SECRET_ROTATION_SQL)
+        yield conn
+
+
 # Redis keys and checkpoint thread ids: built here only, always from ids the server resolved
 # (never from a client's string), and always carrying the org.
 
@@ -130,3 +142,9 @@ def memory_dedup_key(org_id: str, fingerprint: str) -> str:
     """Claimed (SET NX) by the first write of one fact; holds that item's id. `fingerprint` is
     the hex digest of the fact's identity (scope, ids, kind, content hash, model)."""
     return f"agentos:{org_id}:memory:dedup:{fingerprint}"
+
+
+def web_search_cache_key(org_id: str, request: str) -> str:
+    """A cached `web_search` answer (JSON). `request` (provider, count and the query the model
+    wrote) is hashed, so the key never carries the query itself."""
+    return f"agentos:{org_id}:web_search:{hashlib.sha256(request.encode()).hexdigest()}"

@@ -183,7 +183,7 @@ async def _execute(
         workspace=Path(svc.settings.worker.workspace_root).resolve() / org_id / session_id,
         load_agent=_agent_loader(svc, org_id),
         max_depth=svc.settings.worker.max_delegation_depth, user_id=user_id, memory=svc.memory,
-        sandbox=svc.sandbox,
+        sandbox=svc.sandbox, infra=svc.infra,
     )
     config: Any = {"configurable": {"thread_id": checkpoint_thread_id(org_id, session_id)}}
     text = (run["input"] or {}).get("text", "")

@@ -241,6 +241,16 @@ def test_the_dev_assistant_recalls_knowledge_and_its_helper_manages_files(api: A
     assert agents["helper"]["skills"] == ["file_manager"]
 
 
+def test_the_dev_assistant_searches_the_web_with_the_offline_provider(api: Api, tmp_path: Path) -> None:
+    # The README's web_search example.
+    script = 'call: web_search {"query": "agent platforms", "count": 2}'
+    result = agentos("run", "assistant", script, cwd=tmp_path, env=run_env(api))
+    assert result.returncode == 0, result.stderr
+    answer = result.stdout.strip()
+    assert answer.startswith("Done. web_search returned"), answer
+    assert "https://example.org/offline/agent-platforms/" in answer and '"provider": "offline"' in answer
+
+
 # --- unique org names: the API and the migration -------------------------------------------------
 
 
@@ -263,16 +273,15 @@ def test_the_migration_renames_earlier_duplicates_and_keeps_the_oldest(stack: St
         conn.execute(f"CREATE DATABASE {database}")
     url = stack.database_url.rsplit("/", 1)[0] + "/" + database
     try:
-        migrate(url, "agentos_app")
-        with psycopg.connect(url, autocommit=True) as conn:  # back to before migration 9
-            conn.execute("DROP INDEX orgs_name_uq")
-            conn.execute("DELETE FROM agentos_schema_migrations WHERE version = %s", (len(MIGRATIONS),))
+        names_version = next(v for v, m in enumerate(MIGRATIONS, start=1) if m.apply is _unique_org_names)
+        migrate(url, "agentos_app", target=names_version - 1)  # up to just before the renaming
+        with psycopg.connect(url, autocommit=True) as conn:
             long = "x" * 200
             conn.execute("""INSERT INTO orgs (id, name, created_at) VALUES
                 ('org_a', 'Acme', now() - interval '2 days'), ('org_b', 'ACME', now() - interval '1 day'),
                 ('org_c', 'acme', now()), ('org_d', %s, now()), ('org_e', %s, now() + interval '1 s'),
                 ('org_f', 'Other', now())""", (long, long))
-        assert migrate(url, "agentos_app") == 1
+        assert migrate(url, "agentos_app", target=names_version) == 1
         with psycopg.connect(url) as conn:
             names = dict(conn.execute("SELECT id, name FROM orgs").fetchall())
         assert names["org_a"] == "Acme" and names["org_b"] == "ACME (org_b)" and names["org_c"] == "acme (org_c)"

@@ -150,6 +150,7 @@ def test_openapi_describes_every_route(client):
         ("/v1/memories/{memory_id}", "get"), ("/v1/memories/{memory_id}", "delete"),
         ("/v1/knowledge", "post"), ("/v1/knowledge", "get"),
         ("/v1/knowledge/{document_id}", "get"), ("/v1/knowledge/{document_id}", "delete"),
+        ("/v1/secrets", "get"), ("/v1/secrets/{name}", "put"), ("/v1/secrets/{name}", "delete"),
     }
     served = {(path, method) for path, ops in doc["paths"].items() for method in ops}
     assert served == expected
