@@ -418,7 +418,9 @@ async def respond(state: AgentState, runtime: Runtime[RunContext]) -> dict[str, 
     ctx = runtime.context
     assert ctx is not None
     await _step(ctx, "respond")
-    return {"answer": final_text(state["messages"])}
+    messages = state["messages"]
+    asked = next((m.id for m in reversed(messages) if isinstance(m, HumanMessage)), None)
+    return {"answer": final_text(messages), "answered": asked or ""}
 
 
 PLAN_PROMPT = (

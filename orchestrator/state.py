@@ -12,3 +12,6 @@ class AgentState(TypedDict, total=False):
     messages: Annotated[list[AnyMessage], add_messages]
     answer: str
     plan: str  # plan mode: the plan a human approved for the current run
+    # The id of the user message RESPOND last answered: how a resumed run knows its graph ended
+    # (an empty `next` alone does not say so after a checkpoint write failed mid-step).
+    answered: str

@@ -72,16 +72,21 @@ async def _graph_input(svc: Services, config: Any, user_message: HumanMessage, r
     (after a crash, a human's decision, or an infrastructure error mid-step) continues from the
     last checkpoint if the thread holds this input: `Command(resume=...)` when it stopped for a
     human, `None` to re-run the step that was cut off, and `FINISHED` when the graph already
-    ended for this input (only the run's own ending was not recorded)."""
+    ended for this input (only the run's own ending was not recorded). With no step left to run
+    and no answer recorded (a checkpoint write failed mid-step), the graph starts again from the
+    same input message: its id keeps the thread from holding it twice, and the steps already in
+    the thread (and the tool calls keyed by them) are not repeated."""
     start = {"messages": [user_message], "plan": ""}
     if not resume:
         return start
     state = await svc.graph.aget_state(config)
-    messages = state.values.get("messages", []) if state.values else []
-    if not any(getattr(m, "id", None) == user_message.id for m in messages):
+    values = state.values or {}
+    if not any(getattr(m, "id", None) == user_message.id for m in values.get("messages", [])):
         return start
-    if not state.next:
+    if values.get("answered") == user_message.id:
         return FINISHED
+    if not state.next:
+        return start
     return Command(resume="decided") if state.interrupts else None
 
 
