@@ -25,7 +25,19 @@ from api.body_limit import BodyLimit
 from api.errors import HANDLERS
 from api.openapi import build_openapi
 from api.responses import json
-from api.routes import agents, api_keys, events, health, knowledge, memories, orgs, runs, sessions, tool_calls
+from api.routes import (
+    agents,
+    api_keys,
+    events,
+    health,
+    knowledge,
+    memories,
+    orgs,
+    runs,
+    sessions,
+    skills,
+    tool_calls,
+)
 from api.state import ApiState, LifespanState
 from core.admission import Admission
 from core.db import check_tenant_isolation
@@ -44,7 +56,7 @@ def _version() -> str:
 
 def _routes() -> list[BaseRoute]:
     return [*health.routes, *orgs.routes, *api_keys.routes, *agents.routes, *sessions.routes, *runs.routes,
-            *events.routes, *tool_calls.routes, *memories.routes, *knowledge.routes]
+            *events.routes, *tool_calls.routes, *memories.routes, *knowledge.routes, *skills.routes]
 
 
 def create_app(settings: Settings) -> Starlette:

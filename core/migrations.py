@@ -31,7 +31,9 @@ _INITIAL_TENANT_TABLES: tuple[str, ...] = (
 
 # Every table that holds one organisation's data. RLS is ENABLEd and FORCEd on each, and the
 # API refuses to start if any of them lacks it (see core.db.check_tenant_isolation).
-TENANT_TABLES: tuple[str, ...] = (*_INITIAL_TENANT_TABLES, "memories", "knowledge_documents")
+TENANT_TABLES: tuple[str, ...] = (
+    *_INITIAL_TENANT_TABLES, "memories", "knowledge_documents", "skills", "skill_versions",
+)
 
 _MIGRATION_LOCK_KEY = 0x6167656E746F73  # "agentos"
 
@@ -435,6 +437,51 @@ def _unique_org_names(conn: psycopg.Connection) -> None:
     conn.execute(_UNIQUE_ORG_NAMES_SQL)
 
 
+def _reserved_for_secrets(conn: psycopg.Connection) -> None:
+    """Position 10 belongs to the org secrets store (built on the `secrets` branch); this no-op
+    holds the place until that branch is merged, and is replaced by it then."""
+
+
+_SKILL_REGISTRY_SQL = """
+-- An org's own skills (issue #12): a row per name with its current version, and every version
+-- kept whole in skill_versions (never changed once written), so a run that resolved a version
+-- at its start still finds it after the skill changed or was deleted.
+CREATE TABLE skills (
+    id text PRIMARY KEY,
+    org_id text NOT NULL REFERENCES orgs(id) ON DELETE CASCADE,
+    name text NOT NULL CHECK (name ~ '^[a-z][a-z0-9_]{0,63}$'),
+    version integer NOT NULL DEFAULT 1,
+    created_by text,
+    created_at timestamptz NOT NULL DEFAULT now(),
+    updated_at timestamptz NOT NULL DEFAULT now(),
+    deleted_at timestamptz
+);
+CREATE UNIQUE INDEX skills_name_uq ON skills (org_id, name) WHERE deleted_at IS NULL;
+CREATE TABLE skill_versions (
+    org_id text NOT NULL REFERENCES orgs(id) ON DELETE CASCADE,
+    skill_id text NOT NULL REFERENCES skills(id) ON DELETE CASCADE,
+    version integer NOT NULL CHECK (version >= 1),
+    name text NOT NULL,
+    -- {kind, description, parameters, sensitive, ...the kind's own fields}: core.skill_defs.SkillDefinition
+    definition jsonb NOT NULL,
+    created_by text,
+    created_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (skill_id, version)
+);
+-- A name's versions go on across a delete and a re-create, so (name, version) names one definition.
+CREATE UNIQUE INDEX skill_versions_name_uq ON skill_versions (org_id, name, version);
+-- The org's skill versions a run resolved when it first started ({name: version}); a resumed
+-- or taken-over run reads them back instead of resolving again.
+ALTER TABLE runs ADD COLUMN skill_versions jsonb;
+"""
+
+
+def _skill_registry(conn: psycopg.Connection) -> None:
+    conn.execute(_SKILL_REGISTRY_SQL)
+    _tenant_policy(conn, "skills")
+    _tenant_policy(conn, "skill_versions")
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration("initial schema with row-level security", _initial),
     Migration("per-session event sequence and run queue order", _run_queue),
@@ -445,6 +492,8 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration("memory search: session index", _memory_search),
     Migration("memory search: exact-search index keyed by org and end user", _memory_exact_by_user),
     Migration("organisation names unique regardless of case", _unique_org_names),
+    Migration("org secrets (reserved: issue 12, the secrets branch)", _reserved_for_secrets),
+    Migration("versioned skill registry per org, skill versions resolved per run", _skill_registry),
 )
 
 
@@ -481,8 +530,10 @@ def ensure_app_role(conn: psycopg.Connection, role: str) -> None:
     conn.execute(sql.SQL("REVOKE ALL ON agentos_schema_migrations FROM {}").format(ident))
 
 
-def migrate(conninfo: str, app_role: str, *, log: Callable[[str], None] = lambda _: None) -> int:
-    """Apply missing migrations; return how many were applied."""
+def migrate(conninfo: str, app_role: str, *, log: Callable[[str], None] = lambda _: None,
+            upto: int | None = None) -> int:
+    """Apply missing migrations (up to version `upto`, for tests of one migration); return how
+    many were applied."""
     applied = 0
     with psycopg.connect(conninfo, autocommit=True) as conn:
         conn.execute("SELECT pg_advisory_lock(%s)", (_MIGRATION_LOCK_KEY,))
@@ -491,7 +542,7 @@ def migrate(conninfo: str, app_role: str, *, log: Callable[[str], None] = lambda
             row = conn.execute("SELECT coalesce(max(version), 0) FROM agentos_schema_migrations").fetchone()
             current = int(row[0]) if row else 0
             for version, migration in enumerate(MIGRATIONS, start=1):
-                if version <= current:
+                if version <= current or (upto is not None and version > upto):
                     continue
                 log(f"applying migration {version}: {migration.name}")
                 with conn.transaction():

@@ -17,7 +17,7 @@ from core.events import RunEmitter
 from core.settings import ModelSettings
 from core.tenancy import AsyncPool
 from memory.service import MemoryService
-from skills import SkillRegistry
+from skills.catalogue import RunSkills
 
 
 @dataclass(frozen=True)
@@ -103,7 +103,7 @@ class RunContext:
     budget: Budget
     emitter: RunEmitter
     pool: AsyncPool
-    skills: SkillRegistry
+    skills: RunSkills  # built-ins and the org's skills at the versions this run resolved
     models: ModelSettings
     workspace: Path
     load_agent: AgentLoader  # an agent of this org by id, at its current version

@@ -13,7 +13,7 @@ import asyncio
 import logging
 import os
 import threading
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -27,6 +27,8 @@ from core.tenancy import AsyncPool
 from memory.service import MemoryService
 from orchestrator.graph import Graph, build_graph
 from skills import SkillRegistry, default_registry
+from skills.catalogue import SkillBuilder
+from skills.http_skill import build_http_skill
 
 log = logging.getLogger("agentos.worker")
 T = TypeVar("T")
@@ -38,9 +40,11 @@ class Services:
 
     infra: Infra
     checkpoint_pool: AsyncPool
-    skills: SkillRegistry
+    skills: SkillRegistry  # the built-ins
     graph: Graph
     memory: MemoryService
+    # How each kind of an org's own skill becomes a Skill (see skills.catalogue.RunSkills).
+    skill_builders: Mapping[str, SkillBuilder]
 
     @property
     def settings(self) -> Settings:
@@ -60,7 +64,7 @@ class Services:
         checkpoint_pool = await open_pool(settings.database, name="agentos-checkpoints", autocommit=True, max_size=2)
         saver = AsyncPostgresSaver(checkpoint_pool)
         return cls(infra, checkpoint_pool, default_registry(), build_graph(saver),
-                   MemoryService(settings, infra.pool, infra.redis))
+                   MemoryService(settings, infra.pool, infra.redis), {"http": build_http_skill})
 
     async def close(self) -> None:
         await self.checkpoint_pool.close()

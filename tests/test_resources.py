@@ -150,6 +150,9 @@ def test_openapi_describes_every_route(client):
         ("/v1/memories/{memory_id}", "get"), ("/v1/memories/{memory_id}", "delete"),
         ("/v1/knowledge", "post"), ("/v1/knowledge", "get"),
         ("/v1/knowledge/{document_id}", "get"), ("/v1/knowledge/{document_id}", "delete"),
+        ("/v1/skills", "get"), ("/v1/skills", "post"), ("/v1/skills/{name}", "get"), ("/v1/skills/{name}", "patch"),
+        ("/v1/skills/{name}", "delete"), ("/v1/skills/{name}/versions", "get"),
+        ("/v1/skills/{name}/versions/{version}", "get"),
     }
     served = {(path, method) for path, ops in doc["paths"].items() for method in ops}
     assert served == expected
