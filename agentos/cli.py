@@ -1,5 +1,5 @@
 """The `agentos` command: `dev`, `api`, `worker`, `watchdog`, `migrate`, `org create`, `run`,
-`memory reembed`.
+`memory reembed`, `secrets rotate`.
 
 Expected failures (a port in use, no stack running, a taken name, ...) raise `CliError` or one of
 the infrastructure errors `agentos.errors.explain` knows; `AgentosGroup` prints them as one line
@@ -104,6 +104,8 @@ org_app = typer.Typer(help="Manage organisations.", no_args_is_help=True)
 app.add_typer(org_app, name="org")
 memory_app = typer.Typer(help="Manage long-term memory.", no_args_is_help=True)
 app.add_typer(memory_app, name="memory")
+secrets_app = typer.Typer(help="Manage org secrets' encryption keys.", no_args_is_help=True)
+app.add_typer(secrets_app, name="secrets")
 
 DataDir = Annotated[Path, typer.Option("--data-dir", help="Where the local stack keeps its data.")]
 
@@ -392,6 +394,54 @@ def memory_reembed(
                        "command again to continue.") from None
     console.print(f"[green]✓[/green] org {org}: {counts.done} re-embedded, {counts.merged} merged into an "
                   f"existing item, {counts.skipped} skipped; its embedding model is now {embedder.model}")
+
+
+@secrets_app.command("rotate")
+def secrets_rotate(
+    batch: Annotated[int, typer.Option(help="Secrets found per scan.", min=1, max=10_000)] = 100,
+    data_dir: DataDir = Path(".agentos"),
+) -> None:
+    """Rewrap every org secret's data key under AGENTOS_SECRETS__ACTIVE_KEY_VERSION.
+
+    Values are not re-encrypted and stay readable throughout. Resumable: run it again after an
+    interruption; when nothing is left it says so. Remove an old key version from
+    AGENTOS_SECRETS__KEYS only after a run that reports no failures.
+    """
+    import psycopg
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    from core.secrets import Keyring, RotationReport, count_stale, rotate
+
+    settings = _settings_for_cli(data_dir)
+    keyring = Keyring.from_settings(settings.secrets)
+
+    async def go(bar: Progress) -> RotationReport:
+        pool = await open_pool(settings.database.model_copy(update={"pool_min": 1, "pool_max": 1}))
+        try:
+            total = await count_stale(pool, keyring)
+            task = bar.add_task(f"rewrapping under key version {keyring.active_version}", total=total)
+
+            def report(p: RotationReport) -> None:
+                bar.update(task, completed=p.rewrapped + p.skipped + len(p.failed))
+
+            return await rotate(pool, keyring, batch=batch, progress=report)
+        finally:
+            await pool.close()
+
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn())
+    try:
+        with Progress(*columns, console=console, transient=True) as bar:
+            result = asyncio.run(go(bar))
+    except psycopg.Error as exc:
+        raise CliError(f"database error ({type(exc).__name__}): {' '.join(str(exc).split())}. Nothing is lost: "
+                       "secrets already rewrapped stay rewrapped; run the command again to continue.") from None
+    for org_id, _, reason in result.failed:
+        console.print(f"[red]✗[/red] org {org_id}: {escape(reason)}", highlight=False)
+    console.print(f"[green]✓[/green] {result.rewrapped} rewrapped under key version {keyring.active_version}, "
+                  f"{result.skipped} already current, {len(result.failed)} failed")
+    if result.failed:
+        raise CliError(f"{len(result.failed)} secrets could not be rewrapped (see above); keep their key versions "
+                       "configured, or store those secrets again")
 
 
 @app.command()

@@ -34,6 +34,7 @@ from api.routes import (
     memories,
     orgs,
     runs,
+    secrets,
     sessions,
     skills,
     tool_calls,
@@ -56,7 +57,8 @@ def _version() -> str:
 
 def _routes() -> list[BaseRoute]:
     return [*health.routes, *orgs.routes, *api_keys.routes, *agents.routes, *sessions.routes, *runs.routes,
-            *events.routes, *tool_calls.routes, *memories.routes, *knowledge.routes, *skills.routes]
+            *events.routes, *tool_calls.routes, *memories.routes, *knowledge.routes, *secrets.routes,
+            *skills.routes]
 
 
 def create_app(settings: Settings) -> Starlette:

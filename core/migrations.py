@@ -32,7 +32,7 @@ _INITIAL_TENANT_TABLES: tuple[str, ...] = (
 # Every table that holds one organisation's data. RLS is ENABLEd and FORCEd on each, and the
 # API refuses to start if any of them lacks it (see core.db.check_tenant_isolation).
 TENANT_TABLES: tuple[str, ...] = (
-    *_INITIAL_TENANT_TABLES, "memories", "knowledge_documents", "skills", "skill_versions",
+    *_INITIAL_TENANT_TABLES, "memories", "knowledge_documents", "org_secrets", "skills", "skill_versions",
 )
 
 _MIGRATION_LOCK_KEY = 0x6167656E746F73  # "agentos"
@@ -437,9 +437,32 @@ def _unique_org_names(conn: psycopg.Connection) -> None:
     conn.execute(_UNIQUE_ORG_NAMES_SQL)
 
 
-def _reserved_for_secrets(conn: psycopg.Connection) -> None:
-    """Position 10 belongs to the org secrets store (built on the `secrets` branch); this no-op
-    holds the place until that branch is merged, and is replaced by it then."""
+_ORG_SECRETS_SQL = """
+-- Org secrets (issue #12), sealed by core.secrets: `wrapped_key` is the secret's own AES-256-GCM
+-- data key wrapped by the key-encryption key of version `key_version`; `ciphertext` the value
+-- sealed by the data key. Both bind the org id and the name, so a row moved elsewhere does not open.
+CREATE TABLE org_secrets (
+    org_id text NOT NULL REFERENCES orgs(id) ON DELETE CASCADE,
+    name text NOT NULL CHECK (name ~ '^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$'),
+    key_version integer NOT NULL CHECK (key_version >= 1),
+    wrapped_key bytea NOT NULL,
+    ciphertext bytea NOT NULL,
+    created_by text,
+    created_at timestamptz NOT NULL DEFAULT now(),
+    updated_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (org_id, name)
+);
+CREATE INDEX org_secrets_key_version_idx ON org_secrets (key_version, org_id, name);
+-- `agentos secrets rotate` finds the envelopes to rewrap across orgs, read-only, when switched on
+-- for one transaction (core.tenancy.secret_rotation_scan_tx); each rewrap goes through tenant_tx.
+CREATE POLICY secret_rotation ON org_secrets FOR SELECT
+    USING (current_setting('app.secret_rotation', true) = 'on');
+"""
+
+
+def _org_secrets(conn: psycopg.Connection) -> None:
+    conn.execute(_ORG_SECRETS_SQL)
+    _tenant_policy(conn, "org_secrets")
 
 
 _SKILL_REGISTRY_SQL = """
@@ -492,7 +515,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration("memory search: session index", _memory_search),
     Migration("memory search: exact-search index keyed by org and end user", _memory_exact_by_user),
     Migration("organisation names unique regardless of case", _unique_org_names),
-    Migration("org secrets (reserved: issue 12, the secrets branch)", _reserved_for_secrets),
+    Migration("org secrets with envelope encryption", _org_secrets),
     Migration("versioned skill registry per org, skill versions resolved per run", _skill_registry),
 )
 
@@ -530,10 +553,10 @@ def ensure_app_role(conn: psycopg.Connection, role: str) -> None:
     conn.execute(sql.SQL("REVOKE ALL ON agentos_schema_migrations FROM {}").format(ident))
 
 
-def migrate(conninfo: str, app_role: str, *, log: Callable[[str], None] = lambda _: None,
-            upto: int | None = None) -> int:
-    """Apply missing migrations (up to version `upto`, for tests of one migration); return how
-    many were applied."""
+def migrate(
+    conninfo: str, app_role: str, *, log: Callable[[str], None] = lambda _: None, target: int | None = None
+) -> int:
+    """Apply missing migrations (up to version `target`, default all); return how many were applied."""
     applied = 0
     with psycopg.connect(conninfo, autocommit=True) as conn:
         conn.execute("SELECT pg_advisory_lock(%s)", (_MIGRATION_LOCK_KEY,))
@@ -542,7 +565,7 @@ def migrate(conninfo: str, app_role: str, *, log: Callable[[str], None] = lambda
             row = conn.execute("SELECT coalesce(max(version), 0) FROM agentos_schema_migrations").fetchone()
             current = int(row[0]) if row else 0
             for version, migration in enumerate(MIGRATIONS, start=1):
-                if version <= current or (upto is not None and version > upto):
+                if version <= current or (target is not None and version > target):
                     continue
                 log(f"applying migration {version}: {migration.name}")
                 with conn.transaction():

@@ -6,6 +6,8 @@ The two most common ones also have flat aliases (`AGENTOS_DATABASE_URL`, `AGENTO
 
 from __future__ import annotations
 
+import base64
+import binascii
 import os
 from typing import Literal
 
@@ -15,6 +17,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 # Values that ship in this file. Outside development they are refused.
 DEV_JWT_SECRET = "agentos-dev-jwt-secret-change-me-0123456789"
 DEV_PLATFORM_ADMIN_TOKEN = "agentos-dev-admin-token"
+# The development key-encryption key of org secrets (32 bytes, base64). Refused in production.
+DEV_SECRETS_KEK = base64.b64encode(b"agentos-dev-secrets-kek-32bytes!").decode()
 
 
 class DatabaseSettings(BaseModel):
@@ -169,6 +173,81 @@ class MemorySettings(BaseModel):
     ingest_retry_max_s: float = Field(default=300.0, ge=0)
 
 
+class SecretsSettings(BaseModel):
+    """Key-encryption keys (KEKs) of org secrets (`core.secrets`), by version.
+
+    Each value is 32 random bytes in base64 (`python -c "import os,base64;print(base64.b64encode(
+    os.urandom(32)).decode())"`). New secrets are sealed under `active_key_version`; older
+    versions stay listed until `agentos secrets rotate` has rewrapped every data key, e.g.
+    `AGENTOS_SECRETS__KEYS='{"1": "...", "2": "..."}' AGENTOS_SECRETS__ACTIVE_KEY_VERSION=2`."""
+
+    keys: dict[int, SecretStr] = Field(default_factory=lambda: {1: SecretStr(DEV_SECRETS_KEK)})
+    active_key_version: int = Field(default=1, ge=1)
+    # The longest value `PUT /v1/secrets/{name}` accepts (characters).
+    max_value_chars: int = Field(default=16_384, ge=1, le=1_048_576)
+
+    @field_validator("keys")
+    @classmethod
+    def _valid_keys(cls, keys: dict[int, SecretStr]) -> dict[int, SecretStr]:
+        for version, key in keys.items():
+            if version < 1:
+                raise ValueError(f"key version {version} must be 1 or more")
+            try:
+                raw = base64.b64decode(key.get_secret_value(), validate=True)
+            except (binascii.Error, ValueError):
+                raise ValueError(f"key version {version} is not base64") from None
+            if len(raw) != 32:
+                raise ValueError(f"key version {version} must be 32 bytes (AES-256), not {len(raw)}")
+        return keys
+
+    @model_validator(mode="after")
+    def _active_is_configured(self) -> SecretsSettings:
+        if self.active_key_version not in self.keys:
+            raise ValueError(f"active_key_version {self.active_key_version} is not among the configured keys "
+                             f"{sorted(self.keys)}")
+        return self
+
+
+class OutboundSettings(BaseModel):
+    """Every outbound HTTP request of skills and providers (`core.outbound`): the SSRF guard's
+    operator lists, timeouts and size limits.
+
+    `allow` and `deny` hold host names (`searx.internal`, `*.corp.example`) and addresses or CIDRs
+    (`10.1.2.3`, `10.0.0.0/8`, `fd00::/8`), as JSON: `AGENTOS_OUTBOUND__ALLOW='["10.0.0.0/8"]'`.
+    Loopback, private, link-local, multicast, unspecified, reserved and cloud metadata addresses
+    are refused unless allowed; `deny` wins over everything."""
+
+    allow: list[str] = Field(default_factory=list)
+    deny: list[str] = Field(default_factory=list)
+    connect_timeout_s: float = Field(default=5.0, gt=0)
+    # The whole request, from connecting to the last byte read.
+    timeout_s: float = Field(default=20.0, gt=0)
+    max_response_bytes: int = Field(default=2 * 1024 * 1024, ge=1024)
+    max_redirects: int = Field(default=5, ge=0, le=20)
+    retry_base_delay_s: float = Field(default=0.5, ge=0)
+    user_agent: str = "AgentOS/0.1"
+
+
+class WebSettings(BaseModel):
+    """The `web_search` and `web_fetch` skills."""
+
+    # `offline:` (deterministic fixture results), `searxng:<base URL>` (a SearXNG instance with
+    # the JSON format enabled) or `brave:` (Brave Search API; key below or the org secret).
+    search_provider: str = "offline:"
+    # The Brave key for every org; an org may use its own instead: the org secret named
+    # `search_api_key_secret`, when it exists, wins.
+    search_api_key: SecretStr | None = None
+    search_api_key_secret: str = "web_search_api_key"
+    brave_url: str = "https://api.search.brave.com/res/v1/web/search"
+    search_timeout_s: float = Field(default=10.0, gt=0)
+    # Retries of a provider answering 429 or 5xx (or not answering), with exponential backoff.
+    search_retries: int = Field(default=2, ge=0, le=10)
+    # Results are cached per org and query in Redis this long (0: no cache).
+    search_cache_ttl_s: int = Field(default=3600, ge=0)
+    # web_fetch: the readable text handed to the model is cut at this many characters.
+    fetch_max_chars: int = Field(default=20_000, ge=100)
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="AGENTOS_", env_nested_delimiter="__", extra="ignore", frozen=True
@@ -185,6 +264,9 @@ class Settings(BaseSettings):
     events: EventSettings = EventSettings()
     limits: LimitSettings = LimitSettings()
     memory: MemorySettings = MemorySettings()
+    secrets: SecretsSettings = SecretsSettings()
+    outbound: OutboundSettings = OutboundSettings()
+    web: WebSettings = WebSettings()
 
     @model_validator(mode="after")
     def _refuse_default_secrets(self) -> Settings:
@@ -199,6 +281,9 @@ class Settings(BaseSettings):
         admin = self.auth.platform_admin_token
         if admin is not None and admin.get_secret_value() == DEV_PLATFORM_ADMIN_TOKEN:
             problems.append("AGENTOS_AUTH__PLATFORM_ADMIN_TOKEN is the development default")
+        if any(key.get_secret_value() == DEV_SECRETS_KEK for key in self.secrets.keys.values()):
+            problems.append("AGENTOS_SECRETS__KEYS holds the development key-encryption key (set your own "
+                            "32 random bytes in base64, see docs/operations.md, Org secrets)")
         if problems:
             raise ValueError(
                 "refusing to start in production with default secrets: "

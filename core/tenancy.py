@@ -55,6 +55,18 @@ async def watchdog_scan_tx(pool: AsyncPool) -> AsyncIterator[AsyncConnection[Dic
         yield conn
 
 
+SET_SECRET_ROTATION_SQL = "SELECT set_config('app.secret_rotation', 'on', true)"
+
+
+@asynccontextmanager
+async def secret_rotation_scan_tx(pool: AsyncPool) -> AsyncIterator[AsyncConnection[DictRow]]:
+    """`agentos secrets rotate`'s read-only view across orgs: the `secret_rotation` policy shows
+    `org_secrets` rows (only) for this one transaction. Each rewrap still goes through `tenant_tx`."""
+    async with pool.connection() as conn, conn.transaction():
+        await conn.execute(SET_SECRET_ROTATION_SQL)
+        yield conn
+
+
 # Redis keys and checkpoint thread ids: built here only, always from ids the server resolved
 # (never from a client's string), and always carrying the org.
 

@@ -4,6 +4,7 @@ JWT time claims must be numbers."""
 
 from __future__ import annotations
 
+import base64
 import time
 
 import jwt
@@ -28,6 +29,7 @@ def test_an_empty_value_disables_the_hs256_secret_and_the_admin_token(monkeypatc
     monkeypatch.setenv("AGENTOS_ENV", env)
     for name in AUTH_VARS:
         monkeypatch.setenv(name, "")
+    monkeypatch.setenv("AGENTOS_SECRETS__KEYS", '{"1": "' + base64.b64encode(b"k" * 32).decode() + '"}')
     auth = load_settings().auth
     assert auth.jwt_secret is None and auth.platform_admin_token is None
 

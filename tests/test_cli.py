@@ -31,8 +31,6 @@ from core.migrations import MIGRATIONS, _unique_org_names, migrate
 from core.settings import Settings
 from tests.helpers import ADMIN_TOKEN, Worker, error_of
 
-# Migration 9 makes org names unique (its position in MIGRATIONS is its version).
-ORG_NAMES_VERSION = next(i for i, m in enumerate(MIGRATIONS, start=1) if m.apply is _unique_org_names)
 AGENTOS = str(Path(sys.executable).parent / "agentos")
 
 
@@ -265,14 +263,15 @@ def test_the_migration_renames_earlier_duplicates_and_keeps_the_oldest(stack: St
         conn.execute(f"CREATE DATABASE {database}")
     url = stack.database_url.rsplit("/", 1)[0] + "/" + database
     try:
-        migrate(url, "agentos_app", upto=ORG_NAMES_VERSION - 1)  # up to just before it
+        names_version = next(v for v, m in enumerate(MIGRATIONS, start=1) if m.apply is _unique_org_names)
+        migrate(url, "agentos_app", target=names_version - 1)  # up to just before the renaming
         with psycopg.connect(url, autocommit=True) as conn:
             long = "x" * 200
             conn.execute("""INSERT INTO orgs (id, name, created_at) VALUES
                 ('org_a', 'Acme', now() - interval '2 days'), ('org_b', 'ACME', now() - interval '1 day'),
                 ('org_c', 'acme', now()), ('org_d', %s, now()), ('org_e', %s, now() + interval '1 s'),
                 ('org_f', 'Other', now())""", (long, long))
-        assert migrate(url, "agentos_app", upto=ORG_NAMES_VERSION) == 1
+        assert migrate(url, "agentos_app", target=names_version) == 1
         with psycopg.connect(url) as conn:
             names = dict(conn.execute("SELECT id, name FROM orgs").fetchall())
         assert names["org_a"] == "Acme" and names["org_b"] == "ACME (org_b)" and names["org_c"] == "acme (org_c)"

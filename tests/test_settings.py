@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+
 import pytest
 from pydantic import ValidationError
 
@@ -36,6 +38,7 @@ def test_production_accepts_real_secrets(monkeypatch):
     monkeypatch.setenv("AGENTOS_ENV", "production")
     monkeypatch.setenv("AGENTOS_AUTH__JWT_SECRET", "x" * 48)
     monkeypatch.setenv("AGENTOS_AUTH__PLATFORM_ADMIN_TOKEN", "a-real-admin-token-from-a-vault")
+    monkeypatch.setenv("AGENTOS_SECRETS__KEYS", '{"1": "' + base64.b64encode(b"k" * 32).decode() + '"}')
     s = load_settings()
     assert s.auth.jwt_secret is not None and s.auth.jwt_secret.get_secret_value() != DEV_JWT_SECRET
 
