@@ -153,6 +153,7 @@ def test_openapi_describes_every_route(client):
         ("/v1/skills", "get"), ("/v1/skills", "post"), ("/v1/skills/{name}", "get"), ("/v1/skills/{name}", "patch"),
         ("/v1/skills/{name}", "delete"), ("/v1/skills/{name}/versions", "get"),
         ("/v1/skills/{name}/versions/{version}", "get"),
+        ("/v1/secrets", "get"), ("/v1/secrets/{name}", "put"), ("/v1/secrets/{name}", "delete"),
     }
     served = {(path, method) for path, ops in doc["paths"].items() for method in ops}
     assert served == expected
