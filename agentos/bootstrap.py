@@ -45,9 +45,9 @@ HELPER_AGENT = "helper"
 
 
 async def ensure_default_agents(settings: Settings, org_id: str) -> str | None:
-    """When the org has no agents, create `assistant` (offline model, `file_manager`, `remember`
-    and `recall`, knowledge-base recall, with the sub-agent `helper`, which has `file_manager`
-    too) so that a first `agentos run assistant "hi"` and the README's examples work. Returns
+    """When the org has no agents, create `assistant` (offline model, `file_manager`, `remember`,
+    `recall` and `web_search` (the worker's provider: `offline:` unless configured), knowledge-base
+    recall, with the sub-agent `helper`, which has `file_manager` too) so that a first `agentos run assistant "hi"` and the README's examples work. Returns
     what it made."""
     pool = await open_pool(settings.database.model_copy(update={"pool_min": 1, "pool_max": 1}))
     try:
@@ -59,8 +59,8 @@ async def ensure_default_agents(settings: Settings, org_id: str) -> str | None:
                 "files, and answer briefly.", skills=["file_manager"]), "agentos dev")
             assistant = await agents.create(conn, DEFAULT_AGENT, _offline_config(
                 "You are a helpful assistant. Use file_manager for files, remember what the user asks you to "
-                "remember, and hand research tasks to the helper sub-agent.",
-                skills=["file_manager", "remember", "recall"], subagents=[helper["id"]],
+                "remember, web_search to look things up, and hand research tasks to the helper sub-agent.",
+                skills=["file_manager", "remember", "recall", "web_search"], subagents=[helper["id"]],
                 memory={"knowledge": True}), "agentos dev")
             return str(assistant["id"])
     finally:

@@ -22,7 +22,7 @@ import random
 import socket
 import ssl
 import typing
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -396,8 +396,8 @@ class Outbound:
         await self._client.aclose()
 
     async def request(
-        self, method: str, url: str, *, headers: dict[str, str] | None = None,
-        params: dict[str, str | int] | None = None, json: Any = None, content: bytes | None = None,
+        self, method: str, url: str, *, headers: Mapping[str, str] | None = None,
+        params: Mapping[str, str | int] | None = None, json: Any = None, content: bytes | None = None,
         timeout_s: float | None = None, max_bytes: int | None = None, content_types: Sequence[str] | None = None,
         retries: int = 0, follow_redirects: bool = True,
     ) -> OutboundResponse:
@@ -428,7 +428,7 @@ class Outbound:
             await asyncio.sleep(min(delay if delay is not None else base * (0.5 + random.random()), 10.0))
 
     async def _attempt(
-        self, method: str, url: str, headers: dict[str, str], params: dict[str, str | int] | None, json: Any,
+        self, method: str, url: str, headers: Mapping[str, str], params: Mapping[str, str | int] | None, json: Any,
         content: bytes | None, timeout_s: float, max_bytes: int, content_types: Sequence[str] | None,
         follow_redirects: bool,
     ) -> OutboundResponse:
@@ -456,7 +456,7 @@ class Outbound:
         except (httpx.HTTPError, httpcore.ConnectError, OSError) as exc:
             raise _mapped(exc, shown) from None
 
-    def _build(self, method: str, url: str, headers: dict[str, str], params: dict[str, str | int] | None,
+    def _build(self, method: str, url: str, headers: Mapping[str, str], params: Mapping[str, str | int] | None,
                json: Any, content: bytes | None, timeout_s: float) -> httpx.Request:
         try:
             parsed = httpx.URL(url)
@@ -471,7 +471,7 @@ class Outbound:
                                           timeout=timeout)
 
     def _redirected(self, request: httpx.Request, response: httpx.Response, location: str, first: httpx.URL,
-                    headers: dict[str, str], timeout_s: float) -> httpx.Request:
+                    headers: Mapping[str, str], timeout_s: float) -> httpx.Request:
         target = request.url.join(location)
         # 303, and 301/302 after a POST, become GET without a body (as browsers do).
         method = request.method

@@ -126,3 +126,9 @@ def memory_dedup_key(org_id: str, fingerprint: str) -> str:
     """Claimed (SET NX) by the first write of one fact; holds that item's id. `fingerprint` is
     the hex digest of the fact's identity (scope, ids, kind, content hash, model)."""
     return f"agentos:{org_id}:memory:dedup:{fingerprint}"
+
+
+def web_search_cache_key(org_id: str, request: str) -> str:
+    """A cached `web_search` answer (JSON). `request` (provider, count and the query the model
+    wrote) is hashed, so the key never carries the query itself."""
+    return f"agentos:{org_id}:web_search:{hashlib.sha256(request.encode()).hexdigest()}"

@@ -14,6 +14,7 @@ from typing import Any
 
 from core.agent_config import AgentConfig
 from core.events import RunEmitter
+from core.infra import Infra
 from core.settings import ModelSettings
 from core.tenancy import AsyncPool
 from memory.service import MemoryService
@@ -119,6 +120,7 @@ class RunContext:
     # The run's memory context (recall and session window), made at its first THINK.
     memory_cache: dict[str, Any] = field(default_factory=dict)
     usage: dict[str, int] = field(default_factory=lambda: {"input_tokens": 0, "output_tokens": 0, "total_tokens": 0})
+    infra: Infra | None = None  # the worker's connections, handed to skills (secrets, caches, outbound)
 
     def for_subagent(self, agent: AgentSpec, via_call_id: str) -> RunContext:
         limits = agent.config.limits

@@ -252,7 +252,7 @@ async def _run_skill(ctx: RunContext, call: dict[str, Any], tool_call_id: str) -
     skill_ctx = SkillContext(
         org_id=ctx.org_id, session_id=ctx.session_id, run_id=ctx.run_id, agent_id=ctx.agent.id,
         tool_call_id=tool_call_id, workspace=ctx.workspace, user_id=ctx.user_id, memory=ctx.memory,
-        knowledge=ctx.agent.config.memory.knowledge,
+        knowledge=ctx.agent.config.memory.knowledge, infra=ctx.infra,
     )
     try:
         async with asyncio.timeout(max(ctx.budget.remaining_s(), 0.001)):

@@ -189,7 +189,7 @@ async def _execute(
         skills=RunSkills(svc.skills, svc.pool, org_id, resolved, svc.skill_builders),
         workspace=Path(svc.settings.worker.workspace_root).resolve() / org_id / session_id,
         load_agent=_agent_loader(svc, org_id),
-        max_depth=svc.settings.worker.max_delegation_depth, user_id=user_id, memory=svc.memory,
+        max_depth=svc.settings.worker.max_delegation_depth, user_id=user_id, memory=svc.memory, infra=svc.infra,
     )
     config: Any = {"configurable": {"thread_id": checkpoint_thread_id(org_id, session_id)}}
     text = (run["input"] or {}).get("text", "")

@@ -8,12 +8,17 @@ import copy
 import inspect
 import pathlib
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from pydantic import ValidationError
 
+from core.infra import Infra
+from core.outbound import Outbound
+from core.secrets import Keyring, SecretError, SecretNotFound, read_secret
+from core.store import orgs
 from memory.service import MemoryService
 from skills.arguments import ArgumentSpec, describe_errors
 
@@ -42,6 +47,49 @@ class SkillContext:
     user_id: str | None = None  # the session's end user, if the caller named one
     memory: MemoryService | None = None  # remember/recall for this org, agent, user and session
     knowledge: bool = False  # whether the agent may read the org's knowledge base
+    # The worker's connections (settings, Postgres, Redis): for org secrets, caches and outbound
+    # requests. None only where a skill is called outside a worker (some tests).
+    infra: Infra | None = None
+
+    def require_infra(self) -> Infra:
+        if self.infra is None:
+            raise SkillError("This skill needs the worker's services, which this call does not have.")
+        return self.infra
+
+    async def find_secret(self, name: str) -> str | None:
+        """The value of this org's secret `name`, None if the org has none by that name; a
+        SkillError naming it (never its value) if it does not decrypt."""
+        infra = self.require_infra()
+        try:
+            return await read_secret(infra.pool, Keyring.from_settings(infra.settings.secrets), self.org_id, name)
+        except SecretNotFound:
+            return None
+        except SecretError as exc:
+            raise SkillError(f"Cannot use the secret {name!r}: {exc}.") from None
+
+    async def secret(self, name: str) -> str:
+        """The value of this org's secret `name`; a SkillError if it is missing or unreadable."""
+        value = await self.find_secret(name)
+        if value is None:
+            raise SkillError(f"Cannot use the secret {name!r}: {SecretNotFound(name)}.")
+        return value
+
+    async def org_settings(self) -> dict[str, Any]:
+        """The org's operator-set options (`orgs.settings`: `web_search_provider`,
+        `outbound_allow`, ...)."""
+        return await orgs.org_settings(self.require_infra().pool, self.org_id)
+
+    @asynccontextmanager
+    async def outbound(self, allow: Sequence[str] = ()) -> AsyncIterator[Outbound]:
+        """`async with ctx.outbound() as http:` an HTTP client with the SSRF guard and the
+        operator's limits (`core.outbound`). Its allowlist is the operator's, plus the org's
+        `outbound_allow` (hosts or CIDRs the operator opened for this org), plus `allow`."""
+        infra = self.require_infra()
+        org_allow = (await self.org_settings()).get("outbound_allow") or []
+        if not isinstance(org_allow, list):
+            org_allow = []
+        async with Outbound(infra.settings.outbound, allow=[*map(str, org_allow), *allow]) as http:
+            yield http
 
 
 class SkillError(Exception):

@@ -241,6 +241,16 @@ def test_the_dev_assistant_recalls_knowledge_and_its_helper_manages_files(api: A
     assert agents["helper"]["skills"] == ["file_manager"]
 
 
+def test_the_dev_assistant_searches_the_web_with_the_offline_provider(api: Api, tmp_path: Path) -> None:
+    # The README's web_search example.
+    script = 'call: web_search {"query": "agent platforms", "count": 2}'
+    result = agentos("run", "assistant", script, cwd=tmp_path, env=run_env(api))
+    assert result.returncode == 0, result.stderr
+    answer = result.stdout.strip()
+    assert answer.startswith("Done. web_search returned"), answer
+    assert "https://example.org/offline/agent-platforms/" in answer and '"provider": "offline"' in answer
+
+
 # --- unique org names: the API and the migration -------------------------------------------------
 
 

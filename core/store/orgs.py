@@ -21,6 +21,9 @@ INSERT INTO orgs (id, name, settings) VALUES (%s, %s, %s)
 RETURNING {COLUMNS}
 """
 GET_ORG_SQL = f"SELECT {COLUMNS} FROM orgs WHERE id = %s"
+# `settings` holds operator-set, per-org options that workers read (`embedding_model`,
+# `web_search_provider`, `outbound_allow`; see docs/skills.md).
+GET_ORG_SETTINGS_SQL = "SELECT settings FROM orgs WHERE id = agentos_current_org()"
 # `limits` holds only the org's overrides of the admission defaults (core.admission): set keys
 # are merged in, cleared keys removed (the default applies again).
 UPDATE_ORG_SQL = f"""
@@ -68,6 +71,13 @@ async def get_org(pool: AsyncPool, org_id: str) -> dict[str, Any] | None:
     async with tenant_tx(pool, org_id) as conn:
         row = await (await conn.execute(GET_ORG_SQL, (org_id,))).fetchone()
     return dict(row) if row else None
+
+
+async def org_settings(pool: AsyncPool, org_id: str) -> dict[str, Any]:
+    """The org's `settings` object ({} for an unknown org)."""
+    async with tenant_tx(pool, org_id) as conn:
+        row = await (await conn.execute(GET_ORG_SETTINGS_SQL)).fetchone()
+    return dict(row["settings"] or {}) if row else {}
 
 
 async def update_org(

@@ -2,8 +2,10 @@
 
 from skills.builtin.file_manager import file_manager
 from skills.builtin.memory import recall, remember
+from skills.builtin.web_fetch import web_fetch
+from skills.builtin.web_search import web_search
 from skills.skill import Skill
 
-BUILTINS: tuple[Skill, ...] = (file_manager, remember, recall)
+BUILTINS: tuple[Skill, ...] = (file_manager, remember, recall, web_fetch, web_search)
 
 __all__ = ["BUILTINS"]
