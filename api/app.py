@@ -28,6 +28,7 @@ from api.responses import json
 from api.routes import (
     agents,
     api_keys,
+    data_sources,
     events,
     health,
     knowledge,
@@ -58,7 +59,7 @@ def _version() -> str:
 def _routes() -> list[BaseRoute]:
     return [*health.routes, *orgs.routes, *api_keys.routes, *agents.routes, *sessions.routes, *runs.routes,
             *events.routes, *tool_calls.routes, *memories.routes, *knowledge.routes, *secrets.routes,
-            *skills.routes]
+            *skills.routes, *data_sources.routes]
 
 
 def create_app(settings: Settings) -> Starlette:

@@ -33,6 +33,7 @@ _INITIAL_TENANT_TABLES: tuple[str, ...] = (
 # API refuses to start if any of them lacks it (see core.db.check_tenant_isolation).
 TENANT_TABLES: tuple[str, ...] = (
     *_INITIAL_TENANT_TABLES, "memories", "knowledge_documents", "org_secrets", "skills", "skill_versions",
+    "data_sources",
 )
 
 _MIGRATION_LOCK_KEY = 0x6167656E746F73  # "agentos"
@@ -505,6 +506,28 @@ def _skill_registry(conn: psycopg.Connection) -> None:
     _tenant_policy(conn, "skill_versions")
 
 
+_DATA_SOURCES_SQL = """
+-- An org's registered data sources for the data_query skill (issue #12). `config` holds the
+-- kind's settings: for 'postgres' {url: {secret: name}, statement_timeout_ms, max_rows}; the URL
+-- itself lives only in the org's secrets.
+CREATE TABLE data_sources (
+    id text PRIMARY KEY,
+    org_id text NOT NULL REFERENCES orgs(id) ON DELETE CASCADE,
+    name text NOT NULL CHECK (name ~ '^[a-z][a-z0-9_]{0,63}$'),
+    kind text NOT NULL CHECK (kind IN ('postgres')),
+    config jsonb NOT NULL,
+    created_by text,
+    created_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE UNIQUE INDEX data_sources_name_uq ON data_sources (org_id, name);
+"""
+
+
+def _data_sources(conn: psycopg.Connection) -> None:
+    conn.execute(_DATA_SOURCES_SQL)
+    _tenant_policy(conn, "data_sources")
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration("initial schema with row-level security", _initial),
     Migration("per-session event sequence and run queue order", _run_queue),
@@ -517,6 +540,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration("organisation names unique regardless of case", _unique_org_names),
     Migration("org secrets with envelope encryption", _org_secrets),
     Migration("versioned skill registry per org, skill versions resolved per run", _skill_registry),
+    Migration("data sources for data_query", _data_sources),
 )
 
 

@@ -154,6 +154,8 @@ def test_openapi_describes_every_route(client):
         ("/v1/skills/{name}", "delete"), ("/v1/skills/{name}/versions", "get"),
         ("/v1/skills/{name}/versions/{version}", "get"),
         ("/v1/secrets", "get"), ("/v1/secrets/{name}", "put"), ("/v1/secrets/{name}", "delete"),
+        ("/v1/data-sources", "get"), ("/v1/data-sources", "post"), ("/v1/data-sources/{name}", "get"),
+        ("/v1/data-sources/{name}", "delete"),
     }
     served = {(path, method) for path, ops in doc["paths"].items() for method in ops}
     assert served == expected
