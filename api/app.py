@@ -32,6 +32,7 @@ from api.routes import (
     events,
     health,
     knowledge,
+    mcp_servers,
     memories,
     orgs,
     runs,
@@ -59,7 +60,8 @@ def _version() -> str:
 def _routes() -> list[BaseRoute]:
     return [*health.routes, *orgs.routes, *api_keys.routes, *agents.routes, *sessions.routes, *runs.routes,
             *events.routes, *tool_calls.routes, *memories.routes, *knowledge.routes, *secrets.routes,
-            *skills.routes, *data_sources.routes]
+            *skills.routes, *data_sources.routes,
+            *mcp_servers.routes]
 
 
 def create_app(settings: Settings) -> Starlette:

@@ -33,7 +33,7 @@ _INITIAL_TENANT_TABLES: tuple[str, ...] = (
 # API refuses to start if any of them lacks it (see core.db.check_tenant_isolation).
 TENANT_TABLES: tuple[str, ...] = (
     *_INITIAL_TENANT_TABLES, "memories", "knowledge_documents", "org_secrets", "skills", "skill_versions",
-    "data_sources",
+    "data_sources", "mcp_servers",
 )
 
 _MIGRATION_LOCK_KEY = 0x6167656E746F73  # "agentos"
@@ -528,6 +528,33 @@ def _data_sources(conn: psycopg.Connection) -> None:
     _tenant_policy(conn, "data_sources")
 
 
+_MCP_SERVERS_SQL = """
+-- An org's MCP servers (issue #12), reached by streamable-HTTP URL only (never a command). Their
+-- tools become skills named mcp_<server>_<tool>; `tools` caches the server's tool list
+-- ([{name, description, input_schema}]) until an admin refreshes it.
+CREATE TABLE mcp_servers (
+    id text PRIMARY KEY,
+    org_id text NOT NULL REFERENCES orgs(id) ON DELETE CASCADE,
+    name text NOT NULL CHECK (name ~ '^[a-z][a-z0-9]{0,15}$'),
+    url text NOT NULL CHECK (url ~ '^https?://'),
+    headers jsonb NOT NULL DEFAULT '{}',
+    timeout_s real NOT NULL DEFAULT 20,
+    sensitive boolean NOT NULL DEFAULT false,
+    tools jsonb NOT NULL DEFAULT '[]',
+    tools_refreshed_at timestamptz,
+    last_error text,
+    created_by text,
+    created_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE UNIQUE INDEX mcp_servers_name_uq ON mcp_servers (org_id, name);
+"""
+
+
+def _mcp_servers(conn: psycopg.Connection) -> None:
+    conn.execute(_MCP_SERVERS_SQL)
+    _tenant_policy(conn, "mcp_servers")
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration("initial schema with row-level security", _initial),
     Migration("per-session event sequence and run queue order", _run_queue),
@@ -541,6 +568,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration("org secrets with envelope encryption", _org_secrets),
     Migration("versioned skill registry per org, skill versions resolved per run", _skill_registry),
     Migration("data sources for data_query", _data_sources),
+    Migration("MCP servers and their cached tool lists", _mcp_servers),
 )
 
 

@@ -110,3 +110,35 @@ class HttpSkill(BaseModel):
 
 # Every kind an org may define through POST /v1/skills (MCP tools come from their servers).
 SkillDefinition = HttpSkill
+
+
+# --- MCP servers: their tools are skills named mcp_<server>_<tool> -------------------------------
+
+# No '_' in a server's name, so `mcp_<server>_<tool>` splits one way.
+MCP_SERVER_PATTERN = r"^[a-z][a-z0-9]{0,15}$"
+_SKILL_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+
+def mcp_skill_name(server: str, tool: str) -> str | None:
+    """The skill name of a server's tool; None if the tool's name cannot make one."""
+    name = f"{MCP_PREFIX}{server}_{tool}"
+    return name if _SKILL_NAME.match(name) else None
+
+
+def split_mcp_name(name: str) -> tuple[str, str] | None:
+    """(server, tool) of `mcp_<server>_<tool>`, None for other names."""
+    if not name.startswith(MCP_PREFIX):
+        return None
+    server, sep, tool = name[len(MCP_PREFIX):].partition("_")
+    return (server, tool) if sep and server and tool else None
+
+
+class McpServer(BaseModel):
+    """An MCP server of the org's, reached by streamable HTTP. There is deliberately no way to
+    name a command: a tenant can never make a worker start a process."""
+
+    model_config = ConfigDict(extra="forbid")
+    url: str = Field(pattern=r"^https?://", max_length=2000)
+    headers: dict[str, HeaderValue] = Field(default_factory=dict, max_length=20)
+    timeout_s: float = Field(default=20.0, gt=0, le=120)
+    sensitive: bool = False  # whether each of its tools' calls waits for a human

@@ -186,7 +186,7 @@ async def _execute(
         org_id=org_id, session_id=session_id, run_id=run["id"], agent=agent,
         budget=Budget(max_steps=limits.max_steps, max_tokens=limits.max_tokens, deadline=deadline),
         emitter=emitter, pool=svc.pool, models=svc.settings.models,
-        skills=RunSkills(svc.skills, svc.pool, org_id, resolved, svc.skill_builders),
+        skills=RunSkills(svc.skills, svc.pool, org_id, resolved, svc.skill_builders, svc.settings),
         workspace=Path(svc.settings.worker.workspace_root).resolve() / org_id / session_id,
         load_agent=_agent_loader(svc, org_id),
         max_depth=svc.settings.worker.max_delegation_depth, user_id=user_id, memory=svc.memory, infra=svc.infra,
@@ -262,6 +262,7 @@ async def _execute(
         watcher.cancel()
         for model in ctx.model_cache.values():
             await aclose_model(model)
+        await ctx.skills.aclose()
 
 
 async def _watch(svc: Services, org_id: str, run_id: str, owner: str, task: asyncio.Task[Any], watch: _Watch) -> None:

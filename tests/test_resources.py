@@ -156,6 +156,8 @@ def test_openapi_describes_every_route(client):
         ("/v1/secrets", "get"), ("/v1/secrets/{name}", "put"), ("/v1/secrets/{name}", "delete"),
         ("/v1/data-sources", "get"), ("/v1/data-sources", "post"), ("/v1/data-sources/{name}", "get"),
         ("/v1/data-sources/{name}", "delete"),
+        ("/v1/mcp-servers", "get"), ("/v1/mcp-servers", "post"), ("/v1/mcp-servers/{name}", "get"),
+        ("/v1/mcp-servers/{name}", "delete"), ("/v1/mcp-servers/{name}/refresh", "post"),
     }
     served = {(path, method) for path, ops in doc["paths"].items() for method in ops}
     assert served == expected

@@ -40,7 +40,7 @@ def test_the_catalogue_lists_builtins_and_the_orgs_skills_with_schemas(org: Org,
     listed = client.get("/v1/skills", headers=org.headers).json()["data"]
     names = [s["name"] for s in listed]
     assert names[:-1] == sorted(BUILTIN_SKILLS) and names[-1] == "lookup"
-    file_manager = listed[0]
+    file_manager = next(s for s in listed if s["name"] == "file_manager")
     assert file_manager["kind"] == "builtin" and file_manager["sensitive"] == "by_arguments"
     assert file_manager["parameters"]["properties"]["action"]["enum"] == ["list", "read", "write"]
     assert listed[-1]["parameters"] == LOOKUP["parameters"]

@@ -15,8 +15,8 @@ from core.agent_config import NAME_PATTERN, AgentConfig, AgentLimits, AgentMemor
 from core.builtin_catalogue import builtin_catalogue
 from core.errors import ApiError
 from core.pagination import page
-from core.skill_defs import parse_ref
-from core.store import agents, audit, skills
+from core.skill_defs import parse_ref, split_mcp_name
+from core.store import agents, audit, mcp_servers, skills
 from core.tenancy import tenant_tx
 
 
@@ -65,6 +65,15 @@ async def _check_skills(conn: Any, entries: list[str]) -> None:
     problems = []
     for entry, (name, version) in zip(entries, refs, strict=True):
         if name in builtin_catalogue():
+            continue
+        mcp = split_mcp_name(name)
+        if mcp is not None:
+            server = await mcp_servers.get(conn, mcp[0])
+            if version is not None:
+                problems.append({"field": "skills", "message": f"{entry!r}: MCP tools have no versions"})
+            elif server is None or mcp[1] not in {t["name"] for t in server["tools"]}:
+                problems.append({"field": "skills", "message": f"unknown skill {name!r}: no MCP server "
+                                 f"{mcp[0]!r} with a tool {mcp[1]!r} (refresh the server if the tool is new)"})
             continue
         if name not in live:
             problems.append({"field": "skills", "message": f"unknown skill {name!r}; GET /v1/skills lists the "

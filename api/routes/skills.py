@@ -15,8 +15,15 @@ from api.endpoint import Call, endpoint, resource, validate, validation_failed
 from api.responses import json, listing
 from core.builtin_catalogue import builtin_catalogue
 from core.errors import ApiError
-from core.skill_defs import CUSTOM_NAME_PATTERN, HeaderValue, HttpSkill, SkillDefinition, check_custom_name
-from core.store import audit
+from core.skill_defs import (
+    CUSTOM_NAME_PATTERN,
+    HeaderValue,
+    HttpSkill,
+    SkillDefinition,
+    check_custom_name,
+    mcp_skill_name,
+)
+from core.store import audit, mcp_servers
 from core.store import skills as store
 from core.tenancy import tenant_tx
 
@@ -67,11 +74,16 @@ def _builtin_fixed(name: str) -> ApiError:
 
 
 @endpoint("List the skills agents of this organisation may use: built-ins first, then the org's own "
-          "at their latest versions.", response="Skill")
+          "at their latest versions, then its MCP servers' tools.", response="Skill")
 async def list_skills(call: Call[Any]) -> Response:
     async with tenant_tx(call.pool, call.principal.org_id) as conn:
         rows = await store.list_skills(conn)
-    return listing([*(_builtin(n) for n in sorted(builtin_catalogue())), *map(_row, rows)], None)
+        servers = await mcp_servers.list_servers(conn)
+    mcp = [{"name": skill, "kind": "mcp", "version": None, "server": server["name"], "tool": tool["name"],
+            "description": tool["description"], "parameters": tool["input_schema"], "sensitive": server["sensitive"]}
+           for server in servers for tool in server["tools"]
+           if (skill := mcp_skill_name(server["name"], tool["name"])) is not None]
+    return listing([*(_builtin(n) for n in sorted(builtin_catalogue())), *map(_row, rows), *mcp], None)
 
 
 @endpoint("Define a skill of this organisation (an HTTP endpoint it owns), at version 1.", role="admin",
