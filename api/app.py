@@ -35,6 +35,7 @@ from api.routes import (
     mcp_servers,
     memories,
     orgs,
+    outbound_allow,
     runs,
     secrets,
     sessions,
@@ -61,7 +62,7 @@ def _routes() -> list[BaseRoute]:
     return [*health.routes, *orgs.routes, *api_keys.routes, *agents.routes, *sessions.routes, *runs.routes,
             *events.routes, *tool_calls.routes, *memories.routes, *knowledge.routes, *secrets.routes,
             *skills.routes, *data_sources.routes,
-            *mcp_servers.routes]
+            *mcp_servers.routes, *outbound_allow.routes]
 
 
 def create_app(settings: Settings) -> Starlette:

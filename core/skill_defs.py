@@ -89,6 +89,8 @@ class HttpSkill(BaseModel):
     url: str = Field(pattern=r"^https?://", max_length=2000)
     method: Literal["POST", "PUT", "PATCH"] = "POST"
     headers: dict[str, HeaderValue] = Field(default_factory=dict, max_length=20)
+    # The org secret whose value keys the Standard Webhooks signature of every call.
+    signing_secret: SecretRef
     timeout_s: float = Field(default=10.0, gt=0, le=60)
     sensitive: bool = False
 

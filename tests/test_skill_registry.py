@@ -25,6 +25,7 @@ LOOKUP = {
                    "additionalProperties": False},
     "url": "http://127.0.0.1:9/lookup",
     "headers": {"X-Team": "support", "Authorization": {"secret": "crm_token"}},
+    "signing_secret": {"secret": "lookup_signing"},
 }
 
 

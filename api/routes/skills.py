@@ -19,6 +19,7 @@ from core.skill_defs import (
     CUSTOM_NAME_PATTERN,
     HeaderValue,
     HttpSkill,
+    SecretRef,
     SkillDefinition,
     check_custom_name,
     mcp_skill_name,
@@ -41,6 +42,7 @@ class SkillPatch(BaseModel):
     url: str | None = None
     method: Literal["POST", "PUT", "PATCH"] | None = None
     headers: dict[str, HeaderValue] | None = None
+    signing_secret: SecretRef | None = None
     timeout_s: float | None = None
     sensitive: bool | None = None
 
