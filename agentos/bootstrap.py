@@ -47,8 +47,8 @@ HELPER_AGENT = "helper"
 async def ensure_default_agents(settings: Settings, org_id: str) -> str | None:
     """When the org has no agents, create `assistant` (offline model, `file_manager`, `remember`,
     `recall` and `web_search` (the worker's provider: `offline:` unless configured), knowledge-base
-    recall, with the sub-agent `helper`, which has `file_manager` too) so that a first `agentos run assistant "hi"` and the README's examples work. Returns
-    what it made."""
+    recall, with the sub-agent `helper`, which has `file_manager` too) so that a first
+    `agentos run assistant "hi"` and the README's examples work. Returns what it made."""
     pool = await open_pool(settings.database.model_copy(update={"pool_min": 1, "pool_max": 1}))
     try:
         async with tenant_tx(pool, org_id) as conn:

@@ -22,7 +22,7 @@ from mcp import ClientSession
 from mcp.client.streamable_http import streamable_http_client
 from mcp.types import CallToolResult, TextContent
 
-from core.outbound import AddressGuard, OutboundError, _PinnedTransport
+from core.outbound import AddressGuard, OutboundError, guarded_client
 from core.secrets import Keyring, SecretError, resolve_refs
 from core.settings import OutboundSettings
 from core.store.orgs import org_settings
@@ -58,11 +58,11 @@ class McpEndpoint:
             raise McpError(f"The MCP server at {self.url} cannot be reached: {exc}") from None
         except httpx.InvalidURL:
             raise McpError(f"{self.url!r} is not a valid URL.") from None
-        # The guarded transport checks every connection again (DNS rebinding, redirects).
-        return httpx.AsyncClient(transport=_PinnedTransport(guard, httpx.create_ssl_context()), trust_env=False,
-                                 headers={"User-Agent": self.outbound.user_agent, **self.headers},
-                                 timeout=httpx.Timeout(self.timeout_s, connect=min(self.outbound.connect_timeout_s,
-                                                                                   self.timeout_s)))
+        # Its every connection passes the guard again (DNS rebinding, redirects).
+        return guarded_client(self.outbound, allow=self.allow,
+                              headers={"User-Agent": self.outbound.user_agent, **self.headers},
+                              timeout=httpx.Timeout(self.timeout_s, connect=min(self.outbound.connect_timeout_s,
+                                                                                self.timeout_s)))
 
 
 def _failure(endpoint: McpEndpoint, exc: BaseException) -> McpError:

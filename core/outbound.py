@@ -66,6 +66,10 @@ class OutboundTimeout(OutboundError):
     pass
 
 
+class OutboundConnectError(OutboundError):
+    """No connection could be made, or it broke before the answer was read (worth a retry)."""
+
+
 class OutboundTooLarge(OutboundError):
     pass
 
@@ -259,13 +263,32 @@ class _GuardedBackend(httpcore.AsyncNetworkBackend):
         await self._inner.sleep(seconds)
 
 
+def _tls_failure(exc: BaseException) -> ssl.SSLError | None:
+    seen: BaseException | None = exc
+    for _ in range(10):
+        if seen is None or isinstance(seen, ssl.SSLError):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
 def _mapped(exc: Exception, url: str) -> OutboundError:
     if isinstance(exc, OutboundError):
         return exc
+    tls = _tls_failure(exc)
+    if tls is not None:
+        reason = getattr(tls, "verify_message", None) or getattr(tls, "reason", None) or type(tls).__name__
+        return OutboundError(f"The TLS certificate of {url} could not be verified ({reason}); nothing was sent.")
     if isinstance(exc, (httpcore.TimeoutException, httpx.TimeoutException, TimeoutError)):
         return OutboundTimeout(f"{url} did not answer in time.")
+    # Never str(exc) here: a library's message may quote a header, and headers carry credentials.
+    if isinstance(exc, (httpx.LocalProtocolError, UnicodeError)):
+        return OutboundError(f"The request to {url} could not be sent: a header or the URL is not valid HTTP "
+                             f"({type(exc).__name__}).")
     if isinstance(exc, (httpcore.ConnectError, httpx.ConnectError)):
-        return OutboundError(f"Could not connect to {url} (connection refused or unreachable).")
+        return OutboundConnectError(f"Could not connect to {url} (connection refused or unreachable).")
+    if isinstance(exc, (httpx.TransportError, OSError)):
+        return OutboundConnectError(f"The connection to {url} broke ({type(exc).__name__}).")
     return OutboundError(f"The request to {url} failed ({type(exc).__name__}).")
 
 
@@ -314,6 +337,8 @@ class _PinnedTransport(httpx.AsyncBaseTransport):
             raise httpx.ConnectError(str(exc), request=request) from exc
         except httpcore.NetworkError as exc:
             raise httpx.NetworkError(str(exc), request=request) from exc
+        except httpcore.LocalProtocolError as exc:  # e.g. a header value with a line break
+            raise httpx.LocalProtocolError(str(exc), request=request) from exc
         except httpcore.ProtocolError as exc:
             raise httpx.RemoteProtocolError(str(exc), request=request) from exc
         stream = response.stream
@@ -362,6 +387,26 @@ class OutboundResponse:
         return self
 
 
+def _guarded(guard: AddressGuard, settings: OutboundSettings, ssl_context: ssl.SSLContext | None,
+             **client_options: Any) -> httpx.AsyncClient:
+    # The default context verifies certificates against certifi's CAs, host names included.
+    transport = _PinnedTransport(guard, ssl_context or httpx.create_ssl_context())
+    options: dict[str, Any] = {"follow_redirects": False, "headers": {"User-Agent": settings.user_agent},
+                               **client_options}
+    return httpx.AsyncClient(transport=transport, trust_env=False, **options)
+
+
+def guarded_client(settings: OutboundSettings, *, allow: Sequence[str] = (), resolver: Resolver = system_resolver,
+                   ssl_context: ssl.SSLContext | None = None, **client_options: Any) -> httpx.AsyncClient:
+    """A plain `httpx.AsyncClient` whose every connection passes the guard, for libraries that
+    take one (the MCP client's `httpx_client_factory`). `client_options` go to the client
+    (`headers`, `timeout`, `auth`; `follow_redirects` is off unless given, and each hop is checked
+    anyway). Unlike `Outbound`, it does not bound response sizes: the library reads what it reads."""
+    client_options.setdefault("timeout", httpx.Timeout(settings.timeout_s, connect=settings.connect_timeout_s))
+    guard = AddressGuard.from_settings(settings, allow=allow, resolver=resolver)
+    return _guarded(guard, settings, ssl_context, **client_options)
+
+
 def _type_allowed(content_type: str, allowed: Sequence[str]) -> bool:
     """`allowed` holds full types (`application/json`) or prefixes ending in `/` (`text/`)."""
     return any(content_type.startswith(a) if a.endswith("/") else content_type == a for a in allowed)
@@ -375,16 +420,14 @@ class Outbound:
     """An HTTP client for one task (a skill call, a provider request): `async with Outbound(...)`.
 
     `allow` adds entries to the operator's allowlist for this client only (an org's own
-    allowlist for private addresses, set by its admin)."""
+    allowlist for private addresses, set by its admin). `resolver` replaces DNS (tests);
+    `ssl_context` the certificate authorities trusted (a private CA)."""
 
     def __init__(self, settings: OutboundSettings, *, allow: Sequence[str] = (),
-                 resolver: Resolver = system_resolver) -> None:
+                 resolver: Resolver = system_resolver, ssl_context: ssl.SSLContext | None = None) -> None:
         self.settings = settings
         self.guard = AddressGuard.from_settings(settings, allow=allow, resolver=resolver)
-        self._client = httpx.AsyncClient(
-            transport=_PinnedTransport(self.guard, httpx.create_ssl_context()), follow_redirects=False,
-            trust_env=False, headers={"User-Agent": settings.user_agent},
-        )
+        self._client = _guarded(self.guard, settings, ssl_context)
 
     async def __aenter__(self) -> Outbound:
         return self
@@ -404,7 +447,8 @@ class Outbound:
         """Send a request and read its response within the limits.
 
         Retries (`retries` more attempts, exponential backoff with jitter, honouring a short
-        Retry-After) on 429/5xx answers, timeouts and failed connections; never on a refusal.
+        Retry-After) on 429/5xx answers, timeouts and failed or broken connections; never on a
+        refusal or any other error.
         After the last attempt a 429/5xx answer is returned as it is (see `raise_for_status`).
         `content_types` restricts successful responses' types (full types or `text/`-style
         prefixes); other responses are refused unread."""
@@ -415,8 +459,8 @@ class Outbound:
                                                timeout_s or self.settings.timeout_s,
                                                max_bytes or self.settings.max_response_bytes, content_types,
                                                follow_redirects)
-            except OutboundError as exc:
-                if isinstance(exc, (OutboundRefused, OutboundTooLarge, OutboundUnsupportedType)) or attempt >= retries:
+            except (OutboundTimeout, OutboundConnectError):
+                if attempt >= retries:
                     raise
                 delay = None
             else:
@@ -453,7 +497,7 @@ class Outbound:
             raise
         except TimeoutError:
             raise OutboundTimeout(f"{shown} did not answer within {timeout_s:g} s.") from None
-        except (httpx.HTTPError, httpcore.ConnectError, OSError) as exc:
+        except (httpx.HTTPError, httpcore.ConnectError, OSError, UnicodeError) as exc:
             raise _mapped(exc, shown) from None
 
     def _build(self, method: str, url: str, headers: Mapping[str, str], params: Mapping[str, str | int] | None,

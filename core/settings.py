@@ -232,13 +232,14 @@ class WebSettings(BaseModel):
     """The `web_search` and `web_fetch` skills."""
 
     # `offline:` (deterministic fixture results), `searxng:<base URL>` (a SearXNG instance with
-    # the JSON format enabled) or `brave:` (Brave Search API; key below or the org secret).
+    # the JSON format enabled), `brave:` or `tavily:` (their APIs; key below or the org secret).
     search_provider: str = "offline:"
-    # The Brave key for every org; an org may use its own instead: the org secret named
+    # The Brave or Tavily key for every org; an org may use its own instead: the org secret named
     # `search_api_key_secret`, when it exists, wins.
     search_api_key: SecretStr | None = None
     search_api_key_secret: str = "web_search_api_key"
     brave_url: str = "https://api.search.brave.com/res/v1/web/search"
+    tavily_url: str = "https://api.tavily.com/search"
     search_timeout_s: float = Field(default=10.0, gt=0)
     # Retries of a provider answering 429 or 5xx (or not answering), with exponential backoff.
     search_retries: int = Field(default=2, ge=0, le=10)

@@ -5,6 +5,7 @@ recorded. Started and stopped by the test that uses it."""
 from __future__ import annotations
 
 import json
+import ssl
 import threading
 import time
 from collections.abc import Callable
@@ -93,10 +94,16 @@ class FakeWeb:
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self._server.daemon_threads = True
         self.port = self._server.server_port
+        self._scheme = "http"
         self._thread = threading.Thread(target=self._server.serve_forever, name="fake-web", daemon=True)
 
+    def use_tls(self, context: ssl.SSLContext) -> None:
+        """Serve https from now on (call before the first request)."""
+        self._server.socket = context.wrap_socket(self._server.socket, server_side=True)
+        self._scheme = "https"
+
     def url(self, path: str, host: str = "127.0.0.1") -> str:
-        return f"http://{host}:{self.port}{path}"
+        return f"{self._scheme}://{host}:{self.port}{path}"
 
     def __enter__(self) -> FakeWeb:
         self._thread.start()

@@ -7,21 +7,31 @@ to a local server on 127.0.0.1."""
 from __future__ import annotations
 
 import asyncio
+import datetime
 import ipaddress
+import socket
+import ssl
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 from core.outbound import (
     AddressGuard,
     Outbound,
+    OutboundConnectError,
     OutboundError,
     OutboundHTTPError,
     OutboundRefused,
     OutboundTimeout,
     OutboundTooLarge,
     OutboundUnsupportedType,
+    guarded_client,
     refusal_reason,
 )
 from core.settings import OutboundSettings
@@ -214,3 +224,96 @@ def test_429_and_5xx_are_retried_then_returned(web: FakeWeb) -> None:
     with pytest.raises(OutboundRefused):
         run(get(client(), web.url("/flaky"), retries=3))
     assert len(web.seen) == 5
+
+
+# --- TLS: the address is pinned, the name is still verified ----------------------------------------
+
+
+def _tls_files(tmp: Path) -> tuple[Path, Path, Path]:
+    """A private CA and a server certificate for `pinned.test` signed by it: (CA, cert, key)."""
+    now = datetime.datetime.now(datetime.UTC)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "test CA")])
+    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
+          .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
+          .not_valid_after(now + datetime.timedelta(hours=1))
+          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+          .sign(ca_key, hashes.SHA256()))
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "pinned.test")]))
+            .issuer_name(ca_name).public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(hours=1))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName("pinned.test")]), critical=False)
+            .sign(ca_key, hashes.SHA256()))
+    paths = (tmp / "ca.pem", tmp / "cert.pem", tmp / "key.pem")
+    paths[0].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    paths[1].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    paths[2].write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return paths
+
+
+def test_https_connects_to_the_checked_address_and_verifies_the_url_host(web: FakeWeb, tmp_path: Path) -> None:
+    ca, cert, key = _tls_files(tmp_path)
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_context.load_cert_chain(cert, key)
+    names: list[str | None] = []
+    server_context.sni_callback = lambda sock, name, ctx: names.append(name)  # type: ignore[assignment,misc]
+    web.routes["/secure"] = lambda _: html("over tls")
+    web.use_tls(server_context)
+    client_context = ssl.create_default_context(cafile=str(ca))
+    dns = fake_dns({"pinned.test": ["127.0.0.1"], "other.test": ["127.0.0.1"]})
+    settings = OutboundSettings(allow=["127.0.0.1/32"])
+    page = run(get(Outbound(settings, resolver=dns, ssl_context=client_context),
+                   f"https://pinned.test:{web.port}/secure"))
+    assert page.content == b"over tls" and names == ["pinned.test"]
+    assert web.seen[-1].headers["Host"] == f"pinned.test:{web.port}"
+    # The same address under another name: the certificate does not match, nothing is sent.
+    with pytest.raises(OutboundError, match="certificate"):
+        run(get(Outbound(settings, resolver=dns, ssl_context=client_context), f"https://other.test:{web.port}/secure"))
+    # And a certificate nobody vouches for (the system's CAs do not know the test CA).
+    with pytest.raises(OutboundError, match="certificate"):
+        run(get(Outbound(settings, resolver=dns), f"https://pinned.test:{web.port}/secure"))
+    assert len(web.seen) == 1
+
+
+def test_a_header_http_cannot_carry_fails_without_quoting_it(web: FakeWeb) -> None:
+    web.routes["/p"] = lambda _: html("x")
+    for value in ("line\nbreak-SECRET", "caf\u00e9-SECRET", "nul\x00-SECRET"):
+        with pytest.raises(OutboundError, match="not valid HTTP") as failure:
+            run(get(client(allow=["127.0.0.1"]), web.url("/p"), headers={"X-Key": value}))
+        assert "SECRET" not in str(failure.value)
+    assert web.seen == []
+
+
+def test_a_plain_guarded_client_for_libraries_checks_every_connection(web: FakeWeb) -> None:
+    web.routes["/p"] = lambda _: html("x")
+    web.routes["/hop"] = lambda _: redirect(f"http://127.0.0.2:{web.port}/p")
+
+    async def go() -> tuple[int, str]:
+        async with guarded_client(OutboundSettings(allow=["127.0.0.1/32"]), follow_redirects=True) as http:
+            ok = await http.get(web.url("/p"))
+            with pytest.raises(OutboundRefused, match="127.0.0.2 is a loopback"):
+                await http.get(web.url("/hop"))
+        async with guarded_client(OutboundSettings()) as http:
+            with pytest.raises(OutboundRefused):
+                await http.get(web.url("/p"))
+        return ok.status_code, ok.text
+
+    assert run(go()) == (200, "x")
+    assert [s.path for s in web.seen] == ["/p", "/hop"]
+
+
+def test_failed_connections_are_retried_and_refusals_are_not() -> None:
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        closed = probe.getsockname()[1]
+    calls: list[str] = []
+    dns = fake_dns({"down.test": ["127.0.0.1"], "inside.test": ["10.0.0.1"]}, calls)
+    settings = OutboundSettings(allow=["127.0.0.1/32"], retry_base_delay_s=0.01)
+    with pytest.raises(OutboundConnectError, match="Could not connect"):
+        run(get(Outbound(settings, resolver=dns), f"http://down.test:{closed}/", retries=2))
+    assert calls == ["down.test"] * 3
+    with pytest.raises(OutboundRefused):
+        run(get(Outbound(settings, resolver=dns), "http://inside.test/", retries=2))
+    assert calls[3:] == ["inside.test"]

@@ -16,10 +16,12 @@ from typing import Any
 
 import psycopg
 import pytest
+from psycopg.types.json import Jsonb
 from pydantic import SecretStr, ValidationError
 
 from agentos.stack.local import StackUrls
 from core.db import open_pool
+from core.infra import Infra
 from core.migrations import migrate
 from core.secrets import (
     Keyring,
@@ -36,6 +38,9 @@ from core.secrets import (
 from core.settings import SecretsSettings, Settings, load_settings
 from core.store import orgs
 from core.tenancy import tenant_tx
+from skills.builtin.web_search import web_search
+from skills.skill import SkillContext
+from tests.fake_web import FakeWeb, Reply, as_json
 from tests.helpers import error_of, new_org
 
 
@@ -175,12 +180,28 @@ def test_secrets_round_trip_and_the_value_never_leaks(client: Any, settings: Set
     assert all(value.encode() not in bytes(w) + bytes(c) for w, c in stored)
 
 
-def test_another_orgs_secrets_are_not_found(client: Any) -> None:
+def test_another_orgs_secrets_are_not_found(client: Any, settings: Settings) -> None:
     a, b = new_org(client, "secrets A"), new_org(client, "secrets B")
     assert client.put("/v1/secrets/db_url", json={"value": "postgres://a"}, headers=a.headers).status_code == 200
     assert client.get("/v1/secrets", headers=b.headers).json()["data"] == []
     error_of(client.delete("/v1/secrets/db_url", headers=b.headers), 404, "NOT_FOUND")
     assert [s["name"] for s in client.get("/v1/secrets", headers=a.headers).json()["data"]] == ["db_url"]
+    # The same name in another org is that org's own secret.
+    mine = client.put("/v1/secrets/db_url", json={"value": "postgres://b"}, headers=b.headers)
+    assert mine.status_code == 200 and mine.json()["created"] is True
+    assert read(settings, a.id, "db_url") == "postgres://a" and read(settings, b.id, "db_url") == "postgres://b"
+
+
+def test_secrets_are_listed_by_name_in_pages(client: Any) -> None:
+    org = new_org(client, "secret pages")
+    for name in ("c", "a", "b"):
+        client.put(f"/v1/secrets/{name}", json={"value": name}, headers=org.headers)
+    first = client.get("/v1/secrets?limit=2", headers=org.headers).json()
+    assert [s["name"] for s in first["data"]] == ["a", "b"] and first["next_cursor"]
+    rest = client.get(f"/v1/secrets?limit=2&cursor={first['next_cursor']}", headers=org.headers).json()
+    assert [s["name"] for s in rest["data"]] == ["c"] and rest["next_cursor"] is None
+    error_of(client.get("/v1/secrets?cursor=bm90IGEgbmFtZSE", headers=org.headers), 422, "VALIDATION_FAILED")
+    error_of(client.get("/v1/secrets?limit=0", headers=org.headers), 422, "VALIDATION_FAILED")
 
 
 def test_a_row_copied_to_another_org_or_name_does_not_decrypt(client: Any, settings: Settings,
@@ -337,3 +358,64 @@ def test_the_rotate_command_reports_progress_and_is_idempotent(own_database: Set
     assert all(v not in first.stderr + first.stdout for v in values.values())
     org_id, name = next(iter(values))
     assert read(own_database, org_id, name, keyring({2: k2}, 2)) == values[(org_id, name)]
+
+
+def test_skill_calls_read_their_secret_while_it_is_rewrapped(own_database: Settings, tmp_path: Path) -> None:
+    """`web_search` with Brave, as a run calls it, reads the org's key at every call while
+    `rotate` rewraps it (and many others): every call authenticates."""
+    k1, k2 = random_key(), random_key()
+    values = asyncio.run(seed(own_database, keyring({1: k1}, 1), per_org=80))
+    org_ids = sorted({org_id for org_id, _ in values})
+    with FakeWeb() as web:
+        keys = {org_id: "brave-" + secrets.token_hex(8) for org_id in org_ids}
+        wrong: list[str] = []
+
+        def brave(seen: Any) -> Reply:
+            if seen.headers.get("X-Subscription-Token") not in keys.values():
+                wrong.append(str(seen.headers.get("X-Subscription-Token")))
+                return as_json({}, 401)
+            return as_json({"web": {"results": [{"title": "t", "url": "https://example.net/", "description": "d"}]}})
+
+        web.routes["/brave"] = brave
+        settings = own_database.model_copy(update={
+            "secrets": SecretsSettings(keys={1: SecretStr(base64.b64encode(k1).decode()),
+                                             2: SecretStr(base64.b64encode(k2).decode())}, active_key_version=2),
+            "web": own_database.web.model_copy(update={"search_cache_ttl_s": 0}),
+        })
+
+        async def go() -> tuple[int, RotationReport]:
+            infra = await Infra.open(settings, name="rotation-test", pool_max=8)
+            try:
+                for org_id in org_ids:  # each org's Brave key, sealed under version 1
+                    async with tenant_tx(infra.pool, org_id) as conn:
+                        await store_secret(conn, keyring({1: k1}, 1), org_id, "web_search_api_key", keys[org_id],
+                                           None)
+                        await conn.execute("UPDATE orgs SET settings = %s WHERE id = %s", (Jsonb({
+                            "outbound_allow": ["127.0.0.1"], "web_search_provider": f"brave:{web.url('/brave')}"}),
+                            org_id))
+                calls = 0
+                rotating = True
+
+                async def caller(org_id: str) -> None:
+                    nonlocal calls
+                    while rotating:
+                        ctx = SkillContext(org_id=org_id, session_id="ses_x", run_id="run_x", agent_id="agt_x",
+                                           tool_call_id=f"tc_{calls}", workspace=tmp_path, infra=infra)
+                        out = await web_search.invoke(ctx, {"query": "q", "count": 1})
+                        assert out["results"][0]["url"] == "https://example.net/"
+                        calls += 1
+
+                callers = [asyncio.create_task(caller(org_ids[i % 2])) for i in range(4)]
+                await asyncio.sleep(0.1)
+                try:
+                    report = await rotate(infra.pool, Keyring.from_settings(settings.secrets), batch=5)
+                finally:
+                    rotating = False
+                    await asyncio.gather(*callers)
+                return calls, report
+            finally:
+                await infra.close()
+
+        calls, report = asyncio.run(go())
+    assert report.failed == [] and report.rewrapped == len(values) + len(org_ids)
+    assert calls > 4 and wrong == []  # calls ran throughout the rotation, and each sent its org's key

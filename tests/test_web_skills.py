@@ -199,3 +199,29 @@ def test_web_search_with_brave_uses_the_org_secret_which_never_leaks(
                   ("run_events", "tool_calls", "messages", "runs", "audit_logs")]
     haystack = json.dumps(events) + json.dumps(calls) + json.dumps(run) + log + "".join(stored)
     assert key not in haystack
+
+
+def test_web_search_with_tavily_posts_the_query_with_the_orgs_key(
+        client: TestClient, web: FakeWeb, stack: StackUrls, worker: Worker) -> None:
+    key = "tvly-" + secrets.token_hex(8)
+    bodies: list[dict[str, Any]] = []
+
+    def tavily(seen: Any) -> Reply:
+        if seen.headers.get("Authorization") != f"Bearer {key}":
+            return as_json({"detail": "unauthorized"}, 401)
+        bodies.append(json.loads(seen.body))
+        return as_json({"results": [{"title": "T", "url": "https://example.com/t", "content": "c", "score": 0.9}]})
+
+    web.routes["/tavily"] = tavily
+    org, wrong = new_org(client, "tavily"), new_org(client, "tavily wrong key")
+    for each in (org, wrong):
+        configure(stack, each, outbound_allow=LOCAL, web_search_provider=f"tavily:{web.url('/tavily')}")
+    client.put("/v1/secrets/web_search_api_key", json={"value": key}, headers=org.headers)
+    client.put("/v1/secrets/web_search_api_key", json={"value": "tvly-wrong"}, headers=wrong.headers)
+    run, calls = run_script(org, ["web_search"], call("web_search", query="tavily things", count=3))
+    _, refused = run_script(wrong, ["web_search"], call("web_search", query="tavily things"))
+    assert run["status"] == "succeeded"
+    assert calls[0]["output"]["results"] == [{"title": "T", "url": "https://example.com/t", "snippet": "c"}]
+    assert bodies == [{"query": "tavily things", "max_results": 3, "search_depth": "basic"}]
+    assert "refused the API key (HTTP 401)" in refused[0]["error"]["message"]
+    assert "tvly-wrong" not in json.dumps(refused)

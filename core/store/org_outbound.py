@@ -10,7 +10,9 @@ from psycopg.rows import DictRow
 from psycopg.types.json import Jsonb
 
 KEY = "outbound_allow_private"
-GET_SQL = "SELECT coalesce(settings -> 'outbound_allow_private', '[]'::jsonb) AS allow FROM orgs WHERE id = agentos_current_org()"
+GET_SQL = """
+SELECT coalesce(settings -> 'outbound_allow_private', '[]'::jsonb) AS allow FROM orgs WHERE id = agentos_current_org()
+"""
 SET_SQL = """
 UPDATE orgs SET settings = settings || jsonb_build_object('outbound_allow_private', %s::jsonb)
 WHERE id = agentos_current_org() RETURNING settings -> 'outbound_allow_private' AS allow

@@ -3,11 +3,12 @@
 
 Providers (`AGENTOS_WEB__SEARCH_PROVIDER`, or the org's own `web_search_provider` setting):
 `offline:` (deterministic fixture results, for tests and the dev stack; no network),
-`searxng:<base URL>` (a SearXNG instance's JSON API) and `brave:` (the Brave Search API, or
-`brave:<URL>` for another endpoint of the same API; the key is the org's secret
-`web_search_api_key` when it has one, else the operator's `AGENTOS_WEB__SEARCH_API_KEY`). Tavily
-is not supported yet. Requests go through `core.outbound` with retries on
-429/5xx; results are cached per org and query in Redis. Failures reach the model as text."""
+`searxng:<base URL>` (a SearXNG instance's JSON API), `brave:` (the Brave Search API) and
+`tavily:` (the Tavily API, over HTTP through the guard rather than its own client); `brave:<URL>`
+and `tavily:<URL>` name another endpoint of the same API. Brave and Tavily need a key: the org's
+secret `web_search_api_key` when it has one, else the operator's `AGENTOS_WEB__SEARCH_API_KEY`.
+Requests go through `core.outbound` with retries on 429/5xx; results are cached per org and query
+in Redis. Failures reach the model as text."""
 
 from __future__ import annotations
 
@@ -52,22 +53,26 @@ def offline_results(query: str, count: int) -> list[SearchResult]:
             for n in range(1, count + 1)]
 
 
+_NAMES = {"offline": "offline", "searxng": "SearXNG", "brave": "Brave", "tavily": "Tavily"}
+
+
 def parse_provider(spec: str) -> tuple[str, str]:
-    """(kind, URL) of a provider spec: `offline:`, `searxng:<base URL>`, `brave:` or `brave:<API URL>`."""
+    """(kind, URL) of a provider spec: `offline:`, `searxng:<base URL>`, `brave:`/`tavily:` (their
+    public APIs) or `brave:<URL>`/`tavily:<URL>` (another endpoint of the same API)."""
     kind, _, rest = spec.strip().partition(":")
-    if kind not in ("offline", "searxng", "brave") or (kind == "searxng" and not rest):
+    if kind not in _NAMES or (kind == "searxng" and not rest):
         raise SkillError(f"web_search is misconfigured: the provider {spec!r} is not 'offline:', "
-                         "'searxng:<base URL>' or 'brave:'. Tell the operator; go on without searching.")
+                         "'searxng:<base URL>', 'brave:' or 'tavily:'. Tell the operator; go on without searching.")
     return kind, rest.rstrip("/")
 
 
-async def _brave_key(ctx: SkillContext, web: WebSettings) -> str:
+async def _api_key(ctx: SkillContext, web: WebSettings, name: str) -> str:
     own = await ctx.find_secret(web.search_api_key_secret)
     if own is not None:
         return own
     if web.search_api_key is not None:
         return web.search_api_key.get_secret_value()
-    raise SkillError(f"web_search with Brave needs an API key: an admin can store it as the org secret "
+    raise SkillError(f"web_search with {name} needs an API key: an admin can store it as the org secret "
                      f"{web.search_api_key_secret!r} (PUT /v1/secrets/{web.search_api_key_secret}), or the operator "
                      "sets AGENTOS_WEB__SEARCH_API_KEY.")
 
@@ -76,6 +81,9 @@ def _checked(response: OutboundResponse, name: str) -> Any:
     if response.status == 429:
         raise SkillError(f"The search provider ({name}) is rate limiting requests (HTTP 429); try again later or "
                          "go on without searching.")
+    if response.status in (401, 403):
+        raise SkillError(f"The search provider ({name}) refused the API key (HTTP {response.status}); an admin "
+                         "should check it. Go on without searching.")
     if not response.ok:
         raise SkillError(f"The search provider ({name}) answered HTTP {response.status}; try again later or go on "
                          "without searching.")
@@ -89,28 +97,34 @@ async def _search(ctx: SkillContext, kind: str, base: str, query: str, count: in
     if kind == "offline":
         return offline_results(query, count)
     web = ctx.require_infra().settings.web
-    name = "SearXNG" if kind == "searxng" else "Brave"
+    name = _NAMES[kind]
+    method, body = "GET", None
     params: dict[str, str | int] = {"q": query}
     headers = {"Accept": "application/json"}
     if kind == "searxng":
         url = f"{base}/search"
         params["format"] = "json"
-    else:
+    elif kind == "brave":
         url = base or web.brave_url
         params["count"] = count
-        headers["X-Subscription-Token"] = await _brave_key(ctx, web)
+        headers["X-Subscription-Token"] = await _api_key(ctx, web, name)
+    else:
+        method, url, params = "POST", base or web.tavily_url, {}
+        body = {"query": query, "max_results": count, "search_depth": "basic"}
+        headers["Authorization"] = f"Bearer {await _api_key(ctx, web, name)}"
     try:
         async with ctx.outbound() as http:
-            response = await http.request("GET", url, params=params, headers=headers, timeout_s=web.search_timeout_s,
-                                          retries=web.search_retries, content_types=["application/json"])
+            response = await http.request(method, url, params=params or None, json=body, headers=headers,
+                                          timeout_s=web.search_timeout_s, retries=web.search_retries,
+                                          content_types=["application/json"])
     except OutboundError as exc:
         raise SkillError(f"The search provider ({name}) could not be reached: {exc} Go on without searching, or "
                          "try again later.") from None
-    body = _checked(response, name)
-    found = body.get("results", []) if kind == "searxng" else (body.get("web") or {}).get("results", [])
+    reply = _checked(response, name)
+    found = (reply.get("web") or {}).get("results", []) if kind == "brave" else reply.get("results", [])
     if not isinstance(found, list):
         raise SkillError(f"The search provider ({name}) sent results in an unexpected shape.")
-    snippet_key = "content" if kind == "searxng" else "description"
+    snippet_key = "description" if kind == "brave" else "content"
     return [SearchResult(title=_plain(item.get("title")), url=str(item.get("url") or ""),
                          snippet=_plain(item.get(snippet_key)))
             for item in found if isinstance(item, dict) and item.get("url")][:count]
