@@ -194,3 +194,14 @@ def test_a_file_query_past_its_time_is_interrupted(tmp_path: Path, monkeypatch: 
     with pytest.raises(SkillError, match="ran longer than 0.2 s"):
         asyncio.run(data_query.invoke(_ctx(tmp_path), {
             "source": "t.csv", "sql": "SELECT count(*) FROM range(100000000000) a, range(100) b"}))
+
+
+def test_a_parquet_file_is_read_as_the_table_data(tmp_path: Path):
+    import duckdb
+
+    with duckdb.connect(":memory:") as con:  # an unrestricted connection of the test writes the file
+        con.execute(f"COPY (SELECT i AS n, i * i AS square FROM range(1, 5) t(i)) TO '{tmp_path / 'sq.parquet'}' "
+                    "(FORMAT parquet)")
+    result = asyncio.run(data_query.invoke(_ctx(tmp_path), {
+        "source": "sq.parquet", "sql": "SELECT n, square FROM data WHERE n > 2 ORDER BY n"}))
+    assert result == {"columns": ["n", "square"], "rows": [[3, 9], [4, 16]], "truncated": False}
