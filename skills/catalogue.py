@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
 from typing import Any
 
-from core.mcp_client import McpConnection, McpError, endpoint_for
+from core.mcp_client import McpConnection, McpError, StdioEndpoint, endpoint_for
 from core.secrets import Keyring
-from core.settings import Settings
+from core.settings import Settings, StdioMcpServer
 from core.skill_defs import parse_ref, split_mcp_name
 from core.store import mcp_servers
 from core.store import skills as skill_store
@@ -87,9 +88,26 @@ class RunSkills:
 
     async def _server(self, name: str) -> McpServerRow | None:
         if name not in self._servers:
-            async with tenant_tx(self._pool, self._org_id) as conn:
-                self._servers[name] = await mcp_servers.get(conn, name)
+            operator = self._settings.mcp.stdio.get(name) if self._settings is not None else None
+            if operator is not None:
+                self._servers[name] = await self._operator_server(name, operator)
+            else:
+                async with tenant_tx(self._pool, self._org_id) as conn:
+                    self._servers[name] = await mcp_servers.get(conn, name)
         return self._servers[name]
+
+    async def _operator_server(self, name: str, server: StdioMcpServer) -> McpServerRow | None:
+        """An operator's stdio server: its tools read through the run's session with it (no
+        cache: the API cannot start processes, and the operator's server is the same for all)."""
+        connection = self._connections.setdefault(name, McpConnection(StdioEndpoint(name, server)))
+        try:
+            tools = await connection.list_tools()
+        except McpError as exc:
+            log.warning("operator MCP server %s: %s", name, exc)
+            return None
+        return {"id": name, "name": name, "url": f"stdio:{name}", "headers": {}, "timeout_s": server.timeout_s,
+                "sensitive": server.sensitive, "tools": tools, "tools_refreshed_at": None, "last_error": None,
+                "created_by": None, "created_at": datetime.now(UTC)}
 
     def _mcp_tool_skill(self, name: str, server: McpServerRow, tool: dict[str, Any]) -> Skill:
         schema = dict(tool.get("input_schema") or {"type": "object", "properties": {}})

@@ -5,15 +5,25 @@ failure reaches the model as text."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
+import psutil
 import psycopg
 import pytest
 from starlette.testclient import TestClient
 
 from agentos.stack.local import StackUrls
+from api.app import create_app
+from core.db import open_pool
+from core.settings import McpSettings, Settings, StdioMcpServer
+from skills import SkillContext, default_registry
+from skills.catalogue import RunSkills
 from tests.helpers import Org, Worker, error_of, start_run, wait
 from tests.mcp_server import McpTestServer
 
@@ -101,3 +111,40 @@ def test_only_urls_are_accepted_and_the_guard_applies_to_registration(
     error_of(client.post("/v1/mcp-servers/calc/refresh", headers=org.headers), 404, "NOT_FOUND")
     error_of(client.delete("/v1/mcp-servers/calc", headers=org.headers), 404, "NOT_FOUND")
     assert client.delete("/v1/mcp-servers/calc", headers=other_org.headers).status_code == 204
+
+
+def test_operator_stdio_servers_serve_every_org_and_only_settings_name_them(
+        org: Org, client: TestClient, settings: Settings):
+    """A run's skills (as a worker builds them) reach an operator's stdio server: one process for
+    the run's calls, ended with the run. The API accepts its tools in agents and keeps its name."""
+    script = Path(__file__).with_name("mcp_stdio_server.py")
+    configured = settings.model_copy(update={"mcp": McpSettings(stdio={
+        "local": StdioMcpServer(command=sys.executable, args=[str(script)], timeout_s=20)})})
+
+    async def use() -> tuple[Any, Any, Any]:
+        pool = await open_pool(settings.database)
+        skills = RunSkills(default_registry(), pool, org.id, {}, {}, configured)
+        try:
+            tools = await skills.for_agent(["mcp_local_shout", "mcp_local_pid", "mcp_local_nope"])
+            ctx = SkillContext(org.id, "ses_1", "run_1", "agt_1", "tc_1", Path("."))
+            shouted = await tools["mcp_local_shout"].invoke(ctx, {"text": "hi"})
+            pids = [await tools["mcp_local_pid"].invoke(ctx, {}) for _ in range(2)]
+            return sorted(tools), shouted, pids
+        finally:
+            await skills.aclose()
+            await pool.close()
+
+    names, shouted, pids = asyncio.run(use())
+    assert names == ["mcp_local_pid", "mcp_local_shout"]
+    assert shouted == {"result": "HI"}
+    assert pids[0] == pids[1] and pids[0]["result"] != os.getpid()  # one process for the run, not ours
+    assert not psutil.pid_exists(pids[0]["result"]) or psutil.Process(pids[0]["result"]).status() == "zombie"
+    # An API with the same settings lets agents name the operator's tools and keeps its name; the
+    # suite's API, without it, knows no such server.
+    with TestClient(create_app(configured)) as operator_api:
+        r = operator_api.post("/v1/agents", json={"name": "a", "skills": ["mcp_local_shout"]}, headers=org.headers)
+        assert r.status_code == 201, r.text
+        error_of(operator_api.post("/v1/mcp-servers", json={"name": "local", "url": "http://192.0.2.1/mcp"},
+                                   headers=org.headers), 422, "VALIDATION_FAILED")
+    error_of(client.post("/v1/agents", json={"name": "b", "skills": ["mcp_local_shout"]}, headers=org.headers),
+             422, "VALIDATION_FAILED")

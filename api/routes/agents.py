@@ -3,6 +3,7 @@ that changes nothing, an empty one included, does not), delete."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, Literal
 
 import psycopg
@@ -57,7 +58,7 @@ async def _check_subagents(conn: Any, subagents: list[str], self_id: str | None 
         raise validation_failed(problems)
 
 
-async def _check_skills(conn: Any, entries: list[str]) -> None:
+async def _check_skills(conn: Any, entries: list[str], operator_servers: Mapping[str, Any]) -> None:
     """Every entry names a built-in or a live skill of the org, at a version it has."""
     refs = [parse_ref(entry) for entry in entries]
     custom = [name for name, _ in refs if name not in builtin_catalogue()]
@@ -67,6 +68,10 @@ async def _check_skills(conn: Any, entries: list[str]) -> None:
         if name in builtin_catalogue():
             continue
         mcp = split_mcp_name(name)
+        if mcp is not None and mcp[0] in operator_servers:
+            if version is not None:  # an operator's stdio server: its tools are read by workers only
+                problems.append({"field": "skills", "message": f"{entry!r}: MCP tools have no versions"})
+            continue
         if mcp is not None:
             server = await mcp_servers.get(conn, mcp[0])
             if version is not None:
@@ -93,7 +98,7 @@ async def create_agent(call: Call[AgentCreate]) -> Response:
     try:
         async with tenant_tx(call.pool, principal.org_id) as conn:
             await _check_subagents(conn, body.subagents)
-            await _check_skills(conn, config["skills"])
+            await _check_skills(conn, config["skills"], call.settings.mcp.stdio)
             row = await agents.create(conn, body.name, config, principal.user_id)
             await audit.record(conn, principal.actor, "agent.create", "agent", row["id"], {"name": body.name})
     except psycopg.errors.UniqueViolation:
@@ -138,7 +143,7 @@ async def patch_agent(call: Call[AgentPatch]) -> Response:
             if "subagents" in changes:
                 await _check_subagents(conn, config["subagents"], self_id=agent_id)
             if "skills" in changes:
-                await _check_skills(conn, config["skills"])
+                await _check_skills(conn, config["skills"], call.settings.mcp.stdio)
             row = await agents.update(conn, agent_id, name or current["name"], config, call.principal.user_id)
             assert row is not None
             await audit.record(conn, call.principal.actor, "agent.update", "agent", agent_id,

@@ -11,7 +11,7 @@ import psycopg
 from pydantic import Field
 from starlette.responses import Response
 
-from api.endpoint import Call, NoBody, endpoint, resource
+from api.endpoint import Call, NoBody, endpoint, resource, validation_failed
 from api.responses import json, listing
 from core.errors import ApiError
 from core.mcp_client import McpError, endpoint_for, list_tools
@@ -67,6 +67,9 @@ async def _refresh(call: Call[Any], row: store.McpServerRow) -> store.McpServerR
           response="McpServer")
 async def create_server(call: Call[McpServerCreate]) -> Response:
     body, principal = call.body, call.principal
+    if body.name in call.settings.mcp.stdio:
+        raise validation_failed([{"field": "name", "message": f"{body.name!r} is the name of an MCP server the "
+                                  "operator provides to every organisation; choose another"}])
     try:
         async with tenant_tx(call.pool, principal.org_id) as conn:
             row = await store.create(conn, body.name, body.url, body.model_dump(mode="json")["headers"],
