@@ -205,3 +205,17 @@ def test_a_parquet_file_is_read_as_the_table_data(tmp_path: Path):
     result = asyncio.run(data_query.invoke(_ctx(tmp_path), {
         "source": "sq.parquet", "sql": "SELECT n, square FROM data WHERE n > 2 ORDER BY n"}))
     assert result == {"columns": ["n", "square"], "rows": [[3, 9], [4, 16]], "truncated": False}
+
+
+def test_a_source_url_cannot_make_the_worker_read_its_files_or_lend_its_password():
+    from psycopg.conninfo import conninfo_to_dict
+
+    from skills.builtin.data_query import source_conninfo
+
+    url = ("postgresql://ann@db.example:6543/sales?sslmode=require&service=platform&passfile=/root/.pgpass"
+           "&sslkey=/etc/agentos/key.pem&options=-c%20default_transaction_read_only%3Doff")
+    built = conninfo_to_dict(source_conninfo(conninfo_to_dict(url), "203.0.113.9", 500))
+    assert built["host"] == "db.example" and built["hostaddr"] == "203.0.113.9" and built["port"] == "6543"
+    assert built["passfile"] == os.devnull and built["password"] == ""  # never the worker's PGPASSWORD
+    assert "service" not in built and "sslkey" not in built and built["sslmode"] == "require"
+    assert built["options"] == "-c default_transaction_read_only=on -c statement_timeout=500"

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import decimal
+import os
 import threading
 import uuid
 from pathlib import Path
@@ -105,9 +106,7 @@ async def _query_postgres(ctx: SkillContext, name: str, sql: str, max_rows: int)
         raise SkillError(f"The data source {name!r} cannot be reached: {exc}") from None
     cap = min(max_rows, spec.max_rows)
     timeout_ms = spec.statement_timeout_ms
-    # The checked address, so a second lookup cannot lead elsewhere; the host name stays for TLS.
-    conninfo = make_conninfo(url, hostaddr=address, connect_timeout=CONNECT_TIMEOUT_S,
-                             options=f"-c default_transaction_read_only=on -c statement_timeout={timeout_ms}")
+    conninfo = source_conninfo(params, address, timeout_ms)
     try:
         async with asyncio.timeout(CONNECT_TIMEOUT_S + timeout_ms / 1000 + 5):
             return await _run_read_only(conninfo, name, sql, cap, timeout_ms)
@@ -122,6 +121,21 @@ async def _query_postgres(ctx: SkillContext, name: str, sql: str, max_rows: int)
         raise SkillError(f"Could not connect to the data source {name!r} ({_first_line(exc)}).") from None
     except psycopg.Error as exc:
         raise SkillError(f"The query failed: {_first_line(exc)}") from None
+
+
+# What a tenant's URL may set. Everything else (service, passfile, ssl key and certificate files,
+# options, ...) would make libpq read the worker's files or change the session's rules.
+URL_PARAMS = frozenset({"host", "port", "dbname", "user", "password", "sslmode", "application_name"})
+
+
+def source_conninfo(params: dict[str, Any], address: str, timeout_ms: int) -> str:
+    """The connection string for a source: the URL's allowed parameters, the checked address (so
+    a second lookup cannot lead elsewhere; the host name stays for TLS), a password always given
+    (an empty one rather than the worker's PGPASSWORD or ~/.pgpass) and read-only session rules."""
+    kept = {k: v for k, v in params.items() if k in URL_PARAMS}
+    return make_conninfo(**kept, hostaddr=address, connect_timeout=CONNECT_TIMEOUT_S, passfile=os.devnull,
+                         password=str(kept.get("password") or ""),
+                         options=f"-c default_transaction_read_only=on -c statement_timeout={timeout_ms}")
 
 
 def _first_line(exc: Exception) -> str:
