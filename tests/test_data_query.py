@@ -179,6 +179,9 @@ def test_file_queries_cannot_reach_the_network_write_files_or_load_extensions(tm
 
     assert query("SELECT a FROM data ORDER BY a", max_rows=2) == {"columns": ["a"], "rows": [[1], [2]],
                                                                   "truncated": True}
+    with pytest.raises(SkillError) as refused:
+        query(f"SELECT * FROM read_csv('{tmp_path / 'other.csv'}')")
+    assert "other.csv" in str(refused.value) and str(tmp_path) not in str(refused.value)
     for sql in [f"SELECT * FROM read_csv('{tmp_path / 'other.csv'}')", "SELECT * FROM read_csv('https://example.com/x.csv')",
                 f"COPY data TO '{tmp_path / 'out.csv'}'", "INSTALL httpfs", "LOAD httpfs",
                 "SET enable_external_access = true", f"ATTACH '{tmp_path / 'x.db'}'"]:

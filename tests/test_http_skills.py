@@ -140,3 +140,25 @@ def test_an_admin_may_open_private_networks_only(org: Org, other_org: Org, clien
     error_of(client.put("/v1/outbound-allowlist", json={"allow": []}, headers=member), 403, "FORBIDDEN")
     assert client.get("/v1/outbound-allowlist", headers=other_org.headers).json() == {"allow": []}
     assert client.get("/v1/outbound-allowlist", headers=org.headers).json()["allow"][0] == "10.1.0.0/16"
+
+
+def test_a_sensitive_skill_waits_for_a_human_and_nothing_is_sent_before(org: Org, stack: StackUrls,
+                                                                       worker: Worker, receiver: FakeWeb):
+    secrets_for(org)
+    configure(stack, org, outbound_allow=["127.0.0.1"])
+    define(org, "hook", receiver.url("/hook"), sensitive=True)
+    agent = org.create_agent(skills=["hook"])
+    session = org.create_session(str(agent["id"]))
+    before = len(receiver.seen)
+    run = start_run(org, str(session["id"]), call("hook", n=1))
+    deadline = time.monotonic() + 30
+    while (status := org.client.get(f"/v1/runs/{run['id']}", headers=org.headers).json()["status"]) in (
+            "queued", "running"):
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    assert status == "awaiting_confirmation" and len(receiver.seen) == before
+    [pending] = org.client.get(f"/v1/runs/{run['id']}/tool-calls", headers=org.headers).json()["data"]
+    r = org.client.post(f"/v1/tool-calls/{pending['id']}/approve", json={}, headers=org.headers)
+    assert r.status_code == 200, r.text
+    assert wait(org, run["id"])["status"] == "succeeded"
+    assert [s.path for s in receiver.seen[before:]] == ["/hook"]

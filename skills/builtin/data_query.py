@@ -198,7 +198,8 @@ def _duckdb_query(path: Path, shown: str, sql: str, cap: int) -> dict[str, Any]:
             raise SkillError(f"The query ran longer than {FILE_TIMEOUT_S:g} s and was stopped; "
                              "narrow it down.") from None
         except duckdb.Error as exc:
-            raise SkillError(f"The query failed: {_first_line(exc)}") from None
+            # Paths relative to the workspace, as the model knows them (not where the worker keeps it).
+            raise SkillError(f"The query failed: {_first_line(exc).replace(str(path.parent) + '/', '')}") from None
         return _table(columns, rows, cap)
     finally:
         timer.cancel()
