@@ -107,6 +107,8 @@ memory_app = typer.Typer(help="Manage long-term memory.", no_args_is_help=True)
 app.add_typer(memory_app, name="memory")
 secrets_app = typer.Typer(help="Manage org secrets' encryption keys.", no_args_is_help=True)
 app.add_typer(secrets_app, name="secrets")
+skills_app = typer.Typer(help="The skill catalogue.", no_args_is_help=True)
+app.add_typer(skills_app, name="skills")
 
 DataDir = Annotated[Path, typer.Option("--data-dir", help="Where the local stack keeps its data.")]
 
@@ -536,6 +538,37 @@ def run(
         message = escape(str(error.get("message", "")))
         console.print(f"[red]{terminal['type']}[/red] {error.get('code', '')}: {message}", highlight=False)
         raise typer.Exit(EXIT_FAILED)
+
+
+@skills_app.command("list")
+def skills_list(
+    as_json: Annotated[bool, typer.Option("--json", help="Print the catalogue as JSON, schemas included.")] = False,
+    api_url: Annotated[str | None, typer.Option(envvar="AGENTOS_API_URL", help="Default: the local dev API.")] = None,
+    api_key: Annotated[str | None, typer.Option(envvar="AGENTOS_API_KEY", help="Default: the dev owner key.")] = None,
+    data_dir: DataDir = Path(".agentos"),
+) -> None:
+    """Print the skills the org's agents may use: built-ins, the org's own (with their latest
+    versions) and its MCP servers' tools; one per line, or JSON with their schemas."""
+    import json
+
+    from agentos.run_client import ClientError, RunClient
+
+    url, key, _ = _dev_client_defaults(data_dir, api_url, api_key)
+    try:
+        catalogue = RunClient(url, key).skills()
+    except ClientError as exc:
+        raise CliError(str(exc)) from None
+    if as_json:
+        print(json.dumps(catalogue, indent=2, ensure_ascii=False))
+        return
+    width = max((len(s["name"]) for s in catalogue), default=4)
+    for item in catalogue:
+        version = f"v{item['version']}" if item.get("version") else "-"
+        sensitive = {True: "sensitive", False: "", "by_arguments": "sensitive by arguments"}.get(
+            item.get("sensitive"), "")
+        summary = " ".join(str(item.get("description", "")).split())
+        summary = summary if len(summary) <= 80 else summary[:79] + "…"
+        print(f"{item['name']:<{width}}  {item['kind']:<7}  {version:<4}  {sensitive:<21}  {summary}".rstrip())
 
 
 def _dev_client_defaults(data_dir: Path, api_url: str | None, api_key: str | None) -> tuple[str, str, str]:

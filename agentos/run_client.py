@@ -45,6 +45,10 @@ class RunClient:
                 raise ClientError(f"HTTP {response.status_code}: {response.text[:200]}") from None
         return response.json() if response.content else None
 
+    def skills(self) -> list[dict[str, Any]]:
+        """The org's skill catalogue (`GET /v1/skills`)."""
+        return list(self._call("GET", "/v1/skills")["data"])
+
     def find_agent(self, ref: str) -> dict[str, Any]:
         """An agent by id, or by name."""
         if ref.startswith("agt_"):

@@ -28,14 +28,18 @@ from api.responses import json
 from api.routes import (
     agents,
     api_keys,
+    data_sources,
     events,
     health,
     knowledge,
+    mcp_servers,
     memories,
     orgs,
+    outbound_allow,
     runs,
     secrets,
     sessions,
+    skills,
     tool_calls,
 )
 from api.state import ApiState, LifespanState
@@ -57,7 +61,9 @@ def _version() -> str:
 
 def _routes() -> list[BaseRoute]:
     return [*health.routes, *orgs.routes, *api_keys.routes, *agents.routes, *sessions.routes, *runs.routes,
-            *events.routes, *tool_calls.routes, *memories.routes, *knowledge.routes, *secrets.routes]
+            *events.routes, *tool_calls.routes, *memories.routes, *knowledge.routes, *secrets.routes,
+            *skills.routes, *data_sources.routes,
+            *mcp_servers.routes, *outbound_allow.routes]
 
 
 def create_app(settings: Settings) -> Starlette:

@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from core.skill_names import BUILTIN_SKILLS
+from core.skill_defs import check_refs
 
 MODEL_PROVIDERS = ("offline", "openai", "anthropic")
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\- ]{0,99}$"
@@ -43,7 +43,7 @@ class AgentConfig(_Strict):
 
     instructions: str = Field(default="", max_length=100_000)
     model: str = "offline:default"
-    skills: list[str] = Field(default_factory=list, max_length=100)
+    skills: list[str] = Field(default_factory=list, max_length=100)  # "name" or "name@version"
     subagents: list[str] = Field(default_factory=list, max_length=50)
     confirm: list[str] | Literal["all", "none"] = Field(default_factory=list)
     mode: Literal["agent", "plan"] = "agent"
@@ -55,7 +55,7 @@ class AgentConfig(_Strict):
     def _model_spec(cls, value: str) -> str:
         return validate_model_spec(value)
 
-    @field_validator("skills", "subagents")
+    @field_validator("subagents")
     @classmethod
     def _unique(cls, value: list[str]) -> list[str]:
         if len(set(value)) != len(value):
@@ -64,9 +64,7 @@ class AgentConfig(_Strict):
 
     @field_validator("skills")
     @classmethod
-    def _known_skills(cls, value: list[str]) -> list[str]:
-        unknown = [name for name in value if name not in BUILTIN_SKILLS]
-        if unknown:
-            names = ", ".join(map(repr, unknown))
-            raise ValueError(f"unknown skill(s) {names}; available: {', '.join(BUILTIN_SKILLS)}")
-        return value
+    def _skill_refs(cls, value: list[str]) -> list[str]:
+        # `name` follows the skill's latest version, `name@3` pins one. Whether an org's own
+        # skill exists depends on the org: the API checks that (api.routes.agents).
+        return check_refs(value)

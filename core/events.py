@@ -69,7 +69,7 @@ class Event:
         return self.type in TERMINAL_TYPES
 
     def to_json(self) -> bytes:
-        """The SSE `data:` payload of API.md."""
+        """The SSE `data:` payload (docs/api.md, "Wire format")."""
         return orjson.dumps({
             "seq": self.seq, "type": self.type, "run_id": self.run_id, "session_id": self.session_id,
             "ts": self.ts.astimezone(UTC).isoformat().replace("+00:00", "Z"), "data": self.data,

@@ -23,6 +23,9 @@ PREFIXES = {
     "audit": "aud",
     "memory": "mem",
     "document": "doc",
+    "skill": "skl",
+    "data_source": "dsr",
+    "mcp_server": "mcp",
 }
 
 _ID_RE = re.compile(r"^[a-z]{2,3}_[0-9a-f]{28}$")

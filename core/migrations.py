@@ -31,7 +31,10 @@ _INITIAL_TENANT_TABLES: tuple[str, ...] = (
 
 # Every table that holds one organisation's data. RLS is ENABLEd and FORCEd on each, and the
 # API refuses to start if any of them lacks it (see core.db.check_tenant_isolation).
-TENANT_TABLES: tuple[str, ...] = (*_INITIAL_TENANT_TABLES, "memories", "knowledge_documents", "org_secrets")
+TENANT_TABLES: tuple[str, ...] = (
+    *_INITIAL_TENANT_TABLES, "memories", "knowledge_documents", "org_secrets", "skills", "skill_versions",
+    "data_sources", "mcp_servers",
+)
 
 _MIGRATION_LOCK_KEY = 0x6167656E746F73  # "agentos"
 
@@ -463,6 +466,95 @@ def _org_secrets(conn: psycopg.Connection) -> None:
     _tenant_policy(conn, "org_secrets")
 
 
+_SKILL_REGISTRY_SQL = """
+-- An org's own skills (issue #12): a row per name with its current version, and every version
+-- kept whole in skill_versions (never changed once written), so a run that resolved a version
+-- at its start still finds it after the skill changed or was deleted.
+CREATE TABLE skills (
+    id text PRIMARY KEY,
+    org_id text NOT NULL REFERENCES orgs(id) ON DELETE CASCADE,
+    name text NOT NULL CHECK (name ~ '^[a-z][a-z0-9_]{0,63}$'),
+    version integer NOT NULL DEFAULT 1,
+    created_by text,
+    created_at timestamptz NOT NULL DEFAULT now(),
+    updated_at timestamptz NOT NULL DEFAULT now(),
+    deleted_at timestamptz
+);
+CREATE UNIQUE INDEX skills_name_uq ON skills (org_id, name) WHERE deleted_at IS NULL;
+CREATE TABLE skill_versions (
+    org_id text NOT NULL REFERENCES orgs(id) ON DELETE CASCADE,
+    skill_id text NOT NULL REFERENCES skills(id) ON DELETE CASCADE,
+    version integer NOT NULL CHECK (version >= 1),
+    name text NOT NULL,
+    -- {kind, description, parameters, sensitive, ...the kind's own fields}: core.skill_defs.SkillDefinition
+    definition jsonb NOT NULL,
+    created_by text,
+    created_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (skill_id, version)
+);
+-- A name's versions go on across a delete and a re-create, so (name, version) names one definition.
+CREATE UNIQUE INDEX skill_versions_name_uq ON skill_versions (org_id, name, version);
+-- The org's skill versions a run resolved when it first started ({name: version}); a resumed
+-- or taken-over run reads them back instead of resolving again.
+ALTER TABLE runs ADD COLUMN skill_versions jsonb;
+"""
+
+
+def _skill_registry(conn: psycopg.Connection) -> None:
+    conn.execute(_SKILL_REGISTRY_SQL)
+    _tenant_policy(conn, "skills")
+    _tenant_policy(conn, "skill_versions")
+
+
+_DATA_SOURCES_SQL = """
+-- An org's registered data sources for the data_query skill (issue #12). `config` holds the
+-- kind's settings: for 'postgres' {url: {secret: name}, statement_timeout_ms, max_rows}; the URL
+-- itself lives only in the org's secrets.
+CREATE TABLE data_sources (
+    id text PRIMARY KEY,
+    org_id text NOT NULL REFERENCES orgs(id) ON DELETE CASCADE,
+    name text NOT NULL CHECK (name ~ '^[a-z][a-z0-9_]{0,63}$'),
+    kind text NOT NULL CHECK (kind IN ('postgres')),
+    config jsonb NOT NULL,
+    created_by text,
+    created_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE UNIQUE INDEX data_sources_name_uq ON data_sources (org_id, name);
+"""
+
+
+def _data_sources(conn: psycopg.Connection) -> None:
+    conn.execute(_DATA_SOURCES_SQL)
+    _tenant_policy(conn, "data_sources")
+
+
+_MCP_SERVERS_SQL = """
+-- An org's MCP servers (issue #12), reached by streamable-HTTP URL only (never a command). Their
+-- tools become skills named mcp_<server>_<tool>; `tools` caches the server's tool list
+-- ([{name, description, input_schema}]) until an admin refreshes it.
+CREATE TABLE mcp_servers (
+    id text PRIMARY KEY,
+    org_id text NOT NULL REFERENCES orgs(id) ON DELETE CASCADE,
+    name text NOT NULL CHECK (name ~ '^[a-z][a-z0-9]{0,15}$'),
+    url text NOT NULL CHECK (url ~ '^https?://'),
+    headers jsonb NOT NULL DEFAULT '{}',
+    timeout_s real NOT NULL DEFAULT 20,
+    sensitive boolean NOT NULL DEFAULT false,
+    tools jsonb NOT NULL DEFAULT '[]',
+    tools_refreshed_at timestamptz,
+    last_error text,
+    created_by text,
+    created_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE UNIQUE INDEX mcp_servers_name_uq ON mcp_servers (org_id, name);
+"""
+
+
+def _mcp_servers(conn: psycopg.Connection) -> None:
+    conn.execute(_MCP_SERVERS_SQL)
+    _tenant_policy(conn, "mcp_servers")
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration("initial schema with row-level security", _initial),
     Migration("per-session event sequence and run queue order", _run_queue),
@@ -474,6 +566,9 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration("memory search: exact-search index keyed by org and end user", _memory_exact_by_user),
     Migration("organisation names unique regardless of case", _unique_org_names),
     Migration("org secrets with envelope encryption", _org_secrets),
+    Migration("versioned skill registry per org, skill versions resolved per run", _skill_registry),
+    Migration("data sources for data_query", _data_sources),
+    Migration("MCP servers and their cached tool lists", _mcp_servers),
 )
 
 

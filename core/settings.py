@@ -300,6 +300,24 @@ class WebSettings(BaseModel):
     fetch_max_chars: int = Field(default=20_000, ge=100)
 
 
+class StdioMcpServer(BaseModel):
+    """An MCP server the operator runs as a local process (stdio) for every org."""
+
+    command: str
+    args: list[str] = Field(default_factory=list)
+    env: dict[str, str] = Field(default_factory=dict)
+    timeout_s: float = Field(default=20.0, gt=0, le=120)
+    sensitive: bool = False
+
+
+class McpSettings(BaseModel):
+    """MCP servers for all orgs, configured by the operator only: stdio servers by name (no `_`),
+    e.g. `AGENTOS_MCP__STDIO='{"clock": {"command": "uvx", "args": ["mcp-server-time"]}}'`. Their
+    tools are the skills `mcp_<name>_<tool>` of every org. Tenants can register HTTP servers only."""
+
+    stdio: dict[str, StdioMcpServer] = Field(default_factory=dict)
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="AGENTOS_", env_nested_delimiter="__", extra="ignore", frozen=True
@@ -320,6 +338,7 @@ class Settings(BaseSettings):
     secrets: SecretsSettings = SecretsSettings()
     outbound: OutboundSettings = OutboundSettings()
     web: WebSettings = WebSettings()
+    mcp: McpSettings = McpSettings()
 
     @model_validator(mode="after")
     def _refuse_default_secrets(self) -> Settings:

@@ -4,7 +4,9 @@ checks that its built-ins match this list exactly."""
 
 from __future__ import annotations
 
-BUILTIN_SKILLS: tuple[str, ...] = ("code_executor", "file_manager", "recall", "remember", "web_fetch", "web_search")
+BUILTIN_SKILLS: tuple[str, ...] = (
+    "code_executor", "data_query", "file_manager", "recall", "remember", "web_fetch", "web_search",
+)
 
 # The tool through which a model hands work to one of its agent's sub-agents. No skill may
 # take this name.

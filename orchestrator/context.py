@@ -18,7 +18,7 @@ from core.infra import Infra
 from core.settings import ModelSettings
 from core.tenancy import AsyncPool
 from memory.service import MemoryService
-from skills import SkillRegistry
+from skills.catalogue import RunSkills
 from skills.sandbox.client import SandboxClient
 
 
@@ -105,7 +105,7 @@ class RunContext:
     budget: Budget
     emitter: RunEmitter
     pool: AsyncPool
-    skills: SkillRegistry
+    skills: RunSkills  # built-ins and the org's skills at the versions this run resolved
     models: ModelSettings
     workspace: Path
     load_agent: AgentLoader  # an agent of this org by id, at its current version

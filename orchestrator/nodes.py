@@ -163,7 +163,7 @@ async def think(state: AgentState, runtime: Runtime[RunContext]) -> dict[str, An
     assert ctx is not None
     ctx.budget.take_step()
     await _step(ctx, "think")
-    tools = [s.tool_spec() for s in ctx.skills.select(ctx.agent.config.skills)]
+    tools = [s.tool_spec() for s in (await ctx.skills.for_agent(ctx.agent.config.skills)).values()]
     subagents = await _subagents(ctx)
     if subagents and ctx.depth < ctx.max_depth:
         tools.append(_delegate_tool(ctx, sorted(subagents)))
@@ -247,9 +247,10 @@ def _result_text(value: Any) -> str:
 async def _run_skill(ctx: RunContext, call: dict[str, Any], tool_call_id: str) -> tuple[Any, str | None]:
     """(output, error) of one skill call; a missing or failing skill is an error the model reads."""
     name, args = call["name"], call.get("args") or {}
-    if name not in ctx.agent.config.skills or name not in ctx.skills:
-        return None, f"Unknown tool {name!r}; available: {', '.join(ctx.agent.config.skills) or 'none'}."
-    skill = ctx.skills.get(name)
+    available = await ctx.skills.for_agent(ctx.agent.config.skills)
+    skill = available.get(name)
+    if skill is None:
+        return None, f"Unknown tool {name!r}; available: {', '.join(available) or 'none'}."
     skill_ctx = SkillContext(
         org_id=ctx.org_id, session_id=ctx.session_id, run_id=ctx.run_id, agent_id=ctx.agent.id,
         tool_call_id=tool_call_id, workspace=ctx.workspace, user_id=ctx.user_id, memory=ctx.memory,
@@ -286,7 +287,7 @@ async def _act_on(ctx: RunContext, call: dict[str, Any]) -> ToolMessage:
     refused = refusal(name, args)
     if refused is not None:
         return await _refuse(ctx, call, key, refused)
-    skill = ctx.skills.get(name) if name in ctx.agent.config.skills and name in ctx.skills else None
+    skill = (await ctx.skills.for_agent(ctx.agent.config.skills)).get(name)
     async with tenant_tx(ctx.pool, ctx.org_id) as conn:
         row = await tool_calls.by_key(conn, ctx.run_id, key)
         if row is None:
@@ -310,8 +311,10 @@ async def _act_on(ctx: RunContext, call: dict[str, Any]) -> ToolMessage:
     if row["status"] in (ToolCallStatus.SUCCEEDED, ToolCallStatus.FAILED):  # done in an earlier attempt of this step
         return _tool_message(call, row["output"], (row["error"] or {}).get("message"))
     run_args = row["args"]  # what a human approved, if they edited the proposal
-    await ctx.emitter.emit(events.TOOL_CALL, {"tool_call_id": tool_call_id, "name": name, "args": run_args,
-                                              "agent_id": ctx.agent.id})
+    called: dict[str, Any] = {"tool_call_id": tool_call_id, "name": name, "args": run_args, "agent_id": ctx.agent.id}
+    if skill is not None and skill.version is not None:  # an org's own skill: which version ran
+        called["skill_version"] = skill.version
+    await ctx.emitter.emit(events.TOOL_CALL, called)
     output, error = await _run_skill(ctx, {**call, "args": run_args}, tool_call_id)
     output, error = storable(output), storable_text(error) if error is not None else None
     async with tenant_tx(ctx.pool, ctx.org_id) as conn:

@@ -32,12 +32,14 @@ from core.ids import new_id
 from core.infra import is_infra_error
 from core.run_signals import run_ended, start_next
 from core.store import agents, runs, sessions, tool_calls
+from core.store import skills as skill_store
 from core.store.runs import RunStatus
 from core.tenancy import checkpoint_thread_id, run_cancel_key, tenant_tx
 from orchestrator.context import AgentSpec, Budget, LimitExceeded, RunContext
 from orchestrator.models import ModelConfigError, aclose_model, describe_error
 from orchestrator.nodes import ModelCallFailed
 from runtime.services import Services
+from skills.catalogue import RunSkills
 
 log = logging.getLogger("agentos.worker")
 
@@ -145,6 +147,9 @@ async def _deliver(svc: Services, run_id: str, org_id: str, owner: str) -> Deliv
         if agent is not None:
             claimed = await runs.claim(conn, run_id, run["session_id"], owner, svc.settings.worker.lease_s,
                                        agent.config.limits.timeout_s)
+            # Which version of each of the org's skills this run uses: fixed at its first start,
+            # in the claiming transaction, and read back by every later attempt.
+            resolved = await skill_store.resolve_run(conn, run_id) if isinstance(claimed, runs.Claimed) else {}
     if agent is None:
         return Delivery(await _finish_unstarted(svc, run, org_id, "The run's agent version no longer exists."))
     if isinstance(claimed, runs.NotClaimed):
@@ -167,14 +172,15 @@ async def _deliver(svc: Services, run_id: str, org_id: str, owner: str) -> Deliv
         ended = Outcome(RunStatus.TIMED_OUT, error={
             "code": "TIMED_OUT", "message": "The run's time limit passed while its worker was gone."})
     else:
-        ended = await _execute(svc, row, agent, emitter, owner, session["user_id"] if session else None)
+        ended = await _execute(svc, row, agent, emitter, owner, session["user_id"] if session else None, resolved)
     if ended is None:
         return Delivery("lease lost: another worker owns the run")
     return Delivery(await _complete(svc, row, emitter, owner, ended))
 
 
 async def _execute(
-    svc: Services, run: runs.ClaimedRun, agent: AgentSpec, emitter: RunEmitter, owner: str, user_id: str | None
+    svc: Services, run: runs.ClaimedRun, agent: AgentSpec, emitter: RunEmitter, owner: str, user_id: str | None,
+    resolved: dict[str, int],
 ) -> Outcome | None:
     loop = asyncio.get_running_loop()
     org_id, session_id = emitter.org_id, emitter.session_id
@@ -184,7 +190,8 @@ async def _execute(
     ctx = RunContext(
         org_id=org_id, session_id=session_id, run_id=run["id"], agent=agent,
         budget=Budget(max_steps=limits.max_steps, max_tokens=limits.max_tokens, deadline=deadline),
-        emitter=emitter, pool=svc.pool, skills=svc.skills, models=svc.settings.models,
+        emitter=emitter, pool=svc.pool, models=svc.settings.models,
+        skills=RunSkills(svc.skills, svc.pool, org_id, resolved, svc.skill_builders, svc.settings),
         workspace=Path(svc.settings.worker.workspace_root).resolve() / org_id / session_id,
         load_agent=_agent_loader(svc, org_id),
         max_depth=svc.settings.worker.max_delegation_depth, user_id=user_id, memory=svc.memory,
@@ -261,6 +268,7 @@ async def _execute(
         watcher.cancel()
         for model in ctx.model_cache.values():
             await aclose_model(model)
+        await ctx.skills.aclose()
 
 
 async def _watch(svc: Services, org_id: str, run_id: str, owner: str, task: asyncio.Task[Any], watch: _Watch) -> None:

@@ -13,7 +13,7 @@ import asyncio
 import logging
 import os
 import threading
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -27,6 +27,8 @@ from core.tenancy import AsyncPool
 from memory.service import MemoryService
 from orchestrator.graph import Graph, build_graph
 from skills import SkillRegistry, default_registry
+from skills.catalogue import SkillBuilder
+from skills.http_skill import build_http_skill
 from skills.sandbox.client import SandboxClient
 
 log = logging.getLogger("agentos.worker")
@@ -39,9 +41,11 @@ class Services:
 
     infra: Infra
     checkpoint_pool: AsyncPool
-    skills: SkillRegistry
+    skills: SkillRegistry  # the built-ins
     graph: Graph
     memory: MemoryService
+    # How each kind of an org's own skill becomes a Skill (see skills.catalogue.RunSkills).
+    skill_builders: Mapping[str, SkillBuilder]
     sandbox: SandboxClient | None = None  # None: no sandbox service configured
 
     @property
@@ -63,7 +67,7 @@ class Services:
         saver = AsyncPostgresSaver(checkpoint_pool)
         sandbox = SandboxClient(settings.sandbox, infra.redis) if settings.sandbox.url else None
         return cls(infra, checkpoint_pool, default_registry(), build_graph(saver),
-                   MemoryService(settings, infra.pool, infra.redis), sandbox)
+                   MemoryService(settings, infra.pool, infra.redis), {"http": build_http_skill}, sandbox)
 
     async def close(self) -> None:
         if self.sandbox is not None:

@@ -8,6 +8,7 @@ import typing
 from collections.abc import Callable
 from typing import Any
 
+from jsonschema import Draft202012Validator
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
 _LITERAL_KEYWORDS = ("default", "enum", "const", "examples")
@@ -52,6 +53,23 @@ class ArgumentSpec:
         Raises pydantic's ValidationError; `describe_errors` turns it into a sentence."""
         parsed = self.model.model_validate(args)
         return {self.param_names[field]: value for field, value in parsed}
+
+
+def schema_validator(schema: dict[str, Any]) -> Callable[[dict[str, Any]], dict[str, Any]]:
+    """A check of arguments against a declared JSON schema (draft 2020-12): the arguments back
+    unchanged, or ValueError naming every problem (at most ten) by its place."""
+    checker = Draft202012Validator(schema)
+
+    def validate(args: dict[str, Any]) -> dict[str, Any]:
+        problems = []
+        for error in sorted(checker.iter_errors(args), key=lambda e: list(map(str, e.absolute_path)))[:10]:
+            where = ".".join(str(part) for part in error.absolute_path) or "arguments"
+            problems.append(f"{where}: {error.message}")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return args
+
+    return validate
 
 
 def describe_errors(error: ValidationError) -> str:

@@ -105,20 +105,32 @@ class Skill:
     parameters: dict[str, Any]  # JSON schema (type: object) of the arguments
     func: SkillFunc  # async func(ctx: SkillContext, **args) -> a JSON-serialisable result
     sensitive: Sensitivity = False  # whether a call needs confirmation; may depend on the arguments
-    _arguments: ArgumentSpec = field(init=False, repr=False, compare=False)
+    # A skill defined by data (an org's HTTP skill, an MCP tool) declares `parameters` itself and
+    # checks calls against it with this (`skills.arguments.schema_validator`); its func takes
+    # `(ctx, **args)`. Without one, arguments come from the func's signature.
+    validator: Callable[[dict[str, Any]], dict[str, Any]] | None = field(default=None, compare=False)
+    version: int | None = None  # an org's own skill: the version this object was built from
+    _arguments: ArgumentSpec | None = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not _NAME.match(self.name):
             raise ValueError(f"skill name {self.name!r} must be 1-64 letters, digits, '_' or '-'")
         if not inspect.iscoroutinefunction(self.func):
             raise TypeError(f"skill {self.name!r}: the function must be async")
-        object.__setattr__(self, "_arguments", ArgumentSpec(self.func, f"{self.name}_arguments"))
+        spec = None if self.validator is not None else ArgumentSpec(self.func, f"{self.name}_arguments")
+        object.__setattr__(self, "_arguments", spec)
 
     def is_sensitive(self, args: dict[str, Any]) -> bool:
         return bool(self.sensitive(args)) if callable(self.sensitive) else self.sensitive
 
     def validate(self, args: dict[str, Any]) -> dict[str, Any]:
         """The arguments validated and coerced, defaults filled in; SkillError lists every problem."""
+        if self.validator is not None:
+            try:
+                return self.validator(args)
+            except ValueError as error:
+                raise SkillError(f"Invalid arguments for {self.name}: {error}") from None
+        assert self._arguments is not None
         try:
             return self._arguments.validate(args)
         except ValidationError as error:

@@ -29,6 +29,7 @@ from agentos.stack.local import STATE_FILE, StackUrls
 from agentos.stack.process import ServerProcess, free_port
 from core.migrations import MIGRATIONS, _unique_org_names, migrate
 from core.settings import Settings
+from core.skill_names import BUILTIN_SKILLS
 from tests.helpers import ADMIN_TOKEN, Worker, error_of
 
 AGENTOS = str(Path(sys.executable).parent / "agentos")
@@ -321,3 +322,15 @@ def test_the_renaming_sees_every_org_when_the_owner_is_no_superuser(stack: Stack
         with psycopg.connect(admin_url, autocommit=True) as conn:
             conn.execute(f"DROP DATABASE {database} WITH (FORCE)")
             conn.execute(f"DROP ROLE {owner}")
+
+
+def test_skills_list_prints_the_catalogue(api: Api, tmp_path: Path) -> None:
+    result = agentos("skills", "list", cwd=tmp_path, env=run_env(api))
+    assert result.returncode == 0, result.stderr
+    lines = {line.split()[0]: line for line in result.stdout.splitlines()}
+    assert set(BUILTIN_SKILLS) <= set(lines)
+    assert "builtin" in lines["file_manager"] and "sensitive by arguments" in lines["file_manager"]
+    listed = json.loads(agentos("skills", "list", "--json", cwd=tmp_path, env=run_env(api)).stdout)
+    assert next(s for s in listed if s["name"] == "data_query")["parameters"]["required"] == ["source", "sql"]
+    one_line_failure(agentos("skills", "list", cwd=tmp_path, env=_env(), timeout=20), EXIT_USAGE,
+                     "start `agentos dev`")

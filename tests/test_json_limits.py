@@ -44,6 +44,13 @@ WRITES: dict[tuple[str, str], tuple[str, set[int]]] = {
     ("POST", "/v1/memories"): ('{"content": "deep fact", "metadata": {"deep": NESTED}}', {201}),
     ("POST", "/v1/knowledge"): ('{"content": "deep doc", "metadata": {"deep": NESTED}}', {202}),
     ("PUT", "/v1/secrets/{name}"): ('{"value": NESTED}', {422}),
+    ("POST", "/v1/skills"): ('{"name": "deep", "description": "d", "url": "http://example.com", '
+                             '"signing_secret": {"secret": "s"}, "headers": NESTED}', {422}),
+    ("PATCH", "/v1/skills/{name}"): ('{"headers": NESTED}', {422}),
+    ("POST", "/v1/data-sources"): ('{"name": "deep", "url": NESTED}', {422}),
+    ("POST", "/v1/mcp-servers"): ('{"name": "deep", "url": "http://example.com", "headers": NESTED}', {422}),
+    ("POST", "/v1/mcp-servers/{name}/refresh"): ('{"x": NESTED}', {200}),
+    ("PUT", "/v1/outbound-allowlist"): ('{"allow": NESTED}', {422}),
 }
 
 
@@ -82,8 +89,16 @@ def _make_one_of_each(client, org: Org) -> dict[str, Any]:
     run = client.post(f"/v1/sessions/{session['id']}/runs", json={"input": "hi"}, headers=org.headers).json()
     memory = client.post("/v1/memories", json={"content": "a plain fact"}, headers=org.headers).json()
     document = client.post("/v1/knowledge", json={"content": "a plain doc"}, headers=org.headers).json()
+    # A skill, a data source and an MCP server all named "thing" (their routes share `{name}`);
+    # 192.0.2.1 (TEST-NET) is never connected to: the guard refuses it.
+    client.put("/v1/secrets/thing_url", json={"value": "postgresql://u@192.0.2.1/x"}, headers=org.headers)
+    for path, body in [("/v1/skills", {"name": "thing", "description": "d", "url": "http://192.0.2.1/",
+                                       "signing_secret": {"secret": "thing_url"}}),
+                       ("/v1/data-sources", {"name": "thing", "url": {"secret": "thing_url"}}),
+                       ("/v1/mcp-servers", {"name": "thing", "url": "http://192.0.2.1/mcp"})]:
+        assert client.post(path, json=body, headers=org.headers).status_code == 201
     return {"agent_id": agent["id"], "session_id": session["id"], "run_id": run["id"],
-            "memory_id": memory["id"], "document_id": document["id"]}
+            "memory_id": memory["id"], "document_id": document["id"], "name": "thing", "version": 1}
 
 
 @pytest.mark.parametrize("depth", DEPTHS)

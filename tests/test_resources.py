@@ -150,7 +150,15 @@ def test_openapi_describes_every_route(client):
         ("/v1/memories/{memory_id}", "get"), ("/v1/memories/{memory_id}", "delete"),
         ("/v1/knowledge", "post"), ("/v1/knowledge", "get"),
         ("/v1/knowledge/{document_id}", "get"), ("/v1/knowledge/{document_id}", "delete"),
+        ("/v1/skills", "get"), ("/v1/skills", "post"), ("/v1/skills/{name}", "get"), ("/v1/skills/{name}", "patch"),
+        ("/v1/skills/{name}", "delete"), ("/v1/skills/{name}/versions", "get"),
+        ("/v1/skills/{name}/versions/{version}", "get"),
         ("/v1/secrets", "get"), ("/v1/secrets/{name}", "put"), ("/v1/secrets/{name}", "delete"),
+        ("/v1/data-sources", "get"), ("/v1/data-sources", "post"), ("/v1/data-sources/{name}", "get"),
+        ("/v1/data-sources/{name}", "delete"),
+        ("/v1/mcp-servers", "get"), ("/v1/mcp-servers", "post"), ("/v1/mcp-servers/{name}", "get"),
+        ("/v1/mcp-servers/{name}", "delete"), ("/v1/mcp-servers/{name}/refresh", "post"),
+        ("/v1/outbound-allowlist", "get"), ("/v1/outbound-allowlist", "put"),
     }
     served = {(path, method) for path, ops in doc["paths"].items() for method in ops}
     assert served == expected

@@ -3,6 +3,7 @@ that changes nothing, an empty one included, does not), delete."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, Literal
 
 import psycopg
@@ -12,9 +13,11 @@ from starlette.responses import Response
 from api.endpoint import Call, endpoint, resource, validate, validation_failed
 from api.responses import json, listing
 from core.agent_config import NAME_PATTERN, AgentConfig, AgentLimits, AgentMemory
+from core.builtin_catalogue import builtin_catalogue
 from core.errors import ApiError
 from core.pagination import page
-from core.store import agents, audit
+from core.skill_defs import parse_ref, split_mcp_name
+from core.store import agents, audit, mcp_servers, skills
 from core.tenancy import tenant_tx
 
 
@@ -55,6 +58,39 @@ async def _check_subagents(conn: Any, subagents: list[str], self_id: str | None 
         raise validation_failed(problems)
 
 
+async def _check_skills(conn: Any, entries: list[str], operator_servers: Mapping[str, Any]) -> None:
+    """Every entry names a built-in or a live skill of the org, at a version it has."""
+    refs = [parse_ref(entry) for entry in entries]
+    custom = [name for name, _ in refs if name not in builtin_catalogue()]
+    live = await skills.current_versions(conn, custom)
+    problems = []
+    for entry, (name, version) in zip(entries, refs, strict=True):
+        if name in builtin_catalogue():
+            continue
+        mcp = split_mcp_name(name)
+        if mcp is not None and mcp[0] in operator_servers:
+            if version is not None:  # an operator's stdio server: its tools are read by workers only
+                problems.append({"field": "skills", "message": f"{entry!r}: MCP tools have no versions"})
+            continue
+        if mcp is not None:
+            server = await mcp_servers.get(conn, mcp[0])
+            if version is not None:
+                problems.append({"field": "skills", "message": f"{entry!r}: MCP tools have no versions"})
+            elif server is None or mcp[1] not in {t["name"] for t in server["tools"]}:
+                problems.append({"field": "skills", "message": f"unknown skill {name!r}: no MCP server "
+                                 f"{mcp[0]!r} with a tool {mcp[1]!r} (refresh the server if the tool is new)"})
+            continue
+        if name not in live:
+            problems.append({"field": "skills", "message": f"unknown skill {name!r}; GET /v1/skills lists the "
+                                                           "skills of this organisation"})
+        elif version is not None and version > live[name]:
+            problems.append({"field": "skills", "message": f"{entry!r}: skill {name!r} is at version {live[name]}"})
+        elif version is not None and await skills.get_version(conn, name, version) is None:
+            problems.append({"field": "skills", "message": f"{entry!r}: skill {name!r} has no version {version}"})
+    if problems:
+        raise validation_failed(problems)
+
+
 @endpoint("Create an agent.", role="member", body=AgentCreate, status=201, response="Agent")
 async def create_agent(call: Call[AgentCreate]) -> Response:
     body, principal = call.body, call.principal
@@ -62,6 +98,7 @@ async def create_agent(call: Call[AgentCreate]) -> Response:
     try:
         async with tenant_tx(call.pool, principal.org_id) as conn:
             await _check_subagents(conn, body.subagents)
+            await _check_skills(conn, config["skills"], call.settings.mcp.stdio)
             row = await agents.create(conn, body.name, config, principal.user_id)
             await audit.record(conn, principal.actor, "agent.create", "agent", row["id"], {"name": body.name})
     except psycopg.errors.UniqueViolation:
@@ -105,6 +142,8 @@ async def patch_agent(call: Call[AgentPatch]) -> Response:
                 return json(agents.to_public(current))  # nothing changes: no new version
             if "subagents" in changes:
                 await _check_subagents(conn, config["subagents"], self_id=agent_id)
+            if "skills" in changes:
+                await _check_skills(conn, config["skills"], call.settings.mcp.stdio)
             row = await agents.update(conn, agent_id, name or current["name"], config, call.principal.user_id)
             assert row is not None
             await audit.record(conn, call.principal.actor, "agent.update", "agent", agent_id,

@@ -55,6 +55,7 @@ class RunRow(TypedDict):
     error: dict[str, Any] | None
     usage: dict[str, Any]
     metadata: dict[str, Any]
+    skill_versions: dict[str, int] | None  # the org's skills at the versions the run uses (set at its start)
     attempt: int
     trace_id: str
     created_at: datetime
@@ -79,11 +80,11 @@ class ClaimedRun(RunRow):
 
 COLUMNS = (
     "id, session_id, agent_id, agent_version, status, multitask, input, output, error, usage, metadata, "
-    "attempt, trace_id, created_at, started_at, finished_at"
+    "skill_versions, attempt, trace_id, created_at, started_at, finished_at"
 )
 PUBLIC_FIELDS = (
     "id", "session_id", "agent_id", "agent_version", "status", "input", "output", "error", "usage",
-    "metadata", "attempt", "created_at", "started_at", "finished_at", "trace_id",
+    "metadata", "skill_versions", "attempt", "created_at", "started_at", "finished_at", "trace_id",
 )
 
 LOCK_SESSION_SQL = "SELECT id, agent_id FROM sessions WHERE id = %s AND deleted_at IS NULL FOR UPDATE"

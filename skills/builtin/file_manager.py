@@ -73,6 +73,13 @@ def _resolve(workspace: Path, path: str) -> tuple[Path, Path, str]:
     return root, target, shown
 
 
+def resolve_in_workspace(workspace: Path, path: str) -> tuple[Path, str]:
+    """(resolved target, normalised relative path) of `path` in the workspace; SkillError if it
+    leads outside. Other skills that read the session's files use this same confinement."""
+    _, target, shown = _resolve(workspace, path)
+    return target, shown
+
+
 def _list(workspace: Path, path: str) -> dict[str, Any]:
     root, target, shown = _resolve(workspace, path)
     if not target.exists():
