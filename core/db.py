@@ -5,6 +5,9 @@ security applies to everything that goes through a pool; tenant work then goes t
 
 from __future__ import annotations
 
+import time
+import weakref
+
 from psycopg import AsyncConnection, sql
 from psycopg.rows import DictRow, dict_row
 from psycopg_pool import AsyncConnectionPool
@@ -31,6 +34,24 @@ def _set_role_sql(role: str) -> sql.Composed:
     return sql.SQL("SET ROLE {}").format(sql.Identifier(role))
 
 
+# After a Postgres restart every idle connection is dead, so one that sat in the pool is pinged
+# before it is handed out. One returned moments ago is not: on a busy pool that ping would be a
+# round trip per transaction (and a connection that breaks anyway fails as an infrastructure
+# error, which callers retry).
+IDLE_BEFORE_CHECK_S = 2.0
+_returned_at: weakref.WeakKeyDictionary[AsyncConnection[DictRow], float] = weakref.WeakKeyDictionary()
+
+
+async def _note_returned(conn: AsyncConnection[DictRow]) -> None:
+    _returned_at[conn] = time.monotonic()
+
+
+async def _check_if_idle(conn: AsyncConnection[DictRow]) -> None:
+    returned = _returned_at.get(conn)
+    if returned is None or time.monotonic() - returned >= IDLE_BEFORE_CHECK_S:
+        await AsyncConnectionPool.check_connection(conn)
+
+
 async def open_pool(
     db: DatabaseSettings, *, name: str = "agentos", autocommit: bool = False, max_size: int | None = None
 ) -> AsyncConnectionPool[AsyncConnection[DictRow]]:
@@ -50,9 +71,8 @@ async def open_pool(
         min_size=min(db.pool_min, max_size or db.pool_max),
         max_size=max_size or db.pool_max,
         configure=configure,
-        # After a Postgres restart every idle connection is dead; without a check at checkout the
-        # next run of each worker failed INTERNAL (AdminShutdown) on one of them.
-        check=AsyncConnectionPool.check_connection,
+        check=_check_if_idle,
+        reset=_note_returned,
         open=False,
         timeout=db.connect_timeout_s,
         name=name,
