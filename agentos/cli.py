@@ -304,7 +304,10 @@ def worker(
     from runtime.celery_app import run_worker
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    settings = _settings_for_cli(data_dir, need_redis=True)
+    # A worker is a service: started while Postgres or Redis is away (an orchestrator starts it
+    # next to them, a supervisor restarts it during an outage) it waits for them, as Celery does
+    # for its broker and as deliveries do for Postgres, instead of exiting.
+    settings = _settings_for_cli(data_dir, require=False)
     run_worker(settings, concurrency=concurrency, pool=pool, loglevel=settings.log_level.upper())
 
 
@@ -334,7 +337,8 @@ def watchdog(
     from runtime.watchdog import run_watchdog, sweep_once
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    settings = _settings_for_cli(data_dir, need_redis=True)
+    # One pass needs its services now; the loop waits for them (it logs once per outage).
+    settings = _settings_for_cli(data_dir, need_redis=True, require=once)
     if once:
         typer.echo(asyncio.run(sweep_once(settings)).summary())
         return

@@ -13,6 +13,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -334,3 +335,19 @@ def test_skills_list_prints_the_catalogue(api: Api, tmp_path: Path) -> None:
     assert next(s for s in listed if s["name"] == "data_query")["parameters"]["required"] == ["source", "sql"]
     one_line_failure(agentos("skills", "list", cwd=tmp_path, env=_env(), timeout=20), EXIT_USAGE,
                      "start `agentos dev`")
+
+
+@pytest.mark.parametrize("command", [["worker", "--concurrency", "1"], ["watchdog"]])
+def test_services_started_while_postgres_and_redis_are_away_wait_for_them(tmp_path: Path,
+                                                                        command: list[str]) -> None:
+    """A worker or a watchdog loop is a service: an orchestrator (or `agentos dev`'s supervisor,
+    during an outage) may start it before its Postgres and Redis answer. It must wait, not exit
+    (a fault bench lost every worker that a supervisor restarted during an outage)."""
+    proc = subprocess.Popen([AGENTOS, *command], cwd=tmp_path, env=no_stack_env(), stdin=subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        time.sleep(4)
+        assert proc.poll() is None, proc.communicate(timeout=5)[0]
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
