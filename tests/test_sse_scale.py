@@ -160,8 +160,12 @@ def test_hundreds_of_idle_streams_use_a_bounded_number_of_redis_connections(
         assert 1 <= len(hub) <= event_hub.CONNECTIONS, hub
         assert len(idle) <= event_hub.CONNECTIONS + OTHER_CONNECTIONS, [c.get("name") for c in idle]
         assert kinds == ["run.queued"] * STREAMS
-        noisy = [r for r in caplog.records if r.levelno >= logging.ERROR or "Too many connections" in r.getMessage()
+        # What the API process logged (asyncio's own reports of clients that other tests left to
+        # the garbage collector are not this test's business).
+        ours = [r for r in caplog.records if r.name.startswith(("agentos", "uvicorn", "redis"))]
+        noisy = [r for r in ours if r.levelno >= logging.ERROR or "Too many connections" in r.getMessage()
                  or (r.name == "agentos.events" and r.levelno >= logging.WARNING)]
+        noisy += [r for r in caplog.records if "Too many connections" in r.getMessage() and r not in noisy]
         assert noisy == [], [r.getMessage() for r in noisy[:5]]
     finally:
         inspect.close()
