@@ -16,7 +16,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field
 
-from skills.builtin.file_manager import _resolve, _workspace_root
+from skills.builtin.file_manager import resolve_in_workspace, workspace_root
 from skills.sandbox.client import SandboxError
 from skills.sandbox.protocol import MAX_FILES, ExecuteRequest, ExecuteResult, LimitsRequest
 from skills.skill import SkillContext, SkillError, skill
@@ -62,7 +62,7 @@ async def code_executor(
 
 def _pack(workspace: Path, max_bytes: int) -> dict[str, str]:
     """The workspace's regular files (symlinks are skipped), base64, relative paths."""
-    root = _workspace_root(workspace)
+    root = workspace_root(workspace)
     files: dict[str, str] = {}
     total = 0
     for directory, dirnames, filenames in os.walk(root):  # os.walk does not follow symlinked dirs
@@ -83,11 +83,12 @@ def _pack(workspace: Path, max_bytes: int) -> dict[str, str]:
 def _apply(workspace: Path, result: ExecuteResult) -> list[dict[str, Any]]:
     """Write the changed files back into the workspace; what was applied, as the model sees it."""
     applied: list[dict[str, Any]] = []
+    root = workspace_root(workspace)
     # Deletions first: the code may have replaced a file `a` by a directory `a/` holding new
     # files, or a directory by a file (whose old directory is then empty, and removed).
     for change in sorted(result.files_changed, key=lambda c: c.change != "deleted"):
         try:
-            root, target, shown = _resolve(workspace, change.path)
+            target, shown = resolve_in_workspace(workspace, change.path)
         except SkillError:
             continue  # a path the workspace cannot hold (it would lead outside): never written
         if target == root or target.is_symlink():

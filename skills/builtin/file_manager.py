@@ -45,7 +45,7 @@ async def file_manager(
     return await asyncio.to_thread(_write, ctx.workspace, path, content)
 
 
-def _workspace_root(workspace: Path) -> Path:
+def workspace_root(workspace: Path) -> Path:
     """The resolved workspace directory, created private (0o700) if it does not exist yet."""
     if not workspace.is_dir():
         workspace.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -59,7 +59,7 @@ def _resolve(workspace: Path, path: str) -> tuple[Path, Path, str]:
         raise SkillError(f"{path!r} is not a usable path; give a path relative to the workspace, e.g. 'notes.txt'.")
     if Path(path).is_absolute():
         raise SkillError(f"{path!r} is absolute; paths are relative to the session workspace.")
-    root = _workspace_root(workspace)
+    root = workspace_root(workspace)
     shown = posixpath.normpath(path)
     target = root
     # One component at a time, so neither a '..' nor a symlink may pass outside even on the way.
