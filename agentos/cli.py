@@ -201,8 +201,8 @@ def dev(
         org_id, key, created = asyncio.run(ensure_default_org(settings, data_dir))
         console.print(f"[green]✓[/green] org {org_id} ({'created' if created else 'reused'})")
         if asyncio.run(ensure_default_agents(settings, org_id)):
-            console.print("[green]✓[/green] agent 'assistant' (offline model, file_manager, code_executor, remember, "
-                          "recall, knowledge recall, sub-agent 'helper' with file_manager)")
+            console.print("[green]✓[/green] agent 'assistant' (offline model, file_manager, code_executor, "
+                          "web_search, remember, recall, knowledge recall, sub-agent 'helper' with file_manager)")
         supervisor = _start_workers(settings, data_dir, workers, stack, *_dev_sandbox(settings))
         record_api_url(data_dir, api_url)
         console.print(f"\n  API       {api_url}")
