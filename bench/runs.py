@@ -646,8 +646,13 @@ async def profile_api(bench: Bench, runs_n: int) -> None:
                 raise RuntimeError(f"profiled POST: {r.status_code} {r.text}")
 
     prof = cProfile.Profile()
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
+    async with app.router.lifespan_context(app) as lifespan_state:
+        async def with_state(scope: Any, receive: Any, send: Any) -> None:
+            # What a server does with the lifespan's state (httpx's ASGI transport does not).
+            scope["state"] = dict(lifespan_state or {})
+            await app(scope, receive, send)
+
+        transport = httpx.ASGITransport(app=with_state)
         async with httpx.AsyncClient(transport=transport, base_url="http://bench") as client:
             await post_all(client, sessions[:3], None, [], [])
             timers.wrap(api_keys, "verify", "api_keys.verify (auth tx)")
