@@ -32,7 +32,6 @@ from core.ids import new_id
 from core.infra import is_infra_error
 from core.run_signals import run_ended, start_next
 from core.store import agents, runs, sessions, tool_calls
-from core.store import skills as skill_store
 from core.store.runs import RunStatus
 from core.tenancy import checkpoint_thread_id, run_cancel_key, tenant_tx
 from orchestrator.context import AgentSpec, Budget, LimitExceeded, RunContext
@@ -147,9 +146,6 @@ async def _deliver(svc: Services, run_id: str, org_id: str, owner: str) -> Deliv
         if agent is not None:
             claimed = await runs.claim(conn, run_id, run["session_id"], owner, svc.settings.worker.lease_s,
                                        agent.config.limits.timeout_s)
-            # Which version of each of the org's skills this run uses: fixed at its first start,
-            # in the claiming transaction, and read back by every later attempt.
-            resolved = await skill_store.resolve_run(conn, run_id) if isinstance(claimed, runs.Claimed) else {}
     if agent is None:
         return Delivery(await _finish_unstarted(svc, run, org_id, "The run's agent version no longer exists."))
     if isinstance(claimed, runs.NotClaimed):
@@ -160,6 +156,9 @@ async def _deliver(svc: Services, run_id: str, org_id: str, owner: str) -> Deliv
         return Delivery(f"not claimable ({claimed.status or 'session gone'}; a queued run starts when the one "
                         "before it ends)")
     row = claimed.run
+    # Which version of each of the org's skills this run uses: fixed by the claim at its first
+    # start and read back by every later attempt.
+    resolved = dict(row["skill_versions"] or {})
     emitter = RunEmitter(svc.pool, svc.redis, org_id, run["session_id"], run_id,
                          maxlen=svc.settings.events.stream_maxlen, ttl_s=svc.settings.events.stream_ttl_s)
     await emitter.publish(claimed.events)

@@ -13,7 +13,7 @@ from starlette.testclient import TestClient
 from core.db import open_pool
 from core.settings import Settings
 from core.skill_names import BUILTIN_SKILLS
-from core.store import skills as skill_store
+from core.store import agents, runs
 from core.tenancy import tenant_tx
 from tests.helpers import Org, Worker, error_of, start_run, wait
 from tests.sse import read_events
@@ -166,17 +166,36 @@ def test_a_runs_resolution_is_recorded_once_and_read_back_by_later_attempts(org:
     _create(org)
     agent = org.create_agent(skills=["lookup"])
     session = org.create_session(str(agent["id"]))
-    run = start_run(org, str(session["id"]), "hello")  # no worker here: it stays queued
 
-    async def resolve() -> dict[str, int]:
+    async def store_run() -> str:
+        """A queued run stored as the API stores it, but never sent to a worker."""
         pool = await open_pool(settings.database)
         try:
             async with tenant_tx(pool, org.id) as conn:
-                return await skill_store.resolve_run(conn, run["id"])
+                await runs.lock_session(conn, str(session["id"]))
+                agent_row = await agents.get(conn, str(agent["id"]))
+                assert agent_row is not None
+                created = await runs.create(conn, session_id=str(session["id"]), agent=agent_row, text="hello",
+                                            multitask="enqueue", metadata={}, idempotency_key=None,
+                                            request_hash="", created_by=None)
+                return created.run["id"]
         finally:
             await pool.close()
 
-    assert asyncio.run(resolve()) == {"lookup": 1}
+    run_id = asyncio.run(store_run())
+
+    async def claim(owner: str) -> dict[str, int]:
+        """Claim the run as a worker does (a zero lease: it lapses at once, as a crashed worker's)."""
+        pool = await open_pool(settings.database)
+        try:
+            async with tenant_tx(pool, org.id) as conn:
+                claimed = await runs.claim(conn, run_id, str(session["id"]), owner, 0, 60)
+                assert isinstance(claimed, runs.Claimed)
+                return dict(claimed.run["skill_versions"] or {})
+        finally:
+            await pool.close()
+
+    assert asyncio.run(claim("first-worker")) == {"lookup": 1}
     client.patch("/v1/skills/lookup", json={"description": "Changed."}, headers=org.headers)
-    assert asyncio.run(resolve()) == {"lookup": 1}
-    assert client.get(f"/v1/runs/{run['id']}", headers=org.headers).json()["skill_versions"] == {"lookup": 1}
+    assert asyncio.run(claim("second-worker")) == {"lookup": 1}
+    assert client.get(f"/v1/runs/{run_id}", headers=org.headers).json()["skill_versions"] == {"lookup": 1}

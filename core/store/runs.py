@@ -25,6 +25,7 @@ from core.events import Event
 from core.ids import new_id
 from core.store.agents import AgentRow
 from core.store.errors import IdempotencyMismatch, SessionBusy
+from core.store.skills import RUN_SKILL_VERSIONS
 
 
 class RunStatus(StrEnum):
@@ -110,7 +111,7 @@ CLAIM_SQL = f"""
 UPDATE runs r SET status = 'running', attempt = attempt + 1, lease_owner = %(owner)s,
     lapses = lapses + (CASE WHEN r.status = 'running' THEN 1 ELSE 0 END),
     lease_expires_at = now() + %(lease)s, heartbeat_at = now(), started_at = coalesce(started_at, now()),
-    deadline_at = coalesce(deadline_at, now() + %(timeout)s)
+    deadline_at = coalesce(deadline_at, now() + %(timeout)s), skill_versions = {RUN_SKILL_VERSIONS}
 WHERE r.id = %(run_id)s
   AND (r.status = 'queued' OR (r.status = 'running' AND r.lease_expires_at < now()))
   AND r.cancel_requested_at IS NULL

@@ -1,7 +1,8 @@
 """An org's own skills and their versions. Every change writes a new version; versions are
 never changed or removed (a deleted skill keeps them), so a run's resolution stays loadable.
 
-`resolve_run` records, once per run, which version of each of the org's skills the run uses."""
+`RUN_SKILL_VERSIONS` records, once per run, which version of each of the org's skills the run
+uses: the run store's claim sets it in the claiming statement."""
 
 from __future__ import annotations
 
@@ -68,13 +69,11 @@ SELECT name, version, definition, created_by, created_at FROM skill_versions
 WHERE name = %s AND version = %s
 """
 EXISTING_SQL = "SELECT name, version FROM skills WHERE name = ANY(%s) AND deleted_at IS NULL"
-# First start: the latest version of every live skill of the org. Later attempts keep the first
-# answer (coalesce), so a resumed or taken-over run uses what it started with.
-RESOLVE_RUN_SQL = """
-UPDATE runs SET skill_versions = coalesce(skill_versions,
-    (SELECT coalesce(jsonb_object_agg(name, version), '{}'::jsonb) FROM skills WHERE deleted_at IS NULL))
-WHERE id = %s RETURNING skill_versions
-"""
+# A run's skill versions, as the claim sets them: at the first start the latest version of every
+# live skill of the org; later attempts keep the first answer (coalesce), so a resumed or
+# taken-over run uses what it started with.
+RUN_SKILL_VERSIONS = """coalesce(skill_versions,
+    (SELECT coalesce(jsonb_object_agg(name, version), '{}'::jsonb) FROM skills WHERE deleted_at IS NULL))"""
 
 
 async def create(conn: AsyncConnection[DictRow], name: str, definition: dict[str, Any],
@@ -127,9 +126,3 @@ async def current_versions(conn: AsyncConnection[DictRow], names: list[str]) -> 
     if not names:
         return {}
     return {r["name"]: r["version"] for r in await (await conn.execute(EXISTING_SQL, (names,))).fetchall()}
-
-
-async def resolve_run(conn: AsyncConnection[DictRow], run_id: str) -> dict[str, int]:
-    """The skill versions of the run: recorded at its first start, read back ever after."""
-    row = await (await conn.execute(RESOLVE_RUN_SQL, (run_id,))).fetchone()
-    return dict(row["skill_versions"]) if row is not None and row["skill_versions"] is not None else {}
