@@ -28,14 +28,15 @@ from agentos.stack.process import free_port
 from agentos.stack.redis import EmbeddedRedis
 from core.settings import SandboxSettings, Settings
 from core.store import agents, runs
-from core.tenancy import tenant_tx
+from core.tenancy import org_sandbox_running_key, tenant_tx
 from runtime.executor import execute_run
 from runtime.services import Services
 from skills import default_registry
 from skills.sandbox.bwrap import BwrapBackend
 from skills.sandbox.client import SandboxClient, SandboxError
 from skills.sandbox.protocol import ExecuteRequest
-from tests.helpers import Org, RsaKeys, make_settings
+from skills.sandbox.quota import SandboxQuota
+from tests.helpers import ADMIN_TOKEN, Org, RsaKeys, make_settings
 from tests.sandbox_service import Sandbox, require_bwrap, running_sandbox, sandbox_processes
 from tests.sse import read_events
 
@@ -170,6 +171,86 @@ def test_an_org_over_its_daily_cpu_gets_a_clear_error(sandbox: Sandbox, stack: S
             await redis.aclose()
 
     assert "used its 1 CPU seconds of code execution for today" in asyncio.run(go())
+
+
+# --- per-org quota overrides (orgs.limits, PATCH /v1/orgs/{id}) ------------------------------------
+
+def _patch_org_limits(client: TestClient, org_id: str, **limits: int | None) -> dict[str, Any]:
+    r = client.patch(f"/v1/orgs/{org_id}", json={"limits": limits}, headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
+    assert r.status_code == 200, r.text
+    return dict(r.json())
+
+
+def test_an_orgs_lower_concurrency_override_refuses_it_at_its_limit_while_another_org_is_not(
+        sandbox: Sandbox, stack: StackUrls, rsa_keys: RsaKeys, org: Org, other_org: Org, client: TestClient,
+        tmp_path: Path) -> None:
+    body = _patch_org_limits(client, org.id, sandbox_max_concurrent=1)
+    assert body["limits"]["sandbox_max_concurrent"] == 1 and body["limit_overrides"] == {"sandbox_max_concurrent": 1}
+    settings = make_settings(stack, rsa_keys, sandbox={"url": sandbox.url, "token": sandbox.token},
+                             worker={"workspace_root": str(tmp_path)}, limits={"cache_s": 0})
+
+    async def go() -> tuple[str, list[str], list[str]]:
+        svc = await Services.open(settings)
+        assert svc.sandbox is not None
+        box = svc.sandbox
+
+        async def hold(org_id: str) -> asyncio.Task[Any]:
+            """An execution of `org_id` that holds one of its slots for a while (returned once it has it)."""
+            task = asyncio.create_task(box.execute(org_id, ExecuteRequest(language="bash", code="sleep 4; echo held")))
+            while not await svc.redis.zcard(org_sandbox_running_key(org_id)):
+                await asyncio.sleep(0.02)
+            return task
+
+        try:
+            held = await hold(org.id)
+            with pytest.raises(SandboxError) as refused:
+                await box.execute(org.id, ExecuteRequest(language="bash", code="echo refused"))
+            # Another org, with the default (4), runs two at once meanwhile.
+            others = await asyncio.gather(*(box.execute(other_org.id, ExecuteRequest(language="bash", code="echo c"))
+                                            for _ in range(2)))
+            assert (await held).stdout == "held\n"
+            # The override cleared, the same org runs a second execution next to a held one.
+            _patch_org_limits(client, org.id, sandbox_max_concurrent=None)
+            held = await hold(org.id)
+            second = await box.execute(org.id, ExecuteRequest(language="bash", code="echo second"))
+            await held
+            return str(refused.value), [r.stdout for r in others], [second.stdout]
+        finally:
+            await svc.close()
+
+    refused, others, after = asyncio.run(go())
+    assert "already runs 1 code execution(s) at once, its limit (1)" in refused
+    assert others == ["c\n", "c\n"] and after == ["second\n"]
+
+
+def test_an_orgs_lower_cpu_override_reaches_the_model_and_the_run_continues_while_another_org_runs_code(
+        sandbox: Sandbox, stack: StackUrls, rsa_keys: RsaKeys, org: Org, other_org: Org, client: TestClient,
+        tmp_path: Path) -> None:
+    _patch_org_limits(client, org.id, sandbox_cpu_s_per_day=2)
+
+    async def charge_both() -> None:
+        redis = aioredis.from_url(stack.redis_url)
+        try:
+            quota = SandboxQuota(SandboxSettings(), redis)
+            for org_id in (org.id, other_org.id):
+                await quota.charge(org_id, 2000)
+        finally:
+            await redis.aclose()
+
+    asyncio.run(charge_both())
+    settings = _settings(stack, rsa_keys, tmp_path, sandbox)
+    outputs = []
+    for tenant in (org, other_org):
+        agent = tenant.create_agent(skills=["code_executor"], confirm="none")
+        session = tenant.create_session(str(agent["id"]))
+        script = 'call: code_executor {"language": "python", "code": "print(1)"}'
+        run_id, _ = _execute(settings, tenant, session, script)
+        results, last = _results(client, tenant, run_id)
+        assert last == "run.succeeded"
+        outputs.append(results[0])
+    assert "used its 2 CPU seconds of code execution for today" in outputs[0]["error"]
+    assert "sandbox_cpu_s_per_day" in outputs[0]["error"]
+    assert outputs[1]["output"]["stdout"] == "1\n"  # the same usage is within the default 3600 s
 
 
 # --- the skill in runs ----------------------------------------------------------------------------
