@@ -25,6 +25,7 @@ from starlette.routing import Route
 from core.errors import ApiError
 from core.settings import SandboxSettings
 from skills.sandbox.backend import Backend
+from skills.sandbox.hosted import HostedError
 from skills.sandbox.protocol import ExecuteRequest
 
 log = logging.getLogger("agentos.sandbox")
@@ -67,14 +68,21 @@ def create_sandbox_app(settings: SandboxSettings, backend: Backend) -> Starlette
             fields = _field_errors(exc)
             return _error("VALIDATION_FAILED", details={"fields": fields})
         limits, problems = payload.limits.resolve(settings.defaults, settings.ceilings)
+        problems += [f"limits.{name}: the {backend.name} backend cannot enforce it; leave it out"
+                     for name in sorted(payload.limits.model_fields_set & backend.unenforced)
+                     if getattr(payload.limits, name) is not None]
         if problems:
-            return _error("VALIDATION_FAILED", "A limit is above the service's ceiling; ask for less.",
+            return _error("VALIDATION_FAILED", "A limit is above the service's ceiling or one this backend cannot "
+                          "enforce; ask for less, or leave it out.",
                           details={"fields": {p.split(":")[0]: p for p in problems}})
         async with slots:
             try:
                 result = await asyncio.to_thread(backend.execute, payload, limits)
             except ValueError as exc:  # e.g. a file that is not base64
                 return _error("VALIDATION_FAILED", str(exc))
+            except HostedError as exc:
+                log.warning("the %s backend failed: %s", backend.name, exc)
+                return _error("SANDBOX_BACKEND_FAILED", f"The {backend.name} backend failed: {exc}.")
         log.info("executed %s: exit %s, killed_by %s, %d ms, %d ms cpu", payload.language, result.exit_code,
                  result.killed_by, result.duration_ms, result.cpu_ms)
         return JSONResponse(result.model_dump(mode="json"))
