@@ -252,6 +252,13 @@ class SandboxSettings(BaseModel):
     org_cpu_s_per_day: int = Field(default=3600, ge=1)
     # How long the skill waits for the service beyond the wall limit before giving up.
     request_slack_s: float = Field(default=15.0, gt=0)
+    # Service-side workspaces (a request's `workspace`): where they live (None: a fresh directory
+    # under the system temp dir, removed when the service stops) and how long an unused one is kept.
+    workspaces_dir: str | None = None
+    workspace_ttl_s: int = Field(default=86_400, ge=60)
+    # How code_executor gives code the session's files: `copy` (send them, apply changes back) or
+    # `service` (the session's workspace lives in the service; only newer local files are sent).
+    workspace_mode: Literal["copy", "service"] = "copy"
 
 
 class SecretsSettings(BaseModel):

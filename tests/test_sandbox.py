@@ -323,6 +323,30 @@ def test_a_run_executes_python_and_shares_the_workspace_with_file_manager(
     assert (tmp_path / org.id / str(session["id"]) / "out.txt").read_text() == "from code"
 
 
+def test_in_service_mode_the_sessions_files_live_in_the_sandbox_service_and_file_manager_still_shares_them(
+        stack: StackUrls, rsa_keys: RsaKeys, org: Org, client: TestClient, tmp_path: Path) -> None:
+    agent = org.create_agent(skills=["code_executor", "file_manager"], confirm="none")
+    session = org.create_session(str(agent["id"]))
+    code = "print(open('notes/in.txt').read())\\nopen('out.txt', 'w').write('from code')"
+    script = "\n".join([
+        'call: file_manager {"action": "write", "path": "notes/in.txt", "content": "from file_manager"}',
+        'call: code_executor {"language": "python", "code": "' + code + '"}',
+        'call: file_manager {"action": "read", "path": "out.txt"}',
+        'call: code_executor {"language": "bash", "code": "cat out.txt; echo; cat notes/in.txt"}',
+    ])
+    spaces = tmp_path / "spaces"
+    with running_sandbox(tmp_path, WORKSPACES_DIR=str(spaces)) as service:
+        settings = _settings(stack, rsa_keys, tmp_path / "ws", service, workspace_mode="service")
+        run_id, _ = _execute(settings, org, session, script)
+    results, last = _results(client, org, run_id)
+    assert last == "run.succeeded", results
+    assert results[1]["output"]["stdout"] == "from file_manager\n"
+    assert results[2]["output"]["content"] == "from code"
+    assert results[3]["output"]["stdout"] == "from code\nfrom file_manager"
+    kept = spaces / org.id / str(session["id"])
+    assert (kept / "out.txt").read_text() == "from code" and (kept / "notes/in.txt").read_text() == "from file_manager"
+
+
 def test_a_workspace_symlink_to_the_host_is_not_followed_into_the_sandbox(
         sandbox: Sandbox, stack: StackUrls, rsa_keys: RsaKeys, org: Org, client: TestClient, tmp_path: Path) -> None:
     agent = org.create_agent(skills=["code_executor"], confirm="none")

@@ -36,6 +36,10 @@ class SandboxClient:
         await self._http.aclose()
 
     async def execute(self, org_id: str, request: ExecuteRequest) -> ExecuteResult:
+        """Run `request` for `org_id`. A service-side workspace must be one of the org's own
+        (`<org_id>/...`): one org can never name another's."""
+        if request.workspace is not None and request.workspace.split("/", 1)[0] != org_id:
+            raise SandboxError(f"The workspace {request.workspace!r} is not this organisation's; the code did not run.")
         if self.quota is None:
             return await self._send(request)
         try:
