@@ -232,3 +232,20 @@ def test_the_start_up_check_runs_one_execution(fake_e2b: RunningFake) -> None:
     modal = ModalProvider(ModalSettings(), sdk=fake_sdk(Calls(fail_lookup=AuthError("bad token"))))
     with pytest.raises(Exception, match=r"Modal refused or could not be reached \(AuthError: bad token\)"):
         HostedBackend(modal).check()
+
+
+def test_the_modal_calls_match_the_installed_sdk() -> None:
+    """Where the `modal` extra is installed, the adapter's calls bind to the real SDK's signatures
+    (checked by hand against modal 1.6.4; CI installs no extra, so this skips there)."""
+    modal = pytest.importorskip("modal")
+    import inspect
+
+    inspect.signature(modal.App.lookup).bind("agentos-sandbox", create_if_missing=True)
+    inspect.signature(modal.Image.debian_slim).bind(python_version="3.12")
+    inspect.signature(modal.Sandbox.create).bind(app=None, image=None, timeout=35, cpu=(1.0, 1.0),
+                                                 memory=(512, 512), block_network=True)
+    inspect.signature(modal.Sandbox.exec).bind(None, "bash", "run.sh", timeout=35, text=False)
+    filesystem = modal.sandbox.sandbox.SandboxFilesystem
+    inspect.signature(filesystem.write_bytes).bind(None, b"", "/tmp/agentos/x")
+    inspect.signature(filesystem.read_bytes).bind(None, "/tmp/agentos/x")
+    assert modal.exception.SandboxFilesystemNotFoundError.__name__ == "SandboxFilesystemNotFoundError"
