@@ -600,8 +600,9 @@ def sandbox(
     port: Annotated[int | None, typer.Option(help="Port (default: AGENTOS_SANDBOX__PORT, 8300).")] = None,
     host: Annotated[str | None, typer.Option(help="Address to bind (default: AGENTOS_SANDBOX__HOST).")] = None,
 ) -> None:
-    """Serve the sandbox service (POST /execute) that runs code_executor's code. Needs root (each
-    execution drops to an unprivileged uid), bubblewrap (or runsc) and AGENTOS_SANDBOX__TOKEN."""
+    """Serve the sandbox service (POST /execute) that runs code_executor's code. Needs
+    AGENTOS_SANDBOX__TOKEN; the local backends also root (each execution drops to an unprivileged
+    uid) and bubblewrap (or runsc); the hosted ones (e2b, modal) their credentials."""
     from core.settings import SandboxServiceSettings
     from skills.sandbox.backend import BackendUnavailable
     from skills.sandbox.choose import make_backend

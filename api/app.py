@@ -80,7 +80,8 @@ def create_app(settings: Settings) -> Starlette:
         try:
             await check_tenant_isolation(infra.pool)
             state = ApiState(infra, Authenticator(settings.auth, infra.pool),
-                             Admission(settings.limits, infra.redis, infra.pool), await event_hub.open())
+                             Admission(settings.limits, infra.redis, infra.pool, settings.sandbox),
+                             await event_hub.open())
             log.info("AgentOS API ready")
             yield {"api": state}
         finally:

@@ -31,12 +31,12 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from core.errors import ApiError
-from core.settings import LimitSettings
+from core.settings import LimitSettings, SandboxSettings
 from core.tenancy import AsyncPool, org_active_runs_key, org_request_bucket_key, tenant_tx
 
 log = logging.getLogger("agentos.admission")
 
-LIMIT_KEYS = ("requests_per_minute", "burst", "max_active_runs")
+LIMIT_KEYS = ("requests_per_minute", "burst", "max_active_runs", "sandbox_max_concurrent", "sandbox_cpu_s_per_day")
 QUOTA_RETRY_AFTER_S = 2
 # A reservation (taken before the run's row is inserted) that was neither bound to a run nor
 # released within this time belongs to a request that died; reconciling may drop it.
@@ -153,10 +153,14 @@ class Limits:
     requests_per_minute: int
     burst: int
     max_active_runs: int
+    # Code execution (skills.sandbox.quota, enforced by workers): executions at once, CPU s per UTC day.
+    sandbox_max_concurrent: int
+    sandbox_cpu_s_per_day: int
 
     def public(self) -> dict[str, int]:
         return {"requests_per_minute": self.requests_per_minute, "burst": self.burst,
-                "max_active_runs": self.max_active_runs}
+                "max_active_runs": self.max_active_runs, "sandbox_max_concurrent": self.sandbox_max_concurrent,
+                "sandbox_cpu_s_per_day": self.sandbox_cpu_s_per_day}
 
 
 def overrides_of(stored: Any) -> dict[str, int]:
@@ -167,14 +171,18 @@ def overrides_of(stored: Any) -> dict[str, int]:
             if k in LIMIT_KEYS and isinstance(v, int) and not isinstance(v, bool) and v >= 1}
 
 
-def effective_limits(defaults: LimitSettings, stored: Any) -> Limits:
-    """Per-org overrides over the defaults. Without either burst, the bucket holds one minute."""
+def effective_limits(defaults: LimitSettings, stored: Any, sandbox: SandboxSettings | None = None) -> Limits:
+    """Per-org overrides over the defaults (the sandbox quotas' from `AGENTOS_SANDBOX__ORG_*`).
+    Without either burst, the bucket holds one minute."""
     o = overrides_of(stored)
     rpm = o.get("requests_per_minute", defaults.requests_per_minute)
+    box = sandbox or SandboxSettings()
     return Limits(
         requests_per_minute=rpm,
         burst=o.get("burst", defaults.burst or rpm),
         max_active_runs=o.get("max_active_runs", defaults.max_active_runs),
+        sandbox_max_concurrent=o.get("sandbox_max_concurrent", box.org_max_concurrent),
+        sandbox_cpu_s_per_day=o.get("sandbox_cpu_s_per_day", box.org_cpu_s_per_day),
     )
 
 
@@ -257,8 +265,10 @@ class RunTicket:
 class Admission:
     """The API's admission checks; one per process (`app.state.admission`)."""
 
-    def __init__(self, settings: LimitSettings, redis: aioredis.Redis, pool: AsyncPool) -> None:
+    def __init__(self, settings: LimitSettings, redis: aioredis.Redis, pool: AsyncPool,
+                 sandbox: SandboxSettings | None = None) -> None:
         self.settings = settings
+        self.sandbox = sandbox
         self.redis = redis
         self._pool = pool
         self._rate = redis.register_script(RATE_LUA)
@@ -277,13 +287,13 @@ class Admission:
             return cached[1]
         async with tenant_tx(self._pool, org_id) as conn:
             row = await (await conn.execute(ORG_LIMITS_SQL, (org_id,))).fetchone()
-        limits = effective_limits(self.settings, row["limits"] if row else None)
+        limits = effective_limits(self.settings, row["limits"] if row else None, self.sandbox)
         if self.settings.cache_s > 0:
             self._cache[org_id] = (now + self.settings.cache_s, limits)
         return limits
 
     def effective(self, stored: Any) -> Limits:
-        return effective_limits(self.settings, stored)
+        return effective_limits(self.settings, stored, self.sandbox)
 
     def forget(self, org_id: str) -> None:
         """Drop the cached limits (they were just changed in this process)."""

@@ -20,6 +20,7 @@ CODES: dict[str, tuple[int, str]] = {
     "RATE_LIMITED": (429, "Too many requests; retry after the given delay."),
     "QUOTA_EXCEEDED": (429, "A quota of this organisation is used up."),
     "INTERNAL": (500, "An internal error occurred; it has been logged."),
+    "SANDBOX_BACKEND_FAILED": (502, "The sandbox's hosted backend failed; the code did not run or its result is lost."),
     "UNAVAILABLE": (503, "A dependency is unavailable; retry later. Nothing was half-written."),
 }
 

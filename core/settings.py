@@ -193,11 +193,41 @@ class SandboxLimits(BaseModel):
     disk_mb: int = Field(default=64, ge=1)  # the workdir tmpfs
 
 
+class E2BSettings(BaseModel):
+    """The `e2b` hosted backend: a fresh E2B sandbox per execution, over E2B's HTTP APIs."""
+
+    # The control-plane API (`POST /sandboxes`, `DELETE /sandboxes/{id}`).
+    api_url: str = "https://api.e2b.app"
+    api_key: SecretStr | None = None
+    # The template each sandbox starts from; it needs bash, tar, coreutils' timeout and python3.
+    template: str = "base"
+    # envd, the agent inside each sandbox (files, processes). None: `https://sandbox.<domain>`
+    # with the domain the API answers, the sandbox named by the E2b-Sandbox-Id header.
+    sandbox_url: str | None = None
+    # Each HTTP call but the running process (which has the execution's wall limit).
+    request_timeout_s: float = Field(default=30.0, gt=0)
+
+
+class ModalSettings(BaseModel):
+    """The `modal` hosted backend: a fresh `modal.Sandbox` per execution (pip extra `modal`;
+    credentials are Modal's own: MODAL_TOKEN_ID / MODAL_TOKEN_SECRET or ~/.modal.toml)."""
+
+    app_name: str = "agentos-sandbox"
+    # The image: Modal's Debian slim with this Python.
+    python_version: str = "3.12"
+    # Where each execution's files live inside its sandbox.
+    workdir: str = "/tmp/agentos"
+    # CPU cores (request and hard limit).
+    cpu: float = Field(default=1.0, gt=0)
+
+
 class SandboxSettings(BaseModel):
     """The sandbox service (`agentos sandbox`) and how workers reach it (docs/sandbox.md)."""
 
-    # bwrap (bubblewrap, default) or gvisor (runsc); checked when the service starts.
-    backend: Literal["bwrap", "gvisor"] = "bwrap"
+    # bwrap (bubblewrap, default), gvisor (runsc), or a hosted one: e2b, modal; checked when the service starts.
+    backend: Literal["bwrap", "gvisor", "e2b", "modal"] = "bwrap"
+    e2b: E2BSettings = E2BSettings()
+    modal: ModalSettings = ModalSettings()
     # Where workers send `POST /execute`; None: code_executor answers that no sandbox is configured.
     url: str | None = None
     # Shared by the service and its callers (Bearer). The service refuses to start without one.
@@ -222,6 +252,13 @@ class SandboxSettings(BaseModel):
     org_cpu_s_per_day: int = Field(default=3600, ge=1)
     # How long the skill waits for the service beyond the wall limit before giving up.
     request_slack_s: float = Field(default=15.0, gt=0)
+    # Service-side workspaces (a request's `workspace`): where they live (None: a fresh directory
+    # under the system temp dir, removed when the service stops) and how long an unused one is kept.
+    workspaces_dir: str | None = None
+    workspace_ttl_s: int = Field(default=86_400, ge=60)
+    # How code_executor gives code the session's files: `copy` (send them, apply changes back) or
+    # `service` (the session's workspace lives in the service; only newer local files are sent).
+    workspace_mode: Literal["copy", "service"] = "copy"
 
 
 class SecretsSettings(BaseModel):

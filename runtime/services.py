@@ -65,7 +65,8 @@ class Services:
         infra = await Infra.open(settings, name="agentos-worker", pool_max=4)
         checkpoint_pool = await open_pool(settings.database, name="agentos-checkpoints", autocommit=True, max_size=2)
         saver = AsyncPostgresSaver(checkpoint_pool)
-        sandbox = SandboxClient(settings.sandbox, infra.redis) if settings.sandbox.url else None
+        sandbox = (SandboxClient(settings.sandbox, infra.redis, pool=infra.pool, limits_cache_s=settings.limits.cache_s)
+                   if settings.sandbox.url else None)
         return cls(infra, checkpoint_pool, default_registry(), build_graph(saver),
                    MemoryService(settings, infra.pool, infra.redis), {"http": build_http_skill}, sandbox)
 

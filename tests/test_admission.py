@@ -105,11 +105,13 @@ def test_the_platform_admin_overrides_an_orgs_limits_and_resets_them(client: Tes
     r = client.get(f"/v1/orgs/{org.id}", headers=ADMIN)
     assert r.status_code == 200, r.text
     defaults = r.json()["limits"]
-    assert defaults == {"requests_per_minute": 1200, "burst": 1200, "max_active_runs": 50}
+    assert defaults == {"requests_per_minute": 1200, "burst": 1200, "max_active_runs": 50,
+                        "sandbox_max_concurrent": 4, "sandbox_cpu_s_per_day": 3600}
     assert r.json()["limit_overrides"] == {} and r.json()["id"] == org.id
 
     body = patch_limits(client, org.id, requests_per_minute=60, burst=2)
-    assert body["limits"] == {"requests_per_minute": 60, "burst": 2, "max_active_runs": 50}
+    assert body["limits"] == {"requests_per_minute": 60, "burst": 2, "max_active_runs": 50,
+                              "sandbox_max_concurrent": 4, "sandbox_cpu_s_per_day": 3600}
     assert body["limit_overrides"] == {"requests_per_minute": 60, "burst": 2}
     me = client.get("/v1/me", headers=org.headers)  # the first of the 2
     assert me.status_code == 200 and me.headers["RateLimit-Limit"] == "2"
@@ -122,7 +124,8 @@ def test_the_platform_admin_overrides_an_orgs_limits_and_resets_them(client: Tes
     assert body["limit_overrides"] == {"requests_per_minute": 60, "burst": 2, "max_active_runs": 7}
     body = patch_limits(client, org.id, requests_per_minute=None, burst=None)
     assert body["limit_overrides"] == {"max_active_runs": 7}
-    assert body["limits"] == {"requests_per_minute": 1200, "burst": 1200, "max_active_runs": 7}
+    assert body["limits"] == {"requests_per_minute": 1200, "burst": 1200, "max_active_runs": 7,
+                              "sandbox_max_concurrent": 4, "sandbox_cpu_s_per_day": 3600}
     time.sleep(0.1)  # the bucket refills at the default rate again (20 a second)
     assert client.get("/v1/agents", headers=org.headers).status_code == 200
     assert client.get(f"/v1/orgs/{org.id}", headers=ADMIN).json()["limit_overrides"] == {"max_active_runs": 7}
@@ -136,6 +139,8 @@ def test_the_platform_admin_overrides_an_orgs_limits_and_resets_them(client: Tes
     {"limits": {"max_active_runs": True}},
     {"limits": {"requests_per_minute": 10**9}},
     {"limits": {"concurrency": 3}},
+    {"limits": {"sandbox_max_concurrent": 0}},
+    {"limits": {"sandbox_cpu_s_per_day": "60"}},
     {"limits": 5},
     {"name": ""},
     {"plan": "gold"},

@@ -28,14 +28,15 @@ from agentos.stack.process import free_port
 from agentos.stack.redis import EmbeddedRedis
 from core.settings import SandboxSettings, Settings
 from core.store import agents, runs
-from core.tenancy import tenant_tx
+from core.tenancy import org_sandbox_running_key, tenant_tx
 from runtime.executor import execute_run
 from runtime.services import Services
 from skills import default_registry
 from skills.sandbox.bwrap import BwrapBackend
 from skills.sandbox.client import SandboxClient, SandboxError
 from skills.sandbox.protocol import ExecuteRequest
-from tests.helpers import Org, RsaKeys, make_settings
+from skills.sandbox.quota import SandboxQuota
+from tests.helpers import ADMIN_TOKEN, Org, RsaKeys, make_settings
 from tests.sandbox_service import Sandbox, require_bwrap, running_sandbox, sandbox_processes
 from tests.sse import read_events
 
@@ -172,6 +173,86 @@ def test_an_org_over_its_daily_cpu_gets_a_clear_error(sandbox: Sandbox, stack: S
     assert "used its 1 CPU seconds of code execution for today" in asyncio.run(go())
 
 
+# --- per-org quota overrides (orgs.limits, PATCH /v1/orgs/{id}) ------------------------------------
+
+def _patch_org_limits(client: TestClient, org_id: str, **limits: int | None) -> dict[str, Any]:
+    r = client.patch(f"/v1/orgs/{org_id}", json={"limits": limits}, headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
+    assert r.status_code == 200, r.text
+    return dict(r.json())
+
+
+def test_an_orgs_lower_concurrency_override_refuses_it_at_its_limit_while_another_org_is_not(
+        sandbox: Sandbox, stack: StackUrls, rsa_keys: RsaKeys, org: Org, other_org: Org, client: TestClient,
+        tmp_path: Path) -> None:
+    body = _patch_org_limits(client, org.id, sandbox_max_concurrent=1)
+    assert body["limits"]["sandbox_max_concurrent"] == 1 and body["limit_overrides"] == {"sandbox_max_concurrent": 1}
+    settings = make_settings(stack, rsa_keys, sandbox={"url": sandbox.url, "token": sandbox.token},
+                             worker={"workspace_root": str(tmp_path)}, limits={"cache_s": 0})
+
+    async def go() -> tuple[str, list[str], list[str]]:
+        svc = await Services.open(settings)
+        assert svc.sandbox is not None
+        box = svc.sandbox
+
+        async def hold(org_id: str) -> asyncio.Task[Any]:
+            """An execution of `org_id` that holds one of its slots for a while (returned once it has it)."""
+            task = asyncio.create_task(box.execute(org_id, ExecuteRequest(language="bash", code="sleep 4; echo held")))
+            while not await svc.redis.zcard(org_sandbox_running_key(org_id)):
+                await asyncio.sleep(0.02)
+            return task
+
+        try:
+            held = await hold(org.id)
+            with pytest.raises(SandboxError) as refused:
+                await box.execute(org.id, ExecuteRequest(language="bash", code="echo refused"))
+            # Another org, with the default (4), runs two at once meanwhile.
+            others = await asyncio.gather(*(box.execute(other_org.id, ExecuteRequest(language="bash", code="echo c"))
+                                            for _ in range(2)))
+            assert (await held).stdout == "held\n"
+            # The override cleared, the same org runs a second execution next to a held one.
+            _patch_org_limits(client, org.id, sandbox_max_concurrent=None)
+            held = await hold(org.id)
+            second = await box.execute(org.id, ExecuteRequest(language="bash", code="echo second"))
+            await held
+            return str(refused.value), [r.stdout for r in others], [second.stdout]
+        finally:
+            await svc.close()
+
+    refused, others, after = asyncio.run(go())
+    assert "already runs 1 code execution(s) at once, its limit (1)" in refused
+    assert others == ["c\n", "c\n"] and after == ["second\n"]
+
+
+def test_an_orgs_lower_cpu_override_reaches_the_model_and_the_run_continues_while_another_org_runs_code(
+        sandbox: Sandbox, stack: StackUrls, rsa_keys: RsaKeys, org: Org, other_org: Org, client: TestClient,
+        tmp_path: Path) -> None:
+    _patch_org_limits(client, org.id, sandbox_cpu_s_per_day=2)
+
+    async def charge_both() -> None:
+        redis = aioredis.from_url(stack.redis_url)
+        try:
+            quota = SandboxQuota(SandboxSettings(), redis)
+            for org_id in (org.id, other_org.id):
+                await quota.charge(org_id, 2000)
+        finally:
+            await redis.aclose()
+
+    asyncio.run(charge_both())
+    settings = _settings(stack, rsa_keys, tmp_path, sandbox)
+    outputs = []
+    for tenant in (org, other_org):
+        agent = tenant.create_agent(skills=["code_executor"], confirm="none")
+        session = tenant.create_session(str(agent["id"]))
+        script = 'call: code_executor {"language": "python", "code": "print(1)"}'
+        run_id, _ = _execute(settings, tenant, session, script)
+        results, last = _results(client, tenant, run_id)
+        assert last == "run.succeeded"
+        outputs.append(results[0])
+    assert "used its 2 CPU seconds of code execution for today" in outputs[0]["error"]
+    assert "sandbox_cpu_s_per_day" in outputs[0]["error"]
+    assert outputs[1]["output"]["stdout"] == "1\n"  # the same usage is within the default 3600 s
+
+
 # --- the skill in runs ----------------------------------------------------------------------------
 
 def test_code_executor_is_sensitive_by_default() -> None:
@@ -240,6 +321,30 @@ def test_a_run_executes_python_and_shares_the_workspace_with_file_manager(
     env = results[4]["output"]["stdout"]
     assert "AGENTOS" not in env and "postgresql" not in env and "redis://" not in env
     assert (tmp_path / org.id / str(session["id"]) / "out.txt").read_text() == "from code"
+
+
+def test_in_service_mode_the_sessions_files_live_in_the_sandbox_service_and_file_manager_still_shares_them(
+        stack: StackUrls, rsa_keys: RsaKeys, org: Org, client: TestClient, tmp_path: Path) -> None:
+    agent = org.create_agent(skills=["code_executor", "file_manager"], confirm="none")
+    session = org.create_session(str(agent["id"]))
+    code = "print(open('notes/in.txt').read())\\nopen('out.txt', 'w').write('from code')"
+    script = "\n".join([
+        'call: file_manager {"action": "write", "path": "notes/in.txt", "content": "from file_manager"}',
+        'call: code_executor {"language": "python", "code": "' + code + '"}',
+        'call: file_manager {"action": "read", "path": "out.txt"}',
+        'call: code_executor {"language": "bash", "code": "cat out.txt; echo; cat notes/in.txt"}',
+    ])
+    spaces = tmp_path / "spaces"
+    with running_sandbox(tmp_path, WORKSPACES_DIR=str(spaces)) as service:
+        settings = _settings(stack, rsa_keys, tmp_path / "ws", service, workspace_mode="service")
+        run_id, _ = _execute(settings, org, session, script)
+    results, last = _results(client, org, run_id)
+    assert last == "run.succeeded", results
+    assert results[1]["output"]["stdout"] == "from file_manager\n"
+    assert results[2]["output"]["content"] == "from code"
+    assert results[3]["output"]["stdout"] == "from code\nfrom file_manager"
+    kept = spaces / org.id / str(session["id"])
+    assert (kept / "out.txt").read_text() == "from code" and (kept / "notes/in.txt").read_text() == "from file_manager"
 
 
 def test_a_workspace_symlink_to_the_host_is_not_followed_into_the_sandbox(

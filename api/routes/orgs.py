@@ -23,13 +23,16 @@ class OrgCreate(BaseModel):
 
 
 class LimitsPatch(BaseModel):
-    """Per-org overrides of the `AGENTOS_LIMITS__*` defaults; `null` restores the default,
+    """Per-org overrides of the `AGENTOS_LIMITS__*` (and sandbox quota) defaults; `null` restores the default,
     an absent key leaves the override as it is."""
 
     model_config = ConfigDict(extra="forbid")
     requests_per_minute: Annotated[StrictInt, Field(ge=1, le=1_000_000)] | None = None
     burst: Annotated[StrictInt, Field(ge=1, le=1_000_000)] | None = None
     max_active_runs: Annotated[StrictInt, Field(ge=1, le=100_000)] | None = None
+    # code_executor quotas (`AGENTOS_SANDBOX__ORG_MAX_CONCURRENT`, `..._ORG_CPU_S_PER_DAY`).
+    sandbox_max_concurrent: Annotated[StrictInt, Field(ge=1, le=10_000)] | None = None
+    sandbox_cpu_s_per_day: Annotated[StrictInt, Field(ge=1, le=86_400_000)] | None = None
 
 
 class OrgPatch(BaseModel):

@@ -45,14 +45,23 @@ async def code_executor(
         raise SkillError("Code execution is not available on this platform: no sandbox service is configured "
                          "(AGENTOS_SANDBOX__URL and AGENTOS_SANDBOX__TOKEN).")
     max_bytes = ctx.sandbox.settings.defaults.disk_mb * MIB
-    files = await asyncio.to_thread(_pack, ctx.workspace, max_bytes)
+    service_side = ctx.sandbox.settings.workspace_mode == "service"
+    marker = _sync_marker(ctx.workspace)
+    # In `service` mode the session's files live in the sandbox service between calls: only the
+    # files changed here since the last call (by file_manager) are sent.
+    newer_than = _mtime(marker) if service_side else None
+    files = await asyncio.to_thread(_pack, ctx.workspace, max_bytes, newer_than)
     request = ExecuteRequest(language=language, code=code, stdin=stdin, files=files,
-                             limits=LimitsRequest(wall_s=timeout_s))
+                             limits=LimitsRequest(wall_s=timeout_s),
+                             workspace=f"{ctx.org_id}/{ctx.session_id}" if service_side else None)
     try:
         result = await ctx.sandbox.execute(ctx.org_id, request)
     except SandboxError as exc:
         raise SkillError(str(exc)) from None
     applied = await asyncio.to_thread(_apply, ctx.workspace, result)
+    if service_side and not result.timed_out:
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.touch()
     return {
         "exit_code": result.exit_code, "stdout": result.stdout, "stderr": result.stderr,
         "truncated": result.truncated, "timed_out": result.timed_out, "killed_by": result.killed_by,
@@ -60,8 +69,21 @@ async def code_executor(
     }
 
 
-def _pack(workspace: Path, max_bytes: int) -> dict[str, str]:
-    """The workspace's regular files (symlinks are skipped), base64, relative paths."""
+def _sync_marker(workspace: Path) -> Path:
+    """Beside the session's workspace (never in it): when code last synced with the service."""
+    return workspace.parent / f".{workspace.name}.sandbox-synced"
+
+
+def _mtime(path: Path) -> float | None:
+    try:
+        return path.stat().st_mtime
+    except FileNotFoundError:
+        return None
+
+
+def _pack(workspace: Path, max_bytes: int, newer_than: float | None = None) -> dict[str, str]:
+    """The workspace's regular files (symlinks are skipped), base64, relative paths; only those
+    modified after `newer_than` when given."""
     root = workspace_root(workspace)
     files: dict[str, str] = {}
     total = 0
@@ -70,6 +92,8 @@ def _pack(workspace: Path, max_bytes: int) -> dict[str, str]:
         for name in sorted(filenames):
             path = Path(directory) / name
             if path.is_symlink() or not path.is_file():
+                continue
+            if newer_than is not None and path.stat().st_mtime <= newer_than:
                 continue
             data = path.read_bytes()
             total += len(data)

@@ -14,6 +14,8 @@ class BackendUnavailable(Exception):
 
 class Backend(Protocol):
     name: str
+    # Limits this backend cannot enforce: the service refuses (422) a request that sets one.
+    unenforced: frozenset[str]
 
     def check(self) -> None:
         """Raise BackendUnavailable unless executions can run; called once when the service starts."""

@@ -48,6 +48,7 @@ INSTALL_HINT = "bubblewrap not found: apt-get install bubblewrap, or set AGENTOS
 
 class BwrapBackend:
     name = "bwrap"
+    unenforced: frozenset[str] = frozenset()
 
     def __init__(self, settings: SandboxSettings) -> None:
         self.settings = settings

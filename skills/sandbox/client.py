@@ -10,6 +10,7 @@ import httpx
 import redis.asyncio as aioredis
 
 from core.settings import SandboxSettings
+from core.tenancy import AsyncPool
 from skills.sandbox.protocol import ExecuteRequest, ExecuteResult
 from skills.sandbox.quota import QuotaExceeded, SandboxQuota
 
@@ -20,11 +21,13 @@ class SandboxError(Exception):
 
 class SandboxClient:
     def __init__(self, settings: SandboxSettings, redis: aioredis.Redis | None,
-                 transport: httpx.AsyncBaseTransport | None = None) -> None:
+                 transport: httpx.AsyncBaseTransport | None = None, pool: AsyncPool | None = None,
+                 limits_cache_s: float = 5.0) -> None:
+        """`pool` reads per-org quota overrides (`orgs.limits`); without it every org gets the defaults."""
         if not settings.url:
             raise ValueError("SandboxClient needs AGENTOS_SANDBOX__URL")
         self.settings = settings
-        self.quota = SandboxQuota(settings, redis) if redis is not None else None
+        self.quota = SandboxQuota(settings, redis, pool, limits_cache_s) if redis is not None else None
         token = settings.token.get_secret_value() if settings.token else ""
         self._http = httpx.AsyncClient(base_url=settings.url.rstrip("/"), transport=transport,
                                        headers={"Authorization": f"Bearer {token}"})
@@ -33,6 +36,10 @@ class SandboxClient:
         await self._http.aclose()
 
     async def execute(self, org_id: str, request: ExecuteRequest) -> ExecuteResult:
+        """Run `request` for `org_id`. A service-side workspace must be one of the org's own
+        (`<org_id>/...`): one org can never name another's."""
+        if request.workspace is not None and request.workspace.split("/", 1)[0] != org_id:
+            raise SandboxError(f"The workspace {request.workspace!r} is not this organisation's; the code did not run.")
         if self.quota is None:
             return await self._send(request)
         try:

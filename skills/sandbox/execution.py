@@ -118,7 +118,7 @@ def decode_inputs(request: ExecuteRequest) -> dict[str, bytes]:
 
 
 @dataclass
-class _Stream:
+class Stream:
     limit: int
     data: bytearray
     seen: int = 0
@@ -132,9 +132,9 @@ class _Stream:
 
 @dataclass
 class Outcome:
-    stdout: _Stream
-    stderr: _Stream
-    result: _Stream
+    stdout: Stream
+    stderr: Stream
+    result: Stream
     timed_out: bool
     wait_status: int
     cpu_ms: int
@@ -161,11 +161,11 @@ def run_launcher(argv: Sequence[str], stdin_path: Path, limits: SandboxLimits, r
     for fd in write_ends:
         os.close(fd)
     assert proc.stdout is not None and proc.stderr is not None
-    out = _Stream(limits.output_bytes, bytearray())
-    err = _Stream(limits.output_bytes, bytearray())
+    out = Stream(limits.output_bytes, bytearray())
+    err = Stream(limits.output_bytes, bytearray())
     # The exit status line plus a tar of a full workdir (headers add about 512 bytes a file).
-    res = _Stream(limits.disk_mb * 2**20 * 2 + 2**20, bytearray())
-    sandbox_info = _Stream(4096, bytearray())
+    res = Stream(limits.disk_mb * 2**20 * 2 + 2**20, bytearray())
+    sandbox_info = Stream(4096, bytearray())
     streams = {proc.stdout.fileno(): out, proc.stderr.fileno(): err}
     if result is not None:
         streams[result[0]] = res
@@ -268,7 +268,7 @@ def _kill_group(pgid: int) -> None:
         pass
 
 
-def _text(stream: _Stream, limit: int) -> tuple[str, bool]:
+def _text(stream: Stream, limit: int) -> tuple[str, bool]:
     text = stream.data.decode("utf-8", errors="replace")
     if stream.seen > len(stream.data):
         return text + TRUNCATED_MARKER.format(limit=limit), True

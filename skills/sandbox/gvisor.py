@@ -62,6 +62,7 @@ exit "$rc"
 
 class GVisorBackend:
     name = "gvisor"
+    unenforced: frozenset[str] = frozenset()
 
     def __init__(self, settings: SandboxSettings) -> None:
         self.settings = settings

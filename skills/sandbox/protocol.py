@@ -16,6 +16,8 @@ Language = Literal["python", "bash"]
 WORKDIR = "/workspace"
 TRUNCATED_MARKER = "\n…[truncated: output exceeded {limit} bytes]\n"
 MAX_FILES = 1000
+# A service-side workspace: "<tenant>/<name>", e.g. "<org id>/<session id>" (skills.sandbox.workspaces).
+WORKSPACE_PATTERN = r"^[A-Za-z0-9_-]{1,64}/[A-Za-z0-9_-]{1,64}$"
 
 
 class LimitsRequest(BaseModel):
@@ -63,6 +65,8 @@ class ExecuteRequest(BaseModel):
     files: dict[str, str] = Field(default_factory=dict, description="relative path -> base64 content")
     stdin: str | None = Field(default=None, max_length=1_000_000)
     limits: LimitsRequest = Field(default_factory=LimitsRequest)
+    # Files persist in this service-side directory between executions (`files` are laid over it).
+    workspace: str | None = Field(default=None, pattern=WORKSPACE_PATTERN)
 
     @field_validator("files")
     @classmethod

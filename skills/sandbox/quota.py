@@ -6,6 +6,10 @@ older than the longest possible execution is dropped, so a worker that died mid-
 hold one forever. The CPU an execution used is added to the day's counter afterwards: the
 execution that crosses the quota finishes, the next one is refused. Redis down: quotas fail
 open (logged), like the run admission control.
+
+Both quotas default to the settings and may be overridden per org where the admission limits
+live (`orgs.limits`, `sandbox_max_concurrent` / `sandbox_cpu_s_per_day`, set by the platform
+admin with `PATCH /v1/orgs/{id}`); a worker reads an org's overrides at most every `cache_s`.
 """
 
 from __future__ import annotations
@@ -16,12 +20,15 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
+from typing import NamedTuple
 
+import psycopg
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from core.admission import ORG_LIMITS_SQL, overrides_of
 from core.settings import SandboxSettings
-from core.tenancy import org_sandbox_cpu_key, org_sandbox_running_key
+from core.tenancy import AsyncPool, org_sandbox_cpu_key, org_sandbox_running_key, tenant_tx
 
 log = logging.getLogger("agentos.sandbox.quota")
 DAY_S = 86_400
@@ -52,13 +59,45 @@ def _today() -> str:
     return datetime.now(UTC).strftime("%Y%m%d")
 
 
+class OrgQuota(NamedTuple):
+    max_concurrent: int
+    cpu_s_per_day: int
+
+
 class SandboxQuota:
-    def __init__(self, settings: SandboxSettings, redis: aioredis.Redis) -> None:
+    def __init__(self, settings: SandboxSettings, redis: aioredis.Redis, pool: AsyncPool | None = None,
+                 cache_s: float = 5.0) -> None:
         self.settings = settings
         self.redis = redis
+        self._pool = pool  # None: every org gets the settings' quotas
+        self._cache_s = cache_s
+        self._cache: dict[str, tuple[float, OrgQuota]] = {}
         self._acquire = redis.register_script(ACQUIRE_LUA)
         # Longer than any execution can take (wall ceiling plus the caller's slack) plus a margin.
         self.stale_ms = int((settings.ceilings.wall_s + settings.request_slack_s + 60) * 1000)
+
+    async def quota_of(self, org_id: str) -> OrgQuota:
+        """The org's quotas: its overrides in `orgs.limits` over the settings' defaults. Postgres
+        unreachable: the defaults (logged), so an outage neither blocks nor frees code execution."""
+        defaults = OrgQuota(self.settings.org_max_concurrent, self.settings.org_cpu_s_per_day)
+        if self._pool is None:
+            return defaults
+        now = time.monotonic()
+        cached = self._cache.get(org_id)
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        try:
+            async with tenant_tx(self._pool, org_id) as conn:
+                row = await (await conn.execute(ORG_LIMITS_SQL, (org_id,))).fetchone()
+        except (psycopg.Error, OSError) as exc:
+            log.warning("sandbox quotas of org %s not read (%s); using the defaults", org_id, exc)
+            return defaults
+        o = overrides_of(row["limits"] if row else None)
+        quota = OrgQuota(o.get("sandbox_max_concurrent", defaults.max_concurrent),
+                         o.get("sandbox_cpu_s_per_day", defaults.cpu_s_per_day))
+        if self._cache_s > 0:
+            self._cache[org_id] = (now + self._cache_s, quota)
+        return quota
 
     @asynccontextmanager
     async def slot(self, org_id: str) -> AsyncIterator[None]:
@@ -86,21 +125,22 @@ class SandboxQuota:
             log.warning("could not count %d ms of sandbox CPU for org %s", cpu_ms, org_id)
 
     async def _take(self, org_id: str, member: str) -> bool:
-        s = self.settings
+        quota = await self.quota_of(org_id)
         keys = [org_sandbox_running_key(org_id), org_sandbox_cpu_key(org_id, _today())]
         try:
             verdict, value = await self._acquire(
-                keys=keys, args=[s.org_max_concurrent, member, int(time.time() * 1000), self.stale_ms,
-                                 s.org_cpu_s_per_day * 1000])
+                keys=keys, args=[quota.max_concurrent, member, int(time.time() * 1000), self.stale_ms,
+                                 quota.cpu_s_per_day * 1000])
         except RedisError:
             log.warning("sandbox quotas are not enforced: Redis is unavailable")
             return False
         if int(verdict) == 0:
             raise QuotaExceeded(
                 f"This organisation already runs {int(value)} code execution(s) at once, its limit "
-                f"({s.org_max_concurrent}); wait for one to finish and try again.")
+                f"({quota.max_concurrent}); wait for one to finish and try again.")
         if int(verdict) == 1:
             raise QuotaExceeded(
-                f"This organisation used its {s.org_cpu_s_per_day} CPU seconds of code execution for today "
-                "(UTC); code can run again tomorrow, or an operator can raise AGENTOS_SANDBOX__ORG_CPU_S_PER_DAY.")
+                f"This organisation used its {quota.cpu_s_per_day} CPU seconds of code execution for today "
+                "(UTC); code can run again tomorrow, or the platform admin can raise the organisation's "
+                "sandbox_cpu_s_per_day limit.")
         return True
