@@ -59,8 +59,9 @@ class Authenticator:
         self._touched: dict[str, float] = {}
 
     async def authenticate(self, request: Request) -> Principal:
-        # `?token=` is a stream token (an EventSource cannot send headers); it is checked, and
-        # refused, wherever it appears, so it never falls back to the Authorization header.
+        # `?token=` is a stream token (an EventSource cannot send headers). A request carrying one
+        # is judged by it alone, never by the Authorization header beside it: off its own stream
+        # it is refused, so a leaked URL opens nothing else.
         query_token = request.query_params.get("token")
         if query_token is not None:
             if self._stream_keys is None:
