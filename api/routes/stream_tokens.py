@@ -3,6 +3,8 @@ stream as `?token=`, for browsers (an `EventSource` cannot send `Authorization`)
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from starlette.responses import Response
 
@@ -30,6 +32,14 @@ class StreamTokenCreate(BaseModel):
         return self
 
 
+class StreamToken(BaseModel):
+    """The answer: the token, when it stops opening streams, and the stream's URL with it."""
+
+    token: str
+    expires_at: datetime
+    url: str  # ready for `new EventSource(url)`; append `&after=<seq>` to resume
+
+
 async def _visible(call: Call[StreamTokenCreate], kind: StreamKind, resource_id: str) -> bool:
     """Whether the caller's org has this run or session (row-level security decides)."""
     if not ids.looks_like(kind, resource_id):
@@ -53,7 +63,7 @@ async def create_stream_token(call: Call[StreamTokenCreate]) -> Response:
                          user_id=principal.user_id)
     base = (settings.api.public_url or str(call.request.base_url)).rstrip("/")
     url = f"{base}{stream_path(kind, resource_id)}?token={token}"
-    return json({"token": token, "expires_at": grant.expires_at, "url": url})
+    return json(StreamToken(token=token, expires_at=grant.expires_at, url=url).model_dump())
 
 
 routes = [resource("/v1/stream-tokens", POST=create_stream_token)]
