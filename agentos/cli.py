@@ -121,6 +121,17 @@ def _settings(**overrides: object) -> Settings:
         raise CliError(f"invalid settings: {problems}", EXIT_USAGE) from None
 
 
+# `agentos dev` lets pages on this machine call the API (a dev server on any port), unless
+# AGENTOS_API__CORS_ORIGINS says otherwise.
+DEV_CORS_ORIGINS = ["http://localhost:*", "http://127.0.0.1:*"]
+
+
+def _dev_settings(**overrides: object) -> Settings:
+    if "AGENTOS_API__CORS_ORIGINS" not in os.environ:
+        overrides["api"] = {"cors_origins": DEV_CORS_ORIGINS}
+    return _settings(**overrides)
+
+
 def _external_services() -> bool:
     env = os.environ
     db = env.get("AGENTOS_DATABASE_URL") or env.get("AGENTOS_DATABASE__URL")
@@ -185,7 +196,7 @@ def dev(
     api_url = f"http://{host}:{port}"
     try:
         if _external_services():
-            settings = _settings()
+            settings = _dev_settings()
             require_services(settings, need_redis=True)
             console.print("Using the Postgres and Redis named by AGENTOS_DATABASE_URL / AGENTOS_REDIS_URL")
         else:
@@ -195,7 +206,7 @@ def dev(
             stack = starting
             console.print(f"[green]✓[/green] PostgreSQL {urls.database_url}")
             console.print(f"[green]✓[/green] Redis      {urls.redis_url}")
-            settings = _settings(database={"url": urls.database_url}, redis={"url": urls.redis_url})
+            settings = _dev_settings(database={"url": urls.database_url}, redis={"url": urls.redis_url})
         _migrate(settings)
         data_dir.mkdir(parents=True, exist_ok=True)
         org_id, key, created = asyncio.run(ensure_default_org(settings, data_dir))

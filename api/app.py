@@ -20,8 +20,10 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
+from api import access_log
 from api.auth import Authenticator
 from api.body_limit import BodyLimit
+from api.cors import cors_middleware
 from api.errors import HANDLERS
 from api.openapi import build_openapi
 from api.responses import json
@@ -40,6 +42,7 @@ from api.routes import (
     secrets,
     sessions,
     skills,
+    stream_tokens,
     tool_calls,
 )
 from api.state import ApiState, LifespanState
@@ -62,7 +65,7 @@ def _version() -> str:
 def _routes() -> list[BaseRoute]:
     return [*health.routes, *orgs.routes, *api_keys.routes, *agents.routes, *sessions.routes, *runs.routes,
             *events.routes, *tool_calls.routes, *memories.routes, *knowledge.routes, *secrets.routes,
-            *skills.routes, *data_sources.routes,
+            *skills.routes, *data_sources.routes, *stream_tokens.routes,
             *mcp_servers.routes, *outbound_allow.routes]
 
 
@@ -79,7 +82,7 @@ def create_app(settings: Settings) -> Starlette:
         event_hub = EventHub.from_settings(settings, infra.pool)
         try:
             await check_tenant_isolation(infra.pool)
-            state = ApiState(infra, Authenticator(settings.auth, infra.pool),
+            state = ApiState(infra, Authenticator(settings.auth, infra.pool, stream_keys=settings.secrets),
                              Admission(settings.limits, infra.redis, infra.pool, settings.sandbox),
                              await event_hub.open())
             log.info("AgentOS API ready")
@@ -89,9 +92,13 @@ def create_app(settings: Settings) -> Starlette:
             await infra.close()
 
     exception_handlers: Any = HANDLERS
+    # Stream tokens travel in query strings: keep them out of the access log.
+    access_log.install()
+    # CORS outermost, so that refusals (401, 413, 429...) reach the page's script too.
+    cors = cors_middleware(settings.api)
     return Starlette(
         routes=[*routes, Route("/openapi.json", openapi_json, methods=["GET"])],
-        middleware=[Middleware(BodyLimit, max_bytes=settings.api.max_body_bytes)],
+        middleware=[*([cors] if cors else []), Middleware(BodyLimit, max_bytes=settings.api.max_body_bytes)],
         exception_handlers=exception_handlers,
         lifespan=lifespan,
     )

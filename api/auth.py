@@ -16,9 +16,10 @@ from typing import Any
 import jwt
 from starlette.requests import Request
 
+from api.stream_access import stream_principal
 from core.errors import ApiError
 from core.principal import ROLES, Principal
-from core.settings import AuthSettings
+from core.settings import AuthSettings, SecretsSettings
 from core.store import api_keys, orgs
 from core.tenancy import AsyncPool, tenant_tx
 
@@ -45,9 +46,10 @@ def bearer_token(request: Request) -> str:
 class Authenticator:
     """Resolves credentials against the database (API keys) or the configured JWT keys."""
 
-    def __init__(self, settings: AuthSettings, pool: AsyncPool) -> None:
+    def __init__(self, settings: AuthSettings, pool: AsyncPool, *, stream_keys: SecretsSettings | None = None) -> None:
         self._settings = settings
         self._pool = pool
+        self._stream_keys = stream_keys
         self._jwks: jwt.PyJWKClient | None = (
             jwt.PyJWKClient(settings.jwks_url, cache_keys=True, lifespan=300, timeout=5)
             if settings.jwks_url
@@ -57,6 +59,14 @@ class Authenticator:
         self._touched: dict[str, float] = {}
 
     async def authenticate(self, request: Request) -> Principal:
+        # `?token=` is a stream token (an EventSource cannot send headers). A request carrying one
+        # is judged by it alone, never by the Authorization header beside it: off its own stream
+        # it is refused, so a leaked URL opens nothing else.
+        query_token = request.query_params.get("token")
+        if query_token is not None:
+            if self._stream_keys is None:
+                raise unauthenticated("This server takes no stream tokens; send 'Authorization: Bearer <credential>'.")
+            return stream_principal(request, query_token, self._stream_keys)
         token = bearer_token(request)
         if token.startswith("aos_"):
             return await self._api_key(token)

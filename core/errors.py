@@ -8,6 +8,9 @@ from typing import Any
 CODES: dict[str, tuple[int, str]] = {
     "BAD_REQUEST": (400, "The request is malformed."),
     "UNAUTHENTICATED": (401, "Send a valid credential: 'Authorization: Bearer <API key or JWT>'."),
+    "STREAM_TOKEN_INVALID": (401, "This stream token is invalid here: it opens only its own event stream, "
+                             "unaltered; get a new one from POST /v1/stream-tokens."),
+    "STREAM_TOKEN_EXPIRED": (401, "This stream token has expired; get a new one from POST /v1/stream-tokens."),
     "FORBIDDEN": (403, "Your role does not allow this."),
     "NOT_FOUND": (404, "No such resource in this organisation."),
     "METHOD_NOT_ALLOWED": (405, "This method is not allowed on this path."),

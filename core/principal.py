@@ -20,8 +20,8 @@ class Principal:
     user_id: str | None
     role: Role
     scopes: frozenset[str] = field(default_factory=frozenset)
-    credential: Literal["api_key", "jwt"] = "api_key"
-    credential_id: str | None = None  # the API key id, or the JWT's `jti` when present
+    credential: Literal["api_key", "jwt", "stream_token"] = "api_key"
+    credential_id: str | None = None  # the API key id, or the JWT's (or stream token's) `jti` when present
 
     @property
     def actor(self) -> str:

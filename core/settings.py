@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import binascii
 import os
+import re
 from typing import Literal
 
 from pydantic import BaseModel, Field, SecretStr, ValidationInfo, field_validator, model_validator
@@ -19,6 +20,8 @@ DEV_JWT_SECRET = "agentos-dev-jwt-secret-change-me-0123456789"
 DEV_PLATFORM_ADMIN_TOKEN = "agentos-dev-admin-token"
 # The development key-encryption key of org secrets (32 bytes, base64). Refused in production.
 DEV_SECRETS_KEK = base64.b64encode(b"agentos-dev-secrets-kek-32bytes!").decode()
+# A CORS origin pattern (`ApiSettings.cors_origins`): no path, no trailing slash.
+ORIGIN_PATTERN = re.compile(r"https?://((\*\.)?[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(:([0-9]{1,5}|\*))?")
 
 
 class DatabaseSettings(BaseModel):
@@ -74,6 +77,24 @@ class ApiSettings(BaseModel):
     # values come back inside list envelopes, and orjson renders at most 254 levels: keep it low.
     max_json_depth: int = Field(default=32, ge=2, le=128)
     public_url: str | None = None
+    # Browser origins allowed to call the API (CORS), as JSON:
+    # `AGENTOS_API__CORS_ORIGINS='["https://app.example.com", "http://localhost:*"]'`. An entry is
+    # `scheme://host[:port]`, where the port may be `*` (any) and the host may start with `*.`
+    # (any subdomain); `*` alone allows every origin. Empty (the default): no CORS headers, so
+    # browsers refuse cross-origin calls. `agentos dev` allows http://localhost:* and 127.0.0.1:*.
+    cors_origins: list[str] = Field(default_factory=list)
+    # How long a stream token (`POST /v1/stream-tokens`) opens its SSE stream.
+    stream_token_ttl_s: int = Field(default=300, ge=5, le=3600)
+
+    @field_validator("cors_origins")
+    @classmethod
+    def _origin_patterns(cls, origins: list[str]) -> list[str]:
+        for origin in origins:
+            if origin != "*" and not ORIGIN_PATTERN.fullmatch(origin):
+                raise ValueError(f"{origin!r} is not an origin: use scheme://host[:port], e.g. "
+                                 "https://app.example.com, http://localhost:* (any port) or https://*.example.com "
+                                 "(any subdomain)")
+        return [origin.lower() for origin in origins]
 
 
 class ModelSettings(BaseModel):

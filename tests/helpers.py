@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import socket
 import subprocess
 import sys
 import threading
@@ -18,6 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import uvicorn
+from starlette.applications import Starlette
 from starlette.testclient import TestClient
 
 from agentos.stack.local import StackUrls
@@ -186,3 +189,38 @@ def wait_ready(proc: subprocess.Popen[str], port: int, timeout_s: float = 90) ->
         time.sleep(0.2)
     proc.kill()
     raise AssertionError("agentos dev did not become ready")
+
+
+@dataclass(frozen=True)
+class Served:
+    url: str
+    server: uvicorn.Server
+
+    @property
+    def state(self) -> dict[str, Any]:
+        """What the app's lifespan yielded (the typed `ApiState` under "api")."""
+        return dict(self.server.lifespan.state)
+
+
+@contextmanager
+def serving(app: Starlette) -> Iterator[Served]:
+    """`app` under uvicorn on a free loopback port, in a thread (a real HTTP server, for clients
+    that are not the in-process TestClient: browsers, proxies, many sockets)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    config = uvicorn.Config(app, log_config=None, lifespan="on", loop="asyncio", http="h11", ws="none",
+                            backlog=2048, timeout_graceful_shutdown=5)
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 60
+        while not server.started and thread.is_alive() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert server.started, "uvicorn did not start"
+        yield Served(f"http://127.0.0.1:{sock.getsockname()[1]}", server)
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+        sock.close()

@@ -46,6 +46,12 @@ def test_dev_starts_serves_stops_cleanly_and_reuses_its_data(tmp_path):
         agent = httpx.post(f"http://127.0.0.1:{port}/v1/agents", json={"name": "keeper"},
                            headers={"Authorization": f"Bearer {key}"})
         assert agent.status_code == 201
+        # A page on a local dev server (any port) may call it: the preflight passes, unauthenticated.
+        preflight = httpx.options(f"http://127.0.0.1:{port}/v1/agents", headers={
+            "Origin": "http://localhost:5173", "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "authorization, content-type"})
+        assert preflight.status_code == 200, preflight.text
+        assert preflight.headers["access-control-allow-origin"] == "http://localhost:5173"
         created = subprocess.run([*AGENTOS, "org", "create", "second org"], cwd=tmp_path, env=_env(),
                                  capture_output=True, text=True, timeout=60)
         assert created.returncode == 0, created.stderr
