@@ -10,6 +10,7 @@ import httpx
 import redis.asyncio as aioredis
 
 from core.settings import SandboxSettings
+from core.telemetry import metrics
 from skills.sandbox.protocol import ExecuteRequest, ExecuteResult
 from skills.sandbox.quota import QuotaExceeded, SandboxQuota
 
@@ -33,6 +34,16 @@ class SandboxClient:
         await self._http.aclose()
 
     async def execute(self, org_id: str, request: ExecuteRequest) -> ExecuteResult:
+        executions = metrics.get().sandbox_executions
+        try:
+            result = await self._execute(org_id, request)
+        except BaseException:
+            executions.labels("error").inc()
+            raise
+        executions.labels("ok").inc()
+        return result
+
+    async def _execute(self, org_id: str, request: ExecuteRequest) -> ExecuteResult:
         if self.quota is None:
             return await self._send(request)
         try:
