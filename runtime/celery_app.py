@@ -22,7 +22,7 @@ from celery.signals import worker_process_init, worker_process_shutdown
 from core import jobs
 from core.infra import INFRA_ERRORS, InfraUnavailable, is_infra_error
 from core.settings import Settings
-from core.telemetry import metrics, tracing
+from core.telemetry import metrics, scope, tracing
 from memory import knowledge
 from runtime import liveness
 from runtime.executor import execute_run
@@ -91,7 +91,11 @@ def create_celery(settings: Settings) -> Celery:
         job = jobs.RunJob(run_id=run_id, org_id=org_id)
         traceparent = _traceparent(task.request) if tracing.ON else None
         delivery = task.call_infra(f"run {job.run_id}", execute_run, job.run_id, job.org_id, traceparent)
-        log.info("run %s: %s", job.run_id, delivery.outcome)
+        bound = scope.bind(org_id=job.org_id, run_id=job.run_id, trace_id=delivery.trace_id)
+        try:
+            log.info("run %s: %s", job.run_id, delivery.outcome)
+        finally:
+            scope.reset(bound)
         if delivery.retry_after_s is not None:  # held by another worker's lease: not a failure
             raise task.retry(countdown=delivery.retry_after_s)
         return str(delivery.outcome)

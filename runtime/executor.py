@@ -72,6 +72,7 @@ class Delivery:
 
     outcome: str
     retry_after_s: float | None = None
+    trace_id: str | None = None  # the run's, when the delivery got as far as claiming it
 
 
 async def _graph_input(svc: Services, config: Any, user_message: HumanMessage, resume: bool) -> Any:
@@ -203,7 +204,7 @@ async def _deliver(svc: Services, run_id: str, org_id: str, owner: str) -> Deliv
                                    resolved)
     if ended is None:
         return Delivery("lease lost: another worker owns the run")
-    return Delivery(await _complete(svc, row, emitter, owner, ended))
+    return Delivery(await _complete(svc, row, emitter, owner, ended), trace_id=row["trace_id"])
 
 
 async def _execute(
