@@ -308,3 +308,36 @@ def test_worker_metrics_count_skill_calls(traced: Traced) -> None:
     assert _total(worker, "agentos_skill_errors_total", skill="file_manager") == 1
 
 
+
+
+def test_tracing_is_off_and_free_unless_configured(client: Any) -> None:
+    """The in-process test API has no OTLP endpoint: no SDK provider, no spans, no headers injected."""
+    from opentelemetry import trace
+    from opentelemetry.trace import ProxyTracerProvider
+
+    from core.telemetry import tracing
+
+    assert client.get("/healthz").status_code == 200
+    assert tracing.ON is False
+    assert isinstance(trace.get_tracer_provider(), ProxyTracerProvider)
+    assert tracing.inject() == {} and tracing.current_span() is None
+    with tracing.span("anything") as span:
+        assert span is None
+
+
+def test_the_sample_dashboard_names_only_metrics_that_exist(client: Any) -> None:
+    import re
+
+    from prometheus_client import REGISTRY
+
+    from api.routes import metrics as metrics_route
+    from core.telemetry import metrics
+
+    metrics.get()
+    metrics_route._queue_gauges()
+    suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_count", "_sum"), "gauge": ("",)}
+    defined = {family.name + suffix for family in REGISTRY.collect() if family.name.startswith("agentos_")
+               for suffix in suffixes.get(family.type, ("",))}
+    dashboard = (Path(__file__).parent.parent / "docs" / "grafana" / "agentos.json").read_text()
+    used = set(re.findall(r"agentos_[a-z_]+", dashboard))
+    assert used and used <= defined, used - defined
