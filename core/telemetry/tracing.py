@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import secrets
 from collections.abc import Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any
@@ -183,12 +184,14 @@ def continue_run(traceparent: str | None, trace_id: str) -> Iterator[None]:
     """Inside a worker's delivery: make sure what follows is in the run's own trace. A first
     delivery already is (its message carried the POST's context); a later one (after a human's
     decision, a crash, the watchdog) opens a span under the run's stored parent, linked to this
-    delivery's span."""
+    delivery's span. Ids are W3C hex, as stored."""
     current = current_span()
-    if current is None or traceparent is None or f"{current.get_span_context().trace_id:032x}" == trace_id:
+    if current is None or f"{current.get_span_context().trace_id:032x}" == trace_id:
         yield
         return
-    parent = context_of(traceparent)
+    # A run created while the API did not trace has no stored parent: its spans still go under
+    # its own trace id (the one its resource and logs show), below a parent nobody exported.
+    parent = context_of(traceparent or f"00-{trace_id}-{secrets.token_hex(8)}-01")
     if parent is None:
         yield
         return
