@@ -329,6 +329,9 @@ class TelemetrySettings(BaseModel):
     # Message content (prompts, answers, tool arguments and results) never goes into spans
     # unless this is set; secrets never do.
     capture_content: bool = False
+    # Postgres, Redis and outbound HTTP spans (the contrib instrumentations) inside run traces:
+    # most of tracing's cost per run (docs/benchmarks.md, Tracing); false keeps ours only.
+    library_spans: bool = True
     # `/metrics` on the API's port answers only with `Authorization: Bearer <token>`; unset: 404.
     metrics_token: SecretStr | None = None
     # A side port where a worker's parent process (or the watchdog) serves `/metrics` for all

@@ -59,7 +59,8 @@ def endpoint_of(settings: TelemetrySettings) -> str | None:
 
 def setup(settings: TelemetrySettings, service: str, *, exporter: Any = None) -> bool:
     """Install the SDK in this process if tracing is configured (or an `exporter` is given, as
-    tests do); instrument psycopg, redis and httpx. Returns whether tracing is on."""
+    tests do); instrument psycopg, redis and httpx (unless `library_spans` is off). Returns whether
+    tracing is on."""
     global ON, CAPTURE_CONTENT, _tracer, _provider
     if ON:
         return True
@@ -86,7 +87,8 @@ def setup(settings: TelemetrySettings, service: str, *, exporter: Any = None) ->
     _provider = provider
     _tracer = provider.get_tracer("agentos")
     CAPTURE_CONTENT = settings.capture_content
-    _instrument_libraries()
+    if settings.library_spans:
+        _instrument_libraries()
     ON = True
     log.info("tracing on: spans of %s go to %s", service, endpoint or type(exporter).__name__)
     return True
