@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import errno
-import logging
 import os
 import signal
 import socket
@@ -52,6 +51,7 @@ from core.db import open_pool
 from core.migrations import migrate as apply_migrations
 from core.settings import Settings, load_settings
 from core.store import orgs
+from core.telemetry.logs import configure as configure_logs
 
 console = Console(stderr=True, soft_wrap=True)
 
@@ -132,6 +132,18 @@ def _dev_settings(**overrides: object) -> Settings:
     return _settings(**overrides)
 
 
+def _logs(process: str, settings: Settings | None = None) -> None:
+    """This process's logging (JSON lines, or text under `agentos dev`); the settings are read
+    from the environment when the command has none yet (their errors are reported later)."""
+    if settings is None:
+        try:
+            settings = load_settings()
+        except ValidationError:
+            configure_logs(process)
+            return
+    configure_logs(process, settings.log_level, settings.telemetry.log_format)
+
+
 def _external_services() -> bool:
     env = os.environ
     db = env.get("AGENTOS_DATABASE_URL") or env.get("AGENTOS_DATABASE__URL")
@@ -148,8 +160,9 @@ def _migrate(settings: Settings) -> None:
 def _serve(settings: Settings, host: str, port: int, sock: socket.socket | None = None) -> None:
     from api.app import create_app
 
+    # log_config=None: uvicorn's records go through the process's one set-up (core.telemetry.logs).
     config = uvicorn.Config(create_app(settings), host=host, port=port, log_level=settings.log_level.lower(),
-                            lifespan="on", timeout_graceful_shutdown=10)
+                            lifespan="on", timeout_graceful_shutdown=10, log_config=None)
     uvicorn.Server(config).run(sockets=[sock] if sock else None)
 
 
@@ -184,7 +197,9 @@ def dev(
 
     Uses AGENTOS_DATABASE_URL / AGENTOS_REDIS_URL instead of embedded servers when both are set.
     """
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    # Human-readable logs here and in the workers, watchdog and sandbox it starts.
+    os.environ.setdefault("AGENTOS_TELEMETRY__LOG_FORMAT", "text")
+    _logs("dev")
     data_dir = data_dir.resolve()
     other = running_stack(data_dir)
     if other is not None and not _external_services():
@@ -287,8 +302,8 @@ def api(
         help="Address to bind (default: AGENTOS_API__HOST, 127.0.0.1; 0.0.0.0 listens on every interface).")] = None,
 ) -> None:
     """Serve the API alone, against AGENTOS_DATABASE_URL and AGENTOS_REDIS_URL (for deployment)."""
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     settings = _settings()
+    _logs("api", settings)
     require_services(settings)  # Redis may be down: the API serves reads and defers runs meanwhile
     host, port = host or settings.api.host, settings.api.port if port is None else port
     _serve(settings, host, port, _bind(host, port))
@@ -314,7 +329,7 @@ def worker(
         raise typer.Exit(0 if verdict.healthy else 1)
     from runtime.celery_app import run_worker
 
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    _logs("worker")
     # A worker is a service: started while Postgres or Redis is away (an orchestrator starts it
     # next to them, a supervisor restarts it during an outage) it waits for them, as Celery does
     # for its broker and as deliveries do for Postgres, instead of exiting.
@@ -347,7 +362,7 @@ def watchdog(
     deployment, next to the workers."""
     from runtime.watchdog import run_watchdog, sweep_once
 
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    _logs("watchdog")
     # One pass needs its services now; the loop waits for them (it logs once per outage).
     settings = _settings_for_cli(data_dir, need_redis=True, require=once)
     if once:
@@ -620,11 +635,11 @@ def sandbox(
     from skills.sandbox.execution import become_subreaper
     from skills.sandbox.service import create_sandbox_app
 
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         service = SandboxServiceSettings()
     except ValidationError as exc:
         raise CliError(f"invalid settings: {exc}", EXIT_USAGE) from None
+    configure_logs("sandbox", service.log_level, service.telemetry.log_format)
     settings = service.sandbox
     if settings.token is None or not settings.token.get_secret_value():
         raise CliError("no service token: set AGENTOS_SANDBOX__TOKEN (the workers send the same one)", EXIT_USAGE)
@@ -636,7 +651,7 @@ def sandbox(
         backend.close()
         raise CliError(f"sandbox backend {settings.backend} unavailable: {exc}", EXIT_USAGE) from None
     uvicorn.run(create_sandbox_app(settings, backend), host=host or settings.host,
-                port=settings.port if port is None else port, log_level=service.log_level.lower())
+                port=settings.port if port is None else port, log_level=service.log_level.lower(), log_config=None)
 
 
 def _dev_sandbox(settings: Settings) -> tuple[int | None, dict[str, str]]:

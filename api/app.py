@@ -45,12 +45,15 @@ from api.routes import (
     stream_tokens,
     tool_calls,
 )
+from api.routes.metrics import metrics_endpoint
 from api.state import ApiState, LifespanState
 from core.admission import Admission
 from core.db import check_tenant_isolation
 from core.event_hub import EventHub
 from core.infra import Infra
 from core.settings import Settings
+from core.telemetry import metrics, tracing
+from core.telemetry.http import TelemetryMiddleware
 
 log = logging.getLogger("agentos.api")
 
@@ -78,6 +81,8 @@ def create_app(settings: Settings) -> Starlette:
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[LifespanState]:
+        # Before the pools open: the psycopg and redis instrumentations wrap new connections.
+        tracing.setup(settings.telemetry, "api")
         infra = await Infra.open(settings, name="agentos-api")
         event_hub = EventHub.from_settings(settings, infra.pool)
         try:
@@ -94,11 +99,14 @@ def create_app(settings: Settings) -> Starlette:
     exception_handlers: Any = HANDLERS
     # Stream tokens travel in query strings: keep them out of the access log.
     access_log.install()
+    metrics.configure(settings.telemetry)
     # CORS outermost, so that refusals (401, 413, 429...) reach the page's script too.
     cors = cors_middleware(settings.api)
     return Starlette(
-        routes=[*routes, Route("/openapi.json", openapi_json, methods=["GET"])],
-        middleware=[*([cors] if cors else []), Middleware(BodyLimit, max_bytes=settings.api.max_body_bytes)],
+        routes=[*routes, Route("/openapi.json", openapi_json, methods=["GET"]),
+                Route("/metrics", metrics_endpoint, methods=["GET"])],
+        middleware=[*([cors] if cors else []), Middleware(TelemetryMiddleware),
+                    Middleware(BodyLimit, max_bytes=settings.api.max_body_bytes)],
         exception_handlers=exception_handlers,
         lifespan=lifespan,
     )

@@ -24,6 +24,7 @@ from core.infra import Infra
 from core.pagination import DEFAULT_LIMIT, MAX_LIMIT, BadCursor, decode_cursor
 from core.principal import Principal, Role
 from core.settings import Settings
+from core.telemetry import names, scope, tracing
 from core.tenancy import AsyncPool
 
 B = TypeVar("B", bound=BaseModel)
@@ -189,6 +190,9 @@ class Endpoint:
                 raise unauthenticated("This needs the platform admin token.")
         elif spec.role is not None:
             principal = await auth.authenticate(request)
+            scope.bind(org_id=principal.org_id)  # for logs and spans of this request
+            if tracing.ON:
+                tracing.annotate(**{names.ORG_ID: principal.org_id})
             # Every authenticated request of an org draws on its request rate (health checks
             # and platform admin calls do not).
             rate = await shared.admission.check_rate(principal.org_id)

@@ -1,6 +1,6 @@
 """End-to-end run benchmark: POST a run, follow its SSE stream to the terminal event.
 
-    .venv/bin/python bench/runs.py [--runs N] [--concurrency C] [--workers W[,W...]] [--profile]
+    .venv/bin/python bench/runs.py [--runs N] [--concurrency C] [--workers W[,W...]] [--profile] [--trace]
 
 Starts its own stack in a temp dir (embedded Postgres + Redis, non-durable), migrates, creates an
 org and an `offline:default` agent through the API, starts `agentos worker` (prefork, W slots) and
@@ -14,6 +14,8 @@ Ctrl-C or an error. Then, per worker setting:
    runs are done: runs/s and latencies.
 
 Every run is also split with the events' own `ts` fields (API, queue wait, execution, delivery).
+`--trace` turns tracing on in the API and the worker, exporting every span over OTLP/HTTP to a
+local no-op collector (it answers each export without decoding it), to price tracing per run.
 `--profile` adds: Postgres statements per run (from `log_statement=all` for a few runs), and
 cProfile of the worker's `execute_run` and of the API's POST handler, both run in this process.
 """
@@ -60,6 +62,7 @@ from agentos.stack.local import LocalStack, StackUrls  # noqa: E402
 from agentos.stack.process import ServerProcess, free_port  # noqa: E402
 from agentos.stack.worker import worker_process  # noqa: E402
 from core.migrations import migrate  # noqa: E402
+from tests.otlp_collector import OtlpCollector  # noqa: E402
 
 TERMINAL = frozenset({"run.succeeded", "run.failed", "run.cancelled", "run.timed_out"})
 APP_ROLE = "agentos_app"
@@ -184,6 +187,12 @@ class Bench:
         self.org_id = ""
         self.key = ""
         self.agent_id = ""
+        self.collector: OtlpCollector | None = OtlpCollector(keep=False).start() if args.trace else None
+
+    def telemetry_env(self) -> dict[str, str]:
+        if self.collector is None:
+            return {}
+        return {"AGENTOS_TELEMETRY__OTLP_ENDPOINT": self.collector.url}
 
     @property
     def headers(self) -> dict[str, str]:
@@ -198,7 +207,8 @@ class Bench:
         self.api_url = f"http://127.0.0.1:{port}"
         argv = [sys.executable, "-m", "agentos", "api", "--host", "127.0.0.1", "--port", str(port)]
         self.api = ServerProcess("api", argv, self.dir / "api.log", stop_signal=signal.SIGTERM,
-                                 env=_child_env(self.urls, self.admin_token, self.args.api_log_level))
+                                 env=_child_env(self.urls, self.admin_token, self.args.api_log_level)
+                                 | self.telemetry_env())
         self.api.start()
         self.api.wait_until(self._api_ready, timeout_s=60)
         console.print(f"stack, migrations and API up in {time.perf_counter() - t0:.1f}s ({self.dir})")
@@ -220,7 +230,7 @@ class Bench:
         self.worker = worker_process(
             log, database_url=self.urls.database_url, redis_url=self.urls.redis_url,
             workspace_root=self.dir / "workspaces", concurrency=concurrency,
-            extra_env={"AGENTOS_LOG_LEVEL": "INFO"},  # Celery logs " ready." at INFO
+            extra_env={"AGENTOS_LOG_LEVEL": "INFO", **self.telemetry_env()},  # Celery logs " ready." at INFO
         )
         if self.args.pool != "prefork":
             self.worker.argv.append(f"--pool={self.args.pool}")
@@ -236,7 +246,7 @@ class Bench:
             self.worker = None
 
     def close(self) -> None:
-        for step in (self.stop_worker, self._stop_api, self._stop_stack):
+        for step in (self.stop_worker, self._stop_api, self._stop_stack, self._stop_collector):
             try:
                 step()
             except Exception as exc:  # keep stopping the rest
@@ -250,6 +260,12 @@ class Bench:
         if self.api is not None:
             self.api.stop()
             self.api = None
+
+    def _stop_collector(self) -> None:
+        if self.collector is not None:
+            console.print(f"no-op collector: {self.collector.requests} OTLP export requests received")
+            self.collector.stop()
+            self.collector = None
 
     def _stop_stack(self) -> None:
         if self.stack is not None:
@@ -836,6 +852,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--profile-runs", type=int, default=30, help="runs per profiling step (default 30)")
     p.add_argument("--json", type=Path, help="also write every run's sample and the settings to this file")
     p.add_argument("--keep", action="store_true", help="keep the temp dir (logs) at the end")
+    p.add_argument("--trace", action="store_true",
+                   help="tracing on in the API and worker, spans exported to a local no-op OTLP collector")
     args = p.parse_args(argv)
     try:
         args.worker_counts = [int(w) for w in str(args.workers).split(",") if w.strip()]
@@ -862,7 +880,8 @@ async def amain(bench: Bench) -> None:
     console.print()
     console.print(f"machine: {machine()}")
     console.print(f"settings: runs={args.runs} concurrency={args.concurrency} concurrent-runs={args.concurrent_runs} "
-                  f"workers={args.workers} pool={args.pool} input={args.input!r} api-log-level={args.api_log_level}")
+                  f"workers={args.workers} pool={args.pool} input={args.input!r} api-log-level={args.api_log_level} "
+                  f"trace={args.trace}")
     report(phases, args)
     targets(phases, args.concurrency)
     if args.json:

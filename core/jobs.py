@@ -12,9 +12,11 @@ import asyncio
 from typing import Any
 
 from celery import Celery
+from opentelemetry.trace import SpanKind
 from pydantic import BaseModel
 
 from core.settings import Settings
+from core.telemetry import names, tracing
 
 EXECUTE_RUN = "agentos.execute_run"
 # Chunk and embed one knowledge-base document (memory.knowledge.ingest).
@@ -68,7 +70,14 @@ class JobQueue:
         self._app.conf.update(celery_config(settings))
 
     def send_run(self, job: RunJob) -> None:
-        self._app.send_task(EXECUTE_RUN, kwargs=job.model_dump(), queue=RUNS_QUEUE)
+        if not tracing.ON:
+            self._app.send_task(EXECUTE_RUN, kwargs=job.model_dump(), queue=RUNS_QUEUE)
+            return
+        # The worker's span continues this one: W3C `traceparent` in the task's headers.
+        with tracing.span(names.RUN_SEND, {names.MESSAGING_SYSTEM: "celery", names.MESSAGING_DESTINATION: RUNS_QUEUE,
+                                           names.MESSAGING_OPERATION: "send", names.RUN_ID: job.run_id,
+                                           names.ORG_ID: job.org_id}, kind=SpanKind.PRODUCER):
+            self._app.send_task(EXECUTE_RUN, kwargs=job.model_dump(), queue=RUNS_QUEUE, headers=tracing.inject())
 
     async def enqueue_run(self, run_id: str, org_id: str) -> None:
         await asyncio.to_thread(self.send_run, RunJob(run_id=run_id, org_id=org_id))

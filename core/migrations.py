@@ -555,6 +555,12 @@ def _mcp_servers(conn: psycopg.Connection) -> None:
     _tenant_policy(conn, "mcp_servers")
 
 
+def _trace_parent(conn: psycopg.Connection) -> None:
+    # The W3C traceparent of the request that created a run (its trace id is `trace_id`): a
+    # later delivery (after a human's decision, a crash) continues the run's trace under it.
+    conn.execute("ALTER TABLE runs ADD COLUMN trace_parent text")
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration("initial schema with row-level security", _initial),
     Migration("per-session event sequence and run queue order", _run_queue),
@@ -569,6 +575,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration("versioned skill registry per org, skill versions resolved per run", _skill_registry),
     Migration("data sources for data_query", _data_sources),
     Migration("MCP servers and their cached tool lists", _mcp_servers),
+    Migration("runs keep the trace context they were created in", _trace_parent),
 )
 
 

@@ -17,6 +17,7 @@ from core import events
 from core.admission import release_run
 from core.infra import Infra
 from core.store.runs import Finished
+from core.telemetry import metrics
 from core.tenancy import run_cancel_key, run_scratch_key
 
 log = logging.getLogger("agentos.runs")
@@ -60,6 +61,7 @@ async def run_ended(infra: Infra, org_id: str, done: Finished) -> None:
     place among the org's active runs, drop its cancel flag and scratch state, and start the
     session's next run. Never raises for Redis or the broker being away."""
     run_id = done.run["id"]
+    _count_ended(org_id, done)
     # Released before the terminal event goes out: a client that starts its next run as soon as
     # it sees this one end must find the place free.
     await release_run(infra.redis, org_id, run_id)
@@ -67,3 +69,10 @@ async def run_ended(infra: Infra, org_id: str, done: Finished) -> None:
     with suppress(RedisError, OSError):
         await infra.redis.delete(run_cancel_key(org_id, run_id), run_scratch_key(org_id, run_id))
     await start_next(infra, org_id, done.next_run_id)
+
+
+def _count_ended(org_id: str, done: Finished) -> None:
+    run, m = done.run, metrics.get()
+    m.runs_finished.labels(run["status"], run["agent_id"], *m.org(org_id)).inc()
+    if run["finished_at"] is not None:
+        m.run_duration.labels(run["status"]).observe((run["finished_at"] - run["created_at"]).total_seconds())

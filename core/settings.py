@@ -376,6 +376,32 @@ class McpSettings(BaseModel):
     stdio: dict[str, StdioMcpServer] = Field(default_factory=dict)
 
 
+class TelemetrySettings(BaseModel):
+    """Traces, metrics and logs (docs/operations.md, "Telemetry"). Tracing is off unless an OTLP
+    endpoint is set here or in the standard `OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT`."""
+
+    # OTLP/HTTP endpoint (`http://collector:4318`; `/v1/traces` is appended unless the path ends
+    # in it). The standard OTEL_* variables (headers, sampler, service name, ...) apply too.
+    otlp_endpoint: str | None = None
+    service_name: str = "agentos"
+    # Message content (prompts, answers, tool arguments and results) never goes into spans
+    # unless this is set; secrets never do.
+    capture_content: bool = False
+    # Postgres, Redis and outbound HTTP spans (the contrib instrumentations) inside run traces:
+    # most of tracing's cost per run (docs/benchmarks.md, Tracing); false keeps ours only.
+    library_spans: bool = True
+    # `/metrics` on the API's port answers only with `Authorization: Bearer <token>`; unset: 404.
+    metrics_token: SecretStr | None = None
+    # A side port where a worker's parent process (or the watchdog) serves `/metrics` for all
+    # its prefork children (multiprocess mode); unset: none.
+    metrics_port: int | None = Field(default=None, ge=0, le=65535)
+    metrics_host: str = "127.0.0.1"
+    # Label metrics with the org id (cardinality grows with the number of orgs).
+    metrics_org_label: bool = False
+    # `json` (one JSON object per line) or `text` (human-readable; `agentos dev` uses it).
+    log_format: Literal["json", "text"] = "json"
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="AGENTOS_", env_nested_delimiter="__", extra="ignore", frozen=True
@@ -397,6 +423,7 @@ class Settings(BaseSettings):
     outbound: OutboundSettings = OutboundSettings()
     web: WebSettings = WebSettings()
     mcp: McpSettings = McpSettings()
+    telemetry: TelemetrySettings = TelemetrySettings()
 
     @model_validator(mode="after")
     def _refuse_default_secrets(self) -> Settings:
@@ -432,6 +459,7 @@ class SandboxServiceSettings(BaseSettings):
 
     log_level: str = "INFO"
     sandbox: SandboxSettings = SandboxSettings()
+    telemetry: TelemetrySettings = TelemetrySettings()
 
 
 def load_settings(**overrides: object) -> Settings:

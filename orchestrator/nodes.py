@@ -4,10 +4,11 @@ hands back the answer. Each node announces itself with `step.started`."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
 
 from langchain_core.messages import (
     AIMessage,
@@ -28,6 +29,7 @@ from core.skill_names import DELEGATE_TOOL
 from core.storable import refusal, storable, storable_text
 from core.store import tool_calls
 from core.store.tool_calls import ToolCallRow, ToolCallStatus
+from core.telemetry import genai, names, tracing
 from core.tenancy import tenant_tx
 from memory.short_term import CHARS_PER_TOKEN, Turn, clip, extractive_summary
 from orchestrator.approvals import ApprovalNeeded, needs_approval, wait_for_human
@@ -52,6 +54,30 @@ class ModelCallFailed(Exception):
     def __init__(self, cause: BaseException) -> None:
         super().__init__(str(cause))
         self.cause = cause
+
+
+N = TypeVar("N", bound=Callable[..., Awaitable[dict[str, Any]]])
+
+
+def _traced(node: str) -> Callable[[N], N]:
+    """A node as a span (`agentos.step <node>`) when tracing is on. `functools.wraps` keeps the
+    signature LangGraph reads to pass the runtime."""
+
+    def wrap(fn: N) -> N:
+        @functools.wraps(fn)
+        async def run(state: AgentState, runtime: Runtime[RunContext], *args: Any) -> dict[str, Any]:
+            if not tracing.ON:
+                return await fn(state, runtime, *args)
+            ctx = runtime.context
+            attributes = {names.NODE: node}
+            if ctx is not None:
+                attributes[names.AGENT_ID] = ctx.agent.id
+            with tracing.span(names.step(node), attributes):
+                return await fn(state, runtime, *args)
+
+        return run  # type: ignore[return-value]
+
+    return wrap
 
 
 async def _step(ctx: RunContext, node: str) -> None:
@@ -148,8 +174,10 @@ async def _summarise(ctx: RunContext, previous: str, turns: Sequence[Turn], max_
         return await model.ainvoke(prompt)
 
     try:
-        reply = await with_retries(call, attempts=ctx.models.max_retries + 1,
-                                   base_delay_s=ctx.models.retry_base_delay_s)
+        with genai.model_call(ctx.agent.config.model, ctx.agent.id) as traced:
+            reply = await with_retries(call, attempts=ctx.models.max_retries + 1,
+                                       base_delay_s=ctx.models.retry_base_delay_s)
+            traced.usage(getattr(reply, "usage_metadata", None))
     except Exception as exc:
         log.warning("summary by %s failed in run %s (%s); using the extractive one", ctx.agent.config.model,
                     ctx.run_id, type(exc).__name__)
@@ -158,6 +186,7 @@ async def _summarise(ctx: RunContext, previous: str, turns: Sequence[Turn], max_
     return clip(str(reply.text), max_tokens * CHARS_PER_TOKEN) or extractive_summary(previous, turns, max_tokens)
 
 
+@_traced("think")
 async def think(state: AgentState, runtime: Runtime[RunContext]) -> dict[str, Any]:
     ctx = runtime.context
     assert ctx is not None
@@ -202,9 +231,13 @@ async def think(state: AgentState, runtime: Runtime[RunContext]) -> dict[str, An
         return total if total is not None else AIMessageChunk(content="")
 
     try:
-        chunk = await with_retries(
-            call, attempts=ctx.models.max_retries + 1, base_delay_s=ctx.models.retry_base_delay_s
-        )
+        with genai.model_call(ctx.agent.config.model, ctx.agent.id) as traced:
+            chunk = await with_retries(
+                call, attempts=ctx.models.max_retries + 1, base_delay_s=ctx.models.retry_base_delay_s
+            )
+            traced.usage(chunk.usage_metadata)
+            if tracing.CAPTURE_CONTENT:
+                traced.output(chunk.text if isinstance(chunk.text, str) else "")
     except ModelCallFailed:
         raise
     except Exception as exc:
@@ -256,18 +289,22 @@ async def _run_skill(ctx: RunContext, call: dict[str, Any], tool_call_id: str) -
         tool_call_id=tool_call_id, workspace=ctx.workspace, user_id=ctx.user_id, memory=ctx.memory,
         knowledge=ctx.agent.config.memory.knowledge, sandbox=ctx.sandbox, infra=ctx.infra,
     )
-    try:
-        async with asyncio.timeout(max(ctx.budget.remaining_s(), 0.001)):
-            return await skill.invoke(skill_ctx, args), None
-    except SkillError as exc:
-        return None, str(exc)
-    except TimeoutError:
-        raise
-    except Exception as exc:
-        log.exception("skill %s failed in run %s", name, ctx.run_id)
-        return None, f"The tool {name} failed unexpectedly ({type(exc).__name__})."
+    with genai.skill_call(name, tool_call_id, ctx.agent.id, args) as traced:
+        try:
+            async with asyncio.timeout(max(ctx.budget.remaining_s(), 0.001)):
+                return await skill.invoke(skill_ctx, args), None
+        except SkillError as exc:
+            traced.failed("skill_error")
+            return None, str(exc)
+        except TimeoutError:
+            raise
+        except Exception as exc:
+            log.exception("skill %s failed in run %s", name, ctx.run_id)
+            traced.failed(type(exc).__name__)
+            return None, f"The tool {name} failed unexpectedly ({type(exc).__name__})."
 
 
+@_traced("act")
 async def act(state: AgentState, runtime: Runtime[RunContext]) -> dict[str, Any]:
     ctx = runtime.context
     assert ctx is not None
@@ -367,6 +404,7 @@ def _tool_message(call: dict[str, Any], output: Any, error: str | None) -> ToolM
                        status="error" if error is not None else "success")
 
 
+@_traced("delegate")
 async def delegate(state: AgentState, runtime: Runtime[RunContext], subagent_graph: SubagentGraph) -> dict[str, Any]:
     """Runs each delegate call's sub-agent on `subagent_graph()`. The graph module binds that
     argument when it adds this node (so this module needs no import of the graph module)."""
@@ -417,6 +455,7 @@ def final_text(messages: list[AnyMessage]) -> str:
     return ""
 
 
+@_traced("respond")
 async def respond(state: AgentState, runtime: Runtime[RunContext]) -> dict[str, Any]:
     ctx = runtime.context
     assert ctx is not None
@@ -438,6 +477,7 @@ def route_start(state: AgentState) -> str:
     return "plan" if ctx is not None and ctx.depth == 0 and ctx.agent.config.mode == "plan" else "think"
 
 
+@_traced("plan")
 async def plan(state: AgentState, runtime: Runtime[RunContext]) -> dict[str, Any]:
     """Plan mode: propose a plan and hold it for approval like a tool call; a rejection (with
     its reason) leads to a new plan; the approved plan (as approved, maybe edited) guides THINK."""
@@ -477,10 +517,12 @@ async def _propose_plan(ctx: RunContext, state: AgentState, feedback: str) -> st
         prompt.insert(0, SystemMessage(ctx.agent.config.instructions))
     prompt.extend(_conversation(state["messages"]))
     text = ""
-    async for chunk in _model(ctx).astream(prompt):
-        piece = chunk.text if isinstance(chunk.text, str) else ""
-        if piece:
-            text += piece
-            await ctx.emitter.delta(piece, ctx.agent.id)
-        _add_usage(ctx, chunk.usage_metadata)
+    with genai.model_call(ctx.agent.config.model, ctx.agent.id) as traced:
+        async for chunk in _model(ctx).astream(prompt):
+            piece = chunk.text if isinstance(chunk.text, str) else ""
+            if piece:
+                text += piece
+                await ctx.emitter.delta(piece, ctx.agent.id)
+            _add_usage(ctx, chunk.usage_metadata)
+            traced.usage(chunk.usage_metadata)
     return text

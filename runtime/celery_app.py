@@ -13,14 +13,16 @@ broker is away is retried with exponential backoff and jitter; anything else is 
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any, ClassVar
 
 from celery import Celery, Task
-from celery.signals import worker_process_shutdown
+from celery.signals import worker_process_init, worker_process_shutdown
 
 from core import jobs
 from core.infra import INFRA_ERRORS, InfraUnavailable, is_infra_error
 from core.settings import Settings
+from core.telemetry import metrics, scope, tracing
 from memory import knowledge
 from runtime import liveness
 from runtime.executor import execute_run
@@ -87,8 +89,13 @@ def create_celery(settings: Settings) -> Celery:
     @app.task(name=jobs.EXECUTE_RUN, base=Bound, bind=True, ignore_result=True)  # type: ignore[untyped-decorator]
     def execute_run_task(task: AgentTask, run_id: str, org_id: str) -> str:
         job = jobs.RunJob(run_id=run_id, org_id=org_id)
-        delivery = task.call_infra(f"run {job.run_id}", execute_run, job.run_id, job.org_id)
-        log.info("run %s: %s", job.run_id, delivery.outcome)
+        traceparent = _traceparent(task.request) if tracing.ON else None
+        delivery = task.call_infra(f"run {job.run_id}", execute_run, job.run_id, job.org_id, traceparent)
+        bound = scope.bind(org_id=job.org_id, run_id=job.run_id, trace_id=delivery.trace_id)
+        try:
+            log.info("run %s: %s", job.run_id, delivery.outcome)
+        finally:
+            scope.reset(bound)
         if delivery.retry_after_s is not None:  # held by another worker's lease: not a failure
             raise task.retry(countdown=delivery.retry_after_s)
         return str(delivery.outcome)
@@ -107,16 +114,46 @@ def create_celery(settings: Settings) -> Celery:
             raise task.retry(countdown=outcome.retry_after_s)
         return str(outcome.status)
 
-    def _shutdown(**_: Any) -> None:
-        Bound.holder.close()
+    def _process_init(**_: Any) -> None:
+        # Each prefork child after the fork: the exporter's thread and the instrumented
+        # connections must be its own (its pools open on its first task, after this).
+        tracing.setup(settings.telemetry, "worker")
+        metrics.configure(settings.telemetry)
 
+    def _shutdown(**_: Any) -> None:
+        try:
+            Bound.holder.close()
+        finally:
+            tracing.shutdown()
+            metrics.child_exited(os.getpid())
+
+    worker_process_init.connect(_process_init, weak=False)
     worker_process_shutdown.connect(_shutdown, weak=False)
     return app
 
 
+def _traceparent(request: Any) -> str | None:
+    """The `traceparent` the sender put in the task's headers (Celery exposes custom headers on
+    the request, or under `headers` depending on the protocol)."""
+    value = request.get("traceparent") if hasattr(request, "get") else None
+    if value is None:
+        value = (getattr(request, "headers", None) or {}).get("traceparent")
+    return value if isinstance(value, str) else None
+
+
 def run_worker(settings: Settings, *, concurrency: int | None = None, pool: str = "prefork",
                loglevel: str = "INFO") -> None:
-    """Run a worker in this process until it is stopped (SIGTERM / Ctrl-C)."""
+    """Run a worker in this process until it is stopped (SIGTERM / Ctrl-C). With
+    `AGENTOS_TELEMETRY__METRICS_PORT` this (parent) process serves `/metrics` for all its prefork
+    children, which write their values to files (prometheus-client's multiprocess mode)."""
+    side = None
+    if settings.telemetry.metrics_port is not None:
+        if pool == "prefork":
+            metrics.use_multiprocess()
+        side = metrics.serve(settings.telemetry)
+    if pool != "prefork":  # no fork: this process executes the runs itself
+        tracing.setup(settings.telemetry, "worker")
+        metrics.configure(settings.telemetry)
     app = create_celery(settings)
     argv = [
         "worker", f"--loglevel={loglevel}", f"--concurrency={concurrency or settings.worker.concurrency}",
@@ -128,3 +165,6 @@ def run_worker(settings: Settings, *, concurrency: int | None = None, pool: str 
     finally:
         if pool == "solo":
             app.tasks[jobs.EXECUTE_RUN].holder.close()
+        if side is not None:
+            side.close()
+        tracing.shutdown()

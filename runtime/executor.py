@@ -15,6 +15,7 @@ import random
 import socket
 import uuid
 from collections.abc import Awaitable, Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -22,6 +23,7 @@ from typing import Any
 
 from langchain_core.messages import HumanMessage
 from langgraph.types import Command
+from opentelemetry.trace import SpanKind
 from psycopg.types.json import Jsonb
 from redis.exceptions import RedisError
 
@@ -30,9 +32,11 @@ from core.agent_config import AgentConfig
 from core.events import RunEmitter
 from core.ids import new_id
 from core.infra import is_infra_error
+from core.jobs import RUNS_QUEUE
 from core.run_signals import run_ended, start_next
 from core.store import agents, runs, sessions, tool_calls
 from core.store.runs import RunStatus
+from core.telemetry import metrics, names, scope, tracing
 from core.tenancy import checkpoint_thread_id, run_cancel_key, tenant_tx
 from orchestrator.context import AgentSpec, Budget, LimitExceeded, RunContext
 from orchestrator.models import ModelConfigError, aclose_model, describe_error
@@ -41,6 +45,7 @@ from runtime.services import Services
 from skills.catalogue import RunSkills
 
 log = logging.getLogger("agentos.worker")
+_NOOP: AbstractContextManager[None] = nullcontext()
 
 
 @dataclass(frozen=True)
@@ -66,6 +71,7 @@ class Delivery:
 
     outcome: str
     retry_after_s: float | None = None
+    trace_id: str | None = None  # the run's, when the delivery got as far as claiming it
 
 
 async def _graph_input(svc: Services, config: Any, user_message: HumanMessage, resume: bool) -> Any:
@@ -117,12 +123,26 @@ def _spec(row: agents.AgentRow | agents.AgentVersionRow) -> AgentSpec:
     return AgentSpec(id=row["id"], name=row["name"], version=row["version"], config=AgentConfig(**row["config"]))
 
 
-async def execute_run(svc: Services, run_id: str, org_id: str) -> Delivery:
+async def execute_run(svc: Services, run_id: str, org_id: str, traceparent: str | None = None) -> Delivery:
     """Execute one delivery of a run: claim it, run it, record how it ended.
 
     Raises only when Postgres/Redis/the broker is away (the task retries the delivery later). A
     bug anywhere else ends the run `failed` `INTERNAL` at once, logged with its traceback,
-    instead of being retried as if the database were down."""
+    instead of being retried as if the database were down.
+
+    `traceparent`: the sender's trace context (task headers); with tracing on, the delivery is a
+    consumer span under it."""
+    scope.bind(org_id=org_id, run_id=run_id)
+    if not tracing.ON:
+        return await _execute_run(svc, run_id, org_id)
+    parent = tracing.extract({"traceparent": traceparent}) if traceparent else None
+    with tracing.span(names.RUN_EXECUTE, {names.MESSAGING_SYSTEM: "celery", names.MESSAGING_OPERATION: "process",
+                                          names.MESSAGING_DESTINATION: RUNS_QUEUE},
+                      kind=SpanKind.CONSUMER, parent=parent):
+        return await _execute_run(svc, run_id, org_id)
+
+
+async def _execute_run(svc: Services, run_id: str, org_id: str) -> Delivery:
     owner = worker_id()
     try:
         return await _deliver(svc, run_id, org_id, owner)
@@ -159,6 +179,13 @@ async def _deliver(svc: Services, run_id: str, org_id: str, owner: str) -> Deliv
     # Which version of each of the org's skills this run uses: fixed by the claim at its first
     # start and read back by every later attempt.
     resolved = dict(row["skill_versions"] or {})
+    scope.bind(session_id=row["session_id"], agent_id=row["agent_id"], trace_id=row["trace_id"])
+    if row["attempt"] == 1:  # the run's first start: how long it waited for a worker
+        metrics.get().time_to_first_event.observe((datetime.now(UTC) - row["created_at"]).total_seconds())
+    if tracing.ON:
+        attributes: dict[str, str | int | None] = {names.SESSION_ID: row["session_id"],
+                                                   names.AGENT_ID: row["agent_id"], names.ATTEMPT: row["attempt"]}
+        tracing.annotate(**attributes)
     emitter = RunEmitter(svc.pool, svc.redis, org_id, run["session_id"], run_id,
                          maxlen=svc.settings.events.stream_maxlen, ttl_s=svc.settings.events.stream_ttl_s)
     await emitter.publish(claimed.events)
@@ -171,10 +198,12 @@ async def _deliver(svc: Services, run_id: str, org_id: str, owner: str) -> Deliv
         ended = Outcome(RunStatus.TIMED_OUT, error={
             "code": "TIMED_OUT", "message": "The run's time limit passed while its worker was gone."})
     else:
-        ended = await _execute(svc, row, agent, emitter, owner, session["user_id"] if session else None, resolved)
+        with tracing.continue_run(row["trace_parent"], row["trace_id"]) if tracing.ON else _NOOP:
+            ended = await _execute(svc, row, agent, emitter, owner, session["user_id"] if session else None,
+                                   resolved)
     if ended is None:
         return Delivery("lease lost: another worker owns the run")
-    return Delivery(await _complete(svc, row, emitter, owner, ended))
+    return Delivery(await _complete(svc, row, emitter, owner, ended), trace_id=row["trace_id"])
 
 
 async def _execute(

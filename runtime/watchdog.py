@@ -47,6 +47,7 @@ from core.run_signals import run_ended, send_run
 from core.settings import Settings
 from core.store import runs
 from core.store.runs import RunStatus
+from core.telemetry import metrics
 from core.tenancy import AsyncPool, tenant_tx, watchdog_scan_tx
 from memory import knowledge
 
@@ -275,8 +276,14 @@ async def sweep_once(settings: Settings) -> SweepReport:
 
 def run_watchdog(settings: Settings, interval_s: float | None = None) -> None:
     """Sweep every `interval_s` (default `AGENTOS_WORKER__WATCHDOG_INTERVAL_S`) until SIGTERM or
-    SIGINT. A pass that fails (Postgres or Redis away) is logged and tried again next time."""
-    asyncio.run(_loop(settings, interval_s or settings.worker.watchdog_interval_s))
+    SIGINT. A pass that fails (Postgres or Redis away) is logged and tried again next time. With
+    `AGENTOS_TELEMETRY__METRICS_PORT` it serves `/metrics` there (the runs it ended)."""
+    side = metrics.serve(settings.telemetry)
+    try:
+        asyncio.run(_loop(settings, interval_s or settings.worker.watchdog_interval_s))
+    finally:
+        if side is not None:
+            side.close()
 
 
 async def _loop(settings: Settings, interval_s: float) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import signal
 import socket
 import subprocess
 import sys
@@ -163,6 +164,17 @@ def running_worker(stack: StackUrls, openai_server: OpenAIServer, base: Path,
         yield Worker(proc, base / "workspaces")
     finally:
         proc.stop()
+
+
+def api_process(log_path: Path, stack: StackUrls, port: int, extra_env: dict[str, str] | None = None) -> ServerProcess:
+    """`agentos api` on 127.0.0.1:`port` against the test stack, a real process (started by the
+    caller, which also stops it), taking the test stack's admin token."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AGENTOS_")} | {
+        "AGENTOS_ENV": "test", "AGENTOS_DATABASE_URL": stack.database_url, "AGENTOS_REDIS_URL": stack.redis_url,
+        "AGENTOS_AUTH__PLATFORM_ADMIN_TOKEN": ADMIN_TOKEN, "AGENTOS_AUTH__JWT_SECRET": JWT_SECRET,
+        "PYTHONUNBUFFERED": "1", **(extra_env or {})}
+    argv = [sys.executable, "-m", "agentos", "api", "--host", "127.0.0.1", "--port", str(port)]
+    return ServerProcess("api", argv, log_path, stop_signal=signal.SIGTERM, env=env, group=True)
 
 
 # The `agentos` command as a user runs it, from this interpreter (so from this checkout's venv).

@@ -19,6 +19,7 @@ from api.routes.runs import reader_for, run_not_found, session_not_found
 from core.errors import ApiError
 from core.events import Event
 from core.store import runs
+from core.telemetry import metrics
 from core.tenancy import tenant_tx
 
 CURSOR = re.compile(r"[0-9]{1,18}")
@@ -40,9 +41,21 @@ def _sse(event: Event) -> ServerSentEvent:
     return ServerSentEvent(data=event.to_json().decode(), event=event.type, id=str(event.seq))
 
 
+async def _counted(stream: AsyncIterator[ServerSentEvent]) -> AsyncIterator[ServerSentEvent]:
+    """The stream, counted in `agentos_sse_connections` while it is open."""
+    gauge = metrics.get().sse_open
+    gauge.inc()
+    try:
+        async for item in stream:
+            yield item
+    finally:
+        gauge.dec()
+
+
 def _response(call: Call[Any], stream: AsyncIterator[ServerSentEvent]) -> Response:
     keepalive = call.settings.events.keepalive_s
-    return EventSourceResponse(stream, ping=keepalive, headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    return EventSourceResponse(_counted(stream), ping=keepalive,
+                               headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
 
 @endpoint("Stream one run's events (SSE); replays after `Last-Event-ID`, ends after the terminal event.",

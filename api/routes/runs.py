@@ -25,6 +25,7 @@ from core.pagination import page
 from core.run_signals import flag_cancel, publish, run_ended, send_run
 from core.store import agents, audit, runs, sessions
 from core.store.runs import RunStatus
+from core.telemetry import metrics, names, scope, tracing
 from core.tenancy import tenant_tx
 
 log = logging.getLogger("agentos.api")
@@ -52,6 +53,19 @@ def _public(run: runs.RunRow) -> dict[str, Any]:
     body = runs.to_public(run)
     body["stream_url"] = f"/v1/runs/{run['id']}/events"
     return body
+
+
+TRACE_HEADER = "AgentOS-Trace-Id"
+
+
+def _trace_parent(call: Call[Any]) -> str | None:
+    """The context the run's trace continues: this request's span when tracing is on, else the
+    caller's own `traceparent` (honoured either way), else none (the run gets a fresh trace id)."""
+    current = tracing.current_traceparent()
+    if current is not None:
+        return current
+    parsed = tracing.parse_traceparent(call.request.headers.get("traceparent"))
+    return f"00-{parsed[0]}-{parsed[1]}-01" if parsed is not None else None
 
 
 def _idempotency_key(call: Call[Any]) -> str | None:
@@ -87,6 +101,7 @@ async def create_run(call: Call[RunCreate]) -> Response:
             created = await runs.create(
                 conn, session_id=session_id, agent=agent, text=body.input, multitask=body.multitask,
                 metadata=body.metadata, idempotency_key=key, request_hash=request_hash, created_by=principal.actor,
+                trace_parent=_trace_parent(call),
             )
             if created.created and not ticket.admitted:
                 raise ticket.refusal()  # rolls the insert back
@@ -94,11 +109,16 @@ async def create_run(call: Call[RunCreate]) -> Response:
         await ticket.release()
         raise
     run = created.run
-    headers = {"Location": f"/v1/runs/{run['id']}"}
+    headers = {"Location": f"/v1/runs/{run['id']}", TRACE_HEADER: run["trace_id"]}
+    scope.bind(run_id=run["id"], session_id=session_id, agent_id=run["agent_id"], trace_id=run["trace_id"])
+    if tracing.ON:
+        tracing.annotate(**{names.RUN_ID: run["id"], names.SESSION_ID: session_id, names.AGENT_ID: run["agent_id"]})
     if not created.created:
         await ticket.release()
         return json(_public(run), status=202, headers={**headers, "Idempotent-Replayed": "true"})
     await ticket.bind(run["id"])
+    m = metrics.get()
+    m.runs_created.labels(run["agent_id"], *m.org(principal.org_id)).inc()
     infra = call.infra
     sending = send_run(infra, principal.org_id, run["id"]) if created.first_in_line else asyncio.sleep(0)
     _, sent = await asyncio.gather(publish(infra, principal.org_id, created.events), sending,
@@ -118,7 +138,7 @@ async def get_run(call: Call[Any]) -> Response:
         run = await runs.get(conn, run_id)
     if run is None:
         raise run_not_found(run_id)
-    return json(_public(run))
+    return json(_public(run), headers={TRACE_HEADER: run["trace_id"]})
 
 
 @endpoint("A session's runs, newest first.", paginated=True, response="Run")

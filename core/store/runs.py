@@ -78,6 +78,7 @@ class ClaimedRun(RunRow):
 
     deadline_at: datetime
     lapses: int
+    trace_parent: str | None  # the creating request's W3C traceparent, when it had one
 
 COLUMNS = (
     "id, session_id, agent_id, agent_version, status, multitask, input, output, error, usage, metadata, "
@@ -94,9 +95,10 @@ LOCK_ANY_SESSION_SQL = "SELECT id FROM sessions WHERE id = %s FOR UPDATE"
 BY_IDEMPOTENCY_SQL = f"SELECT {COLUMNS}, request_hash FROM runs WHERE session_id = %s AND idempotency_key = %s"
 INSERT_RUN_SQL = f"""
 INSERT INTO runs (id, org_id, session_id, agent_id, agent_version, multitask, input, metadata,
-                  idempotency_key, request_hash, trace_id, created_by, deadline_at)
+                  idempotency_key, request_hash, trace_id, trace_parent, created_by, deadline_at)
 VALUES (%(id)s, agentos_current_org(), %(session_id)s, %(agent_id)s, %(agent_version)s, %(multitask)s,
-        %(input)s, %(metadata)s, %(idempotency_key)s, %(request_hash)s, %(trace_id)s, %(created_by)s, NULL)
+        %(input)s, %(metadata)s, %(idempotency_key)s, %(request_hash)s, %(trace_id)s, %(trace_parent)s,
+        %(created_by)s, NULL)
 RETURNING {COLUMNS}
 """
 SET_QUEUE_SEQ_SQL = "UPDATE runs SET queue_seq = %s WHERE id = %s"
@@ -117,7 +119,7 @@ WHERE r.id = %(run_id)s
   AND r.cancel_requested_at IS NULL
   AND NOT EXISTS (SELECT 1 FROM runs e WHERE e.session_id = r.session_id AND e.queue_seq < r.queue_seq
                   AND e.status IN ('queued', 'running', 'awaiting_confirmation'))
-RETURNING {COLUMNS}, deadline_at, lapses
+RETURNING {COLUMNS}, deadline_at, lapses, trace_parent
 """
 HEARTBEAT_SQL = """
 UPDATE runs SET lease_expires_at = now() + %s, heartbeat_at = now()
@@ -199,9 +201,13 @@ async def create(
     idempotency_key: str | None,
     request_hash: str,
     created_by: str | None,
+    trace_parent: str | None = None,
 ) -> Created:
     """Insert the user's message and a queued run. The caller holds the session row
     (`lock_session`) for the whole transaction: that serialises runs of one session.
+
+    `trace_parent`: the W3C traceparent of the creating request's span (or of the caller's
+    incoming one); its trace id becomes the run's `trace_id`. Without it the run gets a fresh one.
 
     Raises `IdempotencyMismatch` for a reused idempotency key with another body, and
     `SessionBusy` when a run is active and `multitask` is `reject`.
@@ -219,7 +225,8 @@ async def create(
     run = await (await conn.execute(INSERT_RUN_SQL, {
         "id": run_id, "session_id": session_id, "agent_id": agent["id"], "agent_version": agent["version"],
         "multitask": multitask, "input": Jsonb({"text": text}), "metadata": Jsonb(metadata),
-        "idempotency_key": idempotency_key, "request_hash": request_hash, "trace_id": new_trace_id(),
+        "idempotency_key": idempotency_key, "request_hash": request_hash,
+        "trace_id": trace_parent[3:35] if trace_parent else new_trace_id(), "trace_parent": trace_parent,
         "created_by": created_by,
     })).fetchone()
     assert run is not None

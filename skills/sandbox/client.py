@@ -10,6 +10,7 @@ import httpx
 import redis.asyncio as aioredis
 
 from core.settings import SandboxSettings
+from core.telemetry import metrics
 from core.tenancy import AsyncPool
 from skills.sandbox.protocol import ExecuteRequest, ExecuteResult
 from skills.sandbox.quota import QuotaExceeded, SandboxQuota
@@ -40,6 +41,16 @@ class SandboxClient:
         (`<org_id>/...`): one org can never name another's."""
         if request.workspace is not None and request.workspace.split("/", 1)[0] != org_id:
             raise SandboxError(f"The workspace {request.workspace!r} is not this organisation's; the code did not run.")
+        executions = metrics.get().sandbox_executions
+        try:
+            result = await self._execute(org_id, request)
+        except BaseException:
+            executions.labels("error").inc()
+            raise
+        executions.labels("ok").inc()
+        return result
+
+    async def _execute(self, org_id: str, request: ExecuteRequest) -> ExecuteResult:
         if self.quota is None:
             return await self._send(request)
         try:
