@@ -14,7 +14,6 @@ import secrets
 import signal
 import time
 from collections.abc import Iterator
-from typing import Any
 
 import httpx
 import jwt
@@ -348,16 +347,19 @@ def test_fifty_runs_each_cut_at_a_random_event_arrive_whole(api_url: str, aos: C
 
     results = asyncio.run(all_runs())
     gaps = duplicates = unfinished = reconnected = 0
+    differ = []
     for run_id, events, connections in results:
         whole = list(aos.runs.events(run_id))
         gap, dup = _check(events, whole)
         gaps, duplicates = gaps + gap, duplicates + dup
         unfinished += not (events and events[-1].type in TERMINAL_EVENTS)
         reconnected += connections >= 2
-        assert events == whole, f"run {run_id}: followed {[e.seq for e in events]}, stored {[e.seq for e in whole]}"
-    print(f"{runs_n} runs, cuts at events {cuts}: {reconnected} resumed, {gaps} gaps, {duplicates} duplicates, "
+        if events != whole:
+            differ.append(f"{run_id}: followed {[e.seq for e in events]}, stored {[e.seq for e in whole]}")
+    print(f"{runs_n} runs, cuts before events {cuts}: {reconnected} resumed, {gaps} gaps, {duplicates} duplicates, "
           f"{unfinished} without a terminal event")
-    assert (gaps, duplicates, unfinished, reconnected) == (0, 0, 0, runs_n)
+    assert (gaps, duplicates, unfinished, reconnected) == (0, 0, 0, runs_n), differ[:3]
+    assert differ == []
 
 
 # --- the retry policy without a server -----------------------------------------------------------------
