@@ -117,10 +117,11 @@ def skills() -> Call[list[dict[str, Any]]]:
 
 
 def raw(method: str, path: str, body: dict[str, Any] | None = None, params: dict[str, str] | None = None) -> Call[Any]:
-    """Any route, its JSON answer as is (a POST is not retried once sent)."""
-    request = (_post(path, body) if method.upper() == "POST"
-               else Request(method.upper(), path, params=params or {}, body=body,
-                            replayable=method.upper() in ("GET", "HEAD", "PUT", "DELETE")))
+    """Any route, its JSON answer as is; only a GET or HEAD is sent again after a broken connection."""
+    method = method.upper()
+    headers = {"Idempotency-Key": new_idempotency_key()} if method == "POST" else {}
+    request = Request(method, path, params=params or {}, body=body, headers=headers,
+                      replayable=method in ("GET", "HEAD"))
     return Call(request, _raw)
 
 
@@ -144,7 +145,8 @@ def update_agent(agent_id: str, fields: dict[str, Any]) -> Call[Agent]:
 
 
 def delete_agent(agent_id: str) -> Call[None]:
-    return Call(Request("DELETE", f"/v1/agents/{agent_id}"), _nothing)
+    # Not replayable: a repeat after a lost answer would be 404 for a delete that worked.
+    return Call(Request("DELETE", f"/v1/agents/{agent_id}", replayable=False), _nothing)
 
 
 # --- sessions --------------------------------------------------------------------------------------
@@ -164,7 +166,7 @@ def list_sessions(agent_id: str | None = None, limit: int | None = None,
 
 
 def delete_session(session_id: str) -> Call[None]:
-    return Call(Request("DELETE", f"/v1/sessions/{session_id}"), _nothing)
+    return Call(Request("DELETE", f"/v1/sessions/{session_id}", replayable=False), _nothing)
 
 
 def list_messages(session_id: str, order: str | None = None, limit: int | None = None,
@@ -235,6 +237,7 @@ def list_api_keys(limit: int | None = None, cursor: str | None = None) -> Call[P
 
 
 def revoke_api_key(key_id: str) -> Call[ApiKey]:
+    # Replayable: revoking a revoked key answers the same again.
     return Call(Request("DELETE", f"/v1/api-keys/{key_id}"), _model(ApiKey))
 
 
