@@ -14,6 +14,7 @@ import secrets
 import signal
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import jwt
@@ -432,3 +433,20 @@ def test_the_clients_terminal_events_are_the_servers() -> None:
 
     assert set(TERMINAL_TYPES) == set(TERMINAL_EVENTS)
 
+
+
+def test_the_readmes_python_example_runs(api_url: str, aos: Client, org: Org, tmp_path: Path,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    example = readme.split("```python\n", 1)[1].split("```", 1)[0]
+    (tmp_path / ".agentos").mkdir()
+    (tmp_path / ".agentos" / "owner_key").write_text(org.key + "\n")
+    aos.agents.create("assistant")
+    cwd = os.getcwd()
+    os.chdir(tmp_path)  # the example reads .agentos/owner_key, as in the directory of `agentos dev`
+    try:
+        exec(compile(example.replace("http://127.0.0.1:8000", api_url), "README.md", "exec"), {})
+    finally:
+        os.chdir(cwd)
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[0].startswith("run.queued") and printed[-1].startswith("run.succeeded"), printed
