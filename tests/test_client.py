@@ -450,3 +450,46 @@ def test_the_readmes_python_example_runs(api_url: str, aos: Client, org: Org, tm
         os.chdir(cwd)
     printed = capsys.readouterr().out.splitlines()
     assert printed[0].startswith("run.queued") and printed[-1].startswith("run.succeeded"), printed
+
+
+def test_a_run_over_the_orgs_cap_waits_for_a_slot_and_starts_once(client: TestClient, api_url: str, aos: Client,
+                                                                   org: Org) -> None:
+    _set_limits(client, org, max_active_runs=1)
+    _, held_session = _agent_and_session(aos, confirm="all")
+    held = aos.runs.create(held_session, WRITE)
+    _pending_of(aos, held.id)  # it waits for a human now, holding the org's one slot
+    _, session = _agent_and_session(aos)
+    refusals: list[str] = []
+
+    def end_the_held_run(seconds: float) -> None:  # the client waits out QUOTA_EXCEEDED's Retry-After
+        refusals.append(f"{seconds:.1f}")
+        if len(refusals) == 1:
+            aos.runs.cancel(held.id)
+        time.sleep(seconds)
+
+    with Client(api_url, org.key, sleep=end_the_held_run) as patient:
+        run = patient.runs.create(session, "hello")
+    assert len(refusals) >= 1 and all(float(s) >= 2 for s in refusals), refusals  # Retry-After: 2
+    assert aos.runs.wait(run.id, timeout_s=60).status == "succeeded"
+    assert [r.id for r in aos.runs.iter(session)] == [run.id]
+
+
+def test_the_async_client_creates_lists_decides_and_maps_errors(api_url: str, org: Org) -> None:
+    async def story() -> None:
+        async with AsyncClient(api_url, org.key) as aio:
+            made = {(await aio.agents.create(f"async-{i}", skills=["file_manager"], confirm="all")).id
+                    for i in range(3)}
+            assert {a.id async for a in aio.agents.iter(limit=2)} == made
+            with pytest.raises(NotFound):
+                await aio.sessions.get("ses_" + "0" * 28)
+            session = await aio.sessions.create(sorted(made)[0])
+            run = await aio.runs.create(session.id, WRITE)
+            async for event in aio.runs.events(run.id):
+                if event.type == "confirmation.required":
+                    pending = [c async for c in aio.tool_calls.pending()]
+                    assert [c.id for c in pending] == [event.data["tool_call_id"]]
+                    await aio.tool_calls.reject(pending[0].id, "no")
+            assert (await aio.runs.wait(run.id, timeout_s=60)).status == "succeeded"
+            assert (await aio.me()).org_id == org.id
+
+    asyncio.run(story())
