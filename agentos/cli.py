@@ -17,7 +17,7 @@ from functools import partial
 from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as package_version
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 import uvicorn
@@ -52,6 +52,9 @@ from core.migrations import migrate as apply_migrations
 from core.settings import Settings, load_settings
 from core.store import orgs
 from core.telemetry.logs import configure as configure_logs
+
+if TYPE_CHECKING:
+    from agentos.client import Client, Run
 
 console = Console(stderr=True, soft_wrap=True)
 
@@ -526,48 +529,76 @@ def run(
     exits 3, leaving the run waiting. Exits 0 when the run succeeds, 1 when it fails, times out
     or is cancelled, 130 on Ctrl-C (which cancels the run).
     """
-    from agentos.run_client import ClientError, RunClient, render
+    from agentos.client import AgentOSError, Client
+    from agentos.run_render import render
 
     if session and user:
         raise CliError("--user applies to a new session; a --session keeps its own end user", EXIT_USAGE)
     url, key, key_hint = _dev_client_defaults(data_dir, api_url, api_key)
-    client = RunClient(url, key)
     out = Console(soft_wrap=True)
-    try:
-        started = client.start(agent, message, session, user)
-    except ClientError as exc:
-        raise CliError(str(exc)) from None
-    console.print(f"[dim]session {started['session_id']} · run {started['id']}[/dim]")
+    with Client(url, key) as client:
+        try:
+            started = _start_run(client, agent, message, session, user)
+        except AgentOSError as exc:
+            raise CliError(_client_failure(exc)) from None
+        console.print(f"[dim]session {started.session_id} · run {started.id}[/dim]")
 
-    def on_confirm(call: dict[str, object]) -> None:
-        tool_call_id = str(call["tool_call_id"])
-        if yes:
-            client.decide(tool_call_id, approve=True)
-        elif sys.stdin.isatty():
-            approve = typer.confirm("  Approve?", default=False, err=True)
-            client.decide(tool_call_id, approve=approve, reason=None if approve else "declined on the terminal")
-        else:
-            decide = f"{url}/v1/tool-calls/{tool_call_id}"
-            console.print(f"run {started['id']} waits for a decision and there is no terminal to ask (--yes "
-                          f"approves every call): curl -X POST -H \"Authorization: Bearer {key_hint}\" "
-                          f"{decide}/approve   (or .../reject); then follow it: GET {url}/v1/runs/{started['id']}"
-                          "/events", highlight=False, markup=False)
-            raise typer.Exit(EXIT_NEEDS_APPROVAL)
+        def on_confirm(call: dict[str, object]) -> None:
+            tool_call_id = str(call["tool_call_id"])
+            if yes:
+                client.tool_calls.approve(tool_call_id)
+            elif sys.stdin.isatty():
+                if typer.confirm("  Approve?", default=False, err=True):
+                    client.tool_calls.approve(tool_call_id)
+                else:
+                    client.tool_calls.reject(tool_call_id, "declined on the terminal")
+            else:
+                decide = f"{url}/v1/tool-calls/{tool_call_id}"
+                console.print(f"run {started.id} waits for a decision and there is no terminal to ask (--yes "
+                              f"approves every call): curl -X POST -H \"Authorization: Bearer {key_hint}\" "
+                              f"{decide}/approve   (or .../reject); then follow it: GET {url}/v1/runs/{started.id}"
+                              "/events", highlight=False, markup=False)
+                raise typer.Exit(EXIT_NEEDS_APPROVAL)
 
-    try:
-        terminal = render(client.events(started["id"]), out, console, started["agent_id"], on_confirm,
-                          stream=out.is_terminal)
-    except KeyboardInterrupt:
-        client.cancel(started["id"])
-        console.print("\n[yellow]cancelled[/yellow]")
-        raise typer.Exit(EXIT_INTERRUPTED) from None
-    except ClientError as exc:
-        raise CliError(str(exc)) from None
-    if terminal["type"] != "run.succeeded":
-        error = terminal["data"].get("error") or {}
+        try:
+            terminal = render(client.runs.events(started.id), out, console, started.agent_id, on_confirm,
+                              stream=out.is_terminal)
+        except KeyboardInterrupt:
+            client.runs.cancel(started.id)
+            console.print("\n[yellow]cancelled[/yellow]")
+            raise typer.Exit(EXIT_INTERRUPTED) from None
+        except AgentOSError as exc:
+            raise CliError(_client_failure(exc)) from None
+    if terminal.type != "run.succeeded":
+        error = terminal.data.get("error") or {}
         message = escape(str(error.get("message", "")))
-        console.print(f"[red]{terminal['type']}[/red] {error.get('code', '')}: {message}", highlight=False)
+        console.print(f"[red]{terminal.type}[/red] {error.get('code', '')}: {message}", highlight=False)
         raise typer.Exit(EXIT_FAILED)
+
+
+def _start_run(client: Client, agent_ref: str, message: str, session_id: str | None, user_id: str | None) -> Run:
+    """Start a run: in `session_id`, or in a new session of the agent
+    (by id or name) for end user `user_id`."""
+    from agentos.client import AgentOSError
+
+    if session_id is None:
+        if agent_ref.startswith("agt_"):
+            agent_id = client.agents.get(agent_ref).id
+        else:
+            found = next((a for a in client.agents.iter(limit=200) if a.name == agent_ref), None)
+            if found is None:
+                raise AgentOSError(f"no agent named {agent_ref!r} in this organisation", code="NOT_FOUND")
+            agent_id = found.id
+        session_id = client.sessions.create(agent_id, title=message[:80], user_id=user_id).id
+    return client.runs.create(session_id, message)
+
+
+def _client_failure(exc: Exception) -> str:
+    """One line for a failure of `agentos.client`: the API's code and message, or what the
+    client could not do."""
+    from agentos.client import ApiError
+
+    return f"{exc.code}: {exc.message}" if isinstance(exc, ApiError) else str(getattr(exc, "message", exc))
 
 
 @skills_app.command("list")
@@ -581,13 +612,14 @@ def skills_list(
     versions) and its MCP servers' tools; one per line, or JSON with their schemas."""
     import json
 
-    from agentos.run_client import ClientError, RunClient
+    from agentos.client import AgentOSError, Client
 
     url, key, _ = _dev_client_defaults(data_dir, api_url, api_key)
     try:
-        catalogue = RunClient(url, key).skills()
-    except ClientError as exc:
-        raise CliError(str(exc)) from None
+        with Client(url, key) as client:
+            catalogue = client.skills()
+    except AgentOSError as exc:
+        raise CliError(_client_failure(exc)) from None
     if as_json:
         print(json.dumps(catalogue, indent=2, ensure_ascii=False))
         return
