@@ -24,10 +24,12 @@ from api.auth import Authenticator
 from api.body_limit import BodyLimit
 from api.errors import HANDLERS
 from api.openapi import build_openapi
+from api.request_origin import RequestOrigin
 from api.responses import json
 from api.routes import (
     agents,
     api_keys,
+    audit_logs,
     data_sources,
     events,
     health,
@@ -41,6 +43,7 @@ from api.routes import (
     sessions,
     skills,
     tool_calls,
+    usage,
 )
 from api.state import ApiState, LifespanState
 from core.admission import Admission
@@ -63,7 +66,8 @@ def _routes() -> list[BaseRoute]:
     return [*health.routes, *orgs.routes, *api_keys.routes, *agents.routes, *sessions.routes, *runs.routes,
             *events.routes, *tool_calls.routes, *memories.routes, *knowledge.routes, *secrets.routes,
             *skills.routes, *data_sources.routes,
-            *mcp_servers.routes, *outbound_allow.routes]
+            *mcp_servers.routes, *outbound_allow.routes, *usage.routes,
+            *audit_logs.routes]
 
 
 def create_app(settings: Settings) -> Starlette:
@@ -90,7 +94,7 @@ def create_app(settings: Settings) -> Starlette:
     exception_handlers: Any = HANDLERS
     return Starlette(
         routes=[*routes, Route("/openapi.json", openapi_json, methods=["GET"])],
-        middleware=[Middleware(BodyLimit, max_bytes=settings.api.max_body_bytes)],
+        middleware=[Middleware(RequestOrigin), Middleware(BodyLimit, max_bytes=settings.api.max_body_bytes)],
         exception_handlers=exception_handlers,
         lifespan=lifespan,
     )
