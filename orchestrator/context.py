@@ -122,7 +122,6 @@ class RunContext:
     sandbox: SandboxClient | None = None  # None: code_executor says no sandbox is configured
     # The run's memory context (recall and session window), made at its first THINK.
     memory_cache: dict[str, Any] = field(default_factory=dict)
-    usage: dict[str, int] = field(default_factory=lambda: {"input_tokens": 0, "output_tokens": 0, "total_tokens": 0})
     infra: Infra | None = None  # the worker's connections, handed to skills (secrets, caches, outbound)
     meter: Meter | None = None  # records model calls and sandbox time; None: not metered (some tests)
 

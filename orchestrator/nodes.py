@@ -111,11 +111,10 @@ def _model(ctx: RunContext) -> Any:
 
 
 def _add_usage(ctx: RunContext, usage: UsageMetadata | None) -> None:
+    """Charge a call's tokens to the run's `limits.max_tokens` (the meter records them)."""
     if not usage:
         return
     counts: dict[str, Any] = dict(usage)
-    for key in ("input_tokens", "output_tokens", "total_tokens"):
-        ctx.usage[key] = ctx.usage.get(key, 0) + int(counts.get(key) or 0)
     ctx.budget.add_tokens(int(counts.get("total_tokens") or 0))
 
 

@@ -57,6 +57,9 @@ def test_changes_are_logged_with_actor_origin_and_request_id(client: TestClient,
     started = next(e for e in logs if e["action"] == "run.create")
     assert started["resource_id"] == run["id"] and started["trace_id"] == run["trace_id"]
     assert "s3cret" not in str(logs)  # a secret's value is never logged
+    # An id that is not printable ASCII (or too long) is replaced, never stored as sent.
+    r = client.get("/v1/agents", headers=org.headers | {"X-Request-Id": "x" * 129})
+    assert r.headers["X-Request-Id"].startswith("req_")
 
 
 def test_a_jwt_subjects_first_request_is_its_login(client: TestClient, org: Org):
