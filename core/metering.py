@@ -59,8 +59,9 @@ def token_counts(usage_metadata: Mapping[str, Any] | None) -> tuple[int, int, in
     if not usage_metadata:
         return 0, 0, 0
     details = usage_metadata.get("input_token_details") or {}
-    return (int(usage_metadata.get("input_tokens") or 0), int(usage_metadata.get("output_tokens") or 0),
-            int(details.get("cache_read") or 0))
+    counts = (usage_metadata.get("input_tokens"), usage_metadata.get("output_tokens"), details.get("cache_read"))
+    input_tokens, output_tokens, cached = (max(int(n or 0), 0) for n in counts)
+    return input_tokens, output_tokens, cached
 
 
 class Meter:
