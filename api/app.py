@@ -26,10 +26,12 @@ from api.body_limit import BodyLimit
 from api.cors import cors_middleware
 from api.errors import HANDLERS
 from api.openapi import build_openapi
+from api.request_origin import RequestOrigin
 from api.responses import json
 from api.routes import (
     agents,
     api_keys,
+    audit_logs,
     data_sources,
     events,
     health,
@@ -44,6 +46,7 @@ from api.routes import (
     skills,
     stream_tokens,
     tool_calls,
+    usage,
 )
 from api.routes.metrics import metrics_endpoint
 from api.state import ApiState, LifespanState
@@ -69,7 +72,8 @@ def _routes() -> list[BaseRoute]:
     return [*health.routes, *orgs.routes, *api_keys.routes, *agents.routes, *sessions.routes, *runs.routes,
             *events.routes, *tool_calls.routes, *memories.routes, *knowledge.routes, *secrets.routes,
             *skills.routes, *data_sources.routes, *stream_tokens.routes,
-            *mcp_servers.routes, *outbound_allow.routes]
+            *mcp_servers.routes, *outbound_allow.routes, *usage.routes,
+            *audit_logs.routes]
 
 
 def create_app(settings: Settings) -> Starlette:
@@ -105,7 +109,7 @@ def create_app(settings: Settings) -> Starlette:
     return Starlette(
         routes=[*routes, Route("/openapi.json", openapi_json, methods=["GET"]),
                 Route("/metrics", metrics_endpoint, methods=["GET"])],
-        middleware=[*([cors] if cors else []), Middleware(TelemetryMiddleware),
+        middleware=[*([cors] if cors else []), Middleware(TelemetryMiddleware), Middleware(RequestOrigin),
                     Middleware(BodyLimit, max_bytes=settings.api.max_body_bytes)],
         exception_handlers=exception_handlers,
         lifespan=lifespan,

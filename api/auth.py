@@ -20,13 +20,14 @@ from api.stream_access import stream_principal
 from core.errors import ApiError
 from core.principal import ROLES, Principal
 from core.settings import AuthSettings, SecretsSettings
-from core.store import api_keys, orgs
+from core.store import api_keys, orgs, users
 from core.tenancy import AsyncPool, tenant_tx
 
 _CHALLENGE = {"WWW-Authenticate": 'Bearer realm="agentos"'}
 _ORG_CACHE_TTL_S = 60.0
 _TOUCH_EVERY_S = 60.0  # how often one process records a key's last use
 _NUMERIC_CLAIMS = ("exp", "nbf", "iat")  # NumericDate claims (RFC 7519, section 2)
+_SEEN_MAX = 100_000  # JWT subjects one process remembers having recorded
 
 
 def unauthenticated(message: str) -> ApiError:
@@ -57,6 +58,7 @@ class Authenticator:
         )
         self._known_orgs: dict[str, float] = {}
         self._touched: dict[str, float] = {}
+        self._seen: set[tuple[str, str]] = set()
 
     async def authenticate(self, request: Request) -> Principal:
         # `?token=` is a stream token (an EventSource cannot send headers). A request carrying one
@@ -143,7 +145,7 @@ class Authenticator:
             raise unauthenticated("The JWT names an organisation that does not exist.")
         raw_scopes = claims.get("scopes", claims.get("scope", []))
         scopes = raw_scopes.split() if isinstance(raw_scopes, str) else list(raw_scopes or [])
-        return Principal(
+        principal = Principal(
             org_id=org_id,
             user_id=str(claims["sub"]),
             role=role,
@@ -151,6 +153,21 @@ class Authenticator:
             credential="jwt",
             credential_id=claims.get("jti"),
         )
+        await self._first_seen(principal)
+        return principal
+
+    async def _first_seen(self, principal: Principal) -> None:
+        """A subject's first request to an org is its login in the audit log. Each process checks
+        a subject once (an insert that finds the row does nothing), so this costs nothing later."""
+        assert principal.user_id is not None
+        known = (principal.org_id, principal.user_id)
+        if known in self._seen:
+            return
+        async with tenant_tx(self._pool, principal.org_id) as conn:
+            await users.seen(conn, principal.user_id, principal.role, principal.actor)
+        if len(self._seen) >= _SEEN_MAX:
+            self._seen.clear()
+        self._seen.add(known)
 
     async def _org_exists(self, org_id: str) -> bool:
         now = time.monotonic()

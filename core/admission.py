@@ -15,7 +15,7 @@ atomically in Redis (one Lua script each), so every API process shares them.
 - Redis down: both checks fail open (a warning is logged, at most every 30 s). Enqueueing a run
   needs Redis anyway, so a run cannot start without it.
 - An org's limits: `orgs.limits` overrides (jsonb) over the `AGENTOS_LIMITS__*` defaults, cached
-  per process for `cache_s`.
+  per process for `cache_s`. They include the org's budgets, which `core.budgets` enforces.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ import math
 import secrets
 import time
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -36,7 +37,11 @@ from core.tenancy import AsyncPool, org_active_runs_key, org_request_bucket_key,
 
 log = logging.getLogger("agentos.admission")
 
-LIMIT_KEYS = ("requests_per_minute", "burst", "max_active_runs", "sandbox_max_concurrent", "sandbox_cpu_s_per_day")
+LIMIT_KEYS = (
+    "requests_per_minute", "burst", "max_active_runs", "sandbox_max_concurrent", "sandbox_cpu_s_per_day",
+)
+# Budgets (core.budgets): whole numbers, but the cost in US dollars may have cents.
+BUDGET_KEYS = ("monthly_tokens", "monthly_cost_usd", "max_runs_per_day")
 QUOTA_RETRY_AFTER_S = 2
 # A reservation (taken before the run's row is inserted) that was neither bound to a run nor
 # released within this time belongs to a request that died; reconciling may drop it.
@@ -156,33 +161,56 @@ class Limits:
     # Code execution (skills.sandbox.quota, enforced by workers): executions at once, CPU s per UTC day.
     sandbox_max_concurrent: int
     sandbox_cpu_s_per_day: int
+    # Budgets; None: unlimited.
+    monthly_tokens: int | None = None
+    monthly_cost_usd: Decimal | None = None
+    max_runs_per_day: int | None = None
 
     def public(self) -> dict[str, int]:
         return {"requests_per_minute": self.requests_per_minute, "burst": self.burst,
                 "max_active_runs": self.max_active_runs, "sandbox_max_concurrent": self.sandbox_max_concurrent,
                 "sandbox_cpu_s_per_day": self.sandbox_cpu_s_per_day}
 
+    def public_budgets(self) -> dict[str, int | float | None]:
+        return {"monthly_tokens": self.monthly_tokens,
+                "monthly_cost_usd": None if self.monthly_cost_usd is None else float(self.monthly_cost_usd),
+                "max_runs_per_day": self.max_runs_per_day}
 
-def overrides_of(stored: Any) -> dict[str, int]:
-    """The usable overrides in an `orgs.limits` value (positive integers under known keys)."""
+
+def _usable(key: str, value: Any) -> bool:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    if key == "monthly_cost_usd":
+        return value > 0
+    return isinstance(value, int) and value >= 1
+
+
+def overrides_of(stored: Any, keys: tuple[str, ...] = LIMIT_KEYS) -> dict[str, Any]:
+    """The usable overrides under `keys` in an `orgs.limits` value (positive numbers; whole
+    numbers but for the cost budget). `BUDGET_KEYS` for the budgets."""
     if not isinstance(stored, dict):
         return {}
-    return {k: v for k, v in stored.items()
-            if k in LIMIT_KEYS and isinstance(v, int) and not isinstance(v, bool) and v >= 1}
+    return {k: v for k, v in stored.items() if k in keys and _usable(k, v)}
 
 
 def effective_limits(defaults: LimitSettings, stored: Any, sandbox: SandboxSettings | None = None) -> Limits:
     """Per-org overrides over the defaults (the sandbox quotas' from `AGENTOS_SANDBOX__ORG_*`).
     Without either burst, the bucket holds one minute."""
-    o = overrides_of(stored)
-    rpm = o.get("requests_per_minute", defaults.requests_per_minute)
+    o = overrides_of(stored, (*LIMIT_KEYS, *BUDGET_KEYS))
+    rpm = int(o.get("requests_per_minute", defaults.requests_per_minute))
     box = sandbox or SandboxSettings()
+    cost = o.get("monthly_cost_usd")
+    tokens, runs = o.get("monthly_tokens"), o.get("max_runs_per_day")
     return Limits(
         requests_per_minute=rpm,
-        burst=o.get("burst", defaults.burst or rpm),
-        max_active_runs=o.get("max_active_runs", defaults.max_active_runs),
-        sandbox_max_concurrent=o.get("sandbox_max_concurrent", box.org_max_concurrent),
-        sandbox_cpu_s_per_day=o.get("sandbox_cpu_s_per_day", box.org_cpu_s_per_day),
+        burst=int(o.get("burst", defaults.burst or rpm)),
+        max_active_runs=int(o.get("max_active_runs", defaults.max_active_runs)),
+        sandbox_max_concurrent=int(o.get("sandbox_max_concurrent", box.org_max_concurrent)),
+        sandbox_cpu_s_per_day=int(o.get("sandbox_cpu_s_per_day", box.org_cpu_s_per_day)),
+        monthly_tokens=int(tokens) if tokens is not None else defaults.monthly_tokens,
+        # str(): a JSON number read as float becomes the decimal it was written as.
+        monthly_cost_usd=Decimal(str(cost)) if cost is not None else defaults.monthly_cost_usd,
+        max_runs_per_day=int(runs) if runs is not None else defaults.max_runs_per_day,
     )
 
 

@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 import redis.asyncio as aioredis
@@ -26,6 +27,7 @@ from core.storable import storable
 from core.tenancy import AsyncPool, session_stream_key, tenant_tx
 
 log = logging.getLogger("agentos.events")
+T = TypeVar("T")
 
 RUN_QUEUED = "run.queued"
 RUN_STARTED = "run.started"
@@ -42,6 +44,9 @@ MESSAGE_COMPLETED = "message.completed"
 MEMORY_RECALLED = "memory.recalled"
 # Something degraded but the run goes on (e.g. recall failed: `{code, message}`).
 RUN_WARNING = "run.warning"
+# The org passed the warning share of a monthly budget (`{budget, limit, used, percent, warning,
+# exceeded, resets_at}`); emitted once per budget per run (core.metering).
+BUDGET_WARNING = "budget.warning"
 RUN_SUCCEEDED = "run.succeeded"
 RUN_FAILED = "run.failed"
 RUN_CANCELLED = "run.cancelled"
@@ -51,7 +56,7 @@ TERMINAL_TYPES = frozenset({RUN_SUCCEEDED, RUN_FAILED, RUN_CANCELLED, RUN_TIMED_
 EVENT_TYPES = frozenset({
     RUN_QUEUED, RUN_STARTED, STEP_STARTED, MESSAGE_DELTA, TOOL_CALL, TOOL_RESULT, CONFIRMATION_REQUIRED,
     CONFIRMATION_RESOLVED, SUBAGENT_STARTED, SUBAGENT_COMPLETED, MESSAGE_COMPLETED, MEMORY_RECALLED, RUN_WARNING,
-    *TERMINAL_TYPES,
+    BUDGET_WARNING, *TERMINAL_TYPES,
 })
 
 
@@ -203,6 +208,18 @@ class RunEmitter:
         async with self._lock:
             await self._write()
 
+    async def flush_with(self, then: Callable[[AsyncConnection[DictRow]], Awaitable[T]]) -> T:
+        """Flush, running `then` in the same transaction after the events are stored (one
+        transaction for both: how a model call's usage is recorded without one of its own)."""
+        results: list[T] = []
+
+        async def run(conn: AsyncConnection[DictRow]) -> None:
+            results.append(await then(conn))
+
+        async with self._lock:
+            await self._write(run)
+        return results[0]
+
     async def close(self) -> None:
         await self.flush()
         if self._timer is not None:
@@ -233,14 +250,18 @@ class RunEmitter:
             except Exception as exc:  # kept in the buffer; the next flush tries again
                 log.warning("writing events of run %s failed: %s", self.run_id, exc)
 
-    async def _write(self) -> None:
-        if not self._pending:
+    async def _write(self, then: Callable[[AsyncConnection[DictRow]], Awaitable[None]] | None = None) -> None:
+        if not self._pending and then is None:
             return
         pending, self._pending = self._pending, []
         items = [(self.run_id, kind, data) for kind, data in pending]
         try:
             async with tenant_tx(self._pool, self.org_id) as conn:
+                # Events first: they lock the session row, which is taken before the run's row
+                # everywhere (core.store.runs.finish), so `then` may update the run.
                 stored = await append(conn, self.session_id, items)
+                if then is not None:
+                    await then(conn)
         except BaseException:
             self._pending = pending + self._pending
             raise

@@ -33,7 +33,7 @@ _INITIAL_TENANT_TABLES: tuple[str, ...] = (
 # API refuses to start if any of them lacks it (see core.db.check_tenant_isolation).
 TENANT_TABLES: tuple[str, ...] = (
     *_INITIAL_TENANT_TABLES, "memories", "knowledge_documents", "org_secrets", "skills", "skill_versions",
-    "data_sources", "mcp_servers",
+    "data_sources", "mcp_servers", "usage_records", "usage_daily", "usage_months", "usage_run_days",
 )
 
 _MIGRATION_LOCK_KEY = 0x6167656E746F73  # "agentos"
@@ -561,6 +561,78 @@ def _trace_parent(conn: psycopg.Connection) -> None:
     conn.execute("ALTER TABLE runs ADD COLUMN trace_parent text")
 
 
+_USAGE_AND_AUDIT_SQL = """
+-- Usage metering (issue #13): one row per metered call, keyed by its run and its place in the run
+-- (`call_key`: the delegation path, the step and the call), so a step that runs again after a
+-- crash or a resume inserts nothing twice (ON CONFLICT DO NOTHING). No foreign key to runs: usage
+-- outlives a deleted session. `kind` 'model': a model call (tokens, cost from the price table);
+-- 'sandbox': a code execution (CPU milliseconds; `model` is '').
+CREATE TABLE usage_records (
+    org_id text NOT NULL REFERENCES orgs(id) ON DELETE CASCADE,
+    run_id text NOT NULL,
+    call_key text NOT NULL,
+    kind text NOT NULL CHECK (kind IN ('model', 'sandbox')),
+    agent_id text NOT NULL,
+    model text NOT NULL DEFAULT '',
+    day date NOT NULL,
+    input_tokens bigint NOT NULL DEFAULT 0 CHECK (input_tokens >= 0),
+    output_tokens bigint NOT NULL DEFAULT 0 CHECK (output_tokens >= 0),
+    cached_tokens bigint NOT NULL DEFAULT 0 CHECK (cached_tokens >= 0),
+    cost_usd numeric NOT NULL DEFAULT 0 CHECK (cost_usd >= 0),
+    cpu_ms bigint NOT NULL DEFAULT 0 CHECK (cpu_ms >= 0),
+    created_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (run_id, call_key)
+);
+CREATE INDEX usage_records_org_day_idx ON usage_records (org_id, day);
+-- The records summed per org, UTC day, agent and model, in the statement that inserts a record
+-- (core.store.usage.RECORD_SQL): what GET /v1/usage reads.
+CREATE TABLE usage_daily (
+    org_id text NOT NULL REFERENCES orgs(id) ON DELETE CASCADE,
+    day date NOT NULL,
+    agent_id text NOT NULL,
+    model text NOT NULL,
+    model_calls bigint NOT NULL DEFAULT 0,
+    input_tokens bigint NOT NULL DEFAULT 0,
+    output_tokens bigint NOT NULL DEFAULT 0,
+    cached_tokens bigint NOT NULL DEFAULT 0,
+    cost_usd numeric NOT NULL DEFAULT 0,
+    sandbox_executions bigint NOT NULL DEFAULT 0,
+    cpu_ms bigint NOT NULL DEFAULT 0,
+    PRIMARY KEY (org_id, day, agent_id, model)
+);
+-- An org's tokens and cost per UTC calendar month: the counter its monthly budgets are checked
+-- against, updated (row lock) in the same statement as the record.
+CREATE TABLE usage_months (
+    org_id text NOT NULL REFERENCES orgs(id) ON DELETE CASCADE,
+    month date NOT NULL,
+    tokens bigint NOT NULL DEFAULT 0,
+    cost_usd numeric NOT NULL DEFAULT 0,
+    PRIMARY KEY (org_id, month)
+);
+-- Runs created per UTC day, counted (under a row lock, in the run's creating transaction) only
+-- for orgs with a `max_runs_per_day` limit.
+CREATE TABLE usage_run_days (
+    org_id text NOT NULL REFERENCES orgs(id) ON DELETE CASCADE,
+    day date NOT NULL,
+    runs integer NOT NULL DEFAULT 0,
+    PRIMARY KEY (org_id, day)
+);
+-- The audit API (issue #13): where a change came from. The table is append-only for the
+-- application role (core.migrations.ensure_app_role revokes UPDATE and DELETE).
+ALTER TABLE audit_logs ADD COLUMN ip text;
+ALTER TABLE audit_logs ADD COLUMN user_agent text;
+ALTER TABLE audit_logs ADD COLUMN request_id text;
+CREATE INDEX audit_logs_actor_idx ON audit_logs (org_id, actor, id DESC);
+CREATE INDEX audit_logs_action_idx ON audit_logs (org_id, action, id DESC);
+"""
+
+
+def _usage_and_audit(conn: psycopg.Connection) -> None:
+    conn.execute(_USAGE_AND_AUDIT_SQL)
+    for table in ("usage_records", "usage_daily", "usage_months", "usage_run_days"):
+        _tenant_policy(conn, table)
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration("initial schema with row-level security", _initial),
     Migration("per-session event sequence and run queue order", _run_queue),
@@ -576,6 +648,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration("data sources for data_query", _data_sources),
     Migration("MCP servers and their cached tool lists", _mcp_servers),
     Migration("runs keep the trace context they were created in", _trace_parent),
+    Migration("usage metering, budgets counters, audit log origin", _usage_and_audit),
 )
 
 
@@ -592,7 +665,8 @@ def setup_checkpoints(conninfo: str) -> None:
 
 def ensure_app_role(conn: psycopg.Connection, role: str) -> None:
     """Create the application role (no login, no superuser, no BYPASSRLS) and let the
-    current login switch to it; grant it DML on every table but the version table."""
+    current login switch to it; grant it DML on every table but the version table, and only
+    SELECT and INSERT on the audit log."""
     ident = sql.Identifier(role)
     exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)).fetchone()
     if not exists:
@@ -610,6 +684,9 @@ def ensure_app_role(conn: psycopg.Connection, role: str) -> None:
     )
     conn.execute(sql.SQL("GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA public TO {}").format(ident))
     conn.execute(sql.SQL("REVOKE ALL ON agentos_schema_migrations FROM {}").format(ident))
+    # The audit log is append-only for the application: what happened stays as it was written.
+    # (Deleting an org still removes its rows: the cascade runs as the table owner.)
+    conn.execute(sql.SQL("REVOKE UPDATE, DELETE, TRUNCATE ON audit_logs FROM {}").format(ident))
 
 
 def migrate(

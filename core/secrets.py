@@ -26,6 +26,7 @@ from psycopg import AsyncConnection
 from psycopg.rows import DictRow
 
 from core.settings import SecretsSettings
+from core.store import audit
 from core.store import secrets as store
 from core.store.secrets import NAME_RE, SecretRow
 from core.tenancy import AsyncPool, secret_rotation_scan_tx, tenant_tx
@@ -251,6 +252,8 @@ async def rotate(
                     continue
                 if await store.rewrap(conn, name, sealed.key_version, fresh.key_version, fresh.wrapped_key):
                     report.rewrapped += 1
+                    await audit.record(conn, "operator", "secret.rotate", "secret", name,
+                                       {"from_key_version": sealed.key_version, "key_version": fresh.key_version})
                 else:
                     report.skipped += 1
         progress(report)

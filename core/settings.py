@@ -10,6 +10,7 @@ import base64
 import binascii
 import os
 import re
+from decimal import Decimal
 from typing import Literal
 
 from pydantic import BaseModel, Field, SecretStr, ValidationInfo, field_validator, model_validator
@@ -169,6 +170,50 @@ class LimitSettings(BaseModel):
     active_run_ttl_s: int = Field(default=86_400, ge=60)
     # How long an API process trusts an org's limits before reading them again.
     cache_s: float = Field(default=5.0, ge=0)
+    # Budgets (core.budgets), per UTC calendar month and day; None: unlimited. A run that would
+    # start over one is refused (429 QUOTA_EXCEEDED); one that crosses a monthly budget ends at its
+    # next step (run.failed BUDGET_EXCEEDED).
+    monthly_tokens: int | None = Field(default=None, ge=1)
+    monthly_cost_usd: Decimal | None = Field(default=None, gt=0)
+    max_runs_per_day: int | None = Field(default=None, ge=1)
+
+
+class ModelPrice(BaseModel):
+    """A model's price in US dollars per million tokens. Cached input tokens cost
+    `cached_input` (the input price when unset)."""
+
+    input: Decimal = Field(ge=0)
+    output: Decimal = Field(ge=0)
+    cached_input: Decimal | None = Field(default=None, ge=0)
+
+
+def _default_prices() -> dict[str, ModelPrice]:
+    # List prices when this table was written (USD per million tokens); operators replace the
+    # whole table with AGENTOS_USAGE__PRICES. `provider:*` prices every model of a provider that
+    # has no entry of its own.
+    table = {
+        "offline:*": (0, 0, None),
+        "openai:gpt-4o": (2.5, 10, 1.25),
+        "openai:gpt-4o-mini": (0.15, 0.6, 0.075),
+        "openai:gpt-4.1": (2, 8, 0.5),
+        "openai:gpt-4.1-mini": (0.4, 1.6, 0.1),
+        "anthropic:claude-sonnet-4-5": (3, 15, 0.3),
+        "anthropic:claude-haiku-4-5": (1, 5, 0.1),
+        "anthropic:claude-opus-4-1": (15, 75, 1.5),
+    }
+    return {model: ModelPrice(input=Decimal(str(i)), output=Decimal(str(o)),
+                              cached_input=None if c is None else Decimal(str(c)))
+            for model, (i, o, c) in table.items()}
+
+
+class UsageSettings(BaseModel):
+    """Usage metering (core.metering): the price table a model call's cost comes from, by model
+    spec, e.g. `AGENTOS_USAGE__PRICES='{"openai:gpt-4o-mini": {"input": 0.15, "output": 0.6}}'`
+    (replaces the default table). A model with no price costs 0 (logged once per process)."""
+
+    prices: dict[str, ModelPrice] = Field(default_factory=_default_prices)
+    # A budget warning (event `budget.warning` on the run, `warning` in GET /v1/usage) from this share.
+    warn_at: float = Field(default=0.8, gt=0, le=1)
 
 
 class MemorySettings(BaseModel):
@@ -417,6 +462,7 @@ class Settings(BaseSettings):
     worker: WorkerSettings = WorkerSettings()
     events: EventSettings = EventSettings()
     limits: LimitSettings = LimitSettings()
+    usage: UsageSettings = UsageSettings()
     memory: MemorySettings = MemorySettings()
     sandbox: SandboxSettings = SandboxSettings()
     secrets: SecretsSettings = SecretsSettings()

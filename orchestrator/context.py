@@ -15,6 +15,7 @@ from typing import Any
 from core.agent_config import AgentConfig
 from core.events import RunEmitter
 from core.infra import Infra
+from core.metering import Meter
 from core.settings import ModelSettings
 from core.tenancy import AsyncPool
 from memory.service import MemoryService
@@ -121,8 +122,8 @@ class RunContext:
     sandbox: SandboxClient | None = None  # None: code_executor says no sandbox is configured
     # The run's memory context (recall and session window), made at its first THINK.
     memory_cache: dict[str, Any] = field(default_factory=dict)
-    usage: dict[str, int] = field(default_factory=lambda: {"input_tokens": 0, "output_tokens": 0, "total_tokens": 0})
     infra: Infra | None = None  # the worker's connections, handed to skills (secrets, caches, outbound)
+    meter: Meter | None = None  # records model calls and sandbox time; None: not metered (some tests)
 
     def for_subagent(self, agent: AgentSpec, via_call_id: str) -> RunContext:
         limits = agent.config.limits
@@ -136,3 +137,15 @@ class RunContext:
 
     def call_key(self, model_call_id: str) -> str:
         return f"{self.call_path}{model_call_id}"
+
+    def check_budget(self) -> None:
+        """Stop the run (BUDGET_EXCEEDED) once its org reached a monthly budget: before every
+        step but RESPOND and before every model call."""
+        why = self.meter.over_budget() if self.meter is not None else None
+        if why is not None:
+            raise LimitExceeded("BUDGET_EXCEEDED", why)
+
+    async def meter_model_call(self, key: str, usage: Any) -> None:
+        """Record a model call of this context's agent under `key` (its place in the run)."""
+        if self.meter is not None:
+            await self.meter.model_call(self.call_key(key), self.agent.id, self.agent.config.model, usage)

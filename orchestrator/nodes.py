@@ -81,6 +81,8 @@ def _traced(node: str) -> Callable[[N], N]:
 
 
 async def _step(ctx: RunContext, node: str) -> None:
+    if node != "respond":  # the answer is already made: a budget reached now does not discard it
+        ctx.check_budget()
     await ctx.emitter.emit(events.STEP_STARTED, {"node": node, "agent_id": ctx.agent.id})
 
 
@@ -135,11 +137,10 @@ def _model(ctx: RunContext) -> Any:
 
 
 def _add_usage(ctx: RunContext, usage: UsageMetadata | None) -> None:
+    """Charge a call's tokens to the run's `limits.max_tokens` (the meter records them)."""
     if not usage:
         return
     counts: dict[str, Any] = dict(usage)
-    for key in ("input_tokens", "output_tokens", "total_tokens"):
-        ctx.usage[key] = ctx.usage.get(key, 0) + int(counts.get(key) or 0)
     ctx.budget.add_tokens(int(counts.get("total_tokens") or 0))
 
 
@@ -160,7 +161,7 @@ SUMMARY_PROMPT = (
 )
 
 
-async def _summarise(ctx: RunContext, previous: str, turns: Sequence[Turn], max_tokens: int) -> str:
+async def _summarise(ctx: RunContext, previous: str, turns: Sequence[Turn], max_tokens: int, key: str) -> str:
     """The running summary with `turns` folded in: by the agent's model, or deterministically for the
     offline model and whenever the model fails (a summary must never fail the run)."""
     if ctx.agent.config.model.startswith("offline:"):
@@ -182,6 +183,7 @@ async def _summarise(ctx: RunContext, previous: str, turns: Sequence[Turn], max_
         log.warning("summary by %s failed in run %s (%s); using the extractive one", ctx.agent.config.model,
                     ctx.run_id, type(exc).__name__)
         return extractive_summary(previous, turns, max_tokens)
+    await ctx.meter_model_call(key, getattr(reply, "usage_metadata", None))
     _add_usage(ctx, getattr(reply, "usage_metadata", None))
     return clip(str(reply.text), max_tokens * CHARS_PER_TOKEN) or extractive_summary(previous, turns, max_tokens)
 
@@ -199,12 +201,17 @@ async def think(state: AgentState, runtime: Runtime[RunContext]) -> dict[str, An
     model = _model(ctx)
     bound = model.bind_tools(tools) if tools else model
     messages: list[AnyMessage] = list(state["messages"])
+    # This step's place in the run: each THINK sees more messages than the one before, and the
+    # same number when it runs again from its checkpoint (core.metering).
+    key = f"think:{len(messages)}"
     memory = MemoryContext()
     if ctx.depth == 0 and ctx.memory is not None:  # earlier runs come from memory, within budget
         start = _run_start(ctx, messages)
         query = str(messages[start].text) if start < len(messages) else ""
-        memory = await memory_context(ctx, query, lambda prev, turns, limit: _summarise(ctx, prev, turns, limit))
+        memory = await memory_context(
+            ctx, query, lambda prev, turns, limit: _summarise(ctx, prev, turns, limit, f"{key}:summary"))
         messages = messages[start:]
+        ctx.check_budget()  # the summary may have used the rest of it
     prompt: list[BaseMessage] = []
     system = "\n\n".join(part for part in (ctx.agent.config.instructions, memory.system) if part)
     if system:
@@ -242,6 +249,7 @@ async def think(state: AgentState, runtime: Runtime[RunContext]) -> dict[str, An
         raise
     except Exception as exc:
         raise ModelCallFailed(exc) from exc
+    await ctx.meter_model_call(key, chunk.usage_metadata)
     _add_usage(ctx, chunk.usage_metadata)
     # The answer is stored as a message: characters Postgres cannot hold are replaced here, once.
     message = AIMessage(
@@ -287,7 +295,7 @@ async def _run_skill(ctx: RunContext, call: dict[str, Any], tool_call_id: str) -
     skill_ctx = SkillContext(
         org_id=ctx.org_id, session_id=ctx.session_id, run_id=ctx.run_id, agent_id=ctx.agent.id,
         tool_call_id=tool_call_id, workspace=ctx.workspace, user_id=ctx.user_id, memory=ctx.memory,
-        knowledge=ctx.agent.config.memory.knowledge, sandbox=ctx.sandbox, infra=ctx.infra,
+        knowledge=ctx.agent.config.memory.knowledge, sandbox=ctx.sandbox, infra=ctx.infra, meter=ctx.meter,
     )
     with genai.skill_call(name, tool_call_id, ctx.agent.id, args) as traced:
         try:
@@ -489,7 +497,7 @@ async def plan(state: AgentState, runtime: Runtime[RunContext]) -> dict[str, Any
         async with tenant_tx(ctx.pool, ctx.org_id) as conn:
             row = await tool_calls.by_key(conn, ctx.run_id, key)
         if row is None:
-            text = storable_text(await _propose_plan(ctx, state, feedback))
+            text = storable_text(await _propose_plan(ctx, state, feedback, f"plan:{attempt}"))
             async with tenant_tx(ctx.pool, ctx.org_id) as conn:
                 row = await tool_calls.start(
                     conn, new_id("tool_call"), run_id=ctx.run_id, session_id=ctx.session_id, agent_id=ctx.agent.id,
@@ -508,7 +516,7 @@ async def plan(state: AgentState, runtime: Runtime[RunContext]) -> dict[str, Any
         return {"plan": str(row["args"].get("plan", ""))}
 
 
-async def _propose_plan(ctx: RunContext, state: AgentState, feedback: str) -> str:
+async def _propose_plan(ctx: RunContext, state: AgentState, feedback: str, key: str) -> str:
     ctx.budget.take_step()
     await _step(ctx, "plan")
     request = PLAN_PROMPT + (f"\nFeedback on the last plan: {feedback}" if feedback else "")
@@ -517,12 +525,16 @@ async def _propose_plan(ctx: RunContext, state: AgentState, feedback: str) -> st
         prompt.insert(0, SystemMessage(ctx.agent.config.instructions))
     prompt.extend(_conversation(state["messages"]))
     text = ""
+    total: Any = None
     with genai.model_call(ctx.agent.config.model, ctx.agent.id) as traced:
         async for chunk in _model(ctx).astream(prompt):
             piece = chunk.text if isinstance(chunk.text, str) else ""
             if piece:
                 text += piece
                 await ctx.emitter.delta(piece, ctx.agent.id)
-            _add_usage(ctx, chunk.usage_metadata)
-            traced.usage(chunk.usage_metadata)
+            total = chunk if total is None else total + chunk
+        usage = total.usage_metadata if total is not None else None
+        traced.usage(usage)
+    await ctx.meter_model_call(key, usage)
+    _add_usage(ctx, usage)
     return text

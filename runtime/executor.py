@@ -27,12 +27,13 @@ from opentelemetry.trace import SpanKind
 from psycopg.types.json import Jsonb
 from redis.exceptions import RedisError
 
-from core import events
+from core import budgets, events
 from core.agent_config import AgentConfig
 from core.events import RunEmitter
 from core.ids import new_id
 from core.infra import is_infra_error
 from core.jobs import RUNS_QUEUE
+from core.metering import Meter
 from core.run_signals import run_ended, start_next
 from core.store import agents, runs, sessions, tool_calls
 from core.store.runs import RunStatus
@@ -54,7 +55,6 @@ class Outcome:
     output: dict[str, Any] | None = None
     error: dict[str, Any] | None = None
     answer: str | None = None
-    usage: dict[str, int] | None = None
 
 
 class _Watch:
@@ -166,6 +166,9 @@ async def _deliver(svc: Services, run_id: str, org_id: str, owner: str) -> Deliv
         if agent is not None:
             claimed = await runs.claim(conn, run_id, run["session_id"], owner, svc.settings.worker.lease_s,
                                        agent.config.limits.timeout_s)
+            if isinstance(claimed, runs.Claimed):
+                # The org's budgets and its month so far, as the run (re)starts (core.budgets).
+                limits, month = await budgets.load(conn, svc.settings.limits)
     if agent is None:
         return Delivery(await _finish_unstarted(svc, run, org_id, "The run's agent version no longer exists."))
     if isinstance(claimed, runs.NotClaimed):
@@ -198,9 +201,10 @@ async def _deliver(svc: Services, run_id: str, org_id: str, owner: str) -> Deliv
         ended = Outcome(RunStatus.TIMED_OUT, error={
             "code": "TIMED_OUT", "message": "The run's time limit passed while its worker was gone."})
     else:
+        meter = Meter(emitter, svc.settings.usage, limits, month)
         with tracing.continue_run(row["trace_parent"], row["trace_id"]) if tracing.ON else _NOOP:
             ended = await _execute(svc, row, agent, emitter, owner, session["user_id"] if session else None,
-                                   resolved)
+                                   resolved, meter)
     if ended is None:
         return Delivery("lease lost: another worker owns the run")
     return Delivery(await _complete(svc, row, emitter, owner, ended), trace_id=row["trace_id"])
@@ -208,7 +212,7 @@ async def _deliver(svc: Services, run_id: str, org_id: str, owner: str) -> Deliv
 
 async def _execute(
     svc: Services, run: runs.ClaimedRun, agent: AgentSpec, emitter: RunEmitter, owner: str, user_id: str | None,
-    resolved: dict[str, int],
+    resolved: dict[str, int], meter: Meter,
 ) -> Outcome | None:
     loop = asyncio.get_running_loop()
     org_id, session_id = emitter.org_id, emitter.session_id
@@ -223,7 +227,7 @@ async def _execute(
         workspace=Path(svc.settings.worker.workspace_root).resolve() / org_id / session_id,
         load_agent=_agent_loader(svc, org_id),
         max_depth=svc.settings.worker.max_delegation_depth, user_id=user_id, memory=svc.memory,
-        sandbox=svc.sandbox, infra=svc.infra,
+        sandbox=svc.sandbox, infra=svc.infra, meter=meter,
     )
     config: Any = {"configurable": {"thread_id": checkpoint_thread_id(org_id, session_id)}}
     text = (run["input"] or {}).get("text", "")
@@ -231,6 +235,7 @@ async def _execute(
     user_message = HumanMessage(text, id=f"input-{run['id']}")
 
     async def invoke() -> dict[str, Any]:
+        await meter.start()  # a budget already used up stops the run at its first step
         async with asyncio.timeout_at(deadline):
             resume = run["attempt"] > 1
             for failures in itertools.count():
@@ -265,9 +270,9 @@ async def _execute(
     try:
         result = await task
         if result.get("__interrupt__"):
-            return Outcome(RunStatus.AWAITING_CONFIRMATION, usage=dict(ctx.usage))
+            return Outcome(RunStatus.AWAITING_CONFIRMATION)
         answer = str(result.get("answer", ""))
-        return Outcome(RunStatus.SUCCEEDED, output={"text": answer}, answer=answer, usage=dict(ctx.usage))
+        return Outcome(RunStatus.SUCCEEDED, output={"text": answer}, answer=answer)
     except _LeaseLost:
         return None
     except asyncio.CancelledError:
@@ -404,7 +409,7 @@ async def _record_end(svc: Services, run: runs.ClaimedRun, emitter: RunEmitter, 
                 extra.append((events.MESSAGE_COMPLETED, {"message": message}))
                 output = {**(output or {}), "message_id": message["id"]}
             done = await runs.finish(conn, run_id, session_id, outcome.status, owner=owner, output=output,
-                                     error=outcome.error, usage=outcome.usage, extra_events=extra)
+                                     error=outcome.error, extra_events=extra)
             if done is None:
                 raise _NotOurs
     except _NotOurs:

@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 from pydantic import ValidationError
 
 from core.infra import Infra
+from core.metering import Meter
 from core.outbound import Outbound
 from core.secrets import Keyring, SecretError, SecretNotFound, read_secret
 from core.store import orgs
@@ -52,6 +53,8 @@ class SkillContext:
     # The worker's connections (settings, Postgres, Redis): for org secrets, caches and outbound
     # requests. None only where a skill is called outside a worker (some tests).
     infra: Infra | None = None
+    # Records what a call used beyond model tokens (sandbox CPU time), once per tool call.
+    meter: Meter | None = None
 
     def require_infra(self) -> Infra:
         if self.infra is None:

@@ -5,6 +5,7 @@ builds its fixtures from them."""
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import signal
@@ -29,6 +30,11 @@ from agentos.stack.process import ServerProcess
 from agentos.stack.worker import worker_process
 from core.settings import Settings, load_settings
 from tests.openai_server import OpenAIServer
+
+# The workers' price table (USD per million tokens): `offline:priced` costs something, so usage
+# tests can check costs; other offline models stay free.
+PRICES = {"offline:priced": {"input": "0.5", "output": "1.5", "cached_input": "0.25"},
+          "offline:*": {"input": "0", "output": "0"}}
 
 # Random per test process; conftest's settings use them, tests sign and authenticate with them.
 ADMIN_TOKEN = "test-platform-admin-token-" + secrets.token_hex(8)
@@ -156,7 +162,8 @@ def running_worker(stack: StackUrls, openai_server: OpenAIServer, base: Path,
         workspace_root=base / "workspaces", concurrency=2,
         extra_env={"AGENTOS_ENV": "test", "AGENTOS_MODELS__OPENAI_BASE_URL": openai_server.base_url,
                    "AGENTOS_MODELS__MAX_RETRIES": "1", "AGENTOS_MODELS__RETRY_BASE_DELAY_S": "0.05",
-                   "AGENTOS_WORKER__LEASE_S": "3", "AGENTOS_WORKER__HEARTBEAT_S": "0.5", **(extra_env or {})},
+                   "AGENTOS_WORKER__LEASE_S": "3", "AGENTOS_WORKER__HEARTBEAT_S": "0.5",
+                   "AGENTOS_USAGE__PRICES": json.dumps(PRICES), **(extra_env or {})},
     )
     proc.start()
     try:

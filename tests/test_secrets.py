@@ -299,6 +299,9 @@ def test_rotation_under_load_every_read_decrypts(own_database: Settings) -> None
     assert stale == 0 and report.failed == []
     # Those the writer stored again were sealed under version 2 before the rotation reached them.
     assert 0 < report.rewrapped <= len(values)
+    with psycopg.connect(own_database.database.url) as conn:  # each rewrap is in the org's audit log
+        row = conn.execute("SELECT count(*) FROM audit_logs WHERE action = 'secret.rotate'").fetchone()
+    assert row is not None and row[0] == report.rewrapped
 
     async def read_all_with_only_the_new_key() -> dict[tuple[str, str], str]:
         pool = await open_pool(own_database.database)

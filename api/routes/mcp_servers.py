@@ -45,8 +45,9 @@ def _name(call: Call[Any]) -> str:
     return name
 
 
-async def _refresh(call: Call[Any], row: store.McpServerRow) -> store.McpServerRow:
-    """Read the server's tools now; on failure keep the cached list and record why."""
+async def _refresh(call: Call[Any], row: store.McpServerRow, audited: bool = False) -> store.McpServerRow:
+    """Read the server's tools now; on failure keep the cached list and record why. `audited`:
+    an admin asked for it (a creation is audited as such)."""
     org_id = call.principal.org_id
     tools: list[dict[str, Any]] | None
     try:
@@ -57,6 +58,9 @@ async def _refresh(call: Call[Any], row: store.McpServerRow) -> store.McpServerR
         tools, error = None, str(exc)
     async with tenant_tx(call.pool, org_id) as conn:
         updated = await store.set_tools(conn, row["name"], tools, error)
+        if updated is not None and audited:
+            await audit.record(conn, call.principal.actor, "mcp_server.refresh", "mcp_server", row["id"],
+                               {"name": row["name"], "tools": None if tools is None else len(tools), "error": error})
     if updated is None:
         raise _not_found(row["name"])
     return updated
@@ -107,7 +111,7 @@ async def refresh_server(call: Call[NoBody]) -> Response:
         row = await store.get(conn, name)
     if row is None:
         raise _not_found(name)
-    return json(public(await _refresh(call, row)))
+    return json(public(await _refresh(call, row, audited=True)))
 
 
 @endpoint("Remove an MCP server; agents naming its tools no longer get them.", role="admin", status=204)

@@ -12,7 +12,7 @@ from api.endpoint import Call, endpoint, resource
 from api.responses import json
 from api.state import state_of
 from core import ids
-from core.admission import Admission, overrides_of
+from core.admission import BUDGET_KEYS, Admission, overrides_of
 from core.errors import ApiError
 from core.store import orgs
 
@@ -35,10 +35,37 @@ class LimitsPatch(BaseModel):
     sandbox_cpu_s_per_day: Annotated[StrictInt, Field(ge=1, le=86_400_000)] | None = None
 
 
+class BudgetsPatch(BaseModel):
+    """Per-org budgets over the `AGENTOS_LIMITS__*` defaults (core.budgets); `null` restores the
+    default, an absent key leaves the budget as it is."""
+
+    model_config = ConfigDict(extra="forbid")
+    monthly_tokens: Annotated[StrictInt, Field(ge=1, le=10**15)] | None = None
+    monthly_cost_usd: Annotated[float, Field(gt=0, le=10**12)] | None = None
+    max_runs_per_day: Annotated[StrictInt, Field(ge=1, le=10**9)] | None = None
+
+
 class OrgPatch(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str | None = Field(default=None, min_length=1, max_length=200)
     limits: LimitsPatch | None = None
+    budgets: BudgetsPatch | None = None
+
+
+def changes_of(*patches: BaseModel | None) -> tuple[dict[str, Any], list[str]]:
+    """(overrides to set, overrides to clear) from the keys a PATCH named."""
+    set_limits: dict[str, Any] = {}
+    clear_limits: list[str] = []
+    for patch in patches:
+        if patch is None:
+            continue
+        for name in sorted(patch.model_fields_set):
+            value = getattr(patch, name)
+            if value is None:
+                clear_limits.append(name)
+            else:
+                set_limits[name] = value
+    return set_limits, clear_limits
 
 
 def _admission(call: Call[Any]) -> Admission:
@@ -50,6 +77,8 @@ def _public_org(call: Call[Any], row: dict[str, Any]) -> dict[str, Any]:
     body = {k: v for k, v in row.items() if k != "limits"}
     body["limits"] = _admission(call).effective(row.get("limits")).public()
     body["limit_overrides"] = overrides_of(row.get("limits"))
+    body["budgets"] = _admission(call).effective(row.get("limits")).public_budgets()
+    body["budget_overrides"] = overrides_of(row.get("limits"), BUDGET_KEYS)
     return body
 
 
@@ -96,19 +125,11 @@ async def get_org(call: Call[Any]) -> Response:
     return json(_public_org(call, org))
 
 
-@endpoint("Rename an organisation or change its limits; a limit set to null returns to the default "
+@endpoint("Rename an organisation or change its limits or budgets; one set to null returns to the default "
           "(platform admin token required).", role="platform_admin", body=OrgPatch, response="Org")
 async def update_org(call: Call[OrgPatch]) -> Response:
     org_id = _org_id(call)
-    set_limits: dict[str, int] = {}
-    clear_limits: list[str] = []
-    if call.body.limits is not None:
-        for name in sorted(call.body.limits.model_fields_set):
-            value = getattr(call.body.limits, name)
-            if value is None:
-                clear_limits.append(name)
-            else:
-                set_limits[name] = value
+    set_limits, clear_limits = changes_of(call.body.limits, call.body.budgets)
     try:
         org = await orgs.update_org(call.pool, org_id, actor="platform_admin", name=call.body.name,
                                     set_limits=set_limits, clear_limits=clear_limits)

@@ -19,6 +19,7 @@ from starlette.responses import Response
 from api.endpoint import Call, endpoint, resource, validation_failed
 from api.responses import json, listing
 from api.state import state_of
+from core import budgets
 from core.errors import ApiError
 from core.event_reader import EventReader
 from core.pagination import page
@@ -105,6 +106,12 @@ async def create_run(call: Call[RunCreate]) -> Response:
             )
             if created.created and not ticket.admitted:
                 raise ticket.refusal()  # rolls the insert back
+            if created.created:
+                # Over a budget: 429, and the insert rolls back (nothing to check without budgets).
+                await budgets.admit_run(conn, ticket.limits, call.settings.usage.warn_at)
+                await audit.record(conn, principal.actor, "run.create", "run", created.run["id"],
+                                   {"session_id": session_id, "agent_id": agent["id"]},
+                                   trace_id=created.run["trace_id"])
     except BaseException:
         await ticket.release()
         raise

@@ -86,10 +86,10 @@ async def update_org(
     *,
     actor: str,
     name: str | None = None,
-    set_limits: dict[str, int] | None = None,
+    set_limits: dict[str, Any] | None = None,
     clear_limits: list[str] | None = None,
 ) -> dict[str, Any] | None:
-    """Rename the org and/or change its limit overrides; None if there is no such org;
+    """Rename the org and/or change its limit and budget overrides; None if there is no such org;
     OrgNameTaken when the new name is another org's."""
     changes = {"name": name, "set_limits": set_limits or {}, "clear_limits": clear_limits or []}
     try:

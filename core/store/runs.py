@@ -126,7 +126,7 @@ UPDATE runs SET lease_expires_at = now() + %s, heartbeat_at = now()
 WHERE id = %s AND status = 'running' AND lease_owner = %s RETURNING cancel_requested_at
 """
 FINISH_SQL = f"""
-UPDATE runs SET status = %(status)s, output = %(output)s, error = %(error)s, usage = %(usage)s,
+UPDATE runs SET status = %(status)s, output = %(output)s, error = %(error)s,
     finished_at = now(), lease_owner = NULL, lease_expires_at = NULL
 WHERE id = %(run_id)s AND status = ANY(%(from)s)
   AND (%(owner)s::text IS NULL OR lease_owner = %(owner)s)
@@ -153,8 +153,24 @@ WHERE id = %s AND status = 'awaiting_confirmation' RETURNING {COLUMNS}
 REQUEST_CANCEL_SQL = "UPDATE runs SET cancel_requested_at = coalesce(cancel_requested_at, now()) WHERE id = %s"
 
 
+# A run's `usage`: summed over every attempt by core.store.usage.RECORD_SQL as its calls are
+# recorded (a run that made no call yet has {}).
+ZERO_USAGE: dict[str, int | float] = {
+    "input_tokens": 0, "output_tokens": 0, "cached_tokens": 0, "total_tokens": 0, "cost_usd": 0.0,
+    "model_calls": 0, "sandbox_executions": 0, "sandbox_cpu_ms": 0,
+}
+
+
+def public_usage(stored: dict[str, Any] | None) -> dict[str, Any]:
+    body = {**ZERO_USAGE, **(stored or {})}
+    body["cost_usd"] = float(body["cost_usd"])
+    return body
+
+
 def to_public(row: RunRow) -> dict[str, Any]:
-    return {k: row.get(k) for k in PUBLIC_FIELDS}
+    body = {k: row.get(k) for k in PUBLIC_FIELDS}
+    body["usage"] = public_usage(row.get("usage"))
+    return body
 
 
 async def lock_session(conn: AsyncConnection[DictRow], session_id: str) -> dict[str, Any] | None:
@@ -325,7 +341,6 @@ async def finish(
     from_status: tuple[RunStatus, ...] = (RunStatus.RUNNING,),
     output: dict[str, Any] | None = None,
     error: dict[str, Any] | None = None,
-    usage: dict[str, Any] | None = None,
     extra_events: Sequence[tuple[str, dict[str, Any]]] = (),
 ) -> Finished | None:
     """Move the run to a terminal state and emit its terminal event; None if it was not in
@@ -336,7 +351,7 @@ async def finish(
         return None
     row = await (await conn.execute(FINISH_SQL, {
         "status": status, "output": Jsonb(output) if output is not None else None,
-        "error": Jsonb(error) if error is not None else None, "usage": Jsonb(usage or {}),
+        "error": Jsonb(error) if error is not None else None,
         "run_id": run_id, "from": list(from_status), "owner": owner,
     })).fetchone()
     if row is None:
@@ -344,7 +359,7 @@ async def finish(
     await conn.execute(ABANDON_PENDING_CALLS_SQL, (run_id,))
     data: dict[str, Any]
     if status == RunStatus.SUCCEEDED:
-        data = {"output": output, "usage": usage or {}}
+        data = {"output": output, "usage": public_usage(row["usage"])}
     elif status in (RunStatus.FAILED, RunStatus.TIMED_OUT):
         data = {"error": error}
     else:

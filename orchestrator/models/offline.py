@@ -4,7 +4,8 @@ It follows a small script written in the latest user message (or the message a p
 delegated). Each line of that message may be a directive:
 
 - `call: <skill> <json args>` calls a tool, e.g. `call: file_manager {"action": "list"}`.
-- `delegate: <agent> <message>` hands `<message>` to the sub-agent `<agent>` (its first word).
+- `delegate: <agent> <message>` hands `<message>` to the sub-agent `<agent>` (its first word); a
+  literal `\\n` in it starts a new line, so a sub-agent can get a script of several directives.
 - `wait: <seconds>` pauses before the next directive (or before the final answer).
 - `fail: <message>` makes the model call fail with `OfflineModelError(<message>)`.
 
@@ -110,7 +111,8 @@ def _parse(text: str) -> list[_Step]:
         else:
             agent, _, message = rest.partition(" ")
             if agent and message.strip():
-                step.action = _Call(DELEGATE_TOOL, {"agent": agent, "message": message.strip()})
+                task = message.strip().replace("\\n", "\n")
+                step.action = _Call(DELEGATE_TOOL, {"agent": agent, "message": task})
             else:
                 step.action = f"`delegate: {rest}` needs an agent name and a message"
         steps.append(_Step())

@@ -58,6 +58,8 @@ async def code_executor(
         result = await ctx.sandbox.execute(ctx.org_id, request)
     except SandboxError as exc:
         raise SkillError(str(exc)) from None
+    if ctx.meter is not None:
+        await ctx.meter.sandbox(ctx.tool_call_id, ctx.agent_id, result.cpu_ms)
     applied = await asyncio.to_thread(_apply, ctx.workspace, result)
     if service_side and not result.timed_out:
         marker.parent.mkdir(parents=True, exist_ok=True)
