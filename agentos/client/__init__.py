@@ -27,7 +27,10 @@ from agentos.client.errors import (
     PayloadTooLarge,
     QuotaExceeded,
     RateLimited,
+    SandboxBackendFailed,
     SessionBusy,
+    StreamTokenExpired,
+    StreamTokenInvalid,
     Unauthenticated,
     Unavailable,
     UnsupportedMediaType,
@@ -38,9 +41,9 @@ from agentos.client.retry import RetryPolicy
 from agentos.client.sync import Client
 
 __all__ = [
-    "AgentOSError", "Agent", "ApiError", "ApiKey", "AsyncClient", "BadRequest", "Client", "Conflict",
-    "ConnectionFailed", "Event", "Forbidden", "IdempotencyMismatch", "InternalError", "Message", "MethodNotAllowed",
-    "NotFound", "Page", "PayloadTooLarge", "Principal", "QuotaExceeded", "RateLimited", "RetryPolicy", "Run",
-    "Session", "SessionBusy", "ToolCall", "Unauthenticated", "Unavailable", "UnsupportedMediaType",
-    "ValidationFailed",
+    "Agent", "AgentOSError", "ApiError", "ApiKey", "AsyncClient", "BadRequest", "Client", "Conflict",
+    "ConnectionFailed", "Event", "Forbidden", "IdempotencyMismatch", "InternalError", "Message",
+    "MethodNotAllowed", "NotFound", "Page", "PayloadTooLarge", "Principal", "QuotaExceeded", "RateLimited",
+    "RetryPolicy", "Run", "SandboxBackendFailed", "Session", "SessionBusy", "StreamTokenExpired",
+    "StreamTokenInvalid", "ToolCall", "Unauthenticated", "Unavailable", "UnsupportedMediaType", "ValidationFailed",
 ]

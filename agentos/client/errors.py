@@ -54,6 +54,16 @@ class Unauthenticated(ApiError):
     code = "UNAUTHENTICATED"
 
 
+class StreamTokenInvalid(Unauthenticated):
+    code = "STREAM_TOKEN_INVALID"
+
+
+class StreamTokenExpired(Unauthenticated):
+    """A stream token's time is up: ask the web app's backend for a fresh one."""
+
+    code = "STREAM_TOKEN_EXPIRED"
+
+
 class Forbidden(ApiError):
     code = "FORBIDDEN"
 
@@ -110,10 +120,17 @@ class Unavailable(ApiError):
     code = "UNAVAILABLE"
 
 
+class SandboxBackendFailed(ApiError):
+    """The sandbox service's hosted backend (e2b, modal) failed; the code may not have run."""
+
+    code = "SANDBOX_BACKEND_FAILED"
+
+
 _BY_CODE: dict[str, type[ApiError]] = {cls.code: cls for cls in (
-    BadRequest, Unauthenticated, Forbidden, NotFound, MethodNotAllowed, Conflict, SessionBusy, PayloadTooLarge,
+    BadRequest, Unauthenticated, StreamTokenInvalid, StreamTokenExpired,
+    Forbidden, NotFound, MethodNotAllowed, Conflict, SessionBusy, PayloadTooLarge,
     UnsupportedMediaType, ValidationFailed, IdempotencyMismatch, RateLimited, QuotaExceeded, InternalError,
-    Unavailable)}
+    Unavailable, SandboxBackendFailed)}
 # For an error status without an error object (a proxy's page, say): the status's usual code.
 _BY_STATUS: dict[int, type[ApiError]] = {400: BadRequest, 401: Unauthenticated, 403: Forbidden, 404: NotFound,
                                          405: MethodNotAllowed, 409: Conflict, 413: PayloadTooLarge,
