@@ -117,6 +117,11 @@ class WorkerSettings(BaseModel):
     # through the broker and writes `health_file`; a worker with a free slot whose probe waited
     # `stall_after_s` reconnects its consumer, and `agentos worker --check` fails after twice that.
     health_file: str = "/tmp/agentos-worker-health.json"
+    # At SIGTERM a worker stops taking runs and gives the ones it executes this long to finish;
+    # then it releases them to other workers (they resume from their last checkpoint). Keep it
+    # below the platform's kill timeout (Fly `kill_timeout`, ECS `stopTimeout`, Kubernetes
+    # `terminationGracePeriodSeconds`), leaving a few seconds for the release itself.
+    shutdown_grace_s: float = Field(default=20.0, ge=0)
     probe_interval_s: float = Field(default=2.0, gt=0)
     stall_after_s: float = Field(default=15.0, gt=0)
 
