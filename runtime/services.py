@@ -65,7 +65,7 @@ class Services:
 
     @classmethod
     async def open(cls, settings: Settings, drain: Drain | None = None) -> Services:
-        infra = await Infra.open(settings, name="agentos-worker", pool_max=4)
+        infra = await Infra.open(settings, name="agentos-worker", pool_max=settings.worker.pool_max)
         checkpoint_pool = await open_pool(settings.database, name="agentos-checkpoints", autocommit=True, max_size=2)
         saver = AsyncPostgresSaver(checkpoint_pool)
         sandbox = SandboxClient(settings.sandbox, infra.redis) if settings.sandbox.url else None
