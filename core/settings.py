@@ -356,6 +356,14 @@ class McpSettings(BaseModel):
     stdio: dict[str, StdioMcpServer] = Field(default_factory=dict)
 
 
+class ModalSettings(BaseModel):
+    """Where runs go with `AGENTOS_DISPATCH=modal`: the functions of the Modal app deployed from
+    infra/modal/app.py (docs/deploy.md, Modal)."""
+
+    app_name: str = "agentos"
+    environment: str | None = None  # Modal environment; None: the workspace's default
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="AGENTOS_", env_nested_delimiter="__", extra="ignore", frozen=True
@@ -363,6 +371,10 @@ class Settings(BaseSettings):
 
     env: Literal["development", "test", "production"] = "development"
     log_level: str = "INFO"
+    # Who executes runs and ingestion: Celery workers on the Redis queue, or one Modal function
+    # call per job (the same `execute_run`; needs `pip install 'agentos[modal]'`).
+    dispatch: Literal["celery", "modal"] = "celery"
+    modal: ModalSettings = ModalSettings()
     database: DatabaseSettings = DatabaseSettings()
     redis: RedisSettings = RedisSettings()
     auth: AuthSettings = AuthSettings()
