@@ -38,7 +38,8 @@ ARG RUN_AS=agentos
 RUN apt-get update \
  && apt-get install -y --no-install-recommends bubblewrap tini ca-certificates \
  && rm -rf /var/lib/apt/lists/* \
- && useradd --system --uid 10001 --user-group --no-create-home --shell /usr/sbin/nologin agentos \
+ && groupadd --system --gid 10001 agentos \
+ && useradd --system --uid 10001 --gid agentos --no-create-home --shell /usr/sbin/nologin agentos \
  && mkdir -p /var/lib/agentos/workspaces \
  && chown -R agentos:agentos /var/lib/agentos
 COPY --from=build /opt/agentos /opt/agentos
