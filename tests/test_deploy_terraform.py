@@ -76,6 +76,7 @@ def test_terraform_fmt_check():
     assert done.returncode == 0, done.stdout + done.stderr
 
 
+@pytest.mark.timeout(600)  # checkov takes ~40 s on an idle machine
 def test_checkov_finds_no_failed_check(tmp_path: Path):
     subprocess.run([_tool("checkov"), "-d", str(TERRAFORM), "--framework", "terraform", "--skip-download",
                     "-o", "json", "--output-file-path", str(tmp_path)], capture_output=True, text=True, timeout=600)
