@@ -120,7 +120,8 @@ def _settings(**overrides: object) -> Settings:
     try:
         return load_settings(**overrides)
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'settings'}: {e['msg']}" for e in exc.errors())
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'settings'}: "
+                             f"{e['msg'].removeprefix('Value error, ')}" for e in exc.errors())
         raise CliError(f"invalid settings: {problems}", EXIT_USAGE) from None
 
 
@@ -309,7 +310,16 @@ def api(
     _logs("api", settings)
     require_services(settings)  # Redis may be down: the API serves reads and defers runs meanwhile
     host, port = host or settings.api.host, settings.api.port if port is None else port
-    _serve(settings, host, port, _bind(host, port))
+    sock = _bind(host, port)
+    # uvicorn handles SIGTERM (stops accepting, ends SSE streams with a farewell, waits for
+    # requests in flight), then raises it again with the handler it found: make that an exit 0,
+    # so an orchestrator sees a clean stop rather than a death by signal.
+    signal.signal(signal.SIGTERM, _exit_cleanly)
+    _serve(settings, host, port, sock)
+
+
+def _exit_cleanly(signum: int, frame: object) -> None:
+    raise SystemExit(0)
 
 
 @app.command()

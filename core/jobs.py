@@ -1,9 +1,11 @@
 """Job names and payloads: the contract between whoever enqueues (the API, the runtime) and
-the Celery workers that execute. Enqueuers send by task **name**, so the API never imports
-the runtime (or langchain).
+the workers that execute. Enqueuers send by task **name**, so the API never imports the
+runtime (or langchain).
 
-`JobQueue` is a small client: a Celery app with no tasks, used only to send. Sending is
-blocking network IO, so async callers go through `enqueue_run`, which runs it in a thread.
+`JobQueue` is a small client. With `AGENTOS_DISPATCH=celery` (the default) it is a Celery app
+with no tasks, used only to send; with `modal` it spawns one Modal function call per job
+(`core.modal_dispatch`). Sending is blocking network IO, so async callers go through
+`enqueue_run`, which runs it in a thread.
 """
 
 from __future__ import annotations
@@ -63,13 +65,21 @@ def celery_config(settings: Settings) -> dict[str, Any]:
 
 
 class JobQueue:
-    """Sends jobs to the workers by name."""
+    """Sends jobs to the workers by name: Celery's queue, or Modal (`settings.dispatch`)."""
 
     def __init__(self, settings: Settings) -> None:
         self._app = Celery("agentos-sender", set_as_current=False)
         self._app.conf.update(celery_config(settings))
+        self._modal = None
+        if settings.dispatch == "modal":
+            from core.modal_dispatch import ModalSender
+
+            self._modal = ModalSender(settings.modal)
 
     def send_run(self, job: RunJob) -> None:
+        if self._modal is not None:
+            self._modal.send(EXECUTE_RUN, job.model_dump())
+            return
         if not tracing.ON:
             self._app.send_task(EXECUTE_RUN, kwargs=job.model_dump(), queue=RUNS_QUEUE)
             return
@@ -83,6 +93,9 @@ class JobQueue:
         await asyncio.to_thread(self.send_run, RunJob(run_id=run_id, org_id=org_id))
 
     def send_ingest(self, job: IngestJob) -> None:
+        if self._modal is not None:
+            self._modal.send(INGEST_DOCUMENT, job.model_dump())
+            return
         self._app.send_task(INGEST_DOCUMENT, kwargs=job.model_dump(), queue=RUNS_QUEUE)
 
     async def enqueue_ingest(self, document_id: str, org_id: str) -> None:

@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import base64
 import binascii
+import ipaddress
 import os
 import re
 from decimal import Decimal
 from typing import Literal
+from urllib.parse import parse_qs, urlsplit
 
+from psycopg.conninfo import conninfo_to_dict
 from pydantic import BaseModel, Field, SecretStr, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -34,6 +37,17 @@ class DatabaseSettings(BaseModel):
     pool_max: int = Field(default=10, ge=1)
     connect_timeout_s: float = Field(default=5.0, gt=0)
     statement_timeout_ms: int = Field(default=15_000, ge=0)
+    # In production a Postgres on another host must be reached over TLS (`sslmode=require`,
+    # `verify-ca` or `verify-full`). False only on a private network you trust (a compose network,
+    # Fly's private network): the start-up check then lets plaintext through.
+    require_tls: bool = True
+
+    @model_validator(mode="after")
+    def _pool_bounds(self) -> DatabaseSettings:
+        if self.pool_min > self.pool_max:
+            raise ValueError(f"AGENTOS_DATABASE__POOL_MIN ({self.pool_min}) is above AGENTOS_DATABASE__POOL_MAX "
+                             f"({self.pool_max})")
+        return self
 
 
 class RedisSettings(BaseModel):
@@ -42,6 +56,21 @@ class RedisSettings(BaseModel):
     # Connections a process's shared client may hold; a burst past it waits (up to the socket
     # timeout) for a free one instead of failing with "Too many connections".
     max_connections: int = Field(default=64, ge=2, le=10_000)
+    # In production a Redis on another host must be reached over TLS (`rediss://`); see
+    # DatabaseSettings.require_tls.
+    require_tls: bool = True
+
+    @field_validator("url")
+    @classmethod
+    def _known_scheme(cls, url: str) -> str:
+        scheme = urlsplit(url).scheme
+        if scheme in ("sentinel", "redis+sentinel", "rediss+sentinel"):
+            raise ValueError("Redis Sentinel URLs are not supported; use the endpoint that always names the primary "
+                             "(a managed Redis's primary endpoint, or a proxy in front of Sentinel), as redis:// or "
+                             "rediss://")
+        if scheme not in ("redis", "rediss", "unix"):
+            raise ValueError(f"the Redis URL must start with redis://, rediss:// or unix://, not {scheme or url!r}://")
+        return url
 
 
 class AuthSettings(BaseModel):
@@ -138,7 +167,16 @@ class WorkerSettings(BaseModel):
     # Liveness (runtime/liveness.py): every `probe_interval_s` the worker sends itself a probe
     # through the broker and writes `health_file`; a worker with a free slot whose probe waited
     # `stall_after_s` reconnects its consumer, and `agentos worker --check` fails after twice that.
+    # Postgres connections each worker process (each prefork child) may hold for runs; LangGraph's
+    # checkpoints take 2 more. Size: (API processes x DATABASE__POOL_MAX) + (worker processes x
+    # concurrency x (POOL_MAX + 2)) + watchdogs must stay below the server's max_connections.
+    pool_max: int = Field(default=4, ge=1, le=100)
     health_file: str = "/tmp/agentos-worker-health.json"
+    # At SIGTERM a worker stops taking runs and gives the ones it executes this long to finish;
+    # then it releases them to other workers (they resume from their last checkpoint). Keep it
+    # below the platform's kill timeout (Fly `kill_timeout`, ECS `stopTimeout`, Kubernetes
+    # `terminationGracePeriodSeconds`), leaving a few seconds for the release itself.
+    shutdown_grace_s: float = Field(default=20.0, ge=0)
     probe_interval_s: float = Field(default=2.0, gt=0)
     stall_after_s: float = Field(default=15.0, gt=0)
 
@@ -447,6 +485,14 @@ class TelemetrySettings(BaseModel):
     log_format: Literal["json", "text"] = "json"
 
 
+class ModalDispatchSettings(BaseModel):
+    """Where runs go with `AGENTOS_DISPATCH=modal`: the functions of the Modal app deployed from
+    infra/modal/app.py (docs/deploy.md, Modal)."""
+
+    app_name: str = "agentos"
+    environment: str | None = None  # Modal environment; None: the workspace's default
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="AGENTOS_", env_nested_delimiter="__", extra="ignore", frozen=True
@@ -454,6 +500,10 @@ class Settings(BaseSettings):
 
     env: Literal["development", "test", "production"] = "development"
     log_level: str = "INFO"
+    # Who executes runs and ingestion: Celery workers on the Redis queue, or one Modal function
+    # call per job (the same `execute_run`; needs `pip install 'agentos[modal]'`).
+    dispatch: Literal["celery", "modal"] = "celery"
+    modal: ModalDispatchSettings = ModalDispatchSettings()
     database: DatabaseSettings = DatabaseSettings()
     redis: RedisSettings = RedisSettings()
     auth: AuthSettings = AuthSettings()
@@ -472,29 +522,78 @@ class Settings(BaseSettings):
     telemetry: TelemetrySettings = TelemetrySettings()
 
     @model_validator(mode="after")
-    def _refuse_default_secrets(self) -> Settings:
+    def _production_ready(self) -> Settings:
         if self.env != "production":
             return self
-        problems = []
-        secret = self.auth.jwt_secret
-        if secret is not None and secret.get_secret_value() == DEV_JWT_SECRET:
-            problems.append("AGENTOS_AUTH__JWT_SECRET is the development default")
-        if secret is not None and len(secret.get_secret_value()) < 32:
-            problems.append("AGENTOS_AUTH__JWT_SECRET must be at least 32 characters")
-        admin = self.auth.platform_admin_token
-        if admin is not None and admin.get_secret_value() == DEV_PLATFORM_ADMIN_TOKEN:
-            problems.append("AGENTOS_AUTH__PLATFORM_ADMIN_TOKEN is the development default")
-        if any(key.get_secret_value() == DEV_SECRETS_KEK for key in self.secrets.keys.values()):
-            problems.append("AGENTOS_SECRETS__KEYS holds the development key-encryption key (set your own "
-                            "32 random bytes in base64, see docs/operations.md, Org secrets)")
+        problems = production_problems(self)
         if problems:
-            raise ValueError(
-                "refusing to start in production with default secrets: "
-                + "; ".join(problems)
-                + " (set your own, or set the HS256 secret / admin token empty to disable it, e.g. "
-                "AGENTOS_AUTH__JWT_SECRET=)"
-            )
+            raise ValueError("refusing to start in production (AGENTOS_ENV=production):\n"
+                             + "\n".join(f"  - {p}" for p in problems))
         return self
+
+
+def production_problems(settings: Settings) -> list[str]:
+    """Every reason `settings` are unfit for production, one sentence each, naming the variable
+    and what to do: development secrets, and Postgres or Redis reached in plaintext."""
+    problems = []
+    secret = settings.auth.jwt_secret
+    if secret is not None and secret.get_secret_value() == DEV_JWT_SECRET:
+        problems.append("AGENTOS_AUTH__JWT_SECRET is the development default: set your own, or set it empty to "
+                        "disable HS256 (AGENTOS_AUTH__JWT_SECRET=)")
+    elif secret is not None and len(secret.get_secret_value()) < 32:
+        problems.append("AGENTOS_AUTH__JWT_SECRET must be at least 32 characters")
+    admin = settings.auth.platform_admin_token
+    if admin is not None and admin.get_secret_value() == DEV_PLATFORM_ADMIN_TOKEN:
+        problems.append("AGENTOS_AUTH__PLATFORM_ADMIN_TOKEN is the development default: set your own, or set it "
+                        "empty to disable the org admin routes (AGENTOS_AUTH__PLATFORM_ADMIN_TOKEN=)")
+    if any(key.get_secret_value() == DEV_SECRETS_KEK for key in settings.secrets.keys.values()):
+        problems.append("AGENTOS_SECRETS__KEYS holds the development key-encryption key (set your own "
+                        "32 random bytes in base64, see docs/operations.md, Org secrets)")
+    if settings.database.require_tls:
+        problems += _postgres_tls_problems(settings.database.url)
+    if settings.redis.require_tls:
+        problems += _redis_tls_problems(settings.redis.url)
+    return problems
+
+
+TLS_SSLMODES = ("require", "verify-ca", "verify-full")
+
+
+def _is_local(host: str) -> bool:
+    """A Unix socket or a loopback address: traffic that never leaves the machine."""
+    if not host or host.startswith("/") or host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def _postgres_tls_problems(url: str) -> list[str]:
+    try:
+        params = conninfo_to_dict(url)
+    except Exception:  # psycopg says what is wrong when the pool connects; nothing to judge here
+        return []
+    hosts = [h for h in str(params.get("host") or "").split(",") if not _is_local(h)]
+    mode = str(params.get("sslmode") or os.environ.get("PGSSLMODE") or "prefer")
+    if hosts and mode not in TLS_SSLMODES:
+        return [f"AGENTOS_DATABASE_URL reaches Postgres at {', '.join(hosts)} without TLS (sslmode={mode}): add "
+                "?sslmode=verify-full (or require) to the URL, or set AGENTOS_DATABASE__REQUIRE_TLS=false if the "
+                "network is private"]
+    return []
+
+
+def _redis_tls_problems(url: str) -> list[str]:
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if parts.scheme == "redis" and not _is_local(host):
+        return [f"AGENTOS_REDIS_URL reaches Redis at {host} without TLS: use rediss://, or set "
+                "AGENTOS_REDIS__REQUIRE_TLS=false if the network is private"]
+    cert_reqs = [v.lower() for v in parse_qs(parts.query).get("ssl_cert_reqs", [])]
+    if parts.scheme == "rediss" and any(v in ("none", "cert_none") for v in cert_reqs):
+        return ["AGENTOS_REDIS_URL turns off the check of Redis's certificate (ssl_cert_reqs=none): drop it, or "
+                "give ssl_ca_certs=<path> for a private CA"]
+    return []
 
 
 class SandboxServiceSettings(BaseSettings):

@@ -17,7 +17,7 @@ import os
 from typing import Any, ClassVar
 
 from celery import Celery, Task
-from celery.signals import worker_process_init, worker_process_shutdown
+from celery.signals import worker_process_init, worker_process_shutdown, worker_shutting_down
 
 from core import jobs
 from core.infra import INFRA_ERRORS, InfraUnavailable, is_infra_error
@@ -25,6 +25,7 @@ from core.settings import Settings
 from core.telemetry import metrics, scope, tracing
 from memory import knowledge
 from runtime import liveness
+from runtime.drain import Drain
 from runtime.executor import execute_run
 from runtime.services import RuntimeHolder, Services, WorkerRuntime
 
@@ -82,9 +83,16 @@ def create_celery(settings: Settings) -> Celery:
         worker_cancel_long_running_tasks_on_connection_loss=False,
     )
     liveness.install(app, settings)  # the consumer proves it consumes (runtime/liveness.py)
+    drain = Drain()  # made here, before the pool forks, so the children share it
+
+    def _shutting_down(how: str = "Warm", **_: Any) -> None:
+        # Sent in the main process from Celery's signal handler: only a store to shared memory.
+        drain.begin(settings.worker.shutdown_grace_s if how == "Warm" else 0.0)
+
+    worker_shutting_down.connect(_shutting_down, weak=False)
 
     class Bound(AgentTask):
-        holder = RuntimeHolder(settings)
+        holder = RuntimeHolder(settings, drain)
 
     @app.task(name=jobs.EXECUTE_RUN, base=Bound, bind=True, ignore_result=True)  # type: ignore[untyped-decorator]
     def execute_run_task(task: AgentTask, run_id: str, org_id: str) -> str:

@@ -62,6 +62,14 @@ class _Watch:
 
     cancelled = False
     lease_lost = False
+    released = False  # the worker is shutting down and its grace period ended
+
+
+class _Released:
+    """`_execute`'s answer when the run was stopped because its worker is shutting down."""
+
+
+RELEASED = _Released()
 
 
 @dataclass(frozen=True)
@@ -194,7 +202,7 @@ async def _deliver(svc: Services, run_id: str, org_id: str, owner: str) -> Deliv
     await emitter.publish(claimed.events)
     max_attempts = svc.settings.worker.max_attempts
     if row["lapses"] >= max_attempts:  # its workers keep dying: stop trying
-        ended: Outcome | None = Outcome(RunStatus.FAILED, error={"code": "ATTEMPTS_EXHAUSTED", "message": (
+        ended: Outcome | _Released | None = Outcome(RunStatus.FAILED, error={"code": "ATTEMPTS_EXHAUSTED", "message": (
             f"The run was given up: its worker stopped {row['lapses']} times before finishing it "
             f"(AGENTOS_WORKER__MAX_ATTEMPTS is {max_attempts}); see the worker logs.")})
     elif row["deadline_at"] <= datetime.now(UTC):  # taken over after the run's time was up
@@ -207,13 +215,15 @@ async def _deliver(svc: Services, run_id: str, org_id: str, owner: str) -> Deliv
                                    resolved, meter)
     if ended is None:
         return Delivery("lease lost: another worker owns the run")
+    if isinstance(ended, _Released):
+        return Delivery(await _release(svc, row, emitter, owner), trace_id=row["trace_id"])
     return Delivery(await _complete(svc, row, emitter, owner, ended), trace_id=row["trace_id"])
 
 
 async def _execute(
     svc: Services, run: runs.ClaimedRun, agent: AgentSpec, emitter: RunEmitter, owner: str, user_id: str | None,
     resolved: dict[str, int], meter: Meter,
-) -> Outcome | None:
+) -> Outcome | _Released | None:
     loop = asyncio.get_running_loop()
     org_id, session_id = emitter.org_id, emitter.session_id
     remaining = (run["deadline_at"] - datetime.now(UTC)).total_seconds()
@@ -278,6 +288,8 @@ async def _execute(
     except asyncio.CancelledError:
         if watch.lease_lost:
             return None
+        if watch.released:
+            return RELEASED
         if watch.cancelled:
             return Outcome(RunStatus.CANCELLED)
         raise
@@ -305,13 +317,18 @@ async def _execute(
 
 
 async def _watch(svc: Services, org_id: str, run_id: str, owner: str, task: asyncio.Task[Any], watch: _Watch) -> None:
-    """Renew the lease every `heartbeat_s`; stop the run when it is cancelled or the lease is lost."""
+    """Renew the lease every `heartbeat_s`; stop the run when it is cancelled, the lease is lost,
+    or the worker's shutdown grace period ends (`runtime.drain`)."""
     settings = svc.settings.worker
     key = run_cancel_key(org_id, run_id)
     loop = asyncio.get_running_loop()
     next_beat = loop.time() + settings.heartbeat_s
     while not task.done():
         await asyncio.sleep(settings.cancel_poll_s)
+        if svc.drain is not None and svc.drain.release_due():
+            watch.released = True
+            task.cancel()
+            return
         cancel = False
         try:
             cancel = bool(await svc.redis.exists(key))
@@ -353,6 +370,20 @@ async def _still_ours(svc: Services, org_id: str, run_id: str, owner: str) -> No
         ours, _ = await runs.heartbeat(conn, run_id, owner, svc.settings.worker.lease_s)
     if not ours:
         raise _LeaseLost
+
+
+async def _release(svc: Services, run: runs.ClaimedRun, emitter: RunEmitter, owner: str) -> str:
+    """The worker is shutting down and the run did not finish within the grace period: store the
+    events it emitted, queue it again and send it to the other workers. The one that claims it
+    resumes from the last checkpoint (a step cut off here runs again there)."""
+    await emitter.close()
+    async with tenant_tx(svc.pool, emitter.org_id) as conn:
+        released = await runs.release(conn, run["id"], owner)
+    if not released:
+        return "lease lost before releasing: another worker owns the run"
+    log.info("run %s: released at shutdown; another worker resumes it from its last checkpoint", run["id"])
+    await start_next(svc.infra, emitter.org_id, run["id"])  # a failed send: the watchdog sends it
+    return "released at shutdown (sent to another worker)"
 
 
 class _NotOurs(Exception):

@@ -26,6 +26,7 @@ from core.settings import Settings
 from core.tenancy import AsyncPool
 from memory.service import MemoryService
 from orchestrator.graph import Graph, build_graph
+from runtime.drain import Drain
 from skills import SkillRegistry, default_registry
 from skills.catalogue import SkillBuilder
 from skills.http_skill import build_http_skill
@@ -47,6 +48,8 @@ class Services:
     # How each kind of an org's own skill becomes a Skill (see skills.catalogue.RunSkills).
     skill_builders: Mapping[str, SkillBuilder]
     sandbox: SandboxClient | None = None  # None: no sandbox service configured
+    # Set in Celery workers: tells a run when its worker's shutdown grace period is over.
+    drain: Drain | None = None
 
     @property
     def settings(self) -> Settings:
@@ -61,14 +64,14 @@ class Services:
         return self.infra.redis
 
     @classmethod
-    async def open(cls, settings: Settings) -> Services:
-        infra = await Infra.open(settings, name="agentos-worker", pool_max=4)
+    async def open(cls, settings: Settings, drain: Drain | None = None) -> Services:
+        infra = await Infra.open(settings, name="agentos-worker", pool_max=settings.worker.pool_max)
         checkpoint_pool = await open_pool(settings.database, name="agentos-checkpoints", autocommit=True, max_size=2)
         saver = AsyncPostgresSaver(checkpoint_pool)
         sandbox = (SandboxClient(settings.sandbox, infra.redis, pool=infra.pool, limits_cache_s=settings.limits.cache_s)
                    if settings.sandbox.url else None)
         return cls(infra, checkpoint_pool, default_registry(), build_graph(saver),
-                   MemoryService(settings, infra.pool, infra.redis), {"http": build_http_skill}, sandbox)
+                   MemoryService(settings, infra.pool, infra.redis), {"http": build_http_skill}, sandbox, drain)
 
     async def close(self) -> None:
         if self.sandbox is not None:
@@ -80,12 +83,12 @@ class Services:
 class WorkerRuntime:
     """An event loop in a daemon thread, with the process's `Services` opened on it."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, drain: Drain | None = None) -> None:
         self.pid = os.getpid()
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="agentos-runtime", daemon=True)
         self._thread.start()
-        self.services = self.run(Services.open(settings))
+        self.services = self.run(Services.open(settings, drain))
 
     def run(self, coro: Coroutine[Any, Any, T]) -> T:
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
@@ -101,15 +104,16 @@ class WorkerRuntime:
 class RuntimeHolder:
     """One `WorkerRuntime` per process, made on first use (so never before a fork)."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, drain: Drain | None = None) -> None:
         self._settings = settings
+        self._drain = drain
         self._runtime: WorkerRuntime | None = None
         self._lock = threading.Lock()
 
     def get(self) -> WorkerRuntime:
         with self._lock:
             if self._runtime is None or self._runtime.pid != os.getpid():
-                self._runtime = WorkerRuntime(self._settings)
+                self._runtime = WorkerRuntime(self._settings, self._drain)
             return self._runtime
 
     def close(self) -> None:

@@ -48,6 +48,17 @@ def watchdog_process(
                          env=_env(database_url, redis_url, extra_env), group=True)
 
 
+def api_process(
+    log_path: Path, *, database_url: str, redis_url: str, port: int, extra_env: dict[str, str] | None = None,
+) -> ServerProcess:
+    """`agentos api` on 127.0.0.1:`port` (for tests and benches that need several API
+    processes); it logs "AgentOS API ready" once it serves. Stopped with SIGTERM to the process
+    alone, as an orchestrator stops it: it ends its SSE streams with a farewell and exits 0."""
+    argv = [sys.executable, "-m", "agentos", "api", "--host", "127.0.0.1", f"--port={port}"]
+    return ServerProcess("api", argv, log_path, stop_signal=signal.SIGTERM,
+                         env=_env(database_url, redis_url, extra_env))
+
+
 def sandbox_process(log_path: Path, *, port: int, token: str) -> ServerProcess:
     """`agentos sandbox` on 127.0.0.1:`port`; it logs "Uvicorn running on" once it serves. It
     gets no database or Redis address: it has no use for them and must not hold them."""

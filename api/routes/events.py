@@ -3,14 +3,21 @@
 Both replay from `Last-Event-ID` (or `?after=`) and then follow live (`core.event_reader`).
 A run's stream ends after its terminal event; a session's stays open. sse-starlette sends a
 comment line every `events.keepalive_s` seconds so proxies keep the connection open.
+
+When the API process shuts down (SIGTERM, a rolling deploy) every stream ends with a final
+comment, `: shutting down; reconnect with Last-Event-ID`, and a `retry:` hint, so clients
+reconnect (through the load balancer, to another API process) and resume where they were.
 """
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import AsyncIterator
+from contextlib import suppress
 from typing import Any
 
+import anyio
 from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.responses import Response
 
@@ -25,6 +32,12 @@ from core.tenancy import tenant_tx
 CURSOR = re.compile(r"[0-9]{1,18}")
 RUN_HAS_EVENTS_AFTER_SQL = "SELECT 1 FROM run_events WHERE run_id = %s AND seq > %s LIMIT 1"
 SESSION_SEQ_SQL = "SELECT event_seq FROM sessions WHERE id = %s AND deleted_at IS NULL"
+SHUTDOWN_COMMENT = "shutting down; reconnect with Last-Event-ID"
+# How soon (ms) a client reconnects after the shutdown comment; EventSource honours `retry:`.
+RECONNECT_MS = 500
+# How long sse-starlette lets a stream send its farewell before cancelling it; below uvicorn's
+# graceful shutdown timeout (`agentos.cli._serve`).
+FAREWELL_S = 5.0
 
 
 def _after(call: Call[Any]) -> int | None:
@@ -54,8 +67,48 @@ async def _counted(stream: AsyncIterator[ServerSentEvent]) -> AsyncIterator[Serv
 
 def _response(call: Call[Any], stream: AsyncIterator[ServerSentEvent]) -> Response:
     keepalive = call.settings.events.keepalive_s
-    return EventSourceResponse(_counted(stream), ping=keepalive,
+    shutdown = anyio.Event()  # set by sse-starlette when uvicorn begins to shut down
+    return EventSourceResponse(_until_shutdown(_counted(stream), shutdown), ping=keepalive, shutdown_event=shutdown,
+                               shutdown_grace_period=FAREWELL_S,
                                headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+async def _until_shutdown(stream: AsyncIterator[ServerSentEvent], shutdown: anyio.Event,
+                          ) -> AsyncIterator[ServerSentEvent]:
+    """`stream`'s events until it ends or the server shuts down; then the farewell comment. An
+    event already read is always sent before the farewell, so the client's Last-Event-ID is the
+    last event it got."""
+    stop = asyncio.ensure_future(shutdown.wait())
+    following: asyncio.Future[ServerSentEvent] | None = None
+    try:
+        while True:
+            following = asyncio.ensure_future(anext(stream))
+            await asyncio.wait({following, stop}, return_when=asyncio.FIRST_COMPLETED)
+            if following.done():
+                try:
+                    item = following.result()
+                except StopAsyncIteration:
+                    return
+                yield item
+                continue
+            await _cancelled(following)
+            yield ServerSentEvent(comment=SHUTDOWN_COMMENT, retry=RECONNECT_MS)
+            return
+    finally:
+        # Closed early (the client left, or the farewell went out): stop reading first, since
+        # an iterator that is being read cannot be closed.
+        stop.cancel()
+        if following is not None and not following.done():
+            await _cancelled(following)
+        aclose = getattr(stream, "aclose", None)
+        if aclose is not None:
+            await aclose()
+
+
+async def _cancelled(future: asyncio.Future[Any]) -> None:
+    future.cancel()
+    with suppress(asyncio.CancelledError, StopAsyncIteration):
+        await future
 
 
 @endpoint("Stream one run's events (SSE); replays after `Last-Event-ID`, ends after the terminal event.",

@@ -150,6 +150,12 @@ RESUME_SQL = f"""
 UPDATE runs SET status = 'queued', deadline_at = deadline_at + (now() - paused_at), paused_at = NULL
 WHERE id = %s AND status = 'awaiting_confirmation' RETURNING {COLUMNS}
 """
+# A worker shutting down hands its run back: queued again (not a lapse: the next claim is an
+# ordinary start, attempt + 1, resuming from the checkpoint). Its deadline keeps running.
+RELEASE_SQL = """
+UPDATE runs SET status = 'queued', lease_owner = NULL, lease_expires_at = NULL
+WHERE id = %s AND status = 'running' AND lease_owner = %s RETURNING id
+"""
 REQUEST_CANCEL_SQL = "UPDATE runs SET cancel_requested_at = coalesce(cancel_requested_at, now()) WHERE id = %s"
 
 
@@ -400,6 +406,12 @@ async def cancel_all(conn: AsyncConnection[DictRow], session_id: str) -> tuple[l
 async def pause(conn: AsyncConnection[DictRow], run_id: str, owner: str) -> bool:
     """The run waits for a human: it holds no worker and no lease until `resume`."""
     return await (await conn.execute(PAUSE_SQL, (run_id, owner))).fetchone() is not None
+
+
+async def release(conn: AsyncConnection[DictRow], run_id: str, owner: str) -> bool:
+    """Hand a run this worker holds back to the queue (the worker is shutting down); False if the
+    lease was no longer `owner`'s. The caller sends the run to the workers after commit."""
+    return await (await conn.execute(RELEASE_SQL, (run_id, owner))).fetchone() is not None
 
 
 async def resume(conn: AsyncConnection[DictRow], run_id: str) -> RunRow | None:
