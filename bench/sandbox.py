@@ -43,7 +43,9 @@ def pct(samples: list[float], p: float) -> float:
 
 def start_service(backend: str, workdir: Path) -> tuple[ServerProcess, str, str]:
     port, token = free_port(), secrets.token_urlsafe(24)
-    env = {**{k: v for k, v in os.environ.items() if not k.startswith("AGENTOS_")},
+    # A hosted backend's own settings (AGENTOS_SANDBOX__E2B__*, __MODAL__*) pass through.
+    keep = ("AGENTOS_SANDBOX__E2B__", "AGENTOS_SANDBOX__MODAL__")
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("AGENTOS_") or k.startswith(keep)},
            "AGENTOS_SANDBOX__TOKEN": token, "AGENTOS_SANDBOX__BACKEND": backend,
            "AGENTOS_SANDBOX__PORT": str(port)}
     proc = ServerProcess(f"sandbox-{backend}", [sys.executable, "-m", "agentos", "sandbox"],

@@ -75,7 +75,7 @@ def test_a_workspace_name_outside_the_pattern_is_422(service: tuple[TestClient, 
     client, root, calls = service
     response = client.post("/execute", json={"language": "bash", "code": "echo", "workspace": name}, headers=AUTH)
     assert response.status_code == 422 and response.json()["error"]["details"]["fields"]["workspace"]
-    assert calls.created == [] and not any(root.iterdir())
+    assert calls.created == [] and not root.exists()  # not even made: no workspace was used
 
 
 def test_a_workspace_larger_than_the_workdir_is_refused_not_truncated(
@@ -149,6 +149,7 @@ def test_unused_workspaces_are_swept_and_symlinks_are_never_followed(tmp_path: P
     assert set(spaces.load("org_a/new", 2**20)) == {"f"}  # neither symlink is read
 
     temporary = Workspaces(None, ttl_s=60)
-    assert temporary.root.is_dir()
+    made = temporary.root
+    assert made.is_dir() and made.stat().st_mode & 0o777 == 0o700
     temporary.close()
-    assert not temporary.root.exists()
+    assert not made.exists()

@@ -68,8 +68,12 @@ class E2BProvider:
         if response.status_code != 201:
             api.close()
             raise HostedError(_api_error("creating a sandbox", response, s.template))
-        created = response.json()
-        sandbox_id = str(created["sandboxID"])
+        try:
+            created = response.json()
+            sandbox_id = str(created["sandboxID"])
+        except (ValueError, KeyError, TypeError):
+            api.close()
+            raise HostedError(f"the E2B API answered 201 without a sandbox id: {response.text[:200]}") from None
         envd_url = s.sandbox_url or f"https://sandbox.{created.get('domain') or 'e2b.app'}"
         headers = {"E2b-Sandbox-Id": sandbox_id, "E2b-Sandbox-Port": str(ENVD_PORT)}
         if created.get("envdAccessToken"):

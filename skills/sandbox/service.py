@@ -104,6 +104,8 @@ def create_sandbox_app(settings: SandboxSettings, backend: Backend) -> Starlette
             last_sweep = time.monotonic()
             for gone in await asyncio.to_thread(workspaces.sweep):
                 log.info("removed workspace %s (unused for %d s)", gone, settings.workspace_ttl_s)
+                if gone in locks and not locks[gone].locked():
+                    del locks[gone]
         async with locks.setdefault(name, asyncio.Lock()):
             kept = await asyncio.to_thread(workspaces.load, name, limits.disk_mb * 2**20)
             merged = payload.model_copy(update={"files": {**kept, **payload.files}})

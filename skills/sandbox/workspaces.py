@@ -32,11 +32,20 @@ class WorkspaceError(ValueError):
 
 class Workspaces:
     def __init__(self, root: str | None, ttl_s: float) -> None:
-        self._owned = root is None  # a temporary root is removed by close()
-        self.root = Path(root or tempfile.mkdtemp(prefix="agentos-workspaces-")).resolve()
-        self.root.mkdir(parents=True, exist_ok=True)
-        self.root.chmod(0o700)
+        self._configured = Path(root).resolve() if root else None
+        self._root: Path | None = None  # made at first use: most services never use a workspace
         self.ttl_s = ttl_s
+
+    @property
+    def root(self) -> Path:
+        if self._root is None:
+            if self._configured is None:
+                self._root = Path(tempfile.mkdtemp(prefix="agentos-workspaces-"))
+            else:
+                self._configured.mkdir(parents=True, exist_ok=True)
+                self._root = self._configured
+            self._root.chmod(0o700)
+        return self._root
 
     def path(self, name: str) -> Path:
         if not NAME.fullmatch(name):
@@ -108,8 +117,10 @@ class Workspaces:
         return removed
 
     def close(self) -> None:
-        if self._owned:
-            shutil.rmtree(self.root, ignore_errors=True)
+        """Remove a temporary root (a configured one is kept, with its workspaces)."""
+        if self._root is not None and self._configured is None:
+            shutil.rmtree(self._root, ignore_errors=True)
+            self._root = None
 
 
 def _through_symlink(directory: Path, target: Path) -> bool:
