@@ -20,6 +20,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
+from api import docs
 from api.auth import Authenticator
 from api.body_limit import BodyLimit
 from api.errors import HANDLERS
@@ -89,7 +90,7 @@ def create_app(settings: Settings) -> Starlette:
 
     exception_handlers: Any = HANDLERS
     return Starlette(
-        routes=[*routes, Route("/openapi.json", openapi_json, methods=["GET"])],
+        routes=[*routes, Route("/openapi.json", openapi_json, methods=["GET"]), *docs.routes()],
         middleware=[Middleware(BodyLimit, max_bytes=settings.api.max_body_bytes)],
         exception_handlers=exception_handlers,
         lifespan=lifespan,

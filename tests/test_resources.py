@@ -174,6 +174,6 @@ def test_openapi_has_no_served_route_missing(client):
 
     doc = client.get("/openapi.json").json()
     for route in client.app.routes:
-        if isinstance(route, Route) and route.path != "/openapi.json":
+        if isinstance(route, Route) and route.path not in ("/openapi.json", "/docs"):
             for method in route.methods - {"HEAD"}:
                 assert method.lower() in doc["paths"].get(route.path, {}), (route.path, method)

@@ -32,7 +32,8 @@ def _not_found(session_id: str) -> ApiError:
     return ApiError("NOT_FOUND", f"No session with id {session_id!r} in this organisation.")
 
 
-@endpoint("Start a session with an agent.", role="member", body=SessionCreate, status=201, response=Session)
+@endpoint("Start a session with an agent.", role="member", body=SessionCreate, status=201, response=Session,
+          errors=("NOT_FOUND",))
 async def create_session(call: Call[SessionCreate]) -> Response:
     body, principal = call.body, call.principal
     async with tenant_tx(call.pool, principal.org_id) as conn:
