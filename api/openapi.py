@@ -61,8 +61,8 @@ SECURITY_SCHEMES = {
 PAGE_PARAMS = [
     {"name": "limit", "in": "query", "description": "Items per page.",
      "schema": {"type": "integer", "minimum": 1, "maximum": 200, "default": 50}},
-    {"name": "cursor", "in": "query", "description": "`next_cursor` of the previous page.",
-     "schema": {"type": "string"}},
+    {"name": "cursor", "in": "query", "description": "`next_cursor` of the previous page (opaque).",
+     "schema": {"type": "string", "pattern": "^[A-Za-z0-9_-]*$"}},
 ]
 STREAM_PARAMS = [
     {"name": "Last-Event-ID", "in": "header", "description": "Resume after this event id (wins over `after`).",
@@ -165,7 +165,9 @@ def _operation(route: Resource, method: str, handler: Endpoint, schemas: Schemas
     if spec.body is not None:
         content: dict[str, Any] = {"application/json": {"schema": schemas.ref(spec.body, "validation")}}
         content.update({media: {"schema": {"type": "string"}} for media in spec.raw_types})
-        op["requestBody"] = {"required": False, "content": content}
+        # An empty body counts as `{}`: it is optional exactly when the model requires nothing.
+        required = bool(spec.body.model_json_schema().get("required"))
+        op["requestBody"] = {"required": required, "content": content}
     op["responses"] = _responses(spec, route.path, schemas)
     if spec.role in ORG_ROLES:
         op["security"] = [{"apiKey": []}, {"jwt": []}]

@@ -39,8 +39,8 @@ class KnowledgeCreate(BaseModel):
     title: str | None = Field(default=None, min_length=1, max_length=TITLE_MAX)
     # Its size limit (settings.memory.max_document_bytes) is checked in the handler: 413, not 422.
     content: str
-    # `text/plain` or `text/markdown`; anything else is 415.
-    content_type: str = "text/plain"
+    # `text/plain` or `text/markdown`; anything else is 415 (so not a Literal, which would be 422).
+    content_type: str = Field(default="text/plain", json_schema_extra={"enum": list(RAW_TYPES)})
     metadata: dict[str, Any] = Field(default_factory=dict)
 
 
