@@ -7,12 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import resource
-import socket
-import threading
-import time
-from collections.abc import Callable, Iterator
-from contextlib import AsyncExitStack, contextmanager
-from dataclasses import dataclass
+from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
 
@@ -20,14 +15,13 @@ import httpx
 import orjson
 import pytest
 import redis
-import uvicorn
-from starlette.applications import Starlette
 
 from agentos.stack.local import StackUrls
 from agentos.stack.redis import EmbeddedRedis
 from api.app import create_app
 from core import event_hub
 from tests.helpers import ADMIN_TOKEN, RsaKeys, make_settings
+from tests.served import Served, serving, until
 
 STREAMS = 300
 SESSIONS = 100
@@ -41,44 +35,6 @@ def _raise_open_files(needed: int) -> None:
     if soft != resource.RLIM_INFINITY and soft < needed:
         resource.setrlimit(resource.RLIMIT_NOFILE, (min(needed, hard) if hard != resource.RLIM_INFINITY else needed,
                                                     hard))
-
-
-@dataclass(frozen=True)
-class Served:
-    url: str
-    server: uvicorn.Server
-
-    @property
-    def state(self) -> dict[str, Any]:
-        """What the app's lifespan yielded (the typed `ApiState` under "api")."""
-        return dict(self.server.lifespan.state)
-
-
-@contextmanager
-def serving(app: Starlette) -> Iterator[Served]:
-    """`app` under uvicorn on a free loopback port, in a thread."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    config = uvicorn.Config(app, log_config=None, lifespan="on", loop="asyncio", http="h11", ws="none",
-                            backlog=2048, timeout_graceful_shutdown=5)
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    try:
-        _until(lambda: server.started or not thread.is_alive())
-        assert server.started, "uvicorn did not start"
-        yield Served(f"http://127.0.0.1:{sock.getsockname()[1]}", server)
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
-        sock.close()
-
-
-def _until(check: Callable[[], bool], limit_s: float = 60) -> None:
-    deadline = time.monotonic() + limit_s
-    while not check() and time.monotonic() < deadline:
-        time.sleep(0.05)
 
 
 def _api_connections(client: redis.Redis) -> list[dict[str, Any]]:
@@ -111,7 +67,7 @@ async def _idle_then_one_event(base: str, key: str, sessions: list[str], served:
 
         targets = [sessions[i % len(sessions)] for i in range(STREAMS)]
         responses = await asyncio.gather(*(open_stream(s) for s in targets))
-        await asyncio.to_thread(_until, lambda: _followers(served) == STREAMS)
+        await asyncio.to_thread(until, lambda: _followers(served) == STREAMS)
         assert _followers(served) == STREAMS
         idle = _api_connections(inspect)
 
