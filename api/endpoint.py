@@ -135,6 +135,12 @@ class EndpointSpec:
     raw_types: tuple[str, ...] = ()
     tags: list[str] = field(default_factory=list)
 
+    def __post_init__(self) -> None:
+        # Before this was typed, `response` named a model in a string; say what to do instead.
+        if self.response is not None and not (isinstance(self.response, type) and issubclass(self.response, BaseModel)):
+            raise TypeError(f"{self.summary!r}: `response` must be a pydantic model (see api/schemas), "
+                            f"not {self.response!r}")
+
     @property
     def success_statuses(self) -> tuple[int, ...]:
         return (self.status, *self.also)
