@@ -20,7 +20,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from api import access_log
+from api import access_log, docs
 from api.auth import Authenticator
 from api.body_limit import BodyLimit
 from api.cors import cors_middleware
@@ -107,7 +107,7 @@ def create_app(settings: Settings) -> Starlette:
     # CORS outermost, so that refusals (401, 413, 429...) reach the page's script too.
     cors = cors_middleware(settings.api)
     return Starlette(
-        routes=[*routes, Route("/openapi.json", openapi_json, methods=["GET"]),
+        routes=[*routes, Route("/openapi.json", openapi_json, methods=["GET"]), *docs.routes(),
                 Route("/metrics", metrics_endpoint, methods=["GET"])],
         middleware=[*([cors] if cors else []), Middleware(TelemetryMiddleware), Middleware(RequestOrigin),
                     Middleware(BodyLimit, max_bytes=settings.api.max_body_bytes)],

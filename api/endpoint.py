@@ -4,7 +4,7 @@ and describes itself for `/openapi.json`. Handlers receive a `Call` and never re
 from __future__ import annotations
 
 import functools
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, Literal, TypeVar
 
@@ -14,7 +14,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from api import json_limits
+from api import json_limits, responses
 from api.auth import unauthenticated
 from api.state import state_of
 from core import ids
@@ -36,6 +36,25 @@ class Call(Generic[B]):
     # None on endpoints that take no org credential (role None or "platform_admin").
     caller: Principal | None
     body: B
+    # What the endpoint declares: its replies go through the declared response model.
+    spec: EndpointSpec | None = None
+
+    def reply(self, content: Any, status: int | None = None, headers: dict[str, str] | None = None) -> Response:
+        """`content` as the endpoint's declared response model, with a status it declares."""
+        spec = self._spec()
+        status = spec.status if status is None else status
+        if spec.response is None or status not in spec.success_statuses:
+            raise RuntimeError(f"{spec.summary!r} declares no body for status {status}")
+        return responses.typed(spec.response, content, status, headers)
+
+    def page(self, data: Sequence[Any], next_cursor: str | None = None, **extra: Any) -> Response:
+        """A list envelope `{data, next_cursor}` of the declared page model."""
+        return self.reply({"data": data, "next_cursor": next_cursor, **extra})
+
+    def _spec(self) -> EndpointSpec:
+        if self.spec is None:
+            raise RuntimeError("this call was made without its endpoint's spec")
+        return self.spec
 
     @property
     def principal(self) -> Principal:
@@ -83,6 +102,17 @@ class NoBody(BaseModel):
 
 
 @dataclass(frozen=True)
+class Param:
+    """A query parameter or request header an endpoint reads (documented in `/openapi.json`)."""
+
+    name: str
+    schema: dict[str, Any]
+    description: str = ""
+    where: Literal["query", "header"] = "query"
+    required: bool = False
+
+
+@dataclass(frozen=True)
 class EndpointSpec:
     """What `/openapi.json` says about an endpoint, and the access and body it enforces."""
 
@@ -90,9 +120,31 @@ class EndpointSpec:
     role: Access
     body: type[BaseModel] | None
     status: int
-    response: str | None
+    # The model of the success body (None: no body, or an event stream).
+    response: type[BaseModel] | None
     paginated: bool
+    # Other success statuses answered with the same body model (e.g. `202` of a wait that timed out).
+    also: tuple[int, ...] = ()
+    # Error codes (core.errors) this endpoint answers beyond those its access, body and path imply.
+    errors: tuple[str, ...] = ()
+    params: tuple[Param, ...] = ()
+    # Response headers of its successes (documented in api.openapi.RESPONSE_HEADERS).
+    headers: tuple[str, ...] = ()
+    stream: bool = False
+    # False: the handler reads the body itself (it also takes `raw_types`, e.g. `text/plain`).
+    parse: bool = True
+    raw_types: tuple[str, ...] = ()
     tags: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        # Before this was typed, `response` named a model in a string; say what to do instead.
+        if self.response is not None and not (isinstance(self.response, type) and issubclass(self.response, BaseModel)):
+            raise TypeError(f"{self.summary!r}: `response` must be a pydantic model (see api/schemas), "
+                            f"not {self.response!r}")
+
+    @property
+    def success_statuses(self) -> tuple[int, ...]:
+        return (self.status, *self.also)
 
 
 # A role name: an org credential of at least that role. "platform_admin": the platform admin
@@ -202,8 +254,8 @@ class Endpoint:
                 raise ApiError(
                     "FORBIDDEN", f"This needs the {spec.role} role or higher; your credential is {principal.role}."
                 )
-        parsed = await parse_body(request, spec.body) if spec.body is not None else NoBody()
-        response = await self.handler(Call(request, principal, parsed))
+        parsed = await parse_body(request, spec.body) if spec.body is not None and spec.parse else NoBody()
+        response = await self.handler(Call(request, principal, parsed, spec))
         if rate is not None:
             response.headers.update(rate.headers())
         return response
@@ -215,11 +267,19 @@ def endpoint(
     role: Access = "viewer",
     body: type[BaseModel] | None = None,
     status: int = 200,
-    response: str | None = None,
+    response: type[BaseModel] | None = None,
     paginated: bool = False,
+    also: tuple[int, ...] = (),
+    errors: tuple[str, ...] = (),
+    params: tuple[Param, ...] = (),
+    headers: tuple[str, ...] = (),
+    stream: bool = False,
+    parse: bool = True,
+    raw_types: tuple[str, ...] = (),
 ) -> Callable[[Handler], Endpoint]:
     """Make a handler an `Endpoint` described by these fields (see `EndpointSpec`)."""
-    spec = EndpointSpec(summary, role, body, status, response, paginated)
+    spec = EndpointSpec(summary, role, body, status, response, paginated, also, errors, params, headers, stream,
+                        parse, raw_types)
 
     def wrap(handler: Handler) -> Endpoint:
         return Endpoint(handler, spec)

@@ -1,96 +1,207 @@
-"""Build `/openapi.json` from the routes themselves: each `@endpoint` carries its summary,
-access, body model and status, so the document cannot drift from what is served."""
+"""Build `/openapi.json` from the routes themselves: each `@endpoint` carries its summary, access,
+body model, response model, statuses, parameters and headers, and handlers answer through the
+same response models (`Call.reply`), so the document cannot drift from what is served.
+
+`python -m api.openapi_export` prints it (what `clients/typescript/openapi.json` holds)."""
 
 from __future__ import annotations
 
 import re
+from collections import defaultdict
 from typing import Any
 
+from pydantic import BaseModel
+from pydantic.json_schema import JsonSchemaMode
 from starlette.routing import BaseRoute
 
-from api.endpoint import Resource
+from api.endpoint import Endpoint, EndpointSpec, Resource
+from api.schemas.errors import Error
+from api.schemas.events import RunEvent
+from core.errors import CODES
 
-_ERROR_SCHEMA = {
-    "type": "object",
-    "required": ["error"],
-    "properties": {
-        "error": {
-            "type": "object",
-            "required": ["code", "message", "details"],
-            "properties": {
-                "code": {"type": "string", "examples": ["VALIDATION_FAILED"]},
-                "message": {"type": "string"},
-                "details": {"type": "object"},
-            },
-        }
-    },
+REF = "#/components/schemas/{model}"
+ORG_ROLES = ("viewer", "member", "admin", "owner")
+
+# Every response header an endpoint may name in `headers=`, and those the API adds itself.
+RESPONSE_HEADERS: dict[str, dict[str, Any]] = {
+    "Location": {"description": "Where the created (or accepted) resource can be read.",
+                 "schema": {"type": "string"}},
+    "Idempotent-Replayed": {"description": "`true` when an earlier request with this Idempotency-Key made the run "
+                            "and this answer replays it.", "schema": {"type": "string", "enum": ["true"]}},
+    "AgentOS-Deferred": {"description": "`broker-unavailable`: stored, but the broker did not answer; the watchdog "
+                         "sends it later.", "schema": {"type": "string", "enum": ["broker-unavailable"]}},
+    "AgentOS-Wait": {"description": "`timeout`: the wait ended before the run did (status 202).",
+                     "schema": {"type": "string", "enum": ["timeout"]}},
+    "AgentOS-Deduplicated": {"description": "`true` when the same item was stored already (status 200).",
+                             "schema": {"type": "string", "enum": ["true"]}},
+    "RateLimit-Limit": {"description": "The org's burst: requests it may send at once.",
+                        "schema": {"type": "integer"}},
+    "RateLimit-Remaining": {"description": "Requests left in the burst now.", "schema": {"type": "integer"}},
+    "Retry-After": {"description": "Seconds to wait before retrying.", "schema": {"type": "integer", "minimum": 1}},
+    "WWW-Authenticate": {"description": "`Bearer realm=\"agentos\"`.", "schema": {"type": "string"}},
+}
+RATE_HEADERS = ("RateLimit-Limit", "RateLimit-Remaining")
+# Error codes whose answers carry headers.
+ERROR_HEADERS = {
+    "UNAUTHENTICATED": ("WWW-Authenticate",),
+    "RATE_LIMITED": ("Retry-After", *RATE_HEADERS),
+    "QUOTA_EXCEEDED": ("Retry-After",),
+    "UNAVAILABLE": ("Retry-After",),
 }
 
+SECURITY_SCHEMES = {
+    "apiKey": {"type": "http", "scheme": "bearer", "bearerFormat": "aos_<prefix>_<secret>",
+               "description": "An org's API key: `Authorization: Bearer aos_…`."},
+    "jwt": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT",
+            "description": "A JWT signed by the integrating app (RS256/ES256 via JWKS or a public key, or HS256)."},
+    "platformAdmin": {"type": "http", "scheme": "bearer",
+                      "description": "The platform admin token (`AGENTOS_AUTH__PLATFORM_ADMIN_TOKEN`): org sign-up."},
+}
 
-def _error(description: str) -> dict[str, Any]:
-    schema = {"$ref": "#/components/schemas/Error"}
-    return {"description": description, "content": {"application/json": {"schema": schema}}}
+PAGE_PARAMS = [
+    {"name": "limit", "in": "query", "description": "Items per page.",
+     "schema": {"type": "integer", "minimum": 1, "maximum": 200, "default": 50}},
+    {"name": "cursor", "in": "query", "description": "`next_cursor` of the previous page (opaque).",
+     "schema": {"type": "string", "pattern": "^[A-Za-z0-9_-]*$"}},
+]
+STREAM_PARAMS = [
+    {"name": "Last-Event-ID", "in": "header", "description": "Resume after this event id (wins over `after`).",
+     "schema": {"type": "string", "pattern": "^[0-9]{1,18}$"}},
+    {"name": "after", "in": "query", "description": "Resume after this event id.",
+     "schema": {"type": "string", "pattern": "^[0-9]{1,18}$"}},
+]
+
+
+class Schemas:
+    """The document's `components/schemas`, filled from pydantic models; two different schemas
+    under one name is a bug (one would silently replace the other), so it raises."""
+
+    def __init__(self) -> None:
+        self.defs: dict[str, Any] = {}
+
+    def ref(self, model: type[BaseModel], mode: JsonSchemaMode) -> dict[str, str]:
+        schema = model.model_json_schema(mode=mode, ref_template=REF)
+        for name, sub in {**schema.pop("$defs", {}), model.__name__: schema}.items():
+            if self.defs.setdefault(name, sub) != sub:
+                raise ValueError(f"two different schemas are named {name!r}; rename one of the models")
+        return {"$ref": REF.format(model=model.__name__)}
+
+
+def _error_codes(spec: EndpointSpec, path: str) -> set[str]:
+    """The error codes an endpoint may answer: those its access, body, parameters and path
+    imply, and those it declares."""
+    codes = set(spec.errors)
+    if spec.role in ORG_ROLES:
+        codes |= {"UNAUTHENTICATED", "RATE_LIMITED", "UNAVAILABLE"}
+        if spec.role != "viewer":
+            codes.add("FORBIDDEN")
+    elif spec.role == "platform_admin":
+        codes |= {"UNAUTHENTICATED", "UNAVAILABLE"}
+    if spec.body is not None:
+        codes |= {"BAD_REQUEST", "PAYLOAD_TOO_LARGE", "UNSUPPORTED_MEDIA_TYPE", "VALIDATION_FAILED"}
+    if spec.paginated or any(p.where == "query" for p in spec.params):
+        codes.add("VALIDATION_FAILED")
+    if spec.stream:
+        codes.add("BAD_REQUEST")
+    if "{" in path:
+        codes.add("NOT_FOUND")
+    return codes
+
+
+def _header_refs(names: tuple[str, ...]) -> dict[str, Any]:
+    return {name: {"$ref": f"#/components/headers/{name}"} for name in names}
+
+
+def _responses(spec: EndpointSpec, path: str, schemas: Schemas) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    success_headers = (*spec.headers, *(RATE_HEADERS if spec.role in ORG_ROLES else ()))
+    for status in spec.success_statuses:
+        answer: dict[str, Any] = {"description": spec.summary.split(":")[0].split(";")[0]}
+        if spec.stream:
+            answer["content"] = {"text/event-stream": {"schema": schemas.ref(RunEvent, "serialization")}}
+            answer["description"] = ("Server-sent events: each event's `data:` line is one RunEvent (JSON), its "
+                                     "`id:` the event's seq and its `event:` the type. Comment lines keep it alive.")
+        elif spec.response is not None:
+            answer["content"] = {"application/json": {"schema": schemas.ref(spec.response, "serialization")}}
+        if success_headers:
+            answer["headers"] = _header_refs(success_headers)
+        out[str(status)] = answer
+    by_status: dict[int, list[str]] = defaultdict(list)
+    for code in sorted(_error_codes(spec, path)):
+        by_status[CODES[code][0]].append(code)
+    error_ref = schemas.ref(Error, "serialization")
+    for status, codes in sorted(by_status.items()):
+        if str(status) in out:
+            continue  # a success-shaped answer (e.g. `/readyz`'s 503)
+        headers = tuple(dict.fromkeys(h for code in codes for h in ERROR_HEADERS.get(code, ())))
+        answer = {"description": "; ".join(f"`{code}`: {CODES[code][1]}" for code in codes),
+                  "content": {"application/json": {"schema": error_ref}}}
+        if headers:
+            answer["headers"] = _header_refs(headers)
+        out[str(status)] = answer
+    return out
+
+
+def _operation(route: Resource, method: str, handler: Endpoint, schemas: Schemas) -> dict[str, Any]:
+    spec = handler.spec
+    op: dict[str, Any] = {
+        "operationId": handler.handler.__name__,
+        "summary": spec.summary,
+        "description": spec.summary,
+        "tags": [_tag(route.path)],
+    }
+    params: list[dict[str, Any]] = [
+        {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+        for name in re.findall(r"{(\w+)}", route.path)
+    ]
+    if spec.paginated:
+        params += PAGE_PARAMS
+    if spec.stream:
+        params += STREAM_PARAMS
+    params += [{"name": p.name, "in": p.where, "required": p.required, "schema": p.schema,
+                **({"description": p.description} if p.description else {})} for p in spec.params]
+    if params:
+        op["parameters"] = params
+    if spec.body is not None:
+        content: dict[str, Any] = {"application/json": {"schema": schemas.ref(spec.body, "validation")}}
+        content.update({media: {"schema": {"type": "string"}} for media in spec.raw_types})
+        # An empty body counts as `{}`: it is optional exactly when the model requires nothing.
+        required = bool(spec.body.model_json_schema().get("required"))
+        op["requestBody"] = {"required": required, "content": content}
+    op["responses"] = _responses(spec, route.path, schemas)
+    if spec.role in ORG_ROLES:
+        op["security"] = [{"apiKey": []}, {"jwt": []}]
+        if spec.role != "viewer":
+            op["description"] += f"\n\nNeeds the `{spec.role}` role or higher."
+    elif spec.role == "platform_admin":
+        op["security"] = [{"platformAdmin": []}]
+    else:
+        op["security"] = []
+    return op
+
+
+def _tag(path: str) -> str:
+    parts = [p for p in path.split("/") if p and p != "v1" and not p.startswith("{")]
+    return parts[0] if parts else "health"
 
 
 def build_openapi(routes: list[BaseRoute], version: str) -> dict[str, Any]:
     paths: dict[str, dict[str, Any]] = {}
-    schemas: dict[str, Any] = {"Error": _ERROR_SCHEMA}
+    schemas = Schemas()
     for route in routes:
         if not isinstance(route, Resource):
             continue
         for method, handler in sorted(route.handlers.items()):
-            if method == "HEAD":
-                continue
-            spec = handler.spec
-            op: dict[str, Any] = {
-                "summary": spec.summary,
-                "operationId": handler.handler.__name__,
-                "responses": {str(spec.status): {"description": spec.response or "No content"}},
-            }
-            params = [
-                {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
-                for name in re.findall(r"{(\w+)}", route.path)
-            ]
-            if spec.paginated:
-                params += [
-                    {"name": "limit", "in": "query",
-                     "schema": {"type": "integer", "minimum": 1, "maximum": 200, "default": 50}},
-                    {"name": "cursor", "in": "query", "schema": {"type": "string"}},
-                ]
-            if spec.response == "EventStream":
-                op["responses"][str(spec.status)]["content"] = {"text/event-stream": {"schema": {"type": "string"}}}
-                params += [
-                    {"name": "Last-Event-ID", "in": "header", "schema": {"type": "integer", "minimum": 0}},
-                    {"name": "after", "in": "query", "schema": {"type": "integer", "minimum": 0}},
-                ]
-            if params:
-                op["parameters"] = params
-            if spec.body is not None:
-                name = spec.body.__name__
-                schema = spec.body.model_json_schema(ref_template="#/components/schemas/{model}")
-                schemas.update(schema.pop("$defs", {}))
-                schemas[name] = schema
-                op["requestBody"] = {
-                    "required": True,
-                    "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{name}"}}},
-                }
-                op["responses"]["422"] = _error("VALIDATION_FAILED")
-            if spec.role is not None:
-                op["security"] = [{"bearer": []}]
-                op["responses"]["401"] = _error("UNAUTHENTICATED")
-                if spec.role not in ("viewer", "platform_admin"):
-                    op["responses"]["403"] = _error(f"FORBIDDEN: needs role {spec.role} or higher")
-            if "{" in route.path:
-                op["responses"]["404"] = _error("NOT_FOUND")
-            paths.setdefault(route.path, {})[method.lower()] = op
+            if method != "HEAD":
+                paths.setdefault(route.path, {})[method.lower()] = _operation(route, method, handler, schemas)
     return {
         "openapi": "3.1.0",
-        "info": {"title": "AgentOS API", "version": version},
+        "info": {"title": "AgentOS API", "version": version,
+                 "description": "The HTTP contract of AgentOS (docs/api.md says what a schema cannot)."},
         "paths": paths,
         "components": {
-            "schemas": schemas,
-            "securitySchemes": {
-                "bearer": {"type": "http", "scheme": "bearer", "description": "API key (aos_...) or JWT"}
-            },
+            "schemas": dict(sorted(schemas.defs.items())),
+            "headers": {name: RESPONSE_HEADERS[name] for name in sorted(RESPONSE_HEADERS)},
+            "securitySchemes": SECURITY_SCHEMES,
         },
     }

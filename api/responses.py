@@ -14,6 +14,7 @@ from datetime import UTC, date, datetime, time
 from typing import Any
 
 import orjson
+from pydantic import BaseModel
 from starlette.responses import Response
 
 from api import json_limits
@@ -69,3 +70,11 @@ def error(exc: ApiError) -> JSONResponse:
 
 def listing(data: Sequence[Mapping[str, Any]], next_cursor: str | None) -> JSONResponse:
     return JSONResponse({"data": data, "next_cursor": next_cursor})
+
+
+def typed(model: type[BaseModel], content: Any, status: int = 200, headers: dict[str, str] | None = None
+          ) -> JSONResponse:
+    """`content` as `model` says: only the fields it declares, each of its declared type. What was
+    absent stays absent (`exclude_unset`), so the body is exactly what the schema allows."""
+    body = model.model_validate(content).model_dump(exclude_unset=True, by_alias=True)
+    return JSONResponse(body, status_code=status, headers=headers)

@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import re
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
+import httpx
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
 from core.skill_names import BUILTIN_SKILLS, DELEGATE_TOOL
 
@@ -21,6 +23,24 @@ _REF = re.compile(r"^(?P<name>[A-Za-z0-9_-]{1,64})(?:@(?P<version>[0-9]{1,9}))?$
 # Headers AgentOS sets itself on a call (signature, idempotency, framing).
 RESERVED_HEADERS = frozenset({"webhook-id", "webhook-timestamp", "webhook-signature", "idempotency-key",
                               "content-type", "content-length", "host", "transfer-encoding", "connection"})
+
+
+def check_http_url(value: str) -> str:
+    """An absolute http(s) URL with a host and a valid port, that both `urllib` and the worker's
+    client (httpx) parse: a URL that could never be called is refused when it is registered, not
+    stored (where it fails every call, and trips up whatever parses it later)."""
+    try:
+        parts = urlsplit(value)
+        valid = (parts.scheme in ("http", "https") and bool(parts.hostname) and parts.port != 0
+                 and not any(c.isspace() or not c.isprintable() for c in value) and bool(httpx.URL(value).host))
+    except (httpx.InvalidURL, ValueError):  # a bad IPv6 literal, a port out of range
+        valid = False
+    if not valid:
+        raise ValueError("must be an http:// or https:// URL with a host, e.g. 'https://example.com/hook'")
+    return value
+
+
+HttpUrlText = Annotated[str, Field(pattern=r"^https?://", max_length=2000), AfterValidator(check_http_url)]
 
 
 def parse_ref(entry: str) -> tuple[str, int | None]:
@@ -86,7 +106,7 @@ class HttpSkill(BaseModel):
     kind: Literal["http"] = "http"
     description: str = Field(min_length=1, max_length=4000)
     parameters: dict[str, Any] = Field(default_factory=lambda: {"type": "object", "properties": {}})
-    url: str = Field(pattern=r"^https?://", max_length=2000)
+    url: HttpUrlText
     method: Literal["POST", "PUT", "PATCH"] = "POST"
     headers: dict[str, HeaderValue] = Field(default_factory=dict, max_length=20)
     # The org secret whose value keys the Standard Webhooks signature of every call.
@@ -140,7 +160,7 @@ class McpServer(BaseModel):
     name a command: a tenant can never make a worker start a process."""
 
     model_config = ConfigDict(extra="forbid")
-    url: str = Field(pattern=r"^https?://", max_length=2000)
+    url: HttpUrlText
     headers: dict[str, HeaderValue] = Field(default_factory=dict, max_length=20)
     timeout_s: float = Field(default=20.0, gt=0, le=120)
     sensitive: bool = False  # whether each of its tools' calls waits for a human

@@ -13,9 +13,11 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from starlette.testclient import TestClient
 
 from agentos.stack.local import LocalStack, StackUrls
-from api.app import create_app
+from api.app import _routes, create_app
+from api.openapi import build_openapi
 from core.migrations import migrate
 from core.settings import Settings
+from tests.conformance import Conformance, Recorder
 from tests.helpers import Org, RsaKeys, Worker, make_settings, new_org, running_worker
 from tests.openai_server import OpenAIServer
 
@@ -50,9 +52,22 @@ def settings(stack: StackUrls, rsa_keys: RsaKeys) -> Settings:
 
 
 @pytest.fixture(scope="session")
-def client(settings: Settings) -> Iterator[TestClient]:
-    with TestClient(create_app(settings), raise_server_exceptions=True) as c:
+def conformance() -> Conformance:
+    """What the suite's client was answered, judged against `/openapi.json` as it happens."""
+    return Conformance(build_openapi(_routes(), "test"))
+
+
+@pytest.fixture(scope="session")
+def client(settings: Settings, conformance: Conformance) -> Iterator[TestClient]:
+    """The API in-process. Every response it gives the suite must be one `/openapi.json` declares
+    (status and body): the suite fails at the end, listing each that was not."""
+    app = create_app(settings)
+    app.add_middleware(Recorder, done=conformance)
+    with TestClient(app, raise_server_exceptions=True) as c:
         yield c
+    if conformance.problems:
+        pytest.fail("responses that /openapi.json does not declare:\n" + "\n".join(conformance.problems),
+                    pytrace=False)
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -219,6 +219,13 @@ class Served:
     def state(self) -> dict[str, Any]:
         """What the app's lifespan yielded (the typed `ApiState` under "api")."""
         return dict(self.server.lifespan.state)
+
+
+def until(check: Callable[[], bool], limit_s: float = 60) -> None:
+    """Wait (polling) until `check()` holds or `limit_s` passes; the caller asserts what it needs."""
+    deadline = time.monotonic() + limit_s
+    while not check() and time.monotonic() < deadline:
+        time.sleep(0.05)
 
 
 @contextmanager

@@ -61,7 +61,7 @@ def read_routes(app: Any) -> list[tuple[str, Endpoint]]:
     """Every GET route that answers JSON at once (not the SSE streams, nor the long poll)."""
     return [(route.path, route.handlers["GET"]) for route in app.routes
             if isinstance(route, Resource) and "GET" in route.handlers
-            and route.handlers["GET"].spec.response != "EventStream" and not route.path.endswith("/wait")]
+            and not route.handlers["GET"].spec.stream and not route.path.endswith("/wait")]
 
 
 def test_the_table_names_every_write_route_that_reads_json(settings):

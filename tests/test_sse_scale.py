@@ -7,8 +7,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import resource
-import time
-from collections.abc import Callable
 from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
@@ -22,7 +20,7 @@ from agentos.stack.local import StackUrls
 from agentos.stack.redis import EmbeddedRedis
 from api.app import create_app
 from core import event_hub
-from tests.helpers import ADMIN_TOKEN, RsaKeys, Served, make_settings, serving
+from tests.helpers import ADMIN_TOKEN, RsaKeys, Served, make_settings, serving, until
 
 STREAMS = 300
 SESSIONS = 100
@@ -36,12 +34,6 @@ def _raise_open_files(needed: int) -> None:
     if soft != resource.RLIM_INFINITY and soft < needed:
         resource.setrlimit(resource.RLIMIT_NOFILE, (min(needed, hard) if hard != resource.RLIM_INFINITY else needed,
                                                     hard))
-
-
-def _until(check: Callable[[], bool], limit_s: float = 60) -> None:
-    deadline = time.monotonic() + limit_s
-    while not check() and time.monotonic() < deadline:
-        time.sleep(0.05)
 
 
 def _api_connections(client: redis.Redis) -> list[dict[str, Any]]:
@@ -74,7 +66,7 @@ async def _idle_then_one_event(base: str, key: str, sessions: list[str], served:
 
         targets = [sessions[i % len(sessions)] for i in range(STREAMS)]
         responses = await asyncio.gather(*(open_stream(s) for s in targets))
-        await asyncio.to_thread(_until, lambda: _followers(served) == STREAMS)
+        await asyncio.to_thread(until, lambda: _followers(served) == STREAMS)
         assert _followers(served) == STREAMS
         idle = _api_connections(inspect)
 

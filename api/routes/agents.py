@@ -11,7 +11,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.responses import Response
 
 from api.endpoint import Call, endpoint, resource, validate, validation_failed
-from api.responses import json, listing
+from api.schemas.agents import Agent, AgentVersion
+from api.schemas.base import page_of
 from core.agent_config import NAME_PATTERN, AgentConfig, AgentLimits, AgentMemory
 from core.builtin_catalogue import builtin_catalogue
 from core.errors import ApiError
@@ -91,7 +92,7 @@ async def _check_skills(conn: Any, entries: list[str], operator_servers: Mapping
         raise validation_failed(problems)
 
 
-@endpoint("Create an agent.", role="member", body=AgentCreate, status=201, response="Agent")
+@endpoint("Create an agent.", role="member", body=AgentCreate, status=201, response=Agent, errors=("CONFLICT",))
 async def create_agent(call: Call[AgentCreate]) -> Response:
     body, principal = call.body, call.principal
     config = validate(AgentConfig, body.model_dump(exclude={"name"})).model_dump(mode="json")
@@ -103,30 +104,30 @@ async def create_agent(call: Call[AgentCreate]) -> Response:
             await audit.record(conn, principal.actor, "agent.create", "agent", row["id"], {"name": body.name})
     except psycopg.errors.UniqueViolation:
         raise _name_taken(body.name) from None
-    return json(agents.to_public(row), status=201)
+    return call.reply(agents.to_public(row))
 
 
-@endpoint("List agents, newest first.", paginated=True, response="Agent")
+@endpoint("List agents, newest first.", paginated=True, response=page_of(Agent))
 async def list_agents(call: Call[Any]) -> Response:
     cursor, limit = call.page_params()
     async with tenant_tx(call.pool, call.principal.org_id) as conn:
         rows = await agents.list_agents(conn, cursor, limit)
     data, next_cursor = page(rows, limit)
-    return listing([agents.to_public(r) for r in data], next_cursor)
+    return call.page([agents.to_public(r) for r in data], next_cursor)
 
 
-@endpoint("Read one agent.", response="Agent")
+@endpoint("Read one agent.", response=Agent)
 async def get_agent(call: Call[Any]) -> Response:
     agent_id = call.path_id("agent_id", "agent")
     async with tenant_tx(call.pool, call.principal.org_id) as conn:
         row = await agents.get(conn, agent_id)
     if row is None:
         raise _not_found(agent_id)
-    return json(agents.to_public(row))
+    return call.reply(agents.to_public(row))
 
 
 @endpoint("Change an agent; the version goes up by one and the old one is kept (unless nothing changes).",
-          role="member", body=AgentPatch, response="Agent")
+          role="member", body=AgentPatch, response=Agent, errors=("CONFLICT",))
 async def patch_agent(call: Call[AgentPatch]) -> Response:
     agent_id = call.path_id("agent_id", "agent")
     changes = call.body.model_dump(exclude_unset=True)
@@ -139,7 +140,7 @@ async def patch_agent(call: Call[AgentPatch]) -> Response:
             config = validate(AgentConfig, {**current["config"], **changes}).model_dump(mode="json")
             unchanged = validate(AgentConfig, current["config"]).model_dump(mode="json")
             if config == unchanged and (name is None or name == current["name"]):
-                return json(agents.to_public(current))  # nothing changes: no new version
+                return call.reply(agents.to_public(current))  # nothing changes: no new version
             if "subagents" in changes:
                 await _check_subagents(conn, config["subagents"], self_id=agent_id)
             if "skills" in changes:
@@ -150,7 +151,7 @@ async def patch_agent(call: Call[AgentPatch]) -> Response:
                                {"version": row["version"], "fields": sorted(call.body.model_fields_set)})
     except psycopg.errors.UniqueViolation:
         raise _name_taken(str(name)) from None
-    return json(agents.to_public(row))
+    return call.reply(agents.to_public(row))
 
 
 @endpoint("Delete an agent. Its sessions and runs stay readable.", role="member", status=204)
@@ -163,7 +164,7 @@ async def delete_agent(call: Call[Any]) -> Response:
     return Response(status_code=204)
 
 
-@endpoint("An agent's version history, newest first.", response="AgentVersion")
+@endpoint("An agent's version history, newest first.", response=page_of(AgentVersion))
 async def agent_versions(call: Call[Any]) -> Response:
     agent_id = call.path_id("agent_id", "agent")
     async with tenant_tx(call.pool, call.principal.org_id) as conn:
@@ -172,7 +173,7 @@ async def agent_versions(call: Call[Any]) -> Response:
         rows = await agents.versions(conn, agent_id)
     data = [{"version": r["version"], "name": r["name"], **r["config"], "created_by": r["created_by"],
              "created_at": r["created_at"]} for r in rows]
-    return listing(data, None)
+    return call.page(data)
 
 
 routes = [

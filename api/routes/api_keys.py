@@ -11,7 +11,8 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validato
 from starlette.responses import Response
 
 from api.endpoint import Call, endpoint, resource
-from api.responses import json, listing
+from api.schemas.api_keys import ApiKey, ApiKeyCreated
+from api.schemas.base import page_of
 from core.errors import ApiError
 from core.pagination import page
 from core.principal import Role
@@ -33,12 +34,8 @@ class ApiKeyCreate(BaseModel):
         return value
 
 
-def _public(row: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in row.items() if k != "secret_hash"}
-
-
 @endpoint("Create an API key; the key itself is in this response only.", role="admin",
-          body=ApiKeyCreate, status=201, response="ApiKeyCreated")
+          body=ApiKeyCreate, status=201, response=ApiKeyCreated)
 async def create_key(call: Call[ApiKeyCreate]) -> Response:
     body, principal = call.body, call.principal
     if not principal.allows(body.role):
@@ -49,19 +46,20 @@ async def create_key(call: Call[ApiKeyCreate]) -> Response:
         )
         await audit.record(conn, principal.actor, "api_key.create", "api_key", row["id"],
                            {"name": body.name, "role": body.role})
-    return json(_public(row), status=201)
+    return call.reply(row)
 
 
-@endpoint("List the org's API keys (never their secrets).", role="admin", paginated=True, response="ApiKey")
+@endpoint("List the org's API keys (never their secrets).", role="admin", paginated=True,
+          response=page_of(ApiKey))
 async def list_keys(call: Call[Any]) -> Response:
     cursor, limit = call.page_params()
     async with tenant_tx(call.pool, call.principal.org_id) as conn:
         rows = await api_keys.list_keys(conn, cursor, limit)
     data, next_cursor = page(rows, limit)
-    return listing(data, next_cursor)
+    return call.page(data, next_cursor)
 
 
-@endpoint("Revoke an API key; it stops working at once.", role="admin", response="ApiKey")
+@endpoint("Revoke an API key; it stops working at once.", role="admin", response=ApiKey, errors=("CONFLICT",))
 async def revoke_key(call: Call[Any]) -> Response:
     key_id = call.path_id("key_id", "api_key")
     async with tenant_tx(call.pool, call.principal.org_id) as conn:
@@ -79,7 +77,7 @@ async def revoke_key(call: Call[Any]) -> Response:
         row = await api_keys.revoke(conn, key_id)
         assert row is not None
         await audit.record(conn, call.principal.actor, "api_key.revoke", "api_key", key_id)
-    return json(_public(row))
+    return call.reply(row)
 
 
 routes = [

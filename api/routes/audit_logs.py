@@ -7,8 +7,9 @@ from typing import Any
 
 from starlette.responses import Response
 
-from api.endpoint import Call, endpoint, resource, validation_failed
-from api.responses import listing
+from api.endpoint import Call, Param, endpoint, resource, validation_failed
+from api.schemas.audit_logs import AuditLog
+from api.schemas.base import page_of
 from core.pagination import page
 from core.store import audit
 from core.tenancy import tenant_tx
@@ -37,7 +38,12 @@ def _moment(call: Call[Any], name: str) -> datetime | None:
 
 @endpoint("The organisation's audit log, newest first: filter by `actor`, `action` (`agent.*` for a prefix), "
           "`resource_type`, `resource_id`, and time (`from` inclusive, `to` exclusive) (admin).", role="admin",
-          paginated=True, response="AuditLog")
+          paginated=True, response=page_of(AuditLog), params=(
+              Param("actor", {"type": "string"}), Param("action", {"type": "string"}, "`agent.*` for a prefix."),
+              Param("resource_type", {"type": "string"}), Param("resource_id", {"type": "string"}),
+              Param("from", {"type": "string", "format": "date-time"}, "Inclusive."),
+              Param("to", {"type": "string", "format": "date-time"}, "Exclusive."),
+          ))
 async def list_audit_logs(call: Call[Any]) -> Response:
     cursor, limit = call.page_params()
     filters = audit.Filters(actor=_text(call, "actor"), action=_text(call, "action"),
@@ -46,7 +52,7 @@ async def list_audit_logs(call: Call[Any]) -> Response:
     async with tenant_tx(call.pool, call.principal.org_id) as conn:
         rows = await audit.list_logs(conn, filters, cursor, limit)
     data, next_cursor = page(rows, limit)
-    return listing([audit.to_public(r) for r in data], next_cursor)
+    return call.page([audit.to_public(r) for r in data], next_cursor)
 
 
 routes = [resource("/v1/audit-logs", GET=list_audit_logs)]

@@ -12,7 +12,8 @@ from pydantic import Field
 from starlette.responses import Response
 
 from api.endpoint import Call, endpoint, resource, validation_failed
-from api.responses import json, listing
+from api.schemas.base import page_of
+from api.schemas.data_sources import DataSource
 from core.data_sources import SOURCE_NAME_PATTERN, NotASource, PostgresSource, check_source_url
 from core.errors import ApiError
 from core.secrets import Keyring, SecretError, SecretNotFound, read_secret_in
@@ -42,7 +43,7 @@ def _name(call: Call[Any]) -> str:
 
 
 @endpoint("Register a data source (a Postgres database whose URL is an org secret).", role="admin",
-          body=DataSourceCreate, status=201, response="DataSource")
+          body=DataSourceCreate, status=201, response=DataSource, errors=("CONFLICT",))
 async def create_source(call: Call[DataSourceCreate]) -> Response:
     body, principal = call.body, call.principal
     secret = body.url.secret
@@ -67,24 +68,24 @@ async def create_source(call: Call[DataSourceCreate]) -> Response:
     except psycopg.errors.UniqueViolation:
         raise ApiError("CONFLICT", f"A data source named {body.name!r} already exists.",
                        details={"field": "name"}) from None
-    return json(_public(row), status=201)
+    return call.reply(_public(row))
 
 
-@endpoint("List the org's data sources.", response="DataSource")
+@endpoint("List the org's data sources.", response=page_of(DataSource))
 async def list_sources(call: Call[Any]) -> Response:
     async with tenant_tx(call.pool, call.principal.org_id) as conn:
         rows = await store.list_sources(conn)
-    return listing([_public(r) for r in rows], None)
+    return call.page([_public(r) for r in rows])
 
 
-@endpoint("Read one data source.", response="DataSource")
+@endpoint("Read one data source.", response=DataSource)
 async def get_source(call: Call[Any]) -> Response:
     name = _name(call)
     async with tenant_tx(call.pool, call.principal.org_id) as conn:
         row = await store.get(conn, name)
     if row is None:
         raise _not_found(name)
-    return json(_public(row))
+    return call.reply(_public(row))
 
 
 @endpoint("Remove a data source (its secret stays).", role="admin", status=204)

@@ -112,7 +112,7 @@ async def _cancelled(future: asyncio.Future[Any]) -> None:
 
 
 @endpoint("Stream one run's events (SSE); replays after `Last-Event-ID`, ends after the terminal event.",
-          response="EventStream")
+          stream=True)
 async def run_events(call: Call[Any]) -> Response:
     run_id = call.path_id("run_id", "run")
     after = _after(call)
@@ -140,7 +140,7 @@ async def run_events(call: Call[Any]) -> Response:
 
 
 @endpoint("Stream every event of a session (SSE), live; `Last-Event-ID` or `?after=0` replays first.",
-          response="EventStream")
+          stream=True)
 async def session_events(call: Call[Any]) -> Response:
     session_id = call.path_id("session_id", "session")
     after = _after(call)

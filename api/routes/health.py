@@ -8,15 +8,15 @@ from typing import Any
 from starlette.responses import Response
 
 from api.endpoint import Call, endpoint, resource
-from api.responses import json
+from api.schemas.health import Health
 from core.tenancy import AsyncPool
 
 READY_TIMEOUT_S = 2.0
 
 
-@endpoint("Liveness: the API process is up.", role=None, response="Health")
+@endpoint("Liveness: the API process is up.", role=None, response=Health)
 async def healthz(call: Call[Any]) -> Response:
-    return json({"status": "ok"})
+    return call.reply({"status": "ok"})
 
 
 async def _check(coro: Any) -> str:
@@ -32,14 +32,15 @@ async def _ping_db(pool: AsyncPool) -> None:
         await conn.execute("SELECT 1")
 
 
-@endpoint("Readiness: Postgres and Redis are reachable.", role=None, response="Health")
+@endpoint("Readiness: Postgres and Redis are reachable (`503` with the failing check when not).", role=None,
+          response=Health, also=(503,))
 async def readyz(call: Call[Any]) -> Response:
     checks = {
         "postgres": await _check(_ping_db(call.pool)),
         "redis": await _check(call.infra.redis.ping()),
     }
     ok = all(v == "ok" for v in checks.values())
-    return json({"status": "ok" if ok else "unavailable", "checks": checks}, status=200 if ok else 503)
+    return call.reply({"status": "ok" if ok else "unavailable", "checks": checks}, status=200 if ok else 503)
 
 
 routes = [

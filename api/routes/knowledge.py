@@ -16,8 +16,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.requests import Request
 from starlette.responses import Response
 
-from api.endpoint import Call, endpoint, parse_body, resource, validation_failed
-from api.responses import json, listing
+from api.endpoint import Call, Param, endpoint, parse_body, resource, validation_failed
+from api.schemas.base import page_of
+from api.schemas.knowledge import KnowledgeDocument
 from core.errors import ApiError
 from core.pagination import page
 from core.store import audit
@@ -38,8 +39,8 @@ class KnowledgeCreate(BaseModel):
     title: str | None = Field(default=None, min_length=1, max_length=TITLE_MAX)
     # Its size limit (settings.memory.max_document_bytes) is checked in the handler: 413, not 422.
     content: str
-    # `text/plain` or `text/markdown`; anything else is 415.
-    content_type: str = "text/plain"
+    # `text/plain` or `text/markdown`; anything else is 415 (so not a Literal, which would be 422).
+    content_type: str = Field(default="text/plain", json_schema_extra={"enum": list(RAW_TYPES)})
     metadata: dict[str, Any] = Field(default_factory=dict)
 
 
@@ -121,7 +122,10 @@ async def _document(request: Request, limit: int) -> KnowledgeCreate:
 @endpoint("Add a document to the knowledge base (`202`): JSON `{title?, content, content_type?, metadata?}` "
           "or the raw text with `Content-Type: text/plain` or `text/markdown` and `?title=`. It is chunked "
           "and embedded by a worker: poll it until `status` is `ready` (or `failed`).",
-          role="member", status=202, response="KnowledgeDocument")
+          role="member", status=202, response=KnowledgeDocument, headers=("Location", "AgentOS-Deferred"),
+          body=KnowledgeCreate, parse=False, raw_types=RAW_TYPES,
+          params=(Param("title", {"type": "string", "minLength": 1, "maxLength": TITLE_MAX},
+                        "The title of a document sent raw."),))
 async def create_document(call: Call[Any]) -> Response:
     settings = call.settings
     limit = settings.memory.max_document_bytes
@@ -150,11 +154,12 @@ async def create_document(call: Call[Any]) -> Response:
     except Exception as exc:  # stored and pending; sent again once the broker answers
         log.warning("broker unreachable: document %s deferred (%s)", doc["id"], exc)
         headers["AgentOS-Deferred"] = "broker-unavailable"
-    return json(doc, status=202, headers=headers)
+    return call.reply(doc, headers=headers)
 
 
 @endpoint("Knowledge-base documents, newest first (without their content); `?status=pending|ready|failed`.",
-          paginated=True, response="KnowledgeDocument")
+          paginated=True, response=page_of(KnowledgeDocument),
+          params=(Param("status", {"type": "string", "enum": list(knowledge.STATUSES)}),))
 async def list_documents(call: Call[Any]) -> Response:
     status = call.request.query_params.get("status") or None
     if status is not None and status not in knowledge.STATUSES:
@@ -163,21 +168,22 @@ async def list_documents(call: Call[Any]) -> Response:
     async with tenant_tx(call.pool, call.principal.org_id) as conn:
         rows = await knowledge.list_documents(conn, status, cursor, limit)
     data, next_cursor = page(rows, limit)
-    return listing(data, next_cursor)
+    return call.page(data, next_cursor)
 
 
 def _not_found(document_id: str) -> ApiError:
     return ApiError("NOT_FOUND", f"No document with id {document_id!r} in this organisation.")
 
 
-@endpoint("Read one document, with the start of its content (`content_preview`).", response="KnowledgeDocument")
+@endpoint("Read one document, with the start of its content (`content_preview`).",
+          response=KnowledgeDocument)
 async def get_document(call: Call[Any]) -> Response:
     document_id = call.path_id("document_id", "document")
     async with tenant_tx(call.pool, call.principal.org_id) as conn:
         row = await knowledge.get(conn, document_id)
     if row is None:
         raise _not_found(document_id)
-    return json(row)
+    return call.reply(row)
 
 
 @endpoint("Delete a document and all its chunks.", role="member", status=204)

@@ -12,7 +12,8 @@ from pydantic import Field
 from starlette.responses import Response
 
 from api.endpoint import Call, NoBody, endpoint, resource, validation_failed
-from api.responses import json, listing
+from api.schemas import mcp_servers as schema
+from api.schemas.base import page_of
 from core.errors import ApiError
 from core.mcp_client import McpError, endpoint_for, list_tools
 from core.secrets import Keyring
@@ -68,7 +69,7 @@ async def _refresh(call: Call[Any], row: store.McpServerRow, audited: bool = Fal
 
 @endpoint("Register an MCP server by its streamable-HTTP URL and read its tools (a failure to read them is "
           "recorded in last_error; refresh later).", role="admin", body=McpServerCreate, status=201,
-          response="McpServer")
+          response=schema.McpServer, errors=("CONFLICT",))
 async def create_server(call: Call[McpServerCreate]) -> Response:
     body, principal = call.body, call.principal
     if body.name in call.settings.mcp.stdio:
@@ -83,35 +84,35 @@ async def create_server(call: Call[McpServerCreate]) -> Response:
     except psycopg.errors.UniqueViolation:
         raise ApiError("CONFLICT", f"An MCP server named {body.name!r} already exists.",
                        details={"field": "name"}) from None
-    return json(public(await _refresh(call, row)), status=201)
+    return call.reply(public(await _refresh(call, row)))
 
 
-@endpoint("List the org's MCP servers with their cached tools.", response="McpServer")
+@endpoint("List the org's MCP servers with their cached tools.", response=page_of(schema.McpServer))
 async def list_servers(call: Call[Any]) -> Response:
     async with tenant_tx(call.pool, call.principal.org_id) as conn:
         rows = await store.list_servers(conn)
-    return listing([public(r) for r in rows], None)
+    return call.page([public(r) for r in rows])
 
 
-@endpoint("Read one MCP server with its cached tools.", response="McpServer")
+@endpoint("Read one MCP server with its cached tools.", response=schema.McpServer)
 async def get_server(call: Call[Any]) -> Response:
     name = _name(call)
     async with tenant_tx(call.pool, call.principal.org_id) as conn:
         row = await store.get(conn, name)
     if row is None:
         raise _not_found(name)
-    return json(public(row))
+    return call.reply(public(row))
 
 
 @endpoint("Read the server's tool list again (runs started later see the new list).", role="admin",
-          body=NoBody, response="McpServer")
+          body=NoBody, response=schema.McpServer)
 async def refresh_server(call: Call[NoBody]) -> Response:
     name = _name(call)
     async with tenant_tx(call.pool, call.principal.org_id) as conn:
         row = await store.get(conn, name)
     if row is None:
         raise _not_found(name)
-    return json(public(await _refresh(call, row, audited=True)))
+    return call.reply(public(await _refresh(call, row, audited=True)))
 
 
 @endpoint("Remove an MCP server; agents naming its tools no longer get them.", role="admin", status=204)

@@ -13,8 +13,8 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 from redis.exceptions import RedisError
 from starlette.responses import Response
 
-from api.endpoint import Call, endpoint, resource, validation_failed
-from api.responses import json, listing
+from api.endpoint import Call, Param, endpoint, resource, validation_failed
+from api.schemas.memories import Deleted, Memory, MemoryPage
 from api.state import state_of
 from core import ids
 from core.errors import ApiError
@@ -77,7 +77,8 @@ _REQUIRED = {"agent": "agent_id", "user": "user_id", "session": "session_id"}
 
 
 @endpoint("Remember an item (deduplicated: the same item again returns the stored one with 200).",
-          role="member", body=MemoryCreate, status=201, response="Memory")
+          role="member", body=MemoryCreate, status=201, response=Memory, also=(200,),
+          headers=("AgentOS-Deduplicated",), errors=("NOT_FOUND",))
 async def create_memory(call: Call[MemoryCreate]) -> Response:
     body, principal = call.body, call.principal
     settings = call.settings
@@ -113,8 +114,8 @@ async def create_memory(call: Call[MemoryCreate]) -> Response:
         await audit.record(conn, principal.actor, "memory.create" if created else "memory.refresh", "memory",
                            row["id"], {"scope": body.scope, "kind": body.kind})
     if created:
-        return json(row, status=201)
-    return json(row, status=200, headers={"AgentOS-Deduplicated": "true"})
+        return call.reply(row)
+    return call.reply(row, status=200, headers={"AgentOS-Deduplicated": "true"})
 
 
 def _filters(call: Call[Any]) -> long_term.MemoryFilters:
@@ -133,7 +134,14 @@ def _filters(call: Call[Any]) -> long_term.MemoryFilters:
 
 
 @endpoint("Search memories by meaning (`?query=`, results carry `score`, no cursor) or list them, newest "
-          "first; filters: `scope`, `agent_id`, `user`, `session_id`, `kind`.", paginated=True, response="Memory")
+          "first; filters: `scope`, `agent_id`, `user`, `session_id`, `kind`.", paginated=True, response=MemoryPage,
+          errors=("PAYLOAD_TOO_LARGE",), params=(
+              Param("query", {"type": "string"}, "Search by meaning: best matches first, with `score`."),
+              Param("scope", {"type": "string", "enum": list(long_term.SCOPES)}),
+              Param("agent_id", {"type": "string"}), Param("user", {"type": "string"}, "The end user's id."),
+              Param("user_id", {"type": "string"}, "Same as `user`."), Param("session_id", {"type": "string"}),
+              Param("kind", {"type": "array", "items": {"type": "string", "enum": list(long_term.KINDS)}},
+                    "Repeat it, or separate kinds with commas.")))
 async def list_memories(call: Call[Any]) -> Response:
     filters = _filters(call)
     query = call.request.query_params.get("query")
@@ -143,7 +151,7 @@ async def list_memories(call: Call[Any]) -> Response:
         async with tenant_tx(call.pool, call.principal.org_id) as conn:
             rows = await long_term.list_memories(conn, filters, cursor, limit)
         data, next_cursor = page(rows, limit)
-        return listing(data, next_cursor)
+        return call.page(data, next_cursor)
     if "limit" not in call.request.query_params:
         limit = settings.memory.search_limit
     else:
@@ -158,17 +166,17 @@ async def list_memories(call: Call[Any]) -> Response:
     if not known:
         body["note"] = (f"This organisation has no memories embedded with {embedder.model!r}; "
                         "items made by other models are not compared.")
-    return json(body)
+    return call.reply(body)
 
 
-@endpoint("Read one memory.", response="Memory")
+@endpoint("Read one memory.", response=Memory)
 async def get_memory(call: Call[Any]) -> Response:
     memory_id = call.path_id("memory_id", "memory")
     async with tenant_tx(call.pool, call.principal.org_id) as conn:
         row = await long_term.get(conn, memory_id)
     if row is None:
         raise _not_found(memory_id)
-    return json(row)
+    return call.reply(row)
 
 
 @endpoint("Delete one memory.", role="member", status=204)
@@ -182,7 +190,8 @@ async def delete_memory(call: Call[Any]) -> Response:
 
 
 @endpoint("Delete every memory of one end user (`?user=`; a privacy request).", role="admin",
-          response="Deleted")
+          response=Deleted, params=(Param("user", {"type": "string"}, "Whose memories to delete (required)."),
+                                    Param("user_id", {"type": "string"}, "Same as `user`.")))
 async def delete_user_memories(call: Call[Any]) -> Response:
     user_id = call.request.query_params.get("user") or call.request.query_params.get("user_id")
     if not user_id:
@@ -196,7 +205,7 @@ async def delete_user_memories(call: Call[Any]) -> Response:
     except (RedisError, OSError):
         raise ApiError("UNAVAILABLE", f"Deleted {deleted} long-term memories of {user_id!r}, but the short-term "
                                       "session notes in Redis could not be reached; send the request again.") from None
-    return json({"deleted": deleted})
+    return call.reply({"deleted": deleted})
 
 
 routes = [

@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt
 from starlette.responses import Response
 
 from api.endpoint import Call, endpoint, resource
-from api.responses import json
+from api.schemas.orgs import Org, OrgCreated, Principal
 from api.state import state_of
 from core import ids
 from core.admission import BUDGET_KEYS, Admission, overrides_of
@@ -94,9 +94,9 @@ def _org_id(call: Call[Any]) -> str:
     return value
 
 
-@endpoint("The caller's principal: org, user, role and scopes.", response="Principal")
+@endpoint("The caller's principal: org, user, role and scopes.", response=Principal)
 async def me(call: Call[Any]) -> Response:
-    return json(call.principal.public())
+    return call.reply(call.principal.public())
 
 
 @endpoint(
@@ -105,28 +105,30 @@ async def me(call: Call[Any]) -> Response:
     role="platform_admin",
     body=OrgCreate,
     status=201,
-    response="OrgCreated",
+    response=OrgCreated,
+    errors=("CONFLICT",),
 )
 async def create_org(call: Call[OrgCreate]) -> Response:
     try:
         org, key = await orgs.create_org(call.pool, call.body.name, actor="platform_admin")
     except orgs.OrgNameTaken as exc:
         raise _name_taken(exc.name) from None
-    return json({"org": _public_org(call, org), "api_key": key}, status=201)
+    return call.reply({"org": _public_org(call, org), "api_key": key})
 
 
 @endpoint("Read an organisation with its effective limits (platform admin token required).",
-          role="platform_admin", response="Org")
+          role="platform_admin", response=Org)
 async def get_org(call: Call[Any]) -> Response:
     org_id = _org_id(call)
     org = await orgs.get_org(call.pool, org_id)
     if org is None:
         raise ApiError("NOT_FOUND", f"No organisation with id {org_id!r}.")
-    return json(_public_org(call, org))
+    return call.reply(_public_org(call, org))
 
 
 @endpoint("Rename an organisation or change its limits or budgets; one set to null returns to the default "
-          "(platform admin token required).", role="platform_admin", body=OrgPatch, response="Org")
+          "(platform admin token required).", role="platform_admin", body=OrgPatch, response=Org,
+          errors=("CONFLICT",))
 async def update_org(call: Call[OrgPatch]) -> Response:
     org_id = _org_id(call)
     set_limits, clear_limits = changes_of(call.body.limits, call.body.budgets)
@@ -138,7 +140,7 @@ async def update_org(call: Call[OrgPatch]) -> Response:
     if org is None:
         raise ApiError("NOT_FOUND", f"No organisation with id {org_id!r}.")
     _admission(call).forget(org_id)
-    return json(_public_org(call, org))
+    return call.reply(_public_org(call, org))
 
 
 routes = [

@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from starlette.responses import Response
 
 from api.endpoint import Call, endpoint, resource
-from api.responses import json
+from api.schemas.health import OutboundAllowlist
 from core.store import audit, org_outbound
 from core.tenancy import tenant_tx
 
@@ -42,20 +42,20 @@ class AllowlistPut(BaseModel):
         return sorted({check_private(entry) for entry in value})
 
 
-@endpoint("The org's private-address allowlist for its HTTP skills.", role="admin", response="OutboundAllowlist")
+@endpoint("The org's private-address allowlist for its HTTP skills.", role="admin", response=OutboundAllowlist)
 async def get_allowlist(call: Call[Any]) -> Response:
     async with tenant_tx(call.pool, call.principal.org_id) as conn:
-        return json({"allow": await org_outbound.get(conn)})
+        return call.reply({"allow": await org_outbound.get(conn)})
 
 
 @endpoint("Replace the org's private-address allowlist for its HTTP skills.", role="admin", body=AllowlistPut,
-          response="OutboundAllowlist")
+          response=OutboundAllowlist)
 async def put_allowlist(call: Call[AllowlistPut]) -> Response:
     async with tenant_tx(call.pool, call.principal.org_id) as conn:
         allow = await org_outbound.put(conn, call.body.allow)
         await audit.record(conn, call.principal.actor, "outbound_allowlist.update", "org", call.principal.org_id,
                            {"allow": allow})
-    return json({"allow": allow})
+    return call.reply({"allow": allow})
 
 
 routes = [resource("/v1/outbound-allowlist", GET=get_allowlist, PUT=put_allowlist)]

@@ -16,8 +16,9 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.responses import Response
 
-from api.endpoint import Call, endpoint, resource, validation_failed
-from api.responses import json, listing
+from api.endpoint import Call, Param, endpoint, resource, validation_failed
+from api.schemas.base import page_of
+from api.schemas.runs import Run
 from api.state import state_of
 from core import budgets
 from core.errors import ApiError
@@ -79,7 +80,12 @@ def _idempotency_key(call: Call[Any]) -> str | None:
 
 
 @endpoint("Start a run: the message is stored and the run queued for a worker (`202`).", role="member",
-          body=RunCreate, status=202, response="Run")
+          body=RunCreate, status=202, response=Run, headers=("Location", "Idempotent-Replayed", "AgentOS-Deferred"),
+          errors=("BAD_REQUEST", "CONFLICT", "SESSION_BUSY", "IDEMPOTENCY_MISMATCH", "QUOTA_EXCEEDED"),
+          params=(Param("Idempotency-Key", {"type": "string", "maxLength": IDEMPOTENCY_KEY_MAX,
+                                            "pattern": "^[!-~]([ -~]*[!-~])?$"},
+                        "Makes a retry safe: the same key and body answer the run the first request made.",
+                        where="header"),))
 async def create_run(call: Call[RunCreate]) -> Response:
     session_id = call.path_id("session_id", "session")
     body, principal = call.body, call.principal
@@ -122,7 +128,7 @@ async def create_run(call: Call[RunCreate]) -> Response:
         tracing.annotate(**{names.RUN_ID: run["id"], names.SESSION_ID: session_id, names.AGENT_ID: run["agent_id"]})
     if not created.created:
         await ticket.release()
-        return json(_public(run), status=202, headers={**headers, "Idempotent-Replayed": "true"})
+        return call.reply(_public(run), headers={**headers, "Idempotent-Replayed": "true"})
     await ticket.bind(run["id"])
     m = metrics.get()
     m.runs_created.labels(run["agent_id"], *m.org(principal.org_id)).inc()
@@ -135,20 +141,20 @@ async def create_run(call: Call[RunCreate]) -> Response:
         # again (docs/runs.md, "Redis trouble"). Nothing is lost and nothing is half-written.
         log.warning("broker unreachable: run %s deferred to the watchdog (%s)", run["id"], sent)
         headers["AgentOS-Deferred"] = "broker-unavailable"
-    return json(_public(run), status=202, headers=headers)
+    return call.reply(_public(run), headers=headers)
 
 
-@endpoint("Read one run.", response="Run")
+@endpoint("Read one run.", response=Run)
 async def get_run(call: Call[Any]) -> Response:
     run_id = call.path_id("run_id", "run")
     async with tenant_tx(call.pool, call.principal.org_id) as conn:
         run = await runs.get(conn, run_id)
     if run is None:
         raise run_not_found(run_id)
-    return json(_public(run), headers={TRACE_HEADER: run["trace_id"]})
+    return call.reply(_public(run), headers={TRACE_HEADER: run["trace_id"]})
 
 
-@endpoint("A session's runs, newest first.", paginated=True, response="Run")
+@endpoint("A session's runs, newest first.", paginated=True, response=page_of(Run))
 async def list_session_runs(call: Call[Any]) -> Response:
     session_id = call.path_id("session_id", "session")
     cursor, limit = call.page_params()
@@ -157,7 +163,7 @@ async def list_session_runs(call: Call[Any]) -> Response:
             raise session_not_found(session_id)
         rows = await runs.list_runs(conn, session_id, cursor, limit)
     data, next_cursor = page(rows, limit)
-    return listing([_public(r) for r in data], next_cursor)
+    return call.page([_public(r) for r in data], next_cursor)
 
 
 def _wait_timeout(call: Call[Any]) -> float:
@@ -178,7 +184,9 @@ SESSION_SEQ_OF_RUN_SQL = "SELECT s.event_seq FROM sessions s JOIN runs r ON r.se
 
 
 @endpoint("Wait until the run ends (or `?timeout=` seconds pass, default 30, at most 300) and return it: `200` "
-          "once it ended, `202` with `AgentOS-Wait: timeout` while it is still active.", response="Run")
+          "once it ended, `202` with `AgentOS-Wait: timeout` while it is still active.", response=Run, also=(202,),
+          headers=(WAIT_HEADER,), params=(Param("timeout", {"type": "number", "minimum": 0, "default": 30},
+                                                "Seconds to wait, at most `AGENTOS_EVENTS__MAX_WAIT_S` (300)."),))
 async def wait_run(call: Call[Any]) -> Response:
     run_id = call.path_id("run_id", "run")
     timeout = _wait_timeout(call)
@@ -203,8 +211,8 @@ async def wait_run(call: Call[Any]) -> Response:
         if run is None:  # deleted meanwhile
             raise run_not_found(run_id)
     if run["status"] in runs.TERMINAL:
-        return json(_public(run))
-    return json(_public(run), status=202, headers={WAIT_HEADER: "timeout"})
+        return call.reply(_public(run))
+    return call.reply(_public(run), status=202, headers={WAIT_HEADER: "timeout"})
 
 
 def reader_for(call: Call[Any], session_id: str) -> EventReader:
@@ -212,7 +220,7 @@ def reader_for(call: Call[Any], session_id: str) -> EventReader:
 
 
 @endpoint("Cancel a run: a queued run ends at once; a running one stops within a step (`202`).",
-          role="member", status=202, response="Run")
+          role="member", status=202, response=Run, errors=("CONFLICT",))
 async def cancel_run(call: Call[Any]) -> Response:
     run_id = call.path_id("run_id", "run")
     org_id = call.principal.org_id
@@ -233,9 +241,9 @@ async def cancel_run(call: Call[Any]) -> Response:
         await audit.record(conn, call.principal.actor, "run.cancel", "run", run_id, trace_id=run["trace_id"])
     if done is None:
         await flag_cancel(call.infra, org_id, [run_id])
-        return json(_public(run), status=202)
+        return call.reply(_public(run))
     await run_ended(call.infra, org_id, done)
-    return json(_public(done.run), status=202)
+    return call.reply(_public(done.run))
 
 
 routes = [

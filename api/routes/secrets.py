@@ -12,7 +12,8 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from starlette.responses import Response
 
 from api.endpoint import Call, endpoint, resource, validation_failed
-from api.responses import json, listing
+from api.schemas.base import page_of
+from api.schemas.secrets import Secret
 from core.errors import ApiError
 from core.pagination import DEFAULT_LIMIT, MAX_LIMIT, encode_cursor
 from core.secrets import Keyring, store_secret
@@ -51,7 +52,7 @@ def _page_after(call: Call[Any]) -> str | None:
 
 
 @endpoint("Store a secret under this name (replacing its value if it exists); the value is never returned.",
-          role="admin", body=SecretPut, response="Secret")
+          role="admin", body=SecretPut, response=Secret)
 async def put_secret(call: Call[SecretPut]) -> Response:
     name, principal = _name(call), call.principal
     value = call.body.value.get_secret_value()
@@ -64,11 +65,11 @@ async def put_secret(call: Call[SecretPut]) -> Response:
         row, created = await store_secret(conn, keyring, principal.org_id, name, value, principal.user_id)
         await audit.record(conn, principal.actor, "secret.create" if created else "secret.update", "secret", name,
                            {"key_version": row["key_version"]})
-    return json({**row, "created": created})
+    return call.reply({**row, "created": created})
 
 
 @endpoint("List the org's secrets by name: names and timestamps, never values.", role="admin", paginated=True,
-          response="Secret")
+          response=page_of(Secret))
 async def list_secrets(call: Call[Any]) -> Response:
     after = _page_after(call)
     try:
@@ -81,7 +82,7 @@ async def list_secrets(call: Call[Any]) -> Response:
         rows = await store.list_secrets(conn, after, limit)
     data = rows[:limit]
     next_cursor = encode_cursor(data[-1]["name"]) if len(rows) > limit and data else None
-    return listing(data, next_cursor)
+    return call.page(data, next_cursor)
 
 
 @endpoint("Delete a secret; whatever refers to it fails with a readable error from then on.", role="admin",

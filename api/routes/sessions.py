@@ -7,8 +7,9 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.responses import Response
 
-from api.endpoint import Call, endpoint, resource, validation_failed
-from api.responses import json, listing
+from api.endpoint import Call, Param, endpoint, resource, validation_failed
+from api.schemas.base import page_of
+from api.schemas.sessions import Message, Session
 from core import events, ids
 from core.admission import release_runs
 from core.errors import ApiError
@@ -31,7 +32,8 @@ def _not_found(session_id: str) -> ApiError:
     return ApiError("NOT_FOUND", f"No session with id {session_id!r} in this organisation.")
 
 
-@endpoint("Start a session with an agent.", role="member", body=SessionCreate, status=201, response="Session")
+@endpoint("Start a session with an agent.", role="member", body=SessionCreate, status=201, response=Session,
+          errors=("NOT_FOUND",))
 async def create_session(call: Call[SessionCreate]) -> Response:
     body, principal = call.body, call.principal
     async with tenant_tx(call.pool, principal.org_id) as conn:
@@ -41,27 +43,28 @@ async def create_session(call: Call[SessionCreate]) -> Response:
                            details={"field": "agent_id"})
         row = await sessions.create(conn, body.agent_id, body.user_id or principal.user_id, body.title, body.metadata)
         await audit.record(conn, principal.actor, "session.create", "session", row["id"], {"agent_id": body.agent_id})
-    return json(row, status=201)
+    return call.reply(row)
 
 
-@endpoint("List sessions, newest first (`?agent_id=` filters).", paginated=True, response="Session")
+@endpoint("List sessions, newest first (`?agent_id=` filters).", paginated=True, response=page_of(Session),
+          params=(Param("agent_id", {"type": "string"}, "Only this agent's sessions."),))
 async def list_sessions(call: Call[Any]) -> Response:
     cursor, limit = call.page_params()
     agent_id = call.request.query_params.get("agent_id")
     async with tenant_tx(call.pool, call.principal.org_id) as conn:
         rows = await sessions.list_sessions(conn, cursor, limit, agent_id)
     data, next_cursor = page(rows, limit)
-    return listing(data, next_cursor)
+    return call.page(data, next_cursor)
 
 
-@endpoint("Read one session.", response="Session")
+@endpoint("Read one session.", response=Session)
 async def get_session(call: Call[Any]) -> Response:
     session_id = call.path_id("session_id", "session")
     async with tenant_tx(call.pool, call.principal.org_id) as conn:
         row = await sessions.get(conn, session_id)
     if row is None:
         raise _not_found(session_id)
-    return json(row)
+    return call.reply(row)
 
 
 @endpoint("Delete a session.", role="member", status=204)
@@ -82,7 +85,8 @@ async def delete_session(call: Call[Any]) -> Response:
 
 
 @endpoint("A session's messages, oldest first (`?order=desc` for newest first).", paginated=True,
-          response="Message")
+          response=page_of(Message),
+          params=(Param("order", {"type": "string", "enum": ["asc", "desc"], "default": "asc"}),))
 async def list_messages(call: Call[Any]) -> Response:
     session_id = call.path_id("session_id", "session")
     cursor, limit = call.page_params()
@@ -94,7 +98,7 @@ async def list_messages(call: Call[Any]) -> Response:
             raise _not_found(session_id)
         rows = await sessions.list_messages(conn, session_id, cursor, limit, ascending=order == "asc")
     data, next_cursor = page(rows, limit)
-    return listing(data, next_cursor)
+    return call.page(data, next_cursor)
 
 
 routes = [

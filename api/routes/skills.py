@@ -12,7 +12,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.responses import Response
 
 from api.endpoint import Call, endpoint, resource, validate, validation_failed
-from api.responses import json, listing
+from api.schemas.base import page_of
+from api.schemas.skills import Skill
 from core.builtin_catalogue import builtin_catalogue
 from core.errors import ApiError
 from core.skill_defs import (
@@ -76,7 +77,7 @@ def _builtin_fixed(name: str) -> ApiError:
 
 
 @endpoint("List the skills agents of this organisation may use: built-ins first, then the org's own "
-          "at their latest versions, then its MCP servers' tools.", response="Skill")
+          "at their latest versions, then its MCP servers' tools.", response=page_of(Skill))
 async def list_skills(call: Call[Any]) -> Response:
     async with tenant_tx(call.pool, call.principal.org_id) as conn:
         rows = await store.list_skills(conn)
@@ -85,11 +86,11 @@ async def list_skills(call: Call[Any]) -> Response:
             "description": tool["description"], "parameters": tool["input_schema"], "sensitive": server["sensitive"]}
            for server in servers for tool in server["tools"]
            if (skill := mcp_skill_name(server["name"], tool["name"])) is not None]
-    return listing([*(_builtin(n) for n in sorted(builtin_catalogue())), *map(_row, rows), *mcp], None)
+    return call.page([*(_builtin(n) for n in sorted(builtin_catalogue())), *map(_row, rows), *mcp])
 
 
 @endpoint("Define a skill of this organisation (an HTTP endpoint it owns), at version 1.", role="admin",
-          body=SkillCreate, status=201, response="Skill")
+          body=SkillCreate, status=201, response=Skill, errors=("CONFLICT",))
 async def create_skill(call: Call[SkillCreate]) -> Response:
     body, principal = call.body, call.principal
     try:
@@ -105,23 +106,24 @@ async def create_skill(call: Call[SkillCreate]) -> Response:
     except psycopg.errors.UniqueViolation:
         raise ApiError("CONFLICT", f"A skill named {body.name!r} already exists; PATCH it to make a new version.",
                        details={"field": "name"}) from None
-    return json(_row(row), status=201)
+    return call.reply(_row(row))
 
 
-@endpoint("Read one skill (a built-in, or the org's own at its latest version).", response="Skill")
+@endpoint("Read one skill (a built-in, or the org's own at its latest version).", response=Skill)
 async def get_skill(call: Call[Any]) -> Response:
     name = _name(call)
     if name in builtin_catalogue():
-        return json(_builtin(name))
+        return call.reply(_builtin(name))
     async with tenant_tx(call.pool, call.principal.org_id) as conn:
         row = await store.get(conn, name)
     if row is None:
         raise _not_found(name)
-    return json(_row(row))
+    return call.reply(_row(row))
 
 
 @endpoint("Change a skill: writes its next version (runs already started keep theirs; a patch that "
-          "changes nothing writes none).", role="admin", body=SkillPatch, response="Skill")
+          "changes nothing writes none).", role="admin", body=SkillPatch, response=Skill,
+          errors=("CONFLICT",))
 async def patch_skill(call: Call[SkillPatch]) -> Response:
     name = _name(call)
     if name in builtin_catalogue():
@@ -133,17 +135,17 @@ async def patch_skill(call: Call[SkillPatch]) -> Response:
             raise _not_found(name)
         definition = validate(SkillDefinition, {**current["definition"], **changes}).model_dump(mode="json")
         if definition == validate(SkillDefinition, current["definition"]).model_dump(mode="json"):
-            return json(_row(current))
+            return call.reply(_row(current))
         row = await store.add_version(conn, name, definition, call.principal.user_id)
         if row is None:
             raise _not_found(name)
         await audit.record(conn, call.principal.actor, "skill.update", "skill", row["id"],
                            {"name": name, "version": row["version"], "fields": sorted(changes)})
-    return json(_row(row))
+    return call.reply(_row(row))
 
 
 @endpoint("Delete a skill. Its versions stay readable to runs that resolved them; agents naming it "
-          "no longer get it.", role="admin", status=204)
+          "no longer get it.", role="admin", status=204, errors=("CONFLICT",))
 async def delete_skill(call: Call[Any]) -> Response:
     name = _name(call)
     if name in builtin_catalogue():
@@ -155,20 +157,20 @@ async def delete_skill(call: Call[Any]) -> Response:
     return Response(status_code=204)
 
 
-@endpoint("A skill's versions, newest first.", response="SkillVersion")
+@endpoint("A skill's versions, newest first.", response=page_of(Skill))
 async def skill_versions(call: Call[Any]) -> Response:
     name = _name(call)
     if name in builtin_catalogue():
-        return listing([_builtin(name)], None)
+        return call.page([_builtin(name)])
     async with tenant_tx(call.pool, call.principal.org_id) as conn:
         rows = await store.versions(conn, name)
     if not rows:
         raise _not_found(name)
-    return listing([_public(r["name"], r["version"], r["definition"], created_by=r["created_by"],
-                            created_at=r["created_at"]) for r in rows], None)
+    return call.page([_public(r["name"], r["version"], r["definition"], created_by=r["created_by"],
+                            created_at=r["created_at"]) for r in rows])
 
 
-@endpoint("One version of a skill, as it was written.", response="SkillVersion")
+@endpoint("One version of a skill, as it was written.", response=Skill)
 async def skill_version(call: Call[Any]) -> Response:
     name = _name(call)
     raw = str(call.request.path_params["version"])
@@ -179,7 +181,7 @@ async def skill_version(call: Call[Any]) -> Response:
         live = await store.get(conn, name)
     if row is None or live is None:
         raise ApiError("NOT_FOUND", f"Skill {name!r} has no version {raw!r}.")
-    return json(_public(row["name"], row["version"], row["definition"], created_by=row["created_by"],
+    return call.reply(_public(row["name"], row["version"], row["definition"], created_by=row["created_by"],
                         created_at=row["created_at"]))
 
 

@@ -3,14 +3,12 @@ stream as `?token=`, for browsers (an `EventSource` cannot send `Authorization`)
 
 from __future__ import annotations
 
-from datetime import datetime
-
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from starlette.responses import Response
 
 from api.endpoint import Call, endpoint, resource
-from api.responses import json
 from api.routes.runs import run_not_found, session_not_found
+from api.schemas.stream_tokens import StreamToken
 from api.stream_access import stream_path
 from core import ids
 from core.store import runs, sessions
@@ -32,14 +30,6 @@ class StreamTokenCreate(BaseModel):
         return self
 
 
-class StreamToken(BaseModel):
-    """The answer: the token, when it stops opening streams, and the stream's URL with it."""
-
-    token: str
-    expires_at: datetime
-    url: str  # ready for `new EventSource(url)`; append `&after=<seq>` to resume
-
-
 async def _visible(call: Call[StreamTokenCreate], kind: StreamKind, resource_id: str) -> bool:
     """Whether the caller's org has this run or session (row-level security decides)."""
     if not ids.looks_like(kind, resource_id):
@@ -51,7 +41,7 @@ async def _visible(call: Call[StreamTokenCreate], kind: StreamKind, resource_id:
 
 
 @endpoint("A short-lived token that opens one run's or session's event stream as `?token=` (for EventSource).",
-          body=StreamTokenCreate, response="StreamToken")
+          body=StreamTokenCreate, response=StreamToken)
 async def create_stream_token(call: Call[StreamTokenCreate]) -> Response:
     body, principal = call.body, call.principal
     kind: StreamKind = "run" if body.run_id is not None else "session"
@@ -63,7 +53,7 @@ async def create_stream_token(call: Call[StreamTokenCreate]) -> Response:
                          user_id=principal.user_id)
     base = (settings.api.public_url or str(call.request.base_url)).rstrip("/")
     url = f"{base}{stream_path(kind, resource_id)}?token={token}"
-    return json(StreamToken(token=token, expires_at=grant.expires_at, url=url).model_dump())
+    return call.reply({"token": token, "expires_at": grant.expires_at, "url": url})
 
 
 routes = [resource("/v1/stream-tokens", POST=create_stream_token)]

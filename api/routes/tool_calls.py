@@ -7,9 +7,10 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.responses import Response
 
-from api.endpoint import Call, endpoint, resource, validation_failed
-from api.responses import json, listing
+from api.endpoint import Call, Param, endpoint, resource, validation_failed
 from api.routes.runs import run_not_found
+from api.schemas.base import page_of
+from api.schemas.tool_calls import ToolCall
 from core import events
 from core.errors import ApiError
 from core.pagination import page
@@ -30,18 +31,20 @@ class Rejection(BaseModel):
     reason: str | None = Field(default=None, max_length=2000)
 
 
-@endpoint("A run's tool calls (its sub-agents' included), in the order they were made.", response="ToolCall")
+@endpoint("A run's tool calls (its sub-agents' included), in the order they were made.",
+          response=page_of(ToolCall))
 async def list_run_tool_calls(call: Call[Any]) -> Response:
     run_id = call.path_id("run_id", "run")
     async with tenant_tx(call.pool, call.principal.org_id) as conn:
         if await runs.get(conn, run_id) is None:
             raise run_not_found(run_id)
         rows = await tool_calls.list_for_run(conn, run_id)
-    return listing(rows, None)
+    return call.page(rows)
 
 
 @endpoint("The organisation's tool calls, newest first (`?status=pending` filters).", paginated=True,
-          response="ToolCall")
+          response=page_of(ToolCall),
+          params=(Param("status", {"type": "string", "enum": list(tool_calls.STATUSES)}, "Only calls in this status"),))
 async def list_tool_calls(call: Call[Any]) -> Response:
     cursor, limit = call.page_params()
     raw = call.request.query_params.get("status")
@@ -51,7 +54,7 @@ async def list_tool_calls(call: Call[Any]) -> Response:
     async with tenant_tx(call.pool, call.principal.org_id) as conn:
         rows = await tool_calls.list_calls(conn, status, cursor, limit)
     data, next_cursor = page(rows, limit)
-    return listing(data, next_cursor)
+    return call.page(data, next_cursor)
 
 
 async def _decide(call: Call[Any], *, approve: bool, args: dict[str, Any] | None, reason: str | None) -> Response:
@@ -89,17 +92,17 @@ async def _decide(call: Call[Any], *, approve: bool, args: dict[str, Any] | None
     await publish(call.infra, principal.org_id, emitted)
     if resumed is not None:
         await start_next(call.infra, principal.org_id, found["run_id"])
-    return json(row)
+    return call.reply(row)
 
 
 @endpoint("Approve a pending tool call, optionally with edited `args`; the run resumes.", role="member",
-          body=Approval, response="ToolCall")
+          body=Approval, response=ToolCall, errors=("CONFLICT",))
 async def approve_tool_call(call: Call[Approval]) -> Response:
     return await _decide(call, approve=True, args=call.body.args, reason=None)
 
 
 @endpoint("Reject a pending tool call (`reason` is told to the model); the run resumes without it.",
-          role="member", body=Rejection, response="ToolCall")
+          role="member", body=Rejection, response=ToolCall, errors=("CONFLICT",))
 async def reject_tool_call(call: Call[Rejection]) -> Response:
     return await _decide(call, approve=False, args=None, reason=call.body.reason)
 

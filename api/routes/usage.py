@@ -9,9 +9,9 @@ from typing import Any, cast
 
 from starlette.responses import Response
 
-from api.endpoint import Call, endpoint, resource, validation_failed
-from api.responses import json
+from api.endpoint import Call, Param, endpoint, resource, validation_failed
 from api.routes.orgs import BudgetsPatch, changes_of
+from api.schemas.usage import BudgetsView, Usage
 from api.state import state_of
 from core import budgets
 from core.admission import BUDGET_KEYS, overrides_of
@@ -40,7 +40,11 @@ def _group_key(group_by: usage.GroupBy, key: object) -> dict[str, Any]:
 
 @endpoint("The organisation's usage over `from`..`to` (UTC days, default this month), grouped by "
           "`group_by` (day, agent or model), with totals and its budgets (admin).", role="admin",
-          response="Usage")
+          response=Usage, params=(
+              Param("from", {"type": "string", "format": "date"}, "First UTC day (default: the month's first)."),
+              Param("to", {"type": "string", "format": "date"}, "Last UTC day, inclusive (default: today)."),
+              Param("group_by", {"type": "string", "enum": ["day", "agent", "model"], "default": "day"}),
+          ))
 async def get_usage(call: Call[Any]) -> Response:
     today = budgets.utc_today()
     first = _day(call, "from", budgets.month_start(today))
@@ -58,7 +62,7 @@ async def get_usage(call: Call[Any]) -> Response:
     async with tenant_tx(call.pool, org_id) as conn:
         groups, totals = await usage.report(conn, group_by, first, last)
         states = await budgets.states(conn, limits, warn_at)
-    return json({
+    return call.reply({
         "from": first, "to": last, "group_by": group_by,
         "data": [_group_key(group_by, g["key"]) | usage.public_sums(g) for g in groups],
         "totals": usage.public_sums(totals),
@@ -75,18 +79,19 @@ async def _budgets(call: Call[Any], org: dict[str, Any] | None = None) -> Respon
     limits = admission.effective(org.get("limits"))
     async with tenant_tx(call.pool, org_id) as conn:
         states = await budgets.states(conn, limits, call.settings.usage.warn_at)
-    return json({"budgets": limits.public_budgets(), "budget_overrides": overrides_of(org.get("limits"), BUDGET_KEYS),
-                 "usage": [s.public() for s in states]})
+    return call.reply({"budgets": limits.public_budgets(),
+                       "budget_overrides": overrides_of(org.get("limits"), BUDGET_KEYS),
+                       "usage": [s.public() for s in states]})
 
 
 @endpoint("The organisation's budgets (null: unlimited), which of them are its own, and their use (admin).",
-          role="admin", response="Budgets")
+          role="admin", response=BudgetsView)
 async def get_budgets(call: Call[Any]) -> Response:
     return await _budgets(call)
 
 
 @endpoint("Set the organisation's budgets; one set to null returns to the operator's default (admin).",
-          role="admin", body=BudgetsPatch, response="Budgets")
+          role="admin", body=BudgetsPatch, response=BudgetsView)
 async def patch_budgets(call: Call[BudgetsPatch]) -> Response:
     set_limits, clear_limits = changes_of(call.body)
     org_id = call.principal.org_id

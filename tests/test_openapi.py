@@ -1,0 +1,212 @@
+"""`/openapi.json` is a valid OpenAPI 3.1 document that declares every answer the API gives:
+each operation's statuses, bodies, headers and security, the SSE event union; `/docs` renders it
+offline. The suite's client judges every response against it (tests/conformance.py); the story
+here drives every operation once, success and error paths, and checks that nothing it was
+answered is undeclared."""
+
+from __future__ import annotations
+
+import re
+import secrets
+
+from openapi_spec_validator import validate
+
+from core import events
+from tests.helpers import ADMIN_TOKEN, error_of, new_org
+from tests.sse import read_events
+
+ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+
+
+def test_the_document_is_valid_openapi_3_1(client):
+    doc = client.get("/openapi.json").json()
+    assert doc["openapi"] == "3.1.0"
+    validate(doc)
+
+
+def test_every_operation_declares_its_answers(client):
+    doc = client.get("/openapi.json").json()
+    for path, ops in doc["paths"].items():
+        for method, op in ops.items():
+            where = f"{method.upper()} {path}"
+            answers = op["responses"]
+            successes = [s for s in answers if s.startswith("2")]
+            assert successes, where
+            for status in successes:
+                assert status == "204" or answers[status].get("content"), f"{where} {status} has no schema"
+            if op["security"]:
+                assert {"401", "503"} <= set(answers), where
+            if {"apiKey": []} in op["security"]:
+                assert op["security"] == [{"apiKey": []}, {"jwt": []}], where
+                assert "429" in answers and "Retry-After" in answers["429"]["headers"], where
+                assert "RateLimit-Remaining" in answers[successes[0]]["headers"], where
+            if "requestBody" in op:
+                assert {"400", "413", "415", "422"} <= set(answers), where
+            if "{" in path:
+                assert "404" in answers, where
+            for status, answer in answers.items():
+                if not status.startswith("2") and (where, status) != ("GET /readyz", "503"):
+                    schema = answer["content"]["application/json"]["schema"]
+                    assert schema == {"$ref": "#/components/schemas/Error"}, (where, status)
+
+
+def test_headers_and_security_schemes_are_documented(client):
+    doc = client.get("/openapi.json").json()
+    assert set(doc["components"]["securitySchemes"]) == {"apiKey", "jwt", "platformAdmin"}
+    create_run = doc["paths"]["/v1/sessions/{session_id}/runs"]["post"]
+    assert {"name": "Idempotency-Key", "in": "header"}.items() <= next(
+        p for p in create_run["parameters"] if p["name"] == "Idempotency-Key").items()
+    assert {"Location", "Idempotent-Replayed"} <= set(create_run["responses"]["202"]["headers"])
+    assert {"409", "422", "429"} <= set(create_run["responses"])
+    assert "SESSION_BUSY" in create_run["responses"]["409"]["description"]
+    assert "QUOTA_EXCEEDED" in create_run["responses"]["429"]["description"]
+    wait = doc["paths"]["/v1/runs/{run_id}/wait"]["get"]["responses"]
+    assert "AgentOS-Wait" in wait["202"]["headers"]
+    assert doc["paths"]["/healthz"]["get"]["security"] == []
+    assert doc["paths"]["/v1/orgs"]["post"]["security"] == [{"platformAdmin": []}]
+
+
+def test_event_streams_document_the_event_union(client):
+    doc = client.get("/openapi.json").json()
+    schemas = doc["components"]["schemas"]
+    for path in ("/v1/runs/{run_id}/events", "/v1/sessions/{session_id}/events"):
+        op = doc["paths"][path]["get"]
+        assert op["responses"]["200"]["content"] == {
+            "text/event-stream": {"schema": {"$ref": "#/components/schemas/RunEvent"}}}
+        assert {"Last-Event-ID", "after"} <= {p["name"] for p in op["parameters"]}
+    union = schemas["RunEvent"]
+    assert union["discriminator"]["propertyName"] == "type"
+    types = {schemas[ref.split("/")[-1]]["properties"]["type"]["const"] for ref in union["discriminator"]["mapping"]
+             .values()}
+    assert types == events.EVENT_TYPES
+    payload = schemas["ToolCallEvent"]["properties"]["data"]["$ref"].split("/")[-1]
+    assert {"tool_call_id", "name", "args", "agent_id"} <= set(schemas[payload]["required"])
+
+
+def test_docs_page_renders_the_document_from_local_assets(client):
+    page = client.get("/docs")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    links = re.findall(r'(?:src|href)="([^"]+)"', page.text)
+    assert links and not [link for link in links if "//" in link or link.startswith("/")]  # nothing from elsewhere
+    assert 'url: "openapi.json"' in page.text
+    for link in links:
+        asset = client.get(f"/{link}")
+        assert asset.status_code == 200 and len(asset.content) > 100, link
+    assert b"SwaggerUIBundle" in client.get("/docs/assets/swagger-ui-bundle.js").content
+
+
+def test_every_operation_answers_as_documented(client, conformance):
+    doc = client.get("/openapi.json").json()
+    org = new_org(client, "conformance")
+    h = org.headers
+    viewer = {"Authorization": f"Bearer {org.key_with_role('viewer')}"}
+    c = client
+
+    assert c.get("/healthz").status_code == 200 and c.get("/readyz").status_code == 200
+    assert c.get("/v1/me", headers=h).status_code == 200
+    error_of(c.get("/v1/me"), 401, "UNAUTHENTICATED")
+    assert c.get(f"/v1/orgs/{org.id}", headers=ADMIN).status_code == 200
+    assert c.patch(f"/v1/orgs/{org.id}", json={"limits": {"burst": 1000}}, headers=ADMIN).status_code == 200
+    error_of(c.patch(f"/v1/orgs/{org.id}", json={"limits": {"burst": 0}}, headers=ADMIN), 422, "VALIDATION_FAILED")
+
+    key = c.post("/v1/api-keys", json={"name": "k"}, headers=h).json()
+    assert c.get("/v1/api-keys", headers=h).status_code == 200
+    assert c.delete(f"/v1/api-keys/{key['id']}", headers=h).status_code == 200
+
+    agent = org.create_agent()
+    error_of(c.post("/v1/agents", json={"name": agent["name"]}, headers=h), 409, "CONFLICT")
+    error_of(c.post("/v1/agents", json={"name": "x"}, headers=viewer), 403, "FORBIDDEN")
+    error_of(c.post("/v1/agents", content=b"name=x", headers=h | {"Content-Type": "text/plain"}), 415,
+             "UNSUPPORTED_MEDIA_TYPE")
+    error_of(c.post("/v1/agents", content=b"{", headers=h), 400, "BAD_REQUEST")
+    error_of(c.post("/v1/agents", json={"name": "x" * 70_000}, headers=h), 413, "PAYLOAD_TOO_LARGE")
+    assert c.get("/v1/agents?limit=1", headers=h).status_code == 200
+    assert c.get(f"/v1/agents/{agent['id']}", headers=h).status_code == 200
+    assert c.patch(f"/v1/agents/{agent['id']}", json={"instructions": "new"}, headers=h).status_code == 200
+    assert c.get(f"/v1/agents/{agent['id']}/versions", headers=h).status_code == 200
+    error_of(c.get("/v1/agents/agt_nope", headers=h), 404, "NOT_FOUND")
+
+    session = org.create_session(agent["id"], title="t", metadata={"k": [1, {"x": None}]})
+    assert c.get("/v1/sessions", headers=h).status_code == 200
+    assert c.get(f"/v1/sessions/{session['id']}", headers=h).status_code == 200
+    assert c.get(f"/v1/sessions/{session['id']}/messages?order=desc", headers=h).status_code == 200
+    runs_path = f"/v1/sessions/{session['id']}/runs"
+    run = c.post(runs_path, json={"input": "hi"}, headers=h | {"Idempotency-Key": "k1"})
+    assert run.status_code == 202 and run.headers["Location"] == f"/v1/runs/{run.json()['id']}"
+    replay = c.post(runs_path, json={"input": "hi"}, headers=h | {"Idempotency-Key": "k1"})
+    assert replay.headers["Idempotent-Replayed"] == "true"
+    error_of(c.post(runs_path, json={"input": "other"}, headers=h | {"Idempotency-Key": "k1"}), 422,
+             "IDEMPOTENCY_MISMATCH")
+    error_of(c.post(runs_path, json={"input": "again", "multitask": "reject"}, headers=h), 409, "SESSION_BUSY")
+    run_id = run.json()["id"]
+    assert c.get(runs_path, headers=h).status_code == 200
+    assert c.get(f"/v1/runs/{run_id}", headers=h).status_code == 200
+    waited = c.get(f"/v1/runs/{run_id}/wait?timeout=0", headers=h)
+    assert waited.status_code in (200, 202)
+    assert c.post(f"/v1/runs/{run_id}/cancel", headers=h).status_code == 202
+    assert c.get(f"/v1/runs/{run_id}/wait?timeout=5", headers=h).status_code == 200
+    error_of(c.post(f"/v1/runs/{run_id}/cancel", headers=h), 409, "CONFLICT")
+    assert read_events(c, f"/v1/runs/{run_id}/events", h)[-1]["type"] == events.RUN_CANCELLED
+    assert read_events(c, f"/v1/sessions/{session['id']}/events?after=0", h, limit=2)
+    error_of(c.get(f"/v1/runs/{run_id}/events", headers=h | {"Last-Event-ID": "x"}), 400, "BAD_REQUEST")
+    assert c.get(f"/v1/runs/{run_id}/tool-calls", headers=h).status_code == 200
+    assert c.get("/v1/tool-calls?status=pending", headers=h).status_code == 200
+    error_of(c.post("/v1/tool-calls/tc_nope/approve", json={}, headers=h), 404, "NOT_FOUND")
+    error_of(c.post("/v1/tool-calls/tc_nope/reject", json={"reason": "no"}, headers=h), 404, "NOT_FOUND")
+
+    memory = {"content": f"likes tea {secrets.token_hex(4)}", "scope": "user", "user_id": "u1"}
+    created = c.post("/v1/memories", json=memory, headers=h)
+    assert created.status_code == 201
+    assert c.post("/v1/memories", json=memory, headers=h).headers["AgentOS-Deduplicated"] == "true"
+    assert c.get("/v1/memories?kind=fact,preference", headers=h).status_code == 200
+    assert c.get("/v1/memories?query=tea", headers=h).json()["data"][0]["score"] is not None
+    assert c.get(f"/v1/memories/{created.json()['id']}", headers=h).status_code == 200
+    assert c.delete(f"/v1/memories/{created.json()['id']}", headers=h).status_code == 204
+    assert c.delete("/v1/memories?user=u1", headers=h).json() == {"deleted": 0}
+
+    doc_json = c.post("/v1/knowledge", json={"content": "# Guide\nhello"}, headers=h)
+    assert doc_json.status_code == 202
+    raw = c.post("/v1/knowledge?title=Raw", content=b"plain words", headers=h | {"Content-Type": "text/plain"})
+    assert raw.status_code == 202 and raw.json()["title"] == "Raw"
+    assert c.get("/v1/knowledge?status=pending", headers=h).status_code == 200
+    assert c.get(f"/v1/knowledge/{raw.json()['id']}", headers=h).json()["content_preview"] == "plain words"
+    assert c.delete(f"/v1/knowledge/{raw.json()['id']}", headers=h).status_code == 204
+
+    assert c.put("/v1/secrets/hook_key", json={"value": "whsec_abc"}, headers=h).json()["created"] is True
+    assert c.put("/v1/secrets/db_url", json={"value": "postgresql://u:p@10.9.9.9/other"}, headers=h).status_code == 200
+    assert c.get("/v1/secrets", headers=h).status_code == 200
+    skill = {"name": "lookup", "description": "Look up.", "url": "https://example.invalid/hook",
+             "signing_secret": {"secret": "hook_key"}, "headers": {"X-Key": {"secret": "hook_key"}}}
+    assert c.post("/v1/skills", json=skill, headers=h).status_code == 201
+    assert c.patch("/v1/skills/lookup", json={"timeout_s": 5}, headers=h).json()["version"] == 2
+    assert c.get("/v1/skills", headers=h).status_code == 200
+    assert c.get("/v1/skills/lookup", headers=h).status_code == 200
+    assert c.get("/v1/skills/web_fetch", headers=h).json()["kind"] == "builtin"
+    assert c.get("/v1/skills/lookup/versions", headers=h).status_code == 200
+    assert c.get("/v1/skills/lookup/versions/1", headers=h).status_code == 200
+    error_of(c.delete("/v1/skills/web_fetch", headers=h), 409, "CONFLICT")
+    assert c.delete("/v1/skills/lookup", headers=h).status_code == 204
+
+    source = {"name": "warehouse", "url": {"secret": "db_url"}}
+    assert c.post("/v1/data-sources", json=source, headers=h).status_code == 201
+    assert c.get("/v1/data-sources", headers=h).status_code == 200
+    assert c.get("/v1/data-sources/warehouse", headers=h).status_code == 200
+    assert c.delete("/v1/data-sources/warehouse", headers=h).status_code == 204
+    assert c.delete("/v1/secrets/db_url", headers=h).status_code == 204
+
+    server = {"name": "tools", "url": "http://127.0.0.1:9/mcp", "timeout_s": 1}
+    assert c.post("/v1/mcp-servers", json=server, headers=h).json()["last_error"]
+    assert c.get("/v1/mcp-servers", headers=h).status_code == 200
+    assert c.get("/v1/mcp-servers/tools", headers=h).status_code == 200
+    assert c.post("/v1/mcp-servers/tools/refresh", headers=h).status_code == 200
+    assert c.delete("/v1/mcp-servers/tools", headers=h).status_code == 204
+
+    assert c.put("/v1/outbound-allowlist", json={"allow": ["10.1.0.0/16"]}, headers=h).status_code == 200
+    assert c.get("/v1/outbound-allowlist", headers=h).json() == {"allow": ["10.1.0.0/16"]}
+    assert c.delete(f"/v1/sessions/{session['id']}", headers=h).status_code == 204
+    assert c.delete(f"/v1/agents/{agent['id']}", headers=h).status_code == 204
+
+    operations = {(path, method.upper()) for path, ops in doc["paths"].items() for method in ops}
+    exercised = {(path, method) for path, method, _ in conformance.covered}
+    assert operations <= exercised, sorted(operations - exercised)
+    assert not conformance.problems, "\n".join(conformance.problems)
