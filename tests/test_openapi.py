@@ -201,6 +201,22 @@ def test_every_operation_answers_as_documented(client, conformance):
     assert c.post("/v1/mcp-servers/tools/refresh", headers=h).status_code == 200
     assert c.delete("/v1/mcp-servers/tools", headers=h).status_code == 204
 
+    token = c.post("/v1/stream-tokens", json={"run_id": run_id}, headers=viewer)
+    assert token.status_code == 200 and token.json()["url"].endswith(f"?token={token.json()['token']}")
+    error_of(c.post("/v1/stream-tokens", json={"run_id": run_id, "session_id": session["id"]}, headers=h), 422,
+             "VALIDATION_FAILED")
+    error_of(c.post("/v1/stream-tokens", json={"run_id": "run_nope"}, headers=h), 404, "NOT_FOUND")
+    usage = c.get("/v1/usage?group_by=agent", headers=h)
+    assert usage.status_code == 200 and {"from", "to", "totals"} <= set(usage.json())
+    error_of(c.get("/v1/usage?group_by=week", headers=h), 422, "VALIDATION_FAILED")
+    error_of(c.get("/v1/usage", headers=viewer), 403, "FORBIDDEN")
+    assert c.patch("/v1/budgets", json={"monthly_tokens": 1_000_000}, headers=h).status_code == 200
+    budgets = c.get("/v1/budgets", headers=h).json()
+    assert budgets["budget_overrides"]["monthly_tokens"] == 1_000_000 and budgets["usage"][0]["used"] >= 0
+    assert c.get(f"/v1/orgs/{org.id}", headers=ADMIN).json()["budgets"]["monthly_tokens"] == 1_000_000
+    assert c.get("/v1/audit-logs?action=agent.*&limit=2", headers=h).json()["data"][0]["action"].startswith("agent.")
+    error_of(c.get("/v1/audit-logs?from=yesterday", headers=h), 422, "VALIDATION_FAILED")
+
     assert c.put("/v1/outbound-allowlist", json={"allow": ["10.1.0.0/16"]}, headers=h).status_code == 200
     assert c.get("/v1/outbound-allowlist", headers=h).json() == {"allow": ["10.1.0.0/16"]}
     assert c.delete(f"/v1/sessions/{session['id']}", headers=h).status_code == 204

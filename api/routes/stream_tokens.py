@@ -41,7 +41,7 @@ async def _visible(call: Call[StreamTokenCreate], kind: StreamKind, resource_id:
 
 
 @endpoint("A short-lived token that opens one run's or session's event stream as `?token=` (for EventSource).",
-          body=StreamTokenCreate, response=StreamToken)
+          body=StreamTokenCreate, response=StreamToken, errors=("NOT_FOUND",))
 async def create_stream_token(call: Call[StreamTokenCreate]) -> Response:
     body, principal = call.body, call.principal
     kind: StreamKind = "run" if body.run_id is not None else "session"
