@@ -41,6 +41,7 @@ from api.routes import (
     sessions,
     skills,
     tool_calls,
+    webhooks,
 )
 from api.state import ApiState, LifespanState
 from core.admission import Admission
@@ -63,7 +64,7 @@ def _routes() -> list[BaseRoute]:
     return [*health.routes, *orgs.routes, *api_keys.routes, *agents.routes, *sessions.routes, *runs.routes,
             *events.routes, *tool_calls.routes, *memories.routes, *knowledge.routes, *secrets.routes,
             *skills.routes, *data_sources.routes,
-            *mcp_servers.routes, *outbound_allow.routes]
+            *mcp_servers.routes, *outbound_allow.routes, *webhooks.routes]
 
 
 def create_app(settings: Settings) -> Starlette:

@@ -93,6 +93,9 @@ class WorkerSettings(BaseModel):
     """How workers execute runs."""
 
     concurrency: int = Field(default=2, ge=1, le=256)
+    # The queues a worker consumes: `agentos.runs` (runs, documents) and/or `agentos.webhooks`
+    # (deliveries). Separate workers for each keep a slow webhook receiver from delaying runs.
+    queues: list[str] = Field(default_factory=lambda: ["agentos.runs"], min_length=1)
     # A claimed run's lease; a heartbeat renews it every `heartbeat_s` while the run executes.
     # A dead worker's run is taken over once its lease lapses, so keep it short (seconds).
     lease_s: float = Field(default=10.0, gt=0)
@@ -279,6 +282,26 @@ class OutboundSettings(BaseModel):
     user_agent: str = "AgentOS/0.1"
 
 
+class WebhookSettings(BaseModel):
+    """Signed webhook deliveries (docs/integrations.md): how long one attempt may take, how
+    retries back off, when a delivery is given up and a failing webhook disabled."""
+
+    timeout_s: float = Field(default=10.0, gt=0)  # one attempt, connect to last byte
+    max_response_bytes: int = Field(default=65_536, ge=1024)  # a receiver's answer read at most
+    retry_base_s: float = Field(default=5.0, gt=0)  # the first retry's wait, doubling per attempt ...
+    retry_max_s: float = Field(default=3600.0, gt=0)  # ... up to this
+    max_age_s: float = Field(default=86_400.0, gt=0)  # after this long since the event, a delivery is given up
+    # A webhook none of whose attempts succeeded for this long is disabled (with an audit entry).
+    disable_after_days: float = Field(default=5.0, gt=0)
+    # After `rotate-secret` the previous secret still signs (a second signature) for this long.
+    rotation_grace_s: float = Field(default=86_400.0, ge=0)
+    # Waits up to this long are a countdown on the delivery's own message; longer ones, and
+    # messages lost with the broker, are sent again by the watchdog once due.
+    max_countdown_s: float = Field(default=300.0, ge=0)
+    requeue_after_s: float = Field(default=30.0, gt=0)
+    max_per_org: int = Field(default=50, ge=1)
+
+
 class WebSettings(BaseModel):
     """The `web_search` and `web_fetch` skills."""
 
@@ -339,6 +362,7 @@ class Settings(BaseSettings):
     outbound: OutboundSettings = OutboundSettings()
     web: WebSettings = WebSettings()
     mcp: McpSettings = McpSettings()
+    webhooks: WebhookSettings = WebhookSettings()
 
     @model_validator(mode="after")
     def _refuse_default_secrets(self) -> Settings:
