@@ -30,6 +30,7 @@ from api.routes import (
     api_keys,
     data_sources,
     events,
+    files,
     health,
     knowledge,
     mcp_servers,
@@ -47,6 +48,7 @@ from api.state import ApiState, LifespanState
 from core.admission import Admission
 from core.db import check_tenant_isolation
 from core.event_hub import EventHub
+from core.file_storage import open_storage
 from core.infra import Infra
 from core.settings import Settings
 
@@ -64,7 +66,7 @@ def _routes() -> list[BaseRoute]:
     return [*health.routes, *orgs.routes, *api_keys.routes, *agents.routes, *sessions.routes, *runs.routes,
             *events.routes, *tool_calls.routes, *memories.routes, *knowledge.routes, *secrets.routes,
             *skills.routes, *data_sources.routes,
-            *mcp_servers.routes, *outbound_allow.routes, *webhooks.routes]
+            *mcp_servers.routes, *outbound_allow.routes, *webhooks.routes, *files.routes]
 
 
 def create_app(settings: Settings) -> Starlette:
@@ -81,7 +83,8 @@ def create_app(settings: Settings) -> Starlette:
         try:
             await check_tenant_isolation(infra.pool)
             state = ApiState(infra, Authenticator(settings.auth, infra.pool),
-                             Admission(settings.limits, infra.redis, infra.pool), await event_hub.open())
+                             Admission(settings.limits, infra.redis, infra.pool), await event_hub.open(),
+                             open_storage(settings.files))
             log.info("AgentOS API ready")
             yield {"api": state}
         finally:
@@ -91,7 +94,8 @@ def create_app(settings: Settings) -> Starlette:
     exception_handlers: Any = HANDLERS
     return Starlette(
         routes=[*routes, Route("/openapi.json", openapi_json, methods=["GET"])],
-        middleware=[Middleware(BodyLimit, max_bytes=settings.api.max_body_bytes)],
+        middleware=[Middleware(BodyLimit, max_bytes=settings.api.max_body_bytes,
+                               uploads={files.UPLOAD_PATH: files.upload_limit(settings.files)})],
         exception_handlers=exception_handlers,
         lifespan=lifespan,
     )

@@ -27,6 +27,7 @@ PREFIXES = {
     "data_source": "dsr",
     "mcp_server": "mcp",
     "webhook": "whk",
+    "file": "fil",
     # Delivery ids are derived from (webhook, event) in SQL (core.store.webhooks), never drawn.
     "webhook_delivery": "whd",
 }

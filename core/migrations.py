@@ -34,6 +34,7 @@ _INITIAL_TENANT_TABLES: tuple[str, ...] = (
 TENANT_TABLES: tuple[str, ...] = (
     *_INITIAL_TENANT_TABLES, "memories", "knowledge_documents", "org_secrets", "skills", "skill_versions",
     "data_sources", "mcp_servers", "webhooks", "webhook_deliveries", "webhook_attempts",
+    "files", "session_files",
 )
 
 _MIGRATION_LOCK_KEY = 0x6167656E746F73  # "agentos"
@@ -623,6 +624,41 @@ def _webhooks(conn: psycopg.Connection) -> None:
         _tenant_policy(conn, table)
 
 
+_FILES_SQL = """
+-- Uploaded files (issue #14): metadata here, bytes in the file storage (core.file_storage) under
+-- `storage_key`. A file attached to a session appears in its workspace as files/<name>.
+CREATE TABLE files (
+    id text PRIMARY KEY,
+    org_id text NOT NULL REFERENCES orgs(id) ON DELETE CASCADE,
+    name text NOT NULL CHECK (length(name) BETWEEN 1 AND 200),
+    content_type text NOT NULL,
+    size_bytes bigint NOT NULL CHECK (size_bytes >= 0),
+    sha256 text NOT NULL,
+    storage_key text NOT NULL,
+    created_by text,
+    created_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX files_org_idx ON files (org_id, id DESC);
+CREATE TABLE session_files (
+    org_id text NOT NULL REFERENCES orgs(id) ON DELETE CASCADE,
+    session_id text NOT NULL REFERENCES sessions(id) ON DELETE CASCADE,
+    file_id text NOT NULL REFERENCES files(id) ON DELETE CASCADE,
+    name text NOT NULL,
+    attached_by text,
+    attached_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (session_id, file_id),
+    UNIQUE (session_id, name)
+);
+CREATE INDEX session_files_file_idx ON session_files (file_id);
+"""
+
+
+def _files(conn: psycopg.Connection) -> None:
+    conn.execute(_FILES_SQL)
+    for table in ("files", "session_files"):
+        _tenant_policy(conn, table)
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration("initial schema with row-level security", _initial),
     Migration("per-session event sequence and run queue order", _run_queue),
@@ -638,6 +674,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration("data sources for data_query", _data_sources),
     Migration("MCP servers and their cached tool lists", _mcp_servers),
     Migration("signed webhooks, their deliveries and attempts", _webhooks),
+    Migration("uploaded files and their attachment to sessions", _files),
 )
 
 

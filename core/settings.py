@@ -302,6 +302,22 @@ class WebhookSettings(BaseModel):
     max_per_org: int = Field(default=50, ge=1)
 
 
+class FileSettings(BaseModel):
+    """Uploaded files (docs/integrations.md, "Files"): limits and where their bytes are kept."""
+
+    max_bytes: int = Field(default=10 * 1024 * 1024, ge=1)  # one file; over it: 413, nothing stored
+    org_quota_bytes: int = Field(default=1024 * 1024 * 1024, ge=1)  # every file of an org together
+    backend: Literal["local", "s3"] = "local"
+    data_dir: str = ".agentos/files"  # the local backend's root
+    # The S3-compatible backend (AWS S3, MinIO, Ceph, ...): objects `<prefix><org>/<file id>`.
+    s3_bucket: str = "agentos-files"
+    s3_prefix: str = ""
+    s3_endpoint_url: str | None = None
+    s3_region: str = "us-east-1"
+    s3_access_key_id: str | None = None
+    s3_secret_access_key: SecretStr | None = None
+
+
 class WebSettings(BaseModel):
     """The `web_search` and `web_fetch` skills."""
 
@@ -363,6 +379,7 @@ class Settings(BaseSettings):
     web: WebSettings = WebSettings()
     mcp: McpSettings = McpSettings()
     webhooks: WebhookSettings = WebhookSettings()
+    files: FileSettings = FileSettings()
 
     @model_validator(mode="after")
     def _refuse_default_secrets(self) -> Settings:
