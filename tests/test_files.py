@@ -1,15 +1,19 @@
 """Files: uploads named and typed by the server, limits and the org's quota, cross-org isolation,
-and attached files in a session's workspace for the skills of a real worker (gone once deleted)."""
+and attached files in a session's workspace for the skills of a real worker (gone once deleted);
+every test against both storage backends (a local directory; moto's S3-compatible server)."""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import boto3
 import pytest
+from moto.moto_server.threaded_moto_server import ThreadedMotoServer
 from starlette.testclient import TestClient
 
 from agentos.stack.local import StackUrls
@@ -25,26 +29,61 @@ QUOTA = 10_000
 @dataclass
 class FilesApi:
     client: TestClient
-    data_dir: Path
     stack: StackUrls
     base: Path
+    backend: str
+    env: dict[str, str]  # the file settings, for a worker
+    s3: Any = None  # the boto3 client of the S3 backend's server
+
+    def keys(self, org_id: str) -> list[str]:
+        """The file ids the storage holds for an org."""
+        if self.s3 is not None:
+            listed = self.s3.list_objects_v2(Bucket=BUCKET, Prefix=f"{PREFIX}{org_id}/")
+            return sorted(o["Key"].rsplit("/", 1)[-1] for o in listed.get("Contents", []))
+        directory = self.base / "files" / org_id
+        return sorted(p.name for p in directory.iterdir()) if directory.exists() else []
 
 
-@pytest.fixture(scope="module")
-def files_api(stack: StackUrls, rsa_keys: RsaKeys, tmp_path_factory: pytest.TempPathFactory) -> Iterator[FilesApi]:
-    """An API with small file limits, its files under a directory of its own, on a Redis of its
-    own (the worker of the last tests consumes from it)."""
-    base = tmp_path_factory.mktemp("files")
+BUCKET = "agentos-test"
+PREFIX = "uploads/"
+
+
+@contextmanager
+def s3_server() -> Iterator[str]:
+    """moto's S3-compatible server on 127.0.0.1 (a free port); yields its URL."""
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    try:
+        host, port = server.get_host_and_port()
+        yield f"http://{host}:{port}"
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module", params=["local", "s3"])
+def files_api(request: pytest.FixtureRequest, stack: StackUrls, rsa_keys: RsaKeys,
+              tmp_path_factory: pytest.TempPathFactory) -> Iterator[FilesApi]:
+    """An API with small file limits and its own file storage (a directory, or a bucket of an
+    S3-compatible server), on a Redis of its own (the worker of the last test consumes from it)."""
+    backend = str(request.param)
+    base = tmp_path_factory.mktemp(f"files-{backend}")
     redis = EmbeddedRedis(base, durable=False)
     redis.start()
-    try:
+    with ExitStack() as stack_of:
+        stack_of.callback(redis.stop)
+        files: dict[str, Any] = {"max_bytes": MAX_BYTES, "org_quota_bytes": QUOTA, "data_dir": str(base / "files")}
+        s3 = None
+        if backend == "s3":
+            url = stack_of.enter_context(s3_server())
+            files |= {"backend": "s3", "s3_endpoint_url": url, "s3_bucket": BUCKET, "s3_prefix": PREFIX,
+                      "s3_access_key_id": "test", "s3_secret_access_key": "test"}
+            s3 = boto3.client("s3", endpoint_url=url, region_name="us-east-1", aws_access_key_id="test",
+                              aws_secret_access_key="test")
+            s3.create_bucket(Bucket=BUCKET)
         own = StackUrls(stack.database_url, redis.url)
-        settings = make_settings(own, rsa_keys, files={"max_bytes": MAX_BYTES, "org_quota_bytes": QUOTA,
-                                                       "data_dir": str(base / "files")})
-        with TestClient(create_app(settings)) as client:
-            yield FilesApi(client, base / "files", own, base)
-    finally:
-        redis.stop()
+        client = stack_of.enter_context(TestClient(create_app(make_settings(own, rsa_keys, files=files))))
+        env = {f"AGENTOS_FILES__{k.upper()}": str(v) for k, v in files.items()}
+        yield FilesApi(client, own, base, backend, env, s3)
 
 
 @pytest.fixture
@@ -68,8 +107,7 @@ def uploaded(org: Org, name: str, data: bytes) -> dict[str, Any]:
 
 
 def stored(files_api: FilesApi, org: Org) -> list[str]:
-    directory = files_api.data_dir / org.id
-    return sorted(p.name for p in directory.iterdir()) if directory.exists() else []
+    return files_api.keys(org.id)
 
 
 def test_an_upload_is_named_typed_and_read_back(files_api: FilesApi, org: Org) -> None:
@@ -119,7 +157,7 @@ def test_path_traversal_and_odd_names_are_sanitised(files_api: FilesApi, org: Or
     assert meta["name"] == kept
     # The bytes are stored under the server's id, inside the org's directory, whatever the name.
     assert stored(files_api, org) == [meta["id"]]
-    assert not any(p.name == "passwd" for p in files_api.data_dir.rglob("*"))
+    assert not any(p.name == "passwd" for p in files_api.base.rglob("*"))
 
 
 def test_an_upload_over_the_limit_is_413_and_nothing_is_stored(files_api: FilesApi, org: Org) -> None:
@@ -191,10 +229,9 @@ def test_attaching_lists_detaches_and_refuses_a_second_file_of_the_same_name(org
 @pytest.fixture(scope="module")
 def files_worker(files_api: FilesApi, openai_server: OpenAIServer) -> Iterator[Worker]:
     """A worker on the files API's Redis, reading the same file storage."""
-    env = {"AGENTOS_FILES__DATA_DIR": str(files_api.data_dir)}
     base = files_api.base / "worker"
     base.mkdir()
-    with running_worker(files_api.stack, openai_server, base, env) as worker:
+    with running_worker(files_api.stack, openai_server, base, files_api.env) as worker:
         yield worker
 
 
