@@ -23,6 +23,7 @@ from typing import Any, Literal
 
 import httpx
 import orjson
+import psycopg
 from psycopg import AsyncConnection
 from psycopg.rows import DictRow
 
@@ -148,6 +149,15 @@ async def _post(infra: Infra, claimed: store.Claimed, secrets: list[str], allow:
 
 async def _record(infra: Infra, org_id: str, claimed: store.Claimed, status: int | None, problem: str | None,
                   duration_ms: int) -> Attempt:
+    try:
+        return await _record_in(infra, org_id, claimed, status, problem, duration_ms)
+    except psycopg.errors.ForeignKeyViolation:  # the webhook was deleted during the attempt
+        log.info("webhook delivery %s of org %s: its webhook was deleted meanwhile", claimed["id"], org_id)
+        return Attempt("skipped")
+
+
+async def _record_in(infra: Infra, org_id: str, claimed: store.Claimed, status: int | None, problem: str | None,
+                     duration_ms: int) -> Attempt:
     settings = infra.settings.webhooks
     delivery_id, webhook_id, attempt = claimed["id"], claimed["webhook_id"], claimed["attempts"]
     async with tenant_tx(infra.pool, org_id) as conn:

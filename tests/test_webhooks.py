@@ -24,6 +24,7 @@ from core.infra import Infra
 from core.outbound import Resolver
 from core.settings import Settings
 from runtime import watchdog
+from tests.fake_web import FakeWeb, Reply
 from tests.helpers import Org, RsaKeys, error_of, make_settings, new_org, running_worker, start_run, wait
 from tests.openai_server import OpenAIServer
 from tests.webhook_receiver import Receiver
@@ -239,6 +240,47 @@ def test_an_address_that_turns_internal_after_creation_is_refused_at_delivery(
         assert attempt.outcome == "retry" and again.posts == 0
     [failed] = deliveries(org, hook["id"])
     assert "loopback" in failed["last_error"] and failed["attempt_log"][0]["status"] is None
+
+
+def test_a_slow_answer_a_large_answer_and_a_redirect_are_failed_attempts(
+        stack: StackUrls, org: Org, rsa_keys: RsaKeys) -> None:
+    settings = make_settings(stack, rsa_keys, webhooks={"timeout_s": 0.5, "max_response_bytes": 1024,
+                                                        "retry_base_s": 0.01, "retry_max_s": 0.05})
+    open_loopback(stack, org)
+    with FakeWeb() as web:
+        web.routes["/slow"] = lambda _: Reply(204, delay_s=2.0)
+        web.routes["/large"] = lambda _: Reply(200, b"x" * 10_000, chunked=True)
+        web.routes["/moved"] = lambda _: Reply(302, headers={"Location": web.url("/elsewhere")})
+        problems = {}
+        for path in ("/slow", "/large", "/moved"):
+            hook = register(org, web.url(path), events=["run.cancelled"])
+            cancelled_run(org)
+            [delivery] = deliveries(org, hook["id"])
+            assert deliver_when_due(settings, org, delivery["id"]).outcome == "retry"
+            [after] = deliveries(org, hook["id"])
+            problems[path] = (after["last_status"], after["last_error"])
+            org.client.delete(f"/v1/webhooks/{hook['id']}", headers=org.headers)
+        assert not any(seen.path == "/elsewhere" for seen in web.seen)  # redirects are not followed
+    assert problems["/slow"][0] is None and "did not answer within 0.5 s" in problems["/slow"][1]
+    assert problems["/large"][0] is None and "limit of 1024 bytes" in problems["/large"][1]
+    assert problems["/moved"] == (302, "the receiver answered HTTP 302")
+
+
+def test_a_webhook_deleted_during_an_attempt_ends_the_attempt_quietly(
+        stack: StackUrls, org: Org, fast: Settings) -> None:
+    open_loopback(stack, org)
+    with FakeWeb() as web:
+        hook = register(org, web.url("/hooks"), events=["run.cancelled"])
+
+        def delete_then_answer(_: Any) -> Reply:  # the admin deletes it while the receiver works
+            assert org.client.delete(f"/v1/webhooks/{hook['id']}", headers=org.headers).status_code == 204
+            return Reply(204)
+
+        web.routes["/hooks"] = delete_then_answer
+        cancelled_run(org)
+        [delivery] = deliveries(org, hook["id"])
+        assert deliver(fast, org, delivery["id"]).outcome == "skipped"
+        assert len(web.seen) == 1
 
 
 def test_a_webhook_failing_too_long_is_disabled_with_an_audit_entry(
