@@ -254,8 +254,7 @@ def _start_workers(settings: Settings, data_dir: Path, count: int, stack: LocalS
     hooks_health = data_dir / "webhooks.health.json"
     supervisor.add("webhook worker", partial(worker_process, data_dir / "webhooks.log", database_url=db, redis_url=rd,
                                              workspace_root=data_dir / "workspaces", concurrency=1,
-                                             extra_env={"AGENTOS_WORKER__QUEUES": '["agentos.webhooks"]'},
-                                             health_file=hooks_health),
+                                             health_file=hooks_health, queues=["agentos.webhooks"]),
                    ready_marker=" ready.", health=worker_health(hooks_health, rd))
     supervisor.add("watchdog", partial(watchdog_process, data_dir / "watchdog.log", database_url=db, redis_url=rd),
                    ready_marker="watchdog ready.")
