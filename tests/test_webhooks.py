@@ -310,6 +310,8 @@ def test_a_webhook_failing_too_long_is_disabled_with_an_audit_entry(
     error_of(r, 409, "WEBHOOK_DISABLED")
     r = org.client.patch(f"/v1/webhooks/{hook['id']}", json={"enabled": True}, headers=org.headers)
     assert r.json()["enabled"] is True and r.json()["disabled_reason"] is None and r.json()["failing_since"] is None
+    r = org.client.patch(f"/v1/webhooks/{hook['id']}", json={"enabled": False}, headers=org.headers)
+    assert r.json()["enabled"] is False and r.json()["disabled_reason"] == "disabled by an admin"
 
 
 def test_the_watchdog_sends_again_a_delivery_whose_message_was_lost(

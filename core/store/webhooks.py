@@ -89,7 +89,8 @@ UPDATE_SQL = f"""
 UPDATE webhooks SET url = coalesce(%(url)s, url), events = coalesce(%(events)s, events),
     description = coalesce(%(description)s, description),
     enabled = coalesce(%(enabled)s, enabled),
-    disabled_reason = CASE WHEN %(enabled)s THEN NULL ELSE disabled_reason END,
+    disabled_reason = CASE WHEN %(enabled)s THEN NULL
+                           WHEN NOT %(enabled)s AND enabled THEN 'disabled by an admin' ELSE disabled_reason END,
     failing_since = CASE WHEN %(enabled)s AND NOT enabled THEN NULL ELSE failing_since END,
     updated_at = now()
 WHERE id = %(id)s RETURNING {COLUMNS}
