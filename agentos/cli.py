@@ -280,6 +280,12 @@ def _start_workers(settings: Settings, data_dir: Path, count: int, stack: LocalS
                                               redis_url=rd, workspace_root=data_dir / "workspaces", concurrency=1,
                                               extra_env=sandbox_env, health_file=health),
                        ready_marker=" ready.", health=worker_health(health, rd))
+    # Webhook deliveries on a worker of their own, so a slow receiver never holds a run's slot.
+    hooks_health = data_dir / "webhooks.health.json"
+    supervisor.add("webhook worker", partial(worker_process, data_dir / "webhooks.log", database_url=db, redis_url=rd,
+                                             workspace_root=data_dir / "workspaces", concurrency=1,
+                                             health_file=hooks_health, queues=["agentos.webhooks"]),
+                   ready_marker=" ready.", health=worker_health(hooks_health, rd))
     supervisor.add("watchdog", partial(watchdog_process, data_dir / "watchdog.log", database_url=db, redis_url=rd),
                    ready_marker="watchdog ready.")
     try:
@@ -326,6 +332,9 @@ def _exit_cleanly(signum: int, frame: object) -> None:
 def worker(
     concurrency: Annotated[int | None, typer.Option(help="Runs executed at once (processes).")] = None,
     pool: Annotated[str, typer.Option(help="Celery pool: prefork, solo or threads.")] = "prefork",
+    queues: Annotated[str | None, typer.Option(help=(
+        "Comma-separated queues to consume: agentos.runs, agentos.webhooks (default: AGENTOS_WORKER__QUEUES, "
+        "agentos.runs)."))] = None,
     check: Annotated[bool, typer.Option("--check", help=(
         "Don't run a worker: judge the one writing AGENTOS_WORKER__HEALTH_FILE; exit 1 if it stopped "
         "consuming (a liveness probe for orchestrators)."))] = False,
@@ -347,7 +356,8 @@ def worker(
     # next to them, a supervisor restarts it during an outage) it waits for them, as Celery does
     # for its broker and as deliveries do for Postgres, instead of exiting.
     settings = _settings_for_cli(data_dir, require=False)
-    run_worker(settings, concurrency=concurrency, pool=pool, loglevel=settings.log_level.upper())
+    run_worker(settings, concurrency=concurrency, pool=pool, loglevel=settings.log_level.upper(),
+               queues=[q.strip() for q in queues.split(",") if q.strip()] if queues else None)
 
 
 def _settings_for_cli(data_dir: Path, *, need_redis: bool = False, require: bool = True) -> Settings:

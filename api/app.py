@@ -34,6 +34,7 @@ from api.routes import (
     audit_logs,
     data_sources,
     events,
+    files,
     health,
     knowledge,
     mcp_servers,
@@ -47,12 +48,14 @@ from api.routes import (
     stream_tokens,
     tool_calls,
     usage,
+    webhooks,
 )
 from api.routes.metrics import metrics_endpoint
 from api.state import ApiState, LifespanState
 from core.admission import Admission
 from core.db import check_tenant_isolation
 from core.event_hub import EventHub
+from core.file_storage import open_storage
 from core.infra import Infra
 from core.settings import Settings
 from core.telemetry import metrics, tracing
@@ -73,7 +76,7 @@ def _routes() -> list[BaseRoute]:
             *events.routes, *tool_calls.routes, *memories.routes, *knowledge.routes, *secrets.routes,
             *skills.routes, *data_sources.routes, *stream_tokens.routes,
             *mcp_servers.routes, *outbound_allow.routes, *usage.routes,
-            *audit_logs.routes]
+            *audit_logs.routes, *webhooks.routes, *files.routes]
 
 
 def create_app(settings: Settings) -> Starlette:
@@ -93,7 +96,7 @@ def create_app(settings: Settings) -> Starlette:
             await check_tenant_isolation(infra.pool)
             state = ApiState(infra, Authenticator(settings.auth, infra.pool, stream_keys=settings.secrets),
                              Admission(settings.limits, infra.redis, infra.pool, settings.sandbox),
-                             await event_hub.open())
+                             await event_hub.open(), open_storage(settings.files))
             log.info("AgentOS API ready")
             yield {"api": state}
         finally:
@@ -110,7 +113,8 @@ def create_app(settings: Settings) -> Starlette:
         routes=[*routes, Route("/openapi.json", openapi_json, methods=["GET"]), *docs.routes(),
                 Route("/metrics", metrics_endpoint, methods=["GET"])],
         middleware=[*([cors] if cors else []), Middleware(TelemetryMiddleware), Middleware(RequestOrigin),
-                    Middleware(BodyLimit, max_bytes=settings.api.max_body_bytes)],
+                    Middleware(BodyLimit, max_bytes=settings.api.max_body_bytes,
+                               uploads={files.UPLOAD_PATH: files.upload_limit(settings.files)})],
         exception_handlers=exception_handlers,
         lifespan=lifespan,
     )

@@ -6,6 +6,8 @@ this API always get `{"error": {"code": "PAYLOAD_TOO_LARGE", ...}}`.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -14,21 +16,25 @@ from core.errors import ApiError
 
 
 class BodyLimit:
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    """`max_bytes` for every body; `uploads` maps a path to its own, larger limit (file uploads)."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int, uploads: Mapping[str, int] | None = None) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.uploads = dict(uploads or {})
 
-    def _too_large(self) -> ApiError:
-        return ApiError("PAYLOAD_TOO_LARGE", f"The request body is larger than {self.max_bytes} bytes; send less.",
-                        details={"max_bytes": self.max_bytes})
+    def _too_large(self, limit: int) -> ApiError:
+        return ApiError("PAYLOAD_TOO_LARGE", f"The request body is larger than {limit} bytes; send less.",
+                        details={"max_bytes": limit})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        limit = self.uploads.get(scope.get("path", ""), self.max_bytes)
         declared = Headers(scope=scope).get("content-length")
-        if declared and declared.isdigit() and int(declared) > self.max_bytes:
-            await error(self._too_large())(scope, receive, send)
+        if declared and declared.isdigit() and int(declared) > limit:
+            await error(self._too_large(limit))(scope, receive, send)
             return
         received = 0
 
@@ -37,8 +43,8 @@ class BodyLimit:
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.max_bytes:
-                    raise self._too_large()  # surfaces from request.body(); handled as an ApiError
+                if received > limit:
+                    raise self._too_large(limit)  # surfaces from request.body(); handled as an ApiError
             return message
 
         await self.app(scope, limited_receive, send)

@@ -134,6 +134,8 @@ class EndpointSpec:
     # False: the handler reads the body itself (it also takes `raw_types`, e.g. `text/plain`).
     parse: bool = True
     raw_types: tuple[str, ...] = ()
+    # True: the success body is raw bytes of the resource's own type (a file's content).
+    download: bool = False
     tags: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -276,10 +278,11 @@ def endpoint(
     stream: bool = False,
     parse: bool = True,
     raw_types: tuple[str, ...] = (),
+    download: bool = False,
 ) -> Callable[[Handler], Endpoint]:
     """Make a handler an `Endpoint` described by these fields (see `EndpointSpec`)."""
     spec = EndpointSpec(summary, role, body, status, response, paginated, also, errors, params, headers, stream,
-                        parse, raw_types)
+                        parse, raw_types, download)
 
     def wrap(handler: Handler) -> Endpoint:
         return Endpoint(handler, spec)

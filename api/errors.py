@@ -17,6 +17,7 @@ from starlette.responses import Response
 from api.responses import error
 from core.errors import ApiError, code_for_status
 from core.store.errors import IdempotencyMismatch, SessionBusy, StoreError
+from core.store.files import NameTaken, QuotaExceeded
 
 log = logging.getLogger("agentos.api")
 
@@ -37,9 +38,23 @@ def _idempotency_mismatch(exc: IdempotencyMismatch) -> ApiError:
                     details={"idempotency_key": exc.key, "run_id": exc.run_id})
 
 
+def _quota_exceeded(exc: QuotaExceeded) -> ApiError:
+    return ApiError("QUOTA_EXCEEDED", f"This file ({exc.size_bytes} bytes) would take the organisation's files past "
+                    f"its storage quota of {exc.quota_bytes} bytes ({exc.used_bytes} used); delete files first.",
+                    details={"quota_bytes": exc.quota_bytes, "used_bytes": exc.used_bytes,
+                             "size_bytes": exc.size_bytes})
+
+
+def _name_taken(exc: NameTaken) -> ApiError:
+    return ApiError("CONFLICT", f"The session already has a file named {exc.name!r}; detach it first.",
+                    details={"field": "name", "name": exc.name})
+
+
 STORE_ERRORS: dict[type[StoreError], Callable[[Any], ApiError]] = {
     SessionBusy: _session_busy,
     IdempotencyMismatch: _idempotency_mismatch,
+    QuotaExceeded: _quota_exceeded,
+    NameTaken: _name_taken,
 }
 
 

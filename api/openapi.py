@@ -108,6 +108,12 @@ def _error_codes(spec: EndpointSpec, path: str) -> set[str]:
     return codes
 
 
+def _raw_schema(media: str) -> dict[str, Any]:
+    if media == "multipart/form-data":  # one part, `file`
+        return {"type": "object", "properties": {"file": {"type": "string", "format": "binary"}}, "required": ["file"]}
+    return {"type": "string"}
+
+
 def _header_refs(names: tuple[str, ...]) -> dict[str, Any]:
     return {name: {"$ref": f"#/components/headers/{name}"} for name in names}
 
@@ -123,6 +129,8 @@ def _responses(spec: EndpointSpec, path: str, schemas: Schemas) -> dict[str, Any
                                      "`id:` the event's seq and its `event:` the type. Comment lines keep it alive.")
         elif spec.response is not None:
             answer["content"] = {"application/json": {"schema": schemas.ref(spec.response, "serialization")}}
+        elif spec.download:
+            answer["content"] = {"*/*": {"schema": {"type": "string", "format": "binary"}}}
         if success_headers:
             answer["headers"] = _header_refs(success_headers)
         out[str(status)] = answer
@@ -168,6 +176,9 @@ def _operation(route: Resource, method: str, handler: Endpoint, schemas: Schemas
         # An empty body counts as `{}`: it is optional exactly when the model requires nothing.
         required = bool(spec.body.model_json_schema().get("required"))
         op["requestBody"] = {"required": required, "content": content}
+    elif spec.raw_types:  # a body the handler reads itself, with no JSON form (an upload)
+        op["requestBody"] = {"required": True, "content": {media: {"schema": _raw_schema(media)}
+                                                           for media in spec.raw_types}}
     op["responses"] = _responses(spec, route.path, schemas)
     if spec.role in ORG_ROLES:
         op["security"] = [{"apiKey": []}, {"jwt": []}]

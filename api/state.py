@@ -11,6 +11,7 @@ from starlette.requests import Request
 from api.auth import Authenticator
 from core.admission import Admission
 from core.event_hub import EventHub
+from core.file_storage import FileStorage
 from core.infra import Infra
 from memory.embeddings import Embedder
 
@@ -22,6 +23,8 @@ class ApiState:
     admission: Admission
     # Followers of the sessions' event streams in this process share its reads (one XREAD).
     events: EventHub
+    # Where uploaded files' bytes are kept (core.file_storage).
+    storage: FileStorage
     # Embedders by model spec, made on first use (an `openai:` one loads its client only then).
     embedders: dict[str, Embedder] = field(default_factory=dict)
 

@@ -24,6 +24,7 @@ from psycopg.rows import DictRow
 from redis.exceptions import RedisError, ResponseError
 
 from core.storable import storable
+from core.store import webhooks
 from core.tenancy import AsyncPool, session_stream_key, tenant_tx
 
 log = logging.getLogger("agentos.events")
@@ -53,6 +54,8 @@ RUN_CANCELLED = "run.cancelled"
 RUN_TIMED_OUT = "run.timed_out"
 
 TERMINAL_TYPES = frozenset({RUN_SUCCEEDED, RUN_FAILED, RUN_CANCELLED, RUN_TIMED_OUT})
+# What a webhook may subscribe to: a delivery is stored with the event (`append`).
+WEBHOOK_EVENT_TYPES = TERMINAL_TYPES
 EVENT_TYPES = frozenset({
     RUN_QUEUED, RUN_STARTED, STEP_STARTED, MESSAGE_DELTA, TOOL_CALL, TOOL_RESULT, CONFIRMATION_REQUIRED,
     CONFIRMATION_RESOLVED, SUBAGENT_STARTED, SUBAGENT_COMPLETED, MESSAGE_COMPLETED, MEMORY_RECALLED, RUN_WARNING,
@@ -78,6 +81,13 @@ class Event:
         return orjson.dumps({
             "seq": self.seq, "type": self.type, "run_id": self.run_id, "session_id": self.session_id,
             "ts": self.ts.astimezone(UTC).isoformat().replace("+00:00", "Z"), "data": self.data,
+        })
+
+    def webhook_payload(self) -> bytes:
+        """The body of a webhook delivery (docs/integrations.md): Standard Webhooks' envelope."""
+        return orjson.dumps({
+            "type": self.type, "timestamp": self.ts.astimezone(UTC).isoformat().replace("+00:00", "Z"),
+            "data": {"run_id": self.run_id, "session_id": self.session_id, "seq": self.seq, **self.data},
         })
 
     @classmethod
@@ -133,6 +143,8 @@ async def append(
         "session_id": session_id, "ts": ts, "seqs": [e.seq for e in events], "runs": [e.run_id for e in events],
         "types": [e.type for e in events], "datas": [orjson.dumps(e.data).decode() for e in events],
     })
+    await webhooks.enqueue(conn, [(e.session_id, e.seq, e.run_id, e.type, e.webhook_payload().decode())
+                                  for e in events if e.type in WEBHOOK_EVENT_TYPES])
     return events
 
 

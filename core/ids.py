@@ -26,6 +26,10 @@ PREFIXES = {
     "skill": "skl",
     "data_source": "dsr",
     "mcp_server": "mcp",
+    "webhook": "whk",
+    "file": "fil",
+    # Delivery ids are derived from (webhook, event) in SQL (core.store.webhooks), never drawn.
+    "webhook_delivery": "whd",
 }
 
 _ID_RE = re.compile(r"^[a-z]{2,3}_[0-9a-f]{28}$")

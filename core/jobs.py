@@ -24,6 +24,10 @@ EXECUTE_RUN = "agentos.execute_run"
 # Chunk and embed one knowledge-base document (memory.knowledge.ingest).
 INGEST_DOCUMENT = "agentos.ingest_document"
 RUNS_QUEUE = "agentos.runs"
+# Make one attempt at one webhook delivery (core.webhooks.deliver). Its own queue, consumed by
+# workers of its own, so a slow receiver never holds a slot a run could use.
+DELIVER_WEBHOOK = "agentos.deliver_webhook"
+WEBHOOKS_QUEUE = "agentos.webhooks"
 
 
 class RunJob(BaseModel):
@@ -37,6 +41,13 @@ class IngestJob(BaseModel):
     """The whole payload of an `INGEST_DOCUMENT` task: ids only; the worker loads the document."""
 
     document_id: str
+    org_id: str
+
+
+class WebhookJob(BaseModel):
+    """The whole payload of a `DELIVER_WEBHOOK` task: ids only."""
+
+    delivery_id: str
     org_id: str
 
 
@@ -100,6 +111,12 @@ class JobQueue:
 
     async def enqueue_ingest(self, document_id: str, org_id: str) -> None:
         await asyncio.to_thread(self.send_ingest, IngestJob(document_id=document_id, org_id=org_id))
+
+    def send_webhook(self, job: WebhookJob, countdown_s: float | None = None) -> None:
+        self._app.send_task(DELIVER_WEBHOOK, kwargs=job.model_dump(), queue=WEBHOOKS_QUEUE, countdown=countdown_s)
+
+    async def enqueue_webhook(self, delivery_id: str, org_id: str) -> None:
+        await asyncio.to_thread(self.send_webhook, WebhookJob(delivery_id=delivery_id, org_id=org_id))
 
     def close(self) -> None:
         self._app.close()

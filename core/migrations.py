@@ -34,6 +34,8 @@ _INITIAL_TENANT_TABLES: tuple[str, ...] = (
 TENANT_TABLES: tuple[str, ...] = (
     *_INITIAL_TENANT_TABLES, "memories", "knowledge_documents", "org_secrets", "skills", "skill_versions",
     "data_sources", "mcp_servers", "usage_records", "usage_daily", "usage_months", "usage_run_days",
+    "webhooks", "webhook_deliveries", "webhook_attempts",
+    "files", "session_files",
 )
 
 _MIGRATION_LOCK_KEY = 0x6167656E746F73  # "agentos"
@@ -633,6 +635,109 @@ def _usage_and_audit(conn: psycopg.Connection) -> None:
         _tenant_policy(conn, table)
 
 
+_WEBHOOKS_SQL = """
+-- Signed webhooks (issue #14): an org's endpoints, their deliveries (one per webhook and event,
+-- the id being the stable `webhook-id` header) and every attempt. Secrets live in org_secrets.
+CREATE TABLE webhooks (
+    id text PRIMARY KEY,
+    org_id text NOT NULL REFERENCES orgs(id) ON DELETE CASCADE,
+    url text NOT NULL CHECK (url ~ '^https?://'),
+    events text[] NOT NULL,
+    description text NOT NULL DEFAULT '',
+    enabled boolean NOT NULL DEFAULT true,
+    disabled_reason text,
+    -- Since when no attempt succeeded (NULL: the last attempt did); disables the webhook after
+    -- AGENTOS_WEBHOOKS__DISABLE_AFTER_DAYS.
+    failing_since timestamptz,
+    -- Until when the secret before the last rotation still signs.
+    previous_secret_until timestamptz,
+    created_by text,
+    created_at timestamptz NOT NULL DEFAULT now(),
+    updated_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX webhooks_org_idx ON webhooks (org_id, id);
+CREATE TABLE webhook_deliveries (
+    id text PRIMARY KEY,
+    org_id text NOT NULL REFERENCES orgs(id) ON DELETE CASCADE,
+    webhook_id text NOT NULL REFERENCES webhooks(id) ON DELETE CASCADE,
+    event_type text NOT NULL,
+    session_id text NOT NULL,
+    seq bigint NOT NULL,
+    run_id text,
+    payload jsonb NOT NULL,
+    status text NOT NULL DEFAULT 'pending' CHECK (status IN ('pending', 'delivered', 'failed')),
+    attempts integer NOT NULL DEFAULT 0,
+    next_attempt_at timestamptz NOT NULL DEFAULT now(),
+    -- An attempt in progress holds the delivery until then (a duplicate message backs off).
+    leased_until timestamptz,
+    last_status integer,
+    last_error text,
+    delivered_at timestamptz,
+    created_at timestamptz NOT NULL DEFAULT now(),
+    UNIQUE (webhook_id, session_id, seq)
+);
+CREATE INDEX webhook_deliveries_list_idx ON webhook_deliveries (webhook_id, id DESC);
+CREATE INDEX webhook_deliveries_event_idx ON webhook_deliveries (session_id, seq);
+CREATE INDEX webhook_deliveries_due_idx ON webhook_deliveries (next_attempt_at) WHERE status = 'pending';
+-- The watchdog re-sends due deliveries whose message was lost or whose wait was too long for a
+-- countdown: a read-only view across orgs (core.tenancy.watchdog_scan_tx), as for runs.
+CREATE POLICY watchdog_scan ON webhook_deliveries FOR SELECT
+    USING (current_setting('app.watchdog', true) = 'on');
+CREATE TABLE webhook_attempts (
+    id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    org_id text NOT NULL REFERENCES orgs(id) ON DELETE CASCADE,
+    delivery_id text NOT NULL REFERENCES webhook_deliveries(id) ON DELETE CASCADE,
+    attempt integer NOT NULL,
+    status integer,
+    error text,
+    duration_ms integer NOT NULL,
+    at timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX webhook_attempts_delivery_idx ON webhook_attempts (delivery_id, attempt);
+"""
+
+
+def _webhooks(conn: psycopg.Connection) -> None:
+    conn.execute(_WEBHOOKS_SQL)
+    for table in ("webhooks", "webhook_deliveries", "webhook_attempts"):
+        _tenant_policy(conn, table)
+
+
+_FILES_SQL = """
+-- Uploaded files (issue #14): metadata here, bytes in the file storage (core.file_storage) under
+-- `storage_key`. A file attached to a session appears in its workspace as files/<name>.
+CREATE TABLE files (
+    id text PRIMARY KEY,
+    org_id text NOT NULL REFERENCES orgs(id) ON DELETE CASCADE,
+    name text NOT NULL CHECK (length(name) BETWEEN 1 AND 200),
+    content_type text NOT NULL,
+    size_bytes bigint NOT NULL CHECK (size_bytes >= 0),
+    sha256 text NOT NULL,
+    storage_key text NOT NULL,
+    created_by text,
+    created_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX files_org_idx ON files (org_id, id DESC);
+CREATE TABLE session_files (
+    org_id text NOT NULL REFERENCES orgs(id) ON DELETE CASCADE,
+    session_id text NOT NULL REFERENCES sessions(id) ON DELETE CASCADE,
+    file_id text NOT NULL REFERENCES files(id) ON DELETE CASCADE,
+    name text NOT NULL,
+    attached_by text,
+    attached_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (session_id, file_id),
+    UNIQUE (session_id, name)
+);
+CREATE INDEX session_files_file_idx ON session_files (file_id);
+"""
+
+
+def _files(conn: psycopg.Connection) -> None:
+    conn.execute(_FILES_SQL)
+    for table in ("files", "session_files"):
+        _tenant_policy(conn, table)
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration("initial schema with row-level security", _initial),
     Migration("per-session event sequence and run queue order", _run_queue),
@@ -649,6 +754,8 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration("MCP servers and their cached tool lists", _mcp_servers),
     Migration("runs keep the trace context they were created in", _trace_parent),
     Migration("usage metering, budgets counters, audit log origin", _usage_and_audit),
+    Migration("signed webhooks, their deliveries and attempts", _webhooks),
+    Migration("uploaded files and their attachment to sessions", _files),
 )
 
 

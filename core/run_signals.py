@@ -13,7 +13,7 @@ from contextlib import suppress
 
 from redis.exceptions import RedisError
 
-from core import events
+from core import events, webhooks
 from core.admission import release_run
 from core.infra import Infra
 from core.store.runs import Finished
@@ -59,7 +59,7 @@ async def flag_cancel(infra: Infra, org_id: str, run_ids: list[str]) -> None:
 async def run_ended(infra: Infra, org_id: str, done: Finished) -> None:
     """After the transaction that made a run terminal committed: publish its events, free its
     place among the org's active runs, drop its cancel flag and scratch state, and start the
-    session's next run. Never raises for Redis or the broker being away."""
+    session's next run, and send its webhook deliveries. Never raises for Redis or the broker being away."""
     run_id = done.run["id"]
     _count_ended(org_id, done)
     # Released before the terminal event goes out: a client that starts its next run as soon as
@@ -69,6 +69,9 @@ async def run_ended(infra: Infra, org_id: str, done: Finished) -> None:
     with suppress(RedisError, OSError):
         await infra.redis.delete(run_cancel_key(org_id, run_id), run_scratch_key(org_id, run_id))
     await start_next(infra, org_id, done.next_run_id)
+    # Deliveries were stored with the terminal event; the webhook workers learn of them now.
+    await webhooks.announce(infra, org_id, done.run["session_id"],
+                            [e.seq for e in done.events if e.type in events.WEBHOOK_EVENT_TYPES])
 
 
 def _count_ended(org_id: str, done: Finished) -> None:

@@ -144,6 +144,9 @@ class WorkerSettings(BaseModel):
     """How workers execute runs."""
 
     concurrency: int = Field(default=2, ge=1, le=256)
+    # The queues a worker consumes: `agentos.runs` (runs, documents) and/or `agentos.webhooks`
+    # (deliveries). Separate workers for each keep a slow webhook receiver from delaying runs.
+    queues: list[str] = Field(default_factory=lambda: ["agentos.runs"], min_length=1)
     # A claimed run's lease; a heartbeat renews it every `heartbeat_s` while the run executes.
     # A dead worker's run is taken over once its lease lapses, so keep it short (seconds).
     lease_s: float = Field(default=10.0, gt=0)
@@ -420,6 +423,42 @@ class OutboundSettings(BaseModel):
     user_agent: str = "AgentOS/0.1"
 
 
+class WebhookSettings(BaseModel):
+    """Signed webhook deliveries (docs/integrations.md): how long one attempt may take, how
+    retries back off, when a delivery is given up and a failing webhook disabled."""
+
+    timeout_s: float = Field(default=10.0, gt=0)  # one attempt, connect to last byte
+    max_response_bytes: int = Field(default=65_536, ge=1024)  # a receiver's answer read at most
+    retry_base_s: float = Field(default=5.0, gt=0)  # the first retry's wait, doubling per attempt ...
+    retry_max_s: float = Field(default=3600.0, gt=0)  # ... up to this
+    max_age_s: float = Field(default=86_400.0, gt=0)  # after this long since the event, a delivery is given up
+    # A webhook none of whose attempts succeeded for this long is disabled (with an audit entry).
+    disable_after_days: float = Field(default=5.0, gt=0)
+    # After `rotate-secret` the previous secret still signs (a second signature) for this long.
+    rotation_grace_s: float = Field(default=86_400.0, ge=0)
+    # Waits up to this long are a countdown on the delivery's own message; longer ones, and
+    # messages lost with the broker, are sent again by the watchdog once due.
+    max_countdown_s: float = Field(default=300.0, ge=0)
+    requeue_after_s: float = Field(default=30.0, gt=0)
+    max_per_org: int = Field(default=50, ge=1)
+
+
+class FileSettings(BaseModel):
+    """Uploaded files (docs/integrations.md, "Files"): limits and where their bytes are kept."""
+
+    max_bytes: int = Field(default=10 * 1024 * 1024, ge=1)  # one file; over it: 413, nothing stored
+    org_quota_bytes: int = Field(default=1024 * 1024 * 1024, ge=1)  # every file of an org together
+    backend: Literal["local", "s3"] = "local"
+    data_dir: str = ".agentos/files"  # the local backend's root
+    # The S3-compatible backend (AWS S3, MinIO, Ceph, ...): objects `<prefix><org>/<file id>`.
+    s3_bucket: str = "agentos-files"
+    s3_prefix: str = ""
+    s3_endpoint_url: str | None = None
+    s3_region: str = "us-east-1"
+    s3_access_key_id: str | None = None
+    s3_secret_access_key: SecretStr | None = None
+
+
 class WebSettings(BaseModel):
     """The `web_search` and `web_fetch` skills."""
 
@@ -520,6 +559,8 @@ class Settings(BaseSettings):
     web: WebSettings = WebSettings()
     mcp: McpSettings = McpSettings()
     telemetry: TelemetrySettings = TelemetrySettings()
+    webhooks: WebhookSettings = WebhookSettings()
+    files: FileSettings = FileSettings()
 
     @model_validator(mode="after")
     def _production_ready(self) -> Settings:

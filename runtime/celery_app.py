@@ -3,7 +3,9 @@
 The run task carries ids only and hands them to `runtime.executor.execute_run`; the run's lease in
 Postgres (not the broker) decides who executes it, so a redelivered message is harmless. The
 ingestion task hands a knowledge-base document to `memory.knowledge.ingest` (safe to repeat) and
-retries it with backoff while its embedding fails.
+retries it with backoff while its embedding fails. The webhook task makes one attempt at one
+delivery (`core.webhooks.deliver`) on the `agentos.webhooks` queue, and waits out a short backoff
+as its own countdown.
 
 Retries are declared on `AgentTask`: a delivery that fails because Postgres, Redis or the
 broker is away is retried with exponential backoff and jitter; anything else is a bug, which
@@ -19,7 +21,7 @@ from typing import Any, ClassVar
 from celery import Celery, Task
 from celery.signals import worker_process_init, worker_process_shutdown, worker_shutting_down
 
-from core import jobs
+from core import jobs, webhooks
 from core.infra import INFRA_ERRORS, InfraUnavailable, is_infra_error
 from core.settings import Settings
 from core.telemetry import metrics, scope, tracing
@@ -128,6 +130,21 @@ def create_celery(settings: Settings) -> Celery:
         tracing.setup(settings.telemetry, "worker")
         metrics.configure(settings.telemetry)
 
+    @app.task(name=jobs.DELIVER_WEBHOOK, base=Bound, bind=True, ignore_result=True)  # type: ignore[untyped-decorator]
+    def deliver_webhook_task(task: AgentTask, delivery_id: str, org_id: str) -> str:
+        job = jobs.WebhookJob(delivery_id=delivery_id, org_id=org_id)
+
+        async def attempt(services: Services, org: str, delivery: str) -> webhooks.Attempt:
+            return await webhooks.deliver(services.infra, org, delivery)
+
+        result = task.call_infra(f"webhook delivery {job.delivery_id}", attempt, job.org_id, job.delivery_id)
+        log.info("webhook delivery %s: %s", job.delivery_id, result.outcome)
+        # A short wait is this message's countdown; a longer one is left to the watchdog's scan,
+        # since a message held past the broker's visibility timeout would be delivered twice.
+        if result.retry_after_s is not None and result.retry_after_s <= settings.webhooks.max_countdown_s:
+            raise task.retry(countdown=result.retry_after_s)
+        return str(result.outcome)
+
     def _shutdown(**_: Any) -> None:
         try:
             Bound.holder.close()
@@ -150,10 +167,11 @@ def _traceparent(request: Any) -> str | None:
 
 
 def run_worker(settings: Settings, *, concurrency: int | None = None, pool: str = "prefork",
-               loglevel: str = "INFO") -> None:
-    """Run a worker in this process until it is stopped (SIGTERM / Ctrl-C). With
-    `AGENTOS_TELEMETRY__METRICS_PORT` this (parent) process serves `/metrics` for all its prefork
-    children, which write their values to files (prometheus-client's multiprocess mode)."""
+               loglevel: str = "INFO", queues: list[str] | None = None) -> None:
+    """Run a worker in this process until it is stopped (SIGTERM / Ctrl-C), consuming `queues`
+    (default `AGENTOS_WORKER__QUEUES`). With `AGENTOS_TELEMETRY__METRICS_PORT` this (parent)
+    process serves `/metrics` for all its prefork children, which write their values to files
+    (prometheus-client's multiprocess mode)."""
     side = None
     if settings.telemetry.metrics_port is not None:
         if pool == "prefork":
@@ -165,8 +183,8 @@ def run_worker(settings: Settings, *, concurrency: int | None = None, pool: str 
     app = create_celery(settings)
     argv = [
         "worker", f"--loglevel={loglevel}", f"--concurrency={concurrency or settings.worker.concurrency}",
-        f"--pool={pool}", f"--queues={jobs.RUNS_QUEUE}", "--without-gossip", "--without-mingle",
-        "--without-heartbeat",
+        f"--pool={pool}", f"--queues={','.join(queues or settings.worker.queues)}", "--without-gossip",
+        "--without-mingle", "--without-heartbeat",
     ]
     try:
         app.worker_main(argv)

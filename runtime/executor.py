@@ -43,6 +43,7 @@ from orchestrator.context import AgentSpec, Budget, LimitExceeded, RunContext
 from orchestrator.models import ModelConfigError, aclose_model, describe_error
 from orchestrator.nodes import ModelCallFailed
 from runtime.services import Services
+from skills.attachments import sync_attachments
 from skills.catalogue import RunSkills
 
 log = logging.getLogger("agentos.worker")
@@ -229,12 +230,19 @@ async def _execute(
     remaining = (run["deadline_at"] - datetime.now(UTC)).total_seconds()
     deadline = loop.time() + remaining
     limits = agent.config.limits
+    workspace = Path(svc.settings.worker.workspace_root).resolve() / org_id / session_id
+    try:
+        await sync_attachments(svc.pool, svc.storage, org_id, session_id, workspace)  # files/ as attached now
+    except Exception as exc:  # the file storage is away: the run goes on, its files/ as they were
+        if is_infra_error(exc):
+            raise
+        log.warning("run %s: attached files not brought into the workspace: %s", run["id"], exc)
     ctx = RunContext(
         org_id=org_id, session_id=session_id, run_id=run["id"], agent=agent,
         budget=Budget(max_steps=limits.max_steps, max_tokens=limits.max_tokens, deadline=deadline),
         emitter=emitter, pool=svc.pool, models=svc.settings.models,
         skills=RunSkills(svc.skills, svc.pool, org_id, resolved, svc.skill_builders, svc.settings),
-        workspace=Path(svc.settings.worker.workspace_root).resolve() / org_id / session_id,
+        workspace=workspace,
         load_agent=_agent_loader(svc, org_id),
         max_depth=svc.settings.worker.max_delegation_depth, user_id=user_id, memory=svc.memory,
         sandbox=svc.sandbox, infra=svc.infra, meter=meter,

@@ -21,6 +21,7 @@ import redis.asyncio as aioredis
 from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
 
 from core.db import open_pool
+from core.file_storage import FileStorage, open_storage
 from core.infra import Infra
 from core.settings import Settings
 from core.tenancy import AsyncPool
@@ -47,6 +48,7 @@ class Services:
     memory: MemoryService
     # How each kind of an org's own skill becomes a Skill (see skills.catalogue.RunSkills).
     skill_builders: Mapping[str, SkillBuilder]
+    storage: FileStorage  # uploaded files, copied into a session's workspace at each run's start
     sandbox: SandboxClient | None = None  # None: no sandbox service configured
     # Set in Celery workers: tells a run when its worker's shutdown grace period is over.
     drain: Drain | None = None
@@ -71,7 +73,8 @@ class Services:
         sandbox = (SandboxClient(settings.sandbox, infra.redis, pool=infra.pool, limits_cache_s=settings.limits.cache_s)
                    if settings.sandbox.url else None)
         return cls(infra, checkpoint_pool, default_registry(), build_graph(saver),
-                   MemoryService(settings, infra.pool, infra.redis), {"http": build_http_skill}, sandbox, drain)
+                   MemoryService(settings, infra.pool, infra.redis), {"http": build_http_skill},
+                   open_storage(settings.files), sandbox, drain)
 
     async def close(self) -> None:
         if self.sandbox is not None:

@@ -17,6 +17,8 @@ broker was down when it was sent). One pass of the watchdog (`sweep`):
 - a `queued` run that is first in its session's line and has waited more than
   `requeue_after_s` (since it was created, or for a run re-queued after a human's decision,
   since its latest event) is sent again;
+- a webhook delivery due for `webhooks.requeue_after_s` already (its message was lost, or its
+  wait was too long for a countdown) is sent again;
 - a knowledge-base document still `pending` that no attempt touched for `requeue_after_s` plus
   the longest ingestion backoff (`memory.ingest_retry_max_s`) is sent again (its message was lost).
 
@@ -42,6 +44,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
+from core import webhooks
 from core.infra import Infra
 from core.run_signals import run_ended, send_run
 from core.settings import Settings
@@ -103,19 +106,21 @@ class SweepReport:
     exhausted: list[str] = field(default_factory=list)  # failed ATTEMPTS_EXHAUSTED
     cancelled: list[str] = field(default_factory=list)
     documents_resent: list[str] = field(default_factory=list)  # knowledge documents left pending: sent again
+    webhooks_resent: list[str] = field(default_factory=list)  # webhook deliveries due a while: sent again
     skipped: int = 0  # changed between the scan and the action (claimed, finished, held again)
     errors: int = 0
 
     @property
     def acted(self) -> int:
         return (len(self.requeued) + len(self.resent) + len(self.timed_out) + len(self.exhausted)
-                + len(self.cancelled) + len(self.documents_resent))
+                + len(self.cancelled) + len(self.documents_resent) + len(self.webhooks_resent))
 
     def summary(self) -> str:
         counts = [
             (len(self.requeued), "sent again (lease lapsed)"), (len(self.resent), "sent again (queued, unclaimed)"),
             (len(self.timed_out), "timed out"), (len(self.exhausted), "failed (attempts exhausted)"),
             (len(self.cancelled), "cancelled"), (len(self.documents_resent), "document(s) sent again"),
+            (len(self.webhooks_resent), "webhook delivery(ies) sent again"),
             (self.skipped, "changed meanwhile"), (self.errors, "error(s)"),
         ]
         return ", ".join(f"{n} {what}" for n, what in counts if n) or "nothing to do"
@@ -224,6 +229,13 @@ async def sweep(infra: Infra, *, memo: SendMemo | None = None) -> SweepReport:
     await _send_each(unsent, "attempt", resend, report.resent, report, memo, "queued run")
     await _send_each(stale_documents, "attempts", send_document, report.documents_resent, report, memo,
                      "pending document")
+
+    async def send_delivery(delivery: dict[str, Any]) -> bool:
+        await infra.jobs.enqueue_webhook(delivery["id"], delivery["org_id"])
+        return True
+
+    await _send_each(await webhooks.due_for_resend(infra, BATCH), "attempts", send_delivery, report.webhooks_resent,
+                     report, memo, "webhook delivery")
     if memo is not None:
         memo.forget_stale()
     return report

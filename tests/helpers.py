@@ -5,13 +5,17 @@ builds its fixtures from them."""
 
 from __future__ import annotations
 
+import atexit
+import functools
 import json
 import os
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -47,6 +51,14 @@ class RsaKeys:
     public_pem: str
 
 
+@functools.cache
+def test_files_dir() -> Path:
+    """Where the suite's APIs keep uploaded files (never the checkout's .agentos/)."""
+    path = Path(tempfile.mkdtemp(prefix="agentos-test-files-"))
+    atexit.register(shutil.rmtree, path, True)
+    return path
+
+
 def make_settings(stack: StackUrls, rsa_keys: RsaKeys, **overrides: object) -> Settings:
     base: dict[str, object] = {
         "env": "test",
@@ -58,6 +70,7 @@ def make_settings(stack: StackUrls, rsa_keys: RsaKeys, **overrides: object) -> S
             "platform_admin_token": ADMIN_TOKEN,
         },
         "api": {"max_body_bytes": 64 * 1024},
+        "files": {"data_dir": str(test_files_dir())},
     }
     base.update(overrides)
     return load_settings(**base)

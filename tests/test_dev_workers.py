@@ -22,11 +22,12 @@ from tests.helpers import wait_ready as _wait_ready
 
 
 def _workers(dev: psutil.Process) -> dict[int, psutil.Process]:
-    """The worker processes `agentos dev` supervises (its direct children running `agentos worker`)."""
+    """The run workers `agentos dev` supervises (its direct children running `agentos worker`, but
+    the webhook delivery worker)."""
     found = {}
     for child in dev.children():
         try:
-            if "worker" in child.cmdline():
+            if "worker" in child.cmdline() and "--queues=agentos.webhooks" not in child.cmdline():
                 found[child.pid] = child
         except psutil.NoSuchProcess:
             pass

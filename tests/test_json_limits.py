@@ -53,6 +53,11 @@ WRITES: dict[tuple[str, str], tuple[str, set[int]]] = {
     ("PUT", "/v1/outbound-allowlist"): ('{"allow": NESTED}', {422}),
     ("PATCH", "/v1/budgets"): ('{"monthly_tokens": NESTED}', {422}),
     ("POST", "/v1/stream-tokens"): ('{"run_id": NESTED}', {422}),
+    ("POST", "/v1/webhooks"): ('{"url": "http://93.184.215.14/hooks", "events": NESTED}', {422}),
+    ("PATCH", "/v1/webhooks/{webhook_id}"): ('{"events": NESTED}', {422}),
+    ("POST", "/v1/webhooks/{webhook_id}/rotate-secret"): ('{"secret": NESTED}', {422}),
+    ("POST", "/v1/webhooks/{webhook_id}/deliveries/{delivery_id}/retry"): ('{"x": NESTED}', {404}),
+    ("POST", "/v1/sessions/{session_id}/files"): ('{"file_id": NESTED}', {422}),
 }
 
 
@@ -99,8 +104,13 @@ def _make_one_of_each(client, org: Org) -> dict[str, Any]:
                        ("/v1/data-sources", {"name": "thing", "url": {"secret": "thing_url"}}),
                        ("/v1/mcp-servers", {"name": "thing", "url": "http://192.0.2.1/mcp"})]:
         assert client.post(path, json=body, headers=org.headers).status_code == 201
+    # A public literal address passes the guard at creation without a lookup; it is sent nothing.
+    webhook = client.post("/v1/webhooks", json={"url": "http://93.184.215.14/hooks", "events": ["run.timed_out"]},
+                          headers=org.headers).json()
+    file = client.post("/v1/files", files={"file": ("plain.txt", b"plain")}, headers=org.headers).json()
     return {"agent_id": agent["id"], "session_id": session["id"], "run_id": run["id"],
-            "memory_id": memory["id"], "document_id": document["id"], "name": "thing", "version": 1}
+            "memory_id": memory["id"], "document_id": document["id"], "name": "thing", "version": 1,
+            "webhook_id": webhook["id"], "file_id": file["id"]}
 
 
 @pytest.mark.parametrize("depth", DEPTHS)

@@ -161,6 +161,13 @@ def test_openapi_describes_every_route(client):
         ("/v1/outbound-allowlist", "get"), ("/v1/outbound-allowlist", "put"),
         ("/v1/usage", "get"), ("/v1/budgets", "get"), ("/v1/budgets", "patch"), ("/v1/audit-logs", "get"),
         ("/v1/stream-tokens", "post"),
+        ("/v1/webhooks", "get"), ("/v1/webhooks", "post"), ("/v1/webhooks/{webhook_id}", "get"),
+        ("/v1/webhooks/{webhook_id}", "patch"), ("/v1/webhooks/{webhook_id}", "delete"),
+        ("/v1/webhooks/{webhook_id}/rotate-secret", "post"), ("/v1/webhooks/{webhook_id}/deliveries", "get"),
+        ("/v1/webhooks/{webhook_id}/deliveries/{delivery_id}/retry", "post"),
+        ("/v1/files", "get"), ("/v1/files", "post"), ("/v1/files/{file_id}", "get"), ("/v1/files/{file_id}", "delete"),
+        ("/v1/files/{file_id}/content", "get"), ("/v1/sessions/{session_id}/files", "get"),
+        ("/v1/sessions/{session_id}/files", "post"), ("/v1/sessions/{session_id}/files/{file_id}", "delete"),
     }
     served = {(path, method) for path, ops in doc["paths"].items() for method in ops}
     assert served == expected

@@ -25,16 +25,18 @@ def _env(database_url: str, redis_url: str, extra_env: dict[str, str] | None) ->
 
 def worker_process(
     log_path: Path, *, database_url: str, redis_url: str, workspace_root: Path, concurrency: int = 2,
-    extra_env: dict[str, str] | None = None, health_file: Path | None = None,
+    extra_env: dict[str, str] | None = None, health_file: Path | None = None, queues: list[str] | None = None,
 ) -> ServerProcess:
     """`agentos worker` against the given services; stopped with SIGTERM (warm shutdown) sent to
     its process group, so the prefork children go with it. `health_file`: where it writes its
-    liveness heartbeat (see `worker_health`)."""
+    liveness heartbeat (see `worker_health`); `queues`: what it consumes (default: the runs)."""
     own = {"AGENTOS_WORKER__WORKSPACE_ROOT": str(workspace_root)}
     if health_file is not None:
         own["AGENTOS_WORKER__HEALTH_FILE"] = str(health_file)
     env = _env(database_url, redis_url, {**own, **(extra_env or {})})
     argv = [sys.executable, "-m", "agentos", "worker", f"--concurrency={concurrency}"]
+    if queues:
+        argv.append(f"--queues={','.join(queues)}")
     return ServerProcess("worker", argv, log_path, stop_signal=signal.SIGTERM, env=env, group=True)
 
 
