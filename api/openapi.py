@@ -97,7 +97,7 @@ def _error_codes(spec: EndpointSpec, path: str) -> set[str]:
             codes.add("FORBIDDEN")
     elif spec.role == "platform_admin":
         codes |= {"UNAUTHENTICATED", "UNAVAILABLE"}
-    if spec.body is not None:
+    if spec.body is not None or spec.raw_types:
         codes |= {"BAD_REQUEST", "PAYLOAD_TOO_LARGE", "UNSUPPORTED_MEDIA_TYPE", "VALIDATION_FAILED"}
     if spec.paginated or any(p.where == "query" for p in spec.params):
         codes.add("VALIDATION_FAILED")

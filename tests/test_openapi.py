@@ -219,6 +219,34 @@ def test_every_operation_answers_as_documented(client, conformance):
 
     assert c.put("/v1/outbound-allowlist", json={"allow": ["10.1.0.0/16"]}, headers=h).status_code == 200
     assert c.get("/v1/outbound-allowlist", headers=h).json() == {"allow": ["10.1.0.0/16"]}
+    uploaded = c.post("/v1/files", files={"file": ("../notes.txt", b"hello", "text/plain")}, headers=h)
+    assert uploaded.status_code == 201 and uploaded.json()["name"] == "notes.txt"
+    file_id = uploaded.json()["id"]
+    error_of(c.post("/v1/files", json={"file": "x"}, headers=h), 415, "UNSUPPORTED_MEDIA_TYPE")
+    assert c.get("/v1/files", headers=h).status_code == 200
+    assert c.get(f"/v1/files/{file_id}", headers=h).json()["size_bytes"] == 5
+    assert c.get(f"/v1/files/{file_id}/content", headers=h).content == b"hello"
+    error_of(c.get("/v1/files/file_nope", headers=h), 404, "NOT_FOUND")
+    files_path = f"/v1/sessions/{session['id']}/files"
+    assert c.post(files_path, json={"file_id": file_id}, headers=h).json()["path"] == "files/notes.txt"
+    assert c.get(files_path, headers=h).json()["data"][0]["file_id"] == file_id
+    assert c.delete(f"{files_path}/{file_id}", headers=h).status_code == 204
+    assert c.delete(f"/v1/files/{file_id}", headers=h).status_code == 204
+
+    # A public address, never called: no run of this org ends while the webhook exists.
+    hook = c.post("/v1/webhooks", json={"url": "http://93.184.215.14/hooks", "events": ["run.succeeded"]}, headers=h)
+    assert hook.status_code == 201 and hook.json()["secret"].startswith("whsec_")
+    hook_path = f"/v1/webhooks/{hook.json()['id']}"
+    error_of(c.post("/v1/webhooks", json={"url": "http://127.0.0.1:9/x", "events": ["run.succeeded"]}, headers=h),
+             422, "WEBHOOK_URL_REFUSED")
+    assert c.get("/v1/webhooks", headers=h).status_code == 200
+    assert c.get(hook_path, headers=h).json()["enabled"] is True
+    assert c.patch(hook_path, json={"description": "ops"}, headers=h).json()["description"] == "ops"
+    assert c.post(f"{hook_path}/rotate-secret", json={}, headers=h).json()["secret"].startswith("whsec_")
+    assert c.get(f"{hook_path}/deliveries?status=pending", headers=h).json()["data"] == []
+    error_of(c.post(f"{hook_path}/deliveries/whd_nope/retry", headers=h), 404, "NOT_FOUND")
+    assert c.delete(hook_path, headers=h).status_code == 204
+
     assert c.delete(f"/v1/sessions/{session['id']}", headers=h).status_code == 204
     assert c.delete(f"/v1/agents/{agent['id']}", headers=h).status_code == 204
 
