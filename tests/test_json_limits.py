@@ -51,6 +51,7 @@ WRITES: dict[tuple[str, str], tuple[str, set[int]]] = {
     ("POST", "/v1/mcp-servers"): ('{"name": "deep", "url": "http://example.com", "headers": NESTED}', {422}),
     ("POST", "/v1/mcp-servers/{name}/refresh"): ('{"x": NESTED}', {200}),
     ("PUT", "/v1/outbound-allowlist"): ('{"allow": NESTED}', {422}),
+    ("POST", "/v1/stream-tokens"): ('{"run_id": NESTED}', {422}),
 }
 
 
