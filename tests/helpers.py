@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import signal
 import subprocess
 import sys
 import threading
@@ -21,7 +22,7 @@ import httpx
 from starlette.testclient import TestClient
 
 from agentos.stack.local import StackUrls
-from agentos.stack.process import ServerProcess
+from agentos.stack.process import ServerProcess, free_port
 from agentos.stack.worker import worker_process
 from core.settings import Settings, load_settings
 from tests.openai_server import OpenAIServer
@@ -186,3 +187,25 @@ def wait_ready(proc: subprocess.Popen[str], port: int, timeout_s: float = 90) ->
         time.sleep(0.2)
     proc.kill()
     raise AssertionError("agentos dev did not become ready")
+
+
+@contextmanager
+def api_process(argv: list[str], log_path: Path, env: dict[str, str]) -> Iterator[tuple[str, ServerProcess]]:
+    """`<argv> api --port <free port>` (an `agentos` command) with `env`, once it answers
+    /readyz: its URL and process; stopped on exit."""
+    port = free_port()
+    proc = ServerProcess("api", [*argv, "api", "--port", str(port)], log_path, stop_signal=signal.SIGTERM, env=env)
+    proc.start()
+    url = f"http://127.0.0.1:{port}"
+    try:
+        proc.wait_until(lambda: _answers(url), timeout_s=60)
+        yield url, proc
+    finally:
+        proc.stop()
+
+
+def _answers(url: str) -> bool:
+    try:
+        return httpx.get(f"{url}/readyz", timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
