@@ -54,7 +54,7 @@ from core.store import orgs
 from core.telemetry.logs import configure as configure_logs
 
 if TYPE_CHECKING:
-    from agentos.client import Client, Run
+    from agentos.client import AgentOSError, Client, Run
 
 console = Console(stderr=True, soft_wrap=True)
 
@@ -597,8 +597,7 @@ def run(
 
 
 def _start_run(client: Client, agent_ref: str, message: str, session_id: str | None, user_id: str | None) -> Run:
-    """Start a run: in `session_id`, or in a new session of the agent
-    (by id or name) for end user `user_id`."""
+    """Start a run: in `session_id`, or in a new session of the agent (by id or name) for end user `user_id`."""
     from agentos.client import AgentOSError
 
     if session_id is None:
@@ -613,12 +612,12 @@ def _start_run(client: Client, agent_ref: str, message: str, session_id: str | N
     return client.runs.create(session_id, message)
 
 
-def _client_failure(exc: Exception) -> str:
+def _client_failure(exc: AgentOSError) -> str:
     """One line for a failure of `agentos.client`: the API's code and message, or what the
     client could not do."""
     from agentos.client import ApiError
 
-    return f"{exc.code}: {exc.message}" if isinstance(exc, ApiError) else str(getattr(exc, "message", exc))
+    return f"{exc.code}: {exc.message}" if isinstance(exc, ApiError) else exc.message
 
 
 @skills_app.command("list")

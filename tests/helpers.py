@@ -30,7 +30,7 @@ from starlette.applications import Starlette
 from starlette.testclient import TestClient
 
 from agentos.stack.local import StackUrls
-from agentos.stack.process import ServerProcess
+from agentos.stack.process import ServerProcess, free_port
 from agentos.stack.worker import worker_process
 from core.settings import Settings, load_settings
 from tests.openai_server import OpenAIServer
@@ -263,3 +263,25 @@ def serving(app: Starlette) -> Iterator[Served]:
         server.should_exit = True
         thread.join(timeout=30)
         sock.close()
+
+
+@contextmanager
+def running_api(argv: list[str], log_path: Path, env: dict[str, str]) -> Iterator[tuple[str, ServerProcess]]:
+    """`<argv> api --port <free port>` (an `agentos` command) with `env`, once it answers
+    /readyz: its URL and process; stopped on exit."""
+    port = free_port()
+    proc = ServerProcess("api", [*argv, "api", "--port", str(port)], log_path, stop_signal=signal.SIGTERM, env=env)
+    proc.start()
+    url = f"http://127.0.0.1:{port}"
+    try:
+        proc.wait_until(lambda: _answers(url), timeout_s=60)
+        yield url, proc
+    finally:
+        proc.stop()
+
+
+def _answers(url: str) -> bool:
+    try:
+        return httpx.get(f"{url}/readyz", timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False

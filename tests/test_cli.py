@@ -31,7 +31,7 @@ from agentos.stack.process import ServerProcess, free_port
 from core.migrations import MIGRATIONS, _unique_org_names, migrate
 from core.settings import Settings
 from core.skill_names import BUILTIN_SKILLS
-from tests.helpers import ADMIN_TOKEN, Worker, error_of
+from tests.helpers import ADMIN_TOKEN, Worker, error_of, running_api
 
 AGENTOS = str(Path(sys.executable).parent / "agentos")
 
@@ -158,23 +158,9 @@ def api(stack: StackUrls, worker: Worker, settings: Settings,
     _, key, _ = asyncio.run(ensure_default_org(settings, base))
     org_id = json.loads((base / "dev.json").read_text())["org_id"]
     asyncio.run(ensure_default_agents(settings, org_id))
-    port = free_port()
     env = stack_env(stack) | {"AGENTOS_AUTH__PLATFORM_ADMIN_TOKEN": ADMIN_TOKEN}
-    proc = ServerProcess("api", [AGENTOS, "api", "--port", str(port)], base / "api.log",
-                         stop_signal=signal.SIGTERM, env=env)
-    proc.start()
-    try:
-        proc.wait_until(lambda: _ready(f"http://127.0.0.1:{port}"), timeout_s=60)
-        yield Api(f"http://127.0.0.1:{port}", key, proc)
-    finally:
-        proc.stop()
-
-
-def _ready(url: str) -> bool:
-    try:
-        return httpx.get(f"{url}/readyz", timeout=1).status_code == 200
-    except httpx.HTTPError:
-        return False
+    with running_api([AGENTOS], base / "api.log", env) as (url, proc):
+        yield Api(url, key, proc)
 
 
 def run_env(api: Api) -> dict[str, str]:

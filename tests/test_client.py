@@ -11,7 +11,6 @@ import asyncio
 import os
 import random
 import secrets
-import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -38,8 +37,7 @@ from agentos.client import (
 )
 from agentos.client.models import TERMINAL_EVENTS
 from agentos.stack.local import StackUrls
-from agentos.stack.process import ServerProcess, free_port
-from tests.helpers import ADMIN_TOKEN, AGENTOS, JWT_SECRET, Org, Worker, cli_env
+from tests.helpers import ADMIN_TOKEN, AGENTOS, JWT_SECRET, Org, Worker, cli_env, running_api
 from tests.tcp_proxy import TcpProxy
 
 # Two file_manager calls: a run of a dozen or more events.
@@ -53,27 +51,11 @@ WRITE = 'call: file_manager {"action": "write", "path": "b.txt", "content": "b"}
 @pytest.fixture(scope="module")
 def api_url(stack: StackUrls, worker: Worker, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """`agentos api` on the suite's stack (and so the suite's worker), over real HTTP."""
-    base = tmp_path_factory.mktemp("client-api")
-    port = free_port()
     env = cli_env() | {"AGENTOS_ENV": "test", "AGENTOS_DATABASE_URL": stack.database_url,
                        "AGENTOS_REDIS_URL": stack.redis_url, "AGENTOS_AUTH__PLATFORM_ADMIN_TOKEN": ADMIN_TOKEN,
                        "AGENTOS_AUTH__JWT_SECRET": JWT_SECRET}
-    proc = ServerProcess("api", [*AGENTOS, "api", "--port", str(port)], base / "api.log",
-                         stop_signal=signal.SIGTERM, env=env)
-    proc.start()
-    url = f"http://127.0.0.1:{port}"
-    try:
-        proc.wait_until(lambda: _ready(url), timeout_s=60)
+    with running_api(AGENTOS, tmp_path_factory.mktemp("client-api") / "api.log", env) as (url, _):
         yield url
-    finally:
-        proc.stop()
-
-
-def _ready(url: str) -> bool:
-    try:
-        return httpx.get(f"{url}/readyz", timeout=1).status_code == 200
-    except httpx.HTTPError:
-        return False
 
 
 @pytest.fixture

@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
+from typing import Generic, TypeVar
 
 import httpx
 
-from agentos.client.calls import Reply, Request
+from agentos.client.calls import Call, Reply, Request
 from agentos.client.errors import ConnectionFailed, retry_after_s
+
+T = TypeVar("T")
 
 RETRY_STATUSES = frozenset({429, 503})
 # Failures that happen before any byte of the request reached the server.
@@ -68,3 +71,32 @@ def connection_failed(base_url: str, exc: httpx.TransportError) -> ConnectionFai
     detail = str(exc) or type(exc).__name__
     note = " (the request was sent: the server may have acted on it)" if maybe_handled else ""
     return ConnectionFailed(f"cannot reach the API at {base_url}: {detail}{note}", maybe_handled=maybe_handled)
+
+
+class Attempts(Generic[T]):
+    """The attempts of one call, for a client to drive: after each outcome (an answer, or the
+    transport's failure) `after` says how long to wait before the next attempt, or None once
+    `result` holds the call's result; a failure not to retry is raised."""
+
+    def __init__(self, call: Call[T], policy: RetryPolicy, base_url: str) -> None:
+        self.call, self.policy, self.base_url = call, policy, base_url
+        self.retries = 0
+        self._result: tuple[T] | None = None
+
+    def after(self, outcome: Reply | httpx.TransportError) -> float | None:
+        if isinstance(outcome, httpx.TransportError):
+            delay = self.policy.delay_after_error(self.call.request, outcome, self.retries)
+            if delay is None:
+                raise connection_failed(self.base_url, outcome) from outcome
+        else:
+            delay = self.policy.delay_after_reply(outcome, self.retries)
+            if delay is None:
+                self._result = (self.call.result(outcome),)
+                return None
+        self.retries += 1
+        return delay
+
+    @property
+    def result(self) -> T:
+        assert self._result is not None, "the call has not ended"
+        return self._result[0]

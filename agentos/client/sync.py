@@ -15,7 +15,7 @@ from agentos.client import calls
 from agentos.client.calls import Call, Reply, Request
 from agentos.client.config import ClientConfig
 from agentos.client.models import Agent, ApiKey, Event, Message, Page, Principal, Run, Session, ToolCall
-from agentos.client.retry import connection_failed
+from agentos.client.retry import Attempts
 from agentos.client.sse import RunFollower
 
 T = TypeVar("T")
@@ -53,21 +53,17 @@ class Client:
 
     def call(self, call: Call[T]) -> T:
         """Send `call`, again while the retry policy says so; its result, or the error raised."""
-        policy, retry = self.config.policy, 0
-        while True:
-            try:
-                response = self._send(call.request)
-            except httpx.TransportError as exc:
-                delay = policy.delay_after_error(call.request, exc, retry)
-                if delay is None:
-                    raise connection_failed(self.config.base_url, exc) from exc
-            else:
-                reply = Reply(response.status_code, response.headers, response.content)
-                delay = policy.delay_after_reply(reply, retry)
-                if delay is None:
-                    return call.result(reply)
+        attempts = Attempts(call, self.config.policy, self.config.base_url)
+        while (delay := attempts.after(self._attempt(call.request))) is not None:
             self._sleep(delay)
-            retry += 1
+        return attempts.result
+
+    def _attempt(self, request: Request) -> Reply | httpx.TransportError:
+        try:
+            response = self._send(request)
+        except httpx.TransportError as exc:
+            return exc
+        return Reply(response.status_code, response.headers, response.content)
 
     def pages(self, first: Callable[[str | None], Call[Page[T]]]) -> Iterator[T]:
         """Every item of a list, page after page (`first(cursor)` makes each page's call)."""
