@@ -337,3 +337,20 @@ def test_the_sample_dashboard_names_only_metrics_that_exist(client: Any) -> None
     dashboard = (Path(__file__).parent.parent / "docs" / "grafana" / "agentos.json").read_text()
     used = set(re.findall(r"agentos_[a-z_]+", dashboard))
     assert used and used <= defined, used - defined
+
+
+def test_the_api_serves_metrics_on_a_private_port_without_a_token(stack: StackUrls, tmp_path: Path) -> None:
+    """No token, a metrics port: `/metrics` answers there (for scrapers that send no header, e.g.
+    a platform's built-in one) and stays 404 on the public port."""
+    port, metrics_port = free_port(), free_port()
+    api = api_process(tmp_path / "api.log", stack, port,
+                      extra_env={"AGENTOS_TELEMETRY__METRICS_PORT": str(metrics_port)})
+    api.start()
+    try:
+        url = f"http://127.0.0.1:{port}"
+        api.wait_until(lambda: _ready(url), timeout_s=60)
+        assert httpx.get(f"{url}/metrics").status_code == 404
+        samples = _scrape(f"http://127.0.0.1:{metrics_port}/metrics", token=None)
+        assert "agentos_queue_depth" in samples
+    finally:
+        api.stop()
