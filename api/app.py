@@ -42,7 +42,7 @@ from api.routes import (
     skills,
     tool_calls,
 )
-from api.routes.metrics import metrics_endpoint
+from api.routes import metrics as metrics_route
 from api.state import ApiState, LifespanState
 from core.admission import Admission
 from core.db import check_tenant_isolation
@@ -66,7 +66,7 @@ def _routes() -> list[BaseRoute]:
     return [*health.routes, *orgs.routes, *api_keys.routes, *agents.routes, *sessions.routes, *runs.routes,
             *events.routes, *tool_calls.routes, *memories.routes, *knowledge.routes, *secrets.routes,
             *skills.routes, *data_sources.routes,
-            *mcp_servers.routes, *outbound_allow.routes]
+            *mcp_servers.routes, *outbound_allow.routes, *metrics_route.routes]
 
 
 def create_app(settings: Settings) -> Starlette:
@@ -95,8 +95,7 @@ def create_app(settings: Settings) -> Starlette:
     exception_handlers: Any = HANDLERS
     metrics.configure(settings.telemetry)
     return Starlette(
-        routes=[*routes, Route("/openapi.json", openapi_json, methods=["GET"]),
-                Route("/metrics", metrics_endpoint, methods=["GET"])],
+        routes=[*routes, Route("/openapi.json", openapi_json, methods=["GET"])],
         middleware=[Middleware(TelemetryMiddleware), Middleware(BodyLimit, max_bytes=settings.api.max_body_bytes)],
         exception_handlers=exception_handlers,
         lifespan=lifespan,

@@ -159,6 +159,7 @@ def test_openapi_describes_every_route(client):
         ("/v1/mcp-servers", "get"), ("/v1/mcp-servers", "post"), ("/v1/mcp-servers/{name}", "get"),
         ("/v1/mcp-servers/{name}", "delete"), ("/v1/mcp-servers/{name}/refresh", "post"),
         ("/v1/outbound-allowlist", "get"), ("/v1/outbound-allowlist", "put"),
+        ("/metrics", "get"),
     }
     served = {(path, method) for path, ops in doc["paths"].items() for method in ops}
     assert served == expected

@@ -137,9 +137,8 @@ def test_one_trace_from_the_post_to_respond(traced: Traced) -> None:
     assert run["trace_id"] == caller_trace
     assert r.headers["AgentOS-Trace-Id"] == caller_trace
     assert _wait(tenant, run["id"])["status"] == "succeeded"
-    traced.collector.wait_for(caller_trace, "agentos.step respond")
-    time.sleep(0.5)  # the last batches of both processes
-    spans = traced.collector.trace(caller_trace)
+    # The delivery's span ends last (its children end first): once it is in, the trace is whole.
+    spans = traced.collector.wait_for(caller_trace, "process agentos.runs")
 
     by_id = _by_id(spans)
     named = {s.name: s for s in spans}
@@ -217,7 +216,7 @@ def test_a_resumed_run_continues_its_trace(traced: Traced) -> None:
     approved = tenant.http.post(f"/v1/tool-calls/{pending[0]['id']}/approve", json={})
     assert approved.status_code == 200, approved.text
     assert _wait(tenant, run["id"])["status"] == "succeeded"
-    spans = traced.collector.wait_for(run["trace_id"], "agentos.step respond")
+    spans = traced.collector.wait_for(run["trace_id"], "agentos.run.resumed")  # ends after its steps
     resumed = [s for s in spans if s.name == "agentos.run.resumed"]
     assert len(resumed) == 1
     # Its parent is the POST's span; its link is the approving request's delivery.

@@ -18,6 +18,7 @@ from prometheus_client import Gauge
 from starlette.requests import Request
 from starlette.responses import Response
 
+from api.endpoint import Call, endpoint, resource
 from api.state import state_of
 from core.errors import ApiError
 from core.jobs import RUNS_QUEUE
@@ -76,8 +77,10 @@ async def _read_queue(request: Request) -> None:
         log.warning("metrics: could not read the broker queue from Redis: %s", exc)
 
 
-async def metrics_endpoint(request: Request) -> Response:
-    telemetry = state_of(request).infra.settings.telemetry
+@endpoint("Prometheus metrics (text format), for a scraper with the metrics token.", role=None)
+async def get_metrics(call: Call[Any]) -> Response:
+    request = call.request
+    telemetry = call.settings.telemetry
     secret = telemetry.metrics_token.get_secret_value() if telemetry.metrics_token else ""
     server = request.scope.get("server") or (None, None)
     side_port = telemetry.metrics_port is not None and server[1] == telemetry.metrics_port
@@ -88,3 +91,6 @@ async def metrics_endpoint(request: Request) -> Response:
         raise ApiError("UNAUTHENTICATED", "Send the metrics token: Authorization: Bearer <token>.")
     await _read_queue(request)
     return Response(metrics.exposition(), media_type=metrics.CONTENT_TYPE)
+
+
+routes = [resource("/metrics", GET=get_metrics)]
