@@ -167,7 +167,10 @@ def _serve(settings: Settings, host: str, port: int, sock: socket.socket | None 
     # log_config=None: uvicorn's records go through the process's one set-up (core.telemetry.logs).
     config = uvicorn.Config(create_app(settings), host=host, port=port, log_level=settings.log_level.lower(),
                             lifespan="on", timeout_graceful_shutdown=10, log_config=None)
-    uvicorn.Server(config).run(sockets=[sock] if sock else None)
+    sockets = [sock] if sock else None
+    if sockets and settings.telemetry.metrics_port is not None:  # /metrics for a scraper on a private port
+        sockets.append(_bind(settings.telemetry.metrics_host, settings.telemetry.metrics_port))
+    uvicorn.Server(config).run(sockets=sockets)
 
 
 def _bind(host: str, port: int) -> socket.socket:

@@ -50,7 +50,7 @@ from api.routes import (
     usage,
     webhooks,
 )
-from api.routes.metrics import metrics_endpoint
+from api.routes import metrics as metrics_route
 from api.state import ApiState, LifespanState
 from core.admission import Admission
 from core.db import check_tenant_isolation
@@ -76,7 +76,8 @@ def _routes() -> list[BaseRoute]:
             *events.routes, *tool_calls.routes, *memories.routes, *knowledge.routes, *secrets.routes,
             *skills.routes, *data_sources.routes, *stream_tokens.routes,
             *mcp_servers.routes, *outbound_allow.routes, *usage.routes,
-            *audit_logs.routes, *webhooks.routes, *files.routes]
+            *audit_logs.routes, *webhooks.routes, *files.routes,
+            *metrics_route.routes]
 
 
 def create_app(settings: Settings) -> Starlette:
@@ -110,8 +111,7 @@ def create_app(settings: Settings) -> Starlette:
     # CORS outermost, so that refusals (401, 413, 429...) reach the page's script too.
     cors = cors_middleware(settings.api)
     return Starlette(
-        routes=[*routes, Route("/openapi.json", openapi_json, methods=["GET"]), *docs.routes(),
-                Route("/metrics", metrics_endpoint, methods=["GET"])],
+        routes=[*routes, Route("/openapi.json", openapi_json, methods=["GET"]), *docs.routes()],
         middleware=[*([cors] if cors else []), Middleware(TelemetryMiddleware), Middleware(RequestOrigin),
                     Middleware(BodyLimit, max_bytes=settings.api.max_body_bytes,
                                uploads={files.UPLOAD_PATH: files.upload_limit(settings.files)})],

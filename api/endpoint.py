@@ -134,7 +134,7 @@ class EndpointSpec:
     # False: the handler reads the body itself (it also takes `raw_types`, e.g. `text/plain`).
     parse: bool = True
     raw_types: tuple[str, ...] = ()
-    # True: the success body is raw bytes of the resource's own type (a file's content).
+    # True: the success body is raw bytes of their own type (a file's content, Prometheus text).
     download: bool = False
     tags: list[str] = field(default_factory=list)
 

@@ -172,10 +172,12 @@ def run_worker(settings: Settings, *, concurrency: int | None = None, pool: str 
     (default `AGENTOS_WORKER__QUEUES`). With `AGENTOS_TELEMETRY__METRICS_PORT` this (parent)
     process serves `/metrics` for all its prefork children, which write their values to files
     (prometheus-client's multiprocess mode)."""
-    side = None
+    side, made_dir = None, None
     if settings.telemetry.metrics_port is not None:
         if pool == "prefork":
-            metrics.use_multiprocess()
+            given = metrics.multiprocess_dir()
+            path = metrics.use_multiprocess(given)
+            made_dir = None if given else path
         side = metrics.serve(settings.telemetry)
     if pool != "prefork":  # no fork: this process executes the runs itself
         tracing.setup(settings.telemetry, "worker")
@@ -193,4 +195,6 @@ def run_worker(settings: Settings, *, concurrency: int | None = None, pool: str 
             app.tasks[jobs.EXECUTE_RUN].holder.close()
         if side is not None:
             side.close()
+        if made_dir is not None:  # ours, not the operator's
+            metrics.remove_dir(made_dir)
         tracing.shutdown()

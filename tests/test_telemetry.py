@@ -30,34 +30,31 @@ SECRET_WORDS = "zebra-marmalade-" + secrets.token_hex(4)  # message content that
 
 @dataclass
 class Traced:
-    stack: StackUrls
-    api: ServerProcess
     api_url: str
     collector: OtlpCollector
     base: Path
-    openai_server: OpenAIServer
+    worker: ServerProcess  # prefork, 2 slots; its parent serves /metrics on `metrics_port`
+    metrics_port: int
 
-    def telemetry_env(self) -> dict[str, str]:
-        return {"AGENTOS_TELEMETRY__OTLP_ENDPOINT": self.collector.url, "OTEL_BSP_SCHEDULE_DELAY": "100",
-                "AGENTOS_TELEMETRY__METRICS_TOKEN": METRICS_TOKEN}
+    @property
+    def worker_log(self) -> Path:
+        return self.base / "worker" / "worker.log"
 
-    def worker(self, name: str) -> Any:
-        """A traced worker whose parent serves /metrics on a side port: (context manager, port)."""
-        port = free_port()
-        env = self.telemetry_env() | {"AGENTOS_TELEMETRY__METRICS_PORT": str(port)}
-        base = self.base / name
-        base.mkdir(exist_ok=True)
-        return running_worker(self.stack, self.openai_server, base, extra_env=env), port
+    def restart_worker(self) -> None:
+        ready = self.worker.log_tail(10_000).count(" ready.")
+        self.worker.start()
+        self.worker.wait_until(lambda: self.worker.log_tail(10_000).count(" ready.") > ready, timeout_s=90)
 
 
 @pytest.fixture(scope="module")
 def traced(stack: StackUrls, openai_server: OpenAIServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Traced]:
     base = tmp_path_factory.mktemp("telemetry")
+    (base / "worker").mkdir()
     redis = EmbeddedRedis(base / "redis", durable=False)
     redis.start()
     collector = OtlpCollector().start()
     own = StackUrls(database_url=stack.database_url, redis_url=redis.url)
-    port = free_port()
+    port, metrics_port = free_port(), free_port()
     env = {"AGENTOS_TELEMETRY__OTLP_ENDPOINT": collector.url, "OTEL_BSP_SCHEDULE_DELAY": "100",
            "AGENTOS_TELEMETRY__METRICS_TOKEN": METRICS_TOKEN}
     api = api_process(base / "api.log", own, port, extra_env=env)
@@ -65,7 +62,9 @@ def traced(stack: StackUrls, openai_server: OpenAIServer, tmp_path_factory: pyte
     try:
         url = f"http://127.0.0.1:{port}"
         api.wait_until(lambda: _ready(url), timeout_s=60)
-        yield Traced(own, api, url, collector, base, openai_server)
+        worker_env = env | {"AGENTOS_TELEMETRY__METRICS_PORT": str(metrics_port)}
+        with running_worker(own, openai_server, base / "worker", extra_env=worker_env) as worker:
+            yield Traced(url, collector, base, worker.process, metrics_port)
     finally:
         api.stop()
         collector.stop()
@@ -129,20 +128,17 @@ def _ancestors(span: CollectedSpan, by_id: dict[str, CollectedSpan]) -> list[str
 def test_one_trace_from_the_post_to_respond(traced: Traced) -> None:
     tenant = _tenant(traced)
     caller_trace, caller_span = secrets.token_hex(16), secrets.token_hex(8)
-    ctx, _ = traced.worker("w1")
-    with ctx:
-        r = tenant.http.post(f"/v1/sessions/{tenant.session_id}/runs",
-                             json={"input": f'call: file_manager {{"action": "list"}}\n{SECRET_WORDS}'},
-                             headers={"traceparent": f"00-{caller_trace}-{caller_span}-01"})
-        assert r.status_code == 202, r.text
-        run = r.json()
-        # The caller's trace is honoured: the run's trace id is the real one, in body and header.
-        assert run["trace_id"] == caller_trace
-        assert r.headers["AgentOS-Trace-Id"] == caller_trace
-        assert _wait(tenant, run["id"])["status"] == "succeeded"
-        spans = traced.collector.wait_for(caller_trace, "agentos.step respond")
-        time.sleep(0.5)  # the last batches of both processes
-        spans = traced.collector.trace(caller_trace)
+    r = tenant.http.post(f"/v1/sessions/{tenant.session_id}/runs",
+                         json={"input": f'call: file_manager {{"action": "list"}}\n{SECRET_WORDS}'},
+                         headers={"traceparent": f"00-{caller_trace}-{caller_span}-01"})
+    assert r.status_code == 202, r.text
+    run = r.json()
+    # The caller's trace is honoured: the run's trace id is the real one, in body and header.
+    assert run["trace_id"] == caller_trace
+    assert r.headers["AgentOS-Trace-Id"] == caller_trace
+    assert _wait(tenant, run["id"])["status"] == "succeeded"
+    # The delivery's span ends last (its children end first): once it is in, the trace is whole.
+    spans = traced.collector.wait_for(caller_trace, "process agentos.runs")
 
     by_id = _by_id(spans)
     named = {s.name: s for s in spans}
@@ -193,8 +189,8 @@ def test_one_trace_from_the_post_to_respond(traced: Traced) -> None:
 
     # (c) JSON logs of both processes carry the run's trace id and run id.
     assert _logged(traced.base / "api.log", run["id"], caller_trace)
-    assert _logged(traced.base / "w1" / "worker.log", run["id"], caller_trace)
-    assert SECRET_WORDS not in (traced.base / "w1" / "worker.log").read_text()
+    assert _logged(traced.worker_log, run["id"], caller_trace)
+    assert SECRET_WORDS not in traced.worker_log.read_text()
 
 
 def _logged(path: Path, run_id: str, trace_id: str) -> bool:
@@ -213,16 +209,14 @@ def test_a_resumed_run_continues_its_trace(traced: Traced) -> None:
     agent = tenant.http.post("/v1/agents", json={"name": "asks", "model": "offline:default",
                                                  "skills": ["file_manager"], "confirm": ["file_manager"]})
     session = tenant.http.post("/v1/sessions", json={"agent_id": agent.json()["id"]}).json()
-    ctx, _ = traced.worker("w2")
-    with ctx:
-        run = tenant.http.post(f"/v1/sessions/{session['id']}/runs",
-                               json={"input": 'call: file_manager {"action": "list"}'}).json()
-        _until_waiting(tenant, run["id"])
-        pending = tenant.http.get("/v1/tool-calls?status=pending").json()["data"]
-        approved = tenant.http.post(f"/v1/tool-calls/{pending[0]['id']}/approve", json={})
-        assert approved.status_code == 200, approved.text
-        assert _wait(tenant, run["id"])["status"] == "succeeded"
-        spans = traced.collector.wait_for(run["trace_id"], "agentos.step respond")
+    run = tenant.http.post(f"/v1/sessions/{session['id']}/runs",
+                           json={"input": 'call: file_manager {"action": "list"}'}).json()
+    _until_waiting(tenant, run["id"])
+    pending = tenant.http.get("/v1/tool-calls?status=pending").json()["data"]
+    approved = tenant.http.post(f"/v1/tool-calls/{pending[0]['id']}/approve", json={})
+    assert approved.status_code == 200, approved.text
+    assert _wait(tenant, run["id"])["status"] == "succeeded"
+    spans = traced.collector.wait_for(run["trace_id"], "agentos.run.resumed")  # ends after its steps
     resumed = [s for s in spans if s.name == "agentos.run.resumed"]
     assert len(resumed) == 1
     # Its parent is the POST's span; its link is the approving request's delivery.
@@ -266,6 +260,8 @@ def test_queue_depth_rises_while_workers_are_stopped_and_falls_after(traced: Tra
     tenant = _tenant(traced)
     sessions = [tenant.http.post("/v1/sessions", json={"agent_id": _agent_of(tenant)}).json()["id"]
                 for _ in range(3)]
+    worker_before = _scrape(f"http://127.0.0.1:{traced.metrics_port}/metrics")
+    traced.worker.stop()
     before = _scrape(f"{traced.api_url}/metrics")
     runs = [tenant.http.post(f"/v1/sessions/{s}/runs", json={"input": "hello"}).json() for s in sessions]
     waiting = _scrape(f"{traced.api_url}/metrics")
@@ -276,16 +272,15 @@ def test_queue_depth_rises_while_workers_are_stopped_and_falls_after(traced: Tra
     assert _total(waiting, "agentos_http_requests_total", method="POST", route="/v1/sessions/{session_id}/runs",
                   status="202") >= 3
 
-    ctx, port = traced.worker("w3")
-    with ctx:
-        for run in runs:
-            assert _wait(tenant, run["id"])["status"] == "succeeded"
-        after = _scrape(f"{traced.api_url}/metrics")
-        worker = _scrape(f"http://127.0.0.1:{port}/metrics")
+    traced.restart_worker()
+    for run in runs:
+        assert _wait(tenant, run["id"])["status"] == "succeeded"
+    after = _scrape(f"{traced.api_url}/metrics")
+    worker = _scrape(f"http://127.0.0.1:{traced.metrics_port}/metrics")
     assert _total(after, "agentos_queue_depth") <= _total(before, "agentos_queue_depth")
     assert _total(after, "agentos_broker_queue_length") == 0
-    # The worker's parent serves what its prefork children counted.
-    assert _total(worker, "agentos_runs_finished_total", status="succeeded") >= 3
+    # The (restarted) worker's parent serves what its prefork children counted.
+    assert worker_before and _total(worker, "agentos_runs_finished_total", status="succeeded") >= 3
     assert _total(worker, "agentos_model_tokens_total", provider="offline", direction="input") > 0
     assert _total(worker, "agentos_model_call_duration_seconds_count", provider="offline") >= 3
     assert _total(worker, "agentos_run_time_to_first_event_seconds_count") >= 3
@@ -298,14 +293,14 @@ def _agent_of(tenant: Tenant) -> str:
 
 def test_worker_metrics_count_skill_calls(traced: Traced) -> None:
     tenant = _tenant(traced)
-    ctx, port = traced.worker("w4")
-    with ctx:
-        run = tenant.http.post(f"/v1/sessions/{tenant.session_id}/runs",
-                               json={"input": 'call: file_manager {"action": "read", "path": "missing.txt"}'}).json()
-        assert _wait(tenant, run["id"])["status"] == "succeeded"
-        worker = _scrape(f"http://127.0.0.1:{port}/metrics")
-    assert _total(worker, "agentos_skill_calls_total", skill="file_manager") == 1
-    assert _total(worker, "agentos_skill_errors_total", skill="file_manager") == 1
+    url = f"http://127.0.0.1:{traced.metrics_port}/metrics"
+    before = _scrape(url)
+    run = tenant.http.post(f"/v1/sessions/{tenant.session_id}/runs",
+                           json={"input": 'call: file_manager {"action": "read", "path": "missing.txt"}'}).json()
+    assert _wait(tenant, run["id"])["status"] == "succeeded"
+    after = _scrape(url)
+    for name in ("agentos_skill_calls_total", "agentos_skill_errors_total"):
+        assert _total(after, name, skill="file_manager") == _total(before, name, skill="file_manager") + 1
 
 
 
@@ -341,3 +336,20 @@ def test_the_sample_dashboard_names_only_metrics_that_exist(client: Any) -> None
     dashboard = (Path(__file__).parent.parent / "docs" / "grafana" / "agentos.json").read_text()
     used = set(re.findall(r"agentos_[a-z_]+", dashboard))
     assert used and used <= defined, used - defined
+
+
+def test_the_api_serves_metrics_on_a_private_port_without_a_token(stack: StackUrls, tmp_path: Path) -> None:
+    """No token, a metrics port: `/metrics` answers there (for scrapers that send no header, e.g.
+    a platform's built-in one) and stays 404 on the public port."""
+    port, metrics_port = free_port(), free_port()
+    api = api_process(tmp_path / "api.log", stack, port,
+                      extra_env={"AGENTOS_TELEMETRY__METRICS_PORT": str(metrics_port)})
+    api.start()
+    try:
+        url = f"http://127.0.0.1:{port}"
+        api.wait_until(lambda: _ready(url), timeout_s=60)
+        assert httpx.get(f"{url}/metrics").status_code == 404
+        samples = _scrape(f"http://127.0.0.1:{metrics_port}/metrics", token=None)
+        assert "agentos_queue_depth" in samples
+    finally:
+        api.stop()

@@ -1,6 +1,7 @@
 """`GET /metrics`: the Prometheus text format, for a scraper holding
-`AGENTOS_TELEMETRY__METRICS_TOKEN` (`Authorization: Bearer <token>`); without a configured token
-the route answers 404, so metrics are never public by default.
+`AGENTOS_TELEMETRY__METRICS_TOKEN` (`Authorization: Bearer <token>`), or for any scraper on the
+private side port `AGENTOS_TELEMETRY__METRICS_PORT` when no token is set (`agentos api` listens
+there too). Without either the route answers 404: metrics are never public by default.
 
 The queue gauges are read at scrape time, across orgs, through the watchdog's read-only view of
 `runs` (`core.tenancy.watchdog_scan_tx`): queued runs and the age of the oldest (the signal to
@@ -17,6 +18,7 @@ from prometheus_client import Gauge
 from starlette.requests import Request
 from starlette.responses import Response
 
+from api.endpoint import Call, endpoint, resource
 from api.state import state_of
 from core.errors import ApiError
 from core.jobs import RUNS_QUEUE
@@ -75,11 +77,21 @@ async def _read_queue(request: Request) -> None:
         log.warning("metrics: could not read the broker queue from Redis: %s", exc)
 
 
-async def metrics_endpoint(request: Request) -> Response:
-    token = state_of(request).infra.settings.telemetry.metrics_token
-    if token is None or not token.get_secret_value():
-        raise ApiError("NOT_FOUND", "Metrics are off here: set AGENTOS_TELEMETRY__METRICS_TOKEN to serve them.")
-    if not metrics.authorized(request.headers.get("authorization"), token.get_secret_value()):
+@endpoint("Prometheus metrics (text format), for a scraper with the metrics token.", role=None, download=True,
+          errors=("NOT_FOUND", "UNAUTHENTICATED"))
+async def get_metrics(call: Call[Any]) -> Response:
+    request = call.request
+    telemetry = call.settings.telemetry
+    secret = telemetry.metrics_token.get_secret_value() if telemetry.metrics_token else ""
+    server = request.scope.get("server") or (None, None)
+    side_port = telemetry.metrics_port is not None and server[1] == telemetry.metrics_port
+    if not secret and not side_port:
+        raise ApiError("NOT_FOUND", "Metrics are off here: set AGENTOS_TELEMETRY__METRICS_TOKEN (or "
+                                    "AGENTOS_TELEMETRY__METRICS_PORT for a private port) to serve them.")
+    if not metrics.authorized(request.headers.get("authorization"), secret):
         raise ApiError("UNAUTHENTICATED", "Send the metrics token: Authorization: Bearer <token>.")
     await _read_queue(request)
     return Response(metrics.exposition(), media_type=metrics.CONTENT_TYPE)
+
+
+routes = [resource("/metrics", GET=get_metrics)]

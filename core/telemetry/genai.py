@@ -11,6 +11,7 @@ attributes exist only when tracing is on. Message content never goes into a span
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import Iterator, Mapping
@@ -64,7 +65,7 @@ def model_call(spec: str, agent_id: str, operation: str = "chat") -> Iterator[Mo
         try:
             yield call
         except BaseException as exc:
-            outcome = "error"
+            outcome = "cancelled" if isinstance(exc, asyncio.CancelledError) else "error"
             if span is not None:
                 span.set_attribute(names.ERROR_TYPE, type(exc).__name__)
             raise
