@@ -63,10 +63,12 @@ WRITES: dict[tuple[str, str], tuple[str, set[int]]] = {
 
 
 def read_routes(app: Any) -> list[tuple[str, Endpoint]]:
-    """Every GET route that answers JSON at once (not the SSE streams, nor the long poll)."""
+    """Every GET route that answers JSON at once (not the SSE streams, nor the long poll, nor raw
+    bytes such as a file's content or /metrics)."""
     return [(route.path, route.handlers["GET"]) for route in app.routes
             if isinstance(route, Resource) and "GET" in route.handlers
-            and not route.handlers["GET"].spec.stream and not route.path.endswith("/wait")]
+            and not route.handlers["GET"].spec.stream and not route.handlers["GET"].spec.download
+            and not route.path.endswith("/wait")]
 
 
 def test_the_table_names_every_write_route_that_reads_json(settings):
