@@ -428,14 +428,18 @@ async def _record_end(svc: Services, run: runs.ClaimedRun, emitter: RunEmitter, 
     org_id, session_id, run_id = emitter.org_id, emitter.session_id, run["id"]
     if outcome.status == RunStatus.AWAITING_CONFIRMATION:
         async with tenant_tx(svc.pool, org_id) as conn:
-            paused = await runs.pause(conn, run_id, owner)
+            pause = await runs.pause(conn, run_id, owner)
             # A human may have decided while the graph was stopping; then go straight on.
-            resumed = paused and await tool_calls.pending_in_run(conn, run_id) == 0 and \
+            resumed = pause == runs.Pause.PAUSED and await tool_calls.pending_in_run(conn, run_id) == 0 and \
                 await runs.resume(conn, run_id) is not None
         if resumed:
             await start_next(svc.infra, org_id, run_id)
             return "decided while pausing: re-queued"
-        return "awaiting confirmation (worker released)" if paused else "lease lost before pausing"
+        if pause == runs.Pause.CANCEL_REQUESTED:  # cancelled while the graph was stopping
+            outcome = Outcome(RunStatus.CANCELLED)
+        else:
+            return "awaiting confirmation (worker released)" if pause == runs.Pause.PAUSED else \
+                "lease lost before pausing"
     extra: list[tuple[str, dict[str, Any]]] = []
     output = outcome.output
     try:

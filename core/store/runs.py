@@ -141,9 +141,14 @@ ABANDON_PENDING_CALLS_SQL = """
 UPDATE tool_calls SET status = 'rejected', decision_reason = 'the run ended before a decision', decided_at = now()
 WHERE run_id = %s AND status = 'pending'
 """
+# A cancel asked for while the worker was stopping the graph wins over the pause (the caller
+# then ends the run as cancelled): a paused run is only ever cancelled by the cancel route itself.
 PAUSE_SQL = """
 UPDATE runs SET status = 'awaiting_confirmation', paused_at = now(), lease_owner = NULL, lease_expires_at = NULL
-WHERE id = %s AND status = 'running' AND lease_owner = %s RETURNING id
+WHERE id = %s AND status = 'running' AND lease_owner = %s AND cancel_requested_at IS NULL RETURNING id
+"""
+HELD_CANCEL_SQL = """
+SELECT 1 FROM runs WHERE id = %s AND status = 'running' AND lease_owner = %s AND cancel_requested_at IS NOT NULL
 """
 # Waiting for a human does not count against the run's time limit.
 RESUME_SQL = f"""
@@ -403,9 +408,20 @@ async def cancel_all(conn: AsyncConnection[DictRow], session_id: str) -> tuple[l
     return emitted, running
 
 
-async def pause(conn: AsyncConnection[DictRow], run_id: str, owner: str) -> bool:
-    """The run waits for a human: it holds no worker and no lease until `resume`."""
-    return await (await conn.execute(PAUSE_SQL, (run_id, owner))).fetchone() is not None
+class Pause(StrEnum):
+    PAUSED = "paused"
+    CANCEL_REQUESTED = "cancel requested"  # still ours and running: end it as cancelled
+    LEASE_LOST = "lease lost"
+
+
+async def pause(conn: AsyncConnection[DictRow], run_id: str, owner: str) -> Pause:
+    """The run waits for a human: it holds no worker and no lease until `resume`; unless a cancel
+    was asked for meanwhile, or the lease is no longer `owner`'s."""
+    if await (await conn.execute(PAUSE_SQL, (run_id, owner))).fetchone() is not None:
+        return Pause.PAUSED
+    if await (await conn.execute(HELD_CANCEL_SQL, (run_id, owner))).fetchone() is not None:
+        return Pause.CANCEL_REQUESTED
+    return Pause.LEASE_LOST
 
 
 async def release(conn: AsyncConnection[DictRow], run_id: str, owner: str) -> bool:
