@@ -69,6 +69,9 @@ STREAM_PARAMS = [
      "schema": {"type": "string", "pattern": "^[0-9]{1,18}$"}},
     {"name": "after", "in": "query", "description": "Resume after this event id.",
      "schema": {"type": "string", "pattern": "^[0-9]{1,18}$"}},
+    {"name": "token", "in": "query", "description": "A stream token (`POST /v1/stream-tokens`) in place of "
+     "`Authorization`, for `EventSource`; refused (401 `STREAM_TOKEN_INVALID` / `STREAM_TOKEN_EXPIRED`) elsewhere.",
+     "schema": {"type": "string"}},
 ]
 
 

@@ -7643,6 +7643,8 @@ export interface operations {
             query?: {
                 /** @description Resume after this event id. */
                 after?: string;
+                /** @description A stream token (`POST /v1/stream-tokens`) in place of `Authorization`, for `EventSource`; refused (401 `STREAM_TOKEN_INVALID` / `STREAM_TOKEN_EXPIRED`) elsewhere. */
+                token?: string;
             };
             header?: {
                 /** @description Resume after this event id (wins over `after`). */
@@ -8460,6 +8462,8 @@ export interface operations {
             query?: {
                 /** @description Resume after this event id. */
                 after?: string;
+                /** @description A stream token (`POST /v1/stream-tokens`) in place of `Authorization`, for `EventSource`; refused (401 `STREAM_TOKEN_INVALID` / `STREAM_TOKEN_EXPIRED`) elsewhere. */
+                token?: string;
             };
             header?: {
                 /** @description Resume after this event id (wins over `after`). */
