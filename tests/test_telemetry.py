@@ -191,6 +191,7 @@ def test_one_trace_from_the_post_to_respond(traced: Traced) -> None:
     assert _logged(traced.base / "api.log", run["id"], caller_trace)
     assert _logged(traced.worker_log, run["id"], caller_trace)
     assert SECRET_WORDS not in traced.worker_log.read_text()
+    assert SECRET_WORDS not in (traced.base / "api.log").read_text()
 
 
 def _logged(path: Path, run_id: str, trace_id: str) -> bool:
