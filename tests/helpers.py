@@ -285,3 +285,28 @@ def _answers(url: str) -> bool:
         return httpx.get(f"{url}/readyz", timeout=1).status_code == 200
     except httpx.HTTPError:
         return False
+
+
+def stored_run(settings: Settings, org_id: str, agent_id: str, session_id: str, text: str = "hello") -> str:
+    """A queued run stored as the API stores it, but never sent to a worker (for tests that claim,
+    pause or resume it themselves): its id."""
+    import asyncio
+
+    from core.db import open_pool
+    from core.store import agents, runs
+    from core.tenancy import tenant_tx
+
+    async def store() -> str:
+        pool = await open_pool(settings.database)
+        try:
+            async with tenant_tx(pool, org_id) as conn:
+                await runs.lock_session(conn, session_id)
+                agent = await agents.get(conn, agent_id)
+                assert agent is not None
+                created = await runs.create(conn, session_id=session_id, agent=agent, text=text, multitask="enqueue",
+                                            metadata={}, idempotency_key=None, request_hash="", created_by=None)
+                return created.run["id"]
+        finally:
+            await pool.close()
+
+    return asyncio.run(store())

@@ -9,9 +9,9 @@ from starlette.testclient import TestClient
 
 from core.db import open_pool
 from core.settings import Settings
-from core.store import agents, runs
+from core.store import runs
 from core.tenancy import tenant_tx
-from tests.helpers import Org
+from tests.helpers import Org, stored_run
 
 
 def _claimed_run(org: Org, settings: Settings, owner: str) -> str:
@@ -19,24 +19,19 @@ def _claimed_run(org: Org, settings: Settings, owner: str) -> str:
     agent = org.create_agent()
     session = org.create_session(str(agent["id"]))
 
-    async def go() -> str:
+    run_id = stored_run(settings, org.id, str(agent["id"]), str(session["id"]), "hi")
+
+    async def claim() -> None:
         pool = await open_pool(settings.database)
         try:
             async with tenant_tx(pool, org.id) as conn:
-                await runs.lock_session(conn, str(session["id"]))
-                agent_row = await agents.get(conn, str(agent["id"]))
-                assert agent_row is not None
-                created = await runs.create(conn, session_id=str(session["id"]), agent=agent_row, text="hi",
-                                            multitask="enqueue", metadata={}, idempotency_key=None,
-                                            request_hash="", created_by=None)
-            async with tenant_tx(pool, org.id) as conn:
-                claimed = await runs.claim(conn, created.run["id"], str(session["id"]), owner, 60, 60)
+                claimed = await runs.claim(conn, run_id, str(session["id"]), owner, 60, 60)
                 assert isinstance(claimed, runs.Claimed)
-            return created.run["id"]
         finally:
             await pool.close()
 
-    return asyncio.run(go())
+    asyncio.run(claim())
+    return run_id
 
 
 def _pause(settings: Settings, org: Org, run_id: str, owner: str) -> runs.Pause:

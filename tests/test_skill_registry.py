@@ -13,9 +13,9 @@ from starlette.testclient import TestClient
 from core.db import open_pool
 from core.settings import Settings
 from core.skill_names import BUILTIN_SKILLS
-from core.store import agents, runs
+from core.store import runs
 from core.tenancy import tenant_tx
-from tests.helpers import Org, Worker, error_of, start_run, wait
+from tests.helpers import Org, Worker, error_of, start_run, stored_run, wait
 from tests.sse import read_events
 
 LOOKUP = {
@@ -167,22 +167,7 @@ def test_a_runs_resolution_is_recorded_once_and_read_back_by_later_attempts(org:
     agent = org.create_agent(skills=["lookup"])
     session = org.create_session(str(agent["id"]))
 
-    async def store_run() -> str:
-        """A queued run stored as the API stores it, but never sent to a worker."""
-        pool = await open_pool(settings.database)
-        try:
-            async with tenant_tx(pool, org.id) as conn:
-                await runs.lock_session(conn, str(session["id"]))
-                agent_row = await agents.get(conn, str(agent["id"]))
-                assert agent_row is not None
-                created = await runs.create(conn, session_id=str(session["id"]), agent=agent_row, text="hello",
-                                            multitask="enqueue", metadata={}, idempotency_key=None,
-                                            request_hash="", created_by=None)
-                return created.run["id"]
-        finally:
-            await pool.close()
-
-    run_id = asyncio.run(store_run())
+    run_id = stored_run(settings, org.id, str(agent["id"]), str(session["id"]))
 
     async def claim(owner: str) -> dict[str, int]:
         """Claim the run as a worker does (a zero lease: it lapses at once, as a crashed worker's)."""
