@@ -35,6 +35,8 @@ from agentos.client.errors import (
     Unavailable,
     UnsupportedMediaType,
     ValidationFailed,
+    WebhookDisabled,
+    WebhookUrlRefused,
 )
 from agentos.client.models import Agent, ApiKey, Event, Message, Page, Principal, Run, Session, ToolCall
 from agentos.client.retry import RetryPolicy
@@ -46,4 +48,5 @@ __all__ = [
     "MethodNotAllowed", "NotFound", "Page", "PayloadTooLarge", "Principal", "QuotaExceeded", "RateLimited",
     "RetryPolicy", "Run", "SandboxBackendFailed", "Session", "SessionBusy", "StreamTokenExpired",
     "StreamTokenInvalid", "ToolCall", "Unauthenticated", "Unavailable", "UnsupportedMediaType", "ValidationFailed",
+    "WebhookDisabled", "WebhookUrlRefused",
 ]

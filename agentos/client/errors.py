@@ -86,6 +86,10 @@ class SessionBusy(Conflict):
     code = "SESSION_BUSY"
 
 
+class WebhookDisabled(Conflict):
+    code = "WEBHOOK_DISABLED"
+
+
 class PayloadTooLarge(ApiError):
     code = "PAYLOAD_TOO_LARGE"
 
@@ -102,6 +106,10 @@ class ValidationFailed(ApiError):
 
 class IdempotencyMismatch(ValidationFailed):
     code = "IDEMPOTENCY_MISMATCH"
+
+
+class WebhookUrlRefused(ValidationFailed):
+    code = "WEBHOOK_URL_REFUSED"
 
 
 class RateLimited(ApiError):
@@ -130,7 +138,7 @@ _BY_CODE: dict[str, type[ApiError]] = {cls.code: cls for cls in (
     BadRequest, Unauthenticated, StreamTokenInvalid, StreamTokenExpired,
     Forbidden, NotFound, MethodNotAllowed, Conflict, SessionBusy, PayloadTooLarge,
     UnsupportedMediaType, ValidationFailed, IdempotencyMismatch, RateLimited, QuotaExceeded, InternalError,
-    Unavailable, SandboxBackendFailed)}
+    Unavailable, SandboxBackendFailed, WebhookDisabled, WebhookUrlRefused)}
 # For an error status without an error object (a proxy's page, say): the status's usual code.
 _BY_STATUS: dict[int, type[ApiError]] = {400: BadRequest, 401: Unauthenticated, 403: Forbidden, 404: NotFound,
                                          405: MethodNotAllowed, 409: Conflict, 413: PayloadTooLarge,

@@ -154,7 +154,7 @@ async def _session(call: Call[Any], conn: psycopg.AsyncConnection[Any]) -> str:
 
 
 @endpoint("Attach a file to a session: it appears in the session's workspace as files/<name> from its next run.",
-          role="member", body=Attach, status=201, response=SessionFile)
+          role="member", body=Attach, status=201, response=SessionFile, errors=("CONFLICT",))
 async def attach_file(call: Call[Attach]) -> Response:
     file_id = call.body.file_id
     async with tenant_tx(call.pool, call.principal.org_id) as conn:

@@ -188,7 +188,7 @@ async def list_deliveries(call: Call[Any]) -> Response:
 
 
 @endpoint("Send a delivery again now, with the same webhook-id (whatever its state).", role="admin", body=NoBody,
-          status=202, response=WebhookDelivery)
+          status=202, response=WebhookDelivery, errors=("WEBHOOK_DISABLED",))
 async def retry_delivery(call: Call[NoBody]) -> Response:
     webhook_id = call.path_id("webhook_id", "webhook")
     delivery_id = call.path_id("delivery_id", "webhook_delivery")

@@ -8667,6 +8667,15 @@ export interface operations {
                     "application/json": components["schemas"]["Error"];
                 };
             };
+            /** @description `CONFLICT`: The resource's state does not allow this. */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
             /** @description `PAYLOAD_TOO_LARGE`: The request body is too large. */
             413: {
                 headers: {
@@ -10728,6 +10737,15 @@ export interface operations {
             };
             /** @description `NOT_FOUND`: No such resource in this organisation. */
             404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `WEBHOOK_DISABLED`: The webhook is disabled; enable it (PATCH enabled: true) first. */
+            409: {
                 headers: {
                     [name: string]: unknown;
                 };
