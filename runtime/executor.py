@@ -35,7 +35,7 @@ from core.infra import is_infra_error
 from core.jobs import RUNS_QUEUE
 from core.metering import Meter
 from core.run_signals import run_ended, start_next
-from core.store import agents, runs, sessions, tool_calls
+from core.store import agents, files, runs, sessions, tool_calls
 from core.store.runs import RunStatus
 from core.telemetry import metrics, names, scope, tracing
 from core.tenancy import checkpoint_thread_id, run_cancel_key, tenant_tx
@@ -178,6 +178,8 @@ async def _deliver(svc: Services, run_id: str, org_id: str, owner: str) -> Deliv
             if isinstance(claimed, runs.Claimed):
                 # The org's budgets and its month so far, as the run (re)starts (core.budgets).
                 limits, month = await budgets.load(conn, svc.settings.limits)
+                # The session's attached files, brought into its workspace before the first step.
+                attached = await files.attachments(conn, run["session_id"])
     if agent is None:
         return Delivery(await _finish_unstarted(svc, run, org_id, "The run's agent version no longer exists."))
     if isinstance(claimed, runs.NotClaimed):
@@ -213,7 +215,7 @@ async def _deliver(svc: Services, run_id: str, org_id: str, owner: str) -> Deliv
         meter = Meter(emitter, svc.settings.usage, limits, month)
         with tracing.continue_run(row["trace_parent"], row["trace_id"]) if tracing.ON else _NOOP:
             ended = await _execute(svc, row, agent, emitter, owner, session["user_id"] if session else None,
-                                   resolved, meter)
+                                   resolved, meter, attached)
     if ended is None:
         return Delivery("lease lost: another worker owns the run")
     if isinstance(ended, _Released):
@@ -223,7 +225,7 @@ async def _deliver(svc: Services, run_id: str, org_id: str, owner: str) -> Deliv
 
 async def _execute(
     svc: Services, run: runs.ClaimedRun, agent: AgentSpec, emitter: RunEmitter, owner: str, user_id: str | None,
-    resolved: dict[str, int], meter: Meter,
+    resolved: dict[str, int], meter: Meter, attached: list[files.AttachmentRow],
 ) -> Outcome | _Released | None:
     loop = asyncio.get_running_loop()
     org_id, session_id = emitter.org_id, emitter.session_id
@@ -232,7 +234,7 @@ async def _execute(
     limits = agent.config.limits
     workspace = Path(svc.settings.worker.workspace_root).resolve() / org_id / session_id
     try:
-        await sync_attachments(svc.pool, svc.storage, org_id, session_id, workspace)  # files/ as attached now
+        await sync_attachments(svc.storage, attached, workspace)  # files/ as attached now
     except Exception as exc:  # the file storage is away: the run goes on, its files/ as they were
         if is_infra_error(exc):
             raise

@@ -18,9 +18,7 @@ import tempfile
 from pathlib import Path
 
 from core.file_storage import FileStorage, StoredFileMissing
-from core.store import files
 from core.store.files import AttachmentRow
-from core.tenancy import AsyncPool, tenant_tx
 from skills.builtin.file_manager import workspace_root
 
 DIRECTORY = "files"
@@ -68,12 +66,10 @@ def _write(directory: Path, name: str, data: bytes) -> None:
         raise
 
 
-async def sync_attachments(pool: AsyncPool, storage: FileStorage, org_id: str, session_id: str,
-                           workspace: Path) -> list[str]:
-    """Bring `files/` in the session's workspace in line with its attachments; the names fetched.
+async def sync_attachments(storage: FileStorage, rows: list[AttachmentRow], workspace: Path) -> list[str]:
+    """Bring `files/` in the session's workspace in line with its attachments `rows` (read by the
+    caller, `core.store.files.attachments`, in the run's claiming transaction); the names fetched.
     A file whose bytes are missing from the storage is left out."""
-    async with tenant_tx(pool, org_id) as conn:
-        rows = await files.attachments(conn, session_id)
     if not rows and not (workspace / DIRECTORY).exists():
         return []  # nothing attached, ever: the workspace is not even created
     directory, stale = await asyncio.to_thread(_prepare, workspace, {r["name"]: r for r in rows})
