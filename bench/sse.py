@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import math
 import random
 import re
@@ -37,7 +36,6 @@ import signal
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -54,7 +52,7 @@ import redis  # noqa: E402
 
 from agentos.stack.local import LocalStack, StackUrls  # noqa: E402
 from agentos.stack.process import ServerProcess, free_port  # noqa: E402
-from bench.runs import _child_env, api_ready, create_org_and_agent  # noqa: E402
+from bench.runs import _child_env, _sigterm_as_interrupt, api_ready, create_org_and_agent  # noqa: E402
 from core.event_hub import CLIENT_NAME, CONNECTIONS  # noqa: E402
 from core.migrations import migrate  # noqa: E402
 
@@ -328,18 +326,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--probes", type=int, default=20, help="runs started while idle, one at a time (20)")
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (API log)")
     return parser.parse_args(argv)
-
-
-@contextlib.contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
-    def handler(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 def main(argv: list[str] | None = None) -> int:
