@@ -9,7 +9,6 @@ logged, never answered with 500.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
 from datetime import UTC, date, datetime, time
 from typing import Any
 
@@ -66,10 +65,6 @@ def json(content: Any, status: int = 200, headers: dict[str, str] | None = None)
 
 def error(exc: ApiError) -> JSONResponse:
     return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers or None)
-
-
-def listing(data: Sequence[Mapping[str, Any]], next_cursor: str | None) -> JSONResponse:
-    return JSONResponse({"data": data, "next_cursor": next_cursor})
 
 
 def typed(model: type[BaseModel], content: Any, status: int = 200, headers: dict[str, str] | None = None
