@@ -532,6 +532,12 @@ class ModalDispatchSettings(BaseModel):
     environment: str | None = None  # Modal environment; None: the workspace's default
 
 
+class MaintenanceSettings(BaseModel):
+    """Periodic housekeeping jobs run by the watchdog (runtime/maintenance.py)."""
+
+    enabled: bool = True
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="AGENTOS_", env_nested_delimiter="__", extra="ignore", frozen=True
@@ -561,6 +567,7 @@ class Settings(BaseSettings):
     telemetry: TelemetrySettings = TelemetrySettings()
     webhooks: WebhookSettings = WebhookSettings()
     files: FileSettings = FileSettings()
+    maintenance: MaintenanceSettings = MaintenanceSettings()
 
     @model_validator(mode="after")
     def _production_ready(self) -> Settings:

@@ -53,6 +53,7 @@ from core.store.runs import RunStatus
 from core.telemetry import metrics
 from core.tenancy import AsyncPool, tenant_tx, watchdog_scan_tx
 from memory import knowledge
+from runtime import maintenance
 
 log = logging.getLogger("agentos.watchdog")
 
@@ -304,8 +305,10 @@ async def _loop(settings: Settings, interval_s: float) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     # No connection is required at start: the loop waits for Postgres instead of exiting.
-    infra = await Infra.open(settings, name="agentos-watchdog", pool_min=0, pool_max=2)
+    # Three connections: the sweep's, and a maintenance job's advisory lock plus its work.
+    infra = await Infra.open(settings, name="agentos-watchdog", pool_min=0, pool_max=3)
     memo = SendMemo(settings.worker.requeue_after_s)
+    clock = maintenance.MaintenanceClock()
     log.info("watchdog ready. Sweeping every %.1f s (max attempts %d, queued runs resent after %.0f s)",
              interval_s, settings.worker.max_attempts, settings.worker.requeue_after_s)
     failing = False
@@ -323,6 +326,8 @@ async def _loop(settings: Settings, interval_s: float) -> None:
                 failing = False
                 if report.acted or report.errors:
                     log.info("pass: %s", report.summary())
+            # Housekeeping after the sweep, each job on its own interval (runtime/maintenance.py).
+            await maintenance.run_due(infra, clock)
             with suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), interval_s)
     finally:
