@@ -14,7 +14,8 @@ through the platform admin token and runs two passes:
 The two SSE routes are left out: a session's stream never ends, so a fuzzer would wait on it
 forever (tests/test_openapi.py and the suite's conformance check judge their events). Long polls
 are capped at 2 s (`AGENTOS_EVENTS__MAX_WAIT_S`) and rate limits lifted so the run measures the
-contract, not the clock. Prints schemathesis's report and the API's ERROR lines (a 500 logs one);
+contract, not the clock; every outbound request is denied (`AGENTOS_OUTBOUND__DENY='["*"]'`) so
+fuzzed URLs never leave the machine. Prints schemathesis's report and the API's ERROR lines (a 500 logs one);
 exits with schemathesis's status. The figures of record are in docs/api.md ("Conformance").
 """
 
@@ -58,7 +59,10 @@ def main() -> int:
         admin = "st-admin-" + secrets.token_hex(8)
         port = free_port()
         api_url = f"http://127.0.0.1:{port}"
-        env = _child_env(urls, admin, "WARNING") | {"AGENTOS_EVENTS__MAX_WAIT_S": "2"}
+        # Deny every outbound request: fuzzed webhook, provider and skill URLs must never leave
+        # the machine (the guard refuses before resolving a name).
+        env = _child_env(urls, admin, "WARNING") | {"AGENTOS_EVENTS__MAX_WAIT_S": "2",
+                                                    "AGENTOS_OUTBOUND__DENY": '["*"]'}
         api = ServerProcess("api", [sys.executable, "-m", "agentos", "api", "--host", "127.0.0.1", "--port",
                                     str(port)], work / "api.log", stop_signal=signal.SIGTERM, env=env)
         api.start()

@@ -134,8 +134,9 @@ def _host_key(host: str) -> str:
 
 
 def _matches(host: str, patterns: frozenset[str]) -> bool:
-    """Exact names, or `*.example.com` for its subdomains."""
-    if host in patterns:
+    """Exact names, `*.example.com` for its subdomains, or `*` for every host (a deny-all, for an
+    air-gapped deployment or a fuzzing run that must not reach out)."""
+    if host in patterns or "*" in patterns:
         return True
     return any(p.startswith("*.") and host.endswith(p[1:]) for p in patterns)
 

@@ -410,7 +410,8 @@ class OutboundSettings(BaseModel):
     `allow` and `deny` hold host names (`searx.internal`, `*.corp.example`) and addresses or CIDRs
     (`10.1.2.3`, `10.0.0.0/8`, `fd00::/8`), as JSON: `AGENTOS_OUTBOUND__ALLOW='["10.0.0.0/8"]'`.
     Loopback, private, link-local, multicast, unspecified, reserved and cloud metadata addresses
-    are refused unless allowed; `deny` wins over everything."""
+    are refused unless allowed; `deny` wins over everything, and `deny=["*"]` refuses every
+    outbound request before any name is resolved."""
 
     allow: list[str] = Field(default_factory=list)
     deny: list[str] = Field(default_factory=list)

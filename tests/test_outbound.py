@@ -116,6 +116,16 @@ def test_the_operator_lists_allow_and_deny_hosts_and_networks() -> None:
         run(guard.resolve("10.6.0.1", 80))
 
 
+def test_a_deny_all_refuses_every_host_before_resolving_it() -> None:
+    async def no_dns(host: str, port: int) -> list[str]:
+        raise AssertionError(f"resolved {host} although every host is denied")
+
+    guard = AddressGuard.from_lists(["searx.internal"], ["*"], resolver=no_dns)
+    for host in ("example.com", "searx.internal", "93.184.216.34", "[2606:4700::1]"):
+        with pytest.raises(OutboundRefused, match="deny list"):
+            run(guard.resolve(host, 443))
+
+
 # --- requests to a local server -------------------------------------------------------------------
 
 
