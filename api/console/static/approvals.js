@@ -37,6 +37,7 @@ export async function render(main, ctx) {
   const status = h("div", {role: "status"});
   main.append(h("h1", {text: "Approvals"}), status, list, empty);
   const items = new Map();
+  const names = Object.fromEntries((await all("/v1/agents")).map((a) => [a.id, a.name]));
   let timer = null, stopped = false;
   const refresh = async () => {
     try {
@@ -48,7 +49,7 @@ export async function render(main, ctx) {
         if (items.has(c.id)) continue;
         const el = h("li", {class: "card", dataset: {toolCall: c.id}},
           h("div", {class: "bar"}, h("h2", {}, h("code", {text: c.name}), c.kind === "plan" ? " (plan)" : ""), h("span", {class: "muted", text: when(c.created_at)})),
-          h("p", {class: "muted"}, "agent ", h("code", {text: c.agent_id}), " · run ", h("a", {href: `#/runs/${c.run_id}`, text: c.run_id})),
+          h("p", {class: "muted"}, "agent ", h("strong", {text: names[c.agent_id] || c.agent_id}), " · run ", h("a", {href: `#/runs/${c.run_id}`, text: c.run_id})),
           ctx.can("member") ? decisionControls(c) : h("pre", {text: json(c.args)}));
         el.addEventListener("decided", () => { el.remove(); items.delete(c.id); empty.hidden = items.size > 0; });
         items.set(c.id, el);

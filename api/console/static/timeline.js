@@ -100,6 +100,11 @@ export class Timeline {
         break;
       }
       case "subagent.started": {
+        const known = run.agents.get(d.agent_id);
+        if (known && !known.done) {   // the delegation resumes (after an approval): same box
+          known.list.append(h("li", {class: "note", ...mark, text: "resumed"}));
+          break;
+        }
         const parent = this.agent(run, d.parent_agent_id);
         const box = h("li", {class: "subagent", ...mark}, h("div", {class: "subhead", text: `sub-agent ${d.name}`}), h("ol", {class: "sub"}));
         (parent.step || parent.list).append(box);
@@ -108,7 +113,7 @@ export class Timeline {
       }
       case "subagent.completed": {
         const agent = run.agents.get(d.agent_id);
-        if (agent) agent.box.append(h("div", {class: "muted", ...mark, text: `${d.name} answered`}));
+        if (agent) { agent.done = true; agent.box.append(h("div", {class: "muted", ...mark, text: `${d.name} answered`})); }
         break;
       }
       case "message.completed":
