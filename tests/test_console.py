@@ -299,7 +299,7 @@ def test_search_memories_and_upload_knowledge_until_ready(client: TestClient, or
 
         # Delete a memory from the page.
         page.click("#memories li:first-child button:has-text('Delete')")
-        page.wait_for_function("document.querySelectorAll('#memories li[data-memory]').length === 1")
+        page.wait_for_function("() => document.querySelectorAll('#memories li[data-memory]').length === 1")
         c.assert_clean()
     left = client.get("/v1/memories", headers=org.headers).json()["data"]
     assert [m["content"] for m in left if m["document_id"] is None] == ["The office plant is a fern."]

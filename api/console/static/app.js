@@ -73,24 +73,34 @@ export function signOut() {
   navigate("#/signin");
 }
 
+let generation = 0;
+
 async function route() {
+  const mine = ++generation;
   if (cleanup) { try { cleanup(); } catch { /* a page's cleanup must not stop the next */ } cleanup = null; }
   banner.hidden = true;
   let hash = location.hash || "#/agents";
   if (hash !== "#/signin" && !(await signedIn())) hash = "#/signin";
+  if (mine !== generation) return;   // another navigation started meanwhile
   if (hash === "#/signin" && location.hash !== "#/signin") history.replaceState(null, "", "#/signin");
   for (const link of document.querySelectorAll("#nav a")) {
     link.toggleAttribute("aria-current", hash.startsWith(link.getAttribute("href")));
   }
   const match = ROUTES.find(([pattern]) => pattern.test(hash));
-  clear(main);
-  if (!match) { clear(main, h("h1", {text: "Not found"}), h("p", {}, h("a", {href: "#/agents", text: "Agents"}))); return; }
+  // Each view renders into its own element: a slow page finishing after the user moved on
+  // fills a detached element, never the current view.
+  const view = h("div", {class: "view"});
+  clear(main, view);
+  if (!match) { clear(view, h("h1", {text: "Not found"}), h("p", {}, h("a", {href: "#/agents", text: "Agents"}))); return; }
   const params = hash.match(match[0]).slice(1);
+  let done = null;
   try {
-    cleanup = (await match[1](main, ctx, ...params)) || null;
+    done = (await match[1](view, ctx, ...params)) || null;
   } catch (error) {
-    main.append(errorBox(error instanceof ApiError ? error : {code: "ERROR", message: String(error)}));
+    view.append(errorBox(error instanceof ApiError ? error : {code: "ERROR", message: String(error)}));
   }
+  if (mine !== generation) { if (done) done(); return; }
+  cleanup = done;
   if (!main.contains(document.activeElement)) main.focus({preventScroll: true});
 }
 
