@@ -20,7 +20,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from api import access_log, docs
+from api import access_log, console, docs
 from api.auth import Authenticator
 from api.body_limit import BodyLimit
 from api.cors import cors_middleware
@@ -111,7 +111,8 @@ def create_app(settings: Settings) -> Starlette:
     # CORS outermost, so that refusals (401, 413, 429...) reach the page's script too.
     cors = cors_middleware(settings.api)
     return Starlette(
-        routes=[*routes, Route("/openapi.json", openapi_json, methods=["GET"]), *docs.routes()],
+        routes=[*routes, Route("/openapi.json", openapi_json, methods=["GET"]), *docs.routes(),
+                *console.routes(settings.api)],
         middleware=[*([cors] if cors else []), Middleware(TelemetryMiddleware), Middleware(RequestOrigin),
                     Middleware(BodyLimit, max_bytes=settings.api.max_body_bytes,
                                uploads={files.UPLOAD_PATH: files.upload_limit(settings.files)})],

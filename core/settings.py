@@ -115,6 +115,11 @@ class ApiSettings(BaseModel):
     cors_origins: list[str] = Field(default_factory=list)
     # How long a stream token (`POST /v1/stream-tokens`) opens its SSE stream.
     stream_token_ttl_s: int = Field(default=300, ge=5, le=3600)
+    # Serve the web console (a static page calling this API) at /console.
+    console: bool = True
+    # A trace UI the console's run page links to, with `{trace_id}` where the id goes, e.g.
+    # `http://127.0.0.1:16686/trace/{trace_id}` (Jaeger). Unset: the id is shown as text.
+    console_trace_url: str | None = None
 
     @field_validator("cors_origins")
     @classmethod

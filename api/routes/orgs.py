@@ -94,9 +94,11 @@ def _org_id(call: Call[Any]) -> str:
     return value
 
 
-@endpoint("The caller's principal: org, user, role and scopes.", response=Principal)
+@endpoint("The caller's principal: org (with its name), user, role and scopes.", response=Principal)
 async def me(call: Call[Any]) -> Response:
-    return call.reply(call.principal.public())
+    # The name is for people (the console's header); the id stays the reference.
+    org = await orgs.get_org(call.pool, call.principal.org_id)
+    return call.reply({**call.principal.public(), "org_name": org["name"] if org else None})
 
 
 @endpoint(

@@ -47,6 +47,7 @@ class OrgCreated(Out):
 
 class Principal(Out):
     org_id: str
+    org_name: str | None = Field(default=None, description="The organisation's name, for display.")
     user_id: str | None
     role: Role
     scopes: list[str]

@@ -500,8 +500,8 @@ export interface paths {
             cookie?: never;
         };
         /**
-         * The caller's principal: org, user, role and scopes.
-         * @description The caller's principal: org, user, role and scopes.
+         * The caller's principal: org (with its name), user, role and scopes.
+         * @description The caller's principal: org (with its name), user, role and scopes.
          */
         get: operations["me"];
         put?: never;
@@ -2806,6 +2806,12 @@ export interface components {
             credential: "api_key" | "jwt";
             /** Org Id */
             org_id: string;
+            /**
+             * Org Name
+             * @description The organisation's name, for display.
+             * @default null
+             */
+            org_name: string | null;
             /**
              * Role
              * @enum {string}
