@@ -310,3 +310,14 @@ def stored_run(settings: Settings, org_id: str, agent_id: str, session_id: str, 
             await pool.close()
 
     return asyncio.run(store())
+
+
+def runner_process(api_url: str, token: str, state_dir: Path, *args: str) -> ServerProcess:
+    """`agentos runner` connected to `api_url` with `token` (given in the environment, as a user
+    would), its journal and workspaces in `state_dir`, logging to `state_dir/../runner.log`;
+    started by the caller, which also stops it."""
+    env = cli_env() | {"AGENTOS_RUNNER_TOKEN": token, "AGENTOS_LOG_LEVEL": "info"}
+    argv = [*AGENTOS, "runner", "--api-url", api_url, "--state-dir", str(state_dir), "--heartbeat-timeout", "3",
+            *args]
+    return ServerProcess("runner", argv, state_dir.parent / f"{state_dir.name}.log", stop_signal=signal.SIGTERM,
+                         env=env)
