@@ -13,13 +13,7 @@ import pytest
 from starlette.testclient import TestClient
 
 from core.settings import Settings
-from tests.helpers import Org, error_of, runner_process, serving, until
-
-
-def create_runner(org: Org, name: str = "laptop", **labels: str) -> dict[str, object]:
-    r = org.client.post("/v1/runners", json={"name": name, "labels": labels}, headers=org.headers)
-    assert r.status_code == 201, r.text
-    return dict(r.json())
+from tests.helpers import Org, create_runner, error_of, runner_process, serving, until
 
 
 def test_create_list_get_revoke(org: Org, settings: Settings) -> None:

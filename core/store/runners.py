@@ -71,7 +71,7 @@ SELECT {CALL_COLUMNS} FROM runner_calls WHERE runner_id = %s AND status = 'queue
 # change nothing and are answered as acknowledged.
 FINISH_CALL_SQL = f"""
 UPDATE runner_calls SET status = 'done', output = %s, error = %s, done_at = now()
-WHERE id = %s AND runner_id = %s AND status <> 'done' RETURNING {CALL_COLUMNS}
+WHERE id = %s AND runner_id = %s AND status = 'queued' RETURNING {CALL_COLUMNS}
 """
 WAITING_FOR_SQL = f"""
 SELECT {CALL_COLUMNS} FROM runner_calls WHERE runner_id = %s AND status = 'waiting' ORDER BY created_at
