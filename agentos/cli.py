@@ -363,6 +363,37 @@ def worker(
                queues=[q.strip() for q in queues.split(",") if q.strip()] if queues else None)
 
 
+@app.command()
+def runner(
+    api_url: Annotated[str, typer.Option("--api-url", help="The platform's API, e.g. https://agentos.example.com.")],
+    token_file: Annotated[Path | None, typer.Option(help=(
+        "A file holding the runner token (default: the AGENTOS_RUNNER_TOKEN variable).")) ] = None,
+    state_dir: Annotated[Path, typer.Option(help="Where the journal and the runs' workspaces live.")] = Path(
+        ".agentos-runner"),
+    repo: Annotated[Path | None, typer.Option(help=(
+        "A git repository: each run works in its own worktree of it (branch agentos/<run id>).")) ] = None,
+    skills: Annotated[str | None, typer.Option(help=(
+        "Comma-separated skills this runner executes (default: shell, code_executor, file_manager, git)."))] = None,
+    read_only: Annotated[bool, typer.Option("--read-only", help="Refuse every call that could change files.")] = False,
+    sandbox: Annotated[str, typer.Option(help="auto (bwrap when installed), bwrap or none.")] = "auto",
+    allow_unsandboxed: Annotated[bool, typer.Option("--allow-unsandboxed", help=(
+        "Without bwrap, run commands as plain subprocesses of this user (a warning is logged)."))] = False,
+    heartbeat_timeout: Annotated[float, typer.Option(help="Seconds without a byte before the link counts as "
+                                                        "dead and is reopened.")] = 20.0,
+    concurrency: Annotated[int, typer.Option(help="Calls executed at once.")] = 4,
+    backoff_max: Annotated[float, typer.Option(help="The longest wait (seconds) between reconnection "
+                                                     "attempts; each wait is random up to a doubling bound.")] = 30.0,
+) -> None:
+    """Execute an org's routed tool calls on this machine, connected outward to the platform
+    (docs/runners.md). The token comes from AGENTOS_RUNNER_TOKEN or --token-file, never the command line."""
+    from agentos.runner.main import build_executor, read_token, serve
+
+    _logs("runner")
+    token = read_token(token_file)
+    executor = build_executor(state_dir.resolve(), repo, skills, read_only, sandbox, allow_unsandboxed)
+    serve(api_url, token, state_dir.resolve(), executor, heartbeat_timeout, concurrency, backoff_max)
+
+
 def _settings_for_cli(data_dir: Path, *, need_redis: bool = False, require: bool = True) -> Settings:
     """The settings of a running `agentos dev` in `data_dir`, else those of the environment;
     `CliError` at once when their Postgres (or Redis) cannot be reached (unless not `require`d)."""

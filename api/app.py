@@ -41,6 +41,8 @@ from api.routes import (
     memories,
     orgs,
     outbound_allow,
+    runner_link,
+    runners,
     runs,
     secrets,
     sessions,
@@ -77,7 +79,7 @@ def _routes() -> list[BaseRoute]:
             *skills.routes, *data_sources.routes, *stream_tokens.routes,
             *mcp_servers.routes, *outbound_allow.routes, *usage.routes,
             *audit_logs.routes, *webhooks.routes, *files.routes,
-            *metrics_route.routes]
+            *metrics_route.routes, *runners.routes, *runner_link.routes]
 
 
 def create_app(settings: Settings) -> Starlette:

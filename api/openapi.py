@@ -126,7 +126,11 @@ def _responses(spec: EndpointSpec, path: str, schemas: Schemas) -> dict[str, Any
     success_headers = (*spec.headers, *(RATE_HEADERS if spec.role in ORG_ROLES else ()))
     for status in spec.success_statuses:
         answer: dict[str, Any] = {"description": spec.summary.split(":")[0].split(";")[0]}
-        if spec.stream:
+        if spec.stream and spec.response is not None:  # a stream of its own events (a runner's calls)
+            answer["content"] = {"text/event-stream": {"schema": schemas.ref(spec.response, "serialization")}}
+            answer["description"] = (f"Server-sent events: each event's `data:` line is one {spec.response.__name__} "
+                                     "(JSON), its `event:` the kind. Comment lines keep it alive.")
+        elif spec.stream:
             answer["content"] = {"text/event-stream": {"schema": schemas.ref(RunEvent, "serialization")}}
             answer["description"] = ("Server-sent events: each event's `data:` line is one RunEvent (JSON), its "
                                      "`id:` the event's seq and its `event:` the type. Comment lines keep it alive.")
@@ -167,7 +171,7 @@ def _operation(route: Resource, method: str, handler: Endpoint, schemas: Schemas
     ]
     if spec.paginated:
         params += PAGE_PARAMS
-    if spec.stream:
+    if spec.stream and spec.response is None:  # run and session event streams
         params += STREAM_PARAMS
     params += [{"name": p.name, "in": p.where, "required": p.required, "schema": p.schema,
                 **({"description": p.description} if p.description else {})} for p in spec.params]

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from core.skill_defs import check_refs
+from core.skill_defs import check_refs, parse_ref
+from core.skill_names import RUNNER_CAPABLE, RUNNER_SKILLS
 
 MODEL_PROVIDERS = ("offline", "openai", "anthropic")
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\- ]{0,99}$"
@@ -38,6 +39,28 @@ class AgentMemory(_Strict):
     knowledge: bool = False
 
 
+class RunnerRoute(_Strict):
+    """Which remote runner executes which of the agent's skills (docs/runners.md): the runner
+    named `name`, or any connected runner whose labels include all of `labels`."""
+
+    name: str | None = Field(default=None, min_length=1, max_length=100)
+    labels: dict[str, str] = Field(default_factory=dict, max_length=20)
+    skills: list[str] | Literal["all"] = "all"
+
+    @model_validator(mode="after")
+    def _target(self) -> RunnerRoute:
+        if (self.name is None) == (not self.labels):
+            raise ValueError("give either the runner's `name` or a `labels` selector (one of them)")
+        if self.skills != "all":
+            unknown = [s for s in self.skills if s not in RUNNER_CAPABLE]
+            if unknown:
+                raise ValueError(f"a runner cannot execute {', '.join(unknown)}; it runs {', '.join(RUNNER_CAPABLE)}")
+        return self
+
+    def routes(self, skill: str) -> bool:
+        return skill in RUNNER_CAPABLE and (self.skills == "all" or skill in self.skills)
+
+
 class AgentConfig(_Strict):
     """Everything about an agent but its name; stored as one JSON document per version."""
 
@@ -49,6 +72,20 @@ class AgentConfig(_Strict):
     mode: Literal["agent", "plan"] = "agent"
     limits: AgentLimits = Field(default_factory=AgentLimits)
     memory: AgentMemory = Field(default_factory=AgentMemory)
+    # A runner's name, or a route: which runner executes which skills (docs/runners.md).
+    runner: str | RunnerRoute | None = None
+
+    def runner_route(self) -> RunnerRoute | None:
+        return RunnerRoute(name=self.runner) if isinstance(self.runner, str) else self.runner
+
+    @model_validator(mode="after")
+    def _runner_skills(self) -> AgentConfig:
+        route = self.runner_route()
+        for entry in self.skills:
+            name, _ = parse_ref(entry)
+            if name in RUNNER_SKILLS and (route is None or not route.routes(name)):
+                raise ValueError(f"the skill {name!r} exists only on runners: route it to one with `runner`")
+        return self
 
     @field_validator("model")
     @classmethod

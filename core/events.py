@@ -48,6 +48,12 @@ RUN_WARNING = "run.warning"
 # The org passed the warning share of a monthly budget (`{budget, limit, used, percent, warning,
 # exceeded, resets_at}`); emitted once per budget per run (core.metering).
 BUDGET_WARNING = "budget.warning"
+# A call routed to a runner found it offline: the run waits (paused, no worker held) for it
+# (`{tool_call_id, runner_id, runner, timeout_s}`); `runner.online` when it reconnects and the run
+# goes on; `runner.delivered` when the runner has answered a call (`{tool_call_id, runner_id}`).
+RUNNER_OFFLINE = "runner.offline"
+RUNNER_ONLINE = "runner.online"
+RUNNER_DELIVERED = "runner.delivered"
 RUN_SUCCEEDED = "run.succeeded"
 RUN_FAILED = "run.failed"
 RUN_CANCELLED = "run.cancelled"
@@ -59,7 +65,7 @@ WEBHOOK_EVENT_TYPES = TERMINAL_TYPES
 EVENT_TYPES = frozenset({
     RUN_QUEUED, RUN_STARTED, STEP_STARTED, MESSAGE_DELTA, TOOL_CALL, TOOL_RESULT, CONFIRMATION_REQUIRED,
     CONFIRMATION_RESOLVED, SUBAGENT_STARTED, SUBAGENT_COMPLETED, MESSAGE_COMPLETED, MEMORY_RECALLED, RUN_WARNING,
-    BUDGET_WARNING, *TERMINAL_TYPES,
+    BUDGET_WARNING, RUNNER_OFFLINE, RUNNER_ONLINE, RUNNER_DELIVERED, *TERMINAL_TYPES,
 })
 
 

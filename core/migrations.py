@@ -738,6 +738,60 @@ def _files(conn: psycopg.Connection) -> None:
         _tenant_policy(conn, table)
 
 
+_RUNNERS_SQL = """
+-- Remote runners (issue #19): a process on a user's machine that connects out to the API and
+-- executes tool calls there. Its token is `aosr_<prefix>_<secret>`; only a SHA-256 of the
+-- secret is stored. A revoked runner keeps its row (its calls' history names it).
+CREATE TABLE runners (
+    id text PRIMARY KEY,
+    org_id text NOT NULL REFERENCES orgs(id) ON DELETE CASCADE,
+    name text NOT NULL CHECK (length(name) BETWEEN 1 AND 100),
+    labels jsonb NOT NULL DEFAULT '{}',
+    prefix text NOT NULL UNIQUE,
+    secret_hash text NOT NULL,
+    created_by text,
+    created_at timestamptz NOT NULL DEFAULT now(),
+    last_seen_at timestamptz,
+    revoked_at timestamptz
+);
+CREATE UNIQUE INDEX runners_live_name_idx ON runners (org_id, name) WHERE revoked_at IS NULL;
+-- Tool calls routed to a runner, keyed by the tool call's id: Postgres is the truth of what
+-- was sent and answered, Redis only wakes the API process holding the runner's connection.
+-- `waiting`: the runner was offline and the run is paused for it; `queued`: to be delivered
+-- (again on every reconnect) until the runner posts its result; `done`: answered (the ack).
+CREATE TABLE runner_calls (
+    id text PRIMARY KEY,
+    org_id text NOT NULL REFERENCES orgs(id) ON DELETE CASCADE,
+    runner_id text NOT NULL REFERENCES runners(id) ON DELETE CASCADE,
+    run_id text NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
+    session_id text NOT NULL,
+    name text NOT NULL,
+    args jsonb NOT NULL DEFAULT '{}',
+    status text NOT NULL CHECK (status IN ('waiting', 'queued', 'done')),
+    output jsonb,
+    error text,
+    created_at timestamptz NOT NULL DEFAULT now(),
+    waiting_since timestamptz,
+    done_at timestamptz
+);
+CREATE INDEX runner_calls_open_idx ON runner_calls (runner_id, created_at) WHERE status <> 'done';
+-- Authentication finds a runner by its token's public prefix before the org is known; like
+-- api_key_lookup, this shows exactly that one row (core.tenancy.runner_lookup_tx).
+CREATE POLICY runner_lookup ON runners FOR SELECT
+    USING (prefix = nullif(current_setting('app.runner_prefix', true), ''));
+-- The maintenance job that ends waits for an offline runner past their timeout looks across
+-- orgs, read-only, like the watchdog does for runs (core.tenancy.watchdog_scan_tx).
+CREATE POLICY watchdog_scan ON runner_calls FOR SELECT
+    USING (current_setting('app.watchdog', true) = 'on');
+"""
+
+
+def _runners(conn: psycopg.Connection) -> None:
+    conn.execute(_RUNNERS_SQL)
+    for table in ("runners", "runner_calls"):
+        _tenant_policy(conn, table)
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration("initial schema with row-level security", _initial),
     Migration("per-session event sequence and run queue order", _run_queue),
@@ -756,6 +810,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration("usage metering, budgets counters, audit log origin", _usage_and_audit),
     Migration("signed webhooks, their deliveries and attempts", _webhooks),
     Migration("uploaded files and their attachment to sessions", _files),
+    Migration("remote runners and the tool calls routed to them", _runners),
 )
 
 

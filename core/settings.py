@@ -544,6 +544,18 @@ class MaintenanceSettings(BaseModel):
     enabled: bool = True
 
 
+class RunnerSettings(BaseModel):
+    """Remote runners (docs/runners.md): the link's heartbeat and how long calls wait for them."""
+
+    # The API sends a heartbeat event this often on a runner's stream; the runner treats three
+    # missed ones as a dead link, and the runner counts as offline once its presence expires.
+    heartbeat_s: float = Field(default=5.0, gt=0, le=300)
+    # A run whose runner is offline waits (paused, no worker held) this long, then the call fails.
+    offline_timeout_s: float = Field(default=600.0, gt=0, le=7 * 86_400)
+    # How long a worker waits for a connected runner's result (also bounded by the run's deadline).
+    call_timeout_s: float = Field(default=300.0, gt=0, le=86_400)
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="AGENTOS_", env_nested_delimiter="__", extra="ignore", frozen=True
@@ -574,6 +586,7 @@ class Settings(BaseSettings):
     webhooks: WebhookSettings = WebhookSettings()
     files: FileSettings = FileSettings()
     maintenance: MaintenanceSettings = MaintenanceSettings()
+    runners: RunnerSettings = RunnerSettings()
 
     @model_validator(mode="after")
     def _production_ready(self) -> Settings:

@@ -11,3 +11,9 @@ BUILTIN_SKILLS: tuple[str, ...] = (
 # The tool through which a model hands work to one of its agent's sub-agents. No skill may
 # take this name.
 DELEGATE_TOOL = "delegate"
+
+# Skills that exist only on a remote runner (docs/runners.md): an agent may list them only when
+# it routes them to a runner (`runner` in its configuration).
+RUNNER_SKILLS: tuple[str, ...] = ("git", "shell")
+# Built-ins a runner can also execute on its own machine, when an agent routes them there.
+RUNNER_CAPABLE: tuple[str, ...] = ("code_executor", "file_manager", *RUNNER_SKILLS)

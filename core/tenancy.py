@@ -43,6 +43,18 @@ async def api_key_lookup_tx(pool: AsyncPool, prefix: str) -> AsyncIterator[Async
         yield conn
 
 
+SET_RUNNER_PREFIX_SQL = "SELECT set_config('app.runner_prefix', %s, true)"
+
+
+@asynccontextmanager
+async def runner_lookup_tx(pool: AsyncPool, prefix: str) -> AsyncIterator[AsyncConnection[DictRow]]:
+    """A runner's token names its row by a public prefix before the org is known: the
+    `runner_lookup` policy shows exactly that runner's row and nothing else."""
+    async with pool.connection() as conn, conn.transaction():
+        await conn.execute(SET_RUNNER_PREFIX_SQL, (prefix,))
+        yield conn
+
+
 SET_WATCHDOG_SQL = "SELECT set_config('app.watchdog', 'on', true)"
 
 
@@ -148,3 +160,20 @@ def web_search_cache_key(org_id: str, request: str) -> str:
     """A cached `web_search` answer (JSON). `request` (provider, count and the query the model
     wrote) is hashed, so the key never carries the query itself."""
     return f"agentos:{org_id}:web_search:{hashlib.sha256(request.encode()).hexdigest()}"
+
+
+def runner_calls_key(org_id: str, runner_id: str) -> str:
+    """A runner's wake-up stream: an entry per call routed to it (the call's id only; the call
+    itself is read from Postgres), read by the API process holding the runner's connection."""
+    return f"agentos:{org_id}:runner:{runner_id}:calls"
+
+
+def runner_online_key(org_id: str, runner_id: str) -> str:
+    """Set (with a short expiry, renewed by each heartbeat) while a runner is connected; holds
+    the connection's random token, so only that connection clears it."""
+    return f"agentos:{org_id}:runner:{runner_id}:online"
+
+
+def runner_result_key(org_id: str, call_id: str) -> str:
+    """A list pushed once a routed call's result is stored; the waiting worker pops it."""
+    return f"agentos:{org_id}:runner_call:{call_id}:result"

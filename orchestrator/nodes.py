@@ -36,8 +36,9 @@ from orchestrator.approvals import ApprovalNeeded, needs_approval, wait_for_huma
 from orchestrator.context import RunContext
 from orchestrator.memory_context import MemoryContext, memory_context
 from orchestrator.models import PLAN_MARK, resolve_model, with_retries
+from orchestrator.runner_wait import until_runner_connected
 from orchestrator.state import AgentState
-from skills import SkillContext, SkillError
+from skills import Skill, SkillContext, SkillError
 
 log = logging.getLogger("agentos.orchestrator")
 
@@ -78,6 +79,11 @@ def _traced(node: str) -> Callable[[N], N]:
         return run  # type: ignore[return-value]
 
     return wrap
+
+
+async def _agent_skills(ctx: RunContext) -> dict[str, Skill]:
+    """The agent's skills for this run, those it routes to a runner executed there."""
+    return await ctx.skills.for_agent(ctx.agent.config.skills, ctx.agent.config.runner_route())
 
 
 async def _step(ctx: RunContext, node: str) -> None:
@@ -194,7 +200,7 @@ async def think(state: AgentState, runtime: Runtime[RunContext]) -> dict[str, An
     assert ctx is not None
     ctx.budget.take_step()
     await _step(ctx, "think")
-    tools = [s.tool_spec() for s in (await ctx.skills.for_agent(ctx.agent.config.skills)).values()]
+    tools = [s.tool_spec() for s in (await _agent_skills(ctx)).values()]
     subagents = await _subagents(ctx)
     if subagents and ctx.depth < ctx.max_depth:
         tools.append(_delegate_tool(ctx, sorted(subagents)))
@@ -288,7 +294,7 @@ def _result_text(value: Any) -> str:
 async def _run_skill(ctx: RunContext, call: dict[str, Any], tool_call_id: str) -> tuple[Any, str | None]:
     """(output, error) of one skill call; a missing or failing skill is an error the model reads."""
     name, args = call["name"], call.get("args") or {}
-    available = await ctx.skills.for_agent(ctx.agent.config.skills)
+    available = await _agent_skills(ctx)
     skill = available.get(name)
     if skill is None:
         return None, f"Unknown tool {name!r}; available: {', '.join(available) or 'none'}."
@@ -332,7 +338,7 @@ async def _act_on(ctx: RunContext, call: dict[str, Any]) -> ToolMessage:
     refused = refusal(name, args)
     if refused is not None:
         return await _refuse(ctx, call, key, refused)
-    skill = (await ctx.skills.for_agent(ctx.agent.config.skills)).get(name)
+    skill = (await _agent_skills(ctx)).get(name)
     async with tenant_tx(ctx.pool, ctx.org_id) as conn:
         row = await tool_calls.by_key(conn, ctx.run_id, key)
         if row is None:
@@ -349,6 +355,7 @@ async def _act_on(ctx: RunContext, call: dict[str, Any]) -> ToolMessage:
             row = await tool_calls.set_status(conn, row["id"], ToolCallStatus.RUNNING) or row
     tool_call_id = row["id"]
     row = await _decided(ctx, row)
+    row = await until_runner_connected(ctx, name, row)  # a routed call whose runner is offline waits here
     if row["status"] == ToolCallStatus.REJECTED:
         reason = row["decision_reason"] or "no reason given"
         return ToolMessage(content=f"A human rejected this call ({reason}). Do not retry it; answer without it.",

@@ -20,6 +20,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from core.infra import Infra
+from core.runner_waits import fail_overdue_waits
 from core.settings import Settings
 
 log = logging.getLogger("agentos.maintenance")
@@ -38,7 +39,10 @@ class MaintenanceJob:
 
 
 # The registered jobs, in the order they run within one pass. Append new ones here.
-JOBS: tuple[MaintenanceJob, ...] = ()
+JOBS: tuple[MaintenanceJob, ...] = (
+    MaintenanceJob("runner_offline_timeouts", lambda s: min(s.runners.offline_timeout_s / 4, 30.0),
+                   fail_overdue_waits),
+)
 
 
 @dataclass

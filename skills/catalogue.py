@@ -11,6 +11,7 @@ from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
+from core.agent_config import RunnerRoute
 from core.mcp_client import McpConnection, McpError, StdioEndpoint, endpoint_for
 from core.secrets import Keyring
 from core.settings import Settings, StdioMcpServer
@@ -21,6 +22,7 @@ from core.store.mcp_servers import McpServerRow
 from core.tenancy import AsyncPool, tenant_tx
 from skills.arguments import schema_validator
 from skills.registry import SkillRegistry
+from skills.remote import RUNNER_ONLY, remote
 from skills.skill import Skill, SkillContext, SkillError
 
 log = logging.getLogger("agentos.skills")
@@ -45,12 +47,19 @@ class RunSkills:
         self._mcp_skills: dict[str, Skill | None] = {}
         self._connections: dict[str, McpConnection] = {}  # one session per server per run
 
-    async def for_agent(self, entries: list[str]) -> dict[str, Skill]:
+    async def for_agent(self, entries: list[str], route: RunnerRoute | None = None) -> dict[str, Skill]:
         """Tool name -> Skill for an agent's entries, in order. An entry naming nothing this run
-        can use (a skill deleted before the run, a kind this worker lacks) is left out and logged."""
+        can use (a skill deleted before the run, a kind this worker lacks) is left out and logged.
+        Skills the agent routes to a runner (`route`) are executed there (`skills.remote`)."""
         found: dict[str, Skill] = {}
         for entry in entries:
             name, pinned = parse_ref(entry)
+            if route is not None and route.routes(name):
+                base = RUNNER_ONLY.get(name) or (self.builtins.get(name) if name in self.builtins else None)
+                if base is not None:
+                    timeout = self._settings.runners.call_timeout_s if self._settings is not None else 300.0
+                    found[name] = remote(base, route, timeout)
+                    continue
             if name in self.builtins:
                 found[name] = self.builtins.get(name)
                 continue

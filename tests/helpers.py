@@ -310,3 +310,37 @@ def stored_run(settings: Settings, org_id: str, agent_id: str, session_id: str, 
             await pool.close()
 
     return asyncio.run(store())
+
+
+def runner_process(api_url: str, token: str, state_dir: Path, *args: str) -> ServerProcess:
+    """`agentos runner` connected to `api_url` with `token` (given in the environment, as a user
+    would), its journal and workspaces in `state_dir`, logging to `state_dir/../runner.log`;
+    started by the caller, which also stops it."""
+    env = cli_env() | {"AGENTOS_RUNNER_TOKEN": token, "AGENTOS_LOG_LEVEL": "info"}
+    argv = [*AGENTOS, "runner", "--api-url", api_url, "--state-dir", str(state_dir), "--heartbeat-timeout", "3",
+            *args]
+    return ServerProcess("runner", argv, state_dir.parent / f"{state_dir.name}.log", stop_signal=signal.SIGTERM,
+                         env=env)
+
+
+def git_repo(path: Path) -> Path:
+    """A new git repository at `path` with one commit (a README), for runners' worktrees."""
+    path.mkdir(parents=True)
+    for args in (["init", "-q", "-b", "main"], ["config", "user.email", "t@example.invalid"],
+                 ["config", "user.name", "test"]):
+        subprocess.run(["git", *args], cwd=path, check=True)
+    (path / "README").write_text("a repository\n")
+    subprocess.run(["git", "add", "README"], cwd=path, check=True)
+    subprocess.run(["git", "commit", "-q", "-m", "first"], cwd=path, check=True)
+    return path
+
+
+def create_runner(org: Org, name: str = "laptop", **labels: str) -> dict[str, Any]:
+    """POST /v1/runners as the org's owner; the created runner with its token."""
+    r = org.client.post("/v1/runners", json={"name": name, "labels": labels}, headers=org.headers)
+    assert r.status_code == 201, r.text
+    return dict(r.json())
+
+
+def runner_online(org: Org, runner_id: str) -> bool:
+    return bool(org.client.get(f"/v1/runners/{runner_id}", headers=org.headers).json()["online"])

@@ -58,6 +58,9 @@ WRITES: dict[tuple[str, str], tuple[str, set[int]]] = {
     ("POST", "/v1/webhooks/{webhook_id}/rotate-secret"): ('{"secret": NESTED}', {422}),
     ("POST", "/v1/webhooks/{webhook_id}/deliveries/{delivery_id}/retry"): ('{"x": NESTED}', {404}),
     ("POST", "/v1/sessions/{session_id}/files"): ('{"file_id": NESTED}', {422}),
+    ("POST", "/v1/runners"): ('{"name": "r", "labels": NESTED}', {422}),
+    # A runner's route: an org key is no runner token (the body is read first, like every route's).
+    ("POST", "/v1/runner/calls/{call_id}/result"): ('{"output": NESTED}', {401}),
 }
 
 
@@ -110,7 +113,9 @@ def _make_one_of_each(client, org: Org) -> dict[str, Any]:
     webhook = client.post("/v1/webhooks", json={"url": "http://93.184.215.14/hooks", "events": ["run.timed_out"]},
                           headers=org.headers).json()
     file = client.post("/v1/files", files={"file": ("plain.txt", b"plain")}, headers=org.headers).json()
-    return {"agent_id": agent["id"], "session_id": session["id"], "run_id": run["id"],
+    runner = client.post("/v1/runners", json={"name": "runner-" + ids.new_id("tool_call")[-8:]},
+                         headers=org.headers).json()
+    return {"runner_id": runner["id"], "agent_id": agent["id"], "session_id": session["id"], "run_id": run["id"],
             "memory_id": memory["id"], "document_id": document["id"], "name": "thing", "version": 1,
             "webhook_id": webhook["id"], "file_id": file["id"]}
 

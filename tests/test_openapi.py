@@ -248,6 +248,19 @@ def test_every_operation_answers_as_documented(client, conformance):
     error_of(c.post(f"{hook_path}/deliveries/whd_nope/retry", headers=h), 404, "NOT_FOUND")
     assert c.delete(hook_path, headers=h).status_code == 204
 
+    runner = c.post("/v1/runners", json={"name": "laptop", "labels": {"os": "linux"}}, headers=h)
+    assert runner.status_code == 201 and runner.json()["token"].startswith("aosr_")
+    error_of(c.post("/v1/runners", json={"name": "laptop"}, headers=h), 409, "CONFLICT")
+    runner_h = {"Authorization": f"Bearer {runner.json()['token']}"}
+    assert c.get("/v1/runners", headers=h).json()["data"][0]["name"] == "laptop"
+    with c.stream("GET", "/v1/runner/calls", headers=runner_h) as stream:
+        assert stream.status_code == 200 and next(stream.iter_lines()).startswith("event: heartbeat")
+    error_of(c.get("/v1/runner/calls", headers=h), 401, "UNAUTHENTICATED")
+    error_of(c.post("/v1/runner/calls/tc_0123456789abcdef0123456789ab/result", json={"output": "x"},
+                    headers=runner_h), 404, "NOT_FOUND")
+    assert c.get(f"/v1/runners/{runner.json()['id']}", headers=h).status_code == 200
+    assert c.delete(f"/v1/runners/{runner.json()['id']}", headers=h).json()["revoked_at"] is not None
+
     assert c.delete(f"/v1/sessions/{session['id']}", headers=h).status_code == 204
     assert c.delete(f"/v1/agents/{agent['id']}", headers=h).status_code == 204
 

@@ -167,6 +167,9 @@ def test_openapi_describes_every_route(client):
         ("/v1/webhooks/{webhook_id}/deliveries/{delivery_id}/retry", "post"),
         ("/v1/files", "get"), ("/v1/files", "post"), ("/v1/files/{file_id}", "get"), ("/v1/files/{file_id}", "delete"),
         ("/v1/files/{file_id}/content", "get"), ("/v1/sessions/{session_id}/files", "get"),
+        ("/v1/runners", "get"), ("/v1/runners", "post"), ("/v1/runners/{runner_id}", "get"),
+        ("/v1/runners/{runner_id}", "delete"), ("/v1/runner/calls", "get"),
+        ("/v1/runner/calls/{call_id}/result", "post"),
         ("/v1/sessions/{session_id}/files", "post"), ("/v1/sessions/{session_id}/files/{file_id}", "delete"),
         ("/metrics", "get"),
     }

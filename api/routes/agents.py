@@ -13,11 +13,12 @@ from starlette.responses import Response
 from api.endpoint import Call, endpoint, resource, validate, validation_failed
 from api.schemas.agents import Agent, AgentVersion
 from api.schemas.base import page_of
-from core.agent_config import NAME_PATTERN, AgentConfig, AgentLimits, AgentMemory
+from core.agent_config import NAME_PATTERN, AgentConfig, AgentLimits, AgentMemory, RunnerRoute
 from core.builtin_catalogue import builtin_catalogue
 from core.errors import ApiError
 from core.pagination import page
 from core.skill_defs import parse_ref, split_mcp_name
+from core.skill_names import RUNNER_SKILLS
 from core.store import agents, audit, mcp_servers, skills
 from core.tenancy import tenant_tx
 
@@ -39,6 +40,7 @@ class AgentPatch(BaseModel):
     mode: Literal["agent", "plan"] | None = None
     limits: AgentLimits | None = None
     memory: AgentMemory | None = None
+    runner: str | RunnerRoute | None = None
 
 
 def _not_found(agent_id: str) -> ApiError:
@@ -62,11 +64,11 @@ async def _check_subagents(conn: Any, subagents: list[str], self_id: str | None 
 async def _check_skills(conn: Any, entries: list[str], operator_servers: Mapping[str, Any]) -> None:
     """Every entry names a built-in or a live skill of the org, at a version it has."""
     refs = [parse_ref(entry) for entry in entries]
-    custom = [name for name, _ in refs if name not in builtin_catalogue()]
+    custom = [name for name, _ in refs if name not in builtin_catalogue() and name not in RUNNER_SKILLS]
     live = await skills.current_versions(conn, custom)
     problems = []
     for entry, (name, version) in zip(entries, refs, strict=True):
-        if name in builtin_catalogue():
+        if name in builtin_catalogue() or name in RUNNER_SKILLS:  # runner-only skills: AgentConfig checks
             continue
         mcp = split_mcp_name(name)
         if mcp is not None and mcp[0] in operator_servers:

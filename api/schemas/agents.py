@@ -22,6 +22,12 @@ class AgentMemoryOut(Out):
     knowledge: bool
 
 
+class RunnerRouteOut(Out):
+    name: str | None = None
+    labels: dict[str, str] = Field(default_factory=dict)
+    skills: list[str] | Literal["all"] = "all"
+
+
 class AgentFields(Out):
     """An agent's configuration as stored (`core.agent_config.AgentConfig`)."""
 
@@ -35,6 +41,8 @@ class AgentFields(Out):
     mode: Literal["agent", "plan"] = "agent"
     limits: AgentLimitsOut | None = None
     memory: AgentMemoryOut | None = None
+    runner: str | RunnerRouteOut | None = Field(
+        default=None, description="The runner (by name) or route (`{name | labels, skills}`) executing its skills.")
 
 
 class Agent(AgentFields):

@@ -120,6 +120,30 @@ class NoData(Open):
     pass
 
 
+class RunnerOffline(Open):
+    """A call routed to a runner found it offline; the run waits (no worker held) until it returns."""
+
+    tool_call_id: str
+    runner_id: str
+    runner: str = Field(description="The runner's name.")
+    timeout_s: float = Field(description="How long the call waits before it fails.")
+
+
+class RunnerOnline(Open):
+    """The runner a call waited for is back; the run goes on."""
+
+    tool_call_id: str
+    runner_id: str
+
+
+class RunnerDelivered(Open):
+    """The runner answered a call routed to it (its `tool.result` follows when the worker reads it)."""
+
+    tool_call_id: str
+    runner_id: str
+    duplicate: bool = Field(default=False, description="True when the runner sent the answer again.")
+
+
 # Each event type and the model of its `data`.
 PAYLOADS: dict[str, type[Open]] = {
     events.RUN_QUEUED: RunAttempt,
@@ -136,6 +160,9 @@ PAYLOADS: dict[str, type[Open]] = {
     events.MESSAGE_COMPLETED: MessageCompleted,
     events.RUN_WARNING: RunWarning,
     events.BUDGET_WARNING: BudgetWarning,
+    events.RUNNER_OFFLINE: RunnerOffline,
+    events.RUNNER_ONLINE: RunnerOnline,
+    events.RUNNER_DELIVERED: RunnerDelivered,
     events.RUN_SUCCEEDED: RunSucceeded,
     events.RUN_FAILED: RunFailed,
     events.RUN_CANCELLED: NoData,

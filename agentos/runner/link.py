@@ -1,0 +1,204 @@
+"""The runner's one connection to the platform (docs/runners.md).
+
+It connects outward (no inbound port): `GET /v1/runner/calls` is an SSE stream of the calls
+routed to this runner, with a heartbeat every few seconds; each result goes back as
+`POST /v1/runner/calls/{id}/result`. The link is assumed to break at any moment:
+
+- no byte for `heartbeat_timeout_s` (three missed heartbeats) means a dead link: reconnect;
+- reconnects back off exponentially with full jitter, and start over after a success;
+- the platform sends every unanswered call again on each connect, and the journal
+  (`agentos.runner.journal`) turns a call seen before into its stored result, so none runs twice;
+- a result is posted until the platform acknowledges it (posting twice is harmless), and results
+  not yet acknowledged are posted again after a restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import json
+import logging
+import random
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+import httpx
+
+from agentos.runner.journal import Journal
+from agentos.runner.tools import Executor
+
+log = logging.getLogger("agentos.runner")
+
+
+class RunnerRefused(Exception):
+    """The platform refused this runner's token (revoked, or wrong): reconnecting cannot help."""
+
+
+@dataclass(frozen=True)
+class LinkConfig:
+    api_url: str
+    token: str
+    heartbeat_timeout_s: float = 20.0
+    backoff_base_s: float = 0.5
+    backoff_max_s: float = 30.0
+    concurrency: int = 4
+
+
+def backoff_delay(attempt: int, base_s: float, max_s: float) -> float:
+    """Exponential backoff with full jitter: uniform in [0, min(max, base * 2^attempt)]."""
+    return random.uniform(0, min(max_s, base_s * (2 ** min(attempt, 30))))
+
+
+async def sse_events(lines: AsyncIterator[str]) -> AsyncIterator[tuple[str, str]]:
+    """(event type, data) of each event of an SSE stream; comments (pings) are skipped."""
+    kind, data = "message", list[str]()
+    async for line in lines:
+        if line == "":
+            if data:
+                yield kind, "\n".join(data)
+            kind, data = "message", list[str]()
+        elif line.startswith(":"):
+            continue
+        else:
+            name, _, value = line.partition(":")
+            value = value[1:] if value.startswith(" ") else value
+            if name == "event":
+                kind = value
+            elif name == "data":
+                data.append(value)
+
+
+def lock_state_dir(state_dir: Path) -> IO[str]:
+    """Hold an exclusive lock on the state directory for the process's life: one runner per
+    journal, so a call left `started` in it really belongs to a process that is gone."""
+    state_dir.mkdir(parents=True, exist_ok=True)
+    handle = (state_dir / "runner.lock").open("w")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise SystemExit(f"Another runner uses {state_dir}; give each runner its own --state-dir.") from None
+    return handle
+
+
+class Link:
+    def __init__(self, config: LinkConfig, executor: Executor, journal: Journal) -> None:
+        self.config = config
+        self.executor = executor
+        self.journal = journal
+        self._inflight: set[str] = set()  # calls executing or being posted now
+        self._slots = asyncio.Semaphore(config.concurrency)
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.connected = asyncio.Event()
+        self.connections = 0
+
+    def _headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.config.token}"}
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Stay connected until `stop` is set; raises RunnerRefused on a refused token."""
+        recovered = self.journal.recover()
+        if recovered:
+            log.warning("%d call(s) were running when the runner stopped; they are answered as failed", recovered)
+        timeout = httpx.Timeout(10.0, read=self.config.heartbeat_timeout_s)
+        async with httpx.AsyncClient(base_url=self.config.api_url, headers=self._headers(), timeout=timeout) as http:
+            attempt = 0
+            try:
+                while not stop.is_set():
+                    stream = asyncio.ensure_future(self._stream(http))
+                    stopping = asyncio.ensure_future(stop.wait())
+                    await asyncio.wait({stream, stopping}, return_when=asyncio.FIRST_COMPLETED)
+                    stopping.cancel()
+                    if not stream.done():
+                        stream.cancel()
+                        with contextlib.suppress(asyncio.CancelledError):
+                            await stream
+                        break
+                    self.connected.clear()
+                    try:
+                        got_calls = stream.result()
+                        attempt = 0 if got_calls else attempt
+                    except RunnerRefused:
+                        raise
+                    except (httpx.HTTPError, OSError, ValueError) as exc:
+                        log.warning("link to %s lost: %s", self.config.api_url, exc or type(exc).__name__)
+                    delay = backoff_delay(attempt, self.config.backoff_base_s, self.config.backoff_max_s)
+                    attempt += 1
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(stop.wait(), delay)
+            finally:
+                for task in list(self._tasks):
+                    task.cancel()
+                await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _stream(self, http: httpx.AsyncClient) -> bool:
+        """One connection, until it ends; True when it was established (resets the backoff)."""
+        async with http.stream("GET", "/v1/runner/calls", headers={"Accept": "text/event-stream"}) as response:
+            if response.status_code == 401:
+                raise RunnerRefused("the platform refused this runner's token (revoked or wrong)")
+            response.raise_for_status()
+            self.connections += 1
+            self.connected.set()
+            log.info("connected to %s", self.config.api_url)
+            for entry in self.journal.unposted():  # answers the platform may not have yet
+                if entry.id not in self._inflight and entry.result is not None:
+                    self._spawn(self._post(http, entry.id, entry.result))
+            async for kind, data in sse_events(response.aiter_lines()):
+                if kind == "call":
+                    self._receive(http, json.loads(data))
+        return True
+
+    def _spawn(self, coro: Any) -> None:
+        task: asyncio.Task[None] = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _receive(self, http: httpx.AsyncClient, call: dict[str, Any]) -> None:
+        call_id = str(call["id"])
+        if call_id in self._inflight:  # sent again while it runs: its result is on its way
+            return
+        entry = self.journal.get(call_id)
+        if entry is not None:
+            result = entry.result if entry.state == "done" and entry.result is not None \
+                else self.journal.interrupted(call_id)
+            log.info("call %s was seen before: answering with its journaled result", call_id)
+            self._inflight.add(call_id)
+            self._spawn(self._post(http, call_id, result))
+            return
+        self._inflight.add(call_id)
+        self._spawn(self._execute(http, call_id, str(call["run_id"]), str(call["name"]), dict(call["args"])))
+
+    async def _execute(self, http: httpx.AsyncClient, call_id: str, run_id: str, name: str,
+                       args: dict[str, Any]) -> None:
+        async with self._slots:
+            if not self.journal.start(call_id, run_id, name):  # journaled meanwhile: never a second run
+                entry = self.journal.get(call_id)
+                result = entry.result if entry and entry.result is not None else self.journal.interrupted(call_id)
+            else:
+                result = await self.executor.execute(run_id, name, args)
+                self.journal.finish(call_id, result)
+        await self._post(http, call_id, result)
+
+    async def _post(self, http: httpx.AsyncClient, call_id: str, result: dict[str, Any]) -> None:
+        """Post until acknowledged (a lost answer is posted again: the platform keeps the first)."""
+        self._inflight.add(call_id)
+        attempt = 0
+        try:
+            while True:
+                try:
+                    response = await http.post(f"/v1/runner/calls/{call_id}/result", json=result)
+                    if response.status_code in (200, 404):  # 404: the platform no longer has the call
+                        self.journal.posted(call_id)
+                        return
+                    if response.status_code == 401:
+                        log.error("result of %s refused: the runner's token is no longer valid", call_id)
+                        return
+                    log.warning("result of %s: HTTP %s; retrying", call_id, response.status_code)
+                except httpx.HTTPError as exc:
+                    log.info("result of %s not acknowledged (%s); retrying", call_id, type(exc).__name__)
+                await asyncio.sleep(backoff_delay(attempt, self.config.backoff_base_s, self.config.backoff_max_s))
+                attempt += 1
+        finally:
+            self._inflight.discard(call_id)

@@ -1,0 +1,183 @@
+"""Runners and the tool calls routed to them.
+
+A runner's token is `aosr_<prefix>_<secret>`: hashed like an API key (`core.store.api_keys`),
+shown once, and a different shape, so `api.auth` never takes it for an API key or a JWT: a
+runner token can only be a runner. A routed call's row is keyed by its tool call's id, so
+whatever happens on the link the platform stores one result per call (the first one posted).
+"""
+
+from __future__ import annotations
+
+import hmac
+import re
+import secrets
+import string
+from typing import Any, Literal, TypedDict
+
+from psycopg import AsyncConnection
+from psycopg.rows import DictRow
+from psycopg.types.json import Jsonb
+
+from core.ids import new_id
+from core.store.api_keys import hash_secret
+from core.tenancy import AsyncPool, runner_lookup_tx
+
+TOKEN_RE = re.compile(r"^aosr_([a-z0-9]{10})_([A-Za-z0-9]{32})$")
+_ALPHABET = string.ascii_letters + string.digits
+_PREFIX_ALPHABET = string.ascii_lowercase + string.digits
+
+RunnerCallStatus = Literal["waiting", "queued", "done"]
+
+PUBLIC_COLUMNS = "id, name, labels, prefix, created_by, created_at, last_seen_at, revoked_at"
+CALL_COLUMNS = ("id, runner_id, run_id, session_id, name, args, status, output, error, created_at, waiting_since, "
+                "done_at")
+
+INSERT_SQL = f"""
+INSERT INTO runners (id, org_id, name, labels, prefix, secret_hash, created_by)
+VALUES (%s, agentos_current_org(), %s, %s, %s, %s, %s)
+ON CONFLICT (org_id, name) WHERE revoked_at IS NULL DO NOTHING
+RETURNING {PUBLIC_COLUMNS}
+"""
+LIST_SQL = f"""
+SELECT {PUBLIC_COLUMNS} FROM runners
+WHERE (%(cursor)s::text IS NULL OR id < %(cursor)s) ORDER BY id DESC LIMIT %(limit)s
+"""
+GET_SQL = f"SELECT {PUBLIC_COLUMNS} FROM runners WHERE id = %s"
+LIVE_SQL = f"SELECT {PUBLIC_COLUMNS} FROM runners WHERE revoked_at IS NULL ORDER BY name"
+REVOKE_SQL = f"""
+UPDATE runners SET revoked_at = coalesce(revoked_at, now()) WHERE id = %s RETURNING {PUBLIC_COLUMNS}
+"""
+LOOKUP_SQL = "SELECT id, org_id, name, secret_hash, revoked_at FROM runners WHERE prefix = %s"
+SEEN_SQL = "UPDATE runners SET last_seen_at = now() WHERE id = %s"
+
+# A call is stored once (its id is the tool call's); a replayed step finds the row it made.
+# A call waiting for its runner becomes `queued` again when the step runs anew.
+UPSERT_CALL_SQL = f"""
+INSERT INTO runner_calls (id, org_id, runner_id, run_id, session_id, name, args, status, waiting_since)
+VALUES (%s, agentos_current_org(), %s, %s, %s, %s, %s, %s, CASE WHEN %s = 'waiting' THEN now() END)
+ON CONFLICT (id) DO UPDATE SET
+    status = CASE WHEN runner_calls.status = 'done' THEN 'done' ELSE excluded.status END,
+    runner_id = CASE WHEN runner_calls.status = 'done' THEN runner_calls.runner_id ELSE excluded.runner_id END,
+    waiting_since = CASE WHEN runner_calls.status = 'done' THEN runner_calls.waiting_since
+                         WHEN excluded.status = 'waiting' THEN coalesce(runner_calls.waiting_since, now())
+                         ELSE NULL END
+RETURNING {CALL_COLUMNS}
+"""
+GET_CALL_SQL = f"SELECT {CALL_COLUMNS} FROM runner_calls WHERE id = %s"
+OPEN_CALLS_SQL = f"""
+SELECT {CALL_COLUMNS} FROM runner_calls WHERE runner_id = %s AND status = 'queued' ORDER BY created_at, id
+"""
+# The first result posted wins; later posts of the same call (a re-send after a lost answer)
+# change nothing and are answered as acknowledged.
+FINISH_CALL_SQL = f"""
+UPDATE runner_calls SET status = 'done', output = %s, error = %s, done_at = now()
+WHERE id = %s AND runner_id = %s AND status = 'queued' RETURNING {CALL_COLUMNS}
+"""
+WAITING_FOR_SQL = f"""
+SELECT {CALL_COLUMNS} FROM runner_calls WHERE runner_id = %s AND status = 'waiting' ORDER BY created_at
+"""
+
+
+
+class RunnerRow(TypedDict):
+    id: str
+    name: str
+    labels: dict[str, str]
+    prefix: str
+    created_by: str | None
+    created_at: Any
+    last_seen_at: Any
+    revoked_at: Any
+
+
+class RunnerCallRow(TypedDict):
+    id: str
+    runner_id: str
+    run_id: str
+    session_id: str
+    name: str
+    args: dict[str, Any]
+    status: RunnerCallStatus
+    output: Any
+    error: str | None
+    created_at: Any
+    waiting_since: Any
+    done_at: Any
+
+
+def generate() -> tuple[str, str, str]:
+    """Return (full token, prefix, secret)."""
+    prefix = "".join(secrets.choice(_PREFIX_ALPHABET) for _ in range(10))
+    secret = "".join(secrets.choice(_ALPHABET) for _ in range(32))
+    return f"aosr_{prefix}_{secret}", prefix, secret
+
+
+async def create(conn: AsyncConnection[DictRow], *, name: str, labels: dict[str, str],
+                 created_by: str | None) -> dict[str, Any] | None:
+    """The new runner with its token (shown once), or None when a live runner has this name."""
+    token, prefix, secret = generate()
+    cur = await conn.execute(INSERT_SQL, (new_id("runner"), name, Jsonb(labels), prefix, hash_secret(secret),
+                                          created_by))
+    row = await cur.fetchone()
+    return None if row is None else {**row, "token": token}
+
+
+async def list_runners(conn: AsyncConnection[DictRow], cursor: str | None, limit: int) -> list[dict[str, Any]]:
+    return list(await (await conn.execute(LIST_SQL, {"cursor": cursor, "limit": limit + 1})).fetchall())
+
+
+async def get(conn: AsyncConnection[DictRow], runner_id: str) -> RunnerRow | None:
+    return await (await conn.execute(GET_SQL, (runner_id,))).fetchone()  # type: ignore[return-value]
+
+
+async def live(conn: AsyncConnection[DictRow]) -> list[RunnerRow]:
+    return list(await (await conn.execute(LIVE_SQL)).fetchall())  # type: ignore[arg-type]
+
+
+async def revoke(conn: AsyncConnection[DictRow], runner_id: str) -> dict[str, Any] | None:
+    return await (await conn.execute(REVOKE_SQL, (runner_id,))).fetchone()
+
+
+async def verify(pool: AsyncPool, token: str) -> dict[str, Any] | None:
+    """The runner's id, org and name when `token` is a live runner token."""
+    match = TOKEN_RE.match(token)
+    if not match:
+        return None
+    prefix, secret = match.groups()
+    async with runner_lookup_tx(pool, prefix) as conn:
+        row = await (await conn.execute(LOOKUP_SQL, (prefix,))).fetchone()
+    if row is None or not hmac.compare_digest(row["secret_hash"], hash_secret(secret)) or row["revoked_at"]:
+        return None
+    return row
+
+
+async def seen(conn: AsyncConnection[DictRow], runner_id: str) -> None:
+    await conn.execute(SEEN_SQL, (runner_id,))
+
+
+async def put_call(conn: AsyncConnection[DictRow], call_id: str, *, runner_id: str, run_id: str, session_id: str,
+                   name: str, args: dict[str, Any], status: RunnerCallStatus) -> RunnerCallRow:
+    row = await (await conn.execute(UPSERT_CALL_SQL, (call_id, runner_id, run_id, session_id, name, Jsonb(args),
+                                                      status, status))).fetchone()
+    assert row is not None
+    return row  # type: ignore[return-value]
+
+
+async def get_call(conn: AsyncConnection[DictRow], call_id: str) -> RunnerCallRow | None:
+    return await (await conn.execute(GET_CALL_SQL, (call_id,))).fetchone()  # type: ignore[return-value]
+
+
+async def open_calls(conn: AsyncConnection[DictRow], runner_id: str) -> list[RunnerCallRow]:
+    return list(await (await conn.execute(OPEN_CALLS_SQL, (runner_id,))).fetchall())  # type: ignore[arg-type]
+
+
+async def finish_call(conn: AsyncConnection[DictRow], call_id: str, runner_id: str, *, output: Any,
+                      error: str | None) -> RunnerCallRow | None:
+    """The call, now done; None when it was done already (or is not this runner's)."""
+    cur = await conn.execute(FINISH_CALL_SQL, (Jsonb(output), error, call_id, runner_id))
+    return await cur.fetchone()  # type: ignore[return-value]
+
+
+async def waiting_for(conn: AsyncConnection[DictRow], runner_id: str) -> list[RunnerCallRow]:
+    return list(await (await conn.execute(WAITING_FOR_SQL, (runner_id,))).fetchall())  # type: ignore[arg-type]
+

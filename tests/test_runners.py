@@ -1,0 +1,96 @@
+"""Remote runners, part one: the resource (create, list, revoke), the token (shown once, hashed,
+good for nothing but being a runner) and the runner's connection to the platform."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import httpx
+import psycopg
+import pytest
+from starlette.testclient import TestClient
+
+from core.settings import Settings
+from tests.helpers import Org, create_runner, error_of, runner_process, serving, until
+
+
+def test_create_list_get_revoke(org: Org, settings: Settings) -> None:
+    created = create_runner(org, "laptop", os="linux")
+    token = str(created["token"])
+    assert token.startswith(f"aosr_{created['prefix']}_") and created["online"] is False
+    listed = org.client.get("/v1/runners", headers=org.headers).json()["data"]
+    assert [r["id"] for r in listed] == [created["id"]] and "token" not in listed[0]
+    assert listed[0]["labels"] == {"os": "linux"}
+    # Only the hash of the secret is stored.
+    with psycopg.connect(settings.database.url) as conn:
+        stored = conn.execute("SELECT secret_hash FROM runners WHERE id = %s", (created["id"],)).fetchone()
+    assert stored is not None and token.split("_")[2] not in stored[0]
+    assert stored[0] == hashlib.sha256(token.split("_")[2].encode()).hexdigest()
+    # A live name is taken; once revoked, it is free again.
+    error_of(org.client.post("/v1/runners", json={"name": "laptop"}, headers=org.headers), 409, "CONFLICT")
+    revoked = org.client.delete(f"/v1/runners/{created['id']}", headers=org.headers)
+    assert revoked.status_code == 200 and revoked.json()["revoked_at"] is not None
+    assert org.client.get(f"/v1/runners/{created['id']}", headers=org.headers).json()["revoked_at"] is not None
+    create_runner(org, "laptop")
+
+
+def test_admin_only_and_other_orgs_invisible(org: Org, other_org: Org) -> None:
+    created = create_runner(org)
+    member = {"Authorization": f"Bearer {org.key_with_role('member')}"}
+    error_of(org.client.post("/v1/runners", json={"name": "x"}, headers=member), 403, "FORBIDDEN")
+    error_of(org.client.get(f"/v1/runners/{created['id']}", headers=other_org.headers), 404, "NOT_FOUND")
+    error_of(org.client.delete(f"/v1/runners/{created['id']}", headers=other_org.headers), 404, "NOT_FOUND")
+    assert other_org.client.get("/v1/runners", headers=other_org.headers).json()["data"] == []
+
+
+def test_runner_token_is_only_a_runner(client: TestClient, org: Org) -> None:
+    token = create_runner(org)["token"]
+    as_runner = {"Authorization": f"Bearer {token}"}
+    for path in ("/v1/me", "/v1/agents", "/v1/runners", "/v1/sessions"):
+        error_of(client.get(path, headers=as_runner), 401, "UNAUTHENTICATED")
+    # And an org credential is not a runner's.
+    error_of(client.post("/v1/runner/calls/tc_0123456789abcdef0123456789ab/result", json={},
+                         headers=org.headers), 401, "UNAUTHENTICATED")
+
+
+def test_results_of_unknown_or_foreign_calls_are_refused(client: TestClient, org: Org) -> None:
+    as_runner = {"Authorization": f"Bearer {create_runner(org)['token']}"}
+    error_of(client.post("/v1/runner/calls/tc_0123456789abcdef0123456789ab/result", json={"output": 1},
+                         headers=as_runner), 404, "NOT_FOUND")
+    error_of(client.post("/v1/runner/calls/nonsense/result", json={}, headers=as_runner), 404, "NOT_FOUND")
+
+
+@pytest.fixture
+def served_api(settings: Settings):  # type: ignore[no-untyped-def]
+    from api.app import create_app
+
+    fast = settings.model_copy(update={"runners": settings.runners.model_copy(update={"heartbeat_s": 0.5})})
+    with serving(create_app(fast)) as served:
+        yield served
+
+
+def test_runner_connects_and_shows_online_then_revoked_is_refused(served_api, org: Org,  # type: ignore[no-untyped-def]
+                                                                  tmp_path: Path) -> None:
+    created = create_runner(org)
+    proc = runner_process(served_api.url, str(created["token"]), tmp_path / "state", "--allow-unsandboxed")
+    proc.start()
+    try:
+        def online() -> bool:
+            return bool(org.client.get(f"/v1/runners/{created['id']}", headers=org.headers).json()["online"])
+
+        until(online, 30)
+        assert online(), proc.log_tail(50)
+        seen = org.client.get(f"/v1/runners/{created['id']}", headers=org.headers).json()["last_seen_at"]
+        assert seen is not None
+        org.client.delete(f"/v1/runners/{created['id']}", headers=org.headers)
+        # The open stream ends within a heartbeat; reconnecting is refused, and the runner exits.
+        until(lambda: not proc.alive(), 30)
+        assert not proc.alive(), proc.log_tail(50)
+        assert "refused" in proc.log_tail(50)
+        assert not online()
+    finally:
+        proc.stop()
+    r = httpx.get(f"{served_api.url}/v1/runner/calls", headers={"Authorization": f"Bearer {created['token']}"})
+    assert r.status_code == 401 and json.loads(r.text)["error"]["code"] == "UNAUTHENTICATED"
