@@ -738,6 +738,25 @@ def _files(conn: psycopg.Connection) -> None:
         _tenant_policy(conn, table)
 
 
+_ORG_DELETION_SQL = """
+-- Org deletion (issue #23): the owner asks (`deletion_requested_at`); during the grace period the
+-- org can be restored, after `purge_after` the maintenance job removes every row it owns.
+ALTER TABLE orgs ADD COLUMN deletion_requested_at timestamptz;
+ALTER TABLE orgs ADD COLUMN purge_after timestamptz;
+CREATE INDEX orgs_purge_idx ON orgs (purge_after) WHERE purge_after IS NOT NULL;
+-- The purge job looks across orgs for those due (core.tenancy.lifecycle_scan_tx): read-only, and
+-- only `orgs` rows, like watchdog_scan; the purge itself goes through tenant_tx.
+CREATE POLICY lifecycle_scan ON orgs FOR SELECT
+    USING (current_setting('app.lifecycle', true) = 'on');
+-- End-user erasure (DELETE /v1/users-data) finds one user's sessions.
+CREATE INDEX sessions_user_idx ON sessions (org_id, user_id) WHERE user_id IS NOT NULL;
+"""
+
+
+def _org_deletion(conn: psycopg.Connection) -> None:
+    conn.execute(_ORG_DELETION_SQL)
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration("initial schema with row-level security", _initial),
     Migration("per-session event sequence and run queue order", _run_queue),
@@ -756,6 +775,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration("usage metering, budgets counters, audit log origin", _usage_and_audit),
     Migration("signed webhooks, their deliveries and attempts", _webhooks),
     Migration("uploaded files and their attachment to sessions", _files),
+    Migration("org deletion with a grace period, the purge job's scan, sessions by end user", _org_deletion),
 )
 
 

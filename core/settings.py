@@ -538,6 +538,18 @@ class MaintenanceSettings(BaseModel):
     enabled: bool = True
 
 
+class LifecycleSettings(BaseModel):
+    """Data lifecycle (docs/operations.md, "Data lifecycle"): org deletion, erasure, retention."""
+
+    # How long a deleted org can still be restored (POST /v1/orgs/{id}/restore) before the purge
+    # job removes its data for good.
+    org_deletion_grace_s: int = Field(default=7 * 86400, ge=0)
+    # How often the maintenance job looks for orgs whose grace period is over.
+    purge_interval_s: float = Field(default=300.0, gt=0)
+    # Rows per statement when a job removes data: small, so no statement holds locks for long.
+    batch_rows: int = Field(default=1000, ge=1, le=100_000)
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="AGENTOS_", env_nested_delimiter="__", extra="ignore", frozen=True
@@ -568,6 +580,7 @@ class Settings(BaseSettings):
     webhooks: WebhookSettings = WebhookSettings()
     files: FileSettings = FileSettings()
     maintenance: MaintenanceSettings = MaintenanceSettings()
+    lifecycle: LifecycleSettings = LifecycleSettings()
 
     @model_validator(mode="after")
     def _production_ready(self) -> Settings:

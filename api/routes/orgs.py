@@ -1,5 +1,7 @@
 """`/v1/me`, and organisations (platform admin token only): sign-up (`POST /v1/orgs`), reading
-one and changing its name or admission limits (`GET|PATCH /v1/orgs/{id}`)."""
+one and changing its name or admission limits (`GET|PATCH /v1/orgs/{id}`). The org's own owner
+deletes it (`DELETE /v1/orgs/{id}`, naming it to confirm) and may restore it during the grace
+period (`POST /v1/orgs/{id}/restore`); core.org_purge does the rest."""
 
 from __future__ import annotations
 
@@ -9,9 +11,9 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt
 from starlette.responses import Response
 
 from api.endpoint import Call, endpoint, resource
-from api.schemas.orgs import Org, OrgCreated, Principal
+from api.schemas.orgs import Org, OrgCreated, OrgDeletion, Principal
 from api.state import state_of
-from core import ids
+from core import ids, org_purge
 from core.admission import BUDGET_KEYS, Admission, overrides_of
 from core.errors import ApiError
 from core.store import orgs
@@ -50,6 +52,12 @@ class OrgPatch(BaseModel):
     name: str | None = Field(default=None, min_length=1, max_length=200)
     limits: LimitsPatch | None = None
     budgets: BudgetsPatch | None = None
+
+
+class OrgDeleteConfirm(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    # The org's exact name: a deletion is never one mistyped id away.
+    confirm: str = Field(min_length=1, max_length=200)
 
 
 def changes_of(*patches: BaseModel | None) -> tuple[dict[str, Any], list[str]]:
@@ -143,8 +151,50 @@ async def update_org(call: Call[OrgPatch]) -> Response:
     return call.reply(_public_org(call, org))
 
 
+def _own_org_id(call: Call[Any]) -> str:
+    """The path's org, which must be the caller's own (another org's is not found)."""
+    org_id = _org_id(call)
+    if org_id != call.principal.org_id:
+        raise ApiError("NOT_FOUND", f"No organisation with id {org_id!r}.")
+    return org_id
+
+
+@endpoint("Delete the caller's organisation (owner): `confirm` must be its exact name. Active runs are "
+          "cancelled and new ones refused at once; after the grace period (`purge_after`) every record, file "
+          "and key of the org is removed for good. Until then `POST /v1/orgs/{id}/restore` undoes it.",
+          role="owner", body=OrgDeleteConfirm, status=202, response=OrgDeletion, errors=("CONFLICT",))
+async def delete_org(call: Call[OrgDeleteConfirm]) -> Response:
+    org_id = _own_org_id(call)
+    try:
+        deletion = await org_purge.request(call.infra, org_id, confirm=call.body.confirm, actor=call.principal.actor)
+    except org_purge.NameMismatch:
+        raise ApiError("VALIDATION_FAILED", "'confirm' must be the organisation's exact name.",
+                       details={"fields": [{"field": "confirm", "message": "is not the organisation's name",
+                                            "type": "confirmation"}]}) from None
+    except org_purge.AlreadyRequested:
+        raise ApiError("CONFLICT", "This organisation's deletion was already asked for; GET /v1/me still works, and "
+                       "POST /v1/orgs/{id}/restore undoes it during the grace period.",
+                       details={"reason": "deletion_pending"}) from None
+    _admission(call).forget(org_id)
+    return call.reply(deletion.public("scheduled"), status=202)
+
+
+@endpoint("Restore the caller's organisation during its deletion's grace period (owner); 409 CONFLICT when no "
+          "deletion is pending.", role="owner", response=OrgDeletion, errors=("CONFLICT",))
+async def restore_org(call: Call[Any]) -> Response:
+    org_id = _own_org_id(call)
+    try:
+        await org_purge.restore(call.pool, org_id, actor=call.principal.actor)
+    except org_purge.NotPending:
+        raise ApiError("CONFLICT", "No deletion of this organisation is pending.",
+                       details={"reason": "no_deletion_pending"}) from None
+    _admission(call).forget(org_id)
+    return call.reply(org_purge.Deletion(org_id, None, None).public("restored"))
+
+
 routes = [
     resource("/v1/me", GET=me),
     resource("/v1/orgs", POST=create_org),
-    resource("/v1/orgs/{org_id}", GET=get_org, PATCH=update_org),
+    resource("/v1/orgs/{org_id}", GET=get_org, PATCH=update_org, DELETE=delete_org),
+    resource("/v1/orgs/{org_id}/restore", POST=restore_org),
 ]

@@ -40,6 +40,15 @@ class Org(Out):
     budget_overrides: Budgets = Field(description="The org's own budgets; the rest are the operator's defaults.")
 
 
+class OrgDeletion(Out):
+    org_id: str
+    status: Literal["scheduled", "restored"]
+    requested_at: datetime | None = Field(description="When the owner asked for the deletion (null once restored).")
+    purge_after: datetime | None = Field(description="When the org's data is removed for good, unless it is "
+                                         "restored before (null once restored).")
+    cancelled_runs: int = Field(description="Active runs the request cancelled.")
+
+
 class OrgCreated(Out):
     org: Org
     api_key: ApiKeyCreated

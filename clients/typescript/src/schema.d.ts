@@ -604,7 +604,13 @@ export interface paths {
         get: operations["get_org"];
         put?: never;
         post?: never;
-        delete?: never;
+        /**
+         * Delete the caller's organisation (owner): `confirm` must be its exact name. Active runs are cancelled and new ones refused at once; after the grace period (`purge_after`) every record, file and key of the org is removed for good. Until then `POST /v1/orgs/{id}/restore` undoes it.
+         * @description Delete the caller's organisation (owner): `confirm` must be its exact name. Active runs are cancelled and new ones refused at once; after the grace period (`purge_after`) every record, file and key of the org is removed for good. Until then `POST /v1/orgs/{id}/restore` undoes it.
+         *
+         *     Needs the `owner` role or higher.
+         */
+        delete: operations["delete_org"];
         options?: never;
         head?: never;
         /**
@@ -612,6 +618,28 @@ export interface paths {
          * @description Rename an organisation or change its limits or budgets; one set to null returns to the default (platform admin token required).
          */
         patch: operations["update_org"];
+        trace?: never;
+    };
+    "/v1/orgs/{org_id}/restore": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Restore the caller's organisation during its deletion's grace period (owner); 409 CONFLICT when no deletion is pending.
+         * @description Restore the caller's organisation during its deletion's grace period (owner); 409 CONFLICT when no deletion is pending.
+         *
+         *     Needs the `owner` role or higher.
+         */
+        post: operations["restore_org"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
         trace?: never;
     };
     "/v1/outbound-allowlist": {
@@ -1159,6 +1187,28 @@ export interface paths {
         put?: never;
         post?: never;
         delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/users-data": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        post?: never;
+        /**
+         * Erase one end user's data (`?user=`): their sessions with runs, messages, events, tool calls and checkpoints, their memories and the files only they used. The audit log records the erasure and counts, naming the user only by a digest. Sending it again is harmless.
+         * @description Erase one end user's data (`?user=`): their sessions with runs, messages, events, tool calls and checkpoints, their memories and the files only they used. The audit log records the erasure and counts, naming the user only by a digest. Sending it again is harmless.
+         *
+         *     Needs the `admin` role or higher.
+         */
+        delete: operations["erase_user_data"];
         options?: never;
         head?: never;
         patch?: never;
@@ -2073,6 +2123,7 @@ export interface components {
              * @example INTERNAL
              * @example METHOD_NOT_ALLOWED
              * @example NOT_FOUND
+             * @example ORG_DELETION_PENDING
              * @example PAYLOAD_TOO_LARGE
              * @example QUOTA_EXCEEDED
              * @example RATE_LIMITED
@@ -2757,6 +2808,36 @@ export interface components {
         OrgCreated: {
             api_key: components["schemas"]["ApiKeyCreated"];
             org: components["schemas"]["Org"];
+        };
+        /** OrgDeleteConfirm */
+        OrgDeleteConfirm: {
+            /** Confirm */
+            confirm: string;
+        };
+        /** OrgDeletion */
+        OrgDeletion: {
+            /**
+             * Cancelled Runs
+             * @description Active runs the request cancelled.
+             */
+            cancelled_runs: number;
+            /** Org Id */
+            org_id: string;
+            /**
+             * Purge After
+             * @description When the org's data is removed for good, unless it is restored before (null once restored).
+             */
+            purge_after: string | null;
+            /**
+             * Requested At
+             * @description When the owner asked for the deletion (null once restored).
+             */
+            requested_at: string | null;
+            /**
+             * Status
+             * @enum {string}
+             */
+            status: "scheduled" | "restored";
         };
         /** OrgLimits */
         OrgLimits: {
@@ -3868,6 +3949,42 @@ export interface components {
             sandbox_executions: number;
             /** Total Tokens */
             total_tokens: number;
+        };
+        /** UserDataErased */
+        UserDataErased: {
+            /**
+             * Checkpoints
+             * @description Checkpoint rows of the sessions' threads.
+             */
+            checkpoints: number;
+            /**
+             * Files
+             * @description Files only the user's sessions used, or the user uploaded.
+             */
+            files: number;
+            /**
+             * Memories
+             * @description Long-term memories of the user or of its sessions, and short-term notes.
+             */
+            memories: number;
+            /** Messages */
+            messages: number;
+            /**
+             * Redis Keys
+             * @description Live event streams and memory windows of the sessions.
+             */
+            redis_keys: number;
+            /** Run Events */
+            run_events: number;
+            /** Runs */
+            runs: number;
+            /**
+             * Sessions
+             * @description Sessions removed, with everything below.
+             */
+            sessions: number;
+            /** Tool Calls */
+            tool_calls: number;
         };
         /** Webhook */
         Webhook: {
@@ -7224,6 +7341,129 @@ export interface operations {
             };
         };
     };
+    delete_org: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                org_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["OrgDeleteConfirm"];
+            };
+        };
+        responses: {
+            /** @description Delete the caller's organisation (owner) */
+            202: {
+                headers: {
+                    "RateLimit-Limit": components["headers"]["RateLimit-Limit"];
+                    "RateLimit-Remaining": components["headers"]["RateLimit-Remaining"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["OrgDeletion"];
+                };
+            };
+            /** @description `BAD_REQUEST`: The request is malformed. */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `UNAUTHENTICATED`: Send a valid credential: 'Authorization: Bearer <API key or JWT>'. */
+            401: {
+                headers: {
+                    "WWW-Authenticate": components["headers"]["WWW-Authenticate"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `FORBIDDEN`: Your role does not allow this. */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `NOT_FOUND`: No such resource in this organisation. */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `CONFLICT`: The resource's state does not allow this. */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `PAYLOAD_TOO_LARGE`: The request body is too large. */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `UNSUPPORTED_MEDIA_TYPE`: Send JSON with 'Content-Type: application/json'. */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `VALIDATION_FAILED`: The request body failed validation; see details.fields. */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `RATE_LIMITED`: Too many requests; retry after the given delay. */
+            429: {
+                headers: {
+                    "RateLimit-Limit": components["headers"]["RateLimit-Limit"];
+                    "RateLimit-Remaining": components["headers"]["RateLimit-Remaining"];
+                    "Retry-After": components["headers"]["Retry-After"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `UNAVAILABLE`: A dependency is unavailable; retry later. Nothing was half-written. */
+            503: {
+                headers: {
+                    "Retry-After": components["headers"]["Retry-After"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+        };
+    };
     update_org: {
         parameters: {
             query?: never;
@@ -7306,6 +7546,89 @@ export interface operations {
             /** @description `VALIDATION_FAILED`: The request body failed validation; see details.fields. */
             422: {
                 headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `UNAVAILABLE`: A dependency is unavailable; retry later. Nothing was half-written. */
+            503: {
+                headers: {
+                    "Retry-After": components["headers"]["Retry-After"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+        };
+    };
+    restore_org: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                org_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Restore the caller's organisation during its deletion's grace period (owner) */
+            200: {
+                headers: {
+                    "RateLimit-Limit": components["headers"]["RateLimit-Limit"];
+                    "RateLimit-Remaining": components["headers"]["RateLimit-Remaining"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["OrgDeletion"];
+                };
+            };
+            /** @description `UNAUTHENTICATED`: Send a valid credential: 'Authorization: Bearer <API key or JWT>'. */
+            401: {
+                headers: {
+                    "WWW-Authenticate": components["headers"]["WWW-Authenticate"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `FORBIDDEN`: Your role does not allow this. */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `NOT_FOUND`: No such resource in this organisation. */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `CONFLICT`: The resource's state does not allow this. */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `RATE_LIMITED`: Too many requests; retry after the given delay. */
+            429: {
+                headers: {
+                    "RateLimit-Limit": components["headers"]["RateLimit-Limit"];
+                    "RateLimit-Remaining": components["headers"]["RateLimit-Remaining"];
+                    "Retry-After": components["headers"]["Retry-After"];
                     [name: string]: unknown;
                 };
                 content: {
@@ -9028,7 +9351,7 @@ export interface operations {
                     "application/json": components["schemas"]["Error"];
                 };
             };
-            /** @description `CONFLICT`: The resource's state does not allow this.; `SESSION_BUSY`: A run is already active in this session. */
+            /** @description `CONFLICT`: The resource's state does not allow this.; `ORG_DELETION_PENDING`: This organisation is being deleted; its owner can restore it during the grace period.; `SESSION_BUSY`: A run is already active in this session. */
             409: {
                 headers: {
                     [name: string]: unknown;
@@ -10097,6 +10420,81 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["Usage"];
+                };
+            };
+            /** @description `UNAUTHENTICATED`: Send a valid credential: 'Authorization: Bearer <API key or JWT>'. */
+            401: {
+                headers: {
+                    "WWW-Authenticate": components["headers"]["WWW-Authenticate"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `FORBIDDEN`: Your role does not allow this. */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `VALIDATION_FAILED`: The request body failed validation; see details.fields. */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `RATE_LIMITED`: Too many requests; retry after the given delay. */
+            429: {
+                headers: {
+                    "RateLimit-Limit": components["headers"]["RateLimit-Limit"];
+                    "RateLimit-Remaining": components["headers"]["RateLimit-Remaining"];
+                    "Retry-After": components["headers"]["Retry-After"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `UNAVAILABLE`: A dependency is unavailable; retry later. Nothing was half-written. */
+            503: {
+                headers: {
+                    "Retry-After": components["headers"]["Retry-After"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+        };
+    };
+    erase_user_data: {
+        parameters: {
+            query: {
+                /** @description The end user (a session's `user_id`) whose data to erase. */
+                user: string;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Erase one end user's data (`?user=`) */
+            200: {
+                headers: {
+                    "RateLimit-Limit": components["headers"]["RateLimit-Limit"];
+                    "RateLimit-Remaining": components["headers"]["RateLimit-Remaining"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["UserDataErased"];
                 };
             };
             /** @description `UNAUTHENTICATED`: Send a valid credential: 'Authorization: Bearer <API key or JWT>'. */
