@@ -757,6 +757,38 @@ def _org_deletion(conn: psycopg.Connection) -> None:
     conn.execute(_ORG_DELETION_SQL)
 
 
+_RETENTION_SQL = """
+-- Retention (issue #23, core.retention): the org's overrides of the operator's defaults
+-- (AGENTOS_LIFECYCLE__*), e.g. {"events_days": 30}; like `limits`, only what the org changed.
+ALTER TABLE orgs ADD COLUMN retention jsonb NOT NULL DEFAULT '{}';
+-- The retention job walks an org's runs that ended before a cutoff.
+CREATE INDEX runs_finished_idx ON runs (org_id, finished_at) WHERE finished_at IS NOT NULL;
+CREATE INDEX audit_logs_created_idx ON audit_logs (org_id, created_at);
+-- The audit log is append-only for the application role; retention alone removes old entries,
+-- through this function (run as its owner), only the current org's, only older than a day, and
+-- a bounded batch per call. The operator's minimum age is applied by the caller (core.retention).
+CREATE FUNCTION agentos_prune_audit(older_than timestamptz, max_rows integer) RETURNS integer
+    LANGUAGE plpgsql SECURITY DEFINER SET search_path = public, pg_temp AS $$
+DECLARE
+    removed integer;
+BEGIN
+    IF older_than > now() - interval '1 day' THEN
+        RAISE EXCEPTION 'audit entries younger than a day are never removed';
+    END IF;
+    DELETE FROM audit_logs WHERE ctid = ANY(ARRAY(
+        SELECT ctid FROM audit_logs WHERE org_id = agentos_current_org() AND created_at < older_than
+        LIMIT max_rows));
+    GET DIAGNOSTICS removed = ROW_COUNT;
+    RETURN removed;
+END $$;
+REVOKE ALL ON FUNCTION agentos_prune_audit(timestamptz, integer) FROM PUBLIC;
+"""
+
+
+def _retention(conn: psycopg.Connection) -> None:
+    conn.execute(_RETENTION_SQL)
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration("initial schema with row-level security", _initial),
     Migration("per-session event sequence and run queue order", _run_queue),
@@ -776,6 +808,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration("signed webhooks, their deliveries and attempts", _webhooks),
     Migration("uploaded files and their attachment to sessions", _files),
     Migration("org deletion with a grace period, the purge job's scan, sessions by end user", _org_deletion),
+    Migration("retention: per-org overrides, finished-runs index, audit pruning function", _retention),
 )
 
 
@@ -814,6 +847,11 @@ def ensure_app_role(conn: psycopg.Connection, role: str) -> None:
     # The audit log is append-only for the application: what happened stays as it was written.
     # (Deleting an org still removes its rows: the cascade runs as the table owner.)
     conn.execute(sql.SQL("REVOKE UPDATE, DELETE, TRUNCATE ON audit_logs FROM {}").format(ident))
+    # ...except through retention's bounded function (core.retention), when it exists.
+    if conn.execute("SELECT to_regprocedure('agentos_prune_audit(timestamptz, integer)')").fetchone() not in (
+            None, (None,)):
+        conn.execute(sql.SQL("GRANT EXECUTE ON FUNCTION agentos_prune_audit(timestamptz, integer) TO {}").format(
+            ident))
 
 
 def migrate(

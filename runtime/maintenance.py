@@ -19,7 +19,7 @@ import zlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-from core import org_purge
+from core import org_purge, retention
 from core.infra import Infra
 from core.settings import Settings
 
@@ -41,6 +41,7 @@ class MaintenanceJob:
 # The registered jobs, in the order they run within one pass. Append new ones here.
 JOBS: tuple[MaintenanceJob, ...] = (
     MaintenanceJob("org_purge", lambda s: s.lifecycle.purge_interval_s, org_purge.purge_job),
+    MaintenanceJob("retention", lambda s: s.lifecycle.retention_interval_s, retention.enforce),
 )
 
 

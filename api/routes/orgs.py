@@ -5,7 +5,7 @@ period (`POST /v1/orgs/{id}/restore`); core.org_purge does the rest."""
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt
 from starlette.responses import Response
@@ -13,7 +13,7 @@ from starlette.responses import Response
 from api.endpoint import Call, endpoint, resource
 from api.schemas.orgs import Org, OrgCreated, OrgDeletion, Principal
 from api.state import state_of
-from core import ids, org_purge
+from core import ids, org_purge, retention
 from core.admission import BUDGET_KEYS, Admission, overrides_of
 from core.errors import ApiError
 from core.store import orgs
@@ -47,11 +47,28 @@ class BudgetsPatch(BaseModel):
     max_runs_per_day: Annotated[StrictInt, Field(ge=1, le=10**9)] | None = None
 
 
+Days = Annotated[StrictInt, Field(ge=0, le=retention.MAX_DAYS)]
+
+
+class RetentionPatch(BaseModel):
+    """Per-org overrides of the retention defaults (`AGENTOS_LIFECYCLE__*_DAYS`; 0 keeps for
+    ever); `null` restores the default. `audit_days` below the operator's minimum acts as it."""
+
+    model_config = ConfigDict(extra="forbid")
+    events_days: Days | None = None
+    tool_calls_days: Days | None = None
+    messages_days: Days | None = None
+    checkpoints_days: Days | None = None
+    audit_days: Days | None = None
+    final_checkpoint: Literal["keep", "drop"] | None = None
+
+
 class OrgPatch(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str | None = Field(default=None, min_length=1, max_length=200)
     limits: LimitsPatch | None = None
     budgets: BudgetsPatch | None = None
+    retention: RetentionPatch | None = None
 
 
 class OrgDeleteConfirm(BaseModel):
@@ -82,7 +99,9 @@ def _admission(call: Call[Any]) -> Admission:
 
 def _public_org(call: Call[Any], row: dict[str, Any]) -> dict[str, Any]:
     """The org with its effective limits, and which of them are its own overrides."""
-    body = {k: v for k, v in row.items() if k != "limits"}
+    body = {k: v for k, v in row.items() if k not in ("limits", "retention")}
+    body["retention"] = retention.effective(call.settings.lifecycle, row.get("retention")).public()
+    body["retention_overrides"] = retention.overrides_of(row.get("retention"))
     body["limits"] = _admission(call).effective(row.get("limits")).public()
     body["limit_overrides"] = overrides_of(row.get("limits"))
     body["budgets"] = _admission(call).effective(row.get("limits")).public_budgets()
@@ -134,15 +153,17 @@ async def get_org(call: Call[Any]) -> Response:
     return call.reply(_public_org(call, org))
 
 
-@endpoint("Rename an organisation or change its limits or budgets; one set to null returns to the default "
+@endpoint("Rename an organisation or change its limits, budgets or retention; one set to null returns to the default "
           "(platform admin token required).", role="platform_admin", body=OrgPatch, response=Org,
           errors=("CONFLICT",))
 async def update_org(call: Call[OrgPatch]) -> Response:
     org_id = _org_id(call)
     set_limits, clear_limits = changes_of(call.body.limits, call.body.budgets)
+    set_retention, clear_retention = changes_of(call.body.retention)
     try:
         org = await orgs.update_org(call.pool, org_id, actor="platform_admin", name=call.body.name,
-                                    set_limits=set_limits, clear_limits=clear_limits)
+                                    set_limits=set_limits, clear_limits=clear_limits,
+                                    set_retention=set_retention, clear_retention=clear_retention)
     except orgs.OrgNameTaken as exc:
         raise _name_taken(exc.name) from None
     if org is None:

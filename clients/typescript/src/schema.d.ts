@@ -614,8 +614,8 @@ export interface paths {
         options?: never;
         head?: never;
         /**
-         * Rename an organisation or change its limits or budgets; one set to null returns to the default (platform admin token required).
-         * @description Rename an organisation or change its limits or budgets; one set to null returns to the default (platform admin token required).
+         * Rename an organisation or change its limits, budgets or retention; one set to null returns to the default (platform admin token required).
+         * @description Rename an organisation or change its limits, budgets or retention; one set to null returns to the default (platform admin token required).
          */
         patch: operations["update_org"];
         trace?: never;
@@ -2794,6 +2794,10 @@ export interface components {
             limits: components["schemas"]["OrgLimits"];
             /** Name */
             name: string;
+            /** @description The effective retention (core.retention). */
+            retention: components["schemas"]["Retention"];
+            /** @description The org's own retention values. */
+            retention_overrides: components["schemas"]["RetentionOverrides"];
             /** Settings */
             settings: {
                 [key: string]: unknown;
@@ -2869,6 +2873,8 @@ export interface components {
              * @default null
              */
             name: string | null;
+            /** @default null */
+            retention: components["schemas"]["RetentionPatch"] | null;
         };
         /** OutboundAllowlist */
         OutboundAllowlist: {
@@ -2917,6 +2923,109 @@ export interface components {
              * @default null
              */
             reason: string | null;
+        };
+        /** Retention */
+        Retention: {
+            /**
+             * Audit Days
+             * @description Audit entries (never less than the operator's minimum; 0: for ever).
+             */
+            audit_days: number;
+            /**
+             * Checkpoints Days
+             * @description A session's checkpoints, after its last run ended, are pruned to `final_checkpoint` (0: never).
+             */
+            checkpoints_days: number;
+            /**
+             * Events Days
+             * @description Run events are kept this long after their run ended (0: for ever).
+             */
+            events_days: number;
+            /**
+             * Final Checkpoint
+             * @enum {string}
+             */
+            final_checkpoint: "keep" | "drop";
+            /**
+             * Messages Days
+             * @description Messages, from when they were written (0: for ever).
+             */
+            messages_days: number;
+            /**
+             * Tool Calls Days
+             * @description Tool-call records, likewise.
+             */
+            tool_calls_days: number;
+        };
+        /** RetentionOverrides */
+        RetentionOverrides: {
+            /**
+             * Audit Days
+             * @default null
+             */
+            audit_days: number | null;
+            /**
+             * Checkpoints Days
+             * @default null
+             */
+            checkpoints_days: number | null;
+            /**
+             * Events Days
+             * @default null
+             */
+            events_days: number | null;
+            /**
+             * Final Checkpoint
+             * @default null
+             */
+            final_checkpoint: ("keep" | "drop") | null;
+            /**
+             * Messages Days
+             * @default null
+             */
+            messages_days: number | null;
+            /**
+             * Tool Calls Days
+             * @default null
+             */
+            tool_calls_days: number | null;
+        };
+        /**
+         * RetentionPatch
+         * @description Per-org overrides of the retention defaults (`AGENTOS_LIFECYCLE__*_DAYS`; 0 keeps for
+         *     ever); `null` restores the default. `audit_days` below the operator's minimum acts as it.
+         */
+        RetentionPatch: {
+            /**
+             * Audit Days
+             * @default null
+             */
+            audit_days: number | null;
+            /**
+             * Checkpoints Days
+             * @default null
+             */
+            checkpoints_days: number | null;
+            /**
+             * Events Days
+             * @default null
+             */
+            events_days: number | null;
+            /**
+             * Final Checkpoint
+             * @default null
+             */
+            final_checkpoint: ("keep" | "drop") | null;
+            /**
+             * Messages Days
+             * @default null
+             */
+            messages_days: number | null;
+            /**
+             * Tool Calls Days
+             * @default null
+             */
+            tool_calls_days: number | null;
         };
         /** RotateSecret */
         RotateSecret: {
@@ -7479,7 +7588,7 @@ export interface operations {
             };
         };
         responses: {
-            /** @description Rename an organisation or change its limits or budgets */
+            /** @description Rename an organisation or change its limits, budgets or retention */
             200: {
                 headers: {
                     [name: string]: unknown;
