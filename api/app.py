@@ -50,6 +50,7 @@ from api.routes import (
     stream_tokens,
     tool_calls,
     usage,
+    users_data,
     webhooks,
 )
 from api.routes import metrics as metrics_route
@@ -78,7 +79,7 @@ def _routes() -> list[BaseRoute]:
             *events.routes, *tool_calls.routes, *memories.routes, *knowledge.routes, *secrets.routes,
             *skills.routes, *data_sources.routes, *stream_tokens.routes,
             *mcp_servers.routes, *outbound_allow.routes, *usage.routes,
-            *audit_logs.routes, *webhooks.routes, *files.routes,
+            *audit_logs.routes, *webhooks.routes, *files.routes, *users_data.routes,
             *metrics_route.routes, *runners.routes, *runner_link.routes]
 
 

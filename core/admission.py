@@ -24,7 +24,7 @@ import logging
 import math
 import secrets
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from decimal import Decimal
 from typing import Any
 
@@ -144,7 +144,7 @@ redis.call('PEXPIRE', KEYS[1], ARGV[3])
 return {removed, added, redis.call('ZCARD', KEYS[1])}
 """
 
-ORG_LIMITS_SQL = "SELECT limits FROM orgs WHERE id = %s"
+ORG_LIMITS_SQL = "SELECT limits, deletion_requested_at IS NOT NULL AS closing FROM orgs WHERE id = %s"
 ACTIVE_RUN_IDS_SQL = """
 SELECT id FROM runs
 WHERE org_id = agentos_current_org() AND status IN ('queued', 'running', 'awaiting_confirmation')
@@ -165,6 +165,8 @@ class Limits:
     monthly_tokens: int | None = None
     monthly_cost_usd: Decimal | None = None
     max_runs_per_day: int | None = None
+    # The org's deletion was asked for (core.org_purge): it starts no new run.
+    closing: bool = False
 
     def public(self) -> dict[str, int]:
         return {"requests_per_minute": self.requests_per_minute, "burst": self.burst,
@@ -266,6 +268,9 @@ class RunTicket:
         self.active = active
 
     def refusal(self) -> ApiError:
+        if self.limits.closing:
+            return ApiError("ORG_DELETION_PENDING", "This organisation is being deleted, so it starts no new run; its "
+                            "owner can restore it (POST /v1/orgs/{id}/restore) during the grace period.")
         cap = self.limits.max_active_runs
         return ApiError(
             "QUOTA_EXCEEDED",
@@ -316,6 +321,8 @@ class Admission:
         async with tenant_tx(self._pool, org_id) as conn:
             row = await (await conn.execute(ORG_LIMITS_SQL, (org_id,))).fetchone()
         limits = effective_limits(self.settings, row["limits"] if row else None, self.sandbox)
+        if row is not None and row["closing"]:
+            limits = replace(limits, closing=True)
         if self.settings.cache_s > 0:
             self._cache[org_id] = (now + self.settings.cache_s, limits)
         return limits
@@ -347,6 +354,8 @@ class Admission:
         """Reserve a place for a new run under the org's cap. A ticket that is not `admitted`
         carries the refusal (the caller may still answer an idempotent replay)."""
         limits = await self.limits(org_id)
+        if limits.closing:
+            return RunTicket(self, org_id, None, False, limits, 0)
         key = org_active_runs_key(org_id)
         token = PENDING_PREFIX + secrets.token_hex(12)
         ttl_ms = self.settings.active_run_ttl_s * 1000

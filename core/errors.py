@@ -16,6 +16,8 @@ CODES: dict[str, tuple[int, str]] = {
     "METHOD_NOT_ALLOWED": (405, "This method is not allowed on this path."),
     "SESSION_BUSY": (409, "A run is already active in this session."),
     "CONFLICT": (409, "The resource's state does not allow this."),
+    "ORG_DELETION_PENDING": (409, "This organisation is being deleted; its owner can restore it during the grace "
+                             "period."),
     "WEBHOOK_DISABLED": (409, "The webhook is disabled; enable it (PATCH enabled: true) first."),
     "PAYLOAD_TOO_LARGE": (413, "The request body is too large."),
     "UNSUPPORTED_MEDIA_TYPE": (415, "Send JSON with 'Content-Type: application/json'."),

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Protocol
@@ -28,6 +29,11 @@ class FileStorage(Protocol):
 
     async def delete(self, key: str) -> None:
         """Remove the object; no error if it is already gone."""
+        ...
+
+    async def delete_org(self, org_id: str) -> int:
+        """Remove every object under the org's prefix (org deletion: also what no row names any
+        more, e.g. an upload whose row was rolled back); how many there were."""
         ...
 
 
@@ -74,6 +80,17 @@ class LocalStorage:
     async def delete(self, key: str) -> None:
         await asyncio.to_thread(self._path(key).unlink, missing_ok=True)
 
+    def _delete_org(self, org_id: str) -> int:
+        directory = self._path(key_for(org_id, "x")).parent
+        if not directory.is_dir():
+            return 0
+        count = sum(1 for p in directory.iterdir() if not p.name.startswith("."))
+        shutil.rmtree(directory)
+        return count
+
+    async def delete_org(self, org_id: str) -> int:
+        return await asyncio.to_thread(self._delete_org, org_id)
+
 
 class S3Storage:
     """Objects `<prefix><key>` in one bucket of an S3-compatible service (boto3, in a thread)."""
@@ -105,6 +122,20 @@ class S3Storage:
 
     async def delete(self, key: str) -> None:
         await asyncio.to_thread(self._client.delete_object, Bucket=self._bucket, Key=self._prefix + key)
+
+    def _delete_org(self, org_id: str) -> int:
+        removed = 0
+        pages = self._client.get_paginator("list_objects_v2").paginate(
+            Bucket=self._bucket, Prefix=self._prefix + key_for(org_id, ""))
+        for listing in pages:
+            keys = [{"Key": o["Key"]} for o in listing.get("Contents", [])]
+            if keys:  # a listing page holds at most 1000 keys, what one delete_objects takes
+                self._client.delete_objects(Bucket=self._bucket, Delete={"Objects": keys, "Quiet": True})
+                removed += len(keys)
+        return removed
+
+    async def delete_org(self, org_id: str) -> int:
+        return await asyncio.to_thread(self._delete_org, org_id)
 
 
 def open_storage(settings: FileSettings) -> FileStorage:

@@ -790,6 +790,55 @@ def _runners(conn: psycopg.Connection) -> None:
     conn.execute(_RUNNERS_SQL)
     for table in ("runners", "runner_calls"):
         _tenant_policy(conn, table)
+_ORG_DELETION_SQL = """
+-- Org deletion (issue #23): the owner asks (`deletion_requested_at`); during the grace period the
+-- org can be restored, after `purge_after` the maintenance job removes every row it owns.
+ALTER TABLE orgs ADD COLUMN deletion_requested_at timestamptz;
+ALTER TABLE orgs ADD COLUMN purge_after timestamptz;
+CREATE INDEX orgs_purge_idx ON orgs (purge_after) WHERE purge_after IS NOT NULL;
+-- The purge job looks across orgs for those due (core.tenancy.lifecycle_scan_tx): read-only, and
+-- only `orgs` rows, like watchdog_scan; the purge itself goes through tenant_tx.
+CREATE POLICY lifecycle_scan ON orgs FOR SELECT
+    USING (current_setting('app.lifecycle', true) = 'on');
+-- End-user erasure (DELETE /v1/users-data) finds one user's sessions.
+CREATE INDEX sessions_user_idx ON sessions (org_id, user_id) WHERE user_id IS NOT NULL;
+"""
+
+
+def _org_deletion(conn: psycopg.Connection) -> None:
+    conn.execute(_ORG_DELETION_SQL)
+
+
+_RETENTION_SQL = """
+-- Retention (issue #23, core.retention): the org's overrides of the operator's defaults
+-- (AGENTOS_LIFECYCLE__*), e.g. {"events_days": 30}; like `limits`, only what the org changed.
+ALTER TABLE orgs ADD COLUMN retention jsonb NOT NULL DEFAULT '{}';
+-- The retention job walks an org's runs that ended before a cutoff.
+CREATE INDEX runs_finished_idx ON runs (org_id, finished_at) WHERE finished_at IS NOT NULL;
+CREATE INDEX audit_logs_created_idx ON audit_logs (org_id, created_at);
+-- The audit log is append-only for the application role; retention alone removes old entries,
+-- through this function (run as its owner), only the current org's, only older than a day, and
+-- a bounded batch per call. The operator's minimum age is applied by the caller (core.retention).
+CREATE FUNCTION agentos_prune_audit(older_than timestamptz, max_rows integer) RETURNS integer
+    LANGUAGE plpgsql SECURITY DEFINER SET search_path = public, pg_temp AS $$
+DECLARE
+    removed integer;
+BEGIN
+    IF older_than > now() - interval '1 day' THEN
+        RAISE EXCEPTION 'audit entries younger than a day are never removed';
+    END IF;
+    DELETE FROM audit_logs WHERE ctid = ANY(ARRAY(
+        SELECT ctid FROM audit_logs WHERE org_id = agentos_current_org() AND created_at < older_than
+        LIMIT max_rows));
+    GET DIAGNOSTICS removed = ROW_COUNT;
+    RETURN removed;
+END $$;
+REVOKE ALL ON FUNCTION agentos_prune_audit(timestamptz, integer) FROM PUBLIC;
+"""
+
+
+def _retention(conn: psycopg.Connection) -> None:
+    conn.execute(_RETENTION_SQL)
 
 
 MIGRATIONS: tuple[Migration, ...] = (
@@ -811,6 +860,8 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration("signed webhooks, their deliveries and attempts", _webhooks),
     Migration("uploaded files and their attachment to sessions", _files),
     Migration("remote runners and the tool calls routed to them", _runners),
+    Migration("org deletion with a grace period, the purge job's scan, sessions by end user", _org_deletion),
+    Migration("retention: per-org overrides, finished-runs index, audit pruning function", _retention),
 )
 
 
@@ -849,6 +900,11 @@ def ensure_app_role(conn: psycopg.Connection, role: str) -> None:
     # The audit log is append-only for the application: what happened stays as it was written.
     # (Deleting an org still removes its rows: the cascade runs as the table owner.)
     conn.execute(sql.SQL("REVOKE UPDATE, DELETE, TRUNCATE ON audit_logs FROM {}").format(ident))
+    # ...except through retention's bounded function (core.retention), when it exists.
+    if conn.execute("SELECT to_regprocedure('agentos_prune_audit(timestamptz, integer)')").fetchone() not in (
+            None, (None,)):
+        conn.execute(sql.SQL("GRANT EXECUTE ON FUNCTION agentos_prune_audit(timestamptz, integer) TO {}").format(
+            ident))
 
 
 def migrate(

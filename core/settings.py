@@ -554,6 +554,32 @@ class RunnerSettings(BaseModel):
     offline_timeout_s: float = Field(default=600.0, gt=0, le=7 * 86_400)
     # How long a worker waits for a connected runner's result (also bounded by the run's deadline).
     call_timeout_s: float = Field(default=300.0, gt=0, le=86_400)
+class LifecycleSettings(BaseModel):
+    """Data lifecycle (docs/operations.md, "Data lifecycle"): org deletion, erasure, retention."""
+
+    # How long a deleted org can still be restored (POST /v1/orgs/{id}/restore) before the purge
+    # job removes its data for good.
+    org_deletion_grace_s: int = Field(default=7 * 86400, ge=0)
+    # How often the maintenance job looks for orgs whose grace period is over.
+    purge_interval_s: float = Field(default=300.0, gt=0)
+    # Rows per statement when a job removes data: small, so no statement holds locks for long.
+    batch_rows: int = Field(default=1000, ge=1, le=100_000)
+    # Retention (core.retention): the operator's defaults, in days (0: kept for ever); an org may
+    # override each (PATCH /v1/orgs/{id} `retention`). Events and tool-call records count from
+    # the end of their run.
+    retention_interval_s: float = Field(default=3600.0, gt=0)
+    events_days: int = Field(default=90, ge=0)
+    tool_calls_days: int = Field(default=90, ge=0)
+    messages_days: int = Field(default=0, ge=0)
+    # Checkpoints of a session whose runs all ended this long ago are pruned to its final state
+    # (`final_checkpoint: keep`, what its next run continues from) or removed (`drop`: the next
+    # run starts without the graph's memory of the conversation). A run waiting for a human keeps
+    # them all; a running one keeps the latest per namespace.
+    checkpoints_days: int = Field(default=7, ge=0)
+    final_checkpoint: Literal["keep", "drop"] = "keep"
+    audit_days: int = Field(default=365, ge=0)
+    # No org keeps its audit log for less (an override below it is raised to it); 0 = forever.
+    audit_min_days: int = Field(default=365, ge=1)
 
 
 class Settings(BaseSettings):
@@ -587,6 +613,7 @@ class Settings(BaseSettings):
     files: FileSettings = FileSettings()
     maintenance: MaintenanceSettings = MaintenanceSettings()
     runners: RunnerSettings = RunnerSettings()
+    lifecycle: LifecycleSettings = LifecycleSettings()
 
     @model_validator(mode="after")
     def _production_ready(self) -> Settings:

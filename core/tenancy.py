@@ -79,8 +79,33 @@ async def secret_rotation_scan_tx(pool: AsyncPool) -> AsyncIterator[AsyncConnect
         yield conn
 
 
+SET_LIFECYCLE_SQL = "SELECT set_config('app.lifecycle', 'on', true)"
+
+
+@asynccontextmanager
+async def lifecycle_scan_tx(pool: AsyncPool) -> AsyncIterator[AsyncConnection[DictRow]]:
+    """The data-lifecycle jobs' read-only view across orgs (core.org_purge, core.retention): the
+    `lifecycle_scan` policy shows `orgs` rows (only) for this one transaction. Every removal
+    still goes through `tenant_tx`."""
+    async with pool.connection() as conn, conn.transaction():
+        await conn.execute(SET_LIFECYCLE_SQL)
+        yield conn
+
+
 # Redis keys and checkpoint thread ids: built here only, always from ids the server resolved
 # (never from a client's string), and always carrying the org.
+
+
+def org_key_pattern(org_id: str) -> str:
+    """A SCAN pattern matching every Redis key of one org: each key below that holds an org's
+    data starts `agentos:<org>:` (tests/test_org_deletion.py checks it), so deleting an org
+    finds them all. Org ids are server-made (`org_` + base32), so hold no glob character."""
+    return f"agentos:{org_id}:*"
+
+
+def checkpoint_thread_prefix(org_id: str) -> str:
+    """What every checkpoint thread id of the org starts with (see `checkpoint_thread_id`)."""
+    return f"{org_id}:"
 
 
 def session_stream_key(org_id: str, session_id: str) -> str:

@@ -19,6 +19,7 @@ import zlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
+from core import org_purge, retention
 from core.infra import Infra
 from core.runner_waits import fail_overdue_waits
 from core.settings import Settings
@@ -42,6 +43,8 @@ class MaintenanceJob:
 JOBS: tuple[MaintenanceJob, ...] = (
     MaintenanceJob("runner_offline_timeouts", lambda s: min(s.runners.offline_timeout_s / 4, 30.0),
                    fail_overdue_waits),
+    MaintenanceJob("org_purge", lambda s: s.lifecycle.purge_interval_s, org_purge.purge_job),
+    MaintenanceJob("retention", lambda s: s.lifecycle.retention_interval_s, retention.enforce),
 )
 
 

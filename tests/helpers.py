@@ -344,3 +344,51 @@ def create_runner(org: Org, name: str = "laptop", **labels: str) -> dict[str, An
 
 def runner_online(org: Org, runner_id: str) -> bool:
     return bool(org.client.get(f"/v1/runners/{runner_id}", headers=org.headers).json()["online"])
+def fake_checkpoint(database_url: str, thread_id: str, checkpoint_id: str = "1", blob: bytes = b"state") -> None:
+    """One LangGraph checkpoint of `thread_id` (a row in each of its three tables), written
+    directly: tests of what removes checkpoints need some without running a graph."""
+    import psycopg
+
+    with psycopg.connect(database_url) as conn:
+        conn.execute("INSERT INTO checkpoints (thread_id, checkpoint_ns, checkpoint_id, checkpoint) "
+                     "VALUES (%s, '', %s, '{}')", (thread_id, checkpoint_id))
+        conn.execute("INSERT INTO checkpoint_blobs (thread_id, checkpoint_ns, channel, version, type, blob) "
+                     "VALUES (%s, '', 'messages', %s, 'bytes', %s)", (thread_id, checkpoint_id, blob))
+        conn.execute("INSERT INTO checkpoint_writes (thread_id, checkpoint_ns, checkpoint_id, task_id, idx, channel, "
+                     "blob) VALUES (%s, '', %s, 't', 0, 'messages', %s)", (thread_id, checkpoint_id, blob))
+
+
+def populate_org(org: Org, database_url: str, *, user_id: str = "end-user-1", tag: str = "") -> dict[str, Any]:
+    """Give `org` some of every kind of data (an agent, a session of `user_id` with a queued run,
+    its events and a checkpoint, a memory, a knowledge document, an uploaded file attached to the
+    session, a secret, a webhook, an extra API key): what deletion, erasure and export tests
+    remove or read back. Returns the ids made."""
+    agent = org.create_agent()
+    session = org.create_session(str(agent["id"]), user_id=user_id)
+    sid = str(session["id"])
+    run = start_run(org, sid, f"hello from {user_id} {tag}")
+    h = org.headers
+    memory = org.client.post("/v1/memories", json={"content": f"{user_id} likes tea {tag}", "scope": "user",
+                                                   "user_id": user_id}, headers=h)
+    assert memory.status_code == 201, memory.text
+    doc = org.client.post("/v1/knowledge", json={"title": "handbook", "content": f"The handbook {tag}."}, headers=h)
+    assert doc.status_code == 202, doc.text
+    file = org.client.post("/v1/files", files={"file": ("notes.txt", f"notes {tag}".encode(), "text/plain")},
+                           headers=h)
+    assert file.status_code == 201, file.text
+    attach = org.client.post(f"/v1/sessions/{sid}/files", json={"file_id": file.json()["id"]}, headers=h)
+    assert attach.status_code in (200, 201), attach.text
+    assert org.client.put("/v1/secrets/api_token", json={"value": f"SECRET-{org.id}"}, headers=h).status_code in (
+        200, 201)
+    import psycopg
+
+    with psycopg.connect(database_url) as conn:  # the operator opens 127.0.0.1 for the webhook
+        conn.execute("""UPDATE orgs SET settings = settings || '{"outbound_allow": ["127.0.0.1"]}' WHERE id = %s""",
+                     (org.id,))
+    hook = org.client.post("/v1/webhooks", json={"url": "http://127.0.0.1:9/hook", "events": ["run.succeeded"]},
+                           headers=h)
+    assert hook.status_code == 201, hook.text
+    org.key_with_role("member")
+    fake_checkpoint(database_url, f"{org.id}:{sid}")
+    return {"agent_id": agent["id"], "session_id": sid, "run_id": run["id"], "memory_id": memory.json()["id"],
+            "document_id": doc.json()["id"], "file_id": file.json()["id"], "webhook_id": hook.json()["id"]}

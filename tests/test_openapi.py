@@ -264,6 +264,16 @@ def test_every_operation_answers_as_documented(client, conformance):
     assert c.delete(f"/v1/sessions/{session['id']}", headers=h).status_code == 204
     assert c.delete(f"/v1/agents/{agent['id']}", headers=h).status_code == 204
 
+    assert c.delete("/v1/users-data?user=nobody", headers=h).json()["sessions"] == 0
+    error_of(c.delete("/v1/users-data", headers=h), 422, "VALIDATION_FAILED")
+    org_name = c.get(f"/v1/orgs/{org.id}", headers=ADMIN).json()["name"]
+    error_of(c.post(f"/v1/orgs/{org.id}/restore", headers=h), 409, "CONFLICT")
+    error_of(c.request("DELETE", f"/v1/orgs/{org.id}", json={"confirm": "not it"}, headers=h), 422,
+             "VALIDATION_FAILED")
+    deleting = c.request("DELETE", f"/v1/orgs/{org.id}", json={"confirm": org_name}, headers=h)
+    assert deleting.status_code == 202 and deleting.json()["status"] == "scheduled"
+    assert c.post(f"/v1/orgs/{org.id}/restore", headers=h).json()["status"] == "restored"
+
     operations = {(path, method.upper()) for path, ops in doc["paths"].items() for method in ops}
     exercised = {(path, method) for path, method, _ in conformance.covered}
     assert operations <= exercised, sorted(operations - exercised)

@@ -24,6 +24,7 @@ from agentos.client.errors import (
     InternalError,
     MethodNotAllowed,
     NotFound,
+    OrgDeletionPending,
     PayloadTooLarge,
     QuotaExceeded,
     RateLimited,
@@ -45,7 +46,8 @@ from agentos.client.sync import Client
 __all__ = [
     "Agent", "AgentOSError", "ApiError", "ApiKey", "AsyncClient", "BadRequest", "Client", "Conflict",
     "ConnectionFailed", "Event", "Forbidden", "IdempotencyMismatch", "InternalError", "Message",
-    "MethodNotAllowed", "NotFound", "Page", "PayloadTooLarge", "Principal", "QuotaExceeded", "RateLimited",
+    "MethodNotAllowed", "NotFound", "OrgDeletionPending", "Page", "PayloadTooLarge", "Principal", "QuotaExceeded",
+    "RateLimited",
     "RetryPolicy", "Run", "SandboxBackendFailed", "Session", "SessionBusy", "StreamTokenExpired",
     "StreamTokenInvalid", "ToolCall", "Unauthenticated", "Unavailable", "UnsupportedMediaType", "ValidationFailed",
     "WebhookDisabled", "WebhookUrlRefused",

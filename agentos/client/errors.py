@@ -90,6 +90,12 @@ class WebhookDisabled(Conflict):
     code = "WEBHOOK_DISABLED"
 
 
+class OrgDeletionPending(Conflict):
+    """The org is being deleted: it starts no new run until its owner restores it."""
+
+    code = "ORG_DELETION_PENDING"
+
+
 class PayloadTooLarge(ApiError):
     code = "PAYLOAD_TOO_LARGE"
 
@@ -138,7 +144,7 @@ _BY_CODE: dict[str, type[ApiError]] = {cls.code: cls for cls in (
     BadRequest, Unauthenticated, StreamTokenInvalid, StreamTokenExpired,
     Forbidden, NotFound, MethodNotAllowed, Conflict, SessionBusy, PayloadTooLarge,
     UnsupportedMediaType, ValidationFailed, IdempotencyMismatch, RateLimited, QuotaExceeded, InternalError,
-    Unavailable, SandboxBackendFailed, WebhookDisabled, WebhookUrlRefused)}
+    Unavailable, SandboxBackendFailed, WebhookDisabled, WebhookUrlRefused, OrgDeletionPending)}
 # For an error status without an error object (a proxy's page, say): the status's usual code.
 _BY_STATUS: dict[int, type[ApiError]] = {400: BadRequest, 401: Unauthenticated, 403: Forbidden, 404: NotFound,
                                          405: MethodNotAllowed, 409: Conflict, 413: PayloadTooLarge,

@@ -81,7 +81,8 @@ def _idempotency_key(call: Call[Any]) -> str | None:
 
 @endpoint("Start a run: the message is stored and the run queued for a worker (`202`).", role="member",
           body=RunCreate, status=202, response=Run, headers=("Location", "Idempotent-Replayed", "AgentOS-Deferred"),
-          errors=("BAD_REQUEST", "CONFLICT", "SESSION_BUSY", "IDEMPOTENCY_MISMATCH", "QUOTA_EXCEEDED"),
+          errors=("BAD_REQUEST", "CONFLICT", "SESSION_BUSY", "IDEMPOTENCY_MISMATCH", "QUOTA_EXCEEDED",
+                  "ORG_DELETION_PENDING"),
           params=(Param("Idempotency-Key", {"type": "string", "maxLength": IDEMPOTENCY_KEY_MAX,
                                             "pattern": "^[!-~]([ -~]*[!-~])?$"},
                         "Makes a retry safe: the same key and body answer the run the first request made.",

@@ -29,6 +29,25 @@ class LimitOverrides(Out):
     sandbox_cpu_s_per_day: int | None = None
 
 
+class Retention(Out):
+    events_days: int = Field(description="Run events are kept this long after their run ended (0: for ever).")
+    tool_calls_days: int = Field(description="Tool-call records, likewise.")
+    messages_days: int = Field(description="Messages, from when they were written (0: for ever).")
+    checkpoints_days: int = Field(description="A session's checkpoints, after its last run ended, are pruned to "
+                                  "`final_checkpoint` (0: never).")
+    audit_days: int = Field(description="Audit entries (never less than the operator's minimum; 0: for ever).")
+    final_checkpoint: Literal["keep", "drop"]
+
+
+class RetentionOverrides(Out):
+    events_days: int | None = None
+    tool_calls_days: int | None = None
+    messages_days: int | None = None
+    checkpoints_days: int | None = None
+    audit_days: int | None = None
+    final_checkpoint: Literal["keep", "drop"] | None = None
+
+
 class Org(Out):
     id: str
     name: str
@@ -38,6 +57,17 @@ class Org(Out):
     limit_overrides: LimitOverrides = Field(description="The org's own values; the rest are the defaults.")
     budgets: Budgets = Field(description="The effective budgets (null: unlimited).")
     budget_overrides: Budgets = Field(description="The org's own budgets; the rest are the operator's defaults.")
+    retention: Retention = Field(description="The effective retention (core.retention).")
+    retention_overrides: RetentionOverrides = Field(description="The org's own retention values.")
+
+
+class OrgDeletion(Out):
+    org_id: str
+    status: Literal["scheduled", "restored"]
+    requested_at: datetime | None = Field(description="When the owner asked for the deletion (null once restored).")
+    purge_after: datetime | None = Field(description="When the org's data is removed for good, unless it is "
+                                         "restored before (null once restored).")
+    cancelled_runs: int = Field(description="Active runs the request cancelled.")
 
 
 class OrgCreated(Out):

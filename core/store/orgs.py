@@ -15,7 +15,7 @@ from core.ids import new_id
 from core.store import api_keys, audit
 from core.tenancy import AsyncPool, tenant_tx
 
-COLUMNS = "id, name, settings, limits, created_at"
+COLUMNS = "id, name, settings, limits, retention, created_at"
 INSERT_ORG_SQL = f"""
 INSERT INTO orgs (id, name, settings) VALUES (%s, %s, %s)
 RETURNING {COLUMNS}
@@ -27,7 +27,8 @@ GET_ORG_SETTINGS_SQL = "SELECT settings FROM orgs WHERE id = agentos_current_org
 # `limits` holds only the org's overrides of the admission defaults (core.admission): set keys
 # are merged in, cleared keys removed (the default applies again).
 UPDATE_ORG_SQL = f"""
-UPDATE orgs SET name = coalesce(%(name)s, name), limits = (limits || %(set)s) - %(clear)s::text[]
+UPDATE orgs SET name = coalesce(%(name)s, name), limits = (limits || %(set)s) - %(clear)s::text[],
+    retention = (retention || %(rset)s) - %(rclear)s::text[]
 WHERE id = %(id)s
 RETURNING {COLUMNS}
 """
@@ -88,14 +89,19 @@ async def update_org(
     name: str | None = None,
     set_limits: dict[str, Any] | None = None,
     clear_limits: list[str] | None = None,
+    set_retention: dict[str, Any] | None = None,
+    clear_retention: list[str] | None = None,
 ) -> dict[str, Any] | None:
-    """Rename the org and/or change its limit and budget overrides; None if there is no such org;
-    OrgNameTaken when the new name is another org's."""
-    changes = {"name": name, "set_limits": set_limits or {}, "clear_limits": clear_limits or []}
+    """Rename the org and/or change its limit, budget and retention overrides; None if there is
+    no such org; OrgNameTaken when the new name is another org's."""
+    changes: dict[str, Any] = {"name": name, "set_limits": set_limits or {}, "clear_limits": clear_limits or []}
+    if set_retention or clear_retention:
+        changes |= {"set_retention": set_retention or {}, "clear_retention": clear_retention or []}
     try:
         async with tenant_tx(pool, org_id) as conn:
             row = await (await conn.execute(UPDATE_ORG_SQL, {
                 "id": org_id, "name": name, "set": Jsonb(set_limits or {}), "clear": list(clear_limits or []),
+                "rset": Jsonb(set_retention or {}), "rclear": list(clear_retention or []),
             })).fetchone()
             if row is None:
                 return None
