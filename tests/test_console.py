@@ -172,8 +172,8 @@ def test_a_sub_agents_call_approved_from_the_inbox_with_edited_arguments_and_a_r
         page.wait_for_selector("#connection[data-state=live]")
         page.fill("textarea[name=input]", f"delegate: scribe {WRITE}")
         page.click("button:has-text('Send')")
-        pending = page.wait_for_selector(".subagent .tool.pending")
-        assert '"proposed"' in pending.inner_text()
+        page.wait_for_selector(".subagent .tool.pending")
+        assert json.loads(page.input_value(".subagent .tool.pending textarea[name=args]"))["content"] == "proposed"
         assert page.inner_text(".run .status") == "awaiting approval"
         c.screenshot("chat-waiting")
 
@@ -230,6 +230,10 @@ def test_a_sub_agents_call_approved_from_the_inbox_with_edited_arguments_and_a_r
         page.click("button:has-text('Filter')")
         page.wait_for_selector("#runs td.muted:has-text('No runs match')")
         c.screenshot("runs")
+        c.go("#/usage")  # the owner may see usage: the run's tokens, per day and per agent
+        page.wait_for_selector("#usage .bars")
+        assert page.locator("#usage table.bars").count() == 2 and "lead" in page.inner_text("#usage")
+        c.screenshot("usage")
         c.assert_clean()
     [stored] = client.get(f"/v1/runs/{run_id}/tool-calls", headers=org.headers).json()["data"]
     assert stored["args"]["content"] == "edited in the console" and stored["proposed_args"]["content"] == "proposed"
