@@ -21,6 +21,7 @@ from api.console import STATIC
 from tests.console_page import console, seqs_in, words
 from tests.helpers import Org, RsaKeys, make_settings, serving, start_run, wait
 from tests.sse import read_events
+from tests.tcp_proxy import TcpProxy
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -171,8 +172,8 @@ def test_a_sub_agents_call_approved_from_the_inbox_with_edited_arguments_and_a_r
         page.wait_for_selector("#connection[data-state=live]")
         page.fill("textarea[name=input]", f"delegate: scribe {WRITE}")
         page.click("button:has-text('Send')")
-        pending = page.wait_for_selector(".subagent .tool.pending")
-        assert '"proposed"' in pending.inner_text()
+        page.wait_for_selector(".subagent .tool.pending")
+        assert json.loads(page.input_value(".subagent .tool.pending textarea[name=args]"))["content"] == "proposed"
         assert page.inner_text(".run .status") == "awaiting approval"
         c.screenshot("chat-waiting")
 
@@ -229,6 +230,10 @@ def test_a_sub_agents_call_approved_from_the_inbox_with_edited_arguments_and_a_r
         page.click("button:has-text('Filter')")
         page.wait_for_selector("#runs td.muted:has-text('No runs match')")
         c.screenshot("runs")
+        c.go("#/usage")  # the owner may see usage: the run's tokens, per day and per agent
+        page.wait_for_selector("#usage .bars")
+        assert page.locator("#usage table.bars").count() == 2 and "lead" in page.inner_text("#usage")
+        c.screenshot("usage")
         c.assert_clean()
     [stored] = client.get(f"/v1/runs/{run_id}/tool-calls", headers=org.headers).json()["data"]
     assert stored["args"]["content"] == "edited in the console" and stored["proposed_args"]["content"] == "proposed"
@@ -303,3 +308,60 @@ def test_search_memories_and_upload_knowledge_until_ready(client: TestClient, or
         c.assert_clean()
     left = client.get("/v1/memories", headers=org.headers).json()["data"]
     assert [m["content"] for m in left if m["document_id"] is None] == ["The office plant is a fern."]
+
+
+@pytest.mark.usefixtures("worker")
+@pytest.mark.timeout(240)
+def test_the_chat_resumes_after_a_cut_without_gaps_shows_a_queued_place_and_cancels(
+        client: TestClient, org: Org, api_url: str):
+    agent = org.create_agent(name="writer", skills=["file_manager"])
+    session = org.create_session(str(agent["id"]))
+    # The page reaches the API through a proxy the test can cut.
+    with TcpProxy(int(api_url.rsplit(":", 1)[1])) as proxy, console(f"http://127.0.0.1:{proxy.port}") as c:
+        page = c.page
+        c.sign_in(org.key)
+        c.go(f"#/chat/{agent['id']}/{session['id']}")
+        page.wait_for_selector("#connection[data-state=live]")
+        page.fill("textarea[name=input]", WRITE)
+        page.click("button:has-text('Send')")
+        page.wait_for_selector(".tool.pending")
+        # A second message waits behind the first: its place shows.
+        page.fill("textarea[name=input]", "hello")
+        page.click("button:has-text('Send')")
+        page.wait_for_selector(".run:nth-child(2) .status:has-text('queued · place 2')")
+        c.screenshot("chat-queued")
+
+        # The connection drops; meanwhile the call is approved and both runs go on.
+        c.expected_failures.append("net::ERR_")  # the page's requests while the API is unreachable
+        proxy.down()
+        [pending] = client.get("/v1/tool-calls", params={"status": "pending"}, headers=org.headers).json()["data"]
+        assert client.post(f"/v1/tool-calls/{pending['id']}/approve", json={}, headers=org.headers).status_code == 200
+        second = client.get(f"/v1/sessions/{session['id']}/runs", headers=org.headers).json()["data"][0]
+        wait(org, second["id"])
+        proxy.up()
+        page.wait_for_selector(".run:nth-child(2) .end-succeeded")
+        assert page.locator(".end-succeeded").count() == 2
+
+        # Cancel a run while it works.
+        page.fill("textarea[name=input]", "wait: 30")
+        page.click("button:has-text('Send')")
+        page.wait_for_selector(".run:nth-child(3) .status:has-text('running')")
+        page.click("#cancel")
+        page.wait_for_selector(".run:nth-child(3) .end-cancelled")
+        assert page.is_hidden("#cancel")
+
+        shown = seqs_in(page)
+        runs = page.eval_on_selector_all(".run", "els => els.map(e => e.dataset.run)")
+        c.assert_clean()
+    assert len(shown) == len(set(shown)), f"an event shown twice: {shown}"
+    # Nothing missed, the events of the cut included: each event that makes an element has one.
+    for run_id in runs:
+        for e in read_events(client, f"/v1/runs/{run_id}/events", org.headers):
+            if e["type"] in MARKED:
+                assert e["seq"] in shown, f"{e['type']} {e['seq']} of {run_id} is not shown"
+
+
+# The event types for which the timeline always makes an element of their own.
+MARKED = {"step.started", "memory.recalled", "tool.result", "confirmation.required", "confirmation.resolved",
+          "subagent.started", "subagent.completed", "run.warning", "budget.warning",
+          "run.succeeded", "run.failed", "run.cancelled", "run.timed_out"}

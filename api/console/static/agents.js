@@ -161,6 +161,6 @@ export async function renderVersions(main, ctx, agentId) {
   main.append(h("h1", {text: `${agent.name}: versions`}),
     h("p", {class: "actions"}, h("a", {href: `#/agents/${agentId}`, text: "Back to the agent"})),
     h("div", {class: "row"}, h("label", {}, "From ", older), h("label", {}, "to ", newer)), out,
-    h("ul", {class: "plain"}, versions.map((v) => h("li", {text: `v${v.version} — ${when(v.created_at)} by ${v.created_by || "?"}`}))));
+    h("ul", {class: "plain"}, versions.map((v) => h("li", {text: `v${v.version} — ${when(v.created_at)} by ${v.created_by || "an API key"}`}))));
   show();
 }

@@ -17,8 +17,9 @@ export class Timeline {
     this.actions = actions;   // (toolCallEvent) => element with approve/reject controls, or null
   }
 
+  // The run that holds the session now (later ones wait behind it): what Cancel stops.
   activeRun() {
-    return [...this.runs.values()].reverse().find((r) => !r.ended) || null;
+    return [...this.runs.values()].find((r) => !r.ended) || null;
   }
 
   add(event) {
