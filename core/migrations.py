@@ -775,6 +775,19 @@ CREATE TABLE runner_calls (
     done_at timestamptz
 );
 CREATE INDEX runner_calls_open_idx ON runner_calls (runner_id, created_at) WHERE status <> 'done';
+CREATE INDEX runner_calls_runner_run_idx ON runner_calls (runner_id, run_id);
+-- What a runner did with a run's workspace once the run ended: its branch, the commit it made
+-- (with the run id in the message) and the diff summary against where the worktree began.
+CREATE TABLE runner_runs (
+    org_id text NOT NULL REFERENCES orgs(id) ON DELETE CASCADE,
+    run_id text NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
+    runner_id text NOT NULL REFERENCES runners(id) ON DELETE CASCADE,
+    branch text,
+    commit text,
+    diff_stat text NOT NULL DEFAULT '',
+    finished_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (run_id, runner_id)
+);
 -- Authentication finds a runner by its token's public prefix before the org is known; like
 -- api_key_lookup, this shows exactly that one row (core.tenancy.runner_lookup_tx).
 CREATE POLICY runner_lookup ON runners FOR SELECT
@@ -788,7 +801,7 @@ CREATE POLICY watchdog_scan ON runner_calls FOR SELECT
 
 def _runners(conn: psycopg.Connection) -> None:
     conn.execute(_RUNNERS_SQL)
-    for table in ("runners", "runner_calls"):
+    for table in ("runners", "runner_calls", "runner_runs"):
         _tenant_policy(conn, table)
 _ORG_DELETION_SQL = """
 -- Org deletion (issue #23): the owner asks (`deletion_requested_at`); during the grace period the

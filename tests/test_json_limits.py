@@ -62,6 +62,7 @@ WRITES: dict[tuple[str, str], tuple[str, set[int]]] = {
     ("POST", "/v1/runners"): ('{"name": "r", "labels": NESTED}', {422}),
     # A runner's route: an org key is no runner token (the body is read first, like every route's).
     ("POST", "/v1/runner/calls/{call_id}/result"): ('{"output": NESTED}', {401}),
+    ("POST", "/v1/runner/runs/{run_id}/workspace"): ('{"diff_stat": NESTED}', {422}),
 }
 
 

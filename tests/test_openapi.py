@@ -259,6 +259,9 @@ def test_every_operation_answers_as_documented(client, conformance):
     error_of(c.post("/v1/runner/calls/tc_0123456789abcdef0123456789ab/result", json={"output": "x"},
                     headers=runner_h), 404, "NOT_FOUND")
     assert c.get(f"/v1/runners/{runner.json()['id']}", headers=h).status_code == 200
+    assert c.get(f"/v1/runs/{run_id}/workspaces", headers=h).json()["data"] == []
+    error_of(c.post(f"/v1/runner/runs/{run_id}/workspace", json={"diff_stat": ""}, headers=runner_h), 404,
+             "NOT_FOUND")
     assert c.delete(f"/v1/runners/{runner.json()['id']}", headers=h).json()["revoked_at"] is not None
 
     assert c.delete(f"/v1/sessions/{session['id']}", headers=h).status_code == 204

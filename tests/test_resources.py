@@ -171,6 +171,7 @@ def test_openapi_describes_every_route(client):
         ("/v1/runners", "get"), ("/v1/runners", "post"), ("/v1/runners/{runner_id}", "get"),
         ("/v1/runners/{runner_id}", "delete"), ("/v1/runner/calls", "get"),
         ("/v1/runner/calls/{call_id}/result", "post"),
+        ("/v1/runner/runs/{run_id}/workspace", "post"), ("/v1/runs/{run_id}/workspaces", "get"),
         ("/v1/sessions/{session_id}/files", "post"), ("/v1/sessions/{session_id}/files/{file_id}", "delete"),
         ("/metrics", "get"),
     }

@@ -73,16 +73,22 @@ def test_a_run_writes_a_file_runs_a_command_and_commits_in_its_worktree(api, org
             ("file_manager", {"action": "write", "path": "notes/hello.txt", "content": "hello from the agent\n"}),
             ("shell", {"command": "cp notes/hello.txt copy.txt && wc -l < copy.txt"}),
             ("git", {"action": "commit", "message": "the agent's work"}),
+            ("shell", {"command": "echo later > after.txt"}),
         ))
         done = wait(org, run["id"], 90)
         assert done["status"] == "succeeded", (done, proc.log_tail(50))
+        # Once the run ended, the runner commits what is left and reports the run's workspace.
+        path = f"/v1/runs/{run['id']}/workspaces"
+        until(lambda: bool(org.client.get(path, headers=org.headers).json()["data"]), 30)
+        workspaces = org.client.get(path, headers=org.headers).json()["data"]
+        assert len(workspaces) == 1, proc.log_tail(50)
     finally:
         proc.stop()
     events = run_events(org, run["id"])
     calls = [e["data"] for e in events if e["type"] == "tool.call"]
     results = {e["data"]["tool_call_id"]: e["data"] for e in events if e["type"] == "tool.result"}
     delivered = {e["data"]["tool_call_id"] for e in events if e["type"] == "runner.delivered"}
-    assert [c["name"] for c in calls] == ["file_manager", "shell", "git"]
+    assert [c["name"] for c in calls] == ["file_manager", "shell", "git", "shell"]
     assert delivered == {c["tool_call_id"] for c in calls} == set(results)
     outputs = [results[c["tool_call_id"]] for c in calls]
     assert all("error" not in o or o["error"] is None for o in outputs), outputs
@@ -91,13 +97,23 @@ def test_a_run_writes_a_file_runs_a_command_and_commits_in_its_worktree(api, org
     assert commit["branch"] == f"agentos/{run['id']}" and "copy.txt" in commit["diff_stat"]
     # The commit is on the run's branch of the repository, with the run id in its message; the
     # repository's own checkout is untouched.
-    log = subprocess.run(["git", "log", "-1", "--format=%H%n%B", f"agentos/{run['id']}"], cwd=repo,
+    log = subprocess.run(["git", "log", "-1", "--format=%H%n%B", commit["commit"]], cwd=repo,
                          capture_output=True, text=True, check=True).stdout
     assert log.startswith(commit["commit"]) and run["id"] in log
-    files = subprocess.run(["git", "show", "--name-only", "--format=", f"agentos/{run['id']}"], cwd=repo,
+    files = subprocess.run(["git", "show", "--name-only", "--format=", commit["commit"]], cwd=repo,
                            capture_output=True, text=True, check=True).stdout.split()
     assert sorted(files) == ["copy.txt", "notes/hello.txt"]
     assert not (repo / "copy.txt").exists()
+    # The end-of-run commit holds the rest, with the run id in its message; the diff summary of
+    # the whole branch is attached to the run.
+    ending = workspaces[0]
+    assert ending["runner_id"] == runner["id"] and ending["branch"] == f"agentos/{run['id']}"
+    head = subprocess.run(["git", "log", "-1", "--format=%H%n%B", f"agentos/{run['id']}"], cwd=repo,
+                          capture_output=True, text=True, check=True).stdout
+    assert head.startswith(ending["commit"]) and run["id"] in head and ending["commit"] != commit["commit"]
+    for name in ("after.txt", "copy.txt", "notes/hello.txt"):
+        assert name in ending["diff_stat"]
+    assert "3 files changed" in ending["diff_stat"]
     # Every result is in the audit log, by the runner.
     audit = org.client.get("/v1/audit-logs?action=runner.result", headers=org.headers).json()["data"]
     assert {a["resource_id"] for a in audit} >= {c["tool_call_id"] for c in calls}

@@ -94,3 +94,76 @@ def test_runner_connects_and_shows_online_then_revoked_is_refused(served_api, or
         proc.stop()
     r = httpx.get(f"{served_api.url}/v1/runner/calls", headers={"Authorization": f"Bearer {created['token']}"})
     assert r.status_code == 401 and json.loads(r.text)["error"]["code"] == "UNAUTHENTICATED"
+
+
+def test_runner_only_skills_need_a_route(org: Org) -> None:
+    body = {"name": "coder", "skills": ["shell", "file_manager"]}
+    error = error_of(org.client.post("/v1/agents", json=body, headers=org.headers), 422, "VALIDATION_FAILED")
+    assert "exists only on runners" in error["message"]
+    routed = body | {"runner": {"labels": {"os": "linux"}, "skills": ["shell"]}}
+    created = org.client.post("/v1/agents", json=routed, headers=org.headers)
+    assert created.status_code == 201, created.text
+    assert created.json()["runner"] == {"name": None, "labels": {"os": "linux"}, "skills": ["shell"]}
+    both = body | {"name": "x", "runner": {"name": "a", "labels": {"os": "linux"}}}
+    error_of(org.client.post("/v1/agents", json=both, headers=org.headers), 422, "VALIDATION_FAILED")
+    web = body | {"name": "y", "runner": {"name": "a", "skills": ["web_fetch"]}}
+    error_of(org.client.post("/v1/agents", json=web, headers=org.headers), 422, "VALIDATION_FAILED")
+
+
+def test_the_operator_allowlist_read_only_mode_and_path_confinement(tmp_path: Path) -> None:
+    import asyncio
+
+    from agentos.runner.tools import Executor, Sandbox
+    from agentos.runner.workspace import Workspaces
+
+    run_id = "run_" + "0" * 28
+    plain = Executor(Workspaces(tmp_path / "ws", None), Sandbox(None), frozenset({"file_manager", "shell"}))
+    read_only = Executor(Workspaces(tmp_path / "ro", None), Sandbox(None), read_only=True)
+
+    def run(executor: Executor, name: str, args: dict[str, object]) -> dict[str, object]:
+        return asyncio.run(executor.execute(run_id, name, args))
+
+    assert "does not allow 'git'" in str(run(plain, "git", {"action": "status"})["error"])
+    assert "does not execute 'web_fetch'" in str(run(plain, "web_fetch", {})["error"])
+    assert "outside" in str(run(plain, "file_manager", {"action": "write", "path": "../x", "content": "x"})["error"])
+    assert not (tmp_path / "ws" / "x").exists()
+    written = run(plain, "file_manager", {"action": "write", "path": "a.txt", "content": "hi"})
+    assert "error" not in written and (tmp_path / "ws" / run_id / "a.txt").read_text() == "hi"
+    shell = run(plain, "shell", {"command": "cat a.txt; pwd"})["output"]
+    assert isinstance(shell, dict) and shell["stdout"] == f"hi{tmp_path / 'ws' / run_id}\n"
+    for name, args in [("shell", {"command": "true"}), ("code_executor", {"language": "bash", "code": "true"}),
+                       ("file_manager", {"action": "write", "path": "b", "content": ""}),
+                       ("git", {"action": "commit"})]:
+        assert "read-only" in str(run(read_only, name, args)["error"]), name
+    assert run(read_only, "file_manager", {"action": "list"})["output"] == {"path": ".", "entries": []}
+
+
+def test_the_journal_runs_a_call_once_and_fails_one_cut_off(tmp_path: Path) -> None:
+    from agentos.runner.journal import INTERRUPTED, Journal
+
+    journal = Journal(tmp_path / "j.sqlite3")
+    assert journal.start("tc_1", "run_1", "shell") is True
+    assert journal.start("tc_1", "run_1", "shell") is False  # never a second execution
+    journal.finish("tc_1", {"output": 1})
+    assert journal.start("tc_2", "run_1", "shell") is True  # then the process dies
+    journal.close()
+    again = Journal(tmp_path / "j.sqlite3")
+    assert again.recover() == 1
+    entry = again.get("tc_2")
+    assert entry is not None and entry.result == {"error": INTERRUPTED}
+    assert [e.id for e in again.unposted()] == ["tc_1", "tc_2"]
+    again.posted("tc_1")
+    assert [e.id for e in again.unposted()] == ["tc_2"]
+    again.close()
+
+
+def test_backoff_is_exponential_with_full_jitter() -> None:
+    import random
+
+    from agentos.runner.link import backoff_delay
+
+    random.seed(1)
+    delays = [[backoff_delay(attempt, 0.5, 30.0) for _ in range(200)] for attempt in range(10)]
+    assert all(0 <= d <= min(30.0, 0.5 * 2**a) for a, row in enumerate(delays) for d in row)
+    assert max(delays[0]) <= 0.5 < max(delays[3]) and max(delays[9]) > 15  # grows, capped at 30
+    assert len({round(d, 6) for d in delays[5]}) > 150  # spread: runners do not reconnect in step

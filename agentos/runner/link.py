@@ -29,6 +29,7 @@ import httpx
 
 from agentos.runner.journal import Journal
 from agentos.runner.tools import Executor
+from agentos.runner.workspace import WorkspaceError
 
 log = logging.getLogger("agentos.runner")
 
@@ -89,6 +90,7 @@ class Link:
         self.executor = executor
         self.journal = journal
         self._inflight: set[str] = set()  # calls executing or being posted now
+        self._finishing: set[str] = set()  # runs whose workspace is being committed and reported
         self._slots = asyncio.Semaphore(config.concurrency)
         self._tasks: set[asyncio.Task[None]] = set()
         self.connected = asyncio.Event()
@@ -148,6 +150,11 @@ class Link:
             async for kind, data in sse_events(response.aiter_lines()):
                 if kind == "call":
                     self._receive(http, json.loads(data))
+                elif kind == "run_ended":
+                    ended = json.loads(data)
+                    if ended["run_id"] not in self._finishing:
+                        self._finishing.add(ended["run_id"])
+                        self._spawn(self._finish_run(http, str(ended["run_id"]), str(ended["status"])))
         return True
 
     def _spawn(self, coro: Any) -> None:
@@ -180,6 +187,18 @@ class Link:
                 result = await self.executor.execute(run_id, name, args)
                 self.journal.finish(call_id, result)
         await self._post(http, call_id, result)
+
+    async def _finish_run(self, http: httpx.AsyncClient, run_id: str, status: str) -> None:
+        """Commit an ended run's workspace and report it (the platform asks again until it has it)."""
+        try:
+            report = await asyncio.to_thread(self.executor.workspaces.finish, run_id, status)
+            response = await http.post(f"/v1/runner/runs/{run_id}/workspace", json=report)
+            if response.status_code != 200:
+                log.warning("workspace of %s: HTTP %s", run_id, response.status_code)
+        except (httpx.HTTPError, WorkspaceError, OSError) as exc:
+            log.warning("workspace of %s not reported (%s); the platform will ask again", run_id, exc)
+        finally:
+            self._finishing.discard(run_id)
 
     async def _post(self, http: httpx.AsyncClient, call_id: str, result: dict[str, Any]) -> None:
         """Post until acknowledged (a lost answer is posted again: the platform keeps the first)."""

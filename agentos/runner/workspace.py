@@ -45,8 +45,24 @@ class Workspaces:
             if self.repo is None:
                 path.mkdir(mode=0o700)
             else:
-                _git(self.repo, "worktree", "add", "-q", "-b", branch(run_id), str(path), "HEAD")
+                base = _git(self.repo, "rev-parse", "HEAD").strip()
+                _git(self.repo, "worktree", "add", "-q", "-b", branch(run_id), str(path), base)
+                (self.root / f"{run_id}.base").write_text(base)
         return path
+
+    def finish(self, run_id: str, status: str) -> dict[str, Any]:
+        """At the run's end: commit what is left (the run id in the message) and summarise the
+        branch's diff against where the worktree began. Idempotent: a second call commits nothing."""
+        if not RUN_ID.match(run_id):
+            raise WorkspaceError(f"{run_id!r} is not a run id")
+        path = self.root / run_id
+        if self.repo is None or not path.is_dir():
+            return {"branch": None, "commit": None, "diff_stat": ""}
+        done = self.commit(run_id, f"AgentOS run {run_id} ({status})")
+        base_file = self.root / f"{run_id}.base"
+        base = base_file.read_text().strip() if base_file.exists() else "HEAD~1"
+        stat = _git(path, "diff", "--stat", base, "HEAD").strip().splitlines()[-MAX_DIFF_LINES:]
+        return {"branch": branch(run_id), "commit": done["commit"], "diff_stat": "\n".join(stat)}
 
     def git(self, run_id: str, action: str, message: str | None) -> dict[str, Any]:
         if self.repo is None:

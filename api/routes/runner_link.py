@@ -70,6 +70,7 @@ async def runner_calls(call: Call[Any]) -> Response:
 
     async def stream() -> AsyncIterator[ServerSentEvent]:
         sent: set[str] = set()
+        ends_sent: set[str] = set()
         after = await runner_link.last_call_entry(infra.redis, me.org_id, me.runner_id)
         next_beat = 0.0
         try:
@@ -84,6 +85,12 @@ async def runner_calls(call: Call[Any]) -> Response:
                         await runners.seen(conn, me.runner_id)
                     yield ServerSentEvent(data=json.dumps({"ts": time.time()}), event="heartbeat")
                     next_beat = now + settings.heartbeat_s
+                    async with tenant_tx(call.pool, me.org_id) as conn:
+                        ended = await runners.ended_runs(conn, me.runner_id)
+                    for run in ended:
+                        if run["run_id"] not in ends_sent:
+                            ends_sent.add(run["run_id"])
+                            yield ServerSentEvent(data=json.dumps(run), event="run_ended")
                 async with tenant_tx(call.pool, me.org_id) as conn:
                     open_calls = await runners.open_calls(conn, me.runner_id)
                 for row in open_calls:
@@ -133,7 +140,35 @@ async def post_result(call: Call[RunnerResult]) -> Response:
     return call.reply({"id": call_id, "status": "done", "duplicate": False})
 
 
+class RunWorkspaceReport(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    branch: str | None = Field(default=None, max_length=300)
+    commit: str | None = Field(default=None, pattern=r"^[0-9a-f]{40,64}$")
+    diff_stat: str = Field(default="", max_length=100_000)
+
+
+@endpoint("Report what the runner did with an ended run's workspace (runner token): its branch, the commit "
+          "made at the end and the diff summary. The first report stands.", role=None, body=RunWorkspaceReport,
+          response=RunnerResultAck, errors=("UNAUTHENTICATED", "NOT_FOUND"))
+async def post_run_workspace(call: Call[RunWorkspaceReport]) -> Response:
+    me = await _identity(call)
+    run_id = str(call.request.path_params["run_id"])
+    if not looks_like("run", run_id):
+        raise ApiError("NOT_FOUND", f"No run with id {run_id!r} for this runner.")
+    body = call.body
+    async with tenant_tx(call.pool, me.org_id) as conn:
+        stored = await runners.put_run_workspace(conn, run_id, me.runner_id, branch=body.branch, commit=body.commit,
+                                                 diff_stat=storable_text(body.diff_stat))
+        if stored is None:
+            raise ApiError("NOT_FOUND", f"No run with id {run_id!r} for this runner.")
+        if stored:
+            await audit.record(conn, me.actor, "runner.workspace", "run", run_id,
+                               {"branch": body.branch, "commit": body.commit})
+    return call.reply({"id": run_id, "status": "done", "duplicate": not stored})
+
+
 routes = [
     resource("/v1/runner/calls", GET=runner_calls),
     resource("/v1/runner/calls/{call_id}/result", POST=post_result),
+    resource("/v1/runner/runs/{run_id}/workspace", POST=post_run_workspace),
 ]

@@ -12,11 +12,11 @@ from starlette.responses import Response
 
 from api.endpoint import Call, endpoint, resource
 from api.schemas.base import page_of
-from api.schemas.runners import Runner, RunnerCreated
+from api.schemas.runners import Runner, RunnerCreated, RunWorkspaces
 from core import runner_link
 from core.errors import ApiError
 from core.pagination import page
-from core.store import audit, runners
+from core.store import audit, runners, runs
 from core.tenancy import tenant_tx
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,99}$"
@@ -92,7 +92,19 @@ async def revoke_runner(call: Call[Any]) -> Response:
     return call.reply({**row, "online": False})
 
 
+@endpoint("The workspaces remote runners committed for a run once it ended (branch, commit, diff summary).",
+          response=RunWorkspaces)
+async def run_workspaces(call: Call[Any]) -> Response:
+    run_id = call.path_id("run_id", "run")
+    async with tenant_tx(call.pool, call.principal.org_id) as conn:
+        if await runs.get(conn, run_id) is None:
+            raise ApiError("NOT_FOUND", f"No run with id {run_id!r} in this organisation.")
+        rows = await runners.run_workspaces(conn, run_id)
+    return call.reply({"data": rows})
+
+
 routes = [
     resource("/v1/runners", POST=create_runner, GET=list_runners),
     resource("/v1/runners/{runner_id}", GET=get_runner, DELETE=revoke_runner),
+    resource("/v1/runs/{run_id}/workspaces", GET=run_workspaces),
 ]

@@ -47,5 +47,30 @@ class RunnerHeartbeat(Out):
     ts: float = Field(description="The server's clock (Unix seconds).")
 
 
-class RunnerStreamData(RootModel[RunnerCall | RunnerHeartbeat]):
-    """The `data:` of one event of a runner's stream: a call (`event: call`) or a heartbeat."""
+class RunnerRunEnded(Out):
+    """`event: run_ended`: a run this runner had calls of has ended; the runner commits its
+    workspace and reports it (`POST /v1/runner/runs/{run_id}/workspace`)."""
+
+    run_id: str
+    status: str
+
+
+class RunnerStreamData(RootModel[RunnerCall | RunnerHeartbeat | RunnerRunEnded]):
+    """The `data:` of one event of a runner's stream: a call (`event: call`), a heartbeat, or a
+    run's end (`event: run_ended`)."""
+
+
+class RunWorkspace(Out):
+    """What a runner did with a run's workspace once the run ended."""
+
+    runner_id: str
+    runner: str = Field(description="The runner's name.")
+    branch: str | None = Field(description="`agentos/<run id>`; null when the runner has no repository.")
+    commit: str | None = Field(description="The commit made at the run's end (its message holds the run id); "
+                               "null when nothing was left to commit.")
+    diff_stat: str = Field(description="The diff summary of the run's branch against where it began.")
+    finished_at: datetime
+
+
+class RunWorkspaces(Out):
+    data: list[RunWorkspace]

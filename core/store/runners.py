@@ -181,3 +181,40 @@ async def finish_call(conn: AsyncConnection[DictRow], call_id: str, runner_id: s
 async def waiting_for(conn: AsyncConnection[DictRow], runner_id: str) -> list[RunnerCallRow]:
     return list(await (await conn.execute(WAITING_FOR_SQL, (runner_id,))).fetchall())  # type: ignore[arg-type]
 
+
+
+# Runs that ended with calls on this runner and whose workspace it has not reported yet.
+ENDED_RUNS_SQL = """
+SELECT DISTINCT rc.run_id, r.status FROM runner_calls rc JOIN runs r ON r.id = rc.run_id
+WHERE rc.runner_id = %s AND r.status IN ('succeeded', 'failed', 'cancelled', 'timed_out')
+  AND NOT EXISTS (SELECT 1 FROM runner_runs rr WHERE rr.run_id = rc.run_id AND rr.runner_id = rc.runner_id)
+LIMIT 50
+"""
+HAS_CALLED_SQL = "SELECT 1 FROM runner_calls WHERE run_id = %s AND runner_id = %s LIMIT 1"
+PUT_RUN_SQL = """
+INSERT INTO runner_runs (org_id, run_id, runner_id, branch, commit, diff_stat)
+VALUES (agentos_current_org(), %s, %s, %s, %s, %s)
+ON CONFLICT (run_id, runner_id) DO NOTHING RETURNING run_id
+"""
+RUN_WORKSPACES_SQL = """
+SELECT rr.runner_id, r.name AS runner, rr.branch, rr.commit, rr.diff_stat, rr.finished_at
+FROM runner_runs rr JOIN runners r ON r.id = rr.runner_id WHERE rr.run_id = %s ORDER BY rr.finished_at
+"""
+
+
+async def ended_runs(conn: AsyncConnection[DictRow], runner_id: str) -> list[dict[str, Any]]:
+    return list(await (await conn.execute(ENDED_RUNS_SQL, (runner_id,))).fetchall())
+
+
+async def put_run_workspace(conn: AsyncConnection[DictRow], run_id: str, runner_id: str, *, branch: str | None,
+                            commit: str | None, diff_stat: str) -> bool | None:
+    """Store what the runner did with the run's workspace: True when stored now, False when it
+    was already (the first report stands), None when the runner had no call of this run."""
+    if await (await conn.execute(HAS_CALLED_SQL, (run_id, runner_id))).fetchone() is None:
+        return None
+    cur = await conn.execute(PUT_RUN_SQL, (run_id, runner_id, branch, commit, diff_stat))
+    return await cur.fetchone() is not None
+
+
+async def run_workspaces(conn: AsyncConnection[DictRow], run_id: str) -> list[dict[str, Any]]:
+    return list(await (await conn.execute(RUN_WORKSPACES_SQL, (run_id,))).fetchall())

@@ -500,8 +500,8 @@ export interface paths {
             cookie?: never;
         };
         /**
-         * The caller's principal: org (with its name), user, role and scopes.
-         * @description The caller's principal: org (with its name), user, role and scopes.
+         * The caller's principal: org, user, role and scopes.
+         * @description The caller's principal: org, user, role and scopes.
          */
         get: operations["me"];
         put?: never;
@@ -604,42 +604,14 @@ export interface paths {
         get: operations["get_org"];
         put?: never;
         post?: never;
-        /**
-         * Delete the caller's organisation (owner): `confirm` must be its exact name. Active runs are cancelled and new ones refused at once; after the grace period (`purge_after`) every record, file and key of the org is removed for good. Until then `POST /v1/orgs/{id}/restore` undoes it.
-         * @description Delete the caller's organisation (owner): `confirm` must be its exact name. Active runs are cancelled and new ones refused at once; after the grace period (`purge_after`) every record, file and key of the org is removed for good. Until then `POST /v1/orgs/{id}/restore` undoes it.
-         *
-         *     Needs the `owner` role or higher.
-         */
-        delete: operations["delete_org"];
-        options?: never;
-        head?: never;
-        /**
-         * Rename an organisation or change its limits, budgets or retention; one set to null returns to the default (platform admin token required).
-         * @description Rename an organisation or change its limits, budgets or retention; one set to null returns to the default (platform admin token required).
-         */
-        patch: operations["update_org"];
-        trace?: never;
-    };
-    "/v1/orgs/{org_id}/restore": {
-        parameters: {
-            query?: never;
-            header?: never;
-            path?: never;
-            cookie?: never;
-        };
-        get?: never;
-        put?: never;
-        /**
-         * Restore the caller's organisation during its deletion's grace period (owner); 409 CONFLICT when no deletion is pending.
-         * @description Restore the caller's organisation during its deletion's grace period (owner); 409 CONFLICT when no deletion is pending.
-         *
-         *     Needs the `owner` role or higher.
-         */
-        post: operations["restore_org"];
         delete?: never;
         options?: never;
         head?: never;
-        patch?: never;
+        /**
+         * Rename an organisation or change its limits or budgets; one set to null returns to the default (platform admin token required).
+         * @description Rename an organisation or change its limits or budgets; one set to null returns to the default (platform admin token required).
+         */
+        patch: operations["update_org"];
         trace?: never;
     };
     "/v1/outbound-allowlist": {
@@ -704,6 +676,26 @@ export interface paths {
          * @description Post the result of a call (runner token); posting it again is acknowledged and changes nothing.
          */
         post: operations["post_result"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/runner/runs/{run_id}/workspace": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Report what the runner did with an ended run's workspace (runner token): its branch, the commit made at the end and the diff summary. The first report stands.
+         * @description Report what the runner did with an ended run's workspace (runner token): its branch, the commit made at the end and the diff summary. The first report stands.
+         */
+        post: operations["post_run_workspace"];
         delete?: never;
         options?: never;
         head?: never;
@@ -860,6 +852,26 @@ export interface paths {
          * @description Wait until the run ends (or `?timeout=` seconds pass, default 30, at most 300) and return it: `200` once it ended, `202` with `AgentOS-Wait: timeout` while it is still active.
          */
         get: operations["wait_run"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/runs/{run_id}/workspaces": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * The workspaces remote runners committed for a run once it ended (branch, commit, diff summary).
+         * @description The workspaces remote runners committed for a run once it ended (branch, commit, diff summary).
+         */
+        get: operations["run_workspaces"];
         put?: never;
         post?: never;
         delete?: never;
@@ -1283,28 +1295,6 @@ export interface paths {
         put?: never;
         post?: never;
         delete?: never;
-        options?: never;
-        head?: never;
-        patch?: never;
-        trace?: never;
-    };
-    "/v1/users-data": {
-        parameters: {
-            query?: never;
-            header?: never;
-            path?: never;
-            cookie?: never;
-        };
-        get?: never;
-        put?: never;
-        post?: never;
-        /**
-         * Erase one end user's data (`?user=`): their sessions with runs, messages, events, tool calls and checkpoints, their memories and the files only they used. The audit log records the erasure and counts, naming the user only by a digest. Sending it again is harmless.
-         * @description Erase one end user's data (`?user=`): their sessions with runs, messages, events, tool calls and checkpoints, their memories and the files only they used. The audit log records the erasure and counts, naming the user only by a digest. Sending it again is harmless.
-         *
-         *     Needs the `admin` role or higher.
-         */
-        delete: operations["erase_user_data"];
         options?: never;
         head?: never;
         patch?: never;
@@ -2241,7 +2231,6 @@ export interface components {
              * @example INTERNAL
              * @example METHOD_NOT_ALLOWED
              * @example NOT_FOUND
-             * @example ORG_DELETION_PENDING
              * @example PAYLOAD_TOO_LARGE
              * @example QUOTA_EXCEEDED
              * @example RATE_LIMITED
@@ -2912,10 +2901,6 @@ export interface components {
             limits: components["schemas"]["OrgLimits"];
             /** Name */
             name: string;
-            /** @description The effective retention (core.retention). */
-            retention: components["schemas"]["Retention"];
-            /** @description The org's own retention values. */
-            retention_overrides: components["schemas"]["RetentionOverrides"];
             /** Settings */
             settings: {
                 [key: string]: unknown;
@@ -2930,36 +2915,6 @@ export interface components {
         OrgCreated: {
             api_key: components["schemas"]["ApiKeyCreated"];
             org: components["schemas"]["Org"];
-        };
-        /** OrgDeleteConfirm */
-        OrgDeleteConfirm: {
-            /** Confirm */
-            confirm: string;
-        };
-        /** OrgDeletion */
-        OrgDeletion: {
-            /**
-             * Cancelled Runs
-             * @description Active runs the request cancelled.
-             */
-            cancelled_runs: number;
-            /** Org Id */
-            org_id: string;
-            /**
-             * Purge After
-             * @description When the org's data is removed for good, unless it is restored before (null once restored).
-             */
-            purge_after: string | null;
-            /**
-             * Requested At
-             * @description When the owner asked for the deletion (null once restored).
-             */
-            requested_at: string | null;
-            /**
-             * Status
-             * @enum {string}
-             */
-            status: "scheduled" | "restored";
         };
         /** OrgLimits */
         OrgLimits: {
@@ -2991,8 +2946,6 @@ export interface components {
              * @default null
              */
             name: string | null;
-            /** @default null */
-            retention: components["schemas"]["RetentionPatch"] | null;
         };
         /** OutboundAllowlist */
         OutboundAllowlist: {
@@ -3011,12 +2964,6 @@ export interface components {
             credential: "api_key" | "jwt";
             /** Org Id */
             org_id: string;
-            /**
-             * Org Name
-             * @description The organisation's name, for display.
-             * @default null
-             */
-            org_name: string | null;
             /**
              * Role
              * @enum {string}
@@ -3047,109 +2994,6 @@ export interface components {
              * @default null
              */
             reason: string | null;
-        };
-        /** Retention */
-        Retention: {
-            /**
-             * Audit Days
-             * @description Audit entries (never less than the operator's minimum; 0: for ever).
-             */
-            audit_days: number;
-            /**
-             * Checkpoints Days
-             * @description A session's checkpoints, after its last run ended, are pruned to `final_checkpoint` (0: never).
-             */
-            checkpoints_days: number;
-            /**
-             * Events Days
-             * @description Run events are kept this long after their run ended (0: for ever).
-             */
-            events_days: number;
-            /**
-             * Final Checkpoint
-             * @enum {string}
-             */
-            final_checkpoint: "keep" | "drop";
-            /**
-             * Messages Days
-             * @description Messages, from when they were written (0: for ever).
-             */
-            messages_days: number;
-            /**
-             * Tool Calls Days
-             * @description Tool-call records, likewise.
-             */
-            tool_calls_days: number;
-        };
-        /** RetentionOverrides */
-        RetentionOverrides: {
-            /**
-             * Audit Days
-             * @default null
-             */
-            audit_days: number | null;
-            /**
-             * Checkpoints Days
-             * @default null
-             */
-            checkpoints_days: number | null;
-            /**
-             * Events Days
-             * @default null
-             */
-            events_days: number | null;
-            /**
-             * Final Checkpoint
-             * @default null
-             */
-            final_checkpoint: ("keep" | "drop") | null;
-            /**
-             * Messages Days
-             * @default null
-             */
-            messages_days: number | null;
-            /**
-             * Tool Calls Days
-             * @default null
-             */
-            tool_calls_days: number | null;
-        };
-        /**
-         * RetentionPatch
-         * @description Per-org overrides of the retention defaults (`AGENTOS_LIFECYCLE__*_DAYS`; 0 keeps for
-         *     ever); `null` restores the default. `audit_days` below the operator's minimum acts as it.
-         */
-        RetentionPatch: {
-            /**
-             * Audit Days
-             * @default null
-             */
-            audit_days: number | null;
-            /**
-             * Checkpoints Days
-             * @default null
-             */
-            checkpoints_days: number | null;
-            /**
-             * Events Days
-             * @default null
-             */
-            events_days: number | null;
-            /**
-             * Final Checkpoint
-             * @default null
-             */
-            final_checkpoint: ("keep" | "drop") | null;
-            /**
-             * Messages Days
-             * @default null
-             */
-            messages_days: number | null;
-            /**
-             * Tool Calls Days
-             * @default null
-             */
-            tool_calls_days: number | null;
         };
         /** RotateSecret */
         RotateSecret: {
@@ -3506,6 +3350,62 @@ export interface components {
         } & {
             [key: string]: unknown;
         };
+        /**
+         * RunWorkspace
+         * @description What a runner did with a run's workspace once the run ended.
+         */
+        RunWorkspace: {
+            /**
+             * Branch
+             * @description `agentos/<run id>`; null when the runner has no repository.
+             */
+            branch: string | null;
+            /**
+             * Commit
+             * @description The commit made at the run's end (its message holds the run id); null when nothing was left to commit.
+             */
+            commit: string | null;
+            /**
+             * Diff Stat
+             * @description The diff summary of the run's branch against where it began.
+             */
+            diff_stat: string;
+            /**
+             * Finished At
+             * Format: date-time
+             */
+            finished_at: string;
+            /**
+             * Runner
+             * @description The runner's name.
+             */
+            runner: string;
+            /** Runner Id */
+            runner_id: string;
+        };
+        /** RunWorkspaceReport */
+        RunWorkspaceReport: {
+            /**
+             * Branch
+             * @default null
+             */
+            branch: string | null;
+            /**
+             * Commit
+             * @default null
+             */
+            commit: string | null;
+            /**
+             * Diff Stat
+             * @default
+             */
+            diff_stat: string;
+        };
+        /** RunWorkspaces */
+        RunWorkspaces: {
+            /** Data */
+            data: components["schemas"]["RunWorkspace"][];
+        };
         /** Runner */
         Runner: {
             /**
@@ -3836,10 +3736,22 @@ export interface components {
             skills: string[] | "all";
         };
         /**
-         * RunnerStreamData
-         * @description The `data:` of one event of a runner's stream: a call (`event: call`) or a heartbeat.
+         * RunnerRunEnded
+         * @description `event: run_ended`: a run this runner had calls of has ended; the runner commits its
+         *     workspace and reports it (`POST /v1/runner/runs/{run_id}/workspace`).
          */
-        RunnerStreamData: components["schemas"]["RunnerCall"] | components["schemas"]["RunnerHeartbeat"];
+        RunnerRunEnded: {
+            /** Run Id */
+            run_id: string;
+            /** Status */
+            status: string;
+        };
+        /**
+         * RunnerStreamData
+         * @description The `data:` of one event of a runner's stream: a call (`event: call`), a heartbeat, or a
+         *     run's end (`event: run_ended`).
+         */
+        RunnerStreamData: components["schemas"]["RunnerCall"] | components["schemas"]["RunnerHeartbeat"] | components["schemas"]["RunnerRunEnded"];
         /** Secret */
         Secret: {
             /**
@@ -4516,42 +4428,6 @@ export interface components {
             sandbox_executions: number;
             /** Total Tokens */
             total_tokens: number;
-        };
-        /** UserDataErased */
-        UserDataErased: {
-            /**
-             * Checkpoints
-             * @description Checkpoint rows of the sessions' threads.
-             */
-            checkpoints: number;
-            /**
-             * Files
-             * @description Files only the user's sessions used, or the user uploaded.
-             */
-            files: number;
-            /**
-             * Memories
-             * @description Long-term memories of the user or of its sessions, and short-term notes.
-             */
-            memories: number;
-            /** Messages */
-            messages: number;
-            /**
-             * Redis Keys
-             * @description Live event streams and memory windows of the sessions.
-             */
-            redis_keys: number;
-            /** Run Events */
-            run_events: number;
-            /** Runs */
-            runs: number;
-            /**
-             * Sessions
-             * @description Sessions removed, with everything below.
-             */
-            sessions: number;
-            /** Tool Calls */
-            tool_calls: number;
         };
         /** Webhook */
         Webhook: {
@@ -7908,129 +7784,6 @@ export interface operations {
             };
         };
     };
-    delete_org: {
-        parameters: {
-            query?: never;
-            header?: never;
-            path: {
-                org_id: string;
-            };
-            cookie?: never;
-        };
-        requestBody: {
-            content: {
-                "application/json": components["schemas"]["OrgDeleteConfirm"];
-            };
-        };
-        responses: {
-            /** @description Delete the caller's organisation (owner) */
-            202: {
-                headers: {
-                    "RateLimit-Limit": components["headers"]["RateLimit-Limit"];
-                    "RateLimit-Remaining": components["headers"]["RateLimit-Remaining"];
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["OrgDeletion"];
-                };
-            };
-            /** @description `BAD_REQUEST`: The request is malformed. */
-            400: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["Error"];
-                };
-            };
-            /** @description `UNAUTHENTICATED`: Send a valid credential: 'Authorization: Bearer <API key or JWT>'. */
-            401: {
-                headers: {
-                    "WWW-Authenticate": components["headers"]["WWW-Authenticate"];
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["Error"];
-                };
-            };
-            /** @description `FORBIDDEN`: Your role does not allow this. */
-            403: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["Error"];
-                };
-            };
-            /** @description `NOT_FOUND`: No such resource in this organisation. */
-            404: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["Error"];
-                };
-            };
-            /** @description `CONFLICT`: The resource's state does not allow this. */
-            409: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["Error"];
-                };
-            };
-            /** @description `PAYLOAD_TOO_LARGE`: The request body is too large. */
-            413: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["Error"];
-                };
-            };
-            /** @description `UNSUPPORTED_MEDIA_TYPE`: Send JSON with 'Content-Type: application/json'. */
-            415: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["Error"];
-                };
-            };
-            /** @description `VALIDATION_FAILED`: The request body failed validation; see details.fields. */
-            422: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["Error"];
-                };
-            };
-            /** @description `RATE_LIMITED`: Too many requests; retry after the given delay. */
-            429: {
-                headers: {
-                    "RateLimit-Limit": components["headers"]["RateLimit-Limit"];
-                    "RateLimit-Remaining": components["headers"]["RateLimit-Remaining"];
-                    "Retry-After": components["headers"]["Retry-After"];
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["Error"];
-                };
-            };
-            /** @description `UNAVAILABLE`: A dependency is unavailable; retry later. Nothing was half-written. */
-            503: {
-                headers: {
-                    "Retry-After": components["headers"]["Retry-After"];
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["Error"];
-                };
-            };
-        };
-    };
     update_org: {
         parameters: {
             query?: never;
@@ -8046,7 +7799,7 @@ export interface operations {
             };
         };
         responses: {
-            /** @description Rename an organisation or change its limits, budgets or retention */
+            /** @description Rename an organisation or change its limits or budgets */
             200: {
                 headers: {
                     [name: string]: unknown;
@@ -8113,89 +7866,6 @@ export interface operations {
             /** @description `VALIDATION_FAILED`: The request body failed validation; see details.fields. */
             422: {
                 headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["Error"];
-                };
-            };
-            /** @description `UNAVAILABLE`: A dependency is unavailable; retry later. Nothing was half-written. */
-            503: {
-                headers: {
-                    "Retry-After": components["headers"]["Retry-After"];
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["Error"];
-                };
-            };
-        };
-    };
-    restore_org: {
-        parameters: {
-            query?: never;
-            header?: never;
-            path: {
-                org_id: string;
-            };
-            cookie?: never;
-        };
-        requestBody?: never;
-        responses: {
-            /** @description Restore the caller's organisation during its deletion's grace period (owner) */
-            200: {
-                headers: {
-                    "RateLimit-Limit": components["headers"]["RateLimit-Limit"];
-                    "RateLimit-Remaining": components["headers"]["RateLimit-Remaining"];
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["OrgDeletion"];
-                };
-            };
-            /** @description `UNAUTHENTICATED`: Send a valid credential: 'Authorization: Bearer <API key or JWT>'. */
-            401: {
-                headers: {
-                    "WWW-Authenticate": components["headers"]["WWW-Authenticate"];
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["Error"];
-                };
-            };
-            /** @description `FORBIDDEN`: Your role does not allow this. */
-            403: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["Error"];
-                };
-            };
-            /** @description `NOT_FOUND`: No such resource in this organisation. */
-            404: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["Error"];
-                };
-            };
-            /** @description `CONFLICT`: The resource's state does not allow this. */
-            409: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["Error"];
-                };
-            };
-            /** @description `RATE_LIMITED`: Too many requests; retry after the given delay. */
-            429: {
-                headers: {
-                    "RateLimit-Limit": components["headers"]["RateLimit-Limit"];
-                    "RateLimit-Remaining": components["headers"]["RateLimit-Remaining"];
-                    "Retry-After": components["headers"]["Retry-After"];
                     [name: string]: unknown;
                 };
                 content: {
@@ -8473,6 +8143,87 @@ export interface operations {
             };
             /** @description `CONFLICT`: The resource's state does not allow this. */
             409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `PAYLOAD_TOO_LARGE`: The request body is too large. */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `UNSUPPORTED_MEDIA_TYPE`: Send JSON with 'Content-Type: application/json'. */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `VALIDATION_FAILED`: The request body failed validation; see details.fields. */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+        };
+    };
+    post_run_workspace: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                run_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: {
+            content: {
+                "application/json": components["schemas"]["RunWorkspaceReport"];
+            };
+        };
+        responses: {
+            /** @description Report what the runner did with an ended run's workspace (runner token) */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["RunnerResultAck"];
+                };
+            };
+            /** @description `BAD_REQUEST`: The request is malformed. */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `UNAUTHENTICATED`: Send a valid credential: 'Authorization: Bearer <API key or JWT>'. */
+            401: {
+                headers: {
+                    "WWW-Authenticate": components["headers"]["WWW-Authenticate"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `NOT_FOUND`: No such resource in this organisation. */
+            404: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -9200,6 +8951,71 @@ export interface operations {
             };
             /** @description `VALIDATION_FAILED`: The request body failed validation; see details.fields. */
             422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `RATE_LIMITED`: Too many requests; retry after the given delay. */
+            429: {
+                headers: {
+                    "RateLimit-Limit": components["headers"]["RateLimit-Limit"];
+                    "RateLimit-Remaining": components["headers"]["RateLimit-Remaining"];
+                    "Retry-After": components["headers"]["Retry-After"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `UNAVAILABLE`: A dependency is unavailable; retry later. Nothing was half-written. */
+            503: {
+                headers: {
+                    "Retry-After": components["headers"]["Retry-After"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+        };
+    };
+    run_workspaces: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                run_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The workspaces remote runners committed for a run once it ended (branch, commit, diff summary). */
+            200: {
+                headers: {
+                    "RateLimit-Limit": components["headers"]["RateLimit-Limit"];
+                    "RateLimit-Remaining": components["headers"]["RateLimit-Remaining"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["RunWorkspaces"];
+                };
+            };
+            /** @description `UNAUTHENTICATED`: Send a valid credential: 'Authorization: Bearer <API key or JWT>'. */
+            401: {
+                headers: {
+                    "WWW-Authenticate": components["headers"]["WWW-Authenticate"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `NOT_FOUND`: No such resource in this organisation. */
+            404: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -10384,7 +10200,7 @@ export interface operations {
                     "application/json": components["schemas"]["Error"];
                 };
             };
-            /** @description `CONFLICT`: The resource's state does not allow this.; `ORG_DELETION_PENDING`: This organisation is being deleted; its owner can restore it during the grace period.; `SESSION_BUSY`: A run is already active in this session. */
+            /** @description `CONFLICT`: The resource's state does not allow this.; `SESSION_BUSY`: A run is already active in this session. */
             409: {
                 headers: {
                     [name: string]: unknown;
@@ -11453,81 +11269,6 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["Usage"];
-                };
-            };
-            /** @description `UNAUTHENTICATED`: Send a valid credential: 'Authorization: Bearer <API key or JWT>'. */
-            401: {
-                headers: {
-                    "WWW-Authenticate": components["headers"]["WWW-Authenticate"];
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["Error"];
-                };
-            };
-            /** @description `FORBIDDEN`: Your role does not allow this. */
-            403: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["Error"];
-                };
-            };
-            /** @description `VALIDATION_FAILED`: The request body failed validation; see details.fields. */
-            422: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["Error"];
-                };
-            };
-            /** @description `RATE_LIMITED`: Too many requests; retry after the given delay. */
-            429: {
-                headers: {
-                    "RateLimit-Limit": components["headers"]["RateLimit-Limit"];
-                    "RateLimit-Remaining": components["headers"]["RateLimit-Remaining"];
-                    "Retry-After": components["headers"]["Retry-After"];
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["Error"];
-                };
-            };
-            /** @description `UNAVAILABLE`: A dependency is unavailable; retry later. Nothing was half-written. */
-            503: {
-                headers: {
-                    "Retry-After": components["headers"]["Retry-After"];
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["Error"];
-                };
-            };
-        };
-    };
-    erase_user_data: {
-        parameters: {
-            query: {
-                /** @description The end user (a session's `user_id`) whose data to erase. */
-                user: string;
-            };
-            header?: never;
-            path?: never;
-            cookie?: never;
-        };
-        requestBody?: never;
-        responses: {
-            /** @description Erase one end user's data (`?user=`) */
-            200: {
-                headers: {
-                    "RateLimit-Limit": components["headers"]["RateLimit-Limit"];
-                    "RateLimit-Remaining": components["headers"]["RateLimit-Remaining"];
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["UserDataErased"];
                 };
             };
             /** @description `UNAUTHENTICATED`: Send a valid credential: 'Authorization: Bearer <API key or JWT>'. */
