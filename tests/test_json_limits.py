@@ -111,7 +111,8 @@ def _make_one_of_each(client, org: Org) -> dict[str, Any]:
     webhook = client.post("/v1/webhooks", json={"url": "http://93.184.215.14/hooks", "events": ["run.timed_out"]},
                           headers=org.headers).json()
     file = client.post("/v1/files", files={"file": ("plain.txt", b"plain")}, headers=org.headers).json()
-    return {"agent_id": agent["id"], "session_id": session["id"], "run_id": run["id"],
+    export = client.post(f"/v1/orgs/{org.id}/exports", headers=org.headers).json()
+    return {"export_id": export["id"],"agent_id": agent["id"], "session_id": session["id"], "run_id": run["id"],
             "memory_id": memory["id"], "document_id": document["id"], "name": "thing", "version": 1,
             "webhook_id": webhook["id"], "file_id": file["id"]}
 
