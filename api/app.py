@@ -39,6 +39,7 @@ from api.routes import (
     knowledge,
     mcp_servers,
     memories,
+    org_exports,
     orgs,
     outbound_allow,
     runner_link,
@@ -79,7 +80,7 @@ def _routes() -> list[BaseRoute]:
             *events.routes, *tool_calls.routes, *memories.routes, *knowledge.routes, *secrets.routes,
             *skills.routes, *data_sources.routes, *stream_tokens.routes,
             *mcp_servers.routes, *outbound_allow.routes, *usage.routes,
-            *audit_logs.routes, *webhooks.routes, *files.routes, *users_data.routes,
+            *audit_logs.routes, *webhooks.routes, *files.routes, *users_data.routes, *org_exports.routes,
             *metrics_route.routes, *runners.routes, *runner_link.routes]
 
 

@@ -29,6 +29,7 @@ PREFIXES = {
     "webhook": "whk",
     "file": "fil",
     "runner": "rnr",
+    "org_export": "exp",
     # Delivery ids are derived from (webhook, event) in SQL (core.store.webhooks), never drawn.
     "webhook_delivery": "whd",
 }

@@ -30,6 +30,17 @@ DELIVER_WEBHOOK = "agentos.deliver_webhook"
 WEBHOOKS_QUEUE = "agentos.webhooks"
 
 
+# Build an org's export archive (core.org_export.build).
+EXPORT_ORG = "agentos.export_org"
+
+
+class ExportJob(BaseModel):
+    """The whole payload of an `EXPORT_ORG` task: ids only."""
+
+    export_id: str
+    org_id: str
+
+
 class RunJob(BaseModel):
     """The whole payload of an `EXECUTE_RUN` task: ids only; the worker loads the rest."""
 
@@ -117,6 +128,13 @@ class JobQueue:
 
     async def enqueue_webhook(self, delivery_id: str, org_id: str) -> None:
         await asyncio.to_thread(self.send_webhook, WebhookJob(delivery_id=delivery_id, org_id=org_id))
+
+    def send_export(self, job: ExportJob) -> None:
+        # Celery only: with AGENTOS_DISPATCH=modal exports still need a Celery worker (not ported yet).
+        self._app.send_task(EXPORT_ORG, kwargs=job.model_dump(), queue=RUNS_QUEUE)
+
+    async def enqueue_export(self, export_id: str, org_id: str) -> None:
+        await asyncio.to_thread(self.send_export, ExportJob(export_id=export_id, org_id=org_id))
 
     def close(self) -> None:
         self._app.close()

@@ -35,7 +35,7 @@ TENANT_TABLES: tuple[str, ...] = (
     *_INITIAL_TENANT_TABLES, "memories", "knowledge_documents", "org_secrets", "skills", "skill_versions",
     "data_sources", "mcp_servers", "usage_records", "usage_daily", "usage_months", "usage_run_days",
     "webhooks", "webhook_deliveries", "webhook_attempts",
-    "files", "session_files",
+    "files", "session_files", "org_exports",
 )
 
 _MIGRATION_LOCK_KEY = 0x6167656E746F73  # "agentos"
@@ -854,6 +854,30 @@ def _retention(conn: psycopg.Connection) -> None:
     conn.execute(_RETENTION_SQL)
 
 
+_ORG_EXPORTS_SQL = """
+-- Org exports (issue #23, core.org_export): an archive of the org's data, built by a worker; its
+-- bytes are in the file storage under `storage_key` (the org's prefix, so deleting the org takes it).
+CREATE TABLE org_exports (
+    id text PRIMARY KEY,
+    org_id text NOT NULL REFERENCES orgs(id) ON DELETE CASCADE,
+    status text NOT NULL DEFAULT 'queued' CHECK (status IN ('queued', 'running', 'succeeded', 'failed')),
+    progress jsonb NOT NULL DEFAULT '{}',
+    storage_key text,
+    size_bytes bigint,
+    error text,
+    requested_by text,
+    created_at timestamptz NOT NULL DEFAULT now(),
+    finished_at timestamptz
+);
+CREATE INDEX org_exports_org_idx ON org_exports (org_id, id DESC);
+"""
+
+
+def _org_exports(conn: psycopg.Connection) -> None:
+    conn.execute(_ORG_EXPORTS_SQL)
+    _tenant_policy(conn, "org_exports")
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration("initial schema with row-level security", _initial),
     Migration("per-session event sequence and run queue order", _run_queue),
@@ -875,6 +899,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration("remote runners and the tool calls routed to them", _runners),
     Migration("org deletion with a grace period, the purge job's scan, sessions by end user", _org_deletion),
     Migration("retention: per-org overrides, finished-runs index, audit pruning function", _retention),
+    Migration("org exports built by a worker", _org_exports),
 )
 
 

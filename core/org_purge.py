@@ -4,8 +4,8 @@
 runs; `restore` clears the mark while the grace period lasts. Once `purge_after` has passed,
 the maintenance job (`purge_due`, in runtime.maintenance.JOBS) removes everything the org owns:
 its sessions with their runs, events, messages and checkpoints, then every other table with an
-`org_id` column (core.tenant_data finds them), its stored files, its Redis keys, and last the
-org row itself (whose cascade takes the append-only audit log).
+`org_id` column (core.tenant_data finds them), its stored files, its sandbox workspaces, its Redis keys,
+and the org row itself (whose cascade takes the append-only audit log).
 """
 
 from __future__ import annotations
@@ -15,11 +15,14 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+import httpx
+
 from core.admission import release_runs
 from core.events import RUN_CANCELLED
 from core.file_storage import FileStorage, open_storage
 from core.infra import Infra
 from core.run_signals import flag_cancel, publish
+from core.settings import SandboxSettings
 from core.store import audit, runs
 from core.tenancy import (
     AsyncPool,
@@ -134,6 +137,7 @@ async def purge(infra: Infra, storage: FileStorage, org_id: str) -> Removed:
     removed = Removed()
     await stop_runs(infra, org_id)
     removed.files = await storage.delete_org(org_id)
+    removed.workspaces = await delete_workspaces(infra.settings.sandbox, org_id)
     # Sessions first, a batch at a time: their cascades (runs, events, messages, tool calls)
     # follow indexes, and each session's checkpoint thread goes in the same transaction.
     while True:
@@ -154,6 +158,24 @@ async def purge(infra: Infra, storage: FileStorage, org_id: str) -> Removed:
     # After the org row: a request that slipped in meanwhile can no longer write keys for it.
     await unlink_matching(infra.redis, org_key_pattern(org_id), removed)
     return removed
+
+
+async def delete_workspaces(settings: SandboxSettings, org_id: str) -> int:
+    """Remove the org's workspaces in the sandbox service (`DELETE /workspaces/{org}`); how many.
+    When the service cannot be reached they are left to expire (its `workspace_ttl_s`): a purge
+    is not held up by a service that may be gone for good."""
+    if not settings.url:
+        return 0
+    token = settings.token.get_secret_value() if settings.token else ""
+    try:
+        async with httpx.AsyncClient(base_url=settings.url.rstrip("/"), timeout=10.0) as http:
+            answer = await http.delete(f"/workspaces/{org_id}", headers={"Authorization": f"Bearer {token}"})
+        answer.raise_for_status()
+        return int(answer.json().get("deleted", 0))
+    except (httpx.HTTPError, ValueError) as exc:
+        log.warning("org %s: sandbox workspaces not removed (%s); they expire after the service's "
+                    "workspace_ttl_s", org_id, exc)
+        return 0
 
 
 async def due(pool: AsyncPool, limit: int = 10) -> list[str]:

@@ -580,6 +580,8 @@ class LifecycleSettings(BaseModel):
     audit_days: int = Field(default=365, ge=0)
     # No org keeps its audit log for less (an override below it is raised to it); 0 = forever.
     audit_min_days: int = Field(default=365, ge=1)
+    # How long an org export's download link works (a fresh one comes with each GET).
+    export_link_ttl_s: int = Field(default=3600, ge=60, le=7 * 86400)
 
 
 class Settings(BaseSettings):

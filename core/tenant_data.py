@@ -108,6 +108,7 @@ class Removed:
     rows: dict[str, int] = field(default_factory=dict)
     redis_keys: int = 0
     files: int = 0
+    workspaces: int = 0
 
     def add(self, table: str, count: int) -> None:
         if count:
@@ -115,7 +116,8 @@ class Removed:
 
     def summary(self) -> str:
         tables = ", ".join(f"{t} {n}" for t, n in sorted(self.rows.items()))
-        return f"{sum(self.rows.values())} rows ({tables or 'none'}), {self.redis_keys} Redis keys, {self.files} files"
+        return (f"{sum(self.rows.values())} rows ({tables or 'none'}), {self.redis_keys} Redis keys, "
+                f"{self.files} files, {self.workspaces} workspaces")
 
 
 def _batch_sql(table: str) -> sql.Composed:

@@ -21,7 +21,7 @@ from typing import Any, ClassVar
 from celery import Celery, Task
 from celery.signals import worker_process_init, worker_process_shutdown, worker_shutting_down
 
-from core import jobs, webhooks
+from core import jobs, org_export, webhooks
 from core.infra import INFRA_ERRORS, InfraUnavailable, is_infra_error
 from core.settings import Settings
 from core.telemetry import metrics, scope, tracing
@@ -123,6 +123,17 @@ def create_celery(settings: Settings) -> Celery:
         if outcome.retry_after_s is not None:  # the embedding failed; the attempt is counted
             raise task.retry(countdown=outcome.retry_after_s)
         return str(outcome.status)
+
+    @app.task(name=jobs.EXPORT_ORG, base=Bound, bind=True, ignore_result=True)  # type: ignore[untyped-decorator]
+    def export_org_task(task: AgentTask, export_id: str, org_id: str) -> str:
+        job = jobs.ExportJob(export_id=export_id, org_id=org_id)
+
+        async def build(services: Services, org: str, export: str) -> str:
+            return await org_export.build(services.pool, services.storage, org, export)
+
+        status = str(task.call_infra(f"export {job.export_id}", build, job.org_id, job.export_id))
+        log.info("export %s of org %s: %s", job.export_id, job.org_id, status)
+        return status
 
     def _process_init(**_: Any) -> None:
         # Each prefork child after the fork: the exporter's thread and the instrumented

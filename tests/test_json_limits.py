@@ -117,7 +117,9 @@ def _make_one_of_each(client, org: Org) -> dict[str, Any]:
     file = client.post("/v1/files", files={"file": ("plain.txt", b"plain")}, headers=org.headers).json()
     runner = client.post("/v1/runners", json={"name": "runner-" + ids.new_id("tool_call")[-8:]},
                          headers=org.headers).json()
-    return {"runner_id": runner["id"], "agent_id": agent["id"], "session_id": session["id"], "run_id": run["id"],
+    export = client.post(f"/v1/orgs/{org.id}/exports", headers=org.headers).json()
+    return {"runner_id": runner["id"], "export_id": export["id"], "agent_id": agent["id"],
+            "session_id": session["id"], "run_id": run["id"],
             "memory_id": memory["id"], "document_id": document["id"], "name": "thing", "version": 1,
             "webhook_id": webhook["id"], "file_id": file["id"]}
 

@@ -267,6 +267,9 @@ def test_every_operation_answers_as_documented(client, conformance):
     assert c.delete(f"/v1/sessions/{session['id']}", headers=h).status_code == 204
     assert c.delete(f"/v1/agents/{agent['id']}", headers=h).status_code == 204
 
+    exported = c.post(f"/v1/orgs/{org.id}/exports", headers=h)
+    assert exported.status_code == 202 and c.get(exported.headers["location"], headers=h).status_code == 200
+    error_of(c.get(exported.headers["location"] + "/download?expires=1&sig=00"), 403, "FORBIDDEN")
     assert c.delete("/v1/users-data?user=nobody", headers=h).json()["sessions"] == 0
     error_of(c.delete("/v1/users-data", headers=h), 422, "VALIDATION_FAILED")
     org_name = c.get(f"/v1/orgs/{org.id}", headers=ADMIN).json()["name"]

@@ -190,3 +190,27 @@ def test_a_purged_org_leaves_nothing_anywhere_and_other_orgs_keep_everything(
     assert client.get("/v1/me", headers=doomed.headers).status_code == 401  # its keys went with it
     assert client.get("/v1/me", headers=kept.headers).status_code == 200
 
+
+
+def test_the_purge_removes_the_orgs_sandbox_workspaces_and_survives_a_missing_service(tmp_path: Path) -> None:
+    from core.org_purge import delete_workspaces
+    from core.settings import SandboxSettings
+    from skills.sandbox.hosted import HostedBackend
+    from skills.sandbox.modal import ModalProvider
+    from skills.sandbox.service import create_sandbox_app
+    from tests.fake_modal import Calls, fake_sdk
+    from tests.helpers import serving
+
+    root = tmp_path / "workspaces"
+    for name in ("org_doomed/ses_1", "org_doomed/ses_2", "org_kept/ses_1"):
+        (root / name).mkdir(parents=True)
+        (root / name / "f").write_text("x")
+    service = SandboxSettings(backend="modal", token="t0ken", workspaces_dir=str(root))  # type: ignore[arg-type]
+    app = create_sandbox_app(service, HostedBackend(ModalProvider(service.modal, sdk=fake_sdk(Calls()))))
+    with serving(app) as served:
+        client_side = SandboxSettings(url=served.url, token="t0ken")  # type: ignore[arg-type]
+        assert asyncio.run(delete_workspaces(client_side, "org_doomed")) == 2
+    assert not (root / "org_doomed").exists() and (root / "org_kept/ses_1/f").exists()
+    # The service gone: the purge goes on (the workspaces expire there), it does not fail.
+    assert asyncio.run(delete_workspaces(client_side, "org_kept")) == 0
+    assert asyncio.run(delete_workspaces(SandboxSettings(), "org_kept")) == 0  # no service configured

@@ -147,6 +147,8 @@ def test_openapi_describes_every_route(client):
         ("/v1/tool-calls/{tool_call_id}/approve", "post"), ("/v1/tool-calls/{tool_call_id}/reject", "post"),
         ("/v1/orgs/{org_id}", "get"), ("/v1/orgs/{org_id}", "patch"), ("/v1/orgs/{org_id}", "delete"),
         ("/v1/orgs/{org_id}/restore", "post"), ("/v1/users-data", "delete"),
+        ("/v1/orgs/{org_id}/exports", "post"), ("/v1/orgs/{org_id}/exports/{export_id}", "get"),
+        ("/v1/orgs/{org_id}/exports/{export_id}/download", "get"),
         ("/v1/memories", "post"), ("/v1/memories", "get"), ("/v1/memories", "delete"),
         ("/v1/memories/{memory_id}", "get"), ("/v1/memories/{memory_id}", "delete"),
         ("/v1/knowledge", "post"), ("/v1/knowledge", "get"),

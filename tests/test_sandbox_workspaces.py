@@ -109,6 +109,19 @@ def test_a_workspace_is_deleted_on_request_and_only_with_the_token(service: tupl
     assert client.delete("/workspaces/org_a/..", headers=AUTH).status_code in (404, 422)
 
 
+def test_all_of_a_tenants_workspaces_go_at_once_and_only_theirs(service: tuple[TestClient, Path, Calls]) -> None:
+    """What org deletion (core.org_purge.delete_workspaces) asks of the service."""
+    client, root, _ = service
+    for name in ("org_a/ses_1", "org_a/ses_2", "org_b/ses_1"):
+        run(client, "echo x > f", name)
+    assert client.delete("/workspaces/org_a").status_code == 401
+    r = client.delete("/workspaces/org_a", headers=AUTH)
+    assert r.status_code == 200 and r.json() == {"deleted": 2}
+    assert not (root / "org_a").exists() and (root / "org_b/ses_1/f").exists()
+    assert client.delete("/workspaces/org_a", headers=AUTH).json() == {"deleted": 0}
+    assert client.delete("/workspaces/..", headers=AUTH).status_code in (404, 422)
+
+
 def test_the_workers_client_never_sends_another_orgs_workspace(tmp_path: Path) -> None:
     calls = Calls()
     settings = settings_for(tmp_path)

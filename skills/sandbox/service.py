@@ -131,6 +131,16 @@ def create_sandbox_app(settings: SandboxSettings, backend: Backend) -> Starlette
         locks.pop(name, None)
         return Response(status_code=204) if removed else _error("NOT_FOUND", f"No workspace {name!r}.")
 
+    async def delete_tenant(request: Request) -> Response:
+        given = request.headers.get("authorization", "").encode()
+        if not hmac.compare_digest(given, expected):
+            return _error("UNAUTHENTICATED", "Send the sandbox service token: 'Authorization: Bearer <token>'.")
+        try:
+            removed = await asyncio.to_thread(workspaces.delete_tenant, request.path_params["tenant"])
+        except WorkspaceError as exc:
+            return _error("VALIDATION_FAILED", str(exc))
+        return JSONResponse({"deleted": removed})
+
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         try:
@@ -141,7 +151,8 @@ def create_sandbox_app(settings: SandboxSettings, backend: Backend) -> Starlette
 
     return Starlette(routes=[Route("/health", health, methods=["GET"]),
                              Route("/execute", execute, methods=["POST"]),
-                             Route("/workspaces/{tenant}/{name}", delete_workspace, methods=["DELETE"])],
+                             Route("/workspaces/{tenant}/{name}", delete_workspace, methods=["DELETE"]),
+                             Route("/workspaces/{tenant}", delete_tenant, methods=["DELETE"])],
                      lifespan=lifespan)
 
 

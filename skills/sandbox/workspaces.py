@@ -6,7 +6,8 @@ Names are checked by pattern (no separators but the one, no dots), so a workspac
 `<root>/<tenant>/<name>` and nothing else. The service only ever writes regular files there,
 never follows a symlink, and never keeps more than fits in the execution's workdir (the files
 are copied into its `disk_mb` tmpfs, and what comes back is what it held). An unused workspace
-is removed after `workspace_ttl_s`; `DELETE /workspaces/{tenant}/{name}` removes one at once.
+is removed after `workspace_ttl_s`; `DELETE /workspaces/{tenant}/{name}` removes one at once, and
+`DELETE /workspaces/{tenant}` all of a tenant's (its org is being deleted).
 Who may name which workspace is the caller's business: the worker's client only sends names
 under the run's own org (skills.sandbox.client), and the model never chooses one.
 """
@@ -24,6 +25,7 @@ from pathlib import Path
 from skills.sandbox.protocol import MAX_FILES, WORKSPACE_PATTERN, FileChange, check_relative_path
 
 NAME = re.compile(WORKSPACE_PATTERN)
+TENANT = re.compile(WORKSPACE_PATTERN.split("/")[0] + "$")
 
 
 class WorkspaceError(ValueError):
@@ -102,6 +104,17 @@ class Workspaces:
             return False
         shutil.rmtree(directory)
         return True
+
+    def delete_tenant(self, tenant: str) -> int:
+        """Remove every workspace of one tenant (its org is being deleted); how many there were."""
+        if not TENANT.fullmatch(tenant):
+            raise WorkspaceError(f"tenant {tenant!r} must be letters, digits, '_' and '-'")
+        directory = self.root / tenant
+        if not directory.is_dir():
+            return 0
+        count = sum(1 for d in directory.iterdir() if d.is_dir())
+        shutil.rmtree(directory)
+        return count
 
     def sweep(self) -> list[str]:
         """Remove the workspaces unused for longer than the time to live; their names."""

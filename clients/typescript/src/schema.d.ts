@@ -604,14 +604,106 @@ export interface paths {
         get: operations["get_org"];
         put?: never;
         post?: never;
-        delete?: never;
+        /**
+         * Delete the caller's organisation (owner): `confirm` must be its exact name. Active runs are cancelled and new ones refused at once; after the grace period (`purge_after`) every record, file and key of the org is removed for good. Until then `POST /v1/orgs/{id}/restore` undoes it.
+         * @description Delete the caller's organisation (owner): `confirm` must be its exact name. Active runs are cancelled and new ones refused at once; after the grace period (`purge_after`) every record, file and key of the org is removed for good. Until then `POST /v1/orgs/{id}/restore` undoes it.
+         *
+         *     Needs the `owner` role or higher.
+         */
+        delete: operations["delete_org"];
         options?: never;
         head?: never;
         /**
-         * Rename an organisation or change its limits or budgets; one set to null returns to the default (platform admin token required).
-         * @description Rename an organisation or change its limits or budgets; one set to null returns to the default (platform admin token required).
+         * Rename an organisation or change its limits, budgets or retention; one set to null returns to the default (platform admin token required).
+         * @description Rename an organisation or change its limits, budgets or retention; one set to null returns to the default (platform admin token required).
          */
         patch: operations["update_org"];
+        trace?: never;
+    };
+    "/v1/orgs/{org_id}/exports": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Export the caller's organisation (owner): a worker builds a zip of every record (JSON Lines per table), file and knowledge document, secrets by name only; poll the export for its progress and download link.
+         * @description Export the caller's organisation (owner): a worker builds a zip of every record (JSON Lines per table), file and knowledge document, secrets by name only; poll the export for its progress and download link.
+         *
+         *     Needs the `owner` role or higher.
+         */
+        post: operations["create_export"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/orgs/{org_id}/exports/{export_id}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Read an export: its status and progress, and once built a download link valid for `AGENTOS_LIFECYCLE__EXPORT_LINK_TTL_S` (owner).
+         * @description Read an export: its status and progress, and once built a download link valid for `AGENTOS_LIFECYCLE__EXPORT_LINK_TTL_S` (owner).
+         *
+         *     Needs the `owner` role or higher.
+         */
+        get: operations["get_export"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/orgs/{org_id}/exports/{export_id}/download": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Download a built export (a zip) through the signed link its GET gave; no credential. An altered or expired link is 403 FORBIDDEN.
+         * @description Download a built export (a zip) through the signed link its GET gave; no credential. An altered or expired link is 403 FORBIDDEN.
+         */
+        get: operations["download_export"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/orgs/{org_id}/restore": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Restore the caller's organisation during its deletion's grace period (owner); 409 CONFLICT when no deletion is pending.
+         * @description Restore the caller's organisation during its deletion's grace period (owner); 409 CONFLICT when no deletion is pending.
+         *
+         *     Needs the `owner` role or higher.
+         */
+        post: operations["restore_org"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
         trace?: never;
     };
     "/v1/outbound-allowlist": {
@@ -637,122 +729,6 @@ export interface paths {
         put: operations["put_allowlist"];
         post?: never;
         delete?: never;
-        options?: never;
-        head?: never;
-        patch?: never;
-        trace?: never;
-    };
-    "/v1/runner/calls": {
-        parameters: {
-            query?: never;
-            header?: never;
-            path?: never;
-            cookie?: never;
-        };
-        /**
-         * A runner's connection (SSE, runner token): the calls routed to it, then each new one, and heartbeats. Sends every unanswered call again on each connect.
-         * @description A runner's connection (SSE, runner token): the calls routed to it, then each new one, and heartbeats. Sends every unanswered call again on each connect.
-         */
-        get: operations["runner_calls"];
-        put?: never;
-        post?: never;
-        delete?: never;
-        options?: never;
-        head?: never;
-        patch?: never;
-        trace?: never;
-    };
-    "/v1/runner/calls/{call_id}/result": {
-        parameters: {
-            query?: never;
-            header?: never;
-            path?: never;
-            cookie?: never;
-        };
-        get?: never;
-        put?: never;
-        /**
-         * Post the result of a call (runner token); posting it again is acknowledged and changes nothing.
-         * @description Post the result of a call (runner token); posting it again is acknowledged and changes nothing.
-         */
-        post: operations["post_result"];
-        delete?: never;
-        options?: never;
-        head?: never;
-        patch?: never;
-        trace?: never;
-    };
-    "/v1/runner/runs/{run_id}/workspace": {
-        parameters: {
-            query?: never;
-            header?: never;
-            path?: never;
-            cookie?: never;
-        };
-        get?: never;
-        put?: never;
-        /**
-         * Report what the runner did with an ended run's workspace (runner token): its branch, the commit made at the end and the diff summary. The first report stands.
-         * @description Report what the runner did with an ended run's workspace (runner token): its branch, the commit made at the end and the diff summary. The first report stands.
-         */
-        post: operations["post_run_workspace"];
-        delete?: never;
-        options?: never;
-        head?: never;
-        patch?: never;
-        trace?: never;
-    };
-    "/v1/runners": {
-        parameters: {
-            query?: never;
-            header?: never;
-            path?: never;
-            cookie?: never;
-        };
-        /**
-         * List the org's runners (never their tokens), with whether each is connected now.
-         * @description List the org's runners (never their tokens), with whether each is connected now.
-         *
-         *     Needs the `admin` role or higher.
-         */
-        get: operations["list_runners"];
-        put?: never;
-        /**
-         * Create a runner; its token is in this response only.
-         * @description Create a runner; its token is in this response only.
-         *
-         *     Needs the `admin` role or higher.
-         */
-        post: operations["create_runner"];
-        delete?: never;
-        options?: never;
-        head?: never;
-        patch?: never;
-        trace?: never;
-    };
-    "/v1/runners/{runner_id}": {
-        parameters: {
-            query?: never;
-            header?: never;
-            path?: never;
-            cookie?: never;
-        };
-        /**
-         * Get one runner.
-         * @description Get one runner.
-         *
-         *     Needs the `admin` role or higher.
-         */
-        get: operations["get_runner"];
-        put?: never;
-        post?: never;
-        /**
-         * Revoke a runner; its token stops working at once.
-         * @description Revoke a runner; its token stops working at once.
-         *
-         *     Needs the `admin` role or higher.
-         */
-        delete: operations["revoke_runner"];
         options?: never;
         head?: never;
         patch?: never;
@@ -852,26 +828,6 @@ export interface paths {
          * @description Wait until the run ends (or `?timeout=` seconds pass, default 30, at most 300) and return it: `200` once it ended, `202` with `AgentOS-Wait: timeout` while it is still active.
          */
         get: operations["wait_run"];
-        put?: never;
-        post?: never;
-        delete?: never;
-        options?: never;
-        head?: never;
-        patch?: never;
-        trace?: never;
-    };
-    "/v1/runs/{run_id}/workspaces": {
-        parameters: {
-            query?: never;
-            header?: never;
-            path?: never;
-            cookie?: never;
-        };
-        /**
-         * The workspaces remote runners committed for a run once it ended (branch, commit, diff summary).
-         * @description The workspaces remote runners committed for a run once it ended (branch, commit, diff summary).
-         */
-        get: operations["run_workspaces"];
         put?: never;
         post?: never;
         delete?: never;
@@ -1300,6 +1256,28 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/v1/users-data": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        post?: never;
+        /**
+         * Erase one end user's data (`?user=`): their sessions with runs, messages, events, tool calls and checkpoints, their memories and the files only they used. The audit log records the erasure and counts, naming the user only by a digest. Sending it again is harmless.
+         * @description Erase one end user's data (`?user=`): their sessions with runs, messages, events, tool calls and checkpoints, their memories and the files only they used. The audit log records the erasure and counts, naming the user only by a digest. Sending it again is harmless.
+         *
+         *     Needs the `admin` role or higher.
+         */
+        delete: operations["erase_user_data"];
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/v1/webhooks": {
         parameters: {
             query?: never;
@@ -1475,12 +1453,6 @@ export interface components {
             /** Name */
             name: string;
             /**
-             * Runner
-             * @description The runner (by name) or route (`{name | labels, skills}`) executing its skills.
-             * @default null
-             */
-            runner: string | components["schemas"]["RunnerRouteOut"] | null;
-            /**
              * Skills
              * @description Skill names, `name` or pinned `name@version`.
              */
@@ -1525,11 +1497,6 @@ export interface components {
             model: string;
             /** Name */
             name: string;
-            /**
-             * Runner
-             * @default null
-             */
-            runner: string | components["schemas"]["RunnerRoute"] | null;
             /** Skills */
             skills?: string[];
             /** Subagents */
@@ -1637,11 +1604,6 @@ export interface components {
              */
             name: string | null;
             /**
-             * Runner
-             * @default null
-             */
-            runner: string | components["schemas"]["RunnerRoute"] | null;
-            /**
              * Skills
              * @default null
              */
@@ -1692,12 +1654,6 @@ export interface components {
             model: string;
             /** Name */
             name: string;
-            /**
-             * Runner
-             * @description The runner (by name) or route (`{name | labels, skills}`) executing its skills.
-             * @default null
-             */
-            runner: string | components["schemas"]["RunnerRouteOut"] | null;
             /**
              * Skills
              * @description Skill names, `name` or pinned `name@version`.
@@ -2231,6 +2187,7 @@ export interface components {
              * @example INTERNAL
              * @example METHOD_NOT_ALLOWED
              * @example NOT_FOUND
+             * @example ORG_DELETION_PENDING
              * @example PAYLOAD_TOO_LARGE
              * @example QUOTA_EXCEEDED
              * @example RATE_LIMITED
@@ -2258,6 +2215,34 @@ export interface components {
              * @description What happened and what to do, for a human.
              */
             message: string;
+        };
+        /** ExportProgress */
+        ExportProgress: {
+            /**
+             * Documents
+             * @default null
+             */
+            documents: number | null;
+            /**
+             * Files
+             * @default null
+             */
+            files: number | null;
+            /**
+             * Records
+             * @default 0
+             */
+            records: number;
+            /**
+             * Tables Done
+             * @default 0
+             */
+            tables_done: number;
+            /**
+             * Tables Total
+             * @default null
+             */
+            tables_total: number | null;
         };
         /** File */
         File: {
@@ -2901,6 +2886,10 @@ export interface components {
             limits: components["schemas"]["OrgLimits"];
             /** Name */
             name: string;
+            /** @description The effective retention (core.retention). */
+            retention: components["schemas"]["Retention"];
+            /** @description The org's own retention values. */
+            retention_overrides: components["schemas"]["RetentionOverrides"];
             /** Settings */
             settings: {
                 [key: string]: unknown;
@@ -2915,6 +2904,72 @@ export interface components {
         OrgCreated: {
             api_key: components["schemas"]["ApiKeyCreated"];
             org: components["schemas"]["Org"];
+        };
+        /** OrgDeleteConfirm */
+        OrgDeleteConfirm: {
+            /** Confirm */
+            confirm: string;
+        };
+        /** OrgDeletion */
+        OrgDeletion: {
+            /**
+             * Cancelled Runs
+             * @description Active runs the request cancelled.
+             */
+            cancelled_runs: number;
+            /** Org Id */
+            org_id: string;
+            /**
+             * Purge After
+             * @description When the org's data is removed for good, unless it is restored before (null once restored).
+             */
+            purge_after: string | null;
+            /**
+             * Requested At
+             * @description When the owner asked for the deletion (null once restored).
+             */
+            requested_at: string | null;
+            /**
+             * Status
+             * @enum {string}
+             */
+            status: "scheduled" | "restored";
+        };
+        /** OrgExport */
+        OrgExport: {
+            /**
+             * Created At
+             * Format: date-time
+             */
+            created_at: string;
+            /**
+             * Download Expires At
+             * @default null
+             */
+            download_expires_at: string | null;
+            /**
+             * Download Url
+             * @description Once succeeded: a path that downloads the archive (a zip) without a credential until `download_expires_at`; GET the export again for a fresh one.
+             * @default null
+             */
+            download_url: string | null;
+            /** Error */
+            error: string | null;
+            /** Finished At */
+            finished_at: string | null;
+            /** Id */
+            id: string;
+            progress: components["schemas"]["ExportProgress"];
+            /**
+             * Size Bytes
+             * @description The archive's size, once built.
+             */
+            size_bytes: number | null;
+            /**
+             * Status
+             * @enum {string}
+             */
+            status: "queued" | "running" | "succeeded" | "failed";
         };
         /** OrgLimits */
         OrgLimits: {
@@ -2946,6 +3001,8 @@ export interface components {
              * @default null
              */
             name: string | null;
+            /** @default null */
+            retention: components["schemas"]["RetentionPatch"] | null;
         };
         /** OutboundAllowlist */
         OutboundAllowlist: {
@@ -2994,6 +3051,109 @@ export interface components {
              * @default null
              */
             reason: string | null;
+        };
+        /** Retention */
+        Retention: {
+            /**
+             * Audit Days
+             * @description Audit entries (never less than the operator's minimum; 0: for ever).
+             */
+            audit_days: number;
+            /**
+             * Checkpoints Days
+             * @description A session's checkpoints, after its last run ended, are pruned to `final_checkpoint` (0: never).
+             */
+            checkpoints_days: number;
+            /**
+             * Events Days
+             * @description Run events are kept this long after their run ended (0: for ever).
+             */
+            events_days: number;
+            /**
+             * Final Checkpoint
+             * @enum {string}
+             */
+            final_checkpoint: "keep" | "drop";
+            /**
+             * Messages Days
+             * @description Messages, from when they were written (0: for ever).
+             */
+            messages_days: number;
+            /**
+             * Tool Calls Days
+             * @description Tool-call records, likewise.
+             */
+            tool_calls_days: number;
+        };
+        /** RetentionOverrides */
+        RetentionOverrides: {
+            /**
+             * Audit Days
+             * @default null
+             */
+            audit_days: number | null;
+            /**
+             * Checkpoints Days
+             * @default null
+             */
+            checkpoints_days: number | null;
+            /**
+             * Events Days
+             * @default null
+             */
+            events_days: number | null;
+            /**
+             * Final Checkpoint
+             * @default null
+             */
+            final_checkpoint: ("keep" | "drop") | null;
+            /**
+             * Messages Days
+             * @default null
+             */
+            messages_days: number | null;
+            /**
+             * Tool Calls Days
+             * @default null
+             */
+            tool_calls_days: number | null;
+        };
+        /**
+         * RetentionPatch
+         * @description Per-org overrides of the retention defaults (`AGENTOS_LIFECYCLE__*_DAYS`; 0 keeps for
+         *     ever); `null` restores the default. `audit_days` below the operator's minimum acts as it.
+         */
+        RetentionPatch: {
+            /**
+             * Audit Days
+             * @default null
+             */
+            audit_days: number | null;
+            /**
+             * Checkpoints Days
+             * @default null
+             */
+            checkpoints_days: number | null;
+            /**
+             * Events Days
+             * @default null
+             */
+            events_days: number | null;
+            /**
+             * Final Checkpoint
+             * @default null
+             */
+            final_checkpoint: ("keep" | "drop") | null;
+            /**
+             * Messages Days
+             * @default null
+             */
+            messages_days: number | null;
+            /**
+             * Tool Calls Days
+             * @default null
+             */
+            tool_calls_days: number | null;
         };
         /** RotateSecret */
         RotateSecret: {
@@ -3132,7 +3292,7 @@ export interface components {
          * RunEvent
          * @description One event of a stream, as the JSON of its SSE `data:` line; `type` says which.
          */
-        RunEvent: components["schemas"]["BudgetWarningEvent"] | components["schemas"]["ConfirmationRequiredEvent"] | components["schemas"]["ConfirmationResolvedEvent"] | components["schemas"]["MemoryRecalledEvent"] | components["schemas"]["MessageCompletedEvent"] | components["schemas"]["MessageDeltaEvent"] | components["schemas"]["RunCancelledEvent"] | components["schemas"]["RunFailedEvent"] | components["schemas"]["RunQueuedEvent"] | components["schemas"]["RunStartedEvent"] | components["schemas"]["RunSucceededEvent"] | components["schemas"]["RunTimedOutEvent"] | components["schemas"]["RunWarningEvent"] | components["schemas"]["RunnerDeliveredEvent"] | components["schemas"]["RunnerOfflineEvent"] | components["schemas"]["RunnerOnlineEvent"] | components["schemas"]["StepStartedEvent"] | components["schemas"]["SubagentCompletedEvent"] | components["schemas"]["SubagentStartedEvent"] | components["schemas"]["ToolCallEvent"] | components["schemas"]["ToolResultEvent"];
+        RunEvent: components["schemas"]["BudgetWarningEvent"] | components["schemas"]["ConfirmationRequiredEvent"] | components["schemas"]["ConfirmationResolvedEvent"] | components["schemas"]["MemoryRecalledEvent"] | components["schemas"]["MessageCompletedEvent"] | components["schemas"]["MessageDeltaEvent"] | components["schemas"]["RunCancelledEvent"] | components["schemas"]["RunFailedEvent"] | components["schemas"]["RunQueuedEvent"] | components["schemas"]["RunStartedEvent"] | components["schemas"]["RunSucceededEvent"] | components["schemas"]["RunTimedOutEvent"] | components["schemas"]["RunWarningEvent"] | components["schemas"]["StepStartedEvent"] | components["schemas"]["SubagentCompletedEvent"] | components["schemas"]["SubagentStartedEvent"] | components["schemas"]["ToolCallEvent"] | components["schemas"]["ToolResultEvent"];
         /** RunFailed */
         RunFailed: {
             error: components["schemas"]["RunError"];
@@ -3350,408 +3510,6 @@ export interface components {
         } & {
             [key: string]: unknown;
         };
-        /**
-         * RunWorkspace
-         * @description What a runner did with a run's workspace once the run ended.
-         */
-        RunWorkspace: {
-            /**
-             * Branch
-             * @description `agentos/<run id>`; null when the runner has no repository.
-             */
-            branch: string | null;
-            /**
-             * Commit
-             * @description The commit made at the run's end (its message holds the run id); null when nothing was left to commit.
-             */
-            commit: string | null;
-            /**
-             * Diff Stat
-             * @description The diff summary of the run's branch against where it began.
-             */
-            diff_stat: string;
-            /**
-             * Finished At
-             * Format: date-time
-             */
-            finished_at: string;
-            /**
-             * Runner
-             * @description The runner's name.
-             */
-            runner: string;
-            /** Runner Id */
-            runner_id: string;
-        };
-        /** RunWorkspaceReport */
-        RunWorkspaceReport: {
-            /**
-             * Branch
-             * @default null
-             */
-            branch: string | null;
-            /**
-             * Commit
-             * @default null
-             */
-            commit: string | null;
-            /**
-             * Diff Stat
-             * @default
-             */
-            diff_stat: string;
-        };
-        /** RunWorkspaces */
-        RunWorkspaces: {
-            /** Data */
-            data: components["schemas"]["RunWorkspace"][];
-        };
-        /** Runner */
-        Runner: {
-            /**
-             * Created At
-             * Format: date-time
-             */
-            created_at: string;
-            /** Created By */
-            created_by: string | null;
-            /** Id */
-            id: string;
-            /** Labels */
-            labels: {
-                [key: string]: string;
-            };
-            /**
-             * Last Seen At
-             * @description When its connection last sent a heartbeat.
-             */
-            last_seen_at: string | null;
-            /** Name */
-            name: string;
-            /**
-             * Online
-             * @description Whether the runner is connected now.
-             */
-            online: boolean;
-            /**
-             * Prefix
-             * @description The visible part of the token (`aosr_<prefix>_…`).
-             */
-            prefix: string;
-            /** Revoked At */
-            revoked_at: string | null;
-        };
-        /**
-         * RunnerCall
-         * @description One call as the runner receives it on its stream (`event: call`).
-         */
-        RunnerCall: {
-            /** Args */
-            args: {
-                [key: string]: unknown;
-            };
-            /** Id */
-            id: string;
-            /** Name */
-            name: string;
-            /** Run Id */
-            run_id: string;
-        };
-        /** RunnerCreate */
-        RunnerCreate: {
-            /** Labels */
-            labels?: {
-                [key: string]: string;
-            };
-            /** Name */
-            name: string;
-        };
-        /** RunnerCreated */
-        RunnerCreated: {
-            /**
-             * Created At
-             * Format: date-time
-             */
-            created_at: string;
-            /** Created By */
-            created_by: string | null;
-            /** Id */
-            id: string;
-            /** Labels */
-            labels: {
-                [key: string]: string;
-            };
-            /**
-             * Last Seen At
-             * @description When its connection last sent a heartbeat.
-             */
-            last_seen_at: string | null;
-            /** Name */
-            name: string;
-            /**
-             * Online
-             * @description Whether the runner is connected now.
-             */
-            online: boolean;
-            /**
-             * Prefix
-             * @description The visible part of the token (`aosr_<prefix>_…`).
-             */
-            prefix: string;
-            /** Revoked At */
-            revoked_at: string | null;
-            /**
-             * Token
-             * @description The runner's token: shown in this response only; give it to `agentos runner`.
-             */
-            token: string;
-        };
-        /**
-         * RunnerDelivered
-         * @description The runner answered a call routed to it (its `tool.result` follows when the worker reads it).
-         */
-        RunnerDelivered: {
-            /**
-             * Duplicate
-             * @description True when the runner sent the answer again.
-             * @default false
-             */
-            duplicate: boolean;
-            /** Runner Id */
-            runner_id: string;
-            /** Tool Call Id */
-            tool_call_id: string;
-        } & {
-            [key: string]: unknown;
-        };
-        /**
-         * RunnerDeliveredEvent
-         * @description A `runner.delivered` event.
-         */
-        RunnerDeliveredEvent: {
-            data: components["schemas"]["RunnerDelivered"];
-            /** Run Id */
-            run_id: string;
-            /**
-             * Seq
-             * @description The session's sequence number; the SSE `id`.
-             */
-            seq: number;
-            /** Session Id */
-            session_id: string;
-            /**
-             * Ts
-             * Format: date-time
-             */
-            ts: string;
-            /**
-             * @description discriminator enum property added by openapi-typescript
-             * @enum {string}
-             */
-            type: "runner.delivered";
-        } & {
-            [key: string]: unknown;
-        };
-        /**
-         * RunnerHeartbeat
-         * @description `event: heartbeat`, every `runners.heartbeat_s`: the link is alive.
-         */
-        RunnerHeartbeat: {
-            /**
-             * Ts
-             * @description The server's clock (Unix seconds).
-             */
-            ts: number;
-        };
-        /**
-         * RunnerOffline
-         * @description A call routed to a runner found it offline; the run waits (no worker held) until it returns.
-         */
-        RunnerOffline: {
-            /**
-             * Runner
-             * @description The runner's name.
-             */
-            runner: string;
-            /** Runner Id */
-            runner_id: string;
-            /**
-             * Timeout S
-             * @description How long the call waits before it fails.
-             */
-            timeout_s: number;
-            /** Tool Call Id */
-            tool_call_id: string;
-        } & {
-            [key: string]: unknown;
-        };
-        /**
-         * RunnerOfflineEvent
-         * @description A `runner.offline` event.
-         */
-        RunnerOfflineEvent: {
-            data: components["schemas"]["RunnerOffline"];
-            /** Run Id */
-            run_id: string;
-            /**
-             * Seq
-             * @description The session's sequence number; the SSE `id`.
-             */
-            seq: number;
-            /** Session Id */
-            session_id: string;
-            /**
-             * Ts
-             * Format: date-time
-             */
-            ts: string;
-            /**
-             * @description discriminator enum property added by openapi-typescript
-             * @enum {string}
-             */
-            type: "runner.offline";
-        } & {
-            [key: string]: unknown;
-        };
-        /**
-         * RunnerOnline
-         * @description The runner a call waited for is back; the run goes on.
-         */
-        RunnerOnline: {
-            /** Runner Id */
-            runner_id: string;
-            /** Tool Call Id */
-            tool_call_id: string;
-        } & {
-            [key: string]: unknown;
-        };
-        /**
-         * RunnerOnlineEvent
-         * @description A `runner.online` event.
-         */
-        RunnerOnlineEvent: {
-            data: components["schemas"]["RunnerOnline"];
-            /** Run Id */
-            run_id: string;
-            /**
-             * Seq
-             * @description The session's sequence number; the SSE `id`.
-             */
-            seq: number;
-            /** Session Id */
-            session_id: string;
-            /**
-             * Ts
-             * Format: date-time
-             */
-            ts: string;
-            /**
-             * @description discriminator enum property added by openapi-typescript
-             * @enum {string}
-             */
-            type: "runner.online";
-        } & {
-            [key: string]: unknown;
-        };
-        /**
-         * RunnerPage
-         * @description A list of Runner objects: `{data, next_cursor}`.
-         */
-        RunnerPage: {
-            /** Data */
-            data: components["schemas"]["Runner"][];
-            /**
-             * Next Cursor
-             * @description Null on the last page; pass it as `?cursor=` for the next one.
-             */
-            next_cursor: string | null;
-        };
-        /** RunnerResult */
-        RunnerResult: {
-            /**
-             * Error
-             * @default null
-             */
-            error: string | null;
-            /**
-             * Output
-             * @default null
-             */
-            output: unknown;
-        };
-        /** RunnerResultAck */
-        RunnerResultAck: {
-            /**
-             * Duplicate
-             * @description True when a result of this call had already been stored.
-             */
-            duplicate: boolean;
-            /**
-             * Id
-             * @description The call's id (its tool call's id).
-             */
-            id: string;
-            /**
-             * Status
-             * @description `done`: the platform holds the call's result (this one, or one posted before).
-             */
-            status: string;
-        };
-        /**
-         * RunnerRoute
-         * @description Which remote runner executes which of the agent's skills (docs/runners.md): the runner
-         *     named `name`, or any connected runner whose labels include all of `labels`.
-         */
-        RunnerRoute: {
-            /** Labels */
-            labels?: {
-                [key: string]: string;
-            };
-            /**
-             * Name
-             * @default null
-             */
-            name: string | null;
-            /**
-             * Skills
-             * @default all
-             */
-            skills: string[] | "all";
-        };
-        /** RunnerRouteOut */
-        RunnerRouteOut: {
-            /** Labels */
-            labels?: {
-                [key: string]: string;
-            };
-            /**
-             * Name
-             * @default null
-             */
-            name: string | null;
-            /**
-             * Skills
-             * @default all
-             */
-            skills: string[] | "all";
-        };
-        /**
-         * RunnerRunEnded
-         * @description `event: run_ended`: a run this runner had calls of has ended; the runner commits its
-         *     workspace and reports it (`POST /v1/runner/runs/{run_id}/workspace`).
-         */
-        RunnerRunEnded: {
-            /** Run Id */
-            run_id: string;
-            /** Status */
-            status: string;
-        };
-        /**
-         * RunnerStreamData
-         * @description The `data:` of one event of a runner's stream: a call (`event: call`), a heartbeat, or a
-         *     run's end (`event: run_ended`).
-         */
-        RunnerStreamData: components["schemas"]["RunnerCall"] | components["schemas"]["RunnerHeartbeat"] | components["schemas"]["RunnerRunEnded"];
         /** Secret */
         Secret: {
             /**
@@ -4428,6 +4186,42 @@ export interface components {
             sandbox_executions: number;
             /** Total Tokens */
             total_tokens: number;
+        };
+        /** UserDataErased */
+        UserDataErased: {
+            /**
+             * Checkpoints
+             * @description Checkpoint rows of the sessions' threads.
+             */
+            checkpoints: number;
+            /**
+             * Files
+             * @description Files only the user's sessions used, or the user uploaded.
+             */
+            files: number;
+            /**
+             * Memories
+             * @description Long-term memories of the user or of its sessions, and short-term notes.
+             */
+            memories: number;
+            /** Messages */
+            messages: number;
+            /**
+             * Redis Keys
+             * @description Live event streams and memory windows of the sessions.
+             */
+            redis_keys: number;
+            /** Run Events */
+            run_events: number;
+            /** Runs */
+            runs: number;
+            /**
+             * Sessions
+             * @description Sessions removed, with everything below.
+             */
+            sessions: number;
+            /** Tool Calls */
+            tool_calls: number;
         };
         /** Webhook */
         Webhook: {
@@ -7784,6 +7578,129 @@ export interface operations {
             };
         };
     };
+    delete_org: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                org_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["OrgDeleteConfirm"];
+            };
+        };
+        responses: {
+            /** @description Delete the caller's organisation (owner) */
+            202: {
+                headers: {
+                    "RateLimit-Limit": components["headers"]["RateLimit-Limit"];
+                    "RateLimit-Remaining": components["headers"]["RateLimit-Remaining"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["OrgDeletion"];
+                };
+            };
+            /** @description `BAD_REQUEST`: The request is malformed. */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `UNAUTHENTICATED`: Send a valid credential: 'Authorization: Bearer <API key or JWT>'. */
+            401: {
+                headers: {
+                    "WWW-Authenticate": components["headers"]["WWW-Authenticate"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `FORBIDDEN`: Your role does not allow this. */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `NOT_FOUND`: No such resource in this organisation. */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `CONFLICT`: The resource's state does not allow this. */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `PAYLOAD_TOO_LARGE`: The request body is too large. */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `UNSUPPORTED_MEDIA_TYPE`: Send JSON with 'Content-Type: application/json'. */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `VALIDATION_FAILED`: The request body failed validation; see details.fields. */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `RATE_LIMITED`: Too many requests; retry after the given delay. */
+            429: {
+                headers: {
+                    "RateLimit-Limit": components["headers"]["RateLimit-Limit"];
+                    "RateLimit-Remaining": components["headers"]["RateLimit-Remaining"];
+                    "Retry-After": components["headers"]["Retry-After"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `UNAVAILABLE`: A dependency is unavailable; retry later. Nothing was half-written. */
+            503: {
+                headers: {
+                    "Retry-After": components["headers"]["Retry-After"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+        };
+    };
     update_org: {
         parameters: {
             query?: never;
@@ -7799,7 +7716,7 @@ export interface operations {
             };
         };
         responses: {
-            /** @description Rename an organisation or change its limits or budgets */
+            /** @description Rename an organisation or change its limits, budgets or retention */
             200: {
                 headers: {
                     [name: string]: unknown;
@@ -7866,6 +7783,294 @@ export interface operations {
             /** @description `VALIDATION_FAILED`: The request body failed validation; see details.fields. */
             422: {
                 headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `UNAVAILABLE`: A dependency is unavailable; retry later. Nothing was half-written. */
+            503: {
+                headers: {
+                    "Retry-After": components["headers"]["Retry-After"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+        };
+    };
+    create_export: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                org_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Export the caller's organisation (owner) */
+            202: {
+                headers: {
+                    Location: components["headers"]["Location"];
+                    "RateLimit-Limit": components["headers"]["RateLimit-Limit"];
+                    "RateLimit-Remaining": components["headers"]["RateLimit-Remaining"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["OrgExport"];
+                };
+            };
+            /** @description `UNAUTHENTICATED`: Send a valid credential: 'Authorization: Bearer <API key or JWT>'. */
+            401: {
+                headers: {
+                    "WWW-Authenticate": components["headers"]["WWW-Authenticate"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `FORBIDDEN`: Your role does not allow this. */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `NOT_FOUND`: No such resource in this organisation. */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `RATE_LIMITED`: Too many requests; retry after the given delay. */
+            429: {
+                headers: {
+                    "RateLimit-Limit": components["headers"]["RateLimit-Limit"];
+                    "RateLimit-Remaining": components["headers"]["RateLimit-Remaining"];
+                    "Retry-After": components["headers"]["Retry-After"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `UNAVAILABLE`: A dependency is unavailable; retry later. Nothing was half-written. */
+            503: {
+                headers: {
+                    "Retry-After": components["headers"]["Retry-After"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+        };
+    };
+    get_export: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                org_id: string;
+                export_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Read an export */
+            200: {
+                headers: {
+                    "RateLimit-Limit": components["headers"]["RateLimit-Limit"];
+                    "RateLimit-Remaining": components["headers"]["RateLimit-Remaining"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["OrgExport"];
+                };
+            };
+            /** @description `UNAUTHENTICATED`: Send a valid credential: 'Authorization: Bearer <API key or JWT>'. */
+            401: {
+                headers: {
+                    "WWW-Authenticate": components["headers"]["WWW-Authenticate"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `FORBIDDEN`: Your role does not allow this. */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `NOT_FOUND`: No such resource in this organisation. */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `RATE_LIMITED`: Too many requests; retry after the given delay. */
+            429: {
+                headers: {
+                    "RateLimit-Limit": components["headers"]["RateLimit-Limit"];
+                    "RateLimit-Remaining": components["headers"]["RateLimit-Remaining"];
+                    "Retry-After": components["headers"]["Retry-After"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `UNAVAILABLE`: A dependency is unavailable; retry later. Nothing was half-written. */
+            503: {
+                headers: {
+                    "Retry-After": components["headers"]["Retry-After"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+        };
+    };
+    download_export: {
+        parameters: {
+            query: {
+                /** @description From the link. */
+                expires: string;
+                /** @description From the link. */
+                sig: string;
+            };
+            header?: never;
+            path: {
+                org_id: string;
+                export_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Download a built export (a zip) through the signed link its GET gave */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "*/*": string;
+                };
+            };
+            /** @description `FORBIDDEN`: Your role does not allow this. */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `NOT_FOUND`: No such resource in this organisation. */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `VALIDATION_FAILED`: The request body failed validation; see details.fields. */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+        };
+    };
+    restore_org: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                org_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Restore the caller's organisation during its deletion's grace period (owner) */
+            200: {
+                headers: {
+                    "RateLimit-Limit": components["headers"]["RateLimit-Limit"];
+                    "RateLimit-Remaining": components["headers"]["RateLimit-Remaining"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["OrgDeletion"];
+                };
+            };
+            /** @description `UNAUTHENTICATED`: Send a valid credential: 'Authorization: Bearer <API key or JWT>'. */
+            401: {
+                headers: {
+                    "WWW-Authenticate": components["headers"]["WWW-Authenticate"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `FORBIDDEN`: Your role does not allow this. */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `NOT_FOUND`: No such resource in this organisation. */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `CONFLICT`: The resource's state does not allow this. */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `RATE_LIMITED`: Too many requests; retry after the given delay. */
+            429: {
+                headers: {
+                    "RateLimit-Limit": components["headers"]["RateLimit-Limit"];
+                    "RateLimit-Remaining": components["headers"]["RateLimit-Remaining"];
+                    "Retry-After": components["headers"]["Retry-After"];
                     [name: string]: unknown;
                 };
                 content: {
@@ -8019,553 +8224,6 @@ export interface operations {
             };
             /** @description `VALIDATION_FAILED`: The request body failed validation; see details.fields. */
             422: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["Error"];
-                };
-            };
-            /** @description `RATE_LIMITED`: Too many requests; retry after the given delay. */
-            429: {
-                headers: {
-                    "RateLimit-Limit": components["headers"]["RateLimit-Limit"];
-                    "RateLimit-Remaining": components["headers"]["RateLimit-Remaining"];
-                    "Retry-After": components["headers"]["Retry-After"];
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["Error"];
-                };
-            };
-            /** @description `UNAVAILABLE`: A dependency is unavailable; retry later. Nothing was half-written. */
-            503: {
-                headers: {
-                    "Retry-After": components["headers"]["Retry-After"];
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["Error"];
-                };
-            };
-        };
-    };
-    runner_calls: {
-        parameters: {
-            query?: never;
-            header?: never;
-            path?: never;
-            cookie?: never;
-        };
-        requestBody?: never;
-        responses: {
-            /** @description Server-sent events: each event's `data:` line is one RunnerStreamData (JSON), its `event:` the kind. Comment lines keep it alive. */
-            200: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "text/event-stream": components["schemas"]["RunnerStreamData"];
-                };
-            };
-            /** @description `BAD_REQUEST`: The request is malformed. */
-            400: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["Error"];
-                };
-            };
-            /** @description `UNAUTHENTICATED`: Send a valid credential: 'Authorization: Bearer <API key or JWT>'. */
-            401: {
-                headers: {
-                    "WWW-Authenticate": components["headers"]["WWW-Authenticate"];
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["Error"];
-                };
-            };
-        };
-    };
-    post_result: {
-        parameters: {
-            query?: never;
-            header?: never;
-            path: {
-                call_id: string;
-            };
-            cookie?: never;
-        };
-        requestBody?: {
-            content: {
-                "application/json": components["schemas"]["RunnerResult"];
-            };
-        };
-        responses: {
-            /** @description Post the result of a call (runner token) */
-            200: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["RunnerResultAck"];
-                };
-            };
-            /** @description `BAD_REQUEST`: The request is malformed. */
-            400: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["Error"];
-                };
-            };
-            /** @description `UNAUTHENTICATED`: Send a valid credential: 'Authorization: Bearer <API key or JWT>'. */
-            401: {
-                headers: {
-                    "WWW-Authenticate": components["headers"]["WWW-Authenticate"];
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["Error"];
-                };
-            };
-            /** @description `NOT_FOUND`: No such resource in this organisation. */
-            404: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["Error"];
-                };
-            };
-            /** @description `CONFLICT`: The resource's state does not allow this. */
-            409: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["Error"];
-                };
-            };
-            /** @description `PAYLOAD_TOO_LARGE`: The request body is too large. */
-            413: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["Error"];
-                };
-            };
-            /** @description `UNSUPPORTED_MEDIA_TYPE`: Send JSON with 'Content-Type: application/json'. */
-            415: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["Error"];
-                };
-            };
-            /** @description `VALIDATION_FAILED`: The request body failed validation; see details.fields. */
-            422: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["Error"];
-                };
-            };
-        };
-    };
-    post_run_workspace: {
-        parameters: {
-            query?: never;
-            header?: never;
-            path: {
-                run_id: string;
-            };
-            cookie?: never;
-        };
-        requestBody?: {
-            content: {
-                "application/json": components["schemas"]["RunWorkspaceReport"];
-            };
-        };
-        responses: {
-            /** @description Report what the runner did with an ended run's workspace (runner token) */
-            200: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["RunnerResultAck"];
-                };
-            };
-            /** @description `BAD_REQUEST`: The request is malformed. */
-            400: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["Error"];
-                };
-            };
-            /** @description `UNAUTHENTICATED`: Send a valid credential: 'Authorization: Bearer <API key or JWT>'. */
-            401: {
-                headers: {
-                    "WWW-Authenticate": components["headers"]["WWW-Authenticate"];
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["Error"];
-                };
-            };
-            /** @description `NOT_FOUND`: No such resource in this organisation. */
-            404: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["Error"];
-                };
-            };
-            /** @description `PAYLOAD_TOO_LARGE`: The request body is too large. */
-            413: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["Error"];
-                };
-            };
-            /** @description `UNSUPPORTED_MEDIA_TYPE`: Send JSON with 'Content-Type: application/json'. */
-            415: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["Error"];
-                };
-            };
-            /** @description `VALIDATION_FAILED`: The request body failed validation; see details.fields. */
-            422: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["Error"];
-                };
-            };
-        };
-    };
-    list_runners: {
-        parameters: {
-            query?: {
-                /** @description Items per page. */
-                limit?: number;
-                /** @description `next_cursor` of the previous page (opaque). */
-                cursor?: string;
-            };
-            header?: never;
-            path?: never;
-            cookie?: never;
-        };
-        requestBody?: never;
-        responses: {
-            /** @description List the org's runners (never their tokens), with whether each is connected now. */
-            200: {
-                headers: {
-                    "RateLimit-Limit": components["headers"]["RateLimit-Limit"];
-                    "RateLimit-Remaining": components["headers"]["RateLimit-Remaining"];
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["RunnerPage"];
-                };
-            };
-            /** @description `UNAUTHENTICATED`: Send a valid credential: 'Authorization: Bearer <API key or JWT>'. */
-            401: {
-                headers: {
-                    "WWW-Authenticate": components["headers"]["WWW-Authenticate"];
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["Error"];
-                };
-            };
-            /** @description `FORBIDDEN`: Your role does not allow this. */
-            403: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["Error"];
-                };
-            };
-            /** @description `VALIDATION_FAILED`: The request body failed validation; see details.fields. */
-            422: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["Error"];
-                };
-            };
-            /** @description `RATE_LIMITED`: Too many requests; retry after the given delay. */
-            429: {
-                headers: {
-                    "RateLimit-Limit": components["headers"]["RateLimit-Limit"];
-                    "RateLimit-Remaining": components["headers"]["RateLimit-Remaining"];
-                    "Retry-After": components["headers"]["Retry-After"];
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["Error"];
-                };
-            };
-            /** @description `UNAVAILABLE`: A dependency is unavailable; retry later. Nothing was half-written. */
-            503: {
-                headers: {
-                    "Retry-After": components["headers"]["Retry-After"];
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["Error"];
-                };
-            };
-        };
-    };
-    create_runner: {
-        parameters: {
-            query?: never;
-            header?: never;
-            path?: never;
-            cookie?: never;
-        };
-        requestBody: {
-            content: {
-                "application/json": components["schemas"]["RunnerCreate"];
-            };
-        };
-        responses: {
-            /** @description Create a runner */
-            201: {
-                headers: {
-                    "RateLimit-Limit": components["headers"]["RateLimit-Limit"];
-                    "RateLimit-Remaining": components["headers"]["RateLimit-Remaining"];
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["RunnerCreated"];
-                };
-            };
-            /** @description `BAD_REQUEST`: The request is malformed. */
-            400: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["Error"];
-                };
-            };
-            /** @description `UNAUTHENTICATED`: Send a valid credential: 'Authorization: Bearer <API key or JWT>'. */
-            401: {
-                headers: {
-                    "WWW-Authenticate": components["headers"]["WWW-Authenticate"];
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["Error"];
-                };
-            };
-            /** @description `FORBIDDEN`: Your role does not allow this. */
-            403: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["Error"];
-                };
-            };
-            /** @description `CONFLICT`: The resource's state does not allow this. */
-            409: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["Error"];
-                };
-            };
-            /** @description `PAYLOAD_TOO_LARGE`: The request body is too large. */
-            413: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["Error"];
-                };
-            };
-            /** @description `UNSUPPORTED_MEDIA_TYPE`: Send JSON with 'Content-Type: application/json'. */
-            415: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["Error"];
-                };
-            };
-            /** @description `VALIDATION_FAILED`: The request body failed validation; see details.fields. */
-            422: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["Error"];
-                };
-            };
-            /** @description `RATE_LIMITED`: Too many requests; retry after the given delay. */
-            429: {
-                headers: {
-                    "RateLimit-Limit": components["headers"]["RateLimit-Limit"];
-                    "RateLimit-Remaining": components["headers"]["RateLimit-Remaining"];
-                    "Retry-After": components["headers"]["Retry-After"];
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["Error"];
-                };
-            };
-            /** @description `UNAVAILABLE`: A dependency is unavailable; retry later. Nothing was half-written. */
-            503: {
-                headers: {
-                    "Retry-After": components["headers"]["Retry-After"];
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["Error"];
-                };
-            };
-        };
-    };
-    get_runner: {
-        parameters: {
-            query?: never;
-            header?: never;
-            path: {
-                runner_id: string;
-            };
-            cookie?: never;
-        };
-        requestBody?: never;
-        responses: {
-            /** @description Get one runner. */
-            200: {
-                headers: {
-                    "RateLimit-Limit": components["headers"]["RateLimit-Limit"];
-                    "RateLimit-Remaining": components["headers"]["RateLimit-Remaining"];
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["Runner"];
-                };
-            };
-            /** @description `UNAUTHENTICATED`: Send a valid credential: 'Authorization: Bearer <API key or JWT>'. */
-            401: {
-                headers: {
-                    "WWW-Authenticate": components["headers"]["WWW-Authenticate"];
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["Error"];
-                };
-            };
-            /** @description `FORBIDDEN`: Your role does not allow this. */
-            403: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["Error"];
-                };
-            };
-            /** @description `NOT_FOUND`: No such resource in this organisation. */
-            404: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["Error"];
-                };
-            };
-            /** @description `RATE_LIMITED`: Too many requests; retry after the given delay. */
-            429: {
-                headers: {
-                    "RateLimit-Limit": components["headers"]["RateLimit-Limit"];
-                    "RateLimit-Remaining": components["headers"]["RateLimit-Remaining"];
-                    "Retry-After": components["headers"]["Retry-After"];
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["Error"];
-                };
-            };
-            /** @description `UNAVAILABLE`: A dependency is unavailable; retry later. Nothing was half-written. */
-            503: {
-                headers: {
-                    "Retry-After": components["headers"]["Retry-After"];
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["Error"];
-                };
-            };
-        };
-    };
-    revoke_runner: {
-        parameters: {
-            query?: never;
-            header?: never;
-            path: {
-                runner_id: string;
-            };
-            cookie?: never;
-        };
-        requestBody?: never;
-        responses: {
-            /** @description Revoke a runner */
-            200: {
-                headers: {
-                    "RateLimit-Limit": components["headers"]["RateLimit-Limit"];
-                    "RateLimit-Remaining": components["headers"]["RateLimit-Remaining"];
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["Runner"];
-                };
-            };
-            /** @description `UNAUTHENTICATED`: Send a valid credential: 'Authorization: Bearer <API key or JWT>'. */
-            401: {
-                headers: {
-                    "WWW-Authenticate": components["headers"]["WWW-Authenticate"];
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["Error"];
-                };
-            };
-            /** @description `FORBIDDEN`: Your role does not allow this. */
-            403: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["Error"];
-                };
-            };
-            /** @description `NOT_FOUND`: No such resource in this organisation. */
-            404: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -8951,71 +8609,6 @@ export interface operations {
             };
             /** @description `VALIDATION_FAILED`: The request body failed validation; see details.fields. */
             422: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["Error"];
-                };
-            };
-            /** @description `RATE_LIMITED`: Too many requests; retry after the given delay. */
-            429: {
-                headers: {
-                    "RateLimit-Limit": components["headers"]["RateLimit-Limit"];
-                    "RateLimit-Remaining": components["headers"]["RateLimit-Remaining"];
-                    "Retry-After": components["headers"]["Retry-After"];
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["Error"];
-                };
-            };
-            /** @description `UNAVAILABLE`: A dependency is unavailable; retry later. Nothing was half-written. */
-            503: {
-                headers: {
-                    "Retry-After": components["headers"]["Retry-After"];
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["Error"];
-                };
-            };
-        };
-    };
-    run_workspaces: {
-        parameters: {
-            query?: never;
-            header?: never;
-            path: {
-                run_id: string;
-            };
-            cookie?: never;
-        };
-        requestBody?: never;
-        responses: {
-            /** @description The workspaces remote runners committed for a run once it ended (branch, commit, diff summary). */
-            200: {
-                headers: {
-                    "RateLimit-Limit": components["headers"]["RateLimit-Limit"];
-                    "RateLimit-Remaining": components["headers"]["RateLimit-Remaining"];
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["RunWorkspaces"];
-                };
-            };
-            /** @description `UNAUTHENTICATED`: Send a valid credential: 'Authorization: Bearer <API key or JWT>'. */
-            401: {
-                headers: {
-                    "WWW-Authenticate": components["headers"]["WWW-Authenticate"];
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["Error"];
-                };
-            };
-            /** @description `NOT_FOUND`: No such resource in this organisation. */
-            404: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -10200,7 +9793,7 @@ export interface operations {
                     "application/json": components["schemas"]["Error"];
                 };
             };
-            /** @description `CONFLICT`: The resource's state does not allow this.; `SESSION_BUSY`: A run is already active in this session. */
+            /** @description `CONFLICT`: The resource's state does not allow this.; `ORG_DELETION_PENDING`: This organisation is being deleted; its owner can restore it during the grace period.; `SESSION_BUSY`: A run is already active in this session. */
             409: {
                 headers: {
                     [name: string]: unknown;
@@ -11269,6 +10862,81 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["Usage"];
+                };
+            };
+            /** @description `UNAUTHENTICATED`: Send a valid credential: 'Authorization: Bearer <API key or JWT>'. */
+            401: {
+                headers: {
+                    "WWW-Authenticate": components["headers"]["WWW-Authenticate"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `FORBIDDEN`: Your role does not allow this. */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `VALIDATION_FAILED`: The request body failed validation; see details.fields. */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `RATE_LIMITED`: Too many requests; retry after the given delay. */
+            429: {
+                headers: {
+                    "RateLimit-Limit": components["headers"]["RateLimit-Limit"];
+                    "RateLimit-Remaining": components["headers"]["RateLimit-Remaining"];
+                    "Retry-After": components["headers"]["Retry-After"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `UNAVAILABLE`: A dependency is unavailable; retry later. Nothing was half-written. */
+            503: {
+                headers: {
+                    "Retry-After": components["headers"]["Retry-After"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+        };
+    };
+    erase_user_data: {
+        parameters: {
+            query: {
+                /** @description The end user (a session's `user_id`) whose data to erase. */
+                user: string;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Erase one end user's data (`?user=`) */
+            200: {
+                headers: {
+                    "RateLimit-Limit": components["headers"]["RateLimit-Limit"];
+                    "RateLimit-Remaining": components["headers"]["RateLimit-Remaining"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["UserDataErased"];
                 };
             };
             /** @description `UNAUTHENTICATED`: Send a valid credential: 'Authorization: Bearer <API key or JWT>'. */

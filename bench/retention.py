@@ -1,0 +1,249 @@
+"""Retention benchmark (issue #23): what one retention pass costs and reclaims on a big event log.
+
+    .venv/bin/python -m bench.retention                      # 10M events (the issue's size; long)
+    .venv/bin/python -m bench.retention --events 200000      # quick mode: proves it works
+
+Starts its own embedded Postgres and Redis in a temp dir (or `--database-url` / `--redis-url`:
+an owner/superuser URL of a database to migrate and fill), migrates, and generates server-side
+(`generate_series`, as the table owner) `--orgs` orgs, one run per session of
+`--events-per-run` events each, so `--events` events in all; `--old-fraction` of the runs ended
+120 days ago (past the 90-day events default, and past the 7-day checkpoint default), the rest an
+hour ago. Every session gets a checkpoint thread of `--checkpoints` checkpoints (a blob of
+`--blob-bytes` and a pending write each), as LangGraph leaves them.
+
+Then it measures, through the product's own paths on a pool of the application role (row-level
+security applies):
+1. replay latency of a recent session: `core.event_reader.from_postgres` (the query by session and
+   seq), `--replays` times, p50/p99 — before and after the retention pass;
+2. run creation latency (`core.store.runs.create` in a `tenant_tx`, as the API does) with no
+   pass running (baseline), then while one retention pass (`core.retention.enforce`, the
+   maintenance job) runs: p50/p99 of each, and the pass's duration and what it removed;
+3. bytes: the relation sizes (table + TOAST + indexes) of run_events, tool_calls and the three
+   checkpoint tables before, after the pass with a plain VACUUM (space reusable, files not
+   shrunk) and after VACUUM FULL (returned to the OS).
+
+The event log is not partitioned yet (issue #23 item 3): these are the figures a partitioned
+log is to be compared with. On a machine shared with other work the latencies are noisy; the
+byte counts are not.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+import psycopg  # noqa: E402
+
+from agentos.stack.local import LocalStack  # noqa: E402
+from core.event_reader import from_postgres  # noqa: E402
+from core.infra import Infra  # noqa: E402
+from core.migrations import migrate  # noqa: E402
+from core.settings import Settings  # noqa: E402
+from core.store import agents, runs  # noqa: E402
+from core.tenancy import tenant_tx  # noqa: E402
+
+APP_ROLE = "agentos_app"
+TABLES = ("run_events", "tool_calls", "checkpoints", "checkpoint_blobs", "checkpoint_writes")
+
+GENERATE_SQL = """
+INSERT INTO orgs (id, name) SELECT 'org_bench' || o, 'bench org ' || o FROM generate_series(1, %(orgs)s) o;
+INSERT INTO agents (id, org_id, name, config)
+    SELECT 'agt_bench' || o, 'org_bench' || o, 'bench', '{"instructions": "x"}' FROM generate_series(1, %(orgs)s) o;
+INSERT INTO sessions (id, org_id, agent_id, event_seq)
+    SELECT 'ses_bench' || s, 'org_bench' || (s %% %(orgs)s + 1), 'agt_bench' || (s %% %(orgs)s + 1), %(per_run)s
+    FROM generate_series(1, %(sessions)s) s;
+INSERT INTO runs (id, org_id, session_id, agent_id, agent_version, status, input, trace_id, created_at, started_at,
+                  finished_at)
+    SELECT 'run_bench' || s, 'org_bench' || (s %% %(orgs)s + 1), 'ses_bench' || s, 'agt_bench' || (s %% %(orgs)s + 1),
+           1, 'succeeded', '{"text": "hi"}', md5(s::text),
+           t - interval '1 minute', t - interval '1 minute', t
+    FROM (SELECT s, CASE WHEN s <= %(old)s THEN now() - interval '120 days' ELSE now() - interval '1 hour' END AS t
+          FROM generate_series(1, %(sessions)s) s) x;
+INSERT INTO run_events (org_id, session_id, seq, run_id, type, data, ts)
+    SELECT 'org_bench' || (s %% %(orgs)s + 1), 'ses_bench' || s, e, 'run_bench' || s,
+           CASE WHEN e = 1 THEN 'run.queued' WHEN e = %(per_run)s THEN 'run.succeeded' ELSE 'message.delta' END,
+           jsonb_build_object('text', repeat('w', 40), 'n', e),
+           CASE WHEN s <= %(old)s THEN now() - interval '120 days' ELSE now() - interval '1 hour' END
+    FROM generate_series(1, %(sessions)s) s, generate_series(1, %(per_run)s) e;
+INSERT INTO tool_calls (id, org_id, run_id, session_id, agent_id, name, args, status, output)
+    SELECT 'tc_bench' || s, 'org_bench' || (s %% %(orgs)s + 1), 'run_bench' || s, 'ses_bench' || s,
+           'agt_bench' || (s %% %(orgs)s + 1), 'calculator', '{"expression": "1+1"}', 'succeeded', '{"value": 2}'
+    FROM generate_series(1, %(sessions)s) s;
+INSERT INTO checkpoints (thread_id, checkpoint_ns, checkpoint_id, checkpoint)
+    SELECT 'org_bench' || (s %% %(orgs)s + 1) || ':ses_bench' || s, '', lpad(c::text, 8, '0'),
+           jsonb_build_object('channel_versions', jsonb_build_object('messages', lpad(c::text, 32, '0') || '.1'))
+    FROM generate_series(1, %(sessions)s) s, generate_series(1, %(checkpoints)s) c;
+INSERT INTO checkpoint_blobs (thread_id, checkpoint_ns, channel, version, type, blob)
+    SELECT 'org_bench' || (s %% %(orgs)s + 1) || ':ses_bench' || s, '', 'messages', lpad(c::text, 32, '0') || '.1',
+           'msgpack', convert_to(repeat(md5((s * 1000 + c)::text), %(blob_md5s)s), 'UTF8')
+    FROM generate_series(1, %(sessions)s) s, generate_series(1, %(checkpoints)s) c;
+INSERT INTO checkpoint_writes (thread_id, checkpoint_ns, checkpoint_id, task_id, idx, channel, type, blob)
+    SELECT 'org_bench' || (s %% %(orgs)s + 1) || ':ses_bench' || s, '', lpad(c::text, 8, '0'), 't', 0, 'messages',
+           'msgpack', '\\x00'
+    FROM generate_series(1, %(sessions)s) s, generate_series(1, %(checkpoints)s) c;
+"""
+SIZES_SQL = "SELECT %s::text AS t, pg_total_relation_size(%s::regclass) AS bytes"
+
+
+def sizes(url: str) -> dict[str, int]:
+    with psycopg.connect(url) as conn:
+        return {t: int(conn.execute(SIZES_SQL, (t, t)).fetchone()[1]) for t in TABLES}  # type: ignore[index]
+
+
+def vacuum(url: str, full: bool) -> float:
+    t0 = time.perf_counter()
+    with psycopg.connect(url, autocommit=True) as conn:
+        for t in TABLES:
+            conn.execute(f"VACUUM {'FULL ' if full else ''}ANALYZE {t}")
+    return time.perf_counter() - t0
+
+
+def percentiles(samples: list[float]) -> str:
+    if not samples:
+        return "no samples"
+    ordered = sorted(samples)
+    p99 = ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
+    return f"n={len(ordered)} p50 {statistics.median(ordered) * 1000:.2f} ms, p99 {p99 * 1000:.2f} ms"
+
+
+async def replays(infra: Infra, org_id: str, session_id: str, n: int) -> list[float]:
+    out = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        events = await from_postgres(infra.pool, org_id, session_id, 0)
+        out.append(time.perf_counter() - t0)
+        assert events, "the replayed session has events"
+    return out
+
+
+async def create_runs(infra: Infra, org_id: str, stop: asyncio.Event | None, n: int) -> list[float]:
+    """Runs created one after another in fresh sessions of `org_id`, as the API creates them,
+    until `stop` is set (or `n` runs without one)."""
+    out: list[float] = []
+    async with tenant_tx(infra.pool, org_id) as conn:
+        agent = await agents.get(conn, org_id.replace("org_", "agt_"))
+    assert agent is not None
+    i = 0
+    while (stop is None and i < n) or (stop is not None and not stop.is_set()):
+        i += 1
+        session_id = f"ses_new{time.monotonic_ns()}"
+        async with tenant_tx(infra.pool, org_id) as conn:
+            await conn.execute("INSERT INTO sessions (id, org_id, agent_id) VALUES (%s, %s, %s)",
+                               (session_id, org_id, agent["id"]))
+        t0 = time.perf_counter()
+        async with tenant_tx(infra.pool, org_id) as conn:
+            await runs.lock_session(conn, session_id)
+            await runs.create(conn, session_id=session_id, agent=agent, text="hello", multitask="enqueue",
+                              metadata={}, idempotency_key=None, request_hash="", created_by=None)
+        out.append(time.perf_counter() - t0)
+    return out
+
+
+async def measure(settings: Settings, args: argparse.Namespace, recent_session: str, recent_org: str,
+                  url: str) -> None:
+    from core import retention
+
+    infra = await Infra.open(settings, name="bench-retention", pool_min=2, pool_max=6)
+    try:
+        await replays(infra, recent_org, recent_session, 20)  # warm
+        before = await replays(infra, recent_org, recent_session, args.replays)
+        print(f"replay of a recent session ({args.events_per_run} events), before: {percentiles(before)}")
+        baseline = await create_runs(infra, recent_org, None, args.baseline_runs)
+        print(f"run creation, no pass running: {percentiles(baseline)}")
+        stop = asyncio.Event()
+        creating = asyncio.create_task(create_runs(infra, recent_org, stop, 0))
+        t0 = time.perf_counter()
+        report = await retention.enforce(infra)
+        pass_s = time.perf_counter() - t0
+        stop.set()
+        during = await creating
+        print(f"retention pass: {pass_s:.2f} s")
+        print(f"run creation during the pass: {percentiles(during)}")
+        removed: dict[str, int] = {}
+        for part in (report or "").split("; "):
+            if "rows (" in part:
+                for item in part.split("rows (")[1].split(")")[0].split(", "):
+                    name, _, count = item.rpartition(" ")
+                    if name:
+                        removed[name] = removed.get(name, 0) + int(count)
+        print(f"removed: {removed}")
+        after = await replays(infra, recent_org, recent_session, args.replays)
+        print(f"replay of the same session, after: {percentiles(after)}")
+    finally:
+        await infra.close()
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0] if __doc__ else None)
+    p.add_argument("--events", type=int, default=10_000_000)
+    p.add_argument("--events-per-run", type=int, default=100)
+    p.add_argument("--orgs", type=int, default=50)
+    p.add_argument("--old-fraction", type=float, default=0.5)
+    p.add_argument("--checkpoints", type=int, default=8, help="checkpoints per session thread")
+    p.add_argument("--blob-bytes", type=int, default=2048, help="bytes of each checkpoint blob")
+    p.add_argument("--replays", type=int, default=200)
+    p.add_argument("--baseline-runs", type=int, default=200)
+    p.add_argument("--database-url", help="an owner/superuser URL of a database to use instead of a new stack")
+    p.add_argument("--redis-url", help="with --database-url: the Redis to use")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    sessions = max(2, args.events // args.events_per_run)
+    old = int(sessions * args.old_fraction)
+    temp: Path | None = None
+    stack: LocalStack | None = None
+    try:
+        url, redis_url = args.database_url, args.redis_url
+        if url is None:
+            temp = Path(tempfile.mkdtemp(prefix="agentos-bench-retention-"))
+            stack = LocalStack(temp, database="agentos_bench", durable=False)
+            urls = stack.start()
+            url, redis_url = urls.database_url, urls.redis_url
+        migrate(url, APP_ROLE)
+        t0 = time.perf_counter()
+        params = {"orgs": args.orgs, "sessions": sessions, "per_run": args.events_per_run, "old": old,
+                  "checkpoints": args.checkpoints, "blob_md5s": max(1, args.blob_bytes // 32)}
+        with psycopg.connect(url) as conn:
+            for statement in GENERATE_SQL.split(";\n"):
+                if statement.strip():
+                    conn.execute(statement, {k: v for k, v in params.items() if f"%({k})s" in statement})
+        print(f"generated {sessions * args.events_per_run:,} events, {sessions:,} runs and sessions ({old:,} ended "
+              f"120 days ago), {sessions * args.checkpoints:,} checkpoints in {time.perf_counter() - t0:.1f} s")
+        vacuum(url, full=False)
+        before = sizes(url)
+        settings = Settings(database={"url": url, "app_role": APP_ROLE},  # type: ignore[arg-type]
+                            redis={"url": redis_url})  # type: ignore[arg-type]
+        recent = sessions  # the last session ended an hour ago
+        asyncio.run(measure(settings, args, f"ses_bench{recent}", f"org_bench{recent % args.orgs + 1}", url))
+        vacuum_s = vacuum(url, full=False)
+        plain = sizes(url)
+        full_s = vacuum(url, full=True)
+        full = sizes(url)
+        print(f"{'table':<20}{'before':>14}{'after VACUUM':>16}{'after VACUUM FULL':>20}")
+        for t in TABLES:
+            print(f"{t:<20}{before[t]:>14,}{plain[t]:>16,}{full[t]:>20,}")
+        print(f"{'total':<20}{sum(before.values()):>14,}{sum(plain.values()):>16,}{sum(full.values()):>20,}")
+        print(f"bytes reclaimed (returned by VACUUM FULL): {sum(before.values()) - sum(full.values()):,}; "
+              f"VACUUM {vacuum_s:.1f} s, VACUUM FULL {full_s:.1f} s")
+    finally:
+        if stack is not None:
+            stack.stop()
+        if temp is not None:
+            shutil.rmtree(temp, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
