@@ -41,6 +41,7 @@ from api.routes import (
     memories,
     orgs,
     outbound_allow,
+    providers,
     runs,
     secrets,
     sessions,
@@ -76,7 +77,7 @@ def _routes() -> list[BaseRoute]:
             *events.routes, *tool_calls.routes, *memories.routes, *knowledge.routes, *secrets.routes,
             *skills.routes, *data_sources.routes, *stream_tokens.routes,
             *mcp_servers.routes, *outbound_allow.routes, *usage.routes,
-            *audit_logs.routes, *webhooks.routes, *files.routes,
+            *audit_logs.routes, *webhooks.routes, *files.routes, *providers.routes,
             *metrics_route.routes]
 
 

@@ -28,6 +28,7 @@ PREFIXES = {
     "mcp_server": "mcp",
     "webhook": "whk",
     "file": "fil",
+    "provider": "prv",
     # Delivery ids are derived from (webhook, event) in SQL (core.store.webhooks), never drawn.
     "webhook_delivery": "whd",
 }

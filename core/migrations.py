@@ -35,7 +35,7 @@ TENANT_TABLES: tuple[str, ...] = (
     *_INITIAL_TENANT_TABLES, "memories", "knowledge_documents", "org_secrets", "skills", "skill_versions",
     "data_sources", "mcp_servers", "usage_records", "usage_daily", "usage_months", "usage_run_days",
     "webhooks", "webhook_deliveries", "webhook_attempts",
-    "files", "session_files",
+    "files", "session_files", "model_providers",
 )
 
 _MIGRATION_LOCK_KEY = 0x6167656E746F73  # "agentos"
@@ -738,6 +738,35 @@ def _files(conn: psycopg.Connection) -> None:
         _tenant_policy(conn, table)
 
 
+_MODEL_PROVIDERS_SQL = """
+-- Model providers per org (issue #14): an agent's `model` names one as `<name>:<model>`. The API
+-- key is never here: `api_key_secret` names the org secret (org_secrets) that holds it.
+CREATE TABLE model_providers (
+    id text PRIMARY KEY,
+    org_id text NOT NULL REFERENCES orgs(id) ON DELETE CASCADE,
+    name text NOT NULL CHECK (name ~ '^[a-z0-9][a-z0-9_-]{0,62}$'),
+    kind text NOT NULL CHECK (kind IN ('openai', 'anthropic', 'openai_compatible', 'azure_openai')),
+    base_url text CHECK (base_url ~ '^https?://'),
+    api_version text,
+    default_model text,
+    headers jsonb NOT NULL DEFAULT '{}',
+    api_key_secret text,
+    -- Whether the key was given as `api_key` and stored by us (deleted with the provider), rather
+    -- than naming a secret the org manages itself.
+    owns_secret boolean NOT NULL DEFAULT false,
+    created_by text,
+    created_at timestamptz NOT NULL DEFAULT now(),
+    updated_at timestamptz NOT NULL DEFAULT now(),
+    UNIQUE (org_id, name)
+);
+"""
+
+
+def _model_providers(conn: psycopg.Connection) -> None:
+    conn.execute(_MODEL_PROVIDERS_SQL)
+    _tenant_policy(conn, "model_providers")
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration("initial schema with row-level security", _initial),
     Migration("per-session event sequence and run queue order", _run_queue),
@@ -756,6 +785,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration("usage metering, budgets counters, audit log origin", _usage_and_audit),
     Migration("signed webhooks, their deliveries and attempts", _webhooks),
     Migration("uploaded files and their attachment to sessions", _files),
+    Migration("model providers per org", _model_providers),
 )
 
 

@@ -168,6 +168,9 @@ def test_openapi_describes_every_route(client):
         ("/v1/files", "get"), ("/v1/files", "post"), ("/v1/files/{file_id}", "get"), ("/v1/files/{file_id}", "delete"),
         ("/v1/files/{file_id}/content", "get"), ("/v1/sessions/{session_id}/files", "get"),
         ("/v1/sessions/{session_id}/files", "post"), ("/v1/sessions/{session_id}/files/{file_id}", "delete"),
+        ("/v1/providers", "get"), ("/v1/providers", "post"), ("/v1/providers/{provider_id}", "get"),
+        ("/v1/providers/{provider_id}", "patch"), ("/v1/providers/{provider_id}", "delete"),
+        ("/v1/providers/{provider_id}/test", "post"), ("/v1/providers/{provider_id}/models", "get"),
         ("/metrics", "get"),
     }
     served = {(path, method) for path, ops in doc["paths"].items() for method in ops}
