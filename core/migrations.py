@@ -767,6 +767,18 @@ def _model_providers(conn: psycopg.Connection) -> None:
     _tenant_policy(conn, "model_providers")
 
 
+_KNOWLEDGE_FILES_SQL = """
+-- A knowledge document made from an uploaded file (POST /v1/knowledge {file_id}) goes with it:
+-- deleting the file deletes the document, and so its chunks (memories.document_id cascades).
+ALTER TABLE knowledge_documents ADD COLUMN file_id text REFERENCES files(id) ON DELETE CASCADE;
+CREATE INDEX knowledge_documents_file_idx ON knowledge_documents (file_id) WHERE file_id IS NOT NULL;
+"""
+
+
+def _knowledge_files(conn: psycopg.Connection) -> None:
+    conn.execute(_KNOWLEDGE_FILES_SQL)
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration("initial schema with row-level security", _initial),
     Migration("per-session event sequence and run queue order", _run_queue),
@@ -786,6 +798,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration("signed webhooks, their deliveries and attempts", _webhooks),
     Migration("uploaded files and their attachment to sessions", _files),
     Migration("model providers per org", _model_providers),
+    Migration("knowledge documents made from uploaded files", _knowledge_files),
 )
 
 
