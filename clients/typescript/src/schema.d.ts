@@ -380,8 +380,8 @@ export interface paths {
         get: operations["list_documents"];
         put?: never;
         /**
-         * Add a document to the knowledge base (`202`): JSON `{title?, content, content_type?, metadata?}` or the raw text with `Content-Type: text/plain` or `text/markdown` and `?title=`. It is chunked and embedded by a worker: poll it until `status` is `ready` (or `failed`).
-         * @description Add a document to the knowledge base (`202`): JSON `{title?, content, content_type?, metadata?}` or the raw text with `Content-Type: text/plain` or `text/markdown` and `?title=`. It is chunked and embedded by a worker: poll it until `status` is `ready` (or `failed`).
+         * Add a document to the knowledge base (`202`): JSON `{title?, content, content_type?, metadata?}` or `{title?, file_id, metadata?}` (an uploaded text, markdown, HTML or PDF file, converted to text; deleting the file deletes the document), or the raw text with `Content-Type: text/plain` or `text/markdown` and `?title=`. It is chunked and embedded by a worker: poll it until `status` is `ready` (or `failed`).
+         * @description Add a document to the knowledge base (`202`): JSON `{title?, content, content_type?, metadata?}` or `{title?, file_id, metadata?}` (an uploaded text, markdown, HTML or PDF file, converted to text; deleting the file deletes the document), or the raw text with `Content-Type: text/plain` or `text/markdown` and `?title=`. It is chunked and embedded by a worker: poll it until `status` is `ready` (or `failed`).
          *
          *     Needs the `member` role or higher.
          */
@@ -2324,14 +2324,22 @@ export interface components {
         };
         /** KnowledgeCreate */
         KnowledgeCreate: {
-            /** Content */
-            content: string;
+            /**
+             * Content
+             * @default null
+             */
+            content: string | null;
             /**
              * Content Type
              * @default text/plain
              * @enum {string}
              */
             content_type: "text/plain" | "text/markdown";
+            /**
+             * File Id
+             * @default null
+             */
+            file_id: string | null;
             /** Metadata */
             metadata?: {
                 [key: string]: unknown;
@@ -2367,6 +2375,12 @@ export interface components {
             /** Embedding Model */
             embedding_model: string | null;
             error: components["schemas"]["DocumentError"] | null;
+            /**
+             * File Id
+             * @description The uploaded file it was made from; deleting the file deletes the document.
+             * @default null
+             */
+            file_id: string | null;
             /** Id */
             id: string;
             /** Metadata */
@@ -6246,7 +6260,7 @@ export interface operations {
             path?: never;
             cookie?: never;
         };
-        requestBody: {
+        requestBody?: {
             content: {
                 "application/json": components["schemas"]["KnowledgeCreate"];
                 "text/markdown": string;
@@ -6288,6 +6302,15 @@ export interface operations {
             };
             /** @description `FORBIDDEN`: Your role does not allow this. */
             403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `NOT_FOUND`: No such resource in this organisation. */
+            404: {
                 headers: {
                     [name: string]: unknown;
                 };
