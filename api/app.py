@@ -42,6 +42,7 @@ from api.routes import (
     org_exports,
     orgs,
     outbound_allow,
+    providers,
     runner_link,
     runners,
     runs,
@@ -81,7 +82,7 @@ def _routes() -> list[BaseRoute]:
             *skills.routes, *data_sources.routes, *stream_tokens.routes,
             *mcp_servers.routes, *outbound_allow.routes, *usage.routes,
             *audit_logs.routes, *webhooks.routes, *files.routes, *users_data.routes, *org_exports.routes,
-            *metrics_route.routes, *runners.routes, *runner_link.routes]
+            *providers.routes, *metrics_route.routes, *runners.routes, *runner_link.routes]
 
 
 def create_app(settings: Settings) -> Starlette:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -10,16 +11,22 @@ from core.skill_defs import check_refs, parse_ref
 from core.skill_names import RUNNER_CAPABLE, RUNNER_SKILLS
 
 MODEL_PROVIDERS = ("offline", "openai", "anthropic")
+BUILTIN_PROVIDERS = frozenset(MODEL_PROVIDERS)
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\- ]{0,99}$"
+# An org's own model provider (POST /v1/providers), named in a model spec as `<name>:<model>`.
+PROVIDER_NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,62}$"
+_PROVIDER_NAME = re.compile(PROVIDER_NAME_PATTERN)
 
 
 def validate_model_spec(spec: str) -> str:
-    """`provider:model`, with a provider AgentOS knows."""
+    """`provider:model`, with a built-in provider or what can name one of the org's own (whether
+    that one exists is known when a run resolves it: MODEL_CONFIG otherwise)."""
     provider, sep, model = spec.partition(":")
     if not sep or not model.strip():
         raise ValueError("model must look like 'provider:model', e.g. 'offline:default'")
-    if provider not in MODEL_PROVIDERS:
-        raise ValueError(f"unknown model provider {provider!r}; use one of {', '.join(MODEL_PROVIDERS)}")
+    if provider not in MODEL_PROVIDERS and not _PROVIDER_NAME.match(provider):
+        raise ValueError(f"unknown model provider {provider!r}; use one of {', '.join(MODEL_PROVIDERS)} or the "
+                         "name of one of the organisation's providers (GET /v1/providers)")
     return spec
 
 
@@ -66,6 +73,8 @@ class AgentConfig(_Strict):
 
     instructions: str = Field(default="", max_length=100_000)
     model: str = "offline:default"
+    # Tried in order when a model call fails after its retries for an outage or a rate limit.
+    fallback_models: list[str] = Field(default_factory=list, max_length=5)
     skills: list[str] = Field(default_factory=list, max_length=100)  # "name" or "name@version"
     subagents: list[str] = Field(default_factory=list, max_length=50)
     confirm: list[str] | Literal["all", "none"] = Field(default_factory=list)
@@ -91,6 +100,11 @@ class AgentConfig(_Strict):
     @classmethod
     def _model_spec(cls, value: str) -> str:
         return validate_model_spec(value)
+
+    @field_validator("fallback_models")
+    @classmethod
+    def _fallback_specs(cls, value: list[str]) -> list[str]:
+        return [validate_model_spec(spec) for spec in value]
 
     @field_validator("subagents")
     @classmethod

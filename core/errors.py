@@ -23,10 +23,13 @@ CODES: dict[str, tuple[int, str]] = {
     "UNSUPPORTED_MEDIA_TYPE": (415, "Send JSON with 'Content-Type: application/json'."),
     "VALIDATION_FAILED": (422, "The request body failed validation; see details.fields."),
     "WEBHOOK_URL_REFUSED": (422, "The webhook URL is not allowed: it points at an internal or special address."),
+    "PROVIDER_URL_REFUSED": (422, "The model provider's base_url is not allowed: it points at an internal or "
+                             "special address."),
     "IDEMPOTENCY_MISMATCH": (422, "This Idempotency-Key was used with a different body."),
     "RATE_LIMITED": (429, "Too many requests; retry after the given delay."),
     "QUOTA_EXCEEDED": (429, "A quota of this organisation is used up."),
     "INTERNAL": (500, "An internal error occurred; it has been logged."),
+    "PROVIDER_FAILED": (502, "The model provider did not answer as expected; see the message."),
     "SANDBOX_BACKEND_FAILED": (502, "The sandbox's hosted backend failed; the code did not run or its result is lost."),
     "UNAVAILABLE": (503, "A dependency is unavailable; retry later. Nothing was half-written."),
 }

@@ -30,6 +30,7 @@ PREFIXES = {
     "file": "fil",
     "runner": "rnr",
     "org_export": "exp",
+    "provider": "prv",
     # Delivery ids are derived from (webhook, event) in SQL (core.store.webhooks), never drawn.
     "webhook_delivery": "whd",
 }

@@ -35,7 +35,7 @@ TENANT_TABLES: tuple[str, ...] = (
     *_INITIAL_TENANT_TABLES, "memories", "knowledge_documents", "org_secrets", "skills", "skill_versions",
     "data_sources", "mcp_servers", "usage_records", "usage_daily", "usage_months", "usage_run_days",
     "webhooks", "webhook_deliveries", "webhook_attempts",
-    "files", "session_files", "org_exports",
+    "files", "session_files", "org_exports", "model_providers",
 )
 
 _MIGRATION_LOCK_KEY = 0x6167656E746F73  # "agentos"
@@ -876,6 +876,45 @@ CREATE INDEX org_exports_org_idx ON org_exports (org_id, id DESC);
 def _org_exports(conn: psycopg.Connection) -> None:
     conn.execute(_ORG_EXPORTS_SQL)
     _tenant_policy(conn, "org_exports")
+_MODEL_PROVIDERS_SQL = """
+-- Model providers per org (issue #14): an agent's `model` names one as `<name>:<model>`. The API
+-- key is never here: `api_key_secret` names the org secret (org_secrets) that holds it.
+CREATE TABLE model_providers (
+    id text PRIMARY KEY,
+    org_id text NOT NULL REFERENCES orgs(id) ON DELETE CASCADE,
+    name text NOT NULL CHECK (name ~ '^[a-z0-9][a-z0-9_-]{0,62}$'),
+    kind text NOT NULL CHECK (kind IN ('openai', 'anthropic', 'openai_compatible', 'azure_openai')),
+    base_url text CHECK (base_url ~ '^https?://'),
+    api_version text,
+    default_model text,
+    headers jsonb NOT NULL DEFAULT '{}',
+    api_key_secret text,
+    -- Whether the key was given as `api_key` and stored by us (deleted with the provider), rather
+    -- than naming a secret the org manages itself.
+    owns_secret boolean NOT NULL DEFAULT false,
+    created_by text,
+    created_at timestamptz NOT NULL DEFAULT now(),
+    updated_at timestamptz NOT NULL DEFAULT now(),
+    UNIQUE (org_id, name)
+);
+"""
+
+
+def _model_providers(conn: psycopg.Connection) -> None:
+    conn.execute(_MODEL_PROVIDERS_SQL)
+    _tenant_policy(conn, "model_providers")
+
+
+_KNOWLEDGE_FILES_SQL = """
+-- A knowledge document made from an uploaded file (POST /v1/knowledge {file_id}) goes with it:
+-- deleting the file deletes the document, and so its chunks (memories.document_id cascades).
+ALTER TABLE knowledge_documents ADD COLUMN file_id text REFERENCES files(id) ON DELETE CASCADE;
+CREATE INDEX knowledge_documents_file_idx ON knowledge_documents (file_id) WHERE file_id IS NOT NULL;
+"""
+
+
+def _knowledge_files(conn: psycopg.Connection) -> None:
+    conn.execute(_KNOWLEDGE_FILES_SQL)
 
 
 MIGRATIONS: tuple[Migration, ...] = (
@@ -900,6 +939,8 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration("org deletion with a grace period, the purge job's scan, sessions by end user", _org_deletion),
     Migration("retention: per-org overrides, finished-runs index, audit pruning function", _retention),
     Migration("org exports built by a worker", _org_exports),
+    Migration("model providers per org", _model_providers),
+    Migration("knowledge documents made from uploaded files", _knowledge_files),
 )
 
 

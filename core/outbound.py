@@ -27,7 +27,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import httpcore
+import httpcore2
 import httpx
+import httpx2
 
 from core.settings import OutboundSettings
 
@@ -262,6 +264,60 @@ class _GuardedBackend(httpcore.AsyncNetworkBackend):
 
     async def sleep(self, seconds: float) -> None:
         await self._inner.sleep(seconds)
+
+
+class _GuardedBackend2(httpcore2.AsyncNetworkBackend):
+    """`_GuardedBackend` for httpcore2, the HTTP core under the openai and anthropic SDKs' httpx2."""
+
+    def __init__(self, guard: AddressGuard) -> None:
+        self._guard = guard
+        self._inner = httpcore2.AnyIOBackend()
+
+    async def connect_tcp(
+        self, host: str, port: int, timeout: float | None = None, local_address: str | None = None,
+        socket_options: typing.Iterable[Any] | None = None,
+    ) -> httpcore2.AsyncNetworkStream:
+        addresses = await self._guard.resolve(host, port)
+        failure: Exception | None = None
+        for address in addresses:
+            try:
+                return await self._inner.connect_tcp(address, port, timeout=timeout, local_address=local_address,
+                                                     socket_options=socket_options)
+            except (httpcore2.ConnectError, httpcore2.ConnectTimeout) as exc:
+                failure = exc
+        assert failure is not None
+        raise failure
+
+    async def connect_unix_socket(
+        self, path: str, timeout: float | None = None, socket_options: typing.Iterable[Any] | None = None,
+    ) -> httpcore2.AsyncNetworkStream:
+        raise OutboundRefused("Unix sockets are not reachable from outbound requests.")
+
+    async def sleep(self, seconds: float) -> None:
+        await self._inner.sleep(seconds)
+
+
+class _SdkTransport(httpx2.AsyncHTTPTransport):
+    """httpx2's transport over a pool whose connections go through `_GuardedBackend2` (no proxy,
+    no environment, as for `_PinnedTransport`)."""
+
+    def __init__(self, guard: AddressGuard, ssl_context: ssl.SSLContext) -> None:
+        super().__init__(verify=ssl_context, trust_env=False)
+        self._pool = httpcore2.AsyncConnectionPool(
+            ssl_context=ssl_context, network_backend=_GuardedBackend2(guard), max_connections=20,
+            max_keepalive_connections=5, keepalive_expiry=5.0,
+        )
+
+
+def sdk_client(settings: OutboundSettings, *, allow: Sequence[str] = (), resolver: Resolver = system_resolver,
+               timeout_s: float | None = None) -> httpx2.AsyncClient:
+    """An `httpx2.AsyncClient` (what the openai and anthropic SDKs take as `http_client`) whose every
+    connection passes the guard: model providers an org configures reach only what `allow` and the
+    operator's lists admit, checked at connect time like every other outbound request."""
+    guard = AddressGuard.from_settings(settings, allow=allow, resolver=resolver)
+    timeout = httpx2.Timeout(timeout_s or settings.timeout_s, connect=settings.connect_timeout_s)
+    return httpx2.AsyncClient(transport=_SdkTransport(guard, httpx2.create_ssl_context()), trust_env=False,
+                              timeout=timeout, follow_redirects=False)
 
 
 def _tls_failure(exc: BaseException) -> ssl.SSLError | None:

@@ -143,6 +143,11 @@ class ModelSettings(BaseModel):
     request_timeout_s: float = Field(default=60.0, gt=0)
     max_retries: int = Field(default=3, ge=0, le=10)
     retry_base_delay_s: float = Field(default=0.5, ge=0)
+    # How long `GET /v1/providers/{id}/models` keeps a provider's model list (Redis).
+    provider_models_ttl_s: float = Field(default=300.0, gt=0)
+    # The longest Retry-After a rate-limited call waits for before its next attempt; beyond it the
+    # call counts as failed (and the agent's fallback model, if any, takes over).
+    max_retry_after_s: float = Field(default=30.0, ge=0)
 
 
 class WorkerSettings(BaseModel):

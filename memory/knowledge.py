@@ -44,12 +44,13 @@ PREVIEW_CHARS = 500
 
 PUBLIC_COLUMNS = (
     "id, title, content_type, size_bytes, status, error, chunks, embedding_model, attempts, metadata, "
-    "created_at, updated_at"
+    "file_id, created_at, updated_at"
 )
 
 CREATE_SQL = f"""
-INSERT INTO knowledge_documents (id, org_id, title, content_type, content, size_bytes, metadata)
-VALUES (%(id)s, agentos_current_org(), %(title)s, %(content_type)s, %(content)s, %(size_bytes)s, %(metadata)s)
+INSERT INTO knowledge_documents (id, org_id, title, content_type, content, size_bytes, metadata, file_id)
+VALUES (%(id)s, agentos_current_org(), %(title)s, %(content_type)s, %(content)s, %(size_bytes)s, %(metadata)s,
+        %(file_id)s)
 RETURNING {PUBLIC_COLUMNS}
 """
 GET_SQL = f"SELECT {PUBLIC_COLUMNS}, left(content, %s) AS content_preview FROM knowledge_documents WHERE id = %s"
@@ -92,14 +93,16 @@ ORDER BY updated_at LIMIT %(limit)s
 
 
 async def create(
-    conn: AsyncConnection[DictRow], *, title: str, content_type: str, content: str, metadata: dict[str, Any]
+    conn: AsyncConnection[DictRow], *, title: str, content_type: str, content: str, metadata: dict[str, Any],
+    file_id: str | None = None,
 ) -> dict[str, Any]:
-    """A new `pending` document (without its content in the returned row)."""
+    """A new `pending` document (without its content in the returned row); `file_id`: the uploaded
+    file it was made from, which takes it along when deleted."""
     if content_type not in CONTENT_TYPES:
         raise ValueError(f"unknown content type {content_type!r}")
     params = {
         "id": new_id("document"), "title": title, "content_type": content_type, "content": content,
-        "size_bytes": len(content.encode("utf-8")), "metadata": Jsonb(metadata),
+        "size_bytes": len(content.encode("utf-8")), "metadata": Jsonb(metadata), "file_id": file_id,
     }
     row = await (await conn.execute(CREATE_SQL, params)).fetchone()
     assert row is not None

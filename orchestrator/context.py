@@ -117,6 +117,8 @@ class RunContext:
     call_path: str = ""
     # Shared with sub-agent contexts: models resolved once per run, closed when it ends.
     model_cache: dict[str, Any] = field(default_factory=dict)
+    # The org providers those models call (core.providers.ProviderAccess by provider name).
+    provider_access: dict[str, Any] = field(default_factory=dict)
     user_id: str | None = None  # the session's end user
     memory: MemoryService | None = None  # None: the run works without memory
     sandbox: SandboxClient | None = None  # None: code_executor says no sandbox is configured
@@ -145,7 +147,8 @@ class RunContext:
         if why is not None:
             raise LimitExceeded("BUDGET_EXCEEDED", why)
 
-    async def meter_model_call(self, key: str, usage: Any) -> None:
-        """Record a model call of this context's agent under `key` (its place in the run)."""
+    async def meter_model_call(self, key: str, usage: Any, model: str | None = None) -> None:
+        """Record a model call of this context's agent under `key` (its place in the run), made with
+        `model` (default: the agent's own; a fallback model when that one failed)."""
         if self.meter is not None:
-            await self.meter.model_call(self.call_key(key), self.agent.id, self.agent.config.model, usage)
+            await self.meter.model_call(self.call_key(key), self.agent.id, model or self.agent.config.model, usage)

@@ -35,7 +35,8 @@ from memory.short_term import CHARS_PER_TOKEN, Turn, clip, extractive_summary
 from orchestrator.approvals import ApprovalNeeded, needs_approval, wait_for_human
 from orchestrator.context import RunContext
 from orchestrator.memory_context import MemoryContext, memory_context
-from orchestrator.models import PLAN_MARK, resolve_model, with_retries
+from orchestrator.models import PLAN_MARK, is_transient, with_retries
+from orchestrator.run_models import model_for, readable
 from orchestrator.runner_wait import until_runner_connected
 from orchestrator.state import AgentState
 from skills import Skill, SkillContext, SkillError
@@ -50,11 +51,14 @@ MAX_RESULT_CHARS = 20_000
 
 
 class ModelCallFailed(Exception):
-    """The model provider failed (after retries); ends the run with a readable message."""
+    """The model provider failed (after retries); ends the run with a readable message, unless
+    the agent has a fallback model and the failure is one another model may not have
+    (`may_fall_back`: an outage or a rate limit, before any of the answer was streamed)."""
 
-    def __init__(self, cause: BaseException) -> None:
+    def __init__(self, cause: BaseException, *, may_fall_back: bool = False) -> None:
         super().__init__(str(cause))
         self.cause = cause
+        self.may_fall_back = may_fall_back
 
 
 N = TypeVar("N", bound=Callable[..., Awaitable[dict[str, Any]]])
@@ -135,11 +139,8 @@ def _conversation(messages: list[AnyMessage]) -> list[BaseMessage]:
     return out
 
 
-def _model(ctx: RunContext) -> Any:
-    spec = ctx.agent.config.model
-    if spec not in ctx.model_cache:
-        ctx.model_cache[spec] = resolve_model(spec, ctx.models)
-    return ctx.model_cache[spec]
+async def _model(ctx: RunContext) -> Any:
+    return await model_for(ctx, ctx.agent.config.model)
 
 
 def _add_usage(ctx: RunContext, usage: UsageMetadata | None) -> None:
@@ -172,7 +173,7 @@ async def _summarise(ctx: RunContext, previous: str, turns: Sequence[Turn], max_
     offline model and whenever the model fails (a summary must never fail the run)."""
     if ctx.agent.config.model.startswith("offline:"):
         return extractive_summary(previous, turns, max_tokens)
-    model = _model(ctx)
+    model = await _model(ctx)
     text = "\n".join(f"{turn.role}: {clip(turn.content, 2000)}" for turn in turns)
     prompt = [SystemMessage(SUMMARY_PROMPT.format(words=max(max_tokens * 3 // 4, 20))),
               HumanMessage(f"Summary so far:\n{previous or '(none)'}\n\nNew turns:\n{text}")]
@@ -183,7 +184,8 @@ async def _summarise(ctx: RunContext, previous: str, turns: Sequence[Turn], max_
     try:
         with genai.model_call(ctx.agent.config.model, ctx.agent.id) as traced:
             reply = await with_retries(call, attempts=ctx.models.max_retries + 1,
-                                       base_delay_s=ctx.models.retry_base_delay_s)
+                                       base_delay_s=ctx.models.retry_base_delay_s,
+                                       max_delay_s=ctx.models.max_retry_after_s)
             traced.usage(getattr(reply, "usage_metadata", None))
     except Exception as exc:
         log.warning("summary by %s failed in run %s (%s); using the extractive one", ctx.agent.config.model,
@@ -204,8 +206,6 @@ async def think(state: AgentState, runtime: Runtime[RunContext]) -> dict[str, An
     subagents = await _subagents(ctx)
     if subagents and ctx.depth < ctx.max_depth:
         tools.append(_delegate_tool(ctx, sorted(subagents)))
-    model = _model(ctx)
-    bound = model.bind_tools(tools) if tools else model
     messages: list[AnyMessage] = list(state["messages"])
     # This step's place in the run: each THINK sees more messages than the one before, and the
     # same number when it runs again from its checkpoint (core.metering).
@@ -226,6 +226,31 @@ async def think(state: AgentState, runtime: Runtime[RunContext]) -> dict[str, An
         prompt.append(SystemMessage(f"Carry out this approved plan:\n{state['plan']}"))
     prompt.extend(memory.earlier)
     prompt.extend(_conversation(messages))
+    specs = [ctx.agent.config.model, *ctx.agent.config.fallback_models]
+    for index, spec in enumerate(specs):
+        try:
+            chunk = await _think_with(ctx, spec, tools, prompt)
+            break
+        except ModelCallFailed as failed:
+            if not failed.may_fall_back or index + 1 == len(specs):
+                raise
+            log.warning("run %s: %s failed (%s); falling back to %s", ctx.run_id, spec,
+                        type(failed.cause).__name__, specs[index + 1])
+    await ctx.meter_model_call(key, chunk.usage_metadata, spec)
+    _add_usage(ctx, chunk.usage_metadata)
+    # The answer is stored as a message: characters Postgres cannot hold are replaced here, once.
+    message = AIMessage(
+        content=storable(chunk.content), tool_calls=chunk.tool_calls, usage_metadata=chunk.usage_metadata,
+        response_metadata=chunk.response_metadata, id=chunk.id,
+    )
+    return {"messages": [message]}
+
+
+async def _think_with(ctx: RunContext, spec: str, tools: list[Any], prompt: list[BaseMessage]) -> AIMessageChunk:
+    """One THINK call on `spec`, streamed, with retries (ModelCallFailed when they are used up)."""
+    model = await model_for(ctx, spec)
+    bound = model.bind_tools(tools) if tools else model
+    attempts = ctx.models.max_retries + 1
 
     async def call() -> AIMessageChunk:
         streamed = False
@@ -239,30 +264,34 @@ async def think(state: AgentState, runtime: Runtime[RunContext]) -> dict[str, An
                 total = chunk if total is None else total + chunk
         except Exception as exc:
             if streamed:  # do not retry and stream the start of the answer twice
-                raise ModelCallFailed(exc) from exc
+                raise _failed(ctx, spec, exc, 1, may_fall_back=False) from None
             raise
         return total if total is not None else AIMessageChunk(content="")
 
-    try:
-        with genai.model_call(ctx.agent.config.model, ctx.agent.id) as traced:
-            chunk = await with_retries(
-                call, attempts=ctx.models.max_retries + 1, base_delay_s=ctx.models.retry_base_delay_s
-            )
-            traced.usage(chunk.usage_metadata)
-            if tracing.CAPTURE_CONTENT:
-                traced.output(chunk.text if isinstance(chunk.text, str) else "")
-    except ModelCallFailed:
-        raise
-    except Exception as exc:
-        raise ModelCallFailed(exc) from exc
-    await ctx.meter_model_call(key, chunk.usage_metadata)
-    _add_usage(ctx, chunk.usage_metadata)
-    # The answer is stored as a message: characters Postgres cannot hold are replaced here, once.
-    message = AIMessage(
-        content=storable(chunk.content), tool_calls=chunk.tool_calls, usage_metadata=chunk.usage_metadata,
-        response_metadata=chunk.response_metadata, id=chunk.id,
-    )
-    return {"messages": [message]}
+    with genai.model_call(spec, ctx.agent.id) as traced:
+        try:
+            chunk = await with_retries(call, attempts=attempts, base_delay_s=ctx.models.retry_base_delay_s,
+                                       max_delay_s=ctx.models.max_retry_after_s)
+        except ModelCallFailed:
+            raise
+        except Exception as exc:
+            # Raised inside the span: what it records is the worded error (an org provider's
+            # answer may quote its key), never the provider's own message.
+            raise _failed(ctx, spec, exc, attempts, may_fall_back=is_transient(exc)) from None
+        traced.usage(chunk.usage_metadata)
+        if tracing.CAPTURE_CONTENT:
+            traced.output(chunk.text if isinstance(chunk.text, str) else "")
+    return chunk
+
+
+def _failed(ctx: RunContext, spec: str, exc: BaseException, attempts: int, *, may_fall_back: bool) -> ModelCallFailed:
+    """ModelCallFailed for `exc`; chained to it only for a built-in provider (whose errors the
+    provider SDKs already redact), never for an org's provider."""
+    cause = readable(ctx, spec, exc, attempts)
+    failed = ModelCallFailed(cause, may_fall_back=may_fall_back)
+    if cause is exc:
+        failed.__cause__ = exc
+    return failed
 
 
 def _pending_calls(messages: list[AnyMessage]) -> list[dict[str, Any]]:
@@ -534,7 +563,7 @@ async def _propose_plan(ctx: RunContext, state: AgentState, feedback: str, key: 
     text = ""
     total: Any = None
     with genai.model_call(ctx.agent.config.model, ctx.agent.id) as traced:
-        async for chunk in _model(ctx).astream(prompt):
+        async for chunk in (await _model(ctx)).astream(prompt):
             piece = chunk.text if isinstance(chunk.text, str) else ""
             if piece:
                 text += piece

@@ -143,6 +143,16 @@ def post_concurrently(org: Org, requests: list[tuple[str, dict[str, Any], dict[s
     return responses
 
 
+def open_loopback(stack: StackUrls, org_id: str) -> None:
+    """The operator opens 127.0.0.1 for this org's outbound requests (orgs.settings.outbound_allow),
+    so its providers, skills and webhooks may reach the tests' local servers."""
+    import psycopg
+
+    with psycopg.connect(stack.database_url) as conn:
+        conn.execute("UPDATE orgs SET settings = settings || %s::jsonb WHERE id = %s",
+                     (json.dumps({"outbound_allow": ["127.0.0.1"]}), org_id))
+
+
 def start_run(org: Org, session_id: str, text: str, **fields: Any) -> dict[str, Any]:
     """POST a run to a session; it must be accepted (202)."""
     r = org.client.post(f"/v1/sessions/{session_id}/runs", json={"input": text} | fields, headers=org.headers)

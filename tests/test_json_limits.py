@@ -12,11 +12,13 @@ import orjson
 import psycopg
 import pytest
 
+from agentos.stack.local import StackUrls
 from api import json_limits, responses
 from api.app import create_app
 from api.endpoint import Endpoint, Resource
 from core import ids
-from tests.helpers import ADMIN_TOKEN, Org, error_of
+from tests.helpers import ADMIN_TOKEN, Org, error_of, open_loopback
+from tests.openai_server import OpenAIServer
 
 DEPTHS = [10, 100, 1_000, 10_000]
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
@@ -63,6 +65,9 @@ WRITES: dict[tuple[str, str], tuple[str, set[int]]] = {
     # A runner's route: an org key is no runner token (the body is read first, like every route's).
     ("POST", "/v1/runner/calls/{call_id}/result"): ('{"output": NESTED}', {401}),
     ("POST", "/v1/runner/runs/{run_id}/workspace"): ('{"diff_stat": NESTED}', {422}),
+    ("POST", "/v1/providers"): ('{"name": "deep", "kind": "openai_compatible", "headers": NESTED}', {422}),
+    ("PATCH", "/v1/providers/{provider_id}"): ('{"headers": NESTED}', {422}),
+    ("POST", "/v1/providers/{provider_id}/test"): ('{"x": NESTED}', {200}),
 }
 
 
@@ -96,7 +101,7 @@ def _fill(path: str, org: Org, made: dict[str, Any]) -> str:
     return path
 
 
-def _make_one_of_each(client, org: Org) -> dict[str, Any]:
+def _make_one_of_each(client, org: Org, stack: StackUrls, openai_server: OpenAIServer) -> dict[str, Any]:
     """An agent, session, run, memory and document with plain data, so every read has something."""
     agent = org.create_agent()
     session = org.create_session(str(agent["id"]))
@@ -118,15 +123,19 @@ def _make_one_of_each(client, org: Org) -> dict[str, Any]:
     runner = client.post("/v1/runners", json={"name": "runner-" + ids.new_id("tool_call")[-8:]},
                          headers=org.headers).json()
     export = client.post(f"/v1/orgs/{org.id}/exports", headers=org.headers).json()
+    open_loopback(stack, org.id)  # the provider's models come from the suite's local OpenAI server
+    provider = client.post("/v1/providers", json={"name": "thing", "kind": "openai_compatible",
+                                                  "base_url": openai_server.base_url}, headers=org.headers).json()
     return {"runner_id": runner["id"], "export_id": export["id"], "agent_id": agent["id"],
             "session_id": session["id"], "run_id": run["id"],
             "memory_id": memory["id"], "document_id": document["id"], "name": "thing", "version": 1,
-            "webhook_id": webhook["id"], "file_id": file["id"]}
+            "webhook_id": webhook["id"], "file_id": file["id"], "provider_id": provider["id"]}
 
 
 @pytest.mark.parametrize("depth", DEPTHS)
-def test_nested_json_on_every_write_route_is_accepted_or_422_and_reads_still_answer(client, org, depth):
-    made = _make_one_of_each(client, org)
+def test_nested_json_on_every_write_route_is_accepted_or_422_and_reads_still_answer(client, org, depth, stack,
+                                                                                  openai_server):
+    made = _make_one_of_each(client, org, stack, openai_server)
     for (method, path), (template, shallow_statuses) in WRITES.items():
         url = _fill(path, org, made)
         body = _fill(template, org, made).replace("NESTED", nested(depth)).encode()
@@ -190,10 +199,10 @@ def _deep_text(depth: int) -> str:
 
 
 @pytest.mark.parametrize("depth", [300, 900])
-def test_rows_stored_with_deep_json_still_render_on_every_read(client, org, stack, depth):
+def test_rows_stored_with_deep_json_still_render_on_every_read(client, org, stack, depth, openai_server):
     """Rows written around the API (older versions, other writers) render with the too-deep
     parts replaced by a marker; every read of the org keeps answering 200."""
-    made = _make_one_of_each(client, org)
+    made = _make_one_of_each(client, org, stack, openai_server)
     deep = _deep_text(depth)
     with psycopg.connect(stack.database_url, autocommit=True) as conn:
         conn.execute("UPDATE sessions SET metadata = %s::jsonb WHERE id = %s", (deep, made["session_id"]))

@@ -12,7 +12,7 @@ import secrets
 from openapi_spec_validator import validate
 
 from core import events
-from tests.helpers import ADMIN_TOKEN, error_of, new_org
+from tests.helpers import ADMIN_TOKEN, error_of, new_org, open_loopback
 from tests.sse import read_events
 
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
@@ -95,7 +95,7 @@ def test_docs_page_renders_the_document_from_local_assets(client):
     assert b"SwaggerUIBundle" in client.get("/docs/assets/swagger-ui-bundle.js").content
 
 
-def test_every_operation_answers_as_documented(client, conformance):
+def test_every_operation_answers_as_documented(client, conformance, stack, openai_server):
     doc = client.get("/openapi.json").json()
     org = new_org(client, "conformance")
     h = org.headers
@@ -263,6 +263,19 @@ def test_every_operation_answers_as_documented(client, conformance):
     error_of(c.post(f"/v1/runner/runs/{run_id}/workspace", json={"diff_stat": ""}, headers=runner_h), 404,
              "NOT_FOUND")
     assert c.delete(f"/v1/runners/{runner.json()['id']}", headers=h).json()["revoked_at"] is not None
+    error_of(c.post("/v1/providers", json={"name": "local", "kind": "openai_compatible",
+                                           "base_url": openai_server.base_url}, headers=h), 422, "PROVIDER_URL_REFUSED")
+    open_loopback(stack, org.id)
+    provider = c.post("/v1/providers", json={"name": "local", "kind": "openai_compatible",
+                                             "base_url": openai_server.base_url}, headers=h)
+    assert provider.status_code == 201
+    provider_path = f"/v1/providers/{provider.json()['id']}"
+    assert c.get("/v1/providers", headers=h).json()["data"][0]["name"] == "local"
+    assert c.get(provider_path, headers=viewer).json()["kind"] == "openai_compatible"
+    assert c.patch(provider_path, json={"default_model": "test-model"}, headers=h).status_code == 200
+    assert c.post(f"{provider_path}/test", headers=h).json()["ok"] is True
+    assert "test-model" in [m["id"] for m in c.get(f"{provider_path}/models", headers=h).json()["data"]]
+    assert c.delete(provider_path, headers=h).status_code == 204
 
     assert c.delete(f"/v1/sessions/{session['id']}", headers=h).status_code == 204
     assert c.delete(f"/v1/agents/{agent['id']}", headers=h).status_code == 204

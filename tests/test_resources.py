@@ -175,6 +175,9 @@ def test_openapi_describes_every_route(client):
         ("/v1/runner/calls/{call_id}/result", "post"),
         ("/v1/runner/runs/{run_id}/workspace", "post"), ("/v1/runs/{run_id}/workspaces", "get"),
         ("/v1/sessions/{session_id}/files", "post"), ("/v1/sessions/{session_id}/files/{file_id}", "delete"),
+        ("/v1/providers", "get"), ("/v1/providers", "post"), ("/v1/providers/{provider_id}", "get"),
+        ("/v1/providers/{provider_id}", "patch"), ("/v1/providers/{provider_id}", "delete"),
+        ("/v1/providers/{provider_id}/test", "post"), ("/v1/providers/{provider_id}/models", "get"),
         ("/metrics", "get"),
     }
     served = {(path, method) for path, ops in doc["paths"].items() for method in ops}

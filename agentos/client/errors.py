@@ -118,6 +118,10 @@ class WebhookUrlRefused(ValidationFailed):
     code = "WEBHOOK_URL_REFUSED"
 
 
+class ProviderUrlRefused(ValidationFailed):
+    code = "PROVIDER_URL_REFUSED"
+
+
 class RateLimited(ApiError):
     code = "RATE_LIMITED"
 
@@ -140,11 +144,18 @@ class SandboxBackendFailed(ApiError):
     code = "SANDBOX_BACKEND_FAILED"
 
 
+class ProviderFailed(ApiError):
+    """An org's model provider did not answer as expected (listing its models)."""
+
+    code = "PROVIDER_FAILED"
+
+
 _BY_CODE: dict[str, type[ApiError]] = {cls.code: cls for cls in (
     BadRequest, Unauthenticated, StreamTokenInvalid, StreamTokenExpired,
     Forbidden, NotFound, MethodNotAllowed, Conflict, SessionBusy, PayloadTooLarge,
     UnsupportedMediaType, ValidationFailed, IdempotencyMismatch, RateLimited, QuotaExceeded, InternalError,
-    Unavailable, SandboxBackendFailed, WebhookDisabled, WebhookUrlRefused, OrgDeletionPending)}
+    Unavailable, SandboxBackendFailed, WebhookDisabled, WebhookUrlRefused, OrgDeletionPending,
+    ProviderUrlRefused, ProviderFailed)}
 # For an error status without an error object (a proxy's page, say): the status's usual code.
 _BY_STATUS: dict[int, type[ApiError]] = {400: BadRequest, 401: Unauthenticated, 403: Forbidden, 404: NotFound,
                                          405: MethodNotAllowed, 409: Conflict, 413: PayloadTooLarge,

@@ -13,13 +13,21 @@ from starlette.responses import Response
 from api.endpoint import Call, endpoint, resource, validate, validation_failed
 from api.schemas.agents import Agent, AgentVersion
 from api.schemas.base import page_of
-from core.agent_config import NAME_PATTERN, AgentConfig, AgentLimits, AgentMemory, RunnerRoute
+from core.agent_config import (
+    BUILTIN_PROVIDERS,
+    MODEL_PROVIDERS,
+    NAME_PATTERN,
+    AgentConfig,
+    AgentLimits,
+    AgentMemory,
+    RunnerRoute,
+)
 from core.builtin_catalogue import builtin_catalogue
 from core.errors import ApiError
 from core.pagination import page
 from core.skill_defs import parse_ref, split_mcp_name
 from core.skill_names import RUNNER_SKILLS
-from core.store import agents, audit, mcp_servers, skills
+from core.store import agents, audit, mcp_servers, providers, skills
 from core.tenancy import tenant_tx
 
 
@@ -34,6 +42,7 @@ class AgentPatch(BaseModel):
     name: str | None = Field(default=None, pattern=NAME_PATTERN)
     instructions: str | None = None
     model: str | None = None
+    fallback_models: list[str] | None = None
     skills: list[str] | None = None
     subagents: list[str] | None = None
     confirm: list[str] | Literal["all", "none"] | None = None
@@ -57,6 +66,21 @@ async def _check_subagents(conn: Any, subagents: list[str], self_id: str | None 
         self_id and self_id in subagents) else []
     for missing in await agents.missing_ids(conn, [s for s in subagents if s != self_id]):
         problems.append({"field": "subagents", "message": f"no agent with id {missing!r} in this organisation"})
+    if problems:
+        raise validation_failed(problems)
+
+
+async def _check_models(conn: Any, config: Mapping[str, Any]) -> None:
+    """Every model names a built-in provider or one of the org's own (deleting that one later
+    fails the agent's runs with MODEL_CONFIG instead)."""
+    problems = []
+    for field, specs in (("model", [config["model"]]), ("fallback_models", config["fallback_models"])):
+        for spec in specs:
+            name = spec.partition(":")[0]
+            if name not in BUILTIN_PROVIDERS and await providers.by_name(conn, name) is None:
+                problems.append({"field": field, "message": (
+                    f"unknown model provider {name!r} in {spec!r}; use one of {', '.join(MODEL_PROVIDERS)} or the "
+                    "name of one of the organisation's providers (GET /v1/providers)")})
     if problems:
         raise validation_failed(problems)
 
@@ -101,6 +125,7 @@ async def create_agent(call: Call[AgentCreate]) -> Response:
     try:
         async with tenant_tx(call.pool, principal.org_id) as conn:
             await _check_subagents(conn, body.subagents)
+            await _check_models(conn, config)
             await _check_skills(conn, config["skills"], call.settings.mcp.stdio)
             row = await agents.create(conn, body.name, config, principal.user_id)
             await audit.record(conn, principal.actor, "agent.create", "agent", row["id"], {"name": body.name})
@@ -145,6 +170,8 @@ async def patch_agent(call: Call[AgentPatch]) -> Response:
                 return call.reply(agents.to_public(current))  # nothing changes: no new version
             if "subagents" in changes:
                 await _check_subagents(conn, config["subagents"], self_id=agent_id)
+            if "model" in changes or "fallback_models" in changes:
+                await _check_models(conn, config)
             if "skills" in changes:
                 await _check_skills(conn, config["skills"], call.settings.mcp.stdio)
             row = await agents.update(conn, agent_id, name or current["name"], config, call.principal.user_id)

@@ -2,8 +2,9 @@
 
 `POST /v1/knowledge` stores the document `pending` and sends it to the workers, which chunk and
 embed it (`memory.knowledge.ingest`); its chunks become memories of kind `document`. The body is
-JSON (`{title?, content, content_type?, metadata?}`) or the document itself, sent with
-`Content-Type: text/plain` or `text/markdown` (its title in `?title=`).
+JSON (`{title?, content, content_type?, metadata?}` or `{title?, file_id, metadata?}` for an
+uploaded text, markdown, HTML or PDF file, converted to text by `core.document_text`) or the
+document itself, sent with `Content-Type: text/plain` or `text/markdown` (its title in `?title=`).
 """
 
 from __future__ import annotations
@@ -19,9 +20,13 @@ from starlette.responses import Response
 from api.endpoint import Call, Param, endpoint, parse_body, resource, validation_failed
 from api.schemas.base import page_of
 from api.schemas.knowledge import KnowledgeDocument
+from api.state import state_of
+from core import ids
+from core.document_text import READABLE, UnreadableDocument, UnsupportedDocument, to_text
 from core.errors import ApiError
+from core.file_storage import StoredFileMissing
 from core.pagination import page
-from core.store import audit
+from core.store import audit, files
 from core.tenancy import tenant_tx
 from memory import knowledge
 
@@ -38,7 +43,9 @@ class KnowledgeCreate(BaseModel):
     # Without a title, the document's first heading or line (cut to 120 characters) is used.
     title: str | None = Field(default=None, min_length=1, max_length=TITLE_MAX)
     # Its size limit (settings.memory.max_document_bytes) is checked in the handler: 413, not 422.
-    content: str
+    content: str | None = None
+    # Or an uploaded file (POST /v1/files): text, markdown, HTML or PDF; the document goes with it.
+    file_id: str | None = None
     # `text/plain` or `text/markdown`; anything else is 415 (so not a Literal, which would be 422).
     content_type: str = Field(default="text/plain", json_schema_extra={"enum": list(RAW_TYPES)})
     metadata: dict[str, Any] = Field(default_factory=dict)
@@ -119,17 +126,52 @@ async def _document(request: Request, limit: int) -> KnowledgeCreate:
     return await parse_body(request, KnowledgeCreate)
 
 
+def _no_file(file_id: str) -> ApiError:
+    return ApiError("NOT_FOUND", f"No file with id {file_id!r} in this organisation (upload it with POST /v1/files).",
+                    details={"field": "file_id"})
+
+
+async def _from_file(call: Call[Any], body: KnowledgeCreate) -> KnowledgeCreate:
+    """`body` with the text of its uploaded file as content (its title the file's name by default)."""
+    file_id = str(body.file_id)
+    if not ids.looks_like("file", file_id):
+        raise _no_file(file_id)
+    async with tenant_tx(call.pool, call.principal.org_id) as conn:
+        row = await files.get(conn, file_id)
+    if row is None:
+        raise _no_file(file_id)
+    try:
+        data = await state_of(call.request).storage.get(row["storage_key"])
+    except StoredFileMissing:
+        raise _no_file(file_id) from None
+    try:
+        text, kind = to_text(data, row["content_type"])
+    except UnsupportedDocument as exc:
+        raise ApiError("UNSUPPORTED_MEDIA_TYPE", f"The file {file_id}: {exc}.",
+                       details={"supported": list(READABLE)}) from None
+    except UnreadableDocument as exc:
+        raise validation_failed([{"field": "file_id", "message": str(exc)}]) from None
+    return body.model_copy(update={"content": text, "content_type": kind, "title": body.title or row["name"]})
+
+
 @endpoint("Add a document to the knowledge base (`202`): JSON `{title?, content, content_type?, metadata?}` "
-          "or the raw text with `Content-Type: text/plain` or `text/markdown` and `?title=`. It is chunked "
+          "or `{title?, file_id, metadata?}` (an uploaded text, markdown, HTML or PDF file, converted to text; "
+          "deleting the file deletes the document), or the raw text with `Content-Type: text/plain` or "
+          "`text/markdown` and `?title=`. It is chunked "
           "and embedded by a worker: poll it until `status` is `ready` (or `failed`).",
           role="member", status=202, response=KnowledgeDocument, headers=("Location", "AgentOS-Deferred"),
-          body=KnowledgeCreate, parse=False, raw_types=RAW_TYPES,
+          body=KnowledgeCreate, parse=False, raw_types=RAW_TYPES, errors=("NOT_FOUND",),
           params=(Param("title", {"type": "string", "minLength": 1, "maxLength": TITLE_MAX},
                         "The title of a document sent raw."),))
 async def create_document(call: Call[Any]) -> Response:
     settings = call.settings
     limit = settings.memory.max_document_bytes
     body = await _document(call.request, limit)
+    if (body.content is None) == (body.file_id is None):
+        raise validation_failed([{"field": "content", "message": "give content or file_id (one of them)"}])
+    if body.file_id is not None:
+        body = await _from_file(call, body)
+    assert body.content is not None
     if body.content_type not in RAW_TYPES:
         raise _unsupported(body.content_type)
     size = len(body.content.encode("utf-8"))
@@ -144,10 +186,13 @@ async def create_document(call: Call[Any]) -> Response:
         raise validation_failed([{"field": "title", "message": "must not be blank"}])
     principal = call.principal
     async with tenant_tx(call.pool, principal.org_id) as conn:
+        if body.file_id is not None and await files.get(conn, body.file_id) is None:  # deleted meanwhile
+            raise _no_file(body.file_id)
         doc = await knowledge.create(conn, title=title, content_type=body.content_type, content=body.content,
-                                     metadata=body.metadata)
+                                     metadata=body.metadata, file_id=body.file_id)
         await audit.record(conn, principal.actor, "knowledge.create", "document", doc["id"],
-                           {"content_type": body.content_type, "size_bytes": size})
+                           {"content_type": body.content_type, "size_bytes": size,
+                            **({"file_id": body.file_id} if body.file_id else {})})
     headers = {"Location": f"/v1/knowledge/{doc['id']}"}
     try:
         await call.infra.jobs.enqueue_ingest(doc["id"], principal.org_id)

@@ -33,7 +33,11 @@ class AgentFields(Out):
 
     name: str
     instructions: str = ""
-    model: str = Field(default="offline:default", description="`provider:model`.")
+    model: str = Field(default="offline:default", description="`provider:model`; the provider is a built-in one "
+                                                              "(offline, openai, anthropic) or one of the org's "
+                                                              "(`GET /v1/providers`).")
+    fallback_models: list[str] = Field(default_factory=list, description="Tried in order when a model call fails "
+                                                                         "after its retries (outage, rate limit).")
     skills: list[str] = Field(default_factory=list, description="Skill names, `name` or pinned `name@version`.")
     subagents: list[str] = Field(default_factory=list, description="Ids of agents this one may delegate to.")
     confirm: list[str] | Literal["all", "none"] = Field(

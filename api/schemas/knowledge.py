@@ -26,6 +26,8 @@ class KnowledgeDocument(Out):
     embedding_model: str | None
     attempts: int
     metadata: dict[str, Any]
+    file_id: str | None = Field(default=None, description="The uploaded file it was made from; deleting the file "
+                                                          "deletes the document.")
     created_at: datetime
     updated_at: datetime
     content_preview: str | None = Field(default=None, description="The first 500 characters (reading one only).")

@@ -25,7 +25,8 @@ class Run(Out):
     input: dict[str, Any] | None = Field(description="`{text, message_id}` of the user's message.")
     output: dict[str, Any] | None = Field(description="`{text, message_id}` once it succeeded.")
     error: RunError | None
-    usage: dict[str, Any] = Field(description="Token counts and model calls so far.")
+    usage: dict[str, Any] = Field(description="Token counts and model calls so far; `models`: the models that "
+                                              "answered (a fallback model when the agent's own failed).")
     metadata: dict[str, Any]
     skill_versions: dict[str, int] | None = Field(description="The org's skills at the versions this run uses.")
     attempt: int

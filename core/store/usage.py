@@ -55,7 +55,11 @@ WITH rec AS (
         'cost_usd', {_ADD.format('cost_usd', 'numeric', 'rec.cost_usd')},
         'model_calls', {_ADD.format('model_calls', 'bigint', "(rec.kind = 'model')::int")},
         'sandbox_executions', {_ADD.format('sandbox_executions', 'bigint', "(rec.kind = 'sandbox')::int")},
-        'sandbox_cpu_ms', {_ADD.format('sandbox_cpu_ms', 'bigint', 'rec.cpu_ms')})
+        'sandbox_cpu_ms', {_ADD.format('sandbox_cpu_ms', 'bigint', 'rec.cpu_ms')},
+        -- The models that answered, in first-use order (a fallback model shows up here).
+        'models', CASE WHEN rec.kind = 'model' AND NOT coalesce(r.usage->'models', '[]') ? rec.model
+                       THEN coalesce(r.usage->'models', '[]') || to_jsonb(rec.model)
+                       ELSE coalesce(r.usage->'models', '[]') END)
     FROM rec WHERE r.id = rec.run_id
 )
 SELECT tokens, cost_usd FROM month

@@ -16,11 +16,14 @@ import openai
 from langchain_anthropic import ChatAnthropic
 from langchain_core.exceptions import ModelError
 from langchain_core.language_models import BaseChatModel
-from langchain_openai import ChatOpenAI
-from pydantic import SecretStr
+from langchain_openai import AzureChatOpenAI, ChatOpenAI
+from langchain_openai.chat_models.base import BaseChatOpenAI
+from pydantic import PrivateAttr, SecretStr
 
 from core.agent_config import MODEL_PROVIDERS
-from core.settings import ModelSettings
+from core.outbound import sdk_client
+from core.providers import DEFAULT_AZURE_API_VERSION, ProviderAccess
+from core.settings import ModelSettings, OutboundSettings
 from orchestrator.models.offline import OfflineChatModel, OfflineModelError
 
 T = TypeVar("T")
@@ -37,13 +40,20 @@ class ModelConfigError(ValueError):
     """A model spec or provider configuration that cannot work."""
 
 
+class ProviderCallFailed(Exception):
+    """A call to an org's own provider failed; the message is already readable and free of its key."""
+
+
 class _ChatAnthropic(ChatAnthropic):
-    """ChatAnthropic with its own async HTTP client instead of one shared by every event loop."""
+    """ChatAnthropic with its own async HTTP client instead of one shared by every event loop
+    (for an org's provider: the SSRF-guarded one it was given)."""
+
+    _http: httpx2.AsyncClient | None = PrivateAttr(default=None)
 
     @cached_property
     def _async_client(self) -> anthropic.AsyncClient:
         params = self._client_params
-        return anthropic.AsyncClient(**params, http_client=anthropic.DefaultAsyncHttpxClient())
+        return anthropic.AsyncClient(**params, http_client=self._http or anthropic.DefaultAsyncHttpxClient())
 
 
 def resolve_model(spec: str, settings: ModelSettings) -> BaseChatModel:
@@ -109,12 +119,36 @@ def _anthropic(name: str, settings: ModelSettings) -> BaseChatModel:
     )
 
 
+def provider_model(access: ProviderAccess, name: str, settings: ModelSettings,
+                   outbound: OutboundSettings) -> BaseChatModel:
+    """The chat model `name` of an org's own provider: its key and headers, and an HTTP client whose
+    every connection passes the outbound guard with the org's allowlist. Never retries by itself."""
+    http = sdk_client(outbound, allow=access.allow, timeout_s=settings.request_timeout_s)
+    key = SecretStr(access.api_key or _PLACEHOLDER_KEY)
+    common: dict[str, Any] = {"timeout": settings.request_timeout_s, "max_retries": 0, "streaming": True,
+                              "stream_usage": True}
+    if access.kind == "anthropic":
+        model = _ChatAnthropic(model_name=name, api_key=key, base_url=access.base_url, stop=None,
+                               default_headers=access.headers or None, **common)
+        model._http = http
+        return model
+    if access.kind == "azure_openai":
+        return AzureChatOpenAI(
+            azure_endpoint=access.base_url, azure_deployment=name, model=name, api_key=key,
+            api_version=access.api_version or DEFAULT_AZURE_API_VERSION, default_headers=access.headers or None,
+            http_async_client=http, **common)
+    return ChatOpenAI(model=name, api_key=key, base_url=access.base_url, default_headers=access.headers or None,
+                      http_async_client=http, **common)
+
+
 async def aclose_model(model: BaseChatModel) -> None:
     """Close the async HTTP client `resolve_model` gave `model` (a no-op for the offline model)."""
-    if isinstance(model, ChatOpenAI) and model.root_async_client is not None:
+    if isinstance(model, BaseChatOpenAI) and model.root_async_client is not None:
         await model.root_async_client.close()
     elif isinstance(model, _ChatAnthropic) and "_async_client" in model.__dict__:
         await model._async_client.close()
+    elif isinstance(model, _ChatAnthropic) and model._http is not None:
+        await model._http.aclose()
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -128,6 +162,17 @@ def is_transient(exc: BaseException) -> bool:
     return isinstance(exc, httpx.TransportError | httpx2.TransportError | ConnectionError)
 
 
+def retry_after_s(exc: BaseException) -> float | None:
+    """The delay a provider asked for with its answer's Retry-After (seconds), if any."""
+    response = getattr(exc, "response", None)
+    headers = getattr(response, "headers", None)
+    value = headers.get("retry-after") if headers is not None else None
+    try:
+        return max(0.0, float(value)) if value is not None else None
+    except ValueError:
+        return None
+
+
 async def with_retries(
     fn: Callable[[], Awaitable[T]],
     *,
@@ -136,10 +181,12 @@ async def with_retries(
     on_retry: Callable[[int, BaseException, float], None] | None = None,
     max_delay_s: float = 30.0,
 ) -> T:
-    """Await `fn()` up to `attempts` times, backing off exponentially with jitter on transient errors.
+    """Await `fn()` up to `attempts` times, backing off exponentially with jitter on transient errors,
+    or as long as the provider's Retry-After asks.
 
     `on_retry(attempt, error, delay_s)` runs before each pause; `attempt` counts from 1.
-    A non-transient error, or the last one, is raised as it is.
+    A non-transient error, or the last one, is raised as it is; so is an error whose Retry-After
+    is longer than `max_delay_s` (waiting that long is beyond the retry budget).
     """
     attempt = 0
     while True:
@@ -149,7 +196,11 @@ async def with_retries(
         except Exception as exc:
             if attempt >= attempts or not is_transient(exc):
                 raise
-            delay = min(max_delay_s, base_delay_s * 2 ** (attempt - 1) * random.uniform(0.5, 1.5))
+            asked = retry_after_s(exc)
+            if asked is not None and asked > max_delay_s:
+                raise
+            delay = asked if asked is not None else min(
+                max_delay_s, base_delay_s * 2 ** (attempt - 1) * random.uniform(0.5, 1.5))
             if on_retry is not None:
                 on_retry(attempt, exc, delay)
             await asyncio.sleep(delay)
@@ -173,11 +224,28 @@ def _detail(exc: BaseException) -> str:
     return text if len(text) <= 300 else text[:299] + "…"
 
 
+def describe_provider_error(exc: BaseException, access: ProviderAccess, *, attempts: int | None = None) -> str:
+    """`describe_error` for a call to an org's own provider: named, pointing at its settings rather
+    than the platform's environment, and without its key or header values."""
+    status: int | None = getattr(exc, "status_code", None)
+    if status == 401:
+        text = (f"model provider {access.name!r}: authentication failed (401): check its API key "
+                f"(PATCH /v1/providers/{access.id})")
+    else:
+        text = f"model provider {access.name!r}: " + describe_error(exc, attempts=attempts).split(": ", 1)[-1]
+    for secret in (access.api_key, *access.headers.values()):
+        if secret and len(secret) >= 4:
+            text = text.replace(secret, "[redacted]")
+    return text
+
+
 def describe_error(exc: BaseException, *, attempts: int | None = None) -> str:
     """A readable one-line account of a failed model call, for the user; never includes a key.
 
     Pass `attempts` (how many calls were made) to mention it for transient failures.
     """
+    if isinstance(exc, ProviderCallFailed):
+        return str(exc)
     if isinstance(exc, ModelConfigError | OfflineModelError):
         prefix = "offline model failed: " if isinstance(exc, OfflineModelError) else ""
         return prefix + _detail(exc)

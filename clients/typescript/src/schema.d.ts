@@ -380,8 +380,8 @@ export interface paths {
         get: operations["list_documents"];
         put?: never;
         /**
-         * Add a document to the knowledge base (`202`): JSON `{title?, content, content_type?, metadata?}` or the raw text with `Content-Type: text/plain` or `text/markdown` and `?title=`. It is chunked and embedded by a worker: poll it until `status` is `ready` (or `failed`).
-         * @description Add a document to the knowledge base (`202`): JSON `{title?, content, content_type?, metadata?}` or the raw text with `Content-Type: text/plain` or `text/markdown` and `?title=`. It is chunked and embedded by a worker: poll it until `status` is `ready` (or `failed`).
+         * Add a document to the knowledge base (`202`): JSON `{title?, content, content_type?, metadata?}` or `{title?, file_id, metadata?}` (an uploaded text, markdown, HTML or PDF file, converted to text; deleting the file deletes the document), or the raw text with `Content-Type: text/plain` or `text/markdown` and `?title=`. It is chunked and embedded by a worker: poll it until `status` is `ready` (or `failed`).
+         * @description Add a document to the knowledge base (`202`): JSON `{title?, content, content_type?, metadata?}` or `{title?, file_id, metadata?}` (an uploaded text, markdown, HTML or PDF file, converted to text; deleting the file deletes the document), or the raw text with `Content-Type: text/plain` or `text/markdown` and `?title=`. It is chunked and embedded by a worker: poll it until `status` is `ready` (or `failed`).
          *
          *     Needs the `member` role or higher.
          */
@@ -500,8 +500,8 @@ export interface paths {
             cookie?: never;
         };
         /**
-         * The caller's principal: org, user, role and scopes.
-         * @description The caller's principal: org, user, role and scopes.
+         * The caller's principal: org (with its name), user, role and scopes.
+         * @description The caller's principal: org (with its name), user, role and scopes.
          */
         get: operations["me"];
         put?: never;
@@ -734,6 +734,222 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/v1/providers": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * List the org's model providers, newest first.
+         * @description List the org's model providers, newest first.
+         */
+        get: operations["list_providers"];
+        put?: never;
+        /**
+         * Register a model provider; its key goes to the org secrets store and is never shown.
+         * @description Register a model provider; its key goes to the org secrets store and is never shown.
+         *
+         *     Needs the `admin` role or higher.
+         */
+        post: operations["create_provider"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/providers/{provider_id}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Read one model provider (never its key).
+         * @description Read one model provider (never its key).
+         */
+        get: operations["get_provider"];
+        put?: never;
+        post?: never;
+        /**
+         * Delete a model provider (and the key stored for it); agents naming it fail their next run with MODEL_CONFIG.
+         * @description Delete a model provider (and the key stored for it); agents naming it fail their next run with MODEL_CONFIG.
+         *
+         *     Needs the `admin` role or higher.
+         */
+        delete: operations["delete_provider"];
+        options?: never;
+        head?: never;
+        /**
+         * Change a model provider's base URL, key, default model or headers (its name and kind stay).
+         * @description Change a model provider's base URL, key, default model or headers (its name and kind stay).
+         *
+         *     Needs the `admin` role or higher.
+         */
+        patch: operations["patch_provider"];
+        trace?: never;
+    };
+    "/v1/providers/{provider_id}/models": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * The provider's models, as it lists them (cached for AGENTOS_MODELS__PROVIDER_MODELS_TTL_S; ?refresh=true asks the provider again).
+         * @description The provider's models, as it lists them (cached for AGENTOS_MODELS__PROVIDER_MODELS_TTL_S; ?refresh=true asks the provider again).
+         */
+        get: operations["list_models"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/providers/{provider_id}/test": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Test the connection with a cheap real call (the model list): ok, or why not (bad key, unreachable, model unknown).
+         * @description Test the connection with a cheap real call (the model list): ok, or why not (bad key, unreachable, model unknown).
+         *
+         *     Needs the `admin` role or higher.
+         */
+        post: operations["test_provider"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/runner/calls": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * A runner's connection (SSE, runner token): the calls routed to it, then each new one, and heartbeats. Sends every unanswered call again on each connect.
+         * @description A runner's connection (SSE, runner token): the calls routed to it, then each new one, and heartbeats. Sends every unanswered call again on each connect.
+         */
+        get: operations["runner_calls"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/runner/calls/{call_id}/result": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Post the result of a call (runner token); posting it again is acknowledged and changes nothing.
+         * @description Post the result of a call (runner token); posting it again is acknowledged and changes nothing.
+         */
+        post: operations["post_result"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/runner/runs/{run_id}/workspace": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Report what the runner did with an ended run's workspace (runner token): its branch, the commit made at the end and the diff summary. The first report stands.
+         * @description Report what the runner did with an ended run's workspace (runner token): its branch, the commit made at the end and the diff summary. The first report stands.
+         */
+        post: operations["post_run_workspace"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/runners": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * List the org's runners (never their tokens), with whether each is connected now.
+         * @description List the org's runners (never their tokens), with whether each is connected now.
+         *
+         *     Needs the `admin` role or higher.
+         */
+        get: operations["list_runners"];
+        put?: never;
+        /**
+         * Create a runner; its token is in this response only.
+         * @description Create a runner; its token is in this response only.
+         *
+         *     Needs the `admin` role or higher.
+         */
+        post: operations["create_runner"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/runners/{runner_id}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Get one runner.
+         * @description Get one runner.
+         *
+         *     Needs the `admin` role or higher.
+         */
+        get: operations["get_runner"];
+        put?: never;
+        post?: never;
+        /**
+         * Revoke a runner; its token stops working at once.
+         * @description Revoke a runner; its token stops working at once.
+         *
+         *     Needs the `admin` role or higher.
+         */
+        delete: operations["revoke_runner"];
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/v1/runs/{run_id}": {
         parameters: {
             query?: never;
@@ -828,6 +1044,26 @@ export interface paths {
          * @description Wait until the run ends (or `?timeout=` seconds pass, default 30, at most 300) and return it: `200` once it ended, `202` with `AgentOS-Wait: timeout` while it is still active.
          */
         get: operations["wait_run"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/runs/{run_id}/workspaces": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * The workspaces remote runners committed for a run once it ended (branch, commit, diff summary).
+         * @description The workspaces remote runners committed for a run once it ended (branch, commit, diff summary).
+         */
+        get: operations["run_workspaces"];
         put?: never;
         post?: never;
         delete?: never;
@@ -1425,6 +1661,11 @@ export interface components {
             /** Created By */
             created_by: string | null;
             /**
+             * Fallback Models
+             * @description Tried in order when a model call fails after its retries (outage, rate limit).
+             */
+            fallback_models?: string[];
+            /**
              * Id
              * @example agt_01a2b3c4d5e6f708192a3b4c5d6e
              */
@@ -1446,12 +1687,18 @@ export interface components {
             mode: "agent" | "plan";
             /**
              * Model
-             * @description `provider:model`.
+             * @description `provider:model`; the provider is a built-in one (offline, openai, anthropic) or one of the org's (`GET /v1/providers`).
              * @default offline:default
              */
             model: string;
             /** Name */
             name: string;
+            /**
+             * Runner
+             * @description The runner (by name) or route (`{name | labels, skills}`) executing its skills.
+             * @default null
+             */
+            runner: string | components["schemas"]["RunnerRouteOut"] | null;
             /**
              * Skills
              * @description Skill names, `name` or pinned `name@version`.
@@ -1477,6 +1724,8 @@ export interface components {
         AgentCreate: {
             /** Confirm */
             confirm?: string[] | ("all" | "none");
+            /** Fallback Models */
+            fallback_models?: string[];
             /**
              * Instructions
              * @default
@@ -1497,6 +1746,11 @@ export interface components {
             model: string;
             /** Name */
             name: string;
+            /**
+             * Runner
+             * @default null
+             */
+            runner: string | components["schemas"]["RunnerRoute"] | null;
             /** Skills */
             skills?: string[];
             /** Subagents */
@@ -1580,6 +1834,11 @@ export interface components {
              */
             confirm: string[] | ("all" | "none") | null;
             /**
+             * Fallback Models
+             * @default null
+             */
+            fallback_models: string[] | null;
+            /**
              * Instructions
              * @default null
              */
@@ -1603,6 +1862,11 @@ export interface components {
              * @default null
              */
             name: string | null;
+            /**
+             * Runner
+             * @default null
+             */
+            runner: string | components["schemas"]["RunnerRoute"] | null;
             /**
              * Skills
              * @default null
@@ -1632,6 +1896,11 @@ export interface components {
             /** Created By */
             created_by: string | null;
             /**
+             * Fallback Models
+             * @description Tried in order when a model call fails after its retries (outage, rate limit).
+             */
+            fallback_models?: string[];
+            /**
              * Instructions
              * @default
              */
@@ -1648,12 +1917,18 @@ export interface components {
             mode: "agent" | "plan";
             /**
              * Model
-             * @description `provider:model`.
+             * @description `provider:model`; the provider is a built-in one (offline, openai, anthropic) or one of the org's (`GET /v1/providers`).
              * @default offline:default
              */
             model: string;
             /** Name */
             name: string;
+            /**
+             * Runner
+             * @description The runner (by name) or route (`{name | labels, skills}`) executing its skills.
+             * @default null
+             */
+            runner: string | components["schemas"]["RunnerRouteOut"] | null;
             /**
              * Skills
              * @description Skill names, `name` or pinned `name@version`.
@@ -2189,6 +2464,8 @@ export interface components {
              * @example NOT_FOUND
              * @example ORG_DELETION_PENDING
              * @example PAYLOAD_TOO_LARGE
+             * @example PROVIDER_FAILED
+             * @example PROVIDER_URL_REFUSED
              * @example QUOTA_EXCEEDED
              * @example RATE_LIMITED
              * @example SANDBOX_BACKEND_FAILED
@@ -2348,14 +2625,22 @@ export interface components {
         };
         /** KnowledgeCreate */
         KnowledgeCreate: {
-            /** Content */
-            content: string;
+            /**
+             * Content
+             * @default null
+             */
+            content: string | null;
             /**
              * Content Type
              * @default text/plain
              * @enum {string}
              */
             content_type: "text/plain" | "text/markdown";
+            /**
+             * File Id
+             * @default null
+             */
+            file_id: string | null;
             /** Metadata */
             metadata?: {
                 [key: string]: unknown;
@@ -2391,6 +2676,12 @@ export interface components {
             /** Embedding Model */
             embedding_model: string | null;
             error: components["schemas"]["DocumentError"] | null;
+            /**
+             * File Id
+             * @description The uploaded file it was made from; deleting the file deletes the document.
+             * @default null
+             */
+            file_id: string | null;
             /** Id */
             id: string;
             /** Metadata */
@@ -3022,6 +3313,12 @@ export interface components {
             /** Org Id */
             org_id: string;
             /**
+             * Org Name
+             * @description The organisation's name, for display.
+             * @default null
+             */
+            org_name: string | null;
+            /**
              * Role
              * @enum {string}
              */
@@ -3030,6 +3327,184 @@ export interface components {
             scopes: string[];
             /** User Id */
             user_id: string | null;
+        };
+        /** Provider */
+        Provider: {
+            /**
+             * Api Key Secret
+             * @description The org secret holding the API key (its value is never shown).
+             */
+            api_key_secret: string | null;
+            /**
+             * Api Version
+             * @description azure_openai only: the API version of its requests.
+             */
+            api_version: string | null;
+            /** Base Url */
+            base_url: string | null;
+            /**
+             * Created At
+             * Format: date-time
+             */
+            created_at: string;
+            /** Created By */
+            created_by: string | null;
+            /** Default Model */
+            default_model: string | null;
+            /**
+             * Headers
+             * @description Extra request headers; `{"secret": name}` values come from the org secrets store.
+             */
+            headers: {
+                [key: string]: unknown;
+            };
+            /**
+             * Id
+             * @example prv_01a2b3c4d5e6f708192a3b4c5d6e
+             */
+            id: string;
+            /**
+             * Kind
+             * @enum {string}
+             */
+            kind: "openai" | "anthropic" | "openai_compatible" | "azure_openai";
+            /**
+             * Name
+             * @description What an agent's `model` names: `<name>:<model>`.
+             */
+            name: string;
+            /**
+             * Updated At
+             * Format: date-time
+             */
+            updated_at: string;
+        };
+        /** ProviderCreate */
+        ProviderCreate: {
+            /**
+             * Api Key
+             * @description Stored in the org secrets store; never shown.
+             * @default null
+             */
+            api_key: string | null;
+            /**
+             * Api Key Secret
+             * @description An existing org secret's name.
+             * @default null
+             */
+            api_key_secret: string | null;
+            /**
+             * Api Version
+             * @default null
+             */
+            api_version: string | null;
+            /**
+             * Base Url
+             * @default null
+             */
+            base_url: string | null;
+            /**
+             * Default Model
+             * @default null
+             */
+            default_model: string | null;
+            /** Headers */
+            headers?: {
+                [key: string]: string | {
+                    [key: string]: string;
+                };
+            };
+            /**
+             * Kind
+             * @enum {string}
+             */
+            kind: "openai" | "anthropic" | "openai_compatible" | "azure_openai";
+            /**
+             * Name
+             * @description Lower-case; what agents' `model` names.
+             */
+            name: string;
+        };
+        /** ProviderModel */
+        ProviderModel: {
+            /** Created */
+            created: number | null;
+            /** Id */
+            id: string;
+            /** Owned By */
+            owned_by: string | null;
+        };
+        /** ProviderModels */
+        ProviderModels: {
+            /**
+             * Cached
+             * @description Whether the list came from the cache (AGENTOS_MODELS__PROVIDER_MODELS_TTL_S).
+             */
+            cached: boolean;
+            /** Data */
+            data: components["schemas"]["ProviderModel"][];
+        };
+        /**
+         * ProviderPage
+         * @description A list of Provider objects: `{data, next_cursor}`.
+         */
+        ProviderPage: {
+            /** Data */
+            data: components["schemas"]["Provider"][];
+            /**
+             * Next Cursor
+             * @description Null on the last page; pass it as `?cursor=` for the next one.
+             */
+            next_cursor: string | null;
+        };
+        /** ProviderPatch */
+        ProviderPatch: {
+            /**
+             * Api Key
+             * @default null
+             */
+            api_key: string | null;
+            /**
+             * Api Key Secret
+             * @default null
+             */
+            api_key_secret: string | null;
+            /**
+             * Api Version
+             * @default null
+             */
+            api_version: string | null;
+            /**
+             * Base Url
+             * @default null
+             */
+            base_url: string | null;
+            /**
+             * Default Model
+             * @default null
+             */
+            default_model: string | null;
+            /**
+             * Headers
+             * @default null
+             */
+            headers: {
+                [key: string]: string | {
+                    [key: string]: string;
+                };
+            } | null;
+        };
+        /** ProviderTest */
+        ProviderTest: {
+            /**
+             * Error
+             * @description Why not: bad key, unreachable, model unknown, …
+             */
+            error: string | null;
+            /** Latency Ms */
+            latency_ms: number;
+            /** Ok */
+            ok: boolean;
         };
         /** RecalledItem */
         RecalledItem: {
@@ -3223,7 +3698,7 @@ export interface components {
             trace_id: string | null;
             /**
              * Usage
-             * @description Token counts and model calls so far.
+             * @description Token counts and model calls so far; `models`: the models that answered (a fallback model when the agent's own failed).
              */
             usage: {
                 [key: string]: unknown;
@@ -3292,7 +3767,7 @@ export interface components {
          * RunEvent
          * @description One event of a stream, as the JSON of its SSE `data:` line; `type` says which.
          */
-        RunEvent: components["schemas"]["BudgetWarningEvent"] | components["schemas"]["ConfirmationRequiredEvent"] | components["schemas"]["ConfirmationResolvedEvent"] | components["schemas"]["MemoryRecalledEvent"] | components["schemas"]["MessageCompletedEvent"] | components["schemas"]["MessageDeltaEvent"] | components["schemas"]["RunCancelledEvent"] | components["schemas"]["RunFailedEvent"] | components["schemas"]["RunQueuedEvent"] | components["schemas"]["RunStartedEvent"] | components["schemas"]["RunSucceededEvent"] | components["schemas"]["RunTimedOutEvent"] | components["schemas"]["RunWarningEvent"] | components["schemas"]["StepStartedEvent"] | components["schemas"]["SubagentCompletedEvent"] | components["schemas"]["SubagentStartedEvent"] | components["schemas"]["ToolCallEvent"] | components["schemas"]["ToolResultEvent"];
+        RunEvent: components["schemas"]["BudgetWarningEvent"] | components["schemas"]["ConfirmationRequiredEvent"] | components["schemas"]["ConfirmationResolvedEvent"] | components["schemas"]["MemoryRecalledEvent"] | components["schemas"]["MessageCompletedEvent"] | components["schemas"]["MessageDeltaEvent"] | components["schemas"]["RunCancelledEvent"] | components["schemas"]["RunFailedEvent"] | components["schemas"]["RunQueuedEvent"] | components["schemas"]["RunStartedEvent"] | components["schemas"]["RunSucceededEvent"] | components["schemas"]["RunTimedOutEvent"] | components["schemas"]["RunWarningEvent"] | components["schemas"]["RunnerDeliveredEvent"] | components["schemas"]["RunnerOfflineEvent"] | components["schemas"]["RunnerOnlineEvent"] | components["schemas"]["StepStartedEvent"] | components["schemas"]["SubagentCompletedEvent"] | components["schemas"]["SubagentStartedEvent"] | components["schemas"]["ToolCallEvent"] | components["schemas"]["ToolResultEvent"];
         /** RunFailed */
         RunFailed: {
             error: components["schemas"]["RunError"];
@@ -3510,6 +3985,408 @@ export interface components {
         } & {
             [key: string]: unknown;
         };
+        /**
+         * RunWorkspace
+         * @description What a runner did with a run's workspace once the run ended.
+         */
+        RunWorkspace: {
+            /**
+             * Branch
+             * @description `agentos/<run id>`; null when the runner has no repository.
+             */
+            branch: string | null;
+            /**
+             * Commit
+             * @description The commit made at the run's end (its message holds the run id); null when nothing was left to commit.
+             */
+            commit: string | null;
+            /**
+             * Diff Stat
+             * @description The diff summary of the run's branch against where it began.
+             */
+            diff_stat: string;
+            /**
+             * Finished At
+             * Format: date-time
+             */
+            finished_at: string;
+            /**
+             * Runner
+             * @description The runner's name.
+             */
+            runner: string;
+            /** Runner Id */
+            runner_id: string;
+        };
+        /** RunWorkspaceReport */
+        RunWorkspaceReport: {
+            /**
+             * Branch
+             * @default null
+             */
+            branch: string | null;
+            /**
+             * Commit
+             * @default null
+             */
+            commit: string | null;
+            /**
+             * Diff Stat
+             * @default
+             */
+            diff_stat: string;
+        };
+        /** RunWorkspaces */
+        RunWorkspaces: {
+            /** Data */
+            data: components["schemas"]["RunWorkspace"][];
+        };
+        /** Runner */
+        Runner: {
+            /**
+             * Created At
+             * Format: date-time
+             */
+            created_at: string;
+            /** Created By */
+            created_by: string | null;
+            /** Id */
+            id: string;
+            /** Labels */
+            labels: {
+                [key: string]: string;
+            };
+            /**
+             * Last Seen At
+             * @description When its connection last sent a heartbeat.
+             */
+            last_seen_at: string | null;
+            /** Name */
+            name: string;
+            /**
+             * Online
+             * @description Whether the runner is connected now.
+             */
+            online: boolean;
+            /**
+             * Prefix
+             * @description The visible part of the token (`aosr_<prefix>_…`).
+             */
+            prefix: string;
+            /** Revoked At */
+            revoked_at: string | null;
+        };
+        /**
+         * RunnerCall
+         * @description One call as the runner receives it on its stream (`event: call`).
+         */
+        RunnerCall: {
+            /** Args */
+            args: {
+                [key: string]: unknown;
+            };
+            /** Id */
+            id: string;
+            /** Name */
+            name: string;
+            /** Run Id */
+            run_id: string;
+        };
+        /** RunnerCreate */
+        RunnerCreate: {
+            /** Labels */
+            labels?: {
+                [key: string]: string;
+            };
+            /** Name */
+            name: string;
+        };
+        /** RunnerCreated */
+        RunnerCreated: {
+            /**
+             * Created At
+             * Format: date-time
+             */
+            created_at: string;
+            /** Created By */
+            created_by: string | null;
+            /** Id */
+            id: string;
+            /** Labels */
+            labels: {
+                [key: string]: string;
+            };
+            /**
+             * Last Seen At
+             * @description When its connection last sent a heartbeat.
+             */
+            last_seen_at: string | null;
+            /** Name */
+            name: string;
+            /**
+             * Online
+             * @description Whether the runner is connected now.
+             */
+            online: boolean;
+            /**
+             * Prefix
+             * @description The visible part of the token (`aosr_<prefix>_…`).
+             */
+            prefix: string;
+            /** Revoked At */
+            revoked_at: string | null;
+            /**
+             * Token
+             * @description The runner's token: shown in this response only; give it to `agentos runner`.
+             */
+            token: string;
+        };
+        /**
+         * RunnerDelivered
+         * @description The runner answered a call routed to it (its `tool.result` follows when the worker reads it).
+         */
+        RunnerDelivered: {
+            /**
+             * Duplicate
+             * @description True when the runner sent the answer again.
+             * @default false
+             */
+            duplicate: boolean;
+            /** Runner Id */
+            runner_id: string;
+            /** Tool Call Id */
+            tool_call_id: string;
+        } & {
+            [key: string]: unknown;
+        };
+        /**
+         * RunnerDeliveredEvent
+         * @description A `runner.delivered` event.
+         */
+        RunnerDeliveredEvent: {
+            data: components["schemas"]["RunnerDelivered"];
+            /** Run Id */
+            run_id: string;
+            /**
+             * Seq
+             * @description The session's sequence number; the SSE `id`.
+             */
+            seq: number;
+            /** Session Id */
+            session_id: string;
+            /**
+             * Ts
+             * Format: date-time
+             */
+            ts: string;
+            /**
+             * @description discriminator enum property added by openapi-typescript
+             * @enum {string}
+             */
+            type: "runner.delivered";
+        } & {
+            [key: string]: unknown;
+        };
+        /**
+         * RunnerHeartbeat
+         * @description `event: heartbeat`, every `runners.heartbeat_s`: the link is alive.
+         */
+        RunnerHeartbeat: {
+            /**
+             * Ts
+             * @description The server's clock (Unix seconds).
+             */
+            ts: number;
+        };
+        /**
+         * RunnerOffline
+         * @description A call routed to a runner found it offline; the run waits (no worker held) until it returns.
+         */
+        RunnerOffline: {
+            /**
+             * Runner
+             * @description The runner's name.
+             */
+            runner: string;
+            /** Runner Id */
+            runner_id: string;
+            /**
+             * Timeout S
+             * @description How long the call waits before it fails.
+             */
+            timeout_s: number;
+            /** Tool Call Id */
+            tool_call_id: string;
+        } & {
+            [key: string]: unknown;
+        };
+        /**
+         * RunnerOfflineEvent
+         * @description A `runner.offline` event.
+         */
+        RunnerOfflineEvent: {
+            data: components["schemas"]["RunnerOffline"];
+            /** Run Id */
+            run_id: string;
+            /**
+             * Seq
+             * @description The session's sequence number; the SSE `id`.
+             */
+            seq: number;
+            /** Session Id */
+            session_id: string;
+            /**
+             * Ts
+             * Format: date-time
+             */
+            ts: string;
+            /**
+             * @description discriminator enum property added by openapi-typescript
+             * @enum {string}
+             */
+            type: "runner.offline";
+        } & {
+            [key: string]: unknown;
+        };
+        /**
+         * RunnerOnline
+         * @description The runner a call waited for is back; the run goes on.
+         */
+        RunnerOnline: {
+            /** Runner Id */
+            runner_id: string;
+            /** Tool Call Id */
+            tool_call_id: string;
+        } & {
+            [key: string]: unknown;
+        };
+        /**
+         * RunnerOnlineEvent
+         * @description A `runner.online` event.
+         */
+        RunnerOnlineEvent: {
+            data: components["schemas"]["RunnerOnline"];
+            /** Run Id */
+            run_id: string;
+            /**
+             * Seq
+             * @description The session's sequence number; the SSE `id`.
+             */
+            seq: number;
+            /** Session Id */
+            session_id: string;
+            /**
+             * Ts
+             * Format: date-time
+             */
+            ts: string;
+            /**
+             * @description discriminator enum property added by openapi-typescript
+             * @enum {string}
+             */
+            type: "runner.online";
+        } & {
+            [key: string]: unknown;
+        };
+        /**
+         * RunnerPage
+         * @description A list of Runner objects: `{data, next_cursor}`.
+         */
+        RunnerPage: {
+            /** Data */
+            data: components["schemas"]["Runner"][];
+            /**
+             * Next Cursor
+             * @description Null on the last page; pass it as `?cursor=` for the next one.
+             */
+            next_cursor: string | null;
+        };
+        /** RunnerResult */
+        RunnerResult: {
+            /**
+             * Error
+             * @default null
+             */
+            error: string | null;
+            /**
+             * Output
+             * @default null
+             */
+            output: unknown;
+        };
+        /** RunnerResultAck */
+        RunnerResultAck: {
+            /**
+             * Duplicate
+             * @description True when a result of this call had already been stored.
+             */
+            duplicate: boolean;
+            /**
+             * Id
+             * @description The call's id (its tool call's id).
+             */
+            id: string;
+            /**
+             * Status
+             * @description `done`: the platform holds the call's result (this one, or one posted before).
+             */
+            status: string;
+        };
+        /**
+         * RunnerRoute
+         * @description Which remote runner executes which of the agent's skills (docs/runners.md): the runner
+         *     named `name`, or any connected runner whose labels include all of `labels`.
+         */
+        RunnerRoute: {
+            /** Labels */
+            labels?: {
+                [key: string]: string;
+            };
+            /**
+             * Name
+             * @default null
+             */
+            name: string | null;
+            /**
+             * Skills
+             * @default all
+             */
+            skills: string[] | "all";
+        };
+        /** RunnerRouteOut */
+        RunnerRouteOut: {
+            /** Labels */
+            labels?: {
+                [key: string]: string;
+            };
+            /**
+             * Name
+             * @default null
+             */
+            name: string | null;
+            /**
+             * Skills
+             * @default all
+             */
+            skills: string[] | "all";
+        };
+        /**
+         * RunnerRunEnded
+         * @description `event: run_ended`: a run this runner had calls of has ended; the runner commits its
+         *     workspace and reports it (`POST /v1/runner/runs/{run_id}/workspace`).
+         */
+        RunnerRunEnded: {
+            /** Run Id */
+            run_id: string;
+            /** Status */
+            status: string;
+        };
+        /**
+         * RunnerStreamData
+         * @description The `data:` of one event of a runner's stream: a call (`event: call`), a heartbeat, or a
+         *     run's end (`event: run_ended`).
+         */
+        RunnerStreamData: components["schemas"]["RunnerCall"] | components["schemas"]["RunnerHeartbeat"] | components["schemas"]["RunnerRunEnded"];
         /** Secret */
         Secret: {
             /**
@@ -6303,7 +7180,7 @@ export interface operations {
             path?: never;
             cookie?: never;
         };
-        requestBody: {
+        requestBody?: {
             content: {
                 "application/json": components["schemas"]["KnowledgeCreate"];
                 "text/markdown": string;
@@ -6345,6 +7222,15 @@ export interface operations {
             };
             /** @description `FORBIDDEN`: Your role does not allow this. */
             403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `NOT_FOUND`: No such resource in this organisation. */
+            404: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -8255,6 +9141,1183 @@ export interface operations {
             };
         };
     };
+    list_providers: {
+        parameters: {
+            query?: {
+                /** @description Items per page. */
+                limit?: number;
+                /** @description `next_cursor` of the previous page (opaque). */
+                cursor?: string;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description List the org's model providers, newest first. */
+            200: {
+                headers: {
+                    "RateLimit-Limit": components["headers"]["RateLimit-Limit"];
+                    "RateLimit-Remaining": components["headers"]["RateLimit-Remaining"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ProviderPage"];
+                };
+            };
+            /** @description `UNAUTHENTICATED`: Send a valid credential: 'Authorization: Bearer <API key or JWT>'. */
+            401: {
+                headers: {
+                    "WWW-Authenticate": components["headers"]["WWW-Authenticate"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `VALIDATION_FAILED`: The request body failed validation; see details.fields. */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `RATE_LIMITED`: Too many requests; retry after the given delay. */
+            429: {
+                headers: {
+                    "RateLimit-Limit": components["headers"]["RateLimit-Limit"];
+                    "RateLimit-Remaining": components["headers"]["RateLimit-Remaining"];
+                    "Retry-After": components["headers"]["Retry-After"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `UNAVAILABLE`: A dependency is unavailable; retry later. Nothing was half-written. */
+            503: {
+                headers: {
+                    "Retry-After": components["headers"]["Retry-After"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+        };
+    };
+    create_provider: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["ProviderCreate"];
+            };
+        };
+        responses: {
+            /** @description Register a model provider */
+            201: {
+                headers: {
+                    "RateLimit-Limit": components["headers"]["RateLimit-Limit"];
+                    "RateLimit-Remaining": components["headers"]["RateLimit-Remaining"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Provider"];
+                };
+            };
+            /** @description `BAD_REQUEST`: The request is malformed. */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `UNAUTHENTICATED`: Send a valid credential: 'Authorization: Bearer <API key or JWT>'. */
+            401: {
+                headers: {
+                    "WWW-Authenticate": components["headers"]["WWW-Authenticate"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `FORBIDDEN`: Your role does not allow this. */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `CONFLICT`: The resource's state does not allow this. */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `PAYLOAD_TOO_LARGE`: The request body is too large. */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `UNSUPPORTED_MEDIA_TYPE`: Send JSON with 'Content-Type: application/json'. */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `PROVIDER_URL_REFUSED`: The model provider's base_url is not allowed: it points at an internal or special address.; `VALIDATION_FAILED`: The request body failed validation; see details.fields. */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `RATE_LIMITED`: Too many requests; retry after the given delay. */
+            429: {
+                headers: {
+                    "RateLimit-Limit": components["headers"]["RateLimit-Limit"];
+                    "RateLimit-Remaining": components["headers"]["RateLimit-Remaining"];
+                    "Retry-After": components["headers"]["Retry-After"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `UNAVAILABLE`: A dependency is unavailable; retry later. Nothing was half-written. */
+            503: {
+                headers: {
+                    "Retry-After": components["headers"]["Retry-After"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+        };
+    };
+    get_provider: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                provider_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Read one model provider (never its key). */
+            200: {
+                headers: {
+                    "RateLimit-Limit": components["headers"]["RateLimit-Limit"];
+                    "RateLimit-Remaining": components["headers"]["RateLimit-Remaining"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Provider"];
+                };
+            };
+            /** @description `UNAUTHENTICATED`: Send a valid credential: 'Authorization: Bearer <API key or JWT>'. */
+            401: {
+                headers: {
+                    "WWW-Authenticate": components["headers"]["WWW-Authenticate"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `NOT_FOUND`: No such resource in this organisation. */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `RATE_LIMITED`: Too many requests; retry after the given delay. */
+            429: {
+                headers: {
+                    "RateLimit-Limit": components["headers"]["RateLimit-Limit"];
+                    "RateLimit-Remaining": components["headers"]["RateLimit-Remaining"];
+                    "Retry-After": components["headers"]["Retry-After"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `UNAVAILABLE`: A dependency is unavailable; retry later. Nothing was half-written. */
+            503: {
+                headers: {
+                    "Retry-After": components["headers"]["Retry-After"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+        };
+    };
+    delete_provider: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                provider_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Delete a model provider (and the key stored for it) */
+            204: {
+                headers: {
+                    "RateLimit-Limit": components["headers"]["RateLimit-Limit"];
+                    "RateLimit-Remaining": components["headers"]["RateLimit-Remaining"];
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description `UNAUTHENTICATED`: Send a valid credential: 'Authorization: Bearer <API key or JWT>'. */
+            401: {
+                headers: {
+                    "WWW-Authenticate": components["headers"]["WWW-Authenticate"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `FORBIDDEN`: Your role does not allow this. */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `NOT_FOUND`: No such resource in this organisation. */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `RATE_LIMITED`: Too many requests; retry after the given delay. */
+            429: {
+                headers: {
+                    "RateLimit-Limit": components["headers"]["RateLimit-Limit"];
+                    "RateLimit-Remaining": components["headers"]["RateLimit-Remaining"];
+                    "Retry-After": components["headers"]["Retry-After"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `UNAVAILABLE`: A dependency is unavailable; retry later. Nothing was half-written. */
+            503: {
+                headers: {
+                    "Retry-After": components["headers"]["Retry-After"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+        };
+    };
+    patch_provider: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                provider_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: {
+            content: {
+                "application/json": components["schemas"]["ProviderPatch"];
+            };
+        };
+        responses: {
+            /** @description Change a model provider's base URL, key, default model or headers (its name and kind stay). */
+            200: {
+                headers: {
+                    "RateLimit-Limit": components["headers"]["RateLimit-Limit"];
+                    "RateLimit-Remaining": components["headers"]["RateLimit-Remaining"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Provider"];
+                };
+            };
+            /** @description `BAD_REQUEST`: The request is malformed. */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `UNAUTHENTICATED`: Send a valid credential: 'Authorization: Bearer <API key or JWT>'. */
+            401: {
+                headers: {
+                    "WWW-Authenticate": components["headers"]["WWW-Authenticate"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `FORBIDDEN`: Your role does not allow this. */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `NOT_FOUND`: No such resource in this organisation. */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `PAYLOAD_TOO_LARGE`: The request body is too large. */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `UNSUPPORTED_MEDIA_TYPE`: Send JSON with 'Content-Type: application/json'. */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `PROVIDER_URL_REFUSED`: The model provider's base_url is not allowed: it points at an internal or special address.; `VALIDATION_FAILED`: The request body failed validation; see details.fields. */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `RATE_LIMITED`: Too many requests; retry after the given delay. */
+            429: {
+                headers: {
+                    "RateLimit-Limit": components["headers"]["RateLimit-Limit"];
+                    "RateLimit-Remaining": components["headers"]["RateLimit-Remaining"];
+                    "Retry-After": components["headers"]["Retry-After"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `UNAVAILABLE`: A dependency is unavailable; retry later. Nothing was half-written. */
+            503: {
+                headers: {
+                    "Retry-After": components["headers"]["Retry-After"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+        };
+    };
+    list_models: {
+        parameters: {
+            query?: {
+                refresh?: boolean;
+            };
+            header?: never;
+            path: {
+                provider_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The provider's models, as it lists them (cached for AGENTOS_MODELS__PROVIDER_MODELS_TTL_S */
+            200: {
+                headers: {
+                    "RateLimit-Limit": components["headers"]["RateLimit-Limit"];
+                    "RateLimit-Remaining": components["headers"]["RateLimit-Remaining"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ProviderModels"];
+                };
+            };
+            /** @description `UNAUTHENTICATED`: Send a valid credential: 'Authorization: Bearer <API key or JWT>'. */
+            401: {
+                headers: {
+                    "WWW-Authenticate": components["headers"]["WWW-Authenticate"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `NOT_FOUND`: No such resource in this organisation. */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `VALIDATION_FAILED`: The request body failed validation; see details.fields. */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `RATE_LIMITED`: Too many requests; retry after the given delay. */
+            429: {
+                headers: {
+                    "RateLimit-Limit": components["headers"]["RateLimit-Limit"];
+                    "RateLimit-Remaining": components["headers"]["RateLimit-Remaining"];
+                    "Retry-After": components["headers"]["Retry-After"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `PROVIDER_FAILED`: The model provider did not answer as expected; see the message. */
+            502: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `UNAVAILABLE`: A dependency is unavailable; retry later. Nothing was half-written. */
+            503: {
+                headers: {
+                    "Retry-After": components["headers"]["Retry-After"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+        };
+    };
+    test_provider: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                provider_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: {
+            content: {
+                "application/json": components["schemas"]["NoBody"];
+            };
+        };
+        responses: {
+            /** @description Test the connection with a cheap real call (the model list) */
+            200: {
+                headers: {
+                    "RateLimit-Limit": components["headers"]["RateLimit-Limit"];
+                    "RateLimit-Remaining": components["headers"]["RateLimit-Remaining"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ProviderTest"];
+                };
+            };
+            /** @description `BAD_REQUEST`: The request is malformed. */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `UNAUTHENTICATED`: Send a valid credential: 'Authorization: Bearer <API key or JWT>'. */
+            401: {
+                headers: {
+                    "WWW-Authenticate": components["headers"]["WWW-Authenticate"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `FORBIDDEN`: Your role does not allow this. */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `NOT_FOUND`: No such resource in this organisation. */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `PAYLOAD_TOO_LARGE`: The request body is too large. */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `UNSUPPORTED_MEDIA_TYPE`: Send JSON with 'Content-Type: application/json'. */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `VALIDATION_FAILED`: The request body failed validation; see details.fields. */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `RATE_LIMITED`: Too many requests; retry after the given delay. */
+            429: {
+                headers: {
+                    "RateLimit-Limit": components["headers"]["RateLimit-Limit"];
+                    "RateLimit-Remaining": components["headers"]["RateLimit-Remaining"];
+                    "Retry-After": components["headers"]["Retry-After"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `UNAVAILABLE`: A dependency is unavailable; retry later. Nothing was half-written. */
+            503: {
+                headers: {
+                    "Retry-After": components["headers"]["Retry-After"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+        };
+    };
+    runner_calls: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Server-sent events: each event's `data:` line is one RunnerStreamData (JSON), its `event:` the kind. Comment lines keep it alive. */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "text/event-stream": components["schemas"]["RunnerStreamData"];
+                };
+            };
+            /** @description `BAD_REQUEST`: The request is malformed. */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `UNAUTHENTICATED`: Send a valid credential: 'Authorization: Bearer <API key or JWT>'. */
+            401: {
+                headers: {
+                    "WWW-Authenticate": components["headers"]["WWW-Authenticate"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+        };
+    };
+    post_result: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                call_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: {
+            content: {
+                "application/json": components["schemas"]["RunnerResult"];
+            };
+        };
+        responses: {
+            /** @description Post the result of a call (runner token) */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["RunnerResultAck"];
+                };
+            };
+            /** @description `BAD_REQUEST`: The request is malformed. */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `UNAUTHENTICATED`: Send a valid credential: 'Authorization: Bearer <API key or JWT>'. */
+            401: {
+                headers: {
+                    "WWW-Authenticate": components["headers"]["WWW-Authenticate"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `NOT_FOUND`: No such resource in this organisation. */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `CONFLICT`: The resource's state does not allow this. */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `PAYLOAD_TOO_LARGE`: The request body is too large. */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `UNSUPPORTED_MEDIA_TYPE`: Send JSON with 'Content-Type: application/json'. */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `VALIDATION_FAILED`: The request body failed validation; see details.fields. */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+        };
+    };
+    post_run_workspace: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                run_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: {
+            content: {
+                "application/json": components["schemas"]["RunWorkspaceReport"];
+            };
+        };
+        responses: {
+            /** @description Report what the runner did with an ended run's workspace (runner token) */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["RunnerResultAck"];
+                };
+            };
+            /** @description `BAD_REQUEST`: The request is malformed. */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `UNAUTHENTICATED`: Send a valid credential: 'Authorization: Bearer <API key or JWT>'. */
+            401: {
+                headers: {
+                    "WWW-Authenticate": components["headers"]["WWW-Authenticate"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `NOT_FOUND`: No such resource in this organisation. */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `PAYLOAD_TOO_LARGE`: The request body is too large. */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `UNSUPPORTED_MEDIA_TYPE`: Send JSON with 'Content-Type: application/json'. */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `VALIDATION_FAILED`: The request body failed validation; see details.fields. */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+        };
+    };
+    list_runners: {
+        parameters: {
+            query?: {
+                /** @description Items per page. */
+                limit?: number;
+                /** @description `next_cursor` of the previous page (opaque). */
+                cursor?: string;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description List the org's runners (never their tokens), with whether each is connected now. */
+            200: {
+                headers: {
+                    "RateLimit-Limit": components["headers"]["RateLimit-Limit"];
+                    "RateLimit-Remaining": components["headers"]["RateLimit-Remaining"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["RunnerPage"];
+                };
+            };
+            /** @description `UNAUTHENTICATED`: Send a valid credential: 'Authorization: Bearer <API key or JWT>'. */
+            401: {
+                headers: {
+                    "WWW-Authenticate": components["headers"]["WWW-Authenticate"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `FORBIDDEN`: Your role does not allow this. */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `VALIDATION_FAILED`: The request body failed validation; see details.fields. */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `RATE_LIMITED`: Too many requests; retry after the given delay. */
+            429: {
+                headers: {
+                    "RateLimit-Limit": components["headers"]["RateLimit-Limit"];
+                    "RateLimit-Remaining": components["headers"]["RateLimit-Remaining"];
+                    "Retry-After": components["headers"]["Retry-After"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `UNAVAILABLE`: A dependency is unavailable; retry later. Nothing was half-written. */
+            503: {
+                headers: {
+                    "Retry-After": components["headers"]["Retry-After"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+        };
+    };
+    create_runner: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["RunnerCreate"];
+            };
+        };
+        responses: {
+            /** @description Create a runner */
+            201: {
+                headers: {
+                    "RateLimit-Limit": components["headers"]["RateLimit-Limit"];
+                    "RateLimit-Remaining": components["headers"]["RateLimit-Remaining"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["RunnerCreated"];
+                };
+            };
+            /** @description `BAD_REQUEST`: The request is malformed. */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `UNAUTHENTICATED`: Send a valid credential: 'Authorization: Bearer <API key or JWT>'. */
+            401: {
+                headers: {
+                    "WWW-Authenticate": components["headers"]["WWW-Authenticate"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `FORBIDDEN`: Your role does not allow this. */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `CONFLICT`: The resource's state does not allow this. */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `PAYLOAD_TOO_LARGE`: The request body is too large. */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `UNSUPPORTED_MEDIA_TYPE`: Send JSON with 'Content-Type: application/json'. */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `VALIDATION_FAILED`: The request body failed validation; see details.fields. */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `RATE_LIMITED`: Too many requests; retry after the given delay. */
+            429: {
+                headers: {
+                    "RateLimit-Limit": components["headers"]["RateLimit-Limit"];
+                    "RateLimit-Remaining": components["headers"]["RateLimit-Remaining"];
+                    "Retry-After": components["headers"]["Retry-After"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `UNAVAILABLE`: A dependency is unavailable; retry later. Nothing was half-written. */
+            503: {
+                headers: {
+                    "Retry-After": components["headers"]["Retry-After"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+        };
+    };
+    get_runner: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                runner_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Get one runner. */
+            200: {
+                headers: {
+                    "RateLimit-Limit": components["headers"]["RateLimit-Limit"];
+                    "RateLimit-Remaining": components["headers"]["RateLimit-Remaining"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Runner"];
+                };
+            };
+            /** @description `UNAUTHENTICATED`: Send a valid credential: 'Authorization: Bearer <API key or JWT>'. */
+            401: {
+                headers: {
+                    "WWW-Authenticate": components["headers"]["WWW-Authenticate"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `FORBIDDEN`: Your role does not allow this. */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `NOT_FOUND`: No such resource in this organisation. */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `RATE_LIMITED`: Too many requests; retry after the given delay. */
+            429: {
+                headers: {
+                    "RateLimit-Limit": components["headers"]["RateLimit-Limit"];
+                    "RateLimit-Remaining": components["headers"]["RateLimit-Remaining"];
+                    "Retry-After": components["headers"]["Retry-After"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `UNAVAILABLE`: A dependency is unavailable; retry later. Nothing was half-written. */
+            503: {
+                headers: {
+                    "Retry-After": components["headers"]["Retry-After"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+        };
+    };
+    revoke_runner: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                runner_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Revoke a runner */
+            200: {
+                headers: {
+                    "RateLimit-Limit": components["headers"]["RateLimit-Limit"];
+                    "RateLimit-Remaining": components["headers"]["RateLimit-Remaining"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Runner"];
+                };
+            };
+            /** @description `UNAUTHENTICATED`: Send a valid credential: 'Authorization: Bearer <API key or JWT>'. */
+            401: {
+                headers: {
+                    "WWW-Authenticate": components["headers"]["WWW-Authenticate"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `FORBIDDEN`: Your role does not allow this. */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `NOT_FOUND`: No such resource in this organisation. */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `RATE_LIMITED`: Too many requests; retry after the given delay. */
+            429: {
+                headers: {
+                    "RateLimit-Limit": components["headers"]["RateLimit-Limit"];
+                    "RateLimit-Remaining": components["headers"]["RateLimit-Remaining"];
+                    "Retry-After": components["headers"]["Retry-After"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `UNAVAILABLE`: A dependency is unavailable; retry later. Nothing was half-written. */
+            503: {
+                headers: {
+                    "Retry-After": components["headers"]["Retry-After"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+        };
+    };
     get_run: {
         parameters: {
             query?: never;
@@ -8609,6 +10672,71 @@ export interface operations {
             };
             /** @description `VALIDATION_FAILED`: The request body failed validation; see details.fields. */
             422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `RATE_LIMITED`: Too many requests; retry after the given delay. */
+            429: {
+                headers: {
+                    "RateLimit-Limit": components["headers"]["RateLimit-Limit"];
+                    "RateLimit-Remaining": components["headers"]["RateLimit-Remaining"];
+                    "Retry-After": components["headers"]["Retry-After"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `UNAVAILABLE`: A dependency is unavailable; retry later. Nothing was half-written. */
+            503: {
+                headers: {
+                    "Retry-After": components["headers"]["Retry-After"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+        };
+    };
+    run_workspaces: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                run_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The workspaces remote runners committed for a run once it ended (branch, commit, diff summary). */
+            200: {
+                headers: {
+                    "RateLimit-Limit": components["headers"]["RateLimit-Limit"];
+                    "RateLimit-Remaining": components["headers"]["RateLimit-Remaining"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["RunWorkspaces"];
+                };
+            };
+            /** @description `UNAUTHENTICATED`: Send a valid credential: 'Authorization: Bearer <API key or JWT>'. */
+            401: {
+                headers: {
+                    "WWW-Authenticate": components["headers"]["WWW-Authenticate"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `NOT_FOUND`: No such resource in this organisation. */
+            404: {
                 headers: {
                     [name: string]: unknown;
                 };
