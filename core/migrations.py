@@ -738,6 +738,20 @@ def _files(conn: psycopg.Connection) -> None:
         _tenant_policy(conn, table)
 
 
+_MEMORY_INDEX_MAINTENANCE_SQL = """
+-- The per-org vector index job (memory/index_maintenance.py) counts each org's items across
+-- orgs, as the schema's owner (it builds the indexes too). A read-only view switched on for one
+-- transaction, and only for the owner: a policy for the application role would be OR-ed into
+-- every search's row filter, and the planner could no longer use the org as an index condition.
+CREATE POLICY index_maintenance ON memories FOR SELECT TO CURRENT_USER
+    USING (current_setting('app.index_maintenance', true) = 'on');
+"""
+
+
+def _memory_index_maintenance(conn: psycopg.Connection) -> None:
+    conn.execute(_MEMORY_INDEX_MAINTENANCE_SQL)
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration("initial schema with row-level security", _initial),
     Migration("per-session event sequence and run queue order", _run_queue),
@@ -756,6 +770,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration("usage metering, budgets counters, audit log origin", _usage_and_audit),
     Migration("signed webhooks, their deliveries and attempts", _webhooks),
     Migration("uploaded files and their attachment to sessions", _files),
+    Migration("per-org vector indexes: the maintenance job's count across orgs", _memory_index_maintenance),
 )
 
 

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 
 from core.infra import Infra
 from core.settings import Settings
+from memory import index_maintenance
 
 log = logging.getLogger("agentos.maintenance")
 
@@ -38,7 +39,9 @@ class MaintenanceJob:
 
 
 # The registered jobs, in the order they run within one pass. Append new ones here.
-JOBS: tuple[MaintenanceJob, ...] = ()
+JOBS: tuple[MaintenanceJob, ...] = (
+    MaintenanceJob("memory-indexes", lambda s: s.memory.index_interval_s, index_maintenance.run_job),
+)
 
 
 @dataclass
