@@ -752,6 +752,18 @@ def _memory_index_maintenance(conn: psycopg.Connection) -> None:
     conn.execute(_MEMORY_INDEX_MAINTENANCE_SQL)
 
 
+_MEMORY_METADATA_SQL = """
+-- Metadata filters on memory and knowledge search (`metadata @> '{"key": value}'`: equality, or
+-- containment for arrays and objects, on top-level keys). jsonb_path_ops: smaller than the
+-- default operator class, and containment is the only operator the filters use.
+CREATE INDEX memories_metadata_idx ON memories USING gin (metadata jsonb_path_ops);
+"""
+
+
+def _memory_metadata(conn: psycopg.Connection) -> None:
+    conn.execute(_MEMORY_METADATA_SQL)
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration("initial schema with row-level security", _initial),
     Migration("per-session event sequence and run queue order", _run_queue),
@@ -771,6 +783,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration("signed webhooks, their deliveries and attempts", _webhooks),
     Migration("uploaded files and their attachment to sessions", _files),
     Migration("per-org vector indexes: the maintenance job's count across orgs", _memory_index_maintenance),
+    Migration("memory metadata filters: a GIN index on metadata", _memory_metadata),
 )
 
 

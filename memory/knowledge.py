@@ -64,7 +64,7 @@ DELETE_SQL = "DELETE FROM knowledge_documents WHERE id = %s RETURNING id, chunks
 CLAIM_SQL = """
 UPDATE knowledge_documents SET attempts = attempts + 1, updated_at = now()
 WHERE id = %s AND status = 'pending'
-RETURNING id, title, content_type, content, attempts
+RETURNING id, title, content_type, content, attempts, metadata
 """
 LOCK_SQL = "SELECT status FROM knowledge_documents WHERE id = %s FOR UPDATE"
 DELETE_CHUNKS_SQL = "DELETE FROM memories WHERE document_id = %s"
@@ -132,6 +132,28 @@ async def stale_pending(conn: AsyncConnection[DictRow], after: timedelta, limit:
     """Pending documents of any org untouched for `after`, oldest first: `{id, org_id, attempts}`.
     Needs a `core.tenancy.watchdog_scan_tx` connection."""
     return list(await (await conn.execute(STALE_PENDING_SQL, {"after": after, "limit": limit})).fetchall())
+
+
+# --- search ---------------------------------------------------------------------------------------
+
+
+async def search_chunks(
+    conn: AsyncConnection[DictRow], query_embedding: list[float], model: str, limit: int, *,
+    document_ids: list[str] | None = None, metadata: dict[str, Any] | None = None,
+) -> list[dict[str, Any]]:
+    """The org's knowledge chunks nearest to the query (best first), as recall sees them (scope
+    `org`, kind `document`), each with its document id, title, heading path and chunk number."""
+    filters = long_term.MemoryFilters(scope="org", kinds=["document"], document_ids=document_ids, metadata=metadata)
+    rows = await long_term.search(conn, query_embedding, model, filters, limit)
+    return [chunk_row(row) for row in rows]
+
+
+def chunk_row(row: dict[str, Any]) -> dict[str, Any]:
+    meta = row.get("metadata") or {}
+    chunk = meta.get("chunk")
+    return {"id": row["id"], "document_id": row["document_id"], "title": str(meta.get("title") or ""),
+            "heading": meta.get("heading") or None, "chunk": chunk if isinstance(chunk, int) else None,
+            "content": row["content"], "score": float(row["score"]), "metadata": meta}
 
 
 # --- ingestion ------------------------------------------------------------------------------------
@@ -231,8 +253,10 @@ async def _store(
         for chunk, vector in zip(chunks, vectors, strict=True):
             item = long_term.MemoryItem(
                 content=chunk.text, scope="org", kind="document", document_id=document_id, source="knowledge",
-                metadata={"document_id": document_id, "title": doc["title"], "chunk": chunk.index,
-                          "heading": chunk.heading},
+                # The document's metadata is inherited (so a metadata filter finds its chunks);
+                # the chunk's own keys win over document keys of the same name.
+                metadata=dict(doc.get("metadata") or {}) | {"document_id": document_id, "title": doc["title"],
+                                                             "chunk": chunk.index, "heading": chunk.heading},
             )
             stored, _ = await long_term.remember(conn, item, vector, model)
             ids.add(str(stored["id"]))  # a chunk repeated in the same document is one row

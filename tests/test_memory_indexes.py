@@ -50,7 +50,9 @@ def add_items(url: str, org_id: str, n: int, start: int = 0) -> None:
 def delete_items(url: str, org_id: str, keep: int) -> None:
     with psycopg.connect(url, autocommit=True) as conn, conn.transaction():
         conn.execute("SELECT set_config('app.org_id', %s, true)", (org_id,))
-        conn.execute("DELETE FROM memories WHERE id IN (SELECT id FROM memories ORDER BY id OFFSET %s)", (keep,))
+        # The org named explicitly too: the suite's owner may be a superuser, beyond row-level security.
+        conn.execute("DELETE FROM memories WHERE org_id = %s AND id IN "
+                     "(SELECT id FROM memories WHERE org_id = %s ORDER BY id OFFSET %s)", (org_id, org_id, keep))
 
 
 def states(settings: Settings) -> dict[str, str]:

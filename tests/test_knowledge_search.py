@@ -1,0 +1,141 @@
+"""POST /v1/knowledge/search and metadata filters, against the real stack: chunks with scores,
+document id, title and heading path; documents' metadata inherited by their chunks; filters by
+document and by metadata (equality and containment, through the GIN index); another org's
+chunks never found; bad input refused with stable codes."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import psycopg
+import pytest
+
+from core.db import open_pool
+from core.settings import Settings
+from memory import knowledge
+from tests.helpers import Org, error_of
+
+GUIDE = """# Acme handbook
+
+Welcome to the Acme handbook. It explains how the team works.
+
+## Holidays
+
+Every employee gets twenty-five days of paid holiday per year. Unused holiday days carry over
+to the next year, up to five days.
+
+## Expenses
+
+Submit travel expenses with receipts within thirty days. Meals are reimbursed up to forty euros.
+"""
+LAPTOPS = """# IT guide
+
+## Laptops
+
+Laptops use full-disk encryption. Report a lost laptop to the security desk within one hour.
+"""
+
+
+def add_document(settings: Settings, org: Org, content: str, title: str, metadata: dict[str, Any]) -> str:
+    """A document stored through the API and ingested here, at once (not by a worker)."""
+    r = org.client.post("/v1/knowledge", json={"content": content, "title": title, "content_type": "text/markdown",
+                                               "metadata": metadata}, headers=org.headers)
+    assert r.status_code == 202, r.text
+    document_id = str(r.json()["id"])
+
+    async def go() -> knowledge.IngestOutcome:
+        pool = await open_pool(settings.database.model_copy(update={"pool_min": 1, "pool_max": 1}))
+        try:
+            return await knowledge.ingest(pool, settings, org.id, document_id)
+        finally:
+            await pool.close()
+
+    outcome = asyncio.run(go())
+    assert outcome.status in ("ready", "gone"), outcome  # gone: a worker of the suite was quicker
+    assert org.client.get(f"/v1/knowledge/{document_id}", headers=org.headers).json()["status"] == "ready"
+    return document_id
+
+
+def search(org: Org, status: int = 200, **body: Any) -> dict[str, Any]:
+    r = org.client.post("/v1/knowledge/search", json=body, headers=org.headers)
+    assert r.status_code == status, r.text
+    return dict(r.json())
+
+
+@pytest.fixture
+def library(settings: Settings, org: Org, other_org: Org) -> dict[str, str]:
+    return {
+        "guide": add_document(settings, org, GUIDE, "Handbook", {"team": "hr", "tags": ["policy", "2026"]}),
+        "laptops": add_document(settings, org, LAPTOPS, "IT", {"team": "it"}),
+        "other": add_document(settings, other_org, GUIDE, "Their handbook", {"team": "hr"}),
+    }
+
+
+def test_search_finds_chunks_with_their_document_and_heading(org: Org, library: dict[str, str]) -> None:
+    found = search(org, query="how many days of paid holiday per year", limit=3)
+    assert found["embedding_model"] == "offline:hash" and 1 <= len(found["data"]) <= 3
+    best = found["data"][0]
+    assert best["document_id"] == library["guide"] and best["title"] == "Handbook"
+    assert best["heading"] == "Acme handbook > Holidays" and "twenty-five days" in best["content"]
+    assert isinstance(best["chunk"], int) and best["id"].startswith("mem")
+    assert best["metadata"]["team"] == "hr" and best["metadata"]["tags"] == ["policy", "2026"]  # inherited
+    scores = [c["score"] for c in found["data"]]
+    assert scores == sorted(scores, reverse=True)
+    # only this org's documents, never the other org's copy of the same text
+    every = search(org, query="handbook holiday expenses laptops", limit=50)["data"]
+    assert {c["document_id"] for c in every} == {library["guide"], library["laptops"]}
+
+
+def test_another_org_sees_only_its_own_chunks(other_org: Org, library: dict[str, str]) -> None:
+    every = search(other_org, query="lost laptop encryption holiday", limit=50)["data"]
+    assert every and {c["document_id"] for c in every} == {library["other"]}
+    assert search(other_org, query="laptop", document_ids=[library["laptops"]])["data"] == []
+
+
+def test_filters_by_document_and_metadata(org: Org, library: dict[str, str]) -> None:
+    only = search(org, query="holiday", document_ids=[library["laptops"]], limit=10)["data"]
+    assert only and {c["document_id"] for c in only} == {library["laptops"]}
+    it = search(org, query="holiday", filter={"team": "it"}, limit=10)["data"]
+    assert it and {c["document_id"] for c in it} == {library["laptops"]}
+    tagged = search(org, query="laptop", filter={"tags": ["policy"]}, limit=10)["data"]  # containment
+    assert tagged and {c["document_id"] for c in tagged} == {library["guide"]}
+    both = search(org, query="holiday", filter={"team": "hr", "heading": "Acme handbook > Holidays"})["data"]
+    assert [c["heading"] for c in both] == ["Acme handbook > Holidays"]
+    none = search(org, query="holiday", filter={"team": "finance"})
+    assert none["data"] == [] and "No chunk matched" in none["note"]
+
+
+def test_memory_search_and_list_take_a_metadata_filter(org: Org, library: dict[str, str]) -> None:
+    r = org.client.post("/v1/memories", json={"content": "Standup is at 9:30", "metadata": {"team": "hr"}},
+                        headers=org.headers)
+    assert r.status_code == 201, r.text
+    params = {"query": "standup holiday", "metadata": json.dumps({"team": "hr"}), "limit": "50"}
+    found = org.client.get("/v1/memories", params=params, headers=org.headers).json()["data"]
+    assert {m["document_id"] for m in found} == {library["guide"], None}
+    listed = org.client.get("/v1/memories", params={"metadata": '{"team": "hr"}', "kind": "fact"},
+                            headers=org.headers).json()["data"]
+    assert [m["content"] for m in listed] == ["Standup is at 9:30"]
+    for bad in ("[1]", "{nope", '"hr"'):
+        r = org.client.get("/v1/memories", params={"metadata": bad}, headers=org.headers)
+        assert error_of(r, 422, "VALIDATION_FAILED")["details"]["fields"][0]["field"] == "metadata"
+
+
+def test_bad_searches_are_refused(org: Org, settings: Settings) -> None:
+    for body in ({"query": "   "}, {"query": "x", "limit": 0}, {"query": "x", "limit": 51}, {"query": "x", "nope": 1},
+                 {"query": "x", "document_ids": []}, {"query": "x", "document_ids": ["mem_1"]}, {},
+                 {"query": "x", "filter": [1]}):
+        r = org.client.post("/v1/knowledge/search", json=body, headers=org.headers)
+        error_of(r, 422, "VALIDATION_FAILED")
+    long = "x" * (settings.memory.max_content_chars + 1)
+    error_of(org.client.post("/v1/knowledge/search", json={"query": long}, headers=org.headers), 413,
+             "PAYLOAD_TOO_LARGE")
+
+
+def test_metadata_filters_can_use_the_gin_index(settings: Settings) -> None:
+    with psycopg.connect(settings.database.url) as conn:
+        conn.execute("SET LOCAL enable_seqscan = off")
+        plan = "\n".join(r[0] for r in conn.execute(
+            """EXPLAIN SELECT id FROM memories WHERE metadata @> '{"team": "hr"}'""").fetchall())
+    assert "memories_metadata_idx" in plan, plan
