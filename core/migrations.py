@@ -764,6 +764,18 @@ def _memory_metadata(conn: psycopg.Connection) -> None:
     conn.execute(_MEMORY_METADATA_SQL)
 
 
+_KNOWLEDGE_FULL_TEXT_SQL = """
+-- Hybrid retrieval (memory/hybrid.py): full-text search over knowledge chunks, English stemming.
+-- Only chunks: other memories are short and searched by vector alone.
+CREATE INDEX memories_document_fts_idx ON memories USING gin (to_tsvector('english', content))
+    WHERE kind = 'document';
+"""
+
+
+def _knowledge_full_text(conn: psycopg.Connection) -> None:
+    conn.execute(_KNOWLEDGE_FULL_TEXT_SQL)
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration("initial schema with row-level security", _initial),
     Migration("per-session event sequence and run queue order", _run_queue),
@@ -784,6 +796,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration("uploaded files and their attachment to sessions", _files),
     Migration("per-org vector indexes: the maintenance job's count across orgs", _memory_index_maintenance),
     Migration("memory metadata filters: a GIN index on metadata", _memory_metadata),
+    Migration("hybrid retrieval: full-text index over knowledge chunks", _knowledge_full_text),
 )
 
 

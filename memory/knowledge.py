@@ -29,7 +29,7 @@ from psycopg.types.json import Jsonb
 from core.ids import new_id
 from core.settings import Settings
 from core.tenancy import AsyncPool, tenant_tx
-from memory import long_term
+from memory import hybrid, long_term
 from memory.chunking import CONTENT_TYPES, Chunk, chunk_document
 from memory.embeddings import Embedder, org_embedding_spec, resolve_embedder
 
@@ -139,12 +139,16 @@ async def stale_pending(conn: AsyncConnection[DictRow], after: timedelta, limit:
 
 async def search_chunks(
     conn: AsyncConnection[DictRow], query_embedding: list[float], model: str, limit: int, *,
-    document_ids: list[str] | None = None, metadata: dict[str, Any] | None = None,
+    document_ids: list[str] | None = None, metadata: dict[str, Any] | None = None, hybrid_text: str | None = None,
 ) -> list[dict[str, Any]]:
     """The org's knowledge chunks nearest to the query (best first), as recall sees them (scope
-    `org`, kind `document`), each with its document id, title, heading path and chunk number."""
+    `org`, kind `document`), each with its document id, title, heading path and chunk number.
+    With `hybrid_text` (the query's text), chunks are also found by full text and fused by rank."""
     filters = long_term.MemoryFilters(scope="org", kinds=["document"], document_ids=document_ids, metadata=metadata)
-    rows = await long_term.search(conn, query_embedding, model, filters, limit)
+    if hybrid_text is not None:
+        rows = await hybrid.search(conn, hybrid_text, query_embedding, model, filters, limit)
+    else:
+        rows = await long_term.search(conn, query_embedding, model, filters, limit)
     return [chunk_row(row) for row in rows]
 
 

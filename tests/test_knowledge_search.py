@@ -1,20 +1,24 @@
 """POST /v1/knowledge/search and metadata filters, against the real stack: chunks with scores,
 document id, title and heading path; documents' metadata inherited by their chunks; filters by
 document and by metadata (equality and containment, through the GIN index); another org's
-chunks never found; bad input refused with stable codes."""
+chunks never found; bad input refused with stable codes; hybrid retrieval (vector + full text,
+reciprocal rank fusion) on the labelled set of bench/data, and in recall."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
 
 from core.db import open_pool
+from core.infra import open_redis
 from core.settings import Settings
-from memory import knowledge
+from memory import hybrid, knowledge
+from memory.service import MemoryService, Who
 from tests.helpers import Org, error_of
 
 GUIDE = """# Acme handbook
@@ -139,3 +143,51 @@ def test_metadata_filters_can_use_the_gin_index(settings: Settings) -> None:
         plan = "\n".join(r[0] for r in conn.execute(
             """EXPLAIN SELECT id FROM memories WHERE metadata @> '{"team": "hr"}'""").fetchall())
     assert "memories_metadata_idx" in plan, plan
+
+
+# --- hybrid retrieval ---------------------------------------------------------------------------
+
+LABELLED = json.loads((Path(__file__).resolve().parent.parent / "bench" / "data" / "knowledge_labelled.json")
+                      .read_text())
+
+
+def test_fusion_ranks_by_reciprocal_rank() -> None:
+    a, b, c, d = ({"id": x, "score": s} for x, s in (("a", 0.9), ("b", 0.8), ("c", 0.1), ("d", 0.5)))
+    # b is second in both lists: it beats a (first in one list only) and c (first in the other)
+    assert [r["id"] for r in hybrid.fuse([[a, b, d], [c, b]], 3)] == ["b", "a", "c"]
+    assert hybrid.fuse([[], []], 5) == []
+
+
+def test_hybrid_search_finds_every_labelled_chunk(settings: Settings, org: Org) -> None:
+    for doc in LABELLED["documents"]:
+        add_document(settings, org, doc["content"], doc["title"], {})
+    found = {"vector": 0, "hybrid": 0}
+    for q in LABELLED["questions"]:
+        for mode in found:
+            result = search(org, query=q["question"], limit=5, mode=mode)
+            assert result["mode"] == mode
+            headings = [c["heading"] for c in result["data"]]
+            found[mode] += any(e in headings for e in q["expected"])
+    assert found["hybrid"] == len(LABELLED["questions"]) >= found["vector"]
+
+
+def test_recall_of_a_hybrid_agent_finds_chunks_by_their_words(settings: Settings, org: Org) -> None:
+    add_document(settings, org, LAPTOPS, "IT", {})
+    add_document(settings, org, GUIDE, "Handbook", {})
+
+    async def go() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        pool = await open_pool(settings.database.model_copy(update={"pool_min": 1, "pool_max": 2}))
+        redis = open_redis(settings.redis)
+        try:
+            service = MemoryService(settings, pool, redis)
+            who = Who(org.id, "agent_x", None, "session_x")
+            query = "are disks encrypted?"  # "encrypted" and "encryption" share the stem "encrypt"
+            return (await service.recall(who, query, limit=3, knowledge=True, hybrid=True),
+                    await service.recall(who, query, limit=3, knowledge=True, hybrid=False))
+        finally:
+            await redis.aclose()
+            await pool.close()
+
+    with_text, _vector_only = asyncio.run(go())
+    assert with_text and "full-disk encryption" in with_text[0]["content"]
+    assert all(isinstance(r["score"], float) for r in with_text)  # still cosine similarity

@@ -172,7 +172,8 @@ def test_every_operation_answers_as_documented(client, conformance):
     assert c.get("/v1/knowledge?status=pending", headers=h).status_code == 200
     assert c.get(f"/v1/knowledge/{raw.json()['id']}", headers=h).json()["content_preview"] == "plain words"
     assert c.delete(f"/v1/knowledge/{raw.json()['id']}", headers=h).status_code == 204
-    found = c.post("/v1/knowledge/search", json={"query": "hello", "limit": 3, "filter": {"team": "hr"}}, headers=h)
+    search = {"query": "hello", "limit": 3, "filter": {"team": "hr"}, "mode": "hybrid"}
+    found = c.post("/v1/knowledge/search", json=search, headers=h)
     assert found.status_code == 200 and found.json()["data"] == []
     assert c.get('/v1/memories?query=tea&metadata={"k":"v"}', headers=h).status_code == 200
 

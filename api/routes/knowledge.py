@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import codecs
 import logging
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.requests import Request
@@ -184,11 +184,14 @@ class KnowledgeSearch(BaseModel):
     # Only chunks whose metadata (the document's, plus `document_id`, `title`, `chunk`, `heading`)
     # contains this object: for each top-level key an equal value, or an array/object holding it.
     filter: dict[str, Any] | None = None
+    # `hybrid`: vector and full-text search fused by rank (memory/hybrid.py); `vector`: vector only.
+    mode: Literal["vector", "hybrid"] = "vector"
 
 
 @endpoint("Search the knowledge base by meaning: the chunks nearest to `query`, best first, with their "
           "document and heading path (the same chunks a run's recall sees); `document_ids` and a metadata "
-          "`filter` narrow it.", body=KnowledgeSearch, response=KnowledgeSearchResult,
+          "`filter` narrow it; `mode: hybrid` adds full-text search, fused by rank.", body=KnowledgeSearch,
+          response=KnowledgeSearchResult,
           errors=("PAYLOAD_TOO_LARGE",))
 async def search_knowledge(call: Call[KnowledgeSearch]) -> Response:
     body, settings = call.body, call.settings
@@ -203,8 +206,9 @@ async def search_knowledge(call: Call[KnowledgeSearch]) -> Response:
     model, vector = await embed_query(call, body.query)
     async with tenant_tx(call.pool, call.principal.org_id) as conn:
         rows = await knowledge.search_chunks(conn, vector, model, body.limit or settings.memory.search_limit,
-                                             document_ids=body.document_ids, metadata=body.filter)
-    result: dict[str, Any] = {"data": rows, "embedding_model": model}
+                                             document_ids=body.document_ids, metadata=body.filter,
+                                             hybrid_text=body.query if body.mode == "hybrid" else None)
+    result: dict[str, Any] = {"data": rows, "embedding_model": model, "mode": body.mode}
     if not rows:
         result["note"] = (f"No chunk matched. Chunks are compared only with queries of the same embedding model "
                           f"({model!r}); documents still pending have none yet.")

@@ -40,7 +40,8 @@ class KnowledgeChunk(Out):
     heading: str | None = Field(description="The chunk's heading path in the document (`Guide > Install`).")
     chunk: int | None = Field(description="The chunk's position in the document (0 first).")
     content: str
-    score: float = Field(description="Cosine similarity to the query (1 is identical).")
+    score: float = Field(description="Cosine similarity to the query (1 is identical); in `hybrid` mode the "
+                               "order is the fused rank, not this score.")
     metadata: dict[str, Any] = Field(description="The document's metadata and the chunk's own keys.")
 
 
@@ -49,4 +50,5 @@ class KnowledgeSearchResult(Out):
 
     data: list[KnowledgeChunk]
     embedding_model: str = Field(description="The model the query was embedded with.")
+    mode: Literal["vector", "hybrid"] = Field(description="How the chunks were found (the request's `mode`).")
     note: str | None = Field(default=None, description="Why a search may have found nothing.")

@@ -402,8 +402,8 @@ export interface paths {
         get?: never;
         put?: never;
         /**
-         * Search the knowledge base by meaning: the chunks nearest to `query`, best first, with their document and heading path (the same chunks a run's recall sees); `document_ids` and a metadata `filter` narrow it.
-         * @description Search the knowledge base by meaning: the chunks nearest to `query`, best first, with their document and heading path (the same chunks a run's recall sees); `document_ids` and a metadata `filter` narrow it.
+         * Search the knowledge base by meaning: the chunks nearest to `query`, best first, with their document and heading path (the same chunks a run's recall sees); `document_ids` and a metadata `filter` narrow it; `mode: hybrid` adds full-text search, fused by rank.
+         * @description Search the knowledge base by meaning: the chunks nearest to `query`, best first, with their document and heading path (the same chunks a run's recall sees); `document_ids` and a metadata `filter` narrow it; `mode: hybrid` adds full-text search, fused by rank.
          */
         post: operations["search_knowledge"];
         delete?: never;
@@ -1438,6 +1438,11 @@ export interface components {
         /** AgentMemory */
         AgentMemory: {
             /**
+             * Hybrid
+             * @default false
+             */
+            hybrid: boolean;
+            /**
              * Knowledge
              * @default false
              */
@@ -1455,6 +1460,11 @@ export interface components {
         };
         /** AgentMemoryOut */
         AgentMemoryOut: {
+            /**
+             * Hybrid
+             * @default false
+             */
+            hybrid: boolean;
             /** Knowledge */
             knowledge: boolean;
             /** Long Term */
@@ -2256,7 +2266,7 @@ export interface components {
             };
             /**
              * Score
-             * @description Cosine similarity to the query (1 is identical).
+             * @description Cosine similarity to the query (1 is identical); in `hybrid` mode the order is the fused rank, not this score.
              */
             score: number;
             /**
@@ -2363,6 +2373,12 @@ export interface components {
              * @default null
              */
             limit: number | null;
+            /**
+             * Mode
+             * @default vector
+             * @enum {string}
+             */
+            mode: "vector" | "hybrid";
             /** Query */
             query: string;
         };
@@ -2378,6 +2394,12 @@ export interface components {
              * @description The model the query was embedded with.
              */
             embedding_model: string;
+            /**
+             * Mode
+             * @description How the chunks were found (the request's `mode`).
+             * @enum {string}
+             */
+            mode: "vector" | "hybrid";
             /**
              * Note
              * @description Why a search may have found nothing.
