@@ -776,6 +776,17 @@ def _knowledge_full_text(conn: psycopg.Connection) -> None:
     conn.execute(_KNOWLEDGE_FULL_TEXT_SQL)
 
 
+_KNOWLEDGE_CHUNKING_SQL = """
+-- The chunking settings a document's chunks were made with ({"chars", "overlap"}); NULL: chunked
+-- before they were recorded. `agentos memory reembed` chunks a document again when they differ.
+ALTER TABLE knowledge_documents ADD COLUMN chunking jsonb;
+"""
+
+
+def _knowledge_chunking(conn: psycopg.Connection) -> None:
+    conn.execute(_KNOWLEDGE_CHUNKING_SQL)
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration("initial schema with row-level security", _initial),
     Migration("per-session event sequence and run queue order", _run_queue),
@@ -797,6 +808,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration("per-org vector indexes: the maintenance job's count across orgs", _memory_index_maintenance),
     Migration("memory metadata filters: a GIN index on metadata", _memory_metadata),
     Migration("hybrid retrieval: full-text index over knowledge chunks", _knowledge_full_text),
+    Migration("knowledge documents record their chunking settings", _knowledge_chunking),
 )
 
 

@@ -70,7 +70,7 @@ LOCK_SQL = "SELECT status FROM knowledge_documents WHERE id = %s FOR UPDATE"
 DELETE_CHUNKS_SQL = "DELETE FROM memories WHERE document_id = %s"
 READY_SQL = """
 UPDATE knowledge_documents
-SET status = 'ready', chunks = %s, embedding_model = %s, error = NULL, updated_at = now()
+SET status = 'ready', chunks = %s, embedding_model = %s, chunking = %s, error = NULL, updated_at = now()
 WHERE id = %s
 """
 FAILED_SQL = """
@@ -220,7 +220,7 @@ async def ingest(pool: AsyncPool, settings: Settings, org_id: str, document_id: 
             await conn.execute(RETRYING_SQL, (Jsonb({"code": "EMBEDDING_FAILED", "message": str(exc)}), document_id))
         return IngestOutcome("retry", attempts=attempts, retry_after_s=delay)
     try:
-        stored = await _store(pool, org_id, doc, chunks, vectors, embedder.model)
+        stored = await _store(pool, org_id, doc, chunks, vectors, embedder.model, chunking_of(settings))
     except errors.ForeignKeyViolation:  # the document was deleted while its chunks were written
         return IngestOutcome("gone", attempts=attempts)
     if stored is None:
@@ -242,8 +242,15 @@ async def _embed(embedder: Embedder, chunks: list[Chunk]) -> list[list[float]]:
     return vectors
 
 
+def chunking_of(settings: Settings) -> dict[str, int]:
+    """The chunking settings a document's chunks were made with (kept on the document, so that
+    `agentos memory reembed` knows to chunk it again when they change)."""
+    return {"chars": settings.memory.chunk_chars, "overlap": settings.memory.chunk_overlap_chars}
+
+
 async def _store(
-    pool: AsyncPool, org_id: str, doc: dict[str, Any], chunks: list[Chunk], vectors: list[list[float]], model: str
+    pool: AsyncPool, org_id: str, doc: dict[str, Any], chunks: list[Chunk], vectors: list[list[float]], model: str,
+    chunking: dict[str, int],
 ) -> int | None:
     """Replace the document's chunks and mark it ready, in one transaction; None if it is gone
     (or another delivery finished it first)."""
@@ -252,19 +259,30 @@ async def _store(
         row = await (await conn.execute(LOCK_SQL, (document_id,))).fetchone()
         if row is None or row["status"] != "pending":
             return None
-        await conn.execute(DELETE_CHUNKS_SQL, (document_id,))
-        ids: set[str] = set()
-        for chunk, vector in zip(chunks, vectors, strict=True):
-            item = long_term.MemoryItem(
-                content=chunk.text, scope="org", kind="document", document_id=document_id, source="knowledge",
-                # The document's metadata is inherited (so a metadata filter finds its chunks);
-                # the chunk's own keys win over document keys of the same name.
-                metadata=dict(doc.get("metadata") or {}) | {"document_id": document_id, "title": doc["title"],
-                                                             "chunk": chunk.index, "heading": chunk.heading},
-            )
-            stored, _ = await long_term.remember(conn, item, vector, model)
-            ids.add(str(stored["id"]))  # a chunk repeated in the same document is one row
-        await conn.execute(READY_SQL, (len(ids), model, document_id))
+        return await replace_chunks(conn, doc, chunks, vectors, model, chunking)
+
+
+async def replace_chunks(
+    conn: AsyncConnection[DictRow], doc: dict[str, Any], chunks: list[Chunk], vectors: list[list[float]],
+    model: str, chunking: dict[str, int],
+) -> int:
+    """In the caller's transaction: the document's chunks become `chunks` (a search sees either
+    the old ones or the new ones, never neither), and the document says how many, of which
+    model, chunked how. Returns how many chunks it has."""
+    document_id = str(doc["id"])
+    await conn.execute(DELETE_CHUNKS_SQL, (document_id,))
+    ids: set[str] = set()
+    for chunk, vector in zip(chunks, vectors, strict=True):
+        item = long_term.MemoryItem(
+            content=chunk.text, scope="org", kind="document", document_id=document_id, source="knowledge",
+            # The document's metadata is inherited (so a metadata filter finds its chunks);
+            # the chunk's own keys win over document keys of the same name.
+            metadata=dict(doc.get("metadata") or {}) | {"document_id": document_id, "title": doc["title"],
+                                                         "chunk": chunk.index, "heading": chunk.heading},
+        )
+        stored, _ = await long_term.remember(conn, item, vector, model)
+        ids.add(str(stored["id"]))  # a chunk repeated in the same document is one row
+    await conn.execute(READY_SQL, (len(ids), model, Jsonb(chunking), document_id))
     return len(ids)
 
 

@@ -17,7 +17,10 @@ import pytest
 from core.db import open_pool
 from core.infra import open_redis
 from core.settings import Settings
+from core.tenancy import tenant_tx
 from memory import hybrid, knowledge
+from memory.embeddings import resolve_embedder
+from memory.reembed import reembed
 from memory.service import MemoryService, Who
 from tests.helpers import Org, error_of
 
@@ -191,3 +194,50 @@ def test_recall_of_a_hybrid_agent_finds_chunks_by_their_words(settings: Settings
     with_text, _vector_only = asyncio.run(go())
     assert with_text and "full-disk encryption" in with_text[0]["content"]
     assert all(isinstance(r["score"], float) for r in with_text)  # still cosine similarity
+
+
+# --- re-chunking on reembed -----------------------------------------------------------------------
+
+
+def test_reembed_rechunks_documents_when_the_chunking_settings_changed(settings: Settings, org: Org) -> None:
+    document_id = add_document(settings, org, GUIDE, "Handbook", {"team": "hr"})
+    before = org.client.get(f"/v1/knowledge/{document_id}", headers=org.headers).json()["chunks"]
+    small = settings.model_copy(update={"memory": settings.memory.model_copy(
+        update={"chunk_chars": 100, "chunk_overlap_chars": 20})})
+
+    async def go() -> tuple[int, int, list[int]]:
+        pool = await open_pool(settings.database.model_copy(update={"pool_min": 1, "pool_max": 3}))
+        embedder = resolve_embedder("offline:hash", settings)
+        [vector] = await embedder.embed(["holiday expenses handbook"])
+        seen: list[int] = []
+        moving = asyncio.Event()
+
+        async def searcher() -> None:  # searches while the chunks are replaced: never empty-handed
+            while not moving.is_set():
+                async with tenant_tx(pool, org.id) as conn:
+                    rows = await knowledge.search_chunks(conn, vector, "offline:hash", 50, document_ids=[document_id])
+                seen.append(len(rows))
+                await asyncio.sleep(0)
+
+        try:
+            task = asyncio.create_task(searcher())
+            await asyncio.sleep(0.05)
+            first = await reembed(pool, small, org.id, "offline:hash")
+            again = await reembed(pool, small, org.id, "offline:hash")
+            moving.set()
+            await task
+            return first.rechunked, again.rechunked, seen
+        finally:
+            await pool.close()
+
+    first, again, seen = asyncio.run(go())
+    assert (first, again) == (1, 0)  # chunked again once; then the recorded settings match
+    assert seen and min(seen) > 0
+    doc = org.client.get(f"/v1/knowledge/{document_id}", headers=org.headers).json()
+    assert doc["chunks"] > before and doc["status"] == "ready"
+    with psycopg.connect(settings.database.url) as conn:
+        row = conn.execute("SELECT chunking FROM knowledge_documents WHERE id = %s", (document_id,)).fetchone()
+    assert row is not None and row[0] == {"chars": 100, "overlap": 20}
+    found = search(org, query="how many days of paid holiday", limit=50, document_ids=[document_id])["data"]
+    assert len(found) == doc["chunks"] and all(len(c["content"]) < 300 for c in found)
+    assert all(c["metadata"]["team"] == "hr" for c in found)
