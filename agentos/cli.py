@@ -1,5 +1,5 @@
 """The `agentos` command: `dev`, `api`, `worker`, `watchdog`, `migrate`, `org create`, `run`,
-`memory reembed`, `secrets rotate`.
+`memory reembed`, `memory indexes`, `secrets rotate`.
 
 Expected failures (a port in use, no stack running, a taken name, ...) raise `CliError` or one of
 the infrastructure errors `agentos.errors.explain` knows; `AgentosGroup` prints them as one line
@@ -512,8 +512,34 @@ def memory_reembed(
         detail = f"database error ({type(exc).__name__}): {exc}" if isinstance(exc, psycopg.Error) else str(exc)
         raise CliError(f"{' '.join(detail.split())}. Nothing is lost: items already moved stay moved; run the "
                        "command again to continue.") from None
+    rechunked = f"; {counts.rechunked} document(s) chunked again" if counts.rechunked else ""
     console.print(f"[green]✓[/green] org {org}: {counts.done} re-embedded, {counts.merged} merged into an "
-                  f"existing item, {counts.skipped} skipped; its embedding model is now {embedder.model}")
+                  f"existing item, {counts.skipped} skipped; its embedding model is now {embedder.model}{rechunked}")
+
+
+@memory_app.command("indexes")
+def memory_indexes(data_dir: DataDir = Path(".agentos")) -> None:
+    """List the per-org vector indexes (kept by the watchdog's memory-indexes job): each org's
+    items of the offline model, the index's state (valid, building, invalid: an interrupted build
+    the next pass redoes; wanted: the next pass builds it) and size."""
+    from memory.index_maintenance import list_indexes
+
+    settings = _settings_for_cli(data_dir)
+    rows = asyncio.run(list_indexes(settings))
+    memory = settings.memory
+    typer.echo(f"per-org vector indexes: built from {memory.index_create_rows:,} items of the offline model, "
+               f"dropped below {memory.index_drop_rows:,}")
+    if not rows:
+        typer.echo("no org has or needs its own vector index")
+        return
+    # Plain columns, never cut: the org ids and index names are what an operator copies.
+    lines = [("org", "items", "state", "size", "index")] + [
+        (r.org_id, f"{r.items:,}", r.state, f"{r.bytes / 2**20:,.1f} MiB" if r.name else "-", r.name or "-")
+        for r in rows]
+    widths = [max(len(line[i]) for line in lines) for i in range(4)]
+    for line in lines:
+        typer.echo("  ".join([line[0].ljust(widths[0]), line[1].rjust(widths[1]), line[2].ljust(widths[2]),
+                              line[3].rjust(widths[3]), line[4]]))
 
 
 @secrets_app.command("rotate")

@@ -3,6 +3,7 @@
     .venv/bin/python -m bench.memory                       # 1M items, 100 orgs, 200 queries per org
     .venv/bin/python -m bench.memory --items 50000         # quick mode
     .venv/bin/python -m bench.memory --items 200000 --compare   # also every search strategy, forced
+    .venv/bin/python -m bench.memory --orgs 1000 --distribution zipf   # 1,000 orgs, every size by Zipf
 
 Needs numpy: `pip install -e '.[bench]'`.
 
@@ -18,6 +19,12 @@ reused), migrates, and fills the real `memories` table:
 - rows interleaved across orgs (as concurrent writers would leave them), loaded with binary COPY
   as the table owner, the HNSW index dropped before and built again after (the same definition),
   then VACUUM ANALYZE. The load, the index build and the vacuum are timed separately.
+
+After the load, the product's per-org index job (`memory.index_maintenance.maintain`, what the
+watchdog runs) makes passes until one finds nothing to do: every org past
+`index_create_rows` gets its own partial HNSW index, built CONCURRENTLY, with no manual step. It is
+timed, and single writes into a fresh org are timed while it builds (`--no-index-job` skips it
+and drops the per-org indexes).
 
 Then, for a small org (the smallest), a medium one (closest to 1 %), one closest to 5 % and the
 large one, it runs `--queries` searches, each a perturbed copy of one of the org's items, through the product's path:
@@ -68,9 +75,9 @@ from rich.table import Table  # noqa: E402
 from agentos.stack.local import LocalStack  # noqa: E402
 from core.db import open_pool  # noqa: E402
 from core.migrations import migrate  # noqa: E402
-from core.settings import DatabaseSettings  # noqa: E402
+from core.settings import DatabaseSettings, MemorySettings, Settings, load_settings  # noqa: E402
 from core.tenancy import tenant_tx  # noqa: E402
-from memory import long_term  # noqa: E402
+from memory import index_maintenance, long_term  # noqa: E402
 
 APP_ROLE = "agentos_app"
 MODEL = long_term.OFFLINE_MODEL
@@ -108,21 +115,26 @@ class DataSet:
         return np.flatnonzero(self.org_of == org)
 
 
-def org_sizes(items: int, orgs: int) -> list[int]:
-    """One org with 30 %, the rest Zipf(1.3) over the remaining 70 % (every org at least 1)."""
+def org_sizes(items: int, orgs: int, distribution: str = "skewed") -> list[int]:
+    """`skewed`: one org with 30 %, the rest Zipf(1.3) over the remaining 70 %; `zipf`: every org
+    by Zipf(1.3) (every org at least 1 item either way)."""
     if orgs == 1:
         return [items]
-    weights = np.arange(1, orgs, dtype=np.float64) ** -1.3
-    shares = np.concatenate([[0.30], 0.70 * weights / weights.sum()])
+    if distribution == "zipf":
+        weights = np.arange(1, orgs + 1, dtype=np.float64) ** -1.3
+        shares = weights / weights.sum()
+    else:
+        weights = np.arange(1, orgs, dtype=np.float64) ** -1.3
+        shares = np.concatenate([[0.30], 0.70 * weights / weights.sum()])
     sizes = np.maximum(1, np.floor(shares * items)).astype(np.int64)
     sizes[0] += items - int(sizes.sum())
     return [int(s) for s in sizes]
 
 
-def make_dataset(items: int, orgs: int, clusters: int, seed: int) -> DataSet:
+def make_dataset(items: int, orgs: int, clusters: int, seed: int, distribution: str = "skewed") -> DataSet:
     t0 = time.perf_counter()
     rng = np.random.default_rng(seed)
-    sizes = org_sizes(items, orgs)
+    sizes = org_sizes(items, orgs, distribution)
     centres = rng.standard_normal((clusters, DIMS)).astype(np.float32)
     centres /= np.linalg.norm(centres, axis=1, keepdims=True)
     spread = rng.uniform(0.035, 0.06, clusters).astype(np.float32)
@@ -147,7 +159,8 @@ def make_dataset(items: int, orgs: int, clusters: int, seed: int) -> DataSet:
         block /= np.linalg.norm(block, axis=1, keepdims=True)
         vectors[lo:hi] = block
     org_ids = [f"benchorg{i:03d}" for i in range(orgs)]
-    signature = f"items={items} orgs={orgs} clusters={clusters} seed={seed} v1"
+    signature = f"items={items} orgs={orgs} clusters={clusters} seed={seed} v1" + (
+        f" {distribution}" if distribution != "skewed" else "")
     attrs = np.random.default_rng(seed + 1)
     kind_of = np.empty(items, dtype=np.int64)
     user_of = np.empty(items, dtype=np.int64)
@@ -310,42 +323,88 @@ def progress_of_index_build(url: str) -> Iterator[None]:
         thread.join(timeout=5)
 
 
-def org_index(url: str, data: DataSet, wanted: bool) -> float:
-    """Give every org above `long_term.EXACT_SCAN_MAX_ROWS` rows its own partial HNSW index (timed),
-    or drop such indexes without `--org-index`; NaN if nothing was built."""
-    counts = np.bincount(data.org_of, minlength=len(data.org_ids))
-    big = [data.org_ids[i] for i in np.flatnonzero(counts > long_term.EXACT_SCAN_MAX_ROWS)]
-    built = 0
-    t0 = time.perf_counter()
+@dataclass
+class IndexJob:
+    """What the maintenance job did after the load: passes until it had nothing left to do."""
+
+    seconds: float = math.nan
+    passes: list[str] = field(default_factory=list)
+    indexes: list[tuple[str, int, str, int]] = field(default_factory=list)  # org, items, state, bytes
+    writes_during: dict[str, float] = field(default_factory=dict)
+
+
+def job_settings(url: str, args: argparse.Namespace) -> Settings:
+    memory = {"index_create_rows": args.index_create_rows, "index_drop_rows": args.index_create_rows // 2,
+              "index_build_concurrency": args.build_concurrency,
+              "index_maintenance_work_mem_mb": args.index_work_mem_mb, "index_build_workers": args.build_workers}
+    return load_settings(env="test", database={"url": url, "app_role": APP_ROLE, "require_tls": False},
+                         memory=memory)
+
+
+async def run_index_job(url: str, args: argparse.Namespace) -> IndexJob:
+    """Run the product's per-org index job (memory.index_maintenance, what the watchdog runs)
+    until a pass does nothing, timing single writes into a fresh org while it builds."""
+    settings = job_settings(url, args)
+    out = IndexJob()
+    pool = await open_pool(DatabaseSettings(url=url, app_role=APP_ROLE, pool_min=1, pool_max=2,
+                                            statement_timeout_ms=120_000))
+    done = asyncio.Event()
+    lat: list[float] = []
+
+    async def writer() -> None:
+        """Single remember() calls, one tenant transaction each, as long as the job runs."""
+        org_id = "benchwrites_during"
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute("DELETE FROM orgs WHERE id = %s", (org_id,))
+            conn.execute("INSERT INTO orgs (id, name) VALUES (%s, 'bench writes during builds')", (org_id,))
+        rng = np.random.default_rng(11)
+        i = 0
+        while not done.is_set():
+            vec = rng.standard_normal(DIMS).astype(np.float32)
+            vec /= np.linalg.norm(vec)
+            t = time.perf_counter()
+            async with tenant_tx(pool, org_id) as conn:
+                await long_term.remember(conn, long_term.MemoryItem(content=f"during {i}"),
+                                         [float(x) for x in vec], MODEL)
+            lat.append(time.perf_counter() - t)
+            i += 1
+            await asyncio.sleep(args.write_gap_ms / 1000)
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute("DELETE FROM orgs WHERE id = %s", (org_id,))
+
+    async def job() -> None:
+        try:
+            t0 = time.perf_counter()
+            for _ in range(5):  # one pass builds everything; the next one must find nothing to do
+                line = (await index_maintenance.maintain(settings)).line()
+                console.print(f"  index job pass: {line or 'nothing to do'}")
+                if line is None:
+                    break
+                out.passes.append(line)
+            out.seconds = time.perf_counter() - t0
+        finally:
+            done.set()
+
+    try:
+        await asyncio.gather(job(), writer() if args.writes else asyncio.sleep(0))
+        out.indexes = [(r.org_id, r.items, r.state, r.bytes) for r in await index_maintenance.list_indexes(settings)]
+    finally:
+        await pool.close()
+    if lat:
+        out.writes_during = {"n": len(lat), "p50_ms": pct(lat, 50) * 1000, "p99_ms": pct(lat, 99) * 1000,
+                             "max_ms": max(lat) * 1000}
     with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute("SET maintenance_work_mem = '2GB'")
-        existing = {r[0]: r[1] for r in conn.execute(
-            "SELECT indexname, indexdef FROM pg_indexes WHERE tablename = 'memories' "
-            "AND indexname LIKE 'memories_offline_hnsw_%'")}
-        for name in sorted(existing):
-            if not wanted or name.removeprefix("memories_offline_hnsw_") not in big:
-                conn.execute(f"DROP INDEX {name}")
-                console.print(f"dropped {name}")
-        if not wanted:
-            return math.nan
-        for org_id in big:
-            name = f"memories_offline_hnsw_{org_id}"
-            rows = int(counts[data.org_ids.index(org_id)])
-            # pgvector's defaults (m = 16, ef_construction = 64), as in the shared index: a bigger
-            # index (m = 32, ef_construction = 128 was tried) looks dearer to the planner, which
-            # then scans the shared index instead.
-            if name in existing:
-                if "ef_construction" not in existing[name]:
-                    continue
-                conn.execute(f"DROP INDEX {name}")
-            t1 = time.perf_counter()
-            conn.execute(f"CREATE INDEX {name} ON memories USING hnsw ((embedding::vector(384)) vector_cosine_ops) "
-                         f"WHERE embedding_model = '{MODEL}' AND org_id = '{org_id}'")
-            built += 1
-            console.print(f"  {name}: {rows:,} rows, {time.perf_counter() - t1:.1f}s")
-        if built:
-            conn.execute("ANALYZE memories")
-    return time.perf_counter() - t0 if built else math.nan
+        conn.execute("ANALYZE memories")
+    return out
+
+
+def drop_org_indexes(url: str) -> None:
+    """Without the job (`--no-index-job`): no org has its own index (the shared one only)."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        for (name,) in conn.execute("SELECT indexname FROM pg_indexes WHERE tablename = 'memories' "
+                                    "AND indexname LIKE 'memories\\_offline\\_hnsw\\_%'").fetchall():
+            conn.execute(f"DROP INDEX {name}")
+            console.print(f"dropped {name}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -555,9 +614,22 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--writes", type=int, default=1000, help="single remember() calls to time at the end (0: none)")
     p.add_argument("--maintenance-work-mem", default=None, help="for the HNSW build (default: ~3 KiB per item)")
     p.add_argument("--build-workers", type=int, default=1, help="max_parallel_maintenance_workers for the build")
-    p.add_argument("--org-index", action="store_true",
-                   help="give every org above the exact-search threshold its own partial HNSW index "
-                        "(dropped again without this flag)")
+    p.add_argument("--no-index-job", action="store_true",
+                   help="skip the per-org index job (memory.index_maintenance, what the watchdog runs) and drop "
+                        "the per-org indexes: every org above the exact-search line then uses the shared index")
+    p.add_argument("--build-concurrency", type=int, default=1,
+                   help="the job's concurrent builds (index_build_concurrency)")
+    p.add_argument("--index-work-mem-mb", type=int, default=256,
+                   help="maintenance_work_mem of each of the job's builds (index_maintenance_work_mem_mb)")
+    p.add_argument("--index-create-rows", type=int, default=MemorySettings().index_create_rows,
+                   help="the job's line for an org's own index (dropped below half of it)")
+    p.add_argument("--exact-max-rows", type=int, default=long_term.EXACT_SCAN_MAX_ROWS,
+                   help="search orgs up to this many items exactly (memory.long_term.EXACT_SCAN_MAX_ROWS); "
+                        "lower it with --index-create-rows to try the HNSW path on a small data set")
+    p.add_argument("--write-gap-ms", type=float, default=20.0,
+                   help="pause between the single writes timed while the job builds")
+    p.add_argument("--distribution", choices=("skewed", "zipf"), default="skewed",
+                   help="org sizes: skewed (one org 30 %%, the rest Zipf) or zipf (every org Zipf(1.3))")
     p.add_argument("--sizes", default="small,medium,5%,large,large+user", help="which org sizes to measure")
     p.add_argument("--database-url", help="an owner/superuser URL of a database to use instead of a new stack")
     p.add_argument("--stack-dir", type=Path, help="keep the embedded stack here (reused when run again)")
@@ -570,6 +642,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    long_term.EXACT_SCAN_MAX_ROWS = args.exact_max_rows
     t_start = time.perf_counter()
     busy = psutil.cpu_percent(interval=0.5)
     if busy > 20:
@@ -593,9 +666,15 @@ def main(argv: list[str] | None = None) -> int:
             pg = conn.execute("SHOW server_version").fetchone()
         pgvector = row[0] if row else "?"
         console.print(f"PostgreSQL {pg[0] if pg else '?'}, pgvector {pgvector}")
-        data = make_dataset(args.items, args.orgs, args.clusters, args.seed)
+        data = make_dataset(args.items, args.orgs, args.clusters, args.seed, args.distribution)
         times = load(url, data, args)
-        org_index_s = org_index(url, data, args.org_index)
+        job = IndexJob()
+        if args.no_index_job:
+            drop_org_indexes(url)
+        else:
+            console.print("running the per-org index job (memory.index_maintenance) until it settles")
+            job = asyncio.run(run_index_job(url, args))
+        org_index_s = job.seconds
         with psycopg.connect(url) as conn:
             with_sizes(conn, times)
         results, writes = asyncio.run(run_queries(url, data, args))
@@ -608,8 +687,20 @@ def main(argv: list[str] | None = None) -> int:
                           f"{times.index_s:.1f}s + VACUUM ANALYZE {times.vacuum_s:.1f}s = {times.total_s:.1f}s "
                           f"({args.items / times.total_s:,.0f} rows/s overall)")
         if not math.isnan(org_index_s):
-            console.print(f"per-org partial HNSW indexes (orgs above {long_term.EXACT_SCAN_MAX_ROWS:,} rows): "
-                          f"built in {org_index_s:.1f}s")
+            valid = [ix for ix in job.indexes if ix[2] == "valid"]
+            console.print(f"per-org index job: settled in {org_index_s:.1f}s ({len(job.passes)} pass(es) with work); "
+                          f"{len(valid)} valid per-org indexes of {args.orgs} orgs, "
+                          f"{sum(ix[3] for ix in valid) / 2**20:,.0f} MiB together; "
+                          f"{int((counts < long_term.EXACT_SCAN_MAX_ROWS).sum())} orgs at most "
+                          f"{long_term.EXACT_SCAN_MAX_ROWS:,} items (exact search)")
+            for org_id, items, state, size in job.indexes[:15]:
+                console.print(f"  {org_id}: {items:,} items, {state}, {size / 2**20:,.1f} MiB")
+            if len(job.indexes) > 15:
+                console.print(f"  ... and {len(job.indexes) - 15} more")
+            if job.writes_during:
+                w = job.writes_during
+                console.print(f"single writes while the job built: {w['n']:.0f}, p50 {w['p50_ms']:.2f} ms, "
+                              f"p99 {w['p99_ms']:.2f} ms, max {w['max_ms']:.1f} ms")
         if not (times.reused or math.isnan(org_index_s)):
             console.print(f"insert with the per-org indexes: {times.total_s + org_index_s:.1f}s "
                           f"({args.items / (times.total_s + org_index_s):,.0f} rows/s overall)")
@@ -626,6 +717,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.json:
             doc = {"args": {k: str(v) for k, v in vars(args).items()}, "pgvector": pgvector,
                    "load": vars(times) | {"total_s": times.total_s, "org_index_s": org_index_s}, "writes": writes,
+                   "index_job": vars(job),
                    "results": [r.summary() for r in results]}
             args.json.write_bytes(orjson.dumps(doc, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY))
     except KeyboardInterrupt:

@@ -44,6 +44,8 @@ class AgentMemory(_Strict):
     short_term_tokens: int = Field(default=4000, ge=0, le=1_000_000)
     long_term: bool = True
     knowledge: bool = False
+    # Knowledge chunks found by vector and by full text, fused by rank (memory/hybrid.py).
+    hybrid: bool = False
 
 
 class RunnerRoute(_Strict):

@@ -915,6 +915,53 @@ CREATE INDEX knowledge_documents_file_idx ON knowledge_documents (file_id) WHERE
 
 def _knowledge_files(conn: psycopg.Connection) -> None:
     conn.execute(_KNOWLEDGE_FILES_SQL)
+_MEMORY_INDEX_MAINTENANCE_SQL = """
+-- The per-org vector index job (memory/index_maintenance.py) counts each org's items across
+-- orgs, as the schema's owner (it builds the indexes too). A read-only view switched on for one
+-- transaction, and only for the owner: a policy for the application role would be OR-ed into
+-- every search's row filter, and the planner could no longer use the org as an index condition.
+CREATE POLICY index_maintenance ON memories FOR SELECT TO CURRENT_USER
+    USING (current_setting('app.index_maintenance', true) = 'on');
+"""
+
+
+def _memory_index_maintenance(conn: psycopg.Connection) -> None:
+    conn.execute(_MEMORY_INDEX_MAINTENANCE_SQL)
+
+
+_MEMORY_METADATA_SQL = """
+-- Metadata filters on memory and knowledge search (`metadata @> '{"key": value}'`: equality, or
+-- containment for arrays and objects, on top-level keys). jsonb_path_ops: smaller than the
+-- default operator class, and containment is the only operator the filters use.
+CREATE INDEX memories_metadata_idx ON memories USING gin (metadata jsonb_path_ops);
+"""
+
+
+def _memory_metadata(conn: psycopg.Connection) -> None:
+    conn.execute(_MEMORY_METADATA_SQL)
+
+
+_KNOWLEDGE_FULL_TEXT_SQL = """
+-- Hybrid retrieval (memory/hybrid.py): full-text search over knowledge chunks, English stemming.
+-- Only chunks: other memories are short and searched by vector alone.
+CREATE INDEX memories_document_fts_idx ON memories USING gin (to_tsvector('english', content))
+    WHERE kind = 'document';
+"""
+
+
+def _knowledge_full_text(conn: psycopg.Connection) -> None:
+    conn.execute(_KNOWLEDGE_FULL_TEXT_SQL)
+
+
+_KNOWLEDGE_CHUNKING_SQL = """
+-- The chunking settings a document's chunks were made with ({"chars", "overlap"}); NULL: chunked
+-- before they were recorded. `agentos memory reembed` chunks a document again when they differ.
+ALTER TABLE knowledge_documents ADD COLUMN chunking jsonb;
+"""
+
+
+def _knowledge_chunking(conn: psycopg.Connection) -> None:
+    conn.execute(_KNOWLEDGE_CHUNKING_SQL)
 
 
 MIGRATIONS: tuple[Migration, ...] = (
@@ -941,6 +988,10 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration("org exports built by a worker", _org_exports),
     Migration("model providers per org", _model_providers),
     Migration("knowledge documents made from uploaded files", _knowledge_files),
+    Migration("per-org vector indexes: the maintenance job's count across orgs", _memory_index_maintenance),
+    Migration("memory metadata filters: a GIN index on metadata", _memory_metadata),
+    Migration("hybrid retrieval: full-text index over knowledge chunks", _knowledge_full_text),
+    Migration("knowledge documents record their chunking settings", _knowledge_chunking),
 )
 
 

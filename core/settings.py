@@ -297,6 +297,26 @@ class MemorySettings(BaseModel):
     ingest_max_attempts: int = Field(default=5, ge=1, le=100)
     ingest_retry_base_s: float = Field(default=2.0, ge=0)
     ingest_retry_max_s: float = Field(default=300.0, ge=0)
+    # Per-org vector indexes (memory/index_maintenance.py, a maintenance job): an org gets its own
+    # partial HNSW index once it holds `index_create_rows` items of the model, before search
+    # switches from exact to HNSW at 10,000 (memory.long_term.EXACT_SCAN_MAX_ROWS); the index is
+    # dropped only when the org falls below `index_drop_rows` (the gap is the hysteresis, so an
+    # org hovering at the line is not rebuilt again and again).
+    index_create_rows: int = Field(default=8_000, ge=1)
+    index_drop_rows: int = Field(default=4_000, ge=0)
+    # How often the job looks (seconds), how many builds run at once, and each build's memory and
+    # parallel workers: bounded so that a build cannot starve the database's live traffic.
+    index_interval_s: float = Field(default=300.0, ge=0)
+    index_build_concurrency: int = Field(default=1, ge=1, le=16)
+    index_maintenance_work_mem_mb: int = Field(default=256, ge=64, le=1_048_576)
+    index_build_workers: int = Field(default=0, ge=0, le=64)
+
+    @model_validator(mode="after")
+    def _index_hysteresis(self) -> MemorySettings:
+        if self.index_drop_rows >= self.index_create_rows:
+            raise ValueError(f"AGENTOS_MEMORY__INDEX_DROP_ROWS ({self.index_drop_rows}) must be below "
+                             f"AGENTOS_MEMORY__INDEX_CREATE_ROWS ({self.index_create_rows})")
+        return self
 
 
 class SandboxLimits(BaseModel):

@@ -29,7 +29,7 @@ from psycopg.types.json import Jsonb
 from core.ids import new_id
 from core.settings import Settings
 from core.tenancy import AsyncPool, tenant_tx
-from memory import long_term
+from memory import hybrid, long_term
 from memory.chunking import CONTENT_TYPES, Chunk, chunk_document
 from memory.embeddings import Embedder, org_embedding_spec, resolve_embedder
 
@@ -65,13 +65,13 @@ DELETE_SQL = "DELETE FROM knowledge_documents WHERE id = %s RETURNING id, chunks
 CLAIM_SQL = """
 UPDATE knowledge_documents SET attempts = attempts + 1, updated_at = now()
 WHERE id = %s AND status = 'pending'
-RETURNING id, title, content_type, content, attempts
+RETURNING id, title, content_type, content, attempts, metadata
 """
 LOCK_SQL = "SELECT status FROM knowledge_documents WHERE id = %s FOR UPDATE"
 DELETE_CHUNKS_SQL = "DELETE FROM memories WHERE document_id = %s"
 READY_SQL = """
 UPDATE knowledge_documents
-SET status = 'ready', chunks = %s, embedding_model = %s, error = NULL, updated_at = now()
+SET status = 'ready', chunks = %s, embedding_model = %s, chunking = %s, error = NULL, updated_at = now()
 WHERE id = %s
 """
 FAILED_SQL = """
@@ -137,6 +137,32 @@ async def stale_pending(conn: AsyncConnection[DictRow], after: timedelta, limit:
     return list(await (await conn.execute(STALE_PENDING_SQL, {"after": after, "limit": limit})).fetchall())
 
 
+# --- search ---------------------------------------------------------------------------------------
+
+
+async def search_chunks(
+    conn: AsyncConnection[DictRow], query_embedding: list[float], model: str, limit: int, *,
+    document_ids: list[str] | None = None, metadata: dict[str, Any] | None = None, hybrid_text: str | None = None,
+) -> list[dict[str, Any]]:
+    """The org's knowledge chunks nearest to the query (best first), as recall sees them (scope
+    `org`, kind `document`), each with its document id, title, heading path and chunk number.
+    With `hybrid_text` (the query's text), chunks are also found by full text and fused by rank."""
+    filters = long_term.MemoryFilters(scope="org", kinds=["document"], document_ids=document_ids, metadata=metadata)
+    if hybrid_text is not None:
+        rows = await hybrid.search(conn, hybrid_text, query_embedding, model, filters, limit)
+    else:
+        rows = await long_term.search(conn, query_embedding, model, filters, limit)
+    return [chunk_row(row) for row in rows]
+
+
+def chunk_row(row: dict[str, Any]) -> dict[str, Any]:
+    meta = row.get("metadata") or {}
+    chunk = meta.get("chunk")
+    return {"id": row["id"], "document_id": row["document_id"], "title": str(meta.get("title") or ""),
+            "heading": meta.get("heading") or None, "chunk": chunk if isinstance(chunk, int) else None,
+            "content": row["content"], "score": float(row["score"]), "metadata": meta}
+
+
 # --- ingestion ------------------------------------------------------------------------------------
 
 
@@ -197,7 +223,7 @@ async def ingest(pool: AsyncPool, settings: Settings, org_id: str, document_id: 
             await conn.execute(RETRYING_SQL, (Jsonb({"code": "EMBEDDING_FAILED", "message": str(exc)}), document_id))
         return IngestOutcome("retry", attempts=attempts, retry_after_s=delay)
     try:
-        stored = await _store(pool, org_id, doc, chunks, vectors, embedder.model)
+        stored = await _store(pool, org_id, doc, chunks, vectors, embedder.model, chunking_of(settings))
     except errors.ForeignKeyViolation:  # the document was deleted while its chunks were written
         return IngestOutcome("gone", attempts=attempts)
     if stored is None:
@@ -219,8 +245,15 @@ async def _embed(embedder: Embedder, chunks: list[Chunk]) -> list[list[float]]:
     return vectors
 
 
+def chunking_of(settings: Settings) -> dict[str, int]:
+    """The chunking settings a document's chunks were made with (kept on the document, so that
+    `agentos memory reembed` knows to chunk it again when they change)."""
+    return {"chars": settings.memory.chunk_chars, "overlap": settings.memory.chunk_overlap_chars}
+
+
 async def _store(
-    pool: AsyncPool, org_id: str, doc: dict[str, Any], chunks: list[Chunk], vectors: list[list[float]], model: str
+    pool: AsyncPool, org_id: str, doc: dict[str, Any], chunks: list[Chunk], vectors: list[list[float]], model: str,
+    chunking: dict[str, int],
 ) -> int | None:
     """Replace the document's chunks and mark it ready, in one transaction; None if it is gone
     (or another delivery finished it first)."""
@@ -229,17 +262,30 @@ async def _store(
         row = await (await conn.execute(LOCK_SQL, (document_id,))).fetchone()
         if row is None or row["status"] != "pending":
             return None
-        await conn.execute(DELETE_CHUNKS_SQL, (document_id,))
-        ids: set[str] = set()
-        for chunk, vector in zip(chunks, vectors, strict=True):
-            item = long_term.MemoryItem(
-                content=chunk.text, scope="org", kind="document", document_id=document_id, source="knowledge",
-                metadata={"document_id": document_id, "title": doc["title"], "chunk": chunk.index,
-                          "heading": chunk.heading},
-            )
-            stored, _ = await long_term.remember(conn, item, vector, model)
-            ids.add(str(stored["id"]))  # a chunk repeated in the same document is one row
-        await conn.execute(READY_SQL, (len(ids), model, document_id))
+        return await replace_chunks(conn, doc, chunks, vectors, model, chunking)
+
+
+async def replace_chunks(
+    conn: AsyncConnection[DictRow], doc: dict[str, Any], chunks: list[Chunk], vectors: list[list[float]],
+    model: str, chunking: dict[str, int],
+) -> int:
+    """In the caller's transaction: the document's chunks become `chunks` (a search sees either
+    the old ones or the new ones, never neither), and the document says how many, of which
+    model, chunked how. Returns how many chunks it has."""
+    document_id = str(doc["id"])
+    await conn.execute(DELETE_CHUNKS_SQL, (document_id,))
+    ids: set[str] = set()
+    for chunk, vector in zip(chunks, vectors, strict=True):
+        item = long_term.MemoryItem(
+            content=chunk.text, scope="org", kind="document", document_id=document_id, source="knowledge",
+            # The document's metadata is inherited (so a metadata filter finds its chunks);
+            # the chunk's own keys win over document keys of the same name.
+            metadata=dict(doc.get("metadata") or {}) | {"document_id": document_id, "title": doc["title"],
+                                                         "chunk": chunk.index, "heading": chunk.heading},
+        )
+        stored, _ = await long_term.remember(conn, item, vector, model)
+        ids.add(str(stored["id"]))  # a chunk repeated in the same document is one row
+    await conn.execute(READY_SQL, (len(ids), model, Jsonb(chunking), document_id))
     return len(ids)
 
 

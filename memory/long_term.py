@@ -52,6 +52,8 @@ _FILTERS = """
   AND (%(user_id)s::text IS NULL OR user_id = %(user_id)s)
   AND (%(session_id)s::text IS NULL OR session_id = %(session_id)s)
   AND (%(kinds)s::text[] IS NULL OR kind = ANY(%(kinds)s))
+  AND (%(metadata)s::jsonb IS NULL OR metadata @> %(metadata)s::jsonb)
+  AND (%(document_ids)s::text[] IS NULL OR document_id = ANY(%(document_ids)s))
   AND (NOT %(recall)s::boolean OR (
         (scope = 'org' OR (scope = 'agent' AND agent_id = %(recall_agent)s)
          OR (scope = 'user' AND user_id = %(recall_user)s) OR (scope = 'session' AND session_id = %(recall_session)s))
@@ -176,6 +178,11 @@ class MemoryFilters:
     user_id: str | None = None
     session_id: str | None = None
     kinds: list[str] | None = None
+    # Items whose metadata contains this object (`metadata @> filter`): for each top-level key,
+    # an equal scalar, or an array/object holding the given elements.
+    metadata: dict[str, Any] | None = None
+    # Knowledge chunks of these documents only.
+    document_ids: list[str] | None = None
     # Recall for one conversation: items of the org, of this agent, of this end user and of this
     # session, except this session's own summaries (the session window already holds them).
     recall_for: RecallScope | None = None
@@ -188,6 +195,8 @@ class MemoryFilters:
             "user_id": self.user_id,
             "session_id": self.session_id,
             "kinds": list(self.kinds) if self.kinds else None,
+            "metadata": Jsonb(self.metadata) if self.metadata else None,
+            "document_ids": list(self.document_ids) if self.document_ids is not None else None,
             "recall": recall is not None,
             "recall_agent": recall.agent_id if recall else None,
             "recall_user": recall.user_id if recall else None,

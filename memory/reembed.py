@@ -7,6 +7,13 @@ dedup unique index includes the model), the old item is deleted instead: it is *
 deleted or moved by someone else meanwhile is *skipped*. Last, the org's
 `settings.embedding_model` is set to the target, so searches use it from then on.
 
+Then knowledge documents whose chunks were made with other chunking settings (`chunk_chars`,
+`chunk_overlap_chars`; recorded on each document) are chunked again and embedded with the
+target model, each document's chunks replaced in one transaction: a search finds the old chunks
+or the new ones, never neither. This also runs when the org is already on the target model, so
+`agentos memory reembed --model <the current model>` after changing the chunking settings only
+re-chunks.
+
 Resumable: only items not yet on the target model are selected, so running it again after a crash
 or an embedder failure continues where it stopped, and running it when done changes nothing.
 """
@@ -23,6 +30,8 @@ from psycopg.types.json import Jsonb
 
 from core.settings import Settings
 from core.tenancy import AsyncPool, tenant_tx
+from memory import knowledge
+from memory.chunking import chunk_document
 from memory.embeddings import Embedder, resolve_embedder
 from memory.long_term import vector_literal
 
@@ -40,6 +49,12 @@ UPDATE memories SET embedding = %(embedding)s::vector, embedding_model = %(model
 WHERE id = %(id)s AND embedding_model <> %(model)s
 """
 DELETE_SQL = "DELETE FROM memories WHERE id = %s"
+# Ready documents chunked with other settings (or before they were recorded), in id order.
+RECHUNK_SQL = """
+SELECT id, title, content_type, content, metadata FROM knowledge_documents
+WHERE status = 'ready' AND id > %(after)s AND chunking IS DISTINCT FROM %(chunking)s::jsonb
+ORDER BY id LIMIT %(limit)s
+"""
 SET_ORG_MODEL_SQL = "UPDATE orgs SET settings = settings || %s WHERE id = agentos_current_org()"
 
 
@@ -56,6 +71,8 @@ class ReembedProgress:
     done: int = 0
     merged: int = 0
     skipped: int = 0
+    # Knowledge documents chunked again because the chunking settings changed since their ingestion.
+    rechunked: int = 0
 
 
 async def reembed(
@@ -100,7 +117,37 @@ async def reembed(
     async with tenant_tx(pool, org_id) as conn:
         await conn.execute(SET_ORG_MODEL_SQL, (Jsonb({"embedding_model": model}),))
         await conn.execute(SET_DOCUMENTS_MODEL_SQL, (model,))
+    await _rechunk(pool, settings, org_id, embedder, counts, progress)
     return counts
+
+
+async def _rechunk(
+    pool: AsyncPool, settings: Settings, org_id: str, embedder: Embedder, counts: ReembedProgress,
+    progress: Callable[[ReembedProgress], None] | None,
+) -> None:
+    """Chunk again, with the current settings, every ready document chunked otherwise; each
+    document's chunks are replaced in one transaction, so a search finds its old chunks or its
+    new ones, never neither."""
+    chunking = knowledge.chunking_of(settings)
+    after = ""
+    while True:
+        params = {"after": after, "chunking": Jsonb(chunking), "limit": 16}
+        async with tenant_tx(pool, org_id) as conn:
+            docs = await (await conn.execute(RECHUNK_SQL, params)).fetchall()
+        if not docs:
+            return
+        for doc in docs:
+            chunks = chunk_document(doc["content"], doc["content_type"], chunking["chars"], chunking["overlap"])
+            vectors = await _embed(embedder, [c.text for c in chunks]) if chunks else []
+            async with tenant_tx(pool, org_id) as conn:
+                row = await (await conn.execute(knowledge.LOCK_SQL, (doc["id"],))).fetchone()
+                if row is None or row["status"] != "ready":
+                    continue  # deleted, or being ingested again meanwhile
+                await knowledge.replace_chunks(conn, doc, chunks, vectors, embedder.model, chunking)
+            counts.rechunked += 1
+            if progress:
+                progress(counts)
+        after = docs[-1]["id"]
 
 
 async def _embed(embedder: Embedder, texts: list[str]) -> list[list[float]]:

@@ -93,18 +93,21 @@ class MemoryService:
 
     async def recall(
         self, who: Who, query: str, *, limit: int, min_score: float = -1.0, long_term: bool = True,
-        knowledge: bool = False,
+        knowledge: bool = False, hybrid: bool = False,
     ) -> list[dict[str, Any]]:
         """The items `who` may recall nearest to `query`, best first: the org's, this agent's,
         this end user's (from any session) and this session's memories if `long_term`, and
-        knowledge-base chunks if `knowledge`."""
+        knowledge-base chunks if `knowledge` (also found by full text, fused by rank, if `hybrid`)."""
         kinds = [*(RECALLED_KINDS if long_term else ()), *(("document",) if knowledge else ())]
         if limit <= 0 or not query.strip() or not kinds:
             return []
         embedder = await self.embedder(who.org_id)
         [vector] = await embedder.embed([query])
         filters = MemoryFilters(kinds=kinds, recall_for=who.recall_scope())
-        rows = await self.long_term.search(who.org_id, vector, embedder.model, filters, limit)
+        if knowledge and hybrid:
+            rows = await self.long_term.hybrid_search(who.org_id, query, vector, embedder.model, filters, limit)
+        else:
+            rows = await self.long_term.search(who.org_id, vector, embedder.model, filters, limit)
         if long_term:
             try:
                 notes = await self.notes.search(who.org_id, vector, embedder.model,

@@ -15,7 +15,7 @@ from __future__ import annotations
 from typing import Any, Protocol
 
 from core.tenancy import AsyncPool, tenant_tx
-from memory import long_term
+from memory import hybrid, long_term
 from memory.long_term import MemoryFilters, MemoryItem
 
 
@@ -66,6 +66,14 @@ class PostgresMemoryStore:
     ) -> list[dict[str, Any]]:
         async with tenant_tx(self.pool, org_id) as conn:
             return await long_term.search(conn, embedding, model, filters, limit)
+
+    async def hybrid_search(
+        self, org_id: str, text: str, embedding: list[float], model: str, filters: MemoryFilters | None = None,
+        limit: int = 10,
+    ) -> list[dict[str, Any]]:
+        """`search`, with knowledge chunks also found by full text, fused by rank (memory.hybrid)."""
+        async with tenant_tx(self.pool, org_id) as conn:
+            return await hybrid.search(conn, text, embedding, model, filters, limit)
 
     async def list(
         self, org_id: str, filters: MemoryFilters | None = None, cursor: str | None = None, limit: int = 50

@@ -91,7 +91,8 @@ async def _recall(ctx: RunContext, query: str) -> tuple[list[dict[str, Any]], bo
         pass
     try:
         rows = await ctx.memory.recall(who(ctx), query, limit=settings.recall_k, min_score=settings.recall_min_score,
-                                       long_term=config.long_term, knowledge=config.knowledge)
+                                       long_term=config.long_term, knowledge=config.knowledge,
+                                       hybrid=config.hybrid)
     except Exception as exc:
         log.warning("recall failed in run %s: %s: %s", ctx.run_id, type(exc).__name__, exc)
         await ctx.emitter.emit(events.RUN_WARNING, {"code": "MEMORY_UNAVAILABLE", "message": (

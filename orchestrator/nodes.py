@@ -330,7 +330,8 @@ async def _run_skill(ctx: RunContext, call: dict[str, Any], tool_call_id: str) -
     skill_ctx = SkillContext(
         org_id=ctx.org_id, session_id=ctx.session_id, run_id=ctx.run_id, agent_id=ctx.agent.id,
         tool_call_id=tool_call_id, workspace=ctx.workspace, user_id=ctx.user_id, memory=ctx.memory,
-        knowledge=ctx.agent.config.memory.knowledge, sandbox=ctx.sandbox, infra=ctx.infra, meter=ctx.meter,
+        knowledge=ctx.agent.config.memory.knowledge, hybrid=ctx.agent.config.memory.hybrid, sandbox=ctx.sandbox,
+        infra=ctx.infra, meter=ctx.meter,
     )
     with genai.skill_call(name, tool_call_id, ctx.agent.id, args) as traced:
         try:

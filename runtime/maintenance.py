@@ -23,6 +23,7 @@ from core import org_purge, retention
 from core.infra import Infra
 from core.runner_waits import fail_overdue_waits
 from core.settings import Settings
+from memory import index_maintenance
 
 log = logging.getLogger("agentos.maintenance")
 
@@ -45,6 +46,7 @@ JOBS: tuple[MaintenanceJob, ...] = (
                    fail_overdue_waits),
     MaintenanceJob("org_purge", lambda s: s.lifecycle.purge_interval_s, org_purge.purge_job),
     MaintenanceJob("retention", lambda s: s.lifecycle.retention_interval_s, retention.enforce),
+    MaintenanceJob("memory-indexes", lambda s: s.memory.index_interval_s, index_maintenance.run_job),
 )
 
 

@@ -312,6 +312,7 @@ async def _loop(settings: Settings, interval_s: float) -> None:
     log.info("watchdog ready. Sweeping every %.1f s (max attempts %d, queued runs resent after %.0f s)",
              interval_s, settings.worker.max_attempts, settings.worker.requeue_after_s)
     failing = False
+    housekeeping: asyncio.Task[list[str]] | None = None
     try:
         while not stop.is_set():
             try:
@@ -326,10 +327,16 @@ async def _loop(settings: Settings, interval_s: float) -> None:
                 failing = False
                 if report.acted or report.errors:
                     log.info("pass: %s", report.summary())
-            # Housekeeping after the sweep, each job on its own interval (runtime/maintenance.py).
-            await maintenance.run_due(infra, clock)
+            # Housekeeping after the sweep, each job on its own interval (runtime/maintenance.py),
+            # in the background: a job may take minutes (an index build) and sweeps go on meanwhile.
+            if housekeeping is None or housekeeping.done():
+                housekeeping = asyncio.create_task(maintenance.run_due(infra, clock))
             with suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), interval_s)
     finally:
+        if housekeeping is not None and not housekeeping.done():
+            housekeeping.cancel()  # an index build cut short is redone by the next watchdog
+            with suppress(asyncio.CancelledError):
+                await housekeeping
         await infra.close()
         log.info("watchdog stopped")

@@ -49,6 +49,7 @@ class SkillContext:
     user_id: str | None = None  # the session's end user, if the caller named one
     memory: MemoryService | None = None  # remember/recall for this org, agent, user and session
     knowledge: bool = False  # whether the agent may read the org's knowledge base
+    hybrid: bool = False  # knowledge chunks found by vector and full text (the agent's memory.hybrid)
     sandbox: SandboxClient | None = None  # runs code_executor's code; None: no sandbox configured
     # The worker's connections (settings, Postgres, Redis): for org secrets, caches and outbound
     # requests. None only where a skill is called outside a worker (some tests).

@@ -46,6 +46,7 @@ WRITES: dict[tuple[str, str], tuple[str, set[int]]] = {
     ("POST", "/v1/tool-calls/{tool_call_id}/reject"): ('{"reason": NESTED}', {422}),
     ("POST", "/v1/memories"): ('{"content": "deep fact", "metadata": {"deep": NESTED}}', {201}),
     ("POST", "/v1/knowledge"): ('{"content": "deep doc", "metadata": {"deep": NESTED}}', {202}),
+    ("POST", "/v1/knowledge/search"): ('{"query": "deep", "filter": {"deep": NESTED}}', {200}),
     ("PUT", "/v1/secrets/{name}"): ('{"value": NESTED}', {422}),
     ("POST", "/v1/skills"): ('{"name": "deep", "description": "d", "url": "http://example.com", '
                              '"signing_secret": {"secret": "s"}, "headers": NESTED}', {422}),

@@ -172,6 +172,10 @@ def test_every_operation_answers_as_documented(client, conformance, stack, opena
     assert c.get("/v1/knowledge?status=pending", headers=h).status_code == 200
     assert c.get(f"/v1/knowledge/{raw.json()['id']}", headers=h).json()["content_preview"] == "plain words"
     assert c.delete(f"/v1/knowledge/{raw.json()['id']}", headers=h).status_code == 204
+    search = {"query": "hello", "limit": 3, "filter": {"team": "hr"}, "mode": "hybrid"}
+    found = c.post("/v1/knowledge/search", json=search, headers=h)
+    assert found.status_code == 200 and found.json()["data"] == []
+    assert c.get('/v1/memories?query=tea&metadata={"k":"v"}', headers=h).status_code == 200
 
     assert c.put("/v1/secrets/hook_key", json={"value": "whsec_abc"}, headers=h).json()["created"] is True
     assert c.put("/v1/secrets/db_url", json={"value": "postgresql://u:p@10.9.9.9/other"}, headers=h).status_code == 200

@@ -152,6 +152,7 @@ def test_openapi_describes_every_route(client):
         ("/v1/memories", "post"), ("/v1/memories", "get"), ("/v1/memories", "delete"),
         ("/v1/memories/{memory_id}", "get"), ("/v1/memories/{memory_id}", "delete"),
         ("/v1/knowledge", "post"), ("/v1/knowledge", "get"),
+        ("/v1/knowledge/search", "post"),
         ("/v1/knowledge/{document_id}", "get"), ("/v1/knowledge/{document_id}", "delete"),
         ("/v1/skills", "get"), ("/v1/skills", "post"), ("/v1/skills/{name}", "get"), ("/v1/skills/{name}", "patch"),
         ("/v1/skills/{name}", "delete"), ("/v1/skills/{name}/versions", "get"),

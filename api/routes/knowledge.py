@@ -11,15 +11,16 @@ from __future__ import annotations
 
 import codecs
 import logging
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.requests import Request
 from starlette.responses import Response
 
 from api.endpoint import Call, Param, endpoint, parse_body, resource, validation_failed
+from api.routes.memories import embed_query
 from api.schemas.base import page_of
-from api.schemas.knowledge import KnowledgeDocument
+from api.schemas.knowledge import KnowledgeDocument, KnowledgeSearchResult
 from api.state import state_of
 from core import ids
 from core.document_text import READABLE, UnreadableDocument, UnsupportedDocument, to_text
@@ -216,6 +217,48 @@ async def list_documents(call: Call[Any]) -> Response:
     return call.page(data, next_cursor)
 
 
+class KnowledgeSearch(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    # Its length limit (settings.memory.max_content_chars) is checked in the handler: 413, not 422.
+    query: str = Field(min_length=1)
+    # Default: settings.memory.search_limit.
+    limit: int | None = Field(default=None, ge=1, le=50)
+    # Only chunks of these documents (ids of documents of another org match nothing).
+    document_ids: list[str] | None = Field(default=None, min_length=1, max_length=100)
+    # Only chunks whose metadata (the document's, plus `document_id`, `title`, `chunk`, `heading`)
+    # contains this object: for each top-level key an equal value, or an array/object holding it.
+    filter: dict[str, Any] | None = None
+    # `hybrid`: vector and full-text search fused by rank (memory/hybrid.py); `vector`: vector only.
+    mode: Literal["vector", "hybrid"] = "vector"
+
+
+@endpoint("Search the knowledge base by meaning: the chunks nearest to `query`, best first, with their "
+          "document and heading path (the same chunks a run's recall sees); `document_ids` and a metadata "
+          "`filter` narrow it; `mode: hybrid` adds full-text search, fused by rank.", body=KnowledgeSearch,
+          response=KnowledgeSearchResult,
+          errors=("PAYLOAD_TOO_LARGE",))
+async def search_knowledge(call: Call[KnowledgeSearch]) -> Response:
+    body, settings = call.body, call.settings
+    if len(body.query) > settings.memory.max_content_chars:
+        raise ApiError("PAYLOAD_TOO_LARGE", f"'query' is longer than {settings.memory.max_content_chars} characters.",
+                       details={"field": "query", "max_chars": settings.memory.max_content_chars})
+    if not body.query.strip():
+        raise validation_failed([{"field": "query", "message": "must not be blank"}])
+    bad = [d for d in body.document_ids or [] if not ids.looks_like("document", d)]
+    if bad:
+        raise validation_failed([{"field": "document_ids", "message": f"{bad[0]!r} is not a document id"}])
+    model, vector = await embed_query(call, body.query)
+    async with tenant_tx(call.pool, call.principal.org_id) as conn:
+        rows = await knowledge.search_chunks(conn, vector, model, body.limit or settings.memory.search_limit,
+                                             document_ids=body.document_ids, metadata=body.filter,
+                                             hybrid_text=body.query if body.mode == "hybrid" else None)
+    result: dict[str, Any] = {"data": rows, "embedding_model": model, "mode": body.mode}
+    if not rows:
+        result["note"] = (f"No chunk matched. Chunks are compared only with queries of the same embedding model "
+                          f"({model!r}); documents still pending have none yet.")
+    return call.reply(result)
+
+
 def _not_found(document_id: str) -> ApiError:
     return ApiError("NOT_FOUND", f"No document with id {document_id!r} in this organisation.")
 
@@ -245,5 +288,6 @@ async def delete_document(call: Call[Any]) -> Response:
 
 routes = [
     resource("/v1/knowledge", POST=create_document, GET=list_documents),
+    resource("/v1/knowledge/search", POST=search_knowledge),
     resource("/v1/knowledge/{document_id}", GET=get_document, DELETE=delete_document),
 ]

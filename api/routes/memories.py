@@ -6,6 +6,7 @@ Embeddings are made here, in the API process, by the embedder of `settings.memor
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -69,6 +70,12 @@ async def _embed(call: Call[Any], texts: list[str]) -> tuple[Embedder, list[list
     return embedder, vectors
 
 
+async def embed_query(call: Call[Any], query: str) -> tuple[str, list[float]]:
+    """(model, vector) of a search query, by the caller's org's embedder; 503 if it fails."""
+    embedder, (vector,) = await _embed(call, [query])
+    return embedder.model, vector
+
+
 def _not_found(memory_id: str) -> ApiError:
     return ApiError("NOT_FOUND", f"No memory with id {memory_id!r} in this organisation.")
 
@@ -129,19 +136,35 @@ def _filters(call: Call[Any]) -> long_term.MemoryFilters:
         raise validation_failed([{"field": "kind", "message": f"must be among {', '.join(long_term.KINDS)}"}])
     return long_term.MemoryFilters(
         scope=scope, agent_id=q.get("agent_id") or None, user_id=q.get("user") or q.get("user_id") or None,
-        session_id=q.get("session_id") or None, kinds=kinds,
+        session_id=q.get("session_id") or None, kinds=kinds, metadata=metadata_filter(q.get("metadata")),
     )
 
 
+def metadata_filter(raw: str | None) -> dict[str, Any] | None:
+    """`?metadata=` — a JSON object the items' metadata must contain (None: no filter)."""
+    if not raw:
+        return None
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        value = None
+    if not isinstance(value, dict):
+        raise validation_failed([{"field": "metadata", "message": 'must be a JSON object, e.g. {"lang": "en"}'}])
+    return value or None
+
+
 @endpoint("Search memories by meaning (`?query=`, results carry `score`, no cursor) or list them, newest "
-          "first; filters: `scope`, `agent_id`, `user`, `session_id`, `kind`.", paginated=True, response=MemoryPage,
+          "first; filters: `scope`, `agent_id`, `user`, `session_id`, `kind`, `metadata`.", paginated=True,
+          response=MemoryPage,
           errors=("PAYLOAD_TOO_LARGE",), params=(
               Param("query", {"type": "string"}, "Search by meaning: best matches first, with `score`."),
               Param("scope", {"type": "string", "enum": list(long_term.SCOPES)}),
               Param("agent_id", {"type": "string"}), Param("user", {"type": "string"}, "The end user's id."),
               Param("user_id", {"type": "string"}, "Same as `user`."), Param("session_id", {"type": "string"}),
               Param("kind", {"type": "array", "items": {"type": "string", "enum": list(long_term.KINDS)}},
-                    "Repeat it, or separate kinds with commas.")))
+                    "Repeat it, or separate kinds with commas."),
+              Param("metadata", {"type": "string"}, 'A JSON object the item\'s metadata must contain, e.g. '
+                    '`{"lang": "en"}`: for each top-level key an equal value, or an array/object holding it.')))
 async def list_memories(call: Call[Any]) -> Response:
     filters = _filters(call)
     query = call.request.query_params.get("query")

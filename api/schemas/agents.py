@@ -20,6 +20,7 @@ class AgentMemoryOut(Out):
     short_term_tokens: int
     long_term: bool
     knowledge: bool
+    hybrid: bool = False
 
 
 class RunnerRouteOut(Out):

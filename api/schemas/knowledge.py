@@ -31,3 +31,26 @@ class KnowledgeDocument(Out):
     created_at: datetime
     updated_at: datetime
     content_preview: str | None = Field(default=None, description="The first 500 characters (reading one only).")
+
+
+class KnowledgeChunk(Out):
+    """One chunk found by a knowledge search."""
+
+    id: str = Field(description="The chunk's memory id.")
+    document_id: str
+    title: str = Field(description="The document's title.")
+    heading: str | None = Field(description="The chunk's heading path in the document (`Guide > Install`).")
+    chunk: int | None = Field(description="The chunk's position in the document (0 first).")
+    content: str
+    score: float = Field(description="Cosine similarity to the query (1 is identical); in `hybrid` mode the "
+                               "order is the fused rank, not this score.")
+    metadata: dict[str, Any] = Field(description="The document's metadata and the chunk's own keys.")
+
+
+class KnowledgeSearchResult(Out):
+    """The best chunks first."""
+
+    data: list[KnowledgeChunk]
+    embedding_model: str = Field(description="The model the query was embedded with.")
+    mode: Literal["vector", "hybrid"] = Field(description="How the chunks were found (the request's `mode`).")
+    note: str | None = Field(default=None, description="Why a search may have found nothing.")

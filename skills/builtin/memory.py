@@ -62,7 +62,7 @@ async def recall(
 ) -> dict[str, Any]:
     memory, who = _service(ctx)
     try:
-        rows = await memory.recall(who, query, limit=limit, knowledge=ctx.knowledge)
+        rows = await memory.recall(who, query, limit=limit, knowledge=ctx.knowledge, hybrid=ctx.hybrid)
     except Exception as exc:
         raise _unavailable(exc) from None
     return {"items": [{"content": r["content"], "kind": r["kind"], "scope": r["scope"],

@@ -392,6 +392,26 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/v1/knowledge/search": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Search the knowledge base by meaning: the chunks nearest to `query`, best first, with their document and heading path (the same chunks a run's recall sees); `document_ids` and a metadata `filter` narrow it; `mode: hybrid` adds full-text search, fused by rank.
+         * @description Search the knowledge base by meaning: the chunks nearest to `query`, best first, with their document and heading path (the same chunks a run's recall sees); `document_ids` and a metadata `filter` narrow it; `mode: hybrid` adds full-text search, fused by rank.
+         */
+        post: operations["search_knowledge"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/v1/knowledge/{document_id}": {
         parameters: {
             query?: never;
@@ -520,8 +540,8 @@ export interface paths {
             cookie?: never;
         };
         /**
-         * Search memories by meaning (`?query=`, results carry `score`, no cursor) or list them, newest first; filters: `scope`, `agent_id`, `user`, `session_id`, `kind`.
-         * @description Search memories by meaning (`?query=`, results carry `score`, no cursor) or list them, newest first; filters: `scope`, `agent_id`, `user`, `session_id`, `kind`.
+         * Search memories by meaning (`?query=`, results carry `score`, no cursor) or list them, newest first; filters: `scope`, `agent_id`, `user`, `session_id`, `kind`, `metadata`.
+         * @description Search memories by meaning (`?query=`, results carry `score`, no cursor) or list them, newest first; filters: `scope`, `agent_id`, `user`, `session_id`, `kind`, `metadata`.
          */
         get: operations["list_memories"];
         put?: never;
@@ -1786,6 +1806,11 @@ export interface components {
         /** AgentMemory */
         AgentMemory: {
             /**
+             * Hybrid
+             * @default false
+             */
+            hybrid: boolean;
+            /**
              * Knowledge
              * @default false
              */
@@ -1803,6 +1828,11 @@ export interface components {
         };
         /** AgentMemoryOut */
         AgentMemoryOut: {
+            /**
+             * Hybrid
+             * @default false
+             */
+            hybrid: boolean;
             /** Knowledge */
             knowledge: boolean;
             /** Long Term */
@@ -2623,6 +2653,48 @@ export interface components {
             /** Version */
             version: number;
         };
+        /**
+         * KnowledgeChunk
+         * @description One chunk found by a knowledge search.
+         */
+        KnowledgeChunk: {
+            /**
+             * Chunk
+             * @description The chunk's position in the document (0 first).
+             */
+            chunk: number | null;
+            /** Content */
+            content: string;
+            /** Document Id */
+            document_id: string;
+            /**
+             * Heading
+             * @description The chunk's heading path in the document (`Guide > Install`).
+             */
+            heading: string | null;
+            /**
+             * Id
+             * @description The chunk's memory id.
+             */
+            id: string;
+            /**
+             * Metadata
+             * @description The document's metadata and the chunk's own keys.
+             */
+            metadata: {
+                [key: string]: unknown;
+            };
+            /**
+             * Score
+             * @description Cosine similarity to the query (1 is identical); in `hybrid` mode the order is the fused rank, not this score.
+             */
+            score: number;
+            /**
+             * Title
+             * @description The document's title.
+             */
+            title: string;
+        };
         /** KnowledgeCreate */
         KnowledgeCreate: {
             /**
@@ -2715,6 +2787,59 @@ export interface components {
              * @description Null on the last page; pass it as `?cursor=` for the next one.
              */
             next_cursor: string | null;
+        };
+        /** KnowledgeSearch */
+        KnowledgeSearch: {
+            /**
+             * Document Ids
+             * @default null
+             */
+            document_ids: string[] | null;
+            /**
+             * Filter
+             * @default null
+             */
+            filter: {
+                [key: string]: unknown;
+            } | null;
+            /**
+             * Limit
+             * @default null
+             */
+            limit: number | null;
+            /**
+             * Mode
+             * @default vector
+             * @enum {string}
+             */
+            mode: "vector" | "hybrid";
+            /** Query */
+            query: string;
+        };
+        /**
+         * KnowledgeSearchResult
+         * @description The best chunks first.
+         */
+        KnowledgeSearchResult: {
+            /** Data */
+            data: components["schemas"]["KnowledgeChunk"][];
+            /**
+             * Embedding Model
+             * @description The model the query was embedded with.
+             */
+            embedding_model: string;
+            /**
+             * Mode
+             * @description How the chunks were found (the request's `mode`).
+             * @enum {string}
+             */
+            mode: "vector" | "hybrid";
+            /**
+             * Note
+             * @description Why a search may have found nothing.
+             * @default null
+             */
+            note: string | null;
         };
         /** LimitOverrides */
         LimitOverrides: {
@@ -7289,6 +7414,100 @@ export interface operations {
             };
         };
     };
+    search_knowledge: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["KnowledgeSearch"];
+            };
+        };
+        responses: {
+            /** @description Search the knowledge base by meaning */
+            200: {
+                headers: {
+                    "RateLimit-Limit": components["headers"]["RateLimit-Limit"];
+                    "RateLimit-Remaining": components["headers"]["RateLimit-Remaining"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["KnowledgeSearchResult"];
+                };
+            };
+            /** @description `BAD_REQUEST`: The request is malformed. */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `UNAUTHENTICATED`: Send a valid credential: 'Authorization: Bearer <API key or JWT>'. */
+            401: {
+                headers: {
+                    "WWW-Authenticate": components["headers"]["WWW-Authenticate"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `PAYLOAD_TOO_LARGE`: The request body is too large. */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `UNSUPPORTED_MEDIA_TYPE`: Send JSON with 'Content-Type: application/json'. */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `VALIDATION_FAILED`: The request body failed validation; see details.fields. */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `RATE_LIMITED`: Too many requests; retry after the given delay. */
+            429: {
+                headers: {
+                    "RateLimit-Limit": components["headers"]["RateLimit-Limit"];
+                    "RateLimit-Remaining": components["headers"]["RateLimit-Remaining"];
+                    "Retry-After": components["headers"]["Retry-After"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `UNAVAILABLE`: A dependency is unavailable; retry later. Nothing was half-written. */
+            503: {
+                headers: {
+                    "Retry-After": components["headers"]["Retry-After"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+        };
+    };
     get_document: {
         parameters: {
             query?: never;
@@ -7915,6 +8134,8 @@ export interface operations {
                 session_id?: string;
                 /** @description Repeat it, or separate kinds with commas. */
                 kind?: ("summary" | "preference" | "fact" | "document")[];
+                /** @description A JSON object the item's metadata must contain, e.g. `{"lang": "en"}`: for each top-level key an equal value, or an array/object holding it. */
+                metadata?: string;
             };
             header?: never;
             path?: never;
