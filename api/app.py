@@ -36,14 +36,17 @@ from api.routes import (
     events,
     files,
     health,
+    invitations,
     knowledge,
     mcp_servers,
+    members,
     memories,
     orgs,
     outbound_allow,
     runs,
     secrets,
     sessions,
+    sign_in,
     skills,
     stream_tokens,
     tool_calls,
@@ -57,6 +60,7 @@ from core.db import check_tenant_isolation
 from core.event_hub import EventHub
 from core.file_storage import open_storage
 from core.infra import Infra
+from core.mailer import mailer_for
 from core.settings import Settings
 from core.telemetry import metrics, tracing
 from core.telemetry.http import TelemetryMiddleware
@@ -77,6 +81,7 @@ def _routes() -> list[BaseRoute]:
             *skills.routes, *data_sources.routes, *stream_tokens.routes,
             *mcp_servers.routes, *outbound_allow.routes, *usage.routes,
             *audit_logs.routes, *webhooks.routes, *files.routes,
+            *members.routes, *invitations.routes, *sign_in.routes,
             *metrics_route.routes]
 
 
@@ -97,7 +102,7 @@ def create_app(settings: Settings) -> Starlette:
             await check_tenant_isolation(infra.pool)
             state = ApiState(infra, Authenticator(settings.auth, infra.pool, stream_keys=settings.secrets),
                              Admission(settings.limits, infra.redis, infra.pool, settings.sandbox),
-                             await event_hub.open(), open_storage(settings.files))
+                             await event_hub.open(), open_storage(settings.files), mailer=mailer_for(settings))
             log.info("AgentOS API ready")
             yield {"api": state}
         finally:

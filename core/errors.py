@@ -21,6 +21,8 @@ CODES: dict[str, tuple[int, str]] = {
     "UNSUPPORTED_MEDIA_TYPE": (415, "Send JSON with 'Content-Type: application/json'."),
     "VALIDATION_FAILED": (422, "The request body failed validation; see details.fields."),
     "WEBHOOK_URL_REFUSED": (422, "The webhook URL is not allowed: it points at an internal or special address."),
+    "PASSWORD_REJECTED": (422, "The password does not meet the rules: at least the minimum length, not a common "
+                          "password, not your email."),
     "IDEMPOTENCY_MISMATCH": (422, "This Idempotency-Key was used with a different body."),
     "RATE_LIMITED": (429, "Too many requests; retry after the given delay."),
     "QUOTA_EXCEEDED": (429, "A quota of this organisation is used up."),

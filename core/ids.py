@@ -28,6 +28,8 @@ PREFIXES = {
     "mcp_server": "mcp",
     "webhook": "whk",
     "file": "fil",
+    "invitation": "inv",
+    "login_session": "lgs",
     # Delivery ids are derived from (webhook, event) in SQL (core.store.webhooks), never drawn.
     "webhook_delivery": "whd",
 }

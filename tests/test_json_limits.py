@@ -58,6 +58,14 @@ WRITES: dict[tuple[str, str], tuple[str, set[int]]] = {
     ("POST", "/v1/webhooks/{webhook_id}/rotate-secret"): ('{"secret": NESTED}', {422}),
     ("POST", "/v1/webhooks/{webhook_id}/deliveries/{delivery_id}/retry"): ('{"x": NESTED}', {404}),
     ("POST", "/v1/sessions/{session_id}/files"): ('{"file_id": NESTED}', {422}),
+    ("PATCH", "/v1/members/{user_id}"): ('{"role": NESTED}', {422}),
+    ("POST", "/v1/invitations"): ('{"email": NESTED}', {422}),
+    ("POST", "/v1/invitations/accept"): ('{"token": NESTED}', {422}),
+    ("POST", "/v1/auth/login"): ('{"email": NESTED}', {422}),
+    ("POST", "/v1/auth/refresh"): ('{"refresh_token": NESTED}', {422}),
+    ("POST", "/v1/auth/switch-org"): ('{"org_id": NESTED}', {422}),
+    ("POST", "/v1/auth/password-reset"): ('{"email": NESTED}', {422}),
+    ("POST", "/v1/auth/password-reset/confirm"): ('{"token": NESTED}', {422}),
 }
 
 

@@ -169,6 +169,12 @@ def test_openapi_describes_every_route(client):
         ("/v1/files/{file_id}/content", "get"), ("/v1/sessions/{session_id}/files", "get"),
         ("/v1/sessions/{session_id}/files", "post"), ("/v1/sessions/{session_id}/files/{file_id}", "delete"),
         ("/metrics", "get"),
+        ("/v1/members", "get"), ("/v1/members/{user_id}", "patch"), ("/v1/members/{user_id}", "delete"),
+        ("/v1/invitations", "post"), ("/v1/invitations", "get"), ("/v1/invitations/accept", "post"),
+        ("/v1/invitations/{invitation_id}", "delete"), ("/v1/invitations/{invitation_id}/resend", "post"),
+        ("/v1/auth/login", "post"), ("/v1/auth/refresh", "post"), ("/v1/auth/logout", "post"),
+        ("/v1/auth/switch-org", "post"), ("/v1/auth/password-reset", "post"),
+        ("/v1/auth/password-reset/confirm", "post"),
     }
     served = {(path, method) for path, ops in doc["paths"].items() for method in ops}
     assert served == expected

@@ -14,7 +14,7 @@ from api.state import state_of
 from core import ids
 from core.admission import BUDGET_KEYS, Admission, overrides_of
 from core.errors import ApiError
-from core.store import orgs
+from core.store import orgs, people
 
 
 class OrgCreate(BaseModel):
@@ -94,9 +94,10 @@ def _org_id(call: Call[Any]) -> str:
     return value
 
 
-@endpoint("The caller's principal: org, user, role and scopes.", response=Principal)
+@endpoint("The caller's principal: org, user, role and scopes; for a user, who they are and their orgs.",
+          response=Principal)
 async def me(call: Call[Any]) -> Response:
-    return call.reply(call.principal.public())
+    return call.reply(call.principal.public() | await people.whoami(call.pool, call.principal.user_id))
 
 
 @endpoint(
