@@ -48,6 +48,7 @@ from api.routes import (
     sessions,
     sign_in,
     skills,
+    sso,
     stream_tokens,
     tool_calls,
     usage,
@@ -59,6 +60,7 @@ from core.admission import Admission
 from core.db import check_tenant_isolation
 from core.event_hub import EventHub
 from core.file_storage import open_storage
+from core.identity_providers import IdentityProviders
 from core.infra import Infra
 from core.mailer import mailer_for
 from core.settings import Settings
@@ -81,7 +83,7 @@ def _routes() -> list[BaseRoute]:
             *skills.routes, *data_sources.routes, *stream_tokens.routes,
             *mcp_servers.routes, *outbound_allow.routes, *usage.routes,
             *audit_logs.routes, *webhooks.routes, *files.routes,
-            *members.routes, *invitations.routes, *sign_in.routes,
+            *members.routes, *invitations.routes, *sign_in.routes, *sso.routes,
             *metrics_route.routes]
 
 
@@ -102,7 +104,8 @@ def create_app(settings: Settings) -> Starlette:
             await check_tenant_isolation(infra.pool)
             state = ApiState(infra, Authenticator(settings.auth, infra.pool, stream_keys=settings.secrets),
                              Admission(settings.limits, infra.redis, infra.pool, settings.sandbox),
-                             await event_hub.open(), open_storage(settings.files), mailer=mailer_for(settings))
+                             await event_hub.open(), open_storage(settings.files), mailer=mailer_for(settings),
+                             identity=IdentityProviders(settings.people, infra.redis))
             log.info("AgentOS API ready")
             yield {"api": state}
         finally:

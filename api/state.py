@@ -12,6 +12,7 @@ from api.auth import Authenticator
 from core.admission import Admission
 from core.event_hub import EventHub
 from core.file_storage import FileStorage
+from core.identity_providers import IdentityProviders
 from core.infra import Infra
 from core.mailer import LogMailer, Mailer
 from memory.embeddings import Embedder
@@ -30,6 +31,8 @@ class ApiState:
     embedders: dict[str, Embedder] = field(default_factory=dict)
     # Sends invitation and password-reset links (core.mailer; chosen by AGENTOS_PEOPLE__MAILER).
     mailer: Mailer = field(default_factory=LogMailer)
+    # Sign-in with OIDC and GitHub (core.identity_providers); None: built by `api.app` only.
+    identity: IdentityProviders | None = None
 
 
 class LifespanState(TypedDict):

@@ -449,6 +449,21 @@ class PeopleSettings(BaseModel):
     smtp_password: SecretStr | None = None
     smtp_starttls: bool = True
     smtp_from: str = "AgentOS <no-reply@localhost>"
+    # Sign-in with an identity provider (OIDC: any standards-compliant issuer, found by discovery;
+    # GitHub OAuth). Each is on when its client id is set. `oauth_redirect_url` is the page the
+    # provider sends the browser back to (the console's, which POSTs the code and state to
+    # /v1/auth/{provider}/callback); `{provider}` is filled in.
+    oidc_issuer: str | None = None
+    oidc_client_id: str | None = None
+    oidc_client_secret: SecretStr | None = None
+    oidc_scopes: str = "openid email profile"
+    github_client_id: str | None = None
+    github_client_secret: SecretStr | None = None
+    github_authorize_url: str = "https://github.com/login/oauth/authorize"
+    github_token_url: str = "https://github.com/login/oauth/access_token"
+    github_api_url: str = "https://api.github.com"
+    oauth_redirect_url: str = "http://localhost:3000/auth/{provider}/callback"
+    oauth_state_ttl_s: int = Field(default=600, ge=60, le=3600)
     # Where links in mails point (the console's accept and reset pages); `{token}` is filled in.
     invitation_url: str = "http://localhost:3000/invitations/accept?token={token}"
     reset_url: str = "http://localhost:3000/password-reset?token={token}"

@@ -35,7 +35,8 @@ class InvitationCreate(BaseModel):
 class InvitationAccept(BaseModel):
     model_config = ConfigDict(extra="forbid")
     token: str = Field(min_length=1, max_length=200)
-    # For a new user: the account's password (and name). An existing user is only linked.
+    # For a new user: the account's password (none: sign in with a provider) and name. An existing
+    # user is only linked.
     password: str | None = Field(default=None, max_length=passwords.MAX_LENGTH)
     name: str | None = Field(default=None, min_length=1, max_length=200)
 
@@ -129,16 +130,17 @@ async def accept_invitation(call: Call[InvitationAccept]) -> Response:
     async with tenant_tx(call.pool, org_id) as conn:
         user = await users.by_email(conn, email)
         if user is None:
-            if body.password is None:
-                raise ApiError("VALIDATION_FAILED", "'password' is required: this invitation creates your account.",
-                               details={"fields": [{"field": "password", "message": "is required for a new user"}]})
-            try:
-                passwords.check_rules(body.password, min_length=call.settings.people.password_min_length, email=email)
-            except passwords.PasswordRejected as exc:
-                raise ApiError("PASSWORD_REJECTED", f"The password {exc}.") from None
+            # Without a password the new user signs in with an identity provider (or sets one by reset).
+            password_hash = None
+            if body.password is not None:
+                try:
+                    passwords.check_rules(body.password, min_length=call.settings.people.password_min_length,
+                                          email=email)
+                except passwords.PasswordRejected as exc:
+                    raise ApiError("PASSWORD_REJECTED", f"The password {exc}.") from None
+                password_hash = await passwords.hash_password(body.password)
             # The token came by mail to this address: the email is verified.
-            user = await users.create(conn, email=email, name=body.name, verified=True,
-                                      password_hash=await passwords.hash_password(body.password))
+            user = await users.create(conn, email=email, name=body.name, verified=True, password_hash=password_hash)
         elif not user["email_verified"]:
             await users.mark_verified(conn, user["id"])
         if not await invitations.accept(conn, found["id"], user["id"]):

@@ -69,7 +69,7 @@ def _limits(call: Call[Any]) -> LoginLimits:
     return LoginLimits(call.infra.redis, call.settings.people)
 
 
-async def _issue(call: Call[Any], user_id: str, org_id: str | None, method: str) -> dict[str, Any]:
+async def issue(call: Call[Any], user_id: str, org_id: str | None, method: str) -> dict[str, Any]:
     """A new sign-in session of the user in the org (or its oldest org) and its first tokens."""
     async with user_memberships_tx(call.pool, user_id) as conn:
         orgs = await memberships.orgs_of(conn, user_id)
@@ -109,7 +109,7 @@ async def login(call: Call[Login]) -> Response:
             raise _locked(locked)
         raise _bad_credentials()
     await limits.succeeded(email)
-    return call.reply(await _issue(call, user["id"], call.body.org_id, "password"))
+    return call.reply(await issue(call, user["id"], call.body.org_id, "password"))
 
 
 @endpoint("Trade a refresh token for a new pair. Each refresh token works once; presenting a used one again "
@@ -161,7 +161,7 @@ async def logout(call: Call[Any]) -> Response:
 async def switch_org(call: Call[SwitchOrg]) -> Response:
     _session_of(call)
     assert call.principal.user_id is not None
-    return call.reply(await _issue(call, call.principal.user_id, call.body.org_id, "switch"))
+    return call.reply(await issue(call, call.principal.user_id, call.body.org_id, "switch"))
 
 
 @endpoint("Ask for a password reset link by mail. The answer is the same whether or not the email has an account.",

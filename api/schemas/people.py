@@ -67,3 +67,7 @@ class Tokens(Out):
     user: User
     org_id: str
     role: Role
+
+
+class AuthorizeUrl(Out):
+    authorize_url: str = Field(description="Send the browser here; the provider comes back with a code and state.")
