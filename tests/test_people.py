@@ -273,3 +273,19 @@ def test_members_of_one_org_are_not_listed_in_another(client):
     a, b = new_org(client, "people a"), new_org(client, "people b")
     join(a, _email())
     assert client.get("/v1/members", headers=b.headers).json()["data"] == []
+
+
+def test_what_a_signed_in_user_does_is_attributed_to_them(client, org, stack):
+    tokens = join(org, _email(), "member")
+    uid, h = tokens["user"]["id"], bearer(tokens)
+    agent = client.post("/v1/agents", json={"name": "attrib", "instructions": "x"}, headers=h).json()
+    session = client.post("/v1/sessions", json={"agent_id": agent["id"]}, headers=h).json()
+    run = client.post(f"/v1/sessions/{session['id']}/runs", json={"input": "hi"}, headers=h)
+    assert run.status_code == 202, run.text
+    with psycopg.connect(stack.database_url) as conn:
+        created_by = conn.execute("SELECT created_by FROM runs WHERE id = %s", (run.json()["id"],)).fetchone()
+        actors = {r[0] for r in conn.execute(
+            "SELECT actor FROM audit_logs WHERE org_id = %s AND action IN ('agent.create', 'auth.login')",
+            (org.id,)).fetchall()}
+    assert created_by == (f"user:{uid}",)
+    assert actors == {f"user:{uid}"}

@@ -92,7 +92,7 @@ async def issue(call: Call[Any], user_id: str, org_id: str | None, method: str) 
 
 @endpoint("Sign in with email and password: an access token and a refresh token. Failed attempts are slowed "
           "per account and per IP (429 with Retry-After).", role=None, body=Login, response=Tokens,
-          errors=("UNAUTHENTICATED", "FORBIDDEN", "RATE_LIMITED"))
+          errors=("UNAUTHENTICATED", "FORBIDDEN", "RATE_LIMITED", "UNAVAILABLE"))
 async def login(call: Call[Login]) -> Response:
     email = users.normal_email(call.body.email)
     where = origin.get()
@@ -113,7 +113,8 @@ async def login(call: Call[Login]) -> Response:
 
 
 @endpoint("Trade a refresh token for a new pair. Each refresh token works once; presenting a used one again "
-          "ends the whole sign-in.", role=None, body=Refresh, response=Tokens, errors=("UNAUTHENTICATED",))
+          "ends the whole sign-in.", role=None, body=Refresh, response=Tokens,
+          errors=("UNAUTHENTICATED", "UNAVAILABLE"))
 async def refresh(call: Call[Refresh]) -> Response:
     reused = False
     async with call.pool.connection() as conn, conn.transaction():
@@ -157,7 +158,7 @@ async def logout(call: Call[Any]) -> Response:
 
 
 @endpoint("Switch to another org you belong to: a new sign-in there, with its own tokens.", body=SwitchOrg,
-          response=Tokens, errors=("BAD_REQUEST", "FORBIDDEN"))
+          response=Tokens, errors=("BAD_REQUEST", "FORBIDDEN", "UNAVAILABLE"))
 async def switch_org(call: Call[SwitchOrg]) -> Response:
     _session_of(call)
     assert call.principal.user_id is not None

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import httpx
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.responses import Response
 
@@ -56,13 +57,15 @@ async def start(call: Call[SsoStart]) -> Response:
 
 
 @endpoint("Finish signing in with an identity provider: the code and state it sent back, for tokens.", role=None,
-          body=SsoCallback, response=Tokens, errors=("NOT_FOUND", "UNAUTHENTICATED", "FORBIDDEN"))
+          body=SsoCallback, response=Tokens, errors=("NOT_FOUND", "UNAUTHENTICATED", "FORBIDDEN", "UNAVAILABLE"))
 async def callback(call: Call[SsoCallback]) -> Response:
     provider, providers = _provider(call)
     try:
         identity, org_id = await providers.finish(provider, call.body.code, call.body.state)
     except SignInRefused as exc:
         raise ApiError("UNAUTHENTICATED", str(exc)) from None
+    except (httpx.HTTPError, ValueError, KeyError) as exc:  # the provider is down or answers nonsense
+        raise ApiError("UNAVAILABLE", "The identity provider did not answer as expected; retry later.") from exc
     async with call.pool.connection() as conn, conn.transaction():
         user = await users.by_email(conn, identity.email)
         if user is not None and not user["email_verified"]:
