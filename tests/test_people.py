@@ -289,3 +289,32 @@ def test_what_a_signed_in_user_does_is_attributed_to_them(client, org, stack):
             (org.id,)).fetchall()}
     assert created_by == (f"user:{uid}",)
     assert actors == {f"user:{uid}"}
+
+
+def test_the_migration_keeps_recorded_subjects_as_users_and_members(stack):
+    import os
+
+    from core.migrations import MIGRATIONS, _people, migrate
+
+    admin_url = stack.database_url.rsplit("/", 1)[0] + "/postgres"
+    database = f"people_{os.urandom(4).hex()}"
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {database}")
+    url = stack.database_url.rsplit("/", 1)[0] + "/" + database
+    try:
+        version = next(v for v, m in enumerate(MIGRATIONS, start=1) if m.apply is _people)
+        migrate(url, "agentos_app", target=version - 1)
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute("INSERT INTO orgs (id, name) VALUES ('org_a', 'A'), ('org_b', 'B')")
+            conn.execute("INSERT INTO users (org_id, id, role) VALUES ('org_a', 'sub-1', 'admin'), "
+                         "('org_b', 'sub-1', 'viewer'), ('org_a', 'sub-2', 'member')")
+        assert migrate(url, "agentos_app", target=version) == 1
+        with psycopg.connect(url) as conn:
+            members = sorted(conn.execute("SELECT org_id, user_id, role FROM memberships").fetchall())
+            people = sorted(r[0] for r in conn.execute("SELECT id FROM users").fetchall())
+            forced = conn.execute("SELECT relforcerowsecurity FROM pg_class WHERE relname = 'memberships'").fetchone()
+        assert members == [("org_a", "sub-1", "admin"), ("org_a", "sub-2", "member"), ("org_b", "sub-1", "viewer")]
+        assert people == ["sub-1", "sub-2"] and forced == (True,)
+    finally:
+        with psycopg.connect(admin_url, autocommit=True) as conn:
+            conn.execute(f"DROP DATABASE {database} WITH (FORCE)")
