@@ -36,8 +36,10 @@ from api.routes import (
     events,
     files,
     health,
+    invitations,
     knowledge,
     mcp_servers,
+    members,
     memories,
     org_exports,
     orgs,
@@ -48,7 +50,9 @@ from api.routes import (
     runs,
     secrets,
     sessions,
+    sign_in,
     skills,
+    sso,
     stream_tokens,
     tool_calls,
     usage,
@@ -61,7 +65,9 @@ from core.admission import Admission
 from core.db import check_tenant_isolation
 from core.event_hub import EventHub
 from core.file_storage import open_storage
+from core.identity_providers import IdentityProviders
 from core.infra import Infra
+from core.mailer import mailer_for
 from core.settings import Settings
 from core.telemetry import metrics, tracing
 from core.telemetry.http import TelemetryMiddleware
@@ -82,7 +88,8 @@ def _routes() -> list[BaseRoute]:
             *skills.routes, *data_sources.routes, *stream_tokens.routes,
             *mcp_servers.routes, *outbound_allow.routes, *usage.routes,
             *audit_logs.routes, *webhooks.routes, *files.routes, *users_data.routes, *org_exports.routes,
-            *providers.routes, *metrics_route.routes, *runners.routes, *runner_link.routes]
+            *providers.routes, *members.routes, *invitations.routes, *sign_in.routes, *sso.routes,
+            *metrics_route.routes, *runners.routes, *runner_link.routes]
 
 
 def create_app(settings: Settings) -> Starlette:
@@ -102,7 +109,8 @@ def create_app(settings: Settings) -> Starlette:
             await check_tenant_isolation(infra.pool)
             state = ApiState(infra, Authenticator(settings.auth, infra.pool, stream_keys=settings.secrets),
                              Admission(settings.limits, infra.redis, infra.pool, settings.sandbox),
-                             await event_hub.open(), open_storage(settings.files))
+                             await event_hub.open(), open_storage(settings.files), mailer=mailer_for(settings),
+                             identity=IdentityProviders(settings.people, infra.redis))
             log.info("AgentOS API ready")
             yield {"api": state}
         finally:

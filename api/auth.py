@@ -11,16 +11,18 @@ from __future__ import annotations
 import asyncio
 import hmac
 import time
+from dataclasses import replace
 from typing import Any
 
 import jwt
 from starlette.requests import Request
 
 from api.stream_access import stream_principal
+from core.access_tokens import SESSION_CLAIM
 from core.errors import ApiError
 from core.principal import ROLES, Principal
 from core.settings import AuthSettings, SecretsSettings
-from core.store import api_keys, orgs, users
+from core.store import api_keys, logins, orgs, users
 from core.tenancy import AsyncPool, tenant_tx
 
 _CHALLENGE = {"WWW-Authenticate": 'Bearer realm="agentos"'}
@@ -153,8 +155,24 @@ class Authenticator:
             credential="jwt",
             credential_id=claims.get("jti"),
         )
+        if SESSION_CLAIM in claims:
+            return await self._signed_in(principal, claims[SESSION_CLAIM])
         await self._first_seen(principal)
         return principal
+
+    async def _signed_in(self, principal: Principal, session_id: object) -> Principal:
+        """A token this server minted at sign-in (core.access_tokens): good only while its session
+        is live and its user a member, with the member's role of now (checked on every request,
+        so logout and removal take effect at once)."""
+        assert principal.user_id is not None
+        if not isinstance(session_id, str):
+            raise unauthenticated("The JWT's sign-in session is malformed.")
+        async with tenant_tx(self._pool, principal.org_id) as conn:
+            role = await logins.session_role(conn, session_id, principal.user_id)
+        if role not in ROLES:
+            raise unauthenticated("This sign-in has ended (signed out, removed from the organisation or expired); "
+                                  "sign in again.")
+        return replace(principal, role=role, session_id=session_id)
 
     async def _first_seen(self, principal: Principal) -> None:
         """A subject's first request to an org is its login in the audit log. Each process checks

@@ -12,7 +12,9 @@ from api.auth import Authenticator
 from core.admission import Admission
 from core.event_hub import EventHub
 from core.file_storage import FileStorage
+from core.identity_providers import IdentityProviders
 from core.infra import Infra
+from core.mailer import LogMailer, Mailer
 from memory.embeddings import Embedder
 
 
@@ -27,6 +29,10 @@ class ApiState:
     storage: FileStorage
     # Embedders by model spec, made on first use (an `openai:` one loads its client only then).
     embedders: dict[str, Embedder] = field(default_factory=dict)
+    # Sends invitation and password-reset links (core.mailer; chosen by AGENTOS_PEOPLE__MAILER).
+    mailer: Mailer = field(default_factory=LogMailer)
+    # Sign-in with OIDC and GitHub (core.identity_providers); None: built by `api.app` only.
+    identity: IdentityProviders | None = None
 
 
 class LifespanState(TypedDict):

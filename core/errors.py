@@ -25,6 +25,8 @@ CODES: dict[str, tuple[int, str]] = {
     "WEBHOOK_URL_REFUSED": (422, "The webhook URL is not allowed: it points at an internal or special address."),
     "PROVIDER_URL_REFUSED": (422, "The model provider's base_url is not allowed: it points at an internal or "
                              "special address."),
+    "PASSWORD_REJECTED": (422, "The password does not meet the rules: at least the minimum length, not a common "
+                          "password, not your email."),
     "IDEMPOTENCY_MISMATCH": (422, "This Idempotency-Key was used with a different body."),
     "RATE_LIMITED": (429, "Too many requests; retry after the given delay."),
     "QUOTA_EXCEEDED": (429, "A quota of this organisation is used up."),

@@ -31,6 +31,8 @@ PREFIXES = {
     "runner": "rnr",
     "org_export": "exp",
     "provider": "prv",
+    "invitation": "inv",
+    "login_session": "lgs",
     # Delivery ids are derived from (webhook, event) in SQL (core.store.webhooks), never drawn.
     "webhook_delivery": "whd",
 }

@@ -32,10 +32,13 @@ _INITIAL_TENANT_TABLES: tuple[str, ...] = (
 # Every table that holds one organisation's data. RLS is ENABLEd and FORCEd on each, and the
 # API refuses to start if any of them lacks it (see core.db.check_tenant_isolation).
 TENANT_TABLES: tuple[str, ...] = (
-    *_INITIAL_TENANT_TABLES, "memories", "knowledge_documents", "org_secrets", "skills", "skill_versions",
+    *(t for t in _INITIAL_TENANT_TABLES if t != "users"),
+    "memories", "knowledge_documents", "org_secrets", "skills", "skill_versions",
     "data_sources", "mcp_servers", "usage_records", "usage_daily", "usage_months", "usage_run_days",
     "webhooks", "webhook_deliveries", "webhook_attempts",
-    "files", "session_files", "org_exports", "model_providers",
+    "files", "session_files", "org_exports", "model_providers", "runners", "runner_calls", "runner_runs",
+    # `users` of the initial schema became `memberships`; `users` is now global (see _people).
+    "memberships", "invitations",
 )
 
 _MIGRATION_LOCK_KEY = 0x6167656E746F73  # "agentos"
@@ -803,6 +806,8 @@ def _runners(conn: psycopg.Connection) -> None:
     conn.execute(_RUNNERS_SQL)
     for table in ("runners", "runner_calls", "runner_runs"):
         _tenant_policy(conn, table)
+
+
 _ORG_DELETION_SQL = """
 -- Org deletion (issue #23): the owner asks (`deletion_requested_at`); during the grace period the
 -- org can be restored, after `purge_after` the maintenance job removes every row it owns.
@@ -876,6 +881,8 @@ CREATE INDEX org_exports_org_idx ON org_exports (org_id, id DESC);
 def _org_exports(conn: psycopg.Connection) -> None:
     conn.execute(_ORG_EXPORTS_SQL)
     _tenant_policy(conn, "org_exports")
+
+
 _MODEL_PROVIDERS_SQL = """
 -- Model providers per org (issue #14): an agent's `model` names one as `<name>:<model>`. The API
 -- key is never here: `api_key_secret` names the org secret (org_secrets) that holds it.
@@ -915,6 +922,8 @@ CREATE INDEX knowledge_documents_file_idx ON knowledge_documents (file_id) WHERE
 
 def _knowledge_files(conn: psycopg.Connection) -> None:
     conn.execute(_KNOWLEDGE_FILES_SQL)
+
+
 _MEMORY_INDEX_MAINTENANCE_SQL = """
 -- The per-org vector index job (memory/index_maintenance.py) counts each org's items across
 -- orgs, as the schema's owner (it builds the indexes too). A read-only view switched on for one
@@ -964,6 +973,99 @@ def _knowledge_chunking(conn: psycopg.Connection) -> None:
     conn.execute(_KNOWLEDGE_CHUNKING_SQL)
 
 
+_PEOPLE_SQL = """
+-- The per-org `users` of the initial schema were memberships all along (an org's role for a
+-- subject): they keep their rows and their tenant policy under the right name.
+ALTER TABLE users RENAME TO memberships;
+ALTER TABLE memberships RENAME CONSTRAINT users_pkey TO memberships_pkey;
+ALTER TABLE memberships RENAME COLUMN id TO user_id;
+ALTER TABLE memberships DROP COLUMN email, DROP COLUMN name;
+CREATE INDEX memberships_user_idx ON memberships (user_id);
+
+-- People, global: one row per person across every org they belong to. Not tenant data: the API
+-- reaches a user only through a membership of the request's org, or as the signed-in user.
+CREATE TABLE users (
+    id text PRIMARY KEY,
+    email text CHECK (email = lower(email)),
+    name text,
+    email_verified boolean NOT NULL DEFAULT false,
+    password_hash text,
+    created_at timestamptz NOT NULL DEFAULT now(),
+    updated_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE UNIQUE INDEX users_email_uq ON users (email) WHERE email IS NOT NULL;
+
+-- The subjects already recorded become users (the owner is not FORCEd for this one copy).
+ALTER TABLE memberships NO FORCE ROW LEVEL SECURITY;
+INSERT INTO users (id) SELECT DISTINCT user_id FROM memberships ON CONFLICT DO NOTHING;
+ALTER TABLE memberships FORCE ROW LEVEL SECURITY;
+ALTER TABLE memberships ADD FOREIGN KEY (user_id) REFERENCES users(id) ON DELETE CASCADE;
+-- `GET /v1/me` lists the signed-in user's orgs: this read-only policy shows that one user's
+-- memberships in every org, switched on for one transaction (core.tenancy.user_memberships_tx).
+CREATE POLICY user_memberships ON memberships FOR SELECT
+    USING (user_id = nullif(current_setting('app.user_id', true), ''));
+-- ... and the names of those orgs (nothing else of them is read there).
+CREATE POLICY user_member_orgs ON orgs FOR SELECT
+    USING (id IN (SELECT org_id FROM memberships WHERE user_id = nullif(current_setting('app.user_id', true), '')));
+
+-- Invitations to an org. Only a SHA-256 of the token is stored; accepting finds the row by it
+-- before the org is known, through the read-only `invitation_lookup` policy.
+CREATE TABLE invitations (
+    id text PRIMARY KEY,
+    org_id text NOT NULL REFERENCES orgs(id) ON DELETE CASCADE,
+    email text NOT NULL CHECK (email = lower(email)),
+    role text NOT NULL CHECK (role IN ('owner', 'admin', 'member', 'viewer')),
+    token_hash text NOT NULL UNIQUE,
+    invited_by text,
+    created_at timestamptz NOT NULL DEFAULT now(),
+    expires_at timestamptz NOT NULL,
+    accepted_at timestamptz,
+    accepted_by text,
+    revoked_at timestamptz
+);
+CREATE INDEX invitations_org_idx ON invitations (org_id, id DESC);
+CREATE UNIQUE INDEX invitations_open_uq ON invitations (org_id, email)
+    WHERE accepted_at IS NULL AND revoked_at IS NULL;
+CREATE POLICY invitation_lookup ON invitations FOR SELECT
+    USING (token_hash = nullif(current_setting('app.invitation_token_hash', true), ''));
+
+-- Sign-in sessions (global, like users): one per sign-in to one org. Access tokens name their
+-- session (`agentos_sid`), so revoking it (logout, removal from the org, refresh-token reuse)
+-- stops them at the next request. Refresh tokens rotate: each is used once, then replaced.
+CREATE TABLE login_sessions (
+    id text PRIMARY KEY,
+    user_id text NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+    org_id text NOT NULL REFERENCES orgs(id) ON DELETE CASCADE,
+    method text NOT NULL,
+    created_at timestamptz NOT NULL DEFAULT now(),
+    expires_at timestamptz NOT NULL,
+    revoked_at timestamptz,
+    revoked_reason text
+);
+CREATE INDEX login_sessions_user_idx ON login_sessions (user_id, org_id) WHERE revoked_at IS NULL;
+CREATE TABLE refresh_tokens (
+    token_hash text PRIMARY KEY,
+    session_id text NOT NULL REFERENCES login_sessions(id) ON DELETE CASCADE,
+    created_at timestamptz NOT NULL DEFAULT now(),
+    used_at timestamptz
+);
+CREATE INDEX refresh_tokens_session_idx ON refresh_tokens (session_id);
+-- Password reset tokens: single use, short-lived, hashed at rest.
+CREATE TABLE password_resets (
+    token_hash text PRIMARY KEY,
+    user_id text NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+    created_at timestamptz NOT NULL DEFAULT now(),
+    expires_at timestamptz NOT NULL,
+    used_at timestamptz
+);
+"""
+
+
+def _people(conn: psycopg.Connection) -> None:
+    conn.execute(_PEOPLE_SQL)
+    _tenant_policy(conn, "invitations")
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration("initial schema with row-level security", _initial),
     Migration("per-session event sequence and run queue order", _run_queue),
@@ -992,6 +1094,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration("memory metadata filters: a GIN index on metadata", _memory_metadata),
     Migration("hybrid retrieval: full-text index over knowledge chunks", _knowledge_full_text),
     Migration("knowledge documents record their chunking settings", _knowledge_chunking),
+    Migration("people: global users, org memberships, invitations, sign-in sessions", _people),
 )
 
 

@@ -22,6 +22,8 @@ class Principal:
     scopes: frozenset[str] = field(default_factory=frozenset)
     credential: Literal["api_key", "jwt", "stream_token"] = "api_key"
     credential_id: str | None = None  # the API key id, or the JWT's (or stream token's) `jti` when present
+    # The sign-in session of an access token this server minted (core.access_tokens), else None.
+    session_id: str | None = None
 
     @property
     def actor(self) -> str:

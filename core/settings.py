@@ -454,6 +454,52 @@ class OutboundSettings(BaseModel):
     user_agent: str = "AgentOS/0.1"
 
 
+class PeopleSettings(BaseModel):
+    """Users, invitations and sign-in (`AGENTOS_PEOPLE__*`; docs/operations.md, "People")."""
+
+    # Registration without an invitation (POST /v1/auth/register): off unless the operator opens it.
+    open_signup: bool = False
+    access_token_ttl_s: int = Field(default=900, ge=60, le=86_400)
+    session_ttl_s: int = Field(default=30 * 86_400, ge=3600)  # how long a refresh token chain lives
+    invitation_ttl_s: int = Field(default=7 * 86_400, ge=300)
+    reset_ttl_s: int = Field(default=3600, ge=300, le=86_400)
+    password_min_length: int = Field(default=12, ge=8, le=128)
+    # Failed sign-ins: after `lockout_after` failures for one account, each further failure locks
+    # it for twice as long as the last (1 s, 2 s, 4 s … up to `lockout_max_s`); one IP may fail
+    # `ip_failures_per_window` times per `failure_window_s`.
+    lockout_after: int = Field(default=5, ge=1)
+    lockout_max_s: int = Field(default=900, ge=1)
+    ip_failures_per_window: int = Field(default=50, ge=1)
+    failure_window_s: int = Field(default=900, ge=60)
+    # How invitation and reset links are sent: "log" (development: the dev mailer writes the link
+    # to the log; refused in production), "smtp", or "none". Unset: "log", or "none" in production.
+    mailer: Literal["log", "smtp", "none"] | None = None
+    smtp_host: str = "localhost"
+    smtp_port: int = Field(default=587, ge=1, le=65535)
+    smtp_username: str | None = None
+    smtp_password: SecretStr | None = None
+    smtp_starttls: bool = True
+    smtp_from: str = "AgentOS <no-reply@localhost>"
+    # Sign-in with an identity provider (OIDC: any standards-compliant issuer, found by discovery;
+    # GitHub OAuth). Each is on when its client id is set. `oauth_redirect_url` is the page the
+    # provider sends the browser back to (the console's, which POSTs the code and state to
+    # /v1/auth/{provider}/callback); `{provider}` is filled in.
+    oidc_issuer: str | None = None
+    oidc_client_id: str | None = None
+    oidc_client_secret: SecretStr | None = None
+    oidc_scopes: str = "openid email profile"
+    github_client_id: str | None = None
+    github_client_secret: SecretStr | None = None
+    github_authorize_url: str = "https://github.com/login/oauth/authorize"
+    github_token_url: str = "https://github.com/login/oauth/access_token"
+    github_api_url: str = "https://api.github.com"
+    oauth_redirect_url: str = "http://localhost:3000/auth/{provider}/callback"
+    oauth_state_ttl_s: int = Field(default=600, ge=60, le=3600)
+    # Where links in mails point (the console's accept and reset pages); `{token}` is filled in.
+    invitation_url: str = "http://localhost:3000/invitations/accept?token={token}"
+    reset_url: str = "http://localhost:3000/password-reset?token={token}"
+
+
 class WebhookSettings(BaseModel):
     """Signed webhook deliveries (docs/integrations.md): how long one attempt may take, how
     retries back off, when a delivery is given up and a failing webhook disabled."""
@@ -641,6 +687,7 @@ class Settings(BaseSettings):
     maintenance: MaintenanceSettings = MaintenanceSettings()
     runners: RunnerSettings = RunnerSettings()
     lifecycle: LifecycleSettings = LifecycleSettings()
+    people: PeopleSettings = PeopleSettings()
 
     @model_validator(mode="after")
     def _production_ready(self) -> Settings:
@@ -657,6 +704,9 @@ def production_problems(settings: Settings) -> list[str]:
     """Every reason `settings` are unfit for production, one sentence each, naming the variable
     and what to do: development secrets, and Postgres or Redis reached in plaintext."""
     problems = []
+    if settings.people.mailer == "log":
+        problems.append("AGENTOS_PEOPLE__MAILER=log writes invitation and reset links to the log: set it to smtp "
+                        "(AGENTOS_PEOPLE__SMTP_*) or none")
     secret = settings.auth.jwt_secret
     if secret is not None and secret.get_secret_value() == DEV_JWT_SECRET:
         problems.append("AGENTOS_AUTH__JWT_SECRET is the development default: set your own, or set it empty to "

@@ -55,6 +55,30 @@ async def runner_lookup_tx(pool: AsyncPool, prefix: str) -> AsyncIterator[AsyncC
         yield conn
 
 
+SET_USER_SQL = "SELECT set_config('app.user_id', %s, true)"
+
+
+@asynccontextmanager
+async def user_memberships_tx(pool: AsyncPool, user_id: str) -> AsyncIterator[AsyncConnection[DictRow]]:
+    """The signed-in user's own memberships in every org (read-only, `user_memberships` policy):
+    what `GET /v1/me` lists and what sign-in chooses an org from. No other tenant row shows."""
+    async with pool.connection() as conn, conn.transaction():
+        await conn.execute(SET_USER_SQL, (user_id,))
+        yield conn
+
+
+SET_INVITATION_SQL = "SELECT set_config('app.invitation_token_hash', %s, true)"
+
+
+@asynccontextmanager
+async def invitation_lookup_tx(pool: AsyncPool, token_hash: str) -> AsyncIterator[AsyncConnection[DictRow]]:
+    """Accepting an invitation finds it by its token's hash before the org is known: the
+    `invitation_lookup` policy shows that one row (read-only). Changes go through `tenant_tx`."""
+    async with pool.connection() as conn, conn.transaction():
+        await conn.execute(SET_INVITATION_SQL, (token_hash,))
+        yield conn
+
+
 SET_WATCHDOG_SQL = "SELECT set_config('app.watchdog', 'on', true)"
 
 

@@ -28,8 +28,11 @@ from core.tenancy import AsyncPool, tenant_tx
 # LangGraph's checkpoint tables (the library's own schema): no org column, but every thread id
 # starts with the org (core.tenancy.checkpoint_thread_id).
 CHECKPOINT_TABLES: tuple[str, ...] = ("checkpoint_writes", "checkpoint_blobs", "checkpoints")
-# Tables that hold no org's data.
-GLOBAL_TABLES: tuple[str, ...] = ("agentos_schema_migrations", "checkpoint_migrations", "orgs")
+# Tables that hold no org's data: people are global (a user may belong to several orgs; their
+# membership and sign-in sessions in the org are tenant rows, and refresh tokens go with their
+# sign-in session by cascade), as are password resets (per user).
+GLOBAL_TABLES: tuple[str, ...] = ("agentos_schema_migrations", "checkpoint_migrations", "orgs", "users",
+                                  "refresh_tokens", "password_resets")
 
 TENANT_TABLES_SQL = """
 SELECT c.relname AS name, has_table_privilege(c.oid, 'DELETE') AS deletable

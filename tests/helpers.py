@@ -402,3 +402,38 @@ def populate_org(org: Org, database_url: str, *, user_id: str = "end-user-1", ta
     fake_checkpoint(database_url, f"{org.id}:{sid}")
     return {"agent_id": agent["id"], "session_id": sid, "run_id": run["id"], "memory_id": memory.json()["id"],
             "document_id": doc.json()["id"], "file_id": file.json()["id"], "webhook_id": hook.json()["id"]}
+# People (tests/test_people.py and whoever needs a signed-in user).
+PASSWORD = "a long enough pass phrase 42"
+
+
+def mailed_token(client: TestClient, email: str, prefix: str) -> str:
+    """The last token (`aosi_…` invitation, `aosp_…` reset) the dev mailer sent to `email`."""
+    sent = client.app_state["api"].mailer.sent  # core.mailer.LogMailer
+    for mail in reversed(sent):
+        if mail.to == email and prefix in mail.text:
+            start = mail.text.index(prefix)
+            return str(mail.text[start:].split()[0])
+    raise AssertionError(f"no mail with a {prefix} token to {email}")
+
+
+def join(org: Org, email: str, role: str = "member", password: str = PASSWORD,
+         inviter: dict[str, str] | None = None) -> dict[str, Any]:
+    """Invite `email` to `org`, accept (creating the user if new) and sign in there: the tokens."""
+    client = org.client
+    r = client.post("/v1/invitations", json={"email": email, "role": role}, headers=inviter or org.headers)
+    assert r.status_code == 201, r.text
+    token = mailed_token(client, email, "aosi_")
+    r = client.post("/v1/invitations/accept", json={"token": token, "password": password, "name": "N"})
+    assert r.status_code == 200, r.text
+    return sign_in(client, email, password, org.id)
+
+
+def sign_in(client: TestClient, email: str, password: str = PASSWORD, org_id: str | None = None) -> dict[str, Any]:
+    r = client.post("/v1/auth/login", json={"email": email, "password": password}
+                    | ({"org_id": org_id} if org_id else {}))
+    assert r.status_code == 200, r.text
+    return dict(r.json())
+
+
+def bearer(tokens: dict[str, Any]) -> dict[str, str]:
+    return {"Authorization": f"Bearer {tokens['access_token']}"}

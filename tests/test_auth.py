@@ -35,7 +35,8 @@ def test_api_key_resolves_to_its_org_and_role(client, org):
     assert r.status_code == 200
     me = r.json()
     assert me.pop("org_name").startswith("org A")
-    assert me == {"org_id": org.id, "user_id": None, "role": "owner", "scopes": [], "credential": "api_key"}
+    assert me == {"org_id": org.id, "user_id": None, "role": "owner", "scopes": [], "credential": "api_key",
+                  "user": None, "orgs": []}
 
 
 def test_key_is_shown_once_and_only_its_hash_is_stored(client, org, stack):
@@ -84,9 +85,11 @@ def test_hs256_jwt_resolves_to_its_claims(client, org):
     token = jwt.encode(_claims(org.id, role="admin", scope="runs:write"), JWT_SECRET, algorithm="HS256")
     r = client.get("/v1/me", headers=_bearer(token))
     assert r.status_code == 200, r.text
-    me = r.json()
-    assert me.pop("org_name").startswith("org A")
-    assert me == {"org_id": org.id, "user_id": "user-1", "role": "admin", "scopes": ["runs:write"], "credential": "jwt"}
+    body = r.json()
+    assert body["org_name"].startswith("org A")
+    assert {k: body[k] for k in ("org_id", "user_id", "role", "scopes", "credential")} == {
+        "org_id": org.id, "user_id": "user-1", "role": "admin", "scopes": ["runs:write"], "credential": "jwt"}
+    assert body["user"]["id"] == "user-1" and [o["org_id"] for o in body["orgs"]] == [org.id]
 
 
 def test_rs256_jwt_verifies_with_the_configured_public_key(client, org, rsa_keys):

@@ -69,6 +69,16 @@ WRITES: dict[tuple[str, str], tuple[str, set[int]]] = {
     ("POST", "/v1/providers"): ('{"name": "deep", "kind": "openai_compatible", "headers": NESTED}', {422}),
     ("PATCH", "/v1/providers/{provider_id}"): ('{"headers": NESTED}', {422}),
     ("POST", "/v1/providers/{provider_id}/test"): ('{"x": NESTED}', {200}),
+    ("PATCH", "/v1/members/{user_id}"): ('{"role": NESTED}', {422}),
+    ("POST", "/v1/invitations"): ('{"email": NESTED}', {422}),
+    ("POST", "/v1/invitations/accept"): ('{"token": NESTED}', {422}),
+    ("POST", "/v1/auth/login"): ('{"email": NESTED}', {422}),
+    ("POST", "/v1/auth/refresh"): ('{"refresh_token": NESTED}', {422}),
+    ("POST", "/v1/auth/switch-org"): ('{"org_id": NESTED}', {422}),
+    ("POST", "/v1/auth/password-reset"): ('{"email": NESTED}', {422}),
+    ("POST", "/v1/auth/password-reset/confirm"): ('{"token": NESTED}', {422}),
+    ("POST", "/v1/auth/{provider}/start"): ('{"org_id": NESTED}', {422}),
+    ("POST", "/v1/auth/{provider}/callback"): ('{"code": NESTED}', {422}),
 }
 
 

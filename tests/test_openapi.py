@@ -12,7 +12,7 @@ import secrets
 from openapi_spec_validator import validate
 
 from core import events
-from tests.helpers import ADMIN_TOKEN, error_of, new_org, open_loopback
+from tests.helpers import ADMIN_TOKEN, PASSWORD, error_of, join, new_org, open_loopback
 from tests.sse import read_events
 
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
@@ -296,6 +296,30 @@ def test_every_operation_answers_as_documented(client, conformance, stack, opena
     deleting = c.request("DELETE", f"/v1/orgs/{org.id}", json={"confirm": org_name}, headers=h)
     assert deleting.status_code == 202 and deleting.json()["status"] == "scheduled"
     assert c.post(f"/v1/orgs/{org.id}/restore", headers=h).json()["status"] == "restored"
+    # People: invite, accept, sign in, members, refresh, switch, reset, logout.
+    email = f"story-{secrets.token_hex(4)}@example.com"
+    invite = c.post("/v1/invitations", json={"email": email, "role": "admin"}, headers=h)
+    assert invite.status_code == 201
+    assert c.post(f"/v1/invitations/{invite.json()['id']}/resend", headers=h).status_code == 201
+    assert c.get("/v1/invitations", headers=h).status_code == 200
+    assert c.delete(f"/v1/invitations/{invite.json()['id']}", headers=h).status_code == 200
+    error_of(c.post("/v1/invitations/accept", json={"token": "aosi_nope", "password": PASSWORD}), 404, "NOT_FOUND")
+    tokens = join(org, email, "admin")
+    signed_in = {"Authorization": f"Bearer {tokens['access_token']}"}
+    assert c.get("/v1/members", headers=h).status_code == 200
+    assert c.patch(f"/v1/members/{tokens['user']['id']}", json={"role": "member"}, headers=h).status_code == 200
+    error_of(c.post("/v1/auth/login", json={"email": email, "password": "wrong password!!"}), 401, "UNAUTHENTICATED")
+    tokens = c.post("/v1/auth/refresh", json={"refresh_token": tokens["refresh_token"]}).json()
+    signed_in = {"Authorization": f"Bearer {tokens['access_token']}"}
+    assert c.post("/v1/auth/switch-org", json={"org_id": org.id}, headers=signed_in).status_code == 200
+    assert c.post("/v1/auth/password-reset", json={"email": email}).status_code == 204
+    error_of(c.post("/v1/auth/password-reset/confirm", json={"token": "aosp_nope", "password": PASSWORD}),
+             404, "NOT_FOUND")
+    assert c.post("/v1/auth/logout", headers=signed_in).status_code == 204
+    # No identity provider in the suite's settings (tests/test_sso.py has them).
+    error_of(c.post("/v1/auth/oidc/start", json={}), 404, "NOT_FOUND")
+    error_of(c.post("/v1/auth/github/callback", json={"code": "c", "state": "s"}), 404, "NOT_FOUND")
+    assert c.delete(f"/v1/members/{tokens['user']['id']}", headers=h).status_code == 200
 
     operations = {(path, method.upper()) for path, ops in doc["paths"].items() for method in ops}
     exercised = {(path, method) for path, method, _ in conformance.covered}

@@ -180,6 +180,13 @@ def test_openapi_describes_every_route(client):
         ("/v1/providers/{provider_id}", "patch"), ("/v1/providers/{provider_id}", "delete"),
         ("/v1/providers/{provider_id}/test", "post"), ("/v1/providers/{provider_id}/models", "get"),
         ("/metrics", "get"),
+        ("/v1/members", "get"), ("/v1/members/{user_id}", "patch"), ("/v1/members/{user_id}", "delete"),
+        ("/v1/invitations", "post"), ("/v1/invitations", "get"), ("/v1/invitations/accept", "post"),
+        ("/v1/invitations/{invitation_id}", "delete"), ("/v1/invitations/{invitation_id}/resend", "post"),
+        ("/v1/auth/login", "post"), ("/v1/auth/refresh", "post"), ("/v1/auth/logout", "post"),
+        ("/v1/auth/switch-org", "post"), ("/v1/auth/password-reset", "post"),
+        ("/v1/auth/password-reset/confirm", "post"),
+        ("/v1/auth/{provider}/start", "post"), ("/v1/auth/{provider}/callback", "post"),
     }
     served = {(path, method) for path, ops in doc["paths"].items() for method in ops}
     assert served == expected

@@ -114,6 +114,10 @@ class IdempotencyMismatch(ValidationFailed):
     code = "IDEMPOTENCY_MISMATCH"
 
 
+class PasswordRejected(ValidationFailed):
+    code = "PASSWORD_REJECTED"
+
+
 class WebhookUrlRefused(ValidationFailed):
     code = "WEBHOOK_URL_REFUSED"
 
@@ -155,7 +159,7 @@ _BY_CODE: dict[str, type[ApiError]] = {cls.code: cls for cls in (
     Forbidden, NotFound, MethodNotAllowed, Conflict, SessionBusy, PayloadTooLarge,
     UnsupportedMediaType, ValidationFailed, IdempotencyMismatch, RateLimited, QuotaExceeded, InternalError,
     Unavailable, SandboxBackendFailed, WebhookDisabled, WebhookUrlRefused, OrgDeletionPending,
-    ProviderUrlRefused, ProviderFailed)}
+    ProviderUrlRefused, ProviderFailed, PasswordRejected)}
 # For an error status without an error object (a proxy's page, say): the status's usual code.
 _BY_STATUS: dict[int, type[ApiError]] = {400: BadRequest, 401: Unauthenticated, 403: Forbidden, 404: NotFound,
                                          405: MethodNotAllowed, 409: Conflict, 413: PayloadTooLarge,

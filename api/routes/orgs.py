@@ -16,7 +16,7 @@ from api.state import state_of
 from core import ids, org_purge, retention
 from core.admission import BUDGET_KEYS, Admission, overrides_of
 from core.errors import ApiError
-from core.store import orgs
+from core.store import orgs, people
 
 
 class OrgCreate(BaseModel):
@@ -121,11 +121,13 @@ def _org_id(call: Call[Any]) -> str:
     return value
 
 
-@endpoint("The caller's principal: org (with its name), user, role and scopes.", response=Principal)
+@endpoint("The caller's principal: org (with its name), user, role and scopes; for a user, who they are and "
+          "their orgs.", response=Principal)
 async def me(call: Call[Any]) -> Response:
     # The name is for people (the console's header); the id stays the reference.
     org = await orgs.get_org(call.pool, call.principal.org_id)
-    return call.reply({**call.principal.public(), "org_name": org["name"] if org else None})
+    return call.reply(call.principal.public() | {"org_name": org["name"] if org else None}
+                      | await people.whoami(call.pool, call.principal.user_id))
 
 
 @endpoint(

@@ -9,6 +9,7 @@ from pydantic import Field
 
 from api.schemas.api_keys import ApiKeyCreated
 from api.schemas.base import Out
+from api.schemas.people import MyOrg, User
 from api.schemas.usage import Budgets
 from core.principal import Role
 
@@ -82,3 +83,6 @@ class Principal(Out):
     role: Role
     scopes: list[str]
     credential: Literal["api_key", "jwt"]
+    user: User | None = Field(default=None, description="The user acting (null for a key made by no user).")
+    orgs: list[MyOrg] = Field(default_factory=list, description="Every org the user belongs to, with their role: "
+                                                                "POST /v1/auth/switch-org to act in another.")

@@ -1,23 +1,70 @@
-"""Users: the JWT subjects an org has seen. A subject's first request records it (and its
-`auth.login` audit entry); API keys are not users."""
+"""People: global users (email, name, verified flag, an argon2 password hash) and their first
+sight as JWT subjects. A user belongs to orgs through `core.store.memberships`; API keys are not
+users. The password hash never leaves this module's callers in `core.passwords`/sign-in code:
+`PUBLIC_COLUMNS` is what any response may show."""
 
 from __future__ import annotations
+
+from typing import Any
 
 from psycopg import AsyncConnection
 from psycopg.rows import DictRow
 
+from core.ids import new_id
 from core.store import audit
 
+PUBLIC_COLUMNS = "id, email, name, email_verified, created_at"
+
+ENSURE_USER_SQL = "INSERT INTO users (id) VALUES (%s) ON CONFLICT (id) DO NOTHING"
 FIRST_SEEN_SQL = """
-INSERT INTO users (org_id, id, role) VALUES (agentos_current_org(), %s, %s)
-ON CONFLICT (org_id, id) DO NOTHING RETURNING id
+INSERT INTO memberships (org_id, user_id, role) VALUES (agentos_current_org(), %s, %s)
+ON CONFLICT (org_id, user_id) DO NOTHING RETURNING user_id
 """
+GET_USER_SQL = f"SELECT {PUBLIC_COLUMNS} FROM users WHERE id = %s"
+BY_EMAIL_SQL = f"SELECT {PUBLIC_COLUMNS}, password_hash FROM users WHERE email = %s"
+INSERT_USER_SQL = f"""
+INSERT INTO users (id, email, name, email_verified, password_hash) VALUES (%s, %s, %s, %s, %s)
+RETURNING {PUBLIC_COLUMNS}
+"""
+SET_PASSWORD_SQL = "UPDATE users SET password_hash = %s, updated_at = now() WHERE id = %s"
+VERIFY_EMAIL_SQL = "UPDATE users SET email_verified = true, updated_at = now() WHERE id = %s"
+
+
+def normal_email(email: str) -> str:
+    return email.strip().lower()
 
 
 async def seen(conn: AsyncConnection[DictRow], user_id: str, role: str, actor: str) -> bool:
-    """Record the subject if it is new to the org, with its login in the audit log; True if it was."""
+    """Record an external JWT subject as a user and a member of the current org if it is new to
+    the org, with its login in the audit log; True if it was new."""
+    await conn.execute(ENSURE_USER_SQL, (user_id,))
     if await (await conn.execute(FIRST_SEEN_SQL, (user_id, role))).fetchone() is None:
         return False
     await audit.record(conn, actor, "auth.login", "user", user_id, {"first_seen": True, "credential": "jwt",
                                                                     "role": role})
     return True
+
+
+async def get(conn: AsyncConnection[DictRow], user_id: str) -> dict[str, Any] | None:
+    return await (await conn.execute(GET_USER_SQL, (user_id,))).fetchone()
+
+
+async def by_email(conn: AsyncConnection[DictRow], email: str) -> dict[str, Any] | None:
+    """The user with this email, its password hash included (for sign-in only)."""
+    return await (await conn.execute(BY_EMAIL_SQL, (normal_email(email),))).fetchone()
+
+
+async def create(conn: AsyncConnection[DictRow], *, email: str, name: str | None, verified: bool,
+                 password_hash: str | None) -> dict[str, Any]:
+    row = await (await conn.execute(
+        INSERT_USER_SQL, (new_id("user"), normal_email(email), name, verified, password_hash))).fetchone()
+    assert row is not None
+    return row
+
+
+async def set_password(conn: AsyncConnection[DictRow], user_id: str, password_hash: str) -> None:
+    await conn.execute(SET_PASSWORD_SQL, (password_hash, user_id))
+
+
+async def mark_verified(conn: AsyncConnection[DictRow], user_id: str) -> None:
+    await conn.execute(VERIFY_EMAIL_SQL, (user_id,))
