@@ -330,6 +330,7 @@ def test_the_chat_resumes_after_a_cut_without_gaps_shows_a_queued_place_and_canc
         page.click("button:has-text('Send')")
         page.wait_for_selector(".run:nth-child(2) .status:has-text('queued · place 2')")
         c.screenshot("chat-queued")
+        assert page.inner_text(".run:nth-child(2) .status") == "queued · place 2"  # still, once the run was read
 
         # The connection drops; meanwhile the call is approved and both runs go on.
         c.expected_failures.append("net::ERR_")  # the page's requests while the API is unreachable

@@ -180,17 +180,17 @@ export class Timeline {
 
   setStatus(run, text) {
     run.statusText = text;
-    run.status.textContent = text;
     run.status.dataset.status = text;
+    this.places();
   }
 
-  // A queued run shows its place: how many runs of this session are ahead of it.
+  // Every run's status; a queued run shows its place: how many runs of this session are ahead of it.
   places() {
     let ahead = 0;
     for (const run of this.runs.values()) {
-      if (run.ended) continue;
-      if (run.statusText === "queued" && ahead > 0) run.status.textContent = `queued · place ${ahead + 1}`;
-      ahead += 1;
+      const waiting = !run.ended && run.statusText === "queued" && ahead > 0;
+      run.status.textContent = waiting ? `queued · place ${ahead + 1}` : run.statusText || "";
+      if (!run.ended) ahead += 1;
     }
   }
 }
