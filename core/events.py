@@ -116,6 +116,15 @@ FROM unnest(%(seqs)s::bigint[], %(runs)s::text[], %(types)s::text[], %(datas)s::
 """
 
 
+@dataclass(frozen=True)
+class Appended:
+    """What `append_with_deliveries` stored: the events, and the webhook deliveries stored with
+    them (their ids, for `core.webhooks.announce` after the commit)."""
+
+    events: list[Event]
+    deliveries: list[str]
+
+
 async def append(
     conn: AsyncConnection[DictRow], session_id: str, items: list[tuple[str, str, dict[str, Any]]]
 ) -> list[Event]:
@@ -124,8 +133,16 @@ async def append(
     Taking the seqs locks the session row until the transaction ends, which is what keeps the
     numbering gap-free when the API and a worker emit for the same session at once.
     """
+    return (await append_with_deliveries(conn, session_id, items)).events
+
+
+async def append_with_deliveries(
+    conn: AsyncConnection[DictRow], session_id: str, items: list[tuple[str, str, dict[str, Any]]]
+) -> Appended:
+    """`append`, also returning the ids of the webhook deliveries the events got (a delivery not
+    announced by its caller is still sent by the watchdog once due)."""
     if not items:
-        return []
+        return Appended([], [])
     for _, kind, _ in items:
         if kind not in EVENT_TYPES:
             raise ValueError(f"unknown event type {kind!r}")
@@ -143,9 +160,9 @@ async def append(
         "session_id": session_id, "ts": ts, "seqs": [e.seq for e in events], "runs": [e.run_id for e in events],
         "types": [e.type for e in events], "datas": [orjson.dumps(e.data).decode() for e in events],
     })
-    await webhooks.enqueue(conn, [(e.session_id, e.seq, e.run_id, e.type, e.webhook_payload().decode())
-                                  for e in events if e.type in WEBHOOK_EVENT_TYPES])
-    return events
+    deliveries = await webhooks.enqueue(conn, [(e.session_id, e.seq, e.run_id, e.type, e.webhook_payload().decode())
+                                               for e in events if e.type in WEBHOOK_EVENT_TYPES])
+    return Appended(events, deliveries)
 
 
 async def publish(

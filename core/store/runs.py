@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any, TypedDict, cast
@@ -334,12 +334,13 @@ TERMINAL_EVENT = {
 
 @dataclass(frozen=True)
 class Finished:
-    """A run just ended: its row, its events (the terminal one last), and the session's next
-    queued run, which may start now."""
+    """A run just ended: its row, its events (the terminal one last), the session's next
+    queued run, which may start now, and the webhook deliveries its terminal event got."""
 
     run: RunRow
     events: list[Event]
     next_run_id: str | None
+    deliveries: list[str] = field(default_factory=list)
 
 
 async def finish(
@@ -376,10 +377,10 @@ async def finish(
     else:
         data = {}
     items = [(run_id, kind, payload) for kind, payload in extra_events] + [(run_id, TERMINAL_EVENT[status], data)]
-    emitted = await events.append(conn, session_id, items)
+    stored = await events.append_with_deliveries(conn, session_id, items)
     nxt = await (await conn.execute(FIRST_ACTIVE_SQL, (session_id,))).fetchone()
     next_id = nxt["id"] if nxt is not None and nxt["status"] == RunStatus.QUEUED else None
-    return Finished(cast(RunRow, row), emitted, next_id)
+    return Finished(cast(RunRow, row), stored.events, next_id, stored.deliveries)
 
 
 async def request_cancel(conn: AsyncConnection[DictRow], run_id: str) -> None:
