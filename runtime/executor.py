@@ -176,8 +176,9 @@ async def _deliver(svc: Services, run_id: str, org_id: str, owner: str) -> Deliv
             claimed = await runs.claim(conn, run_id, run["session_id"], owner, svc.settings.worker.lease_s,
                                        agent.config.limits.timeout_s)
             if isinstance(claimed, runs.Claimed):
-                # The org's budgets and its month so far, as the run (re)starts (core.budgets).
-                limits, month = await budgets.load(conn, svc.settings.limits)
+                # The org's budgets and its month so far, as the run (re)starts (core.budgets),
+                # and its embedding model, so the first recall needs no transaction of its own.
+                org = await budgets.load(conn, svc.settings.limits)
                 # The session's attached files, brought into its workspace before the first step.
                 attached = await files.attachments(conn, run["session_id"])
     if agent is None:
@@ -212,7 +213,8 @@ async def _deliver(svc: Services, run_id: str, org_id: str, owner: str) -> Deliv
         ended = Outcome(RunStatus.TIMED_OUT, error={
             "code": "TIMED_OUT", "message": "The run's time limit passed while its worker was gone."})
     else:
-        meter = Meter(emitter, svc.settings.usage, limits, month)
+        svc.memory.note_org_model(org_id, org.embedding_model)
+        meter = Meter(emitter, svc.settings.usage, org.limits, org.month)
         with tracing.continue_run(row["trace_parent"], row["trace_id"]) if tracing.ON else _NOOP:
             ended = await _execute(svc, row, agent, emitter, owner, session["user_id"] if session else None,
                                    resolved, meter, attached)
