@@ -23,6 +23,7 @@ from psycopg.types.json import Jsonb
 from core import events
 from core.events import Event
 from core.ids import new_id
+from core.store import agents
 from core.store.agents import AgentRow
 from core.store.errors import IdempotencyMismatch, SessionBusy
 from core.store.skills import RUN_SKILL_VERSIONS
@@ -89,7 +90,13 @@ PUBLIC_FIELDS = (
     "metadata", "skill_versions", "attempt", "created_at", "started_at", "finished_at", "trace_id",
 )
 
-LOCK_SESSION_SQL = "SELECT id, agent_id FROM sessions WHERE id = %s AND deleted_at IS NULL FOR UPDATE"
+LOCK_SESSION_SQL = "SELECT id, agent_id, user_id FROM sessions WHERE id = %s AND deleted_at IS NULL FOR UPDATE"
+# The POST's first statement: hold the session and read its (live) agent in one round trip.
+LOCK_SESSION_AGENT_SQL = f"""
+SELECT s.id AS session_id, {", ".join("a." + c.strip() for c in agents.COLUMNS.split(","))}
+FROM sessions s LEFT JOIN agents a ON a.id = s.agent_id AND a.deleted_at IS NULL
+WHERE s.id = %s AND s.deleted_at IS NULL FOR UPDATE OF s
+"""
 # Ending a run must work even after its session was deleted.
 LOCK_ANY_SESSION_SQL = "SELECT id FROM sessions WHERE id = %s FOR UPDATE"
 BY_IDEMPOTENCY_SQL = f"SELECT {COLUMNS}, request_hash FROM runs WHERE session_id = %s AND idempotency_key = %s"
@@ -188,6 +195,15 @@ async def lock_session(conn: AsyncConnection[DictRow], session_id: str) -> dict[
     return await (await conn.execute(LOCK_SESSION_SQL, (session_id,))).fetchone()
 
 
+async def lock_session_with_agent(conn: AsyncConnection[DictRow], session_id: str) -> tuple[bool, AgentRow | None]:
+    """`lock_session`, also reading the session's agent (None if it was deleted): (found, agent)."""
+    row = await (await conn.execute(LOCK_SESSION_AGENT_SQL, (session_id,))).fetchone()
+    if row is None:
+        return False, None
+    del row["session_id"]
+    return True, cast(AgentRow, row) if row["id"] is not None else None
+
+
 async def lock_any_session(conn: AsyncConnection[DictRow], session_id: str) -> bool:
     """Hold the session row even if the session was deleted (ending its runs must still work)."""
     return await (await conn.execute(LOCK_ANY_SESSION_SQL, (session_id,))).fetchone() is not None
@@ -284,10 +300,12 @@ class NotClaimed:
 
 @dataclass(frozen=True)
 class Claimed:
-    """A run this worker now holds, and its `run.started` event to publish."""
+    """A run this worker now holds, its `run.started` event to publish, and its session's end
+    user (read by the lock the claim takes anyway)."""
 
     run: ClaimedRun
     events: list[Event]
+    user_id: str | None = None
 
 
 CLAIM_BLOCKER_SQL = """
@@ -300,7 +318,8 @@ async def claim(
 ) -> Claimed | NotClaimed:
     """Take the run for `owner`, or say why not: finished, cancelled, held by a live lease, or
     waiting behind an earlier run of its session (whose end will enqueue it)."""
-    if await lock_session(conn, session_id) is None:
+    session = await lock_session(conn, session_id)
+    if session is None:
         return NotClaimed(None, None)
     row = await (await conn.execute(CLAIM_SQL, {
         "owner": owner, "lease": timedelta(seconds=lease_s), "timeout": timedelta(seconds=timeout_s),
@@ -313,7 +332,7 @@ async def claim(
         status = RunStatus(blocker["status"])
         return NotClaimed(status, blocker["lease_left"] if status == RunStatus.RUNNING else None)
     emitted = await events.append(conn, session_id, [(run_id, events.RUN_STARTED, {"attempt": row["attempt"]})])
-    return Claimed(cast(ClaimedRun, row), emitted)
+    return Claimed(cast(ClaimedRun, row), emitted, session["user_id"])
 
 
 async def heartbeat(conn: AsyncConnection[DictRow], run_id: str, owner: str, lease_s: float) -> tuple[bool, bool]:
