@@ -15,6 +15,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import cached_property
 from typing import Any, TypeVar
 
 import orjson
@@ -78,6 +79,12 @@ class Event:
 
     def to_json(self) -> bytes:
         """The SSE `data:` payload (docs/api.md, "Wire format")."""
+        return self.wire
+
+    @cached_property
+    def wire(self) -> bytes:
+        """`to_json`, encoded once per event: an event read from the stream keeps the bytes it was
+        published as, so a thousand followers of a session do not encode it a thousand times."""
         return orjson.dumps({
             "seq": self.seq, "type": self.type, "run_id": self.run_id, "session_id": self.session_id,
             "ts": self.ts.astimezone(UTC).isoformat().replace("+00:00", "Z"), "data": self.data,
@@ -93,10 +100,13 @@ class Event:
     @classmethod
     def from_json(cls, raw: bytes | str) -> Event:
         doc = orjson.loads(raw)
-        return cls(
+        event = cls(
             seq=int(doc["seq"]), type=doc["type"], run_id=doc["run_id"], session_id=doc["session_id"],
             ts=datetime.fromisoformat(doc["ts"]), data=doc["data"],
         )
+        # The stream holds exactly what `wire` made of it when it was published (`publish`).
+        event.__dict__["wire"] = raw.encode() if isinstance(raw, str) else bytes(raw)
+        return event
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> Event:
