@@ -9,6 +9,7 @@ from typing import TypedDict
 from starlette.requests import Request
 
 from api.auth import Authenticator
+from api.fresh_runs import FreshRuns
 from core.admission import Admission
 from core.event_hub import EventHub
 from core.file_storage import FileStorage
@@ -27,6 +28,8 @@ class ApiState:
     storage: FileStorage
     # Embedders by model spec, made on first use (an `openai:` one loads its client only then).
     embedders: dict[str, Embedder] = field(default_factory=dict)
+    # Runs this process just created: their stream opens without looking them up (api.fresh_runs).
+    fresh_runs: FreshRuns = field(default_factory=FreshRuns)
 
 
 class LifespanState(TypedDict):

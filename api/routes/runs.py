@@ -129,6 +129,7 @@ async def create_run(call: Call[RunCreate]) -> Response:
         await ticket.release()
         return call.reply(_public(run), headers={**headers, "Idempotent-Replayed": "true"})
     await ticket.bind(run["id"])
+    state_of(call.request).fresh_runs.remember(principal.org_id, run["id"], session_id, created.events[0].seq)
     m = metrics.get()
     m.runs_created.labels(run["agent_id"], *m.org(principal.org_id)).inc()
     infra = call.infra
