@@ -100,13 +100,21 @@ WHERE s.id = %s AND s.deleted_at IS NULL FOR UPDATE OF s
 # Ending a run must work even after its session was deleted.
 LOCK_ANY_SESSION_SQL = "SELECT id FROM sessions WHERE id = %s FOR UPDATE"
 BY_IDEMPOTENCY_SQL = f"SELECT {COLUMNS}, request_hash FROM runs WHERE session_id = %s AND idempotency_key = %s"
+# The run and the user's message in one statement (one round trip); the message's foreign key
+# to the run is checked at the end of the statement, when the run exists.
 INSERT_RUN_SQL = f"""
-INSERT INTO runs (id, org_id, session_id, agent_id, agent_version, multitask, input, metadata,
-                  idempotency_key, request_hash, trace_id, trace_parent, created_by, deadline_at)
-VALUES (%(id)s, agentos_current_org(), %(session_id)s, %(agent_id)s, %(agent_version)s, %(multitask)s,
-        %(input)s, %(metadata)s, %(idempotency_key)s, %(request_hash)s, %(trace_id)s, %(trace_parent)s,
-        %(created_by)s, NULL)
-RETURNING {COLUMNS}
+WITH r AS (
+  INSERT INTO runs (id, org_id, session_id, agent_id, agent_version, multitask, input, metadata,
+                    idempotency_key, request_hash, trace_id, trace_parent, created_by, deadline_at)
+  VALUES (%(id)s, agentos_current_org(), %(session_id)s, %(agent_id)s, %(agent_version)s, %(multitask)s,
+          %(input)s, %(metadata)s, %(idempotency_key)s, %(request_hash)s, %(trace_id)s, %(trace_parent)s,
+          %(created_by)s, NULL)
+  RETURNING {COLUMNS}
+), m AS (
+  INSERT INTO messages (id, org_id, session_id, run_id, role, content)
+  SELECT %(message_id)s, agentos_current_org(), r.session_id, r.id, 'user', %(text)s FROM r
+)
+SELECT * FROM r
 """
 SET_QUEUE_SEQ_SQL = "UPDATE runs SET queue_seq = %s WHERE id = %s"
 GET_RUN_SQL = f"SELECT {COLUMNS}, queue_seq, lease_owner, lease_expires_at, cancel_requested_at FROM runs WHERE id = %s"
@@ -270,14 +278,9 @@ async def create(
         "multitask": multitask, "input": Jsonb({"text": text}), "metadata": Jsonb(metadata),
         "idempotency_key": idempotency_key, "request_hash": request_hash,
         "trace_id": trace_parent[3:35] if trace_parent else new_trace_id(), "trace_parent": trace_parent,
-        "created_by": created_by,
+        "created_by": created_by, "message_id": new_id("message"), "text": text,
     })).fetchone()
     assert run is not None
-    await conn.execute(
-        "INSERT INTO messages (id, org_id, session_id, run_id, role, content) "
-        "VALUES (%s, agentos_current_org(), %s, %s, 'user', %s)",
-        (new_id("message"), session_id, run_id, text),
-    )
     emitted = await events.append(conn, session_id, [(run_id, events.RUN_QUEUED, {"attempt": 0})])
     await conn.execute(SET_QUEUE_SEQ_SQL, (emitted[0].seq, run_id))
     return Created(cast(RunRow, run), emitted, created=True, first_in_line=active is None)
