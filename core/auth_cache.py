@@ -15,7 +15,8 @@ Two rules keep a revoked key from surviving in a cache:
   it may have read the row before the change committed.
 - A process trusts its cache only while it is subscribed. Until the subscription is confirmed,
   and from the moment it breaks until it is confirmed again, every request looks the key up
-  (and the cache is emptied), since a message sent meanwhile would be lost.
+  (and the cache is emptied), since a message sent meanwhile would be lost. A quiet channel is
+  pinged every second, so a link that died silently is noticed within 3 s.
 
 A key's own `expires_at` is checked on every hit.
 """
@@ -39,6 +40,10 @@ from core.tenancy import AUTH_INVALIDATIONS_CHANNEL
 log = logging.getLogger("agentos.auth")
 
 _MAX_ENTRIES = 100_000  # keys one process remembers; past it the cache starts over
+# A quiet channel is pinged; a link that answers nothing for `_SILENT_S` (one that died without
+# a reset) counts as broken: the cache is off until subscribed again.
+_PING_EVERY_S = 1.0
+_SILENT_S = 3.0
 
 
 @dataclass(frozen=True)
@@ -121,6 +126,7 @@ class KeyCache:
         """Follow the invalidation channel until cancelled; resubscribe after a Redis error
         (trusting nothing cached until subscribed again). `ready` is set once subscribed."""
         delay = 0.1
+        loop = asyncio.get_running_loop()
         while True:
             pubsub = self._redis.pubsub()
             try:
@@ -133,10 +139,18 @@ class KeyCache:
                 delay = 0.1
                 if ready is not None:
                     ready.set()
+                heard = loop.time()
                 while True:
-                    message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
-                    if message is not None and message.get("type") == "message":
-                        self._apply(message["data"])
+                    message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=_PING_EVERY_S)
+                    now = loop.time()
+                    if message is not None:
+                        heard = now
+                        if message.get("type") == "message":
+                            self._apply(message["data"])
+                        continue
+                    if now - heard > _SILENT_S:  # not even our pings come back: the link is dead
+                        raise ConnectionError(f"no answer on the invalidation channel for {now - heard:.1f} s")
+                    await pubsub.ping()
             except (RedisError, OSError) as exc:
                 if self._subscribed:
                     log.warning("API key cache off until Redis answers again (invalidations unheard: %s)", exc)

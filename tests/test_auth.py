@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hashlib
 import hmac
 import json
@@ -18,7 +19,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from api.app import create_app
-from core.auth_cache import publish_invalidation
+from core.auth_cache import KeyCache, publish_invalidation
 from tests.helpers import JWT_SECRET, serving, until
 
 
@@ -205,3 +206,36 @@ def test_viewer_jwt_cannot_write(client, org):
     token = jwt.encode(_claims(org.id, role="viewer"), JWT_SECRET, algorithm="HS256")
     r = client.post("/v1/agents", json={"name": "nope"}, headers=_bearer(token))
     assert r.status_code == 403
+
+
+def test_the_key_cache_trusts_nothing_unsubscribed_nor_a_lookup_older_than_an_invalidation(stack):
+    row = {"id": "api_key_x", "org_id": "org_x", "created_by": None, "role": "member", "expires_at": None}
+
+    async def story() -> None:
+        redis = aioredis.from_url(stack.redis_url)
+        keys = KeyCache(redis, ttl_s=60)
+        try:
+            keys.put("aos_k", row, keys.generation)  # not subscribed yet: nothing is trusted
+            assert keys.get("aos_k") is None
+            ready = asyncio.Event()
+            listener = asyncio.create_task(keys.listen(ready))
+            await asyncio.wait_for(ready.wait(), 30)
+            keys.put("aos_k", row, keys.generation)
+            assert keys.get("aos_k") == row
+            started = keys.generation  # a lookup begins...
+            await publish_invalidation(redis, key_id="api_key_x")  # ...another process revokes...
+            for _ in range(200):
+                if keys.generation != started:
+                    break
+                await asyncio.sleep(0.01)
+            assert keys.get("aos_k") is None
+            keys.put("aos_k", row, started)  # ...and what the lookup read is not trusted
+            assert keys.get("aos_k") is None
+            listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await listener
+            assert not keys.enabled
+        finally:
+            await redis.aclose()
+
+    asyncio.run(story())
