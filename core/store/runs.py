@@ -140,21 +140,31 @@ HEARTBEAT_SQL = """
 UPDATE runs SET lease_expires_at = now() + %s, heartbeat_at = now()
 WHERE id = %s AND status = 'running' AND lease_owner = %s RETURNING cancel_requested_at
 """
+# One statement: end the run, close its calls still waiting for a decision, and find the run
+# that is next in its session (every sub-statement sees the rows as they were before it, so the
+# run being ended is left out by id). The caller holds the session row, so no run joins meanwhile.
 FINISH_SQL = f"""
-UPDATE runs SET status = %(status)s, output = %(output)s, error = %(error)s,
-    finished_at = now(), lease_owner = NULL, lease_expires_at = NULL
-WHERE id = %(run_id)s AND status = ANY(%(from)s)
-  AND (%(owner)s::text IS NULL OR lease_owner = %(owner)s)
-RETURNING {COLUMNS}
+WITH f AS (
+  UPDATE runs SET status = %(status)s, output = %(output)s, error = %(error)s,
+      finished_at = now(), lease_owner = NULL, lease_expires_at = NULL
+  WHERE id = %(run_id)s AND status = ANY(%(from)s)
+    AND (%(owner)s::text IS NULL OR lease_owner = %(owner)s)
+  RETURNING {COLUMNS}
+), abandoned AS (
+  UPDATE tool_calls SET status = 'rejected', decision_reason = 'the run ended before a decision', decided_at = now()
+  WHERE run_id IN (SELECT id FROM f) AND status = 'pending'
+), nxt AS (
+  SELECT id AS next_run_id, status AS next_status FROM runs
+  WHERE session_id = %(session_id)s AND id <> %(run_id)s
+    AND status IN ('queued', 'running', 'awaiting_confirmation')
+  ORDER BY queue_seq LIMIT 1
+)
+SELECT f.*, nxt.next_run_id, nxt.next_status FROM f LEFT JOIN nxt ON true
 """
 # The run at the head of a session's line (the active one, or the next to start).
 FIRST_ACTIVE_SQL = """
 SELECT id, status FROM runs WHERE session_id = %s AND status IN ('queued', 'running', 'awaiting_confirmation')
 ORDER BY queue_seq LIMIT 1
-"""
-ABANDON_PENDING_CALLS_SQL = """
-UPDATE tool_calls SET status = 'rejected', decision_reason = 'the run ended before a decision', decided_at = now()
-WHERE run_id = %s AND status = 'pending'
 """
 # A cancel asked for while the worker was stopping the graph wins over the pause (the caller
 # then ends the run as cancelled): a paused run is only ever cancelled by the cancel route itself.
@@ -386,11 +396,11 @@ async def finish(
     row = await (await conn.execute(FINISH_SQL, {
         "status": status, "output": Jsonb(output) if output is not None else None,
         "error": Jsonb(error) if error is not None else None,
-        "run_id": run_id, "from": list(from_status), "owner": owner,
+        "run_id": run_id, "from": list(from_status), "owner": owner, "session_id": session_id,
     })).fetchone()
     if row is None:
         return None
-    await conn.execute(ABANDON_PENDING_CALLS_SQL, (run_id,))
+    next_run_id, next_status = row.pop("next_run_id"), row.pop("next_status")
     data: dict[str, Any]
     if status == RunStatus.SUCCEEDED:
         data = {"output": output, "usage": public_usage(row["usage"])}
@@ -400,8 +410,7 @@ async def finish(
         data = {}
     items = [(run_id, kind, payload) for kind, payload in extra_events] + [(run_id, TERMINAL_EVENT[status], data)]
     stored = await events.append_with_deliveries(conn, session_id, items)
-    nxt = await (await conn.execute(FIRST_ACTIVE_SQL, (session_id,))).fetchone()
-    next_id = nxt["id"] if nxt is not None and nxt["status"] == RunStatus.QUEUED else None
+    next_id = next_run_id if next_status == RunStatus.QUEUED else None
     return Finished(cast(RunRow, row), stored.events, next_id, stored.deliveries)
 
 
