@@ -22,6 +22,7 @@ import sys
 import tempfile
 import time
 from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
 from pathlib import Path
 
 import redis.asyncio as aioredis
@@ -81,7 +82,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="agentos-keybench-") as tmp:
         server = EmbeddedRedis(Path(tmp), durable=False)
         server.start()
-        children: list[tuple[mp.Process, Connection]] = []
+        children: list[tuple[BaseProcess, Connection]] = []
         try:
             ctx = mp.get_context("spawn")
             for _ in range(args.processes):
