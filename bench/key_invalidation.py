@@ -87,9 +87,9 @@ def main() -> int:
             ctx = mp.get_context("spawn")
             for _ in range(args.processes):
                 receive, send = ctx.Pipe(duplex=False)
-                proc = ctx.Process(target=_child, args=(server.url, send), daemon=True)
-                proc.start()
-                children.append((proc, receive))
+                child = ctx.Process(target=_child, args=(server.url, send), daemon=True)
+                child.start()
+                children.append((child, receive))
             for _, receive in children:
                 assert receive.recv()[0] == "ready"
             sent = asyncio.run(_publish_rounds(server.url, args.rounds))
