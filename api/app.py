@@ -8,6 +8,8 @@ when tenant isolation is not in force.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -62,6 +64,7 @@ from api.routes import (
 from api.routes import metrics as metrics_route
 from api.state import ApiState, LifespanState
 from core.admission import Admission
+from core.auth_cache import KeyCache
 from core.db import check_tenant_isolation
 from core.event_hub import EventHub
 from core.file_storage import open_storage
@@ -105,15 +108,21 @@ def create_app(settings: Settings) -> Starlette:
         tracing.setup(settings.telemetry, "api")
         infra = await Infra.open(settings, name="agentos-api")
         event_hub = EventHub.from_settings(settings, infra.pool)
+        # Verified API keys trusted for seconds; the listener hears other processes' revocations.
+        keys = KeyCache(infra.redis, settings.auth.key_cache_s)
+        key_listener = asyncio.create_task(keys.listen(), name="agentos-key-invalidations")
         try:
             await check_tenant_isolation(infra.pool)
-            state = ApiState(infra, Authenticator(settings.auth, infra.pool, stream_keys=settings.secrets),
+            state = ApiState(infra, Authenticator(settings.auth, infra.pool, stream_keys=settings.secrets, keys=keys),
                              Admission(settings.limits, infra.redis, infra.pool, settings.sandbox),
                              await event_hub.open(), open_storage(settings.files), mailer=mailer_for(settings),
                              identity=IdentityProviders(settings.people, infra.redis))
             log.info("AgentOS API ready")
             yield {"api": state}
         finally:
+            key_listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await key_listener
             await event_hub.aclose()
             await infra.close()
 

@@ -19,6 +19,7 @@ from starlette.requests import Request
 
 from api.stream_access import stream_principal
 from core.access_tokens import SESSION_CLAIM
+from core.auth_cache import KeyCache
 from core.errors import ApiError
 from core.principal import ROLES, Principal
 from core.settings import AuthSettings, SecretsSettings
@@ -49,9 +50,12 @@ def bearer_token(request: Request) -> str:
 class Authenticator:
     """Resolves credentials against the database (API keys) or the configured JWT keys."""
 
-    def __init__(self, settings: AuthSettings, pool: AsyncPool, *, stream_keys: SecretsSettings | None = None) -> None:
+    def __init__(self, settings: AuthSettings, pool: AsyncPool, *, stream_keys: SecretsSettings | None = None,
+                 keys: KeyCache | None = None) -> None:
         self._settings = settings
         self._pool = pool
+        # Verified API keys, trusted for seconds; None: every request looks its key up.
+        self.keys = keys
         self._stream_keys = stream_keys
         self._jwks: jwt.PyJWKClient | None = (
             jwt.PyJWKClient(settings.jwks_url, cache_keys=True, lifespan=300, timeout=5)
@@ -76,6 +80,13 @@ class Authenticator:
             return await self._api_key(token)
         return await self._jwt(token)
 
+    async def invalidate(self, *, key_id: str | None = None, org_id: str | None = None,
+                         user_id: str | None = None) -> None:
+        """After a commit that changed keys or a member's access: no API process trusts a matching
+        cached key any longer (core.auth_cache.KeyCache.invalidate)."""
+        if self.keys is not None:
+            await self.keys.invalidate(key_id=key_id, org_id=org_id, user_id=user_id)
+
     def is_platform_admin(self, request: Request) -> bool:
         admin = self._settings.platform_admin_token
         if admin is None:
@@ -84,9 +95,14 @@ class Authenticator:
         return hmac.compare_digest(token.encode(), admin.get_secret_value().encode())
 
     async def _api_key(self, token: str) -> Principal:
-        row = await api_keys.verify(self._pool, token)
+        row = self.keys.get(token) if self.keys is not None else None
         if row is None:
-            raise unauthenticated("The API key is invalid, revoked or expired.")
+            generation = self.keys.generation if self.keys is not None else 0
+            row = await api_keys.verify(self._pool, token)
+            if row is None:
+                raise unauthenticated("The API key is invalid, revoked or expired.")
+            if self.keys is not None:
+                self.keys.put(token, row, generation)
         now = time.monotonic()
         if self._touched.get(row["id"], 0.0) + _TOUCH_EVERY_S <= now:
             self._touched[row["id"]] = now

@@ -9,6 +9,7 @@ from typing import TypedDict
 from starlette.requests import Request
 
 from api.auth import Authenticator
+from api.fresh_runs import FreshRuns
 from core.admission import Admission
 from core.event_hub import EventHub
 from core.file_storage import FileStorage
@@ -33,6 +34,8 @@ class ApiState:
     mailer: Mailer = field(default_factory=LogMailer)
     # Sign-in with OIDC and GitHub (core.identity_providers); None: built by `api.app` only.
     identity: IdentityProviders | None = None
+    # Runs this process just created: their stream opens without looking them up (api.fresh_runs).
+    fresh_runs: FreshRuns = field(default_factory=FreshRuns)
 
 
 class LifespanState(TypedDict):

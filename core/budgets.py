@@ -138,16 +138,28 @@ async def states(conn: AsyncConnection[DictRow], limits: Limits, warn_at: float)
 
 
 ORG_BUDGET_SQL = """
-SELECT o.limits, coalesce(m.tokens, 0)::bigint AS tokens, coalesce(m.cost_usd, 0) AS cost_usd
+SELECT o.limits, o.settings->>'embedding_model' AS embedding_model,
+       coalesce(m.tokens, 0)::bigint AS tokens, coalesce(m.cost_usd, 0) AS cost_usd
 FROM orgs o LEFT JOIN usage_months m
   ON m.org_id = o.id AND m.month = date_trunc('month', now() AT TIME ZONE 'UTC')::date
 WHERE o.id = agentos_current_org()
 """
 
 
-async def load(conn: AsyncConnection[DictRow], defaults: LimitSettings) -> tuple[Limits, usage.Month]:
-    """The org's effective limits and its month so far, in one statement (a worker, at a run's claim)."""
+@dataclass(frozen=True)
+class AtClaim:
+    """What a worker reads of its org when it claims a run, in one statement: the effective
+    limits, the month's usage so far, and the org's embedding model (None: the default)."""
+
+    limits: Limits
+    month: usage.Month
+    embedding_model: str | None
+
+
+async def load(conn: AsyncConnection[DictRow], defaults: LimitSettings) -> AtClaim:
+    """The org's effective limits, its month so far and its embedding model (a worker, at a run's claim)."""
     row = await (await conn.execute(ORG_BUDGET_SQL)).fetchone()
     if row is None:
-        return effective_limits(defaults, None), usage.Month(0, Decimal(0))
-    return effective_limits(defaults, row["limits"]), usage.Month(int(row["tokens"]), Decimal(row["cost_usd"]))
+        return AtClaim(effective_limits(defaults, None), usage.Month(0, Decimal(0)), None)
+    return AtClaim(effective_limits(defaults, row["limits"]), usage.Month(int(row["tokens"]), Decimal(row["cost_usd"])),
+                   row["embedding_model"])

@@ -15,6 +15,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import cached_property
 from typing import Any, TypeVar
 
 import orjson
@@ -84,6 +85,12 @@ class Event:
 
     def to_json(self) -> bytes:
         """The SSE `data:` payload (docs/api.md, "Wire format")."""
+        return self.wire
+
+    @cached_property
+    def wire(self) -> bytes:
+        """`to_json`, encoded once per event: an event read from the stream keeps the bytes it was
+        published as, so a thousand followers of a session do not encode it a thousand times."""
         return orjson.dumps({
             "seq": self.seq, "type": self.type, "run_id": self.run_id, "session_id": self.session_id,
             "ts": self.ts.astimezone(UTC).isoformat().replace("+00:00", "Z"), "data": self.data,
@@ -99,10 +106,13 @@ class Event:
     @classmethod
     def from_json(cls, raw: bytes | str) -> Event:
         doc = orjson.loads(raw)
-        return cls(
+        event = cls(
             seq=int(doc["seq"]), type=doc["type"], run_id=doc["run_id"], session_id=doc["session_id"],
             ts=datetime.fromisoformat(doc["ts"]), data=doc["data"],
         )
+        # The stream holds exactly what `wire` made of it when it was published (`publish`).
+        event.__dict__["wire"] = raw.encode() if isinstance(raw, str) else bytes(raw)
+        return event
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> Event:
@@ -114,12 +124,28 @@ class SessionGone(Exception):
     """Events were emitted for a session that no longer exists (or is not this org's)."""
 
 
-RESERVE_SEQ_SQL = "UPDATE sessions SET event_seq = event_seq + %s WHERE id = %s RETURNING event_seq"
-INSERT_EVENTS_SQL = """
-INSERT INTO run_events (org_id, session_id, seq, run_id, type, data, ts)
-SELECT agentos_current_org(), %(session_id)s, s, r, t, d::jsonb, %(ts)s
-FROM unnest(%(seqs)s::bigint[], %(runs)s::text[], %(types)s::text[], %(datas)s::text[]) AS e(s, r, t, d)
+# One statement (one round trip) per batch: take the session's next `n` seqs, which locks its row
+# until commit, and store the events under them. A data-modifying CTE runs to completion whether
+# or not the outer query reads it; an unknown session (or another org's) yields no row at all.
+APPEND_EVENTS_SQL = """
+WITH s AS (
+  UPDATE sessions SET event_seq = event_seq + %(n)s WHERE id = %(session_id)s RETURNING event_seq
+), stored AS (
+  INSERT INTO run_events (org_id, session_id, seq, run_id, type, data, ts)
+  SELECT agentos_current_org(), %(session_id)s, s.event_seq - %(n)s + e.i, e.r, e.t, e.d::jsonb, %(ts)s
+  FROM s, unnest(%(runs)s::text[], %(types)s::text[], %(datas)s::text[]) WITH ORDINALITY AS e(r, t, d, i)
+)
+SELECT event_seq FROM s
 """
+
+
+@dataclass(frozen=True)
+class Appended:
+    """What `append_with_deliveries` stored: the events, and the webhook deliveries stored with
+    them (their ids, for `core.webhooks.announce` after the commit)."""
+
+    events: list[Event]
+    deliveries: list[str]
 
 
 async def append(
@@ -130,28 +156,36 @@ async def append(
     Taking the seqs locks the session row until the transaction ends, which is what keeps the
     numbering gap-free when the API and a worker emit for the same session at once.
     """
+    return (await append_with_deliveries(conn, session_id, items)).events
+
+
+async def append_with_deliveries(
+    conn: AsyncConnection[DictRow], session_id: str, items: list[tuple[str, str, dict[str, Any]]]
+) -> Appended:
+    """`append`, also returning the ids of the webhook deliveries the events got (a delivery not
+    announced by its caller is still sent by the watchdog once due)."""
     if not items:
-        return []
+        return Appended([], [])
     for _, kind, _ in items:
         if kind not in EVENT_TYPES:
             raise ValueError(f"unknown event type {kind!r}")
-    row = await (await conn.execute(RESERVE_SEQ_SQL, (len(items), session_id))).fetchone()
+    ts = datetime.now(UTC)
+    # Text a model or user produced may hold what Postgres cannot store (core.storable).
+    datas = [storable(data) for _, _, data in items]
+    row = await (await conn.execute(APPEND_EVENTS_SQL, {
+        "n": len(items), "session_id": session_id, "ts": ts, "runs": [run_id for run_id, _, _ in items],
+        "types": [kind for _, kind, _ in items], "datas": [orjson.dumps(d).decode() for d in datas],
+    })).fetchone()
     if row is None:
         raise SessionGone(session_id)
     first = int(row["event_seq"]) - len(items) + 1
-    ts = datetime.now(UTC)
-    # Text a model or user produced may hold what Postgres cannot store (core.storable).
     events = [
-        Event(seq=first + i, type=kind, run_id=run_id, session_id=session_id, ts=ts, data=storable(data))
-        for i, (run_id, kind, data) in enumerate(items)
+        Event(seq=first + i, type=kind, run_id=run_id, session_id=session_id, ts=ts, data=data)
+        for i, ((run_id, kind, _), data) in enumerate(zip(items, datas, strict=True))
     ]
-    await conn.execute(INSERT_EVENTS_SQL, {
-        "session_id": session_id, "ts": ts, "seqs": [e.seq for e in events], "runs": [e.run_id for e in events],
-        "types": [e.type for e in events], "datas": [orjson.dumps(e.data).decode() for e in events],
-    })
-    await webhooks.enqueue(conn, [(e.session_id, e.seq, e.run_id, e.type, e.webhook_payload().decode())
-                                  for e in events if e.type in WEBHOOK_EVENT_TYPES])
-    return events
+    deliveries = await webhooks.enqueue(conn, [(e.session_id, e.seq, e.run_id, e.type, e.webhook_payload().decode())
+                                               for e in events if e.type in WEBHOOK_EVENT_TYPES])
+    return Appended(events, deliveries)
 
 
 async def publish(

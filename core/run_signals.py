@@ -70,8 +70,7 @@ async def run_ended(infra: Infra, org_id: str, done: Finished) -> None:
         await infra.redis.delete(run_cancel_key(org_id, run_id), run_scratch_key(org_id, run_id))
     await start_next(infra, org_id, done.next_run_id)
     # Deliveries were stored with the terminal event; the webhook workers learn of them now.
-    await webhooks.announce(infra, org_id, done.run["session_id"],
-                            [e.seq for e in done.events if e.type in events.WEBHOOK_EVENT_TYPES])
+    await webhooks.announce(infra, org_id, done.run["session_id"], done.deliveries)
 
 
 def _count_ended(org_id: str, done: Finished) -> None:

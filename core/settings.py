@@ -83,6 +83,9 @@ class AuthSettings(BaseModel):
     jwt_issuer: str | None = None
     jwt_leeway_s: int = Field(default=30, ge=0)
     platform_admin_token: SecretStr | None = SecretStr(DEV_PLATFORM_ADMIN_TOKEN)
+    # How long an API process trusts an API key it verified (core.auth_cache); revocations and
+    # role changes reach every process over Redis at once. 0: look every key up on every request.
+    key_cache_s: float = Field(default=5.0, ge=0, le=60)
 
     @field_validator("jwt_secret", "platform_admin_token", mode="before")
     @classmethod

@@ -137,6 +137,10 @@ def session_stream_key(org_id: str, session_id: str) -> str:
     return f"agentos:{org_id}:session:{session_id}:events"
 
 
+# The one platform-wide channel: API key invalidations (core.auth_cache), carrying ids only.
+AUTH_INVALIDATIONS_CHANNEL = "agentos:auth:invalidations"
+
+
 def event_hub_wake_key(token: str) -> str:
     """One API process's wake-up stream (`core.event_hub`): no org's data, only a nudge that
     makes the process's blocking read pick up newly followed sessions. `token` is random."""

@@ -187,15 +187,11 @@ async def _record_in(infra: Infra, org_id: str, claimed: store.Claimed, status: 
     return result
 
 
-async def announce(infra: Infra, org_id: str, session_id: str, seqs: list[int]) -> None:
-    """Send the pending deliveries of these just-committed events to the webhook workers. Never
-    raises: a delivery not sent now is sent by the watchdog once due."""
-    if not seqs:
-        return
+async def announce(infra: Infra, org_id: str, session_id: str, delivery_ids: list[str]) -> None:
+    """Send these just-committed deliveries (their ids as the insert returned them) to the
+    webhook workers. Never raises: a delivery not sent now is sent by the watchdog once due."""
     try:
-        async with tenant_tx(infra.pool, org_id) as conn:
-            ids = await store.pending_for_events(conn, session_id, seqs)
-        for delivery_id in ids:
+        for delivery_id in delivery_ids:
             await infra.jobs.enqueue_webhook(delivery_id, org_id)
     except Exception as exc:
         log.warning("webhook deliveries of session %s not sent to the workers (the watchdog will): %s",

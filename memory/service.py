@@ -7,6 +7,7 @@ user, session); every read and write goes through a tenant transaction of that o
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -52,11 +53,31 @@ class MemoryService:
         self.long_term = PostgresMemoryStore(pool)
         self.notes = RedisMemoryStore(redis, default_ttl_s=settings.memory.short_term_ttl_s)
         self._embedders: dict[str, Embedder] = {}
+        # Each org's embedding spec, trusted for `limits.cache_s` like the org's limits: a read
+        # per run cost a transaction of its own. Only `agentos memory reembed` changes it; its
+        # items written meanwhile under the old model are picked up by running it again.
+        self._org_specs: dict[str, tuple[float, str]] = {}
+
+    def note_org_model(self, org_id: str, stored: str | None) -> None:
+        """The org's `settings.embedding_model` as just read by the caller's own transaction (a
+        worker's claim), so that the run's first recall need not read it again."""
+        if self.settings.limits.cache_s > 0:
+            spec = stored or self.settings.memory.embedding_model
+            self._org_specs[org_id] = (time.monotonic() + self.settings.limits.cache_s, spec)
+
+    def forget_org_model(self, org_id: str) -> None:
+        """Read the org's embedding model again at its next use (it was just changed here)."""
+        self._org_specs.pop(org_id, None)
 
     async def embedder(self, org_id: str) -> Embedder:
         """The org's embedder (its `settings.embedding_model`, else the platform default)."""
-        async with tenant_tx(self.pool, org_id) as conn:
-            spec = await org_embedding_spec(conn, self.settings.memory.embedding_model)
+        cached = self._org_specs.get(org_id)
+        if cached is not None and cached[0] > time.monotonic():
+            spec = cached[1]
+        else:
+            async with tenant_tx(self.pool, org_id) as conn:
+                spec = await org_embedding_spec(conn, self.settings.memory.embedding_model)
+            self.note_org_model(org_id, spec)
         if spec not in self._embedders:
             self._embedders[spec] = resolve_embedder(spec, self.settings)
         return self._embedders[spec]

@@ -35,7 +35,7 @@ from core.infra import is_infra_error
 from core.jobs import RUNS_QUEUE
 from core.metering import Meter
 from core.run_signals import run_ended, start_next
-from core.store import agents, files, runs, sessions, tool_calls
+from core.store import agents, files, runs, tool_calls
 from core.store.runs import RunStatus
 from core.telemetry import metrics, names, scope, tracing
 from core.tenancy import checkpoint_thread_id, run_cancel_key, tenant_tx
@@ -169,15 +169,15 @@ async def _deliver(svc: Services, run_id: str, org_id: str, owner: str) -> Deliv
             return Delivery("missing")
         if run["status"] in runs.TERMINAL:
             return Delivery("already finished")
-        session = await sessions.get(conn, run["session_id"])
         version = await agents.get_version(conn, run["agent_id"], run["agent_version"])
         agent = _spec(version) if version is not None else None
         if agent is not None:
             claimed = await runs.claim(conn, run_id, run["session_id"], owner, svc.settings.worker.lease_s,
                                        agent.config.limits.timeout_s)
             if isinstance(claimed, runs.Claimed):
-                # The org's budgets and its month so far, as the run (re)starts (core.budgets).
-                limits, month = await budgets.load(conn, svc.settings.limits)
+                # The org's budgets and its month so far, as the run (re)starts (core.budgets),
+                # and its embedding model, so the first recall needs no transaction of its own.
+                org = await budgets.load(conn, svc.settings.limits)
                 # The session's attached files, brought into its workspace before the first step.
                 attached = await files.attachments(conn, run["session_id"])
     if agent is None:
@@ -212,9 +212,10 @@ async def _deliver(svc: Services, run_id: str, org_id: str, owner: str) -> Deliv
         ended = Outcome(RunStatus.TIMED_OUT, error={
             "code": "TIMED_OUT", "message": "The run's time limit passed while its worker was gone."})
     else:
-        meter = Meter(emitter, svc.settings.usage, limits, month)
+        svc.memory.note_org_model(org_id, org.embedding_model)
+        meter = Meter(emitter, svc.settings.usage, org.limits, org.month)
         with tracing.continue_run(row["trace_parent"], row["trace_id"]) if tracing.ON else _NOOP:
-            ended = await _execute(svc, row, agent, emitter, owner, session["user_id"] if session else None,
+            ended = await _execute(svc, row, agent, emitter, owner, claimed.user_id,
                                    resolved, meter, attached)
     if ended is None:
         return Delivery("lease lost: another worker owns the run")

@@ -3,18 +3,24 @@ and roles are enforced per route."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import contextlib
 import hashlib
 import hmac
 import json
 import time
 from datetime import UTC, datetime, timedelta
 
+import httpx
 import jwt
 import psycopg
 import pytest
+import redis.asyncio as aioredis
 
-from tests.helpers import JWT_SECRET
+from api.app import create_app
+from core.auth_cache import KeyCache, publish_invalidation
+from tests.helpers import JWT_SECRET, serving, until
 
 
 def _claims(org_id: str, **extra: object) -> dict[str, object]:
@@ -65,7 +71,39 @@ def test_expired_key_gets_401(client, org, stack):
     assert client.get("/v1/me", headers=_bearer(created["key"])).status_code == 200
     with psycopg.connect(stack.database_url) as conn:  # the clock moves on: expire it
         conn.execute("UPDATE api_keys SET expires_at = now() - interval '1 second' WHERE id = %s", (created["id"],))
+    # A key changed in SQL behind the API's back is announced like any change (core.auth_cache);
+    # a real expiry needs no message, since every cache hit checks the key's own expires_at.
+    asyncio.run(_invalidate(stack.redis_url, created["id"]))
+    until(lambda: client.get("/v1/me", headers=_bearer(created["key"])).status_code == 401)
     assert client.get("/v1/me", headers=_bearer(created["key"])).status_code == 401
+
+
+async def _invalidate(redis_url: str, key_id: str) -> None:
+    redis = aioredis.from_url(redis_url)
+    try:
+        await publish_invalidation(redis, key_id=key_id)
+    finally:
+        await redis.aclose()
+
+
+def test_a_key_revoked_through_one_api_process_is_refused_by_another_that_cached_it(client, org, settings):
+    # A second API process, whose cache would trust a verified key for a minute on its own.
+    other = create_app(settings.model_copy(update={"auth": settings.auth.model_copy(update={"key_cache_s": 60})}))
+    with serving(other) as served:
+        keys = served.state["api"].auth.keys
+        until(lambda: keys.enabled)  # subscribed to the invalidations
+        assert keys.enabled
+        created = client.post("/v1/api-keys", json={"name": "doomed", "role": "member"}, headers=org.headers).json()
+        assert httpx.get(f"{served.url}/v1/me", headers=_bearer(created["key"])).status_code == 200
+        assert keys.get(created["key"]) is not None  # the other process now trusts it from memory
+
+        assert client.delete(f"/v1/api-keys/{created['id']}", headers=org.headers).status_code == 200
+
+        until(lambda: keys.get(created["key"]) is None, limit_s=10)
+        r = httpx.get(f"{served.url}/v1/me", headers=_bearer(created["key"]))
+        assert r.status_code == 401 and r.json()["error"]["code"] == "UNAUTHENTICATED"
+        # and the key that revoked it still works there
+        assert httpx.get(f"{served.url}/v1/me", headers=org.headers).status_code == 200
 
 
 def test_key_with_wrong_secret_gets_401(client, org):
@@ -174,3 +212,36 @@ def test_viewer_jwt_cannot_write(client, org):
     token = jwt.encode(_claims(org.id, role="viewer"), JWT_SECRET, algorithm="HS256")
     r = client.post("/v1/agents", json={"name": "nope"}, headers=_bearer(token))
     assert r.status_code == 403
+
+
+def test_the_key_cache_trusts_nothing_unsubscribed_nor_a_lookup_older_than_an_invalidation(stack):
+    row = {"id": "api_key_x", "org_id": "org_x", "created_by": None, "role": "member", "expires_at": None}
+
+    async def story() -> None:
+        redis = aioredis.from_url(stack.redis_url)
+        keys = KeyCache(redis, ttl_s=60)
+        try:
+            keys.put("aos_k", row, keys.generation)  # not subscribed yet: nothing is trusted
+            assert keys.get("aos_k") is None
+            ready = asyncio.Event()
+            listener = asyncio.create_task(keys.listen(ready))
+            await asyncio.wait_for(ready.wait(), 30)
+            keys.put("aos_k", row, keys.generation)
+            assert keys.get("aos_k") == row
+            started = keys.generation  # a lookup begins...
+            await publish_invalidation(redis, key_id="api_key_x")  # ...another process revokes...
+            for _ in range(200):
+                if keys.generation != started:
+                    break
+                await asyncio.sleep(0.01)
+            assert keys.get("aos_k") is None
+            keys.put("aos_k", row, started)  # ...and what the lookup read is not trusted
+            assert keys.get("aos_k") is None
+            listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await listener
+            assert not keys.enabled
+        finally:
+            await redis.aclose()
+
+    asyncio.run(story())

@@ -244,3 +244,15 @@ def test_a_live_reader_of_a_queued_run_sees_its_cancellation_and_the_stream_ends
         client.post(f"/v1/runs/{head['id']}/cancel", headers=org.headers)
     assert [e["type"] for e in found] == ["run.queued", "run.cancelled"]
     assert wait(org, head["id"])["status"] == "cancelled"
+
+
+def test_a_run_streamed_right_after_its_post_is_whole_and_only_its_own_orgs(
+        client: TestClient, org: Org, other_org: Org, session: dict[str, Any]):
+    # The API process that took the POST opens the run's stream without looking the run up
+    # (api.fresh_runs): it must still be the whole run, and nothing for another org.
+    run = start_run(org, str(session["id"]), SCRIPT)
+    r = client.get(f"/v1/runs/{run['id']}/events", headers=other_org.headers)
+    assert r.status_code == 404 and r.json()["error"]["code"] == "NOT_FOUND"
+    events = events_of(client, org, run["id"])
+    assert_complete(events, run["id"])
+    assert events[0]["type"] == "run.queued" and events[-1]["type"] == "run.succeeded"

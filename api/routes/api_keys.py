@@ -13,6 +13,7 @@ from starlette.responses import Response
 from api.endpoint import Call, endpoint, resource
 from api.schemas.api_keys import ApiKey, ApiKeyCreated
 from api.schemas.base import page_of
+from api.state import state_of
 from core.errors import ApiError
 from core.pagination import page
 from core.principal import Role
@@ -77,6 +78,8 @@ async def revoke_key(call: Call[Any]) -> Response:
         row = await api_keys.revoke(conn, key_id)
         assert row is not None
         await audit.record(conn, call.principal.actor, "api_key.revoke", "api_key", key_id)
+    # Committed: no API process may keep trusting the key it cached (core.auth_cache).
+    await state_of(call.request).auth.invalidate(key_id=key_id)
     return call.reply(row)
 
 

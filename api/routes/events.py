@@ -23,6 +23,7 @@ from starlette.responses import Response
 
 from api.endpoint import Call, endpoint, resource
 from api.routes.runs import reader_for, run_not_found, session_not_found
+from api.state import state_of
 from core.errors import ApiError
 from core.events import Event
 from core.store import runs
@@ -116,15 +117,20 @@ async def _cancelled(future: asyncio.Future[Any]) -> None:
 async def run_events(call: Call[Any]) -> Response:
     run_id = call.path_id("run_id", "run")
     after = _after(call)
-    async with tenant_tx(call.pool, call.principal.org_id) as conn:
-        run = await runs.get(conn, run_id)
-        if run is None:
-            raise run_not_found(run_id)
-        start = after if after is not None else max(int(run["queue_seq"] or 1) - 1, 0)
-        finished = run["status"] in runs.TERMINAL and (
-            await (await conn.execute(RUN_HAS_EVENTS_AFTER_SQL, (run_id, start))).fetchone() is None
-        )
-    reader = reader_for(call, run["session_id"])
+    fresh = state_of(call.request).fresh_runs.get(call.principal.org_id, run_id) if after is None else None
+    if fresh is not None:  # created here seconds ago: from its run.queued on, its end is ahead
+        session_id, start, finished = fresh.session_id, max(fresh.queue_seq - 1, 0), False
+    else:
+        async with tenant_tx(call.pool, call.principal.org_id) as conn:
+            run = await runs.get(conn, run_id)
+            if run is None:
+                raise run_not_found(run_id)
+            start = after if after is not None else max(int(run["queue_seq"] or 1) - 1, 0)
+            finished = run["status"] in runs.TERMINAL and (
+                await (await conn.execute(RUN_HAS_EVENTS_AFTER_SQL, (run_id, start))).fetchone() is None
+            )
+        session_id = run["session_id"]
+    reader = reader_for(call, session_id)
 
     async def stream() -> AsyncIterator[ServerSentEvent]:
         if finished:

@@ -15,6 +15,7 @@ from starlette.responses import Response
 from api.endpoint import Call, endpoint, resource, validation_failed
 from api.schemas.base import page_of
 from api.schemas.people import Member
+from api.state import state_of
 from core.errors import ApiError
 from core.pagination import DEFAULT_LIMIT, MAX_LIMIT, encode_cursor
 from core.principal import Principal, Role
@@ -117,6 +118,8 @@ async def remove_member(call: Call[Any]) -> Response:
         revoked = await memberships.remove(conn, user_id)
         await audit.record(conn, principal.actor, "member.remove", "user", user_id,
                            {"role": target["role"], "revoked_api_keys": revoked})
+    # After the commit: no API process keeps trusting a cached key of theirs (core.auth_cache).
+    await state_of(call.request).auth.invalidate(org_id=principal.org_id, user_id=user_id)
     return call.reply(target)
 
 

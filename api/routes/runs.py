@@ -25,7 +25,7 @@ from core.errors import ApiError
 from core.event_reader import EventReader
 from core.pagination import page
 from core.run_signals import flag_cancel, publish, run_ended, send_run
-from core.store import agents, audit, runs, sessions
+from core.store import audit, runs, sessions
 from core.store.runs import RunStatus
 from core.telemetry import metrics, names, scope, tracing
 from core.tenancy import tenant_tx
@@ -100,10 +100,9 @@ async def create_run(call: Call[RunCreate]) -> Response:
         raise ticket.refusal()
     try:
         async with tenant_tx(call.pool, principal.org_id) as conn:
-            session = await runs.lock_session(conn, session_id)
-            if session is None:
+            found, agent = await runs.lock_session_with_agent(conn, session_id)
+            if not found:
                 raise session_not_found(session_id)
-            agent = await agents.get(conn, session["agent_id"])
             if agent is None:
                 raise ApiError("CONFLICT", "This session's agent was deleted; start a new session with another agent.")
             created = await runs.create(
@@ -131,6 +130,7 @@ async def create_run(call: Call[RunCreate]) -> Response:
         await ticket.release()
         return call.reply(_public(run), headers={**headers, "Idempotent-Replayed": "true"})
     await ticket.bind(run["id"])
+    state_of(call.request).fresh_runs.remember(principal.org_id, run["id"], session_id, created.events[0].seq)
     m = metrics.get()
     m.runs_created.labels(run["agent_id"], *m.org(principal.org_id)).inc()
     infra = call.infra

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any, TypedDict, cast
@@ -23,6 +23,7 @@ from psycopg.types.json import Jsonb
 from core import events
 from core.events import Event
 from core.ids import new_id
+from core.store import agents
 from core.store.agents import AgentRow
 from core.store.errors import IdempotencyMismatch, SessionBusy
 from core.store.skills import RUN_SKILL_VERSIONS
@@ -89,17 +90,31 @@ PUBLIC_FIELDS = (
     "metadata", "skill_versions", "attempt", "created_at", "started_at", "finished_at", "trace_id",
 )
 
-LOCK_SESSION_SQL = "SELECT id, agent_id FROM sessions WHERE id = %s AND deleted_at IS NULL FOR UPDATE"
+LOCK_SESSION_SQL = "SELECT id, agent_id, user_id FROM sessions WHERE id = %s AND deleted_at IS NULL FOR UPDATE"
+# The POST's first statement: hold the session and read its (live) agent in one round trip.
+LOCK_SESSION_AGENT_SQL = f"""
+SELECT s.id AS session_id, {", ".join("a." + c.strip() for c in agents.COLUMNS.split(","))}
+FROM sessions s LEFT JOIN agents a ON a.id = s.agent_id AND a.deleted_at IS NULL
+WHERE s.id = %s AND s.deleted_at IS NULL FOR UPDATE OF s
+"""
 # Ending a run must work even after its session was deleted.
 LOCK_ANY_SESSION_SQL = "SELECT id FROM sessions WHERE id = %s FOR UPDATE"
 BY_IDEMPOTENCY_SQL = f"SELECT {COLUMNS}, request_hash FROM runs WHERE session_id = %s AND idempotency_key = %s"
+# The run and the user's message in one statement (one round trip); the message's foreign key
+# to the run is checked at the end of the statement, when the run exists.
 INSERT_RUN_SQL = f"""
-INSERT INTO runs (id, org_id, session_id, agent_id, agent_version, multitask, input, metadata,
-                  idempotency_key, request_hash, trace_id, trace_parent, created_by, deadline_at)
-VALUES (%(id)s, agentos_current_org(), %(session_id)s, %(agent_id)s, %(agent_version)s, %(multitask)s,
-        %(input)s, %(metadata)s, %(idempotency_key)s, %(request_hash)s, %(trace_id)s, %(trace_parent)s,
-        %(created_by)s, NULL)
-RETURNING {COLUMNS}
+WITH r AS (
+  INSERT INTO runs (id, org_id, session_id, agent_id, agent_version, multitask, input, metadata,
+                    idempotency_key, request_hash, trace_id, trace_parent, created_by, deadline_at)
+  VALUES (%(id)s, agentos_current_org(), %(session_id)s, %(agent_id)s, %(agent_version)s, %(multitask)s,
+          %(input)s, %(metadata)s, %(idempotency_key)s, %(request_hash)s, %(trace_id)s, %(trace_parent)s,
+          %(created_by)s, NULL)
+  RETURNING {COLUMNS}
+), m AS (
+  INSERT INTO messages (id, org_id, session_id, run_id, role, content)
+  SELECT %(message_id)s, agentos_current_org(), r.session_id, r.id, 'user', %(text)s FROM r
+)
+SELECT * FROM r
 """
 SET_QUEUE_SEQ_SQL = "UPDATE runs SET queue_seq = %s WHERE id = %s"
 GET_RUN_SQL = f"SELECT {COLUMNS}, queue_seq, lease_owner, lease_expires_at, cancel_requested_at FROM runs WHERE id = %s"
@@ -125,21 +140,31 @@ HEARTBEAT_SQL = """
 UPDATE runs SET lease_expires_at = now() + %s, heartbeat_at = now()
 WHERE id = %s AND status = 'running' AND lease_owner = %s RETURNING cancel_requested_at
 """
+# One statement: end the run, close its calls still waiting for a decision, and find the run
+# that is next in its session (every sub-statement sees the rows as they were before it, so the
+# run being ended is left out by id). The caller holds the session row, so no run joins meanwhile.
 FINISH_SQL = f"""
-UPDATE runs SET status = %(status)s, output = %(output)s, error = %(error)s,
-    finished_at = now(), lease_owner = NULL, lease_expires_at = NULL
-WHERE id = %(run_id)s AND status = ANY(%(from)s)
-  AND (%(owner)s::text IS NULL OR lease_owner = %(owner)s)
-RETURNING {COLUMNS}
+WITH f AS (
+  UPDATE runs SET status = %(status)s, output = %(output)s, error = %(error)s,
+      finished_at = now(), lease_owner = NULL, lease_expires_at = NULL
+  WHERE id = %(run_id)s AND status = ANY(%(from)s)
+    AND (%(owner)s::text IS NULL OR lease_owner = %(owner)s)
+  RETURNING {COLUMNS}
+), abandoned AS (
+  UPDATE tool_calls SET status = 'rejected', decision_reason = 'the run ended before a decision', decided_at = now()
+  WHERE run_id IN (SELECT id FROM f) AND status = 'pending'
+), nxt AS (
+  SELECT id AS next_run_id, status AS next_status FROM runs
+  WHERE session_id = %(session_id)s AND id <> %(run_id)s
+    AND status IN ('queued', 'running', 'awaiting_confirmation')
+  ORDER BY queue_seq LIMIT 1
+)
+SELECT f.*, nxt.next_run_id, nxt.next_status FROM f LEFT JOIN nxt ON true
 """
 # The run at the head of a session's line (the active one, or the next to start).
 FIRST_ACTIVE_SQL = """
 SELECT id, status FROM runs WHERE session_id = %s AND status IN ('queued', 'running', 'awaiting_confirmation')
 ORDER BY queue_seq LIMIT 1
-"""
-ABANDON_PENDING_CALLS_SQL = """
-UPDATE tool_calls SET status = 'rejected', decision_reason = 'the run ended before a decision', decided_at = now()
-WHERE run_id = %s AND status = 'pending'
 """
 # A cancel asked for while the worker was stopping the graph wins over the pause (the caller
 # then ends the run as cancelled): a paused run is only ever cancelled by the cancel route itself.
@@ -186,6 +211,15 @@ def to_public(row: RunRow) -> dict[str, Any]:
 
 async def lock_session(conn: AsyncConnection[DictRow], session_id: str) -> dict[str, Any] | None:
     return await (await conn.execute(LOCK_SESSION_SQL, (session_id,))).fetchone()
+
+
+async def lock_session_with_agent(conn: AsyncConnection[DictRow], session_id: str) -> tuple[bool, AgentRow | None]:
+    """`lock_session`, also reading the session's agent (None if it was deleted): (found, agent)."""
+    row = await (await conn.execute(LOCK_SESSION_AGENT_SQL, (session_id,))).fetchone()
+    if row is None:
+        return False, None
+    del row["session_id"]
+    return True, cast(AgentRow, row) if row["id"] is not None else None
 
 
 async def lock_any_session(conn: AsyncConnection[DictRow], session_id: str) -> bool:
@@ -254,14 +288,9 @@ async def create(
         "multitask": multitask, "input": Jsonb({"text": text}), "metadata": Jsonb(metadata),
         "idempotency_key": idempotency_key, "request_hash": request_hash,
         "trace_id": trace_parent[3:35] if trace_parent else new_trace_id(), "trace_parent": trace_parent,
-        "created_by": created_by,
+        "created_by": created_by, "message_id": new_id("message"), "text": text,
     })).fetchone()
     assert run is not None
-    await conn.execute(
-        "INSERT INTO messages (id, org_id, session_id, run_id, role, content) "
-        "VALUES (%s, agentos_current_org(), %s, %s, 'user', %s)",
-        (new_id("message"), session_id, run_id, text),
-    )
     emitted = await events.append(conn, session_id, [(run_id, events.RUN_QUEUED, {"attempt": 0})])
     await conn.execute(SET_QUEUE_SEQ_SQL, (emitted[0].seq, run_id))
     return Created(cast(RunRow, run), emitted, created=True, first_in_line=active is None)
@@ -284,10 +313,12 @@ class NotClaimed:
 
 @dataclass(frozen=True)
 class Claimed:
-    """A run this worker now holds, and its `run.started` event to publish."""
+    """A run this worker now holds, its `run.started` event to publish, and its session's end
+    user (read by the lock the claim takes anyway)."""
 
     run: ClaimedRun
     events: list[Event]
+    user_id: str | None = None
 
 
 CLAIM_BLOCKER_SQL = """
@@ -300,7 +331,8 @@ async def claim(
 ) -> Claimed | NotClaimed:
     """Take the run for `owner`, or say why not: finished, cancelled, held by a live lease, or
     waiting behind an earlier run of its session (whose end will enqueue it)."""
-    if await lock_session(conn, session_id) is None:
+    session = await lock_session(conn, session_id)
+    if session is None:
         return NotClaimed(None, None)
     row = await (await conn.execute(CLAIM_SQL, {
         "owner": owner, "lease": timedelta(seconds=lease_s), "timeout": timedelta(seconds=timeout_s),
@@ -313,7 +345,7 @@ async def claim(
         status = RunStatus(blocker["status"])
         return NotClaimed(status, blocker["lease_left"] if status == RunStatus.RUNNING else None)
     emitted = await events.append(conn, session_id, [(run_id, events.RUN_STARTED, {"attempt": row["attempt"]})])
-    return Claimed(cast(ClaimedRun, row), emitted)
+    return Claimed(cast(ClaimedRun, row), emitted, session["user_id"])
 
 
 async def heartbeat(conn: AsyncConnection[DictRow], run_id: str, owner: str, lease_s: float) -> tuple[bool, bool]:
@@ -334,12 +366,13 @@ TERMINAL_EVENT = {
 
 @dataclass(frozen=True)
 class Finished:
-    """A run just ended: its row, its events (the terminal one last), and the session's next
-    queued run, which may start now."""
+    """A run just ended: its row, its events (the terminal one last), the session's next
+    queued run, which may start now, and the webhook deliveries its terminal event got."""
 
     run: RunRow
     events: list[Event]
     next_run_id: str | None
+    deliveries: list[str] = field(default_factory=list)
 
 
 async def finish(
@@ -363,11 +396,11 @@ async def finish(
     row = await (await conn.execute(FINISH_SQL, {
         "status": status, "output": Jsonb(output) if output is not None else None,
         "error": Jsonb(error) if error is not None else None,
-        "run_id": run_id, "from": list(from_status), "owner": owner,
+        "run_id": run_id, "from": list(from_status), "owner": owner, "session_id": session_id,
     })).fetchone()
     if row is None:
         return None
-    await conn.execute(ABANDON_PENDING_CALLS_SQL, (run_id,))
+    next_run_id, next_status = row.pop("next_run_id"), row.pop("next_status")
     data: dict[str, Any]
     if status == RunStatus.SUCCEEDED:
         data = {"output": output, "usage": public_usage(row["usage"])}
@@ -376,10 +409,9 @@ async def finish(
     else:
         data = {}
     items = [(run_id, kind, payload) for kind, payload in extra_events] + [(run_id, TERMINAL_EVENT[status], data)]
-    emitted = await events.append(conn, session_id, items)
-    nxt = await (await conn.execute(FIRST_ACTIVE_SQL, (session_id,))).fetchone()
-    next_id = nxt["id"] if nxt is not None and nxt["status"] == RunStatus.QUEUED else None
-    return Finished(cast(RunRow, row), emitted, next_id)
+    stored = await events.append_with_deliveries(conn, session_id, items)
+    next_id = next_run_id if next_status == RunStatus.QUEUED else None
+    return Finished(cast(RunRow, row), stored.events, next_id, stored.deliveries)
 
 
 async def request_cancel(conn: AsyncConnection[DictRow], run_id: str) -> None:

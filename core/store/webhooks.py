@@ -111,9 +111,7 @@ FROM unnest(%(sessions)s::text[], %(seqs)s::bigint[], %(runs)s::text[], %(types)
      AS e(session_id, seq, run_id, type, payload)
 JOIN webhooks w ON w.enabled AND e.type = ANY(w.events)
 ON CONFLICT (webhook_id, session_id, seq) DO NOTHING
-"""
-FOR_EVENTS_SQL = """
-SELECT id FROM webhook_deliveries WHERE session_id = %s AND seq = ANY(%s) AND status = 'pending'
+RETURNING id
 """
 
 CLAIM_SQL = """
@@ -218,18 +216,15 @@ async def rotated(conn: AsyncConnection[DictRow], webhook_id: str,
     return cast(WebhookRow | None, await (await conn.execute(ROTATED_SQL, (previous_until, webhook_id))).fetchone())
 
 
-async def enqueue(conn: AsyncConnection[DictRow], events: list[tuple[str, int, str, str, str]]) -> None:
+async def enqueue(conn: AsyncConnection[DictRow], events: list[tuple[str, int, str, str, str]]) -> list[str]:
     """Deliveries for events `(session_id, seq, run_id, type, payload JSON)` to every enabled
-    webhook of the org subscribed to their type."""
+    webhook of the org subscribed to their type; returns the ids of those stored, which the
+    caller announces after its commit (no read-back: that was a transaction per run ending)."""
     if not events:
-        return
+        return []
     sessions, seqs, runs, types, payloads = (list(column) for column in zip(*events, strict=True))
-    await conn.execute(ENQUEUE_SQL, {"sessions": sessions, "seqs": seqs, "runs": runs, "types": types,
-                                     "payloads": payloads})
-
-
-async def pending_for_events(conn: AsyncConnection[DictRow], session_id: str, seqs: list[int]) -> list[str]:
-    cur = await conn.execute(FOR_EVENTS_SQL, (session_id, seqs))
+    cur = await conn.execute(ENQUEUE_SQL, {"sessions": sessions, "seqs": seqs, "runs": runs, "types": types,
+                                           "payloads": payloads})
     return [str(r["id"]) for r in await cur.fetchall()]
 
 
