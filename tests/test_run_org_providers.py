@@ -109,23 +109,35 @@ def test_an_agent_on_an_azure_provider_calls_its_deployment(client: TestClient, 
     assert_key_hidden(worker, str(events), str(final))
 
 
+@pytest.fixture(params=["openai_compatible", "anthropic", "azure_openai"])
+def any_kind(request: pytest.FixtureRequest, loopback: Org) -> Iterator[tuple[OpenAIServer, str]]:
+    """A fake server of each kind, with a provider `flaky` of that kind in the org."""
+    server = AnthropicServer() if request.param == "anthropic" else OpenAIServer()
+    with server:
+        server.api_key = KEY
+        base = server.base_url if request.param == "openai_compatible" else server.root_url
+        provider(loopback, name="flaky", kind=request.param, base_url=base)
+        yield server, request.param
+
+
 def test_rate_limits_and_server_errors_are_retried_and_a_bad_key_fails_readably(
-    client: TestClient, loopback: Org, fake: OpenAIServer, worker: Worker
+    client: TestClient, loopback: Org, any_kind: tuple[OpenAIServer, str], worker: Worker
 ) -> None:
-    provider(loopback, name="flaky", kind="openai_compatible", base_url=fake.base_url)
+    fake, kind = any_kind
     agent = loopback.create_agent(model="flaky:test-model")
     session = str(loopback.create_session(str(agent["id"]))["id"])
     fake.fail_next(429, retry_after=1)  # the test worker retries once (AGENTOS_MODELS__MAX_RETRIES=1)
     assert wait(loopback, start_run(loopback, session, "hello")["id"])["output"]["text"] == "echo: hello"
-    fake.fail_next(503)
+    fake.fail_next(529 if kind == "anthropic" else 503)
     assert wait(loopback, start_run(loopback, session, "again")["id"])["output"]["text"] == "echo: again"
     assert len(fake.requests) == 4
 
-    fake.api_key = "another-key-entirely"  # the provider now refuses the org's key (and quotes it)
+    fake.api_key = "another-key-entirely"  # the provider now refuses the org's key (and may quote it)
     run = start_run(loopback, session, "refused")
     events = read_events(client, f"/v1/runs/{run['id']}/events", loopback.headers)
     error = events[-1]["data"]["error"]
     assert error["code"] == "MODEL_ERROR" and "'flaky'" in error["message"] and "401" in error["message"]
+    assert len(fake.requests) == 5  # a bad key is not retried
     assert_key_hidden(worker, str(events), str(wait(loopback, run["id"])))
 
 

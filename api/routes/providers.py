@@ -186,7 +186,9 @@ async def get_provider(call: Call[Any]) -> Response:
 async def patch_provider(call: Call[ProviderPatch]) -> Response:
     provider_id, body, principal = call.path_id("provider_id", "provider"), call.body, call.principal
     await _check_url(call, body.base_url)
-    changes: dict[str, Any] = body.model_dump(exclude_unset=True, exclude={"api_key"})
+    # null means "leave it" for the key fields; a kind that needs a base_url keeps one.
+    changes: dict[str, Any] = {k: v for k, v in body.model_dump(exclude_unset=True, exclude={"api_key"}).items()
+                               if v is not None or k not in ("api_key_secret", "base_url")}
     keyring = Keyring.from_settings(call.settings.secrets)
     async with tenant_tx(call.pool, principal.org_id) as conn:
         current = await store.get(conn, provider_id)
