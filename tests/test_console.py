@@ -19,7 +19,8 @@ from agentos.stack.local import StackUrls
 from api.app import create_app
 from api.console import STATIC
 from tests.console_page import console, seqs_in, words
-from tests.helpers import Org, RsaKeys, make_settings, serving, start_run, wait
+from tests.helpers import Org, RsaKeys, make_settings, open_loopback, serving, start_run, wait
+from tests.openai_server import OpenAIServer
 from tests.sse import read_events
 from tests.tcp_proxy import TcpProxy
 
@@ -85,7 +86,13 @@ def test_me_names_the_org(client: TestClient, org: Org):
 
 @pytest.mark.usefixtures("worker")
 @pytest.mark.timeout(240)
-def test_sign_in_create_an_agent_and_chat_with_the_answer_streaming(client: TestClient, org: Org, api_url: str):
+def test_sign_in_create_an_agent_and_chat_with_the_answer_streaming(client: TestClient, org: Org, api_url: str,
+                                                                    stack: StackUrls, openai_server: OpenAIServer):
+    # The org's own provider (the suite's local OpenAI-compatible server): the model field offers its models.
+    open_loopback(stack, org.id)
+    provider = client.post("/v1/providers", json={"name": "local", "kind": "openai_compatible",
+                                                  "base_url": openai_server.base_url}, headers=org.headers)
+    assert provider.status_code == 201, provider.text
     with console(api_url) as c:
         page = c.page
         page.goto(api_url + "/console")
@@ -102,6 +109,7 @@ def test_sign_in_create_an_agent_and_chat_with_the_answer_streaming(client: Test
 
         # Create an agent; an out-of-range limit is shown under its field first.
         page.click("text=New agent")
+        page.wait_for_selector("datalist#models option[value='local:test-model']", state="attached")
         page.fill("input[name=name]", "echoer")
         page.fill("input[name=model]", "offline:echo")
         page.fill("input[name='limits.max_steps']", "0")

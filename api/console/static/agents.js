@@ -1,6 +1,6 @@
 // Agents: the list, the editor (every field of POST/PATCH /v1/agents, with the API's validation
 // errors shown under the field they name), and the version history with a diff.
-import {ApiError, all, api, get} from "./api.js";
+import {all, api, get} from "./api.js";
 import {append, clear, errorBox, field, h, json, when} from "./dom.js";
 import {navigate} from "./app.js";
 import {diffLines} from "./diff.js";
@@ -22,14 +22,14 @@ export async function renderList(main, ctx) {
 const MODELS = ["offline:default", "offline:echo", "openai:gpt-4o-mini", "anthropic:claude-3-5-haiku-latest"];
 
 async function providerModels() {
-  // The org's providers when the server has them (GET /v1/providers); the built-in list otherwise.
-  try {
-    const page = await get("/v1/providers");
-    return page.data.flatMap((p) => (p.models || []).map((m) => `${p.name}:${m}`));
-  } catch (error) {
-    if (error instanceof ApiError && error.status !== 404) throw error;
-    return [];
-  }
+  // The org's providers (GET /v1/providers) with each one's models (GET …/models, cached by the
+  // server); a provider that does not answer still offers its default model.
+  const page = await get("/v1/providers");
+  const lists = await Promise.allSettled(page.data.map((p) => get(`/v1/providers/${p.id}/models`)));
+  return page.data.flatMap((p, i) => {
+    const listed = lists[i].status === "fulfilled" ? lists[i].value.data.map((m) => m.id) : [];
+    return [...new Set([p.default_model, ...listed].filter(Boolean))].map((m) => `${p.name}:${m}`);
+  });
 }
 
 export async function renderEdit(main, ctx, agentId) {
