@@ -368,15 +368,24 @@ def fake_checkpoint(database_url: str, thread_id: str, checkpoint_id: str = "1",
                      "blob) VALUES (%s, '', %s, 't', 0, 'messages', %s)", (thread_id, checkpoint_id, blob))
 
 
-def populate_org(org: Org, database_url: str, *, user_id: str = "end-user-1", tag: str = "") -> dict[str, Any]:
-    """Give `org` some of every kind of data (an agent, a session of `user_id` with a queued run,
-    its events and a checkpoint, a memory, a knowledge document, an uploaded file attached to the
-    session, a secret, a webhook, an extra API key): what deletion, erasure and export tests
-    remove or read back. Returns the ids made."""
+def populate_org(org: Org, settings: Settings, stack: StackUrls, *, user_id: str = "end-user-1",
+                 tag: str = "") -> dict[str, Any]:
+    """Give `org` some of every kind of data (an agent, a session of `user_id` with a queued run
+    never sent to a worker, so nothing changes it meanwhile, its events in Postgres and in the
+    session's live stream, a checkpoint, a memory, a knowledge document, an uploaded file attached
+    to the session, a secret, a webhook, an extra API key): what deletion, erasure and export
+    tests remove or read back. Returns the ids made."""
+    import redis
+
+    from core.tenancy import session_stream_key
+
+    database_url = stack.database_url
     agent = org.create_agent()
     session = org.create_session(str(agent["id"]), user_id=user_id)
     sid = str(session["id"])
-    run = start_run(org, sid, f"hello from {user_id} {tag}")
+    run = {"id": stored_run(settings, org.id, str(agent["id"]), sid, f"hello from {user_id} {tag}")}
+    with redis.Redis.from_url(stack.redis_url) as r:
+        r.xadd(session_stream_key(org.id, sid), {"type": "run.queued"}, id="1-0")
     h = org.headers
     memory = org.client.post("/v1/memories", json={"content": f"{user_id} likes tea {tag}", "scope": "user",
                                                    "user_id": user_id}, headers=h)

@@ -19,7 +19,7 @@ from core.infra import Infra
 from core.settings import Settings
 from core.tenant_data import CHECKPOINT_TABLES, TenantTable, _children_first, untracked_tables
 from runtime.maintenance import JOBS, run_job
-from tests.helpers import Org, error_of, new_org, populate_org
+from tests.helpers import Org, error_of, new_org, populate_org, stored_run
 
 TABLES_WITH_ORG_SQL = """
 SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
@@ -127,7 +127,7 @@ def test_tables_are_emptied_children_first() -> None:
     assert sorted(order) == sorted(t.name for t in tables)
 
 
-def test_only_the_owner_deletes_naming_the_org_and_can_restore_it(client: TestClient, org: Org,
+def test_only_the_owner_deletes_naming_the_org_and_can_restore_it(client: TestClient, settings: Settings, org: Org,
                                                                    other_org: Org) -> None:
     agent = org.create_agent()
     session = org.create_session(str(agent["id"]))
@@ -136,7 +136,8 @@ def test_only_the_owner_deletes_naming_the_org_and_can_restore_it(client: TestCl
     error_of(_delete(org, name, headers={"Authorization": f"Bearer {admin}"}), 403, "FORBIDDEN")
     error_of(_delete(org, name + "x"), 422, "VALIDATION_FAILED")
     error_of(_delete(org, name, org_id=other_org.id), 404, "NOT_FOUND")  # never another org
-    queued = org.client.post(f"/v1/sessions/{session['id']}/runs", json={"input": "hi"}, headers=org.headers).json()
+    # Queued and never sent to a worker (the suite's worker would otherwise run it meanwhile).
+    queued = {"id": stored_run(settings, org.id, str(agent["id"]), str(session["id"]))}
 
     r = _delete(org, name)
     assert r.status_code == 202, r.text
@@ -164,8 +165,8 @@ def test_only_the_owner_deletes_naming_the_org_and_can_restore_it(client: TestCl
 def test_a_purged_org_leaves_nothing_anywhere_and_other_orgs_keep_everything(
         client: TestClient, settings: Settings, stack: Any) -> None:
     doomed, kept = new_org(client, "doomed"), new_org(client, "kept")
-    populate_org(doomed, stack.database_url, tag="doomed")
-    populate_org(kept, stack.database_url, tag="kept")
+    populate_org(doomed, settings, stack, tag="doomed")
+    populate_org(kept, settings, stack, tag="kept")
     doomed_before = _rows_of(stack.database_url, doomed.id)
     kept_before = _rows_of(stack.database_url, kept.id)
     for table in ("runs", "run_events", "messages", "memories", "knowledge_documents", "files", "session_files",

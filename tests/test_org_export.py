@@ -58,8 +58,8 @@ def _rows(database_url: str, org_id: str) -> dict[str, int]:
 
 def test_an_export_round_trips_every_record_and_no_secret(client: TestClient, settings: Settings, stack: Any,
                                                          org: Org, other_org: Org) -> None:
-    made = populate_org(org, stack.database_url, tag="exported")
-    populate_org(other_org, stack.database_url, tag="not ours")
+    made = populate_org(org, settings, stack, tag="exported")
+    populate_org(other_org, settings, stack, tag="not ours")
     export_id = _build(settings, org.id)
     expected = _rows(stack.database_url, org.id)
     assert expected["org_exports"] == 1

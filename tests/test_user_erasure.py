@@ -56,9 +56,9 @@ def _stream_exists(settings: Settings, org_id: str, session_id: str) -> bool:
 
 def test_erasing_an_end_user_removes_their_data_and_only_theirs(client: TestClient, settings: Settings, stack: Any,
                                                                org: Org, other_org: Org) -> None:
-    alice = populate_org(org, stack.database_url, user_id="alice", tag="alice")
-    bob = populate_org(org, stack.database_url, user_id="bob", tag="bob")
-    elsewhere = populate_org(other_org, stack.database_url, user_id="alice", tag="other org")
+    alice = populate_org(org, settings, stack, user_id="alice", tag="alice")
+    bob = populate_org(org, settings, stack, user_id="bob", tag="bob")
+    elsewhere = populate_org(other_org, settings, stack, user_id="alice", tag="other org")
     before = {"alice": _data_of(stack.database_url, org.id, "alice", alice),
               "bob": _data_of(stack.database_url, org.id, "bob", bob),
               "elsewhere": _data_of(stack.database_url, other_org.id, "alice", elsewhere)}
