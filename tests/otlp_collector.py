@@ -41,6 +41,9 @@ class OtlpCollector:
     def __init__(self, keep: bool = True) -> None:
         self.keep = keep
         self.spans: list[CollectedSpan] = []
+        # Every export as received (decompressed): a test can look for a string anywhere in what
+        # was exported, attributes, events and status messages alike.
+        self.raw: list[bytes] = []
         self.requests = 0
         self._lock = threading.Lock()
         collector = self
@@ -80,6 +83,8 @@ class OtlpCollector:
             self.requests += 1
         if not self.keep:
             return
+        with self._lock:
+            self.raw.append(body)
         request = ExportTraceServiceRequest()
         request.ParseFromString(body)
         got: list[CollectedSpan] = []

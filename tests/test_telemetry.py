@@ -20,7 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from agentos.stack.local import StackUrls
 from agentos.stack.process import ServerProcess, free_port
 from agentos.stack.redis import EmbeddedRedis
-from tests.helpers import ADMIN_TOKEN, api_process, running_worker
+from tests.helpers import ADMIN_TOKEN, api_process, open_loopback, running_worker
 from tests.openai_server import OpenAIServer
 from tests.otlp_collector import CollectedSpan, OtlpCollector
 
@@ -192,6 +192,32 @@ def test_one_trace_from_the_post_to_respond(traced: Traced) -> None:
     assert _logged(traced.worker_log, run["id"], caller_trace)
     assert SECRET_WORDS not in traced.worker_log.read_text()
     assert SECRET_WORDS not in (traced.base / "api.log").read_text()
+
+
+def test_an_org_providers_key_is_in_no_span(traced: Traced, stack: StackUrls) -> None:
+    """A run on an org's own provider, once refused (wrong key: the provider's error passes
+    through the model-call span) and once answered: its key is in nothing exported."""
+    tenant = _tenant(traced)
+    open_loopback(stack, tenant.org_id)
+    key = "org-provider-key-" + secrets.token_hex(8)
+    with OpenAIServer() as server:
+        server.api_key = key
+        for given, status in ((key[::-1], "failed"), (key, "succeeded")):
+            provider = tenant.http.post("/v1/providers", json={
+                "name": f"own{status[:4]}", "kind": "openai_compatible", "base_url": server.base_url, "api_key": given})
+            assert provider.status_code == 201, provider.text
+            agent = tenant.http.post("/v1/agents", json={"name": f"own-{status}",
+                                                         "model": f"own{status[:4]}:test-model"})
+            assert agent.status_code == 201, agent.text
+            session = tenant.http.post("/v1/sessions", json={"agent_id": agent.json()["id"]}).json()
+            run = tenant.http.post(f"/v1/sessions/{session['id']}/runs", json={"input": "hello"}).json()
+            assert _wait(tenant, run["id"])["status"] == status
+            spans = traced.collector.wait_for(run["trace_id"], "process agentos.runs")
+            assert any(s.name.startswith("chat ") for s in spans)
+    exported = b"".join(traced.collector.raw)
+    assert run["id"].encode() in exported  # the scan sees what the spans carry
+    assert key.encode() not in exported and key[::-1].encode() not in exported
+    assert key not in traced.worker_log.read_text() and key not in (traced.base / "api.log").read_text()
 
 
 def _logged(path: Path, run_id: str, trace_id: str) -> bool:
