@@ -460,8 +460,6 @@ class OutboundSettings(BaseModel):
 class PeopleSettings(BaseModel):
     """Users, invitations and sign-in (`AGENTOS_PEOPLE__*`; docs/operations.md, "People")."""
 
-    # Registration without an invitation (POST /v1/auth/register): off unless the operator opens it.
-    open_signup: bool = False
     access_token_ttl_s: int = Field(default=900, ge=60, le=86_400)
     session_ttl_s: int = Field(default=30 * 86_400, ge=3600)  # how long a refresh token chain lives
     invitation_ttl_s: int = Field(default=7 * 86_400, ge=300)
