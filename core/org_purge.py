@@ -18,6 +18,7 @@ from typing import Any
 import httpx
 
 from core.admission import release_runs
+from core.auth_cache import publish_invalidation
 from core.events import RUN_CANCELLED
 from core.file_storage import FileStorage, open_storage
 from core.infra import Infra
@@ -157,6 +158,8 @@ async def purge(infra: Infra, storage: FileStorage, org_id: str) -> Removed:
         removed.add("orgs", (await conn.execute(DELETE_ORG_SQL)).rowcount)
     # After the org row: a request that slipped in meanwhile can no longer write keys for it.
     await unlink_matching(infra.redis, org_key_pattern(org_id), removed)
+    # API processes trust verified keys for seconds (core.auth_cache): the org's are gone now.
+    await publish_invalidation(infra.redis, org_id=org_id)
     return removed
 
 
