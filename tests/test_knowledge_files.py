@@ -5,6 +5,7 @@ its chunks."""
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import psycopg
@@ -14,6 +15,7 @@ from agentos.stack.local import StackUrls
 from core.db import open_pool
 from core.document_text import to_text
 from core.settings import Settings
+from core.tenancy import tenant_tx
 from memory import knowledge
 from tests.helpers import Org, error_of
 
@@ -54,10 +56,22 @@ def upload(org: Org, name: str, data: bytes) -> str:
 
 
 def ingest(settings: Settings, org_id: str, document_id: str) -> str:
+    """Ingest the document here and answer its final status. A worker of the suite may take
+    the queued message first (this attempt then finds nothing pending): the status is the
+    document's as stored, once it is no longer pending."""
     async def work() -> str:
         pool = await open_pool(settings.database)
         try:
-            return (await knowledge.ingest(pool, settings, org_id, document_id)).status
+            await knowledge.ingest(pool, settings, org_id, document_id)
+            deadline = time.monotonic() + 30
+            while True:
+                async with tenant_tx(pool, org_id) as conn:
+                    row = await (await conn.execute("SELECT status FROM knowledge_documents WHERE id = %s",
+                                                    (document_id,))).fetchone()
+                status = str(row["status"]) if row else "gone"
+                if status != "pending" or time.monotonic() > deadline:
+                    return status
+                await asyncio.sleep(0.05)
         finally:
             await pool.close()
 
