@@ -24,7 +24,8 @@ import ssl
 import typing
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from functools import partial
+from typing import Any, TypeVar
 
 import httpcore
 import httpcore2
@@ -234,6 +235,24 @@ class AddressGuard:
 # --- the pinned transport -------------------------------------------------------------------------
 
 
+_Stream = TypeVar("_Stream")
+
+
+async def _connect_first(guard: AddressGuard, host: str, port: int,
+                         connect: Callable[[str, int], Awaitable[_Stream]],
+                         retryable: tuple[type[Exception], ...]) -> _Stream:
+    """Resolve `host` through the guard (every address checked) and connect to the first address
+    that answers: what both guarded backends (httpcore's and httpcore2's) do in `connect_tcp`."""
+    failure: Exception | None = None
+    for address in await guard.resolve(host, port):
+        try:
+            return await connect(address, port)
+        except retryable as exc:
+            failure = exc
+    assert failure is not None
+    raise failure
+
+
 class _GuardedBackend(httpcore.AsyncNetworkBackend):
     """httpcore's network backend with the guard in its connect step: the address checked is the
     address connected to. TLS (started later by httpcore) uses the URL's host for SNI."""
@@ -246,16 +265,9 @@ class _GuardedBackend(httpcore.AsyncNetworkBackend):
         self, host: str, port: int, timeout: float | None = None, local_address: str | None = None,
         socket_options: typing.Iterable[Any] | None = None,
     ) -> httpcore.AsyncNetworkStream:
-        addresses = await self._guard.resolve(host, port)
-        failure: Exception | None = None
-        for address in addresses:
-            try:
-                return await self._inner.connect_tcp(address, port, timeout=timeout, local_address=local_address,
-                                                     socket_options=socket_options)
-            except (httpcore.ConnectError, httpcore.ConnectTimeout) as exc:
-                failure = exc
-        assert failure is not None
-        raise failure
+        return await _connect_first(self._guard, host, port, partial(
+            self._inner.connect_tcp, timeout=timeout, local_address=local_address, socket_options=socket_options),
+            (httpcore.ConnectError, httpcore.ConnectTimeout))
 
     async def connect_unix_socket(
         self, path: str, timeout: float | None = None, socket_options: typing.Iterable[Any] | None = None,
@@ -277,16 +289,9 @@ class _GuardedBackend2(httpcore2.AsyncNetworkBackend):
         self, host: str, port: int, timeout: float | None = None, local_address: str | None = None,
         socket_options: typing.Iterable[Any] | None = None,
     ) -> httpcore2.AsyncNetworkStream:
-        addresses = await self._guard.resolve(host, port)
-        failure: Exception | None = None
-        for address in addresses:
-            try:
-                return await self._inner.connect_tcp(address, port, timeout=timeout, local_address=local_address,
-                                                     socket_options=socket_options)
-            except (httpcore2.ConnectError, httpcore2.ConnectTimeout) as exc:
-                failure = exc
-        assert failure is not None
-        raise failure
+        return await _connect_first(self._guard, host, port, partial(
+            self._inner.connect_tcp, timeout=timeout, local_address=local_address, socket_options=socket_options),
+            (httpcore2.ConnectError, httpcore2.ConnectTimeout))
 
     async def connect_unix_socket(
         self, path: str, timeout: float | None = None, socket_options: typing.Iterable[Any] | None = None,
