@@ -510,8 +510,9 @@ def memory_reembed(
         raise CliError(str(exc), EXIT_USAGE) from None
     except (ReembedError, psycopg.Error) as exc:
         detail = f"database error ({type(exc).__name__}): {exc}" if isinstance(exc, psycopg.Error) else str(exc)
-        raise CliError(f"{' '.join(detail.split())}. Nothing is lost: items already moved stay moved; run the "
-                       "command again to continue.") from None
+        raise CliError(f"{' '.join(detail.split())}. Nothing is lost: the org searches its model until every "
+                       "item has its new embedding, and those made are kept; run the command again to "
+                       "continue.") from None
     rechunked = f"; {counts.rechunked} document(s) chunked again" if counts.rechunked else ""
     console.print(f"[green]✓[/green] org {org}: {counts.done} re-embedded, {counts.merged} merged into an "
                   f"existing item, {counts.skipped} skipped; its embedding model is now {embedder.model}{rechunked}")

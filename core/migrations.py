@@ -38,7 +38,7 @@ TENANT_TABLES: tuple[str, ...] = (
     "webhooks", "webhook_deliveries", "webhook_attempts",
     "files", "session_files", "org_exports", "model_providers", "runners", "runner_calls", "runner_runs",
     # `users` of the initial schema became `memberships`; `users` is now global (see _people).
-    "memberships", "invitations",
+    "memberships", "invitations", "memory_staged_embeddings",
 )
 
 _MIGRATION_LOCK_KEY = 0x6167656E746F73  # "agentos"
@@ -973,6 +973,28 @@ def _knowledge_chunking(conn: psycopg.Connection) -> None:
     conn.execute(_KNOWLEDGE_CHUNKING_SQL)
 
 
+_MEMORY_STAGED_EMBEDDINGS_SQL = """
+-- `agentos memory reembed` to another model writes each item's new embedding here first, while
+-- the org keeps searching its items on the old model; once every item has one, a single
+-- transaction moves them into `memories` and switches the org's model (memory.reembed), so a
+-- search never misses an item during the move. One row per item (its latest target).
+CREATE TABLE memory_staged_embeddings (
+    memory_id text PRIMARY KEY REFERENCES memories(id) ON DELETE CASCADE,
+    org_id text NOT NULL REFERENCES orgs(id) ON DELETE CASCADE,
+    embedding_model text NOT NULL,
+    dims integer NOT NULL CHECK (dims > 0),
+    embedding vector NOT NULL,
+    created_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX memory_staged_embeddings_org_idx ON memory_staged_embeddings (org_id, embedding_model);
+"""
+
+
+def _memory_staged_embeddings(conn: psycopg.Connection) -> None:
+    conn.execute(_MEMORY_STAGED_EMBEDDINGS_SQL)
+    _tenant_policy(conn, "memory_staged_embeddings")
+
+
 _PEOPLE_SQL = """
 -- The per-org `users` of the initial schema were memberships all along (an org's role for a
 -- subject): they keep their rows and their tenant policy under the right name.
@@ -1095,6 +1117,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration("hybrid retrieval: full-text index over knowledge chunks", _knowledge_full_text),
     Migration("knowledge documents record their chunking settings", _knowledge_chunking),
     Migration("people: global users, org memberships, invitations, sign-in sessions", _people),
+    Migration("reembed: new embeddings staged beside the items until the org switches", _memory_staged_embeddings),
 )
 
 

@@ -64,6 +64,13 @@ def models_of(stack: Any, org_id: str) -> dict[str, tuple[str, int]]:
     return {r[0]: (r[1], r[2]) for r in rows}
 
 
+def staged_of(stack: Any, org_id: str) -> dict[str, tuple[str, int]]:
+    with psycopg.connect(stack.database_url) as conn:
+        rows = conn.execute("SELECT memory_id, embedding_model, dims FROM memory_staged_embeddings WHERE org_id = %s",
+                            (org_id,)).fetchall()
+    return {r[0]: (r[1], r[2]) for r in rows}
+
+
 def org_setting(stack: Any, org_id: str) -> str | None:
     with psycopg.connect(stack.database_url) as conn:
         row = conn.execute("SELECT settings->>'embedding_model' FROM orgs WHERE id = %s", (org_id,)).fetchone()
@@ -147,7 +154,8 @@ def test_reembed_moves_one_org_to_the_new_model(client: TestClient, settings: Se
     survivor = asyncio.run(already_on_target())
     counts, seen = asyncio.run(run_reembed(target_settings, a.id, batch=2))
     assert (counts.total, counts.done, counts.merged, counts.skipped) == (5, 4, 1, 0)
-    assert [(p.done + p.merged) for p in seen] == [0, 2, 4, 5]  # start, then after each batch of 2
+    # start, after each batch of 2 (staged beside the items), then the switch
+    assert [(p.done + p.merged) for p in seen] == [0, 2, 4, 5, 5]
 
     moved = models_of(stack, a.id)
     assert set(moved) == (set(a_ids) - {a_ids[1]}) | {survivor}
@@ -186,6 +194,103 @@ def test_reembed_moves_one_org_to_the_new_model(client: TestClient, settings: Se
     assert (again.total, again.done, again.merged, again.skipped) == (0, 0, 0, 0)
     assert len(openai_server.embedding_requests) == before
     assert models_of(stack, a.id) == moved
+    assert staged_of(stack, a.id) == {}  # nothing left beside the items
+
+
+def test_searches_find_every_item_while_the_move_is_under_way(client: TestClient, settings: Settings, stack: Any,
+                                                              openai_server: OpenAIServer):
+    # Issue #22: the org keeps searching its current model until every item has its new embedding,
+    # then switches at once; moving items one batch at a time made a search miss those already moved.
+    org = new_org(client, "reembed never miss")
+    ids = remember_all(org, FACTS)
+    target_settings = openai_settings(settings, openai_server.base_url)
+
+    def search_all() -> tuple[list[str], str]:
+        found, models = [], set()
+        for fact in FACTS:
+            r = org.client.get("/v1/memories", params={"query": fact, "limit": 1}, headers=org.headers)
+            assert r.status_code == 200, r.text
+            found += [item["id"] for item in r.json()["data"]]
+            models.add(r.json()["embedding_model"])
+        assert len(models) == 1
+        return found, models.pop()
+
+    mid_move: list[tuple[list[str], str]] = []
+
+    class PausingEmbedder:
+        """The target model; before each batch after the first, a user searches the org."""
+
+        def __init__(self) -> None:
+            self.inner = resolve_embedder(TARGET, target_settings)
+            self.model, self.calls = self.inner.model, 0
+
+        @property
+        def dims(self) -> int:
+            return self.inner.dims
+
+        async def embed(self, texts: list[str]) -> list[list[float]]:
+            self.calls += 1
+            if self.calls > 1:  # the earlier batches are written
+                mid_move.append(search_all())
+            return await self.inner.embed(texts)
+
+    counts, _ = asyncio.run(run_reembed(target_settings, org.id, batch=2, embedder=PausingEmbedder()))
+    assert (counts.total, counts.done, counts.merged, counts.skipped) == (5, 5, 0, 0)
+    assert len(mid_move) == 2  # between batches 1 and 2, and 2 and 3
+    for found, model in mid_move:
+        assert (found, model) == (ids, "offline:hash")  # every item, each the best match for its own text
+
+    async def search_after() -> list[str]:  # after the switch: every item, on the new model
+        embedder = resolve_embedder(TARGET, target_settings)
+        pool = await open_pool(settings.database.model_copy(update={"pool_min": 1, "pool_max": 1}))
+        try:
+            store = PostgresMemoryStore(pool)
+            vectors = await embedder.embed(FACTS)
+            return [str(r["id"]) for v in vectors for r in await store.search(org.id, v, TARGET, limit=1)]
+        finally:
+            await pool.close()
+
+    assert asyncio.run(search_after()) == ids and org_setting(stack, org.id) == TARGET
+    assert set(models_of(stack, org.id).values()) == {(TARGET, EMBEDDING_DIMS)} and staged_of(stack, org.id) == {}
+
+
+def test_items_written_during_the_move_and_copies_of_a_third_model_move_too(
+        client: TestClient, settings: Settings, stack: Any, openai_server: OpenAIServer):
+    org = new_org(client, "reembed late items")
+    ids = remember_all(org, FACTS[:3])
+    target_settings = openai_settings(settings, openai_server.base_url)
+
+    async def third_model_copy() -> None:  # FACTS[0] again, embedded by a model the org no longer uses
+        pool = await open_pool(settings.database.model_copy(update={"pool_min": 1, "pool_max": 1}))
+        try:
+            _, created = await PostgresMemoryStore(pool).remember(org.id, MemoryItem(FACTS[0]), [1.0, 0.0],
+                                                                  "openai:retired")
+            assert created
+        finally:
+            await pool.close()
+
+    asyncio.run(third_model_copy())
+    late = "mem_00000000000000000000000000"  # before every id: the scan has passed it
+
+    def write_behind_the_scan(p: ReembedProgress) -> None:
+        if p.done == 4 and not p.switched:  # the last batch is staged: a writer adds an item on the old model
+            with psycopg.connect(stack.database_url) as conn:
+                conn.execute("INSERT INTO memories (id, org_id, scope, kind, content, content_hash, embedding, "
+                             "embedding_model, dims) SELECT %s, org_id, scope, kind, %s, md5(%s), embedding, "
+                             "embedding_model, dims FROM memories WHERE id = %s",
+                             (late, FACTS[4], FACTS[4], ids[1]))
+        if p.switched and not at_switch:
+            at_switch.update(models_of(stack, org.id))
+
+    at_switch: dict[str, tuple[str, int]] = {}
+    counts, _ = asyncio.run(run_reembed(target_settings, org.id, batch=10, progress=write_behind_the_scan))
+    # the switch found the late item without a new embedding, so it was staged first; the third
+    # model's copy of FACTS[0] merged into the offline one
+    assert (counts.total, counts.done, counts.merged, counts.skipped) == (4, 4, 1, 0)
+    models = models_of(stack, org.id)
+    assert set(models) == {*ids, late} and set(models.values()) == {(TARGET, EMBEDDING_DIMS)}
+    assert at_switch == models  # moved by the switch itself, not after it
+    assert staged_of(stack, org.id) == {}
 
 
 def test_reembed_resumes_after_the_embedder_fails(client: TestClient, settings: Settings, stack: Any,
@@ -200,14 +305,19 @@ def test_reembed_resumes_after_the_embedder_fails(client: TestClient, settings: 
 
     with pytest.raises(ReembedError, match="openai:test-embed.*fell over"):
         asyncio.run(run_reembed(target_settings, org.id, batch=2, progress=fail_after_first_batch))
-    models = sorted(models_of(stack, org.id).values())
-    assert models == [("offline:hash", 384)] * 3 + [(TARGET, EMBEDDING_DIMS)] * 2
+    # every item still on the old model, which the org still searches; the first batch's new
+    # embeddings are kept beside them
+    assert set(models_of(stack, org.id).values()) == {("offline:hash", 384)}
+    assert sorted(staged_of(stack, org.id).values()) == [(TARGET, EMBEDDING_DIMS)] * 2
     assert org_setting(stack, org.id) is None  # the org moves only once every item has
 
-    counts, _ = asyncio.run(run_reembed(target_settings, org.id, batch=2))
-    assert (counts.total, counts.done, counts.merged) == (3, 3, 0)
+    before = len(openai_server.embedding_requests)
+    counts, seen = asyncio.run(run_reembed(target_settings, org.id, batch=2))
+    assert len(openai_server.embedding_requests) - before == 2  # only the 3 items without one: 2 batches
+    assert (counts.total, counts.done, counts.merged) == (5, 5, 0)
+    assert seen[0].done == 2  # the bar starts where the failed run stopped
     assert set(models_of(stack, org.id).values()) == {(TARGET, EMBEDDING_DIMS)}
-    assert org_setting(stack, org.id) == TARGET
+    assert org_setting(stack, org.id) == TARGET and staged_of(stack, org.id) == {}
 
 
 def test_reembed_refuses_an_unknown_org_and_a_bad_batch(settings: Settings, openai_server: OpenAIServer):
