@@ -34,6 +34,8 @@ against exact nearest neighbours computed with numpy over the org's vectors; als
 user's items in the large org (filter `user_id`, "large+user"). Queries are timed
 warm (after `--warmup` untimed searches per org). `--compare` repeats this with each strategy
 forced (exact; HNSW with iterative scans off / strict / relaxed and several `ef_search`).
+Then one search in every org (`--no-every-org` skips it) counts which plan each org's search used
+(exact or HNSW) with its recall@10, so a many-org run shows that every small org searches exactly.
 Finally it times 1000 single writes through `memory.long_term.remember` into a fresh org, with the
 HNSW index in place.
 """
@@ -518,6 +520,49 @@ async def measure(pool: Any, data: DataSet, label: str, org: int, queries: Any, 
     return result
 
 
+@dataclass
+class Sweep:
+    """One search in every org (`--every-org`): which plan each org's search used, and its recall."""
+
+    plans: Counter[str] = field(default_factory=Counter)
+    recall: dict[str, list[float]] = field(default_factory=dict)  # plan -> recall@10 of each org
+    largest_exact: int = 0  # items of the largest org searched exactly
+    smallest_hnsw: int = 0  # items of the smallest org searched through HNSW (0: none)
+    seconds: float = 0.0
+
+    def summary(self) -> dict[str, Any]:
+        return {"plans": dict(self.plans), "largest_exact": self.largest_exact, "smallest_hnsw": self.smallest_hnsw,
+                "recall_at_10": {p: float(np.mean(r)) for p, r in self.recall.items()},
+                "min_recall": {p: float(min(r)) for p, r in self.recall.items()}, "seconds": self.seconds}
+
+
+async def sweep_orgs(pool: Any, data: DataSet, rng: Any) -> Sweep:
+    """One top-10 search through the product's path in each org, a perturbed copy of one of its
+    items, with recall against the exact neighbours: shows which orgs search exactly."""
+    out = Sweep()
+    t0 = time.perf_counter()
+    order = np.argsort(data.org_of, kind="stable")
+    bounds = np.searchsorted(data.org_of[order], np.arange(len(data.org_ids) + 1))
+    long_term.forget_plans()
+    for org in range(len(data.org_ids)):
+        rows = order[bounds[org]:bounds[org + 1]]
+        if len(rows) == 0:
+            continue
+        query = make_queries(data, rows, 1, rng)
+        expected = exact_top(data, rows, query)[0]
+        async with tenant_tx(pool, data.org_ids[org]) as conn:
+            found, plan = await long_term.search_with_plan(conn, [float(x) for x in query[0]], MODEL, None, K)
+        plan = "exact" if plan == "exact" else "hnsw"  # hnsw+exact counts as hnsw: the org was past the line
+        out.plans[plan] += 1
+        out.recall.setdefault(plan, []).append(len({r["id"] for r in found} & expected) / max(1, len(expected)))
+        if plan == "exact":
+            out.largest_exact = max(out.largest_exact, len(rows))
+        else:
+            out.smallest_hnsw = len(rows) if not out.smallest_hnsw else min(out.smallest_hnsw, len(rows))
+    out.seconds = time.perf_counter() - t0
+    return out
+
+
 async def time_writes(pool: Any, url: str, n: int) -> dict[str, float]:
     """n single `remember` calls (one transaction each) into a fresh org, HNSW index in place."""
     org_id = "benchwrites"
@@ -541,7 +586,8 @@ async def time_writes(pool: Any, url: str, n: int) -> dict[str, float]:
     return {"n": n, "per_s": n / total, "p50_ms": pct(lat, 50) * 1000, "p99_ms": pct(lat, 99) * 1000}
 
 
-async def run_queries(url: str, data: DataSet, args: argparse.Namespace) -> tuple[list[Result], dict[str, float]]:
+async def run_queries(url: str, data: DataSet, args: argparse.Namespace
+                      ) -> tuple[list[Result], dict[str, float], Sweep | None]:
     pool = await open_pool(DatabaseSettings(url=url, app_role=APP_ROLE, pool_min=1, pool_max=2,
                                             statement_timeout_ms=120_000))
     results: list[Result] = []
@@ -577,10 +623,14 @@ async def run_queries(url: str, data: DataSet, args: argparse.Namespace) -> tupl
                 console.print(f"  user=user0 ({len(rows)} rows): p50 {s['p50_ms']:7.2f} ms  p99 {s['p99_ms']:7.2f} ms  "
                               f"recall@10 {s['recall_at_10']:.3f}  plans {dict(result.plans)}")
                 results.append(result)
+        sweep = None
+        if args.every_org:
+            console.print(f"one search in each of the {len(data.org_ids)} orgs")
+            sweep = await sweep_orgs(pool, data, np.random.default_rng(args.seed + 3))
         writes = await time_writes(pool, url, args.writes) if args.writes else {}
     finally:
         await pool.close()
-    return results, writes
+    return results, writes, sweep
 
 
 # ---------------------------------------------------------------------------------------------
@@ -631,6 +681,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--distribution", choices=("skewed", "zipf"), default="skewed",
                    help="org sizes: skewed (one org 30 %%, the rest Zipf) or zipf (every org Zipf(1.3))")
     p.add_argument("--sizes", default="small,medium,5%,large,large+user", help="which org sizes to measure")
+    p.add_argument("--every-org", action=argparse.BooleanOptionalAction, default=True,
+                   help="also one search in every org, counting which plan each used (exact or HNSW) and its recall")
     p.add_argument("--database-url", help="an owner/superuser URL of a database to use instead of a new stack")
     p.add_argument("--stack-dir", type=Path, help="keep the embedded stack here (reused when run again)")
     p.add_argument("--json", type=Path, help="write every figure here")
@@ -677,7 +729,7 @@ def main(argv: list[str] | None = None) -> int:
         org_index_s = job.seconds
         with psycopg.connect(url) as conn:
             with_sizes(conn, times)
-        results, writes = asyncio.run(run_queries(url, data, args))
+        results, writes, sweep = asyncio.run(run_queries(url, data, args))
         print_table(results, args.items)
         counts = np.bincount(data.org_of, minlength=args.orgs)
         console.print(f"orgs: {args.orgs}, largest {counts.max():,} rows, {int((counts < args.items / 1000).sum())} "
@@ -691,7 +743,7 @@ def main(argv: list[str] | None = None) -> int:
             console.print(f"per-org index job: settled in {org_index_s:.1f}s ({len(job.passes)} pass(es) with work); "
                           f"{len(valid)} valid per-org indexes of {args.orgs} orgs, "
                           f"{sum(ix[3] for ix in valid) / 2**20:,.0f} MiB together; "
-                          f"{int((counts < long_term.EXACT_SCAN_MAX_ROWS).sum())} orgs at most "
+                          f"{int((counts <= long_term.EXACT_SCAN_MAX_ROWS).sum())} orgs at most "
                           f"{long_term.EXACT_SCAN_MAX_ROWS:,} items (exact search)")
             for org_id, items, state, size in job.indexes[:15]:
                 console.print(f"  {org_id}: {items:,} items, {state}, {size / 2**20:,.1f} MiB")
@@ -704,6 +756,11 @@ def main(argv: list[str] | None = None) -> int:
         if not (times.reused or math.isnan(org_index_s)):
             console.print(f"insert with the per-org indexes: {times.total_s + org_index_s:.1f}s "
                           f"({args.items / (times.total_s + org_index_s):,.0f} rows/s overall)")
+        if sweep is not None:
+            per_plan = "; ".join(f"{plan} {n} orgs, recall@10 {np.mean(sweep.recall[plan]):.3f} (min "
+                                 f"{min(sweep.recall[plan]):.1f})" for plan, n in sweep.plans.most_common())
+            console.print(f"one search in every org ({sweep.seconds:.0f}s): {per_plan}; largest org searched exactly "
+                          f"{sweep.largest_exact:,} items, smallest through HNSW {sweep.smallest_hnsw:,}")
         console.print(f"sizes: table {times.table_mib:,.0f} MiB, shared HNSW index {times.index_mib:,.0f} MiB, "
                       f"all indexes of memories {times.all_indexes_mib:,.0f} MiB")
         if writes:
@@ -717,7 +774,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.json:
             doc = {"args": {k: str(v) for k, v in vars(args).items()}, "pgvector": pgvector,
                    "load": vars(times) | {"total_s": times.total_s, "org_index_s": org_index_s}, "writes": writes,
-                   "index_job": vars(job),
+                   "index_job": vars(job), "every_org": sweep.summary() if sweep else None,
                    "results": [r.summary() for r in results]}
             args.json.write_bytes(orjson.dumps(doc, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY))
     except KeyboardInterrupt:
