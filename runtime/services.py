@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
-from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
 
 from core.db import open_pool
 from core.file_storage import FileStorage, open_storage
@@ -26,6 +25,7 @@ from core.infra import Infra
 from core.settings import Settings
 from core.tenancy import AsyncPool
 from memory.service import MemoryService
+from orchestrator.checkpointer import StepSaver
 from orchestrator.graph import Graph, build_graph
 from runtime.drain import Drain
 from skills import SkillRegistry, default_registry
@@ -65,11 +65,17 @@ class Services:
     def redis(self) -> aioredis.Redis:
         return self.infra.redis
 
+    @property
+    def checkpointer(self) -> StepSaver:
+        saver = self.graph.checkpointer
+        assert isinstance(saver, StepSaver), "Services.open compiles the graph with a StepSaver"
+        return saver
+
     @classmethod
     async def open(cls, settings: Settings, drain: Drain | None = None) -> Services:
         infra = await Infra.open(settings, name="agentos-worker", pool_max=settings.worker.pool_max)
         checkpoint_pool = await open_pool(settings.database, name="agentos-checkpoints", autocommit=True, max_size=2)
-        saver = AsyncPostgresSaver(checkpoint_pool)
+        saver = StepSaver(checkpoint_pool, buffer_writes=False)
         sandbox = (SandboxClient(settings.sandbox, infra.redis, pool=infra.pool, limits_cache_s=settings.limits.cache_s)
                    if settings.sandbox.url else None)
         return cls(infra, checkpoint_pool, default_registry(), build_graph(saver),

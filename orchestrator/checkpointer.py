@@ -1,0 +1,195 @@
+"""The run graph's checkpointer: LangGraph's Postgres saver on the same three tables
+(`checkpoints`, `checkpoint_blobs`, `checkpoint_writes`, laid out by the library's own
+migrations), writing each step in one statement instead of several.
+
+What it changes (issue 18, "one transaction per step"), and why it keeps every guarantee:
+
+- `aput` stores the checkpoint's blobs and the checkpoint row in one statement (data-modifying
+  CTEs) instead of one per blob plus one for the row: one round trip and one implicit
+  transaction, so a step's checkpoint is stored whole or not at all, as before.
+- `aput_writes` does not write at once: a task's writes are kept in memory and stored with the
+  thread's next checkpoint, in the same statement. LangGraph saves pending writes so that a step
+  cut off after some of its tasks finished need not run those again; our steps run one task
+  each, and a step cut off mid-way runs again anyway (tool calls and metering are keyed by their
+  place in the run, so a re-run repeats no side effect). A crash between a task's end and its
+  step's checkpoint therefore costs what a crash just before the task's end always cost.
+- Writes that no checkpoint follows (a task that `interrupt()`s for a human, a task that
+  failed) are stored by `flush_writes`, which the executor calls when the graph returns, and by
+  every read of the thread (`aget_tuple`, `alist`), so this saver's readers always see them.
+
+The choice against LangGraph's `durability="exit"` (no checkpoint until the graph returns): it
+would cut the per-step checkpoints too, and with them resuming a killed run from its last step
+(tests/test_run_recovery.py); LangGraph's default `"async"` is kept.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+from langchain_core.runnables import RunnableConfig
+from langgraph.checkpoint.base import (
+    WRITES_IDX_MAP,
+    ChannelVersions,
+    Checkpoint,
+    CheckpointMetadata,
+    CheckpointTuple,
+    get_serializable_checkpoint_metadata,
+)
+from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
+from langgraph.checkpoint.serde.types import _DeltaSnapshot
+from psycopg.types.json import Jsonb
+
+# The writes of one statement: rows that replace an earlier write of the same key (a call
+# whose channels are all LangGraph's special ones: error, interrupt, resume, scheduled, as the
+# library upserts them) and rows that never do (the library's INSERT ... DO NOTHING).
+_WRITES_CTES = """
+upserted AS (
+  INSERT INTO checkpoint_writes (thread_id, checkpoint_ns, checkpoint_id, task_id, task_path, idx, channel, type, blob)
+  SELECT %(thread_id)s, %(ns)s, w.checkpoint_id, w.task_id, w.task_path, w.idx, w.channel, w.type, w.blob
+  FROM unnest(%(u_ids)s::text[], %(u_tasks)s::text[], %(u_paths)s::text[], %(u_idx)s::int[],
+              %(u_channels)s::text[], %(u_types)s::text[], %(u_blobs)s::bytea[])
+    AS w(checkpoint_id, task_id, task_path, idx, channel, type, blob)
+  ON CONFLICT (thread_id, checkpoint_ns, checkpoint_id, task_id, idx)
+  DO UPDATE SET channel = EXCLUDED.channel, type = EXCLUDED.type, blob = EXCLUDED.blob
+), inserted AS (
+  INSERT INTO checkpoint_writes (thread_id, checkpoint_ns, checkpoint_id, task_id, task_path, idx, channel, type, blob)
+  SELECT %(thread_id)s, %(ns)s, w.checkpoint_id, w.task_id, w.task_path, w.idx, w.channel, w.type, w.blob
+  FROM unnest(%(i_ids)s::text[], %(i_tasks)s::text[], %(i_paths)s::text[], %(i_idx)s::int[],
+              %(i_channels)s::text[], %(i_types)s::text[], %(i_blobs)s::bytea[])
+    AS w(checkpoint_id, task_id, task_path, idx, channel, type, blob)
+  ON CONFLICT (thread_id, checkpoint_ns, checkpoint_id, task_id, idx) DO NOTHING
+)"""
+
+# A step: its pending writes, the new blobs (a blob is keyed by channel and version, so one
+# already stored is left alone) and the checkpoint row.
+PUT_SQL = f"""
+WITH {_WRITES_CTES.strip()}, blobs AS (
+  INSERT INTO checkpoint_blobs (thread_id, checkpoint_ns, channel, version, type, blob)
+  SELECT %(thread_id)s, %(ns)s, b.channel, b.version, b.type, b.blob
+  FROM unnest(%(b_channels)s::text[], %(b_versions)s::text[], %(b_types)s::text[], %(b_blobs)s::bytea[])
+    AS b(channel, version, type, blob)
+  ON CONFLICT (thread_id, checkpoint_ns, channel, version) DO NOTHING
+)
+INSERT INTO checkpoints (thread_id, checkpoint_ns, checkpoint_id, parent_checkpoint_id, checkpoint, metadata)
+VALUES (%(thread_id)s, %(ns)s, %(checkpoint_id)s, %(parent_id)s, %(checkpoint)s, %(metadata)s)
+ON CONFLICT (thread_id, checkpoint_ns, checkpoint_id)
+DO UPDATE SET checkpoint = EXCLUDED.checkpoint, metadata = EXCLUDED.metadata
+"""
+
+# Writes no checkpoint followed (yet): stored on their own.
+WRITES_SQL = f"WITH {_WRITES_CTES.strip()} SELECT 1"
+
+# (checkpoint_id, task_id, idx) -> (task_path, channel, type, blob, upsert)
+_Pending = dict[tuple[str, str, int], tuple[str, str, str, bytes | None, bool]]
+
+
+def _writes_params(pending: _Pending) -> dict[str, list[Any]]:
+    columns: dict[str, list[Any]] = {f"{side}_{name}": [] for side in ("u", "i")
+                                     for name in ("ids", "tasks", "paths", "idx", "channels", "types", "blobs")}
+    for (checkpoint_id, task_id, idx), (path, channel, kind, blob, upsert) in pending.items():
+        side = "u" if upsert else "i"
+        for name, value in (("ids", checkpoint_id), ("tasks", task_id), ("paths", path), ("idx", idx),
+                            ("channels", channel), ("types", kind), ("blobs", blob)):
+            columns[f"{side}_{name}"].append(value)
+    return columns
+
+
+class StepSaver(AsyncPostgresSaver):
+    """`AsyncPostgresSaver` with a step's writes, blobs and checkpoint in one statement."""
+
+    def __init__(self, *args: Any, buffer_writes: bool = True, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # False: each `aput_writes` is stored at once, in one statement (the library's behaviour).
+        self.buffer_writes = buffer_writes
+        # Writes not stored yet, per (thread_id, checkpoint_ns).
+        self._pending: dict[tuple[str, str], _Pending] = {}
+
+    async def aput(
+        self, config: RunnableConfig, checkpoint: Checkpoint, metadata: CheckpointMetadata,
+        new_versions: ChannelVersions,
+    ) -> RunnableConfig:
+        configurable = config["configurable"]
+        thread_id, ns = str(configurable["thread_id"]), str(configurable.get("checkpoint_ns", ""))
+        copy = checkpoint.copy()
+        values = copy["channel_values"] = dict(checkpoint["channel_values"])
+        # As the library does: primitive values stay inline in the checkpoint row, the rest
+        # (and a delta channel's snapshot, marked `True` inline) go to checkpoint_blobs.
+        blob_values: dict[str, Any] = {}
+        for key, value in checkpoint["channel_values"].items():
+            if isinstance(value, _DeltaSnapshot):
+                blob_values[key] = values.pop(key)
+                values[key] = True
+            elif not (value is None or isinstance(value, (str, int, float, bool))):
+                blob_values[key] = values.pop(key)
+        versions = {k: v for k, v in new_versions.items() if k in blob_values}
+        blobs = await asyncio.to_thread(self._dump_blobs, thread_id, ns, blob_values, versions) if versions else []
+        params: dict[str, Any] = {
+            "thread_id": thread_id, "ns": ns, "checkpoint_id": checkpoint["id"],
+            "parent_id": configurable.get("checkpoint_id"), "checkpoint": Jsonb(copy),
+            "metadata": Jsonb(get_serializable_checkpoint_metadata(config, metadata)),
+            "b_channels": [b[2] for b in blobs], "b_versions": [b[3] for b in blobs],
+            "b_types": [b[4] for b in blobs], "b_blobs": [b[5] for b in blobs],
+        }
+        async with self._cursor() as cur:
+            # Taken under the lock, so writes added while this waited go with this checkpoint.
+            params |= _writes_params(self._pending.pop((thread_id, ns), {}))
+            await cur.execute(PUT_SQL, params)
+        return {"configurable": {"thread_id": thread_id, "checkpoint_ns": ns, "checkpoint_id": checkpoint["id"]}}
+
+    async def aput_writes(
+        self, config: RunnableConfig, writes: Sequence[tuple[str, Any]], task_id: str, task_path: str = "",
+    ) -> None:
+        configurable = config["configurable"]
+        thread_id, ns = str(configurable["thread_id"]), str(configurable.get("checkpoint_ns", ""))
+        checkpoint_id = str(configurable["checkpoint_id"])
+        upsert = all(channel in WRITES_IDX_MAP for channel, _ in writes)
+        rows = await asyncio.to_thread(self._dump_writes, thread_id, ns, checkpoint_id, task_id, task_path, writes)
+        pending = self._pending.setdefault((thread_id, ns), {})
+        for _, _, _, _, path, idx, channel, kind, blob in rows:
+            key = (checkpoint_id, task_id, idx)
+            # The library's semantics within the buffer: an upsert replaces, an insert keeps the first.
+            if upsert or key not in pending:
+                pending[key] = (path, channel, kind, blob, upsert)
+        if not self.buffer_writes:
+            await self.flush_writes(thread_id)
+
+    async def flush_writes(self, thread_id: str) -> None:
+        """Store the thread's writes that wait for a checkpoint (see the module's doc)."""
+        for key in [k for k in self._pending if k[0] == thread_id]:
+            async with self._cursor() as cur:
+                pending = self._pending.pop(key, {})
+                if pending:
+                    await cur.execute(WRITES_SQL, {"thread_id": key[0], "ns": key[1], **_writes_params(pending)})
+
+    def discard_writes(self, thread_id: str) -> None:
+        """Forget the thread's unstored writes: the graph stopped on an error, and its next try
+        runs the cut-off step again from the last checkpoint."""
+        for key in [k for k in self._pending if k[0] == thread_id]:
+            del self._pending[key]
+
+    async def aget_tuple(self, config: RunnableConfig) -> CheckpointTuple | None:
+        await self.flush_writes(str(config["configurable"]["thread_id"]))
+        return await super().aget_tuple(config)
+
+    async def alist(
+        self, config: RunnableConfig | None, *, filter: dict[str, Any] | None = None,
+        before: RunnableConfig | None = None, limit: int | None = None,
+    ) -> AsyncIterator[CheckpointTuple]:
+        if config is not None:
+            await self.flush_writes(str(config["configurable"]["thread_id"]))
+        else:
+            for thread_id in {k[0] for k in self._pending}:
+                await self.flush_writes(thread_id)
+        async for item in super().alist(config, filter=filter, before=before, limit=limit):
+            yield item
+
+    async def aprune(self, thread_ids: Sequence[str], *, strategy: str = "keep_latest") -> None:
+        for thread_id in thread_ids if not isinstance(thread_ids, str) else ():  # the library refuses a str
+            await self.flush_writes(str(thread_id))
+        await super().aprune(thread_ids, strategy=strategy)
+
+    async def adelete_thread(self, thread_id: str) -> None:
+        self.discard_writes(str(thread_id))
+        await super().adelete_thread(thread_id)
