@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from langchain_core.runnables import RunnableConfig
@@ -96,15 +97,40 @@ def _writes_params(pending: _Pending) -> dict[str, list[Any]]:
     return columns
 
 
+@dataclass
+class _Row:
+    """A checkpoint to store: its row's parameters and its blobs (channel, version, type, blob)."""
+
+    params: dict[str, Any]
+    blobs: list[tuple[str, str, str, bytes | None]]
+    skipped: frozenset[str] = frozenset()  # checkpoints this one stands in for (`skip_start`)
+
+    @property
+    def id(self) -> str:
+        return str(self.params["checkpoint_id"])
+
+    def statement_params(self, pending: _Pending) -> dict[str, Any]:
+        # Writes to a skipped checkpoint are in this one's values already.
+        kept = {k: v for k, v in pending.items() if k[0] not in self.skipped}
+        return {**self.params, **_writes_params(kept),
+                "b_channels": [b[0] for b in self.blobs], "b_versions": [b[1] for b in self.blobs],
+                "b_types": [b[2] for b in self.blobs], "b_blobs": [b[3] for b in self.blobs]}
+
+
 class StepSaver(AsyncPostgresSaver):
     """`AsyncPostgresSaver` with a step's writes, blobs and checkpoint in one statement."""
 
-    def __init__(self, *args: Any, buffer_writes: bool = True, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, buffer_writes: bool = True, skip_start: bool = False, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         # False: each `aput_writes` is stored at once, in one statement (the library's behaviour).
         self.buffer_writes = buffer_writes
+        # True: a graph's input checkpoint and the one after its `__start__` task are not
+        # stored when a later checkpoint follows (see the module's doc).
+        self.skip_start = skip_start
         # Writes not stored yet, per (thread_id, checkpoint_ns).
         self._pending: dict[tuple[str, str], _Pending] = {}
+        # A checkpoint held back by `skip_start`, per (thread_id, checkpoint_ns).
+        self._held: dict[tuple[str, str], _Row] = {}
 
     async def aput(
         self, config: RunnableConfig, checkpoint: Checkpoint, metadata: CheckpointMetadata,
@@ -117,26 +143,43 @@ class StepSaver(AsyncPostgresSaver):
         # As the library does: primitive values stay inline in the checkpoint row, the rest
         # (and a delta channel's snapshot, marked `True` inline) go to checkpoint_blobs.
         blob_values: dict[str, Any] = {}
-        for key, value in checkpoint["channel_values"].items():
+        for channel, value in checkpoint["channel_values"].items():
             if isinstance(value, _DeltaSnapshot):
-                blob_values[key] = values.pop(key)
-                values[key] = True
+                blob_values[channel] = values.pop(channel)
+                values[channel] = True
             elif not (value is None or isinstance(value, (str, int, float, bool))):
-                blob_values[key] = values.pop(key)
+                blob_values[channel] = values.pop(channel)
         versions = {k: v for k, v in new_versions.items() if k in blob_values}
         blobs = await asyncio.to_thread(self._dump_blobs, thread_id, ns, blob_values, versions) if versions else []
-        params: dict[str, Any] = {
-            "thread_id": thread_id, "ns": ns, "checkpoint_id": checkpoint["id"],
-            "parent_id": configurable.get("checkpoint_id"), "checkpoint": Jsonb(copy),
-            "metadata": Jsonb(get_serializable_checkpoint_metadata(config, metadata)),
-            "b_channels": [b[2] for b in blobs], "b_versions": [b[3] for b in blobs],
-            "b_types": [b[4] for b in blobs], "b_blobs": [b[5] for b in blobs],
-        }
+        row = _Row({"thread_id": thread_id, "ns": ns, "checkpoint_id": checkpoint["id"],
+                    "parent_id": configurable.get("checkpoint_id"), "checkpoint": Jsonb(copy),
+                    "metadata": Jsonb(get_serializable_checkpoint_metadata(config, metadata))},
+                   [(b[2], b[3], b[4], b[5]) for b in blobs])
+        key = (thread_id, ns)
+        held = self._held.pop(key, None)
+        if held is not None and held.id == row.params["parent_id"]:
+            # This checkpoint stands in for the held one: it takes its parent and stores its blobs
+            # (a later checkpoint may still name their versions).
+            row = _Row({**row.params, "parent_id": held.params["parent_id"]}, held.blobs + row.blobs,
+                       held.skipped | {held.id})
+        elif held is not None:  # not followed by its own successor (not LangGraph's order): kept
+            await self._store(key, held)
+        source, step = metadata.get("source"), metadata.get("step")
+        if self.skip_start and (source == "input" or (source == "loop" and step == 0 and row.skipped)):
+            self._held[key] = row
+        else:
+            await self._store(key, row)
+        return {"configurable": {"thread_id": thread_id, "checkpoint_ns": ns, "checkpoint_id": checkpoint["id"]}}
+
+    async def _store(self, key: tuple[str, str], row: _Row | None) -> None:
+        """One statement: `row` (if any) with the writes waiting for it."""
         async with self._cursor() as cur:
             # Taken under the lock, so writes added while this waited go with this checkpoint.
-            params |= _writes_params(self._pending.pop((thread_id, ns), {}))
-            await cur.execute(PUT_SQL, params)
-        return {"configurable": {"thread_id": thread_id, "checkpoint_ns": ns, "checkpoint_id": checkpoint["id"]}}
+            pending = self._pending.pop(key, {})
+            if row is not None:
+                await cur.execute(PUT_SQL, row.statement_params(pending))
+            elif pending:
+                await cur.execute(WRITES_SQL, {"thread_id": key[0], "ns": key[1], **_writes_params(pending)})
 
     async def aput_writes(
         self, config: RunnableConfig, writes: Sequence[tuple[str, Any]], task_id: str, task_path: str = "",
@@ -156,18 +199,17 @@ class StepSaver(AsyncPostgresSaver):
             await self.flush_writes(thread_id)
 
     async def flush_writes(self, thread_id: str) -> None:
-        """Store the thread's writes that wait for a checkpoint (see the module's doc)."""
-        for key in [k for k in self._pending if k[0] == thread_id]:
-            async with self._cursor() as cur:
-                pending = self._pending.pop(key, {})
-                if pending:
-                    await cur.execute(WRITES_SQL, {"thread_id": key[0], "ns": key[1], **_writes_params(pending)})
+        """Store what the thread holds back: a checkpoint held by `skip_start` and the writes
+        that wait for a checkpoint (see the module's doc), in one statement per namespace."""
+        for key in {k for k in [*self._pending, *self._held] if k[0] == thread_id}:
+            await self._store(key, self._held.pop(key, None))
 
     def discard_writes(self, thread_id: str) -> None:
-        """Forget the thread's unstored writes: the graph stopped on an error, and its next try
-        runs the cut-off step again from the last checkpoint."""
-        for key in [k for k in self._pending if k[0] == thread_id]:
-            del self._pending[key]
+        """Forget what the thread holds back: the graph stopped on an error, and its next try
+        runs the cut-off step again from the last stored checkpoint."""
+        for held in (self._pending, self._held):
+            for key in [k for k in held if k[0] == thread_id]:
+                del held[key]
 
     async def aget_tuple(self, config: RunnableConfig) -> CheckpointTuple | None:
         await self.flush_writes(str(config["configurable"]["thread_id"]))
@@ -180,7 +222,7 @@ class StepSaver(AsyncPostgresSaver):
         if config is not None:
             await self.flush_writes(str(config["configurable"]["thread_id"]))
         else:
-            for thread_id in {k[0] for k in self._pending}:
+            for thread_id in {k[0] for k in [*self._pending, *self._held]}:
                 await self.flush_writes(thread_id)
         async for item in super().alist(config, filter=filter, before=before, limit=limit):
             yield item

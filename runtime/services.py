@@ -45,6 +45,7 @@ class Services:
     checkpoint_pool: AsyncPool
     skills: SkillRegistry  # the built-ins
     graph: Graph
+    checkpointer: StepSaver  # the graph's (orchestrator.checkpointer): the executor flushes what it holds back
     memory: MemoryService
     # How each kind of an org's own skill becomes a Skill (see skills.catalogue.RunSkills).
     skill_builders: Mapping[str, SkillBuilder]
@@ -65,20 +66,14 @@ class Services:
     def redis(self) -> aioredis.Redis:
         return self.infra.redis
 
-    @property
-    def checkpointer(self) -> StepSaver:
-        saver = self.graph.checkpointer
-        assert isinstance(saver, StepSaver), "Services.open compiles the graph with a StepSaver"
-        return saver
-
     @classmethod
     async def open(cls, settings: Settings, drain: Drain | None = None) -> Services:
         infra = await Infra.open(settings, name="agentos-worker", pool_max=settings.worker.pool_max)
         checkpoint_pool = await open_pool(settings.database, name="agentos-checkpoints", autocommit=True, max_size=2)
-        saver = StepSaver(checkpoint_pool, buffer_writes=False)
+        saver = StepSaver(checkpoint_pool, skip_start=True)
         sandbox = (SandboxClient(settings.sandbox, infra.redis, pool=infra.pool, limits_cache_s=settings.limits.cache_s)
                    if settings.sandbox.url else None)
-        return cls(infra, checkpoint_pool, default_registry(), build_graph(saver),
+        return cls(infra, checkpoint_pool, default_registry(), build_graph(saver), saver,
                    MemoryService(settings, infra.pool, infra.redis), {"http": build_http_skill},
                    open_storage(settings.files), sandbox, drain)
 
