@@ -9,13 +9,27 @@ What it changes (issue 18, "one transaction per step"), and why it keeps every g
   transaction, so a step's checkpoint is stored whole or not at all, as before.
 - `aput_writes` does not write at once: a task's writes are kept in memory and stored with the
   thread's next checkpoint, in the same statement. LangGraph saves pending writes so that a step
-  cut off after some of its tasks finished need not run those again; our steps run one task
-  each, and a step cut off mid-way runs again anyway (tool calls and metering are keyed by their
-  place in the run, so a re-run repeats no side effect). A crash between a task's end and its
-  step's checkpoint therefore costs what a crash just before the task's end always cost.
+  cut off after some of its tasks finished need not run those again; our graph's steps run one
+  task each (every edge leads to one node), and a step cut off mid-way runs again anyway (tool
+  calls and metering are keyed by their place in the run, so a re-run repeats no side effect).
+  A crash between a task's end and its step's checkpoint therefore costs what a crash just
+  before the task's end always cost.
 - Writes that no checkpoint follows (a task that `interrupt()`s for a human, a task that
   failed) are stored by `flush_writes`, which the executor calls when the graph returns, and by
   every read of the thread (`aget_tuple`, `alist`), so this saver's readers always see them.
+- `skip_start=True` (the worker's setting) holds back a graph's input checkpoint (step -1) and
+  the one after its `__start__` task (step 0): the first real step's checkpoint stands in for
+  them (it takes their parent and their blobs; writes to them are in its values). Resuming from
+  either would run the first real step again, which is what starting again from the run's
+  input does (`runtime.executor._graph_input`); if the graph stops before that checkpoint (an
+  interrupt in its first node, as in plan mode), `flush_writes` stores the held one with the
+  interrupt's writes. LangGraph's conformance suite expects every checkpoint put to be listed,
+  so with `skip_start` its six `list` tests fail by design; without it the saver passes the
+  whole suite (tests/test_checkpointer.py).
+
+A hello run (`bench/runs.py --profile`) wrote 14 checkpoint statements with the library's saver
+(4 `aput`, 3 `aput_writes`, each its own transaction); 6 with one statement each, 4 with the
+writes kept for the checkpoint, 2 with `skip_start` (docs/benchmarks.md, issue 18).
 
 The choice against LangGraph's `durability="exit"` (no checkpoint until the graph returns): it
 would cut the per-step checkpoints too, and with them resuming a killed run from its last step
