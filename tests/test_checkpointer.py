@@ -53,7 +53,7 @@ def scratch_db(stack: StackUrls) -> Any:
 
 
 @pytest.mark.parametrize("buffer_writes", [True, False])
-def test_the_saver_passes_langgraphs_checkpoint_conformance_suite(scratch_db: str, buffer_writes: bool):
+def test_the_saver_passes_langgraphs_checkpoint_conformance_suite(scratch_db: str, buffer_writes: bool) -> None:
     async def run() -> Any:
         pool = await _pool(scratch_db)
 
@@ -79,7 +79,7 @@ def _writes_in_db(url: str, thread_id: str) -> list[tuple[str, str]]:
             (thread_id,))]
 
 
-def test_a_steps_writes_are_stored_with_its_checkpoint(scratch_db: str):
+def test_a_steps_writes_are_stored_with_its_checkpoint(scratch_db: str) -> None:
     """Seen from another connection (another worker): a task's writes appear with the checkpoint
     after them, not before; the saver's own reads see them at once."""
     thread_id = str(uuid.uuid4())
@@ -107,7 +107,7 @@ def test_a_steps_writes_are_stored_with_its_checkpoint(scratch_db: str):
                                                       "checkpoint_id": second["id"]}}, [("answer", "c")], "task-3")
             saver.discard_writes(thread_id)
             got = await saver.aget_tuple({"configurable": {"thread_id": thread_id, "checkpoint_ns": ""}})
-            assert got is not None and [w[0] for w in got.pending_writes] == ["task-2"]
+            assert got is not None and [w[0] for w in got.pending_writes or []] == ["task-2"]
         finally:
             await pool.close()
 
@@ -148,7 +148,7 @@ def _stored_steps(url: str, thread_id: str) -> list[tuple[int, bool]]:
 
 
 @pytest.mark.parametrize("prepare_first", [True, False])
-def test_skip_start_stores_no_checkpoint_before_the_first_real_step(scratch_db: str, prepare_first: bool):
+def test_skip_start_stores_no_checkpoint_before_the_first_real_step(scratch_db: str, prepare_first: bool) -> None:
     """`skip_start` (the worker's setting): the input checkpoint and the one after `__start__`
     are stored only if the graph stops before another checkpoint follows (here: an interrupt in
     the first node, like plan mode's). Either way another saver resumes the run, and a node
@@ -181,7 +181,7 @@ def test_skip_start_stores_no_checkpoint_before_the_first_real_step(scratch_db: 
     asyncio.run(run())
 
 
-def test_an_interrupt_flushed_at_the_graphs_return_is_resumed_by_another_saver(scratch_db: str):
+def test_an_interrupt_flushed_at_the_graphs_return_is_resumed_by_another_saver(scratch_db: str) -> None:
     """The pause for a human, as the executor does it: the interrupting step has no checkpoint
     after it, so its writes are stored by `flush_writes`; a fresh saver (the worker that resumes
     the run) sees the interrupt and the resume finishes the graph without re-running `prepare`."""
