@@ -589,12 +589,11 @@ async def _execute_stored_runs(bench: Bench, svc: Any, sessions: list[str], prof
 async def profile_worker(bench: Bench, runs_n: int) -> None:
     """`runtime.executor.execute_run` in this process on runs stored (not enqueued) here: first
     timed with wrappers (no profiler), then under cProfile."""
-    from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
-
     import runtime.executor as executor
     from core.events import RunEmitter
     from core.settings import load_settings
     from core.store import runs
+    from orchestrator.checkpointer import StepSaver
     from runtime.services import Services
 
     assert bench.urls is not None
@@ -610,9 +609,10 @@ async def profile_worker(bench: Bench, runs_n: int) -> None:
         timers.wrap(runs, "claim", "runs.claim (SQL of the claim tx)")
         timers.wrap(executor, "_execute", "_execute (the graph, incl. its event writes)")
         timers.wrap(RunEmitter, "_write", "  RunEmitter._write (event tx + XADD)")
-        timers.wrap(AsyncPostgresSaver, "aget_tuple", "  checkpoint aget_tuple")
-        timers.wrap(AsyncPostgresSaver, "aput", "  checkpoint aput")
-        timers.wrap(AsyncPostgresSaver, "aput_writes", "  checkpoint aput_writes")
+        timers.wrap(StepSaver, "aget_tuple", "  checkpoint aget_tuple")
+        timers.wrap(StepSaver, "aput", "  checkpoint aput (the step's writes, blobs, checkpoint)")
+        timers.wrap(StepSaver, "aput_writes", "  checkpoint aput_writes (kept until the checkpoint)")
+        timers.wrap(StepSaver, "flush_writes", "  checkpoint flush_writes")
         timers.wrap(executor, "_complete", "_complete (finish tx + XADD + next)")
         walls: list[float] = []
         cpus: list[float] = []

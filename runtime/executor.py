@@ -250,7 +250,8 @@ async def _execute(
         max_depth=svc.settings.worker.max_delegation_depth, user_id=user_id, memory=svc.memory,
         sandbox=svc.sandbox, infra=svc.infra, meter=meter,
     )
-    config: Any = {"configurable": {"thread_id": checkpoint_thread_id(org_id, session_id)}}
+    thread_id = checkpoint_thread_id(org_id, session_id)
+    config: Any = {"configurable": {"thread_id": thread_id}}
     text = (run["input"] or {}).get("text", "")
     # The input's message id is the run's, so a later attempt never adds it to the thread twice.
     user_message = HumanMessage(text, id=f"input-{run['id']}")
@@ -266,10 +267,15 @@ async def _execute(
                         state = await svc.graph.aget_state(config)
                         return dict(state.values)
                     result: dict[str, Any] = await svc.graph.ainvoke(graph_input, config, context=ctx)
+                    # Writes no checkpoint followed (a step stopped for a human) are stored before
+                    # the run pauses: the delivery that resumes it reads them (orchestrator.checkpointer).
+                    await svc.checkpointer.flush_writes(thread_id)
                     return result
                 except Exception as exc:
                     if not is_infra_error(exc):
-                        raise
+                        raise  # the run ends: `_settle_thread` below
+                    # A step cut off runs again from the last stored checkpoint: what it held goes.
+                    svc.checkpointer.discard_writes(thread_id)
                     # Postgres or Redis went away mid-step. The step is re-run from the last
                     # checkpoint once they answer (side effects are keyed by tool call, so a
                     # re-run does not repeat them), while the lease is still ours.
@@ -286,6 +292,7 @@ async def _execute(
             raise AssertionError("unreachable")
 
     watch = _Watch()
+    ours = True  # False once another worker goes on with the run (or this one stops mid-way)
     task = asyncio.create_task(invoke())
     watcher = asyncio.create_task(_watch(svc, org_id, run["id"], owner, task, watch))
     try:
@@ -295,8 +302,10 @@ async def _execute(
         answer = str(result.get("answer", ""))
         return Outcome(RunStatus.SUCCEEDED, output={"text": answer}, answer=answer)
     except _LeaseLost:
+        ours = False
         return None
     except asyncio.CancelledError:
+        ours = watch.cancelled
         if watch.lease_lost:
             return None
         if watch.released:
@@ -322,9 +331,25 @@ async def _execute(
                                                                         f"({type(exc).__name__}); see the worker log."})
     finally:
         watcher.cancel()
+        await _settle_thread(svc, thread_id, keep=ours)
         for model in ctx.model_cache.values():
             await aclose_model(model)
         await ctx.skills.aclose()
+
+
+async def _settle_thread(svc: Services, thread_id: str, *, keep: bool) -> None:
+    """What the checkpointer still holds back for the thread once the graph stopped
+    (orchestrator.checkpointer): stored when the run ends here (failed, cancelled, timed out),
+    as LangGraph's own saver would have stored it already, so the session's next run finds the
+    thread as before; dropped when another delivery goes on with the run from the last stored
+    checkpoint (lease lost, released at shutdown)."""
+    if keep:
+        try:
+            await svc.checkpointer.flush_writes(thread_id)
+            return
+        except Exception as exc:
+            log.warning("checkpoint writes of thread %s not stored after the run stopped: %s", thread_id, exc)
+    svc.checkpointer.discard_writes(thread_id)
 
 
 async def _watch(svc: Services, org_id: str, run_id: str, owner: str, task: asyncio.Task[Any], watch: _Watch) -> None:

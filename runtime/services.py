@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
-from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
 
 from core.db import open_pool
 from core.file_storage import FileStorage, open_storage
@@ -26,6 +25,7 @@ from core.infra import Infra
 from core.settings import Settings
 from core.tenancy import AsyncPool
 from memory.service import MemoryService
+from orchestrator.checkpointer import StepSaver
 from orchestrator.graph import Graph, build_graph
 from runtime.drain import Drain
 from skills import SkillRegistry, default_registry
@@ -45,6 +45,7 @@ class Services:
     checkpoint_pool: AsyncPool
     skills: SkillRegistry  # the built-ins
     graph: Graph
+    checkpointer: StepSaver  # the graph's (orchestrator.checkpointer): the executor flushes what it holds back
     memory: MemoryService
     # How each kind of an org's own skill becomes a Skill (see skills.catalogue.RunSkills).
     skill_builders: Mapping[str, SkillBuilder]
@@ -69,10 +70,10 @@ class Services:
     async def open(cls, settings: Settings, drain: Drain | None = None) -> Services:
         infra = await Infra.open(settings, name="agentos-worker", pool_max=settings.worker.pool_max)
         checkpoint_pool = await open_pool(settings.database, name="agentos-checkpoints", autocommit=True, max_size=2)
-        saver = AsyncPostgresSaver(checkpoint_pool)
+        saver = StepSaver(checkpoint_pool, skip_start=True)
         sandbox = (SandboxClient(settings.sandbox, infra.redis, pool=infra.pool, limits_cache_s=settings.limits.cache_s)
                    if settings.sandbox.url else None)
-        return cls(infra, checkpoint_pool, default_registry(), build_graph(saver),
+        return cls(infra, checkpoint_pool, default_registry(), build_graph(saver), saver,
                    MemoryService(settings, infra.pool, infra.redis), {"http": build_http_skill},
                    open_storage(settings.files), sandbox, drain)
 
