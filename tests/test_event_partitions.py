@@ -11,6 +11,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import psycopg
+import pytest
 from psycopg import sql
 
 from core import retention
@@ -132,6 +133,9 @@ def test_the_application_role_reaches_partitions_only_through_the_parent(
                     await conn.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(partition)))
             except psycopg.errors.InsufficientPrivilege as exc:
                 denied = type(exc)
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):  # partitions come only from the job
+                async with pool.connection() as conn:
+                    await conn.execute("SELECT agentos_add_event_partition(now() + interval '60 weeks')")
             async with pool.connection() as conn:
                 problems = await isolation_problems(conn)
             return unscoped, seen, denied, problems
