@@ -4,7 +4,9 @@ entries are kept, and the maintenance job that removes what is older (runtime.ma
 The operator sets defaults (`AGENTOS_LIFECYCLE__*_DAYS`); an org may override each one
 (`orgs.retention`, set through PATCH /v1/orgs/{id}), except that no org keeps its audit log
 for less than the operator's minimum. Everything is removed in small batches, each its own
-short transaction, so the job never holds a lock live traffic waits on for long.
+short transaction, so the job never holds a lock live traffic waits on for long — except the
+event log's weekly partitions that are wholly past every org's events retention, which go first,
+whole (core.event_partitions; one short exclusive lock per drop, bytes back to the OS at once).
 
 Checkpoints (LangGraph's, one thread per session) follow the session's runs:
 - a session with a run waiting for a human (or queued again after one decided) keeps all of
