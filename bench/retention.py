@@ -1,30 +1,36 @@
-"""Retention benchmark (issue #23): what one retention pass costs and reclaims on a big event log.
+"""Retention benchmark (issue #23): what one retention pass costs and reclaims on a big event log,
+and what partitioning the log by week changed.
 
     .venv/bin/python -m bench.retention                      # 10M events (the issue's size; long)
     .venv/bin/python -m bench.retention --events 200000      # quick mode: proves it works
+    .venv/bin/python -m bench.retention --batched            # no partition drops: rows deleted in batches
 
 Starts its own embedded Postgres and Redis in a temp dir (or `--database-url` / `--redis-url`:
-an owner/superuser URL of a database to migrate and fill), migrates, and generates server-side
-(`generate_series`, as the table owner) `--orgs` orgs, one run per session of
-`--events-per-run` events each, so `--events` events in all; `--old-fraction` of the runs ended
-120 days ago (past the 90-day events default, and past the 7-day checkpoint default), the rest an
-hour ago. Every session gets a checkpoint thread of `--checkpoints` checkpoints (a blob of
-`--blob-bytes` and a pending write each), as LangGraph leaves them.
+an owner/superuser URL of an empty database to migrate and fill), migrates up to the version
+BEFORE the event log was partitioned, and generates server-side (`generate_series`, as the table
+owner) `--orgs` orgs, one run per session of `--events-per-run` events each, so `--events` events
+in all; `--old-fraction` of the runs ended 100 to 150 days ago (past the 90-day events default,
+and past the 7-day checkpoint default), the rest within the last 60 days (the last one an hour
+ago), each run's events stamped with its end. Every session gets a checkpoint thread of
+`--checkpoints` checkpoints (a blob of `--blob-bytes` and a pending write each), as LangGraph
+leaves them.
 
 Then it measures, through the product's own paths on a pool of the application role (row-level
 security applies):
-1. replay latency of a recent session: `core.event_reader.from_postgres` (the query by session and
-   seq), `--replays` times, p50/p99 — before and after the retention pass;
+1. replay latency of the most recent session: `core.event_reader.from_postgres` (the query by
+   session and seq), `--replays` times, p50/p99, on the unpartitioned log; then the migration
+   that partitions it (`_partitioned_events`: the cut-over copy, timed), and the same replay on
+   the partitioned log, and again after the retention pass;
 2. run creation latency (`core.store.runs.create` in a `tenant_tx`, as the API does) with no
    pass running (baseline), then while one retention pass (`core.retention.enforce`, the
-   maintenance job) runs: p50/p99 of each, and the pass's duration and what it removed;
-3. bytes: the relation sizes (table + TOAST + indexes) of run_events, tool_calls and the three
-   checkpoint tables before, after the pass with a plain VACUUM (space reusable, files not
-   shrunk) and after VACUUM FULL (returned to the OS).
+   maintenance job) runs: p50/p99 of each, and the pass's duration, the partitions it dropped and
+   the rows it deleted in batches;
+3. bytes: the relation sizes (table + TOAST + indexes; a partitioned table's partitions summed)
+   of run_events, tool_calls and the three checkpoint tables before, after the pass with a plain
+   VACUUM (space reusable, files not shrunk) and after VACUUM FULL (returned to the OS). A
+   dropped partition's bytes go back at once; `--batched` turns drops off, for comparison.
 
-The event log is not partitioned yet (issue #23 item 3): these are the figures a partitioned
-log is to be compared with. On a machine shared with other work the latencies are noisy; the
-byte counts are not.
+On a machine shared with other work the latencies are noisy; the byte and row counts are not.
 """
 
 from __future__ import annotations
@@ -47,7 +53,7 @@ import psycopg  # noqa: E402
 from agentos.stack.local import LocalStack  # noqa: E402
 from core.event_reader import from_postgres  # noqa: E402
 from core.infra import Infra  # noqa: E402
-from core.migrations import migrate  # noqa: E402
+from core.migrations import MIGRATIONS, _partitioned_events, migrate  # noqa: E402
 from core.settings import Settings  # noqa: E402
 from core.store import agents, runs  # noqa: E402
 from core.tenancy import tenant_tx  # noqa: E402
@@ -67,14 +73,14 @@ INSERT INTO runs (id, org_id, session_id, agent_id, agent_version, status, input
     SELECT 'run_bench' || s, 'org_bench' || (s %% %(orgs)s + 1), 'ses_bench' || s, 'agt_bench' || (s %% %(orgs)s + 1),
            1, 'succeeded', '{"text": "hi"}', md5(s::text),
            t - interval '1 minute', t - interval '1 minute', t
-    FROM (SELECT s, CASE WHEN s <= %(old)s THEN now() - interval '120 days' ELSE now() - interval '1 hour' END AS t
+    FROM (SELECT s, CASE WHEN s <= %(old)s THEN now() - make_interval(days => 100 + s %% 50)
+                         ELSE now() - make_interval(days => (%(sessions)s - s) %% 60) - interval '1 hour' END AS t
           FROM generate_series(1, %(sessions)s) s) x;
 INSERT INTO run_events (org_id, session_id, seq, run_id, type, data, ts)
     SELECT 'org_bench' || (s %% %(orgs)s + 1), 'ses_bench' || s, e, 'run_bench' || s,
            CASE WHEN e = 1 THEN 'run.queued' WHEN e = %(per_run)s THEN 'run.succeeded' ELSE 'message.delta' END,
-           jsonb_build_object('text', repeat('w', 40), 'n', e),
-           CASE WHEN s <= %(old)s THEN now() - interval '120 days' ELSE now() - interval '1 hour' END
-    FROM generate_series(1, %(sessions)s) s, generate_series(1, %(per_run)s) e;
+           jsonb_build_object('text', repeat('w', 40), 'n', e), r.finished_at
+    FROM generate_series(1, %(sessions)s) s JOIN runs r ON r.id = 'run_bench' || s, generate_series(1, %(per_run)s) e;
 INSERT INTO tool_calls (id, org_id, run_id, session_id, agent_id, name, args, status, output)
     SELECT 'tc_bench' || s, 'org_bench' || (s %% %(orgs)s + 1), 'run_bench' || s, 'ses_bench' || s,
            'agt_bench' || (s %% %(orgs)s + 1), 'calculator', '{"expression": "1+1"}', 'succeeded', '{"value": 2}'
@@ -92,12 +98,34 @@ INSERT INTO checkpoint_writes (thread_id, checkpoint_ns, checkpoint_id, task_id,
            'msgpack', '\\x00'
     FROM generate_series(1, %(sessions)s) s, generate_series(1, %(checkpoints)s) c;
 """
-SIZES_SQL = "SELECT %s::text AS t, pg_total_relation_size(%s::regclass) AS bytes"
+# A partitioned table has no storage of its own: its size is its partitions'.
+SIZES_SQL = """
+SELECT pg_total_relation_size(%(t)s::regclass)
+     + coalesce((SELECT sum(pg_total_relation_size(inhrelid)) FROM pg_inherits
+                 WHERE inhparent = %(t)s::regclass), 0) AS bytes
+"""
+REPLAY_PLAN_SQL = "EXPLAIN (ANALYZE, BUFFERS, COSTS OFF, TIMING OFF, SUMMARY ON) " + (
+    "SELECT seq, type, run_id, session_id, ts, data FROM run_events WHERE session_id = %s AND seq > 0 "
+    "AND seq <= 4611686018427387904 ORDER BY seq LIMIT 500")
 
 
 def sizes(url: str) -> dict[str, int]:
     with psycopg.connect(url) as conn:
-        return {t: int(conn.execute(SIZES_SQL, (t, t)).fetchone()[1]) for t in TABLES}  # type: ignore[index]
+        return {t: int(conn.execute(SIZES_SQL, {"t": t}).fetchone()[0]) for t in TABLES}  # type: ignore[index]
+
+
+def replay_plan(url: str, org_id: str, session_id: str) -> str:
+    """The replay's plan as the application role runs it: scans and buffers, one line."""
+    with psycopg.connect(url) as conn:
+        conn.execute(f"SET ROLE {APP_ROLE}")
+        conn.execute("SELECT set_config('app.org_id', %s, true)", (org_id,))
+        conn.execute(REPLAY_PLAN_SQL, (session_id,))  # the first planning also fills the catalog caches
+        lines = [str(r[0]).strip() for r in conn.execute(REPLAY_PLAN_SQL, (session_id,)).fetchall()]
+    scans = [line.split(" on ")[0].removeprefix("->  ").split(" using ")[0] for line in lines if " Scan" in line]
+    shared = next((line for line in lines if line.startswith("Buffers:")), "")
+    planning = next((line for line in lines if line.startswith("Planning Time")), "")
+    kinds = {k: scans.count(k) for k in dict.fromkeys(scans)}
+    return f"{', '.join(f'{n} x {k}' for k, n in kinds.items())}; {shared}; {planning}"
 
 
 def vacuum(url: str, full: bool) -> float:
@@ -149,36 +177,57 @@ async def create_runs(infra: Infra, org_id: str, stop: asyncio.Event | None, n: 
     return out
 
 
-async def measure(settings: Settings, args: argparse.Namespace, recent_session: str, recent_org: str,
-                  url: str) -> None:
-    from core import retention
+def removed_rows(report: str | None) -> dict[str, int]:
+    """Rows per table from the retention job's report ("<org>: N rows (t n, ...), ..." per org)."""
+    removed: dict[str, int] = {}
+    for part in (report or "").split("; "):
+        if "rows (" in part and not part.startswith("event partitions"):
+            for item in part.split("rows (")[1].split(")")[0].split(", "):
+                name, _, count = item.rpartition(" ")
+                if name:
+                    removed[name] = removed.get(name, 0) + int(count)
+    return removed
+
+
+async def measure_replay(settings: Settings, args: argparse.Namespace, org_id: str, session_id: str,
+                         label: str) -> None:
+    infra = await Infra.open(settings, name="bench-retention", pool_min=1, pool_max=2)
+    try:
+        await replays(infra, org_id, session_id, 20)  # warm
+        print(f"replay of a recent session ({args.events_per_run} events), {label}: "
+              f"{percentiles(await replays(infra, org_id, session_id, args.replays))}")
+    finally:
+        await infra.close()
+
+
+async def measure_pass(settings: Settings, args: argparse.Namespace, recent_session: str, recent_org: str) -> None:
+    from core import event_partitions, retention
 
     infra = await Infra.open(settings, name="bench-retention", pool_min=2, pool_max=6)
     try:
-        await replays(infra, recent_org, recent_session, 20)  # warm
-        before = await replays(infra, recent_org, recent_session, args.replays)
-        print(f"replay of a recent session ({args.events_per_run} events), before: {percentiles(before)}")
         baseline = await create_runs(infra, recent_org, None, args.baseline_runs)
         print(f"run creation, no pass running: {percentiles(baseline)}")
         stop = asyncio.Event()
         creating = asyncio.create_task(create_runs(infra, recent_org, stop, 0))
+        # The job's two phases, timed apart: what `retention.enforce` does first (drop the event
+        # partitions wholly past every org's retention), then the same call, which finds none left
+        # to drop and deletes the rest in batches.
         t0 = time.perf_counter()
+        dropped = await event_partitions.drop_expired(infra.pool, await retention.events_horizon(infra))
+        drop_s = time.perf_counter() - t0
         report = await retention.enforce(infra)
         pass_s = time.perf_counter() - t0
         stop.set()
         during = await creating
-        print(f"retention pass: {pass_s:.2f} s")
+        print(f"retention pass ({'batched deletes only' if args.batched else 'partition drops, then batches'}): "
+              f"{pass_s:.2f} s, of which dropping partitions {drop_s:.2f} s")
         print(f"run creation during the pass: {percentiles(during)}")
-        removed: dict[str, int] = {}
-        for part in (report or "").split("; "):
-            if "rows (" in part:
-                for item in part.split("rows (")[1].split(")")[0].split(", "):
-                    name, _, count = item.rpartition(" ")
-                    if name:
-                        removed[name] = removed.get(name, 0) + int(count)
-        print(f"removed: {removed}")
+        print(f"event partitions dropped: {len(dropped)} ({sum(d.rows for d in dropped):,} rows, "
+              f"{sum(d.bytes for d in dropped):,} bytes)")
+        print(f"deleted in batches: {removed_rows(report)}")
+        await replays(infra, recent_org, recent_session, 20)
         after = await replays(infra, recent_org, recent_session, args.replays)
-        print(f"replay of the same session, after: {percentiles(after)}")
+        print(f"replay of the same session, after the pass: {percentiles(after)}")
     finally:
         await infra.close()
 
@@ -195,6 +244,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--baseline-runs", type=int, default=200)
     p.add_argument("--database-url", help="an owner/superuser URL of a database to use instead of a new stack")
     p.add_argument("--redis-url", help="with --database-url: the Redis to use")
+    p.add_argument("--batched", action="store_true",
+                   help="no partition drops (AGENTOS_LIFECYCLE__DROP_EVENT_PARTITIONS=false): every old row is "
+                        "deleted in batches, for comparison")
     return p.parse_args(argv)
 
 
@@ -211,7 +263,8 @@ def main(argv: list[str] | None = None) -> int:
             stack = LocalStack(temp, database="agentos_bench", durable=False)
             urls = stack.start()
             url, redis_url = urls.database_url, urls.redis_url
-        migrate(url, APP_ROLE)
+        partitioned_at = next(v for v, m in enumerate(MIGRATIONS, start=1) if m.apply is _partitioned_events)
+        migrate(url, APP_ROLE, target=partitioned_at - 1)
         t0 = time.perf_counter()
         params = {"orgs": args.orgs, "sessions": sessions, "per_run": args.events_per_run, "old": old,
                   "checkpoints": args.checkpoints, "blob_md5s": max(1, args.blob_bytes // 32)}
@@ -220,22 +273,44 @@ def main(argv: list[str] | None = None) -> int:
                 if statement.strip():
                     conn.execute(statement, {k: v for k, v in params.items() if f"%({k})s" in statement})
         print(f"generated {sessions * args.events_per_run:,} events, {sessions:,} runs and sessions ({old:,} ended "
-              f"120 days ago), {sessions * args.checkpoints:,} checkpoints in {time.perf_counter() - t0:.1f} s")
+              f"100-150 days ago, the rest within 60 days), {sessions * args.checkpoints:,} checkpoints "
+              f"in {time.perf_counter() - t0:.1f} s")
         vacuum(url, full=False)
-        before = sizes(url)
         settings = Settings(database={"url": url, "app_role": APP_ROLE},  # type: ignore[arg-type]
-                            redis={"url": redis_url})  # type: ignore[arg-type]
+                            redis={"url": redis_url},  # type: ignore[arg-type]
+                            lifecycle={"drop_event_partitions": not args.batched})  # type: ignore[arg-type]
         recent = sessions  # the last session ended an hour ago
-        asyncio.run(measure(settings, args, f"ses_bench{recent}", f"org_bench{recent % args.orgs + 1}", url))
+        recent_session, recent_org = f"ses_bench{recent}", f"org_bench{recent % args.orgs + 1}"
+        unpartitioned = sizes(url)["run_events"]
+        print(f"replay plan, unpartitioned: {replay_plan(url, recent_org, recent_session)}")
+        asyncio.run(measure_replay(settings, args, recent_org, recent_session, "unpartitioned log"))
+        t0 = time.perf_counter()
+        migrate(url, APP_ROLE)
+        cut_over_s = time.perf_counter() - t0
+        vacuum(url, full=False)
+        with psycopg.connect(url) as conn:
+            parts = conn.execute("SELECT count(*) FROM pg_inherits WHERE inhparent = 'run_events'::regclass").fetchone()
+        before = sizes(url)
+        print(f"partitioning migration (one-transaction cut-over copy): {cut_over_s:.1f} s for "
+              f"{sessions * args.events_per_run:,} events; {parts[0] if parts else '?'} partitions; run_events "
+              f"{unpartitioned:,} bytes before, {before['run_events']:,} after")
+        print(f"replay plan, partitioned: {replay_plan(url, recent_org, recent_session)}")
+        asyncio.run(measure_replay(settings, args, recent_org, recent_session, "partitioned log"))
+        asyncio.run(measure_pass(settings, args, recent_session, recent_org))
+        passed = sizes(url)
         vacuum_s = vacuum(url, full=False)
         plain = sizes(url)
         full_s = vacuum(url, full=True)
         full = sizes(url)
-        print(f"{'table':<20}{'before':>14}{'after VACUUM':>16}{'after VACUUM FULL':>20}")
+        print(f"{'table':<20}{'before':>14}{'after the pass':>16}{'after VACUUM':>16}{'after VACUUM FULL':>20}")
         for t in TABLES:
-            print(f"{t:<20}{before[t]:>14,}{plain[t]:>16,}{full[t]:>20,}")
-        print(f"{'total':<20}{sum(before.values()):>14,}{sum(plain.values()):>16,}{sum(full.values()):>20,}")
-        print(f"bytes reclaimed (returned by VACUUM FULL): {sum(before.values()) - sum(full.values()):,}; "
+            print(f"{t:<20}{before[t]:>14,}{passed[t]:>16,}{plain[t]:>16,}{full[t]:>20,}")
+        print(f"{'total':<20}{sum(before.values()):>14,}{sum(passed.values()):>16,}{sum(plain.values()):>16,}"
+              f"{sum(full.values()):>20,}")
+        events_before = before["run_events"]
+        print(f"run_events bytes returned by the pass itself (no VACUUM): {events_before - passed['run_events']:,}"
+              f"; by VACUUM FULL: {events_before - full['run_events']:,}")
+        print(f"bytes reclaimed, all tables (returned by VACUUM FULL): {sum(before.values()) - sum(full.values()):,}; "
               f"VACUUM {vacuum_s:.1f} s, VACUUM FULL {full_s:.1f} s")
     finally:
         if stack is not None:

@@ -86,11 +86,26 @@ SELECT current_user AS role, r.rolsuper, r.rolbypassrls
 FROM pg_roles r WHERE r.rolname = current_user
 """
 
+# A tenant table is a plain table ('r') or a partitioned one ('p', e.g. run_events), whose
+# policies apply to every query through it, partitions included.
 CHECK_TABLES_SQL = """
 SELECT c.relname, c.relrowsecurity, c.relforcerowsecurity,
        pg_get_userbyid(c.relowner) = current_user AS owned
 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-WHERE n.nspname = current_schema() AND c.relname = ANY(%s) AND c.relkind = 'r'
+WHERE n.nspname = current_schema() AND c.relname = ANY(%s) AND c.relkind IN ('r', 'p') AND NOT c.relispartition
+"""
+# A partition read directly would skip its parent's policies: the role must have no privilege on
+# any partition of a tenant table (they are reached only through the parent).
+CHECK_PARTITIONS_SQL = """
+SELECT parent.relname AS parent, c.relname AS partition
+FROM pg_inherits i
+JOIN pg_class c ON c.oid = i.inhrelid
+JOIN pg_class parent ON parent.oid = i.inhparent
+JOIN pg_namespace n ON n.oid = parent.relnamespace
+WHERE n.nspname = current_schema() AND parent.relname = ANY(%s)
+  AND (pg_get_userbyid(c.relowner) = current_user
+       OR has_table_privilege(c.oid, 'SELECT, INSERT, UPDATE, DELETE, TRUNCATE'))
+ORDER BY 1, 2
 """
 
 
@@ -112,6 +127,9 @@ async def isolation_problems(conn: AsyncConnection[DictRow]) -> list[str]:
             problems.append(f"table {table} does not ENABLE and FORCE row-level security")
         elif info["owned"]:
             problems.append(f"role {role['role'] if role else '?'} owns table {table}")
+    for r in await (await conn.execute(CHECK_PARTITIONS_SQL, (list(TENANT_TABLES),))).fetchall():
+        problems.append(f"partition {r['partition']} of table {r['parent']} can be used directly "
+                        f"by role {role['role'] if role else '?'}")
     return problems
 
 

@@ -1088,6 +1088,173 @@ def _people(conn: psycopg.Connection) -> None:
     _tenant_policy(conn, "invitations")
 
 
+_PARTITIONED_EVENTS_SQL = """
+-- The event log partitioned by time (issue #23): one partition per ISO week (UTC, Monday 00:00),
+-- so retention drops a whole week's file instead of deleting row by row (docs/operations.md,
+-- "Event log partitions"). Weekly: retention is counted in days (90 by default), and a week keeps
+-- a drop at most 7 days behind the policy while a 90-day log has ~15 partitions, few enough that a
+-- replay (by session and seq, not by time) probes every partition's index cheaply.
+ALTER TABLE run_events RENAME TO run_events_unpartitioned;
+ALTER INDEX run_events_pkey RENAME TO run_events_unpartitioned_pkey;
+ALTER INDEX run_events_run_idx RENAME TO run_events_unpartitioned_run_idx;
+
+-- Its key and foreign keys come after the copy (_PARTITIONED_EVENTS_KEYS_SQL).
+CREATE TABLE run_events (
+    org_id text NOT NULL,
+    session_id text NOT NULL,
+    seq bigint NOT NULL,
+    run_id text NOT NULL,
+    type text NOT NULL,
+    data jsonb NOT NULL DEFAULT '{}',
+    ts timestamptz NOT NULL DEFAULT now()
+) PARTITION BY RANGE (ts);
+-- Whatever no weekly partition covers (the job that creates them ahead did not run) lands here:
+-- an insert never fails for a missing partition. Creating the week's partition moves them.
+CREATE TABLE run_events_default PARTITION OF run_events DEFAULT;
+ALTER TABLE run_events_default ENABLE ROW LEVEL SECURITY;
+CREATE POLICY tenant_isolation ON run_events_default USING (org_id = agentos_current_org())
+    WITH CHECK (org_id = agentos_current_org());
+
+-- One week's partition (the week holding `week`, UTC), created by its owner: the schema's owner
+-- (called by the migration and by agentos_create_event_partitions, never by the application).
+-- Rows the default partition took for that week move into it. A partition is reached only
+-- through `run_events`, whose policy applies there; the application role has no privilege on
+-- a partition itself (core.migrations.ensure_app_role revokes, core.db checks), and each still
+-- ENABLEs row-level security with the tenant policy, should anyone grant one.
+CREATE FUNCTION agentos_add_event_partition(week timestamptz) RETURNS boolean
+    LANGUAGE plpgsql SET search_path = public, pg_temp AS $$
+DECLARE
+    lo timestamptz := date_trunc('week', week, 'UTC');
+    hi timestamptz := date_trunc('week', week, 'UTC') + interval '7 days';
+    name text := 'run_events_p' || to_char(date_trunc('week', week, 'UTC') AT TIME ZONE 'UTC', 'YYYYMMDD');
+BEGIN
+    IF to_regclass(name) IS NOT NULL THEN
+        RETURN false;
+    END IF;
+    IF EXISTS (SELECT 1 FROM run_events_default WHERE ts >= lo AND ts < hi) THEN
+        EXECUTE format('CREATE TABLE %I (LIKE run_events INCLUDING DEFAULTS)', name);
+        EXECUTE format('WITH moved AS (DELETE FROM run_events_default WHERE ts >= $1 AND ts < $2 RETURNING *) '
+                       'INSERT INTO %I SELECT * FROM moved', name) USING lo, hi;
+        EXECUTE format('ALTER TABLE run_events ATTACH PARTITION %I FOR VALUES FROM (%L) TO (%L)', name, lo, hi);
+    ELSE
+        EXECUTE format('CREATE TABLE %I PARTITION OF run_events FOR VALUES FROM (%L) TO (%L)', name, lo, hi);
+    END IF;
+    EXECUTE format('ALTER TABLE %I ENABLE ROW LEVEL SECURITY', name);
+    EXECUTE format('CREATE POLICY tenant_isolation ON %I USING (org_id = agentos_current_org()) '
+                   'WITH CHECK (org_id = agentos_current_org())', name);
+    RETURN true;
+END $$;
+REVOKE ALL ON FUNCTION agentos_add_event_partition(timestamptz) FROM PUBLIC;
+
+-- The maintenance job (core.event_partitions) creates this week's partition and the next
+-- `weeks_ahead` ones. Run as the owner (the application role has no DDL rights); a lock it
+-- cannot get soon fails this call, and the job tries again at its next interval.
+CREATE FUNCTION agentos_create_event_partitions(weeks_ahead integer) RETURNS integer
+    LANGUAGE plpgsql SECURITY DEFINER SET search_path = public, pg_temp SET lock_timeout = '5s' AS $$
+DECLARE
+    created integer := 0;
+BEGIN
+    IF weeks_ahead IS NULL OR weeks_ahead < 0 OR weeks_ahead > 52 THEN
+        RAISE EXCEPTION 'weeks_ahead must be between 0 and 52';
+    END IF;
+    FOR w IN 0..weeks_ahead LOOP
+        IF agentos_add_event_partition(now() + make_interval(weeks => w)) THEN
+            created := created + 1;
+        END IF;
+    END LOOP;
+    RETURN created;
+END $$;
+REVOKE ALL ON FUNCTION agentos_create_event_partitions(integer) FROM PUBLIC;
+
+-- Retention (core.retention) drops a weekly partition whole once every row in it is past every
+-- org's retention: its week ended more than `events_days` ago (the longest events retention of
+-- any org, computed by the caller; no org's own override in `orgs.retention` is shortened by
+-- it, and an org keeping events for ever means no drop at all) and every run with an event in it
+-- ended before that cutoff (a run that ran long, or waits for a human, keeps its partition).
+-- Owner's rights, so it reads `orgs` and `runs` across orgs through their scan policies (set for
+-- the call only). One partition per call, the oldest droppable one named after `after`: the
+-- drop locks `run_events` until the caller commits, so each drop is its own short transaction.
+-- A lock not had within `lock_timeout` leaves it for the next pass. Returns what went.
+CREATE FUNCTION agentos_drop_event_partition(events_days integer, after text)
+    RETURNS TABLE (dropped text, row_count bigint, byte_count bigint)
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path = public, pg_temp SET lock_timeout = '2s'
+    SET app.lifecycle = 'on' SET app.watchdog = 'on' AS $$
+DECLARE
+    horizon integer := events_days;
+    cutoff timestamptz;
+    p record;
+    kept boolean;
+BEGIN
+    IF events_days IS NULL OR events_days < 1 THEN
+        RETURN;  -- 0: some org keeps its events for ever
+    END IF;
+    IF EXISTS (SELECT 1 FROM orgs WHERE retention->>'events_days' = '0') THEN
+        RETURN;
+    END IF;
+    SELECT greatest(horizon, max((retention->>'events_days')::integer)) INTO horizon
+    FROM orgs WHERE retention->>'events_days' ~ '^[0-9]{1,6}$';
+    cutoff := now() - make_interval(days => horizon);
+    FOR p IN
+        SELECT c.oid, c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+        WHERE i.inhparent = 'run_events'::regclass AND c.relname ~ '^run_events_p[0-9]{8}$'
+          AND c.relname > coalesce(after, '')
+          AND to_date(substr(c.relname, 13), 'YYYYMMDD')::timestamp AT TIME ZONE 'UTC' + interval '7 days' <= cutoff
+        ORDER BY c.relname
+    LOOP
+        EXECUTE format('SELECT EXISTS (SELECT 1 FROM %I e WHERE NOT EXISTS '
+                       '(SELECT 1 FROM runs r WHERE r.id = e.run_id AND r.finished_at < $1))', p.relname)
+            USING cutoff INTO kept;
+        CONTINUE WHEN kept;
+        dropped := p.relname;
+        EXECUTE format('SELECT count(*) FROM %I', p.relname) INTO row_count;
+        byte_count := pg_total_relation_size(p.oid);
+        BEGIN
+            EXECUTE format('DROP TABLE %I', p.relname);
+        EXCEPTION WHEN lock_not_available THEN
+            CONTINUE;
+        END;
+        RETURN NEXT;
+        RETURN;
+    END LOOP;
+END $$;
+REVOKE ALL ON FUNCTION agentos_drop_event_partition(integer, text) FROM PUBLIC;
+"""
+# After the copy: building an index once, and checking each foreign key with one join, is
+# several times faster than maintaining them row by row while a big log is copied.
+_PARTITIONED_EVENTS_KEYS_SQL = """
+-- The key must hold the partition key; (session_id, seq) stays unique by construction (a
+-- session's seqs come from its counter, core.events).
+ALTER TABLE run_events ADD PRIMARY KEY (session_id, seq, ts);
+CREATE INDEX run_events_run_idx ON run_events (run_id, seq);
+ALTER TABLE run_events ADD FOREIGN KEY (org_id) REFERENCES orgs(id) ON DELETE CASCADE;
+ALTER TABLE run_events ADD FOREIGN KEY (session_id) REFERENCES sessions(id) ON DELETE CASCADE;
+ALTER TABLE run_events ADD FOREIGN KEY (run_id) REFERENCES runs(id) ON DELETE CASCADE;
+"""
+
+
+def _partitioned_events(conn: psycopg.Connection) -> None:
+    """The controlled cut-over of the event log to weekly partitions, in this one transaction:
+    the old table is renamed, the partitions its rows need are created, the rows copied, the old
+    table dropped. Writers wait on the renamed table's lock meanwhile, so on a big log stop the
+    API and workers first (docs/operations.md, "Event log partitions", gives the time per million
+    rows and the operator's path)."""
+    conn.execute(_PARTITIONED_EVENTS_SQL)
+    # Every week that holds an event, and this one and the next four.
+    conn.execute("""
+        SELECT agentos_add_event_partition(w) FROM generate_series(
+            date_trunc('week', coalesce((SELECT min(ts) FROM run_events_unpartitioned), now()), 'UTC'),
+            now() + interval '4 weeks', interval '1 week') AS w
+    """)
+    # The owner copies before the new table FORCEs row-level security (the old one stops
+    # forcing it for this copy, as in the _people migration).
+    conn.execute("ALTER TABLE run_events_unpartitioned NO FORCE ROW LEVEL SECURITY")
+    conn.execute("INSERT INTO run_events SELECT * FROM run_events_unpartitioned")
+    conn.execute("DROP TABLE run_events_unpartitioned")
+    conn.execute(_PARTITIONED_EVENTS_KEYS_SQL)
+    _tenant_policy(conn, "run_events")
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration("initial schema with row-level security", _initial),
     Migration("per-session event sequence and run queue order", _run_queue),
@@ -1118,6 +1285,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration("knowledge documents record their chunking settings", _knowledge_chunking),
     Migration("people: global users, org memberships, invitations, sign-in sessions", _people),
     Migration("reembed: new embeddings staged beside the items until the org switches", _memory_staged_embeddings),
+    Migration("run events partitioned by week; functions to create and drop partitions", _partitioned_events),
 )
 
 
@@ -1130,6 +1298,12 @@ def setup_checkpoints(conninfo: str) -> None:
 
     with psycopg.connect(conninfo, autocommit=True, prepare_threshold=0) as conn:
         PostgresSaver(conn).setup()  # type: ignore[arg-type]
+
+
+PARTITIONS_SQL = """
+SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE n.nspname = current_schema() AND c.relispartition AND c.relkind IN ('r', 'p') ORDER BY 1
+"""
 
 
 def ensure_app_role(conn: psycopg.Connection, role: str) -> None:
@@ -1156,11 +1330,16 @@ def ensure_app_role(conn: psycopg.Connection, role: str) -> None:
     # The audit log is append-only for the application: what happened stays as it was written.
     # (Deleting an org still removes its rows: the cascade runs as the table owner.)
     conn.execute(sql.SQL("REVOKE UPDATE, DELETE, TRUNCATE ON audit_logs FROM {}").format(ident))
-    # ...except through retention's bounded function (core.retention), when it exists.
-    if conn.execute("SELECT to_regprocedure('agentos_prune_audit(timestamptz, integer)')").fetchone() not in (
-            None, (None,)):
-        conn.execute(sql.SQL("GRANT EXECUTE ON FUNCTION agentos_prune_audit(timestamptz, integer) TO {}").format(
-            ident))
+    # ...except through retention's bounded function (core.retention), when it exists; the event
+    # log's partitions are created and dropped only through the owner's functions too.
+    for function in ("agentos_prune_audit(timestamptz, integer)", "agentos_create_event_partitions(integer)",
+                     "agentos_drop_event_partition(integer, text)"):
+        if conn.execute("SELECT to_regprocedure(%s)", (function,)).fetchone() not in (None, (None,)):
+            conn.execute(sql.SQL("GRANT EXECUTE ON FUNCTION {} TO {}").format(sql.SQL(function), ident))
+    # A partition is reached through its partitioned table, whose policies apply there; read
+    # directly it would show every org's rows to whoever may read it (core.db checks none can).
+    for (partition,) in conn.execute(PARTITIONS_SQL).fetchall():
+        conn.execute(sql.SQL("REVOKE ALL ON {} FROM {}").format(sql.Identifier(partition), ident))
 
 
 def migrate(

@@ -4,7 +4,9 @@ entries are kept, and the maintenance job that removes what is older (runtime.ma
 The operator sets defaults (`AGENTOS_LIFECYCLE__*_DAYS`); an org may override each one
 (`orgs.retention`, set through PATCH /v1/orgs/{id}), except that no org keeps its audit log
 for less than the operator's minimum. Everything is removed in small batches, each its own
-short transaction, so the job never holds a lock live traffic waits on for long.
+short transaction, so the job never holds a lock live traffic waits on for long — except the
+event log's weekly partitions that are wholly past every org's events retention, which go first,
+whole (core.event_partitions; one short exclusive lock per drop, bytes back to the OS at once).
 
 Checkpoints (LangGraph's, one thread per session) follow the session's runs:
 - a session with a run waiting for a human (or queued again after one decided) keeps all of
@@ -25,6 +27,7 @@ from typing import Any, Literal
 from psycopg import AsyncConnection
 from psycopg.rows import DictRow
 
+from core import event_partitions
 from core.infra import Infra
 from core.settings import LifecycleSettings
 from core.store import runs
@@ -83,6 +86,14 @@ def effective(defaults: LifecycleSettings, stored: Any) -> Policy:
         final_checkpoint=o.get("final_checkpoint", defaults.final_checkpoint),
     )
 
+
+# Every org's overrides, deletion pending or not (their events are kept until the purge).
+RETENTIONS_SQL = "SELECT DISTINCT retention FROM orgs"
+# Events of an org whose retention is the longest are left to the partition drop, which takes
+# them once their week's partition is wholly past it (within a week of their turn). The batched
+# delete takes them only if no drop has, a week and a day later (a run that ran long, or waits
+# for a human, keeps its whole partition until it too is past).
+PARTITION_LAG_DAYS = 8
 
 ORGS_SQL = """
 SELECT id, retention FROM orgs WHERE deletion_requested_at IS NULL AND (%(after)s::text IS NULL OR id > %(after)s)
@@ -207,12 +218,29 @@ async def _checkpoints(infra: Infra, org_id: str, policy: Policy, removed: Remov
         after = ids[-1]
 
 
-async def enforce_org(infra: Infra, org_id: str, policy: Policy) -> Removed:
-    """Remove what the org's policy no longer keeps; what went."""
+async def events_horizon(infra: Infra) -> int:
+    """The longest events retention of any org, in days: how old a weekly partition of the event
+    log must be before it is dropped whole. 0 (no drops) when an org keeps its events for ever or
+    the operator turned drops off."""
+    defaults = infra.settings.lifecycle
+    if not defaults.drop_event_partitions:
+        return 0
+    async with lifecycle_scan_tx(infra.pool) as conn:
+        stored = [r["retention"] for r in await (await conn.execute(RETENTIONS_SQL)).fetchall()]
+    days = [effective(defaults, s).events_days for s in stored] or [defaults.events_days]
+    return 0 if 0 in days else max(days)
+
+
+async def enforce_org(infra: Infra, org_id: str, policy: Policy, events_horizon: int = 0) -> Removed:
+    """Remove what the org's policy no longer keeps; what went. `events_horizon`: see
+    `events_horizon` (events at it are left to the partition drop, PARTITION_LAG_DAYS)."""
     removed = Removed()
     batch = infra.settings.lifecycle.batch_rows
     if policy.events_days:
-        await _by_ended_runs(infra, org_id, "run_events", policy.events_days, removed)
+        days = policy.events_days
+        if events_horizon and days >= events_horizon:
+            days += PARTITION_LAG_DAYS
+        await _by_ended_runs(infra, org_id, "run_events", days, removed)
     if policy.tool_calls_days:
         await _by_ended_runs(infra, org_id, "tool_calls", policy.tool_calls_days, removed)
     if policy.messages_days:
@@ -235,14 +263,22 @@ async def enforce_org(infra: Infra, org_id: str, policy: Policy) -> Removed:
 
 
 async def enforce(infra: Infra) -> str | None:
-    """The maintenance job: every org's retention, org by org; a line per org that lost something."""
+    """The maintenance job: first the event log's partitions that are wholly past every org's
+    retention, dropped; then every org's retention, org by org, in batches. A line for the drops
+    and one per org that lost something."""
     reports: list[str] = []
+    horizon = await events_horizon(infra)
+    dropped = await event_partitions.drop_expired(infra.pool, horizon)
+    if dropped:
+        reports.append(f"event partitions dropped: {len(dropped)} ({sum(d.rows for d in dropped)} rows, "
+                       f"{sum(d.bytes for d in dropped)} bytes: {', '.join(d.name for d in dropped)})")
     after: str | None = None
     while True:
         async with lifecycle_scan_tx(infra.pool) as conn:
             orgs = await (await conn.execute(ORGS_SQL, {"after": after})).fetchall()
         for org in orgs:
-            removed = await enforce_org(infra, org["id"], effective(infra.settings.lifecycle, org["retention"]))
+            removed = await enforce_org(infra, org["id"], effective(infra.settings.lifecycle, org["retention"]),
+                                        horizon)
             if removed.rows:
                 log.info("retention removed from org %s: %s", org["id"], removed.summary())
                 reports.append(f"{org['id']}: {removed.summary()}")

@@ -650,6 +650,12 @@ class LifecycleSettings(BaseModel):
     checkpoints_days: int = Field(default=7, ge=0)
     final_checkpoint: Literal["keep", "drop"] = "keep"
     audit_days: int = Field(default=365, ge=0)
+    # The event log's weekly partitions (core.event_partitions): the maintenance job keeps this
+    # week's and this many more created ahead; retention drops a partition whole once every row
+    # in it is past every org's events retention (false: rows are only ever deleted in batches).
+    event_partitions_ahead_weeks: int = Field(default=4, ge=0, le=52)
+    event_partitions_interval_s: float = Field(default=3600.0, gt=0)
+    drop_event_partitions: bool = True
     # No org keeps its audit log for less (an override below it is raised to it); 0 = forever.
     audit_min_days: int = Field(default=365, ge=1)
     # How long an org export's download link works (a fresh one comes with each GET).

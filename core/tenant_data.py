@@ -123,16 +123,30 @@ class Removed:
                 f"{self.files} files, {self.workspaces} workspaces")
 
 
-def _batch_sql(table: str) -> sql.Composed:
-    # ctid batches: one short statement per `limit` rows, whatever indexes the table has.
+def _batch_sql(table: str, partitioned: bool) -> sql.Composed:
+    # ctid batches: one short statement per `limit` rows, whatever indexes the table has. A ctid
+    # is a row's place in its own file, so in a partitioned table (run_events) it names a row in
+    # each partition: there the partition (tableoid) is part of the row's address.
+    # (The ctid list still lets each partition find its rows by a TID scan.)
+    if partitioned:
+        return sql.SQL(
+            "WITH v AS MATERIALIZED (SELECT tableoid AS t, ctid AS c FROM {t} WHERE org_id = agentos_current_org() "
+            "LIMIT %s) DELETE FROM {t} WHERE ctid = ANY(ARRAY(SELECT c FROM v)) "
+            "AND (tableoid, ctid) IN (SELECT t, c FROM v)"
+        ).format(t=sql.Identifier(table))
     return sql.SQL(
         "DELETE FROM {t} WHERE ctid = ANY(ARRAY(SELECT ctid FROM {t} WHERE org_id = agentos_current_org() LIMIT %s))"
     ).format(t=sql.Identifier(table))
 
 
+PARTITIONED_SQL = "SELECT relkind = 'p' AS partitioned FROM pg_class WHERE oid = to_regclass(%s)"
+
+
 async def delete_in_batches(pool: AsyncPool, org_id: str, table: str, batch: int, removed: Removed) -> None:
     """Delete every row of the org in `table`, `batch` rows per transaction."""
-    statement = _batch_sql(table)
+    async with pool.connection() as conn:
+        row = await (await conn.execute(PARTITIONED_SQL, (table,))).fetchone()
+    statement = _batch_sql(table, bool(row and row["partitioned"]))
     while True:
         async with tenant_tx(pool, org_id) as conn:
             count = (await conn.execute(statement, (batch,))).rowcount

@@ -19,7 +19,7 @@ import zlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-from core import org_purge, retention
+from core import event_partitions, org_purge, retention
 from core.infra import Infra
 from core.runner_waits import fail_overdue_waits
 from core.settings import Settings
@@ -47,6 +47,8 @@ JOBS: tuple[MaintenanceJob, ...] = (
     MaintenanceJob("org_purge", lambda s: s.lifecycle.purge_interval_s, org_purge.purge_job),
     MaintenanceJob("retention", lambda s: s.lifecycle.retention_interval_s, retention.enforce),
     MaintenanceJob("memory-indexes", lambda s: s.memory.index_interval_s, index_maintenance.run_job),
+    MaintenanceJob("event-partitions", lambda s: s.lifecycle.event_partitions_interval_s,
+                   event_partitions.create_ahead),
 )
 
 

@@ -446,3 +446,20 @@ def sign_in(client: TestClient, email: str, password: str = PASSWORD, org_id: st
 
 def bearer(tokens: dict[str, Any]) -> dict[str, str]:
     return {"Authorization": f"Bearer {tokens['access_token']}"}
+
+
+@contextmanager
+def scratch_database(stack: StackUrls, prefix: str) -> Iterator[str]:
+    """A new, empty database on the suite's Postgres (its owner URL), dropped afterwards: for a
+    test that migrates step by step or needs a schema no other test writes to."""
+    import psycopg
+
+    admin_url = stack.database_url.rsplit("/", 1)[0] + "/postgres"
+    name = f"{prefix}_{secrets.token_hex(4)}"
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name}")
+    try:
+        yield stack.database_url.rsplit("/", 1)[0] + "/" + name
+    finally:
+        with psycopg.connect(admin_url, autocommit=True) as conn:
+            conn.execute(f"DROP DATABASE {name} WITH (FORCE)")
