@@ -792,7 +792,7 @@ CREATE TABLE runner_runs (
     PRIMARY KEY (run_id, runner_id)
 );
 -- Authentication finds a runner by its token's public prefix before the org is known; like
--- api_key_lookup, this shows exactly that one row (core.tenancy.runner_lookup_tx).
+-- api_key_lookup, this shows exactly that one row (core.tenancy.runner_lookup_batch).
 CREATE POLICY runner_lookup ON runners FOR SELECT
     USING (prefix = nullif(current_setting('app.runner_prefix', true), ''));
 -- The maintenance job that ends waits for an offline runner past their timeout looks across
@@ -1066,6 +1066,20 @@ def _people(conn: psycopg.Connection) -> None:
     _tenant_policy(conn, "invitations")
 
 
+_RUNNER_CALLS_SENT_SQL = """
+-- When the worker sent a routed call to its runner (its `tool.call` event was emitted then): a call
+-- sent once may have run on that runner, so it stays with it (only that runner's journal knows),
+-- a wait for it that times out says its outcome is unknown, and a replayed step does not announce
+-- it again. A call never sent (it waited for an offline runner) did not run anywhere.
+ALTER TABLE runner_calls ADD COLUMN sent_at timestamptz;
+UPDATE runner_calls SET sent_at = created_at WHERE status <> 'waiting';
+"""
+
+
+def _runner_calls_sent(conn: psycopg.Connection) -> None:
+    conn.execute(_RUNNER_CALLS_SENT_SQL)
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration("initial schema with row-level security", _initial),
     Migration("per-session event sequence and run queue order", _run_queue),
@@ -1095,6 +1109,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration("hybrid retrieval: full-text index over knowledge chunks", _knowledge_full_text),
     Migration("knowledge documents record their chunking settings", _knowledge_chunking),
     Migration("people: global users, org memberships, invitations, sign-in sessions", _people),
+    Migration("runner calls record when the worker sent them", _runner_calls_sent),
 )
 
 
