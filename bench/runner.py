@@ -112,7 +112,7 @@ async def calls(infra: Infra, target: Target, args: dict[str, Any], n: int,
     return out
 
 
-Running = tuple[str, dict[str, str], Callable[[str], None]]
+Running = tuple[str, dict[str, str], Callable[[str], None], list[ServerProcess]]
 
 
 @contextmanager
@@ -143,7 +143,8 @@ def running(workdir: Path, database_url: str, redis_url: str, runner_prefix: lis
 
         with httpx.Client(base_url=api_url, timeout=30) as http:
             made = http.post("/v1/orgs", json={"name": "bench"}, headers={"Authorization": f"Bearer {admin}"}).json()
-        yield api_url, {"Authorization": f"Bearer {made['api_key']['key']}", "X-Org": made["org"]["id"]}, start_runner
+        yield (api_url, {"Authorization": f"Bearer {made['api_key']['key']}", "X-Org": made["org"]["id"]}, start_runner,
+               processes)
     finally:
         for process in reversed(processes):
             process.stop()
@@ -166,22 +167,38 @@ def prepare(api_url: str, owner: dict[str, str], start_runner: Callable[[str], N
 
 
 def latency(urls: StackUrls, workdir: Path, n: int, warmup: int) -> None:
-    with running(workdir, urls.database_url, urls.redis_url, []) as (api_url, owner, start_runner):
+    with running(workdir, urls.database_url, urls.redis_url, []) as (api_url, owner, start_runner, processes):
         target = prepare(api_url, owner, start_runner)
+        servers = {p.name: psutil.Process(p.pid) for p in processes if p.pid is not None}
 
-        async def measure() -> dict[str, list[float]]:
+        def cpu() -> dict[str, float]:
+            """CPU seconds used so far by this process (the worker side), the API and the runner."""
+            used = {name: sum(proc.cpu_times()[:2]) for name, proc in servers.items()}
+            return {"worker": time.process_time(), **used}
+
+        async def measure() -> dict[str, tuple[list[float], dict[str, float]]]:
             infra = await Infra.open(load_settings(database={"url": urls.database_url},
                                                    redis={"url": urls.redis_url}), name="bench-runner")
+            out = {}
             try:
-                return {kind: (await calls(infra, target, args, warmup + n))[warmup:] for kind, args in CALLS.items()}
+                for kind, args in CALLS.items():
+                    await calls(infra, target, args, warmup)
+                    before = cpu()
+                    samples = await calls(infra, target, args, n)
+                    out[kind] = samples, {k: v - before[k] for k, v in cpu().items()}
+                return out
             finally:
                 await infra.close()
 
-        for kind, samples in asyncio.run(measure()).items():
+        for kind, (samples, used) in asyncio.run(measure()).items():
             ms = [s * 1000 for s in samples]
             print(f"runner round trip, {kind}, {len(ms)} calls on loopback:")
             print(f"  p50 {pct(ms, 50):.2f} ms   p95 {pct(ms, 95):.2f} ms   p99 {pct(ms, 99):.2f} ms   "
                   f"max {max(ms):.2f} ms   mean {statistics.fmean(ms):.2f} ms")
+            # CPU time does not grow with the machine's load the way waiting does: what the call
+            # costs the three processes, a floor for its latency on an idle machine (plus I/O).
+            print("  CPU per call: " + ", ".join(f"{name} {v * 1000 / n:.2f} ms" for name, v in used.items()) +
+                  f" (total {sum(used.values()) * 1000 / n:.2f} ms, background work included)")
     print("  target (issue #19): p50 <= 10 ms. Figures from a shared or busy machine are not final.")
 
 
@@ -193,7 +210,7 @@ def count(urls: StackUrls, workdir: Path, n: int) -> None:
         pg_api, redis_api, pg_worker, redis_worker = (
             stack.enter_context(TurnCounter(port_of(u))) for u in
             (urls.database_url, urls.redis_url, urls.database_url, urls.redis_url))
-        api_url, owner, start_runner = stack.enter_context(
+        api_url, owner, start_runner, _ = stack.enter_context(
             running(workdir, via(urls.database_url, pg_api.port), via(urls.redis_url, redis_api.port), prefix))
         target = prepare(api_url, owner, start_runner)
         # The API's background work while idle (heartbeats, the stream's catch-up reads), per second.

@@ -179,14 +179,8 @@ class Link:
         call_id = str(call["id"])
         if call_id in self._inflight:  # sent again while it runs: its result is on its way
             return
-        entry = self.journal.get(call_id)
-        if entry is not None:
-            result = entry.result if entry.state == "done" and entry.result is not None \
-                else self.journal.interrupted(call_id)
-            log.info("call %s was seen before: answering with its journaled result", call_id)
-            self._inflight.add(call_id)
-            self._spawn(self._post(http, call_id, result))
-            return
+        # A call seen before is found by `_execute` (its `start` fails): one journal write for a
+        # new call, no read first.
         self._inflight.add(call_id)
         self._spawn(self._execute(http, call_id, str(call["run_id"]), str(call["name"]), dict(call["args"])))
 
@@ -194,9 +188,14 @@ class Link:
                        args: dict[str, Any]) -> None:
         async with self._slots:
             if not self.journal.start(call_id, run_id, name, durable=changes_files(name, args)):
-                # journaled meanwhile: never a second run
+                # Seen before (sent again after a reconnect, a restart or a resumed run): never a
+                # second run. Done: its journaled result; only started: the runner stopped mid-call.
                 entry = self.journal.get(call_id)
-                result = entry.result if entry and entry.result is not None else self.journal.interrupted(call_id)
+                if entry is not None and entry.state == "done" and entry.result is not None:
+                    result = entry.result
+                else:
+                    result = self.journal.interrupted(call_id)
+                log.info("call %s was seen before: answering with its journaled result", call_id)
             else:
                 result = await self.executor.execute(run_id, name, args)
                 self.journal.finish(call_id, result)

@@ -123,7 +123,7 @@ async def post_result(call: Call[RunnerResult]) -> Response:
         raise ApiError("NOT_FOUND", f"No call with id {call_id!r} for this runner.")
     output = storable(call.body.output)
     error = storable_text(call.body.error) if call.body.error is not None else None
-    # Pipelined: the statements below cost three round trips in all, not eight.
+    # Pipelined: the statements below cost three round trips in all, not six.
     async with tenant_pipeline_tx(call.pool, me.org_id) as conn:
         done = await runners.finish_call(conn, call_id, me.runner_id, output=output, error=error)
         if done is None:
@@ -132,8 +132,9 @@ async def post_result(call: Call[RunnerResult]) -> Response:
             if existing is None or existing["runner_id"] != me.runner_id:
                 raise ApiError("NOT_FOUND", f"No call with id {call_id!r} for this runner.")
             if existing["status"] != "done":
-                raise ApiError("CONFLICT", "This call is waiting for the runner to come back; it cannot be "
-                                           "answered before it is delivered.", details={"status": existing["status"]})
+                raise ApiError("CONFLICT", "This call is waiting for the runner to come back; post its result "
+                                           "again once the runner is connected.",
+                               details={"status": existing["status"]})
             return call.reply({"id": call_id, "status": "done", "duplicate": True})
         await audit.record(conn, me.actor, "runner.result", "tool_call", call_id,
                            {"run_id": done["run_id"], "name": done["name"], "failed": error is not None})
