@@ -383,6 +383,8 @@ def runner(
     concurrency: Annotated[int, typer.Option(help="Calls executed at once.")] = 4,
     backoff_max: Annotated[float, typer.Option(help="The longest wait (seconds) between reconnection "
                                                      "attempts; each wait is random up to a doubling bound.")] = 30.0,
+    worktree_grace: Annotated[float, typer.Option(help="Seconds after a run ends before its worktree directory "
+                                                        "is removed (its branch stays); negative: never.")] = 3600.0,
 ) -> None:
     """Execute an org's routed tool calls on this machine, connected outward to the platform
     (docs/runners.md). The token comes from AGENTOS_RUNNER_TOKEN or --token-file, never the command line."""
@@ -391,7 +393,7 @@ def runner(
     _logs("runner")
     token = read_token(token_file)
     executor = build_executor(state_dir.resolve(), repo, skills, read_only, sandbox, allow_unsandboxed)
-    serve(api_url, token, state_dir.resolve(), executor, heartbeat_timeout, concurrency, backoff_max)
+    serve(api_url, token, state_dir.resolve(), executor, heartbeat_timeout, concurrency, backoff_max, worktree_grace)
 
 
 def _settings_for_cli(data_dir: Path, *, need_redis: bool = False, require: bool = True) -> Settings:

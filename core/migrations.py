@@ -792,7 +792,7 @@ CREATE TABLE runner_runs (
     PRIMARY KEY (run_id, runner_id)
 );
 -- Authentication finds a runner by its token's public prefix before the org is known; like
--- api_key_lookup, this shows exactly that one row (core.tenancy.runner_lookup_tx).
+-- api_key_lookup, this shows exactly that one row (core.tenancy.runner_lookup_batch).
 CREATE POLICY runner_lookup ON runners FOR SELECT
     USING (prefix = nullif(current_setting('app.runner_prefix', true), ''));
 -- The maintenance job that ends waits for an offline runner past their timeout looks across
@@ -1255,6 +1255,20 @@ def _partitioned_events(conn: psycopg.Connection) -> None:
     _tenant_policy(conn, "run_events")
 
 
+_RUNNER_CALLS_SENT_SQL = """
+-- When the worker sent a routed call to its runner (its `tool.call` event was emitted then): a call
+-- sent once may have run on that runner, so it stays with it (only that runner's journal knows),
+-- a wait for it that times out says its outcome is unknown, and a replayed step does not announce
+-- it again. A call never sent (it waited for an offline runner) did not run anywhere.
+ALTER TABLE runner_calls ADD COLUMN sent_at timestamptz;
+UPDATE runner_calls SET sent_at = created_at WHERE status <> 'waiting';
+"""
+
+
+def _runner_calls_sent(conn: psycopg.Connection) -> None:
+    conn.execute(_RUNNER_CALLS_SENT_SQL)
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration("initial schema with row-level security", _initial),
     Migration("per-session event sequence and run queue order", _run_queue),
@@ -1286,6 +1300,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration("people: global users, org memberships, invitations, sign-in sessions", _people),
     Migration("reembed: new embeddings staged beside the items until the org switches", _memory_staged_embeddings),
     Migration("run events partitioned by week; functions to create and drop partitions", _partitioned_events),
+    Migration("runner calls record when the worker sent them", _runner_calls_sent),
 )
 
 

@@ -2,9 +2,11 @@
 passes `runners.offline_timeout_s` (a maintenance job).
 
 A run whose runner was offline is paused exactly like one awaiting approval: its tool call is
-`pending` (so the pause holds), its `runner_calls` row `waiting`. Ending the wait takes the call
-out of `pending` — approved to go on, or failed with a readable error — and, when the run has no
-other pending call, re-queues it so a worker resumes it from its checkpoint.
+`pending` (so the pause holds), its `runner_calls` row `waiting`. That happens before a call is
+sent (the runner was not connected) or while the worker waited for its result (the runner's link
+dropped mid-call: `sent_at` is set, and the call may have run there). Ending the wait takes the
+call out of `pending` — approved to go on, or failed with a readable error — and, when the run
+has no other pending call, re-queues it so a worker resumes it from its checkpoint.
 """
 
 from __future__ import annotations
@@ -23,16 +25,25 @@ from core.tenancy import tenant_tx, watchdog_scan_tx
 
 log = logging.getLogger("agentos.runners")
 
-TO_QUEUED_SQL = "UPDATE runner_calls SET status = 'queued', waiting_since = NULL WHERE id = %s AND status = 'waiting'"
 TIMED_OUT_SQL = """
 UPDATE runner_calls SET status = 'done', error = %s, done_at = now() WHERE id = %s AND status = 'waiting'
 RETURNING id
 """
 
 
-def offline_error(runner: str, waited_s: float) -> str:
+def offline_error(runner: str, waited_s: float, *, sent: bool) -> str:
+    if sent:
+        return (f"The runner {runner!r} went offline while running this call and did not come back within "
+                f"{waited_s:g} s, so its outcome is unknown: it may have run there. Check the runner's workspace "
+                "before retrying.")
     return (f"The runner {runner!r} stayed offline for more than {waited_s:g} s, so this call did not run. "
             "Start `agentos runner` on its machine (or route the agent to another runner) and try again.")
+
+
+def decided_error(call: RunnerCallRow) -> str:
+    if call["sent_at"] is not None:
+        return "the call was decided while its runner was offline; it may have run there before its link dropped"
+    return "not run: the call was decided while its runner was offline"
 
 
 async def _end_wait(infra: Infra, org_id: str, call: RunnerCallRow, *, error: str | None) -> bool:
@@ -45,10 +56,9 @@ async def _end_wait(infra: Infra, org_id: str, call: RunnerCallRow, *, error: st
             row = await tool_calls.get(conn, call["id"])
             if row is None or row["status"] != ToolCallStatus.PENDING:
                 # Decided otherwise meanwhile (a human rejected it, the run ended): never deliver it.
-                await conn.execute(TIMED_OUT_SQL, ("not run: the call was decided while its runner was offline",
-                                                   call["id"]))
+                await conn.execute(TIMED_OUT_SQL, (decided_error(call), call["id"]))
                 return False
-            if (await conn.execute(TO_QUEUED_SQL, (call["id"],))).rowcount == 0:
+            if not await store.end_wait(conn, call["id"]):
                 return False
             await tool_calls.set_status(conn, call["id"], ToolCallStatus.APPROVED)
             emitted.append((call["run_id"], events.RUNNER_ONLINE,
@@ -93,7 +103,8 @@ async def fail_overdue_waits(infra: Infra) -> str | None:
         async with tenant_tx(infra.pool, row["org_id"]) as conn:
             runner = await store.get(conn, call["runner_id"])
         name = runner["name"] if runner is not None else call["runner_id"]
-        failed += await _end_wait(infra, row["org_id"], call, error=offline_error(name, timeout_s))
+        failed += await _end_wait(infra, row["org_id"], call,
+                                  error=offline_error(name, timeout_s, sent=call["sent_at"] is not None))
     if not failed:
         return None
     return f"{failed} call(s) failed after waiting {timeout_s:g} s for an offline runner"

@@ -626,6 +626,12 @@ class RunnerSettings(BaseModel):
     offline_timeout_s: float = Field(default=600.0, gt=0, le=7 * 86_400)
     # How long a worker waits for a connected runner's result (also bounded by the run's deadline).
     call_timeout_s: float = Field(default=300.0, gt=0, le=86_400)
+    # A worker waiting for a call whose runner went offline (its link dropped, or its heartbeats
+    # stopped) holds its slot this long, in case it comes straight back; then the run waits for it
+    # like an approval, holding no worker.
+    offline_grace_s: float = Field(default=5.0, ge=0, le=3600)
+
+
 class LifecycleSettings(BaseModel):
     """Data lifecycle (docs/operations.md, "Data lifecycle"): org deletion, erasure, retention."""
 

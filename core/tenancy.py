@@ -9,10 +9,12 @@ user of a pooled connection. Row-level security does the filtering; queries may 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
+from typing import Any
 
 from psycopg import AsyncConnection
+from psycopg.pq import TransactionStatus
 from psycopg.rows import DictRow
 from psycopg_pool import AsyncConnectionPool
 
@@ -31,6 +33,66 @@ async def tenant_tx(pool: AsyncPool, org_id: str) -> AsyncIterator[AsyncConnecti
         yield conn
 
 
+@asynccontextmanager
+async def tenant_pipeline_tx(pool: AsyncPool, org_id: str) -> AsyncIterator[AsyncConnection[DictRow]]:
+    """`tenant_tx` in Postgres pipeline mode: statements are sent without waiting, and a round
+    trip happens only where a result is read (a fetch) and at the end; BEGIN and the org travel
+    with the first statements. So a transaction whose writes need no result of their own costs
+    few round trips. An error surfaces at the next read or at the end, not at its statement:
+    only for code that catches none mid-transaction (and uses no nested `conn.transaction()`)."""
+    if not org_id:
+        raise ValueError("tenant_pipeline_tx needs an org id")
+    async with pool.connection() as conn, _pipeline_tx(conn, SET_ORG_SQL, org_id):
+        yield conn
+
+
+# One statement of a batch: SQL and its parameters.
+Statement = tuple[str, Sequence[Any] | Mapping[str, Any]]
+
+
+async def tenant_batch(pool: AsyncPool, org_id: str, *statements: Statement) -> list[list[DictRow]]:
+    """Statements that do not depend on each other's results, in one `tenant_tx`-scoped
+    transaction sent as one batch (Postgres pipeline mode): BEGIN, the org, the statements and
+    COMMIT travel together, so the transaction costs one round trip instead of three plus one per
+    statement. Each statement's rows, in order (empty for one that returns none). For the hot
+    paths where round trips are the cost (a runner call's, docs/runners.md "Latency")."""
+    if not org_id:
+        raise ValueError("tenant_batch needs an org id")
+    return await _batch(pool, SET_ORG_SQL, org_id, statements)
+
+
+async def _batch(pool: AsyncPool, scope_sql: str, scope: str, statements: Sequence[Statement]) -> list[list[DictRow]]:
+    async with pool.connection() as conn:
+        async with _pipeline_tx(conn, scope_sql, scope):
+            cursors = [await conn.execute(sql, params) for sql, params in statements]
+        # The pipeline's end sent everything and read every result: no round trip from here on.
+        return [await cur.fetchall() if cur.description is not None else [] for cur in cursors]
+
+
+@asynccontextmanager
+async def _pipeline_tx(conn: AsyncConnection[DictRow], scope_sql: str, scope: str) -> AsyncIterator[None]:
+    """`conn` (idle, from the pool) in pipeline mode inside one transaction scoped by `scope_sql`.
+
+    psycopg's own transaction handling waits for BEGIN (and COMMIT) with a round trip each in
+    pipeline mode; in autocommit mode, BEGIN and COMMIT are plain statements of the batch and
+    travel with it. The connection is left as it came, idle and not autocommit, or closed (the
+    pool then discards it)."""
+    await conn.set_autocommit(True)
+    try:
+        async with conn.pipeline():
+            await conn.execute("BEGIN")
+            await conn.execute(scope_sql, (scope,))
+            yield
+            await conn.execute("COMMIT")
+    finally:
+        try:
+            if conn.info.transaction_status in (TransactionStatus.INTRANS, TransactionStatus.INERROR):
+                await conn.execute("ROLLBACK")  # a failed statement (or an error in the block) left it open
+            await conn.set_autocommit(False)
+        except Exception:  # broken or busy: never hand it out again
+            await conn.close()
+
+
 SET_KEY_PREFIX_SQL = "SELECT set_config('app.api_key_prefix', %s, true)"
 
 
@@ -46,13 +108,11 @@ async def api_key_lookup_tx(pool: AsyncPool, prefix: str) -> AsyncIterator[Async
 SET_RUNNER_PREFIX_SQL = "SELECT set_config('app.runner_prefix', %s, true)"
 
 
-@asynccontextmanager
-async def runner_lookup_tx(pool: AsyncPool, prefix: str) -> AsyncIterator[AsyncConnection[DictRow]]:
+async def runner_lookup_batch(pool: AsyncPool, prefix: str, *statements: Statement) -> list[list[DictRow]]:
     """A runner's token names its row by a public prefix before the org is known: the
-    `runner_lookup` policy shows exactly that runner's row and nothing else."""
-    async with pool.connection() as conn, conn.transaction():
-        await conn.execute(SET_RUNNER_PREFIX_SQL, (prefix,))
-        yield conn
+    `runner_lookup` policy shows exactly that runner's row and nothing else. One batch, like
+    `tenant_batch` (every runner request authenticates, so it is on the hot path)."""
+    return await _batch(pool, SET_RUNNER_PREFIX_SQL, prefix, statements)
 
 
 SET_USER_SQL = "SELECT set_config('app.user_id', %s, true)"

@@ -37,9 +37,10 @@ from orchestrator.context import RunContext
 from orchestrator.memory_context import MemoryContext, memory_context
 from orchestrator.models import PLAN_MARK, is_transient, with_retries
 from orchestrator.run_models import model_for, readable
-from orchestrator.runner_wait import until_runner_connected
+from orchestrator.runner_wait import sent_before, until_runner_connected, while_runner_connected
 from orchestrator.state import AgentState
 from skills import Skill, SkillContext, SkillError
+from skills.remote import RunnerWentOffline
 
 log = logging.getLogger("agentos.orchestrator")
 
@@ -340,7 +341,7 @@ async def _run_skill(ctx: RunContext, call: dict[str, Any], tool_call_id: str) -
         except SkillError as exc:
             traced.failed("skill_error")
             return None, str(exc)
-        except TimeoutError:
+        except (TimeoutError, RunnerWentOffline):  # the run's deadline; the run waiting for its runner
             raise
         except Exception as exc:
             log.exception("skill %s failed in run %s", name, ctx.run_id)
@@ -371,6 +372,7 @@ async def _act_on(ctx: RunContext, call: dict[str, Any]) -> ToolMessage:
     skill = (await _agent_skills(ctx)).get(name)
     async with tenant_tx(ctx.pool, ctx.org_id) as conn:
         row = await tool_calls.by_key(conn, ctx.run_id, key)
+        fresh = row is None
         if row is None:
             wait = skill is not None and needs_approval(ctx.agent.config, skill, args)
             row = await tool_calls.start(
@@ -396,8 +398,10 @@ async def _act_on(ctx: RunContext, call: dict[str, Any]) -> ToolMessage:
     called: dict[str, Any] = {"tool_call_id": tool_call_id, "name": name, "args": run_args, "agent_id": ctx.agent.id}
     if skill is not None and skill.version is not None:  # an org's own skill: which version ran
         called["skill_version"] = skill.version
-    await ctx.emitter.emit(events.TOOL_CALL, called)
-    output, error = await _run_skill(ctx, {**call, "args": run_args}, tool_call_id)
+    if fresh or not await sent_before(ctx, name, tool_call_id):  # a replay after its runner went offline
+        await ctx.emitter.emit(events.TOOL_CALL, called)
+    output, error = await while_runner_connected(
+        ctx, name, row, lambda: _run_skill(ctx, {**call, "args": run_args}, tool_call_id))
     output, error = storable(output), storable_text(error) if error is not None else None
     async with tenant_tx(ctx.pool, ctx.org_id) as conn:
         await tool_calls.finish(conn, tool_call_id, output=output, error=error)

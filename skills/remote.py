@@ -5,7 +5,9 @@ An agent routes some or all of `file_manager`, `code_executor`, `shell` and `git
 `runner_calls` (keyed by the tool call's id, so a replayed step sends the same call, never a
 second one), wakes the API process holding the runner's connection through Redis, and waits for
 the result the runner posts. A runner that is offline when the call is made is handled before
-the call, by the run waiting like an approval (`orchestrator.runner_wait`).
+the call, by the run waiting like an approval (`orchestrator.runner_wait`); one that goes offline
+while the worker waits (its link dropped, its heartbeats stopped) ends the wait with
+`RunnerWentOffline` after a short grace, and the run then waits for it the same way.
 """
 
 from __future__ import annotations
@@ -20,7 +22,6 @@ from core.agent_config import RunnerRoute
 from core.infra import Infra
 from core.store import runners
 from core.store.runners import RunnerRow
-from core.tenancy import tenant_tx
 from skills.skill import Skill, SkillContext, SkillError, skill
 
 ONLY_ON_RUNNERS = "This skill runs only on a remote runner; route it to one with the agent's `runner`."
@@ -58,11 +59,20 @@ async def git(
 RUNNER_ONLY: dict[str, Skill] = {shell.name: shell, git.name: git}
 
 
+class RunnerWentOffline(Exception):
+    """The runner holding a sent call went offline for longer than `runners.offline_grace_s`: the
+    worker stops waiting (and holding its slot); the run waits for the runner like an approval
+    (`orchestrator.runner_wait`). Not a skill failure: the call may still finish there."""
+
+    def __init__(self, runner: RunnerRow) -> None:
+        super().__init__(f"runner {runner['name']!r} went offline")
+        self.runner = runner
+
+
 async def resolve_runner(infra: Infra, org_id: str, route: RunnerRoute) -> RunnerRow:
     """The runner a call goes to: the one named, or the first (by name) connected runner whose
     labels match, else the first matching one (the call then waits for it)."""
-    async with tenant_tx(infra.pool, org_id) as conn:
-        live = await runners.live(conn)
+    live = await runners.live_runners(infra.pool, org_id)
     if route.name is not None:
         matching = [r for r in live if r["name"] == route.name]
         wanted = f"named {route.name!r}"
@@ -71,6 +81,8 @@ async def resolve_runner(infra: Infra, org_id: str, route: RunnerRoute) -> Runne
         wanted = f"with labels {route.labels}"
     if not matching:
         raise SkillError(f"No runner {wanted} is registered in this organisation (POST /v1/runners creates one).")
+    if len(matching) == 1:  # a name is unique among live runners: no choice to make
+        return matching[0]
     for row in matching:
         if await runner_link.is_online(infra.redis, org_id, row["id"]):
             return row
@@ -83,24 +95,40 @@ def remote(base: Skill, route: RunnerRoute, call_timeout_s: float) -> Skill:
     async def call(ctx: SkillContext, **args: Any) -> Any:
         infra = ctx.require_infra()
         runner = await resolve_runner(infra, ctx.org_id, route)
-        async with tenant_tx(infra.pool, ctx.org_id) as conn:
-            row = await runners.put_call(conn, ctx.tool_call_id, runner_id=runner["id"], run_id=ctx.run_id,
-                                         session_id=ctx.session_id, name=base.name, args=args, status="queued")
-        if row["status"] != "done":
-            await runner_link.announce_call(infra.redis, ctx.org_id, runner["id"], ctx.tool_call_id)
+        row = await runners.send_call(infra.pool, ctx.org_id, ctx.tool_call_id, runner_id=runner["id"],
+                                      run_id=ctx.run_id, session_id=ctx.session_id, name=base.name, args=args)
+        if row["runner_id"] != runner["id"]:  # sent to another one by an earlier attempt: it stays there
+            runner = await runners.read_runner(infra.pool, ctx.org_id, row["runner_id"]) or runner
+        grace = infra.settings.runners.offline_grace_s
+        offline_since: float | None = None
+        outcome: dict[str, Any] | None = None
+        if row["status"] == "done":  # answered in an earlier attempt of this step
+            outcome = {"output": row["output"], "error": row["error"]}
+        else:
+            await runner_link.announce_call(infra.redis, ctx.org_id, runner["id"], {
+                "id": row["id"], "run_id": row["run_id"], "name": row["name"], "args": row["args"]})
         give_up = time.monotonic() + call_timeout_s
-        while row["status"] != "done":
+        while outcome is None:
             if time.monotonic() >= give_up:
                 raise SkillError(f"The runner {runner['name']!r} did not answer within {call_timeout_s:g} s; the "
                                  "call may still run there. Check the runner's log before retrying.")
-            await runner_link.wait_for_result(infra.redis, ctx.org_id, ctx.tool_call_id, runner_link.BLOCK_S)
-            async with tenant_tx(infra.pool, ctx.org_id) as conn:
-                found = await runners.get_call(conn, ctx.tool_call_id)
-            if found is None:
-                raise SkillError("The call to the runner was lost (its run was deleted?).")
-            row = found
-        if row["error"] is not None:
-            raise SkillError(row["error"])
-        return row["output"]
+            # The announced result is the stored one: no need to read it back from Postgres.
+            outcome = await runner_link.wait_for_result(infra.redis, ctx.org_id, ctx.tool_call_id,
+                                                        runner_link.BLOCK_S)
+            if outcome is None:  # no wake-up within BLOCK_S (or a lost one): look at the truth
+                found = await runners.read_call(infra.pool, ctx.org_id, ctx.tool_call_id)
+                if found is None:
+                    raise SkillError("The call to the runner was lost (its run was deleted?).")
+                if found["status"] == "done":
+                    outcome = {"output": found["output"], "error": found["error"]}
+                elif await runner_link.is_online(infra.redis, ctx.org_id, runner["id"]):
+                    offline_since = None
+                elif offline_since is None:
+                    offline_since = time.monotonic()
+                if outcome is None and offline_since is not None and time.monotonic() - offline_since >= grace:
+                    raise RunnerWentOffline(runner)
+        if outcome["error"] is not None:
+            raise SkillError(str(outcome["error"]))
+        return outcome["output"]
 
     return Skill(base.name, base.description, base.parameters, call, base.sensitive, validator=base.validate)

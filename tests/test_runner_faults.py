@@ -181,3 +181,48 @@ def test_a_result_finished_while_the_link_was_down_is_posted_after_a_restart(
                   if e["type"] == "tool.result")
     assert result.get("error") is None and result["output"]["stdout"] == "out\n"  # the journaled result
     assert marker.read_text() == "ran\n"
+
+
+def run_status(org: Org, run_id: str) -> str:
+    return str(org.client.get(f"/v1/runs/{run_id}", headers=org.headers).json()["status"])
+
+
+def test_a_link_dropped_mid_call_frees_the_worker_and_the_run_resumes_when_the_runner_returns(
+        api: Served, org: Org, worker: object, tmp_path: Path) -> None:
+    """The runner's link drops while the worker waits for a call it was sent: after the grace the
+    run waits like an approval (no worker held, `runner.offline`), and when the runner is back the
+    run goes on with the call's result, the call having run once."""
+    runner = create_runner(org, "laptop")
+    state = tmp_path / "state"
+    args = ("--allow-unsandboxed", "--sandbox", "none", "--backoff-max", "0.5")
+    with TcpProxy(api_port(api)) as proxy:
+        proc = runner_process(f"http://127.0.0.1:{proxy.port}", runner["token"], state, *args)
+        proc.start()
+        try:
+            until(lambda: runner_online(org, runner["id"]), 30)
+            session = org.create_session(str(routed_agent(org)["id"]))
+            command = 'call: shell {"command": "echo ran >> runs.log; sleep 2; echo out"}'
+            run = start_run(org, str(session["id"]), command)
+            marker = state / "workspaces" / run["id"] / "runs.log"
+            until(marker.exists, 60)
+            assert marker.exists(), proc.log_tail(50)
+            proxy.down()  # mid-call: the call finishes on the runner while its answer cannot get through
+            until(lambda: run_status(org, run["id"]) == "awaiting_confirmation", 60)
+            assert run_status(org, run["id"]) == "awaiting_confirmation"  # the worker let go of the run
+            waiting = org.client.get(f"/v1/runs/{run['id']}/tool-calls", headers=org.headers).json()["data"]
+            assert [c["status"] for c in waiting] == ["pending"]
+            proxy.up()
+            finished = wait(org, run["id"], 90)
+        finally:
+            proc.stop()
+    assert finished["status"] == "succeeded", (finished, proc.log_tail(50))
+    events = read_events(org.client, f"/v1/runs/{run['id']}/events", org.headers)
+    kinds = [e["type"] for e in events]
+    assert kinds.count("tool.call") == 1 and kinds.count("tool.result") == 1  # one call, announced once
+    assert kinds.index("tool.call") < kinds.index("runner.offline") < kinds.index("runner.online") \
+        < kinds.index("tool.result")
+    offline = next(e["data"] for e in events if e["type"] == "runner.offline")
+    assert offline["runner_id"] == runner["id"]
+    result = next(e["data"] for e in events if e["type"] == "tool.result")
+    assert result.get("error") is None and result["output"]["stdout"] == "out\n"  # the runner's own result
+    assert marker.read_text() == "ran\n"  # run once

@@ -189,3 +189,55 @@ def test_no_org_reaches_another_orgs_runner_or_calls(org, other_org, worker) -> 
     other_org.client.post(f"/v1/runs/{other_run['id']}/cancel", headers=other_org.headers)
     offline = next(e["data"] for e in run_events(other_org, other_run["id"]) if e["type"] == "runner.offline")
     assert offline["runner_id"] == theirs["id"]
+
+
+def test_an_ended_runs_worktree_is_removed_after_its_grace_and_its_branch_stays(
+        api, org, worker, tmp_path: Path) -> None:
+    """Kept while the grace lasts; removed (the branch and its commit kept) by the startup sweep of
+    a runner restarted with a shorter grace, and after the grace when the runner learns of the end
+    over the link."""
+    repo = git_repo(tmp_path / "repo")
+    runner = create_runner(org, "laptop")
+    state = tmp_path / "state"
+    session = org.create_session(str(routed_agent(org, "laptop")["id"]))
+
+    def finished_run(text: str) -> tuple[str, dict[str, Any]]:
+        run = start_run(org, str(session["id"]), text)
+        assert wait(org, run["id"], 90)["status"] == "succeeded"
+        path = f"/v1/runs/{run['id']}/workspaces"
+        until(lambda: bool(org.client.get(path, headers=org.headers).json()["data"]), 30)
+        return str(run["id"]), org.client.get(path, headers=org.headers).json()["data"][0]
+
+    def worktrees() -> str:
+        return subprocess.run(["git", "worktree", "list"], cwd=repo, capture_output=True, text=True, check=True).stdout
+
+    def branch_head(run_id: str) -> str:
+        return subprocess.run(["git", "rev-parse", f"agentos/{run_id}"], cwd=repo, capture_output=True, text=True,
+                              check=True).stdout.strip()
+
+    proc = runner_process(api.url, runner["token"], state, "--repo", str(repo), "--worktree-grace", "3600")
+    proc.start()
+    try:
+        until(lambda: runner_online(org, runner["id"]), 30)
+        first, report = finished_run(script(("file_manager", {"action": "write", "path": "a.txt", "content": "a\n"})))
+    finally:
+        proc.stop()
+    assert (state / "workspaces" / first).is_dir() and first in worktrees()  # within its grace: kept
+
+    again = runner_process(api.url, runner["token"], state, "--repo", str(repo), "--worktree-grace", "0")
+    again.start()
+    try:
+        until(lambda: not (state / "workspaces" / first).exists(), 30)  # the startup sweep
+        until(lambda: runner_online(org, runner["id"]), 30)
+        second, second_report = finished_run(script(("file_manager", {"action": "write", "path": "b.txt",
+                                                                        "content": "b\n"})))
+        until(lambda: not (state / "workspaces" / second).exists(), 30)  # learned over the link
+    finally:
+        again.stop()
+    for run_id, ended in ((first, report), (second, second_report)):
+        assert not (state / "workspaces" / run_id).exists(), again.log_tail(50)
+        assert run_id not in worktrees()
+        assert ended["commit"] is not None and branch_head(run_id) == ended["commit"]  # the branch stays
+    shown = subprocess.run(["git", "show", f"agentos/{first}:a.txt"], cwd=repo, capture_output=True, text=True,
+                           check=True).stdout
+    assert shown == "a\n"

@@ -142,10 +142,10 @@ def test_the_journal_runs_a_call_once_and_fails_one_cut_off(tmp_path: Path) -> N
     from agentos.runner.journal import INTERRUPTED, Journal
 
     journal = Journal(tmp_path / "j.sqlite3")
-    assert journal.start("tc_1", "run_1", "shell") is True
-    assert journal.start("tc_1", "run_1", "shell") is False  # never a second execution
+    assert journal.start("tc_1", "run_1", "shell", durable=True) is True
+    assert journal.start("tc_1", "run_1", "shell", durable=True) is False  # never a second execution
     journal.finish("tc_1", {"output": 1})
-    assert journal.start("tc_2", "run_1", "shell") is True  # then the process dies
+    assert journal.start("tc_2", "run_1", "shell", durable=True) is True  # then the process dies
     journal.close()
     again = Journal(tmp_path / "j.sqlite3")
     assert again.recover() == 1
@@ -155,6 +155,47 @@ def test_the_journal_runs_a_call_once_and_fails_one_cut_off(tmp_path: Path) -> N
     again.posted("tc_1")
     assert [e.id for e in again.unposted()] == ["tc_2"]
     again.close()
+
+
+def test_journal_marks_not_forced_to_disk_survive_a_sigkill(tmp_path: Path) -> None:
+    """A read-only call's start mark and every result are committed without an fsync: a runner
+    killed at once after writing them (SIGKILL, no chance to flush anything) still has them."""
+    import subprocess
+    import sys
+
+    from agentos.runner.journal import Journal
+
+    code = (
+        "import os, signal, sys\n"
+        "from pathlib import Path\n"
+        "from agentos.runner.journal import Journal\n"
+        "j = Journal(Path(sys.argv[1]))\n"
+        "j.start('tc_read', 'run_1', 'file_manager', durable=False)\n"
+        "j.start('tc_done', 'run_1', 'file_manager', durable=False)\n"
+        "j.finish('tc_done', {'output': 'kept'})\n"
+        "j.posted('tc_done')\n"
+        "os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code, str(tmp_path / "j.sqlite3")], capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == -9, done.stderr
+    journal = Journal(tmp_path / "j.sqlite3")
+    read, finished = journal.get("tc_read"), journal.get("tc_done")
+    assert read is not None and read.state == "started"  # answered as interrupted, never run again
+    assert finished is not None and finished.result == {"output": "kept"} and finished.posted
+    journal.close()
+
+
+def test_only_calls_that_can_change_something_are_forced_to_disk_before_they_run() -> None:
+    from agentos.runner.tools import changes_files
+
+    writing = [("shell", {"command": "ls"}), ("code_executor", {"language": "python", "code": "1"}),
+               ("file_manager", {"action": "write", "path": "a", "content": ""}), ("git", {"action": "commit"}),
+               ("file_manager", {"action": "delete", "path": "a"})]
+    reading = [("file_manager", {"action": "list"}), ("file_manager", {"action": "read", "path": "a"}),
+               ("git", {"action": "status"}), ("git", {"action": "diff"})]
+    assert all(changes_files(name, args) for name, args in writing)
+    assert not any(changes_files(name, args) for name, args in reading)
 
 
 def test_backoff_is_exponential_with_full_jitter() -> None:

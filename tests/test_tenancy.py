@@ -136,3 +136,43 @@ def test_start_up_check_refuses_a_superuser_connection(stack, settings):
 def test_migrate_is_idempotent(stack, settings):
     assert migrate(stack.database_url, settings.database.app_role) == 0
     assert current_version(stack.database_url) == len(MIGRATIONS)
+
+
+def test_batched_transactions_are_scoped_atomic_and_give_the_connection_back_as_it_came(org, other_org, settings):
+    """`tenant_batch` and `tenant_pipeline_tx` (one round trip for a hot path's transaction):
+    the same scoping as `tenant_tx`, all or nothing, and the pooled connection reused after them
+    is idle, transactional (not autocommit) and scoped to no org."""
+    from core.tenancy import tenant_batch, tenant_pipeline_tx
+
+    org.create_agent(name="batched-a")
+    other_org.create_agent(name="batched-b")
+    rename = "UPDATE agents SET name = 'renamed' WHERE name = 'batched-a'"
+
+    async def scenario():
+        pool = await open_pool(settings.database.model_copy(update={"pool_min": 1, "pool_max": 1}))
+        try:
+            seen, updated = await tenant_batch(pool, org.id, ("SELECT name FROM agents", ()), (rename, ()))
+            with pytest.raises(psycopg.errors.DivisionByZero):  # the rename before it is undone
+                await tenant_batch(pool, org.id, ("UPDATE agents SET name = 'twice' WHERE name = 'renamed'", ()),
+                                   ("SELECT 1 / 0", ()))
+            with pytest.raises(RuntimeError):
+                async with tenant_pipeline_tx(pool, org.id) as conn:
+                    await conn.execute("UPDATE agents SET name = 'thrice' WHERE name = 'renamed'")
+                    raise RuntimeError("the block failed")
+            async with tenant_pipeline_tx(pool, other_org.id) as conn:
+                theirs = await (await conn.execute("SELECT name FROM agents")).fetchall()
+            async with pool.connection() as conn:  # the same single connection, reused
+                autocommit = conn.autocommit
+                cur = await conn.execute("SELECT current_setting('app.org_id', true) AS org, count(*) AS n FROM orgs")
+                leak = await cur.fetchone()
+            async with tenant_tx(pool, org.id) as conn:
+                names = {r["name"] for r in await (await conn.execute("SELECT name FROM agents")).fetchall()}
+            return seen, updated, theirs, autocommit, leak, names
+        finally:
+            await pool.close()
+
+    seen, updated, theirs, autocommit, leak, names = _run(scenario())
+    assert {r["name"] for r in seen} == {"batched-a"} and updated == []
+    assert {r["name"] for r in theirs} == {"batched-b"}
+    assert autocommit is False and leak["n"] == 0 and not leak["org"]
+    assert names == {"renamed"}  # neither the failed batch nor the failed block changed anything

@@ -6,6 +6,19 @@ A call is written `started` (and committed) before it runs and `done` with its r
 A call the platform sends again is looked up first: `done` → its stored result is posted
 again; `started` without `done` means the runner stopped (was killed) while it ran, so its
 outcome is unknown: it is answered with a failure saying so, never run a second time.
+
+What survives what (docs/runners.md, "Exactly once"). Every commit reaches the operating system
+before the runner goes on (WAL, `synchronous=NORMAL`), so a runner killed in any way (SIGKILL,
+the OOM killer, a crash) loses nothing: the kernel still writes what a dead process wrote. Only a
+machine crash (power cut, kernel panic) can lose commits not yet forced to disk, so the journal
+forces (fsync) exactly what that must not lose:
+- the `started` mark of a call that can change something (`durable=True`), before it runs: even
+  after a power cut such a call is never run twice. A read-only call's mark is not forced: run
+  again, it changes nothing.
+- the results the platform has not acknowledged, when posting one fails (`sync`): they wait for
+  the link on disk, not only in memory.
+A writing call's result lost to a power cut in the moment between its end and the platform's
+acknowledgement is answered like a call interrupted mid-run (outcome unknown, not run again).
 """
 
 from __future__ import annotations
@@ -49,7 +62,7 @@ class Journal:
         path.parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")  # a `started` mark must survive a power cut
+        self._db.execute("PRAGMA synchronous=NORMAL")  # commits reach the OS; `durable` ones the disk
         self._db.execute(SCHEMA)
         self._lock = threading.Lock()
 
@@ -65,12 +78,24 @@ class Journal:
             return None
         return Entry(row[0], row[1], row[2], json.loads(row[3]) if row[3] is not None else None, bool(row[4]))
 
-    def start(self, call_id: str, run_id: str, name: str) -> bool:
-        """Mark the call started; False when the journal already has it (never run it again)."""
+    def start(self, call_id: str, run_id: str, name: str, *, durable: bool) -> bool:
+        """Mark the call started; False when the journal already has it (never run it again).
+        `durable`: the call can change something, so the mark is on disk before it returns."""
         with self._lock:
-            cur = self._db.execute("INSERT OR IGNORE INTO calls (id, run_id, name, state) VALUES (?, ?, ?, 'started')",
-                                   (call_id, run_id, name))
+            if durable:  # this one commit waits for the disk (and with it every earlier one)
+                self._db.execute("PRAGMA synchronous=FULL")
+            try:
+                cur = self._db.execute("INSERT OR IGNORE INTO calls (id, run_id, name, state) "
+                                       "VALUES (?, ?, ?, 'started')", (call_id, run_id, name))
+            finally:
+                if durable:
+                    self._db.execute("PRAGMA synchronous=NORMAL")
             return cur.rowcount == 1
+
+    def sync(self) -> None:
+        """Force every commit so far to disk (a checkpoint syncs the WAL first)."""
+        with self._lock:
+            self._db.execute("PRAGMA wal_checkpoint(PASSIVE)")
 
     def finish(self, call_id: str, result: dict[str, Any]) -> None:
         with self._lock:

@@ -20,6 +20,7 @@ import fcntl
 import json
 import logging
 import random
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +29,7 @@ from typing import IO, Any
 import httpx
 
 from agentos.runner.journal import Journal
-from agentos.runner.tools import Executor
+from agentos.runner.tools import Executor, changes_files
 from agentos.runner.workspace import WorkspaceError
 
 log = logging.getLogger("agentos.runner")
@@ -46,6 +47,9 @@ class LinkConfig:
     backoff_base_s: float = 0.5
     backoff_max_s: float = 30.0
     concurrency: int = 4
+    # An ended run's worktree is removed this long after the runner learned the run ended
+    # (its branch stays); negative: never.
+    worktree_grace_s: float = 3600.0
 
 
 def backoff_delay(attempt: int, base_s: float, max_s: float) -> float:
@@ -91,10 +95,13 @@ class Link:
         self.journal = journal
         self._inflight: set[str] = set()  # calls executing or being posted now
         self._finishing: set[str] = set()  # runs whose workspace is being committed and reported
+        self._removing: set[str] = set()  # ended runs whose worktree removal is scheduled
         self._slots = asyncio.Semaphore(config.concurrency)
         self._tasks: set[asyncio.Task[None]] = set()
         self.connected = asyncio.Event()
         self.connections = 0
+        # Set (and replaced) at each new connection: wakes results waiting to be posted again.
+        self._reconnected = asyncio.Event()
 
     def _headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.config.token}"}
@@ -104,6 +111,10 @@ class Link:
         recovered = self.journal.recover()
         if recovered:
             log.warning("%d call(s) were running when the runner stopped; they are answered as failed", recovered)
+        # Runs that ended before a restart: their worktrees go when their grace is over.
+        ended = await asyncio.to_thread(self.executor.workspaces.ended_worktrees)
+        for run_id, ended_at in ended.items():
+            self._schedule_removal(run_id, ended_at)
         timeout = httpx.Timeout(10.0, read=self.config.heartbeat_timeout_s)
         async with httpx.AsyncClient(base_url=self.config.api_url, headers=self._headers(), timeout=timeout) as http:
             attempt = 0
@@ -143,6 +154,8 @@ class Link:
             response.raise_for_status()
             self.connections += 1
             self.connected.set()
+            self._reconnected.set()
+            self._reconnected = asyncio.Event()
             log.info("connected to %s", self.config.api_url)
             for entry in self.journal.unposted():  # answers the platform may not have yet
                 if entry.id not in self._inflight and entry.result is not None:
@@ -166,23 +179,23 @@ class Link:
         call_id = str(call["id"])
         if call_id in self._inflight:  # sent again while it runs: its result is on its way
             return
-        entry = self.journal.get(call_id)
-        if entry is not None:
-            result = entry.result if entry.state == "done" and entry.result is not None \
-                else self.journal.interrupted(call_id)
-            log.info("call %s was seen before: answering with its journaled result", call_id)
-            self._inflight.add(call_id)
-            self._spawn(self._post(http, call_id, result))
-            return
+        # A call seen before is found by `_execute` (its `start` fails): one journal write for a
+        # new call, no read first.
         self._inflight.add(call_id)
         self._spawn(self._execute(http, call_id, str(call["run_id"]), str(call["name"]), dict(call["args"])))
 
     async def _execute(self, http: httpx.AsyncClient, call_id: str, run_id: str, name: str,
                        args: dict[str, Any]) -> None:
         async with self._slots:
-            if not self.journal.start(call_id, run_id, name):  # journaled meanwhile: never a second run
+            if not self.journal.start(call_id, run_id, name, durable=changes_files(name, args)):
+                # Seen before (sent again after a reconnect, a restart or a resumed run): never a
+                # second run. Done: its journaled result; only started: the runner stopped mid-call.
                 entry = self.journal.get(call_id)
-                result = entry.result if entry and entry.result is not None else self.journal.interrupted(call_id)
+                if entry is not None and entry.state == "done" and entry.result is not None:
+                    result = entry.result
+                else:
+                    result = self.journal.interrupted(call_id)
+                log.info("call %s was seen before: answering with its journaled result", call_id)
             else:
                 result = await self.executor.execute(run_id, name, args)
                 self.journal.finish(call_id, result)
@@ -192,6 +205,8 @@ class Link:
         """Commit an ended run's workspace and report it (the platform asks again until it has it)."""
         try:
             report = await asyncio.to_thread(self.executor.workspaces.finish, run_id, status)
+            if report["branch"] is not None:
+                self._schedule_removal(run_id, time.time())
             response = await http.post(f"/v1/runner/runs/{run_id}/workspace", json=report)
             if response.status_code != 200:
                 log.warning("workspace of %s: HTTP %s", run_id, response.status_code)
@@ -200,12 +215,31 @@ class Link:
         finally:
             self._finishing.discard(run_id)
 
+    def _schedule_removal(self, run_id: str, ended_at: float) -> None:
+        grace = self.config.worktree_grace_s
+        if grace < 0 or run_id in self._removing:
+            return
+        self._removing.add(run_id)
+        self._spawn(self._remove_later(run_id, max(0.0, ended_at + grace - time.time())))
+
+    async def _remove_later(self, run_id: str, delay_s: float) -> None:
+        """Remove an ended run's worktree once its grace is over (the branch stays)."""
+        try:
+            await asyncio.sleep(delay_s)
+            if await asyncio.to_thread(self.executor.workspaces.remove, run_id):
+                log.info("removed the worktree of ended run %s (its branch stays)", run_id)
+        except (WorkspaceError, OSError) as exc:
+            log.warning("worktree of %s not removed: %s", run_id, exc)
+        finally:
+            self._removing.discard(run_id)
+
     async def _post(self, http: httpx.AsyncClient, call_id: str, result: dict[str, Any]) -> None:
         """Post until acknowledged (a lost answer is posted again: the platform keeps the first)."""
         self._inflight.add(call_id)
         attempt = 0
         try:
             while True:
+                reconnected = self._reconnected
                 try:
                     response = await http.post(f"/v1/runner/calls/{call_id}/result", json=result)
                     if response.status_code in (200, 404):  # 404: the platform no longer has the call
@@ -217,7 +251,13 @@ class Link:
                     log.warning("result of %s: HTTP %s; retrying", call_id, response.status_code)
                 except httpx.HTTPError as exc:
                     log.info("result of %s not acknowledged (%s); retrying", call_id, type(exc).__name__)
-                await asyncio.sleep(backoff_delay(attempt, self.config.backoff_base_s, self.config.backoff_max_s))
+                if attempt == 0:  # it waits for the link: on disk, not only in the page cache
+                    await asyncio.to_thread(self.journal.sync)
+                # Until the next attempt's time, or the link's return (after a drop mid-call, the
+                # platform accepts the result once the runner is connected again).
+                delay = backoff_delay(attempt, self.config.backoff_base_s, self.config.backoff_max_s)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(reconnected.wait(), delay)
                 attempt += 1
         finally:
             self._inflight.discard(call_id)

@@ -46,11 +46,12 @@ def build_executor(state_dir: Path, repo: Path | None, skills: str | None, read_
 
 
 def serve(api_url: str, token: str, state_dir: Path, executor: Executor, heartbeat_timeout_s: float,
-          concurrency: int, backoff_max_s: float = 30.0) -> None:
+          concurrency: int, backoff_max_s: float = 30.0, worktree_grace_s: float = 3600.0) -> None:
     lock = lock_state_dir(state_dir)
     journal = Journal(state_dir / "journal.sqlite3")
     link = Link(LinkConfig(api_url.rstrip("/"), token, heartbeat_timeout_s=heartbeat_timeout_s,
-                           concurrency=concurrency, backoff_max_s=backoff_max_s), executor, journal)
+                           concurrency=concurrency, backoff_max_s=backoff_max_s, worktree_grace_s=worktree_grace_s),
+                executor, journal)
 
     async def main() -> None:
         stop = asyncio.Event()

@@ -32,6 +32,19 @@ MAX_OUTPUT = 64 * 1024
 DEFAULT_TIMEOUT_S = 120.0
 
 
+def changes_files(name: str, args: dict[str, Any]) -> bool:
+    """Whether a call could change anything: what read-only mode refuses, and what the journal
+    forces to disk before running (agentos.runner.journal). `file_manager` list/read and `git`
+    status/diff only read (diff stages changes in the index, which running it again redoes)."""
+    if name in ("shell", "code_executor"):
+        return True
+    if name == "file_manager":
+        return args.get("action") not in ("list", "read")
+    if name == "git":
+        return args.get("action") == "commit"
+    return True  # anything else is refused before it runs; counted as writing to be safe
+
+
 class Refused(Exception):
     """A call this runner will not execute (allowlist, read-only, unknown); str(e) is readable."""
 
@@ -99,16 +112,16 @@ class Executor:
         if name not in self.allowed:
             raise Refused(f"This runner's operator does not allow {name!r} here (allowed: "
                           f"{', '.join(sorted(self.allowed)) or 'none'}).")
-        if self.read_only and (name in ("shell", "code_executor") or
-                               (name == "file_manager" and args.get("action") not in ("list", "read")) or
-                               (name == "git" and args.get("action") == "commit")):
+        if self.read_only and changes_files(name, args):
             raise Refused(f"This runner is read-only: its operator allows no {name} call that could change files.")
 
     async def execute(self, run_id: str, name: str, args: dict[str, Any]) -> dict[str, Any]:
         """`{"output": ...}` or `{"error": "..."}`: a failure the model reads, never an exception."""
         try:
             self.check(name, args)
-            workspace = await asyncio.to_thread(self.workspaces.for_run, run_id)
+            workspace = self.workspaces.ready(run_id)
+            if workspace is None:  # the run's first call: git makes its worktree, off the event loop
+                workspace = await asyncio.to_thread(self.workspaces.for_run, run_id)
             return {"output": await self._execute(run_id, workspace, name, args)}
         except (Refused, SkillError, WorkspaceError) as exc:
             return {"error": str(exc)}

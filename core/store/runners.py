@@ -20,7 +20,7 @@ from psycopg.types.json import Jsonb
 
 from core.ids import new_id
 from core.store.api_keys import hash_secret
-from core.tenancy import AsyncPool, runner_lookup_tx
+from core.tenancy import AsyncPool, Statement, runner_lookup_batch, tenant_batch
 
 TOKEN_RE = re.compile(r"^aosr_([a-z0-9]{10})_([A-Za-z0-9]{32})$")
 _ALPHABET = string.ascii_letters + string.digits
@@ -30,7 +30,7 @@ RunnerCallStatus = Literal["waiting", "queued", "done"]
 
 PUBLIC_COLUMNS = "id, name, labels, prefix, created_by, created_at, last_seen_at, revoked_at"
 CALL_COLUMNS = ("id, runner_id, run_id, session_id, name, args, status, output, error, created_at, waiting_since, "
-                "done_at")
+                "done_at, sent_at")
 
 INSERT_SQL = f"""
 INSERT INTO runners (id, org_id, name, labels, prefix, secret_hash, created_by)
@@ -51,18 +51,30 @@ LOOKUP_SQL = "SELECT id, org_id, name, secret_hash, revoked_at FROM runners WHER
 SEEN_SQL = "UPDATE runners SET last_seen_at = now() WHERE id = %s"
 
 # A call is stored once (its id is the tool call's); a replayed step finds the row it made.
-# A call waiting for its runner becomes `queued` again when the step runs anew.
+# `queued` is the worker sending it (`sent_at`); `waiting`, the run waiting for its runner. A call
+# sent once stays with its runner: only that runner's journal knows whether it ran.
 UPSERT_CALL_SQL = f"""
-INSERT INTO runner_calls (id, org_id, runner_id, run_id, session_id, name, args, status, waiting_since)
-VALUES (%s, agentos_current_org(), %s, %s, %s, %s, %s, %s, CASE WHEN %s = 'waiting' THEN now() END)
+INSERT INTO runner_calls (id, org_id, runner_id, run_id, session_id, name, args, status, waiting_since, sent_at)
+VALUES (%(id)s, agentos_current_org(), %(runner_id)s, %(run_id)s, %(session_id)s, %(name)s, %(args)s, %(status)s,
+        CASE WHEN %(status)s = 'waiting' THEN now() END, CASE WHEN %(status)s = 'queued' THEN now() END)
 ON CONFLICT (id) DO UPDATE SET
     status = CASE WHEN runner_calls.status = 'done' THEN 'done' ELSE excluded.status END,
-    runner_id = CASE WHEN runner_calls.status = 'done' THEN runner_calls.runner_id ELSE excluded.runner_id END,
+    runner_id = CASE WHEN runner_calls.status = 'done' OR runner_calls.sent_at IS NOT NULL THEN runner_calls.runner_id
+                     ELSE excluded.runner_id END,
     waiting_since = CASE WHEN runner_calls.status = 'done' THEN runner_calls.waiting_since
                          WHEN excluded.status = 'waiting' THEN coalesce(runner_calls.waiting_since, now())
-                         ELSE NULL END
+                         ELSE NULL END,
+    sent_at = CASE WHEN runner_calls.status = 'done' THEN runner_calls.sent_at
+                   ELSE coalesce(runner_calls.sent_at, excluded.sent_at) END
 RETURNING {CALL_COLUMNS}
 """
+# A wait for the runner ends (it connected, or the run goes on otherwise): a call sent before
+# (its link dropped mid-call) is to be delivered again; one never sent is removed, and the
+# worker sends it when the run goes on, after its `tool.call` event (so no runner gets a call
+# the run's events do not show yet).
+REQUEUE_SENT_SQL = "UPDATE runner_calls SET status = 'queued', waiting_since = NULL " \
+                   "WHERE id = %s AND status = 'waiting' AND sent_at IS NOT NULL RETURNING id"
+DROP_UNSENT_SQL = "DELETE FROM runner_calls WHERE id = %s AND status = 'waiting' AND sent_at IS NULL RETURNING id"
 GET_CALL_SQL = f"SELECT {CALL_COLUMNS} FROM runner_calls WHERE id = %s"
 OPEN_CALLS_SQL = f"""
 SELECT {CALL_COLUMNS} FROM runner_calls WHERE runner_id = %s AND status = 'queued' ORDER BY created_at, id
@@ -103,6 +115,7 @@ class RunnerCallRow(TypedDict):
     created_at: Any
     waiting_since: Any
     done_at: Any
+    sent_at: Any
 
 
 def generate() -> tuple[str, str, str]:
@@ -144,8 +157,8 @@ async def verify(pool: AsyncPool, token: str) -> dict[str, Any] | None:
     if not match:
         return None
     prefix, secret = match.groups()
-    async with runner_lookup_tx(pool, prefix) as conn:
-        row = await (await conn.execute(LOOKUP_SQL, (prefix,))).fetchone()
+    [rows] = await runner_lookup_batch(pool, prefix, (LOOKUP_SQL, (prefix,)))  # one round trip
+    row = rows[0] if rows else None
     if row is None or not hmac.compare_digest(row["secret_hash"], hash_secret(secret)) or row["revoked_at"]:
         return None
     return row
@@ -157,10 +170,50 @@ async def seen(conn: AsyncConnection[DictRow], runner_id: str) -> None:
 
 async def put_call(conn: AsyncConnection[DictRow], call_id: str, *, runner_id: str, run_id: str, session_id: str,
                    name: str, args: dict[str, Any], status: RunnerCallStatus) -> RunnerCallRow:
-    row = await (await conn.execute(UPSERT_CALL_SQL, (call_id, runner_id, run_id, session_id, name, Jsonb(args),
-                                                      status, status))).fetchone()
+    row = await (await conn.execute(UPSERT_CALL_SQL, _call_params(call_id, runner_id, run_id, session_id, name, args,
+                                                                   status))).fetchone()
     assert row is not None
     return row  # type: ignore[return-value]
+
+
+def _call_params(call_id: str, runner_id: str, run_id: str, session_id: str, name: str, args: dict[str, Any],
+                 status: RunnerCallStatus) -> dict[str, Any]:
+    return {"id": call_id, "runner_id": runner_id, "run_id": run_id, "session_id": session_id, "name": name,
+            "args": Jsonb(args), "status": status}
+
+
+async def end_wait(conn: AsyncConnection[DictRow], call_id: str) -> bool:
+    """End a call's wait for its runner (REQUEUE_SENT_SQL, DROP_UNSENT_SQL); False when it was
+    not waiting."""
+    requeued = await (await conn.execute(REQUEUE_SENT_SQL, (call_id,))).fetchone()
+    return requeued is not None or await (await conn.execute(DROP_UNSENT_SQL, (call_id,))).fetchone() is not None
+
+
+async def send_call(pool: AsyncPool, org_id: str, call_id: str, *, runner_id: str, run_id: str, session_id: str,
+                    name: str, args: dict[str, Any]) -> RunnerCallRow:
+    """`put_call(..., status="queued")` in its own transaction, in one round trip (the worker's
+    hot path): the call, to be delivered, or as it already is when an earlier attempt stored it."""
+    [rows] = await tenant_batch(pool, org_id, (UPSERT_CALL_SQL, _call_params(call_id, runner_id, run_id, session_id,
+                                                                             name, args, "queued")))
+    return rows[0]  # type: ignore[return-value]
+
+
+async def read_call(pool: AsyncPool, org_id: str, call_id: str) -> RunnerCallRow | None:
+    """`get_call` in its own transaction, in one round trip."""
+    [rows] = await tenant_batch(pool, org_id, (GET_CALL_SQL, (call_id,)))
+    return rows[0] if rows else None  # type: ignore[return-value]
+
+
+async def read_runner(pool: AsyncPool, org_id: str, runner_id: str) -> RunnerRow | None:
+    """`get` in its own transaction, in one round trip."""
+    [rows] = await tenant_batch(pool, org_id, (GET_SQL, (runner_id,)))
+    return rows[0] if rows else None  # type: ignore[return-value]
+
+
+async def live_runners(pool: AsyncPool, org_id: str) -> list[RunnerRow]:
+    """`live` in its own transaction, in one round trip."""
+    [rows] = await tenant_batch(pool, org_id, (LIVE_SQL, ()))
+    return rows  # type: ignore[return-value]
 
 
 async def get_call(conn: AsyncConnection[DictRow], call_id: str) -> RunnerCallRow | None:
@@ -200,6 +253,12 @@ RUN_WORKSPACES_SQL = """
 SELECT rr.runner_id, r.name AS runner, rr.branch, rr.commit, rr.diff_stat, rr.finished_at
 FROM runner_runs rr JOIN runners r ON r.id = rr.runner_id WHERE rr.run_id = %s ORDER BY rr.finished_at
 """
+
+
+def heartbeat_reads(runner_id: str) -> tuple[Statement, Statement, Statement]:
+    """What the API does for a connected runner at each heartbeat, as one batch: note it was seen,
+    the runs that ended (`ended_runs`), and its calls not yet answered (`open_calls`)."""
+    return (SEEN_SQL, (runner_id,)), (ENDED_RUNS_SQL, (runner_id,)), (OPEN_CALLS_SQL, (runner_id,))
 
 
 async def ended_runs(conn: AsyncConnection[DictRow], runner_id: str) -> list[dict[str, Any]]:
