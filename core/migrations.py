@@ -1171,25 +1171,30 @@ REVOKE ALL ON FUNCTION agentos_create_event_partitions(integer) FROM PUBLIC;
 -- any org, computed by the caller; no org's own override in `orgs.retention` is shortened by
 -- it, and an org keeping events for ever means no drop at all) and every run with an event in it
 -- ended before that cutoff (a run that ran long, or waits for a human, keeps its partition).
--- Owner's rights, so it reads `orgs` and `runs` across orgs through their scan policies (set for
--- the call only). One partition per call, the oldest droppable one named after `after`: the
+-- Owner's rights, so it reads `orgs` and `runs` across orgs through their scan policies (switched
+-- on for the call only). One partition per call, the oldest droppable one named after `after`: the
 -- drop locks `run_events` until the caller commits, so each drop is its own short transaction.
 -- A lock not had within `lock_timeout` leaves it for the next pass. Returns what went.
 CREATE FUNCTION agentos_drop_event_partition(events_days integer, after text)
     RETURNS TABLE (dropped text, row_count bigint, byte_count bigint)
     LANGUAGE plpgsql SECURITY DEFINER
-    SET search_path = public, pg_temp SET lock_timeout = '2s'
-    SET app.lifecycle = 'on' SET app.watchdog = 'on' AS $$
+    SET search_path = public, pg_temp SET lock_timeout = '2s' AS $$
 DECLARE
     horizon integer := events_days;
     cutoff timestamptz;
     p record;
     kept boolean;
+    -- The scan policies are switched on for this call and back as they were (a SET clause on a
+    -- placeholder setting needs a superuser to create the function).
+    was_lifecycle text := coalesce(current_setting('app.lifecycle', true), '');
+    was_watchdog text := coalesce(current_setting('app.watchdog', true), '');
 BEGIN
     IF events_days IS NULL OR events_days < 1 THEN
         RETURN;  -- 0: some org keeps its events for ever
     END IF;
+    PERFORM set_config('app.lifecycle', 'on', true), set_config('app.watchdog', 'on', true);
     IF EXISTS (SELECT 1 FROM orgs WHERE retention->>'events_days' = '0') THEN
+        PERFORM set_config('app.lifecycle', was_lifecycle, true), set_config('app.watchdog', was_watchdog, true);
         RETURN;
     END IF;
     SELECT greatest(horizon, max((retention->>'events_days')::integer)) INTO horizon
@@ -1215,8 +1220,9 @@ BEGIN
             CONTINUE;
         END;
         RETURN NEXT;
-        RETURN;
+        EXIT;
     END LOOP;
+    PERFORM set_config('app.lifecycle', was_lifecycle, true), set_config('app.watchdog', was_watchdog, true);
 END $$;
 REVOKE ALL ON FUNCTION agentos_drop_event_partition(integer, text) FROM PUBLIC;
 """

@@ -338,3 +338,44 @@ def test_org_rows_in_several_partitions_are_deleted_in_batches_each_once(setting
         assert removed.rows == {"run_events": 10}
         assert _count(url, "SELECT count(*) FROM run_events WHERE org_id = 'org_a'") == 0
         assert _count(url, "SELECT count(*) FROM run_events WHERE org_id = 'org_b'") == 10
+
+
+def test_the_drop_sees_every_orgs_runs_when_the_owner_is_no_superuser(stack: Any) -> None:
+    """In production the migrating login owns the tables but, not being superuser, is subject to
+    their FORCEd row-level security: the drop function must still see every org's runs (or it
+    would find every partition "kept" — never unsafe, but never dropping)."""
+    import os
+
+    admin_url = stack.database_url.rsplit("/", 1)[0] + "/postgres"
+    suffix = os.urandom(4).hex()
+    database, owner = f"partowner_{suffix}", f"owner_{suffix}"
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(f"CREATE ROLE {owner} LOGIN NOSUPERUSER NOBYPASSRLS")
+        conn.execute(f"CREATE DATABASE {database} OWNER {owner}")
+        conn.execute(f"GRANT {APP_ROLE} TO {owner}")
+    url = stack.database_url.rsplit("/", 1)[0] + "/" + database
+    owner_url = url.replace("postgres@", f"{owner}@", 1)
+    try:
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute("CREATE EXTENSION vector")  # not a trusted extension: the service's admin makes it
+        migrate(owner_url, APP_ROLE)
+        with psycopg.connect(owner_url) as conn:  # the owner makes partitions (as the job does)
+            conn.execute(f"SELECT agentos_add_event_partition({OLD_WEEK})")
+        _old_events(url)  # the test's rows, written as superuser
+
+        def drop() -> list[Any]:
+            with psycopg.connect(owner_url) as conn:
+                conn.execute(sql.SQL("SET ROLE {}").format(sql.Identifier(APP_ROLE)))
+                return conn.execute("SELECT dropped, row_count FROM agentos_drop_event_partition(90, '')").fetchall()
+
+        with psycopg.connect(url) as conn:
+            conn.execute("UPDATE runs SET finished_at = now() - interval '10 days' WHERE id = 'run_b'")
+        assert drop() == []  # B's run ended recently: kept
+        with psycopg.connect(url) as conn:
+            conn.execute("UPDATE runs SET finished_at = now() - interval '100 days' WHERE id = 'run_b'")
+        dropped = drop()
+        assert len(dropped) == 1 and dropped[0][1] == 10, dropped  # both orgs' rows, seen across orgs
+    finally:
+        with psycopg.connect(admin_url, autocommit=True) as conn:
+            conn.execute(f"DROP DATABASE {database} WITH (FORCE)")
+            conn.execute(f"DROP ROLE {owner}")
