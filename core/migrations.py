@@ -1066,6 +1066,13 @@ def _people(conn: psycopg.Connection) -> None:
     _tenant_policy(conn, "invitations")
 
 
+def _email_verification(conn: psycopg.Connection) -> None:
+    # A verification link (open registration) is a mailed single-use token like a reset link, but
+    # it only marks the email verified: the purpose keeps one from being used as the other.
+    conn.execute("ALTER TABLE password_resets ADD COLUMN purpose text NOT NULL DEFAULT 'reset' "
+                 "CHECK (purpose IN ('reset', 'verify'))")
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration("initial schema with row-level security", _initial),
     Migration("per-session event sequence and run queue order", _run_queue),
@@ -1095,6 +1102,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration("hybrid retrieval: full-text index over knowledge chunks", _knowledge_full_text),
     Migration("knowledge documents record their chunking settings", _knowledge_chunking),
     Migration("people: global users, org memberships, invitations, sign-in sessions", _people),
+    Migration("people: email verification tokens beside password reset tokens", _email_verification),
 )
 
 

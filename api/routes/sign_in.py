@@ -19,10 +19,9 @@ from api.schemas.people import Tokens
 from api.state import state_of
 from core import access_tokens, passwords
 from core.errors import ApiError
-from core.login_limits import Locked, LoginLimits
+from core.login_limits import LoginLimits, refusal, request_ip
 from core.mailer import Mail
 from core.store import audit, logins, memberships, users
-from core.store.audit import origin
 from core.tenancy import tenant_tx, user_memberships_tx
 
 
@@ -58,14 +57,7 @@ def _bad_credentials() -> ApiError:
     return ApiError("UNAUTHENTICATED", "The email or password is wrong.")
 
 
-def _locked(locked: Locked) -> ApiError:
-    return ApiError("RATE_LIMITED", f"Too many failed sign-ins for this {locked.scope}; retry in "
-                                    f"{locked.retry_after_s} s.",
-                    details={"retry_after_s": locked.retry_after_s, "scope": locked.scope},
-                    headers={"Retry-After": str(locked.retry_after_s)})
-
-
-def _limits(call: Call[Any]) -> LoginLimits:
+def limits_of(call: Call[Any]) -> LoginLimits:
     return LoginLimits(call.infra.redis, call.settings.people)
 
 
@@ -95,18 +87,17 @@ async def issue(call: Call[Any], user_id: str, org_id: str | None, method: str) 
           errors=("UNAUTHENTICATED", "FORBIDDEN", "RATE_LIMITED", "UNAVAILABLE"))
 async def login(call: Call[Login]) -> Response:
     email = users.normal_email(call.body.email)
-    where = origin.get()
-    ip = where.ip if where else None
-    limits = _limits(call)
+    ip = request_ip()
+    limits = limits_of(call)
     locked = await limits.check(email, ip)
     if locked is not None:
-        raise _locked(locked)
+        raise refusal(locked)
     async with call.pool.connection() as conn:
         user = await users.by_email(conn, email)
     if not await passwords.verify(user["password_hash"] if user else None, call.body.password) or user is None:
         locked = await limits.failed(email, ip)
         if locked is not None:
-            raise _locked(locked)
+            raise refusal(locked)
         raise _bad_credentials()
     await limits.succeeded(email)
     return call.reply(await issue(call, user["id"], call.body.org_id, "password"))
@@ -165,10 +156,17 @@ async def switch_org(call: Call[SwitchOrg]) -> Response:
     return call.reply(await issue(call, call.principal.user_id, call.body.org_id, "switch"))
 
 
-@endpoint("Ask for a password reset link by mail. The answer is the same whether or not the email has an account.",
-          role=None, body=ResetRequest, status=204)
+@endpoint("Ask for a password reset link by mail. The answer is the same whether or not the email has an account; "
+          "requests are limited per IP and per email (429 with Retry-After).",
+          role=None, body=ResetRequest, status=204, errors=("RATE_LIMITED",))
 async def request_reset(call: Call[ResetRequest]) -> Response:
     email = users.normal_email(call.body.email)
+    people, limits, ip = call.settings.people, limits_of(call), request_ip()
+    # Counted whether or not the email has an account, so a 429 tells nothing about it either.
+    locked = await limits.attempt("reset", "ip", ip, people.reset_requests_per_ip) if ip else None
+    locked = locked or await limits.attempt("reset", "email", email, people.reset_mails_per_email)
+    if locked is not None:
+        raise refusal(locked, "password reset requests")
     async with call.pool.connection() as conn, conn.transaction():
         user = await users.by_email(conn, email)
         token = None if user is None else await logins.new_reset(
@@ -199,7 +197,7 @@ async def confirm_reset(call: Call[ResetConfirm]) -> Response:
         # The mail reached its owner: the address is verified.
         await users.mark_verified(conn, user_id)
         await logins.revoke_user(conn, user_id, "password_reset")
-    await _limits(call).succeeded(str(user["email"]))
+    await limits_of(call).succeeded(str(user["email"]))
     return Response(status_code=204)
 
 

@@ -69,7 +69,8 @@ async def callback(call: Call[SsoCallback]) -> Response:
     async with call.pool.connection() as conn, conn.transaction():
         user = await users.by_email(conn, identity.email)
         if user is not None and not user["email_verified"]:
-            await users.mark_verified(conn, user["id"])
+            # The provider verified the mailbox: an unverified registration's password goes.
+            await users.claim_unverified(conn, user["id"], None)
     if user is None:
         raise ApiError("FORBIDDEN", "No account has this email here; ask an admin of your organisation for an "
                                     "invitation, accept it, then sign in.")

@@ -264,8 +264,8 @@ export interface paths {
         get?: never;
         put?: never;
         /**
-         * Ask for a password reset link by mail. The answer is the same whether or not the email has an account.
-         * @description Ask for a password reset link by mail. The answer is the same whether or not the email has an account.
+         * Ask for a password reset link by mail. The answer is the same whether or not the email has an account; requests are limited per IP and per email (429 with Retry-After).
+         * @description Ask for a password reset link by mail. The answer is the same whether or not the email has an account; requests are limited per IP and per email (429 with Retry-After).
          */
         post: operations["request_reset"];
         delete?: never;
@@ -314,6 +314,26 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/v1/auth/register": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Register (when the operator opened sign-up): a new account and a new org with you as its owner, signed in. The email is verified by the mailed link.
+         * @description Register (when the operator opened sign-up): a new account and a new org with you as its owner, signed in. The email is verified by the mailed link.
+         */
+        post: operations["register"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/v1/auth/switch-org": {
         parameters: {
             query?: never;
@@ -328,6 +348,26 @@ export interface paths {
          * @description Switch to another org you belong to: a new sign-in there, with its own tokens.
          */
         post: operations["switch_org"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/auth/verify-email": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Confirm an email address with the mailed link's token (works once).
+         * @description Confirm an email address with the mailed link's token (works once).
+         */
+        post: operations["verify_email"];
         delete?: never;
         options?: never;
         head?: never;
@@ -2806,6 +2846,7 @@ export interface components {
              * @description A stable code from the table in docs/api.md.
              * @example BAD_REQUEST
              * @example CONFLICT
+             * @example CSRF_FAILED
              * @example FORBIDDEN
              * @example IDEMPOTENCY_MISMATCH
              * @example INTERNAL
@@ -2820,6 +2861,7 @@ export interface components {
              * @example RATE_LIMITED
              * @example SANDBOX_BACKEND_FAILED
              * @example SESSION_BUSY
+             * @example SIGNUP_DISABLED
              * @example STREAM_TOKEN_EXPIRED
              * @example STREAM_TOKEN_INVALID
              * @example UNAUTHENTICATED
@@ -4159,6 +4201,24 @@ export interface components {
         Refresh: {
             /** Refresh Token */
             refresh_token: string;
+        };
+        /** Register */
+        Register: {
+            /** Email */
+            email: string;
+            /**
+             * Name
+             * @default null
+             */
+            name: string | null;
+            /**
+             * Org Name
+             * @description The new org's name; default: the email address.
+             * @default null
+             */
+            org_name: string | null;
+            /** Password */
+            password: string;
         };
         /** Rejection */
         Rejection: {
@@ -5821,6 +5881,11 @@ export interface components {
             /** Tool Calls */
             tool_calls: number;
         };
+        /** VerifyEmail */
+        VerifyEmail: {
+            /** Token */
+            token: string;
+        };
         /** Webhook */
         Webhook: {
             /**
@@ -7152,7 +7217,7 @@ export interface operations {
             };
         };
         responses: {
-            /** @description Ask for a password reset link by mail. The answer is the same whether or not the email has an account. */
+            /** @description Ask for a password reset link by mail. The answer is the same whether or not the email has an account */
             204: {
                 headers: {
                     [name: string]: unknown;
@@ -7189,6 +7254,18 @@ export interface operations {
             /** @description `VALIDATION_FAILED`: The request body failed validation; see details.fields. */
             422: {
                 headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `RATE_LIMITED`: Too many requests; retry after the given delay. */
+            429: {
+                headers: {
+                    "RateLimit-Limit": components["headers"]["RateLimit-Limit"];
+                    "RateLimit-Remaining": components["headers"]["RateLimit-Remaining"];
+                    "Retry-After": components["headers"]["Retry-After"];
                     [name: string]: unknown;
                 };
                 content: {
@@ -7344,6 +7421,106 @@ export interface operations {
             };
         };
     };
+    register: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["Register"];
+            };
+        };
+        responses: {
+            /** @description Register (when the operator opened sign-up) */
+            201: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Tokens"];
+                };
+            };
+            /** @description `BAD_REQUEST`: The request is malformed. */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `SIGNUP_DISABLED`: Sign-up is by invitation only on this server. */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `CONFLICT`: The resource's state does not allow this. */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `PAYLOAD_TOO_LARGE`: The request body is too large. */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `UNSUPPORTED_MEDIA_TYPE`: Send JSON with 'Content-Type: application/json'. */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `PASSWORD_REJECTED`: The password does not meet the rules: at least the minimum length, not a common password, not your email.; `VALIDATION_FAILED`: The request body failed validation; see details.fields. */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `RATE_LIMITED`: Too many requests; retry after the given delay. */
+            429: {
+                headers: {
+                    "RateLimit-Limit": components["headers"]["RateLimit-Limit"];
+                    "RateLimit-Remaining": components["headers"]["RateLimit-Remaining"];
+                    "Retry-After": components["headers"]["Retry-After"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `UNAVAILABLE`: A dependency is unavailable; retry later. Nothing was half-written. */
+            503: {
+                headers: {
+                    "Retry-After": components["headers"]["Retry-After"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+        };
+    };
     switch_org: {
         parameters: {
             query?: never;
@@ -7439,6 +7616,73 @@ export interface operations {
             503: {
                 headers: {
                     "Retry-After": components["headers"]["Retry-After"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+        };
+    };
+    verify_email: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["VerifyEmail"];
+            };
+        };
+        responses: {
+            /** @description Confirm an email address with the mailed link's token (works once). */
+            204: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description `BAD_REQUEST`: The request is malformed. */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `NOT_FOUND`: No such resource in this organisation. */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `PAYLOAD_TOO_LARGE`: The request body is too large. */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `UNSUPPORTED_MEDIA_TYPE`: Send JSON with 'Content-Type: application/json'. */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `VALIDATION_FAILED`: The request body failed validation; see details.fields. */
+            422: {
+                headers: {
                     [name: string]: unknown;
                 };
                 content: {
@@ -8732,6 +8976,18 @@ export interface operations {
             /** @description `PASSWORD_REJECTED`: The password does not meet the rules: at least the minimum length, not a common password, not your email.; `VALIDATION_FAILED`: The request body failed validation; see details.fields. */
             422: {
                 headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `RATE_LIMITED`: Too many requests; retry after the given delay. */
+            429: {
+                headers: {
+                    "RateLimit-Limit": components["headers"]["RateLimit-Limit"];
+                    "RateLimit-Remaining": components["headers"]["RateLimit-Remaining"];
+                    "Retry-After": components["headers"]["Retry-After"];
                     [name: string]: unknown;
                 };
                 content: {
