@@ -446,3 +446,15 @@ def sign_in(client: TestClient, email: str, password: str = PASSWORD, org_id: st
 
 def bearer(tokens: dict[str, Any]) -> dict[str, str]:
     return {"Authorization": f"Bearer {tokens['access_token']}"}
+
+
+@contextmanager
+def people_api(settings: Settings, **people: Any) -> Iterator[TestClient]:
+    """The API in-process with these `AGENTOS_PEOPLE__*` settings, a cookie jar of its own, called
+    from an address of its own (so per-IP counters start at zero)."""
+    from api.app import create_app
+
+    app = create_app(settings.model_copy(update={"people": settings.people.model_copy(update=people)}))
+    ip = f"2001:db8::{secrets.token_hex(2)}:{secrets.token_hex(2)}"
+    with TestClient(app, client=(ip, 50000)) as c:
+        yield c

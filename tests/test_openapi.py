@@ -321,6 +321,7 @@ def test_every_operation_answers_as_documented(client, conformance, stack, opena
              "SIGNUP_DISABLED")
     error_of(c.post("/v1/auth/verify-email", json={"token": "aosv_nope"}), 404, "NOT_FOUND")
     # No identity provider in the suite's settings (tests/test_sso.py has them).
+    assert c.get("/v1/auth/providers").json() == {"providers": [], "open_signup": False}
     error_of(c.post("/v1/auth/oidc/start", json={}), 404, "NOT_FOUND")
     error_of(c.post("/v1/auth/github/callback", json={"code": "c", "state": "s"}), 404, "NOT_FOUND")
     assert c.delete(f"/v1/members/{tokens['user']['id']}", headers=h).status_code == 200

@@ -5,29 +5,13 @@ registration, password-reset mail and invitation acceptance."""
 from __future__ import annotations
 
 import secrets
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
-from starlette.testclient import TestClient
-
-from api.app import create_app
-from core.settings import Settings
-from tests.helpers import PASSWORD, bearer, error_of, mailed_token, new_org, sign_in
+from tests.helpers import PASSWORD, bearer, error_of, mailed_token, new_org, people_api, sign_in
 
 
 def _email(tag: str = "s") -> str:
     return f"{tag}-{secrets.token_hex(4)}@example.com"
-
-
-@contextmanager
-def api(settings: Settings, **people: Any) -> Iterator[TestClient]:
-    """The API with these people settings, called from an address of its own (so per-IP counters
-    start at zero)."""
-    app = create_app(settings.model_copy(update={"people": settings.people.model_copy(update=people)}))
-    ip = f"2001:db8::{secrets.token_hex(2)}:{secrets.token_hex(2)}"
-    with TestClient(app, client=(ip, 50000)) as c:
-        yield c
 
 
 def test_registration_is_refused_unless_the_operator_opens_it(client, settings):
@@ -37,7 +21,7 @@ def test_registration_is_refused_unless_the_operator_opens_it(client, settings):
 
 def test_registration_makes_an_account_and_an_org_it_owns(settings):
     email = _email("Reg")
-    with api(settings, open_signup=True) as c:
+    with people_api(settings, open_signup=True) as c:
         r = c.post("/v1/auth/register", json={"email": email, "password": PASSWORD, "name": "Ann",
                                               "org_name": f"Ann's {secrets.token_hex(3)}"})
         assert r.status_code == 201, r.text
@@ -71,7 +55,7 @@ def test_registration_makes_an_account_and_an_org_it_owns(settings):
 
 def test_whoever_proves_the_mailbox_takes_over_an_unverified_registration(settings):
     victim = _email("victim")
-    with api(settings, open_signup=True) as c:
+    with people_api(settings, open_signup=True) as c:
         squatter = c.post("/v1/auth/register", json={"email": victim, "password": PASSWORD})
         assert squatter.status_code == 201
         # The real owner of the address is invited elsewhere and accepts with their own password.
@@ -87,7 +71,7 @@ def test_whoever_proves_the_mailbox_takes_over_an_unverified_registration(settin
 
 
 def test_registrations_are_limited_per_ip(settings):
-    with api(settings, open_signup=True, signups_per_ip=2) as c:
+    with people_api(settings, open_signup=True, signups_per_ip=2) as c:
         codes = [c.post("/v1/auth/register", json={"email": _email(), "password": PASSWORD}).status_code
                  for _ in range(3)]
         assert codes == [201, 201, 429]
@@ -97,7 +81,7 @@ def test_registrations_are_limited_per_ip(settings):
 
 
 def test_reset_mail_is_limited_per_email_and_per_ip(settings):
-    with api(settings, reset_mails_per_email=2, reset_requests_per_ip=4) as c:
+    with people_api(settings, reset_mails_per_email=2, reset_requests_per_ip=4) as c:
         email = _email()  # no account: counted all the same, so a 429 says nothing about one
         codes = [c.post("/v1/auth/password-reset", json={"email": email}).status_code for _ in range(3)]
         assert codes == [204, 204, 429]
@@ -112,12 +96,12 @@ def test_reset_mail_is_limited_per_email_and_per_ip(settings):
 
 
 def test_invitation_accept_is_limited_per_ip_and_per_token(settings):
-    with api(settings, accept_failures_per_ip=3, accept_attempts_per_token=2) as c:
+    with people_api(settings, accept_failures_per_ip=3, accept_attempts_per_token=2) as c:
         codes = [c.post("/v1/invitations/accept", json={"token": f"aosi_guess{i}"}).status_code for i in range(4)]
         assert codes == [404, 404, 404, 429]
         assert error_of(c.post("/v1/invitations/accept", json={"token": "aosi_another"}), 429,
                         "RATE_LIMITED")["details"]["scope"] == "ip"
-    with api(settings, accept_failures_per_ip=3, accept_attempts_per_token=2) as c:
+    with people_api(settings, accept_failures_per_ip=3, accept_attempts_per_token=2) as c:
         org, email = new_org(c, "limits"), _email()
         c.post("/v1/invitations", json={"email": email}, headers=org.headers)
         token = mailed_token(c, email, "aosi_")
@@ -127,3 +111,27 @@ def test_invitation_accept_is_limited_per_ip_and_per_token(settings):
         assert c.post("/v1/invitations/accept", json={"token": token, "password": PASSWORD}).status_code == 200
         refused = c.post("/v1/invitations/accept", json={"token": token, "password": PASSWORD})
         assert error_of(refused, 429, "RATE_LIMITED")["details"]["scope"] == "token"
+
+
+def test_no_password_or_token_of_a_registration_in_responses_logs_or_audit(settings, stack, caplog):
+    import logging
+
+    import psycopg
+
+    caplog.set_level(logging.DEBUG)
+    email = _email()
+    with people_api(settings, open_signup=True) as c:
+        tokens = c.post("/v1/auth/register", json={"email": email, "password": PASSWORD}).json()
+        verify = mailed_token(c, email, "aosv_")
+        secrets_ = [PASSWORD, verify, tokens["refresh_token"], tokens["access_token"]]
+        bodies = [c.get(path, headers=bearer(tokens)).text for path in ("/v1/me", "/v1/members", "/v1/audit-logs")]
+        cookie_body = c.post("/v1/auth/login", json={"email": email, "password": PASSWORD, "cookie": True}).text
+    assert not any(s in body for body in bodies for s in secrets_)
+    assert "aosr_" not in cookie_body and "eyJ" not in cookie_body  # a cookie session's body holds no token
+    for record in caplog.records:
+        if record.name != "agentos.mailer":
+            assert not any(s in record.getMessage() for s in secrets_), record.name
+    with psycopg.connect(stack.database_url) as conn:
+        rows = conn.execute("SELECT details::text, actor, target_id FROM audit_logs WHERE org_id = %s",
+                            (tokens["org_id"],)).fetchall()
+    assert rows and not any(s in " ".join(map(str, row)) for row in rows for s in secrets_)

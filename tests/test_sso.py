@@ -64,6 +64,7 @@ def _authorize(client: TestClient, provider: str) -> dict[str, str]:
 def test_sign_in_with_a_provider_matches_the_verified_email(sso, idp, provider):
     idp.email = f"sso-{secrets.token_hex(4)}@example.com"
     org_id = _member(sso, idp.email)
+    assert sso.get("/v1/auth/providers").json()["providers"] == ["oidc", "github"]  # the console's button
     got = _authorize(sso, provider)
     r = sso.post(f"/v1/auth/{provider}/callback", json=got)
     assert r.status_code == 200, r.text

@@ -15,7 +15,7 @@ from starlette.responses import Response
 
 from api.endpoint import Call, endpoint, resource
 from api.routes.invitations import EMAIL_PATTERN
-from api.routes.sign_in import issue, limits_of
+from api.routes.sign_in import COOKIE_FIELD, issue, limits_of, tokens_reply
 from api.schemas.people import Tokens
 from api.state import state_of
 from core import passwords
@@ -34,6 +34,7 @@ class Register(BaseModel):
     name: str | None = Field(default=None, min_length=1, max_length=200)
     org_name: str | None = Field(default=None, min_length=1, max_length=200,
                                  description="The new org's name; default: the email address.")
+    cookie: bool = Field(default=False, description=COOKIE_FIELD)
 
 
 class VerifyEmail(BaseModel):
@@ -43,7 +44,7 @@ class VerifyEmail(BaseModel):
 
 @endpoint("Register (when the operator opened sign-up): a new account and a new org with you as its owner, "
           "signed in. The email is verified by the mailed link.", role=None, body=Register, status=201,
-          response=Tokens,
+          response=Tokens, headers=("Set-Cookie",),
           errors=("SIGNUP_DISABLED", "CONFLICT", "PASSWORD_REJECTED", "RATE_LIMITED", "UNAVAILABLE"))
 async def register(call: Call[Register]) -> Response:
     people = call.settings.people
@@ -83,7 +84,7 @@ async def register(call: Call[Register]) -> Response:
     await state_of(call.request).mailer.send(Mail(email, "Confirm your AgentOS email",
                                                   f"Confirm this address: {link}\n\nIgnore this mail if you did not "
                                                   "sign up.\n"))
-    return call.reply(await issue(call, user["id"], org_id, "register"), status=201)
+    return tokens_reply(call, await issue(call, user["id"], org_id, "register"), body.cookie, status=201)
 
 
 def _email_taken() -> ApiError:

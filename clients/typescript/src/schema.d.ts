@@ -244,8 +244,8 @@ export interface paths {
         get?: never;
         put?: never;
         /**
-         * Sign out: the sign-in of this access token ends (its access and refresh tokens stop working).
-         * @description Sign out: the sign-in of this access token ends (its access and refresh tokens stop working).
+         * Sign out: the sign-in of this access token ends (its access and refresh tokens stop working) and the cookie session's cookies are cleared.
+         * @description Sign out: the sign-in of this access token ends (its access and refresh tokens stop working) and the cookie session's cookies are cleared.
          */
         post: operations["logout"];
         delete?: never;
@@ -294,6 +294,26 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/v1/auth/providers": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * How one may sign in here: the configured identity providers, and whether open sign-up is on (the console's sign-in page asks).
+         * @description How one may sign in here: the configured identity providers, and whether open sign-up is on (the console's sign-in page asks).
+         */
+        get: operations["sign_in_providers"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/v1/auth/refresh": {
         parameters: {
             query?: never;
@@ -304,8 +324,8 @@ export interface paths {
         get?: never;
         put?: never;
         /**
-         * Trade a refresh token for a new pair. Each refresh token works once; presenting a used one again ends the whole sign-in.
-         * @description Trade a refresh token for a new pair. Each refresh token works once; presenting a used one again ends the whole sign-in.
+         * Trade a refresh token for a new pair. Each refresh token works once; presenting a used one again ends the whole sign-in. Without a body token, the cookie session's refresh cookie is used (and the X-CSRF-Token header is required).
+         * @description Trade a refresh token for a new pair. Each refresh token works once; presenting a used one again ends the whole sign-in. Without a body token, the cookie session's refresh cookie is used (and the X-CSRF-Token header is required).
          */
         post: operations["refresh"];
         delete?: never;
@@ -344,8 +364,8 @@ export interface paths {
         get?: never;
         put?: never;
         /**
-         * Switch to another org you belong to: a new sign-in there, with its own tokens.
-         * @description Switch to another org you belong to: a new sign-in there, with its own tokens.
+         * Switch to another org you belong to: a new sign-in there, with its own tokens (in new cookies when signed in by cookie).
+         * @description Switch to another org you belong to: a new sign-in there, with its own tokens (in new cookies when signed in by cookie).
          */
         post: operations["switch_org"];
         delete?: never;
@@ -3369,6 +3389,12 @@ export interface components {
         };
         /** Login */
         Login: {
+            /**
+             * Cookie
+             * @description true: the session goes in HttpOnly cookies (the console; docs/api.md, 'Cookie sessions') and the body's access_token and refresh_token are null.
+             * @default false
+             */
+            cookie: boolean;
             /** Email */
             email: string;
             /**
@@ -4199,11 +4225,21 @@ export interface components {
         };
         /** Refresh */
         Refresh: {
-            /** Refresh Token */
-            refresh_token: string;
+            /**
+             * Refresh Token
+             * @description Absent: the refresh cookie of a cookie session is used.
+             * @default null
+             */
+            refresh_token: string | null;
         };
         /** Register */
         Register: {
+            /**
+             * Cookie
+             * @description true: the session goes in HttpOnly cookies (the console; docs/api.md, 'Cookie sessions') and the body's access_token and refresh_token are null.
+             * @default false
+             */
+            cookie: boolean;
             /** Email */
             email: string;
             /**
@@ -5260,6 +5296,19 @@ export interface components {
              */
             next_cursor: string | null;
         };
+        /** SignInProviders */
+        SignInProviders: {
+            /**
+             * Open Signup
+             * @description Whether POST /v1/auth/register is open.
+             */
+            open_signup: boolean;
+            /**
+             * Providers
+             * @description The identity providers configured here (`oidc`, `github`); empty: email and password only.
+             */
+            providers: string[];
+        };
         /**
          * Skill
          * @description A skill, by `kind`.
@@ -5369,6 +5418,12 @@ export interface components {
         SsoCallback: {
             /** Code */
             code: string;
+            /**
+             * Cookie
+             * @description true: the session goes in HttpOnly cookies (the console; docs/api.md, 'Cookie sessions') and the body's access_token and refresh_token are null.
+             * @default false
+             */
+            cookie: boolean;
             /** State */
             state: string;
         };
@@ -5543,9 +5598,15 @@ export interface components {
         Tokens: {
             /**
              * Access Token
-             * @description A JWT for `Authorization: Bearer`; short-lived.
+             * @description A JWT for `Authorization: Bearer`; short-lived. null in a cookie session (it is in the HttpOnly cookie).
              */
-            access_token: string;
+            access_token: string | null;
+            /**
+             * Csrf Token
+             * @description A cookie session's CSRF token (also the agentos_csrf cookie): send it as X-CSRF-Token on every write. null otherwise.
+             * @default null
+             */
+            csrf_token: string | null;
             /**
              * Expires In
              * @description Seconds the access token is valid.
@@ -5555,9 +5616,9 @@ export interface components {
             org_id: string;
             /**
              * Refresh Token
-             * @description Single use: POST /v1/auth/refresh answers a new pair. Using one twice ends the sign-in.
+             * @description Single use: POST /v1/auth/refresh answers a new pair. Using one twice ends the sign-in. null in a cookie session.
              */
-            refresh_token: string;
+            refresh_token: string | null;
             /**
              * Role
              * @enum {string}
@@ -6093,6 +6154,8 @@ export interface components {
         "RateLimit-Remaining": number;
         /** @description Seconds to wait before retrying. */
         "Retry-After": number;
+        /** @description A cookie session's cookies (`"cookie": true` sign-ins, refresh, switch-org), or their removal (logout); docs/api.md, Cookie sessions. */
+        "Set-Cookie": string;
         /** @description `Bearer realm="agentos"`. */
         "WWW-Authenticate": string;
     };
@@ -7058,6 +7121,7 @@ export interface operations {
             /** @description Sign in with email and password */
             200: {
                 headers: {
+                    "Set-Cookie": components["headers"]["Set-Cookie"];
                     [name: string]: unknown;
                 };
                 content: {
@@ -7157,6 +7221,7 @@ export interface operations {
                 headers: {
                     "RateLimit-Limit": components["headers"]["RateLimit-Limit"];
                     "RateLimit-Remaining": components["headers"]["RateLimit-Remaining"];
+                    "Set-Cookie": components["headers"]["Set-Cookie"];
                     [name: string]: unknown;
                 };
                 content?: never;
@@ -7341,6 +7406,26 @@ export interface operations {
             };
         };
     };
+    sign_in_providers: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description How one may sign in here */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["SignInProviders"];
+                };
+            };
+        };
+    };
     refresh: {
         parameters: {
             query?: never;
@@ -7348,7 +7433,7 @@ export interface operations {
             path?: never;
             cookie?: never;
         };
-        requestBody: {
+        requestBody?: {
             content: {
                 "application/json": components["schemas"]["Refresh"];
             };
@@ -7357,6 +7442,7 @@ export interface operations {
             /** @description Trade a refresh token for a new pair. Each refresh token works once */
             200: {
                 headers: {
+                    "Set-Cookie": components["headers"]["Set-Cookie"];
                     [name: string]: unknown;
                 };
                 content: {
@@ -7376,6 +7462,15 @@ export interface operations {
             401: {
                 headers: {
                     "WWW-Authenticate": components["headers"]["WWW-Authenticate"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `CSRF_FAILED`: A request signed in by cookie must carry the X-CSRF-Token header (the agentos_csrf cookie's value) and come from this server's own origin. */
+            403: {
+                headers: {
                     [name: string]: unknown;
                 };
                 content: {
@@ -7437,6 +7532,7 @@ export interface operations {
             /** @description Register (when the operator opened sign-up) */
             201: {
                 headers: {
+                    "Set-Cookie": components["headers"]["Set-Cookie"];
                     [name: string]: unknown;
                 };
                 content: {
@@ -7539,6 +7635,7 @@ export interface operations {
                 headers: {
                     "RateLimit-Limit": components["headers"]["RateLimit-Limit"];
                     "RateLimit-Remaining": components["headers"]["RateLimit-Remaining"];
+                    "Set-Cookie": components["headers"]["Set-Cookie"];
                     [name: string]: unknown;
                 };
                 content: {
@@ -7709,6 +7806,7 @@ export interface operations {
             /** @description Finish signing in with an identity provider */
             200: {
                 headers: {
+                    "Set-Cookie": components["headers"]["Set-Cookie"];
                     [name: string]: unknown;
                 };
                 content: {
