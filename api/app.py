@@ -47,6 +47,7 @@ from api.routes import (
     orgs,
     outbound_allow,
     providers,
+    register,
     runner_link,
     runners,
     runs,
@@ -91,7 +92,7 @@ def _routes() -> list[BaseRoute]:
             *skills.routes, *data_sources.routes, *stream_tokens.routes,
             *mcp_servers.routes, *outbound_allow.routes, *usage.routes,
             *audit_logs.routes, *webhooks.routes, *files.routes, *users_data.routes, *org_exports.routes,
-            *providers.routes, *members.routes, *invitations.routes, *sign_in.routes, *sso.routes,
+            *providers.routes, *members.routes, *invitations.routes, *sign_in.routes, *register.routes, *sso.routes,
             *metrics_route.routes, *runners.routes, *runner_link.routes]
 
 

@@ -17,6 +17,7 @@ from typing import Any
 import jwt
 from starlette.requests import Request
 
+from api import cookies
 from api.stream_access import stream_principal
 from core.access_tokens import SESSION_CLAIM
 from core.auth_cache import KeyCache
@@ -75,10 +76,22 @@ class Authenticator:
             if self._stream_keys is None:
                 raise unauthenticated("This server takes no stream tokens; send 'Authorization: Bearer <credential>'.")
             return stream_principal(request, query_token, self._stream_keys)
+        if cookies.by_cookie(request):
+            return await self._cookie(request)
         token = bearer_token(request)
         if token.startswith("aos_"):
             return await self._api_key(token)
         return await self._jwt(token)
+
+    async def _cookie(self, request: Request) -> Principal:
+        """The console's cookie session (api.cookies): a sign-in's access token, and on a write
+        the CSRF header that only this server's own pages can send."""
+        principal = await self._jwt(request.cookies[cookies.ACCESS_COOKIE])
+        if principal.session_id is None or self._settings.jwt_secret is None:
+            raise unauthenticated("The session cookie holds no sign-in of this server; sign in again.")
+        if request.method not in cookies.SAFE_METHODS:
+            cookies.check_csrf(request, self._settings.jwt_secret.get_secret_value(), principal.session_id)
+        return principal
 
     async def invalidate(self, *, key_id: str | None = None, org_id: str | None = None,
                          user_id: str | None = None) -> None:

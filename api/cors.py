@@ -1,8 +1,9 @@
 """CORS for browser apps on other origins (`settings.api.cors_origins`), by Starlette's
 `CORSMiddleware`: preflights are answered before routing, so without authentication.
 
-No cookies are involved (credentials are bearer headers, or `?token=` on SSE), so responses
-never say `Access-Control-Allow-Credentials`: a page calls with `fetch(url, {headers:
+Other origins get no cookies (credentials are bearer headers, or `?token=` on SSE; the console's
+cookie session, api.cookies, is for its own origin only), so responses never say
+`Access-Control-Allow-Credentials`: a page calls with `fetch(url, {headers:
 {Authorization: ...}})` in the default credentials mode, and `new EventSource(url)` without
 `withCredentials`.
 """

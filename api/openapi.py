@@ -39,6 +39,8 @@ RESPONSE_HEADERS: dict[str, dict[str, Any]] = {
     "RateLimit-Remaining": {"description": "Requests left in the burst now.", "schema": {"type": "integer"}},
     "Retry-After": {"description": "Seconds to wait before retrying.", "schema": {"type": "integer", "minimum": 1}},
     "WWW-Authenticate": {"description": "`Bearer realm=\"agentos\"`.", "schema": {"type": "string"}},
+    "Set-Cookie": {"description": "A cookie session's cookies (`\"cookie\": true` sign-ins, refresh, switch-org), "
+                   "or their removal (logout); docs/api.md, Cookie sessions.", "schema": {"type": "string"}},
 }
 RATE_HEADERS = ("RateLimit-Limit", "RateLimit-Remaining")
 # Error codes whose answers carry headers.

@@ -12,6 +12,9 @@ CODES: dict[str, tuple[int, str]] = {
                              "unaltered; get a new one from POST /v1/stream-tokens."),
     "STREAM_TOKEN_EXPIRED": (401, "This stream token has expired; get a new one from POST /v1/stream-tokens."),
     "FORBIDDEN": (403, "Your role does not allow this."),
+    "SIGNUP_DISABLED": (403, "Sign-up is by invitation only on this server."),
+    "CSRF_FAILED": (403, "A request signed in by cookie must carry the X-CSRF-Token header (the agentos_csrf "
+                    "cookie's value) and come from this server's own origin."),
     "NOT_FOUND": (404, "No such resource in this organisation."),
     "METHOD_NOT_ALLOWED": (405, "This method is not allowed on this path."),
     "SESSION_BUSY": (409, "A run is already active in this session."),

@@ -1275,6 +1275,13 @@ def _runner_calls_sent(conn: psycopg.Connection) -> None:
     conn.execute(_RUNNER_CALLS_SENT_SQL)
 
 
+def _email_verification(conn: psycopg.Connection) -> None:
+    # A verification link (open registration) is a mailed single-use token like a reset link, but
+    # it only marks the email verified: the purpose keeps one from being used as the other.
+    conn.execute("ALTER TABLE password_resets ADD COLUMN purpose text NOT NULL DEFAULT 'reset' "
+                 "CHECK (purpose IN ('reset', 'verify'))")
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration("initial schema with row-level security", _initial),
     Migration("per-session event sequence and run queue order", _run_queue),
@@ -1307,6 +1314,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration("reembed: new embeddings staged beside the items until the org switches", _memory_staged_embeddings),
     Migration("run events partitioned by week; functions to create and drop partitions", _partitioned_events),
     Migration("runner calls record when the worker sent them", _runner_calls_sent),
+    Migration("people: email verification tokens beside password reset tokens", _email_verification),
 )
 
 

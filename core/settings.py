@@ -472,6 +472,20 @@ class PeopleSettings(BaseModel):
     lockout_max_s: int = Field(default=900, ge=1)
     ip_failures_per_window: int = Field(default=50, ge=1)
     failure_window_s: int = Field(default=900, ge=60)
+    # Open self-registration (POST /v1/auth/register): off, people join by invitation only. On,
+    # anyone may make an account and an org of their own, `signups_per_ip` per window per IP.
+    open_signup: bool = False
+    signups_per_ip: int = Field(default=10, ge=1)
+    verify_ttl_s: int = Field(default=3 * 86_400, ge=300)
+    # The other doors without a credential, per window (`failure_window_s`): reset mails per email
+    # and requests per IP; failed invitation acceptances per IP and attempts per token.
+    reset_mails_per_email: int = Field(default=3, ge=1)
+    reset_requests_per_ip: int = Field(default=20, ge=1)
+    accept_failures_per_ip: int = Field(default=20, ge=1)
+    accept_attempts_per_token: int = Field(default=10, ge=1)
+    # The console's cookie session (docs/api.md, "Cookie sessions"): the cookies are `Secure`
+    # unless `AGENTOS_ENV` is development or test; unset `cookie_secure` follows that rule.
+    cookie_secure: bool | None = None
     # How invitation and reset links are sent: "log" (development: the dev mailer writes the link
     # to the log; refused in production), "smtp", or "none". Unset: "log", or "none" in production.
     mailer: Literal["log", "smtp", "none"] | None = None
@@ -499,6 +513,7 @@ class PeopleSettings(BaseModel):
     # Where links in mails point (the console's accept and reset pages); `{token}` is filled in.
     invitation_url: str = "http://localhost:3000/invitations/accept?token={token}"
     reset_url: str = "http://localhost:3000/password-reset?token={token}"
+    verify_url: str = "http://localhost:3000/verify-email?token={token}"
 
 
 class WebhookSettings(BaseModel):

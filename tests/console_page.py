@@ -42,7 +42,7 @@ class Console:
     def sign_in(self, key: str) -> None:
         self.page.goto(self.url + "/console")
         self.page.fill("input[name=key]", key)
-        self.page.click("button[type=submit]")
+        self.page.click("#key-sign-in button[type=submit]")
         self.page.wait_for_selector("#top:not([hidden]) #role:not(:empty)", timeout=WAIT_MS)
 
     def go(self, hash_: str) -> None:

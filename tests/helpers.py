@@ -463,3 +463,15 @@ def scratch_database(stack: StackUrls, prefix: str) -> Iterator[str]:
     finally:
         with psycopg.connect(admin_url, autocommit=True) as conn:
             conn.execute(f"DROP DATABASE {name} WITH (FORCE)")
+
+
+@contextmanager
+def people_api(settings: Settings, **people: Any) -> Iterator[TestClient]:
+    """The API in-process with these `AGENTOS_PEOPLE__*` settings, a cookie jar of its own, called
+    from an address of its own (so per-IP counters start at zero)."""
+    from api.app import create_app
+
+    app = create_app(settings.model_copy(update={"people": settings.people.model_copy(update=people)}))
+    ip = f"2001:db8::{secrets.token_hex(2)}:{secrets.token_hex(2)}"
+    with TestClient(app, client=(ip, 50000)) as c:
+        yield c

@@ -100,7 +100,7 @@ def test_sign_in_create_an_agent_and_chat_with_the_answer_streaming(client: Test
         c.screenshot("sign-in")
         # A key that does not work: the API's message and code, and no way in.
         page.fill("input[name=key]", "aos_nope")
-        page.click("button[type=submit]")
+        page.click("#key-sign-in button[type=submit]")
         page.wait_for_selector(".error")
         assert "UNAUTHENTICATED" in page.inner_text(".error")
         c.expected_failures.append("/v1/me")  # the refused key's 401, provoked above

@@ -77,6 +77,8 @@ WRITES: dict[tuple[str, str], tuple[str, set[int]]] = {
     ("POST", "/v1/auth/switch-org"): ('{"org_id": NESTED}', {422}),
     ("POST", "/v1/auth/password-reset"): ('{"email": NESTED}', {422}),
     ("POST", "/v1/auth/password-reset/confirm"): ('{"token": NESTED}', {422}),
+    ("POST", "/v1/auth/register"): ('{"email": NESTED}', {422}),
+    ("POST", "/v1/auth/verify-email"): ('{"token": NESTED}', {422}),
     ("POST", "/v1/auth/{provider}/start"): ('{"org_id": NESTED}', {422}),
     ("POST", "/v1/auth/{provider}/callback"): ('{"code": NESTED}', {422}),
 }

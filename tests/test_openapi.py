@@ -316,7 +316,12 @@ def test_every_operation_answers_as_documented(client, conformance, stack, opena
     error_of(c.post("/v1/auth/password-reset/confirm", json={"token": "aosp_nope", "password": PASSWORD}),
              404, "NOT_FOUND")
     assert c.post("/v1/auth/logout", headers=signed_in).status_code == 204
+    # Open sign-up is off in the suite's settings (tests/test_people_signup.py turns it on).
+    error_of(c.post("/v1/auth/register", json={"email": f"new-{email}", "password": PASSWORD}), 403,
+             "SIGNUP_DISABLED")
+    error_of(c.post("/v1/auth/verify-email", json={"token": "aosv_nope"}), 404, "NOT_FOUND")
     # No identity provider in the suite's settings (tests/test_sso.py has them).
+    assert c.get("/v1/auth/providers").json() == {"providers": [], "open_signup": False}
     error_of(c.post("/v1/auth/oidc/start", json={}), 404, "NOT_FOUND")
     error_of(c.post("/v1/auth/github/callback", json={"code": "c", "state": "s"}), 404, "NOT_FOUND")
     assert c.delete(f"/v1/members/{tokens['user']['id']}", headers=h).status_code == 200

@@ -185,7 +185,8 @@ def test_openapi_describes_every_route(client):
         ("/v1/invitations/{invitation_id}", "delete"), ("/v1/invitations/{invitation_id}/resend", "post"),
         ("/v1/auth/login", "post"), ("/v1/auth/refresh", "post"), ("/v1/auth/logout", "post"),
         ("/v1/auth/switch-org", "post"), ("/v1/auth/password-reset", "post"),
-        ("/v1/auth/password-reset/confirm", "post"),
+        ("/v1/auth/password-reset/confirm", "post"), ("/v1/auth/register", "post"), ("/v1/auth/verify-email", "post"),
+        ("/v1/auth/providers", "get"),
         ("/v1/auth/{provider}/start", "post"), ("/v1/auth/{provider}/callback", "post"),
     }
     served = {(path, method) for path, ops in doc["paths"].items() for method in ops}

@@ -14,7 +14,7 @@ from starlette.testclient import TestClient
 
 from api.app import create_app
 from tests.fake_idp import CLIENT_ID, CLIENT_SECRET, Behaviour, fake_idp
-from tests.helpers import bearer, error_of, mailed_token, make_settings, new_org, serving
+from tests.helpers import PASSWORD, bearer, error_of, mailed_token, make_settings, new_org, serving
 
 REDIRECT = "http://127.0.0.1:9/console/{provider}/callback"  # never fetched: the test reads the redirect
 
@@ -33,7 +33,7 @@ def sso(stack, rsa_keys, idp: Behaviour) -> Iterator[TestClient]:
         "oidc_issuer": idp.issuer, "oidc_client_id": CLIENT_ID, "oidc_client_secret": CLIENT_SECRET,
         "github_client_id": CLIENT_ID, "github_client_secret": CLIENT_SECRET,
         "github_authorize_url": f"{idp.issuer}/authorize", "github_token_url": f"{idp.issuer}/login/oauth/access_token",
-        "github_api_url": idp.issuer, "oauth_redirect_url": REDIRECT})
+        "github_api_url": idp.issuer, "oauth_redirect_url": REDIRECT, "open_signup": True})
     with TestClient(create_app(settings)) as client:
         yield client
 
@@ -64,6 +64,7 @@ def _authorize(client: TestClient, provider: str) -> dict[str, str]:
 def test_sign_in_with_a_provider_matches_the_verified_email(sso, idp, provider):
     idp.email = f"sso-{secrets.token_hex(4)}@example.com"
     org_id = _member(sso, idp.email)
+    assert sso.get("/v1/auth/providers").json()["providers"] == ["oidc", "github"]  # the console's button
     got = _authorize(sso, provider)
     r = sso.post(f"/v1/auth/{provider}/callback", json=got)
     assert r.status_code == 200, r.text
@@ -119,3 +120,17 @@ def test_no_account_no_sign_in_and_unconfigured_providers_are_404(sso, client, i
     error_of(sso.post("/v1/auth/oidc/callback", json=_authorize(sso, "oidc")), 403, "FORBIDDEN")
     error_of(sso.post("/v1/auth/saml/start", json={}), 404, "NOT_FOUND")
     error_of(client.post("/v1/auth/oidc/start", json={}), 404, "NOT_FOUND")  # the suite's settings: none
+
+
+def test_a_provider_takes_over_an_unverified_registration_into_a_cookie_session(sso, idp):
+    idp.email = f"sso-{secrets.token_hex(4)}@example.com"
+    # Someone registered the address first (open sign-up) and never verified it.
+    squatter = sso.post("/v1/auth/register", json={"email": idp.email, "password": PASSWORD})
+    assert squatter.status_code == 201, squatter.text
+    r = sso.post("/v1/auth/oidc/callback", json=_authorize(sso, "oidc") | {"cookie": True})
+    assert r.status_code == 200, r.text
+    assert r.json()["access_token"] is None and r.json()["csrf_token"]  # the console's cookie session
+    assert sso.get("/v1/me").json()["user"]["email_verified"] is True
+    # The registrant's sign-in and password are gone with the takeover.
+    error_of(sso.get("/v1/me", headers=bearer(squatter.json())), 401, "UNAUTHENTICATED")
+    error_of(sso.post("/v1/auth/login", json={"email": idp.email, "password": PASSWORD}), 401, "UNAUTHENTICATED")

@@ -68,6 +68,18 @@ class Forbidden(ApiError):
     code = "FORBIDDEN"
 
 
+class SignupDisabled(Forbidden):
+    """The server takes new accounts by invitation only."""
+
+    code = "SIGNUP_DISABLED"
+
+
+class CsrfFailed(Forbidden):
+    """A cookie-authenticated write without the CSRF header, or from another origin."""
+
+    code = "CSRF_FAILED"
+
+
 class NotFound(ApiError):
     code = "NOT_FOUND"
 
@@ -159,7 +171,7 @@ _BY_CODE: dict[str, type[ApiError]] = {cls.code: cls for cls in (
     Forbidden, NotFound, MethodNotAllowed, Conflict, SessionBusy, PayloadTooLarge,
     UnsupportedMediaType, ValidationFailed, IdempotencyMismatch, RateLimited, QuotaExceeded, InternalError,
     Unavailable, SandboxBackendFailed, WebhookDisabled, WebhookUrlRefused, OrgDeletionPending,
-    ProviderUrlRefused, ProviderFailed, PasswordRejected)}
+    ProviderUrlRefused, ProviderFailed, PasswordRejected, SignupDisabled, CsrfFailed)}
 # For an error status without an error object (a proxy's page, say): the status's usual code.
 _BY_STATUS: dict[int, type[ApiError]] = {400: BadRequest, 401: Unauthenticated, 403: Forbidden, 404: NotFound,
                                          405: MethodNotAllowed, 409: Conflict, 413: PayloadTooLarge,

@@ -16,6 +16,7 @@ from api.schemas.people import Accepted, Invitation, InvitationSent
 from api.state import state_of
 from core import passwords
 from core.errors import ApiError
+from core.login_limits import LoginLimits, refusal, request_ip
 from core.mailer import Mail, NoMailer
 from core.pagination import page
 from core.principal import Role
@@ -120,16 +121,25 @@ async def resend_invitation(call: Call[Any]) -> Response:
 
 @endpoint("Accept an invitation (no credential: the token is it). A new user sets a password here; an existing "
           "user with the invited email is linked. Then sign in.", role=None, body=InvitationAccept,
-          response=Accepted, errors=("NOT_FOUND", "CONFLICT", "PASSWORD_REJECTED"))
+          response=Accepted, errors=("NOT_FOUND", "CONFLICT", "PASSWORD_REJECTED", "RATE_LIMITED"))
 async def accept_invitation(call: Call[InvitationAccept]) -> Response:
-    body = call.body
+    body, people = call.body, call.settings.people
+    limits, ip = LoginLimits(call.infra.redis, people), request_ip()
+    # Tokens are 256-bit random, so guessing is hopeless; the limits keep anyone from trying at
+    # speed all the same: unknown tokens per IP, and attempts (e.g. weak passwords) per token.
+    locked = await limits.over("accept_failed", "ip", ip, people.accept_failures_per_ip) if ip else None
+    locked = locked or await limits.attempt("accept", "token", body.token, people.accept_attempts_per_token)
+    if locked is not None:
+        raise refusal(locked, "invitation attempts")
     found = await invitations.lookup(call.pool, body.token)
     if found is None:
+        if ip:
+            await limits.attempt("accept_failed", "ip", ip, people.accept_failures_per_ip)
         raise _invalid_token()
     org_id, email, role = found["org_id"], found["email"], found["role"]
     async with tenant_tx(call.pool, org_id) as conn:
         user = await users.by_email(conn, email)
-        if user is None:
+        if user is None or not user["email_verified"]:
             # Without a password the new user signs in with an identity provider (or sets one by reset).
             password_hash = None
             if body.password is not None:
@@ -139,10 +149,12 @@ async def accept_invitation(call: Call[InvitationAccept]) -> Response:
                 except passwords.PasswordRejected as exc:
                     raise ApiError("PASSWORD_REJECTED", f"The password {exc}.") from None
                 password_hash = await passwords.hash_password(body.password)
-            # The token came by mail to this address: the email is verified.
+        # The token came by mail to this address: the email is verified. An account registered
+        # with it but never verified is claimed (core.store.users.claim_unverified).
+        if user is None:
             user = await users.create(conn, email=email, name=body.name, verified=True, password_hash=password_hash)
         elif not user["email_verified"]:
-            await users.mark_verified(conn, user["id"])
+            await users.claim_unverified(conn, user["id"], password_hash)
         if not await invitations.accept(conn, found["id"], user["id"]):
             raise _invalid_token()
         if not await memberships.add(conn, user["id"], role):

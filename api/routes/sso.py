@@ -13,8 +13,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.responses import Response
 
 from api.endpoint import Call, endpoint, resource
-from api.routes.sign_in import issue
-from api.schemas.people import AuthorizeUrl, Tokens
+from api.routes.sign_in import COOKIE_FIELD, issue, tokens_reply
+from api.schemas.people import AuthorizeUrl, SignInProviders, Tokens
 from api.state import state_of
 from core.errors import ApiError
 from core.identity_providers import PROVIDERS, IdentityProviders, Provider, ProviderOff, SignInRefused
@@ -32,6 +32,7 @@ class SsoCallback(BaseModel):
     model_config = ConfigDict(extra="forbid")
     code: str = Field(min_length=1, max_length=2000)
     state: str = Field(min_length=1, max_length=200)
+    cookie: bool = Field(default=False, description=COOKIE_FIELD)
 
 
 def _provider(call: Call[Any]) -> tuple[Provider, IdentityProviders]:
@@ -57,7 +58,8 @@ async def start(call: Call[SsoStart]) -> Response:
 
 
 @endpoint("Finish signing in with an identity provider: the code and state it sent back, for tokens.", role=None,
-          body=SsoCallback, response=Tokens, errors=("NOT_FOUND", "UNAUTHENTICATED", "FORBIDDEN", "UNAVAILABLE"))
+          body=SsoCallback, response=Tokens, headers=("Set-Cookie",),
+          errors=("NOT_FOUND", "UNAUTHENTICATED", "FORBIDDEN", "UNAVAILABLE"))
 async def callback(call: Call[SsoCallback]) -> Response:
     provider, providers = _provider(call)
     try:
@@ -69,7 +71,8 @@ async def callback(call: Call[SsoCallback]) -> Response:
     async with call.pool.connection() as conn, conn.transaction():
         user = await users.by_email(conn, identity.email)
         if user is not None and not user["email_verified"]:
-            await users.mark_verified(conn, user["id"])
+            # The provider verified the mailbox: an unverified registration's password goes.
+            await users.claim_unverified(conn, user["id"], None)
     if user is None:
         raise ApiError("FORBIDDEN", "No account has this email here; ask an admin of your organisation for an "
                                     "invitation, accept it, then sign in.")
@@ -77,10 +80,19 @@ async def callback(call: Call[SsoCallback]) -> Response:
     async with tenant_tx(call.pool, tokens["org_id"]) as conn:
         await audit.record(conn, f"user:{user['id']}", "auth.provider", "user", user["id"],
                            {"provider": provider, "subject": identity.subject})
-    return call.reply(tokens)
+    return tokens_reply(call, tokens, call.body.cookie)
+
+
+@endpoint("How one may sign in here: the configured identity providers, and whether open sign-up is on "
+          "(the console's sign-in page asks).", role=None, response=SignInProviders)
+async def sign_in_providers(call: Call[Any]) -> Response:
+    providers = state_of(call.request).identity
+    configured = [p for p in PROVIDERS if providers is not None and providers.enabled(p)]
+    return call.reply({"providers": configured, "open_signup": call.settings.people.open_signup})
 
 
 routes = [
+    resource("/v1/auth/providers", GET=sign_in_providers),
     resource("/v1/auth/{provider}/start", POST=start),
     resource("/v1/auth/{provider}/callback", POST=callback),
 ]

@@ -59,14 +59,23 @@ class MyOrg(Out):
 
 
 class Tokens(Out):
-    access_token: str = Field(description="A JWT for `Authorization: Bearer`; short-lived.")
+    access_token: str | None = Field(description="A JWT for `Authorization: Bearer`; short-lived. null in a cookie "
+                                                  "session (it is in the HttpOnly cookie).")
     token_type: str = "Bearer"
     expires_in: int = Field(description="Seconds the access token is valid.")
-    refresh_token: str = Field(description="Single use: POST /v1/auth/refresh answers a new pair. Using one twice "
-                                           "ends the sign-in.")
+    refresh_token: str | None = Field(description="Single use: POST /v1/auth/refresh answers a new pair. Using one "
+                                                  "twice ends the sign-in. null in a cookie session.")
+    csrf_token: str | None = Field(default=None, description="A cookie session's CSRF token (also the agentos_csrf "
+                                   "cookie): send it as X-CSRF-Token on every write. null otherwise.")
     user: User
     org_id: str
     role: Role
+
+
+class SignInProviders(Out):
+    providers: list[str] = Field(description="The identity providers configured here (`oidc`, `github`); empty: "
+                                             "email and password only.")
+    open_signup: bool = Field(description="Whether POST /v1/auth/register is open.")
 
 
 class AuthorizeUrl(Out):

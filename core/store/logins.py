@@ -7,7 +7,7 @@ from __future__ import annotations
 import hashlib
 import secrets
 from datetime import timedelta
-from typing import Any
+from typing import Any, Literal
 
 from psycopg import AsyncConnection
 from psycopg.rows import DictRow
@@ -16,6 +16,7 @@ from core.ids import new_id
 
 REFRESH_PREFIX = "aosr_"
 RESET_PREFIX = "aosp_"
+VERIFY_PREFIX = "aosv_"
 
 INSERT_SESSION_SQL = """
 INSERT INTO login_sessions (id, user_id, org_id, method, expires_at) VALUES (%s, %s, %s, %s, now() + %s)
@@ -31,10 +32,12 @@ REVOKE_SQL = """
 UPDATE login_sessions SET revoked_at = now(), revoked_reason = %s WHERE id = %s AND revoked_at IS NULL
 """
 LIVE_SQL = "SELECT user_id, org_id FROM login_sessions WHERE id = %s AND revoked_at IS NULL AND expires_at > now()"
-INSERT_RESET_SQL = "INSERT INTO password_resets (token_hash, user_id, expires_at) VALUES (%s, %s, now() + %s)"
+INSERT_RESET_SQL = """
+INSERT INTO password_resets (token_hash, user_id, expires_at, purpose) VALUES (%s, %s, now() + %s, %s)
+"""
 USE_RESET_SQL = """
 UPDATE password_resets SET used_at = now()
-WHERE token_hash = %s AND used_at IS NULL AND expires_at > now() RETURNING user_id
+WHERE token_hash = %s AND purpose = %s AND used_at IS NULL AND expires_at > now() RETURNING user_id
 """
 REVOKE_USER_SESSIONS_SQL = """
 UPDATE login_sessions SET revoked_at = now(), revoked_reason = %s WHERE user_id = %s AND revoked_at IS NULL
@@ -92,15 +95,20 @@ async def live(conn: AsyncConnection[DictRow], session_id: str) -> dict[str, Any
     return await (await conn.execute(LIVE_SQL, (session_id,))).fetchone()
 
 
-async def new_reset(conn: AsyncConnection[DictRow], user_id: str, lifetime: timedelta) -> str:
-    token = new_token(RESET_PREFIX)
-    await conn.execute(INSERT_RESET_SQL, (token_hash(token), user_id, lifetime))
+MailedPurpose = Literal["reset", "verify"]
+
+
+async def new_reset(conn: AsyncConnection[DictRow], user_id: str, lifetime: timedelta,
+                    purpose: MailedPurpose = "reset") -> str:
+    """A single-use token to mail: a password reset (`aosp_…`) or an email verification (`aosv_…`)."""
+    token = new_token(RESET_PREFIX if purpose == "reset" else VERIFY_PREFIX)
+    await conn.execute(INSERT_RESET_SQL, (token_hash(token), user_id, lifetime, purpose))
     return token
 
 
-async def use_reset(conn: AsyncConnection[DictRow], token: str) -> str | None:
-    """The user a live, unused reset token is for (and the token is used up), or None."""
-    row = await (await conn.execute(USE_RESET_SQL, (token_hash(token),))).fetchone()
+async def use_reset(conn: AsyncConnection[DictRow], token: str, purpose: MailedPurpose = "reset") -> str | None:
+    """The user a live, unused token of this purpose is for (and the token is used up), or None."""
+    row = await (await conn.execute(USE_RESET_SQL, (token_hash(token), purpose))).fetchone()
     return None if row is None else str(row["user_id"])
 
 

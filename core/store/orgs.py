@@ -8,7 +8,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from psycopg import AsyncConnection
 from psycopg.errors import UniqueViolation
+from psycopg.rows import DictRow
 from psycopg.types.json import Jsonb
 
 from core.ids import new_id
@@ -48,6 +50,19 @@ def _name_taken(exc: UniqueViolation) -> bool:
     return exc.diag.constraint_name == NAME_INDEX
 
 
+async def insert(conn: AsyncConnection[DictRow], org_id: str, name: str) -> dict[str, Any]:
+    """The org row, inside a tenant transaction of `org_id`; OrgNameTaken when the name is taken
+    (the caller's transaction is then aborted)."""
+    try:
+        org = await (await conn.execute(INSERT_ORG_SQL, (org_id, name, Jsonb({})))).fetchone()
+    except UniqueViolation as exc:
+        if _name_taken(exc):
+            raise OrgNameTaken(name) from None
+        raise
+    assert org is not None
+    return dict(org)
+
+
 async def create_org(
     pool: AsyncPool, name: str, *, actor: str, key_name: str = "owner"
 ) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -56,9 +71,7 @@ async def create_org(
     org_id = new_id("org")
     try:
         async with tenant_tx(pool, org_id) as conn:
-            cur = await conn.execute(INSERT_ORG_SQL, (org_id, name, Jsonb({})))
-            org = await cur.fetchone()
-            assert org is not None
+            org = await insert(conn, org_id, name)
             key = await api_keys.create(conn, name=key_name, role="owner", created_by=None)
             await audit.record(conn, actor, "org.create", "org", org_id, {"name": name})
     except UniqueViolation as exc:

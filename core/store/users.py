@@ -28,6 +28,15 @@ RETURNING {PUBLIC_COLUMNS}
 """
 SET_PASSWORD_SQL = "UPDATE users SET password_hash = %s, updated_at = now() WHERE id = %s"
 VERIFY_EMAIL_SQL = "UPDATE users SET email_verified = true, updated_at = now() WHERE id = %s"
+# Whoever proves the mailbox first owns an account made by open registration: the password its
+# registrant chose (maybe not the mailbox's owner) goes, and so do its sign-ins.
+CLAIM_UNVERIFIED_SQL = """
+UPDATE users SET email_verified = true, password_hash = %s, updated_at = now()
+WHERE id = %s AND NOT email_verified RETURNING id
+"""
+END_SESSIONS_SQL = """
+UPDATE login_sessions SET revoked_at = now(), revoked_reason = 'email_claimed' WHERE user_id = %s AND revoked_at IS NULL
+"""
 
 
 def normal_email(email: str) -> str:
@@ -68,3 +77,13 @@ async def set_password(conn: AsyncConnection[DictRow], user_id: str, password_ha
 
 async def mark_verified(conn: AsyncConnection[DictRow], user_id: str) -> None:
     await conn.execute(VERIFY_EMAIL_SQL, (user_id,))
+
+
+async def claim_unverified(conn: AsyncConnection[DictRow], user_id: str, password_hash: str | None) -> bool:
+    """The mailbox's owner proved it (an invitation, a provider's verified email) for an account
+    whose email was never verified: verify it, set `password_hash` in place of the registrant's
+    and end the account's sign-ins. False (nothing changed) if the email was verified already."""
+    if await (await conn.execute(CLAIM_UNVERIFIED_SQL, (password_hash, user_id))).fetchone() is None:
+        return False
+    await conn.execute(END_SESSIONS_SQL, (user_id,))
+    return True

@@ -1,6 +1,8 @@
-// Talking to the API: fetch with the key from sessionStorage (never in a URL), errors as
-// ApiError {status, code, message, details}, and `follow` for event streams (EventSource with a
-// stream token, resuming after the last seq shown).
+// Talking to the API: fetch with the key from sessionStorage (never in a URL) or, for people who
+// signed in with a password or a provider, the cookie session (HttpOnly cookies the page never
+// sees; every write echoes the agentos_csrf cookie in X-CSRF-Token, and an expired access cookie
+// is refreshed once). Errors as ApiError {status, code, message, details}; `follow` for event
+// streams (EventSource with a stream token, resuming after the last seq shown).
 
 const KEY = "agentos.key";
 // The console is served at <api>/console/; the API is the directory above.
@@ -24,7 +26,30 @@ export const credential = {
 let onUnauthenticated = () => {};
 export function whenSignedOut(handler) { onUnauthenticated = handler; }
 
-export async function api(method, path, body, {query, contentType} = {}) {
+function csrfCookie() {
+  const found = document.cookie.split("; ").find((c) => c.startsWith("agentos_csrf="));
+  return found ? decodeURIComponent(found.slice("agentos_csrf=".length)) : "";
+}
+
+// Whether a cookie session may be open (its CSRF cookie is the one the page can see).
+export const hasSession = () => csrfCookie() !== "";
+// A cookie session that no longer works: forget its CSRF cookie so the next load does not ask.
+export function forgetSession() { document.cookie = "agentos_csrf=; Max-Age=0; Path=/; SameSite=Strict"; }
+
+let refreshing = null;
+// The cookie session's access cookie lives minutes: trade the refresh cookie for new ones (one
+// refresh at a time, shared by every request that needed it). True if it worked.
+export function refreshSession() {
+  if (!refreshing) {
+    refreshing = fetch(BASE + "/v1/auth/refresh", {method: "POST", body: "{}",
+      headers: {"Content-Type": "application/json", Accept: "application/json", "X-CSRF-Token": csrfCookie()}})
+      .then((r) => r.ok, () => false)
+      .finally(() => { refreshing = null; });
+  }
+  return refreshing;
+}
+
+export async function api(method, path, body, {query, contentType, retried} = {}) {
   const url = new URL(BASE + path);
   for (const [k, v] of Object.entries(query || {})) {
     if (v !== undefined && v !== null && v !== "") url.searchParams.set(k, v);
@@ -32,6 +57,7 @@ export async function api(method, path, body, {query, contentType} = {}) {
   const headers = {Accept: "application/json"};
   const key = credential.get();
   if (key) headers.Authorization = `Bearer ${key}`;
+  else if (!["GET", "HEAD"].includes(method)) headers["X-CSRF-Token"] = csrfCookie();
   const init = {method, headers};
   if (body !== undefined) {
     headers["Content-Type"] = contentType || "application/json";
@@ -48,6 +74,10 @@ export async function api(method, path, body, {query, contentType} = {}) {
   try { payload = await response.json(); } catch { payload = null; }
   if (!response.ok) {
     const e = (payload && payload.error) || {};
+    if (response.status === 401 && !key && !retried && !path.startsWith("/v1/auth/") && csrfCookie()
+        && await refreshSession()) {
+      return api(method, path, body, {query, contentType, retried: true});
+    }
     const error = new ApiError(response.status, e.code || `HTTP_${response.status}`,
       e.message || response.statusText || "The request failed.", e.details);
     if (response.status === 401 && e.code === "UNAUTHENTICATED") onUnauthenticated(error);

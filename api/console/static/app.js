@@ -1,10 +1,11 @@
 // The shell: who is signed in, the routes (#/agents, #/chat/…, …), the error banner.
-import {ApiError, credential, get, whenSignedOut} from "./api.js";
+import {ApiError, credential, forgetSession, get, hasSession, post, whenSignedOut} from "./api.js";
 import {clear, errorBox, h} from "./dom.js";
 import * as agents from "./agents.js";
 import * as approvals from "./approvals.js";
 import * as chat from "./chat.js";
 import * as memory from "./memory.js";
+import * as people from "./people.js";
 import * as runs from "./runs.js";
 import * as signin from "./signin.js";
 import * as usage from "./usage.js";
@@ -31,6 +32,8 @@ const ROUTES = [
   [/^#\/runs$/, runs.renderList],
   [/^#\/runs\/(run_\w+)$/, runs.renderRun],
   [/^#\/usage$/, usage.render],
+  [/^#\/members$/, people.renderMembers],
+  [/^#\/invitations$/, people.renderInvitations],
 ];
 
 const main = document.getElementById("main");
@@ -50,11 +53,12 @@ export function navigate(hash) {
 
 async function signedIn() {
   if (ctx.me) return true;
-  if (!credential.get()) return false;
+  if (!credential.get() && !hasSession()) return false;
   try {
     ctx.me = await get("/v1/me");
   } catch (error) {
     if (error.status !== 401) showError(error);
+    else if (!credential.get()) forgetSession();
     credential.clear();
     return false;
   }
@@ -62,12 +66,36 @@ async function signedIn() {
   document.getElementById("role").textContent = ctx.me.role;
   document.body.dataset.role = ctx.me.role;
   document.getElementById("top").hidden = false;
+  showOrgs();
   return true;
 }
 
-export function signOut() {
+// A person in several orgs chooses one: a new sign-in there (new cookies), then every page anew.
+function showOrgs() {
+  const picker = document.getElementById("org-switch");
+  const orgs = (ctx.me && ctx.me.orgs) || [];
+  picker.hidden = credential.get() !== null || orgs.length < 2;
+  document.getElementById("org-name").hidden = !picker.hidden;  // the picker names the org
+  if (picker.hidden) return;
+  clear(picker, orgs.map((o) => h("option", {value: o.org_id, text: `${o.org_name} (${o.role})`,
+    selected: o.org_id === ctx.me.org_id})));
+}
+
+document.getElementById("org-switch").addEventListener("change", async (event) => {
+  try {
+    await post("/v1/auth/switch-org", {org_id: event.target.value});
+  } catch (error) { showError(error); return; }
+  ctx.me = null;
+  route();
+});
+
+export async function signOut() {
+  const cookieSession = !credential.get() && ctx.me !== null;
   credential.clear();
   ctx.me = null;
+  if (cookieSession) {
+    try { await post("/v1/auth/logout"); } catch { /* ended already */ }
+  }
   document.getElementById("top").hidden = true;
   delete document.body.dataset.role;
   navigate("#/signin");
@@ -105,8 +133,8 @@ async function route() {
 }
 
 whenSignedOut(() => { if (ctx.me) { showError({code: "UNAUTHENTICATED", message: "Your key no longer works; sign in again."}); signOut(); } });
-document.getElementById("sign-out").addEventListener("click", signOut);
+document.getElementById("sign-out").addEventListener("click", () => { signOut(); });
 window.addEventListener("hashchange", route);
 // A rejection no page caught: shown, never left to the console.
 window.addEventListener("unhandledrejection", (event) => { event.preventDefault(); showError(event.reason || {}); });
-route();
+signin.finishProvider().then(route);

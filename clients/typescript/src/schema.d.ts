@@ -244,8 +244,8 @@ export interface paths {
         get?: never;
         put?: never;
         /**
-         * Sign out: the sign-in of this access token ends (its access and refresh tokens stop working).
-         * @description Sign out: the sign-in of this access token ends (its access and refresh tokens stop working).
+         * Sign out: the sign-in of this access token ends (its access and refresh tokens stop working) and the cookie session's cookies are cleared.
+         * @description Sign out: the sign-in of this access token ends (its access and refresh tokens stop working) and the cookie session's cookies are cleared.
          */
         post: operations["logout"];
         delete?: never;
@@ -264,8 +264,8 @@ export interface paths {
         get?: never;
         put?: never;
         /**
-         * Ask for a password reset link by mail. The answer is the same whether or not the email has an account.
-         * @description Ask for a password reset link by mail. The answer is the same whether or not the email has an account.
+         * Ask for a password reset link by mail. The answer is the same whether or not the email has an account; requests are limited per IP and per email (429 with Retry-After).
+         * @description Ask for a password reset link by mail. The answer is the same whether or not the email has an account; requests are limited per IP and per email (429 with Retry-After).
          */
         post: operations["request_reset"];
         delete?: never;
@@ -294,6 +294,26 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/v1/auth/providers": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * How one may sign in here: the configured identity providers, and whether open sign-up is on (the console's sign-in page asks).
+         * @description How one may sign in here: the configured identity providers, and whether open sign-up is on (the console's sign-in page asks).
+         */
+        get: operations["sign_in_providers"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/v1/auth/refresh": {
         parameters: {
             query?: never;
@@ -304,10 +324,30 @@ export interface paths {
         get?: never;
         put?: never;
         /**
-         * Trade a refresh token for a new pair. Each refresh token works once; presenting a used one again ends the whole sign-in.
-         * @description Trade a refresh token for a new pair. Each refresh token works once; presenting a used one again ends the whole sign-in.
+         * Trade a refresh token for a new pair. Each refresh token works once; presenting a used one again ends the whole sign-in. Without a body token, the cookie session's refresh cookie is used (and the X-CSRF-Token header is required).
+         * @description Trade a refresh token for a new pair. Each refresh token works once; presenting a used one again ends the whole sign-in. Without a body token, the cookie session's refresh cookie is used (and the X-CSRF-Token header is required).
          */
         post: operations["refresh"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/auth/register": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Register (when the operator opened sign-up): a new account and a new org with you as its owner, signed in. The email is verified by the mailed link.
+         * @description Register (when the operator opened sign-up): a new account and a new org with you as its owner, signed in. The email is verified by the mailed link.
+         */
+        post: operations["register"];
         delete?: never;
         options?: never;
         head?: never;
@@ -324,10 +364,30 @@ export interface paths {
         get?: never;
         put?: never;
         /**
-         * Switch to another org you belong to: a new sign-in there, with its own tokens.
-         * @description Switch to another org you belong to: a new sign-in there, with its own tokens.
+         * Switch to another org you belong to: a new sign-in there, with its own tokens (in new cookies when signed in by cookie).
+         * @description Switch to another org you belong to: a new sign-in there, with its own tokens (in new cookies when signed in by cookie).
          */
         post: operations["switch_org"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/auth/verify-email": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Confirm an email address with the mailed link's token (works once).
+         * @description Confirm an email address with the mailed link's token (works once).
+         */
+        post: operations["verify_email"];
         delete?: never;
         options?: never;
         head?: never;
@@ -2806,6 +2866,7 @@ export interface components {
              * @description A stable code from the table in docs/api.md.
              * @example BAD_REQUEST
              * @example CONFLICT
+             * @example CSRF_FAILED
              * @example FORBIDDEN
              * @example IDEMPOTENCY_MISMATCH
              * @example INTERNAL
@@ -2820,6 +2881,7 @@ export interface components {
              * @example RATE_LIMITED
              * @example SANDBOX_BACKEND_FAILED
              * @example SESSION_BUSY
+             * @example SIGNUP_DISABLED
              * @example STREAM_TOKEN_EXPIRED
              * @example STREAM_TOKEN_INVALID
              * @example UNAUTHENTICATED
@@ -3327,6 +3389,12 @@ export interface components {
         };
         /** Login */
         Login: {
+            /**
+             * Cookie
+             * @description true: the session goes in HttpOnly cookies (the console; docs/api.md, 'Cookie sessions') and the body's access_token and refresh_token are null.
+             * @default false
+             */
+            cookie: boolean;
             /** Email */
             email: string;
             /**
@@ -4157,8 +4225,36 @@ export interface components {
         };
         /** Refresh */
         Refresh: {
-            /** Refresh Token */
-            refresh_token: string;
+            /**
+             * Refresh Token
+             * @description Absent: the refresh cookie of a cookie session is used.
+             * @default null
+             */
+            refresh_token: string | null;
+        };
+        /** Register */
+        Register: {
+            /**
+             * Cookie
+             * @description true: the session goes in HttpOnly cookies (the console; docs/api.md, 'Cookie sessions') and the body's access_token and refresh_token are null.
+             * @default false
+             */
+            cookie: boolean;
+            /** Email */
+            email: string;
+            /**
+             * Name
+             * @default null
+             */
+            name: string | null;
+            /**
+             * Org Name
+             * @description The new org's name; default: the email address.
+             * @default null
+             */
+            org_name: string | null;
+            /** Password */
+            password: string;
         };
         /** Rejection */
         Rejection: {
@@ -5200,6 +5296,19 @@ export interface components {
              */
             next_cursor: string | null;
         };
+        /** SignInProviders */
+        SignInProviders: {
+            /**
+             * Open Signup
+             * @description Whether POST /v1/auth/register is open.
+             */
+            open_signup: boolean;
+            /**
+             * Providers
+             * @description The identity providers configured here (`oidc`, `github`); empty: email and password only.
+             */
+            providers: string[];
+        };
         /**
          * Skill
          * @description A skill, by `kind`.
@@ -5309,6 +5418,12 @@ export interface components {
         SsoCallback: {
             /** Code */
             code: string;
+            /**
+             * Cookie
+             * @description true: the session goes in HttpOnly cookies (the console; docs/api.md, 'Cookie sessions') and the body's access_token and refresh_token are null.
+             * @default false
+             */
+            cookie: boolean;
             /** State */
             state: string;
         };
@@ -5483,9 +5598,15 @@ export interface components {
         Tokens: {
             /**
              * Access Token
-             * @description A JWT for `Authorization: Bearer`; short-lived.
+             * @description A JWT for `Authorization: Bearer`; short-lived. null in a cookie session (it is in the HttpOnly cookie).
              */
-            access_token: string;
+            access_token: string | null;
+            /**
+             * Csrf Token
+             * @description A cookie session's CSRF token (also the agentos_csrf cookie): send it as X-CSRF-Token on every write. null otherwise.
+             * @default null
+             */
+            csrf_token: string | null;
             /**
              * Expires In
              * @description Seconds the access token is valid.
@@ -5495,9 +5616,9 @@ export interface components {
             org_id: string;
             /**
              * Refresh Token
-             * @description Single use: POST /v1/auth/refresh answers a new pair. Using one twice ends the sign-in.
+             * @description Single use: POST /v1/auth/refresh answers a new pair. Using one twice ends the sign-in. null in a cookie session.
              */
-            refresh_token: string;
+            refresh_token: string | null;
             /**
              * Role
              * @enum {string}
@@ -5821,6 +5942,11 @@ export interface components {
             /** Tool Calls */
             tool_calls: number;
         };
+        /** VerifyEmail */
+        VerifyEmail: {
+            /** Token */
+            token: string;
+        };
         /** Webhook */
         Webhook: {
             /**
@@ -6028,6 +6154,8 @@ export interface components {
         "RateLimit-Remaining": number;
         /** @description Seconds to wait before retrying. */
         "Retry-After": number;
+        /** @description A cookie session's cookies (`"cookie": true` sign-ins, refresh, switch-org), or their removal (logout); docs/api.md, Cookie sessions. */
+        "Set-Cookie": string;
         /** @description `Bearer realm="agentos"`. */
         "WWW-Authenticate": string;
     };
@@ -6993,6 +7121,7 @@ export interface operations {
             /** @description Sign in with email and password */
             200: {
                 headers: {
+                    "Set-Cookie": components["headers"]["Set-Cookie"];
                     [name: string]: unknown;
                 };
                 content: {
@@ -7092,6 +7221,7 @@ export interface operations {
                 headers: {
                     "RateLimit-Limit": components["headers"]["RateLimit-Limit"];
                     "RateLimit-Remaining": components["headers"]["RateLimit-Remaining"];
+                    "Set-Cookie": components["headers"]["Set-Cookie"];
                     [name: string]: unknown;
                 };
                 content?: never;
@@ -7152,7 +7282,7 @@ export interface operations {
             };
         };
         responses: {
-            /** @description Ask for a password reset link by mail. The answer is the same whether or not the email has an account. */
+            /** @description Ask for a password reset link by mail. The answer is the same whether or not the email has an account */
             204: {
                 headers: {
                     [name: string]: unknown;
@@ -7189,6 +7319,18 @@ export interface operations {
             /** @description `VALIDATION_FAILED`: The request body failed validation; see details.fields. */
             422: {
                 headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `RATE_LIMITED`: Too many requests; retry after the given delay. */
+            429: {
+                headers: {
+                    "RateLimit-Limit": components["headers"]["RateLimit-Limit"];
+                    "RateLimit-Remaining": components["headers"]["RateLimit-Remaining"];
+                    "Retry-After": components["headers"]["Retry-After"];
                     [name: string]: unknown;
                 };
                 content: {
@@ -7264,6 +7406,26 @@ export interface operations {
             };
         };
     };
+    sign_in_providers: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description How one may sign in here */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["SignInProviders"];
+                };
+            };
+        };
+    };
     refresh: {
         parameters: {
             query?: never;
@@ -7271,7 +7433,7 @@ export interface operations {
             path?: never;
             cookie?: never;
         };
-        requestBody: {
+        requestBody?: {
             content: {
                 "application/json": components["schemas"]["Refresh"];
             };
@@ -7280,6 +7442,7 @@ export interface operations {
             /** @description Trade a refresh token for a new pair. Each refresh token works once */
             200: {
                 headers: {
+                    "Set-Cookie": components["headers"]["Set-Cookie"];
                     [name: string]: unknown;
                 };
                 content: {
@@ -7299,6 +7462,15 @@ export interface operations {
             401: {
                 headers: {
                     "WWW-Authenticate": components["headers"]["WWW-Authenticate"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `CSRF_FAILED`: A request signed in by cookie must carry the X-CSRF-Token header (the agentos_csrf cookie's value) and come from this server's own origin. */
+            403: {
+                headers: {
                     [name: string]: unknown;
                 };
                 content: {
@@ -7344,6 +7516,107 @@ export interface operations {
             };
         };
     };
+    register: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["Register"];
+            };
+        };
+        responses: {
+            /** @description Register (when the operator opened sign-up) */
+            201: {
+                headers: {
+                    "Set-Cookie": components["headers"]["Set-Cookie"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Tokens"];
+                };
+            };
+            /** @description `BAD_REQUEST`: The request is malformed. */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `SIGNUP_DISABLED`: Sign-up is by invitation only on this server. */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `CONFLICT`: The resource's state does not allow this. */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `PAYLOAD_TOO_LARGE`: The request body is too large. */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `UNSUPPORTED_MEDIA_TYPE`: Send JSON with 'Content-Type: application/json'. */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `PASSWORD_REJECTED`: The password does not meet the rules: at least the minimum length, not a common password, not your email.; `VALIDATION_FAILED`: The request body failed validation; see details.fields. */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `RATE_LIMITED`: Too many requests; retry after the given delay. */
+            429: {
+                headers: {
+                    "RateLimit-Limit": components["headers"]["RateLimit-Limit"];
+                    "RateLimit-Remaining": components["headers"]["RateLimit-Remaining"];
+                    "Retry-After": components["headers"]["Retry-After"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `UNAVAILABLE`: A dependency is unavailable; retry later. Nothing was half-written. */
+            503: {
+                headers: {
+                    "Retry-After": components["headers"]["Retry-After"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+        };
+    };
     switch_org: {
         parameters: {
             query?: never;
@@ -7362,6 +7635,7 @@ export interface operations {
                 headers: {
                     "RateLimit-Limit": components["headers"]["RateLimit-Limit"];
                     "RateLimit-Remaining": components["headers"]["RateLimit-Remaining"];
+                    "Set-Cookie": components["headers"]["Set-Cookie"];
                     [name: string]: unknown;
                 };
                 content: {
@@ -7447,6 +7721,73 @@ export interface operations {
             };
         };
     };
+    verify_email: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["VerifyEmail"];
+            };
+        };
+        responses: {
+            /** @description Confirm an email address with the mailed link's token (works once). */
+            204: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description `BAD_REQUEST`: The request is malformed. */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `NOT_FOUND`: No such resource in this organisation. */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `PAYLOAD_TOO_LARGE`: The request body is too large. */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `UNSUPPORTED_MEDIA_TYPE`: Send JSON with 'Content-Type: application/json'. */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `VALIDATION_FAILED`: The request body failed validation; see details.fields. */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+        };
+    };
     callback: {
         parameters: {
             query?: never;
@@ -7465,6 +7806,7 @@ export interface operations {
             /** @description Finish signing in with an identity provider */
             200: {
                 headers: {
+                    "Set-Cookie": components["headers"]["Set-Cookie"];
                     [name: string]: unknown;
                 };
                 content: {
@@ -8732,6 +9074,18 @@ export interface operations {
             /** @description `PASSWORD_REJECTED`: The password does not meet the rules: at least the minimum length, not a common password, not your email.; `VALIDATION_FAILED`: The request body failed validation; see details.fields. */
             422: {
                 headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `RATE_LIMITED`: Too many requests; retry after the given delay. */
+            429: {
+                headers: {
+                    "RateLimit-Limit": components["headers"]["RateLimit-Limit"];
+                    "RateLimit-Remaining": components["headers"]["RateLimit-Remaining"];
+                    "Retry-After": components["headers"]["Retry-After"];
                     [name: string]: unknown;
                 };
                 content: {
