@@ -10,7 +10,8 @@ unreachable the hub has every reader read Postgres instead, so a stream never en
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
+from typing import Final
 
 from core.event_hub import PAGE, EventHub, Follower
 from core.events import Event
@@ -30,6 +31,11 @@ async def from_postgres(
     async with tenant_tx(pool, org_id) as conn:
         rows = await (await conn.execute(LIST_EVENTS_SQL, (session_id, after, ceiling, limit))).fetchall()
     return [Event.from_row(r) for r in rows]
+
+
+KEEPALIVE: Final = None
+"""What `EventReader.follow(keepalives=True)` yields when the stream has been quiet for the
+hub's keep-alive interval (an SSE response sends a comment line)."""
 
 
 class EventReader:
@@ -65,7 +71,15 @@ class EventReader:
 
     async def follow(self, after: int) -> AsyncIterator[Event]:
         """Every event with seq > `after`, in order, each once. Never returns by itself, only
-        when the hub closes (the process shuts down; the client reconnects with its cursor)."""
+        when the hub closes or drains (the process shuts down; the client reconnects with its
+        cursor)."""
+        async for event in self.follow_with_keepalives(after):
+            if event is not None:  # not KEEPALIVE
+                yield event
+
+    async def follow_with_keepalives(self, after: int) -> AsyncGenerator[Event | None, None]:
+        """`follow`, with `KEEPALIVE` (None) between events whenever the hub's timer says the
+        stream has been quiet for its keep-alive interval."""
         last = after
         while True:  # catch up from Redis while it has a full page, then from Postgres
             streamed = await self._hub.read_once(self._key, last)
@@ -82,12 +96,13 @@ class EventReader:
         follower = self._hub.join(self._org_id, self._session_id, last)
         try:
             while not follower.closed:
-                if not follower.pending and not follower.stale:
-                    follower.wake.clear()
-                    await follower.wake.wait()
-                    continue
-                async for event in self._next(follower):
-                    yield event
+                await follower.wait()
+                if follower.ping:
+                    follower.ping = False
+                    yield KEEPALIVE
+                if follower.pending or follower.stale:
+                    async for event in self._next(follower):
+                        yield event
         finally:
             self._hub.leave(follower)
 

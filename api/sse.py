@@ -1,0 +1,151 @@
+"""Server-sent event streams as a small ASGI response of our own: an idle stream is one waiting
+coroutine and one small task, so one API process holds ten thousand of them.
+
+sse-starlette's `EventSourceResponse` (still used by the runner link, a handful of streams) runs
+four tasks per response in an anyio task group (the body, a ping timer, a shutdown listener, a
+disconnect listener); our shutdown farewell added two more. Measured with `bench/sse.py
+--tracemalloc`, those tasks were most of an idle stream's memory. Here:
+
+- the body runs in the request's own task, reading `core.event_reader`'s stream, which waits on
+  its `Follower` for events, for keep-alives (the event hub's one timer marks them due) and for
+  the end (`EventHub.drain()` at shutdown);
+- one small task waits for the client to disconnect (uvicorn tells only `receive()`; a send to a
+  closed connection is silently dropped) and then cancels the body, which leaves the hub;
+- `watch_for_exit` (one task per process) drains the hub as soon as uvicorn begins to shut down,
+  so every stream ends with its farewell and clients reconnect elsewhere with `Last-Event-ID`.
+
+The wire format is sse-starlette's: `\\r\\n` line ends, `: ping - <time>` keep-alives.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import AsyncIterator, Callable, Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+import uvicorn
+from starlette.datastructures import MutableHeaders
+from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
+
+from core.event_hub import EventHub
+from core.events import Event
+
+# A chunk of the body: bytes to send, or None for "a keep-alive is due".
+Chunk = bytes | None
+EXIT_POLL_S = 0.25
+
+
+def event_bytes(event: Event) -> bytes:
+    """One event as SSE: its seq as the id (the client's `Last-Event-ID`), its type, its JSON
+    (orjson escapes newlines, so one `data:` line)."""
+    return b"id: %d\r\nevent: %s\r\ndata: %s\r\n\r\n" % (event.seq, event.type.encode(), event.to_json())
+
+
+def comment_bytes(text: str, *, retry_ms: int | None = None) -> bytes:
+    retry = b"" if retry_ms is None else b"retry: %d\r\n" % retry_ms
+    return b": %s\r\n%s\r\n" % (text.encode(), retry)
+
+
+def keepalive_bytes() -> bytes:
+    return comment_bytes(f"ping - {datetime.now(UTC)}")
+
+
+async def _until_disconnect(receive: Receive) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
+class EventStream(Response):
+    """`text/event-stream` from `chunks`; after they end, `farewell()`'s bytes (if any) close it.
+    HEAD answers the headers only: the stream never starts (it might never end)."""
+
+    media_type = "text/event-stream"
+
+    def __init__(self, chunks: AsyncIterator[Chunk], *, farewell: Callable[[], bytes | None] = lambda: None,
+                 headers: Mapping[str, str] | None = None) -> None:
+        self.chunks = chunks
+        self.farewell = farewell
+        self.status_code = 200
+        self.background = None
+        merged = MutableHeaders(headers=dict(headers or {}))
+        merged.setdefault("Cache-Control", "no-store")
+        merged["Connection"] = "keep-alive"
+        merged["X-Accel-Buffering"] = "no"  # nginx: pass each event on at once
+        self.init_headers(merged)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        start = {"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers}
+        if scope.get("method") == "HEAD":
+            await send(start)
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+            await self._close_chunks()
+            return
+        body = asyncio.current_task()
+        assert body is not None
+        streaming = True
+        left = False
+
+        def client_left(_: asyncio.Task[None]) -> None:
+            nonlocal left
+            if streaming:
+                left = True
+                body.cancel()
+
+        listener = asyncio.create_task(_until_disconnect(receive))
+        listener.add_done_callback(client_left)
+        try:
+            await send(start)
+            async for chunk in self.chunks:
+                await send({"type": "http.response.body", "body": keepalive_bytes() if chunk is None else chunk,
+                            "more_body": True})
+            last = self.farewell() or b""
+            streaming = False
+            await send({"type": "http.response.body", "body": last, "more_body": False})
+        except asyncio.CancelledError:
+            if not left:
+                raise
+            body.uncancel()  # the client is gone: this response is over, the server is not
+        finally:
+            streaming = False
+            listener.remove_done_callback(client_left)
+            listener.cancel()
+            await self._close_chunks()
+
+    async def _close_chunks(self) -> None:
+        aclose = getattr(self.chunks, "aclose", None)
+        if aclose is not None:
+            await aclose()
+
+
+def _uvicorn_exiting() -> bool:
+    """True once the uvicorn server of this process began to shut down (SIGTERM, SIGINT). The
+    server is found as the owner of the SIGTERM handler, which uvicorn installs when it runs in
+    the main thread (`agentos api`); elsewhere (tests' servers in threads) this stays False and
+    streams end when uvicorn cancels them."""
+    server = getattr(signal.getsignal(signal.SIGTERM), "__self__", None)
+    return isinstance(server, uvicorn.Server) and bool(server.should_exit)
+
+
+async def watch_for_exit(hub: EventHub, exiting: Callable[[], bool] = _uvicorn_exiting) -> None:
+    """Drain `hub` once the server begins to shut down: every open stream sends its farewell and
+    ends, before uvicorn's graceful timeout would cut it."""
+    while not exiting():
+        await asyncio.sleep(EXIT_POLL_S)
+    hub.drain()
+
+
+def counted(gauge: Any, chunks: AsyncIterator[Chunk]) -> AsyncIterator[Chunk]:
+    """`chunks`, counted in `gauge` while the stream is open."""
+
+    async def counting() -> AsyncIterator[Chunk]:
+        gauge.inc()
+        try:
+            async for chunk in chunks:
+                yield chunk
+        finally:
+            gauge.dec()
+
+    return counting()
