@@ -9,8 +9,9 @@ disconnect listener); our shutdown farewell added two more. Measured with `bench
 - the body runs in the request's own task, reading `core.event_reader`'s stream, which waits on
   its `Follower` for events, for keep-alives (the event hub's one timer marks them due) and for
   the end (`EventHub.drain()` at shutdown);
-- one small task waits for the client to disconnect (uvicorn tells only `receive()`; a send to a
-  closed connection is silently dropped) and then cancels the body, which leaves the hub;
+- uvicorn's `receive()`, in a task of its own, waits for the client to disconnect (uvicorn tells
+  only `receive()`; a send to a closed connection is silently dropped) and then cancels the body,
+  which leaves the hub;
 - `watch_for_exit` (one task per process) drains the hub as soon as uvicorn begins to shut down,
   so every stream ends with its farewell and clients reconnect elsewhere with `Last-Event-ID`.
 
@@ -21,20 +22,18 @@ from __future__ import annotations
 
 import asyncio
 import signal
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncGenerator, Callable, Mapping
 from datetime import UTC, datetime
-from typing import Any
 
 import uvicorn
+from prometheus_client import Gauge
 from starlette.datastructures import MutableHeaders
 from starlette.responses import Response
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from core.event_hub import EventHub
 from core.events import Event
 
-# A chunk of the body: bytes to send, or None for "a keep-alive is due".
-Chunk = bytes | None
 EXIT_POLL_S = 0.25
 
 
@@ -53,20 +52,22 @@ def keepalive_bytes() -> bytes:
     return comment_bytes(f"ping - {datetime.now(UTC)}")
 
 
-async def _until_disconnect(receive: Receive) -> None:
-    while (await receive())["type"] != "http.disconnect":
-        pass
-
-
 class EventStream(Response):
-    """`text/event-stream` from `chunks`; after they end, `farewell()`'s bytes (if any) close it.
-    HEAD answers the headers only: the stream never starts (it might never end)."""
+    """`text/event-stream` of `events` (`core.event_reader`'s, None marking a keep-alive due),
+    only those of `run_id` when given, up to its terminal event; after they end, `farewell()`'s
+    bytes (if any) close it. Counted in `gauge` while open. HEAD answers the headers only: the
+    stream never starts (it might never end).
+
+    Everything an idle stream holds lives in this one call's frame and the reader's generator:
+    no wrapping generators, and the disconnect listener is uvicorn's own `receive()` in a task."""
 
     media_type = "text/event-stream"
 
-    def __init__(self, chunks: AsyncIterator[Chunk], *, farewell: Callable[[], bytes | None] = lambda: None,
-                 headers: Mapping[str, str] | None = None) -> None:
-        self.chunks = chunks
+    def __init__(self, events: AsyncGenerator[Event | None, None], *, gauge: Gauge, run_id: str | None = None,
+                 farewell: Callable[[], bytes | None] = lambda: None, headers: Mapping[str, str] | None = None) -> None:
+        self.events = events
+        self.gauge = gauge
+        self.run_id = run_id
         self.farewell = farewell
         self.status_code = 200
         self.background = None
@@ -77,30 +78,49 @@ class EventStream(Response):
         self.init_headers(merged)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        start = {"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers}
-        if scope.get("method") == "HEAD":
-            await send(start)
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
-            await self._close_chunks()
-            return
+        try:
+            if scope.get("method") == "HEAD" or (await receive())["type"] == "http.disconnect":
+                await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+                return
+            await self._stream(receive, send)
+        finally:
+            await self.events.aclose()
+
+    async def _stream(self, receive: Receive, send: Send) -> None:
+        # The request (a GET has no body) was received: the next message can only be the
+        # disconnect, which uvicorn tells `receive()` alone (a send to a closed connection is
+        # dropped without an error). It cancels the body.
         body = asyncio.current_task()
         assert body is not None
-        streaming = True
-        left = False
+        streaming, left = True, False
+        listener: asyncio.Future[Message] = asyncio.ensure_future(receive())
 
-        def client_left(_: asyncio.Task[None]) -> None:
-            nonlocal left
-            if streaming:
-                left = True
-                body.cancel()
+        def on_message(done: asyncio.Future[Message]) -> None:
+            nonlocal left, listener
+            if not streaming or done.cancelled():
+                return
+            if done.exception() is None and done.result()["type"] != "http.disconnect":
+                listener = asyncio.ensure_future(receive())  # more request body: not for us
+                listener.add_done_callback(on_message)
+                return
+            left = True
+            body.cancel()
 
-        listener = asyncio.create_task(_until_disconnect(receive))
-        listener.add_done_callback(client_left)
+        listener.add_done_callback(on_message)
+        self.gauge.inc()
         try:
-            await send(start)
-            async for chunk in self.chunks:
-                await send({"type": "http.response.body", "body": keepalive_bytes() if chunk is None else chunk,
-                            "more_body": True})
+            await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+            async for event in self.events:
+                if event is None:
+                    chunk = keepalive_bytes()
+                elif self.run_id is None or event.run_id == self.run_id:
+                    chunk = event_bytes(event)
+                else:
+                    continue
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                if self.run_id is not None and event is not None and event.terminal:
+                    break
             last = self.farewell() or b""
             streaming = False
             await send({"type": "http.response.body", "body": last, "more_body": False})
@@ -110,14 +130,9 @@ class EventStream(Response):
             body.uncancel()  # the client is gone: this response is over, the server is not
         finally:
             streaming = False
-            listener.remove_done_callback(client_left)
+            self.gauge.dec()
+            listener.remove_done_callback(on_message)
             listener.cancel()
-            await self._close_chunks()
-
-    async def _close_chunks(self) -> None:
-        aclose = getattr(self.chunks, "aclose", None)
-        if aclose is not None:
-            await aclose()
 
 
 def _uvicorn_exiting() -> bool:
@@ -135,17 +150,3 @@ async def watch_for_exit(hub: EventHub, exiting: Callable[[], bool] = _uvicorn_e
     while not exiting():
         await asyncio.sleep(EXIT_POLL_S)
     hub.drain()
-
-
-def counted(gauge: Any, chunks: AsyncIterator[Chunk]) -> AsyncIterator[Chunk]:
-    """`chunks`, counted in `gauge` while the stream is open."""
-
-    async def counting() -> AsyncIterator[Chunk]:
-        gauge.inc()
-        try:
-            async for chunk in chunks:
-                yield chunk
-        finally:
-            gauge.dec()
-
-    return counting()

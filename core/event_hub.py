@@ -78,18 +78,14 @@ class Follower:
         """Something for the reader: events, a Postgres read, a keep-alive or the end."""
         return bool(self.pending) or self.stale or self.ping or self.closed
 
-    async def wait(self) -> None:
-        """Until `ready` (at once if it is)."""
-        if self.ready:
-            return
+    def waiter(self) -> asyncio.Future[None]:
+        """A future that `wake()` completes: await it when not `ready` (a bare future, not a
+        coroutine: one frame less per idle stream)."""
         self._waiter = asyncio.get_running_loop().create_future()
-        try:
-            await self._waiter
-        finally:
-            self._waiter = None
+        return self._waiter
 
     def wake(self) -> None:
-        waiter = self._waiter
+        waiter, self._waiter = self._waiter, None
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 

@@ -96,7 +96,9 @@ class EventReader:
         follower = self._hub.join(self._org_id, self._session_id, last)
         try:
             while not follower.closed:
-                await follower.wait()
+                if not follower.ready:
+                    await follower.waiter()
+                    continue
                 if follower.ping:
                     follower.ping = False
                     yield KEEPALIVE

@@ -14,18 +14,17 @@ reconnect (through the load balancer, to another API process) and resume where t
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator
-from contextlib import aclosing
+from collections.abc import AsyncGenerator
 from typing import Any
 
 from starlette.responses import Response
 
 from api.endpoint import Call, endpoint, resource
 from api.routes.runs import reader_for, run_not_found, session_not_found
-from api.sse import Chunk, EventStream, comment_bytes, counted, event_bytes
+from api.sse import EventStream, comment_bytes
 from api.state import state_of
 from core.errors import ApiError
-from core.event_reader import KEEPALIVE
+from core.events import Event
 from core.store import runs
 from core.telemetry import metrics
 from core.tenancy import tenant_tx
@@ -49,14 +48,21 @@ def _after(call: Call[Any]) -> int | None:
     return int(raw)
 
 
-def _response(call: Call[Any], chunks: AsyncIterator[Chunk]) -> Response:
-    """The stream; when it ends because the process is shutting down (the hub drained its
-    followers), the farewell closes it. An event already read is always sent before the
-    farewell, so the client's Last-Event-ID is the last event it got."""
+def _response(call: Call[Any], events: AsyncGenerator[Event | None, None], run_id: str | None = None) -> Response:
+    """The stream, counted in `agentos_sse_connections` while open; when it ends because the
+    process is shutting down (the hub drained its followers), the farewell closes it. An event
+    already read is always sent before the farewell, so the client's Last-Event-ID is the last
+    event it got."""
     hub = state_of(call.request).events
-    return EventStream(counted(metrics.get().sse_open, chunks),
+    return EventStream(events, gauge=metrics.get().sse_open, run_id=run_id,
                        farewell=lambda: FAREWELL if hub.draining else None,
                        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+async def _nothing() -> AsyncGenerator[Event | None, None]:
+    """The events of a run that has ended and whose every event the client has."""
+    return
+    yield
 
 
 @endpoint("Stream one run's events (SSE); replays after `Last-Event-ID`, ends after the terminal event.",
@@ -79,19 +85,7 @@ async def run_events(call: Call[Any]) -> Response:
         session_id = run["session_id"]
     reader = reader_for(call, session_id)
 
-    async def stream() -> AsyncIterator[Chunk]:
-        if finished:
-            return
-        async with aclosing(reader.follow_with_keepalives(start)) as events:
-            async for event in events:
-                if event is KEEPALIVE:
-                    yield KEEPALIVE
-                elif event.run_id == run_id:
-                    yield event_bytes(event)
-                    if event.terminal:
-                        return
-
-    return _response(call, stream())
+    return _response(call, _nothing() if finished else reader.follow_with_keepalives(start), run_id=run_id)
 
 
 @endpoint("Stream every event of a session (SSE), live; `Last-Event-ID` or `?after=0` replays first.",
@@ -106,12 +100,7 @@ async def session_events(call: Call[Any]) -> Response:
     start = after if after is not None else int(row["event_seq"])
     reader = reader_for(call, session_id)
 
-    async def stream() -> AsyncIterator[Chunk]:
-        async with aclosing(reader.follow_with_keepalives(start)) as events:
-            async for event in events:
-                yield KEEPALIVE if event is KEEPALIVE else event_bytes(event)
-
-    return _response(call, stream())
+    return _response(call, reader.follow_with_keepalives(start))
 
 
 routes = [
