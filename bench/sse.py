@@ -67,6 +67,7 @@ from core.migrations import migrate  # noqa: E402
 
 APP_ROLE = "agentos_app"
 OPENING_AT_ONCE = 100
+OPEN_ATTEMPTS = 5
 
 
 def pct(values: list[float], p: float) -> float:
@@ -294,7 +295,14 @@ async def amain(bench: Bench) -> None:
 
         async def start(stream: Stream) -> None:
             async with opening:
-                reader, writer = await open_stream("127.0.0.1", bench.port, key, stream)
+                for attempt in range(OPEN_ATTEMPTS):  # a 503 (the API's pool busy opening the rest): again
+                    try:
+                        reader, writer = await open_stream("127.0.0.1", bench.port, key, stream)
+                        break
+                    except RuntimeError:
+                        if attempt == OPEN_ATTEMPTS - 1:
+                            raise
+                        await asyncio.sleep(0.5 * (attempt + 1))
             writers.append(writer)
             tasks.append(asyncio.create_task(consume(reader, stream)))
 
@@ -302,6 +310,7 @@ async def amain(bench: Bench) -> None:
         opened = await asyncio.gather(*(start(s) for s in streams), return_exceptions=True)
         failures = [o for o in opened if isinstance(o, BaseException)]
         open_s = time.perf_counter() - t0
+        streams = [s for s, o in zip(streams, opened, strict=True) if not isinstance(o, BaseException)]
         print(f"{len(streams) - len(failures)} streams open in {open_s:.1f}s ({len(failures)} failed"
               + (f", first: {failures[0]!r}" if failures else "") + f"); idling {args.idle:g}s")
         try:
@@ -310,12 +319,16 @@ async def amain(bench: Bench) -> None:
             idle_cpu = (sum(proc.cpu_times()[:2]) - cpu0) / (time.monotonic() - idle0)
             rss_after = proc.memory_info().rss
             if before_snapshot is not None:
-                print_growth(before_snapshot, await bench.snapshot(1), max(len(streams) - len(failures), 1))
+                print_growth(before_snapshot, await bench.snapshot(1), max(len(streams), 1))
             hub, other, connected = redis_connections(bench.urls.redis_url)
             # Gaps within the idle window only: while streams are being opened the API is busy.
             gaps = [b - a for s in streams for a, b in zip(s.pings, s.pings[1:], strict=False) if a >= idle0]
             late = sum(1 for g in gaps if g > args.keepalive + 0.5)
             first_ping_streams = sum(1 for s in streams if s.pings)
+            print(f"idle: API RSS {(rss_after - rss_before) / max(len(streams), 1) / 1024:.1f} KiB per open stream; "
+                  f"keep-alive gaps p50 {pct(gaps, 50):.2f} p99 {pct(gaps, 99):.2f} "
+                  f"max {max(gaps, default=math.nan):.2f} s, {late} of {len(gaps)} over setting + 0.5 s; "
+                  f"CPU {idle_cpu * 100:.1f}%", flush=True)
 
             followed = sorted({s.session_id for s in streams})
             latencies: list[float] = []
@@ -325,6 +338,7 @@ async def amain(bench: Bench) -> None:
                 by_session.setdefault(s.session_id, []).append(s)
             probed = [hot] * args.probes if hot is not None else \
                 random.Random(7).sample(followed, min(args.probes, len(followed)))
+            missed = 0
             for session_id in probed:
                 followers = by_session[session_id]
                 for s in followers:
@@ -332,8 +346,13 @@ async def amain(bench: Bench) -> None:
                 sent = time.monotonic()
                 r = await http.post(f"/v1/sessions/{session_id}/runs", json={"input": "hi"}, headers=headers)
                 r.raise_for_status()
-                await asyncio.wait_for(asyncio.gather(*(s.got_event.wait() for s in followers)), 30)
+                try:
+                    await asyncio.wait_for(asyncio.gather(*(s.got_event.wait() for s in followers)), 30)
+                except TimeoutError:
+                    missed += sum(1 for s in followers if not s.got_event.is_set())
                 for s in followers:
+                    if not s.got_event.is_set():
+                        continue
                     event, mono, wall = s.received[-1]
                     latencies.append(mono - sent)
                     deliveries.append(wall - datetime.fromisoformat(event["ts"].replace("Z", "+00:00")).timestamp())
@@ -368,7 +387,8 @@ async def amain(bench: Bench) -> None:
           f"(setting {args.keepalive:g}; {late} of {len(gaps)} gaps over setting + 0.5 s)")
     print(f"  event published while {n} idle, {len(latencies)} deliveries: POST sent -> at follower ms "
           f"p50 {ms(pct(latencies, 50))} p99 {ms(pct(latencies, 99))} max {ms(max(latencies, default=math.nan))}; "
-          f"event ts -> at follower ms p50 {ms(pct(deliveries, 50))} p99 {ms(pct(deliveries, 99))}")
+          f"event ts -> at follower ms p50 {ms(pct(deliveries, 50))} p99 {ms(pct(deliveries, 99))}; "
+          f"not delivered within 30 s: {missed}")
     print(f"  API log: {warnings} WARNING/ERROR lines, {too_many} 'Too many connections'")
 
 
