@@ -1,15 +1,16 @@
 """Idle SSE streams benchmark: what N open, quiet event streams cost one API process.
 
     .venv/bin/python bench/sse.py [--streams N] [--sessions S] [--followers F] [--keepalive K] [--idle T]
-                                  [--probes P] [--tracemalloc]
+                                  [--probes P] [--opening O] [--tracemalloc] [--keep]
 
 Starts its own stack in a temp dir (embedded Postgres + Redis, non-durable), migrates, and runs one
 `agentos api` (uvicorn) child process on 127.0.0.1 with `AGENTOS_EVENTS__KEEPALIVE_S=K`; no worker
 (runs stay queued, which is all it needs). It raises its own RLIMIT_NOFILE (the API inherits it),
 creates an org, an agent and S sessions (default: one per stream), then:
 
-1. opens N `GET /v1/sessions/{id}/events` streams (default 2000; 100 being opened at a time), with
-   a small raw HTTP/1.1 client (one socket each, chunked decoding, no httpx per stream);
+1. opens N `GET /v1/sessions/{id}/events` streams (default 2000; `--opening` (100) being opened
+   at a time, each retried on a 503), with a small raw HTTP/1.1 client (one socket each, chunked
+   decoding, no httpx per stream); what follows counts the streams that opened;
 2. lets them idle for T seconds (default 20) and measures: the Redis connections the API holds
    (`CLIENT LIST`, by client name: the event hub's `agentos-events` and the rest), `INFO clients`,
    the API's RSS before and after opening (per idle stream), the API's CPU while idle, and the

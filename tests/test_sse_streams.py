@@ -6,16 +6,19 @@ stream at 10,000 streams is in bench/sse.py (docs/benchmarks.md)."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
-from typing import Any
+from typing import Any, cast
 
 import httpx
 import pytest
+import redis.asyncio as aioredis
 from starlette.testclient import TestClient
 
 from agentos.stack.local import StackUrls
 from api.app import create_app
+from core.event_hub import EventHub
 from tests.helpers import Org, RsaKeys, Served, make_settings, new_org, serving, until
 
 STREAMS = 20
@@ -117,3 +120,32 @@ def test_the_event_stream_wire_format_is_unchanged(client: TestClient, org: Org)
     assert [line.split(b": ")[0] for line in first] == [b"id", b"event", b"data"], raw
     assert first[1] == b"event: run.queued"
 
+
+
+def test_the_hubs_one_timer_marks_each_follower_due_once_per_interval():
+    """A keep-alive is due `keepalive_s` after a follower joined or got its last one; the mark
+    wakes a waiting follower; a drained hub ends every follower, also one that joins later."""
+
+    async def scenario() -> None:
+        hub = EventHub(cast(Any, None), aioredis.Redis(), block_s=1, check_s=1, keepalive_s=15)
+        followers = [hub.join("org", f"ses_{i}", 0) for i in range(3)]
+        now = time.monotonic()
+        hub._mark_keepalives(15, now + 10)
+        assert not any(f.ping for f in followers)
+        hub._mark_keepalives(15, now + 15.1)
+        assert all(f.ping for f in followers)
+        for f in followers:
+            f.ping = False
+        hub._mark_keepalives(15, now + 20)  # marked 4.9 s ago: not due
+        assert not any(f.ping for f in followers)
+        waiting = asyncio.ensure_future(followers[0].waiter())
+        hub._mark_keepalives(15, now + 30.2)
+        await asyncio.wait_for(waiting, 1)  # the mark woke the waiting follower
+        assert all(f.ping for f in followers)
+        hub.leave(followers[1])
+        hub.drain()
+        assert followers[0].closed and followers[2].closed and not followers[1].closed
+        assert hub.join("org", "ses_after", 0).closed
+        await hub.redis.aclose()
+
+    asyncio.run(scenario())
