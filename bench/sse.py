@@ -130,6 +130,7 @@ async def consume(reader: asyncio.StreamReader, stream: Stream) -> None:
         while True:
             size = int((await reader.readline()).split(b";")[0].strip() or b"0", 16)
             if size == 0:
+                stream.error = "ended by the server"
                 return
             buffer += (await reader.readexactly(size + 2))[:-2]
             *lines, buffer = re.split(b"\r\n|\n", buffer)
@@ -221,6 +222,17 @@ class Bench:
         raise RuntimeError("the API wrote no snapshot")
 
 
+def _part(filename: str) -> str:
+    """What an allocation site belongs to: a package, the standard library's asyncio, or ours."""
+    if "site-packages/" in filename:
+        return filename.split("site-packages/")[1].split("/")[0]
+    if filename.startswith(str(REPO)):
+        return filename[len(str(REPO)) + 1:].split("/")[0] + "/ (ours)"
+    if "/asyncio/" in filename or filename.endswith("asyncio/runners.py"):
+        return "asyncio (and C code called from the loop)"
+    return "stdlib: " + Path(filename).name
+
+
 def print_growth(before: Path, after: Path, streams: int) -> None:
     """Where the API's memory grew between two snapshots, per stream."""
     old, new = orjson.loads(Path(f"{before}.json").read_bytes()), orjson.loads(Path(f"{after}.json").read_bytes())
@@ -235,6 +247,12 @@ def print_growth(before: Path, after: Path, streams: int) -> None:
         return
     diff = tracemalloc.Snapshot.load(str(after)).compare_to(tracemalloc.Snapshot.load(str(before)), "lineno")
     total = sum(d.size_diff for d in diff)
+    by_part: dict[str, int] = {}
+    for d in diff:
+        by_part[_part(d.traceback[0].filename)] = by_part.get(_part(d.traceback[0].filename), 0) + d.size_diff
+    print("  traced Python allocations per stream by where they were made: " + ", ".join(
+        f"{part} {size / streams / 1024:.1f} KiB" for part, size in sorted(by_part.items(), key=lambda kv: -kv[1])
+        if abs(size) >= streams * 100))
     print(f"  traced Python allocations: {total / streams / 1024:.1f} KiB per stream; the sites that grew most:")
     for d in diff[:25]:
         frame = d.traceback[0]
@@ -326,7 +344,9 @@ async def amain(bench: Bench) -> None:
             gaps = [b - a for s in streams for a, b in zip(s.pings, s.pings[1:], strict=False) if a >= idle0]
             late = sum(1 for g in gaps if g > args.keepalive + 0.5)
             first_ping_streams = sum(1 for s in streams if s.pings)
-            print(f"idle: API RSS {(rss_after - rss_before) / max(len(streams), 1) / 1024:.1f} KiB per open stream; "
+            alive = sum(1 for s in streams if s.error is None)
+            print(f"idle: {alive} streams open; API RSS {(rss_after - rss_before) / max(alive, 1) / 1024:.1f} KiB "
+                  "per open stream; "
                   f"keep-alive gaps p50 {pct(gaps, 50):.2f} p99 {pct(gaps, 99):.2f} "
                   f"max {max(gaps, default=math.nan):.2f} s, {late} of {len(gaps)} over setting + 0.5 s; "
                   f"CPU {idle_cpu * 100:.1f}%", flush=True)
@@ -380,8 +400,8 @@ async def amain(bench: Bench) -> None:
           f"other {other}); INFO connected_clients (all but this bench's): {connected}; "
           f"after the probes: hub {hub_after}, other {other_after}")
     print(f"  API RSS: {rss_before / 2**20:.1f} MiB before, {rss_after / 2**20:.1f} MiB idle with {n} streams: "
-          f"{(rss_after - rss_before) / max(n - len(failures), 1) / 1024:.1f} KiB per idle stream (per stream "
-          "that opened)")
+          f"{(rss_after - rss_before) / max(alive, 1) / 1024:.1f} KiB per idle stream ({alive} "
+          "open while idle)")
     print(f"  API CPU while idle: {idle_cpu * 100:.1f}% of one core")
     print(f"  keep-alives: {first_ping_streams}/{n} streams got at least one; gap between pings (s) "
           f"p50 {pct(gaps, 50):.2f} p99 {pct(gaps, 99):.2f} max {max(gaps, default=math.nan):.2f} "

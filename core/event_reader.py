@@ -77,9 +77,15 @@ class EventReader:
             if event is not None:  # not KEEPALIVE
                 yield event
 
-    async def follow_with_keepalives(self, after: int) -> AsyncGenerator[Event | None, None]:
+    async def follow_with_keepalives(self, after: int, newest: int | None = None) -> AsyncGenerator[Event | None, None]:
         """`follow`, with `KEEPALIVE` (None) between events whenever the hub's timer says the
-        stream has been quiet for its keep-alive interval."""
+        stream has been quiet for its keep-alive interval.
+
+        `newest`: the session's newest seq as the caller just read it from Postgres. A stream
+        that starts there has nothing to read from Postgres first (one transaction less per
+        stream opened: a burst of clients reconnecting is a burst of these); whatever comes
+        later reaches it through the hub, and the hub's Postgres check covers an event that
+        never reached Redis."""
         last = after
         while True:  # catch up from Redis while it has a full page, then from Postgres
             streamed = await self._hub.read_once(self._key, last)
@@ -89,7 +95,8 @@ class EventReader:
                     last = event.seq
             if streamed is None or len(streamed) < PAGE:
                 break
-        if not streamed:  # the stream is empty, gone or unreachable: Postgres has the truth
+        if not streamed and (newest is None or last < newest):
+            # The stream is empty, gone or unreachable: Postgres has the truth.
             async for event in self._fill(last, None):
                 yield event
                 last = event.seq

@@ -97,10 +97,9 @@ async def session_events(call: Call[Any]) -> Response:
         row = await (await conn.execute(SESSION_SEQ_SQL, (session_id,))).fetchone()
     if row is None:
         raise session_not_found(session_id)
-    start = after if after is not None else int(row["event_seq"])
-    reader = reader_for(call, session_id)
-
-    return _response(call, reader.follow_with_keepalives(start))
+    newest = int(row["event_seq"])
+    start = after if after is not None else newest
+    return _response(call, reader_for(call, session_id).follow_with_keepalives(start, newest))
 
 
 routes = [
