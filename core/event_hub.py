@@ -14,9 +14,10 @@ not a sleeping task of its own. `drain()` ends every follower at once (the serve
 down; clients reconnect elsewhere with their cursor).
 
 Postgres stays the record: a check every `check_s` (every `POLL_WHEN_REDIS_DOWN_S` while Redis
-is down) reads, in one query per org, the newest seq of every followed session and tells each
-follower that is behind to read Postgres. That covers events that never reached Redis and the
-whole outage; Redis errors are logged once per `LOG_EVERY_S`, not per read.
+is down, and at once when it goes down or comes back) reads, in one query per org, the newest
+seq of every followed session and tells each follower that is behind to read Postgres. That
+covers events that never reached Redis and the whole outage; Redis errors are logged once per
+`LOG_EVERY_S`, not per read.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import secrets
 import time
 from collections import defaultdict
 from collections.abc import Iterable
+from contextlib import suppress
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
@@ -165,6 +167,7 @@ class EventHub:
         self._wake_id = "0-0"
         self._streams: dict[str, _Stream] = {}
         self._changed = asyncio.Event()
+        self._check_now = asyncio.Event()
         self._reading = False
         self._wake_sent = False
         self._redis_down = False
@@ -225,6 +228,10 @@ class EventHub:
     @property
     def followers(self) -> int:
         return sum(len(s.followers) for s in self._streams.values())
+
+    def warn(self, topic: str, message: str, *args: object) -> None:
+        """Log a degraded path of followers once per `LOG_EVERY_S` (with a count), not per follower."""
+        self._warner.warn(topic, message, *args)
 
     @property
     def draining(self) -> bool:
@@ -318,7 +325,7 @@ class EventHub:
             self._reading = False
             if not self._redis_down:
                 self._redis_down = True
-                self._poke_all()  # nothing may wait for Redis now: read Postgres at once
+                self._check_now.set()  # nothing may wait for Redis now: who is behind reads Postgres
             self._warner.warn("read", "reading event streams from Redis failed (%s); following %d "
                                       "streams from Postgres every %.1f s until it answers",
                               exc, len(self._streams), POLL_WHEN_REDIS_DOWN_S)
@@ -328,7 +335,7 @@ class EventHub:
         if self._redis_down:
             self._redis_down = False
             log.info("reading event streams from Redis again")
-            self._poke_all()  # whatever happened meanwhile is in Postgres
+            self._check_now.set()  # whatever happened meanwhile is in Postgres
         self._dispatch(reply)
 
     async def _xread_all(self) -> Any:
@@ -382,11 +389,6 @@ class EventHub:
                 self._warner.warn("entry", "skipping malformed entry %r of %s: %r", entry_id, key, exc)
         return events
 
-    def _poke_all(self) -> None:
-        for stream in self._streams.values():
-            for follower in stream.followers:
-                follower.poke()
-
     # --- keep-alives ----------------------------------------------------------------------
 
     async def _keepalive_loop(self, every_s: float) -> None:
@@ -413,8 +415,14 @@ class EventHub:
     # --- the Postgres check ---------------------------------------------------------------
 
     async def _check_loop(self) -> None:
+        """Pokes only the followers that are behind Postgres, found with one query per org: when
+        Redis goes down or comes back, ten thousand followers must not all read Postgres at
+        once (the pool would time them out)."""
         while True:
-            await asyncio.sleep(POLL_WHEN_REDIS_DOWN_S if self._redis_down else self._check_s)
+            with suppress(TimeoutError):
+                async with asyncio.timeout(POLL_WHEN_REDIS_DOWN_S if self._redis_down else self._check_s):
+                    await self._check_now.wait()
+            self._check_now.clear()
             by_org: dict[str, dict[str, list[Follower]]] = defaultdict(lambda: defaultdict(list))
             for stream in self._streams.values():
                 for follower in stream.followers:

@@ -10,12 +10,18 @@ unreachable the hub has every reader read Postgres instead, so a stream never en
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Final
+
+import psycopg
 
 from core.event_hub import PAGE, EventHub, Follower
 from core.events import Event
 from core.tenancy import AsyncPool, session_stream_key, tenant_tx
+
+# A follower whose Postgres read failed reads again after this long.
+STALE_RETRY_S = 1.0
 
 LIST_EVENTS_SQL = """
 SELECT seq, type, run_id, session_id, ts, data FROM run_events
@@ -119,9 +125,17 @@ class EventReader:
         """What the hub gave `follower` since its last turn (Postgres first, when it is stale)."""
         if follower.stale:
             follower.stale = False
-            async for event in self._fill(follower.last, None):
-                yield event
-                follower.last = event.seq
+            try:
+                async for event in self._fill(follower.last, None):
+                    yield event
+                    follower.last = event.seq
+            except psycopg.OperationalError as exc:  # the pool is busy (PoolTimeout) or Postgres away
+                # Keep the stream (keep-alives go on) and read again soon, instead of ending it.
+                self._hub.warn("fill", "reading missed events from Postgres failed (%s); the stream stays "
+                                       "open and reads again in %.1f s", exc, STALE_RETRY_S)
+                follower.stale = True
+                await asyncio.sleep(STALE_RETRY_S)
+                return
         events, follower.pending = follower.pending, []
         async for event in self._in_order(events, follower.last):
             yield event
