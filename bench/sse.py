@@ -25,7 +25,8 @@ creates an org, an agent and S sessions (default: one per stream), then:
 `--tracemalloc` runs the API under `python -X tracemalloc=1 bench/sse_api.py` and, before the
 streams open and after the idle, has it write a snapshot (SIGUSR2); it then prints the allocation
 sites that grew most, per stream, and the live objects and asyncio tasks per stream by type. Its
-RSS figure includes tracemalloc's own bookkeeping: take RSS figures from a run without it.
+RSS figure includes tracemalloc's own bookkeeping, and the snapshots stall the API (keep-alive gaps): take
+those figures from a run without it.
 
 Everything it starts is stopped at the end, also on Ctrl-C, SIGTERM or an error (`--keep` keeps the
 temp dir with the API log). Figures for the record are in docs/benchmarks.md.
