@@ -63,6 +63,7 @@ from api.routes import (
     webhooks,
 )
 from api.routes import metrics as metrics_route
+from api.sse import watch_for_exit
 from api.state import ApiState, LifespanState
 from core.admission import Admission
 from core.auth_cache import KeyCache
@@ -112,6 +113,8 @@ def create_app(settings: Settings) -> Starlette:
         # Verified API keys trusted for seconds; the listener hears other processes' revocations.
         keys = KeyCache(infra.redis, settings.auth.key_cache_s)
         key_listener = asyncio.create_task(keys.listen(), name="agentos-key-invalidations")
+        # SIGTERM: every SSE stream ends with its farewell before uvicorn's graceful timeout.
+        exit_watch = asyncio.create_task(watch_for_exit(event_hub), name="agentos-sse-exit-watch")
         try:
             await check_tenant_isolation(infra.pool)
             state = ApiState(infra, Authenticator(settings.auth, infra.pool, stream_keys=settings.secrets, keys=keys),
@@ -121,9 +124,10 @@ def create_app(settings: Settings) -> Starlette:
             log.info("AgentOS API ready")
             yield {"api": state}
         finally:
-            key_listener.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await key_listener
+            for task in (key_listener, exit_watch):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             await event_hub.aclose()
             await infra.close()
 

@@ -1,22 +1,32 @@
 """Idle SSE streams benchmark: what N open, quiet event streams cost one API process.
 
-    .venv/bin/python bench/sse.py [--streams N] [--sessions S] [--keepalive K] [--idle T] [--probes P]
+    .venv/bin/python bench/sse.py [--streams N] [--sessions S] [--followers F] [--keepalive K] [--idle T]
+                                  [--probes P] [--opening O] [--tracemalloc] [--keep]
 
 Starts its own stack in a temp dir (embedded Postgres + Redis, non-durable), migrates, and runs one
 `agentos api` (uvicorn) child process on 127.0.0.1 with `AGENTOS_EVENTS__KEEPALIVE_S=K`; no worker
 (runs stay queued, which is all it needs). It raises its own RLIMIT_NOFILE (the API inherits it),
 creates an org, an agent and S sessions (default: one per stream), then:
 
-1. opens N `GET /v1/sessions/{id}/events` streams (default 2000; 100 being opened at a time), with
-   a small raw HTTP/1.1 client (one socket each, chunked decoding, no httpx per stream);
+1. opens N `GET /v1/sessions/{id}/events` streams (default 2000; `--opening` (100) being opened
+   at a time, each retried on a 503), with a small raw HTTP/1.1 client (one socket each, chunked
+   decoding, no httpx per stream); what follows counts the streams that opened;
 2. lets them idle for T seconds (default 20) and measures: the Redis connections the API holds
    (`CLIENT LIST`, by client name: the event hub's `agentos-events` and the rest), `INFO clients`,
    the API's RSS before and after opening (per idle stream), the API's CPU while idle, and the
    keep-alive comments each stream received while idle (gap between pings against K: p50 / p99 /
    max, and how many gaps exceeded K + 0.5 s);
 3. starts P runs one after another, each in a session followed by a stream, while all N idle, and
-   times POST sent -> `run.queued` at its follower, and the event's own `ts` -> received;
+   times POST sent -> `run.queued` at its follower, and the event's own `ts` -> received; with
+   `--followers F`, F of the N streams follow one more session (the others: S sessions, default
+   one each) and the P runs all start there, so each is timed at its F followers;
 4. counts WARNING/ERROR lines and "Too many connections" in the API log.
+
+`--tracemalloc` runs the API under `python -X tracemalloc=1 bench/sse_api.py` and, before the
+streams open and after the idle, has it write a snapshot (SIGUSR2); it then prints the allocation
+sites that grew most, per stream, and the live objects and asyncio tasks per stream by type. Its
+RSS figure includes tracemalloc's own bookkeeping, and the snapshots stall the API (keep-alive gaps): take
+those figures from a run without it.
 
 Everything it starts is stopped at the end, also on Ctrl-C, SIGTERM or an error (`--keep` keeps the
 temp dir with the API log). Figures for the record are in docs/benchmarks.md.
@@ -36,6 +46,7 @@ import signal
 import sys
 import tempfile
 import time
+import tracemalloc
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -58,6 +69,7 @@ from core.migrations import migrate  # noqa: E402
 
 APP_ROLE = "agentos_app"
 OPENING_AT_ONCE = 100
+OPEN_ATTEMPTS = 5
 
 
 def pct(values: list[float], p: float) -> float:
@@ -119,6 +131,7 @@ async def consume(reader: asyncio.StreamReader, stream: Stream) -> None:
         while True:
             size = int((await reader.readline()).split(b";")[0].strip() or b"0", 16)
             if size == 0:
+                stream.error = "ended by the server"
                 return
             buffer += (await reader.readexactly(size + 2))[:-2]
             *lines, buffer = re.split(b"\r\n|\n", buffer)
@@ -162,6 +175,9 @@ class Bench:
         env = _child_env(self.urls, self.admin_token, "INFO")
         env["AGENTOS_EVENTS__KEEPALIVE_S"] = str(self.args.keepalive)
         argv = [sys.executable, "-m", "agentos", "api", "--host", "127.0.0.1", "--port", str(self.port)]
+        if self.args.tracemalloc:
+            env["AGENTOS_BENCH_SNAPSHOT"] = str(self.dir / "snapshot")
+            argv[1:3] = ["-X", "tracemalloc=1", str(REPO / "bench" / "sse_api.py")]
         self.api = ServerProcess("api", argv, self.dir / "api.log", stop_signal=signal.SIGTERM, env=env)
         self.api.start()
         self.api.wait_until(lambda: api_ready(self.api_url), timeout_s=60)
@@ -194,6 +210,56 @@ class Bench:
 
     def api_log(self) -> str:
         return (self.dir / "api.log").read_text(errors="replace")
+
+    async def snapshot(self, n: int) -> Path:
+        """Has the API write snapshot `n` (bench/sse_api.py) and waits for it."""
+        path = self.dir / f"snapshot.{n}.json"
+        self.api_process().send_signal(signal.SIGUSR2)
+        for _ in range(600):
+            if path.exists():
+                await asyncio.sleep(0.5)  # let the writes finish
+                return self.dir / f"snapshot.{n}"
+            await asyncio.sleep(0.1)
+        raise RuntimeError("the API wrote no snapshot")
+
+
+def _part(filename: str) -> str:
+    """What an allocation site belongs to: a package, the standard library's asyncio, or ours."""
+    if "site-packages/" in filename:
+        return filename.split("site-packages/")[1].split("/")[0]
+    if filename.startswith(str(REPO)):
+        return filename[len(str(REPO)) + 1:].split("/")[0] + "/ (ours)"
+    if "/asyncio/" in filename or filename.endswith("asyncio/runners.py"):
+        return "asyncio (and C code called from the loop)"
+    return "stdlib: " + Path(filename).name
+
+
+def print_growth(before: Path, after: Path, streams: int) -> None:
+    """Where the API's memory grew between two snapshots, per stream."""
+    old, new = orjson.loads(Path(f"{before}.json").read_bytes()), orjson.loads(Path(f"{after}.json").read_bytes())
+    print("  asyncio tasks per stream (by coroutine): " + ", ".join(
+        f"{name} {(count - old['tasks'].get(name, 0)) / streams:.2f}"
+        for name, count in sorted(new["tasks"].items(), key=lambda kv: -kv[1])
+        if count - old["tasks"].get(name, 0) >= streams / 2))
+    grown = sorted(((n - old["types"].get(t, 0), t) for t, n in new["types"].items()), reverse=True)
+    print("  gc-tracked objects per stream (by type): " + ", ".join(
+        f"{t} {n / streams:.2f}" for n, t in grown[:25] if n >= streams / 2))
+    if not before.exists():
+        return
+    diff = tracemalloc.Snapshot.load(str(after)).compare_to(tracemalloc.Snapshot.load(str(before)), "lineno")
+    total = sum(d.size_diff for d in diff)
+    by_part: dict[str, int] = {}
+    for d in diff:
+        by_part[_part(d.traceback[0].filename)] = by_part.get(_part(d.traceback[0].filename), 0) + d.size_diff
+    print("  traced Python allocations per stream by where they were made: " + ", ".join(
+        f"{part} {size / streams / 1024:.1f} KiB" for part, size in sorted(by_part.items(), key=lambda kv: -kv[1])
+        if abs(size) >= streams * 100))
+    print(f"  traced Python allocations: {total / streams / 1024:.1f} KiB per stream; the sites that grew most:")
+    for d in diff[:25]:
+        frame = d.traceback[0]
+        where = frame.filename.split("site-packages/")[-1].replace(str(REPO) + "/", "")
+        print(f"    {d.size_diff / streams:8.0f} B/stream  {d.count_diff / streams:6.2f} blocks  "
+              f"{where}:{frame.lineno}")
 
 
 def redis_connections(url: str) -> tuple[int, int, int]:
@@ -234,18 +300,29 @@ async def amain(bench: Bench) -> None:
     limits = httpx.Limits(max_connections=16, max_keepalive_connections=16)
     async with httpx.AsyncClient(base_url=bench.api_url, limits=limits, timeout=60) as http:
         t0 = time.perf_counter()
-        sessions = await make_sessions(http, headers, agent_id, args.sessions or args.streams)
+        own = args.streams - args.followers
+        sessions = await make_sessions(http, headers, agent_id, (args.sessions or own) + (1 if args.followers else 0))
         print(f"{len(sessions)} sessions in {time.perf_counter() - t0:.1f}s")
+        hot = sessions.pop() if args.followers else None
         proc = bench.api_process()
+        before_snapshot = await bench.snapshot(0) if args.tracemalloc else None
         rss_before = proc.memory_info().rss
-        streams = [Stream(sessions[i % len(sessions)]) for i in range(args.streams)]
-        opening = asyncio.Semaphore(OPENING_AT_ONCE)
+        streams = [Stream(sessions[i % len(sessions)]) for i in range(own)]
+        streams += [Stream(hot) for _ in range(args.followers) if hot is not None]
+        opening = asyncio.Semaphore(args.opening)
         writers: list[Any] = []
         tasks: list[asyncio.Task[None]] = []
 
         async def start(stream: Stream) -> None:
             async with opening:
-                reader, writer = await open_stream("127.0.0.1", bench.port, key, stream)
+                for attempt in range(OPEN_ATTEMPTS):  # a 503 (the API's pool busy opening the rest): again
+                    try:
+                        reader, writer = await open_stream("127.0.0.1", bench.port, key, stream)
+                        break
+                    except RuntimeError:
+                        if attempt == OPEN_ATTEMPTS - 1:
+                            raise
+                        await asyncio.sleep(0.5 * (attempt + 1))
             writers.append(writer)
             tasks.append(asyncio.create_task(consume(reader, stream)))
 
@@ -253,6 +330,7 @@ async def amain(bench: Bench) -> None:
         opened = await asyncio.gather(*(start(s) for s in streams), return_exceptions=True)
         failures = [o for o in opened if isinstance(o, BaseException)]
         open_s = time.perf_counter() - t0
+        streams = [s for s, o in zip(streams, opened, strict=True) if not isinstance(o, BaseException)]
         print(f"{len(streams) - len(failures)} streams open in {open_s:.1f}s ({len(failures)} failed"
               + (f", first: {failures[0]!r}" if failures else "") + f"); idling {args.idle:g}s")
         try:
@@ -260,11 +338,19 @@ async def amain(bench: Bench) -> None:
             await asyncio.sleep(args.idle)
             idle_cpu = (sum(proc.cpu_times()[:2]) - cpu0) / (time.monotonic() - idle0)
             rss_after = proc.memory_info().rss
+            if before_snapshot is not None:
+                print_growth(before_snapshot, await bench.snapshot(1), max(len(streams), 1))
             hub, other, connected = redis_connections(bench.urls.redis_url)
             # Gaps within the idle window only: while streams are being opened the API is busy.
             gaps = [b - a for s in streams for a, b in zip(s.pings, s.pings[1:], strict=False) if a >= idle0]
             late = sum(1 for g in gaps if g > args.keepalive + 0.5)
             first_ping_streams = sum(1 for s in streams if s.pings)
+            alive = sum(1 for s in streams if s.error is None)
+            print(f"idle: {alive} streams open; API RSS {(rss_after - rss_before) / max(alive, 1) / 1024:.1f} KiB "
+                  "per open stream; "
+                  f"keep-alive gaps p50 {pct(gaps, 50):.2f} p99 {pct(gaps, 99):.2f} "
+                  f"max {max(gaps, default=math.nan):.2f} s, {late} of {len(gaps)} over setting + 0.5 s; "
+                  f"CPU {idle_cpu * 100:.1f}%", flush=True)
 
             followed = sorted({s.session_id for s in streams})
             latencies: list[float] = []
@@ -272,15 +358,23 @@ async def amain(bench: Bench) -> None:
             by_session: dict[str, list[Stream]] = {}
             for s in streams:
                 by_session.setdefault(s.session_id, []).append(s)
-            for session_id in random.Random(7).sample(followed, min(args.probes, len(followed))):
+            probed = [hot] * args.probes if hot is not None else \
+                random.Random(7).sample(followed, min(args.probes, len(followed)))
+            missed = 0
+            for session_id in probed:
                 followers = by_session[session_id]
                 for s in followers:
                     s.got_event.clear()
                 sent = time.monotonic()
                 r = await http.post(f"/v1/sessions/{session_id}/runs", json={"input": "hi"}, headers=headers)
                 r.raise_for_status()
-                await asyncio.wait_for(asyncio.gather(*(s.got_event.wait() for s in followers)), 30)
+                try:
+                    await asyncio.wait_for(asyncio.gather(*(s.got_event.wait() for s in followers)), 30)
+                except TimeoutError:
+                    missed += sum(1 for s in followers if not s.got_event.is_set())
                 for s in followers:
+                    if not s.got_event.is_set():
+                        continue
                     event, mono, wall = s.received[-1]
                     latencies.append(mono - sent)
                     deliveries.append(wall - datetime.fromisoformat(event["ts"].replace("Z", "+00:00")).timestamp())
@@ -298,22 +392,25 @@ async def amain(bench: Bench) -> None:
 
     n = args.streams
     print()
-    print(f"idle SSE streams on one API process: {n} streams over {len(followed)} sessions, "
-          f"keep-alive {args.keepalive:g}s, idle {args.idle:g}s")
-    print(f"  open {n} streams ({OPENING_AT_ONCE} at a time): {open_s:.1f}s; failed: {len(failures)}; "
+    print(f"idle SSE streams on one API process: {n} streams over {len(followed)} sessions"
+          + (f" ({args.followers} of them following one session, where the probes run)" if args.followers else "")
+          + f", keep-alive {args.keepalive:g}s, idle {args.idle:g}s")
+    print(f"  open {n} streams ({args.opening} at a time): {open_s:.1f}s; failed: {len(failures)}; "
           f"broken while idle: {len(broken)}")
     print(f"  Redis connections of the API while idle: {hub + other} (event hub {hub}, bound {CONNECTIONS}; "
           f"other {other}); INFO connected_clients (all but this bench's): {connected}; "
           f"after the probes: hub {hub_after}, other {other_after}")
     print(f"  API RSS: {rss_before / 2**20:.1f} MiB before, {rss_after / 2**20:.1f} MiB idle with {n} streams: "
-          f"{(rss_after - rss_before) / max(n, 1) / 1024:.1f} KiB per idle stream")
+          f"{(rss_after - rss_before) / max(alive, 1) / 1024:.1f} KiB per idle stream ({alive} "
+          "open while idle)")
     print(f"  API CPU while idle: {idle_cpu * 100:.1f}% of one core")
     print(f"  keep-alives: {first_ping_streams}/{n} streams got at least one; gap between pings (s) "
           f"p50 {pct(gaps, 50):.2f} p99 {pct(gaps, 99):.2f} max {max(gaps, default=math.nan):.2f} "
           f"(setting {args.keepalive:g}; {late} of {len(gaps)} gaps over setting + 0.5 s)")
     print(f"  event published while {n} idle, {len(latencies)} deliveries: POST sent -> at follower ms "
           f"p50 {ms(pct(latencies, 50))} p99 {ms(pct(latencies, 99))} max {ms(max(latencies, default=math.nan))}; "
-          f"event ts -> at follower ms p50 {ms(pct(deliveries, 50))} p99 {ms(pct(deliveries, 99))}")
+          f"event ts -> at follower ms p50 {ms(pct(deliveries, 50))} p99 {ms(pct(deliveries, 99))}; "
+          f"not delivered within 30 s: {missed}")
     print(f"  API log: {warnings} WARNING/ERROR lines, {too_many} 'Too many connections'")
 
 
@@ -321,15 +418,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--streams", type=int, default=2000, help="idle SSE streams to open (2000)")
     parser.add_argument("--sessions", type=int, default=0, help="sessions they follow (default: one per stream)")
+    parser.add_argument("--opening", type=int, default=OPENING_AT_ONCE,
+                        help=f"streams being opened at a time ({OPENING_AT_ONCE})")
+    parser.add_argument("--followers", type=int, default=0,
+                        help="streams (of --streams) that follow one more session, where the probes run (0)")
     parser.add_argument("--keepalive", type=float, default=2.0, help="AGENTOS_EVENTS__KEEPALIVE_S for the API (2)")
     parser.add_argument("--idle", type=float, default=20.0, help="seconds to idle before measuring (20)")
     parser.add_argument("--probes", type=int, default=20, help="runs started while idle, one at a time (20)")
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (API log)")
+    parser.add_argument("--tracemalloc", action="store_true",
+                        help="trace the API's allocations and print where an idle stream's memory goes")
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if not 0 <= args.followers <= args.streams:
+        print("--followers must be between 0 and --streams")
+        return 2
     limit = raise_open_files(2 * args.streams + 2048)
     if limit < args.streams + 512:
         print(f"RLIMIT_NOFILE is {limit}: too low for {args.streams} streams; lower --streams")

@@ -8,10 +8,16 @@ highest seq it has seen there. Adding a key while the `XREAD` blocks appends an 
 process's wake stream, which is part of every `XREAD`, so the read returns and starts again with
 the new key (an entry added before the read blocks is seen too: ids, not time, decide).
 
+The hub also keeps idle streams alive: one timer for all followers marks each due a keep-alive
+every `keepalive_s` and wakes it (`Follower.ping`), so an idle stream is one waiting coroutine,
+not a sleeping task of its own. `drain()` ends every follower at once (the server is shutting
+down; clients reconnect elsewhere with their cursor).
+
 Postgres stays the record: a check every `check_s` (every `POLL_WHEN_REDIS_DOWN_S` while Redis
-is down) reads, in one query per org, the newest seq of every followed session and tells each
-follower that is behind to read Postgres. That covers events that never reached Redis and the
-whole outage; Redis errors are logged once per `LOG_EVERY_S`, not per read.
+is down, and at once when it goes down or comes back) reads, in one query per org, the newest
+seq of every followed session and tells each follower that is behind to read Postgres. That
+covers events that never reached Redis and the whole outage; Redis errors are logged once per
+`LOG_EVERY_S`, not per read.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ import secrets
 import time
 from collections import defaultdict
 from collections.abc import Iterable
+from contextlib import suppress
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
@@ -47,11 +54,14 @@ LOG_EVERY_S = 30.0
 MAX_PENDING = 2000
 SESSION_SEQS_SQL = "SELECT id, event_seq FROM sessions WHERE id = ANY(%s)"
 SEQS_PER_QUERY = 1000
+# The keep-alive timer's tick, at most: a keep-alive goes out at most this late.
+KEEPALIVE_TICK_S = 0.25
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Follower:
-    """One client following one session: where it is, and what the hub has for it."""
+    """One client following one session: where it is, and what the hub has for it. Ten thousand
+    idle ones live in one process, so it is small: slots, and a future only while it waits."""
 
     org_id: str
     session_id: str
@@ -61,7 +71,25 @@ class Follower:
     # Postgres may hold events this follower has not got (missed, dropped or never published).
     stale: bool = False
     closed: bool = False
-    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    # A keep-alive is due (the hub's timer); the reader clears it when it passes it on.
+    ping: bool = False
+    _waiter: asyncio.Future[None] | None = None
+
+    @property
+    def ready(self) -> bool:
+        """Something for the reader: events, a Postgres read, a keep-alive or the end."""
+        return bool(self.pending) or self.stale or self.ping or self.closed
+
+    def waiter(self) -> asyncio.Future[None]:
+        """A future that `wake()` completes: await it when not `ready` (a bare future, not a
+        coroutine: one frame less per idle stream)."""
+        self._waiter = asyncio.get_running_loop().create_future()
+        return self._waiter
+
+    def wake(self) -> None:
+        waiter, self._waiter = self._waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     def deliver(self, events: list[Event]) -> None:
         if len(self.pending) + len(events) > MAX_PENDING:
@@ -69,11 +97,15 @@ class Follower:
             self.stale = True
         else:
             self.pending.extend(events)
-        self.wake.set()
+        self.wake()
 
     def poke(self) -> None:
         self.stale = True
-        self.wake.set()
+        self.wake()
+
+    def end(self) -> None:
+        self.closed = True
+        self.wake()
 
     @property
     def seen(self) -> int:
@@ -121,15 +153,21 @@ class EventHub:
     """Live events for every follower in this process. Use `async with EventHub(...)` or
     `open()` / `aclose()`; build it per process (`from_settings`), never at import."""
 
-    def __init__(self, pool: AsyncPool, redis: aioredis.Redis, *, block_s: float, check_s: float) -> None:
+    def __init__(self, pool: AsyncPool, redis: aioredis.Redis, *, block_s: float, check_s: float,
+                 keepalive_s: float | None = None) -> None:
         self.pool = pool
         self.redis = redis
         self._block_ms = max(int(block_s * 1000), 10)
         self._check_s = check_s
+        self._keepalive_s = keepalive_s
+        # Every follower, the longest without a keep-alive first (dicts keep insertion order).
+        self._quiet: dict[Follower, float] = {}
+        self._draining = False
         self._wake_key = event_hub_wake_key(secrets.token_hex(8))
         self._wake_id = "0-0"
         self._streams: dict[str, _Stream] = {}
         self._changed = asyncio.Event()
+        self._check_now = asyncio.Event()
         self._reading = False
         self._wake_sent = False
         self._redis_down = False
@@ -148,12 +186,22 @@ class EventHub:
             socket_timeout=timeout, socket_connect_timeout=timeout, client_name=CLIENT_NAME,
         )
         block_s = min(max(timeout - 1.0, timeout / 2), 10.0)
-        return cls(pool, aioredis.Redis(connection_pool=redis_pool), block_s=block_s, check_s=max(block_s, 1.0))
+        return cls(pool, aioredis.Redis(connection_pool=redis_pool), block_s=block_s, check_s=max(block_s, 1.0),
+                   keepalive_s=settings.events.keepalive_s)
 
     async def open(self) -> EventHub:
         self._tasks = [asyncio.create_task(self._read_loop(), name="event-hub-read"),
                        asyncio.create_task(self._check_loop(), name="event-hub-check")]
+        if self._keepalive_s is not None:
+            self._tasks.append(asyncio.create_task(self._keepalive_loop(self._keepalive_s), name="event-hub-keepalive"))
         return self
+
+    def drain(self) -> None:
+        """End every follower now and any that joins later (the server is shutting down), but
+        keep reading: streams still catching up finish their page first."""
+        self._draining = True
+        for follower in list(self._quiet):
+            follower.end()
 
     async def aclose(self) -> None:
         """Stop reading, end every follower (clients reconnect with `Last-Event-ID`), close Redis."""
@@ -164,9 +212,9 @@ class EventHub:
         self._tasks = []
         for stream in self._streams.values():
             for follower in stream.followers:
-                follower.closed = True
-                follower.wake.set()
+                follower.end()
         self._streams.clear()
+        self._quiet.clear()
         await self.redis.aclose()
 
     async def __aenter__(self) -> EventHub:
@@ -180,6 +228,15 @@ class EventHub:
     @property
     def followers(self) -> int:
         return sum(len(s.followers) for s in self._streams.values())
+
+    def warn(self, topic: str, message: str, *args: object) -> None:
+        """Log a degraded path of followers once per `LOG_EVERY_S` (with a count), not per follower."""
+        self._warner.warn(topic, message, *args)
+
+    @property
+    def draining(self) -> bool:
+        """True once `drain()` ran: followers end as soon as they join."""
+        return self._draining
 
     @property
     def degraded(self) -> bool:
@@ -205,7 +262,7 @@ class EventHub:
         """Start handing this session's live events (after seq `last`) to a new follower."""
         key = session_stream_key(org_id, session_id)
         follower = Follower(org_id, session_id, key, last)
-        if self._closed:
+        if self._closed or self._draining:
             follower.closed = True
             return follower
         stream = self._streams.get(key)
@@ -216,9 +273,11 @@ class EventHub:
         elif stream.cursor > last:
             follower.stale = True  # the hub already passed events this follower still needs
         stream.followers.add(follower)
+        self._quiet[follower] = time.monotonic()
         return follower
 
     def leave(self, follower: Follower) -> None:
+        self._quiet.pop(follower, None)
         stream = self._streams.get(follower.key)
         if stream is None:
             return
@@ -266,7 +325,7 @@ class EventHub:
             self._reading = False
             if not self._redis_down:
                 self._redis_down = True
-                self._poke_all()  # nothing may wait for Redis now: read Postgres at once
+                self._check_now.set()  # nothing may wait for Redis now: who is behind reads Postgres
             self._warner.warn("read", "reading event streams from Redis failed (%s); following %d "
                                       "streams from Postgres every %.1f s until it answers",
                               exc, len(self._streams), POLL_WHEN_REDIS_DOWN_S)
@@ -276,7 +335,7 @@ class EventHub:
         if self._redis_down:
             self._redis_down = False
             log.info("reading event streams from Redis again")
-            self._poke_all()  # whatever happened meanwhile is in Postgres
+            self._check_now.set()  # whatever happened meanwhile is in Postgres
         self._dispatch(reply)
 
     async def _xread_all(self) -> Any:
@@ -330,16 +389,40 @@ class EventHub:
                 self._warner.warn("entry", "skipping malformed entry %r of %s: %r", entry_id, key, exc)
         return events
 
-    def _poke_all(self) -> None:
-        for stream in self._streams.values():
-            for follower in stream.followers:
-                follower.poke()
+    # --- keep-alives ----------------------------------------------------------------------
+
+    async def _keepalive_loop(self, every_s: float) -> None:
+        """One timer for every follower: each is due a keep-alive `every_s` after its last one
+        (or its join). A tick looks only at the front of `_quiet`, the followers due soonest, so
+        its cost is the keep-alives it marks, not the number of idle streams."""
+        tick = min(every_s / 4, KEEPALIVE_TICK_S)
+        while True:
+            await asyncio.sleep(tick)
+            self._mark_keepalives(every_s, time.monotonic())
+
+    def _mark_keepalives(self, every_s: float, now: float) -> None:
+        due = []
+        for follower, since in self._quiet.items():
+            if now - since < every_s:
+                break
+            due.append(follower)
+        for follower in due:
+            del self._quiet[follower]
+            self._quiet[follower] = now  # to the back: due again in `every_s`
+            follower.ping = True
+            follower.wake()
 
     # --- the Postgres check ---------------------------------------------------------------
 
     async def _check_loop(self) -> None:
+        """Pokes only the followers that are behind Postgres, found with one query per org: when
+        Redis goes down or comes back, ten thousand followers must not all read Postgres at
+        once (the pool would time them out)."""
         while True:
-            await asyncio.sleep(POLL_WHEN_REDIS_DOWN_S if self._redis_down else self._check_s)
+            with suppress(TimeoutError):
+                async with asyncio.timeout(POLL_WHEN_REDIS_DOWN_S if self._redis_down else self._check_s):
+                    await self._check_now.wait()
+            self._check_now.clear()
             by_org: dict[str, dict[str, list[Follower]]] = defaultdict(lambda: defaultdict(list))
             for stream in self._streams.values():
                 for follower in stream.followers:

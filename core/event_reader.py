@@ -10,11 +10,18 @@ unreachable the hub has every reader read Postgres instead, so a stream never en
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+from collections.abc import AsyncGenerator, AsyncIterator
+from typing import Final
+
+import psycopg
 
 from core.event_hub import PAGE, EventHub, Follower
 from core.events import Event
 from core.tenancy import AsyncPool, session_stream_key, tenant_tx
+
+# A follower whose Postgres read failed reads again after this long.
+STALE_RETRY_S = 1.0
 
 LIST_EVENTS_SQL = """
 SELECT seq, type, run_id, session_id, ts, data FROM run_events
@@ -30,6 +37,11 @@ async def from_postgres(
     async with tenant_tx(pool, org_id) as conn:
         rows = await (await conn.execute(LIST_EVENTS_SQL, (session_id, after, ceiling, limit))).fetchall()
     return [Event.from_row(r) for r in rows]
+
+
+KEEPALIVE: Final = None
+"""What `EventReader.follow(keepalives=True)` yields when the stream has been quiet for the
+hub's keep-alive interval (an SSE response sends a comment line)."""
 
 
 class EventReader:
@@ -65,7 +77,21 @@ class EventReader:
 
     async def follow(self, after: int) -> AsyncIterator[Event]:
         """Every event with seq > `after`, in order, each once. Never returns by itself, only
-        when the hub closes (the process shuts down; the client reconnects with its cursor)."""
+        when the hub closes or drains (the process shuts down; the client reconnects with its
+        cursor)."""
+        async for event in self.follow_with_keepalives(after):
+            if event is not None:  # not KEEPALIVE
+                yield event
+
+    async def follow_with_keepalives(self, after: int, newest: int | None = None) -> AsyncGenerator[Event | None, None]:
+        """`follow`, with `KEEPALIVE` (None) between events whenever the hub's timer says the
+        stream has been quiet for its keep-alive interval.
+
+        `newest`: the session's newest seq as the caller just read it from Postgres. A stream
+        that starts there has nothing to read from Postgres first (one transaction less per
+        stream opened: a burst of clients reconnecting is a burst of these); whatever comes
+        later reaches it through the hub, and the hub's Postgres check covers an event that
+        never reached Redis."""
         last = after
         while True:  # catch up from Redis while it has a full page, then from Postgres
             streamed = await self._hub.read_once(self._key, last)
@@ -75,19 +101,23 @@ class EventReader:
                     last = event.seq
             if streamed is None or len(streamed) < PAGE:
                 break
-        if not streamed:  # the stream is empty, gone or unreachable: Postgres has the truth
+        if not streamed and (newest is None or last < newest):
+            # The stream is empty, gone or unreachable: Postgres has the truth.
             async for event in self._fill(last, None):
                 yield event
                 last = event.seq
         follower = self._hub.join(self._org_id, self._session_id, last)
         try:
             while not follower.closed:
-                if not follower.pending and not follower.stale:
-                    follower.wake.clear()
-                    await follower.wake.wait()
+                if not follower.ready:
+                    await follower.waiter()
                     continue
-                async for event in self._next(follower):
-                    yield event
+                if follower.ping:
+                    follower.ping = False
+                    yield KEEPALIVE
+                if follower.pending or follower.stale:
+                    async for event in self._next(follower):
+                        yield event
         finally:
             self._hub.leave(follower)
 
@@ -95,9 +125,17 @@ class EventReader:
         """What the hub gave `follower` since its last turn (Postgres first, when it is stale)."""
         if follower.stale:
             follower.stale = False
-            async for event in self._fill(follower.last, None):
-                yield event
-                follower.last = event.seq
+            try:
+                async for event in self._fill(follower.last, None):
+                    yield event
+                    follower.last = event.seq
+            except psycopg.OperationalError as exc:  # the pool is busy (PoolTimeout) or Postgres away
+                # Keep the stream (keep-alives go on) and read again soon, instead of ending it.
+                self._hub.warn("fill", "reading missed events from Postgres failed (%s); the stream stays "
+                                       "open and reads again in %.1f s", exc, STALE_RETRY_S)
+                follower.stale = True
+                await asyncio.sleep(STALE_RETRY_S)
+                return
         events, follower.pending = follower.pending, []
         async for event in self._in_order(events, follower.last):
             yield event

@@ -1,8 +1,10 @@
 """Server-sent event streams of a run and of a session.
 
 Both replay from `Last-Event-ID` (or `?after=`) and then follow live (`core.event_reader`).
-A run's stream ends after its terminal event; a session's stays open. sse-starlette sends a
-comment line every `events.keepalive_s` seconds so proxies keep the connection open.
+A run's stream ends after its terminal event; a session's stays open. A quiet stream gets a
+comment line every `events.keepalive_s` seconds (the event hub's one timer marks them due) so
+proxies keep the connection open. The response is `api.sse.EventStream`: one waiting coroutine
+and one small task per idle stream.
 
 When the API process shuts down (SIGTERM, a rolling deploy) every stream ends with a final
 comment, `: shutting down; reconnect with Last-Event-ID`, and a `retry:` hint, so clients
@@ -11,18 +13,15 @@ reconnect (through the load balancer, to another API process) and resume where t
 
 from __future__ import annotations
 
-import asyncio
 import re
-from collections.abc import AsyncIterator
-from contextlib import suppress
+from collections.abc import AsyncGenerator
 from typing import Any
 
-import anyio
-from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.responses import Response
 
 from api.endpoint import Call, endpoint, resource
 from api.routes.runs import reader_for, run_not_found, session_not_found
+from api.sse import EventStream, comment_bytes
 from api.state import state_of
 from core.errors import ApiError
 from core.events import Event
@@ -36,9 +35,7 @@ SESSION_SEQ_SQL = "SELECT event_seq FROM sessions WHERE id = %s AND deleted_at I
 SHUTDOWN_COMMENT = "shutting down; reconnect with Last-Event-ID"
 # How soon (ms) a client reconnects after the shutdown comment; EventSource honours `retry:`.
 RECONNECT_MS = 500
-# How long sse-starlette lets a stream send its farewell before cancelling it; below uvicorn's
-# graceful shutdown timeout (`agentos.cli._serve`).
-FAREWELL_S = 5.0
+FAREWELL = comment_bytes(SHUTDOWN_COMMENT, retry_ms=RECONNECT_MS)
 
 
 def _after(call: Call[Any]) -> int | None:
@@ -51,65 +48,21 @@ def _after(call: Call[Any]) -> int | None:
     return int(raw)
 
 
-def _sse(event: Event) -> ServerSentEvent:
-    return ServerSentEvent(data=event.to_json().decode(), event=event.type, id=str(event.seq))
+def _response(call: Call[Any], events: AsyncGenerator[Event | None, None], run_id: str | None = None) -> Response:
+    """The stream, counted in `agentos_sse_connections` while open; when it ends because the
+    process is shutting down (the hub drained its followers), the farewell closes it. An event
+    already read is always sent before the farewell, so the client's Last-Event-ID is the last
+    event it got."""
+    hub = state_of(call.request).events
+    return EventStream(events, gauge=metrics.get().sse_open, run_id=run_id,
+                       farewell=lambda: FAREWELL if hub.draining else None,
+                       headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
 
-async def _counted(stream: AsyncIterator[ServerSentEvent]) -> AsyncIterator[ServerSentEvent]:
-    """The stream, counted in `agentos_sse_connections` while it is open."""
-    gauge = metrics.get().sse_open
-    gauge.inc()
-    try:
-        async for item in stream:
-            yield item
-    finally:
-        gauge.dec()
-
-
-def _response(call: Call[Any], stream: AsyncIterator[ServerSentEvent]) -> Response:
-    keepalive = call.settings.events.keepalive_s
-    shutdown = anyio.Event()  # set by sse-starlette when uvicorn begins to shut down
-    return EventSourceResponse(_until_shutdown(_counted(stream), shutdown), ping=keepalive, shutdown_event=shutdown,
-                               shutdown_grace_period=FAREWELL_S,
-                               headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-
-
-async def _until_shutdown(stream: AsyncIterator[ServerSentEvent], shutdown: anyio.Event,
-                          ) -> AsyncIterator[ServerSentEvent]:
-    """`stream`'s events until it ends or the server shuts down; then the farewell comment. An
-    event already read is always sent before the farewell, so the client's Last-Event-ID is the
-    last event it got."""
-    stop = asyncio.ensure_future(shutdown.wait())
-    following: asyncio.Future[ServerSentEvent] | None = None
-    try:
-        while True:
-            following = asyncio.ensure_future(anext(stream))
-            await asyncio.wait({following, stop}, return_when=asyncio.FIRST_COMPLETED)
-            if following.done():
-                try:
-                    item = following.result()
-                except StopAsyncIteration:
-                    return
-                yield item
-                continue
-            await _cancelled(following)
-            yield ServerSentEvent(comment=SHUTDOWN_COMMENT, retry=RECONNECT_MS)
-            return
-    finally:
-        # Closed early (the client left, or the farewell went out): stop reading first, since
-        # an iterator that is being read cannot be closed.
-        stop.cancel()
-        if following is not None and not following.done():
-            await _cancelled(following)
-        aclose = getattr(stream, "aclose", None)
-        if aclose is not None:
-            await aclose()
-
-
-async def _cancelled(future: asyncio.Future[Any]) -> None:
-    future.cancel()
-    with suppress(asyncio.CancelledError, StopAsyncIteration):
-        await future
+async def _nothing() -> AsyncGenerator[Event | None, None]:
+    """The events of a run that has ended and whose every event the client has."""
+    return
+    yield
 
 
 @endpoint("Stream one run's events (SSE); replays after `Last-Event-ID`, ends after the terminal event.",
@@ -132,17 +85,7 @@ async def run_events(call: Call[Any]) -> Response:
         session_id = run["session_id"]
     reader = reader_for(call, session_id)
 
-    async def stream() -> AsyncIterator[ServerSentEvent]:
-        if finished:
-            return
-        async for event in reader.follow(start):
-            if event.run_id != run_id:
-                continue
-            yield _sse(event)
-            if event.terminal:
-                return
-
-    return _response(call, stream())
+    return _response(call, _nothing() if finished else reader.follow_with_keepalives(start), run_id=run_id)
 
 
 @endpoint("Stream every event of a session (SSE), live; `Last-Event-ID` or `?after=0` replays first.",
@@ -154,14 +97,9 @@ async def session_events(call: Call[Any]) -> Response:
         row = await (await conn.execute(SESSION_SEQ_SQL, (session_id,))).fetchone()
     if row is None:
         raise session_not_found(session_id)
-    start = after if after is not None else int(row["event_seq"])
-    reader = reader_for(call, session_id)
-
-    async def stream() -> AsyncIterator[ServerSentEvent]:
-        async for event in reader.follow(start):
-            yield _sse(event)
-
-    return _response(call, stream())
+    newest = int(row["event_seq"])
+    start = after if after is not None else newest
+    return _response(call, reader_for(call, session_id).follow_with_keepalives(start, newest))
 
 
 routes = [

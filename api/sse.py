@@ -1,0 +1,152 @@
+"""Server-sent event streams as a small ASGI response of our own: an idle stream is one waiting
+coroutine and one small task, so one API process holds ten thousand of them.
+
+sse-starlette's `EventSourceResponse` (still used by the runner link, a handful of streams) runs
+four tasks per response in an anyio task group (the body, a ping timer, a shutdown listener, a
+disconnect listener); our shutdown farewell added two more. Measured with `bench/sse.py
+--tracemalloc`, those tasks were most of an idle stream's memory. Here:
+
+- the body runs in the request's own task, reading `core.event_reader`'s stream, which waits on
+  its `Follower` for events, for keep-alives (the event hub's one timer marks them due) and for
+  the end (`EventHub.drain()` at shutdown);
+- uvicorn's `receive()`, in a task of its own, waits for the client to disconnect (uvicorn tells
+  only `receive()`; a send to a closed connection is silently dropped) and then cancels the body,
+  which leaves the hub;
+- `watch_for_exit` (one task per process) drains the hub as soon as uvicorn begins to shut down,
+  so every stream ends with its farewell and clients reconnect elsewhere with `Last-Event-ID`.
+
+The wire format is sse-starlette's: `\\r\\n` line ends, `: ping - <time>` keep-alives.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import AsyncGenerator, Callable, Mapping
+from datetime import UTC, datetime
+
+import uvicorn
+from prometheus_client import Gauge
+from starlette.datastructures import MutableHeaders
+from starlette.responses import Response
+from starlette.types import Message, Receive, Scope, Send
+
+from core.event_hub import EventHub
+from core.events import Event
+
+EXIT_POLL_S = 0.25
+
+
+def event_bytes(event: Event) -> bytes:
+    """One event as SSE: its seq as the id (the client's `Last-Event-ID`), its type, its JSON
+    (orjson escapes newlines, so one `data:` line)."""
+    return b"id: %d\r\nevent: %s\r\ndata: %s\r\n\r\n" % (event.seq, event.type.encode(), event.to_json())
+
+
+def comment_bytes(text: str, *, retry_ms: int | None = None) -> bytes:
+    retry = b"" if retry_ms is None else b"retry: %d\r\n" % retry_ms
+    return b": %s\r\n%s\r\n" % (text.encode(), retry)
+
+
+def keepalive_bytes() -> bytes:
+    return comment_bytes(f"ping - {datetime.now(UTC)}")
+
+
+class EventStream(Response):
+    """`text/event-stream` of `events` (`core.event_reader`'s, None marking a keep-alive due),
+    only those of `run_id` when given, up to its terminal event; after they end, `farewell()`'s
+    bytes (if any) close it. Counted in `gauge` while open. HEAD answers the headers only: the
+    stream never starts (it might never end).
+
+    Everything an idle stream holds lives in this one call's frame and the reader's generator:
+    no wrapping generators, and the disconnect listener is uvicorn's own `receive()` in a task."""
+
+    media_type = "text/event-stream"
+
+    def __init__(self, events: AsyncGenerator[Event | None, None], *, gauge: Gauge, run_id: str | None = None,
+                 farewell: Callable[[], bytes | None] = lambda: None, headers: Mapping[str, str] | None = None) -> None:
+        self.events = events
+        self.gauge = gauge
+        self.run_id = run_id
+        self.farewell = farewell
+        self.status_code = 200
+        self.background = None
+        merged = MutableHeaders(headers=dict(headers or {}))
+        merged.setdefault("Cache-Control", "no-store")
+        merged["Connection"] = "keep-alive"
+        merged["X-Accel-Buffering"] = "no"  # nginx: pass each event on at once
+        self.init_headers(merged)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            if scope.get("method") == "HEAD" or (await receive())["type"] == "http.disconnect":
+                await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+                return
+            await self._stream(receive, send)
+        finally:
+            await self.events.aclose()
+
+    async def _stream(self, receive: Receive, send: Send) -> None:
+        # The request (a GET has no body) was received: the next message can only be the
+        # disconnect, which uvicorn tells `receive()` alone (a send to a closed connection is
+        # dropped without an error). It cancels the body.
+        body = asyncio.current_task()
+        assert body is not None
+        streaming, left = True, False
+        listener: asyncio.Future[Message] = asyncio.ensure_future(receive())
+
+        def on_message(done: asyncio.Future[Message]) -> None:
+            nonlocal left, listener
+            if not streaming or done.cancelled():
+                return
+            if done.exception() is None and done.result()["type"] != "http.disconnect":
+                listener = asyncio.ensure_future(receive())  # more request body: not for us
+                listener.add_done_callback(on_message)
+                return
+            left = True
+            body.cancel()
+
+        listener.add_done_callback(on_message)
+        self.gauge.inc()
+        try:
+            await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+            async for event in self.events:
+                if event is None:
+                    chunk = keepalive_bytes()
+                elif self.run_id is None or event.run_id == self.run_id:
+                    chunk = event_bytes(event)
+                else:
+                    continue
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                if self.run_id is not None and event is not None and event.terminal:
+                    break
+            last = self.farewell() or b""
+            streaming = False
+            await send({"type": "http.response.body", "body": last, "more_body": False})
+        except asyncio.CancelledError:
+            if not left:
+                raise
+            body.uncancel()  # the client is gone: this response is over, the server is not
+        finally:
+            streaming = False
+            self.gauge.dec()
+            listener.remove_done_callback(on_message)
+            listener.cancel()
+
+
+def _uvicorn_exiting() -> bool:
+    """True once the uvicorn server of this process began to shut down (SIGTERM, SIGINT). The
+    server is found as the owner of the SIGTERM handler, which uvicorn installs when it runs in
+    the main thread (`agentos api`); elsewhere (tests' servers in threads) this stays False and
+    streams end when uvicorn cancels them."""
+    server = getattr(signal.getsignal(signal.SIGTERM), "__self__", None)
+    return isinstance(server, uvicorn.Server) and bool(server.should_exit)
+
+
+async def watch_for_exit(hub: EventHub, exiting: Callable[[], bool] = _uvicorn_exiting) -> None:
+    """Drain `hub` once the server begins to shut down: every open stream sends its farewell and
+    ends, before uvicorn's graceful timeout would cut it."""
+    while not exiting():
+        await asyncio.sleep(EXIT_POLL_S)
+    hub.drain()
