@@ -5,6 +5,7 @@ failure, never a second execution."""
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import signal
@@ -12,6 +13,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -38,6 +40,28 @@ def routed_agent(org: Org) -> dict[str, object]:
 
 def api_port(api: Served) -> int:
     return int(api.url.rsplit(":", 1)[1])
+
+
+UNSANDBOXED = ("--allow-unsandboxed", "--sandbox", "none", "--backoff-max", "0.5")
+
+
+def call_under_way(org: Org, proxy: TcpProxy, runner: dict[str, Any], state: Path,
+                   shell: str) -> tuple[ServerProcess, dict[str, Any], Path]:
+    """A runner connected through `proxy`, and a run whose one `shell` call (which appends to
+    `runs.log` first) has begun on it: the runner's process, the run, and that marker file."""
+    proc = runner_process(f"http://127.0.0.1:{proxy.port}", runner["token"], state, *UNSANDBOXED)
+    proc.start()
+    try:
+        until(lambda: runner_online(org, runner["id"]), 30)
+        session = org.create_session(str(routed_agent(org)["id"]))
+        run = start_run(org, str(session["id"]), "call: shell " + json.dumps({"command": shell}))
+        marker = state / "workspaces" / run["id"] / "runs.log"
+        until(marker.exists, 60)
+        assert marker.exists(), proc.log_tail(50)
+    except BaseException:
+        proc.stop()
+        raise
+    return proc, run, marker
 
 
 @pytest.mark.timeout(600)
@@ -121,8 +145,7 @@ def test_a_runner_killed_mid_call_answers_with_a_clear_failure_and_never_runs_it
         api: Served, org: Org, worker: object, tmp_path: Path) -> None:
     runner = create_runner(org, "laptop")
     state = tmp_path / "state"
-    args = ("--allow-unsandboxed", "--sandbox", "none", "--backoff-max", "0.5")
-    proc = runner_process(api.url, runner["token"], state, *args)
+    proc = runner_process(api.url, runner["token"], state, *UNSANDBOXED)
     proc.start()
     try:
         until(lambda: runner_online(org, runner["id"]), 30)
@@ -134,7 +157,7 @@ def test_a_runner_killed_mid_call_answers_with_a_clear_failure_and_never_runs_it
         kill(proc)  # the runner, mid-call
     finally:
         proc.stop()
-    again = runner_process(api.url, runner["token"], state, *args)
+    again = runner_process(api.url, runner["token"], state, *UNSANDBOXED)
     again.start()
     try:
         finished = wait(org, run["id"], 90)
@@ -152,17 +175,9 @@ def test_a_result_finished_while_the_link_was_down_is_posted_after_a_restart(
         api: Served, org: Org, worker: object, tmp_path: Path) -> None:
     runner = create_runner(org, "laptop")
     state = tmp_path / "state"
-    args = ("--allow-unsandboxed", "--sandbox", "none", "--backoff-max", "0.5")
     with TcpProxy(api_port(api)) as proxy:
-        proc = runner_process(f"http://127.0.0.1:{proxy.port}", runner["token"], state, *args)
-        proc.start()
+        proc, run, marker = call_under_way(org, proxy, runner, state, "echo ran >> runs.log; sleep 1; echo out")
         try:
-            until(lambda: runner_online(org, runner["id"]), 30)
-            session = org.create_session(str(routed_agent(org)["id"]))
-            command = 'call: shell {"command": "echo ran >> runs.log; sleep 1; echo out"}'
-            run = start_run(org, str(session["id"]), command)
-            marker = state / "workspaces" / run["id"] / "runs.log"
-            until(marker.exists, 60)
             proxy.down()  # the call finishes while its answer cannot be posted
             until(lambda: [s for _, s in _journal_state(state, "shell")] == ["done"], 30)
             assert [s for _, s in _journal_state(state, "shell")] == ["done"]
@@ -170,7 +185,7 @@ def test_a_result_finished_while_the_link_was_down_is_posted_after_a_restart(
         finally:
             proc.stop()
         proxy.up()
-        again = runner_process(f"http://127.0.0.1:{proxy.port}", runner["token"], state, *args)
+        again = runner_process(f"http://127.0.0.1:{proxy.port}", runner["token"], state, *UNSANDBOXED)
         again.start()
         try:
             finished = wait(org, run["id"], 90)
@@ -194,18 +209,9 @@ def test_a_link_dropped_mid_call_frees_the_worker_and_the_run_resumes_when_the_r
     run goes on with the call's result, the call having run once."""
     runner = create_runner(org, "laptop")
     state = tmp_path / "state"
-    args = ("--allow-unsandboxed", "--sandbox", "none", "--backoff-max", "0.5")
     with TcpProxy(api_port(api)) as proxy:
-        proc = runner_process(f"http://127.0.0.1:{proxy.port}", runner["token"], state, *args)
-        proc.start()
+        proc, run, marker = call_under_way(org, proxy, runner, state, "echo ran >> runs.log; sleep 2; echo out")
         try:
-            until(lambda: runner_online(org, runner["id"]), 30)
-            session = org.create_session(str(routed_agent(org)["id"]))
-            command = 'call: shell {"command": "echo ran >> runs.log; sleep 2; echo out"}'
-            run = start_run(org, str(session["id"]), command)
-            marker = state / "workspaces" / run["id"] / "runs.log"
-            until(marker.exists, 60)
-            assert marker.exists(), proc.log_tail(50)
             proxy.down()  # mid-call: the call finishes on the runner while its answer cannot get through
             until(lambda: run_status(org, run["id"]) == "awaiting_confirmation", 60)
             assert run_status(org, run["id"]) == "awaiting_confirmation"  # the worker let go of the run
