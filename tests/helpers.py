@@ -466,6 +466,29 @@ def scratch_database(stack: StackUrls, prefix: str) -> Iterator[str]:
 
 
 @contextmanager
+def database_with_owner_login(stack: StackUrls, prefix: str) -> Iterator[tuple[str, str, str]]:
+    """A new, empty database and a login role that is neither superuser nor exempt from row-level
+    security (how a managed Postgres's migrating login is), both dropped afterwards. Yields the
+    superuser's URL of the database, the role's name and the role's URL; the test gives the role
+    what it should own."""
+    import psycopg
+
+    admin_url = stack.database_url.rsplit("/", 1)[0] + "/postgres"
+    suffix = secrets.token_hex(4)
+    name, owner = f"{prefix}_{suffix}", f"owner_{suffix}"
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(f"CREATE ROLE {owner} LOGIN NOSUPERUSER NOBYPASSRLS")
+        conn.execute(f"CREATE DATABASE {name}")
+    url = stack.database_url.rsplit("/", 1)[0] + "/" + name
+    try:
+        yield url, owner, url.replace("postgres@", f"{owner}@", 1)
+    finally:
+        with psycopg.connect(admin_url, autocommit=True) as conn:
+            conn.execute(f"DROP DATABASE {name} WITH (FORCE)")
+            conn.execute(f"DROP ROLE {owner}")
+
+
+@contextmanager
 def people_api(settings: Settings, **people: Any) -> Iterator[TestClient]:
     """The API in-process with these `AGENTOS_PEOPLE__*` settings, a cookie jar of its own, called
     from an address of its own (so per-IP counters start at zero)."""

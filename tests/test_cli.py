@@ -31,7 +31,7 @@ from agentos.stack.process import ServerProcess, free_port
 from core.migrations import MIGRATIONS, _unique_org_names, migrate
 from core.settings import Settings
 from core.skill_names import BUILTIN_SKILLS
-from tests.helpers import ADMIN_TOKEN, Worker, error_of, running_api
+from tests.helpers import ADMIN_TOKEN, Worker, database_with_owner_login, error_of, running_api
 
 AGENTOS = str(Path(sys.executable).parent / "agentos")
 
@@ -282,22 +282,14 @@ def test_the_migration_renames_earlier_duplicates_and_keeps_the_oldest(stack: St
 def test_the_renaming_sees_every_org_when_the_owner_is_no_superuser(stack: StackUrls) -> None:
     # In production the migrating login owns the database and tables but, not being superuser,
     # is subject to their FORCEd row-level security.
-    admin_url = stack.database_url.rsplit("/", 1)[0] + "/postgres"
-    suffix = os.urandom(4).hex()
-    database, owner = f"orgowner_{suffix}", f"owner_{suffix}"
-    with psycopg.connect(admin_url, autocommit=True) as conn:
-        conn.execute(f"CREATE DATABASE {database}")
-        conn.execute(f"CREATE ROLE {owner} LOGIN NOSUPERUSER NOBYPASSRLS")
-    url = stack.database_url.rsplit("/", 1)[0] + "/" + database
-    try:
+    with database_with_owner_login(stack, "orgowner") as (url, owner, owner_url):
         migrate(url, "agentos_app")
         with psycopg.connect(url, autocommit=True) as conn:
             conn.execute("DROP INDEX orgs_name_uq")
             conn.execute("INSERT INTO orgs (id, name, created_at) VALUES ('org_a', 'Acme', now() - interval '1 s'), "
                          "('org_b', 'acme', now())")
             conn.execute(f"ALTER TABLE orgs OWNER TO {owner}")
-            conn.execute(f"ALTER DATABASE {database} OWNER TO {owner}")  # as docs/operations.md sets it up
-        owner_url = url.replace("postgres@", f"{owner}@", 1)
+            conn.execute(f"ALTER DATABASE {url.rsplit('/', 1)[1]} OWNER TO {owner}")  # as docs/operations.md sets it up
         with psycopg.connect(owner_url) as conn:
             _unique_org_names(conn)
             conn.commit()
@@ -305,10 +297,6 @@ def test_the_renaming_sees_every_org_when_the_owner_is_no_superuser(stack: Stack
             names = dict(conn.execute("SELECT id, name FROM orgs").fetchall())
             forced = conn.execute("SELECT relforcerowsecurity FROM pg_class WHERE relname = 'orgs'").fetchone()
         assert names == {"org_a": "Acme", "org_b": "acme (org_b)"} and forced == (True,)
-    finally:
-        with psycopg.connect(admin_url, autocommit=True) as conn:
-            conn.execute(f"DROP DATABASE {database} WITH (FORCE)")
-            conn.execute(f"DROP ROLE {owner}")
 
 
 def test_skills_list_prints_the_catalogue(api: Api, tmp_path: Path) -> None:

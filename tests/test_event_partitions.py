@@ -23,7 +23,7 @@ from core.migrations import MIGRATIONS, _partitioned_events, migrate
 from core.settings import Settings
 from core.tenancy import tenant_tx
 from runtime.maintenance import JOBS, run_job
-from tests.helpers import Org, scratch_database, stored_run
+from tests.helpers import Org, database_with_owner_login, scratch_database, stored_run
 
 T = TypeVar("T")
 APP_ROLE = "agentos_app"
@@ -206,16 +206,20 @@ def test_an_event_past_the_created_partitions_is_stored_and_the_job_moves_it_int
 OLD_WEEK = "now() - interval '200 days'"
 
 
+def _org_with_session(conn: psycopg.Connection[Any], o: str, event_seq: int = 0) -> None:
+    """Org `org_<o>` with agent `agt_<o>` and session `ses_<o>` (its seqs handed out up to `event_seq`)."""
+    conn.execute("INSERT INTO orgs (id, name) VALUES (%s, %s)", (f"org_{o}", o))
+    conn.execute("INSERT INTO agents (id, org_id, name, config) VALUES (%s, %s, 'a', '{}')", (f"agt_{o}", f"org_{o}"))
+    conn.execute("INSERT INTO sessions (id, org_id, agent_id, event_seq) VALUES (%s, %s, %s, %s)",
+                 (f"ses_{o}", f"org_{o}", f"agt_{o}", event_seq))
+
+
 def _old_events(url: str) -> None:
     """Orgs A and B, each with a run whose events are 200 days old (one old weekly partition)."""
     with psycopg.connect(url) as conn:
         conn.execute(f"SELECT agentos_add_event_partition({OLD_WEEK})")
         for o in ("a", "b"):
-            conn.execute("INSERT INTO orgs (id, name) VALUES (%s, %s)", (f"org_{o}", o))
-            conn.execute("INSERT INTO agents (id, org_id, name, config) VALUES (%s, %s, 'a', '{}')",
-                         (f"agt_{o}", f"org_{o}"))
-            conn.execute("INSERT INTO sessions (id, org_id, agent_id) VALUES (%s, %s, %s)",
-                         (f"ses_{o}", f"org_{o}", f"agt_{o}"))
+            _org_with_session(conn, o)
             conn.execute("INSERT INTO runs (id, org_id, session_id, agent_id, agent_version, status, input, trace_id, "
                          f"created_at, finished_at) VALUES (%s, %s, %s, %s, 1, 'succeeded', '{{}}', 't', {OLD_WEEK}, "
                          f"{OLD_WEEK})", (f"run_{o}", f"org_{o}", f"ses_{o}", f"agt_{o}"))
@@ -282,11 +286,7 @@ def test_an_event_log_at_the_previous_version_migrates_and_replays_the_same(sett
         migrate(url, APP_ROLE, target=version - 1)
         with psycopg.connect(url) as conn:
             for o in ("a", "b"):
-                conn.execute("INSERT INTO orgs (id, name) VALUES (%s, %s)", (f"org_{o}", o))
-                conn.execute("INSERT INTO agents (id, org_id, name, config) VALUES (%s, %s, 'a', '{}')",
-                             (f"agt_{o}", f"org_{o}"))
-                conn.execute("INSERT INTO sessions (id, org_id, agent_id, event_seq) VALUES (%s, %s, %s, 30)",
-                             (f"ses_{o}", f"org_{o}", f"agt_{o}"))
+                _org_with_session(conn, o, event_seq=30)
                 conn.execute("INSERT INTO runs (id, org_id, session_id, agent_id, agent_version, input, trace_id) "
                              "VALUES (%s, %s, %s, %s, 1, '{}', 't')", (f"run_{o}", f"org_{o}", f"ses_{o}", f"agt_{o}"))
                 # 30 events spread over the last ten weeks.
@@ -344,19 +344,10 @@ def test_the_drop_sees_every_orgs_runs_when_the_owner_is_no_superuser(stack: Any
     """In production the migrating login owns the tables but, not being superuser, is subject to
     their FORCEd row-level security: the drop function must still see every org's runs (or it
     would find every partition "kept" — never unsafe, but never dropping)."""
-    import os
-
-    admin_url = stack.database_url.rsplit("/", 1)[0] + "/postgres"
-    suffix = os.urandom(4).hex()
-    database, owner = f"partowner_{suffix}", f"owner_{suffix}"
-    with psycopg.connect(admin_url, autocommit=True) as conn:
-        conn.execute(f"CREATE ROLE {owner} LOGIN NOSUPERUSER NOBYPASSRLS")
-        conn.execute(f"CREATE DATABASE {database} OWNER {owner}")
-        conn.execute(f"GRANT {APP_ROLE} TO {owner}")
-    url = stack.database_url.rsplit("/", 1)[0] + "/" + database
-    owner_url = url.replace("postgres@", f"{owner}@", 1)
-    try:
+    with database_with_owner_login(stack, "partowner") as (url, owner, owner_url):
         with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute(f"ALTER DATABASE {url.rsplit('/', 1)[1]} OWNER TO {owner}")
+            conn.execute(f"GRANT {APP_ROLE} TO {owner}")
             conn.execute("CREATE EXTENSION vector")  # not a trusted extension: the service's admin makes it
         migrate(owner_url, APP_ROLE)
         with psycopg.connect(owner_url) as conn:  # the owner makes partitions (as the job does)
@@ -375,7 +366,3 @@ def test_the_drop_sees_every_orgs_runs_when_the_owner_is_no_superuser(stack: Any
             conn.execute("UPDATE runs SET finished_at = now() - interval '100 days' WHERE id = 'run_b'")
         dropped = drop()
         assert len(dropped) == 1 and dropped[0][1] == 10, dropped  # both orgs' rows, seen across orgs
-    finally:
-        with psycopg.connect(admin_url, autocommit=True) as conn:
-            conn.execute(f"DROP DATABASE {database} WITH (FORCE)")
-            conn.execute(f"DROP ROLE {owner}")
