@@ -14,8 +14,12 @@ Checkpoints (LangGraph's, one thread per session) follow the session's runs:
 - a session with a run executing keeps the latest checkpoint per namespace (with the blobs it
   and any newer one can reference: blob versions only grow), the older ones go at once;
 - a session whose runs all ended more than `checkpoints_days` ago keeps only its final state
-  (`final_checkpoint: keep`, what its next run continues from) or nothing (`drop`), decided
-  under the session's lock so no run starts meanwhile.
+  (`final_checkpoint: keep`, what its next run continues from) or nothing (`drop`). Those
+  sessions go a batch at a time (`sessions_per_batch`): one transaction locks the batch's session
+  rows together (SKIP LOCKED: a session in use, a run starting in it, is left to the next pass,
+  never waited on), checks again that each is still idle, and prunes every thread of the batch
+  with one statement per checkpoint table, so a pass costs a few statements per few hundred
+  sessions rather than five per session.
 """
 
 from __future__ import annotations
@@ -30,7 +34,6 @@ from psycopg.rows import DictRow
 from core import event_partitions
 from core.infra import Infra
 from core.settings import LifecycleSettings
-from core.store import runs
 from core.tenancy import checkpoint_thread_id, lifecycle_scan_tx, tenant_tx
 from core.tenant_data import Removed, delete_checkpoints
 
@@ -116,10 +119,12 @@ PRUNE_AUDIT_SQL = "SELECT agentos_prune_audit(now() - make_interval(days => %s),
 
 # Sessions with a run executing: their threads keep the latest checkpoint per namespace.
 RUNNING_SESSIONS_SQL = """
-SELECT DISTINCT session_id FROM runs WHERE org_id = agentos_current_org() AND status = 'running'
+SELECT DISTINCT session_id FROM runs WHERE org_id = agentos_current_org() AND status = 'running' ORDER BY 1
 """
-# Sessions whose runs all ended before the cutoff and whose thread still holds more than what is kept.
-ENDED_SESSIONS_SQL = """
+# A batch of sessions whose runs all ended before the cutoff and whose thread still holds more
+# than what is kept, locked together. SKIP LOCKED: a session another transaction holds (a run
+# starting in it) is skipped, never waited on; the next pass takes it.
+LOCK_ENDED_SESSIONS_SQL = """
 SELECT s.id FROM sessions s
 WHERE s.org_id = agentos_current_org() AND s.id > %(after)s
   AND NOT EXISTS (SELECT 1 FROM runs r WHERE r.session_id = s.id
@@ -128,30 +133,37 @@ WHERE s.org_id = agentos_current_org() AND s.id > %(after)s
   AND (SELECT count(*) FROM (SELECT 1 FROM checkpoints c WHERE c.thread_id = agentos_current_org() || ':' || s.id
                              LIMIT 2) k) > %(keep)s
 ORDER BY s.id LIMIT %(limit)s
+FOR UPDATE OF s SKIP LOCKED
 """
-SESSION_IDLE_SQL = """
-SELECT NOT EXISTS (SELECT 1 FROM runs WHERE session_id = %s AND status IN ('queued', 'running',
-                                                                           'awaiting_confirmation')) AS idle
+# Which of the locked sessions are still idle, read after the locks are held (a statement of its
+# own: in READ COMMITTED it sees what committed before it, such as a run created between the
+# batch's snapshot and its lock). No run can start in them until the batch commits.
+STILL_IDLE_SQL = """
+SELECT s.id FROM unnest(%s::text[]) AS s(id)
+WHERE NOT EXISTS (SELECT 1 FROM runs r WHERE r.session_id = s.id
+                  AND r.status IN ('queued', 'running', 'awaiting_confirmation'))
 """
-# The latest checkpoint of each namespace of a thread stays; so do the blobs whose version is not
-# older than the one it references (a checkpoint written meanwhile can only reference those).
+# The latest checkpoint of each namespace of each thread stays; so do the blobs whose version is
+# not older than the one it references (a checkpoint written meanwhile can only reference those).
+# One statement per table for a whole batch of threads.
 PRUNE_CHECKPOINTS_SQL = """
-DELETE FROM checkpoints c USING (SELECT checkpoint_ns, max(checkpoint_id) AS latest FROM checkpoints
-                                 WHERE thread_id = %(t)s GROUP BY checkpoint_ns) k
-WHERE c.thread_id = %(t)s AND c.checkpoint_ns = k.checkpoint_ns AND c.checkpoint_id < k.latest
+DELETE FROM checkpoints c USING (SELECT thread_id, checkpoint_ns, max(checkpoint_id) AS latest FROM checkpoints
+                                 WHERE thread_id = ANY(%(t)s) GROUP BY thread_id, checkpoint_ns) k
+WHERE c.thread_id = k.thread_id AND c.checkpoint_ns = k.checkpoint_ns AND c.checkpoint_id < k.latest
 """
 PRUNE_WRITES_SQL = """
-DELETE FROM checkpoint_writes w USING (SELECT checkpoint_ns, max(checkpoint_id) AS latest FROM checkpoints
-                                       WHERE thread_id = %(t)s GROUP BY checkpoint_ns) k
-WHERE w.thread_id = %(t)s AND w.checkpoint_ns = k.checkpoint_ns AND w.checkpoint_id < k.latest
+DELETE FROM checkpoint_writes w USING (SELECT thread_id, checkpoint_ns, max(checkpoint_id) AS latest
+                                       FROM checkpoints WHERE thread_id = ANY(%(t)s)
+                                       GROUP BY thread_id, checkpoint_ns) k
+WHERE w.thread_id = k.thread_id AND w.checkpoint_ns = k.checkpoint_ns AND w.checkpoint_id < k.latest
 """
 PRUNE_BLOBS_SQL = """
-DELETE FROM checkpoint_blobs b USING checkpoints c
-WHERE b.thread_id = %(t)s AND c.thread_id = %(t)s AND c.checkpoint_ns = b.checkpoint_ns
-  AND c.checkpoint_id = (SELECT max(checkpoint_id) FROM checkpoints
-                         WHERE thread_id = %(t)s AND checkpoint_ns = b.checkpoint_ns)
-  AND (c.checkpoint -> 'channel_versions') ? b.channel
-  AND b.version < c.checkpoint -> 'channel_versions' ->> b.channel
+DELETE FROM checkpoint_blobs b USING (SELECT DISTINCT ON (thread_id, checkpoint_ns) thread_id, checkpoint_ns,
+                                             checkpoint -> 'channel_versions' AS versions
+                                      FROM checkpoints WHERE thread_id = ANY(%(t)s)
+                                      ORDER BY thread_id, checkpoint_ns, checkpoint_id DESC) k
+WHERE b.thread_id = k.thread_id AND b.checkpoint_ns = k.checkpoint_ns
+  AND k.versions ? b.channel AND b.version < k.versions ->> b.channel
 """
 THREAD_BYTES_SQL = """
 SELECT coalesce((SELECT sum(pg_column_size(c.*)) FROM checkpoints c WHERE thread_id = %(t)s), 0)
@@ -166,9 +178,12 @@ async def thread_bytes(conn: AsyncConnection[DictRow], thread_id: str) -> int:
     return int(row["bytes"]) if row else 0
 
 
-async def prune_to_latest(conn: AsyncConnection[DictRow], thread_id: str, removed: Removed) -> None:
-    """Keep the latest checkpoint per namespace of the thread and what it references."""
-    params = {"t": thread_id}
+async def prune_to_latest(conn: AsyncConnection[DictRow], thread_ids: list[str], removed: Removed) -> None:
+    """Keep the latest checkpoint per namespace of each thread and what it references: three
+    statements, however many threads."""
+    if not thread_ids:
+        return
+    params = {"t": thread_ids}
     removed.add("checkpoint_blobs", (await conn.execute(PRUNE_BLOBS_SQL, params)).rowcount)
     removed.add("checkpoint_writes", (await conn.execute(PRUNE_WRITES_SQL, params)).rowcount)
     removed.add("checkpoints", (await conn.execute(PRUNE_CHECKPOINTS_SQL, params)).rowcount)
@@ -186,33 +201,36 @@ async def _by_ended_runs(infra: Infra, org_id: str, table: str, days: int, remov
             return
 
 
+def sessions_per_batch(lifecycle: LifecycleSettings) -> int:
+    """Sessions whose checkpoints one transaction prunes (200 by default: a few thousand rows per
+    table, each session held only that long)."""
+    return max(1, lifecycle.batch_rows // 5)
+
+
 async def _checkpoints(infra: Infra, org_id: str, policy: Policy, removed: Removed) -> None:
+    limit = sessions_per_batch(infra.settings.lifecycle)
     async with tenant_tx(infra.pool, org_id) as conn:
         running = [r["session_id"] for r in await (await conn.execute(RUNNING_SESSIONS_SQL)).fetchall()]
-    for session_id in running:
+    for i in range(0, len(running), limit):
         async with tenant_tx(infra.pool, org_id) as conn:
-            await prune_to_latest(conn, checkpoint_thread_id(org_id, session_id), removed)
+            await prune_to_latest(conn, [checkpoint_thread_id(org_id, s) for s in running[i:i + limit]], removed)
     if not policy.checkpoints_days:
         return
     keep = 1 if policy.final_checkpoint == "keep" else 0
-    limit = max(1, infra.settings.lifecycle.batch_rows // 10)
     after = ""
     while True:
+        # A batch of sessions held together, only those still idle pruned: no run starts in them
+        # meanwhile. Five statements per batch, whatever its size.
         async with tenant_tx(infra.pool, org_id) as conn:
-            ids = [r["id"] for r in await (await conn.execute(ENDED_SESSIONS_SQL, {
+            ids = [r["id"] for r in await (await conn.execute(LOCK_ENDED_SESSIONS_SQL, {
                 "after": after, "days": policy.checkpoints_days, "keep": keep, "limit": limit})).fetchall()]
-        for session_id in ids:
-            # Under the session's lock, and only if it is still idle: no run starts meanwhile.
-            async with tenant_tx(infra.pool, org_id) as conn:
-                await runs.lock_any_session(conn, session_id)
-                idle = await (await conn.execute(SESSION_IDLE_SQL, (session_id,))).fetchone()
-                if not idle or not idle["idle"]:
-                    continue
-                thread = checkpoint_thread_id(org_id, session_id)
+            if ids:
+                idle = [r["id"] for r in await (await conn.execute(STILL_IDLE_SQL, (ids,))).fetchall()]
+                threads = [checkpoint_thread_id(org_id, s) for s in idle]
                 if keep:
-                    await prune_to_latest(conn, thread, removed)
+                    await prune_to_latest(conn, threads, removed)
                 else:
-                    await delete_checkpoints(conn, [thread], removed)
+                    await delete_checkpoints(conn, threads, removed)
         if len(ids) < limit:
             return
         after = ids[-1]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 from typing import Any
 
 import psycopg
@@ -201,3 +202,85 @@ def test_a_real_sessions_checkpoint_bytes_shrink_and_its_next_run_still_continue
     assert after < before
     # The final state is what the next run continues from: it still runs, with the history.
     assert wait(org, start_run(org, session, "fourth question")["id"])["status"] == "succeeded"
+
+
+def _idle_sessions(database_url: str, org_id: str, agent_id: str, prefix: str, n: int) -> list[str]:
+    """`n` sessions whose one run ended 8 days ago (past POLICY's checkpoints), 3 checkpoints each."""
+    sessions = [f"ses_{prefix}{i}" for i in range(n)]
+    with psycopg.connect(database_url) as conn:
+        for session in sessions:
+            conn.execute("INSERT INTO sessions (id, org_id, agent_id) VALUES (%s, %s, %s)", (session, org_id, agent_id))
+            conn.execute("INSERT INTO runs (id, org_id, session_id, agent_id, agent_version, status, input, trace_id, "
+                         "finished_at) VALUES (%s, %s, %s, %s, 1, 'succeeded', '{}', 't', now() - interval '8 days')",
+                         (session.replace("ses_", "run_"), org_id, session, agent_id))
+            for n_ in (1, 2, 3):
+                _checkpoint(conn, f"{org_id}:{session}", n_)
+    return sessions
+
+
+PRUNED = {"checkpoints": ["cp0003"], "blobs": [("messages", 3), ("plan", 1)], "writes": ["cp0003"]}
+
+
+def test_a_pass_prunes_idle_sessions_with_statements_per_batch_not_per_session(
+        settings: Settings, stack: Any, org: Org, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Regression: the pass took five statements (and a transaction) per idle session, over an
+    hour for 50,000 sessions; now a batch of sessions is locked and pruned together."""
+    agent = str(org.create_agent()["id"])
+    statements = 0
+    execute = psycopg.AsyncConnection.execute
+
+    async def counting(self: Any, *args: Any, **kwargs: Any) -> Any:
+        nonlocal statements
+        statements += 1
+        return await execute(self, *args, **kwargs)
+
+    monkeypatch.setattr(psycopg.AsyncConnection, "execute", counting)
+    counts: dict[int, int] = {}
+    for n in (2, 12):
+        sessions = _idle_sessions(stack.database_url, org.id, agent, f"few{n}_", n)
+        statements = 0
+        removed = _enforce(settings, org.id, POLICY)
+        counts[n] = statements
+        assert removed.rows == {"checkpoints": 2 * n, "checkpoint_blobs": 2 * n, "checkpoint_writes": 2 * n}, n
+        for session in sessions:
+            assert _thread(stack.database_url, f"{org.id}:{session}") == PRUNED, session
+    assert counts[12] == counts[2], counts  # ten sessions more, not one statement more
+
+
+def test_a_session_in_use_is_skipped_not_waited_on_and_pruned_by_the_next_pass(
+        settings: Settings, stack: Any, org: Org) -> None:
+    """A session another transaction holds (as a run starting in it does) is left alone, the pass
+    does not wait for it; the others are pruned, in several batches; the next pass takes it."""
+    agent = str(org.create_agent()["id"])
+    sessions = _idle_sessions(stack.database_url, org.id, agent, "busy", 7)
+    busy = sessions[3]
+    # 2 sessions a batch (retention.sessions_per_batch): 4 batches for the 7.
+    small = settings.model_copy(update={"lifecycle": settings.lifecycle.model_copy(update={"batch_rows": 10})})
+    before = _thread(stack.database_url, f"{org.id}:{busy}")
+
+    holder = psycopg.connect(stack.database_url)
+    try:
+        holder.execute("SELECT id FROM sessions WHERE id = %s FOR UPDATE", (busy,))  # a transaction, held
+        done: list[Removed] = []
+        passing = threading.Thread(target=lambda: done.append(_enforce(small, org.id, POLICY)))
+        passing.start()
+        waited = False
+        with psycopg.connect(stack.database_url, autocommit=True) as watcher:
+            while passing.is_alive() and not waited:  # the pass ends, or waits on the held row
+                row = watcher.execute("SELECT count(*) FROM pg_locks WHERE NOT granted").fetchone()
+                waited = bool(row and row[0])
+                passing.join(0.05)
+    finally:
+        holder.rollback()
+        holder.close()
+    passing.join()
+    assert not waited, "the pass waited for the session held by another transaction"
+    assert done and done[0].rows["checkpoints"] == 2 * 6
+    assert _thread(stack.database_url, f"{org.id}:{busy}") == before
+    for session in sessions:
+        if session != busy:
+            assert _thread(stack.database_url, f"{org.id}:{session}") == PRUNED, session
+
+    again = _enforce(small, org.id, POLICY)
+    assert again.rows == {"checkpoints": 2, "checkpoint_blobs": 2, "checkpoint_writes": 2}
+    assert _thread(stack.database_url, f"{org.id}:{busy}") == PRUNED
