@@ -11,7 +11,8 @@ BEFORE the event log was partitioned, and generates server-side (`generate_serie
 owner) `--orgs` orgs, one run per session of `--events-per-run` events each, so `--events` events
 in all; `--old-fraction` of the runs ended 100 to 150 days ago (past the 90-day events default,
 and past the 7-day checkpoint default), the rest within the last 60 days (the last one an hour
-ago), each run's events stamped with its end. Every session gets a checkpoint thread of
+ago), each run's events stamped with its end and its session created two minutes before (the
+replay's time bound starts from the session's creation). Every session gets a checkpoint thread of
 `--checkpoints` checkpoints (a blob of `--blob-bytes` and a pending write each), as LangGraph
 leaves them.
 
@@ -38,6 +39,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import shutil
+import signal
 import statistics
 import sys
 import tempfile
@@ -51,7 +53,7 @@ if str(REPO) not in sys.path:
 import psycopg  # noqa: E402
 
 from agentos.stack.local import LocalStack  # noqa: E402
-from core.event_reader import from_postgres  # noqa: E402
+from core.event_reader import LIST_EVENTS_SQL, from_postgres  # noqa: E402
 from core.infra import Infra  # noqa: E402
 from core.migrations import MIGRATIONS, _partitioned_events, migrate  # noqa: E402
 from core.settings import Settings  # noqa: E402
@@ -65,17 +67,19 @@ GENERATE_SQL = """
 INSERT INTO orgs (id, name) SELECT 'org_bench' || o, 'bench org ' || o FROM generate_series(1, %(orgs)s) o;
 INSERT INTO agents (id, org_id, name, config)
     SELECT 'agt_bench' || o, 'org_bench' || o, 'bench', '{"instructions": "x"}' FROM generate_series(1, %(orgs)s) o;
-INSERT INTO sessions (id, org_id, agent_id, event_seq)
-    SELECT 'ses_bench' || s, 'org_bench' || (s %% %(orgs)s + 1), 'agt_bench' || (s %% %(orgs)s + 1), %(per_run)s
-    FROM generate_series(1, %(sessions)s) s;
+INSERT INTO sessions (id, org_id, agent_id, event_seq, created_at, updated_at)
+    SELECT 'ses_bench' || s, 'org_bench' || (s %% %(orgs)s + 1), 'agt_bench' || (s %% %(orgs)s + 1), %(per_run)s,
+           t - interval '2 minutes', t
+    FROM (SELECT s, CASE WHEN s <= %(old)s THEN now() - make_interval(days => 100 + s %% 50)
+                         ELSE now() - make_interval(days => (%(sessions)s - s) %% 60) - interval '1 hour' END AS t
+          FROM generate_series(1, %(sessions)s) s) x;
 INSERT INTO runs (id, org_id, session_id, agent_id, agent_version, status, input, trace_id, created_at, started_at,
                   finished_at)
     SELECT 'run_bench' || s, 'org_bench' || (s %% %(orgs)s + 1), 'ses_bench' || s, 'agt_bench' || (s %% %(orgs)s + 1),
            1, 'succeeded', '{"text": "hi"}', md5(s::text),
-           t - interval '1 minute', t - interval '1 minute', t
-    FROM (SELECT s, CASE WHEN s <= %(old)s THEN now() - make_interval(days => 100 + s %% 50)
-                         ELSE now() - make_interval(days => (%(sessions)s - s) %% 60) - interval '1 hour' END AS t
-          FROM generate_series(1, %(sessions)s) s) x;
+           x.updated_at - interval '1 minute', x.updated_at - interval '1 minute', x.updated_at
+    FROM (SELECT s, updated_at FROM generate_series(1, %(sessions)s) s
+          JOIN sessions ON id = 'ses_bench' || s) x;
 INSERT INTO run_events (org_id, session_id, seq, run_id, type, data, ts)
     SELECT 'org_bench' || (s %% %(orgs)s + 1), 'ses_bench' || s, e, 'run_bench' || s,
            CASE WHEN e = 1 THEN 'run.queued' WHEN e = %(per_run)s THEN 'run.succeeded' ELSE 'message.delta' END,
@@ -104,9 +108,7 @@ SELECT pg_total_relation_size(%(t)s::regclass)
      + coalesce((SELECT sum(pg_total_relation_size(inhrelid)) FROM pg_inherits
                  WHERE inhparent = %(t)s::regclass), 0) AS bytes
 """
-REPLAY_PLAN_SQL = "EXPLAIN (ANALYZE, BUFFERS, COSTS OFF, TIMING OFF, SUMMARY ON) " + (
-    "SELECT seq, type, run_id, session_id, ts, data FROM run_events WHERE session_id = %s AND seq > 0 "
-    "AND seq <= 4611686018427387904 ORDER BY seq LIMIT 500")
+REPLAY_PLAN_SQL = "EXPLAIN (ANALYZE, BUFFERS, COSTS OFF, TIMING OFF, SUMMARY ON) " + LIST_EVENTS_SQL
 
 
 def sizes(url: str) -> dict[str, int]:
@@ -115,17 +117,24 @@ def sizes(url: str) -> dict[str, int]:
 
 
 def replay_plan(url: str, org_id: str, session_id: str) -> str:
-    """The replay's plan as the application role runs it: scans and buffers, one line."""
+    """The replay's plan as the application role runs it (`core.event_reader.LIST_EVENTS_SQL`):
+    the partitions it read, those pruned (at planning or when the time bound's subquery ran),
+    buffers and planning time, one line."""
+    params = {"session": session_id, "after": 0, "upto": 2**62, "limit": 500}
     with psycopg.connect(url) as conn:
         conn.execute(f"SET ROLE {APP_ROLE}")
         conn.execute("SELECT set_config('app.org_id', %s, true)", (org_id,))
-        conn.execute(REPLAY_PLAN_SQL, (session_id,))  # the first planning also fills the catalog caches
-        lines = [str(r[0]).strip() for r in conn.execute(REPLAY_PLAN_SQL, (session_id,)).fetchall()]
-    scans = [line.split(" on ")[0].removeprefix("->  ").split(" using ")[0] for line in lines if " Scan" in line]
+        conn.execute(REPLAY_PLAN_SQL, params)  # the first planning also fills the catalog caches
+        lines = [str(r[0]).strip() for r in conn.execute(REPLAY_PLAN_SQL, params).fetchall()]
+    scans = [line for line in lines if " Scan" in line and " on run_events" in line and "Bitmap Index" not in line]
+    read = [line for line in scans if "never executed" not in line]
+    kinds = [line.split(" on ")[0].removeprefix("->  ").split(" using ")[0] for line in read]
+    removed = sum(int(line.split(":")[1]) for line in lines if line.startswith("Subplans Removed"))
     shared = next((line for line in lines if line.startswith("Buffers:")), "")
     planning = next((line for line in lines if line.startswith("Planning Time")), "")
-    kinds = {k: scans.count(k) for k in dict.fromkeys(scans)}
-    return f"{', '.join(f'{n} x {k}' for k, n in kinds.items())}; {shared}; {planning}"
+    counts = ", ".join(f"{n} x {k}" for k, n in {k: kinds.count(k) for k in dict.fromkeys(kinds)}.items())
+    return (f"{len(read)} partition scans run ({counts}), {len(scans) - len(read)} never executed, "
+            f"{removed} removed at planning; {shared}; {planning}")
 
 
 def vacuum(url: str, full: bool) -> float:
@@ -250,8 +259,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def _stop_on_signal(signum: int, _frame: object) -> None:
+    # SIGTERM or SIGHUP unwind like Ctrl-C, so `main`'s finally stops the Postgres and Redis it started.
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, _stop_on_signal)
     sessions = max(2, args.events // args.events_per_run)
     old = int(sessions * args.old_fraction)
     temp: Path | None = None

@@ -23,9 +23,18 @@ from core.tenancy import AsyncPool, session_stream_key, tenant_tx
 # A follower whose Postgres read failed reads again after this long.
 STALE_RETRY_S = 1.0
 
+# The lower bound on `ts` lets the partitioned log (weekly partitions by `ts`) skip every week
+# before the session existed, pruned at execution once the subquery has run (no extra round
+# trip). It must be at or before every event of the session, or a replay would silently miss
+# events: an event's `ts` is the writer's clock (core.events, `datetime.now()` on the API or
+# worker host) while `created_at` is the database's `now()` when the session was inserted, which
+# is before any of its events but on another clock. The day's margin covers any plausible skew
+# between those clocks, and costs at most one more weekly partition's index probe.
 LIST_EVENTS_SQL = """
 SELECT seq, type, run_id, session_id, ts, data FROM run_events
-WHERE session_id = %s AND seq > %s AND seq <= %s ORDER BY seq LIMIT %s
+WHERE session_id = %(session)s AND seq > %(after)s AND seq <= %(upto)s
+  AND ts >= (SELECT created_at - interval '1 day' FROM sessions WHERE id = %(session)s)
+ORDER BY seq LIMIT %(limit)s
 """
 
 
@@ -35,7 +44,8 @@ async def from_postgres(
     """Stored events with `after < seq <= upto`, oldest first."""
     ceiling = upto if upto is not None else 2**62
     async with tenant_tx(pool, org_id) as conn:
-        rows = await (await conn.execute(LIST_EVENTS_SQL, (session_id, after, ceiling, limit))).fetchall()
+        rows = await (await conn.execute(LIST_EVENTS_SQL, {
+            "session": session_id, "after": after, "upto": ceiling, "limit": limit})).fetchall()
     return [Event.from_row(r) for r in rows]
 
 

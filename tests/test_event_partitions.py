@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 import psycopg
@@ -87,8 +88,8 @@ def test_a_replay_reads_each_partitions_index_never_a_sequential_scan(settings: 
     async def explain(infra: Infra) -> list[str]:
         async with tenant_tx(infra.pool, org.id) as conn:
             # As the API runs it: a prepared statement with parameters, on the application role.
-            rows = await (await conn.execute("EXPLAIN (COSTS OFF) " + LIST_EVENTS_SQL,
-                                             (session, 0, 2**62, 500))).fetchall()
+            rows = await (await conn.execute("EXPLAIN (COSTS OFF) " + LIST_EVENTS_SQL, {
+                "session": session, "after": 0, "upto": 2**62, "limit": 500})).fetchall()
         return [str(r["QUERY PLAN"]) for r in rows]
 
     plan = _with_infra(settings, explain)
@@ -289,7 +290,9 @@ def test_an_event_log_at_the_previous_version_migrates_and_replays_the_same(sett
                 _org_with_session(conn, o, event_seq=30)
                 conn.execute("INSERT INTO runs (id, org_id, session_id, agent_id, agent_version, input, trace_id) "
                              "VALUES (%s, %s, %s, %s, 1, '{}', 't')", (f"run_{o}", f"org_{o}", f"ses_{o}", f"agt_{o}"))
-                # 30 events spread over the last ten weeks.
+                # 30 events spread over the last ten weeks, in a session created before them
+                # (the replay reads from the session's creation on).
+                conn.execute("UPDATE sessions SET created_at = now() - interval '71 days' WHERE id = %s", (f"ses_{o}",))
                 conn.execute("INSERT INTO run_events (org_id, session_id, seq, run_id, type, data, ts) "
                              "SELECT %s, %s, s, %s, 'message.delta', jsonb_build_object('text', 'e' || s), "
                              "now() - make_interval(days => 70 - s * 2) FROM generate_series(1, 30) s",
@@ -366,3 +369,57 @@ def test_the_drop_sees_every_orgs_runs_when_the_owner_is_no_superuser(stack: Any
             conn.execute("UPDATE runs SET finished_at = now() - interval '100 days' WHERE id = 'run_b'")
         dropped = drop()
         assert len(dropped) == 1 and dropped[0][1] == 10, dropped  # both orgs' rows, seen across orgs
+
+
+def _partitions_read(settings: Settings, org_id: str, session_id: str) -> set[str]:
+    """The partitions the replay query reads (EXPLAIN ANALYZE as the application role): those
+    pruned at planning are not in the plan, those pruned once the time bound is known show as
+    never executed."""
+    async def explain(infra: Infra) -> list[str]:
+        async with tenant_tx(infra.pool, org_id) as conn:
+            query = "EXPLAIN (ANALYZE, COSTS OFF, TIMING OFF, SUMMARY OFF) " + LIST_EVENTS_SQL
+            rows = await (await conn.execute(query, {
+                "session": session_id, "after": 0, "upto": 2**62, "limit": 500})).fetchall()
+        return [str(r["QUERY PLAN"]) for r in rows]
+
+    plan = _with_infra(settings, explain)
+    return {line.split(" on ")[1].split()[0] for line in plan
+            if " on run_events_" in line and "Bitmap Index Scan" not in line and "never executed" not in line}
+
+
+def test_a_replay_reads_only_the_partitions_since_its_session_was_created(settings: Settings, stack: Any) -> None:
+    """Regression: the replay (by session and seq) probed every weekly partition, back to the
+    oldest kept; bounded below by the session's creation it reads only the weeks since."""
+    with scratch_database(stack, "partitions_replay") as url:
+        migrate(url, APP_ROLE)
+        with psycopg.connect(url) as conn:
+            for days in (200, 100):
+                conn.execute("SELECT agentos_add_event_partition(now() - make_interval(days => %s))", (days,))
+            _org_with_session(conn, "a", event_seq=3)
+            conn.execute("INSERT INTO sessions (id, org_id, agent_id, event_seq, created_at) "
+                         "VALUES ('ses_old', 'org_a', 'agt_a', 3, now() - interval '201 days')")
+            for session in ("ses_a", "ses_old"):
+                conn.execute("INSERT INTO runs (id, org_id, session_id, agent_id, agent_version, input, trace_id) "
+                             "VALUES (%s, 'org_a', %s, 'agt_a', 1, '{}', 't')", (session.replace("ses_", "run_"),
+                                                                                session))
+            # The old session's events 200 and 100 days ago and now; the new one's now.
+            conn.execute("INSERT INTO run_events (org_id, session_id, seq, run_id, type, data, ts) "
+                         "SELECT 'org_a', 'ses_old', s, 'run_old', 'message.delta', '{}', "
+                         "now() - make_interval(days => (ARRAY[200, 100, 0])[s]) FROM generate_series(1, 3) s")
+            conn.execute("INSERT INTO run_events (org_id, session_id, seq, run_id, type, data) "
+                         "SELECT 'org_a', 'ses_a', s, 'run_a', 'message.delta', '{}' FROM generate_series(1, 3) s")
+            created = conn.execute("SELECT created_at FROM sessions WHERE id = 'ses_a'").fetchone()
+        assert created is not None
+        scratch = _on(settings, url)
+        partitions = _partitions(url)
+        old = {p for p in partitions if p != "run_events_default"
+               and datetime.strptime(p.removeprefix("run_events_p"), "%Y%m%d").replace(tzinfo=UTC)
+               + timedelta(days=7) <= created[0] - timedelta(days=1)}
+        assert len(old) >= 2  # the two old weeks at least (and any the migration made before this one)
+
+        read = _partitions_read(scratch, "org_a", "ses_a")
+        assert read == set(partitions) - old, (read, old)  # this week's on, and the default
+        assert [e.seq for e in _replay(scratch, "org_a", "ses_a")] == [1, 2, 3]
+        # A session created long ago still replays whole, from every week since.
+        assert [e.seq for e in _replay(scratch, "org_a", "ses_old")] == [1, 2, 3]
+        assert old <= _partitions_read(scratch, "org_a", "ses_old")
