@@ -44,6 +44,7 @@ import statistics
 import sys
 import tempfile
 import time
+from datetime import datetime
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -53,7 +54,7 @@ if str(REPO) not in sys.path:
 import psycopg  # noqa: E402
 
 from agentos.stack.local import LocalStack  # noqa: E402
-from core.event_reader import LIST_EVENTS_SQL, from_postgres  # noqa: E402
+from core.event_reader import CLOCK_MARGIN, LIST_EVENTS_SQL, from_postgres, replay_params  # noqa: E402
 from core.infra import Infra  # noqa: E402
 from core.migrations import MIGRATIONS, _partitioned_events, migrate  # noqa: E402
 from core.settings import Settings  # noqa: E402
@@ -116,11 +117,11 @@ def sizes(url: str) -> dict[str, int]:
         return {t: int(conn.execute(SIZES_SQL, {"t": t}).fetchone()[0]) for t in TABLES}  # type: ignore[index]
 
 
-def replay_plan(url: str, org_id: str, session_id: str) -> str:
+def replay_plan(url: str, org_id: str, session_id: str, since: datetime | None = None) -> str:
     """The replay's plan as the application role runs it (`core.event_reader.LIST_EVENTS_SQL`):
     the partitions it read, those pruned (at planning or when the time bound's subquery ran),
     buffers and planning time, one line."""
-    params = {"session": session_id, "after": 0, "upto": 2**62, "limit": 500}
+    params = replay_params(session_id, 0, limit=500, since=since)
     with psycopg.connect(url) as conn:
         conn.execute(f"SET ROLE {APP_ROLE}")
         conn.execute("SELECT set_config('app.org_id', %s, true)", (org_id,))
@@ -153,11 +154,11 @@ def percentiles(samples: list[float]) -> str:
     return f"n={len(ordered)} p50 {statistics.median(ordered) * 1000:.2f} ms, p99 {p99 * 1000:.2f} ms"
 
 
-async def replays(infra: Infra, org_id: str, session_id: str, n: int) -> list[float]:
+async def replays(infra: Infra, org_id: str, session_id: str, n: int, since: datetime | None = None) -> list[float]:
     out = []
     for _ in range(n):
         t0 = time.perf_counter()
-        events = await from_postgres(infra.pool, org_id, session_id, 0)
+        events = await from_postgres(infra.pool, org_id, session_id, 0, since=since)
         out.append(time.perf_counter() - t0)
         assert events, "the replayed session has events"
     return out
@@ -199,12 +200,12 @@ def removed_rows(report: str | None) -> dict[str, int]:
 
 
 async def measure_replay(settings: Settings, args: argparse.Namespace, org_id: str, session_id: str,
-                         label: str) -> None:
+                         label: str, since: datetime | None = None) -> None:
     infra = await Infra.open(settings, name="bench-retention", pool_min=1, pool_max=2)
     try:
-        await replays(infra, org_id, session_id, 20)  # warm
+        await replays(infra, org_id, session_id, 20, since)  # warm
         print(f"replay of a recent session ({args.events_per_run} events), {label}: "
-              f"{percentiles(await replays(infra, org_id, session_id, args.replays))}")
+              f"{percentiles(await replays(infra, org_id, session_id, args.replays, since))}")
     finally:
         await infra.close()
 
@@ -310,8 +311,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"partitioning migration (one-transaction cut-over copy): {cut_over_s:.1f} s for "
               f"{sessions * args.events_per_run:,} events; {parts[0] if parts else '?'} partitions; run_events "
               f"{unpartitioned:,} bytes before, {before['run_events']:,} after")
-        print(f"replay plan, partitioned: {replay_plan(url, recent_org, recent_session)}")
-        asyncio.run(measure_replay(settings, args, recent_org, recent_session, "partitioned log"))
+        print(f"replay plan, partitioned, bound by the session row: {replay_plan(url, recent_org, recent_session)}")
+        asyncio.run(measure_replay(settings, args, recent_org, recent_session,
+                                   "partitioned log, bound by the session row"))
+        # The generated ids are not `new_id`'s, so the bound an id gives the product's replays
+        # (a parameter, pruned while planning) is passed as the id would give it.
+        with psycopg.connect(url) as conn:
+            created = conn.execute("SELECT created_at FROM sessions WHERE id = %s", (recent_session,)).fetchone()
+        since = created[0] - CLOCK_MARGIN if created else None
+        print(f"replay plan, partitioned, bound by the id: {replay_plan(url, recent_org, recent_session, since)}")
+        asyncio.run(measure_replay(settings, args, recent_org, recent_session, "partitioned log, bound by the id",
+                                   since))
         asyncio.run(measure_pass(settings, args, recent_session, recent_org))
         passed = sizes(url)
         vacuum_s = vacuum(url, full=False)

@@ -12,40 +12,57 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncGenerator, AsyncIterator
+from datetime import UTC, datetime, timedelta
 from typing import Final
 
 import psycopg
 
 from core.event_hub import PAGE, EventHub, Follower
 from core.events import Event
+from core.ids import created_ms
 from core.tenancy import AsyncPool, session_stream_key, tenant_tx
 
 # A follower whose Postgres read failed reads again after this long.
 STALE_RETRY_S = 1.0
 
 # The lower bound on `ts` lets the partitioned log (weekly partitions by `ts`) skip every week
-# before the session existed, pruned at execution once the subquery has run (no extra round
-# trip). It must be at or before every event of the session, or a replay would silently miss
-# events: an event's `ts` is the writer's clock (core.events, `datetime.now()` on the API or
-# worker host) while `created_at` is the database's `now()` when the session was inserted, which
-# is before any of its events but on another clock. The day's margin covers any plausible skew
-# between those clocks, and costs at most one more weekly partition's index probe.
+# before the session existed. It must be at or before every event of the session, or a replay
+# would silently miss events. It comes from the session's id (`core.ids`: the ms its API host
+# drew it, before any of its events), given as a parameter, so the planner prunes the weeks
+# before it when it plans instead of planning all of them; an id not drawn by `new_id` (rows
+# written by other means) falls back to the session row's `created_at`, a subquery in the same
+# statement that prunes only at execution. An event's `ts` is the writer's clock (core.events,
+# `datetime.now()` on an API or worker host), which is another host's clock than the one that
+# drew the id, or than the database's for `created_at`: the day's margin covers any plausible
+# skew between them, and costs at most one more weekly partition's index probe.
+CLOCK_MARGIN: Final = timedelta(days=1)
 LIST_EVENTS_SQL = """
 SELECT seq, type, run_id, session_id, ts, data FROM run_events
 WHERE session_id = %(session)s AND seq > %(after)s AND seq <= %(upto)s
-  AND ts >= (SELECT created_at - interval '1 day' FROM sessions WHERE id = %(session)s)
+  AND ts >= COALESCE(%(since)s::timestamptz,
+                     (SELECT created_at - interval '1 day' FROM sessions WHERE id = %(session)s))
 ORDER BY seq LIMIT %(limit)s
 """
 
 
+def replay_params(session_id: str, after: int, upto: int | None = None, limit: int = PAGE,
+                  since: datetime | None = None) -> dict[str, object]:
+    """`LIST_EVENTS_SQL`'s parameters; `since` (no event of the session is older) defaults to
+    the time in the session's id less `CLOCK_MARGIN`."""
+    if since is None and (ms := created_ms(session_id)) is not None:
+        since = datetime.fromtimestamp(ms / 1000, UTC) - CLOCK_MARGIN
+    return {"session": session_id, "after": after, "upto": upto if upto is not None else 2**62,
+            "limit": limit, "since": since}
+
+
 async def from_postgres(
-    pool: AsyncPool, org_id: str, session_id: str, after: int, upto: int | None = None, limit: int = PAGE
+    pool: AsyncPool, org_id: str, session_id: str, after: int, upto: int | None = None, limit: int = PAGE,
+    since: datetime | None = None,
 ) -> list[Event]:
-    """Stored events with `after < seq <= upto`, oldest first."""
-    ceiling = upto if upto is not None else 2**62
+    """Stored events with `after < seq <= upto`, oldest first (`since`: see `replay_params`)."""
+    params = replay_params(session_id, after, upto, limit, since)
     async with tenant_tx(pool, org_id) as conn:
-        rows = await (await conn.execute(LIST_EVENTS_SQL, {
-            "session": session_id, "after": after, "upto": ceiling, "limit": limit})).fetchall()
+        rows = await (await conn.execute(LIST_EVENTS_SQL, params)).fetchall()
     return [Event.from_row(r) for r in rows]
 
 

@@ -77,3 +77,9 @@ def looks_like(kind: str, value: str) -> bool:
 def is_id(value: str) -> bool:
     """True when `value` has the shape of any AgentOS id."""
     return bool(_ID_RE.match(value))
+
+
+def created_ms(value: str) -> int | None:
+    """The Unix time in ms at which `new_id` drew `value` (its host's clock), or None when
+    `value` is not an id of ours (a row written by other means carries no such time)."""
+    return int(value.split("_", 1)[1][:12], 16) if is_id(value) else None

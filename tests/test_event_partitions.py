@@ -17,8 +17,9 @@ from psycopg import sql
 
 from core import retention
 from core.db import isolation_problems, open_pool
-from core.event_reader import LIST_EVENTS_SQL, from_postgres
+from core.event_reader import LIST_EVENTS_SQL, from_postgres, replay_params
 from core.events import Event
+from core.ids import new_id
 from core.infra import Infra
 from core.migrations import MIGRATIONS, _partitioned_events, migrate
 from core.settings import Settings
@@ -88,8 +89,8 @@ def test_a_replay_reads_each_partitions_index_never_a_sequential_scan(settings: 
     async def explain(infra: Infra) -> list[str]:
         async with tenant_tx(infra.pool, org.id) as conn:
             # As the API runs it: a prepared statement with parameters, on the application role.
-            rows = await (await conn.execute("EXPLAIN (COSTS OFF) " + LIST_EVENTS_SQL, {
-                "session": session, "after": 0, "upto": 2**62, "limit": 500})).fetchall()
+            rows = await (await conn.execute("EXPLAIN (COSTS OFF) " + LIST_EVENTS_SQL,
+                                             replay_params(session, 0, limit=500))).fetchall()
         return [str(r["QUERY PLAN"]) for r in rows]
 
     plan = _with_infra(settings, explain)
@@ -378,8 +379,7 @@ def _partitions_read(settings: Settings, org_id: str, session_id: str) -> set[st
     async def explain(infra: Infra) -> list[str]:
         async with tenant_tx(infra.pool, org_id) as conn:
             query = "EXPLAIN (ANALYZE, COSTS OFF, TIMING OFF, SUMMARY OFF) " + LIST_EVENTS_SQL
-            rows = await (await conn.execute(query, {
-                "session": session_id, "after": 0, "upto": 2**62, "limit": 500})).fetchall()
+            rows = await (await conn.execute(query, replay_params(session_id, 0, limit=500))).fetchall()
         return [str(r["QUERY PLAN"]) for r in rows]
 
     plan = _with_infra(settings, explain)
@@ -423,3 +423,50 @@ def test_a_replay_reads_only_the_partitions_since_its_session_was_created(settin
         # A session created long ago still replays whole, from every week since.
         assert [e.seq for e in _replay(scratch, "org_a", "ses_old")] == [1, 2, 3]
         assert old <= _partitions_read(scratch, "org_a", "ses_old")
+
+
+def test_a_sessions_id_bounds_its_replay_when_the_query_is_planned(settings: Settings, stack: Any) -> None:
+    """The bound from a session's id is a parameter, so the weeks before it are pruned while the
+    query is planned (absent from the plan) rather than only skipped at execution; a session
+    whose id says it is old still replays whole."""
+    now_ms = int(datetime.now(UTC).timestamp() * 1000)
+    fresh, old = new_id("session"), f"ses_{now_ms - 201 * 86_400_000:012x}{1:016x}"
+    with scratch_database(stack, "partitions_id_bound") as url:
+        migrate(url, APP_ROLE)
+        with psycopg.connect(url) as conn:
+            for days in (200, 100):
+                conn.execute("SELECT agentos_add_event_partition(now() - make_interval(days => %s))", (days,))
+            _org_with_session(conn, "a")
+            for session, run in ((fresh, "run_fresh"), (old, "run_old")):
+                conn.execute("INSERT INTO sessions (id, org_id, agent_id, event_seq) VALUES (%s, 'org_a', 'agt_a', 3)",
+                             (session,))
+                conn.execute("INSERT INTO runs (id, org_id, session_id, agent_id, agent_version, input, trace_id) "
+                             "VALUES (%s, 'org_a', %s, 'agt_a', 1, '{}', 't')", (run, session))
+            # The old session's events 200 and 100 days ago and now (its row's created_at is now:
+            # only its id knows its age); the fresh one's now.
+            conn.execute("INSERT INTO run_events (org_id, session_id, seq, run_id, type, data, ts) "
+                         "SELECT 'org_a', %s, s, 'run_old', 'message.delta', '{}', "
+                         "now() - make_interval(days => (ARRAY[200, 100, 0])[s]) FROM generate_series(1, 3) s", (old,))
+            conn.execute("INSERT INTO run_events (org_id, session_id, seq, run_id, type, data) "
+                         "SELECT 'org_a', %s, s, 'run_fresh', 'message.delta', '{}' FROM generate_series(1, 3) s",
+                         (fresh,))
+        scratch = _on(settings, url)
+
+        async def planned(infra: Infra, session: str) -> list[str]:
+            async with tenant_tx(infra.pool, "org_a") as conn:
+                rows = await (await conn.execute("EXPLAIN (COSTS OFF) " + LIST_EVENTS_SQL,
+                                                 replay_params(session, 0, limit=500))).fetchall()
+            return [str(r["QUERY PLAN"]) for r in rows]
+
+        def in_plan(session: str) -> set[str]:
+            plan = _with_infra(scratch, lambda infra: planned(infra, session))
+            return {line.split(" on ")[1].split()[0] for line in plan if " on run_events_" in line}
+
+        oldest = {p for p in _partitions(url) if p != "run_events_default"
+                  and datetime.strptime(p.removeprefix("run_events_p"), "%Y%m%d").replace(tzinfo=UTC)
+                  < datetime.now(UTC) - timedelta(days=90)}
+        assert len(oldest) >= 2
+        assert not oldest & in_plan(fresh)  # not planned at all
+        assert oldest <= in_plan(old)
+        assert [e.seq for e in _replay(scratch, "org_a", fresh)] == [1, 2, 3]
+        assert [e.seq for e in _replay(scratch, "org_a", old)] == [1, 2, 3]
