@@ -54,6 +54,7 @@ if str(REPO) not in sys.path:
 import psutil  # noqa: E402
 import redis  # noqa: E402
 
+from agentos.stack.process import _die_with_parent  # noqa: E402
 from agentos.stack.redis import EmbeddedRedis  # noqa: E402
 
 NOOP = "agentos.bench_noop"
@@ -186,7 +187,8 @@ class Bench:
         log = open(self.workdir / f"worker-{tag}.log", "wb")  # noqa: SIM115 - closed with the process
         argv = [sys.executable, __file__, "--serve-worker", self.redis_url, variant.pool, variant.loglevel,
                 str(self.concurrency), json.dumps(variant.knobs), str(self.workdir / f"health-{tag}.json")]
-        proc = subprocess.Popen(argv, stdout=log, stderr=log, start_new_session=True)
+        proc = subprocess.Popen(argv, stdout=log, stderr=log, start_new_session=True,
+                                preexec_fn=_die_with_parent(signal.SIGTERM))
         log.close()
         # Ready when tasks go through (every prefork child too: warm them all up).
         for i in range(self.concurrency * 4):
@@ -298,6 +300,7 @@ def main() -> None:
     parser.add_argument("--monitor", action="store_true", help="print Redis's commands for 3 tasks")
     parser.add_argument("--keep", type=Path, help="copy the workers' logs to this directory")
     args = parser.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))  # stop the worker and Redis on the way out
     variants = [Variant.parse(v) for v in args.variants.split(",")]
 
     with tempfile.TemporaryDirectory(prefix="agentos-celery-bench-") as tmp:
