@@ -218,6 +218,13 @@ def run_worker(settings: Settings, *, concurrency: int | None = None, pool: str 
     if pool != "prefork":  # no fork: this process executes the runs itself
         tracing.setup(settings.telemetry, "worker")
         metrics.configure(settings.telemetry)
+    models = settings.models
+    if models.openai_api_key or models.openai_base_url or models.anthropic_api_key:
+        # The platform's provider models are configured, so runs will use them: load their SDKs
+        # now, before the pool forks, so children share them instead of each paying ~2 s on its
+        # first such run. Without them (offline-only workers, an org's own provider now and
+        # then) the worker starts without (`orchestrator/models/sdk_models.py`).
+        import orchestrator.models.sdk_models  # noqa: F401
     app = create_celery(settings)
     try:
         app.worker_main(worker_argv(settings, concurrency=concurrency, pool=pool, loglevel=loglevel, queues=queues))
