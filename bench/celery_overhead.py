@@ -262,7 +262,7 @@ class Bench:
             stop = threading.Event()
 
             def watch() -> None:
-                with redis.client.Monitor(pool) as m:
+                with redis.client.Monitor(pool) as m:  # type: ignore[no-untyped-call]
                     for cmd in m.listen():
                         if stop.is_set():
                             return
@@ -327,7 +327,7 @@ def main() -> None:
             print("|---|---|---|---|---|---|---|")
             for spec, rs in results.items():
                 def med(f: str, rs: list[Result] = rs) -> float:
-                    return statistics.median(getattr(r, f) for r in rs)
+                    return float(statistics.median(getattr(r, f) for r in rs))
                 print(f"| `{spec}` | {med('p50_ms'):.2f} | {med('p99_ms'):.2f} | {med('tasks_per_s'):.0f} | "
                       f"{med('worker_cpu_ms'):.2f} | {med('sender_cpu_ms'):.2f} | {med('commands'):.1f} |")
             for spec, rs in results.items():

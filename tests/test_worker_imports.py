@@ -10,7 +10,7 @@ import subprocess
 import sys
 
 import anthropic
-import httpx
+import httpx2
 import openai
 
 from core.settings import ModelSettings
@@ -39,10 +39,10 @@ def test_provider_errors_are_still_classified_once_their_sdk_is_loaded() -> None
     # This process imported both SDKs above; `is_transient`/`describe_error` see their errors.
     model = resolve_model("openai:gpt-x", ModelSettings(openai_base_url="http://127.0.0.1:9/v1"))
     assert type(model).__module__.startswith("langchain_openai")
-    request = httpx.Request("POST", "http://127.0.0.1:9/v1")
+    request = httpx2.Request("POST", "http://127.0.0.1:9/v1")
     assert is_transient(openai.APIConnectionError(request=request))
     assert describe_error(anthropic.APITimeoutError(request=request)).startswith("anthropic: timed out")
-    limited = openai.RateLimitError("slow down", response=httpx.Response(429, request=request),
+    limited = openai.RateLimitError("slow down", response=httpx2.Response(429, request=request),
                                     body=None)
     assert is_transient(limited)
     assert describe_error(limited).startswith("openai: rate limited (429)")
