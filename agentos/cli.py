@@ -476,6 +476,8 @@ def memory_reembed(
     Resumable: after a failure, run it again to continue; when everything is on the model it only
     confirms the org's setting.
     """
+    settings = _settings_for_cli(data_dir)  # first: without a stack, say so before the slow imports
+
     import psycopg
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
@@ -483,7 +485,6 @@ def memory_reembed(
     from memory.reembed import ReembedError, ReembedProgress, reembed
     from orchestrator.models import ModelConfigError, require_credentials
 
-    settings = _settings_for_cli(data_dir)
     try:
         require_credentials(model, settings.models)  # the check (and message) a run makes
         embedder = resolve_embedder(model, settings)

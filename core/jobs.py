@@ -17,6 +17,7 @@ from celery import Celery
 from opentelemetry.trace import SpanKind
 from pydantic import BaseModel
 
+from core import redis_transport
 from core.settings import Settings
 from core.telemetry import names, tracing
 
@@ -64,7 +65,7 @@ class WebhookJob(BaseModel):
 
 def celery_config(settings: Settings) -> dict[str, Any]:
     """Broker settings shared by senders and workers, so both see the same queue."""
-    return {
+    config: dict[str, Any] = {
         "broker_url": settings.redis.url,
         "task_default_queue": RUNS_QUEUE,
         "task_serializer": "json",
@@ -84,6 +85,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_publish_retry": True,
         "task_publish_retry_policy": {"max_retries": 3, "interval_start": 0.1, "interval_step": 0.2},
     }
+    if settings.redis.url.split("://", 1)[0] in ("redis", "rediss"):
+        config["broker_transport"] = redis_transport.TRANSPORT  # one client per channel, not per command
+    return config
 
 
 class JobQueue:

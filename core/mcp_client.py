@@ -17,19 +17,19 @@ import os
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
-from mcp import ClientSession, StdioServerParameters
-from mcp.client.stdio import stdio_client
-from mcp.client.streamable_http import streamable_http_client
-from mcp.types import CallToolResult, TextContent
 
 from core.outbound import AddressGuard, OutboundError, guarded_client
 from core.secrets import Keyring, SecretError, resolve_refs
 from core.settings import OutboundSettings, StdioMcpServer
 from core.store.orgs import org_settings
 from core.tenancy import AsyncPool
+
+if TYPE_CHECKING:  # the `mcp` package is imported where a session is opened (~0.4 s at start-up)
+    from mcp import ClientSession
+    from mcp.types import CallToolResult
 
 log = logging.getLogger("agentos.mcp")
 MAX_TOOLS = 200
@@ -56,6 +56,8 @@ class McpEndpoint:
 
     @contextlib.asynccontextmanager
     async def streams(self) -> AsyncIterator[tuple[Any, Any]]:
+        from mcp.client.streamable_http import streamable_http_client
+
         client = await self._checked_client()
         async with client, streamable_http_client(self.url, http_client=client) as (read, write, _):
             yield read, write
@@ -96,6 +98,9 @@ class StdioEndpoint:
 
     @contextlib.asynccontextmanager
     async def streams(self) -> AsyncIterator[tuple[Any, Any]]:
+        from mcp import StdioServerParameters
+        from mcp.client.stdio import stdio_client
+
         params = StdioServerParameters(command=self.server.command, args=self.server.args,
                                        env=self.server.env or None)
         with open(os.devnull, "w") as errlog:
@@ -123,6 +128,8 @@ def _failure(endpoint: Endpoint, exc: BaseException) -> McpError:
 
 async def list_tools(endpoint: Endpoint) -> list[dict[str, Any]]:
     """The server's tools as `{name, description, input_schema}` (at most MAX_TOOLS)."""
+    from mcp import ClientSession
+
     try:
         async with asyncio.timeout(endpoint.timeout_s), endpoint.streams() as (read, write), \
                 ClientSession(read, write) as session:
@@ -147,6 +154,8 @@ async def _tools(session: ClientSession) -> list[dict[str, Any]]:
 
 def result_value(result: CallToolResult) -> Any:
     """What a tool call returned, for the model: its structured content, else its text."""
+    from mcp.types import TextContent
+
     text = "\n".join(c.text for c in result.content if isinstance(c, TextContent))
     if result.isError:
         raise McpError(f"The tool reported an error: {text or 'no details'}")
@@ -191,6 +200,8 @@ class McpConnection:
             raise _failure(self.endpoint, exc) from None
 
     async def _serve(self, ready: asyncio.Future[None]) -> None:
+        from mcp import ClientSession
+
         item = None
         try:
             async with self.endpoint.streams() as (read, write), ClientSession(read, write) as session:

@@ -19,7 +19,7 @@ import os
 from typing import Any, ClassVar
 
 from celery import Celery, Task
-from celery.signals import worker_process_init, worker_process_shutdown, worker_shutting_down
+from celery.signals import worker_init, worker_process_init, worker_process_shutdown, worker_shutting_down
 
 from core import jobs, org_export, webhooks
 from core.infra import INFRA_ERRORS, InfraUnavailable, is_infra_error
@@ -32,6 +32,11 @@ from runtime.executor import execute_run
 from runtime.services import RuntimeHolder, Services, WorkerRuntime
 
 log = logging.getLogger("agentos.worker")
+
+# Celery's loggers of two INFO lines per task ("Task … received", "Task … succeeded in …s"),
+# written by default. Quieted to WARNING unless the worker logs at DEBUG: each run already has its
+# own line ("run …: succeeded", with its org and trace ids), and failures are logged at ERROR.
+TASK_LOGGERS = ("celery.worker.strategy", "celery.app.trace")
 
 
 class AgentTask(Task):  # type: ignore[misc]  # celery ships no type hints
@@ -92,6 +97,7 @@ def create_celery(settings: Settings) -> Celery:
         drain.begin(settings.worker.shutdown_grace_s if how == "Warm" else 0.0)
 
     worker_shutting_down.connect(_shutting_down, weak=False)
+    worker_init.connect(_quiet_task_logs, weak=False)
 
     class Bound(AgentTask):
         holder = RuntimeHolder(settings, drain)
@@ -168,6 +174,14 @@ def create_celery(settings: Settings) -> Celery:
     return app
 
 
+def _quiet_task_logs(**_: Any) -> None:
+    """Before the consumer starts (Celery reads the levels when it builds a task's strategy and
+    tracer), in the main process, so prefork children inherit it."""
+    if not logging.getLogger("celery").isEnabledFor(logging.DEBUG):
+        for name in TASK_LOGGERS:
+            logging.getLogger(name).setLevel(logging.WARNING)
+
+
 def _traceparent(request: Any) -> str | None:
     """The `traceparent` the sender put in the task's headers (Celery exposes custom headers on
     the request, or under `headers` depending on the protocol)."""
@@ -175,6 +189,17 @@ def _traceparent(request: Any) -> str | None:
     if value is None:
         value = (getattr(request, "headers", None) or {}).get("traceparent")
     return value if isinstance(value, str) else None
+
+
+def worker_argv(settings: Settings, *, concurrency: int | None = None, pool: str = "prefork",
+                loglevel: str = "INFO", queues: list[str] | None = None) -> list[str]:
+    """`celery worker`'s arguments for `run_worker` (and `bench/celery_overhead.py`, which runs the
+    same worker with a no-op task added)."""
+    return [
+        "worker", f"--loglevel={loglevel}", f"--concurrency={concurrency or settings.worker.concurrency}",
+        f"--pool={pool}", f"--queues={','.join(queues or settings.worker.queues)}", "--without-gossip",
+        "--without-mingle", "--without-heartbeat",
+    ]
 
 
 def run_worker(settings: Settings, *, concurrency: int | None = None, pool: str = "prefork",
@@ -193,14 +218,16 @@ def run_worker(settings: Settings, *, concurrency: int | None = None, pool: str 
     if pool != "prefork":  # no fork: this process executes the runs itself
         tracing.setup(settings.telemetry, "worker")
         metrics.configure(settings.telemetry)
+    models = settings.models
+    if models.openai_api_key or models.openai_base_url or models.anthropic_api_key:
+        # The platform's provider models are configured, so runs will use them: load their SDKs
+        # now, before the pool forks, so children share them instead of each paying ~2 s on its
+        # first such run. Without them (offline-only workers, an org's own provider now and
+        # then) the worker starts without (`orchestrator/models/sdk_models.py`).
+        import orchestrator.models.sdk_models  # noqa: F401
     app = create_celery(settings)
-    argv = [
-        "worker", f"--loglevel={loglevel}", f"--concurrency={concurrency or settings.worker.concurrency}",
-        f"--pool={pool}", f"--queues={','.join(queues or settings.worker.queues)}", "--without-gossip",
-        "--without-mingle", "--without-heartbeat",
-    ]
     try:
-        app.worker_main(argv)
+        app.worker_main(worker_argv(settings, concurrency=concurrency, pool=pool, loglevel=loglevel, queues=queues))
     finally:
         if pool == "solo":
             app.tasks[jobs.EXECUTE_RUN].holder.close()

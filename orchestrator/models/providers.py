@@ -5,24 +5,18 @@ from __future__ import annotations
 import asyncio
 import random
 import re
+import sys
 from collections.abc import Awaitable, Callable
-from functools import cached_property
+from types import ModuleType
 from typing import Any, TypeVar
 
-import anthropic
 import httpx
 import httpx2
-import openai
-from langchain_anthropic import ChatAnthropic
 from langchain_core.exceptions import ModelError
 from langchain_core.language_models import BaseChatModel
-from langchain_openai import AzureChatOpenAI, ChatOpenAI
-from langchain_openai.chat_models.base import BaseChatOpenAI
-from pydantic import PrivateAttr, SecretStr
 
 from core.agent_config import MODEL_PROVIDERS
-from core.outbound import sdk_client
-from core.providers import DEFAULT_AZURE_API_VERSION, ProviderAccess
+from core.providers import ProviderAccess
 from core.settings import ModelSettings, OutboundSettings
 from orchestrator.models.offline import OfflineChatModel, OfflineModelError
 
@@ -30,9 +24,7 @@ T = TypeVar("T")
 
 OPENAI_KEY_ENV = "AGENTOS_MODELS__OPENAI_API_KEY"
 ANTHROPIC_KEY_ENV = "AGENTOS_MODELS__ANTHROPIC_API_KEY"
-_PLACEHOLDER_KEY = "not-needed"  # local OpenAI-compatible servers ignore the key
 _RETRY_STATUSES = {408, 409, 429}
-_TIMEOUTS = (openai.APITimeoutError, anthropic.APITimeoutError, httpx.TimeoutException, httpx2.TimeoutException)
 _SECRET = re.compile(r"\b(?:sk|pk|rk)-[A-Za-z0-9_\-*.]{4,}|(?i:bearer\s+\S+)")
 
 
@@ -42,18 +34,6 @@ class ModelConfigError(ValueError):
 
 class ProviderCallFailed(Exception):
     """A call to an org's own provider failed; the message is already readable and free of its key."""
-
-
-class _ChatAnthropic(ChatAnthropic):
-    """ChatAnthropic with its own async HTTP client instead of one shared by every event loop
-    (for an org's provider: the SSRF-guarded one it was given)."""
-
-    _http: httpx2.AsyncClient | None = PrivateAttr(default=None)
-
-    @cached_property
-    def _async_client(self) -> anthropic.AsyncClient:
-        params = self._client_params
-        return anthropic.AsyncClient(**params, http_client=self._http or anthropic.DefaultAsyncHttpxClient())
 
 
 def resolve_model(spec: str, settings: ModelSettings) -> BaseChatModel:
@@ -91,74 +71,50 @@ def require_credentials(spec: str, settings: ModelSettings) -> None:
 
 def _openai(name: str, settings: ModelSettings) -> BaseChatModel:
     require_credentials(f"openai:{name}", settings)
-    key = settings.openai_api_key
-    return ChatOpenAI(
-        model=name,
-        api_key=key or SecretStr(_PLACEHOLDER_KEY),
-        base_url=settings.openai_base_url,
-        timeout=settings.request_timeout_s,
-        max_retries=0,
-        streaming=True,
-        stream_usage=True,
-        http_async_client=openai.DefaultAsyncHttpxClient(timeout=settings.request_timeout_s),
-    )
+    from orchestrator.models import sdk_models  # lazy: see its docstring
+
+    return sdk_models.openai_model(name, settings)
 
 
 def _anthropic(name: str, settings: ModelSettings) -> BaseChatModel:
     require_credentials(f"anthropic:{name}", settings)
-    assert settings.anthropic_api_key is not None
-    return _ChatAnthropic(
-        model_name=name,
-        api_key=settings.anthropic_api_key,
-        base_url=settings.anthropic_base_url,
-        timeout=settings.request_timeout_s,
-        max_retries=0,
-        streaming=True,
-        stream_usage=True,
-        stop=None,
-    )
+    from orchestrator.models import sdk_models  # lazy: see its docstring
+
+    return sdk_models.anthropic_model(name, settings)
 
 
 def provider_model(access: ProviderAccess, name: str, settings: ModelSettings,
                    outbound: OutboundSettings) -> BaseChatModel:
     """The chat model `name` of an org's own provider: its key and headers, and an HTTP client whose
     every connection passes the outbound guard with the org's allowlist. Never retries by itself."""
-    http = sdk_client(outbound, allow=access.allow, timeout_s=settings.request_timeout_s)
-    key = SecretStr(access.api_key or _PLACEHOLDER_KEY)
-    common: dict[str, Any] = {"timeout": settings.request_timeout_s, "max_retries": 0, "streaming": True,
-                              "stream_usage": True}
-    if access.kind == "anthropic":
-        model = _ChatAnthropic(model_name=name, api_key=key, base_url=access.base_url, stop=None,
-                               default_headers=access.headers or None, **common)
-        model._http = http
-        return model
-    if access.kind == "azure_openai":
-        return AzureChatOpenAI(
-            azure_endpoint=access.base_url, azure_deployment=name, model=name, api_key=key,
-            api_version=access.api_version or DEFAULT_AZURE_API_VERSION, default_headers=access.headers or None,
-            http_async_client=http, **common)
-    return ChatOpenAI(model=name, api_key=key, base_url=access.base_url, default_headers=access.headers or None,
-                      http_async_client=http, **common)
+    from orchestrator.models import sdk_models  # lazy: see its docstring
+
+    return sdk_models.provider_model(access, name, settings, outbound)
 
 
 async def aclose_model(model: BaseChatModel) -> None:
     """Close the async HTTP client `resolve_model` gave `model` (a no-op for the offline model)."""
-    if isinstance(model, BaseChatOpenAI) and model.root_async_client is not None:
-        await model.root_async_client.close()
-    elif isinstance(model, _ChatAnthropic) and "_async_client" in model.__dict__:
-        await model._async_client.close()
-    elif isinstance(model, _ChatAnthropic) and model._http is not None:
-        await model._http.aclose()
+    sdk_models = sys.modules.get("orchestrator.models.sdk_models")
+    if sdk_models is not None:  # not loaded: no SDK model was ever made
+        await sdk_models.aclose_model(model)
+
+
+def _sdk(name: str) -> ModuleType | None:
+    """The provider SDK `name` if this process loaded it. The SDKs are imported on first use
+    (`sdk_models`), and an error of theirs cannot exist before: not loaded means not theirs."""
+    return sys.modules.get(name)
 
 
 def is_transient(exc: BaseException) -> bool:
     """Whether retrying the same model call may succeed (network, timeout, 429, 5xx)."""
     if isinstance(exc, ModelError):
         return exc.is_retryable
-    if isinstance(exc, openai.APIConnectionError | anthropic.APIConnectionError):
-        return True
-    if isinstance(exc, openai.APIStatusError | anthropic.APIStatusError):
-        return exc.status_code in _RETRY_STATUSES or exc.status_code >= 500
+    for sdk in filter(None, (_sdk("openai"), _sdk("anthropic"))):
+        if isinstance(exc, sdk.APIConnectionError):
+            return True
+        if isinstance(exc, sdk.APIStatusError):
+            status: int = exc.status_code
+            return status in _RETRY_STATUSES or status >= 500
     return isinstance(exc, httpx.TransportError | httpx2.TransportError | ConnectionError)
 
 
@@ -207,9 +163,10 @@ async def with_retries(
 
 
 def _provider(exc: BaseException) -> str:
-    if isinstance(exc, openai.OpenAIError):
+    openai, anthropic = _sdk("openai"), _sdk("anthropic")
+    if openai is not None and isinstance(exc, openai.OpenAIError):
         return "openai"
-    if isinstance(exc, anthropic.AnthropicError):
+    if anthropic is not None and isinstance(exc, anthropic.AnthropicError):
         return "anthropic"
     return "model provider"
 
@@ -261,9 +218,15 @@ def describe_error(exc: BaseException, *, attempts: int | None = None) -> str:
     if is_transient(exc):
         tries = f" after {attempts} attempts" if attempts and attempts > 1 else ""
         what = "rate limited (429)" if status == 429 else f"server error ({status})" if status else "unreachable"
-        if isinstance(exc, _TIMEOUTS):
+        if _is_timeout(exc):
             what = "timed out"
         return f"{provider}: {what}{tries}: {_detail(exc)}"
     if status is not None:
         return f"{provider}: request rejected ({status}): {_detail(exc)}"
     return f"{provider}: {type(exc).__name__}: {_detail(exc)}"
+
+
+def _is_timeout(exc: BaseException) -> bool:
+    if isinstance(exc, httpx.TimeoutException | httpx2.TimeoutException):
+        return True
+    return any(isinstance(exc, sdk.APITimeoutError) for sdk in filter(None, (_sdk("openai"), _sdk("anthropic"))))
