@@ -421,7 +421,8 @@ async def redis_floors(stack: Stack, args: argparse.Namespace) -> list[Floor]:
     last = ["0-0"]
 
     async def xadd() -> None:
-        last[0] = (await client.xadd(key, {"e": payload}, maxlen=1000, approximate=True)).decode()
+        added: Any = await client.xadd(key, {"e": payload}, maxlen=1000, approximate=True)
+        last[0] = added.decode()
 
     async def xadd_xread() -> None:
         before = last[0]

@@ -107,7 +107,7 @@ def celery_conf(redis_url: str) -> dict[str, Any]:
     return conf
 
 
-def _event(kind: str, run_id: str, data: dict[str, Any]) -> dict[str, bytes]:
+def _event(kind: str, run_id: str, data: dict[str, Any]) -> dict[Any, Any]:
     return {"t": kind.encode(), "d": orjson.dumps({"type": kind, "run_id": run_id, "data": data})}
 
 
@@ -158,7 +158,7 @@ def create_app() -> Starlette:
         async def follow() -> AsyncIterator[bytes]:
             last = "0-0"
             for _ in range(60):  # 60 blocking reads of 1 s at most: a lost run ends its stream
-                found = await client.xread({key: last}, count=100, block=1000)
+                found: Any = await client.xread({key: last}, count=100, block=1000)
                 for _key, entries in found or []:
                     for entry_id, fields in entries:
                         last = entry_id.decode()
