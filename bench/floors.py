@@ -529,10 +529,18 @@ async def _no_agent(agent_id: str) -> None:
 # The full run (bench/runs.py), optional
 
 
-def full_run(args: argparse.Namespace) -> tuple[float, float, str]:
-    """(CPU ms per run, runs/s) at C=10 from bench/runs.py, run now, or the figures given."""
+@dataclass
+class FullRun:
+    cpu_ms: float
+    runs_s: float
+    how: str
+    by_process: dict[str, float] = field(default_factory=dict)  # CPU ms per run, bench/runs.py's names
+
+
+def full_run(args: argparse.Namespace) -> FullRun:
+    """CPU ms per run and runs/s at C=10 from bench/runs.py, run now, or the figures given."""
     if not args.with_runs:
-        return args.full_cpu_ms, args.full_runs_s, "given (--full-cpu-ms / --full-runs-s)"
+        return FullRun(args.full_cpu_ms, args.full_runs_s, "given (--full-cpu-ms / --full-runs-s)")
     out = Path(tempfile.mkdtemp(prefix="agentos-floors-runs-")) / "runs.json"
     try:
         argv = [sys.executable, str(REPO / "bench" / "runs.py"), "--runs", "50", "--concurrent-runs", "200",
@@ -541,9 +549,9 @@ def full_run(args: argparse.Namespace) -> tuple[float, float, str]:
         subprocess.run(argv, cwd=REPO, check=True, stdout=subprocess.DEVNULL)
         doc = json.loads(out.read_text())
         con = next(p for p in doc["phases"] if p["name"].startswith("concurrent"))
-        per = con["extra"]["cpu_per_run"]
-        cpu = sum(v for k, v in per.items() if k != "other (not ours)") * 1000
-        return cpu, float(con["runs_per_s"]), "measured now (bench/runs.py --runs 50 --concurrent-runs 200)"
+        per = {k: v * 1000 for k, v in con["extra"]["cpu_per_run"].items() if k != "other (not ours)"}
+        return FullRun(sum(per.values()), float(con["runs_per_s"]),
+                       "measured now (bench/runs.py --runs 50 --concurrent-runs 200)", per)
     finally:
         shutil.rmtree(out.parent, ignore_errors=True)
 
@@ -594,7 +602,8 @@ def summary(args: argparse.Namespace, proto: list[Phase], pair: list[Phase], pg:
     pair_all = con.total * 1000 if con else math.nan
     graph_mem = by["(d) run graph, InMemorySaver"].cpu.total * 1000
     graph_step = by["(d) run graph, StepSaver (Postgres)"].cpu.total * 1000
-    full_cpu, full_rate, full_how = full_run(args)
+    full = full_run(args)
+    full_cpu, full_rate, full_how = full.cpu_ms, full.runs_s, full.how
     celery = args.celery_ms
     worker = proto[-1].cpu.per.get("proto worker", math.nan) * 1000 if proto[-1].cpu else math.nan
     xadd = by["XADD (one event)"].cpu.total * 1000
@@ -635,6 +644,8 @@ def summary(args: argparse.Namespace, proto: list[Phase], pair: list[Phase], pg:
                   f"{full_how}: {full_rate:.1f} runs/s")
     console.print(table)
 
+    by_process_table(args, pair, insert, empty, by, inferred if math.isnan(celery) else celery, full)
+
     speed = args.speedup
     console.print(f"runs/s: >= 110 on {cores} cores needs <= {cores * 1000 / 110:.1f} ms CPU per run (the issue: "
                   f"<= 17). The floors sum to {with_celery:.1f} ms here with Celery (at most "
@@ -654,6 +665,47 @@ def summary(args: argparse.Namespace, proto: list[Phase], pair: list[Phase], pg:
                   f"prototype's first event after its 202 (Celery hop, XADD, XREAD, SSE; the GET meanwhile) {hop:.1f} "
                   f"+ claim, event batch and end, each a one-write tx, {3 * insert_w:.1f} + the graph with StepSaver "
                   f"{graph_w:.1f} = {terminal:.1f} ms (target <= 18; {terminal / speed:.1f} ms {speed:g}x faster)")
+
+
+def by_process_table(args: argparse.Namespace, pair: list[Phase], insert: Floor, empty: Floor,
+                     by: dict[str, Floor], celery: float, full: FullRun) -> None:
+    """The summed floors laid out by the process that pays them in a real run, beside the full
+    run's own split (with --with-runs): how far each process is above its floor."""
+    client, pg_server = "client (this process)", "postgres"
+    con = pair[-1].cpu
+    per = con.per if con else {}
+    step = by["(d) run graph, StepSaver (Postgres)"].cpu.per
+    events = by[RUN_EVENTS].cpu.per
+    tx_c = insert.cpu.per.get(client, 0.0)  # a tenant tx with one write, client side
+    write_c = max(tx_c - empty.cpu.per.get(client, 0.0), 0.0)
+    tx_s = insert.cpu.per.get(pg_server, 0.0)
+    write_s = max(tx_s - empty.cpu.per.get(pg_server, 0.0), 0.0)
+    floors = {
+        # the pair, and the POST's insert tx
+        "api": (per.get("api", 0.0) + tx_c) * 1000,
+        # the graph with its checkpoints, claim + event batch + end (a second write), the events' XADDs, Celery
+        "worker": (step.get(client, 0.0) + 3 * tx_c + write_c + events.get(client, 0.0)) * 1000
+        + (0.0 if math.isnan(celery) else celery),
+        "postgres": (4 * tx_s + write_s + step.get(pg_server, 0.0)) * 1000,
+        "redis": (per.get("redis", 0.0) + events.get("redis", 0.0)) * 1000,
+        "bench client": per.get(client, 0.0) * 1000,
+    }
+    names = {"api": "api (uvicorn)", "worker": "worker (celery + children)", "postgres": "postgres (all backends)",
+             "redis": "redis", "bench client": "bench client (this process)"}
+    table = Table(title="The floors by the process that pays them in a run (CPU ms per run; worker: with Celery "
+                        "as inferred or given)")
+    table.add_column("")
+    for name in floors:
+        table.add_column(name, justify="right")
+    table.add_column("total", justify="right")
+    table.add_row("floors", *(f"{v:.2f}" for v in floors.values()), f"{sum(floors.values()):.2f}")
+    if full.by_process:
+        got = [full.by_process.get(names[n], math.nan) for n in floors]
+        table.add_row("full run, bench/runs.py C=10", *(f"{v:.2f}" for v in got), f"{full.cpu_ms:.2f}")
+        table.add_row("full run / floor", *(f"{g / f:.1f}x" if f > 0 else "-" for g, f in zip(got, floors.values(),
+                                                                                              strict=True)),
+                      f"{full.cpu_ms / sum(floors.values()):.1f}x")
+    console.print(table)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
