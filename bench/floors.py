@@ -1,7 +1,7 @@
 """Issue 18's floors: what this machine gives a hand-built run chain, and what each part of a
 real run costs at the least, measured alone.
 
-    .venv/bin/python bench/floors.py                     # ~2 min
+    .venv/bin/python bench/floors.py                     # ~1-2 min
     .venv/bin/python bench/floors.py --with-runs         # also runs bench/runs.py for the full-run figures
 
 Starts its own embedded Postgres and Redis (non-durable, as bench/runs.py), migrates, and on
@@ -17,12 +17,14 @@ and the prototype's API and Celery worker (`bench/floors_proto.py`). Stops all o
    b. Postgres: an empty tenant transaction and a trivial statement, priced at the statement
       counts of a run (today's, from `bench/runs.py --profile`, and the least a run with the
       guarantees needs);
-   c. Redis: XADD and XREAD per event;
+   c. Redis: XADD and XREAD per event, and a run's events in one pipelined XADD and one XREAD;
    d. the run graph (orchestrator.graph) on a hello input with the offline model: no saver,
       LangGraph's in-memory saver, our StepSaver (Postgres);
-   e. Celery: bench/celery_overhead.py (not measured here).
+   e. Celery: bench/celery_overhead.py (not measured here; a line infers its worker side from the
+      prototype's worker).
    Then a table: CPU per run, the ceiling it implies on the machine's cores, and the sum against
-   the full run.
+   the full run; the floors by the process that pays them; the wall floors of the first and the
+   terminal event.
 """
 
 from __future__ import annotations
