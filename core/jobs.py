@@ -85,8 +85,11 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_publish_retry": True,
         "task_publish_retry_policy": {"max_retries": 3, "interval_start": 0.1, "interval_step": 0.2},
     }
-    if settings.redis.url.split("://", 1)[0] in ("redis", "rediss"):
-        config["broker_transport"] = redis_transport.TRANSPORT  # one client per channel, not per command
+    # One Redis client per channel, not per command. Only for plain redis://: naming a transport
+    # replaces the URL's scheme, and kombu turns TLS on from a rediss:// scheme, so a TLS broker
+    # keeps kombu's own transport (and its TLS) until the TLS settings are passed explicitly.
+    if settings.redis.url.split("://", 1)[0] == "redis":
+        config["broker_transport"] = redis_transport.TRANSPORT
     return config
 
 
