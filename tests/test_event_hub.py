@@ -29,23 +29,38 @@ from tests.helpers import RsaKeys, make_settings, new_org
 
 pytestmark = pytest.mark.timeout(90)
 
+SESSIONS = 4
+
 
 @dataclass
 class Setup:
     settings: Settings
     redis: EmbeddedRedis
     org_id: str
-    session_id: str
-    run_id: str
-    # A second session of the org, with a queued run of its own (seq 1).
-    other_session_id: str
-    other_run_id: str
+    # (session id, id of its queued run) for each of SESSIONS sessions of the org.
+    sessions: list[tuple[str, str]]
+
+    @property
+    def session_id(self) -> str:
+        return self.sessions[0][0]
+
+    @property
+    def run_id(self) -> str:
+        return self.sessions[0][1]
+
+    @property
+    def other_session_id(self) -> str:
+        return self.sessions[1][0]
+
+    @property
+    def other_run_id(self) -> str:
+        return self.sessions[1][1]
 
 
 @pytest.fixture
 def setup(stack: StackUrls, rsa_keys: RsaKeys, tmp_path: Path) -> Iterator[Setup]:
-    """Two sessions with one queued run each (its `run.queued` is seq 1) on a Redis of this test's
-    own, which no worker reads: only the test writes events."""
+    """SESSIONS sessions with one queued run each (its `run.queued` is seq 1) on a Redis of this
+    test's own, which no worker reads: only the test writes events."""
     own = EmbeddedRedis(tmp_path, durable=False)
     own.start()
     settings = make_settings(stack, rsa_keys, redis={"url": own.url, "socket_timeout_s": 1.0})
@@ -53,21 +68,22 @@ def setup(stack: StackUrls, rsa_keys: RsaKeys, tmp_path: Path) -> Iterator[Setup
         with TestClient(create_app(settings)) as client:
             org = new_org(client)
             agent_id = str(org.create_agent()["id"])
-            ids: list[str] = []
-            for _ in range(2):
+            sessions: list[tuple[str, str]] = []
+            for _ in range(SESSIONS):
                 session = org.create_session(agent_id)
                 r = client.post(f"/v1/sessions/{session['id']}/runs", json={"input": "hi"}, headers=org.headers)
                 assert r.status_code == 202, r.text
-                ids += [str(session["id"]), str(r.json()["id"])]
-        yield Setup(settings, own, org.id, *ids)
+                sessions.append((str(session["id"]), str(r.json()["id"])))
+        yield Setup(settings, own, org.id, sessions)
     finally:
         own.stop()
 
 
-async def _emit(pool: AsyncPool, s: Setup, count: int, *, publish: bool, other: bool = False) -> list[events.Event]:
-    """`count` events stored in Postgres (in the other session when `other`), and published to
-    Redis when `publish`."""
-    session_id, run_id = (s.other_session_id, s.other_run_id) if other else (s.session_id, s.run_id)
+async def _emit(pool: AsyncPool, s: Setup, count: int, *, publish: bool, other: bool = False,
+                session: int | None = None) -> list[events.Event]:
+    """`count` events stored in Postgres (in the other session when `other`, in `sessions[session]`
+    when given), and published to Redis when `publish`."""
+    session_id, run_id = s.sessions[session if session is not None else 1 if other else 0]
     items = [(run_id, events.RUN_WARNING, {"code": "TEST", "message": str(i)}) for i in range(count)]
     async with tenant_tx(pool, s.org_id) as conn:
         stored = await events.append(conn, session_id, items)
@@ -91,9 +107,12 @@ async def _until(check: Callable[[], bool], limit_s: float = 30) -> None:
         await asyncio.sleep(0.05)
 
 
-def _collect(hub: EventHub, s: Setup, after: int, into: list[int], *, other: bool = False) -> asyncio.Task[Any]:
+def _collect(hub: EventHub, s: Setup, after: int, into: list[int], *, other: bool = False,
+             session: int | None = None) -> asyncio.Task[Any]:
+    session_id = s.sessions[session if session is not None else 1 if other else 0][0]
+
     async def run() -> None:
-        async for event in EventReader(hub, s.org_id, s.other_session_id if other else s.session_id).follow(after):
+        async for event in EventReader(hub, s.org_id, session_id).follow(after):
             into.append(event.seq)
 
     return asyncio.create_task(run())
@@ -289,3 +308,89 @@ def _hub_without_periodic_check(settings: Settings, pool: AsyncPool) -> EventHub
     hub = EventHub.from_settings(settings, pool)
     hub._check_s = 3600.0
     return hub
+
+
+def _hub_reading(settings: Settings, pool: AsyncPool, keys_per_read: int) -> EventHub:
+    events_settings = settings.events.model_copy(update={"keys_per_read": keys_per_read})
+    return EventHub.from_settings(settings.model_copy(update={"events": events_settings}), pool)
+
+
+@pytest.mark.parametrize(("keys_per_read", "readers"), [(1, [1, 1, 1, 1]), (3, [1, 3]), (1000, [4])])
+def test_followed_keys_are_split_over_readers_and_every_follower_gets_every_event(
+    setup: Setup, keys_per_read: int, readers: list[int]
+):
+    """At most `keys_per_read` keys per blocking read: an event wakes one reader of a few keys.
+    However the keys are split, every follower of every session gets every event once, in order;
+    a reader whose keys are all left ends."""
+
+    async def scenario() -> tuple[list[int], list[list[int]], list[int]]:
+        pool = await open_pool(setup.settings.database, name="test-hub")
+        try:
+            async with _hub_reading(setup.settings, pool, keys_per_read) as hub:
+                seen: list[list[int]] = [[] for _ in range(2 * SESSIONS)]
+                tasks = [_collect(hub, setup, 0, into, session=i % SESSIONS) for i, into in enumerate(seen)]
+                await _until(lambda: hub.followers == 2 * SESSIONS and all(into == [1] for into in seen))
+                split = sorted(hub.readers)
+                for round_ in range(3):
+                    for i in range(SESSIONS):
+                        await _emit(pool, setup, round_ + 1, publish=True, session=i)
+                await _until(lambda: all(len(into) == 7 for into in seen))
+                for task in tasks:
+                    task.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+                await _until(lambda: not hub.readers)
+                left = hub.readers
+        finally:
+            await pool.close()
+        return split, seen, left
+
+    split, seen, left = asyncio.run(scenario())
+    assert split == readers
+    assert seen == [list(range(1, 8))] * (2 * SESSIONS)
+    assert left == []
+
+
+def test_a_session_followed_again_through_another_reader_loses_nothing(setup: Setup):
+    """One key per read: leaving a session frees its reader, another session takes it, and the
+    first, followed again, lands on a new reader (while the old one may still be blocked naming
+    it). Its followers, old cursor or new, get every event once, in order."""
+
+    async def scenario() -> tuple[list[int], list[int], list[int], list[int], list[int]]:
+        pool = await open_pool(setup.settings.database, name="test-hub")
+        try:
+            async with _hub_reading(setup.settings, pool, 1) as hub:
+                first: list[int] = []
+                steady: list[int] = []
+                tasks = [_collect(hub, setup, 0, first, session=0), _collect(hub, setup, 0, steady, session=1)]
+                await _until(lambda: first == [1] and steady == [1])
+                await _emit(pool, setup, 2, publish=True, session=0)  # seqs 2..3
+                await _until(lambda: len(first) == 3)
+                tasks[0].cancel()
+                await asyncio.gather(tasks[0], return_exceptions=True)
+                # Session 0's reader names no key now; session 2 may take it before it ends.
+                third: list[int] = []
+                tasks.append(_collect(hub, setup, 0, third, session=2))
+                await _emit(pool, setup, 2, publish=True, session=0)  # seqs 4..5, while nobody follows
+                await _emit(pool, setup, 1, publish=True, session=1)
+                # Followed again: from where the first follower stopped, and from the start.
+                again: list[int] = []
+                fresh: list[int] = []
+                tasks += [_collect(hub, setup, 3, again, session=0), _collect(hub, setup, 0, fresh, session=0)]
+                await _until(lambda: len(again) == 2 and len(fresh) == 5 and third == [1])
+                spread = sorted(hub.readers)
+                for i in (0, 1, 2, 0):
+                    await _emit(pool, setup, 2, publish=True, session=i)
+                await _until(lambda: len(again) == 6 and len(fresh) == 9 and len(steady) == 4 and len(third) == 3)
+                for task in tasks:
+                    task.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+        finally:
+            await pool.close()
+        return again, fresh, steady, third, spread
+
+    again, fresh, steady, third, spread = asyncio.run(scenario())
+    assert again == list(range(4, 10))
+    assert fresh == list(range(1, 10))
+    assert steady == [1, 2, 3, 4]
+    assert third == [1, 2, 3]
+    assert spread == [1, 1, 1]
