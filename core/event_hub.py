@@ -133,7 +133,8 @@ class _Stream:
     key: bytes  # the key as an encoded XREAD argument
     cursor: int  # the newest seq the hub has read from this key
     reader: _Reader
-    followers: set[Follower] = field(default_factory=set)
+    # A list: most keys have one follower (a set of one costs 216 bytes, a list 64).
+    followers: list[Follower] = field(default_factory=list)
     _id_arg: tuple[int, bytes] = (-1, b"")
 
     def id_arg(self) -> bytes:
@@ -294,7 +295,7 @@ class EventHub:
             stream.reader.add(key, stream)
         elif stream.cursor > last:
             follower.stale = True  # the hub already passed events this follower still needs
-        stream.followers.add(follower)
+        stream.followers.append(follower)
         self._quiet[follower] = time.monotonic()
         return follower
 
@@ -303,7 +304,8 @@ class EventHub:
         stream = self._streams.get(follower.key)
         if stream is None:
             return
-        stream.followers.discard(follower)
+        with suppress(ValueError):
+            stream.followers.remove(follower)
         if not stream.followers:
             del self._streams[follower.key]
             # Its reader stops naming it from its next read (and ends once it names none).

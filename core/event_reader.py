@@ -47,6 +47,8 @@ hub's keep-alive interval (an SSE response sends a comment line)."""
 class EventReader:
     """Follows one session's events for one client, through the process's hub."""
 
+    __slots__ = ("_hub", "_org_id", "_session_id", "_key")  # one per open stream
+
     def __init__(self, hub: EventHub, org_id: str, session_id: str) -> None:
         self._hub = hub
         self._org_id = org_id
