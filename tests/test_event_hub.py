@@ -225,17 +225,19 @@ def _count_postgres_reads(monkeypatch: pytest.MonkeyPatch) -> Counter[str]:
     return reads
 
 
+@pytest.mark.parametrize("keys_per_read", [1000, 1])
 def test_redis_going_down_and_coming_back_sends_only_the_followers_behind_to_postgres(
-    setup: Setup, monkeypatch: pytest.MonkeyPatch
+    setup: Setup, monkeypatch: pytest.MonkeyPatch, keys_per_read: int
 ):
     """Ten thousand followers reading Postgres at once when Redis goes away would time out the
-    pool: the hub asks Postgres who is behind (one query per org) and pokes only those."""
+    pool: the hub asks Postgres who is behind (one query per org) and pokes only those. The same
+    with one read for both sessions and with a read for each."""
 
     async def scenario() -> tuple[list[list[int]], list[list[int]], Counter[str]]:
         pool = await open_pool(setup.settings.database, name="test-hub")
         try:
             # No periodic check: only the outage and the recovery make the hub look at Postgres.
-            async with _hub_without_periodic_check(setup.settings, pool) as hub:
+            async with _hub_without_periodic_check(setup.settings, pool, keys_per_read) as hub:
                 behind: list[list[int]] = [[] for _ in range(3)]
                 current: list[list[int]] = [[] for _ in range(3)]
                 tasks = [_collect(hub, setup, 0, seen) for seen in behind]
@@ -304,8 +306,8 @@ def _warned(caplog: pytest.LogCaptureFixture) -> bool:
     return any("reading missed events from Postgres failed" in r.getMessage() for r in caplog.records)
 
 
-def _hub_without_periodic_check(settings: Settings, pool: AsyncPool) -> EventHub:
-    hub = EventHub.from_settings(settings, pool)
+def _hub_without_periodic_check(settings: Settings, pool: AsyncPool, keys_per_read: int) -> EventHub:
+    hub = _hub_reading(settings, pool, keys_per_read)
     hub._check_s = 3600.0
     return hub
 
