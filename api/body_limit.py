@@ -36,6 +36,10 @@ class BodyLimit:
         if declared and declared.isdigit() and int(declared) > limit:
             await error(self._too_large(limit))(scope, receive, send)
             return
+        if not declared and "transfer-encoding" not in Headers(scope=scope):
+            # No body (a GET): nothing to count, and no wrapper held while a stream stays open.
+            await self.app(scope, receive, send)
+            return
         received = 0
 
         async def limited_receive() -> Message:

@@ -21,6 +21,7 @@ The wire format is sse-starlette's: `\\r\\n` line ends, `: ping - <time>` keep-a
 from __future__ import annotations
 
 import asyncio
+import functools
 import signal
 from collections.abc import AsyncGenerator, Callable, Mapping
 from datetime import UTC, datetime
@@ -71,21 +72,31 @@ class EventStream(Response):
         self.farewell = farewell
         self.status_code = 200
         self.background = None
-        merged = MutableHeaders(headers=dict(headers or {}))
-        merged.setdefault("Cache-Control", "no-store")
-        merged["Connection"] = "keep-alive"
-        merged["X-Accel-Buffering"] = "no"  # nginx: pass each event on at once
-        self.init_headers(merged)
+        self.raw_headers = _raw_headers(tuple((headers or {}).items()))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
             if scope.get("method") == "HEAD" or (await receive())["type"] == "http.disconnect":
-                await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+                await send(self._start())
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
                 return
             await self._stream(receive, send)
         finally:
             await self.events.aclose()
+
+    @property
+    def headers(self) -> MutableHeaders:
+        """The response's headers, to change (the endpoint adds `RateLimit-*`): this stream's own
+        list from then on, sharing the unchanged (immutable) pairs with the other streams."""
+        if "_headers" not in self.__dict__:
+            self.raw_headers = list(self.raw_headers)
+            self._headers = MutableHeaders(raw=self.raw_headers)
+        return self._headers
+
+    def _start(self) -> Message:
+        # A copy: middleware adds headers to the message's list (X-Request-Id), and this one is
+        # shared by every stream with the same headers.
+        return {"type": "http.response.start", "status": self.status_code, "headers": list(self.raw_headers)}
 
     async def _stream(self, receive: Receive, send: Send) -> None:
         # The request (a GET has no body) was received: the next message can only be the
@@ -110,7 +121,7 @@ class EventStream(Response):
         listener.add_done_callback(on_message)
         self.gauge.inc()
         try:
-            await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+            await send(self._start())
             async for event in self.events:
                 if event is None:
                     chunk = keepalive_bytes()
@@ -133,6 +144,19 @@ class EventStream(Response):
             self.gauge.dec()
             listener.remove_done_callback(on_message)
             listener.cancel()
+
+
+@functools.lru_cache(maxsize=16)
+def _raw_headers(headers: tuple[tuple[str, str], ...]) -> list[tuple[bytes, bytes]]:
+    """The response headers as ASGI wants them, built once per set of headers and shared by
+    every stream (about 700 bytes each otherwise, held as long as the stream is open). Streams
+    differ only in their route's fixed headers."""
+    merged = MutableHeaders(headers=dict(headers))
+    merged.setdefault("Cache-Control", "no-store")
+    merged["Connection"] = "keep-alive"
+    merged["X-Accel-Buffering"] = "no"  # nginx: pass each event on at once
+    merged.setdefault("Content-Type", "text/event-stream; charset=utf-8")
+    return merged.raw
 
 
 def _uvicorn_exiting() -> bool:

@@ -1,7 +1,8 @@
 """Idle SSE streams benchmark: what N open, quiet event streams cost one API process.
 
     .venv/bin/python bench/sse.py [--streams N] [--sessions S] [--followers F] [--keepalive K] [--idle T]
-                                  [--probes P] [--opening O] [--tracemalloc] [--keep]
+                                  [--probes P] [--opening O] [--keys-per-read K] [--tracemalloc] [--keep]
+    .venv/bin/python bench/sse.py --hub-only [--streams N] [--followers F] [--probes P] [--keys-per-read K]
 
 Starts its own stack in a temp dir (embedded Postgres + Redis, non-durable), migrates, and runs one
 `agentos api` (uvicorn) child process on 127.0.0.1 with `AGENTOS_EVENTS__KEEPALIVE_S=K`; no worker
@@ -22,6 +23,11 @@ creates an org, an agent and S sessions (default: one per stream), then:
    one each) and the P runs all start there, so each is timed at its F followers;
 4. counts WARNING/ERROR lines and "Too many connections" in the API log.
 
+`--hub-only` measures the event hub alone, in this process, without HTTP or an API: N followers
+join one hub directly (N - F over N - F sessions, F on one more), and P probes each XADD one event
+(`core.events.publish`) to a followed session, timed XADD sent -> each follower woken with it:
+what the hub's reads add to every delivery, without the cost of 10,000 sockets on both sides.
+
 `--tracemalloc` runs the API under `python -X tracemalloc=1 bench/sse_api.py` and, before the
 streams open and after the idle, has it write a snapshot (SIGUSR2); it then prints the allocation
 sites that grew most, per stream, and the live objects and asyncio tasks per stream by type. Its
@@ -36,6 +42,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import inspect
 import math
 import random
 import re
@@ -48,7 +55,7 @@ import tempfile
 import time
 import tracemalloc
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -60,12 +67,16 @@ import httpx  # noqa: E402
 import orjson  # noqa: E402
 import psutil  # noqa: E402
 import redis  # noqa: E402
+import redis.asyncio  # noqa: E402
 
 from agentos.stack.local import LocalStack, StackUrls  # noqa: E402
 from agentos.stack.process import ServerProcess, free_port  # noqa: E402
 from bench.runs import _child_env, _sigterm_as_interrupt, api_ready, create_org_and_agent  # noqa: E402
-from core.event_hub import CLIENT_NAME, CONNECTIONS  # noqa: E402
+from core import events  # noqa: E402
+from core.db import open_pool  # noqa: E402
+from core.event_hub import CLIENT_NAME, CONNECTIONS, EventHub, Follower  # noqa: E402
 from core.migrations import migrate  # noqa: E402
+from core.settings import DatabaseSettings  # noqa: E402
 
 APP_ROLE = "agentos_app"
 OPENING_AT_ONCE = 100
@@ -171,9 +182,14 @@ class Bench:
         self.stack = LocalStack(self.dir / "stack", database="agentos_bench", durable=False)
         self.urls = self.stack.start()
         migrate(self.urls.database_url, APP_ROLE)
+        if self.args.hub_only:
+            print(f"stack and migrations up in {time.perf_counter() - t0:.1f}s ({self.dir})")
+            return
         self.port = free_port()
         env = _child_env(self.urls, self.admin_token, "INFO")
         env["AGENTOS_EVENTS__KEEPALIVE_S"] = str(self.args.keepalive)
+        if self.args.keys_per_read:
+            env["AGENTOS_EVENTS__KEYS_PER_READ"] = str(self.args.keys_per_read)
         argv = [sys.executable, "-m", "agentos", "api", "--host", "127.0.0.1", "--port", str(self.port)]
         if self.args.tracemalloc:
             env["AGENTOS_BENCH_SNAPSHOT"] = str(self.dir / "snapshot")
@@ -414,6 +430,76 @@ async def amain(bench: Bench) -> None:
     print(f"  API log: {warnings} WARNING/ERROR lines, {too_many} 'Too many connections'")
 
 
+# ---------------------------------------------------------------------------------------------
+# --hub-only: the event hub in this process, followers joined directly
+
+
+async def hub_latency(bench: Bench) -> None:
+    args = bench.args
+    assert bench.urls is not None
+    org_id = "org_bench"
+    pool = await open_pool(DatabaseSettings(url=bench.urls.database_url, app_role=APP_ROLE, require_tls=False),
+                           name="bench-hub")
+    redis_pool = redis.asyncio.BlockingConnectionPool.from_url(
+        bench.urls.redis_url, max_connections=CONNECTIONS, timeout=10, client_name=CLIENT_NAME)
+    # keys_per_read where the hub has it (a hub from before the split reads every key at once).
+    options = {"keys_per_read": args.keys_per_read} if args.keys_per_read and "keys_per_read" in \
+        inspect.signature(EventHub.__init__).parameters else {}
+    hub = EventHub(pool, redis.asyncio.Redis(connection_pool=redis_pool), block_s=4.0, check_s=4.0, **options)
+    publisher = redis.asyncio.Redis.from_url(bench.urls.redis_url)
+    own = [f"ses_bench{i:05d}" for i in range(args.streams - args.followers)]
+    hot = "ses_benchhot"
+    woken: list[float] = []
+    expected = 0
+    all_woken = asyncio.Event()
+
+    async def follow(follower: Follower) -> None:
+        while True:
+            if not follower.pending:
+                await follower.waiter()
+                continue
+            woken.append(time.perf_counter())
+            follower.pending.clear()
+            if len(woken) == expected:
+                all_woken.set()
+
+    async with hub:
+        followers = [hub.join(org_id, s, 0) for s in own] + [hub.join(org_id, hot, 0) for _ in range(args.followers)]
+        tasks = [asyncio.create_task(follow(f)) for f in followers]
+        await asyncio.sleep(3)  # the reads restart with every key
+        readers = getattr(hub, "readers", None)
+        print(f"{len(followers)} followers of {len(own) + (1 if args.followers else 0)} sessions joined; reads: "
+              + (f"{len(readers)} naming {min(readers)}-{max(readers)} keys" if readers else "one naming every key"))
+        seqs: dict[str, int] = {}
+        rng = random.Random(7)
+        latencies: list[float] = []
+        slowest: list[float] = []
+        for _ in range(args.probes):
+            session_id = hot if args.followers else rng.choice(own)
+            seqs[session_id] = seq = seqs.get(session_id, 0) + 1
+            event = events.Event(seq, events.RUN_WARNING, "run_bench", session_id, datetime.now(UTC),
+                                 {"code": "BENCH", "message": "probe"})
+            woken.clear()
+            all_woken.clear()
+            expected = args.followers or 1
+            sent = time.perf_counter()
+            await events.publish(publisher, org_id, [event], maxlen=100, ttl_s=600)
+            await asyncio.wait_for(all_woken.wait(), 30)
+            latencies += [t - sent for t in woken]
+            slowest.append(max(woken) - sent)
+            await asyncio.sleep(0.02)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    await publisher.aclose()
+    await pool.close()
+    where = f"{args.followers} followers of one session" if args.followers else "one follower each"
+    print(f"event hub alone: {args.streams} followers over {len(own) + (1 if args.followers else 0)} sessions, "
+          f"probes at {where}; {args.probes} probes, {len(latencies)} deliveries")
+    print(f"  XADD sent -> follower woken ms p50 {ms(pct(latencies, 50))} p99 {ms(pct(latencies, 99))} "
+          f"max {ms(max(latencies, default=math.nan))}; last follower of each probe p50 {ms(pct(slowest, 50))}")
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--streams", type=int, default=2000, help="idle SSE streams to open (2000)")
@@ -425,6 +511,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--keepalive", type=float, default=2.0, help="AGENTOS_EVENTS__KEEPALIVE_S for the API (2)")
     parser.add_argument("--idle", type=float, default=20.0, help="seconds to idle before measuring (20)")
     parser.add_argument("--probes", type=int, default=20, help="runs started while idle, one at a time (20)")
+    parser.add_argument("--keys-per-read", type=int, default=0,
+                        help="AGENTOS_EVENTS__KEYS_PER_READ of the API (or the hub, with --hub-only)")
+    parser.add_argument("--hub-only", action="store_true",
+                        help="time XADD -> follower on an event hub in this process, without HTTP")
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (API log)")
     parser.add_argument("--tracemalloc", action="store_true",
                         help="trace the API's allocations and print where an idle stream's memory goes")
@@ -444,7 +534,7 @@ def main(argv: list[str] | None = None) -> int:
     with _sigterm_as_interrupt():
         try:
             bench.start()
-            asyncio.run(amain(bench))
+            asyncio.run(hub_latency(bench) if args.hub_only else amain(bench))
         except KeyboardInterrupt:
             print("interrupted; stopping everything")
             return 130

@@ -1,12 +1,22 @@
-"""One per API process: reads every followed session stream with ONE blocking `XREAD` and hands
-the events to the followers in process, so idle SSE clients cost no Redis connection each.
+"""One per API process: reads every followed session stream with a few blocking `XREAD`s and
+hands the events to the followers in process, so idle SSE clients cost no Redis connection each.
 
-`EventHub` owns a small Redis connection pool of its own (`CONNECTIONS`): one connection for the
-multiplexed `XREAD`, the rest for the short catch-up reads of followers that just arrived. A
-follower joins a stream key at the seq it has caught up to; the hub reads each key from the
-highest seq it has seen there. Adding a key while the `XREAD` blocks appends an entry to the
-process's wake stream, which is part of every `XREAD`, so the read returns and starts again with
-the new key (an entry added before the read blocks is seen too: ids, not time, decide).
+The followed keys are split over readers, each one blocking `XREAD` over at most
+`keys_per_read` keys (`AGENTOS_EVENTS__KEYS_PER_READ`, 1,000) and a wake stream of its own: the
+cost of a read (Redis registers and unregisters the client on every key it names; the hub packs
+and re-issues the command after every batch of events) grows with its keys, and every event
+delivered waits for it, so an event wakes one reader of a thousand keys instead of one of ten
+thousand. A new key goes to the reader with the fewest keys, or to a new reader when every one
+has `keys_per_read`, up to `READERS`; past that they share the keys. A key stays with its reader
+until its last follower leaves, and a reader with no keys left ends: the cursor of a key (the
+highest seq the hub has seen there) lives with the key, and a follower that joins later than the
+cursor reads Postgres, so where a key is read changes nothing for ordering or gaps.
+
+`EventHub` owns a small Redis connection pool of its own (`CONNECTIONS`): one connection per
+reader, the rest for the short catch-up reads of followers that just arrived. A follower joins a
+stream key at the seq it has caught up to. Adding a key while its reader blocks appends an entry
+to the reader's wake stream, which is part of each of its reads, so the read returns and starts
+again with the new key (an entry added before the read blocks is seen too: ids, not time, decide).
 
 The hub also keeps idle streams alive: one timer for all followers marks each due a keep-alive
 every `keepalive_s` and wakes it (`Follower.ping`), so an idle stream is one waiting coroutine,
@@ -43,9 +53,14 @@ from core.tenancy import AsyncPool, event_hub_wake_key, session_stream_key, tena
 log = logging.getLogger("agentos.events")
 
 PAGE = 500
-# Redis connections of one hub: one blocking XREAD plus short catch-up reads. The bound of what
-# any number of followers costs an API process in Redis connections. They carry CLIENT_NAME.
-CONNECTIONS = 4
+# Followed keys per blocking XREAD (the default of `AGENTOS_EVENTS__KEYS_PER_READ`).
+KEYS_PER_READ = 1000
+# Blocking XREADs of one hub at most: past READERS x keys_per_read followed sessions the readers
+# share the keys (more per read) instead of holding more connections.
+READERS = 16
+# Redis connections of one hub: one per reader plus short catch-up reads. The bound of what any
+# number of followers costs an API process in Redis connections. They carry CLIENT_NAME.
+CONNECTIONS = READERS + 3
 CLIENT_NAME = "agentos-events"
 POLL_WHEN_REDIS_DOWN_S = 0.5
 LOG_EVERY_S = 30.0
@@ -113,11 +128,13 @@ class Follower:
         return max(self.last, self.pending[-1].seq if self.pending else 0)
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class _Stream:
     key: bytes  # the key as an encoded XREAD argument
     cursor: int  # the newest seq the hub has read from this key
-    followers: set[Follower] = field(default_factory=set)
+    reader: _Reader
+    # A list: most keys have one follower (a set of one costs 216 bytes, a list 64).
+    followers: list[Follower] = field(default_factory=list)
     _id_arg: tuple[int, bytes] = (-1, b"")
 
     def id_arg(self) -> bytes:
@@ -154,23 +171,21 @@ class EventHub:
     `open()` / `aclose()`; build it per process (`from_settings`), never at import."""
 
     def __init__(self, pool: AsyncPool, redis: aioredis.Redis, *, block_s: float, check_s: float,
-                 keepalive_s: float | None = None) -> None:
+                 keepalive_s: float | None = None, keys_per_read: int = KEYS_PER_READ) -> None:
         self.pool = pool
         self.redis = redis
         self._block_ms = max(int(block_s * 1000), 10)
+        self._keys_per_read = max(keys_per_read, 1)
         self._check_s = check_s
         self._keepalive_s = keepalive_s
         # Every follower, the longest without a keep-alive first (dicts keep insertion order).
         self._quiet: dict[Follower, float] = {}
         self._draining = False
-        self._wake_key = event_hub_wake_key(secrets.token_hex(8))
-        self._wake_id = "0-0"
         self._streams: dict[str, _Stream] = {}
-        self._changed = asyncio.Event()
+        self._readers: list[_Reader] = []
         self._check_now = asyncio.Event()
-        self._reading = False
-        self._wake_sent = False
         self._redis_down = False
+        self._open = False
         self._tasks: list[asyncio.Task[None]] = []
         self._background: set[asyncio.Task[Any]] = set()
         self._warner = _Warner(LOG_EVERY_S)
@@ -187,11 +202,13 @@ class EventHub:
         )
         block_s = min(max(timeout - 1.0, timeout / 2), 10.0)
         return cls(pool, aioredis.Redis(connection_pool=redis_pool), block_s=block_s, check_s=max(block_s, 1.0),
-                   keepalive_s=settings.events.keepalive_s)
+                   keepalive_s=settings.events.keepalive_s, keys_per_read=settings.events.keys_per_read)
 
     async def open(self) -> EventHub:
-        self._tasks = [asyncio.create_task(self._read_loop(), name="event-hub-read"),
-                       asyncio.create_task(self._check_loop(), name="event-hub-check")]
+        self._open = True
+        for reader in self._readers:  # keys followed before the hub opened
+            reader.start()
+        self._tasks = [asyncio.create_task(self._check_loop(), name="event-hub-check")]
         if self._keepalive_s is not None:
             self._tasks.append(asyncio.create_task(self._keepalive_loop(self._keepalive_s), name="event-hub-keepalive"))
         return self
@@ -206,10 +223,12 @@ class EventHub:
     async def aclose(self) -> None:
         """Stop reading, end every follower (clients reconnect with `Last-Event-ID`), close Redis."""
         self._closed = True
-        for task in [*self._tasks, *self._background]:
+        readers = [r.task for r in self._readers if r.task is not None]
+        for task in [*self._tasks, *readers, *self._background]:
             task.cancel()
-        await asyncio.gather(*self._tasks, *self._background, return_exceptions=True)
+        await asyncio.gather(*self._tasks, *readers, *self._background, return_exceptions=True)
         self._tasks = []
+        self._readers.clear()
         for stream in self._streams.values():
             for follower in stream.followers:
                 follower.end()
@@ -240,8 +259,13 @@ class EventHub:
 
     @property
     def degraded(self) -> bool:
-        """True while the multiplexed read cannot reach Redis (followers read Postgres)."""
+        """True while the hub's reads cannot reach Redis (followers read Postgres)."""
         return self._redis_down
+
+    @property
+    def readers(self) -> list[int]:
+        """The number of keys each of the hub's blocking reads names."""
+        return [len(r.streams) for r in self._readers]
 
     # --- followers ------------------------------------------------------------------------
 
@@ -267,12 +291,11 @@ class EventHub:
             return follower
         stream = self._streams.get(key)
         if stream is None:
-            stream = self._streams[key] = _Stream(_bulk(key.encode()), cursor=last)
-            self._changed.set()
-            self._wake_reader()
+            stream = self._streams[key] = _Stream(_bulk(key.encode()), last, self._reader_for_one_more())
+            stream.reader.add(key, stream)
         elif stream.cursor > last:
             follower.stale = True  # the hub already passed events this follower still needs
-        stream.followers.add(follower)
+        stream.followers.append(follower)
         self._quiet[follower] = time.monotonic()
         return follower
 
@@ -281,102 +304,39 @@ class EventHub:
         stream = self._streams.get(follower.key)
         if stream is None:
             return
-        stream.followers.discard(follower)
+        with suppress(ValueError):
+            stream.followers.remove(follower)
         if not stream.followers:
             del self._streams[follower.key]
+            # Its reader stops naming it from its next read (and ends once it names none).
+            del stream.reader.streams[follower.key]
 
-    # --- the multiplexed read ---------------------------------------------------------------
+    # --- the readers ------------------------------------------------------------------------
 
-    def _wake_reader(self) -> None:
-        """Make a blocked XREAD return so that the next one includes the new key."""
-        if not self._reading or self._wake_sent:
-            return
-        self._wake_sent = True
-        task = asyncio.create_task(self._send_wake())
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
+    def _reader_for_one_more(self) -> _Reader:
+        """The reader with the fewest keys, or a new one when each has `keys_per_read` (and
+        there are fewer than `READERS`)."""
+        reader = min(self._readers, key=lambda r: len(r.streams), default=None)
+        if reader is None or (len(reader.streams) >= self._keys_per_read and len(self._readers) < READERS):
+            reader = _Reader(self)
+            self._readers.append(reader)
+            if self._open:
+                reader.start()
+        return reader
 
-    async def _send_wake(self) -> None:
-        try:
-            async with self.redis.pipeline(transaction=False) as pipe:
-                pipe.xadd(self._wake_key, {"w": b"1"}, maxlen=8, approximate=False)
-                pipe.expire(self._wake_key, 3600)
-                await pipe.execute()
-        except (RedisError, OSError) as exc:  # the read loop reports the outage; it retries soon
-            log.debug("waking the event reader failed: %s", exc)
+    def _read_failed(self, exc: Exception) -> None:
+        if not self._redis_down:
+            self._redis_down = True
+            self._check_now.set()  # nothing may wait for Redis now: who is behind reads Postgres
+        self._warner.warn("read", "reading event streams from Redis failed (%s); following %d "
+                                  "streams from Postgres every %.1f s until it answers",
+                          exc, len(self._streams), POLL_WHEN_REDIS_DOWN_S)
 
-    async def _read_loop(self) -> None:
-        while True:
-            try:
-                await self._read_step()
-            except Exception:  # a bug must not silence every stream: the Postgres check goes on too
-                log.exception("the event hub's read failed; trying again")
-                await asyncio.sleep(POLL_WHEN_REDIS_DOWN_S)
-
-    async def _read_step(self) -> None:
-        if not self._streams:
-            self._changed.clear()
-            await self._changed.wait()
-            return
-        self._reading, self._wake_sent = True, False
-        try:
-            reply: Any = await self._xread_all()
-        except (RedisError, OSError) as exc:
-            self._reading = False
-            if not self._redis_down:
-                self._redis_down = True
-                self._check_now.set()  # nothing may wait for Redis now: who is behind reads Postgres
-            self._warner.warn("read", "reading event streams from Redis failed (%s); following %d "
-                                      "streams from Postgres every %.1f s until it answers",
-                              exc, len(self._streams), POLL_WHEN_REDIS_DOWN_S)
-            await asyncio.sleep(POLL_WHEN_REDIS_DOWN_S)
-            return
-        self._reading = False
+    def _read_answered(self) -> None:
         if self._redis_down:
             self._redis_down = False
             log.info("reading event streams from Redis again")
             self._check_now.set()  # whatever happened meanwhile is in Postgres
-        self._dispatch(reply)
-
-    async def _xread_all(self) -> Any:
-        """One blocking XREAD over every followed key and the wake stream, as the raw reply.
-
-        The command is packed here from arguments encoded once per key: redis-py's generic
-        packing costs about 6 ms per 1,000 keys, which every delivered event would wait for."""
-        streams = list(self._streams.values())
-        head = b"".join([b"*%d\r\n" % (6 + 2 * (len(streams) + 1)), _bulk(b"XREAD"), _bulk(b"COUNT"),
-                         _bulk(b"%d" % PAGE), _bulk(b"BLOCK"), _bulk(b"%d" % self._block_ms), _bulk(b"STREAMS")])
-        packed = b"".join([head, _bulk(self._wake_key.encode()), *(s.key for s in streams),
-                           _bulk(self._wake_id.encode()), *(s.id_arg() for s in streams)])
-        pool = self.redis.connection_pool
-        conn = await pool.get_connection()  # type: ignore[no-untyped-call]
-        try:
-            await conn.send_packed_command(packed)
-            return await conn.read_response()
-        except BaseException:
-            # Cancelled or failed mid-read: the reply would arrive on a reused connection.
-            await conn.disconnect(nowait=True)
-            raise
-        finally:
-            await pool.release(conn)
-
-    def _dispatch(self, reply: Any) -> None:
-        for raw_key, entries in _entries(reply).items():
-            key = raw_key.decode() if isinstance(raw_key, bytes) else str(raw_key)
-            if key == self._wake_key:
-                last_id = entries[-1][0]
-                self._wake_id = last_id.decode() if isinstance(last_id, bytes) else str(last_id)
-                continue
-            stream = self._streams.get(key)
-            if stream is None or not entries:
-                continue
-            events = self._parse(key, entries)
-            last_id = entries[-1][0]
-            stream.cursor = max(stream.cursor, int((last_id.decode() if isinstance(last_id, bytes) else last_id)
-                                                   .split("-")[0]))
-            if events:
-                for follower in stream.followers:
-                    follower.deliver(events)
 
     def _parse(self, key: str, entries: list[Any]) -> list[Event]:
         """The events of stream entries; a malformed one is skipped (followers see the hole in
@@ -446,6 +406,113 @@ class EventHub:
                 rows = await (await conn.execute(SESSION_SEQS_SQL, (ids[start:start + SEQS_PER_QUERY],))).fetchall()
                 found.extend((str(r["id"]), int(r["event_seq"])) for r in rows)
         return found
+
+
+class _Reader:
+    """One blocking XREAD over a share of the hub's keys and a wake stream of its own, in a task
+    that ends when the reader names no key any more."""
+
+    __slots__ = ("hub", "streams", "task", "_wake_key", "_wake_id", "_reading", "_wake_sent")
+
+    def __init__(self, hub: EventHub) -> None:
+        self.hub = hub
+        self.streams: dict[str, _Stream] = {}
+        self.task: asyncio.Task[None] | None = None
+        self._wake_key = event_hub_wake_key(secrets.token_hex(8))
+        self._wake_id = b"0-0"
+        self._reading = False
+        self._wake_sent = False
+
+    def start(self) -> None:
+        self.task = asyncio.create_task(self._loop(), name="event-hub-read")
+
+    def add(self, key: str, stream: _Stream) -> None:
+        self.streams[key] = stream
+        self._wake()
+
+    def _wake(self) -> None:
+        """Make a blocked XREAD return so that the next one includes the new key."""
+        if not self._reading or self._wake_sent:
+            return
+        self._wake_sent = True
+        task = asyncio.create_task(self._send_wake())
+        self.hub._background.add(task)
+        task.add_done_callback(self.hub._background.discard)
+
+    async def _send_wake(self) -> None:
+        try:
+            async with self.hub.redis.pipeline(transaction=False) as pipe:
+                pipe.xadd(self._wake_key, {"w": b"1"}, maxlen=8, approximate=False)
+                pipe.expire(self._wake_key, 3600)
+                await pipe.execute()
+        except (RedisError, OSError) as exc:  # the read loop reports the outage; it retries soon
+            log.debug("waking the event reader failed: %s", exc)
+
+    async def _loop(self) -> None:
+        # Ends with no key left, at once (no await between the test and the removal): the hub
+        # gives a new key to a reader in its list only.
+        while self.streams:
+            try:
+                await self._step()
+            except Exception:  # a bug must not silence every stream: the Postgres check goes on too
+                log.exception("the event hub's read failed; trying again")
+                await asyncio.sleep(POLL_WHEN_REDIS_DOWN_S)
+        self.hub._readers.remove(self)
+
+    async def _step(self) -> None:
+        self._reading, self._wake_sent = True, False
+        try:
+            reply: Any = await self._xread()
+        except (RedisError, OSError) as exc:
+            self._reading = False
+            self.hub._read_failed(exc)
+            await asyncio.sleep(POLL_WHEN_REDIS_DOWN_S)
+            return
+        self._reading = False
+        self.hub._read_answered()
+        self._dispatch(reply)
+
+    async def _xread(self) -> Any:
+        """One blocking XREAD over this reader's keys and its wake stream, as the raw reply.
+
+        The command is packed here from arguments encoded once per key: redis-py's generic
+        packing costs about 6 ms per 1,000 keys, which every delivered event would wait for."""
+        streams = list(self.streams.values())
+        head = b"".join([b"*%d\r\n" % (6 + 2 * (len(streams) + 1)), _bulk(b"XREAD"), _bulk(b"COUNT"),
+                         _bulk(b"%d" % PAGE), _bulk(b"BLOCK"), _bulk(b"%d" % self.hub._block_ms), _bulk(b"STREAMS")])
+        packed = b"".join([head, _bulk(self._wake_key.encode()), *(s.key for s in streams),
+                           _bulk(self._wake_id), *(s.id_arg() for s in streams)])
+        pool = self.hub.redis.connection_pool
+        conn = await pool.get_connection()  # type: ignore[no-untyped-call]
+        try:
+            await conn.send_packed_command(packed)
+            return await conn.read_response()
+        except BaseException:
+            # Cancelled or failed mid-read: the reply would arrive on a reused connection.
+            await conn.disconnect(nowait=True)
+            raise
+        finally:
+            await pool.release(conn)
+
+    def _dispatch(self, reply: Any) -> None:
+        for raw_key, entries in _entries(reply).items():
+            key = raw_key.decode() if isinstance(raw_key, bytes) else str(raw_key)
+            if key == self._wake_key:
+                last_id = entries[-1][0]
+                self._wake_id = last_id if isinstance(last_id, bytes) else str(last_id).encode()
+                continue
+            # A key no longer followed here (left, perhaps followed again through another reader
+            # at its own cursor) is not this reader's to deliver.
+            stream = self.streams.get(key)
+            if stream is None or not entries:
+                continue
+            events = self.hub._parse(key, entries)
+            last_id = entries[-1][0]
+            stream.cursor = max(stream.cursor, int((last_id.decode() if isinstance(last_id, bytes) else last_id)
+                                                   .split("-")[0]))
+            if events:
+                for follower in stream.followers:
+                    follower.deliver(events)
 
 
 def _entries(reply: Any) -> dict[Any, list[Any]]:

@@ -74,6 +74,8 @@ hub's keep-alive interval (an SSE response sends a comment line)."""
 class EventReader:
     """Follows one session's events for one client, through the process's hub."""
 
+    __slots__ = ("_hub", "_org_id", "_session_id", "_key")  # one per open stream
+
     def __init__(self, hub: EventHub, org_id: str, session_id: str) -> None:
         self._hub = hub
         self._org_id = org_id
@@ -149,21 +151,22 @@ class EventReader:
             self._hub.leave(follower)
 
     async def _next(self, follower: Follower) -> AsyncIterator[Event]:
-        """What the hub gave `follower` since its last turn (Postgres first, when it is stale)."""
-        if follower.stale:
-            follower.stale = False
-            try:
+        """What the hub gave `follower` since its last turn (Postgres first, when it is stale, and
+        for any seq its events skip)."""
+        try:
+            if follower.stale:
+                follower.stale = False
                 async for event in self._fill(follower.last, None):
                     yield event
                     follower.last = event.seq
-            except psycopg.OperationalError as exc:  # the pool is busy (PoolTimeout) or Postgres away
-                # Keep the stream (keep-alives go on) and read again soon, instead of ending it.
-                self._hub.warn("fill", "reading missed events from Postgres failed (%s); the stream stays "
-                                       "open and reads again in %.1f s", exc, STALE_RETRY_S)
-                follower.stale = True
-                await asyncio.sleep(STALE_RETRY_S)
-                return
-        events, follower.pending = follower.pending, []
-        async for event in self._in_order(events, follower.last):
-            yield event
-            follower.last = event.seq
+            events, follower.pending = follower.pending, []
+            async for event in self._in_order(events, follower.last):
+                yield event
+                follower.last = event.seq
+        except psycopg.OperationalError as exc:  # the pool is busy (PoolTimeout) or Postgres away
+            # Keep the stream (keep-alives go on) and read again soon, instead of ending it: what
+            # was not yet passed on is in Postgres after `follower.last`.
+            self._hub.warn("fill", "reading missed events from Postgres failed (%s); the stream stays "
+                                   "open and reads again in %.1f s", exc, STALE_RETRY_S)
+            follower.stale = True
+            await asyncio.sleep(STALE_RETRY_S)

@@ -204,6 +204,9 @@ class EventSettings(BaseModel):
     stream_maxlen: int = Field(default=10_000, ge=100)
     stream_ttl_s: int = Field(default=86_400, ge=60)
     keepalive_s: float = Field(default=15.0, gt=0)
+    # Followed sessions per blocking XREAD of an API process's event hub: each event delivered
+    # waits for one read naming this many keys (core/event_hub.py).
+    keys_per_read: int = Field(default=1000, ge=1)
     # The longest a client may hold `GET /v1/runs/{id}/wait`.
     max_wait_s: float = Field(default=300.0, gt=0)
 
