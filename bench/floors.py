@@ -63,7 +63,7 @@ from rich.table import Table  # noqa: E402
 from agentos.stack.local import LocalStack, StackUrls  # noqa: E402
 from agentos.stack.process import ServerProcess, free_port  # noqa: E402
 from bench import floors_proto  # noqa: E402
-from bench.runs import _child_env, _machine_busy, _own_cpu, _tree_cpu, api_ready, create_org_and_agent  # noqa: E402
+from bench.runs import _child_env, _machine_busy, _own_cpu, _tree_cpu, api_ready, create_org_and_agent, pct  # noqa: E402
 from bench.runs import machine as machine_line  # noqa: E402
 from core.migrations import migrate  # noqa: E402
 
@@ -82,13 +82,6 @@ FULL_CPU_MS, FULL_RUNS_S = 72.8, 24.8
 MIN_TRANSACTIONS, MIN_WRITES = 4, 5
 EVENTS_PER_RUN = 7  # a hello run today: queued, started, 2 x step.started, delta(s), completed, succeeded
 RUN_EVENTS = f"a run's {EVENTS_PER_RUN} events: one pipelined XADD of them, one XREAD"
-
-
-def pct(values: list[float], p: float) -> float:
-    if not values:
-        return math.nan
-    ordered = sorted(values)
-    return ordered[max(0, math.ceil(p / 100 * len(ordered)) - 1)]
 
 
 def ms(seconds: float) -> str:

@@ -71,7 +71,7 @@ import redis.asyncio  # noqa: E402
 
 from agentos.stack.local import LocalStack, StackUrls  # noqa: E402
 from agentos.stack.process import ServerProcess, free_port  # noqa: E402
-from bench.runs import _child_env, _sigterm_as_interrupt, api_ready, create_org_and_agent  # noqa: E402
+from bench.runs import _child_env, _sigterm_as_interrupt, api_ready, create_org_and_agent, pct  # noqa: E402
 from core import events  # noqa: E402
 from core.db import open_pool  # noqa: E402
 from core.event_hub import CLIENT_NAME, CONNECTIONS, EventHub, Follower  # noqa: E402
@@ -81,14 +81,6 @@ from core.settings import DatabaseSettings  # noqa: E402
 APP_ROLE = "agentos_app"
 OPENING_AT_ONCE = 100
 OPEN_ATTEMPTS = 5
-
-
-def pct(values: list[float], p: float) -> float:
-    """Nearest-rank percentile."""
-    if not values:
-        return math.nan
-    ordered = sorted(values)
-    return ordered[max(0, math.ceil(p / 100 * len(ordered)) - 1)]
 
 
 def ms(value: float) -> str:
