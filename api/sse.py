@@ -72,7 +72,9 @@ class EventStream(Response):
         self.farewell = farewell
         self.status_code = 200
         self.background = None
-        self.raw_headers = _raw_headers(tuple((headers or {}).items()))
+        # Shared with every stream that has the same headers, never changed: any change (the
+        # endpoint's `RateLimit-*`, a cookie) goes to this stream's own copy (`raw_headers`).
+        self._shared_headers = _raw_headers(tuple((headers or {}).items()))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
@@ -84,19 +86,33 @@ class EventStream(Response):
         finally:
             await self.events.aclose()
 
+    _own_headers: list[tuple[bytes, bytes]] | None = None
+
+    @property
+    def raw_headers(self) -> list[tuple[bytes, bytes]]:
+        """This stream's headers, to change (Starlette's `headers`, `set_cookie` and middleware
+        change this list): a copy of the shared pairs, made on first use, so an idle stream whose
+        headers nobody touches holds none of its own."""
+        if self._own_headers is None:
+            self._own_headers = list(self._shared_headers)
+        return self._own_headers
+
+    @raw_headers.setter
+    def raw_headers(self, value: list[tuple[bytes, bytes]]) -> None:
+        self._own_headers = value
+
     @property
     def headers(self) -> MutableHeaders:
-        """The response's headers, to change (the endpoint adds `RateLimit-*`): this stream's own
-        list from then on, sharing the unchanged (immutable) pairs with the other streams."""
+        """The response's headers, to change (the endpoint adds `RateLimit-*`)."""
         if "_headers" not in self.__dict__:
-            self.raw_headers = list(self.raw_headers)
             self._headers = MutableHeaders(raw=self.raw_headers)
         return self._headers
 
     def _start(self) -> Message:
-        # A copy: middleware adds headers to the message's list (X-Request-Id), and this one is
-        # shared by every stream with the same headers.
-        return {"type": "http.response.start", "status": self.status_code, "headers": list(self.raw_headers)}
+        # A copy: middleware adds headers to the message's list (X-Request-Id).
+        own = self._own_headers
+        return {"type": "http.response.start", "status": self.status_code,
+                "headers": list(self._shared_headers if own is None else own)}
 
     async def _stream(self, receive: Receive, send: Send) -> None:
         # The request (a GET has no body) was received: the next message can only be the

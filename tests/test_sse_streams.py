@@ -149,3 +149,26 @@ def test_the_hubs_one_timer_marks_each_follower_due_once_per_interval():
         await hub.redis.aclose()
 
     asyncio.run(scenario())
+
+
+def test_a_change_to_one_streams_headers_leaves_every_other_streams_alone():
+    """Streams share one list of their fixed headers (memory per idle stream); whatever changes a
+    stream's headers, the endpoint's `headers` or Starlette's `set_cookie`, changes its own copy."""
+    from prometheus_client import CollectorRegistry, Gauge
+
+    from api.sse import EventStream
+
+    async def nothing() -> Any:
+        yield None
+
+    gauge = Gauge("g", "g", registry=CollectorRegistry())
+    fixed = {"Cache-Control": "no-cache"}
+    first, second, third = (EventStream(nothing(), gauge=gauge, headers=fixed) for _ in range(3))
+    before = list(second.raw_headers)
+    first.headers["RateLimit-Limit"] = "10"
+    second.set_cookie("c", "v")
+    assert (b"ratelimit-limit", b"10") in first.raw_headers
+    assert not any(name == b"ratelimit-limit" for name, _ in second.raw_headers)
+    assert any(name == b"set-cookie" for name, _ in second.raw_headers)
+    assert third.raw_headers == before  # the shared pairs, untouched by either
+    assert first._start()["headers"] == first.raw_headers
