@@ -87,24 +87,16 @@ def _env(name: str) -> str:
 
 
 def celery_conf(redis_url: str) -> dict[str, Any]:
-    """The broker settings of `core.jobs.celery_config` and the worker settings of
-    `runtime.celery_app.create_celery`, with this bench's queue."""
-    from core.jobs import celery_config
+    """The worker's Celery settings (`core.jobs.worker_config`: the broker's of `celery_config`,
+    acks late, prefetch 1), with this bench's queue."""
+    from core.jobs import worker_config
     from core.settings import load_settings
 
-    conf = celery_config(load_settings(redis={"url": redis_url}))
-    conf.update(
-        task_default_queue=QUEUE,
-        task_acks_late=True,
-        task_reject_on_worker_lost=True,
-        worker_prefetch_multiplier=1,
-        worker_hijack_root_logger=True,  # Celery's own log set-up: its " ready." line and per-task lines at INFO
-        task_ignore_result=True,
-        worker_send_task_events=False,
-        worker_enable_remote_control=False,
-        worker_cancel_long_running_tasks_on_connection_loss=False,
-    )
-    return conf
+    return {
+        **worker_config(load_settings(redis={"url": redis_url})),
+        "task_default_queue": QUEUE,
+        "worker_hijack_root_logger": True,  # Celery's own log set-up: its " ready." line and per-task lines at INFO
+    }
 
 
 def _event(kind: str, run_id: str, data: dict[str, Any]) -> dict[Any, Any]:

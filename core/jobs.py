@@ -93,6 +93,25 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     return config
 
 
+def worker_config(settings: Settings) -> dict[str, Any]:
+    """The worker's Celery settings (`runtime.celery_app`): the broker's (`celery_config`, shared
+    with the senders) and what makes a delivery survive a worker's death."""
+    return {
+        **celery_config(settings),
+        "task_acks_late": True,  # a message is acked only after the run's delivery ends ...
+        "task_reject_on_worker_lost": True,  # ... and requeued if the worker process dies
+        "worker_prefetch_multiplier": 1,
+        "worker_concurrency": settings.worker.concurrency,
+        "worker_hijack_root_logger": False,
+        "task_ignore_result": True,
+        "worker_send_task_events": False,
+        "worker_enable_remote_control": False,
+        # A run outlives a broker outage (Postgres holds it; its lease guards the redelivery):
+        # never cancel it on a lost connection (Celery 6 makes True the default).
+        "worker_cancel_long_running_tasks_on_connection_loss": False,
+    }
+
+
 class JobQueue:
     """Sends jobs to the workers by name: Celery's queue, or Modal (`settings.dispatch`)."""
 

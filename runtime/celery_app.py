@@ -75,20 +75,7 @@ class AgentTask(Task):  # type: ignore[misc]  # celery ships no type hints
 
 def create_celery(settings: Settings) -> Celery:
     app = Celery("agentos", set_as_current=False)
-    app.conf.update(
-        jobs.celery_config(settings),
-        task_acks_late=True,  # a message is acked only after the run's delivery ends ...
-        task_reject_on_worker_lost=True,  # ... and requeued if the worker process dies
-        worker_prefetch_multiplier=1,
-        worker_concurrency=settings.worker.concurrency,
-        worker_hijack_root_logger=False,
-        task_ignore_result=True,
-        worker_send_task_events=False,
-        worker_enable_remote_control=False,
-        # A run outlives a broker outage (Postgres holds it; its lease guards the redelivery):
-        # never cancel it on a lost connection (Celery 6 makes True the default).
-        worker_cancel_long_running_tasks_on_connection_loss=False,
-    )
+    app.conf.update(jobs.worker_config(settings))
     liveness.install(app, settings)  # the consumer proves it consumes (runtime/liveness.py)
     drain = Drain()  # made here, before the pool forks, so the children share it
 
