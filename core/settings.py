@@ -195,6 +195,10 @@ class WorkerSettings(BaseModel):
     shutdown_grace_s: float = Field(default=20.0, ge=0)
     probe_interval_s: float = Field(default=2.0, gt=0)
     stall_after_s: float = Field(default=15.0, gt=0)
+    # The event loop a worker process runs its runs on (runtime/services.py): `uvloop` (installed
+    # with the project on Linux and macOS; about a fifth less CPU per run, docs/benchmarks.md),
+    # or Python's own `asyncio` loop. `auto`: uvloop where it can be imported.
+    event_loop: Literal["auto", "uvloop", "asyncio"] = "auto"
 
 
 class EventSettings(BaseModel):

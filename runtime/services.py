@@ -84,12 +84,27 @@ class Services:
         await self.infra.close()
 
 
+def new_event_loop(choice: str = "auto") -> asyncio.AbstractEventLoop:
+    """The worker's event loop (`AGENTOS_WORKER__EVENT_LOOP`): uvloop's unless `asyncio` is
+    chosen or uvloop cannot be imported (`auto`). A run's work is many short awaits on Postgres
+    and Redis sockets, where uvloop's loop costs less CPU than asyncio's."""
+    if choice != "asyncio":
+        try:
+            import uvloop
+        except ImportError:
+            if choice == "uvloop":
+                raise
+        else:
+            return uvloop.new_event_loop()
+    return asyncio.new_event_loop()
+
+
 class WorkerRuntime:
     """An event loop in a daemon thread, with the process's `Services` opened on it."""
 
     def __init__(self, settings: Settings, drain: Drain | None = None) -> None:
         self.pid = os.getpid()
-        self._loop = asyncio.new_event_loop()
+        self._loop = new_event_loop(settings.worker.event_loop)
         self._thread = threading.Thread(target=self._loop.run_forever, name="agentos-runtime", daemon=True)
         self._thread.start()
         self.services = self.run(Services.open(settings, drain))
