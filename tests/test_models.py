@@ -442,3 +442,29 @@ def test_with_retries_raises_non_transient_errors_at_once() -> None:
     with pytest.raises(ValueError, match="not a network problem"):
         run(with_retries(broken, attempts=5, base_delay_s=0.01))
     assert calls == [1]
+
+
+def test_a_streamed_answer_merged_once_equals_the_running_total():
+    """`orchestrator.nodes.merged` (one merge of all chunks at the end) gives the message a
+    running `total + chunk` gave: text, a tool call assembled from its argument pieces, usage."""
+    from langchain_core.messages import AIMessageChunk
+    from langchain_core.messages.tool import tool_call_chunk
+
+    from orchestrator.nodes import merged
+
+    chunks = [AIMessageChunk(content=f"word{i} ", id="lc_run-1") for i in range(30)]
+    chunks += [
+        AIMessageChunk(content="", tool_call_chunks=[tool_call_chunk(name="search", args='{"q": ', id="c1", index=0)]),
+        AIMessageChunk(content="", tool_call_chunks=[tool_call_chunk(name=None, args='"x"}', id=None, index=0)]),
+        AIMessageChunk(content="", usage_metadata={"input_tokens": 7, "output_tokens": 31, "total_tokens": 38},
+                       chunk_position="last"),
+    ]
+    total = chunks[0]
+    for chunk in chunks[1:]:
+        total = total + chunk
+    one = merged(chunks)
+    assert one == total
+    assert one.content == "".join(f"word{i} " for i in range(30))
+    assert one.tool_calls == [{"name": "search", "args": {"q": "x"}, "id": "c1", "type": "tool_call"}]
+    assert one.usage_metadata == {"input_tokens": 7, "output_tokens": 31, "total_tokens": 38}
+    assert merged(chunks[:1]) is chunks[0] and merged([]) is None
