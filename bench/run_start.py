@@ -43,6 +43,9 @@ def via(url: str, port: int) -> str:
     return urlunsplit(parts._replace(netloc=parts.netloc.rsplit(":", 1)[0] + f":{port}"))
 
 
+Stretches = dict[str, tuple[float, tuple[int, ...]]]  # stretch -> (seconds, turns per counter)
+
+
 class Marks:
     """Where a run is (each stretch's start), as snapshots of the counters and the clock."""
 
@@ -59,7 +62,7 @@ class Marks:
 
     said: list[str]  # with --explain: every statement and Redis command, in order
 
-    def stretches(self) -> dict[str, tuple[float, tuple[int, ...]]]:
+    def stretches(self) -> Stretches:
         out = {}
         for (name, t, turns), (_, t2, turns2) in zip(self.points, self.points[1:], strict=False):
             out[name] = (t2 - t, tuple(b - a for a, b in zip(turns, turns2, strict=True)))
@@ -112,7 +115,7 @@ def explain(marks: list[Marks]) -> None:
     aioredis.client.Pipeline.execute = pipeline_execute  # type: ignore[method-assign]
 
 
-async def measure(bench: Bench, runs: int, counted: bool, explained: bool = False) -> dict[str, list[dict[str, tuple[float, tuple[int, ...]]]]]:
+async def measure(bench: Bench, runs: int, counted: bool, explained: bool = False) -> dict[str, list[Stretches]]:
     import orchestrator.nodes as nodes
     import runtime.executor as executor
     from core.settings import load_settings
@@ -122,7 +125,8 @@ async def measure(bench: Bench, runs: int, counted: bool, explained: bool = Fals
     from runtime.services import Services
 
     assert bench.urls is not None
-    pg, rd = TurnCounter(urlsplit(bench.urls.database_url).port or 0), TurnCounter(urlsplit(bench.urls.redis_url).port or 0)
+    pg = TurnCounter(urlsplit(bench.urls.database_url).port or 0)
+    rd = TurnCounter(urlsplit(bench.urls.redis_url).port or 0)
     pg.__enter__()
     rd.__enter__()
     try:
@@ -145,7 +149,7 @@ async def measure(bench: Bench, runs: int, counted: bool, explained: bool = Fals
         hook(nodes, "memory_context", at("memory"), at("to model"))
         hook(nodes, "_think_with", at("rest"))
         sessions = await new_sessions(bench, runs + WARM)
-        results: dict[str, list[dict[str, tuple[float, tuple[int, ...]]]]] = {"first run": [], "second run": []}
+        results: dict[str, list[Stretches]] = {"first run": [], "second run": []}
         for which in results:
             for i, session_id in enumerate(sessions):
                 async with tenant_tx(svc.pool, bench.org_id) as conn:
@@ -170,7 +174,7 @@ async def measure(bench: Bench, runs: int, counted: bool, explained: bool = Fals
         rd.__exit__(None, None, None)
 
 
-def report(results: dict[str, list[dict[str, tuple[float, tuple[int, ...]]]]], counted: bool) -> None:
+def report(results: dict[str, list[Stretches]], counted: bool) -> None:
     for which, samples in results.items():
         print(f"{which} ({len(samples)} runs, medians):")
         total = [0, 0]
