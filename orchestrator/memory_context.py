@@ -93,6 +93,7 @@ async def _read(ctx: RunContext, query: str, summarise: Summariser) -> tuple[lis
     reads = memory.short_term.window_statements(ctx.session_id, cached.window) if budget > 0 else []
     items: list[dict[str, Any]] = []
     recalled_now, keep = True, False
+    failed: Exception | None = None
     window_rows: list[list[DictRow]] | None = None
     if recall and isinstance(cached.scratch, list):
         items, recalled_now = cached.scratch, False
@@ -102,18 +103,22 @@ async def _read(ctx: RunContext, query: str, summarise: Summariser) -> tuple[lis
                 person, query, reads, limit=settings.recall_k, min_score=settings.recall_min_score,
                 long_term=config.long_term, knowledge=config.knowledge, hybrid=config.hybrid, notes=cached.notes)
         except Exception as exc:  # the window is then read by itself below
-            log.warning("recall failed in run %s: %s: %s", ctx.run_id, type(exc).__name__, exc)
-            await ctx.emitter.emit(events.RUN_WARNING, {"code": "MEMORY_UNAVAILABLE", "message": (
-                f"Long-term memory could not be searched ({type(exc).__name__}); the run goes on without it.")})
+            failed = exc
         else:
             items = [{"id": r["id"], "kind": r["kind"], "scope": r["scope"], "score": round(r["score"], 4),
                       "content": r["content"], "title": (r.get("metadata") or {}).get("title")} for r in rows]
             keep = True
-    if budget <= 0:
+    if window_rows is None and budget > 0:
+        # Raises as the window's own transaction did: a failed batch is the recall's to report
+        # only if the window alone can be read (no warning for what was the window's trouble).
+        window_rows = await memory.batch(ctx.org_id, reads)
+    if failed is not None:
+        log.warning("recall failed in run %s: %s: %s", ctx.run_id, type(failed).__name__, failed)
+        await ctx.emitter.emit(events.RUN_WARNING, {"code": "MEMORY_UNAVAILABLE", "message": (
+            f"Long-term memory could not be searched ({type(failed).__name__}); the run goes on without it.")})
+    if budget <= 0 or window_rows is None:
         await memory.keep(person, ctx.run_id, RECALL_SCRATCH, items if keep else None, None)
         return items, recalled_now, Window()
-    if window_rows is None:
-        window_rows = await memory.batch(ctx.org_id, reads)
     window, changed = memory.short_term.window_from(cached.window, window_rows)
     folded, kept = split_for_summary(window, budget)
     if folded:

@@ -124,3 +124,44 @@ def test_a_rebuilt_window_reads_the_runs_after_the_latest_summary_in_one_batch(
     assert [(t.run_id, t.content) for t in window.turns] == [("run_batch1", "new")]
     assert window.upto is not None and window.upto.startswith("2026-01-01T12:00:00")
     assert not later_changed and later.turns == []
+
+
+def test_a_search_failing_in_the_batch_warns_and_the_window_is_still_read(
+        org: Org, settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The search shares its transaction with the window's reads: if it fails there, recall is
+    given up with a warning, as before, and the window is read by itself (the run goes on)."""
+    from core.store import agents, runs
+    from runtime.executor import execute_run
+    from runtime.services import Services
+
+    agent = org.create_agent()
+    session = str(org.create_session(str(agent["id"]))["id"])
+
+    async def run(svc: Services) -> str:
+        async with tenant_tx(svc.pool, org.id) as conn:
+            await runs.lock_session(conn, session)
+            row = await agents.get(conn, str(agent["id"]))
+            assert row is not None
+            created = await runs.create(conn, session_id=session, agent=row, text="hello again", multitask="enqueue",
+                                        metadata={}, idempotency_key=None, request_hash="-", created_by=None)
+        assert (await execute_run(svc, created.run["id"], org.id)).outcome == "succeeded"
+        return created.run["id"]
+
+    async def go() -> str:
+        svc = await Services.open(settings)
+        try:
+            await run(svc)
+            monkeypatch.setattr(long_term, "search_statements", lambda *a, **k: [("SELECT 1 / 0 AS broken", ())])
+            return await run(svc)
+        finally:
+            await svc.close()
+
+    run_id = asyncio.run(go())
+    with psycopg.connect(settings.database.url) as conn:
+        found = conn.execute("SELECT type, data FROM run_events WHERE run_id = %s ORDER BY seq", (run_id,)).fetchall()
+    kinds = [kind for kind, _ in found]
+    warning = next(data for kind, data in found if kind == "run.warning")
+    recalled = next(data for kind, data in found if kind == "memory.recalled")
+    assert warning["code"] == "MEMORY_UNAVAILABLE" and "DivisionByZero" in warning["message"]
+    assert kinds.index("run.warning") < kinds.index("memory.recalled") and kinds[-1] == "run.succeeded"
+    assert recalled["items"] == [] and recalled["turns"] == 2  # the first run's message and answer
