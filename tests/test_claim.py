@@ -8,6 +8,7 @@ caller's extra reads sent with it."""
 from __future__ import annotations
 
 import asyncio
+import threading
 from datetime import timedelta
 from typing import Any
 
@@ -22,7 +23,7 @@ from core.store.runs import ClaimBatch, RunStatus
 from core.tenancy import Statement, tenant_tx
 from runtime.executor import execute_run
 from runtime.services import Services
-from tests.helpers import Org, stored_run
+from tests.helpers import Org, stored_run, until
 
 
 def _claim(settings: Settings, org_id: str, run_id: str, owner: str, lease_s: float = 60,
@@ -145,3 +146,24 @@ def test_deliveries_answer_as_before(org: Org, settings: Settings) -> None:
     kinds = [e["type"] for e in _owner_sql(settings, "SELECT type FROM run_events WHERE run_id = %s ORDER BY seq",
                                            orphan)]
     assert kinds == ["run.queued", "run.failed"]
+
+
+def test_a_claim_waiting_for_the_session_sees_the_run_ended_meanwhile(org: Org, settings: Settings) -> None:
+    """The session lock is taken by the batch's first statement and the claim is a statement of
+    its own after it: a run waiting behind an earlier one whose end commits while the claim waits
+    for the lock is claimed (one statement would have judged by what it saw before the wait)."""
+    agent_id, session_id, first = _run_with(org, settings)
+    second = stored_run(settings, org.id, agent_id, session_id)
+    result: list[ClaimBatch] = []
+    with psycopg.connect(settings.database.url, autocommit=True) as holder:
+        with holder.transaction():
+            holder.execute("SELECT id FROM sessions WHERE id = %s FOR UPDATE", (session_id,))
+            holder.execute("UPDATE runs SET status = 'succeeded', finished_at = now() WHERE id = %s", (first,))
+            claiming = threading.Thread(target=lambda: result.append(_claim(settings, org.id, second, "worker-a")))
+            claiming.start()
+            until(lambda: bool(_owner_sql(
+                settings, "SELECT 1 FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE %s",
+                "%WITH r AS MATERIALIZED%")), limit_s=30)
+        claiming.join(timeout=30)
+    [found] = result
+    assert isinstance(found.claim, runs.Claimed) and found.claim.run["id"] == second
