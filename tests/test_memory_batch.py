@@ -7,6 +7,7 @@ the latest summary in the same batch as the summary."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterator
 from typing import Any
 
 import psycopg
@@ -44,10 +45,18 @@ def _add_items(url: str, org_id: str) -> None:
         conn.execute("ANALYZE memories")
 
 
+@pytest.fixture
+def items(org: Org, settings: Settings) -> Iterator[None]:
+    """The org's items, removed afterwards (the index maintenance tests count every org's)."""
+    _add_items(settings.database.url, org.id)
+    yield
+    with psycopg.connect(settings.database.url, autocommit=True) as conn:
+        conn.execute("DELETE FROM memories WHERE org_id = %s", (org.id,))
+
+
 @pytest.mark.parametrize("plan", ["exact", "hnsw"])
 def test_a_batched_search_finds_what_its_own_transaction_finds(
-        org: Org, settings: Settings, monkeypatch: pytest.MonkeyPatch, plan: str) -> None:
-    _add_items(settings.database.url, org.id)
+        org: Org, settings: Settings, monkeypatch: pytest.MonkeyPatch, plan: str, items: None) -> None:
     if plan == "hnsw":  # the org counts as large: HNSW with the iterative scan
         monkeypatch.setattr(long_term, "EXACT_SCAN_MAX_ROWS", N_ITEMS // 2)
     long_term.forget_plans()
