@@ -186,6 +186,8 @@ async def _deliver(svc: Services, run_id: str, org_id: str, owner: str) -> Deliv
     emitter = RunEmitter(svc.pool, svc.redis, org_id, run["session_id"], run_id,
                          maxlen=svc.settings.events.stream_maxlen, ttl_s=svc.settings.events.stream_ttl_s)
     await emitter.publish(claimed.events)
+    # Parsed once claimed (the claim did not wait for Python): a stored config that no longer
+    # parses is a bug, and the run, started, ends `failed` `INTERNAL` (`_execute_run`).
     agent = _spec(found.agent)
     org = budgets.at_claim(found.also[0], svc.settings.limits)
     attached = cast(list[files.AttachmentRow], found.also[1])
