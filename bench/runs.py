@@ -606,7 +606,7 @@ async def profile_worker(bench: Bench, runs_n: int) -> None:
         await _execute_stored_runs(bench, svc, sessions[:3], None, [], [])  # warm: imports, caches
         timers.wrap(runs, "get", "runs.get (SQL of the load tx)")
         timers.wrap(executor, "_load_agent", "_load_agent (tx)")
-        timers.wrap(runs, "claim", "runs.claim (SQL of the claim tx)")
+        timers.wrap(runs, "claim_batch", "runs.claim_batch (the claim's one batch)")
         timers.wrap(executor, "_execute", "_execute (the graph, incl. its event writes)")
         timers.wrap(RunEmitter, "_write", "  RunEmitter._write (event tx + XADD)")
         timers.wrap(StepSaver, "aget_tuple", "  checkpoint aget_tuple")

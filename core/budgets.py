@@ -156,9 +156,10 @@ class AtClaim:
     embedding_model: str | None
 
 
-async def load(conn: AsyncConnection[DictRow], defaults: LimitSettings) -> AtClaim:
-    """The org's effective limits, its month so far and its embedding model (a worker, at a run's claim)."""
-    row = await (await conn.execute(ORG_BUDGET_SQL)).fetchone()
+def at_claim(rows: list[DictRow], defaults: LimitSettings) -> AtClaim:
+    """The org's effective limits, its month so far and its embedding model, from the rows of
+    ORG_BUDGET_SQL (a worker sends it in a run's claiming batch: core.store.runs.claim_batch)."""
+    row = rows[0] if rows else None
     if row is None:
         return AtClaim(effective_limits(defaults, None), usage.Month(0, Decimal(0)), None)
     return AtClaim(effective_limits(defaults, row["limits"]), usage.Month(int(row["tokens"]), Decimal(row["cost_usd"])),

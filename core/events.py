@@ -139,6 +139,39 @@ SELECT event_seq FROM s
 """
 
 
+# A run's `run.started`, in the claim's batch (core.store.runs.claim_batch): stored only if the
+# claim just before it in the same transaction made `owner` the run's holder (an owner is made
+# for one delivery), with the attempt it counted; otherwise it stores nothing and yields no row.
+# The session row is already held by the claim's lock.
+STARTED_SQL = f"""
+WITH c AS (
+  SELECT session_id, attempt FROM runs WHERE id = %(run_id)s AND status = 'running' AND lease_owner = %(owner)s
+), s AS (
+  UPDATE sessions SET event_seq = event_seq + 1 WHERE id = (SELECT session_id FROM c) RETURNING event_seq
+), stored AS (
+  INSERT INTO run_events (org_id, session_id, seq, run_id, type, data, ts)
+  SELECT agentos_current_org(), c.session_id, s.event_seq, %(run_id)s, '{RUN_STARTED}',
+         jsonb_build_object('attempt', c.attempt), %(ts)s
+  FROM s, c
+)
+SELECT s.event_seq, c.attempt, %(ts)s::timestamptz AS ts FROM s, c
+"""
+
+
+def started_statement(run_id: str, owner: str) -> tuple[str, dict[str, Any]]:
+    """`STARTED_SQL` with its parameters (stamped now, as `append` stamps its events)."""
+    return STARTED_SQL, {"run_id": run_id, "owner": owner, "ts": datetime.now(UTC)}
+
+
+def started_event(run_id: str, session_id: str, rows: list[DictRow]) -> Event:
+    """The `run.started` that `started_statement` stored (its rows)."""
+    if not rows:
+        raise SessionGone(session_id)
+    row = rows[0]
+    return Event(seq=int(row["event_seq"]), type=RUN_STARTED, run_id=run_id, session_id=session_id, ts=row["ts"],
+                 data={"attempt": int(row["attempt"])})
+
+
 @dataclass(frozen=True)
 class Appended:
     """What `append_with_deliveries` stored: the events, and the webhook deliveries stored with

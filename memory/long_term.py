@@ -291,9 +291,7 @@ async def _offline_plan(
     the org's items of `model`; sets the scan settings for this transaction."""
     if model != OFFLINE_MODEL or dims != OFFLINE_DIMS:
         return "exact", None, None
-    settings = {"iterative": HNSW_ITERATIVE_SCAN, "ef_search": str(min(max(HNSW_EF_SEARCH, limit), 1000)),
-                "max_scan_tuples": str(HNSW_MAX_SCAN_TUPLES)}
-    row = await (await conn.execute(HNSW_SETTINGS_SQL, settings)).fetchone()
+    row = await (await conn.execute(HNSW_SETTINGS_SQL, _hnsw_settings(limit))).fetchone()
     org_id = row["org_id"] if row else None
     scans = row["scans"] if row else None
     if org_id is None or (filters is not None and (filters.user_id or filters.session_id)):
@@ -304,12 +302,71 @@ async def _offline_plan(
     now = time.monotonic()
     cached = _org_counts.get(org_id)
     if cached is None or now - cached[0] > PLAN_CACHE_S:
-        found = await (await conn.execute(COUNT_OFFLINE_SQL, {"cap": EXACT_SCAN_MAX_ROWS + 1})).fetchone()
-        cached = (now, int(found["n"]) if found else 0)
-        if len(_org_counts) > 10_000:
-            _org_counts.clear()
-        _org_counts[org_id] = cached
+        note_count(org_id, await (await conn.execute(*count_statement())).fetchall())
+        cached = _org_counts[org_id]
     return ("hnsw" if cached[1] > EXACT_SCAN_MAX_ROWS else "exact"), org_id, scans
+
+
+# A batched search (`search_statements`) is a prepared statement after its fifth use on a pooled
+# connection (psycopg's default); forcing a custom plan each time plans it with its values, as
+# the unprepared statement of `search_with_plan` is (NULL filters, the limit, the org's index).
+CUSTOM_PLANS_SQL = "SELECT set_config('plan_cache_mode', 'force_custom_plan', true)"
+
+
+def known_plan(org_id: str, model: str, dims: int, filters: MemoryFilters | None) -> str | None:
+    """How `search_with_plan` would search, if that is known without a statement: None when the
+    org's count must be read first (`COUNT_OFFLINE_SQL`, then `note_count`)."""
+    if model != OFFLINE_MODEL or dims != OFFLINE_DIMS:
+        return "exact"
+    if filters is not None and (filters.user_id or filters.session_id):
+        return "exact"
+    cached = _org_counts.get(org_id)
+    if cached is None or time.monotonic() - cached[0] > PLAN_CACHE_S:
+        return None
+    return "hnsw" if cached[1] > EXACT_SCAN_MAX_ROWS else "exact"
+
+
+def count_statement() -> tuple[str, dict[str, Any]]:
+    return COUNT_OFFLINE_SQL, {"cap": EXACT_SCAN_MAX_ROWS + 1}
+
+
+def note_count(org_id: str, rows: list[DictRow]) -> None:
+    """Keep the org's count (the rows of `count_statement`) for PLAN_CACHE_S."""
+    if len(_org_counts) > 10_000:
+        _org_counts.clear()
+    _org_counts[org_id] = (time.monotonic(), int(rows[0]["n"]) if rows else 0)
+
+
+def search_statements(
+    org_id: str, query_embedding: list[float], model: str, filters: MemoryFilters | None, limit: int, plan: str,
+) -> list[tuple[str, dict[str, Any]]]:
+    """`search_with_plan`'s search by `plan` (`known_plan`) as statements for the END of a batched
+    transaction (core.tenancy.tenant_batch): the planner settings, which end with the
+    transaction (so nothing puts them back), then the search, whose rows are the last
+    statement's (`scored`)."""
+    dims = len(query_embedding)
+    offline = model == OFFLINE_MODEL and dims == OFFLINE_DIMS
+    params = (filters or MemoryFilters()).params() | {
+        "query": vector_literal(query_embedding), "model": model, "dims": dims, "limit": limit, "org_id": org_id}
+    statements: list[tuple[str, dict[str, Any]]] = [(CUSTOM_PLANS_SQL, {})]
+    if offline:
+        statements.append((HNSW_SETTINGS_SQL, _hnsw_settings(limit)))
+    sql = SEARCH_OFFLINE_SQL if plan == "hnsw" else SEARCH_OFFLINE_EXACT_SQL if offline else SEARCH_SQL
+    statements.append((sql, params))
+    return statements
+
+
+def scored(rows: list[DictRow]) -> list[dict[str, Any]]:
+    """A search's rows, `score` as a float."""
+    found = [dict(row) for row in rows]
+    for row in found:
+        row["score"] = float(row["score"])
+    return found
+
+
+def _hnsw_settings(limit: int) -> dict[str, str]:
+    return {"iterative": HNSW_ITERATIVE_SCAN, "ef_search": str(min(max(HNSW_EF_SEARCH, limit), 1000)),
+            "max_scan_tuples": str(HNSW_MAX_SCAN_TUPLES)}
 
 
 async def search_with_plan(

@@ -249,7 +249,17 @@ class RedisMemoryStore:
     ) -> list[dict[str, Any]]:
         """Live items embedded by `model` (same dimension), nearest first, each with `score`."""
         _check_org(org_id)
-        ids = [_str(i) for i in await self.redis.zrange(memory_index_key(org_id), 0, -1)]
+        return await self.search_among(org_id, await self.redis.zrange(memory_index_key(org_id), 0, -1), embedding,
+                                       model, filters, limit)
+
+    async def search_among(
+        self, org_id: str, indexed: list[Any], embedding: list[float], model: str, filters: MemoryFilters | None = None,
+        limit: int = 10,
+    ) -> list[dict[str, Any]]:
+        """`search` among the ids the org's index held (`indexed`: what ZRANGE of
+        `memory_index_key(org_id)` answered, e.g. in the caller's own pipeline)."""
+        _check_org(org_id)
+        ids = [_str(i) for i in indexed]
         norm = math.sqrt(sum(v * v for v in embedding))
         dims, name = str(len(embedding)).encode(), model.encode()
         scored: list[tuple[float, str, Fields]] = []

@@ -6,16 +6,27 @@ user, session); every read and write goes through a tenant transaction of that o
 
 from __future__ import annotations
 
+import json
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import redis.asyncio as aioredis
+from psycopg.rows import DictRow
 from redis.exceptions import RedisError
 
 from core.settings import Settings
-from core.tenancy import AsyncPool, tenant_tx
+from core.tenancy import (
+    AsyncPool,
+    Statement,
+    memory_index_key,
+    run_scratch_key,
+    session_window_key,
+    tenant_batch,
+    tenant_tx,
+)
 from memory import long_term as items
 from memory.embeddings import Embedder, org_embedding_spec, resolve_embedder
 from memory.long_term import KINDS, MemoryFilters, MemoryItem, RecallScope
@@ -41,6 +52,18 @@ class Who:
 
     def recall_scope(self) -> RecallScope:
         return RecallScope(agent_id=self.agent_id, user_id=self.user_id, session_id=self.session_id)
+
+
+@dataclass(frozen=True)
+class Cached:
+    """What a run's first THINK finds in Redis (`MemoryService.cached`, one pipeline): a value in
+    the run's scratch state (None: none, or unreadable), the session's cached window (None: a
+    miss, or unreadable: it is rebuilt), and the ids the org's session-notes index held (None:
+    not asked for, or unreadable: `recall_after` reads them itself)."""
+
+    scratch: Any
+    window: Window | None
+    notes: list[Any] | None
 
 
 class MemoryService:
@@ -119,30 +142,86 @@ class MemoryService:
         """The items `who` may recall nearest to `query`, best first: the org's, this agent's,
         this end user's (from any session) and this session's memories if `long_term`, and
         knowledge-base chunks if `knowledge` (also found by full text, fused by rank, if `hybrid`)."""
+        rows, _ = await self.recall_after(who, query, (), limit=limit, min_score=min_score, long_term=long_term,
+                                          knowledge=knowledge, hybrid=hybrid)
+        return rows
+
+    async def recall_after(
+        self, who: Who, query: str, before: Sequence[Statement], *, limit: int, min_score: float = -1.0,
+        long_term: bool = True, knowledge: bool = False, hybrid: bool = False, notes: list[Any] | None = None,
+    ) -> tuple[list[dict[str, Any]], list[list[DictRow]]]:
+        """`recall`, its search in one batched transaction with the caller's statements `before`
+        (which need none of its results: a run's session window): one round trip to Postgres.
+        `notes`: the ids of the org's session-notes index, if the caller read them already
+        (`cached`). Returns the items and the rows of each statement of `before`."""
         kinds = [*(RECALLED_KINDS if long_term else ()), *(("document",) if knowledge else ())]
         if limit <= 0 or not query.strip() or not kinds:
-            return []
+            return [], await self.batch(who.org_id, before)
         embedder = await self.embedder(who.org_id)
         [vector] = await embedder.embed([query])
         filters = MemoryFilters(kinds=kinds, recall_for=who.recall_scope())
         if knowledge and hybrid:
             rows = await self.long_term.hybrid_search(who.org_id, query, vector, embedder.model, filters, limit)
+            done = await self.batch(who.org_id, before)
         else:
-            rows = await self.long_term.search(who.org_id, vector, embedder.model, filters, limit)
+            rows, done = await self.long_term.search_after(who.org_id, before, vector, embedder.model, filters, limit)
         if long_term:
+            session = MemoryFilters(session_id=who.session_id)
             try:
-                notes = await self.notes.search(who.org_id, vector, embedder.model,
-                                                MemoryFilters(session_id=who.session_id), limit)
+                found = await (self.notes.search(who.org_id, vector, embedder.model, session, limit) if notes is None
+                               else self.notes.search_among(who.org_id, notes, vector, embedder.model, session, limit))
             except (RedisError, OSError) as exc:  # short-term notes are a bonus; recall goes on
                 log.warning("session notes unavailable for recall: %s", exc)
-                notes = []
-            rows = sorted([*rows, *notes], key=lambda r: r["score"], reverse=True)[:limit]
-        return [r for r in rows if r["score"] >= min_score]
+                found = []
+            rows = sorted([*rows, *found], key=lambda r: r["score"], reverse=True)[:limit]
+        return [r for r in rows if r["score"] >= min_score], done
 
-    async def window(self, who: Who) -> tuple[Window, bool]:
-        """The session's short-term window (see `memory.short_term`)."""
-        async with tenant_tx(self.pool, who.org_id) as conn:
-            return await self.short_term.load(conn, who.org_id, who.session_id)
+    async def batch(self, org_id: str, statements: Sequence[Statement]) -> list[list[DictRow]]:
+        """Statements of one org in one batched transaction (none: nothing sent)."""
+        return await tenant_batch(self.pool, org_id, *statements) if statements else []
+
+    async def cached(self, who: Who, run_id: str, scratch: str, *, window: bool, notes: bool) -> Cached:
+        """What a run's first THINK reads of Redis, in one pipeline: the value `scratch` of the
+        run's scratch state, the session's cached window if `window`, the org's session-notes
+        index if `notes`. Redis trouble reads as nothing found (recall again, rebuild the window)."""
+        keys = [run_scratch_key(who.org_id, run_id)]
+        try:
+            async with self.short_term.redis.pipeline(transaction=False) as pipe:
+                pipe.hget(keys[0], scratch)
+                if window:
+                    pipe.get(session_window_key(who.org_id, who.session_id))
+                if notes:
+                    pipe.zrange(memory_index_key(who.org_id), 0, -1)
+                replies: list[Any] = list(await pipe.execute(raise_on_error=False))
+        except (RedisError, OSError) as exc:
+            replies = [exc] * (1 + window + notes)
+        kept = None
+        if not isinstance(replies[0], Exception) and replies[0] is not None:
+            try:
+                kept = json.loads(replies[0])
+            except ValueError:
+                kept = None
+        found = replies[1] if window and not isinstance(replies[1], Exception) else None
+        indexed = replies[-1] if notes and not isinstance(replies[-1], Exception) else None
+        return Cached(kept, self.short_term.parse_window(found), indexed)
+
+    async def keep(self, who: Who, run_id: str, scratch: str, value: Any, window: Window | None) -> None:
+        """Write what a run's first THINK keeps, in one Redis transaction: `value` as `scratch` in
+        the run's scratch state (unless None) and the session's `window` (unless None). A Redis
+        failure only costs a recall or a rebuild later."""
+        if value is None and window is None:
+            return
+        try:
+            async with self.short_term.redis.pipeline(transaction=True) as pipe:
+                if value is not None:
+                    key = run_scratch_key(who.org_id, run_id)
+                    pipe.hset(key, scratch, json.dumps(value, ensure_ascii=False, default=str))
+                    pipe.expire(key, self.short_term.ttl_s)
+                if window is not None:
+                    pipe.set(session_window_key(who.org_id, who.session_id), window.to_json(), ex=self.short_term.ttl_s)
+                await pipe.execute()
+        except (RedisError, OSError):
+            pass
 
     async def store_summary(self, who: Who, window: Window) -> None:
         """Keep the window's summary in long-term memory (the copy a rebuild starts from, and

@@ -23,7 +23,6 @@ from datetime import datetime
 from typing import Any
 
 import redis.asyncio as aioredis
-from psycopg import AsyncConnection
 from psycopg.rows import DictRow
 from redis.exceptions import RedisError
 
@@ -35,11 +34,11 @@ TOOL_RESULT_CHARS = 600  # a tool result in the window is clipped to this
 MAX_RUNS_REBUILT = 200  # a rebuild reads at most this many runs after the summary
 
 # The runs of a session that ended after `after`, oldest first, with what each said and did.
-RUN_TURNS_SQL = """
+_RUN_TURNS = """
 WITH ended AS (
     SELECT id, finished_at FROM runs
     WHERE session_id = %(session_id)s AND status = ANY(%(terminal)s)
-      AND (%(after)s::timestamptz IS NULL OR finished_at > %(after)s)
+      AND ({after} IS NULL OR finished_at > {after})
     ORDER BY finished_at DESC LIMIT %(max_runs)s
 )
 SELECT e.id AS run_id, e.finished_at, t.role, t.content, t.at, t.item_id
@@ -55,12 +54,16 @@ JOIN LATERAL (
 ) t ON true
 ORDER BY e.finished_at, CASE t.role WHEN 'user' THEN 0 WHEN 'tool' THEN 1 ELSE 2 END, t.at, t.item_id
 """
-
-LATEST_SUMMARY_SQL = """
-SELECT content, metadata FROM memories
-WHERE session_id = %s AND kind = 'summary' AND (expires_at IS NULL OR expires_at > now())
+_LATEST_SUMMARY = """
+FROM memories
+WHERE session_id = %(session_id)s AND kind = 'summary' AND (expires_at IS NULL OR expires_at > now())
 ORDER BY created_at DESC, id DESC LIMIT 1
 """
+LATEST_SUMMARY_SQL = f"SELECT content, metadata {_LATEST_SUMMARY}"
+# After the cached window's `upto`; or, rebuilding, after the latest summary's (its metadata
+# `upto`, as `window_from` reads it), in the same batch as the summary itself.
+RUN_TURNS_SQL = _RUN_TURNS.format(after="%(after)s::timestamptz")
+RUN_TURNS_AFTER_SUMMARY_SQL = _RUN_TURNS.format(after=f"(SELECT (metadata->>'upto')::timestamptz {_LATEST_SUMMARY})")
 
 
 def estimate_tokens(text: str) -> int:
@@ -159,36 +162,45 @@ class ShortTermMemory:
         self.redis = redis
         self.ttl_s = ttl_s
 
-    async def load(self, conn: AsyncConnection[DictRow], org_id: str, session_id: str) -> tuple[Window, bool]:
-        """The session's window brought up to date with the runs ended since it was cached;
-        `conn` is a tenant transaction of `org_id`. Returns (window, changed since cached)."""
-        key = session_window_key(org_id, session_id)
-        window: Window | None = None
-        try:
-            raw = await self.redis.get(key)
-            window = Window.from_json(raw) if raw else None
-        except (RedisError, OSError, ValueError, TypeError, KeyError):
-            window = None
-        changed = window is None
-        if window is None:  # a miss: rebuild from the latest stored summary
+    @staticmethod
+    def window_statements(session_id: str, cached: Window | None) -> list[tuple[str, dict[str, Any]]]:
+        """What brings the session's window up to date with the runs ended since it was cached
+        (`cached`; None: a miss, rebuilt from the latest stored summary): statements for one
+        batch in a tenant transaction, whose rows `window_from` reads."""
+        params = {"session_id": session_id, "terminal": [str(s) for s in TERMINAL],
+                  "after": cached.upto if cached is not None else None, "max_runs": MAX_RUNS_REBUILT}
+        if cached is not None:
+            return [(RUN_TURNS_SQL, params)]
+        return [(LATEST_SUMMARY_SQL, params), (RUN_TURNS_AFTER_SUMMARY_SQL, params)]
+
+    @staticmethod
+    def window_from(cached: Window | None, rows: list[list[DictRow]]) -> tuple[Window, bool]:
+        """The window from `cached` and the rows of `window_statements`: (window, changed since
+        cached)."""
+        window, changed = cached, cached is None
+        if window is None:
             window = Window()
-            row = await (await conn.execute(LATEST_SUMMARY_SQL, (session_id,))).fetchone()
-            if row is not None:
-                window.summary = row["content"]
-                window.summary_upto = window.upto = (row["metadata"] or {}).get("upto")
-        fresh = await self._turns_after(conn, session_id, window.upto)
+            if rows[0]:
+                summary = rows[0][0]
+                window.summary = summary["content"]
+                window.summary_upto = window.upto = (summary["metadata"] or {}).get("upto")
+        fresh = rows[-1]
         if fresh:
-            window.turns.extend(fresh[1])
-            window.upto = fresh[0]
+            window.turns.extend(Turn(run_id=r["run_id"], role=r["role"],
+                                     content=clip(r["content"], TOOL_RESULT_CHARS) if r["role"] == "tool" else
+                                     r["content"], ended=r["finished_at"].isoformat()) for r in fresh)
+            last: datetime = fresh[-1]["finished_at"]
+            window.upto = last.isoformat()
             changed = True
         return window, changed
 
-    async def save(self, org_id: str, session_id: str, window: Window) -> None:
-        """Cache the window; a Redis failure only costs a rebuild later."""
+    @staticmethod
+    def parse_window(raw: str | bytes | None) -> Window | None:
+        """A cached window as GET answered it (None: a miss, or not a window)."""
         try:
-            await self.redis.set(session_window_key(org_id, session_id), window.to_json(), ex=self.ttl_s)
-        except (RedisError, OSError):
-            pass
+            return Window.from_json(raw) if raw else None
+        except (ValueError, TypeError, KeyError):
+            return None
 
     async def forget(self, org_id: str, session_id: str) -> None:
         try:
@@ -196,33 +208,7 @@ class ShortTermMemory:
         except (RedisError, OSError):
             pass
 
-    async def _turns_after(
-        self, conn: AsyncConnection[DictRow], session_id: str, after: str | None
-    ) -> tuple[str, list[Turn]] | None:
-        params = {"session_id": session_id, "terminal": [str(s) for s in TERMINAL], "after": after,
-                  "max_runs": MAX_RUNS_REBUILT}
-        rows = await (await conn.execute(RUN_TURNS_SQL, params)).fetchall()
-        if not rows:
-            return None
-        turns = [Turn(run_id=r["run_id"], role=r["role"],
-                      content=clip(r["content"], TOOL_RESULT_CHARS) if r["role"] == "tool" else r["content"],
-                      ended=r["finished_at"].isoformat())
-                 for r in rows]
-        last: datetime = rows[-1]["finished_at"]
-        return last.isoformat(), turns
-
     # Per-run scratch state: a hash per run, gone when the run ends (or after the TTL).
-
-    async def scratch_get(self, org_id: str, run_id: str, name: str) -> Any:
-        raw = await self.redis.hget(run_scratch_key(org_id, run_id), name)
-        return json.loads(raw) if raw is not None else None
-
-    async def scratch_set(self, org_id: str, run_id: str, name: str, value: Any) -> None:
-        key = run_scratch_key(org_id, run_id)
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hset(key, name, json.dumps(value, ensure_ascii=False, default=str))
-            pipe.expire(key, self.ttl_s)
-            await pipe.execute()
 
     async def scratch_clear(self, org_id: str, run_id: str) -> None:
         try:

@@ -12,9 +12,12 @@ both.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, Protocol
 
-from core.tenancy import AsyncPool, tenant_tx
+from psycopg.rows import DictRow
+
+from core.tenancy import AsyncPool, Statement, tenant_batch, tenant_tx
 from memory import hybrid, long_term
 from memory.long_term import MemoryFilters, MemoryItem
 
@@ -66,6 +69,27 @@ class PostgresMemoryStore:
     ) -> list[dict[str, Any]]:
         async with tenant_tx(self.pool, org_id) as conn:
             return await long_term.search(conn, embedding, model, filters, limit)
+
+    async def search_after(
+        self, org_id: str, before: Sequence[Statement], embedding: list[float], model: str,
+        filters: MemoryFilters | None = None, limit: int = 10,
+    ) -> tuple[list[dict[str, Any]], list[list[DictRow]]]:
+        """`search`, sent with the caller's statements `before` (that need none of its results) as
+        one batched transaction: one round trip, unless the org's size must be counted first
+        (once per `long_term.PLAN_CACHE_S`) or an HNSW search found too few rows (then exact, as
+        `search` does). Returns the items and the rows of each statement of `before`."""
+        plan = long_term.known_plan(org_id, model, len(embedding), filters)
+        if plan is None:
+            [counted] = await tenant_batch(self.pool, org_id, long_term.count_statement())
+            long_term.note_count(org_id, counted)
+            plan = long_term.known_plan(org_id, model, len(embedding), filters) or "exact"
+        search = long_term.search_statements(org_id, embedding, model, filters, limit, plan)
+        rows = await tenant_batch(self.pool, org_id, *before, *search)
+        found = long_term.scored(rows[-1])
+        if plan == "hnsw" and len(found) < limit:  # few rows pass the filters: only an exact search finds them all
+            exact = long_term.search_statements(org_id, embedding, model, filters, limit, "exact")
+            found = long_term.scored((await tenant_batch(self.pool, org_id, *exact))[-1])
+        return found, rows[:len(before)]
 
     async def hybrid_search(
         self, org_id: str, text: str, embedding: list[float], model: str, filters: MemoryFilters | None = None,

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
+from psycopg.rows import DictRow
 
 from core import events
 from memory.service import Who
@@ -54,8 +55,7 @@ async def memory_context(ctx: RunContext, query: str, summarise: Summariser) -> 
         return cached
     if ctx.memory is None:
         return MemoryContext()
-    items, recalled_now = await _recall(ctx, query)
-    window = await _window(ctx, summarise)
+    items, recalled_now, window = await _read(ctx, query, summarise)
     sections: list[str] = []
     if items:
         lines = [f"{MEMORY_HEADING} (most relevant first; use them when they help):"]
@@ -76,59 +76,67 @@ async def memory_context(ctx: RunContext, query: str, summarise: Summariser) -> 
     return result
 
 
-async def _recall(ctx: RunContext, query: str) -> tuple[list[dict[str, Any]], bool]:
-    """(items, whether they were recalled now rather than by an earlier attempt of the run)."""
-    assert ctx.memory is not None
-    config, settings = ctx.agent.config.memory, ctx.memory.settings.memory
-    if not (config.long_term or config.knowledge) or settings.recall_k == 0:
-        return [], True
-    short_term = ctx.memory.short_term
-    try:
-        kept = await short_term.scratch_get(ctx.org_id, ctx.run_id, RECALL_SCRATCH)
-        if isinstance(kept, list):
-            return kept, False
-    except Exception:  # Redis trouble: recall again
-        pass
-    try:
-        rows = await ctx.memory.recall(who(ctx), query, limit=settings.recall_k, min_score=settings.recall_min_score,
-                                       long_term=config.long_term, knowledge=config.knowledge,
-                                       hybrid=config.hybrid)
-    except Exception as exc:
-        log.warning("recall failed in run %s: %s: %s", ctx.run_id, type(exc).__name__, exc)
-        await ctx.emitter.emit(events.RUN_WARNING, {"code": "MEMORY_UNAVAILABLE", "message": (
-            f"Long-term memory could not be searched ({type(exc).__name__}); the run goes on without it.")})
-        return [], True
-    items = [{"id": r["id"], "kind": r["kind"], "scope": r["scope"], "score": round(r["score"], 4),
-              "content": r["content"], "title": (r.get("metadata") or {}).get("title")} for r in rows]
-    try:
-        await short_term.scratch_set(ctx.org_id, ctx.run_id, RECALL_SCRATCH, items)
-    except Exception:
-        pass
-    return items, True
-
-
-async def _window(ctx: RunContext, summarise: Summariser) -> Window:
-    assert ctx.memory is not None
-    budget = ctx.agent.config.memory.short_term_tokens
-    if budget <= 0:
-        return Window()
+async def _read(ctx: RunContext, query: str, summarise: Summariser) -> tuple[list[dict[str, Any]], bool, Window]:
+    """(recalled items, whether they were recalled now rather than by an earlier attempt of the
+    run, the session window), in few round trips: Redis read in one pipeline (the run's kept
+    recall, the cached window, the org's session-notes index), Postgres in one batched
+    transaction (the window's new runs, then the recall's search), Redis written in one
+    transaction (the recall kept for a later attempt, the window if it changed)."""
+    memory = ctx.memory
+    assert memory is not None
+    config, settings = ctx.agent.config.memory, memory.settings.memory
+    recall = bool(config.long_term or config.knowledge) and settings.recall_k > 0
+    budget = config.short_term_tokens
     person = who(ctx)
-    window, changed = await ctx.memory.window(person)
+    cached = await memory.cached(person, ctx.run_id, RECALL_SCRATCH, window=budget > 0,
+                                 notes=recall and config.long_term)
+    reads = memory.short_term.window_statements(ctx.session_id, cached.window) if budget > 0 else []
+    items: list[dict[str, Any]] = []
+    recalled_now, keep = True, False
+    failed: Exception | None = None
+    window_rows: list[list[DictRow]] | None = None
+    if recall and isinstance(cached.scratch, list):
+        items, recalled_now = cached.scratch, False
+    elif recall:
+        try:
+            rows, window_rows = await memory.recall_after(
+                person, query, reads, limit=settings.recall_k, min_score=settings.recall_min_score,
+                long_term=config.long_term, knowledge=config.knowledge, hybrid=config.hybrid, notes=cached.notes)
+        except Exception as exc:  # the window is then read by itself below
+            failed = exc
+        else:
+            items = [{"id": r["id"], "kind": r["kind"], "scope": r["scope"], "score": round(r["score"], 4),
+                      "content": r["content"], "title": (r.get("metadata") or {}).get("title")} for r in rows]
+            keep = True
+    if window_rows is None and budget > 0:
+        # Raises as the window's own transaction did: a failed batch is the recall's to report
+        # only if the window alone can be read (no warning for what was the window's trouble).
+        window_rows = await memory.batch(ctx.org_id, reads)
+    if failed is not None:
+        log.warning("recall failed in run %s: %s: %s", ctx.run_id, type(failed).__name__, failed)
+        await ctx.emitter.emit(events.RUN_WARNING, {"code": "MEMORY_UNAVAILABLE", "message": (
+            f"Long-term memory could not be searched ({type(failed).__name__}); the run goes on without it.")})
+    if budget <= 0 or window_rows is None:
+        await memory.keep(person, ctx.run_id, RECALL_SCRATCH, items if keep else None, None)
+        return items, recalled_now, Window()
+    window, changed = memory.short_term.window_from(cached.window, window_rows)
     folded, kept = split_for_summary(window, budget)
     if folded:
+        # Kept before the summary's model call, as a later attempt would need it if this one stopped there.
+        await memory.keep(person, ctx.run_id, RECALL_SCRATCH, items if keep else None, None)
+        keep = False
         window.summary = await summarise(window.summary, folded, budget // 2)
         window.summary_upto = folded[-1].ended
         window.turns = kept
         changed = True
         try:
-            await ctx.memory.store_summary(person, window)
+            await memory.store_summary(person, window)
         except Exception as exc:  # it stays in the Redis window; the next overflow stores it again
             log.warning("could not store the summary of session %s: %s: %s", ctx.session_id, type(exc).__name__, exc)
             await ctx.emitter.emit(events.RUN_WARNING, {"code": "MEMORY_UNAVAILABLE", "message": (
                 f"The conversation summary could not be stored ({type(exc).__name__}); it is kept for now.")})
-    if changed:
-        await ctx.memory.short_term.save(ctx.org_id, ctx.session_id, window)
-    return window
+    await memory.keep(person, ctx.run_id, RECALL_SCRATCH, items if keep else None, window if changed else None)
+    return items, recalled_now, window
 
 
 def earlier_messages(turns: Sequence[Turn]) -> list[BaseMessage]:

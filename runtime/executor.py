@@ -19,7 +19,7 @@ from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from langchain_core.messages import HumanMessage
 from langgraph.types import Command
@@ -163,24 +163,18 @@ async def _execute_run(svc: Services, run_id: str, org_id: str) -> Delivery:
 
 
 async def _deliver(svc: Services, run_id: str, org_id: str, owner: str) -> Delivery:
-    async with tenant_tx(svc.pool, org_id) as conn:  # one transaction: read, then claim
-        run = await runs.get(conn, run_id)
-        if run is None:
-            return Delivery("missing")
-        if run["status"] in runs.TERMINAL:
-            return Delivery("already finished")
-        version = await agents.get_version(conn, run["agent_id"], run["agent_version"])
-        agent = _spec(version) if version is not None else None
-        if agent is not None:
-            claimed = await runs.claim(conn, run_id, run["session_id"], owner, svc.settings.worker.lease_s,
-                                       agent.config.limits.timeout_s)
-            if isinstance(claimed, runs.Claimed):
-                # The org's budgets and its month so far, as the run (re)starts (core.budgets),
-                # and its embedding model, so the first recall needs no transaction of its own.
-                org = await budgets.load(conn, svc.settings.limits)
-                # The session's attached files, brought into its workspace before the first step.
-                attached = await files.attachments(conn, run["session_id"])
-    if agent is None:
+    # One round trip: read the run and its agent version, claim it, and (of use once it is
+    # claimed) the org's budgets, month so far and embedding model (core.budgets; so the first
+    # recall needs no transaction of its own) and the session's attached files, brought into its
+    # workspace before the first step (core.store.runs.claim_batch).
+    found = await runs.claim_batch(svc.pool, org_id, run_id, owner, svc.settings.worker.lease_s,
+                                   (budgets.ORG_BUDGET_SQL, ()), files.run_attachments(run_id))
+    run, claimed = found.run, found.claim
+    if run is None:
+        return Delivery("missing")
+    if run["status"] in runs.TERMINAL:
+        return Delivery("already finished")
+    if found.agent is None:
         return Delivery(await _finish_unstarted(svc, run, org_id, "The run's agent version no longer exists."))
     if isinstance(claimed, runs.NotClaimed):
         if claimed.status == RunStatus.RUNNING and claimed.lease_left_s is not None:
@@ -189,6 +183,14 @@ async def _deliver(svc: Services, run_id: str, org_id: str, owner: str) -> Deliv
             return Delivery("held by another worker's lease", retry_after_s=max(claimed.lease_left_s, 0.0) + 1.0)
         return Delivery(f"not claimable ({claimed.status or 'session gone'}; a queued run starts when the one "
                         "before it ends)")
+    emitter = RunEmitter(svc.pool, svc.redis, org_id, run["session_id"], run_id,
+                         maxlen=svc.settings.events.stream_maxlen, ttl_s=svc.settings.events.stream_ttl_s)
+    await emitter.publish(claimed.events)
+    # Parsed once claimed (the claim did not wait for Python): a stored config that no longer
+    # parses is a bug, and the run, started, ends `failed` `INTERNAL` (`_execute_run`).
+    agent = _spec(found.agent)
+    org = budgets.at_claim(found.also[0], svc.settings.limits)
+    attached = cast(list[files.AttachmentRow], found.also[1])
     row = claimed.run
     # Which version of each of the org's skills this run uses: fixed by the claim at its first
     # start and read back by every later attempt.
@@ -200,9 +202,6 @@ async def _deliver(svc: Services, run_id: str, org_id: str, owner: str) -> Deliv
         attributes: dict[str, str | int | None] = {names.SESSION_ID: row["session_id"],
                                                    names.AGENT_ID: row["agent_id"], names.ATTEMPT: row["attempt"]}
         tracing.annotate(**attributes)
-    emitter = RunEmitter(svc.pool, svc.redis, org_id, run["session_id"], run_id,
-                         maxlen=svc.settings.events.stream_maxlen, ttl_s=svc.settings.events.stream_ttl_s)
-    await emitter.publish(claimed.events)
     max_attempts = svc.settings.worker.max_attempts
     if row["lapses"] >= max_attempts:  # its workers keep dying: stop trying
         ended: Outcome | _Released | None = Outcome(RunStatus.FAILED, error={"code": "ATTEMPTS_EXHAUSTED", "message": (

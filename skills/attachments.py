@@ -68,7 +68,7 @@ def _write(directory: Path, name: str, data: bytes) -> None:
 
 async def sync_attachments(storage: FileStorage, rows: list[AttachmentRow], workspace: Path) -> list[str]:
     """Bring `files/` in the session's workspace in line with its attachments `rows` (read by the
-    caller, `core.store.files.attachments`, in the run's claiming transaction); the names fetched.
+    caller, `core.store.files.run_attachments`, in the run's claiming batch); the names fetched.
     A file whose bytes are missing from the storage is left out."""
     if not rows and not (workspace / DIRECTORY).exists():
         return []  # nothing attached, ever: the workspace is not even created

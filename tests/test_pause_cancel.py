@@ -25,7 +25,7 @@ def _claimed_run(org: Org, settings: Settings, owner: str) -> str:
         pool = await open_pool(settings.database)
         try:
             async with tenant_tx(pool, org.id) as conn:
-                claimed = await runs.claim(conn, run_id, str(session["id"]), owner, 60, 60)
+                claimed = await runs.claim(conn, run_id, owner, 60, 60)
                 assert isinstance(claimed, runs.Claimed)
         finally:
             await pool.close()

@@ -174,7 +174,7 @@ def test_a_runs_resolution_is_recorded_once_and_read_back_by_later_attempts(org:
         pool = await open_pool(settings.database)
         try:
             async with tenant_tx(pool, org.id) as conn:
-                claimed = await runs.claim(conn, run_id, str(session["id"]), owner, 0, 60)
+                claimed = await runs.claim(conn, run_id, owner, 0, 60)
                 assert isinstance(claimed, runs.Claimed)
                 return dict(claimed.run["skill_versions"] or {})
         finally:

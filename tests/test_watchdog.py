@@ -56,7 +56,7 @@ def _ghost_claim(settings: Settings, org: Org, run_id: str, session_id: str, *, 
     """Claim the run for a worker that will never heartbeat (it "died" right after the claim)."""
     async def work(pool: AsyncPool) -> None:
         async with tenant_tx(pool, org.id) as conn:
-            claimed = await runs.claim(conn, run_id, session_id, GHOST, lease_s, timeout_s)
+            claimed = await runs.claim(conn, run_id, GHOST, lease_s, timeout_s)
         assert not isinstance(claimed, runs.NotClaimed), claimed.status
 
     _db(settings, work)

@@ -78,6 +78,11 @@ ATTACHMENTS_SQL = f"""
 SELECT {ATTACH_COLUMNS} FROM session_files a JOIN files f ON f.id = a.file_id
 WHERE a.session_id = %s ORDER BY a.name
 """
+# The same, for the session of a run (in the run's claiming batch, before the session is known).
+RUN_ATTACHMENTS_SQL = f"""
+SELECT {ATTACH_COLUMNS} FROM session_files a JOIN files f ON f.id = a.file_id
+WHERE a.session_id = (SELECT session_id FROM runs WHERE id = %s) ORDER BY a.name
+"""
 ATTACHMENT_SQL = f"""
 SELECT {ATTACH_COLUMNS} FROM session_files a JOIN files f ON f.id = a.file_id
 WHERE a.session_id = %s AND a.file_id = %s
@@ -133,6 +138,11 @@ async def attach(conn: AsyncConnection[DictRow], session_id: str, file: FileRow,
 
 async def attachments(conn: AsyncConnection[DictRow], session_id: str) -> list[AttachmentRow]:
     return cast(list[AttachmentRow], await (await conn.execute(ATTACHMENTS_SQL, (session_id,))).fetchall())
+
+
+def run_attachments(run_id: str) -> tuple[str, tuple[str]]:
+    """The statement reading the attachments of a run's session (`attachments`, by run id)."""
+    return RUN_ATTACHMENTS_SQL, (run_id,)
 
 
 async def detach(conn: AsyncConnection[DictRow], session_id: str, file_id: str) -> bool:

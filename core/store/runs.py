@@ -21,12 +21,14 @@ from psycopg.rows import DictRow
 from psycopg.types.json import Jsonb
 
 from core import events
+from core.agent_config import AgentLimits
 from core.events import Event
 from core.ids import new_id
 from core.store import agents
-from core.store.agents import AgentRow
+from core.store.agents import AgentRow, AgentVersionRow
 from core.store.errors import IdempotencyMismatch, SessionBusy
 from core.store.skills import RUN_SKILL_VERSIONS
+from core.tenancy import AsyncPool, Statement, tenant_batch
 
 
 class RunStatus(StrEnum):
@@ -123,18 +125,51 @@ SELECT {COLUMNS} FROM runs WHERE session_id = %(session_id)s
   AND (%(cursor)s::text IS NULL OR id < %(cursor)s)
 ORDER BY id DESC LIMIT %(limit)s
 """
-# Claimable: queued (or running with a lapsed lease) and first in its session's line.
+# A claim is three statements that need none of each other's results, so a worker sends them in
+# one batch with its other reads (`claim_batch`: one round trip) or one by one (`claim`):
+#
+# 1. CLAIM_READ_SQL: the run, its agent version, and the session row, locked (FOR UPDATE): whoever
+#    creates, claims or ends a run of the session holds it, which serialises the session's line.
+# 2. CLAIM_SQL, a statement of its own so that it sees every run ended before the lock was granted:
+#    claimable is queued (or running with a lapsed lease), first in its session's line, not being
+#    cancelled, its session live and its agent version there. Its deadline comes from the agent
+#    version's `limits.timeout_s` (the caller's `timeout` when given). It also says why not: the
+#    run's status and lease as this statement sees them, beside the (empty) claimed columns.
+# 3. core.events.STARTED_SQL: `run.started`, stored only if statement 2 made the owner the holder.
+CLAIM_READ_SQL = f"""
+WITH r AS MATERIALIZED (
+  SELECT {COLUMNS}, queue_seq, lease_owner, lease_expires_at, cancel_requested_at FROM runs WHERE id = %(run_id)s
+), s AS MATERIALIZED (
+  SELECT id, user_id FROM sessions WHERE id = (SELECT session_id FROM r) AND deleted_at IS NULL FOR UPDATE
+)
+SELECT r.*, s.id IS NOT NULL AS session_live, s.user_id AS session_user_id,
+       a.id AS version_agent_id, v.name AS version_name, v.version AS version_version, v.config AS version_config
+FROM r LEFT JOIN s ON true
+LEFT JOIN (agent_versions v JOIN agents a ON a.id = v.agent_id)
+  ON v.agent_id = r.agent_id AND v.version = r.agent_version
+"""
+_RUN_VERSION = "v.agent_id = r.agent_id AND v.version = r.agent_version"
 CLAIM_SQL = f"""
-UPDATE runs r SET status = 'running', attempt = attempt + 1, lease_owner = %(owner)s,
-    lapses = lapses + (CASE WHEN r.status = 'running' THEN 1 ELSE 0 END),
-    lease_expires_at = now() + %(lease)s, heartbeat_at = now(), started_at = coalesce(started_at, now()),
-    deadline_at = coalesce(deadline_at, now() + %(timeout)s), skill_versions = {RUN_SKILL_VERSIONS}
-WHERE r.id = %(run_id)s
-  AND (r.status = 'queued' OR (r.status = 'running' AND r.lease_expires_at < now()))
-  AND r.cancel_requested_at IS NULL
-  AND NOT EXISTS (SELECT 1 FROM runs e WHERE e.session_id = r.session_id AND e.queue_seq < r.queue_seq
-                  AND e.status IN ('queued', 'running', 'awaiting_confirmation'))
-RETURNING {COLUMNS}, deadline_at, lapses, trace_parent
+WITH c AS (
+  UPDATE runs r SET status = 'running', attempt = attempt + 1, lease_owner = %(owner)s,
+      lapses = lapses + (CASE WHEN r.status = 'running' THEN 1 ELSE 0 END),
+      lease_expires_at = now() + %(lease)s, heartbeat_at = now(), started_at = coalesce(started_at, now()),
+      deadline_at = coalesce(deadline_at, now() + coalesce(%(timeout)s::interval, (
+        SELECT make_interval(secs => coalesce((v.config #>> '{{limits,timeout_s}}')::float8, %(default_timeout)s))
+        FROM agent_versions v WHERE {_RUN_VERSION}))),
+      skill_versions = {RUN_SKILL_VERSIONS}
+  WHERE r.id = %(run_id)s
+    AND (r.status = 'queued' OR (r.status = 'running' AND r.lease_expires_at < now()))
+    AND r.cancel_requested_at IS NULL
+    AND NOT EXISTS (SELECT 1 FROM runs e WHERE e.session_id = r.session_id AND e.queue_seq < r.queue_seq
+                    AND e.status IN ('queued', 'running', 'awaiting_confirmation'))
+    AND EXISTS (SELECT 1 FROM sessions s WHERE s.id = r.session_id AND s.deleted_at IS NULL)
+    AND EXISTS (SELECT 1 FROM agent_versions v JOIN agents a ON a.id = v.agent_id WHERE {_RUN_VERSION})
+  RETURNING {COLUMNS}, deadline_at, lapses, trace_parent
+)
+SELECT c.*, b.status AS blocker_status,
+       extract(epoch FROM b.lease_expires_at - now())::float8 AS blocker_lease_left
+FROM runs b LEFT JOIN c ON true WHERE b.id = %(run_id)s
 """
 HEARTBEAT_SQL = """
 UPDATE runs SET lease_expires_at = now() + %s, heartbeat_at = now()
@@ -321,31 +356,72 @@ class Claimed:
     user_id: str | None = None
 
 
-CLAIM_BLOCKER_SQL = """
-SELECT status, extract(epoch FROM lease_expires_at - now())::float8 AS lease_left FROM runs WHERE id = %s
-"""
+DEFAULT_TIMEOUT_S = AgentLimits.model_fields["timeout_s"].default  # an agent version's without one
+
+
+def _claim_statements(run_id: str, owner: str, lease_s: float, timeout_s: float | None) -> list[Statement]:
+    return [
+        (CLAIM_READ_SQL, {"run_id": run_id}),
+        (CLAIM_SQL, {"owner": owner, "lease": timedelta(seconds=lease_s), "run_id": run_id,
+                     "timeout": timedelta(seconds=timeout_s) if timeout_s is not None else None,
+                     "default_timeout": DEFAULT_TIMEOUT_S}),
+        events.started_statement(run_id, owner),
+    ]
+
+
+@dataclass(frozen=True)
+class ClaimBatch:
+    """What a claiming batch found (`claim_batch`): the run as read before the claim (None: no
+    such run), its agent version (None: gone), whether it was claimed, and the rows of the
+    caller's own statements sent with it, in order."""
+
+    run: RunDetail | None
+    agent: AgentVersionRow | None
+    claim: Claimed | NotClaimed
+    also: list[list[DictRow]]
+
+
+def _claim_result(run_id: str, read: list[DictRow], claimed: list[DictRow], started: list[DictRow],
+                  ) -> tuple[RunDetail | None, AgentVersionRow | None, Claimed | NotClaimed]:
+    if not read:
+        return None, None, NotClaimed(None, None)
+    row = dict(read[0])
+    live, user_id = row.pop("session_live"), row.pop("session_user_id")
+    version = {k: row.pop(f"version_{k}") for k in ("agent_id", "name", "version", "config")}
+    agent = None if version["agent_id"] is None else cast(AgentVersionRow, {
+        "id": version["agent_id"], "name": version["name"], "version": version["version"],
+        "config": version["config"]})
+    run = cast(RunDetail, row)
+    if not live or not claimed:  # the session (or, since, the run) is gone
+        return run, agent, NotClaimed(None, None)
+    got = dict(claimed[0])
+    status, lease_left = RunStatus(got.pop("blocker_status")), got.pop("blocker_lease_left")
+    if got["id"] is None:
+        return run, agent, NotClaimed(status, lease_left if status == RunStatus.RUNNING else None)
+    event = events.started_event(run_id, row["session_id"], started)
+    return run, agent, Claimed(cast(ClaimedRun, got), [event], user_id)
+
+
+async def claim_batch(pool: AsyncPool, org_id: str, run_id: str, owner: str, lease_s: float,
+                      *also: Statement) -> ClaimBatch:
+    """Read the run and its agent version and take it for `owner` (with its `run.started`), or
+    learn why not, in ONE round trip: the claim's statements (above) and the caller's `also`
+    (reads that are only of use once the run is claimed, e.g. the org's budgets) in one batched
+    transaction. Why not: finished, cancelled, held by a live lease, waiting behind an earlier
+    run of its session (whose end will enqueue it), its session or its agent version gone."""
+    rows = await tenant_batch(pool, org_id, *_claim_statements(run_id, owner, lease_s, None), *also)
+    run, agent, claimed = _claim_result(run_id, *rows[:3])
+    return ClaimBatch(run, agent, claimed, rows[3:])
 
 
 async def claim(
-    conn: AsyncConnection[DictRow], run_id: str, session_id: str, owner: str, lease_s: float, timeout_s: float
+    conn: AsyncConnection[DictRow], run_id: str, owner: str, lease_s: float, timeout_s: float | None = None
 ) -> Claimed | NotClaimed:
-    """Take the run for `owner`, or say why not: finished, cancelled, held by a live lease, or
-    waiting behind an earlier run of its session (whose end will enqueue it)."""
-    session = await lock_session(conn, session_id)
-    if session is None:
-        return NotClaimed(None, None)
-    row = await (await conn.execute(CLAIM_SQL, {
-        "owner": owner, "lease": timedelta(seconds=lease_s), "timeout": timedelta(seconds=timeout_s),
-        "run_id": run_id,
-    })).fetchone()
-    if row is None:
-        blocker = await (await conn.execute(CLAIM_BLOCKER_SQL, (run_id,))).fetchone()
-        if blocker is None:
-            return NotClaimed(None, None)
-        status = RunStatus(blocker["status"])
-        return NotClaimed(status, blocker["lease_left"] if status == RunStatus.RUNNING else None)
-    emitted = await events.append(conn, session_id, [(run_id, events.RUN_STARTED, {"attempt": row["attempt"]})])
-    return Claimed(cast(ClaimedRun, row), emitted, session["user_id"])
+    """`claim_batch`'s claim inside the caller's transaction, one statement at a time (a run's
+    time limit `timeout_s` instead of its agent's, when given)."""
+    rows = [list(await (await conn.execute(sql, params)).fetchall())
+            for sql, params in _claim_statements(run_id, owner, lease_s, timeout_s)]
+    return _claim_result(run_id, *rows)[2]
 
 
 async def heartbeat(conn: AsyncConnection[DictRow], run_id: str, owner: str, lease_s: float) -> tuple[bool, bool]:

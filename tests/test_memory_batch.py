@@ -1,0 +1,176 @@
+"""A run's first THINK reads memory in one batched transaction (memory.store.PostgresMemoryStore.
+search_after, memory.short_term window statements): the recall finds exactly what the search in
+its own transaction (`long_term.search_with_plan`) finds, by either plan, also once psycopg has
+prepared the statement (the batch forces custom plans); and a rebuilt window reads the runs after
+the latest summary in the same batch as the summary."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg
+import pytest
+
+from core.db import open_pool
+from core.settings import Settings
+from core.tenancy import tenant_batch, tenant_tx
+from memory import long_term
+from memory.long_term import MemoryFilters, RecallScope
+from memory.short_term import ShortTermMemory, Window
+from memory.store import PostgresMemoryStore
+from tests.helpers import Org
+
+N_ITEMS = 300
+
+
+def _add_items(url: str, org_id: str) -> None:
+    """Items of every scope and kind with random vectors (as the owner, in one statement)."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(
+            """
+            INSERT INTO memories (id, org_id, scope, agent_id, user_id, session_id, kind, content, content_hash,
+                                  embedding, embedding_model, dims)
+            SELECT 'membatch' || %(org)s || g, %(org)s, (ARRAY['org', 'agent', 'user', 'session'])[1 + g %% 4],
+                   CASE WHEN g %% 4 IN (1, 2, 3) THEN 'agent-' || (g %% 2) END,
+                   CASE WHEN g %% 4 IN (2, 3) THEN 'user-' || (g %% 3) END,
+                   CASE WHEN g %% 4 = 3 THEN 'session-' || (g %% 5) END,
+                   (ARRAY['fact', 'preference', 'summary'])[1 + g %% 3], 'item ' || g, md5(%(org)s || g),
+                   ('[' || array_to_string(array(SELECT random() - 0.5 FROM generate_series(1, 384) WHERE g >= 0),
+                                           ',') || ']')::vector,
+                   'offline:hash', 384
+            FROM generate_series(1, %(n)s) AS g
+            """, {"org": org_id, "n": N_ITEMS})
+        conn.execute("ANALYZE memories")
+
+
+@pytest.fixture
+def items(org: Org, settings: Settings) -> Iterator[None]:
+    """The org's items, removed afterwards (the index maintenance tests count every org's)."""
+    _add_items(settings.database.url, org.id)
+    yield
+    with psycopg.connect(settings.database.url, autocommit=True) as conn:
+        conn.execute("DELETE FROM memories WHERE org_id = %s", (org.id,))
+
+
+@pytest.mark.parametrize("plan", ["exact", "hnsw"])
+def test_a_batched_search_finds_what_its_own_transaction_finds(
+        org: Org, settings: Settings, monkeypatch: pytest.MonkeyPatch, plan: str, items: None) -> None:
+    if plan == "hnsw":  # the org counts as large: HNSW with the iterative scan
+        monkeypatch.setattr(long_term, "EXACT_SCAN_MAX_ROWS", N_ITEMS // 2)
+    long_term.forget_plans()
+    query = [float((i * 7919) % 13 - 6) / 10 for i in range(384)]
+    filters = [
+        None,
+        MemoryFilters(kinds=["fact", "preference", "summary"],
+                      recall_for=RecallScope(agent_id="agent-1", user_id="user-2", session_id="session-3")),
+        MemoryFilters(kinds=["fact"], recall_for=RecallScope(agent_id="agent-0", user_id=None, session_id="s")),
+        MemoryFilters(user_id="user-1"),
+    ]
+
+    async def go() -> list[tuple[Any, Any, str]]:
+        pool = await open_pool(settings.database.model_copy(update={"pool_min": 1, "pool_max": 1}))
+        store = PostgresMemoryStore(pool)
+        found = []
+        try:
+            for _ in range(7):  # psycopg prepares a statement at its fifth use on the connection
+                for f in filters:
+                    async with tenant_tx(pool, org.id) as conn:
+                        alone, used = await long_term.search_with_plan(conn, query, "offline:hash", f, 10)
+                    batched, before = await store.search_after(org.id, [("SELECT 1 AS one", ())], query,
+                                                               "offline:hash", f, 10)
+                    assert before == [[{"one": 1}]]
+                    found.append((alone, batched, used))
+        finally:
+            await pool.close()
+        return found
+
+    found = asyncio.run(go())
+    assert {used for _, _, used in found} == ({"exact"} if plan == "exact" else {"hnsw", "exact"})
+    for alone, batched, _ in found:
+        assert [(r["id"], r["score"]) for r in batched] == [(r["id"], r["score"]) for r in alone]
+        assert batched == alone
+    assert any(len(alone) == 10 for alone, _, _ in found)
+
+
+def test_a_rebuilt_window_reads_the_runs_after_the_latest_summary_in_one_batch(
+        org: Org, settings: Settings) -> None:
+    """No cached window: the summary and the runs ended after its `upto` (not before) come back
+    from one batch; a cached window reads the runs after its own `upto`."""
+    agent = org.create_agent()
+    session = str(org.create_session(str(agent["id"]))["id"])
+    with psycopg.connect(settings.database.url, autocommit=True) as conn:
+        conn.execute("SELECT set_config('app.org_id', %s, false)", (org.id,))
+        for i, (finished, text) in enumerate([("2026-01-01T10:00:00Z", "old"), ("2026-01-01T12:00:00Z", "new")]):
+            conn.execute(
+                "INSERT INTO runs (id, org_id, session_id, agent_id, agent_version, status, input, finished_at, "
+                "trace_id) VALUES (%s, %s, %s, %s, 1, 'succeeded', '{}', %s, 'trace')",
+                (f"run_batch{i}", org.id, session, agent["id"], finished))
+            conn.execute("INSERT INTO messages (id, org_id, session_id, run_id, role, content) "
+                         "VALUES (%s, %s, %s, %s, 'user', %s)", (f"msg_batch{i}", org.id, session, f"run_batch{i}",
+                                                                 text))
+        conn.execute(
+            "INSERT INTO memories (id, org_id, scope, session_id, kind, content, content_hash, embedding, "
+            "embedding_model, dims, metadata) VALUES ('mem_batchsum', %s, 'session', %s, 'summary', 'so far', 'h', "
+            "%s::vector, 'offline:hash', 384, %s)",
+            (org.id, session, "[" + ",".join(["0.05"] * 384) + "]", '{"upto": "2026-01-01T11:00:00+00:00"}'))
+
+    async def go() -> tuple[tuple[Window, bool], tuple[Window, bool]]:
+        pool = await open_pool(settings.database.model_copy(update={"pool_min": 1, "pool_max": 1}))
+        try:
+            rebuilt = ShortTermMemory.window_from(None, await tenant_batch(
+                pool, org.id, *ShortTermMemory.window_statements(session, None)))
+            cached = Window(upto="2026-01-01T12:00:00+00:00")
+            later = ShortTermMemory.window_from(cached, await tenant_batch(
+                pool, org.id, *ShortTermMemory.window_statements(session, cached)))
+            return rebuilt, later
+        finally:
+            await pool.close()
+
+    (window, changed), (later, later_changed) = asyncio.run(go())
+    assert changed and window.summary == "so far" and window.summary_upto == "2026-01-01T11:00:00+00:00"
+    assert [(t.run_id, t.content) for t in window.turns] == [("run_batch1", "new")]
+    assert window.upto is not None and window.upto.startswith("2026-01-01T12:00:00")
+    assert not later_changed and later.turns == []
+
+
+def test_a_search_failing_in_the_batch_warns_and_the_window_is_still_read(
+        org: Org, settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The search shares its transaction with the window's reads: if it fails there, recall is
+    given up with a warning, as before, and the window is read by itself (the run goes on)."""
+    from core.store import agents, runs
+    from runtime.executor import execute_run
+    from runtime.services import Services
+
+    agent = org.create_agent()
+    session = str(org.create_session(str(agent["id"]))["id"])
+
+    async def run(svc: Services) -> str:
+        async with tenant_tx(svc.pool, org.id) as conn:
+            await runs.lock_session(conn, session)
+            row = await agents.get(conn, str(agent["id"]))
+            assert row is not None
+            created = await runs.create(conn, session_id=session, agent=row, text="hello again", multitask="enqueue",
+                                        metadata={}, idempotency_key=None, request_hash="-", created_by=None)
+        assert (await execute_run(svc, created.run["id"], org.id)).outcome == "succeeded"
+        return created.run["id"]
+
+    async def go() -> str:
+        svc = await Services.open(settings)
+        try:
+            await run(svc)
+            monkeypatch.setattr(long_term, "search_statements", lambda *a, **k: [("SELECT 1 / 0 AS broken", ())])
+            return await run(svc)
+        finally:
+            await svc.close()
+
+    run_id = asyncio.run(go())
+    with psycopg.connect(settings.database.url) as conn:
+        found = conn.execute("SELECT type, data FROM run_events WHERE run_id = %s ORDER BY seq", (run_id,)).fetchall()
+    kinds = [kind for kind, _ in found]
+    warning = next(data for kind, data in found if kind == "run.warning")
+    recalled = next(data for kind, data in found if kind == "memory.recalled")
+    assert warning["code"] == "MEMORY_UNAVAILABLE" and "DivisionByZero" in warning["message"]
+    assert kinds.index("run.warning") < kinds.index("memory.recalled") and kinds[-1] == "run.succeeded"
+    assert recalled["items"] == [] and recalled["turns"] == 2  # the first run's message and answer

@@ -1,0 +1,123 @@
+"""Round trips from a run's delivery to its first model call, pinned (issue #18): counted on the
+wire (bench.wire_turns.TurnCounter between the worker and Postgres/Redis), so the figures do not
+depend on the machine's load. The claim is one batched transaction; the first THINK's memory
+reads are one Redis pipeline, one batched transaction and one Redis transaction.
+
+What would add turns of its own while a run executes is held still: the cancel poll and the
+heartbeat (a minute apart), the event buffer's timer (a minute: the events go with the model
+call's usage), the pool's ping of idle connections; the checkpointer (not counted here) reaches
+Postgres directly."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import functools
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import pytest
+
+import core.db
+import orchestrator.nodes as nodes
+import runtime.executor as executor
+from bench.wire_turns import TurnCounter
+from core.events import RunEmitter
+from core.settings import Settings
+from core.store import agents, runs
+from core.tenancy import tenant_tx
+from runtime.services import Services
+from tests.helpers import Org
+
+# (Postgres, Redis) turns of each stretch of a run of an offline agent with memory on.
+CLAIM = (1, 1)  # the claim's batch; run.started published
+MEMORY = (1, 2)  # Redis reads; the window's runs and the recall's search; Redis writes
+
+
+def _via(url: str, port: int) -> str:
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(netloc=parts.netloc.rsplit(":", 1)[0] + f":{port}"))
+
+
+def _hook(monkeypatch: pytest.MonkeyPatch, owner: Any, name: str, before: Callable[[], None],
+          after: Callable[[], None] | None = None) -> None:
+    original = getattr(owner, name)
+
+    @functools.wraps(original)
+    async def wrapped(*args: Any, **kwargs: Any) -> Any:
+        before()
+        try:
+            return await original(*args, **kwargs)
+        finally:
+            if after is not None:
+                after()
+
+    monkeypatch.setattr(owner, name, wrapped)
+
+
+async def _stored_run(svc: Services, org_id: str, agent_id: str, session_id: str) -> str:
+    """A queued run as the API stores it, never sent to the workers."""
+    async with tenant_tx(svc.pool, org_id) as conn:
+        await runs.lock_session(conn, session_id)
+        agent = await agents.get(conn, agent_id)
+        assert agent is not None
+        created = await runs.create(conn, session_id=session_id, agent=agent, text="hello", multitask="enqueue",
+                                    metadata={}, idempotency_key=None, request_hash="-", created_by=None)
+    return created.run["id"]
+
+
+def test_a_run_reaches_its_model_call_in_few_round_trips(
+        org: Org, settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    agent = org.create_agent(model="offline:default")
+    sessions = [str(org.create_session(str(agent["id"]), user_id="end-user-1")["id"]) for _ in range(2)]
+    monkeypatch.setattr(RunEmitter.__init__, "__kwdefaults__", {"window_s": 60.0})
+    monkeypatch.setattr(core.db, "IDLE_BEFORE_CHECK_S", 3600.0)
+    worker = settings.worker.model_copy(update={"cancel_poll_s": 60.0, "heartbeat_s": 60.0, "lease_s": 120.0})
+    marks: dict[str, tuple[int, int]] = {}
+
+    with TurnCounter(urlsplit(settings.database.url).port or 0) as pg, \
+            TurnCounter(urlsplit(settings.redis.url).port or 0) as rd:
+        def mark(name: str) -> Callable[[], None]:
+            return lambda: marks.setdefault(name, (pg.snapshot()[0], rd.snapshot()[0]))
+
+        _hook(monkeypatch, executor, "_deliver", mark("delivery"))
+        _hook(monkeypatch, executor, "_execute", mark("executing"))
+        _hook(monkeypatch, nodes, "memory_context", mark("memory"), mark("memory done"))
+        _hook(monkeypatch, nodes, "_think_with", mark("model call"))
+        counted = settings.model_copy(update={
+            "database": settings.database.model_copy(update={"url": _via(settings.database.url, pg.port)}),
+            "redis": settings.redis.model_copy(update={"url": _via(settings.redis.url, rd.port)}),
+            "worker": worker})
+
+        async def go() -> list[dict[str, tuple[int, int]]]:
+            plain = await Services.open(settings.model_copy(update={"worker": worker}))
+            opened = await Services.open(counted)
+            # The checkpointer's own pool (and so the graph) goes around the counters.
+            svc = dataclasses.replace(opened, checkpoint_pool=plain.checkpoint_pool, graph=plain.graph,
+                                      checkpointer=plain.checkpointer)
+            seen = []
+            try:
+                # A warm-up run in another session (the org's embedding model, its size, the
+                # pools), then a session's first run (no cached window) and its second.
+                for session_id in [sessions[1], sessions[0], sessions[0]]:
+                    run_id = await _stored_run(plain, org.id, str(agent["id"]), session_id)
+                    marks.clear()
+                    delivery = await executor.execute_run(svc, run_id, org.id)
+                    assert delivery.outcome == "succeeded", delivery
+                    seen.append(dict(marks))
+            finally:
+                await opened.close()
+                await plain.close()
+            return seen
+
+        runs = asyncio.run(go())[1:]
+
+    def turns(m: dict[str, tuple[int, int]], start: str, end: str) -> tuple[int, int]:
+        return m[end][0] - m[start][0], m[end][1] - m[start][1]
+
+    for m in runs:
+        assert turns(m, "delivery", "executing") == CLAIM
+        assert turns(m, "executing", "memory") == (0, 0)
+        assert turns(m, "memory", "memory done") == MEMORY
+        assert turns(m, "delivery", "model call") == (CLAIM[0] + MEMORY[0], CLAIM[1] + MEMORY[1])
