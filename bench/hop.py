@@ -13,25 +13,32 @@ EXPIRE) while the send is in flight, as the POST does.
 
 Stages, all on CLOCK_MONOTONIC (`time.monotonic`, one clock for every process of the machine):
 
-- `send`: `enqueue_run` called -> `send_task` returned in the sending thread (the thread hop and
-  the LPUSH);
-- `wake`: -> the worker's main process starts handling the BRPOP's reply (kombu's delivery
-  record begins: the Redis wake-up, the consumer's event loop, the reply's parsing);
+- `thread`: `enqueue_run` called -> `send_run` starts (in its thread, unless `inline`);
+- `celery`: -> kombu's `_put` starts (Celery's message, router, producer, declare);
+- `redis`: -> the worker's main process starts handling the BRPOP's reply (kombu's delivery
+  record begins: the LPUSH, Redis waking the BRPOP, the consumer's event loop, the parsing);
 - `record`: the delivery record (`MULTI ZADD HSET EXEC`, ack emulation: what redelivers a dead
   worker's message) -> done;
 - `strategy`: -> Celery's `task_received` (the message decoded, the `Request` made);
-- `pool`: -> `task_prerun` in the prefork child (the job through the pool's pipe, the child's
-  trace set-up);
+- `dispatch`: -> the prefork pool's `apply_async` returned (the job pickled and queued for a
+  child's pipe);
+- `child`: -> the child calls Celery's tracer (the pool's write on the next turn of the main
+  process's event loop, the child's wake-up and read);
+- `trace`: -> `task_prerun` (Celery's tracer set-up in the child);
 - `body`: -> the task body's first line;
 - `loop`: -> a coroutine started on the child's `runtime.services.LoopThread` (`runtime.run`'s
   hop into the persistent loop; the real task's `call_infra` does this);
 - `total`: `enqueue_run` called -> the coroutine started; `returned`: `enqueue_run` called -> it
-  returned (what the POST waits for).
+  returned (what the POST waits for); `lpush`: kombu's `_put`, the LPUSH's own round trip as the
+  sending thread sees it (it overlaps `redis` and what follows: on 2 busy cores the sender waits
+  for a core).
 
 A variant is `SENDER[:knob=value[;knob=value]]`: SENDER is `current` (`JobQueue.enqueue_run` as
-the tree has it), `to_thread` (`asyncio.to_thread(send_run)`: the old path) or `inline`
+the tree has it), `to_thread` (`asyncio.to_thread(send_run)`: the old path), `executor` (`run_in_executor`
+on a dedicated warm single-thread executor) or `inline`
 (`send_run` called on the loop, blocking it: a floor, not a candidate); knobs are Celery settings
-for the worker (JSON values), plus `optimization` (`celery worker -O`). Variants run in turns,
+for the worker (JSON values), plus `optimization` (`celery worker -O`) and `api_switch_ms` (this
+sending process's `sys.setswitchinterval`, in ms; Python's default is 5). Variants run in turns,
 `--repeats` times; the report is the median over repeats of each stage's p50 (and p99), with the
 load average before and after: the machine is shared, so compare within a repeat.
 """
@@ -65,8 +72,9 @@ from agentos.stack.process import _die_with_parent  # noqa: E402
 from agentos.stack.redis import EmbeddedRedis  # noqa: E402
 
 REPLIES = "bench:hop:replies"
-STAGES = ("thread", "celery", "lpush", "wake", "record", "strategy", "dispatch", "child", "trace", "body", "loop")
+STAGES = ("thread", "celery", "redis", "record", "strategy", "dispatch", "child", "trace", "body", "loop")
 WARMUP = "warmup"
+SWITCH_S = sys.getswitchinterval()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -98,14 +106,14 @@ def serve_worker(redis_url: str, concurrency: int, knobs: dict[str, Any], health
     # The main process's stamps, by task id; written to `stamps_file` when the worker stops.
     main: dict[str, list[float]] = {}
     child: dict[str, Any] = {}  # the prefork child's (per process, after the fork)
-    append = kombu_redis.QoS.append
+    append: Any = kombu_redis.QoS.append
 
     def timed_append(qos: Any, message: Any, delivery_tag: str) -> None:
         start = time.monotonic()
         append(qos, message, delivery_tag)
         main[str(message.headers.get("id"))] = [start, time.monotonic()]
 
-    kombu_redis.QoS.append = timed_append
+    setattr(kombu_redis.QoS, "append", timed_append)  # noqa: B010 - the bench's stamp, this process only
 
     def received(request: Any, **_: Any) -> None:
         main.setdefault(request.id, [0.0, 0.0]).append(time.monotonic())
@@ -150,8 +158,9 @@ def serve_worker(redis_url: str, concurrency: int, knobs: dict[str, Any], health
             child["loop"] = LoopThread()
             child["redis"] = redis.Redis.from_url(redis_url)
         loop_at = child["loop"].run(stamp())
-        child["redis"].lpush(REPLIES, json.dumps({"id": task.request.id, "run": run_id, "entry": child["entry"], "prerun": child["prerun"],
-                                                  "body": body, "loop": loop_at}))
+        stamps = {"id": task.request.id, "run": run_id, "entry": child["entry"], "prerun": child["prerun"],
+                  "body": body, "loop": loop_at}
+        child["redis"].lpush(REPLIES, json.dumps(stamps))
 
     argv = worker_argv(settings, concurrency=concurrency)
     if optimization:
@@ -168,6 +177,7 @@ class Variant:
     sender: str
     knobs: dict[str, Any]
     spec: str
+    switch_s: float  # this (the API's) process's GIL switch interval
 
     @classmethod
     def parse(cls, spec: str) -> Variant:
@@ -178,7 +188,8 @@ class Variant:
             knobs[key] = json.loads(value)
         if sender not in ("current", "to_thread", "executor", "inline"):
             raise SystemExit(f"unknown sender {sender!r}")
-        return cls(sender, knobs, spec)
+        switch_s = float(knobs.pop("api_switch_ms", SWITCH_S * 1e3)) / 1e3
+        return cls(sender, knobs, spec, switch_s)
 
 
 def _run_of(message: dict[str, Any]) -> str:
@@ -196,7 +207,8 @@ def pct(values: list[float], p: float) -> float:
 
 
 class Bench:
-    def __init__(self, redis_url: str, workdir: Path, concurrency: int, gap_s: float, xadd: bool) -> None:
+    def __init__(self, redis_url: str, workdir: Path, concurrency: int, gap_s: float, xadd: bool,
+                 busy_s: float) -> None:
         from core import jobs
         from core.settings import load_settings
 
@@ -205,8 +217,10 @@ class Bench:
         self.concurrency = concurrency
         self.gap_s = gap_s
         self.xadd = xadd
+        self.busy_s = busy_s
         self.r = redis.Redis.from_url(redis_url)
-        self.queue = jobs.JobQueue(load_settings(redis={"url": redis_url}))
+        settings = load_settings(redis={"url": redis_url})
+        self.queue = jobs.JobQueue(settings)
         self.started: dict[str, float] = {}  # send_run began, in its thread
         self.put: dict[str, float] = {}  # kombu's `_put` (the LPUSH) began
         self.pushed: dict[str, float] = {}  # the LPUSH returned
@@ -219,7 +233,7 @@ class Bench:
 
         from core import redis_transport
 
-        put = redis_transport.Channel._put
+        put: Any = redis_transport.Channel._put
 
         def timed_put(channel: Any, queue: str, message: Any, **kwargs: Any) -> None:
             start = time.monotonic()
@@ -228,7 +242,7 @@ class Bench:
             run_id = _run_of(message)
             self.put[run_id], self.pushed[run_id] = start, end
 
-        redis_transport.Channel._put = timed_put  # type: ignore[method-assign]
+        setattr(redis_transport.Channel, "_put", timed_put)  # noqa: B010 - the bench's stamp, this process only
 
         self.queue.send_run = timed  # type: ignore[method-assign]  # enqueue_run calls it
 
@@ -248,6 +262,14 @@ class Bench:
     async def send(self, sender: str, run_id: str, ar: aioredis.Redis) -> float:
         """Enqueue one run; the time its `enqueue_run` took."""
         start = time.monotonic()
+        if self.busy_s:
+            async def busy() -> None:
+                await asyncio.sleep(0)  # the send starts first, then the loop computes without yielding
+                until = time.monotonic() + self.busy_s
+                while time.monotonic() < until:
+                    sum(range(100))
+            await asyncio.gather(self.enqueue(sender, run_id), busy())
+            return time.monotonic() - start
         if self.xadd:
             async def publish() -> None:
                 async with ar.pipeline(transaction=False) as pipe:
@@ -278,6 +300,7 @@ class Bench:
             proc.wait()
 
     async def measure(self, variant: Variant, tag: str, tasks: int) -> dict[str, list[float]]:
+        sys.setswitchinterval(variant.switch_s)
         proc, stamps_file = self.start_worker(variant, tag)
         ar = aioredis.Redis.from_url(self.redis_url, socket_timeout=None)
         replies: list[dict[str, Any]] = []
@@ -305,21 +328,22 @@ class Bench:
             await ar.aclose()
             self.stop_worker(proc)
         main = json.loads(stamps_file.read_text())
-        out: dict[str, list[float]] = {k: [] for k in (*STAGES, "total", "returned")}
+        out: dict[str, list[float]] = {k: [] for k in (*STAGES, "total", "returned", "lpush")}
         for reply in replies:
             run, task_id = reply["run"], reply["id"]
             wake, recorded, received, dispatched = main[task_id]
-            points = [called[run], self.started[run], self.put[run], self.pushed[run], wake, recorded, received, dispatched,
+            points = [called[run], self.started[run], self.put[run], wake, recorded, received, dispatched,
                       reply["entry"], reply["prerun"], reply["body"], reply["loop"]]
             for stage, (a, b) in zip(STAGES, zip(points, points[1:], strict=False), strict=True):
                 out[stage].append((b - a) * 1e3)
             out["total"].append((reply["loop"] - called[run]) * 1e3)
+            out["lpush"].append((self.pushed[run] - self.put[run]) * 1e3)
             out["returned"].append((returned[run] - called[run]) * 1e3)
         return out
 
 
 async def run(args: argparse.Namespace, variants: list[Variant], bench: Bench) -> None:
-    keys = (*STAGES, "total", "returned")
+    keys = (*STAGES, "total", "returned", "lpush")
     results: dict[str, list[dict[str, list[float]]]] = {v.spec: [] for v in variants}
     load0 = os.getloadavg()
     for rep in range(args.repeats):
@@ -330,7 +354,8 @@ async def run(args: argparse.Namespace, variants: list[Variant], bench: Bench) -
                   + ", ".join(f"{k} {pct(res[k], 50):.2f}" for k in keys), flush=True)
     load1 = os.getloadavg()
     print(f"\nmedians over {args.repeats} repeats of each stage's p50 (p99), ms; {args.tasks} sequential sends "
-          f"{args.gap_ms} ms apart, W={args.concurrency}{', with the concurrent XADD' if args.xadd else ''}; "
+          f"{args.gap_ms} ms apart, W={args.concurrency}{', with the concurrent XADD' if args.xadd else ''}"
+          f"{f', the loop busy {args.busy_ms} ms' if args.busy_ms else ''}; "
           f"load average {load0[0]:.1f} / {load0[1]:.1f} before, {load1[0]:.1f} / {load1[1]:.1f} after:")
     print("| variant | " + " | ".join(keys) + " |")
     print("|---|" + "---|" * len(keys))
@@ -356,6 +381,9 @@ def main() -> None:
     parser.add_argument("--gap-ms", type=float, default=5.0, help="pause after each reply")
     parser.add_argument("--concurrency", type=int, default=2, help="worker slots")
     parser.add_argument("--xadd", action="store_true", help="the POST's concurrent XADD + EXPIRE on the loop")
+    parser.add_argument("--busy-ms", type=float, default=0.0,
+                        help="the loop computes this long without yielding while the send is in flight "
+                             "(another request's work on a busy API)")
     args = parser.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))  # stop the worker and Redis on the way out
     variants = [Variant.parse(v) for v in args.variants.split(",")]
@@ -364,7 +392,7 @@ def main() -> None:
         server = EmbeddedRedis(work, durable=False)
         server.start()
         try:
-            bench = Bench(server.url, work, args.concurrency, args.gap_ms / 1e3, args.xadd)
+            bench = Bench(server.url, work, args.concurrency, args.gap_ms / 1e3, args.xadd, args.busy_ms / 1e3)
             asyncio.run(run(args, variants, bench))
             bench.queue.close()
         finally:
