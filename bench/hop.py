@@ -1,7 +1,7 @@
 """The Celery hop: from the API's `JobQueue.enqueue_run` call to the worker's task body, by stage.
 
-    .venv/bin/python bench/hop.py [--variants current,to_thread] [--tasks N] [--repeats R]
-        [--gap-ms G] [--xadd] [--concurrency W]
+    .venv/bin/python bench/hop.py [--variants current,executor] [--tasks N] [--repeats R]
+        [--gap-ms G] [--xadd] [--busy-ms B] [--concurrency W]
 
 Starts an embedded Redis (non-durable) in a temp dir and, per variant, a worker made exactly as
 `agentos worker` makes it (`create_celery(settings)`, `worker_argv`, JSON logs to a file), whose
@@ -34,10 +34,10 @@ Stages, all on CLOCK_MONOTONIC (`time.monotonic`, one clock for every process of
   for a core).
 
 A variant is `SENDER[:knob=value[;knob=value]]`: SENDER is `current` (`JobQueue.enqueue_run` as
-the tree has it), `to_thread` (`asyncio.to_thread(send_run)`: the old path), `executor` (`run_in_executor`
-on a dedicated warm single-thread executor) or `inline`
-(`send_run` called on the loop, blocking it: a floor, not a candidate); knobs are Celery settings
-for the worker (JSON values), plus `optimization` (`celery worker -O`) and `api_switch_ms` (this
+the tree has it), `to_thread` (`asyncio.to_thread(send_run)`, spelled out), `executor`
+(`run_in_executor` on a dedicated warm single-thread executor) or `inline` (`send_run` called on
+the loop, blocking it: a floor, not a candidate); knobs are Celery settings for the worker (JSON
+values), plus `optimization` (`celery worker -O`: `default` or `fair`) and `api_switch_ms` (this
 sending process's `sys.setswitchinterval`, in ms; Python's default is 5). Variants run in turns,
 `--repeats` times; the report is the median over repeats of each stage's p50 (and p99), with the
 load average before and after: the machine is shared, so compare within a repeat.
@@ -375,7 +375,7 @@ def main() -> None:
         serve_worker(url, int(conc), json.loads(knobs), health, stamps)
         return
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--variants", default="current,to_thread")
+    parser.add_argument("--variants", default="current,executor")
     parser.add_argument("--tasks", type=int, default=200, help="sequential sends per variant and repeat")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--gap-ms", type=float, default=5.0, help="pause after each reply")
