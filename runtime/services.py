@@ -99,25 +99,36 @@ def new_event_loop(choice: str = "auto") -> asyncio.AbstractEventLoop:
     return asyncio.new_event_loop()
 
 
-class WorkerRuntime:
-    """An event loop in a daemon thread, with the process's `Services` opened on it."""
+class LoopThread:
+    """An event loop in a daemon thread; `run` executes a coroutine there from a synchronous
+    caller (a Celery task) and waits for its result."""
 
-    def __init__(self, settings: Settings, drain: Drain | None = None) -> None:
+    def __init__(self, event_loop: str = "auto") -> None:
         self.pid = os.getpid()
-        self._loop = new_event_loop(settings.worker.event_loop)
+        self._loop = new_event_loop(event_loop)
         self._thread = threading.Thread(target=self._loop.run_forever, name="agentos-runtime", daemon=True)
         self._thread.start()
-        self.services = self.run(Services.open(settings, drain))
 
     def run(self, coro: Coroutine[Any, Any, T]) -> T:
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+
+    def stop(self) -> None:
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=5)
+
+
+class WorkerRuntime(LoopThread):
+    """A `LoopThread` with the process's `Services` opened on its loop."""
+
+    def __init__(self, settings: Settings, drain: Drain | None = None) -> None:
+        super().__init__(settings.worker.event_loop)
+        self.services = self.run(Services.open(settings, drain))
 
     def close(self) -> None:
         try:
             self.run(self.services.close())
         finally:
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join(timeout=5)
+            self.stop()
 
 
 class RuntimeHolder:

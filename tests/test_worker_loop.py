@@ -1,9 +1,12 @@
-"""The worker's event loop (`AGENTOS_WORKER__EVENT_LOOP`): uvloop's by default, Python's own on
-request, and a run executes to its end on either (runtime/services.py)."""
+"""The worker's event loop (runtime/services.py): `LoopThread`, the persistent loop a worker process
+runs its tasks' coroutines on (`WorkerRuntime` is one with the process's services; `bench/hop.py`
+times the hop), and `AGENTOS_WORKER__EVENT_LOOP`: uvloop's by default, Python's own on request,
+and a run executes to its end on either."""
 
 from __future__ import annotations
 
 import asyncio
+import threading
 from pathlib import Path
 
 import pydantic
@@ -15,7 +18,7 @@ from core.settings import load_settings
 from core.store import agents, runs
 from core.tenancy import tenant_tx
 from runtime.executor import execute_run
-from runtime.services import WorkerRuntime, new_event_loop
+from runtime.services import LoopThread, WorkerRuntime, new_event_loop
 from tests.helpers import RsaKeys, make_settings
 
 
@@ -61,3 +64,44 @@ def test_a_run_executes_to_its_end_on_either_loop(client, org, stack: StackUrls,
     r = client.get(f"/v1/runs/{run_id}", headers=org.headers)
     assert r.status_code == 200 and r.json()["status"] == "succeeded"
     assert r.json()["output"]["text"]
+
+
+def test_a_coroutine_runs_on_the_loops_own_thread_and_its_result_comes_back() -> None:
+    loop = LoopThread()
+    try:
+        async def where() -> tuple[str, int]:
+            await asyncio.sleep(0)
+            return threading.current_thread().name, id(asyncio.get_running_loop())
+
+        first, second = loop.run(where()), loop.run(where())
+        assert first[0] == "agentos-runtime" != threading.current_thread().name
+        assert first[1] == second[1]  # one loop for every task of the process
+    finally:
+        loop.stop()
+
+
+def test_a_coroutines_error_is_raised_to_the_caller_and_the_loop_goes_on() -> None:
+    loop = LoopThread()
+    try:
+        async def fail() -> None:
+            raise LookupError("nope")
+
+        async def ok() -> int:
+            return 7
+
+        with pytest.raises(LookupError, match="nope"):
+            loop.run(fail())
+        assert loop.run(ok()) == 7
+    finally:
+        loop.stop()
+
+
+def test_stop_ends_the_thread() -> None:
+    def loop_threads() -> int:
+        return sum(t.name == "agentos-runtime" and t.is_alive() for t in threading.enumerate())
+
+    before = loop_threads()
+    loop = LoopThread()
+    assert loop_threads() == before + 1
+    loop.stop()
+    assert loop_threads() == before
