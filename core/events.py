@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import cached_property
@@ -22,6 +23,7 @@ import orjson
 import redis.asyncio as aioredis
 from psycopg import AsyncConnection
 from psycopg.rows import DictRow
+from redis.asyncio.client import Pipeline
 from redis.exceptions import RedisError, ResponseError
 
 from core.storable import storable
@@ -139,6 +141,24 @@ SELECT event_seq FROM s
 """
 
 
+# `APPEND_EVENTS_SQL` and the webhook deliveries its events get, in one statement: a run's end
+# stores both in one round trip instead of two. `p` is an event's webhook payload (NULL for a type
+# no webhook may subscribe to), made before its seq was known (`webhooks.DELIVERIES_CTE`).
+APPEND_EVENTS_WITH_DELIVERIES_SQL = f"""
+WITH s AS (
+  UPDATE sessions SET event_seq = event_seq + %(n)s WHERE id = %(session_id)s RETURNING event_seq
+), e AS (
+  SELECT s.event_seq - %(n)s + u.i AS seq, u.r, u.t, u.d, u.p
+  FROM s, unnest(%(runs)s::text[], %(types)s::text[], %(datas)s::text[], %(payloads)s::text[])
+       WITH ORDINALITY AS u(r, t, d, p, i)
+), stored AS (
+  INSERT INTO run_events (org_id, session_id, seq, run_id, type, data, ts)
+  SELECT agentos_current_org(), %(session_id)s, e.seq, e.r, e.t, e.d::jsonb, %(ts)s FROM e
+), delivered AS ({webhooks.DELIVERIES_CTE})
+SELECT s.event_seq, ARRAY(SELECT id FROM delivered) AS deliveries FROM s
+"""
+
+
 @dataclass(frozen=True)
 class Appended:
     """What `append_with_deliveries` stored: the events, and the webhook deliveries stored with
@@ -172,10 +192,19 @@ async def append_with_deliveries(
     ts = datetime.now(UTC)
     # Text a model or user produced may hold what Postgres cannot store (core.storable).
     datas = [storable(data) for _, _, data in items]
-    row = await (await conn.execute(APPEND_EVENTS_SQL, {
+    params: dict[str, Any] = {
         "n": len(items), "session_id": session_id, "ts": ts, "runs": [run_id for run_id, _, _ in items],
         "types": [kind for _, kind, _ in items], "datas": [orjson.dumps(d).decode() for d in datas],
-    })).fetchone()
+    }
+    hooked = any(kind in WEBHOOK_EVENT_TYPES for _, kind, _ in items)
+    if hooked:  # the deliveries go in the same statement (one round trip for both)
+        params["payloads"] = [
+            Event(seq=0, type=kind, run_id=run_id, session_id=session_id, ts=ts, data=data).webhook_payload().decode()
+            if kind in WEBHOOK_EVENT_TYPES else None
+            for (run_id, kind, _), data in zip(items, datas, strict=True)
+        ]
+    row = await (await conn.execute(APPEND_EVENTS_WITH_DELIVERIES_SQL if hooked else APPEND_EVENTS_SQL,
+                                    params)).fetchone()
     if row is None:
         raise SessionGone(session_id)
     first = int(row["event_seq"]) - len(items) + 1
@@ -183,9 +212,7 @@ async def append_with_deliveries(
         Event(seq=first + i, type=kind, run_id=run_id, session_id=session_id, ts=ts, data=data)
         for i, ((run_id, kind, _), data) in enumerate(zip(items, datas, strict=True))
     ]
-    deliveries = await webhooks.enqueue(conn, [(e.session_id, e.seq, e.run_id, e.type, e.webhook_payload().decode())
-                                               for e in events if e.type in WEBHOOK_EVENT_TYPES])
-    return Appended(events, deliveries)
+    return Appended(events, [str(d) for d in row["deliveries"]] if hooked else [])
 
 
 async def publish(
@@ -195,17 +222,36 @@ async def publish(
     and readers fill from Postgres whatever the stream lacks."""
     if not events:
         return
-    key = session_stream_key(org_id, events[0].session_id)
     try:
         async with redis.pipeline(transaction=False) as pipe:
-            for event in events:
-                pipe.xadd(key, {"e": event.to_json()}, id=f"{event.seq}-0", maxlen=maxlen, approximate=True)
-            pipe.expire(key, ttl_s)
+            stage_publish(pipe, org_id, events, maxlen=maxlen, ttl_s=ttl_s)
             results = await pipe.execute(raise_on_error=False)
     except (RedisError, OSError) as exc:
-        log.warning("events %s..%s of session %s not published to Redis: %s",
-                    events[0].seq, events[-1].seq, events[0].session_id, exc)
+        not_published(events, exc)
         return
+    check_published(events, results)
+
+
+def stage_publish(pipe: Pipeline, org_id: str, events: list[Event], *, maxlen: int, ttl_s: int) -> int:
+    """`publish`'s commands, added to the caller's pipeline (which runs them in order, after its
+    earlier commands); how many were added (one per event and the expiry), whose results go to
+    `check_published`."""
+    if not events:
+        return 0
+    key = session_stream_key(org_id, events[0].session_id)
+    for event in events:
+        pipe.xadd(key, {"e": event.to_json()}, id=f"{event.seq}-0", maxlen=maxlen, approximate=True)
+    pipe.expire(key, ttl_s)
+    return len(events) + 1
+
+
+def not_published(events: list[Event], exc: BaseException) -> None:
+    log.warning("events %s..%s of session %s not published to Redis: %s",
+                events[0].seq, events[-1].seq, events[0].session_id, exc)
+
+
+def check_published(events: list[Event], results: list[Any]) -> None:
+    """Log what the stream refused of `stage_publish`'s commands (their results)."""
     for result in results:
         # "ID ... equal or smaller": a later event reached the stream first. Readers see the
         # hole in the ids and read it from Postgres.
@@ -274,9 +320,37 @@ class RunEmitter:
 
     async def close(self) -> None:
         await self.flush()
-        if self._timer is not None:
+        self._disarm()
+
+    @asynccontextmanager
+    async def ending(self) -> AsyncIterator[list[tuple[str, str, dict[str, Any]]]]:
+        """The events still buffered, `(run_id, type, data)`, for the transaction that ends the run
+        to store before its own (one transaction for both instead of a flush just before it). The
+        buffer stays locked and its timer stopped meanwhile, so nothing else writes them; if the
+        block raises (its transaction rolled back), they are buffered again, ahead of any newer."""
+        async with self._lock:
+            self._disarm()
+            pending, self._pending = self._pending, []
+            try:
+                yield [(self.run_id, kind, data) for kind, data in pending]
+            except BaseException:
+                self._pending = pending + self._pending
+                raise
+            self.emitted += len(pending)
+
+    def discard(self) -> None:
+        """Forget the buffered events (the run is no longer this emitter's to report)."""
+        if self._pending:
+            log.warning("%d event(s) of run %s not stored: the run is no longer this worker's", len(self._pending),
+                        self.run_id)
+        self._pending = []
+        self._disarm()
+
+    def _disarm(self) -> None:
+        """Stop the window's timer: the buffer it was started for is written (or handed over)."""
+        if self._timer is not None and self._timer is not asyncio.current_task():
             self._timer.cancel()
-            self._timer = None
+        self._timer = None
 
     async def publish(self, events: list[Event]) -> None:
         """Publish events stored by someone else's transaction (e.g. a run's terminal event)."""
@@ -317,5 +391,8 @@ class RunEmitter:
         except BaseException:
             self._pending = pending + self._pending
             raise
+        # The window started by the first of these events is over: the next event starts its own
+        # (a timer left running would write it early, in a transaction of its own).
+        self._disarm()
         self.emitted += len(stored)
         await self.publish(stored)
