@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -40,6 +40,7 @@ class Trips:
     on: bool = False
     postgres: int = 0
     redis: int = 0
+    pipelines: list[list[str]] = field(default_factory=list)  # each Redis pipeline's commands
 
 
 # psycopg's generators (psycopg 3.3) that cost a round trip each: outside pipeline mode a statement
@@ -68,7 +69,9 @@ def trips(monkeypatch: pytest.MonkeyPatch) -> Iterator[Trips]:
         return await command(self, *args, **kwargs)
 
     async def counting_pipeline(self: Any, *args: Any, **kwargs: Any) -> Any:
-        counted.redis += counted.on
+        if counted.on:
+            counted.redis += 1
+            counted.pipelines.append([str(c[0][0]) for c in self.command_stack])
         return await pipeline(self, *args, **kwargs)
 
     complete = executor._complete
@@ -135,6 +138,9 @@ def test_a_run_ends_in_three_postgres_round_trips_and_one_to_redis_with_its_last
     run_id, delivery = asyncio.run(go())
     assert delivery.outcome == "succeeded"
     assert (trips.postgres, trips.redis) == (3, 1)
+    # Redis runs a pipeline in order: the admission place is free before the terminal event is out.
+    [commands] = trips.pipelines
+    assert commands[0] == "ZREM" and commands[1:-2] == ["XADD"] * 3 and commands[-2:] == ["EXPIRE", "DEL"]
     stored = _events(stack, run_id)
     seqs = [e["seq"] for e in stored]
     assert seqs == list(range(seqs[0], seqs[0] + len(seqs)))  # gap-free, in order
@@ -267,3 +273,31 @@ def test_a_terminal_event_and_its_webhook_delivery_are_stored_by_one_statement(
     assert (seq, kind) == (stored[1].seq, events.RUN_FAILED)
     assert payload == orjson.loads(stored[1].webhook_payload())
     assert payload["data"]["seq"] == stored[1].seq == stored[0].seq + 1
+
+
+def test_a_flush_ends_the_batching_window_so_a_later_event_opens_its_own(settings: Settings, org: Org) -> None:
+    """Regression (issue 18): after a flush (a model call's), the timer of the window it wrote
+    kept running and wrote the next event early, in a transaction of its own: the respond step's
+    `step.started` just before the run's end, which now takes it into its own transaction."""
+    session = org.create_session(str(org.create_agent()["id"]))
+
+    async def go() -> None:
+        svc = await Services.open(settings)
+        try:
+            run_id = await _queued(svc, org, session)
+            emitter = RunEmitter(svc.pool, svc.redis, org.id, str(session["id"]), run_id, maxlen=100, ttl_s=60,
+                                 window_s=60.0)
+            await emitter.emit(events.STEP_STARTED, {"node": "think"})
+            opened = emitter._timer
+            assert opened is not None
+            await emitter.flush()
+            await asyncio.sleep(0)
+            assert opened.cancelled()
+            await emitter.emit(events.STEP_STARTED, {"node": "respond"})
+            assert emitter._timer is not None and emitter._timer is not opened
+            async with emitter.ending() as buffered:
+                assert [data["node"] for _, _, data in buffered] == ["respond"]
+        finally:
+            await svc.close()
+
+    asyncio.run(go())
