@@ -431,9 +431,10 @@ async def _complete(svc: Services, run: runs.ClaimedRun, emitter: RunEmitter, ow
     while finishing is retried here (the run's work is done; only its record is missing) for up
     to a lease, then raised so the delivery is retried."""
     give_up = asyncio.get_running_loop().time() + svc.settings.worker.lease_s
+    tries = EndTries()
     for failures in itertools.count():
         try:
-            return await _record_end(svc, run, emitter, owner, outcome, unsure=failures > 0)
+            return await _record_end(svc, run, emitter, owner, outcome, tries)
         except Exception as exc:
             if not is_infra_error(exc) or asyncio.get_running_loop().time() >= give_up:
                 raise
@@ -443,10 +444,17 @@ async def _complete(svc: Services, run: runs.ClaimedRun, emitter: RunEmitter, ow
     raise AssertionError("unreachable")
 
 
-async def _record_end(svc: Services, run: runs.ClaimedRun, emitter: RunEmitter, owner: str, outcome: Outcome, *,
-                      unsure: bool = False) -> str:
-    """`unsure`: an earlier try failed for lack of Postgres, perhaps once its commit was done
-    (then the run is no longer ours to finish, and its buffered events were stored by it)."""
+@dataclass
+class EndTries:
+    """What the tries of one run's ending (`_complete`) leave behind for the next."""
+
+    # A try failed while committing: whether its commit went through is unknown (if it did, the
+    # run is no longer ours to finish, and its buffered events were stored by that commit).
+    commit_unknown: bool = False
+
+
+async def _record_end(svc: Services, run: runs.ClaimedRun, emitter: RunEmitter, owner: str, outcome: Outcome,
+                      tries: EndTries) -> str:
     org_id, session_id, run_id = emitter.org_id, emitter.session_id, run["id"]
     if outcome.status == RunStatus.AWAITING_CONFIRMATION:
         await emitter.close()
@@ -465,6 +473,7 @@ async def _record_end(svc: Services, run: runs.ClaimedRun, emitter: RunEmitter, 
                 "lease lost before pausing"
     answer = runs.Answer(new_id("message"), outcome.answer or "", {"agent_id": run["agent_id"]}) \
         if outcome.status == RunStatus.SUCCEEDED else None
+    committing = False
     try:
         # One transaction in three round trips (docs/runs.md, "How a run ends"): the events still
         # buffered first, then the answer's `message.completed` and the terminal event.
@@ -473,14 +482,18 @@ async def _record_end(svc: Services, run: runs.ClaimedRun, emitter: RunEmitter, 
                                      error=outcome.error, answer=answer, earlier_events=buffered)
             if done is None:
                 raise _NotOurs
+            committing = True  # every result is read: only the COMMIT is left
     except _NotOurs:
-        if unsure:
+        if tries.commit_unknown:
             # Perhaps our own earlier commit ended the run and stored these events with it:
             # storing them again would repeat them after its terminal event.
             emitter.discard()
         else:
             await emitter.close()  # stored, as before: the run's events up to the lease's loss
         return "lease lost before finishing: another worker owns the run"
+    except BaseException:
+        tries.commit_unknown = tries.commit_unknown or committing
+        raise
     await run_ended(svc.infra, org_id, done)
     return outcome.status
 

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,7 +26,7 @@ from core import events
 from core.events import Event, RunEmitter
 from core.settings import Settings
 from core.store import agents, runs
-from core.tenancy import tenant_tx
+from core.tenancy import tenant_pipeline_tx, tenant_tx
 from runtime import executor
 from runtime.executor import Outcome, execute_run
 from runtime.services import Services
@@ -177,7 +178,8 @@ def test_a_run_whose_lease_was_lost_keeps_nothing_of_the_ending(
             async with tenant_tx(svc.pool, org.id) as conn:  # another worker took the run over
                 await conn.execute("UPDATE runs SET lease_owner = 'another' WHERE id = %s", (run_id,))
             outcome = Outcome(runs.RunStatus.SUCCEEDED, output={"text": "hi"}, answer="hi")
-            said = await executor._record_end(svc, claimed.run, emitter, "me", outcome, unsure=unsure)
+            said = await executor._record_end(svc, claimed.run, emitter, "me", outcome,
+                                              executor.EndTries(commit_unknown=unsure))
             return run_id, said
         finally:
             await svc.close()
@@ -234,6 +236,49 @@ def test_an_ending_cut_off_by_postgres_is_retried_and_stores_everything_once(
                                            events.MESSAGE_COMPLETED, events.RUN_SUCCEEDED]
     seqs = [e["seq"] for e in stored]
     assert seqs == list(range(seqs[0], seqs[0] + len(seqs)))
+    assert len(_answers(stack, run_id)) == 1
+
+
+def test_an_ending_whose_commit_answer_was_lost_stores_nothing_twice(
+    settings: Settings, stack: StackUrls, org: Org, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The commit went through but its answer was lost (the connection dropped): the retry finds
+    the run no longer running, and the buffered events, stored by that commit, are not stored
+    again after the terminal event."""
+    session = org.create_session(str(org.create_agent()["id"]))
+    real = tenant_pipeline_tx
+    lost: list[str] = []
+
+    @asynccontextmanager
+    async def answer_lost(pool: Any, org_id: str) -> AsyncIterator[Any]:
+        async with real(pool, org_id) as conn:
+            yield conn
+        if not lost:
+            lost.append("commit answer")
+            raise psycopg.OperationalError("server closed the connection unexpectedly")
+
+    monkeypatch.setattr(executor, "tenant_pipeline_tx", answer_lost)
+    monkeypatch.setattr(executor, "infra_backoff", lambda failures: 0.0)
+
+    async def go() -> tuple[str, str]:
+        svc = await Services.open(settings)
+        try:
+            run_id = await _queued(svc, org, session)
+            async with tenant_tx(svc.pool, org.id) as conn:
+                claimed = await runs.claim(conn, run_id, str(session["id"]), "me", 60, 60)
+            assert isinstance(claimed, runs.Claimed)
+            emitter = RunEmitter(svc.pool, svc.redis, org.id, str(session["id"]), run_id, maxlen=100, ttl_s=60,
+                                 window_s=60.0)
+            await emitter.emit(events.STEP_STARTED, {"node": "respond", "agent_id": claimed.run["agent_id"]})
+            outcome = Outcome(runs.RunStatus.SUCCEEDED, output={"text": "hi"}, answer="hi")
+            return run_id, await executor._complete(svc, claimed.run, emitter, "me", outcome)
+        finally:
+            await svc.close()
+
+    run_id, said = asyncio.run(go())
+    assert lost == ["commit answer"] and said == "lease lost before finishing: another worker owns the run"
+    assert [e["type"] for e in _events(stack, run_id)] == [
+        events.RUN_QUEUED, events.RUN_STARTED, events.STEP_STARTED, events.MESSAGE_COMPLETED, events.RUN_SUCCEEDED]
     assert len(_answers(stack, run_id)) == 1
 
 
