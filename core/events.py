@@ -141,24 +141,6 @@ SELECT event_seq FROM s
 """
 
 
-# `APPEND_EVENTS_SQL` and the webhook deliveries its events get, in one statement: a run's end
-# stores both in one round trip instead of two. `p` is an event's webhook payload (NULL for a type
-# no webhook may subscribe to), made before its seq was known (`webhooks.DELIVERIES_CTE`).
-APPEND_EVENTS_WITH_DELIVERIES_SQL = f"""
-WITH s AS (
-  UPDATE sessions SET event_seq = event_seq + %(n)s WHERE id = %(session_id)s RETURNING event_seq
-), e AS (
-  SELECT s.event_seq - %(n)s + u.i AS seq, u.r, u.t, u.d, u.p
-  FROM s, unnest(%(runs)s::text[], %(types)s::text[], %(datas)s::text[], %(payloads)s::text[])
-       WITH ORDINALITY AS u(r, t, d, p, i)
-), stored AS (
-  INSERT INTO run_events (org_id, session_id, seq, run_id, type, data, ts)
-  SELECT agentos_current_org(), %(session_id)s, e.seq, e.r, e.t, e.d::jsonb, %(ts)s FROM e
-), delivered AS ({webhooks.DELIVERIES_CTE})
-SELECT s.event_seq, ARRAY(SELECT id FROM delivered) AS deliveries FROM s
-"""
-
-
 @dataclass(frozen=True)
 class Appended:
     """What `append_with_deliveries` stored: the events, and the webhook deliveries stored with
@@ -192,19 +174,10 @@ async def append_with_deliveries(
     ts = datetime.now(UTC)
     # Text a model or user produced may hold what Postgres cannot store (core.storable).
     datas = [storable(data) for _, _, data in items]
-    params: dict[str, Any] = {
+    row = await (await conn.execute(APPEND_EVENTS_SQL, {
         "n": len(items), "session_id": session_id, "ts": ts, "runs": [run_id for run_id, _, _ in items],
         "types": [kind for _, kind, _ in items], "datas": [orjson.dumps(d).decode() for d in datas],
-    }
-    hooked = any(kind in WEBHOOK_EVENT_TYPES for _, kind, _ in items)
-    if hooked:  # the deliveries go in the same statement (one round trip for both)
-        params["payloads"] = [
-            Event(seq=0, type=kind, run_id=run_id, session_id=session_id, ts=ts, data=data).webhook_payload().decode()
-            if kind in WEBHOOK_EVENT_TYPES else None
-            for (run_id, kind, _), data in zip(items, datas, strict=True)
-        ]
-    row = await (await conn.execute(APPEND_EVENTS_WITH_DELIVERIES_SQL if hooked else APPEND_EVENTS_SQL,
-                                    params)).fetchone()
+    })).fetchone()
     if row is None:
         raise SessionGone(session_id)
     first = int(row["event_seq"]) - len(items) + 1
@@ -212,7 +185,61 @@ async def append_with_deliveries(
         Event(seq=first + i, type=kind, run_id=run_id, session_id=session_id, ts=ts, data=data)
         for i, ((run_id, kind, _), data) in enumerate(zip(items, datas, strict=True))
     ]
-    return Appended(events, [str(d) for d in row["deliveries"]] if hooked else [])
+    deliveries = await webhooks.enqueue(conn, [(e.session_id, e.seq, e.run_id, e.type, e.webhook_payload().decode())
+                                               for e in events if e.type in WEBHOOK_EVENT_TYPES])
+    return Appended(events, deliveries)
+
+
+# Events under seqs the caller took already in this transaction (a run's end takes them with the
+# run's update: core.store.runs.FINISH_SQL), and their webhook deliveries: one statement whose
+# result nobody reads, so in pipeline mode it travels with the COMMIT. A webhook deleted or
+# disabled since the caller read it gets no delivery.
+APPEND_NUMBERED_SQL = """
+WITH stored AS (
+  INSERT INTO run_events (org_id, session_id, seq, run_id, type, data, ts)
+  SELECT agentos_current_org(), %(session_id)s, u.seq, u.r, u.t, u.d::jsonb, %(ts)s
+  FROM unnest(%(seqs)s::bigint[], %(runs)s::text[], %(types)s::text[], %(datas)s::text[]) AS u(seq, r, t, d)
+), delivered AS (
+  INSERT INTO webhook_deliveries (id, org_id, webhook_id, event_type, session_id, seq, run_id, payload)
+  SELECT d.id, agentos_current_org(), d.w, d.t, %(session_id)s, d.seq, d.r, d.p::jsonb
+  FROM unnest(%(delivery_ids)s::text[], %(webhook_ids)s::text[], %(delivery_seqs)s::bigint[],
+              %(delivery_runs)s::text[], %(delivery_types)s::text[], %(payloads)s::text[]) AS d(id, w, seq, r, t, p)
+  JOIN webhooks w ON w.id = d.w AND w.enabled
+  ON CONFLICT (webhook_id, session_id, seq) DO NOTHING
+)
+SELECT 1
+"""
+
+
+async def append_numbered(
+    conn: AsyncConnection[DictRow], session_id: str, first_seq: int, items: list[tuple[str, str, dict[str, Any]]],
+    webhooks_by_id: dict[str, list[str]],
+) -> Appended:
+    """`append_with_deliveries` for events whose seqs (`first_seq` on) the caller took in this
+    transaction, raising the session's `event_seq` by `len(items)` (which holds its row until
+    commit: the numbering stays gap-free), with deliveries to the org's enabled webhooks the
+    caller read in it too (`webhooks_by_id`: id -> the event types it takes). Nothing is read
+    back: in pipeline mode (`core.tenancy.tenant_pipeline_tx`) the statement costs no round trip
+    of its own, and an error surfaces at the end of the transaction."""
+    for _, kind, _ in items:
+        if kind not in EVENT_TYPES:
+            raise ValueError(f"unknown event type {kind!r}")
+    ts = datetime.now(UTC)
+    # Text a model or user produced may hold what Postgres cannot store (core.storable).
+    events = [Event(seq=first_seq + i, type=kind, run_id=run_id, session_id=session_id, ts=ts, data=storable(data))
+              for i, (run_id, kind, data) in enumerate(items)]
+    deliveries = [(webhooks.delivery_id(webhook_id, session_id, e.seq), webhook_id, e)
+                  for e in events if e.type in WEBHOOK_EVENT_TYPES
+                  for webhook_id, kinds in sorted(webhooks_by_id.items()) if e.type in kinds]
+    await conn.execute(APPEND_NUMBERED_SQL, {
+        "session_id": session_id, "ts": ts, "seqs": [e.seq for e in events], "runs": [e.run_id for e in events],
+        "types": [e.type for e in events], "datas": [orjson.dumps(e.data).decode() for e in events],
+        "delivery_ids": [d for d, _, _ in deliveries], "webhook_ids": [w for _, w, _ in deliveries],
+        "delivery_seqs": [e.seq for _, _, e in deliveries], "delivery_runs": [e.run_id for _, _, e in deliveries],
+        "delivery_types": [e.type for _, _, e in deliveries],
+        "payloads": [e.webhook_payload().decode() for _, _, e in deliveries],
+    })
+    return Appended(events, [d for d, _, _ in deliveries])
 
 
 async def publish(

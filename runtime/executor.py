@@ -475,14 +475,16 @@ async def _record_end(svc: Services, run: runs.ClaimedRun, emitter: RunEmitter, 
         if outcome.status == RunStatus.SUCCEEDED else None
     committing = False
     try:
-        # One transaction in three round trips (docs/runs.md, "How a run ends"): the events still
+        # One transaction in two round trips (docs/runs.md, "How a run ends"): the events still
         # buffered first, then the answer's `message.completed` and the terminal event.
         async with emitter.ending() as buffered, tenant_pipeline_tx(svc.pool, org_id) as conn:
             done = await runs.finish(conn, run_id, session_id, outcome.status, owner=owner, output=outcome.output,
                                      error=outcome.error, answer=answer, earlier_events=buffered)
             if done is None:
                 raise _NotOurs
-            committing = True  # every result is read: only the COMMIT is left
+            # Left: the events' statement and the COMMIT, sent together at the block's end. An
+            # error from here on may be the commit's answer lost after the commit was done.
+            committing = True
     except _NotOurs:
         if tries.commit_unknown:
             # Perhaps our own earlier commit ended the run and stored these events with it:

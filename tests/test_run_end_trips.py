@@ -1,5 +1,5 @@
 """How a run ends in the worker (docs/runs.md, "How a run ends"): the events still buffered, the
-answer, the terminal state and its events and webhook deliveries in ONE transaction of three
+answer, the terminal state and its events and webhook deliveries in ONE transaction of two
 Postgres round trips, then one Redis round trip (free the admission place, publish, drop the
 run's keys). The counts are pinned here (deterministic: psycopg's and redis-py's calls are
 counted, never timed), and so is what the end must still guarantee: a run no longer ours keeps
@@ -23,7 +23,7 @@ from psycopg.pq import TransactionStatus
 
 from agentos.stack.local import StackUrls
 from core import events
-from core.events import Event, RunEmitter
+from core.events import RunEmitter
 from core.settings import Settings
 from core.store import agents, runs
 from core.tenancy import tenant_pipeline_tx, tenant_tx
@@ -121,7 +121,7 @@ def _answers(stack: StackUrls, run_id: str) -> list[str]:
         return [str(r[0]) for r in rows]
 
 
-def test_a_run_ends_in_three_postgres_round_trips_and_one_to_redis_with_its_last_events(
+def test_a_run_ends_in_two_postgres_round_trips_and_one_to_redis_with_its_last_events(
     settings: Settings, stack: StackUrls, org: Org, trips: Trips, long_window: None
 ) -> None:
     """Regression (issue 18): ending a run took a flush transaction of its own for the last
@@ -138,7 +138,7 @@ def test_a_run_ends_in_three_postgres_round_trips_and_one_to_redis_with_its_last
 
     run_id, delivery = asyncio.run(go())
     assert delivery.outcome == "succeeded"
-    assert (trips.postgres, trips.redis) == (3, 1)
+    assert (trips.postgres, trips.redis) == (2, 1)
     # Redis runs a pipeline in order: the admission place is free before the terminal event is out.
     [commands] = trips.pipelines
     assert commands[0] == "ZREM" and commands[1:-2] == ["XADD"] * 3 and commands[-2:] == ["EXPIRE", "DEL"]
@@ -282,42 +282,53 @@ def test_an_ending_whose_commit_answer_was_lost_stores_nothing_twice(
     assert len(_answers(stack, run_id)) == 1
 
 
-def test_a_terminal_event_and_its_webhook_delivery_are_stored_by_one_statement(
+def test_a_terminal_event_gets_its_webhook_deliveries_under_the_ids_and_payloads_of_before(
     settings: Settings, stack: StackUrls, org: Org
 ) -> None:
-    """The delivery's payload is the event's own (`Event.webhook_payload`), its seq set by the
-    statement that numbers the event; an event type no webhook may take gets none."""
+    """The ending stores the deliveries with its events under ids made in Python: the ids
+    `ENQUEUE_SQL` makes (a redelivered event keeps its webhook-id), the event's own payload, and
+    none for a webhook that does not take the event's type."""
     with psycopg.connect(stack.database_url) as conn:
         conn.execute("UPDATE orgs SET settings = settings || %s::jsonb WHERE id = %s",
                      (json.dumps({"outbound_allow": ["127.0.0.1"]}), org.id))
-    r = org.client.post("/v1/webhooks", json={"url": "http://127.0.0.1:9/hook", "events": ["run.failed"]},
-                        headers=org.headers)
-    assert r.status_code == 201, r.text
+    hooks = []
+    for kinds in (["run.failed"], ["run.failed", "run.succeeded"], ["run.succeeded"]):
+        r = org.client.post("/v1/webhooks", json={"url": "http://127.0.0.1:9/hook", "events": kinds},
+                            headers=org.headers)
+        assert r.status_code == 201, r.text
+        hooks.append(str(r.json()["id"]))
     session = org.create_session(str(org.create_agent()["id"]))
 
-    async def go() -> tuple[list[Event], list[str]]:
+    async def go() -> runs.Finished:
         svc = await Services.open(settings)
         try:
             run_id = await _queued(svc, org, session)
             async with tenant_tx(svc.pool, org.id) as conn:
-                appended = await events.append_with_deliveries(conn, str(session["id"]), [
-                    (run_id, events.STEP_STARTED, {"node": "think"}),
-                    (run_id, events.RUN_FAILED, {"error": {"code": "X", "message": "ünïcode \u2028"}}),
-                ])
-            return appended.events, appended.deliveries
+                done = await runs.finish(conn, run_id, str(session["id"]), runs.RunStatus.FAILED, owner=None,
+                                         from_status=(runs.RunStatus.QUEUED,),
+                                         error={"code": "X", "message": "ünïcode \u2028"},
+                                         earlier_events=[(run_id, events.STEP_STARTED, {"node": "think"})])
+            assert done is not None
+            return done
         finally:
             await svc.close()
 
-    stored, delivered = asyncio.run(go())
-    assert len(delivered) == 1
+    done = asyncio.run(go())
+    step, terminal = done.events
+    assert terminal.seq == step.seq + 1 and terminal.type == events.RUN_FAILED
     with psycopg.connect(stack.database_url) as conn:
-        row = conn.execute("SELECT seq, event_type, payload FROM webhook_deliveries WHERE id = %s",
-                           (delivered[0],)).fetchone()
-    assert row is not None
-    seq, kind, payload = row
-    assert (seq, kind) == (stored[1].seq, events.RUN_FAILED)
-    assert payload == orjson.loads(stored[1].webhook_payload())
-    assert payload["data"]["seq"] == stored[1].seq == stored[0].seq + 1
+        rows = conn.execute(
+            "SELECT d.id, d.webhook_id, d.seq, d.payload, 'whd_' || left(encode(sha256(convert_to("
+            "d.webhook_id || ':' || d.session_id || ':' || d.seq, 'UTF8')), 'hex'), 28) FROM webhook_deliveries d "
+            "WHERE d.run_id = %s ORDER BY d.webhook_id", (terminal.run_id,)).fetchall()
+        stored = conn.execute("SELECT seq, type FROM run_events WHERE run_id = %s ORDER BY seq",
+                              (terminal.run_id,)).fetchall()
+    assert sorted(done.deliveries) == sorted(r[0] for r in rows)
+    assert sorted(r[1] for r in rows) == sorted(hooks[:2])
+    for delivery_id, _, seq, payload, by_sql in rows:
+        assert delivery_id == by_sql and seq == terminal.seq
+        assert payload == orjson.loads(terminal.webhook_payload())
+    assert [tuple(r) for r in stored][-2:] == [(step.seq, events.STEP_STARTED), (terminal.seq, events.RUN_FAILED)]
 
 
 def test_a_flush_ends_the_batching_window_so_a_later_event_opens_its_own(settings: Settings, org: Org) -> None:

@@ -3,6 +3,7 @@ org secrets store under `secret_name(id)` (core.secrets)."""
 
 from __future__ import annotations
 
+import hashlib
 from datetime import datetime, timedelta
 from typing import Any, Literal, TypedDict, cast
 
@@ -100,23 +101,25 @@ ROTATED_SQL = f"""
 UPDATE webhooks SET previous_secret_until = %s, updated_at = now() WHERE id = %s RETURNING {COLUMNS}
 """
 
-# One delivery per enabled webhook of the org subscribed to each event, in the statement that
-# stores the event (`core.events.APPEND_EVENTS_WITH_DELIVERIES_SQL`), so no committed event misses
-# its deliveries: a CTE over the events `e(seq, r: run id, t: type, d: data, p: payload)` of the
-# session `%(session_id)s`. The id is derived from (webhook, session, seq): the same event can
-# never get a second webhook-id. A payload is made before its event's seq is known; the seq is
-# set here (unless the event's own data names a `seq`, which then stays, as `Event.webhook_payload`
-# has it).
-DELIVERIES_CTE = """
+# One delivery per enabled webhook of the org subscribed to each event, in the transaction that
+# stores the event (so no committed event misses its deliveries). The id is derived from
+# (webhook, session, seq): the same event can never get a second webhook-id.
+ENQUEUE_SQL = """
 INSERT INTO webhook_deliveries (id, org_id, webhook_id, event_type, session_id, seq, run_id, payload)
-SELECT 'whd_' || left(encode(sha256(convert_to(w.id || ':' || %(session_id)s || ':' || e.seq, 'UTF8')), 'hex'), 28),
-       agentos_current_org(), w.id, e.t, %(session_id)s, e.seq, e.r,
-       CASE WHEN e.d::jsonb ? 'seq' THEN e.p::jsonb ELSE jsonb_set(e.p::jsonb, '{data,seq}', to_jsonb(e.seq)) END
-FROM e JOIN webhooks w ON w.enabled AND e.t = ANY(w.events)
-WHERE e.p IS NOT NULL
+SELECT 'whd_' || left(encode(sha256(convert_to(w.id || ':' || e.session_id || ':' || e.seq, 'UTF8')), 'hex'), 28),
+       agentos_current_org(), w.id, e.type, e.session_id, e.seq, e.run_id, e.payload::jsonb
+FROM unnest(%(sessions)s::text[], %(seqs)s::bigint[], %(runs)s::text[], %(types)s::text[], %(payloads)s::text[])
+     AS e(session_id, seq, run_id, type, payload)
+JOIN webhooks w ON w.enabled AND e.type = ANY(w.events)
 ON CONFLICT (webhook_id, session_id, seq) DO NOTHING
 RETURNING id
 """
+
+def delivery_id(webhook_id: str, session_id: str, seq: int) -> str:
+    """The id `ENQUEUE_SQL` gives the delivery of event `seq` of a session to a webhook (for
+    `core.events.append_numbered`, which stores deliveries under ids made here)."""
+    return "whd_" + hashlib.sha256(f"{webhook_id}:{session_id}:{seq}".encode()).hexdigest()[:28]
+
 
 CLAIM_SQL = """
 UPDATE webhook_deliveries d SET attempts = d.attempts + 1, leased_until = now() + %(lease)s
@@ -218,6 +221,18 @@ async def delete(conn: AsyncConnection[DictRow], webhook_id: str) -> bool:
 async def rotated(conn: AsyncConnection[DictRow], webhook_id: str,
                   previous_until: datetime | None) -> WebhookRow | None:
     return cast(WebhookRow | None, await (await conn.execute(ROTATED_SQL, (previous_until, webhook_id))).fetchone())
+
+
+async def enqueue(conn: AsyncConnection[DictRow], events: list[tuple[str, int, str, str, str]]) -> list[str]:
+    """Deliveries for events `(session_id, seq, run_id, type, payload JSON)` to every enabled
+    webhook of the org subscribed to their type; returns the ids of those stored, which the
+    caller announces after its commit (no read-back: that was a transaction per run ending)."""
+    if not events:
+        return []
+    sessions, seqs, runs, types, payloads = (list(column) for column in zip(*events, strict=True))
+    cur = await conn.execute(ENQUEUE_SQL, {"sessions": sessions, "seqs": seqs, "runs": runs, "types": types,
+                                           "payloads": payloads})
+    return [str(r["id"]) for r in await cur.fetchall()]
 
 
 async def claim(conn: AsyncConnection[DictRow], delivery_id: str, lease: timedelta) -> Claimed | None:
