@@ -115,6 +115,7 @@ ON CONFLICT (webhook_id, session_id, seq) DO NOTHING
 RETURNING id
 """
 
+
 def delivery_id(webhook_id: str, session_id: str, seq: int) -> str:
     """The id `ENQUEUE_SQL` gives the delivery of event `seq` of a session to a webhook (for
     `core.events.append_numbered`, which stores deliveries under ids made here)."""
