@@ -29,6 +29,7 @@ from decimal import Decimal
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.asyncio.client import Pipeline
 from redis.exceptions import RedisError
 
 from core.errors import ApiError
@@ -400,5 +401,15 @@ async def release_runs(redis: aioredis.Redis, org_id: str, run_ids: list[str]) -
     try:
         await redis.zrem(org_active_runs_key(org_id), *run_ids)
     except (RedisError, OSError) as exc:
-        _warner.warn("release", "active-run place of %s not released (Redis: %s); it is reclaimed later",
-                     ", ".join(run_ids), exc)
+        not_released(run_ids, exc)
+
+
+def stage_release(pipe: Pipeline, org_id: str, run_id: str) -> None:
+    """`release_run` as a command of the caller's pipeline (`core.run_signals.run_ended`: the
+    place is freed by the same round trip that publishes the run's end, and before it)."""
+    pipe.zrem(org_active_runs_key(org_id), run_id)
+
+
+def not_released(run_ids: list[str], exc: BaseException) -> None:
+    _warner.warn("release", "active-run place of %s not released (Redis: %s); it is reclaimed later",
+                 ", ".join(run_ids), exc)

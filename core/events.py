@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import cached_property
@@ -22,6 +23,7 @@ import orjson
 import redis.asyncio as aioredis
 from psycopg import AsyncConnection
 from psycopg.rows import DictRow
+from redis.asyncio.client import Pipeline
 from redis.exceptions import RedisError, ResponseError
 
 from core.storable import storable
@@ -221,6 +223,58 @@ async def append_with_deliveries(
     return Appended(events, deliveries)
 
 
+# Events under seqs the caller took already in this transaction (a run's end takes them with the
+# run's update: core.store.runs.FINISH_SQL), and their webhook deliveries: one statement whose
+# result nobody reads, so in pipeline mode it travels with the COMMIT. A webhook deleted or
+# disabled since the caller read it gets no delivery.
+APPEND_NUMBERED_SQL = """
+WITH stored AS (
+  INSERT INTO run_events (org_id, session_id, seq, run_id, type, data, ts)
+  SELECT agentos_current_org(), %(session_id)s, u.seq, u.r, u.t, u.d::jsonb, %(ts)s
+  FROM unnest(%(seqs)s::bigint[], %(runs)s::text[], %(types)s::text[], %(datas)s::text[]) AS u(seq, r, t, d)
+), delivered AS (
+  INSERT INTO webhook_deliveries (id, org_id, webhook_id, event_type, session_id, seq, run_id, payload)
+  SELECT d.id, agentos_current_org(), d.w, d.t, %(session_id)s, d.seq, d.r, d.p::jsonb
+  FROM unnest(%(delivery_ids)s::text[], %(webhook_ids)s::text[], %(delivery_seqs)s::bigint[],
+              %(delivery_runs)s::text[], %(delivery_types)s::text[], %(payloads)s::text[]) AS d(id, w, seq, r, t, p)
+  JOIN webhooks w ON w.id = d.w AND w.enabled
+  ON CONFLICT (webhook_id, session_id, seq) DO NOTHING
+)
+SELECT 1
+"""
+
+
+async def append_numbered(
+    conn: AsyncConnection[DictRow], session_id: str, first_seq: int, items: list[tuple[str, str, dict[str, Any]]],
+    webhooks_by_id: dict[str, list[str]],
+) -> Appended:
+    """`append_with_deliveries` for events whose seqs (`first_seq` on) the caller took in this
+    transaction, raising the session's `event_seq` by `len(items)` (which holds its row until
+    commit: the numbering stays gap-free), with deliveries to the org's enabled webhooks the
+    caller read in it too (`webhooks_by_id`: id -> the event types it takes). Nothing is read
+    back: in pipeline mode (`core.tenancy.tenant_pipeline_tx`) the statement costs no round trip
+    of its own, and an error surfaces at the end of the transaction."""
+    for _, kind, _ in items:
+        if kind not in EVENT_TYPES:
+            raise ValueError(f"unknown event type {kind!r}")
+    ts = datetime.now(UTC)
+    # Text a model or user produced may hold what Postgres cannot store (core.storable).
+    events = [Event(seq=first_seq + i, type=kind, run_id=run_id, session_id=session_id, ts=ts, data=storable(data))
+              for i, (run_id, kind, data) in enumerate(items)]
+    deliveries = [(webhooks.delivery_id(webhook_id, session_id, e.seq), webhook_id, e)
+                  for e in events if e.type in WEBHOOK_EVENT_TYPES
+                  for webhook_id, kinds in sorted(webhooks_by_id.items()) if e.type in kinds]
+    await conn.execute(APPEND_NUMBERED_SQL, {
+        "session_id": session_id, "ts": ts, "seqs": [e.seq for e in events], "runs": [e.run_id for e in events],
+        "types": [e.type for e in events], "datas": [orjson.dumps(e.data).decode() for e in events],
+        "delivery_ids": [d for d, _, _ in deliveries], "webhook_ids": [w for _, w, _ in deliveries],
+        "delivery_seqs": [e.seq for _, _, e in deliveries], "delivery_runs": [e.run_id for _, _, e in deliveries],
+        "delivery_types": [e.type for _, _, e in deliveries],
+        "payloads": [e.webhook_payload().decode() for _, _, e in deliveries],
+    })
+    return Appended(events, [d for d, _, _ in deliveries])
+
+
 async def publish(
     redis: aioredis.Redis, org_id: str, events: list[Event], *, maxlen: int, ttl_s: int
 ) -> None:
@@ -228,17 +282,36 @@ async def publish(
     and readers fill from Postgres whatever the stream lacks."""
     if not events:
         return
-    key = session_stream_key(org_id, events[0].session_id)
     try:
         async with redis.pipeline(transaction=False) as pipe:
-            for event in events:
-                pipe.xadd(key, {"e": event.to_json()}, id=f"{event.seq}-0", maxlen=maxlen, approximate=True)
-            pipe.expire(key, ttl_s)
+            stage_publish(pipe, org_id, events, maxlen=maxlen, ttl_s=ttl_s)
             results = await pipe.execute(raise_on_error=False)
     except (RedisError, OSError) as exc:
-        log.warning("events %s..%s of session %s not published to Redis: %s",
-                    events[0].seq, events[-1].seq, events[0].session_id, exc)
+        not_published(events, exc)
         return
+    check_published(events, results)
+
+
+def stage_publish(pipe: Pipeline, org_id: str, events: list[Event], *, maxlen: int, ttl_s: int) -> int:
+    """`publish`'s commands, added to the caller's pipeline (which runs them in order, after its
+    earlier commands); how many were added (one per event and the expiry), whose results go to
+    `check_published`."""
+    if not events:
+        return 0
+    key = session_stream_key(org_id, events[0].session_id)
+    for event in events:
+        pipe.xadd(key, {"e": event.to_json()}, id=f"{event.seq}-0", maxlen=maxlen, approximate=True)
+    pipe.expire(key, ttl_s)
+    return len(events) + 1
+
+
+def not_published(events: list[Event], exc: BaseException) -> None:
+    log.warning("events %s..%s of session %s not published to Redis: %s",
+                events[0].seq, events[-1].seq, events[0].session_id, exc)
+
+
+def check_published(events: list[Event], results: list[Any]) -> None:
+    """Log what the stream refused of `stage_publish`'s commands (their results)."""
     for result in results:
         # "ID ... equal or smaller": a later event reached the stream first. Readers see the
         # hole in the ids and read it from Postgres.
@@ -307,9 +380,37 @@ class RunEmitter:
 
     async def close(self) -> None:
         await self.flush()
-        if self._timer is not None:
+        self._disarm()
+
+    @asynccontextmanager
+    async def ending(self) -> AsyncIterator[list[tuple[str, str, dict[str, Any]]]]:
+        """The events still buffered, `(run_id, type, data)`, for the transaction that ends the run
+        to store before its own (one transaction for both instead of a flush just before it). The
+        buffer stays locked and its timer stopped meanwhile, so nothing else writes them; if the
+        block raises (its transaction rolled back), they are buffered again, ahead of any newer."""
+        async with self._lock:
+            self._disarm()
+            pending, self._pending = self._pending, []
+            try:
+                yield [(self.run_id, kind, data) for kind, data in pending]
+            except BaseException:
+                self._pending = pending + self._pending
+                raise
+            self.emitted += len(pending)
+
+    def discard(self) -> None:
+        """Forget the buffered events (the run is no longer this emitter's to report)."""
+        if self._pending:
+            log.warning("%d event(s) of run %s not stored: the run is no longer this worker's", len(self._pending),
+                        self.run_id)
+        self._pending = []
+        self._disarm()
+
+    def _disarm(self) -> None:
+        """Stop the window's timer: the buffer it was started for is written (or handed over)."""
+        if self._timer is not None and self._timer is not asyncio.current_task():
             self._timer.cancel()
-            self._timer = None
+        self._timer = None
 
     async def publish(self, events: list[Event]) -> None:
         """Publish events stored by someone else's transaction (e.g. a run's terminal event)."""
@@ -350,5 +451,8 @@ class RunEmitter:
         except BaseException:
             self._pending = pending + self._pending
             raise
+        # The window started by the first of these events is over: the next event starts its own
+        # (a timer left running would write it early, in a transaction of its own).
+        self._disarm()
         self.emitted += len(stored)
         await self.publish(stored)

@@ -9,12 +9,11 @@ raised (except by `send_run`, whose caller decides what a failed send means).
 from __future__ import annotations
 
 import logging
-from contextlib import suppress
 
 from redis.exceptions import RedisError
 
 from core import events, webhooks
-from core.admission import release_run
+from core.admission import not_released, stage_release
 from core.infra import Infra
 from core.store.runs import Finished
 from core.telemetry import metrics
@@ -57,17 +56,31 @@ async def flag_cancel(infra: Infra, org_id: str, run_ids: list[str]) -> None:
 
 
 async def run_ended(infra: Infra, org_id: str, done: Finished) -> None:
-    """After the transaction that made a run terminal committed: publish its events, free its
-    place among the org's active runs, drop its cancel flag and scratch state, and start the
-    session's next run, and send its webhook deliveries. Never raises for Redis or the broker being away."""
+    """After the transaction that made a run terminal committed: free its place among the org's
+    active runs, publish its events, drop its cancel flag and scratch state (one Redis round
+    trip for the three), start the session's next run, and send its webhook deliveries. Never
+    raises for Redis or the broker being away."""
     run_id = done.run["id"]
     _count_ended(org_id, done)
-    # Released before the terminal event goes out: a client that starts its next run as soon as
-    # it sees this one end must find the place free.
-    await release_run(infra.redis, org_id, run_id)
-    await publish(infra, org_id, done.events)
-    with suppress(RedisError, OSError):
-        await infra.redis.delete(run_cancel_key(org_id, run_id), run_scratch_key(org_id, run_id))
+    settings = infra.settings.events
+    try:
+        async with infra.redis.pipeline(transaction=False) as pipe:
+            # Redis runs a pipeline's commands in order: the place is free before the terminal
+            # event is in the stream, so a client that starts its next run as soon as it sees
+            # this one end finds the place free.
+            stage_release(pipe, org_id, run_id)
+            published = events.stage_publish(pipe, org_id, done.events, maxlen=settings.stream_maxlen,
+                                              ttl_s=settings.stream_ttl_s)
+            pipe.delete(run_cancel_key(org_id, run_id), run_scratch_key(org_id, run_id))
+            results = await pipe.execute(raise_on_error=False)
+    except (RedisError, OSError) as exc:
+        not_released([run_id], exc)
+        if done.events:
+            events.not_published(done.events, exc)
+    else:
+        if isinstance(results[0], Exception):
+            not_released([run_id], results[0])
+        events.check_published(done.events, results[1:1 + published])
     await start_next(infra, org_id, done.next_run_id)
     # Deliveries were stored with the terminal event; the webhook workers learn of them now.
     await webhooks.announce(infra, org_id, done.run["session_id"], done.deliveries)

@@ -24,10 +24,9 @@ from typing import Any, cast
 from langchain_core.messages import HumanMessage
 from langgraph.types import Command
 from opentelemetry.trace import SpanKind
-from psycopg.types.json import Jsonb
 from redis.exceptions import RedisError
 
-from core import budgets, events
+from core import budgets
 from core.agent_config import AgentConfig
 from core.events import RunEmitter
 from core.ids import new_id
@@ -38,7 +37,7 @@ from core.run_signals import run_ended, start_next
 from core.store import agents, files, runs, tool_calls
 from core.store.runs import RunStatus
 from core.telemetry import metrics, names, scope, tracing
-from core.tenancy import checkpoint_thread_id, run_cancel_key, tenant_tx
+from core.tenancy import checkpoint_thread_id, run_cancel_key, tenant_pipeline_tx, tenant_tx
 from orchestrator.context import AgentSpec, Budget, LimitExceeded, RunContext
 from orchestrator.models import ModelConfigError, aclose_model, describe_error
 from orchestrator.nodes import ModelCallFailed
@@ -425,22 +424,16 @@ class _NotOurs(Exception):
     """The run was no longer ours to finish; roll the finishing transaction back."""
 
 
-INSERT_ANSWER_SQL = """
-INSERT INTO messages (id, org_id, session_id, run_id, role, content, metadata)
-VALUES (%s, agentos_current_org(), %s, %s, 'assistant', %s, %s)
-RETURNING id, session_id, run_id, role, content, metadata, created_at
-"""
-
-
 async def _complete(svc: Services, run: runs.ClaimedRun, emitter: RunEmitter, owner: str, outcome: Outcome) -> str:
-    """Store the answer, the terminal state and its events in one transaction, then announce the
-    ending (`core.run_signals.run_ended`). An infrastructure error while finishing is retried
-    here (the run's work is done; only its record is missing) for up to a lease, then raised
-    so the delivery is retried."""
+    """Store the events still buffered, the answer, the terminal state and its events in one
+    transaction, then announce the ending (`core.run_signals.run_ended`). An infrastructure error
+    while finishing is retried here (the run's work is done; only its record is missing) for up
+    to a lease, then raised so the delivery is retried."""
     give_up = asyncio.get_running_loop().time() + svc.settings.worker.lease_s
+    tries = EndTries()
     for failures in itertools.count():
         try:
-            return await _record_end(svc, run, emitter, owner, outcome)
+            return await _record_end(svc, run, emitter, owner, outcome, tries)
         except Exception as exc:
             if not is_infra_error(exc) or asyncio.get_running_loop().time() >= give_up:
                 raise
@@ -450,10 +443,20 @@ async def _complete(svc: Services, run: runs.ClaimedRun, emitter: RunEmitter, ow
     raise AssertionError("unreachable")
 
 
-async def _record_end(svc: Services, run: runs.ClaimedRun, emitter: RunEmitter, owner: str, outcome: Outcome) -> str:
-    await emitter.close()
+@dataclass
+class EndTries:
+    """What the tries of one run's ending (`_complete`) leave behind for the next."""
+
+    # A try failed while committing: whether its commit went through is unknown (if it did, the
+    # run is no longer ours to finish, and its buffered events were stored by that commit).
+    commit_unknown: bool = False
+
+
+async def _record_end(svc: Services, run: runs.ClaimedRun, emitter: RunEmitter, owner: str, outcome: Outcome,
+                      tries: EndTries) -> str:
     org_id, session_id, run_id = emitter.org_id, emitter.session_id, run["id"]
     if outcome.status == RunStatus.AWAITING_CONFIRMATION:
+        await emitter.close()
         async with tenant_tx(svc.pool, org_id) as conn:
             pause = await runs.pause(conn, run_id, owner)
             # A human may have decided while the graph was stopping; then go straight on.
@@ -467,23 +470,31 @@ async def _record_end(svc: Services, run: runs.ClaimedRun, emitter: RunEmitter, 
         else:
             return "awaiting confirmation (worker released)" if pause == runs.Pause.PAUSED else \
                 "lease lost before pausing"
-    extra: list[tuple[str, dict[str, Any]]] = []
-    output = outcome.output
+    answer = runs.Answer(new_id("message"), outcome.answer or "", {"agent_id": run["agent_id"]}) \
+        if outcome.status == RunStatus.SUCCEEDED else None
+    committing = False
     try:
-        async with tenant_tx(svc.pool, org_id) as conn:
-            if outcome.status == RunStatus.SUCCEEDED:
-                message = await (await conn.execute(INSERT_ANSWER_SQL, (
-                    new_id("message"), session_id, run_id, outcome.answer or "", Jsonb({"agent_id": run["agent_id"]}),
-                ))).fetchone()
-                assert message is not None
-                extra.append((events.MESSAGE_COMPLETED, {"message": message}))
-                output = {**(output or {}), "message_id": message["id"]}
-            done = await runs.finish(conn, run_id, session_id, outcome.status, owner=owner, output=output,
-                                     error=outcome.error, extra_events=extra)
+        # One transaction in two round trips (docs/runs.md, "How a run ends"): the events still
+        # buffered first, then the answer's `message.completed` and the terminal event.
+        async with emitter.ending() as buffered, tenant_pipeline_tx(svc.pool, org_id) as conn:
+            done = await runs.finish(conn, run_id, session_id, outcome.status, owner=owner, output=outcome.output,
+                                     error=outcome.error, answer=answer, earlier_events=buffered)
             if done is None:
                 raise _NotOurs
+            # Left: the events' statement and the COMMIT, sent together at the block's end. An
+            # error from here on may be the commit's answer lost after the commit was done.
+            committing = True
     except _NotOurs:
+        if tries.commit_unknown:
+            # Perhaps our own earlier commit ended the run and stored these events with it:
+            # storing them again would repeat them after its terminal event.
+            emitter.discard()
+        else:
+            await emitter.close()  # stored, as before: the run's events up to the lease's loss
         return "lease lost before finishing: another worker owns the run"
+    except BaseException:
+        tries.commit_unknown = tries.commit_unknown or committing
+        raise
     await run_ended(svc.infra, org_id, done)
     return outcome.status
 

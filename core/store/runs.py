@@ -175,9 +175,17 @@ HEARTBEAT_SQL = """
 UPDATE runs SET lease_expires_at = now() + %s, heartbeat_at = now()
 WHERE id = %s AND status = 'running' AND lease_owner = %s RETURNING cancel_requested_at
 """
-# One statement: end the run, close its calls still waiting for a decision, and find the run
-# that is next in its session (every sub-statement sees the rows as they were before it, so the
-# run being ended is left out by id). The caller holds the session row, so no run joins meanwhile.
+# The answer's message as `message.completed` carries it.
+ANSWER_COLUMNS = ("id", "session_id", "run_id", "role", "content", "metadata", "created_at")
+_ANSWER_RETURNING = ", ".join(ANSWER_COLUMNS)
+_ANSWER_SELECT = ", ".join(f"answer.{c} AS answer_{c}" for c in ANSWER_COLUMNS)
+# One statement: end the run, close its calls still waiting for a decision, find the run that is
+# next in its session (every sub-statement sees the rows as they were before it, so the run being
+# ended is left out by id), store the run's answer, if it has one, as the session's assistant
+# message, and take the session's next `n` seqs for the ending's events: only when the run was
+# ended here (held by the owner), like everything else. Also the org's enabled webhooks taking
+# any of `hook_types` (id -> types), for the events' deliveries (`events.append_numbered`).
+# The caller holds the session row, so no run joins meanwhile.
 FINISH_SQL = f"""
 WITH f AS (
   UPDATE runs SET status = %(status)s, output = %(output)s, error = %(error)s,
@@ -193,8 +201,20 @@ WITH f AS (
   WHERE session_id = %(session_id)s AND id <> %(run_id)s
     AND status IN ('queued', 'running', 'awaiting_confirmation')
   ORDER BY queue_seq LIMIT 1
+), answer AS (
+  INSERT INTO messages (id, org_id, session_id, run_id, role, content, metadata)
+  SELECT %(message_id)s, agentos_current_org(), f.session_id, f.id, 'assistant', %(answer)s, %(answer_metadata)s
+  FROM f WHERE %(message_id)s::text IS NOT NULL
+  RETURNING {_ANSWER_RETURNING}
+), seqs AS (
+  UPDATE sessions SET event_seq = event_seq + %(n)s WHERE id = %(session_id)s AND EXISTS (SELECT 1 FROM f)
+  RETURNING event_seq
+), hooks AS (
+  SELECT coalesce(jsonb_object_agg(id, events), '{{}}') AS webhooks FROM webhooks
+  WHERE enabled AND events && %(hook_types)s::text[]
 )
-SELECT f.*, nxt.next_run_id, nxt.next_status FROM f LEFT JOIN nxt ON true
+SELECT f.*, nxt.next_run_id, nxt.next_status, {_ANSWER_SELECT}, seqs.event_seq, hooks.webhooks
+FROM f LEFT JOIN nxt ON true LEFT JOIN answer ON true LEFT JOIN seqs ON true CROSS JOIN hooks
 """
 # The run at the head of a session's line (the active one, or the next to start).
 FIRST_ACTIVE_SQL = """
@@ -451,6 +471,15 @@ class Finished:
     deliveries: list[str] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class Answer:
+    """The answer a run ends with, stored by `finish` as the session's assistant message."""
+
+    message_id: str
+    text: str
+    metadata: dict[str, Any]
+
+
 async def finish(
     conn: AsyncConnection[DictRow],
     run_id: str,
@@ -461,22 +490,48 @@ async def finish(
     from_status: tuple[RunStatus, ...] = (RunStatus.RUNNING,),
     output: dict[str, Any] | None = None,
     error: dict[str, Any] | None = None,
-    extra_events: Sequence[tuple[str, dict[str, Any]]] = (),
+    answer: Answer | None = None,
+    earlier_events: Sequence[tuple[str, str, dict[str, Any]]] = (),
 ) -> Finished | None:
     """Move the run to a terminal state and emit its terminal event; None if it was not in
-    `from_status` (or not held by `owner`). Reports the run that is next in the session."""
+    `from_status` (or not held by `owner`). Reports the run that is next in the session.
+
+    `answer`: stored as the session's assistant message (its id in the run's `output` as
+    `message_id`), announced by `message.completed` just before the terminal event.
+    `earlier_events` (`(run_id, type, data)`): stored first, in order (a worker's events still
+    buffered when the run ends). With None returned, the caller rolls the transaction back if
+    it must undo them: nothing else was changed.
+
+    One round trip when `conn` is in pipeline mode (`core.tenancy.tenant_pipeline_tx`): the
+    session's lock and the run's end are sent together and read; the events are sent after them
+    and read by nobody, so they travel with the COMMIT (an error in them surfaces there)."""
     if status not in TERMINAL_EVENT:
         raise ValueError(f"not a terminal status: {status}")
-    if not await lock_any_session(conn, session_id):
-        return None
-    row = await (await conn.execute(FINISH_SQL, {
+    if answer is not None:
+        output = {**(output or {}), "message_id": answer.message_id}
+    kinds = [kind for _, kind, _ in earlier_events] + [events.MESSAGE_COMPLETED] * (answer is not None) + \
+        [TERMINAL_EVENT[status]]
+    # The session row is taken first (as everywhere), then the run's; in pipeline mode both go in
+    # one round trip. Without a session there is no run either (it is deleted with its session).
+    locked = await conn.execute(LOCK_ANY_SESSION_SQL, (session_id,))
+    ended = await conn.execute(FINISH_SQL, {
         "status": status, "output": Jsonb(output) if output is not None else None,
         "error": Jsonb(error) if error is not None else None,
         "run_id": run_id, "from": list(from_status), "owner": owner, "session_id": session_id,
-    })).fetchone()
+        "message_id": answer.message_id if answer is not None else None,
+        "answer": answer.text if answer is not None else None,
+        "answer_metadata": Jsonb(answer.metadata) if answer is not None else None,
+        "n": len(kinds), "hook_types": sorted(set(kinds) & events.WEBHOOK_EVENT_TYPES),
+    })
+    if await locked.fetchone() is None:
+        return None
+    row = await ended.fetchone()
     if row is None:
         return None
     next_run_id, next_status = row.pop("next_run_id"), row.pop("next_status")
+    message = {c: row.pop(f"answer_{c}") for c in ANSWER_COLUMNS}
+    first_seq = int(row.pop("event_seq")) - len(kinds) + 1
+    hooks: dict[str, list[str]] = row.pop("webhooks")
     data: dict[str, Any]
     if status == RunStatus.SUCCEEDED:
         data = {"output": output, "usage": public_usage(row["usage"])}
@@ -484,8 +539,11 @@ async def finish(
         data = {"error": error}
     else:
         data = {}
-    items = [(run_id, kind, payload) for kind, payload in extra_events] + [(run_id, TERMINAL_EVENT[status], data)]
-    stored = await events.append_with_deliveries(conn, session_id, items)
+    items = list(earlier_events)
+    if answer is not None:
+        items.append((run_id, events.MESSAGE_COMPLETED, {"message": message}))
+    items.append((run_id, TERMINAL_EVENT[status], data))
+    stored = await events.append_numbered(conn, session_id, first_seq, items, hooks)
     next_id = next_run_id if next_status == RunStatus.QUEUED else None
     return Finished(cast(RunRow, row), stored.events, next_id, stored.deliveries)
 

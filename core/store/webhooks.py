@@ -3,6 +3,7 @@ org secrets store under `secret_name(id)` (core.secrets)."""
 
 from __future__ import annotations
 
+import hashlib
 from datetime import datetime, timedelta
 from typing import Any, Literal, TypedDict, cast
 
@@ -113,6 +114,13 @@ JOIN webhooks w ON w.enabled AND e.type = ANY(w.events)
 ON CONFLICT (webhook_id, session_id, seq) DO NOTHING
 RETURNING id
 """
+
+
+def delivery_id(webhook_id: str, session_id: str, seq: int) -> str:
+    """The id `ENQUEUE_SQL` gives the delivery of event `seq` of a session to a webhook (for
+    `core.events.append_numbered`, which stores deliveries under ids made here)."""
+    return "whd_" + hashlib.sha256(f"{webhook_id}:{session_id}:{seq}".encode()).hexdigest()[:28]
+
 
 CLAIM_SQL = """
 UPDATE webhook_deliveries d SET attempts = d.attempts + 1, leased_until = now() + %(lease)s
