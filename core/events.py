@@ -22,6 +22,7 @@ import orjson
 import redis.asyncio as aioredis
 from psycopg import AsyncConnection
 from psycopg.rows import DictRow
+from redis.asyncio.client import Pipeline
 from redis.exceptions import RedisError, ResponseError
 
 from core.storable import storable
@@ -195,16 +196,33 @@ async def publish(
     and readers fill from Postgres whatever the stream lacks."""
     if not events:
         return
-    key = session_stream_key(org_id, events[0].session_id)
     try:
         async with redis.pipeline(transaction=False) as pipe:
-            for event in events:
-                pipe.xadd(key, {"e": event.to_json()}, id=f"{event.seq}-0", maxlen=maxlen, approximate=True)
-            pipe.expire(key, ttl_s)
+            queue_publish(pipe, org_id, events, maxlen=maxlen, ttl_s=ttl_s)
             results = await pipe.execute(raise_on_error=False)
     except (RedisError, OSError) as exc:
+        published(events, exc)
+        return
+    published(events, results)
+
+
+def queue_publish(pipe: Pipeline, org_id: str, events: list[Event], *, maxlen: int, ttl_s: int) -> int:
+    """Queue `publish`'s commands in `pipe` (a round trip shared with other work); how many were
+    queued. Hand their results (or the pipeline's error) to `published`."""
+    if not events:
+        return 0
+    key = session_stream_key(org_id, events[0].session_id)
+    for event in events:
+        pipe.xadd(key, {"e": event.to_json()}, id=f"{event.seq}-0", maxlen=maxlen, approximate=True)
+    pipe.expire(key, ttl_s)
+    return len(events) + 1
+
+
+def published(events: list[Event], results: list[Any] | BaseException) -> None:
+    """Log what went wrong publishing `events` (their commands' results, or the pipeline's error)."""
+    if isinstance(results, BaseException):
         log.warning("events %s..%s of session %s not published to Redis: %s",
-                    events[0].seq, events[-1].seq, events[0].session_id, exc)
+                    events[0].seq, events[-1].seq, events[0].session_id, results)
         return
     for result in results:
         # "ID ... equal or smaller": a later event reached the stream first. Readers see the

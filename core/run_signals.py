@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import logging
 from contextlib import suppress
+from typing import Any
 
 from redis.exceptions import RedisError
 
 from core import events, webhooks
-from core.admission import release_run
+from core.admission import RunTicket, release_run
 from core.infra import Infra
 from core.store.runs import Finished
 from core.telemetry import metrics
@@ -29,6 +30,26 @@ async def publish(infra: Infra, org_id: str, emitted: list[events.Event]) -> Non
     """Add committed events to their session's stream (never raises)."""
     await events.publish(infra.redis, org_id, emitted, maxlen=infra.settings.events.stream_maxlen,
                          ttl_s=infra.settings.events.stream_ttl_s)
+
+
+async def announce_created(infra: Infra, org_id: str, emitted: list[events.Event], ticket: RunTicket,
+                           run_id: str) -> None:
+    """A run's row is committed: publish its events and bind its admission ticket to it, in one
+    Redis round trip (never raises). Safe alongside `send_run`: should the run end before the bind
+    lands, its place is left over like a lost release, which admission reconciles with Postgres
+    before it ever refuses a run."""
+    settings = infra.settings.events
+    results: list[Any] | BaseException
+    try:
+        async with infra.redis.pipeline(transaction=False) as pipe:
+            binds = ticket.queue_bind(pipe, run_id)
+            events.queue_publish(pipe, org_id, emitted, maxlen=settings.stream_maxlen, ttl_s=settings.stream_ttl_s)
+            results = await pipe.execute(raise_on_error=False)
+    except (RedisError, OSError) as exc:
+        results = exc
+    await ticket.bound(results if isinstance(results, BaseException) else results[:binds])
+    if emitted:
+        events.published(emitted, results if isinstance(results, BaseException) else results[binds:])
 
 
 async def send_run(infra: Infra, org_id: str, run_id: str) -> None:
