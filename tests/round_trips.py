@@ -109,7 +109,7 @@ def counting() -> Iterator[Trips]:
         seen = _current.get()
         if seen is not None:
             seen.redis.append(str(args[0]))
-        return await command(self, *args, **options)
+        return await command(self, *args, **options)  # type: ignore[no-untyped-call]
 
     async def counted_pipeline(self: Any, *args: Any, **kwargs: Any) -> Any:
         seen = _current.get()
@@ -121,10 +121,10 @@ def counting() -> Iterator[Trips]:
         seen = _current.get()
         if seen is not None:
             seen.redis.append(str(args[0]))
-        return await immediate(self, *args, **options)
+        return await immediate(self, *args, **options)  # type: ignore[no-untyped-call]
 
     AsyncConnection.wait = counted_wait  # type: ignore[method-assign]
-    AsyncConnectionPool.check_connection = staticmethod(counted_check)  # type: ignore[method-assign,assignment]
+    AsyncConnectionPool.check_connection = staticmethod(counted_check)  # type: ignore[method-assign]
     redis_client.Redis.execute_command = counted_command  # type: ignore[method-assign]
     redis_client.Pipeline.execute = counted_pipeline  # type: ignore[method-assign]
     redis_client.Pipeline.immediate_execute_command = counted_immediate  # type: ignore[method-assign]
@@ -132,7 +132,7 @@ def counting() -> Iterator[Trips]:
         yield trips
     finally:
         AsyncConnection.wait = wait  # type: ignore[method-assign]
-        AsyncConnectionPool.check_connection = staticmethod(check)  # type: ignore[method-assign,assignment]
+        AsyncConnectionPool.check_connection = staticmethod(check)  # type: ignore[method-assign]
         redis_client.Redis.execute_command = command  # type: ignore[method-assign]
         redis_client.Pipeline.execute = pipe_execute  # type: ignore[method-assign]
         redis_client.Pipeline.immediate_execute_command = immediate  # type: ignore[method-assign]

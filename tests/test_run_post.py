@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Iterator
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import httpx
 import psycopg
@@ -97,8 +97,8 @@ def test_a_post_costs_one_postgres_round_trip_and_three_redis_ones(org: Org, set
 def test_with_budgets_the_post_decides_before_its_commit(client: TestClient, org: Org, settings: Settings) -> None:
     """An org with a budget: the run's answer is read before the commit (a 429 rolls it back),
     then the day's run count, then COMMIT."""
-    r = client.patch(f"/v1/orgs/{org.id}", json={"budgets": {"max_runs_per_day": 100}}, headers=ADMIN)
-    assert r.status_code == 200, r.text
+    patched = client.patch(f"/v1/orgs/{org.id}", json={"budgets": {"max_runs_per_day": 100}}, headers=ADMIN)
+    assert patched.status_code == 200, patched.text
     session = str(org.create_session(str(org.create_agent()["id"]))["id"])
     r, trips = post_counted(settings, org, session, {"input": "hello"})
     assert r.status_code == 202, r.text
@@ -193,7 +193,7 @@ def test_the_bind_is_made_even_after_redis_lost_its_scripts(org: Org, settings: 
             return str(r.json()["id"])
 
         run_id = in_process(settings, scenario)
-        members = {m.decode() for m in plain.zrange(org_active_runs_key(org.id), 0, -1)}
+        members = {m.decode() for m in cast(list[bytes], plain.zrange(org_active_runs_key(org.id), 0, -1))}
         assert run_id in members and not any(m.startswith("pending:") for m in members)
         org.client.post(f"/v1/runs/{run_id}/cancel", headers=org.headers)
     finally:
@@ -204,3 +204,34 @@ def test_run_queued_gets_no_webhook_delivery() -> None:
     """The POST stores `run.queued` in its own statement, without `events.append_with_deliveries`:
     right only while no webhook can subscribe to it."""
     assert events.RUN_QUEUED not in events.WEBHOOK_EVENT_TYPES
+
+
+def test_refusals_inside_the_transaction_roll_everything_back(client: TestClient, org: Org,
+                                                              db: psycopg.Connection[dict[str, Any]]) -> None:
+    """Budgets and the cap are decided before the commit: a refused run leaves no run, message,
+    event, seq or audit entry (the audit entry was sent before the refusal was known)."""
+    r = client.patch(f"/v1/orgs/{org.id}", json={"budgets": {"max_runs_per_day": 1}}, headers=ADMIN)
+    assert r.status_code == 200, r.text
+    agent = org.create_agent()
+    first, second, third = (str(org.create_session(str(agent["id"]))["id"]) for _ in range(3))
+    ok = org.client.post(f"/v1/sessions/{first}/runs", json={"input": "hello"}, headers=org.headers)
+    assert ok.status_code == 202, ok.text
+    before = stored(db, second)
+    over_budget = org.client.post(f"/v1/sessions/{second}/runs", json={"input": "hello"}, headers=org.headers)
+    assert error_of(over_budget, 429, "QUOTA_EXCEEDED")["details"]["budget"] == "max_runs_per_day"
+    assert stored(db, second) == before
+
+    lifted = {"budgets": {"max_runs_per_day": None}, "limits": {"max_active_runs": 1}}
+    r = client.patch(f"/v1/orgs/{org.id}", json=lifted, headers=ADMIN)
+    assert r.status_code == 200, r.text
+    held = org.client.post(f"/v1/sessions/{first}/runs", json={"input": LONG_RUN}, headers=org.headers)
+    try:
+        before = stored(db, third)
+        at_cap = org.client.post(f"/v1/sessions/{third}/runs", json={"input": "hello"},
+                                 headers=org.headers | {"Idempotency-Key": "new"})
+        error_of(at_cap, 429, "QUOTA_EXCEEDED")
+        assert stored(db, third) == before
+    finally:
+        for run in (ok, held):
+            if run.status_code == 202:
+                org.client.post(f"/v1/runs/{run.json()['id']}/cancel", headers=org.headers)
