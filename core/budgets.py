@@ -118,7 +118,7 @@ def refusal(state: BudgetState) -> ApiError:
                     headers={"Retry-After": str(retry_s)})
 
 
-def checked(limits: Limits) -> bool:
+def any_set(limits: Limits) -> bool:
     """Whether `admit_run` has anything to check for an org with these limits."""
     return any(v is not None for v in (limits.monthly_tokens, limits.monthly_cost_usd, limits.max_runs_per_day))
 

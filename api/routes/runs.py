@@ -102,7 +102,7 @@ async def create_run(call: Call[RunCreate]) -> Response:
     # What is refused inside the transaction (a run over the cap when only a replay may pass, a
     # budget used up) must be known before it commits; otherwise the whole transaction is sent at
     # once and read after its commit (a refused or busy request wrote nothing).
-    decide_before_commit = not ticket.admitted or budgets.checked(ticket.limits)
+    decide_before_commit = not ticket.admitted or budgets.any_set(ticket.limits)
     run_id = new_id("run")
     try:
         async with tenant_pipeline_tx(call.pool, principal.org_id) as conn:
