@@ -181,7 +181,7 @@ async def create_runs(infra: Infra, org_id: str, stop: asyncio.Event | None, n: 
         t0 = time.perf_counter()
         async with tenant_tx(infra.pool, org_id) as conn:
             await runs.lock_session(conn, session_id)
-            await runs.create(conn, session_id=session_id, agent=agent, text="hello", multitask="enqueue",
+            await runs.create(conn, session_id=session_id, text="hello", multitask="enqueue",
                               metadata={}, idempotency_key=None, request_hash="", created_by=None)
         out.append(time.perf_counter() - t0)
     return out

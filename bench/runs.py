@@ -569,7 +569,7 @@ async def _execute_stored_runs(bench: Bench, svc: Any, sessions: list[str], prof
         async with tenant_tx(svc.pool, bench.org_id) as conn:
             agent = await agents.get(conn, bench.agent_id)
             assert agent is not None
-            created = await runs.create(conn, session_id=session_id, agent=agent, text=bench.args.input,
+            created = await runs.create(conn, session_id=session_id, text=bench.args.input,
                                         multitask="enqueue", metadata={}, idempotency_key=None,
                                         request_hash="bench", created_by="bench")
         assert created is not None

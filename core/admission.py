@@ -30,7 +30,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 from redis.asyncio.client import Pipeline
-from redis.exceptions import RedisError
+from redis.exceptions import NoScriptError, RedisError
 
 from core.errors import ApiError
 from core.settings import LimitSettings, SandboxSettings
@@ -256,8 +256,9 @@ _warner = _Warner()
 
 
 class RunTicket:
-    """A place among an org's active runs, taken before the run is inserted. `bind` it to the
-    run after commit; `release` it when no run was created (error, idempotent replay)."""
+    """A place among an org's active runs, taken before the run is inserted. Bind it to the
+    run after commit (`queue_bind`, `bound`); `release` it when no run was created (error,
+    idempotent replay)."""
 
     def __init__(self, admission: Admission, org_id: str, token: str | None, admitted: bool,
                  limits: Limits, active: int) -> None:
@@ -267,6 +268,7 @@ class RunTicket:
         self.admitted = admitted
         self.limits = limits
         self.active = active
+        self._binding: tuple[str, str] | None = None  # (token, run id) queued by `queue_bind`
 
     def refusal(self) -> ApiError:
         if self.limits.closing:
@@ -280,14 +282,30 @@ class RunTicket:
             headers={"Retry-After": str(QUOTA_RETRY_AFTER_S)},
         )
 
-    async def bind(self, run_id: str) -> None:
+    def queue_bind(self, pipe: Pipeline, run_id: str) -> int:
+        """After the run's row committed: queue the swap of this place's reservation for the run
+        in `pipe` (a round trip shared with other work, e.g. publishing the run's events); how
+        many commands were queued. Hand their results (or the pipeline's error) to `bound`."""
         if self.token is None:
+            return 0
+        self._binding, self.token = (self.token, run_id), None
+        self._admission.queue_bind(pipe, self.org_id, *self._binding)
+        return 1
+
+    async def bound(self, results: list[Any] | BaseException) -> None:
+        """After `queue_bind`: a bind Redis could not run is logged; if Redis had lost the script
+        (a restart), the bind runs once more on its own, loading it."""
+        if self._binding is None:
             return
-        token, self.token = self.token, None
-        try:
-            await self._admission._bind(self.org_id, token, run_id)
-        except (RedisError, OSError) as exc:
-            _warner.warn("bind", "active-run set not updated for run %s (Redis: %s)", run_id, exc)
+        (token, run_id), self._binding = self._binding, None
+        failed = results if isinstance(results, BaseException) else results[0]
+        if isinstance(failed, NoScriptError):
+            try:
+                await self._admission._bind(self.org_id, token, run_id)
+            except (RedisError, OSError) as exc:
+                _warner.warn("bind", "active-run set not updated for run %s (Redis: %s)", run_id, exc)
+        elif isinstance(failed, BaseException):
+            _warner.warn("bind", "active-run set not updated for run %s (Redis: %s)", run_id, failed)
 
     async def release(self) -> None:
         if self.token is None:
@@ -382,6 +400,12 @@ class Admission:
         if removed or added:
             log.info("org %s active runs reconciled with Postgres: %d stale removed, %d missing added, %d now",
                      org_id, removed, added, size)
+
+    def queue_bind(self, pipe: Pipeline, org_id: str, token: str, run_id: str) -> None:
+        # EVALSHA itself: a script object queued in a pipeline makes it check SCRIPT EXISTS first
+        # (a round trip of its own); a lost script is answered NOSCRIPT instead (`RunTicket.bound`).
+        pipe.evalsha(self._bind_script.sha, 1, org_active_runs_key(org_id), token, run_id,
+                     self.settings.active_run_ttl_s * 1000)
 
     async def _bind(self, org_id: str, token: str, run_id: str) -> None:
         await self._bind_script(keys=[org_active_runs_key(org_id)],

@@ -118,6 +118,11 @@ def refusal(state: BudgetState) -> ApiError:
                     headers={"Retry-After": str(retry_s)})
 
 
+def any_set(limits: Limits) -> bool:
+    """Whether `admit_run` has anything to check for an org with these limits."""
+    return any(v is not None for v in (limits.monthly_tokens, limits.monthly_cost_usd, limits.max_runs_per_day))
+
+
 async def admit_run(conn: AsyncConnection[DictRow], limits: Limits, warn_at: float) -> None:
     """Check a new run against the org's budgets inside the transaction that creates it; raise
     the 429 refusal if one is used up. Costs nothing for an org without budgets."""

@@ -1,4 +1,6 @@
-"""The event protocol of a run, and the one place events are written.
+"""The event protocol of a run, and the one place events are written (but for a run's
+`run.queued`, which `core.store.runs.CREATE_RUN_SQL` stores in the statement that makes the run,
+by the same rule; no webhook subscribes to it).
 
 Every event belongs to a session and gets that session's next sequence number (`seq`) in the
 same Postgres transaction that stores it (`append`), taken while holding the session row, so

@@ -9,11 +9,12 @@ raised (except by `send_run`, whose caller decides what a failed send means).
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from redis.exceptions import RedisError
 
 from core import events, webhooks
-from core.admission import not_released, stage_release
+from core.admission import RunTicket, not_released, stage_release
 from core.infra import Infra
 from core.store.runs import Finished
 from core.telemetry import metrics
@@ -28,6 +29,30 @@ async def publish(infra: Infra, org_id: str, emitted: list[events.Event]) -> Non
     """Add committed events to their session's stream (never raises)."""
     await events.publish(infra.redis, org_id, emitted, maxlen=infra.settings.events.stream_maxlen,
                          ttl_s=infra.settings.events.stream_ttl_s)
+
+
+async def announce_created(infra: Infra, org_id: str, emitted: list[events.Event], ticket: RunTicket,
+                           run_id: str) -> None:
+    """A run's row is committed: publish its events and bind its admission ticket to it, in one
+    Redis round trip (never raises). Safe alongside `send_run`: should the run end before the bind
+    lands, its place is left over like a lost release, which admission reconciles with Postgres
+    before it ever refuses a run."""
+    settings = infra.settings.events
+    results: list[Any] | BaseException
+    try:
+        async with infra.redis.pipeline(transaction=False) as pipe:
+            binds = ticket.queue_bind(pipe, run_id)
+            events.stage_publish(pipe, org_id, emitted, maxlen=settings.stream_maxlen, ttl_s=settings.stream_ttl_s)
+            results = await pipe.execute(raise_on_error=False)
+    except (RedisError, OSError) as exc:
+        results = exc
+    await ticket.bound(results if isinstance(results, BaseException) else results[:binds])
+    if not emitted:
+        return
+    if isinstance(results, BaseException):
+        events.not_published(emitted, results)
+    else:
+        events.check_published(emitted, results[binds:])
 
 
 async def send_run(infra: Infra, org_id: str, run_id: str) -> None:

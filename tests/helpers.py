@@ -313,7 +313,7 @@ def stored_run(settings: Settings, org_id: str, agent_id: str, session_id: str, 
                 await runs.lock_session(conn, session_id)
                 agent = await agents.get(conn, agent_id)
                 assert agent is not None
-                created = await runs.create(conn, session_id=session_id, agent=agent, text=text, multitask="enqueue",
+                created = await runs.create(conn, session_id=session_id, text=text, multitask="enqueue",
                                             metadata={}, idempotency_key=None, request_hash="", created_by=None)
                 return created.run["id"]
         finally:

@@ -51,7 +51,7 @@ async def _queued_run(svc: Services, org: Org, session: dict[str, Any]) -> str:
         await runs.lock_session(conn, str(session["id"]))
         agent = await agents.get(conn, str(session["agent_id"]))
         assert agent is not None
-        created = await runs.create(conn, session_id=str(session["id"]), agent=agent, text="hello", multitask="enqueue",
+        created = await runs.create(conn, session_id=str(session["id"]), text="hello", multitask="enqueue",
                                     metadata={}, idempotency_key=None, request_hash="-", created_by=None)
     return created.run["id"]
 

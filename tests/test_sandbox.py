@@ -273,7 +273,7 @@ async def _queued_run(svc: Services, org: Org, session: dict[str, Any], text: st
         await runs.lock_session(conn, str(session["id"]))
         agent = await agents.get(conn, str(session["agent_id"]))
         assert agent is not None
-        created = await runs.create(conn, session_id=str(session["id"]), agent=agent, text=text, multitask="enqueue",
+        created = await runs.create(conn, session_id=str(session["id"]), text=text, multitask="enqueue",
                                     metadata={}, idempotency_key=None, request_hash="-", created_by=None)
     return created.run["id"]
 

@@ -44,7 +44,7 @@ def _create(settings: Settings, org: Org, session: dict[str, Any], text: str = "
             await runs.lock_session(conn, session["id"])
             agent = await agents.get(conn, session["agent_id"])
             assert agent is not None
-            created = await runs.create(conn, session_id=session["id"], agent=agent, text=text, multitask="enqueue",
+            created = await runs.create(conn, session_id=session["id"], text=text, multitask="enqueue",
                                         metadata={}, idempotency_key=None, request_hash="test", created_by=None)
         return str(created.run["id"])
 

@@ -23,12 +23,13 @@ from api.state import state_of
 from core import budgets
 from core.errors import ApiError
 from core.event_reader import EventReader
+from core.ids import new_id
 from core.pagination import page
-from core.run_signals import flag_cancel, publish, run_ended, send_run
+from core.run_signals import announce_created, flag_cancel, run_ended, send_run
 from core.store import audit, runs, sessions
 from core.store.runs import RunStatus
 from core.telemetry import metrics, names, scope, tracing
-from core.tenancy import tenant_tx
+from core.tenancy import tenant_pipeline_tx, tenant_tx
 
 log = logging.getLogger("agentos.api")
 
@@ -98,26 +99,27 @@ async def create_run(call: Call[RunCreate]) -> Response:
     ticket = await state_of(call.request).admission.admit_run(principal.org_id)
     if not ticket.admitted and key is None:
         raise ticket.refusal()
+    # What is refused inside the transaction (a run over the cap when only a replay may pass, a
+    # budget used up) must be known before it commits; otherwise the whole transaction is sent at
+    # once and read after its commit (a refused or busy request wrote nothing).
+    decide_before_commit = not ticket.admitted or budgets.any_set(ticket.limits)
+    run_id = new_id("run")
     try:
-        async with tenant_tx(call.pool, principal.org_id) as conn:
-            found, agent = await runs.lock_session_with_agent(conn, session_id)
-            if not found:
-                raise session_not_found(session_id)
-            if agent is None:
-                raise ApiError("CONFLICT", "This session's agent was deleted; start a new session with another agent.")
-            created = await runs.create(
-                conn, session_id=session_id, agent=agent, text=body.input, multitask=body.multitask,
-                metadata=body.metadata, idempotency_key=key, request_hash=request_hash, created_by=principal.actor,
-                trace_parent=_trace_parent(call),
+        async with tenant_pipeline_tx(call.pool, principal.org_id) as conn:
+            creating = await runs.send_create(
+                conn, session_id=session_id, text=body.input, multitask=body.multitask, metadata=body.metadata,
+                idempotency_key=key, request_hash=request_hash, created_by=principal.actor,
+                trace_parent=_trace_parent(call), run_id=run_id,
             )
-            if created.created and not ticket.admitted:
-                raise ticket.refusal()  # rolls the insert back
-            if created.created:
-                # Over a budget: 429, and the insert rolls back (nothing to check without budgets).
-                await budgets.admit_run(conn, ticket.limits, call.settings.usage.warn_at)
-                await audit.record(conn, principal.actor, "run.create", "run", created.run["id"],
-                                   {"session_id": session_id, "agent_id": agent["id"]},
-                                   trace_id=created.run["trace_id"])
+            await audit.record_if_run_made(conn, principal.actor, "run.create", run_id)
+            if decide_before_commit:
+                created = _made(await creating.result(), session_id)
+                if created.created and not ticket.admitted:
+                    raise ticket.refusal()  # rolls the insert back
+                if created.created:
+                    # Over a budget: 429, and the insert rolls back.
+                    await budgets.admit_run(conn, ticket.limits, call.settings.usage.warn_at)
+        created = _made(await creating.result(), session_id)
     except BaseException:
         await ticket.release()
         raise
@@ -129,20 +131,28 @@ async def create_run(call: Call[RunCreate]) -> Response:
     if not created.created:
         await ticket.release()
         return call.reply(_public(run), headers={**headers, "Idempotent-Replayed": "true"})
-    await ticket.bind(run["id"])
     state_of(call.request).fresh_runs.remember(principal.org_id, run["id"], session_id, created.events[0].seq)
     m = metrics.get()
     m.runs_created.labels(run["agent_id"], *m.org(principal.org_id)).inc()
     infra = call.infra
     sending = send_run(infra, principal.org_id, run["id"]) if created.first_in_line else asyncio.sleep(0)
-    _, sent = await asyncio.gather(publish(infra, principal.org_id, created.events), sending,
-                                   return_exceptions=True)
+    # The events and the ticket's bind share one Redis round trip, alongside the send.
+    _, sent = await asyncio.gather(announce_created(infra, principal.org_id, created.events, ticket, run["id"]),
+                                   sending, return_exceptions=True)
     if isinstance(sent, Exception):
         # The run is stored and stays queued; the watchdog sends it once the broker answers
         # again (docs/runs.md, "Redis trouble"). Nothing is lost and nothing is half-written.
         log.warning("broker unreachable: run %s deferred to the watchdog (%s)", run["id"], sent)
         headers["AgentOS-Deferred"] = "broker-unavailable"
     return call.reply(_public(run), headers=headers)
+
+
+def _made(outcome: runs.Created | runs.Absent, session_id: str) -> runs.Created:
+    if outcome is runs.Absent.SESSION:
+        raise session_not_found(session_id)
+    if outcome is runs.Absent.AGENT:
+        raise ApiError("CONFLICT", "This session's agent was deleted; start a new session with another agent.")
+    return outcome
 
 
 @endpoint("Read one run.", response=Run)

@@ -39,6 +39,16 @@ INSERT INTO audit_logs (id, org_id, actor, action, target_type, target_id, detai
                         request_id)
 VALUES (%s, agentos_current_org(), %s, %s, %s, %s, %s, %s, %s, %s, %s)
 """
+# The entry of a run made by a statement sent just before in the same transaction (core.store.runs
+# `send_create`), sent without knowing whether the run was made: stored only if it was (its id is
+# fresh, so it exists only then), naming its session and agent.
+INSERT_RUN_AUDIT_SQL = """
+INSERT INTO audit_logs (id, org_id, actor, action, target_type, target_id, details, trace_id, ip, user_agent,
+                        request_id)
+SELECT %s, agentos_current_org(), %s, %s, 'run', r.id, jsonb_build_object('session_id', r.session_id,
+       'agent_id', r.agent_id), r.trace_id, %s, %s, %s
+FROM runs r WHERE r.id = %s
+"""
 COLUMNS = "id, actor, action, target_type, target_id, details, ip, user_agent, request_id, trace_id, created_at"
 LIST_SQL = f"""
 SELECT {COLUMNS} FROM audit_logs
@@ -97,6 +107,14 @@ async def record(
         (new_id("audit"), actor, action, target_type, target_id, Jsonb(details or {}), trace_id, where.ip,
          where.user_agent, where.request_id),
     )
+
+
+async def record_if_run_made(conn: AsyncConnection[DictRow], actor: str, action: str, run_id: str) -> None:
+    """`record` an entry about a run, if this transaction made it (`INSERT_RUN_AUDIT_SQL`): needs
+    no answer, so in pipeline mode it travels with the statements around it."""
+    where = origin.get() or Origin(None, None, None)
+    await conn.execute(INSERT_RUN_AUDIT_SQL, (new_id("audit"), actor, action, where.ip, where.user_agent,
+                                              where.request_id, run_id))
 
 
 async def list_logs(conn: AsyncConnection[DictRow], filters: Filters, cursor: str | None, limit: int) -> list[AuditRow]:

@@ -12,11 +12,11 @@ from __future__ import annotations
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any, TypedDict, cast
 
-from psycopg import AsyncConnection
+from psycopg import AsyncConnection, AsyncCursor
 from psycopg.rows import DictRow
 from psycopg.types.json import Jsonb
 
@@ -24,8 +24,7 @@ from core import events
 from core.agent_config import AgentLimits
 from core.events import Event
 from core.ids import new_id
-from core.store import agents
-from core.store.agents import AgentRow, AgentVersionRow
+from core.store.agents import AgentVersionRow
 from core.store.errors import IdempotencyMismatch, SessionBusy
 from core.store.skills import RUN_SKILL_VERSIONS
 from core.tenancy import AsyncPool, Statement, tenant_batch
@@ -93,32 +92,62 @@ PUBLIC_FIELDS = (
 )
 
 LOCK_SESSION_SQL = "SELECT id, agent_id, user_id FROM sessions WHERE id = %s AND deleted_at IS NULL FOR UPDATE"
-# The POST's first statement: hold the session and read its (live) agent in one round trip.
-LOCK_SESSION_AGENT_SQL = f"""
-SELECT s.id AS session_id, {", ".join("a." + c.strip() for c in agents.COLUMNS.split(","))}
+# A POST's first statement: hold the session (no row: there is none) and say whether its agent is
+# still there.
+LOCK_FOR_CREATE_SQL = """
+SELECT a.id IS NOT NULL AS agent_live
 FROM sessions s LEFT JOIN agents a ON a.id = s.agent_id AND a.deleted_at IS NULL
 WHERE s.id = %s AND s.deleted_at IS NULL FOR UPDATE OF s
 """
 # Ending a run must work even after its session was deleted.
 LOCK_ANY_SESSION_SQL = "SELECT id FROM sessions WHERE id = %s FOR UPDATE"
-BY_IDEMPOTENCY_SQL = f"SELECT {COLUMNS}, request_hash FROM runs WHERE session_id = %s AND idempotency_key = %s"
-# The run and the user's message in one statement (one round trip); the message's foreign key
-# to the run is checked at the end of the statement, when the run exists.
-INSERT_RUN_SQL = f"""
-WITH r AS (
+_ACTIVE = "('queued', 'running', 'awaiting_confirmation')"
+# A POST's second statement, sent right behind `LOCK_FOR_CREATE_SQL` without waiting for it: it
+# starts once that one holds the session row, so it sees every run committed before (a separate
+# statement because one statement's reads use the snapshot taken when it started, before any wait
+# for the lock). In one round trip: an earlier run with the same idempotency key (then nothing is
+# written), else the session's first active run (with multitask `reject`, nothing is written),
+# else the run with its queue place, the user's message and the `run.queued` event under the
+# session's next seq (core.events' numbering: taken from the held session row). Foreign keys
+# (the message's and the event's to the run) are checked at the end of the statement. One row
+# comes back: `created`, `existing` (with its request hash) or `busy` (the active run); none when
+# the session or its agent is gone.
+CREATE_RUN_SQL = f"""
+WITH agent AS (
+  SELECT a.id, a.version FROM sessions s JOIN agents a ON a.id = s.agent_id AND a.deleted_at IS NULL
+  WHERE s.id = %(session_id)s AND s.deleted_at IS NULL
+), existing AS (
+  SELECT {COLUMNS}, request_hash FROM runs WHERE session_id = %(session_id)s AND idempotency_key = %(idempotency_key)s
+), active AS (
+  SELECT {COLUMNS} FROM runs WHERE session_id = %(session_id)s AND status IN {_ACTIVE} ORDER BY queue_seq LIMIT 1
+), go AS (
+  SELECT agent.id, agent.version FROM agent
+  WHERE NOT EXISTS (SELECT 1 FROM existing) AND (%(multitask)s <> 'reject' OR NOT EXISTS (SELECT 1 FROM active))
+), seq AS (
+  UPDATE sessions SET event_seq = event_seq + 1 WHERE id = %(session_id)s AND EXISTS (SELECT 1 FROM go)
+  RETURNING event_seq
+), r AS (
   INSERT INTO runs (id, org_id, session_id, agent_id, agent_version, multitask, input, metadata,
-                    idempotency_key, request_hash, trace_id, trace_parent, created_by, deadline_at)
-  VALUES (%(id)s, agentos_current_org(), %(session_id)s, %(agent_id)s, %(agent_version)s, %(multitask)s,
-          %(input)s, %(metadata)s, %(idempotency_key)s, %(request_hash)s, %(trace_id)s, %(trace_parent)s,
-          %(created_by)s, NULL)
+                    idempotency_key, request_hash, trace_id, trace_parent, created_by, deadline_at, queue_seq)
+  SELECT %(id)s, agentos_current_org(), %(session_id)s, go.id, go.version, %(multitask)s, %(input)s, %(metadata)s,
+         %(idempotency_key)s, %(request_hash)s, %(trace_id)s, %(trace_parent)s, %(created_by)s, NULL, seq.event_seq
+  FROM go, seq
   RETURNING {COLUMNS}
 ), m AS (
   INSERT INTO messages (id, org_id, session_id, run_id, role, content)
   SELECT %(message_id)s, agentos_current_org(), r.session_id, r.id, 'user', %(text)s FROM r
+), e AS (
+  INSERT INTO run_events (org_id, session_id, seq, run_id, type, data, ts)
+  SELECT agentos_current_org(), r.session_id, seq.event_seq, r.id, %(event_type)s, %(event_data)s, %(ts)s FROM r, seq
 )
-SELECT * FROM r
+SELECT 'created' AS outcome, r.*, seq.event_seq AS seq, NOT EXISTS (SELECT 1 FROM active) AS first_in_line,
+       NULL AS request_hash FROM r, seq
+UNION ALL
+SELECT 'existing', {COLUMNS}, NULL, false, request_hash FROM existing
+UNION ALL
+SELECT 'busy', {COLUMNS}, NULL, false, NULL FROM active
+WHERE %(multitask)s = 'reject' AND NOT EXISTS (SELECT 1 FROM existing)
 """
-SET_QUEUE_SEQ_SQL = "UPDATE runs SET queue_seq = %s WHERE id = %s"
 GET_RUN_SQL = f"SELECT {COLUMNS}, queue_seq, lease_owner, lease_expires_at, cancel_requested_at FROM runs WHERE id = %s"
 LIST_RUNS_SQL = f"""
 SELECT {COLUMNS} FROM runs WHERE session_id = %(session_id)s
@@ -216,11 +245,6 @@ WITH f AS (
 SELECT f.*, nxt.next_run_id, nxt.next_status, {_ANSWER_SELECT}, seqs.event_seq, hooks.webhooks
 FROM f LEFT JOIN nxt ON true LEFT JOIN answer ON true LEFT JOIN seqs ON true CROSS JOIN hooks
 """
-# The run at the head of a session's line (the active one, or the next to start).
-FIRST_ACTIVE_SQL = """
-SELECT id, status FROM runs WHERE session_id = %s AND status IN ('queued', 'running', 'awaiting_confirmation')
-ORDER BY queue_seq LIMIT 1
-"""
 # A cancel asked for while the worker was stopping the graph wins over the pause (the caller
 # then ends the run as cancelled): a paused run is only ever cancelled by the cancel route itself.
 PAUSE_SQL = """
@@ -268,15 +292,6 @@ async def lock_session(conn: AsyncConnection[DictRow], session_id: str) -> dict[
     return await (await conn.execute(LOCK_SESSION_SQL, (session_id,))).fetchone()
 
 
-async def lock_session_with_agent(conn: AsyncConnection[DictRow], session_id: str) -> tuple[bool, AgentRow | None]:
-    """`lock_session`, also reading the session's agent (None if it was deleted): (found, agent)."""
-    row = await (await conn.execute(LOCK_SESSION_AGENT_SQL, (session_id,))).fetchone()
-    if row is None:
-        return False, None
-    del row["session_id"]
-    return True, cast(AgentRow, row) if row["id"] is not None else None
-
-
 async def lock_any_session(conn: AsyncConnection[DictRow], session_id: str) -> bool:
     """Hold the session row even if the session was deleted (ending its runs must still work)."""
     return await (await conn.execute(LOCK_ANY_SESSION_SQL, (session_id,))).fetchone() is not None
@@ -306,11 +321,97 @@ class Created:
     first_in_line: bool
 
 
+class Absent(StrEnum):
+    """Why no run could be made: the session is gone, or its agent is."""
+
+    SESSION = "session"
+    AGENT = "agent"
+
+
+class Creating:
+    """A run's creation, sent (`send_create`); `result` reads what it did."""
+
+    def __init__(self, lock: AsyncCursor[DictRow], insert: AsyncCursor[DictRow], *, session_id: str,
+                 idempotency_key: str | None, request_hash: str, ts: datetime) -> None:
+        self._lock, self._insert = lock, insert
+        self._session_id, self._key, self._hash, self._ts = session_id, idempotency_key, request_hash, ts
+        self._done: Created | Absent | None = None
+
+    async def result(self) -> Created | Absent:
+        """The run made (or the earlier one an idempotency key names), or why there is none (read
+        once; asking again answers the same).
+
+        Raises `IdempotencyMismatch` for a reused idempotency key with another body, and
+        `SessionBusy` when a run is active and `multitask` is `reject`."""
+        if self._done is None:
+            self._done = await self._read()
+        return self._done
+
+    async def _read(self) -> Created | Absent:
+        # The second statement first: in pipeline mode reading it reads the first one's answer too.
+        row = await self._insert.fetchone()
+        held = await self._lock.fetchone()
+        if held is None:
+            return Absent.SESSION
+        if not held["agent_live"] or row is None:  # (or deleted between the two statements)
+            return Absent.AGENT
+        outcome, seq, first = row.pop("outcome"), row.pop("seq"), row.pop("first_in_line")
+        stored_hash = row.pop("request_hash")
+        run = cast(RunRow, row)
+        if outcome == "busy":
+            raise SessionBusy(run["id"])
+        if outcome == "existing":
+            if stored_hash != self._hash:
+                assert self._key is not None
+                raise IdempotencyMismatch(self._key, run["id"])
+            return Created(run, [], created=False, first_in_line=False)
+        queued = Event(seq=int(seq), type=events.RUN_QUEUED, run_id=run["id"], session_id=self._session_id,
+                       ts=self._ts, data=dict(QUEUED_DATA))
+        return Created(run, [queued], created=True, first_in_line=bool(first))
+
+
+QUEUED_DATA: dict[str, Any] = {"attempt": 0}
+
+
+async def send_create(
+    conn: AsyncConnection[DictRow],
+    *,
+    session_id: str,
+    text: str,
+    multitask: str,
+    metadata: dict[str, Any],
+    idempotency_key: str | None,
+    request_hash: str,
+    created_by: str | None,
+    trace_parent: str | None = None,
+    run_id: str | None = None,
+) -> Creating:
+    """Send what stores the user's message and a queued run of the session's agent, with its
+    `run.queued` event, unless an earlier run has the same idempotency key, or a run is active and
+    `multitask` is `reject`: two statements, the first holding the session row until the
+    transaction ends (which serialises runs of one session). In pipeline mode nothing waits here:
+    the answer comes with `Creating.result` (or with the transaction's end).
+
+    `trace_parent`: the W3C traceparent of the creating request's span (or of the caller's
+    incoming one); its trace id becomes the run's `trace_id`. Without it the run gets a fresh one.
+    """
+    ts = datetime.now(UTC)
+    lock = await conn.execute(LOCK_FOR_CREATE_SQL, (session_id,))
+    insert = await conn.execute(CREATE_RUN_SQL, {
+        "id": run_id or new_id("run"), "session_id": session_id, "multitask": multitask,
+        "input": Jsonb({"text": text}), "metadata": Jsonb(metadata), "idempotency_key": idempotency_key,
+        "request_hash": request_hash, "trace_id": trace_parent[3:35] if trace_parent else new_trace_id(),
+        "trace_parent": trace_parent, "created_by": created_by, "message_id": new_id("message"), "text": text,
+        "event_type": events.RUN_QUEUED, "event_data": Jsonb(QUEUED_DATA), "ts": ts,
+    })
+    return Creating(lock, insert, session_id=session_id, idempotency_key=idempotency_key,
+                    request_hash=request_hash, ts=ts)
+
+
 async def create(
     conn: AsyncConnection[DictRow],
     *,
     session_id: str,
-    agent: AgentRow,
     text: str,
     multitask: str,
     metadata: dict[str, Any],
@@ -319,36 +420,15 @@ async def create(
     created_by: str | None,
     trace_parent: str | None = None,
 ) -> Created:
-    """Insert the user's message and a queued run. The caller holds the session row
-    (`lock_session`) for the whole transaction: that serialises runs of one session.
-
-    `trace_parent`: the W3C traceparent of the creating request's span (or of the caller's
-    incoming one); its trace id becomes the run's `trace_id`. Without it the run gets a fresh one.
-
-    Raises `IdempotencyMismatch` for a reused idempotency key with another body, and
-    `SessionBusy` when a run is active and `multitask` is `reject`.
-    """
-    if idempotency_key is not None:
-        existing = await (await conn.execute(BY_IDEMPOTENCY_SQL, (session_id, idempotency_key))).fetchone()
-        if existing is not None:
-            if existing.pop("request_hash") != request_hash:
-                raise IdempotencyMismatch(idempotency_key, existing["id"])
-            return Created(cast(RunRow, existing), [], created=False, first_in_line=False)
-    active = await (await conn.execute(FIRST_ACTIVE_SQL, (session_id,))).fetchone()
-    if active is not None and multitask == "reject":
-        raise SessionBusy(active["id"])
-    run_id = new_id("run")
-    run = await (await conn.execute(INSERT_RUN_SQL, {
-        "id": run_id, "session_id": session_id, "agent_id": agent["id"], "agent_version": agent["version"],
-        "multitask": multitask, "input": Jsonb({"text": text}), "metadata": Jsonb(metadata),
-        "idempotency_key": idempotency_key, "request_hash": request_hash,
-        "trace_id": trace_parent[3:35] if trace_parent else new_trace_id(), "trace_parent": trace_parent,
-        "created_by": created_by, "message_id": new_id("message"), "text": text,
-    })).fetchone()
-    assert run is not None
-    emitted = await events.append(conn, session_id, [(run_id, events.RUN_QUEUED, {"attempt": 0})])
-    await conn.execute(SET_QUEUE_SEQ_SQL, (emitted[0].seq, run_id))
-    return Created(cast(RunRow, run), emitted, created=True, first_in_line=active is None)
+    """`send_create` and its result, for a caller that knows the session and its agent exist
+    (tests, benchmarks): raises `events.SessionGone` when they do not."""
+    sent = await send_create(conn, session_id=session_id, text=text, multitask=multitask, metadata=metadata,
+                             idempotency_key=idempotency_key, request_hash=request_hash, created_by=created_by,
+                             trace_parent=trace_parent)
+    done = await sent.result()
+    if isinstance(done, Absent):
+        raise events.SessionGone(session_id)
+    return done
 
 
 def new_trace_id() -> str:

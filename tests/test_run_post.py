@@ -1,0 +1,254 @@
+"""`POST /v1/sessions/{id}/runs`, the API's hot path: what one POST stores (in one Postgres round
+trip) and what it leaves alone when it stores nothing; its round trips to Postgres and Redis are
+counted (tests/round_trips.py) and pinned, so a change cannot add one unnoticed."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any, TypeVar, cast
+
+import httpx
+import psycopg
+import pytest
+import redis
+from psycopg.rows import dict_row
+from starlette.testclient import TestClient
+
+from api.app import create_app
+from core import events
+from core.settings import Settings
+from core.tenancy import org_active_runs_key
+from tests.helpers import ADMIN_TOKEN, Org, error_of
+from tests.round_trips import Trips, counting
+
+T = TypeVar("T")
+ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+LONG_RUN = "wait: 10"  # stays active for the length of a test, worker or not
+
+
+def in_process(settings: Settings, scenario: Callable[[httpx.AsyncClient], Awaitable[T]]) -> T:
+    """`scenario` against the API in this process (its own app, lifespan and pools), so what a
+    request sends can be counted in the request's own context."""
+    app = create_app(settings)
+
+    async def go() -> T:
+        async with app.router.lifespan_context(app) as state:
+            # Until its invalidation feed is live the key cache serves no hit: a key looked up
+            # per request would be counted as the POST's.
+            keys = state["api"].auth.keys if state else None
+            for _ in range(500):
+                if keys is None or keys.enabled:
+                    break
+                await asyncio.sleep(0.01)
+            async def with_state(scope: Any, receive: Any, send: Any) -> None:
+                scope["state"] = dict(state or {})
+                await app(scope, receive, send)
+
+            transport = httpx.ASGITransport(app=with_state)
+            async with httpx.AsyncClient(transport=transport, base_url="http://api") as client:
+                return await scenario(client)
+
+    return asyncio.run(go())
+
+
+def post_counted(settings: Settings, org: Org, session_id: str, body: dict[str, Any]) -> tuple[httpx.Response, Trips]:
+    warm = str(org.create_session(str(org.create_agent()["id"]))["id"])
+
+    async def scenario(client: httpx.AsyncClient) -> tuple[httpx.Response, Trips]:
+        # A first POST reads the org's limits (then cached by the process) and loads the scripts.
+        first = await client.post(f"/v1/sessions/{warm}/runs", json={"input": "warm"}, headers=org.headers)
+        assert first.status_code == 202, first.text
+        with counting() as trips:
+            r = await client.post(f"/v1/sessions/{session_id}/runs", json=body, headers=org.headers)
+        return r, trips
+
+    return in_process(settings, scenario)
+
+
+@pytest.fixture
+def db(settings: Settings) -> Iterator[psycopg.Connection[dict[str, Any]]]:
+    """The database as its owner (no row-level security): to look at what a POST stored."""
+    with psycopg.connect(settings.database.url, row_factory=dict_row, autocommit=True) as conn:
+        yield conn
+
+
+def stored(db: psycopg.Connection[dict[str, Any]], session_id: str) -> dict[str, Any]:
+    """What POSTs write to a session: its seq, runs (with their line places), messages, `run.queued`
+    events and audit entries (a worker that starts a run changes its status and adds events)."""
+    def rows(sql: str) -> list[dict[str, Any]]:
+        return db.execute(sql, (session_id,)).fetchall()
+
+    seq = db.execute("SELECT event_seq FROM sessions WHERE id = %s", (session_id,)).fetchone()
+    return {
+        "event_seq": seq["event_seq"] if seq else None,
+        "runs": rows("SELECT id, queue_seq, agent_id, trace_id FROM runs WHERE session_id = %s ORDER BY id"),
+        "messages": rows("SELECT run_id, role, content FROM messages WHERE session_id = %s AND role = 'user' "
+                         "ORDER BY id"),
+        "events": rows("SELECT seq, run_id, type, data FROM run_events WHERE session_id = %s AND type = 'run.queued' "
+                       "ORDER BY seq"),
+        "audit": rows("SELECT actor, target_id, details, trace_id FROM audit_logs "
+                      "WHERE action = 'run.create' AND details->>'session_id' = %s ORDER BY id"),
+    }
+
+
+def without_seq(found: dict[str, Any]) -> dict[str, Any]:
+    """`stored` but the seq, which a worker executing the session's run moves on."""
+    return {k: v for k, v in found.items() if k != "event_seq"}
+
+
+def test_a_post_costs_one_postgres_round_trip_and_three_redis_ones(org: Org, settings: Settings) -> None:
+    """BEGIN, the org, the session's lock, the run (with its message, event and line place), the
+    audit entry and COMMIT travel as one batch; Redis: the rate, the admission, then the event's
+    publication with the admission's bind (the Celery send is not counted here)."""
+    session = str(org.create_session(str(org.create_agent()["id"]))["id"])
+    r, trips = post_counted(settings, org, session, {"input": "hello"})
+    assert r.status_code == 202, r.text
+    assert len(trips.pg) == 1, trips.summary()
+    assert len(trips.statements) == 6, trips.summary()
+    assert len(trips.redis) == 3, trips.summary()
+
+
+def test_with_budgets_the_post_decides_before_its_commit(client: TestClient, org: Org, settings: Settings) -> None:
+    """An org with a budget: the run's answer is read before the commit (a 429 rolls it back),
+    then the day's run count, then COMMIT."""
+    patched = client.patch(f"/v1/orgs/{org.id}", json={"budgets": {"max_runs_per_day": 100}}, headers=ADMIN)
+    assert patched.status_code == 200, patched.text
+    session = str(org.create_session(str(org.create_agent()["id"]))["id"])
+    r, trips = post_counted(settings, org, session, {"input": "hello"})
+    assert r.status_code == 202, r.text
+    assert len(trips.pg) == 3, trips.summary()
+    assert len(trips.statements) == 7, trips.summary()
+
+
+def test_a_post_stores_the_run_its_message_event_line_place_and_audit_entry(
+        org: Org, db: psycopg.Connection[dict[str, Any]]) -> None:
+    agent = org.create_agent()
+    session = str(org.create_session(str(agent["id"]))["id"])
+    before = stored(db, session)["event_seq"]
+    r = org.client.post(f"/v1/sessions/{session}/runs", json={"input": "hello"}, headers=org.headers)
+    assert r.status_code == 202, r.text
+    run = r.json()
+    after = stored(db, session)
+    assert after["event_seq"] >= before + 1  # (more once a worker starts the run)
+    assert after["runs"] == [{"id": run["id"], "queue_seq": before + 1, "agent_id": agent["id"],
+                              "trace_id": run["trace_id"]}]
+    assert run["status"] == "queued"
+    assert after["messages"] == [{"run_id": run["id"], "role": "user", "content": "hello"}]
+    assert after["events"][0] == {"seq": before + 1, "run_id": run["id"], "type": events.RUN_QUEUED,
+                                  "data": {"attempt": 0}}
+    assert len(after["audit"]) == 1
+    assert after["audit"][0]["target_id"] == run["id"] and after["audit"][0]["trace_id"] == run["trace_id"]
+    assert after["audit"][0]["details"] == {"session_id": session, "agent_id": agent["id"]}
+
+
+def test_a_busy_reject_a_replay_and_a_mismatch_store_nothing(org: Org, db: psycopg.Connection[dict[str, Any]]) -> None:
+    session = str(org.create_session(str(org.create_agent()["id"]))["id"])
+    url = f"/v1/sessions/{session}/runs"
+    first = org.client.post(url, json={"input": LONG_RUN}, headers=org.headers | {"Idempotency-Key": "once"})
+    assert first.status_code == 202, first.text
+    try:
+        before = without_seq(stored(db, session))
+        busy = org.client.post(url, json={"input": "now", "multitask": "reject"}, headers=org.headers)
+        assert error_of(busy, 409, "SESSION_BUSY")["details"] == {"active_run_id": first.json()["id"]}
+        replay = org.client.post(url, json={"input": LONG_RUN}, headers=org.headers | {"Idempotency-Key": "once"})
+        assert replay.status_code == 202 and replay.headers["Idempotent-Replayed"] == "true"
+        assert replay.json()["id"] == first.json()["id"]
+        mismatch = org.client.post(url, json={"input": "other"}, headers=org.headers | {"Idempotency-Key": "once"})
+        error_of(mismatch, 422, "IDEMPOTENCY_MISMATCH")
+        # A replay of a reject POST answers its run even though the session is busy (with it).
+        again = org.client.post(url, json={"input": LONG_RUN}, headers=org.headers | {"Idempotency-Key": "once"})
+        assert again.json()["id"] == first.json()["id"]
+        assert without_seq(stored(db, session)) == before  # no row written
+    finally:
+        org.client.post(f"/v1/runs/{first.json()['id']}/cancel", headers=org.headers)
+
+
+def test_enqueued_posts_take_line_places_in_post_order(org: Org, db: psycopg.Connection[dict[str, Any]]) -> None:
+    session = str(org.create_session(str(org.create_agent()["id"]))["id"])
+    ids = []
+    try:
+        for text in (LONG_RUN, "second", "third"):
+            r = org.client.post(f"/v1/sessions/{session}/runs", json={"input": text}, headers=org.headers)
+            assert r.status_code == 202, r.text
+            ids.append(r.json()["id"])
+        runs = stored(db, session)["runs"]
+        by_place = [run["id"] for run in sorted(runs, key=lambda run: run["queue_seq"])]
+        assert by_place == ids
+        queued = [e for e in stored(db, session)["events"] if e["type"] == events.RUN_QUEUED]
+        assert [e["run_id"] for e in queued] == ids
+        assert [e["seq"] for e in queued] == sorted(run["queue_seq"] for run in runs)
+    finally:
+        for run_id in ids:
+            org.client.post(f"/v1/runs/{run_id}/cancel", headers=org.headers)
+
+
+def test_a_post_to_a_session_whose_agent_was_deleted_is_409_and_stores_nothing(
+        org: Org, db: psycopg.Connection[dict[str, Any]]) -> None:
+    agent = org.create_agent()
+    session = str(org.create_session(str(agent["id"]))["id"])
+    assert org.client.delete(f"/v1/agents/{agent['id']}", headers=org.headers).status_code == 204
+    before = stored(db, session)
+    r = org.client.post(f"/v1/sessions/{session}/runs", json={"input": "hello"},
+                        headers=org.headers | {"Idempotency-Key": "k"})
+    error_of(r, 409, "CONFLICT")
+    assert stored(db, session) == before
+
+
+def test_the_bind_is_made_even_after_redis_lost_its_scripts(org: Org, settings: Settings) -> None:
+    """The bind rides in the publication's pipeline as a bare EVALSHA: a Redis that lost its
+    scripts (a restart) answers NOSCRIPT, and the bind is made once more, loading the script."""
+    session = str(org.create_session(str(org.create_agent()["id"]))["id"])
+    plain = redis.Redis.from_url(settings.redis.url)
+    try:
+        async def scenario(client: httpx.AsyncClient) -> str:
+            warm = await client.get("/v1/agents", headers=org.headers)  # the org's limits, cached
+            assert warm.status_code == 200, warm.text
+            plain.script_flush()
+            r = await client.post(f"/v1/sessions/{session}/runs", json={"input": LONG_RUN}, headers=org.headers)
+            assert r.status_code == 202, r.text
+            return str(r.json()["id"])
+
+        run_id = in_process(settings, scenario)
+        members = {m.decode() for m in cast(list[bytes], plain.zrange(org_active_runs_key(org.id), 0, -1))}
+        assert run_id in members and not any(m.startswith("pending:") for m in members)
+        org.client.post(f"/v1/runs/{run_id}/cancel", headers=org.headers)
+    finally:
+        plain.close()
+
+
+def test_run_queued_gets_no_webhook_delivery() -> None:
+    """The POST stores `run.queued` in its own statement, without `events.append_with_deliveries`:
+    right only while no webhook can subscribe to it."""
+    assert events.RUN_QUEUED not in events.WEBHOOK_EVENT_TYPES
+
+
+def test_refusals_inside_the_transaction_roll_everything_back(client: TestClient, org: Org,
+                                                              db: psycopg.Connection[dict[str, Any]]) -> None:
+    """Budgets and the cap are decided before the commit: a refused run leaves no run, message,
+    event, seq or audit entry (the audit entry was sent before the refusal was known)."""
+    r = client.patch(f"/v1/orgs/{org.id}", json={"budgets": {"max_runs_per_day": 1}}, headers=ADMIN)
+    assert r.status_code == 200, r.text
+    agent = org.create_agent()
+    first, second, third = (str(org.create_session(str(agent["id"]))["id"]) for _ in range(3))
+    ok = org.client.post(f"/v1/sessions/{first}/runs", json={"input": "hello"}, headers=org.headers)
+    assert ok.status_code == 202, ok.text
+    before = stored(db, second)
+    over_budget = org.client.post(f"/v1/sessions/{second}/runs", json={"input": "hello"}, headers=org.headers)
+    assert error_of(over_budget, 429, "QUOTA_EXCEEDED")["details"]["budget"] == "max_runs_per_day"
+    assert stored(db, second) == before
+
+    lifted = {"budgets": {"max_runs_per_day": None}, "limits": {"max_active_runs": 1}}
+    r = client.patch(f"/v1/orgs/{org.id}", json=lifted, headers=ADMIN)
+    assert r.status_code == 200, r.text
+    held = org.client.post(f"/v1/sessions/{first}/runs", json={"input": LONG_RUN}, headers=org.headers)
+    try:
+        before = stored(db, third)
+        at_cap = org.client.post(f"/v1/sessions/{third}/runs", json={"input": "hello"},
+                                 headers=org.headers | {"Idempotency-Key": "new"})
+        error_of(at_cap, 429, "QUOTA_EXCEEDED")
+        assert stored(db, third) == before
+    finally:
+        for run in (ok, held):
+            if run.status_code == 202:
+                org.client.post(f"/v1/runs/{run.json()['id']}/cancel", headers=org.headers)
