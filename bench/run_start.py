@@ -119,7 +119,6 @@ async def measure(bench: Bench, runs: int, counted: bool, explained: bool = Fals
     import orchestrator.nodes as nodes
     import runtime.executor as executor
     from core.settings import load_settings
-    from core.store import agents
     from core.store import runs as run_store
     from core.tenancy import tenant_tx
     from runtime.services import Services
@@ -153,9 +152,7 @@ async def measure(bench: Bench, runs: int, counted: bool, explained: bool = Fals
         for which in results:
             for i, session_id in enumerate(sessions):
                 async with tenant_tx(svc.pool, bench.org_id) as conn:
-                    agent = await agents.get(conn, bench.agent_id)
-                    assert agent is not None
-                    created = await run_store.create(conn, session_id=session_id, agent=agent, text="hello",
+                    created = await run_store.create(conn, session_id=session_id, text="hello",
                                                      multitask="enqueue", metadata={}, idempotency_key=None,
                                                      request_hash="bench", created_by="bench")
                 marks[0] = Marks([pg, rd])

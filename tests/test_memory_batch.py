@@ -139,7 +139,7 @@ def test_a_search_failing_in_the_batch_warns_and_the_window_is_still_read(
         org: Org, settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
     """The search shares its transaction with the window's reads: if it fails there, recall is
     given up with a warning, as before, and the window is read by itself (the run goes on)."""
-    from core.store import agents, runs
+    from core.store import runs
     from runtime.executor import execute_run
     from runtime.services import Services
 
@@ -149,9 +149,7 @@ def test_a_search_failing_in_the_batch_warns_and_the_window_is_still_read(
     async def run(svc: Services) -> str:
         async with tenant_tx(svc.pool, org.id) as conn:
             await runs.lock_session(conn, session)
-            row = await agents.get(conn, str(agent["id"]))
-            assert row is not None
-            created = await runs.create(conn, session_id=session, agent=row, text="hello again", multitask="enqueue",
+            created = await runs.create(conn, session_id=session, text="hello again", multitask="enqueue",
                                         metadata={}, idempotency_key=None, request_hash="-", created_by=None)
         assert (await execute_run(svc, created.run["id"], org.id)).outcome == "succeeded"
         return created.run["id"]

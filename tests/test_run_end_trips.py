@@ -25,7 +25,7 @@ from agentos.stack.local import StackUrls
 from core import events
 from core.events import RunEmitter
 from core.settings import Settings
-from core.store import agents, runs
+from core.store import runs
 from core.tenancy import tenant_pipeline_tx, tenant_tx
 from runtime import executor
 from runtime.executor import Outcome, execute_run
@@ -102,9 +102,7 @@ def long_window(monkeypatch: pytest.MonkeyPatch) -> None:
 async def _queued(svc: Services, org: Org, session: dict[str, Any], text: str = "hello") -> str:
     async with tenant_tx(svc.pool, org.id) as conn:
         await runs.lock_session(conn, str(session["id"]))
-        agent = await agents.get(conn, str(session["agent_id"]))
-        assert agent is not None
-        created = await runs.create(conn, session_id=str(session["id"]), agent=agent, text=text, multitask="enqueue",
+        created = await runs.create(conn, session_id=str(session["id"]), text=text, multitask="enqueue",
                                     metadata={}, idempotency_key=None, request_hash="-", created_by=None)
     return created.run["id"]
 
@@ -170,7 +168,7 @@ def test_a_run_whose_lease_was_lost_keeps_nothing_of_the_ending(
         try:
             run_id = await _queued(svc, org, session)
             async with tenant_tx(svc.pool, org.id) as conn:
-                claimed = await runs.claim(conn, run_id, str(session["id"]), "me", 60, 60)
+                claimed = await runs.claim(conn, run_id, "me", 60, 60)
             assert isinstance(claimed, runs.Claimed)
             emitter = RunEmitter(svc.pool, svc.redis, org.id, str(session["id"]), run_id, maxlen=100, ttl_s=60,
                                  window_s=60.0)
@@ -219,7 +217,7 @@ def test_an_ending_cut_off_by_postgres_is_retried_and_stores_everything_once(
         try:
             run_id = await _queued(svc, org, session)
             async with tenant_tx(svc.pool, org.id) as conn:
-                claimed = await runs.claim(conn, run_id, str(session["id"]), "me", 60, 60)
+                claimed = await runs.claim(conn, run_id, "me", 60, 60)
             assert isinstance(claimed, runs.Claimed)
             emitter = RunEmitter(svc.pool, svc.redis, org.id, str(session["id"]), run_id, maxlen=100, ttl_s=60,
                                  window_s=60.0)
@@ -265,7 +263,7 @@ def test_an_ending_whose_commit_answer_was_lost_stores_nothing_twice(
         try:
             run_id = await _queued(svc, org, session)
             async with tenant_tx(svc.pool, org.id) as conn:
-                claimed = await runs.claim(conn, run_id, str(session["id"]), "me", 60, 60)
+                claimed = await runs.claim(conn, run_id, "me", 60, 60)
             assert isinstance(claimed, runs.Claimed)
             emitter = RunEmitter(svc.pool, svc.redis, org.id, str(session["id"]), run_id, maxlen=100, ttl_s=60,
                                  window_s=60.0)

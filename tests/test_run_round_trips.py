@@ -25,7 +25,7 @@ import runtime.executor as executor
 from bench.wire_turns import TurnCounter
 from core.events import RunEmitter
 from core.settings import Settings
-from core.store import agents, runs
+from core.store import runs
 from core.tenancy import tenant_tx
 from runtime.services import Services
 from tests.helpers import Org
@@ -60,9 +60,7 @@ async def _stored_run(svc: Services, org_id: str, agent_id: str, session_id: str
     """A queued run as the API stores it, never sent to the workers."""
     async with tenant_tx(svc.pool, org_id) as conn:
         await runs.lock_session(conn, session_id)
-        agent = await agents.get(conn, agent_id)
-        assert agent is not None
-        created = await runs.create(conn, session_id=session_id, agent=agent, text="hello", multitask="enqueue",
+        created = await runs.create(conn, session_id=session_id, text="hello", multitask="enqueue",
                                     metadata={}, idempotency_key=None, request_hash="-", created_by=None)
     return created.run["id"]
 

@@ -15,7 +15,7 @@ import uvloop
 
 from agentos.stack.local import StackUrls
 from core.settings import load_settings
-from core.store import agents, runs
+from core.store import runs
 from core.tenancy import tenant_tx
 from runtime.executor import execute_run
 from runtime.services import LoopThread, WorkerRuntime, new_event_loop
@@ -44,9 +44,7 @@ def test_a_run_executes_to_its_end_on_either_loop(client, org, stack: StackUrls,
     try:
         async def create() -> str:
             async with tenant_tx(runtime.services.pool, org.id) as conn:
-                row = await agents.get(conn, agent["id"])
-                assert row is not None
-                created = await runs.create(conn, session_id=session["id"], agent=row, text="hello",
+                created = await runs.create(conn, session_id=session["id"], text="hello",
                                             multitask="enqueue", metadata={}, idempotency_key=None,
                                             request_hash="loop", created_by="test")
             return str(created.run["id"])
