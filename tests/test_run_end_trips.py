@@ -99,6 +99,24 @@ def long_window(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(RunEmitter.__init__.__kwdefaults__, "window_s", 60.0)
 
 
+async def _complete_with_a_buffered_event(settings: Settings, org: Org, session: dict[str, Any]) -> tuple[str, str]:
+    """A run claimed by "me", its respond step's `step.started` still buffered, ended `succeeded`
+    through `_complete` (with its retries): (run id, what `_complete` said)."""
+    svc = await Services.open(settings)
+    try:
+        run_id = await _queued(svc, org, session)
+        async with tenant_tx(svc.pool, org.id) as conn:
+            claimed = await runs.claim(conn, run_id, "me", 60, 60)
+        assert isinstance(claimed, runs.Claimed)
+        emitter = RunEmitter(svc.pool, svc.redis, org.id, str(session["id"]), run_id, maxlen=100, ttl_s=60,
+                             window_s=60.0)
+        await emitter.emit(events.STEP_STARTED, {"node": "respond", "agent_id": claimed.run["agent_id"]})
+        outcome = Outcome(runs.RunStatus.SUCCEEDED, output={"text": "hi"}, answer="hi")
+        return run_id, await executor._complete(svc, claimed.run, emitter, "me", outcome)
+    finally:
+        await svc.close()
+
+
 async def _queued(svc: Services, org: Org, session: dict[str, Any], text: str = "hello") -> str:
     async with tenant_tx(svc.pool, org.id) as conn:
         await runs.lock_session(conn, str(session["id"]))
@@ -212,22 +230,7 @@ def test_an_ending_cut_off_by_postgres_is_retried_and_stores_everything_once(
     monkeypatch.setattr(runs, "finish", failing_once)
     monkeypatch.setattr(executor, "infra_backoff", lambda failures: 0.0)
 
-    async def go() -> tuple[str, str]:
-        svc = await Services.open(settings)
-        try:
-            run_id = await _queued(svc, org, session)
-            async with tenant_tx(svc.pool, org.id) as conn:
-                claimed = await runs.claim(conn, run_id, "me", 60, 60)
-            assert isinstance(claimed, runs.Claimed)
-            emitter = RunEmitter(svc.pool, svc.redis, org.id, str(session["id"]), run_id, maxlen=100, ttl_s=60,
-                                 window_s=60.0)
-            await emitter.emit(events.STEP_STARTED, {"node": "respond", "agent_id": claimed.run["agent_id"]})
-            outcome = Outcome(runs.RunStatus.SUCCEEDED, output={"text": "hi"}, answer="hi")
-            return run_id, await executor._complete(svc, claimed.run, emitter, "me", outcome)
-        finally:
-            await svc.close()
-
-    run_id, said = asyncio.run(go())
+    run_id, said = asyncio.run(_complete_with_a_buffered_event(settings, org, session))
     assert said == "succeeded" and failures == ["cut off"]
     stored = _events(stack, run_id)
     assert [e["type"] for e in stored] == [events.RUN_QUEUED, events.RUN_STARTED, events.STEP_STARTED,
@@ -258,22 +261,7 @@ def test_an_ending_whose_commit_answer_was_lost_stores_nothing_twice(
     monkeypatch.setattr(executor, "tenant_pipeline_tx", answer_lost)
     monkeypatch.setattr(executor, "infra_backoff", lambda failures: 0.0)
 
-    async def go() -> tuple[str, str]:
-        svc = await Services.open(settings)
-        try:
-            run_id = await _queued(svc, org, session)
-            async with tenant_tx(svc.pool, org.id) as conn:
-                claimed = await runs.claim(conn, run_id, "me", 60, 60)
-            assert isinstance(claimed, runs.Claimed)
-            emitter = RunEmitter(svc.pool, svc.redis, org.id, str(session["id"]), run_id, maxlen=100, ttl_s=60,
-                                 window_s=60.0)
-            await emitter.emit(events.STEP_STARTED, {"node": "respond", "agent_id": claimed.run["agent_id"]})
-            outcome = Outcome(runs.RunStatus.SUCCEEDED, output={"text": "hi"}, answer="hi")
-            return run_id, await executor._complete(svc, claimed.run, emitter, "me", outcome)
-        finally:
-            await svc.close()
-
-    run_id, said = asyncio.run(go())
+    run_id, said = asyncio.run(_complete_with_a_buffered_event(settings, org, session))
     assert lost == ["commit answer"] and said == "lease lost before finishing: another worker owns the run"
     assert [e["type"] for e in _events(stack, run_id)] == [
         events.RUN_QUEUED, events.RUN_STARTED, events.STEP_STARTED, events.MESSAGE_COMPLETED, events.RUN_SUCCEEDED]

@@ -19,7 +19,7 @@ from api.app import create_app
 from core import events
 from core.settings import Settings
 from core.tenancy import org_active_runs_key
-from tests.helpers import ADMIN_TOKEN, Org, error_of
+from tests.helpers import ADMIN_TOKEN, Org, error_of, wait
 from tests.round_trips import Trips, counting
 
 T = TypeVar("T")
@@ -238,10 +238,15 @@ def test_refusals_inside_the_transaction_roll_everything_back(client: TestClient
     assert error_of(over_budget, 429, "QUOTA_EXCEEDED")["details"]["budget"] == "max_runs_per_day"
     assert stored(db, second) == before
 
+    # The first run ends (cancelled if no worker took it, else it ends on its own) before the cap
+    # of one active run is set, so the run that holds the one place is the long one below.
+    org.client.post(f"/v1/runs/{ok.json()['id']}/cancel", headers=org.headers)
+    wait(org, ok.json()["id"])
     lifted = {"budgets": {"max_runs_per_day": None}, "limits": {"max_active_runs": 1}}
     r = client.patch(f"/v1/orgs/{org.id}", json=lifted, headers=ADMIN)
     assert r.status_code == 200, r.text
     held = org.client.post(f"/v1/sessions/{first}/runs", json={"input": LONG_RUN}, headers=org.headers)
+    assert held.status_code == 202, held.text
     try:
         before = stored(db, third)
         at_cap = org.client.post(f"/v1/sessions/{third}/runs", json={"input": "hello"},
