@@ -148,7 +148,6 @@ def test_a_search_failing_in_the_batch_warns_and_the_window_is_still_read(
 
     async def run(svc: Services) -> str:
         async with tenant_tx(svc.pool, org.id) as conn:
-            await runs.lock_session(conn, session)
             created = await runs.create(conn, session_id=session, text="hello again", multitask="enqueue",
                                         metadata={}, idempotency_key=None, request_hash="-", created_by=None)
         assert (await execute_run(svc, created.run["id"], org.id)).outcome == "succeeded"

@@ -99,27 +99,36 @@ def long_window(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(RunEmitter.__init__.__kwdefaults__, "window_s", 60.0)
 
 
+async def _claimed_with_a_buffered_event(
+    svc: Services, org: Org, session: dict[str, Any]
+) -> tuple[str, runs.ClaimedRun, RunEmitter]:
+    """A run claimed by "me", its respond step's `step.started` still buffered in its emitter."""
+    run_id = await _queued(svc, org, session)
+    async with tenant_tx(svc.pool, org.id) as conn:
+        claimed = await runs.claim(conn, run_id, "me", 60, 60)
+    assert isinstance(claimed, runs.Claimed)
+    emitter = RunEmitter(svc.pool, svc.redis, org.id, str(session["id"]), run_id, maxlen=100, ttl_s=60,
+                         window_s=60.0)
+    await emitter.emit(events.STEP_STARTED, {"node": "respond", "agent_id": claimed.run["agent_id"]})
+    return run_id, claimed.run, emitter
+
+
+SUCCEEDED = Outcome(runs.RunStatus.SUCCEEDED, output={"text": "hi"}, answer="hi")
+
+
 async def _complete_with_a_buffered_event(settings: Settings, org: Org, session: dict[str, Any]) -> tuple[str, str]:
-    """A run claimed by "me", its respond step's `step.started` still buffered, ended `succeeded`
-    through `_complete` (with its retries): (run id, what `_complete` said)."""
+    """`_claimed_with_a_buffered_event`, ended `succeeded` through `_complete` (with its
+    retries): (run id, what `_complete` said)."""
     svc = await Services.open(settings)
     try:
-        run_id = await _queued(svc, org, session)
-        async with tenant_tx(svc.pool, org.id) as conn:
-            claimed = await runs.claim(conn, run_id, "me", 60, 60)
-        assert isinstance(claimed, runs.Claimed)
-        emitter = RunEmitter(svc.pool, svc.redis, org.id, str(session["id"]), run_id, maxlen=100, ttl_s=60,
-                             window_s=60.0)
-        await emitter.emit(events.STEP_STARTED, {"node": "respond", "agent_id": claimed.run["agent_id"]})
-        outcome = Outcome(runs.RunStatus.SUCCEEDED, output={"text": "hi"}, answer="hi")
-        return run_id, await executor._complete(svc, claimed.run, emitter, "me", outcome)
+        run_id, run, emitter = await _claimed_with_a_buffered_event(svc, org, session)
+        return run_id, await executor._complete(svc, run, emitter, "me", SUCCEEDED)
     finally:
         await svc.close()
 
 
 async def _queued(svc: Services, org: Org, session: dict[str, Any], text: str = "hello") -> str:
-    async with tenant_tx(svc.pool, org.id) as conn:
-        await runs.lock_session(conn, str(session["id"]))
+    async with tenant_tx(svc.pool, org.id) as conn:  # `create` holds the session row itself
         created = await runs.create(conn, session_id=str(session["id"]), text=text, multitask="enqueue",
                                     metadata={}, idempotency_key=None, request_hash="-", created_by=None)
     return created.run["id"]
@@ -184,17 +193,10 @@ def test_a_run_whose_lease_was_lost_keeps_nothing_of_the_ending(
     async def go() -> tuple[str, str]:
         svc = await Services.open(settings)
         try:
-            run_id = await _queued(svc, org, session)
-            async with tenant_tx(svc.pool, org.id) as conn:
-                claimed = await runs.claim(conn, run_id, "me", 60, 60)
-            assert isinstance(claimed, runs.Claimed)
-            emitter = RunEmitter(svc.pool, svc.redis, org.id, str(session["id"]), run_id, maxlen=100, ttl_s=60,
-                                 window_s=60.0)
-            await emitter.emit(events.STEP_STARTED, {"node": "respond", "agent_id": claimed.run["agent_id"]})
+            run_id, run, emitter = await _claimed_with_a_buffered_event(svc, org, session)
             async with tenant_tx(svc.pool, org.id) as conn:  # another worker took the run over
                 await conn.execute("UPDATE runs SET lease_owner = 'another' WHERE id = %s", (run_id,))
-            outcome = Outcome(runs.RunStatus.SUCCEEDED, output={"text": "hi"}, answer="hi")
-            said = await executor._record_end(svc, claimed.run, emitter, "me", outcome,
+            said = await executor._record_end(svc, run, emitter, "me", SUCCEEDED,
                                               executor.EndTries(commit_unknown=unsure))
             return run_id, said
         finally:
