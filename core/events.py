@@ -30,7 +30,7 @@ from redis.exceptions import RedisError, ResponseError
 
 from core.storable import storable
 from core.store import webhooks
-from core.tenancy import AsyncPool, session_stream_key, tenant_tx
+from core.tenancy import AsyncPool, session_stream_key, tenant_batch, tenant_pipeline_tx
 
 log = logging.getLogger("agentos.events")
 T = TypeVar("T")
@@ -203,26 +203,43 @@ async def append_with_deliveries(
     announced by its caller is still sent by the watchdog once due)."""
     if not items:
         return Appended([], [])
-    for _, kind, _ in items:
-        if kind not in EVENT_TYPES:
-            raise ValueError(f"unknown event type {kind!r}")
-    ts = datetime.now(UTC)
-    # Text a model or user produced may hold what Postgres cannot store (core.storable).
-    datas = [storable(data) for _, _, data in items]
-    row = await (await conn.execute(APPEND_EVENTS_SQL, {
-        "n": len(items), "session_id": session_id, "ts": ts, "runs": [run_id for run_id, _, _ in items],
-        "types": [kind for _, kind, _ in items], "datas": [orjson.dumps(d).decode() for d in datas],
-    })).fetchone()
-    if row is None:
-        raise SessionGone(session_id)
-    first = int(row["event_seq"]) - len(items) + 1
-    events = [
-        Event(seq=first + i, type=kind, run_id=run_id, session_id=session_id, ts=ts, data=data)
-        for i, ((run_id, kind, _), data) in enumerate(zip(items, datas, strict=True))
-    ]
+    batch = EventBatch(session_id, items)
+    events = batch.stored(await (await conn.execute(*batch.statement())).fetchone())
     deliveries = await webhooks.enqueue(conn, [(e.session_id, e.seq, e.run_id, e.type, e.webhook_payload().decode())
                                                for e in events if e.type in WEBHOOK_EVENT_TYPES])
     return Appended(events, deliveries)
+
+
+class EventBatch:
+    """Events `(run_id, type, data)` to store in order under their session's next seqs: the one
+    statement that does it (`APPEND_EVENTS_SQL`), and the events as stored, from its row. Apart,
+    so a caller may send the statement and read its row later (in a batch or a pipeline: the
+    emitter's writes, one round trip). No webhook deliveries: `append_with_deliveries` adds them."""
+
+    def __init__(self, session_id: str, items: list[tuple[str, str, dict[str, Any]]]) -> None:
+        for _, kind, _ in items:
+            if kind not in EVENT_TYPES:
+                raise ValueError(f"unknown event type {kind!r}")
+        self.session_id = session_id
+        self.items = items
+        self.ts = datetime.now(UTC)
+        # Text a model or user produced may hold what Postgres cannot store (core.storable).
+        self.datas = [storable(data) for _, _, data in items]
+
+    def statement(self) -> tuple[str, dict[str, Any]]:
+        return APPEND_EVENTS_SQL, {
+            "n": len(self.items), "session_id": self.session_id, "ts": self.ts,
+            "runs": [run_id for run_id, _, _ in self.items], "types": [kind for _, kind, _ in self.items],
+            "datas": [orjson.dumps(d).decode() for d in self.datas],
+        }
+
+    def stored(self, row: DictRow | None) -> list[Event]:
+        """The events, numbered from the statement's row; SessionGone when it stored nothing."""
+        if row is None:
+            raise SessionGone(self.session_id)
+        first = int(row["event_seq"]) - len(self.items) + 1
+        return [Event(seq=first + i, type=kind, run_id=run_id, session_id=self.session_id, ts=self.ts, data=data)
+                for i, ((run_id, kind, _), data) in enumerate(zip(self.items, self.datas, strict=True))]
 
 
 # Events under seqs the caller took already in this transaction (a run's end takes them with the
@@ -442,14 +459,8 @@ class RunEmitter:
         if not self._pending and then is None:
             return
         pending, self._pending = self._pending, []
-        items = [(self.run_id, kind, data) for kind, data in pending]
         try:
-            async with tenant_tx(self._pool, self.org_id) as conn:
-                # Events first: they lock the session row, which is taken before the run's row
-                # everywhere (core.store.runs.finish), so `then` may update the run.
-                stored = await append(conn, self.session_id, items)
-                if then is not None:
-                    await then(conn)
+            stored = await self._store([(self.run_id, kind, data) for kind, data in pending], then)
         except BaseException:
             self._pending = pending + self._pending
             raise
@@ -458,3 +469,28 @@ class RunEmitter:
         self._disarm()
         self.emitted += len(stored)
         await self.publish(stored)
+
+    async def _store(self, items: list[tuple[str, str, dict[str, Any]]],
+                     then: Callable[[AsyncConnection[DictRow]], Awaitable[None]] | None) -> list[Event]:
+        """One transaction, sent as a batch: BEGIN, the org, the events, COMMIT in one round trip;
+        with `then`, which reads a result of its own, two (its read, then the COMMIT)."""
+        if not items or any(kind in WEBHOOK_EVENT_TYPES for _, kind, _ in items):
+            # Nothing to number, or deliveries to number too (a run's ending stores its terminal
+            # events itself, so this is rare): one statement after another.
+            async with tenant_pipeline_tx(self._pool, self.org_id) as conn:
+                stored = (await append_with_deliveries(conn, self.session_id, items)).events
+                if then is not None:
+                    await then(conn)
+            return stored
+        batch = EventBatch(self.session_id, items)
+        if then is None:
+            rows = await tenant_batch(self._pool, self.org_id, batch.statement())
+            return batch.stored(rows[0][0] if rows[0] else None)
+        async with tenant_pipeline_tx(self._pool, self.org_id) as conn:
+            # Events first: they lock the session row, which is taken before the run's row
+            # everywhere (core.store.runs.finish), so `then` may update the run. Their row is
+            # read after `then` (its round trip brings it), and before the COMMIT: a session
+            # gone rolls `then` back.
+            appended = await conn.execute(*batch.statement())
+            await then(conn)
+            return batch.stored(await appended.fetchone())

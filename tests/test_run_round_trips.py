@@ -24,6 +24,7 @@ import orchestrator.nodes as nodes
 import runtime.executor as executor
 from bench.wire_turns import TurnCounter
 from core.events import RunEmitter
+from core.metering import Meter
 from core.settings import Settings
 from core.store import runs
 from core.tenancy import tenant_tx
@@ -33,6 +34,9 @@ from tests.helpers import Org
 # (Postgres, Redis) turns of each stretch of a run of an offline agent with memory on.
 CLAIM = (1, 1)  # the claim's batch; run.started published
 MEMORY = (1, 2)  # Redis reads; the window's runs and the recall's search; Redis writes
+# The model call's usage record with the events pending: BEGIN, the org, the events and the record
+# sent together (its read: one turn), then the COMMIT; the events published. Was (6, 1).
+RECORD = (2, 1)
 
 
 def _via(url: str, port: int) -> str:
@@ -84,6 +88,7 @@ def test_a_run_reaches_its_model_call_in_few_round_trips(
         _hook(monkeypatch, executor, "_execute", mark("executing"))
         _hook(monkeypatch, nodes, "memory_context", mark("memory"), mark("memory done"))
         _hook(monkeypatch, nodes, "_think_with", mark("model call"))
+        _hook(monkeypatch, Meter, "model_call", mark("recording"), mark("recorded"))
         counted = settings.model_copy(update={
             "database": settings.database.model_copy(update={"url": _via(settings.database.url, pg.port)}),
             "redis": settings.redis.model_copy(update={"url": _via(settings.redis.url, rd.port)}),
@@ -120,3 +125,47 @@ def test_a_run_reaches_its_model_call_in_few_round_trips(
         assert turns(m, "executing", "memory") == (0, 0)
         assert turns(m, "memory", "memory done") == MEMORY
         assert turns(m, "delivery", "model call") == (CLAIM[0] + MEMORY[0], CLAIM[1] + MEMORY[1])
+        assert turns(m, "recording", "recorded") == RECORD
+
+
+def test_a_batch_of_events_is_stored_in_one_round_trip(
+        org: Org, settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The emitter's window (or `flush()`) stores its events with BEGIN, the org and COMMIT in one
+    batch (was four turns: BEGIN, the org, the events, COMMIT), then publishes them in one."""
+    agent = org.create_agent(model="offline:default")
+    session_id = str(org.create_session(str(agent["id"]))["id"])
+    monkeypatch.setattr(core.db, "IDLE_BEFORE_CHECK_S", 3600.0)
+
+    with TurnCounter(urlsplit(settings.database.url).port or 0) as pg, \
+            TurnCounter(urlsplit(settings.redis.url).port or 0) as rd:
+        counted = settings.model_copy(update={
+            "database": settings.database.model_copy(update={"url": _via(settings.database.url, pg.port)}),
+            "redis": settings.redis.model_copy(update={"url": _via(settings.redis.url, rd.port)})})
+
+        async def go() -> tuple[tuple[int, int], list[int]]:
+            svc = await Services.open(counted)
+            try:
+                run_id = await _stored_run(svc, org.id, str(agent["id"]), session_id)
+                for pool in (svc.pool, svc.checkpoint_pool):  # opening connections is not counted
+                    await pool.wait()
+                await svc.redis.ping()  # nor Redis's connection handshake
+                emitter = RunEmitter(svc.pool, svc.redis, org.id, session_id, run_id, maxlen=1000, ttl_s=60,
+                                     window_s=60.0)
+                await emitter.emit("step.started", {"step": "think", "agent_id": "a"})
+                await emitter.delta("hel", "a")
+                await emitter.delta("lo", "a")
+                before = pg.snapshot()[0], rd.snapshot()[0]
+                await emitter.flush()
+                after = pg.snapshot()[0], rd.snapshot()[0]
+                async with tenant_tx(svc.pool, org.id) as conn:
+                    rows = await (await conn.execute(
+                        "SELECT seq FROM run_events WHERE run_id = %s ORDER BY seq", (run_id,))).fetchall()
+                return (after[0] - before[0], after[1] - before[1]), [int(r["seq"]) for r in rows]
+            finally:
+                await svc.close()
+
+        turned, seqs = asyncio.run(go())
+
+    assert turned == (1, 1)
+    # run.queued, then the two events (the deltas merged), gap-free
+    assert seqs == [seqs[0], seqs[0] + 1, seqs[0] + 2]

@@ -18,7 +18,7 @@ from starlette.testclient import TestClient
 
 from core.admission import effective_limits
 from core.db import open_pool
-from core.events import RunEmitter
+from core.events import RunEmitter, SessionGone
 from core.infra import open_redis
 from core.metering import Meter, cost_of, price_of, token_counts
 from core.settings import ModelPrice, Settings, UsageSettings
@@ -187,6 +187,33 @@ def test_a_sandbox_execution_is_recorded_once_per_tool_call(org: Org, settings: 
     by_model = org.client.get("/v1/usage?group_by=model", headers=org.headers).json()["data"]
     sandbox = [g for g in by_model if g["model"] is None]
     assert [(g["sandbox_executions"], g["sandbox_cpu_ms"], g["model_calls"]) for g in sandbox] == [(2, 150, 0)]
+
+
+def test_a_usage_record_is_not_kept_when_its_events_cannot_be_stored(org: Org, settings: Settings, stack: Any):
+    """The record and the events pending go in one transaction (sent as one batch): when the
+    events' session is gone, the record is rolled back with them and the events stay buffered."""
+    session = org.create_session(str(org.create_agent()["id"]))
+    run = start_run(org, str(session["id"]), "hello")
+
+    async def record() -> tuple[BaseException | None, int]:
+        pool = await open_pool(settings.database)
+        redis = open_redis(settings.redis)
+        try:
+            emitter = RunEmitter(pool, redis, org.id, "ses_gone", run["id"], maxlen=1000, ttl_s=60, window_s=60.0)
+            meter = Meter(emitter, UsageSettings(), effective_limits(settings.limits, None), usage.Month(0, Decimal(0)))
+            await emitter.emit("step.started", {"node": "act", "agent_id": "agt_x"})
+            try:
+                await meter.sandbox("tc_1", "agt_x", 120)
+            except SessionGone as exc:
+                return exc, len(emitter._pending)
+            return None, len(emitter._pending)
+        finally:
+            await redis.aclose()
+            await pool.close()
+
+    raised, still_pending = asyncio.run(record())
+    assert isinstance(raised, SessionGone) and still_pending == 1
+    assert [r for r in _records(stack, [run["id"]]) if r["kind"] == "sandbox"] == []
 
 
 def test_a_new_run_shows_zero_usage_and_the_usage_api_checks_its_query(client: TestClient, org: Org):
