@@ -38,10 +38,9 @@ would cut the per-step checkpoints too, and with them resuming a killed run from
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from langchain_core.runnables import RunnableConfig
 from langgraph.checkpoint.base import (
@@ -164,7 +163,10 @@ class StepSaver(AsyncPostgresSaver):
             elif not (value is None or isinstance(value, (str, int, float, bool))):
                 blob_values[channel] = values.pop(channel)
         versions = {k: v for k, v in new_versions.items() if k in blob_values}
-        blobs = await asyncio.to_thread(self._dump_blobs, thread_id, ns, blob_values, versions) if versions else []
+        # Serialised on the loop, not in a thread as the library does: a step's values are small,
+        # and serialising them costs less than a hand-over to a thread and back (the loop's other
+        # work, a heartbeat or a cancel poll, waits milliseconds at most for a very large state).
+        blobs = self._dump_blobs(thread_id, ns, blob_values, versions) if versions else []
         row = _Row({"thread_id": thread_id, "ns": ns, "checkpoint_id": checkpoint["id"],
                     "parent_id": configurable.get("checkpoint_id"), "checkpoint": Jsonb(copy),
                     "metadata": Jsonb(get_serializable_checkpoint_metadata(config, metadata))},
@@ -202,7 +204,7 @@ class StepSaver(AsyncPostgresSaver):
         thread_id, ns = str(configurable["thread_id"]), str(configurable.get("checkpoint_ns", ""))
         checkpoint_id = str(configurable["checkpoint_id"])
         upsert = all(channel in WRITES_IDX_MAP for channel, _ in writes)
-        rows = await asyncio.to_thread(self._dump_writes, thread_id, ns, checkpoint_id, task_id, task_path, writes)
+        rows = self._dump_writes(thread_id, ns, checkpoint_id, task_id, task_path, writes)  # on the loop, as in aput
         pending = self._pending.setdefault((thread_id, ns), {})
         for _, _, _, _, path, idx, channel, kind, blob in rows:
             key = (checkpoint_id, task_id, idx)
@@ -224,6 +226,22 @@ class StepSaver(AsyncPostgresSaver):
         for held in (self._pending, self._held):
             for key in [k for k in held if k[0] == thread_id]:
                 del held[key]
+
+    async def _load_checkpoint_tuple(self, value: Any) -> CheckpointTuple:
+        """The library's (a stored row as a checkpoint tuple), with the pending writes loaded on
+        the loop instead of in a thread (as `aput` serialises)."""
+        parent = value["parent_checkpoint_id"]
+        checkpoint = cast(Checkpoint, {**value["checkpoint"], "channel_values": {
+            **(value["checkpoint"].get("channel_values") or {}), **self._load_blobs(value["channel_values"])}})
+        return CheckpointTuple(
+            {"configurable": {"thread_id": value["thread_id"], "checkpoint_ns": value["checkpoint_ns"],
+                              "checkpoint_id": value["checkpoint_id"]}},
+            checkpoint,
+            value["metadata"],
+            {"configurable": {"thread_id": value["thread_id"], "checkpoint_ns": value["checkpoint_ns"],
+                              "checkpoint_id": parent}} if parent else None,
+            self._load_writes(value["pending_writes"]),
+        )
 
     async def aget_tuple(self, config: RunnableConfig) -> CheckpointTuple | None:
         await self.flush_writes(str(config["configurable"]["thread_id"]))

@@ -315,14 +315,16 @@ def _pending_calls(messages: list[AnyMessage]) -> list[dict[str, Any]]:
     return []
 
 
-def route_after_think(state: AgentState) -> str:
+# The routers are coroutines: LangGraph runs a plain function given as a conditional edge in a
+# thread of the loop's executor (a hand-over and back per step), a coroutine on the loop itself.
+async def route_after_think(state: AgentState) -> str:
     calls = _pending_calls(state["messages"])
     if not calls:
         return "respond"
     return "act" if any(c["name"] != DELEGATE_TOOL for c in calls) else "delegate"
 
 
-def route_after_act(state: AgentState) -> str:
+async def route_after_act(state: AgentState) -> str:
     return "delegate" if any(c["name"] == DELEGATE_TOOL for c in _pending_calls(state["messages"])) else "think"
 
 
@@ -530,7 +532,7 @@ PLAN_PROMPT = (
 )
 
 
-def route_start(state: AgentState) -> str:
+async def route_start(state: AgentState) -> str:
     """Plan mode: the run's agent plans first (sub-agents never do)."""
     ctx = get_runtime(RunContext).context
     return "plan" if ctx is not None and ctx.depth == 0 and ctx.agent.config.mode == "plan" else "think"

@@ -14,6 +14,7 @@ import asyncio
 import dataclasses
 import functools
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -169,3 +170,41 @@ def test_a_batch_of_events_is_stored_in_one_round_trip(
     assert turned == (1, 1)
     # run.queued, then the two events (the deltas merged), gap-free
     assert seqs == [seqs[0], seqs[0] + 1, seqs[0] + 2]
+
+
+class _CountingExecutor(ThreadPoolExecutor):
+    """The loop's default executor, noting what is handed to its threads."""
+
+    def __init__(self) -> None:
+        super().__init__(max_workers=2)
+        self.handed: list[str] = []
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
+        target = args[0] if args and callable(args[0]) else fn  # a context's run(fn, ...)
+        self.handed.append(getattr(target, "__qualname__", repr(target)))
+        return super().submit(fn, *args, **kwargs)
+
+
+def test_a_run_hands_nothing_to_threads(org: Org, settings: Settings) -> None:
+    """A hello run's steps stay on the event loop: the graph's routers are coroutines (LangGraph
+    runs a plain function in the loop's executor) and the checkpointer serialises on the loop (the
+    library's saver hands each step's values to a thread). Each hand-over to a thread and back
+    was a wake-up on each side and a fight for the GIL."""
+    agent = org.create_agent(model="offline:default")
+    session_id = str(org.create_session(str(agent["id"]))["id"])
+
+    async def go() -> list[str]:
+        svc = await Services.open(settings)
+        counting = _CountingExecutor()
+        try:
+            # A first run opens the pools' connections (their address lookups use the executor).
+            await executor.execute_run(svc, await _stored_run(svc, org.id, str(agent["id"]), session_id), org.id)
+            run_id = await _stored_run(svc, org.id, str(agent["id"]), session_id)
+            asyncio.get_running_loop().set_default_executor(counting)
+            delivery = await executor.execute_run(svc, run_id, org.id)
+            assert delivery.outcome == "succeeded", delivery
+            return counting.handed
+        finally:
+            await svc.close()
+
+    assert asyncio.run(go()) == []
