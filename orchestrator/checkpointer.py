@@ -27,6 +27,14 @@ What it changes (issue 18, "one transaction per step"), and why it keeps every g
   so with `skip_start` its six `list` tests fail by design; without it the saver passes the
   whole suite (tests/test_checkpointer.py).
 
+- `hold_final="answer"` (the worker's setting) holds back the graph's last checkpoint (the one
+  that writes the channel only RESPOND writes) as its statement, for the run's ending to store
+  in the transaction that ends the run (`take_final`; `runtime.executor._complete`): one round
+  trip fewer at the end, and a run is never ended without its last checkpoint nor that
+  checkpoint stored for a run that did not end. A crash in between leaves the thread at the
+  step before, and the next delivery runs RESPOND again (it has no side effect). Readers of
+  the thread (`aget_tuple`, `alist`) store a held one first, so they always see it.
+
 A hello run (`bench/runs.py --profile`) wrote 14 checkpoint statements with the library's saver
 (4 `aput`, 3 `aput_writes`, each its own transaction); 6 with one statement each, 4 with the
 writes kept for the checkpoint, 2 with `skip_start` (docs/benchmarks.md, issue 18).
@@ -54,6 +62,8 @@ from langgraph.checkpoint.base import (
 from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
 from langgraph.checkpoint.serde.types import _DeltaSnapshot
 from psycopg.types.json import Jsonb
+
+from core.tenancy import Statement
 
 # The writes of one statement: rows that replace an earlier write of the same key (a call
 # whose channels are all LangGraph's special ones: error, interrupt, resume, scheduled, as the
@@ -133,7 +143,8 @@ class _Row:
 class StepSaver(AsyncPostgresSaver):
     """`AsyncPostgresSaver` with a step's writes, blobs and checkpoint in one statement."""
 
-    def __init__(self, *args: Any, buffer_writes: bool = True, skip_start: bool = False, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, buffer_writes: bool = True, skip_start: bool = False,
+                 hold_final: str | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         # False: each `aput_writes` is stored at once, in one statement (the library's behaviour).
         self.buffer_writes = buffer_writes
@@ -144,6 +155,10 @@ class StepSaver(AsyncPostgresSaver):
         self._pending: dict[tuple[str, str], _Pending] = {}
         # A checkpoint held back by `skip_start`, per (thread_id, checkpoint_ns).
         self._held: dict[tuple[str, str], _Row] = {}
+        # A channel only a graph's last step writes (the run graph's RESPOND: "answer"): the
+        # checkpoint that writes it is held back, as its statement, for `take_final`.
+        self.hold_final = hold_final
+        self._final: dict[str, Statement] = {}
 
     async def aput(
         self, config: RunnableConfig, checkpoint: Checkpoint, metadata: CheckpointMetadata,
@@ -183,6 +198,8 @@ class StepSaver(AsyncPostgresSaver):
         source, step = metadata.get("source"), metadata.get("step")
         if self.skip_start and (source == "input" or (source == "loop" and step == 0 and row.skipped)):
             self._held[key] = row
+        elif self.hold_final is not None and not ns and self.hold_final in new_versions:
+            self._final[thread_id] = (PUT_SQL, row.statement_params(self._pending.pop(key, {})))
         else:
             await self._store(key, row)
         return {"configurable": {"thread_id": thread_id, "checkpoint_ns": ns, "checkpoint_id": checkpoint["id"]}}
@@ -216,13 +233,29 @@ class StepSaver(AsyncPostgresSaver):
 
     async def flush_writes(self, thread_id: str) -> None:
         """Store what the thread holds back: a checkpoint held by `skip_start` and the writes
-        that wait for a checkpoint (see the module's doc), in one statement per namespace."""
+        that wait for a checkpoint (see the module's doc), in one statement per namespace. Not
+        the graph's last checkpoint (`take_final`)."""
         for key in {k for k in [*self._pending, *self._held] if k[0] == thread_id}:
             await self._store(key, self._held.pop(key, None))
+
+    def take_final(self, thread_id: str) -> Statement | None:
+        """The thread's last checkpoint (with the writes it stands on), held back by `hold_final`
+        for the caller to store in its own transaction: a run's ending stores it with the run's
+        end, so a run never ends without its last checkpoint, nor is that checkpoint stored for a
+        run that did not end (a crash in between runs the last step again)."""
+        return self._final.pop(thread_id, None)
+
+    async def _flush_for_readers(self, thread_id: str) -> None:
+        """A reader sees everything put, the last checkpoint held back included."""
+        await self.flush_writes(thread_id)
+        if (final := self._final.pop(thread_id, None)) is not None:
+            async with self._cursor() as cur:
+                await cur.execute(*final)
 
     def discard_writes(self, thread_id: str) -> None:
         """Forget what the thread holds back: the graph stopped on an error, and its next try
         runs the cut-off step again from the last stored checkpoint."""
+        self._final.pop(thread_id, None)
         for held in (self._pending, self._held):
             for key in [k for k in held if k[0] == thread_id]:
                 del held[key]
@@ -244,7 +277,7 @@ class StepSaver(AsyncPostgresSaver):
         )
 
     async def aget_tuple(self, config: RunnableConfig) -> CheckpointTuple | None:
-        await self.flush_writes(str(config["configurable"]["thread_id"]))
+        await self._flush_for_readers(str(config["configurable"]["thread_id"]))
         return await super().aget_tuple(config)
 
     async def alist(
@@ -252,16 +285,16 @@ class StepSaver(AsyncPostgresSaver):
         before: RunnableConfig | None = None, limit: int | None = None,
     ) -> AsyncIterator[CheckpointTuple]:
         if config is not None:
-            await self.flush_writes(str(config["configurable"]["thread_id"]))
+            await self._flush_for_readers(str(config["configurable"]["thread_id"]))
         else:
-            for thread_id in {k[0] for k in [*self._pending, *self._held]}:
-                await self.flush_writes(thread_id)
+            for thread_id in {*(k[0] for k in [*self._pending, *self._held]), *self._final}:
+                await self._flush_for_readers(thread_id)
         async for item in super().alist(config, filter=filter, before=before, limit=limit):
             yield item
 
     async def aprune(self, thread_ids: Sequence[str], *, strategy: str = "keep_latest") -> None:
         for thread_id in thread_ids if not isinstance(thread_ids, str) else ():  # the library refuses a str
-            await self.flush_writes(str(thread_id))
+            await self._flush_for_readers(str(thread_id))
         await super().aprune(thread_ids, strategy=strategy)
 
     async def adelete_thread(self, thread_id: str) -> None:

@@ -37,7 +37,7 @@ from core.run_signals import run_ended, start_next
 from core.store import agents, files, runs, tool_calls
 from core.store.runs import RunStatus
 from core.telemetry import metrics, names, scope, tracing
-from core.tenancy import checkpoint_thread_id, run_cancel_key, tenant_pipeline_tx, tenant_tx
+from core.tenancy import Statement, checkpoint_thread_id, run_cancel_key, tenant_pipeline_tx, tenant_tx
 from orchestrator.context import AgentSpec, Budget, LimitExceeded, RunContext
 from orchestrator.models import ModelConfigError, aclose_model, describe_error
 from orchestrator.nodes import ModelCallFailed
@@ -430,7 +430,8 @@ async def _complete(svc: Services, run: runs.ClaimedRun, emitter: RunEmitter, ow
     while finishing is retried here (the run's work is done; only its record is missing) for up
     to a lease, then raised so the delivery is retried."""
     give_up = asyncio.get_running_loop().time() + svc.settings.worker.lease_s
-    tries = EndTries()
+    # The graph's last checkpoint, if it got that far, is stored by the ending's transaction.
+    tries = EndTries(checkpoint=svc.checkpointer.take_final(checkpoint_thread_id(emitter.org_id, emitter.session_id)))
     for failures in itertools.count():
         try:
             return await _record_end(svc, run, emitter, owner, outcome, tries)
@@ -450,6 +451,9 @@ class EndTries:
     # A try failed while committing: whether its commit went through is unknown (if it did, the
     # run is no longer ours to finish, and its buffered events were stored by that commit).
     commit_unknown: bool = False
+    # The graph's last checkpoint (`StepSaver.take_final`), stored with the run's end: a crash
+    # before that commit leaves the thread at the step before, which the next delivery re-runs.
+    checkpoint: Statement | None = None
 
 
 async def _record_end(svc: Services, run: runs.ClaimedRun, emitter: RunEmitter, owner: str, outcome: Outcome,
@@ -481,6 +485,8 @@ async def _record_end(svc: Services, run: runs.ClaimedRun, emitter: RunEmitter, 
                                      error=outcome.error, answer=answer, earlier_events=buffered)
             if done is None:
                 raise _NotOurs
+            if tries.checkpoint is not None:
+                await conn.execute(*tries.checkpoint)  # read by nobody: it travels with the COMMIT
             # Left: the events' statement and the COMMIT, sent together at the block's end. An
             # error from here on may be the commit's answer lost after the commit was done.
             committing = True

@@ -70,7 +70,7 @@ class Services:
     async def open(cls, settings: Settings, drain: Drain | None = None) -> Services:
         infra = await Infra.open(settings, name="agentos-worker", pool_max=settings.worker.pool_max)
         checkpoint_pool = await open_pool(settings.database, name="agentos-checkpoints", autocommit=True, max_size=2)
-        saver = StepSaver(checkpoint_pool, skip_start=True)
+        saver = StepSaver(checkpoint_pool, skip_start=True, hold_final="answer")  # RESPOND's, stored with the run's end
         sandbox = (SandboxClient(settings.sandbox, infra.redis, pool=infra.pool, limits_cache_s=settings.limits.cache_s)
                    if settings.sandbox.url else None)
         return cls(infra, checkpoint_pool, default_registry(), build_graph(saver), saver,

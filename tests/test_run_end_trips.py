@@ -26,7 +26,7 @@ from core import events
 from core.events import RunEmitter
 from core.settings import Settings
 from core.store import runs
-from core.tenancy import tenant_pipeline_tx, tenant_tx
+from core.tenancy import checkpoint_thread_id, tenant_pipeline_tx, tenant_tx
 from runtime import executor
 from runtime.executor import Outcome, execute_run
 from runtime.services import Services
@@ -178,6 +178,66 @@ def test_a_run_ends_in_two_postgres_round_trips_and_one_to_redis_with_its_last_e
     assert [e["type"] for e in stored].count(events.RUN_SUCCEEDED) == 1
     assert _answers(stack, run_id) == [completed["data"]["message"]["id"]]
     assert terminal["data"]["output"]["message_id"] == completed["data"]["message"]["id"]
+    # The graph's last checkpoint (RESPOND's) was stored by the same transaction, in the same
+    # round trips: a run never ends without it, nor is it stored for a run that did not end.
+    assert _last_checkpoint(stack, org.id, str(session["id"]))["tx"] == _run_tx(stack, run_id)
+
+
+def _last_checkpoint(stack: StackUrls, org_id: str, session_id: str) -> dict[str, Any]:
+    with psycopg.connect(stack.database_url) as conn, conn.cursor() as cur:
+        cur.execute("SELECT xmin::text, checkpoint FROM checkpoints WHERE thread_id = %s AND checkpoint_ns = '' "
+                    "ORDER BY checkpoint_id DESC LIMIT 1", (checkpoint_thread_id(org_id, session_id),))
+        row = cur.fetchone()
+    assert row is not None
+    return {"tx": row[0], "checkpoint": row[1]}
+
+
+def _run_tx(stack: StackUrls, run_id: str) -> str:
+    with psycopg.connect(stack.database_url) as conn:
+        row = conn.execute("SELECT xmin::text FROM runs WHERE id = %s", (run_id,)).fetchone()
+    assert row is not None
+    return str(row[0])
+
+
+def test_a_run_whose_end_failed_leaves_its_last_step_to_be_run_again(
+    settings: Settings, stack: StackUrls, org: Org, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The last checkpoint goes with the run's end: when ending fails (a bug here), the run ends
+    `failed` without it, the thread stays at the step before, and the session's next run answers
+    its own message, once."""
+    session = org.create_session(str(org.create_agent()["id"]))
+    finish = runs.finish
+    calls = []
+
+    async def failing_once(*args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("a bug while ending")
+        return await finish(*args, **kwargs)
+
+    monkeypatch.setattr(runs, "finish", failing_once)
+
+    async def one(text: str) -> tuple[str, executor.Delivery]:
+        svc = await Services.open(settings)
+        try:
+            run_id = await _queued(svc, org, session, text)
+            return run_id, await execute_run(svc, run_id, org.id)
+        finally:
+            await svc.close()
+
+    first, failed = asyncio.run(one("hello"))
+    assert failed.outcome == "failed: internal error"
+    values = _last_checkpoint(stack, org.id, str(session["id"]))["checkpoint"]["channel_values"]
+    assert values.get("answered") != f"input-{first}"  # THINK's checkpoint: RESPOND's went with the end
+    second, succeeded = asyncio.run(one("and again"))
+    assert succeeded.outcome == "succeeded"
+    stored = _events(stack, second)
+    assert [e["data"]["node"] for e in stored if e["type"] == events.STEP_STARTED] == ["think", "respond"]
+    [answer] = [e for e in stored if e["type"] == events.MESSAGE_COMPLETED]
+    assert "and again" in answer["data"]["message"]["content"]
+    last = _last_checkpoint(stack, org.id, str(session["id"]))
+    assert last["tx"] == _run_tx(stack, second)
+    assert not _answers(stack, first)
 
 
 @pytest.mark.parametrize("unsure", [False, True])
