@@ -370,6 +370,7 @@ class RunEmitter:
         self._lock = asyncio.Lock()
         self._pending: list[tuple[str, dict[str, Any]]] = []
         self._timer: asyncio.Task[None] | None = None
+        self._publishing: asyncio.Task[None] | None = None  # `publish_soon`'s, not awaited yet
         self.emitted = 0
 
     async def emit(self, kind: str, data: dict[str, Any]) -> None:
@@ -409,6 +410,7 @@ class RunEmitter:
         block raises (its transaction rolled back), they are buffered again, ahead of any newer."""
         async with self._lock:
             self._disarm()
+            await self.published()  # the ending's publish comes after it
             pending, self._pending = self._pending, []
             try:
                 yield [(self.run_id, kind, data) for kind, data in pending]
@@ -432,8 +434,27 @@ class RunEmitter:
         self._timer = None
 
     async def publish(self, events: list[Event]) -> None:
-        """Publish events stored by someone else's transaction (e.g. a run's terminal event)."""
+        """Publish events stored by someone else's transaction (e.g. a run's terminal event),
+        after any this emitter publishes in the background."""
+        await self.published()
         await publish(self._redis, self.org_id, events, maxlen=self._maxlen, ttl_s=self._ttl_s)
+
+    def publish_soon(self, events: list[Event]) -> None:
+        """`publish` in the background (a run's `run.started`, while its graph starts): every
+        later publish of this emitter, and `ending`, wait for it, so the stream gets the events in
+        order. The caller awaits `published()` before letting the emitter go."""
+        self._publishing = asyncio.create_task(self._publish_after(self._publishing, events))
+
+    async def _publish_after(self, earlier: asyncio.Task[None] | None, events: list[Event]) -> None:
+        if earlier is not None:
+            await earlier
+        await publish(self._redis, self.org_id, events, maxlen=self._maxlen, ttl_s=self._ttl_s)
+
+    async def published(self) -> None:
+        """`publish_soon`'s publish is done (it never raises: see `publish`)."""
+        if self._publishing is not None:
+            publishing, self._publishing = self._publishing, None
+            await publishing
 
     async def _add(self, kind: str, data: dict[str, Any]) -> None:
         async with self._lock:

@@ -24,6 +24,7 @@ from typing import Any, cast
 from langchain_core.messages import HumanMessage
 from langgraph.types import Command
 from opentelemetry.trace import SpanKind
+from psycopg.rows import DictRow
 from redis.exceptions import RedisError
 
 from core import budgets
@@ -184,12 +185,21 @@ async def _deliver(svc: Services, run_id: str, org_id: str, owner: str) -> Deliv
                         "before it ends)")
     emitter = RunEmitter(svc.pool, svc.redis, org_id, run["session_id"], run_id,
                          maxlen=svc.settings.events.stream_maxlen, ttl_s=svc.settings.events.stream_ttl_s)
-    await emitter.publish(claimed.events)
+    emitter.publish_soon(claimed.events)  # while the graph starts: its next publish waits for it
+    try:
+        return await _run_claimed(svc, org_id, owner, found.agent, found.also, claimed, emitter)
+    finally:
+        await emitter.published()
+
+
+async def _run_claimed(svc: Services, org_id: str, owner: str, agent_row: agents.AgentVersionRow,
+                       also: list[list[DictRow]], claimed: runs.Claimed, emitter: RunEmitter) -> Delivery:
+    """The claimed run (its `run.started` on its way to the stream), to its end."""
     # Parsed once claimed (the claim did not wait for Python): a stored config that no longer
     # parses is a bug, and the run, started, ends `failed` `INTERNAL` (`_execute_run`).
-    agent = _spec(found.agent)
-    org = budgets.at_claim(found.also[0], svc.settings.limits)
-    attached = cast(list[files.AttachmentRow], found.also[1])
+    agent = _spec(agent_row)
+    org = budgets.at_claim(also[0], svc.settings.limits)
+    attached = cast(list[files.AttachmentRow], also[1])
     row = claimed.run
     # Which version of each of the org's skills this run uses: fixed by the claim at its first
     # start and read back by every later attempt.
