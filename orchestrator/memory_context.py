@@ -17,8 +17,10 @@ summary, and the window's size in turns and estimated tokens.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
+from contextlib import suppress
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,7 +28,7 @@ from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
 from psycopg.rows import DictRow
 
 from core import events
-from memory.service import Who
+from memory.service import Cached, Who
 from memory.short_term import Turn, Window, clip, split_for_summary
 from orchestrator.context import RunContext
 from orchestrator.models import MEMORY_HEADING, SUMMARY_HEADING
@@ -76,12 +78,41 @@ async def memory_context(ctx: RunContext, query: str, summarise: Summariser) -> 
     return result
 
 
-async def _read(ctx: RunContext, query: str, summarise: Summariser) -> tuple[list[dict[str, Any]], bool, Window]:
-    """(recalled items, whether they were recalled now rather than by an earlier attempt of the
-    run, the session window), in few round trips: Redis read in one pipeline (the run's kept
-    recall, the cached window, the org's session-notes index), Postgres in one batched
-    transaction (the window's new runs, then the recall's search), Redis written in one
-    transaction (the recall kept for a later attempt, the window if it changed)."""
+@dataclass
+class _Fetched:
+    """What `_read` reads before it decides anything: side-effect free, so it may start early."""
+
+    query: str
+    cached: Cached
+    items: list[dict[str, Any]]
+    recalled_now: bool
+    keep: bool
+    failed: Exception | None
+    window_rows: list[list[DictRow]] | None
+
+
+def prefetch(ctx: RunContext, query: str) -> None:
+    """Start the first THINK's memory reads now, while the run's graph starts (its checkpoint
+    read, its first steps): THINK then finds them done, or waits for the rest. Only reads: what
+    the run emits or writes (a warning, the summary, the kept recall) still happens in THINK, in
+    its order. `drop_prefetch` ends what THINK never took."""
+    if ctx.memory is not None and ctx.depth == 0 and "context" not in ctx.memory_cache:
+        ctx.memory_cache["fetching"] = asyncio.create_task(_fetch(ctx, query))
+
+
+async def drop_prefetch(ctx: RunContext) -> None:
+    task = ctx.memory_cache.pop("fetching", None)
+    if isinstance(task, asyncio.Task) and not task.done():
+        task.cancel()
+    if isinstance(task, asyncio.Task):
+        with suppress(BaseException):  # never taken: its outcome (an error included) is of no use
+            await task
+
+
+async def _fetch(ctx: RunContext, query: str) -> _Fetched:
+    """Redis read in one pipeline (the run's kept recall, the cached window, the org's
+    session-notes index), then Postgres in one batched transaction (the window's new runs, then
+    the recall's search)."""
     memory = ctx.memory
     assert memory is not None
     config, settings = ctx.agent.config.memory, memory.settings.memory
@@ -112,6 +143,25 @@ async def _read(ctx: RunContext, query: str, summarise: Summariser) -> tuple[lis
         # Raises as the window's own transaction did: a failed batch is the recall's to report
         # only if the window alone can be read (no warning for what was the window's trouble).
         window_rows = await memory.batch(ctx.org_id, reads)
+    return _Fetched(query, cached, items, recalled_now, keep, failed, window_rows)
+
+
+async def _read(ctx: RunContext, query: str, summarise: Summariser) -> tuple[list[dict[str, Any]], bool, Window]:
+    """(recalled items, whether they were recalled now rather than by an earlier attempt of the
+    run, the session window), in few round trips: `_fetch`'s (started early by `prefetch`, or
+    now), then Redis written in one transaction (the recall kept for a later attempt, the window
+    if it changed)."""
+    memory = ctx.memory
+    assert memory is not None
+    config = ctx.agent.config.memory
+    budget = config.short_term_tokens
+    person = who(ctx)
+    fetching = ctx.memory_cache.pop("fetching", None)
+    fetched = await fetching if isinstance(fetching, asyncio.Task) else None
+    if fetched is None or fetched.query != query:
+        fetched = await _fetch(ctx, query)
+    cached, items, recalled_now, keep = fetched.cached, fetched.items, fetched.recalled_now, fetched.keep
+    failed, window_rows = fetched.failed, fetched.window_rows
     if failed is not None:
         log.warning("recall failed in run %s: %s: %s", ctx.run_id, type(failed).__name__, failed)
         await ctx.emitter.emit(events.RUN_WARNING, {"code": "MEMORY_UNAVAILABLE", "message": (

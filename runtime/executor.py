@@ -40,6 +40,7 @@ from core.store.runs import RunStatus
 from core.telemetry import metrics, names, scope, tracing
 from core.tenancy import Statement, checkpoint_thread_id, run_cancel_key, tenant_pipeline_tx, tenant_tx
 from orchestrator.context import AgentSpec, Budget, LimitExceeded, RunContext
+from orchestrator.memory_context import drop_prefetch, prefetch
 from orchestrator.models import ModelConfigError, aclose_model, describe_error
 from orchestrator.nodes import ModelCallFailed
 from runtime.services import Services
@@ -264,6 +265,9 @@ async def _execute(
     # The input's message id is the run's, so a later attempt never adds it to the thread twice.
     user_message = HumanMessage(text, id=f"input-{run['id']}")
 
+    if agent.config.mode != "plan":  # (a plan is proposed, and waits for a human, before any THINK)
+        prefetch(ctx, text)  # the first THINK's memory reads, while the graph starts
+
     async def invoke() -> dict[str, Any]:
         await meter.start()  # a budget already used up stops the run at its first step
         async with asyncio.timeout_at(deadline):
@@ -339,6 +343,7 @@ async def _execute(
                                                                         f"({type(exc).__name__}); see the worker log."})
     finally:
         watcher.cancel()
+        await drop_prefetch(ctx)
         await _settle_thread(svc, thread_id, keep=ours)
         for model in ctx.model_cache.values():
             await aclose_model(model)

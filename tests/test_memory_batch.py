@@ -170,4 +170,50 @@ def test_a_search_failing_in_the_batch_warns_and_the_window_is_still_read(
     recalled = next(data for kind, data in found if kind == "memory.recalled")
     assert warning["code"] == "MEMORY_UNAVAILABLE" and "DivisionByZero" in warning["message"]
     assert kinds.index("run.warning") < kinds.index("memory.recalled") and kinds[-1] == "run.succeeded"
+    # Read before THINK (`memory_context.prefetch`), reported by THINK, in its order.
+    assert kinds.index("step.started") < kinds.index("run.warning")
     assert recalled["items"] == [] and recalled["turns"] == 2  # the first run's message and answer
+
+
+def test_the_first_think_s_memory_is_read_while_the_graph_starts(
+        org: Org, settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The executor starts the first THINK's memory reads with the graph (its checkpoint read
+    and first steps), once per run; THINK takes them, and what it emits comes as before."""
+    from core.store import runs
+    from orchestrator import memory_context, nodes
+    from runtime.executor import execute_run
+    from runtime.services import Services
+
+    agent = org.create_agent()
+    session = str(org.create_session(str(agent["id"]))["id"])
+    seen: list[str] = []
+    fetch, step = memory_context._fetch, nodes._step
+
+    async def fetching(ctx: Any, query: str) -> Any:
+        seen.append(f"fetch {query}")
+        return await fetch(ctx, query)
+
+    async def stepping(ctx: Any, node: str) -> None:
+        seen.append(f"step {node}")
+        await step(ctx, node)
+
+    monkeypatch.setattr(memory_context, "_fetch", fetching)
+    monkeypatch.setattr(nodes, "_step", stepping)
+
+    async def go() -> str:
+        svc = await Services.open(settings)
+        try:
+            async with tenant_tx(svc.pool, org.id) as conn:
+                created = await runs.create(conn, session_id=session, text="hello there", multitask="enqueue",
+                                            metadata={}, idempotency_key=None, request_hash="-", created_by=None)
+            assert (await execute_run(svc, created.run["id"], org.id)).outcome == "succeeded"
+            return created.run["id"]
+        finally:
+            await svc.close()
+
+    run_id = asyncio.run(go())
+    assert seen == ["fetch hello there", "step think", "step respond"]
+    with psycopg.connect(settings.database.url) as conn:
+        kinds = [k for (k,) in conn.execute("SELECT type FROM run_events WHERE run_id = %s ORDER BY seq",
+                                             (run_id,)).fetchall()]
+    assert kinds.index("step.started") < kinds.index("memory.recalled") < kinds.index("message.completed")

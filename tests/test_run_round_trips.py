@@ -36,7 +36,7 @@ from tests.helpers import Org
 # (Postgres, Redis) turns of each stretch of a run of an offline agent with memory on.
 CLAIM = (1, 0)  # the claim's batch (run.started is published in the background, as the graph starts)
 STARTED = (0, 1)  # that publish: done by the first model call, whichever stretch it fell in
-MEMORY = (1, 2)  # Redis reads; the window's runs and the recall's search; Redis writes
+MEMORY = (1, 2)  # Redis reads; the window's runs and the recall's search; Redis writes (in THINK)
 # The model call's usage record with the events pending: BEGIN, the org, the events and the record
 # sent together (its read: one turn), then the COMMIT; the events published. Was (6, 1).
 RECORD = (2, 1)
@@ -89,7 +89,6 @@ def test_a_run_reaches_its_model_call_in_few_round_trips(
 
         _hook(monkeypatch, executor, "_deliver", mark("delivery"))
         _hook(monkeypatch, executor, "_execute", mark("executing"))
-        _hook(monkeypatch, nodes, "memory_context", mark("memory"), mark("memory done"))
         _hook(monkeypatch, nodes, "_think_with", mark("model call"))
         _hook(monkeypatch, Meter, "model_call", mark("recording"), mark("recorded"))
         counted = settings.model_copy(update={
@@ -128,9 +127,8 @@ def test_a_run_reaches_its_model_call_in_few_round_trips(
 
     for m in runs:
         assert turns(m, "delivery", "executing") == CLAIM
-        assert turns(m, "executing", "memory")[0] == 0
-        assert turns(m, "memory", "memory done")[0] == MEMORY[0]
-        assert turns(m, "memory", "memory done")[1] - MEMORY[1] in (0, STARTED[1])
+        # The memory reads start with the graph (`memory_context.prefetch`) and run beside its
+        # checkpoint read, as run.started's publish does: where their turns fall varies.
         assert turns(m, "delivery", "model call") == tuple(map(sum, zip(CLAIM, STARTED, MEMORY, strict=True)))
         assert turns(m, "recording", "recorded") == RECORD
 
