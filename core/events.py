@@ -401,6 +401,7 @@ class RunEmitter:
     async def close(self) -> None:
         await self.flush()
         self._disarm()
+        await self.published()
 
     @asynccontextmanager
     async def ending(self) -> AsyncIterator[list[tuple[str, str, dict[str, Any]]]]:
@@ -440,9 +441,10 @@ class RunEmitter:
         await publish(self._redis, self.org_id, events, maxlen=self._maxlen, ttl_s=self._ttl_s)
 
     def publish_soon(self, events: list[Event]) -> None:
-        """`publish` in the background (a run's `run.started`, while its graph starts): every
-        later publish of this emitter, and `ending`, wait for it, so the stream gets the events in
-        order. The caller awaits `published()` before letting the emitter go."""
+        """`publish` in the background (a run's `run.started` while its graph starts, a batch once
+        stored): every later publish of this emitter, `ending` and `close` wait for it, so the
+        stream gets the events in order. The caller awaits `published()` (or `close()`) before
+        letting the emitter go."""
         self._publishing = asyncio.create_task(self._publish_after(self._publishing, events))
 
     async def _publish_after(self, earlier: asyncio.Task[None] | None, events: list[Event]) -> None:
@@ -489,7 +491,8 @@ class RunEmitter:
         # (a timer left running would write it early, in a transaction of its own).
         self._disarm()
         self.emitted += len(stored)
-        await self.publish(stored)
+        # Stored: the step goes on while Redis gets them (in order; see `publish_soon`).
+        self.publish_soon(stored)
 
     async def _store(self, items: list[tuple[str, str, dict[str, Any]]],
                      then: Callable[[AsyncConnection[DictRow]], Awaitable[None]] | None) -> list[Event]:
