@@ -97,16 +97,16 @@ def without_seq(found: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in found.items() if k != "event_seq"}
 
 
-def test_a_post_costs_one_postgres_round_trip_and_three_redis_ones(org: Org, settings: Settings) -> None:
+def test_a_post_costs_one_postgres_round_trip_and_two_redis_ones(org: Org, settings: Settings) -> None:
     """BEGIN, the org, the session's lock, the run (with its message, event and line place), the
-    audit entry and COMMIT travel as one batch; Redis: the rate, the admission, then the event's
-    publication with the admission's bind (the Celery send is not counted here)."""
+    audit entry and COMMIT travel as one batch; Redis: the rate and the admission in one script,
+    then the event's publication with the admission's bind (the Celery send is not counted here)."""
     session = str(org.create_session(str(org.create_agent()["id"]))["id"])
     r, trips = post_counted(settings, org, session, {"input": "hello"})
     assert r.status_code == 202, r.text
     assert len(trips.pg) == 1, trips.summary()
     assert len(trips.statements) == 6, trips.summary()
-    assert len(trips.redis) == 3, trips.summary()
+    assert trips.redis == ["EVALSHA", "pipeline EVALSHA,XADD,EXPIRE"], trips.summary()
 
 
 def test_with_budgets_the_post_decides_before_its_commit(client: TestClient, org: Org, settings: Settings) -> None:
@@ -257,3 +257,129 @@ def test_refusals_inside_the_transaction_roll_everything_back(client: TestClient
         for run in (ok, held):
             if run.status_code == 202:
                 org.client.post(f"/v1/runs/{run.json()['id']}/cancel", headers=org.headers)
+
+
+# --- the rate and the admission, one Redis round trip ----------------------------------------------
+
+
+Request = tuple[str, dict[str, Any], dict[str, str]]  # (url, body, headers) of a POST
+
+
+def posts_counted(settings: Settings, warm: list[Request], counted: Request) -> tuple[httpx.Response, Trips]:
+    """`warm` POSTs (they load the org's limits, its keys and the scripts), then one counted."""
+    async def scenario(client: httpx.AsyncClient) -> tuple[httpx.Response, Trips]:
+        for url, body, headers in warm:
+            await client.post(url, json=body, headers=headers)
+        url, body, headers = counted
+        with counting() as trips:
+            r = await client.post(url, json=body, headers=headers)
+        return r, trips
+
+    return in_process(settings, scenario)
+
+
+def places(settings: Settings, org: Org) -> set[str]:
+    """The org's active-run set: its runs and the reservations of requests not yet done."""
+    plain = redis.Redis.from_url(settings.redis.url)
+    try:
+        return {m.decode() for m in cast(list[bytes], plain.zrange(org_active_runs_key(org.id), 0, -1))}
+    finally:
+        plain.close()
+
+
+def reservations(settings: Settings, org: Org) -> set[str]:
+    return {m for m in places(settings, org) if m.startswith("pending:")}
+
+
+def test_a_rate_limited_post_is_429_first_and_takes_no_place(client: TestClient, org: Org,
+                                                             settings: Settings) -> None:
+    """Two tokens: the warm POST takes one, a GET the other; the POST then is refused by its one
+    round trip, before anything else (even a malformed body), and no place is taken."""
+    session = str(org.create_session(str(org.create_agent()["id"]))["id"])
+    r = client.patch(f"/v1/orgs/{org.id}", json={"limits": {"requests_per_minute": 1, "burst": 2}}, headers=ADMIN)
+    assert r.status_code == 200, r.text
+    url = f"/v1/sessions/{session}/runs"
+
+    async def scenario(client: httpx.AsyncClient) -> tuple[httpx.Response, httpx.Response, Trips]:
+        first = await client.post(url, json={"input": LONG_RUN}, headers=org.headers)
+        assert first.status_code == 202 and first.headers["RateLimit-Remaining"] == "1", first.text
+        assert (await client.get("/v1/me", headers=org.headers)).status_code == 200
+        with counting() as trips:
+            refused = await client.post(url, json={"input": ""}, headers=org.headers | {"Idempotency-Key": "k"})
+        return first, refused, trips
+
+    first, refused, trips = in_process(settings, scenario)
+    try:
+        error = error_of(refused, 429, "RATE_LIMITED")
+        assert error["details"]["burst"] == 2 and refused.headers["RateLimit-Remaining"] == "0"
+        assert int(refused.headers["Retry-After"]) >= 1
+        assert trips.redis == ["EVALSHA"] and trips.pg == [], trips.summary()
+        assert reservations(settings, org) == set()
+    finally:
+        org.client.post(f"/v1/runs/{first.json()['id']}/cancel", headers=org.headers)
+
+
+def test_a_viewers_post_is_forbidden_and_takes_no_place(org: Org, settings: Settings) -> None:
+    """The role is known before Redis is asked: a viewer's POST draws on the rate alone."""
+    session = str(org.create_session(str(org.create_agent()["id"]))["id"])
+    viewer = {"Authorization": f"Bearer {org.key_with_role('viewer')}"}
+    url = f"/v1/sessions/{session}/runs"
+    r, trips = posts_counted(settings, [(url, {"input": "warm"}, org.headers), (url, {"input": "x"}, viewer)],
+                             (url, {"input": "hello"}, viewer))
+    error_of(r, 403, "FORBIDDEN")
+    assert trips.redis == ["EVALSHA"] and trips.pg == [], trips.summary()
+    assert reservations(settings, org) == set()
+
+
+@pytest.mark.parametrize(("path", "body", "headers", "status", "code"), [
+    ("{session}", {"input": ""}, {}, 422, "VALIDATION_FAILED"),
+    ("{session}", {"input": "hello", "extra": 1}, {}, 422, "VALIDATION_FAILED"),
+    ("{session}", {"input": "hello"}, {"Content-Type": "text/plain"}, 415, "UNSUPPORTED_MEDIA_TYPE"),
+    ("{session}", {"input": "hello"}, {"Idempotency-Key": "x" * 201}, 400, "BAD_REQUEST"),
+    ("not-a-session", {"input": "hello"}, {}, 404, "NOT_FOUND"),
+    ("ses_" + "0" * 28, {"input": "hello"}, {"Idempotency-Key": "k"}, 404, "NOT_FOUND"),
+])
+def test_a_post_refused_after_its_admission_leaves_no_place_behind(
+        org: Org, settings: Settings, path: str, body: dict[str, Any], headers: dict[str, str],
+        status: int, code: str) -> None:
+    """The place taken with the rate's token is released when the body, the path or the
+    Idempotency-Key refuse the request (or the session does not exist)."""
+    session = str(org.create_session(str(org.create_agent()["id"]))["id"])
+    url = f"/v1/sessions/{path.format(session=session)}/runs"
+    warm = f"/v1/sessions/{session}/runs"
+    r, trips = posts_counted(settings, [(warm, {"input": "warm"}, org.headers)], (url, body, org.headers | headers))
+    error_of(r, status, code)
+    assert trips.redis[0] == "EVALSHA", trips.summary()
+    assert reservations(settings, org) == set()
+
+
+def test_at_the_cap_only_a_replay_passes_and_no_place_is_left_behind(client: TestClient, org: Org,
+                                                                     settings: Settings) -> None:
+    r = client.patch(f"/v1/orgs/{org.id}", json={"limits": {"max_active_runs": 1}}, headers=ADMIN)
+    assert r.status_code == 200, r.text
+    agent = str(org.create_agent()["id"])
+    held_session, other = (str(org.create_session(agent)["id"]) for _ in range(2))
+    held = org.client.post(f"/v1/sessions/{held_session}/runs", json={"input": LONG_RUN},
+                           headers=org.headers | {"Idempotency-Key": "held"})
+    assert held.status_code == 202, held.text
+    try:
+        url = f"/v1/sessions/{other}/runs"
+        error = error_of(org.client.post(url, json={"input": "hello"}, headers=org.headers), 429, "QUOTA_EXCEEDED")
+        assert error["details"] == {"max_active_runs": 1, "active_runs": 1}
+        error_of(org.client.post(url, json={"input": "hello"}, headers=org.headers | {"Idempotency-Key": "new"}),
+                 429, "QUOTA_EXCEEDED")
+        replay = org.client.post(f"/v1/sessions/{held_session}/runs", json={"input": LONG_RUN},
+                                 headers=org.headers | {"Idempotency-Key": "held"})
+        assert replay.status_code == 202 and replay.headers["Idempotent-Replayed"] == "true", replay.text
+        assert replay.json()["id"] == held.json()["id"] and "RateLimit-Remaining" in replay.headers
+        assert places(settings, org) == {held.json()["id"]}
+        assert org.client.get(f"/v1/sessions/{other}/runs", headers=org.headers).json()["data"] == []
+    finally:
+        org.client.post(f"/v1/runs/{held.json()['id']}/cancel", headers=org.headers)
+
+
+def test_an_accepted_post_carries_the_rate_headers(org: Org, settings: Settings) -> None:
+    session = str(org.create_session(str(org.create_agent()["id"]))["id"])
+    r, _ = post_counted(settings, org, session, {"input": "hello"})
+    assert r.status_code == 202, r.text
+    assert r.headers["RateLimit-Limit"] == "1200" and int(r.headers["RateLimit-Remaining"]) >= 0
