@@ -9,11 +9,13 @@ from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, TypeVar, cast
 
 import httpx
+import orjson
 import psycopg
 import pytest
 import redis
 from psycopg.rows import dict_row
 from starlette.testclient import TestClient
+from starlette.types import ASGIApp, Message
 
 from api.app import create_app
 from core import events
@@ -30,6 +32,11 @@ LONG_RUN = "wait: 10"  # stays active for the length of a test, worker or not
 def in_process(settings: Settings, scenario: Callable[[httpx.AsyncClient], Awaitable[T]]) -> T:
     """`scenario` against the API in this process (its own app, lifespan and pools), so what a
     request sends can be counted in the request's own context."""
+    return served(settings, lambda client, _app: scenario(client))
+
+
+def served(settings: Settings, scenario: Callable[[httpx.AsyncClient, ASGIApp], Awaitable[T]]) -> T:
+    """`in_process`, the scenario also given the app itself (for a stream read event by event)."""
     app = create_app(settings)
 
     async def go() -> T:
@@ -47,7 +54,7 @@ def in_process(settings: Settings, scenario: Callable[[httpx.AsyncClient], Await
 
             transport = httpx.ASGITransport(app=with_state)
             async with httpx.AsyncClient(transport=transport, base_url="http://api") as client:
-                return await scenario(client)
+                return await scenario(client, with_state)
 
     return asyncio.run(go())
 
@@ -383,3 +390,68 @@ def test_an_accepted_post_carries_the_rate_headers(org: Org, settings: Settings)
     r, _ = post_counted(settings, org, session, {"input": "hello"})
     assert r.status_code == 202, r.text
     assert r.headers["RateLimit-Limit"] == "1200" and int(r.headers["RateLimit-Remaining"]) >= 0
+
+
+# --- the stream opened right after the POST -----------------------------------------------------
+
+
+async def first_event(app: ASGIApp, path: str, headers: dict[str, str]) -> tuple[bytes, Trips]:
+    """GET an event stream until its first event: that event's bytes, and the round trips made
+    before it was sent (then the client leaves). httpx's ASGI transport would wait for the end."""
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "GET", "scheme": "http",
+             "path": path, "raw_path": path.encode(), "query_string": b"", "root_path": "",
+             "headers": [(k.lower().encode(), v.encode()) for k, v in headers.items()],
+             "server": ("api", 80), "client": ("127.0.0.1", 50000)}
+    got: list[tuple[bytes, Trips]] = []
+    asked, gone = False, asyncio.Event()
+
+    async def receive() -> Message:
+        nonlocal asked
+        if not asked:
+            asked = True
+            return {"type": "http.request", "body": b"", "more_body": False}
+        await gone.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(message: Message) -> None:
+        assert message["type"] != "http.response.start" or message["status"] == 200, message
+        body = message.get("body", b"")
+        if message["type"] == "http.response.body" and b"data:" in body and not got:
+            got.append((body, Trips(list(trips.pg), list(trips.statements), list(trips.redis))))
+            gone.set()
+
+    with counting() as trips:
+        await asyncio.wait_for(app(scope, receive, send), 30)
+    assert got, "the stream ended without an event"
+    return got[0]
+
+
+def test_the_stream_opened_right_after_the_post_sends_run_queued_before_any_round_trip(
+        org: Org, settings: Settings) -> None:
+    """The API process that took the POST holds the run's run.queued (api.fresh_runs): the stream
+    sends it, the same bytes a read from Redis gives, after the rate's round trip alone."""
+    session = str(org.create_session(str(org.create_agent()["id"]))["id"])
+    url = f"/v1/sessions/{session}/runs"
+
+    async def scenario(client: httpx.AsyncClient, app: ASGIApp) -> tuple[dict[str, Any], bytes, Trips, bytes]:
+        warm = await client.post(url, json={"input": "warm"}, headers=org.headers)
+        assert warm.status_code == 202, warm.text
+        await first_event(app, f"/v1/runs/{warm.json()['id']}/events", org.headers)
+        r = await client.post(url, json={"input": LONG_RUN}, headers=org.headers)
+        assert r.status_code == 202, r.text
+        run = dict(r.json())
+        fresh, trips = await first_event(app, f"/v1/runs/{run['id']}/events", org.headers)
+        # The same event read back (from Redis: a cursor takes the path that looks the run up).
+        seq = int(fresh.split(b"\r\n")[0].removeprefix(b"id: "))
+        read, _ = await first_event(app, f"/v1/runs/{run['id']}/events",
+                                    org.headers | {"Last-Event-ID": str(seq - 1)})
+        return run, fresh, trips, read
+
+    run, fresh, trips, read = served(settings, scenario)
+    try:
+        assert trips.redis == ["EVALSHA"] and trips.pg == [], trips.summary()
+        assert fresh.startswith(b"id: ") and b"\r\nevent: run.queued\r\n" in fresh, fresh
+        assert fresh == read
+        assert orjson.loads(fresh.split(b"data: ", 1)[1])["run_id"] == run["id"]
+    finally:
+        org.client.post(f"/v1/runs/{run['id']}/cancel", headers=org.headers)

@@ -133,7 +133,7 @@ async def create_run(call: Call[RunCreate]) -> Response:
     if not created.created:
         await ticket.release()
         return call.reply(_public(run), headers={**headers, "Idempotent-Replayed": "true"})
-    state_of(call.request).fresh_runs.remember(principal.org_id, run["id"], session_id, created.events[0].seq)
+    state_of(call.request).fresh_runs.remember(principal.org_id, created.events[0])
     m = metrics.get()
     m.runs_created.labels(run["agent_id"], *m.org(principal.org_id)).inc()
     infra = call.infra
