@@ -1,5 +1,6 @@
 """Admission control: per-org limits on API request rate and on active runs, both decided
-atomically in Redis (one Lua script each), so every API process shares them.
+atomically in Redis (one Lua script each, or both in one for a request that starts a run:
+`check_rate_and_admit_run`, one round trip), so every API process shares them.
 
 - Request rate: a token bucket per org (`core.tenancy.org_request_bucket_key`). The script
   refills it by the time elapsed since its last use, read with Redis `TIME` (one clock for all
