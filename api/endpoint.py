@@ -18,7 +18,7 @@ from api import json_limits, responses
 from api.auth import unauthenticated
 from api.state import state_of
 from core import ids
-from core.admission import RateDecision
+from core.admission import RateDecision, RunTicket
 from core.errors import ApiError
 from core.infra import Infra
 from core.pagination import DEFAULT_LIMIT, MAX_LIMIT, BadCursor, decode_cursor
@@ -38,6 +38,8 @@ class Call(Generic[B]):
     body: B
     # What the endpoint declares: its replies go through the declared response model.
     spec: EndpointSpec | None = None
+    # An endpoint that `admits_run`: the place its request took under the org's cap on active runs.
+    ticket: RunTicket | None = None
 
     def reply(self, content: Any, status: int | None = None, headers: dict[str, str] | None = None) -> Response:
         """`content` as the endpoint's declared response model, with a status it declares."""
@@ -62,6 +64,14 @@ class Call(Generic[B]):
         if self.caller is None:
             raise RuntimeError("this endpoint takes no org credential, so it has no principal")
         return self.caller
+
+    @property
+    def run_ticket(self) -> RunTicket:
+        """The place this request took among the org's active runs (`admits_run` endpoints): the
+        handler owns it now, and binds it to the run it makes or releases it."""
+        if self.ticket is None:
+            raise RuntimeError("this endpoint does not admit runs, so it has no run ticket")
+        return self.ticket
 
     @property
     def infra(self) -> Infra:
@@ -136,6 +146,9 @@ class EndpointSpec:
     raw_types: tuple[str, ...] = ()
     # True: the success body is raw bytes of their own type (a file's content, Prometheus text).
     download: bool = False
+    # True: the request starts a run, so its org's rate and a place under its cap on active runs
+    # are taken in one Redis round trip (`Call.run_ticket`).
+    admits_run: bool = False
     tags: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -237,6 +250,7 @@ class Endpoint:
         spec = self.spec
         principal: Principal | None = None
         rate: RateDecision | None = None
+        ticket: RunTicket | None = None
         shared = state_of(request)
         auth = shared.auth
         if spec.role == "platform_admin":
@@ -248,16 +262,26 @@ class Endpoint:
             if tracing.ON:
                 tracing.annotate(**{names.ORG_ID: principal.org_id})
             # Every authenticated request of an org draws on its request rate (health checks
-            # and platform admin calls do not).
-            rate = await shared.admission.check_rate(principal.org_id)
+            # and platform admin calls do not). A request that starts a run also takes its place
+            # under the org's cap in the same round trip, unless its role already refuses it.
+            allowed = principal.allows(spec.role)
+            if spec.admits_run and allowed:
+                rate, ticket = await shared.admission.check_rate_and_admit_run(principal.org_id)
+            else:
+                rate = await shared.admission.check_rate(principal.org_id)
             if rate is not None and not rate.allowed:
                 raise rate.refusal()
-            if not principal.allows(spec.role):
+            if not allowed:
                 raise ApiError(
                     "FORBIDDEN", f"This needs the {spec.role} role or higher; your credential is {principal.role}."
                 )
-        parsed = await parse_body(request, spec.body) if spec.body is not None and spec.parse else NoBody()
-        response = await self.handler(Call(request, principal, parsed, spec))
+        try:
+            parsed = await parse_body(request, spec.body) if spec.body is not None and spec.parse else NoBody()
+        except BaseException:
+            if ticket is not None:  # refused before the handler took the place over
+                await ticket.release()
+            raise
+        response = await self.handler(Call(request, principal, parsed, spec, ticket))
         if rate is not None:
             response.headers.update(rate.headers())
         return response
@@ -279,10 +303,11 @@ def endpoint(
     parse: bool = True,
     raw_types: tuple[str, ...] = (),
     download: bool = False,
+    admits_run: bool = False,
 ) -> Callable[[Handler], Endpoint]:
     """Make a handler an `Endpoint` described by these fields (see `EndpointSpec`)."""
     spec = EndpointSpec(summary, role, body, status, response, paginated, also, errors, params, headers, stream,
-                        parse, raw_types, download)
+                        parse, raw_types, download, admits_run)
 
     def wrap(handler: Handler) -> Endpoint:
         return Endpoint(handler, spec)

@@ -1,5 +1,6 @@
 """Admission control: per-org limits on API request rate and on active runs, both decided
-atomically in Redis (one Lua script each), so every API process shares them.
+atomically in Redis (one Lua script each, or both in one for a request that starts a run:
+`check_rate_and_admit_run`, one round trip), so every API process shares them.
 
 - Request rate: a token bucket per org (`core.tenancy.org_request_bucket_key`). The script
   refills it by the time elapsed since its last use, read with Redis `TIME` (one clock for all
@@ -50,53 +51,77 @@ PENDING_GRACE_MS = 60_000
 PENDING_PREFIX = "pending:"
 _WARN_EVERY_S = 30.0
 
-# KEYS[1] the bucket (hash: tokens, ts). ARGV: refill per minute, capacity.
-# Returns {allowed 0|1, whole tokens left, ms until a token is available (0 when allowed)}.
-RATE_LUA = """
+# Redis' clock (one for all API processes), in ms: each script reads it once.
+_NOW_LUA = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local per_ms = tonumber(ARGV[1]) / 60000.0
-local burst = tonumber(ARGV[2])
-local state = redis.call('HMGET', KEYS[1], 'tokens', 'ts')
-local tokens = tonumber(state[1])
-local ts = tonumber(state[2])
-if tokens == nil or ts == nil then
-  tokens = burst
-  ts = now
-end
-if now > ts then
-  tokens = tokens + (now - ts) * per_ms
-  ts = now
-end
-if tokens > burst then tokens = burst end
-local allowed = 0
-local wait_ms = 0
-if tokens >= 1 then
-  tokens = tokens - 1
-  allowed = 1
-else
-  wait_ms = math.ceil((1 - tokens) / per_ms)
-end
-redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'ts', tostring(ts))
-redis.call('PEXPIRE', KEYS[1], math.ceil(burst / per_ms) + 1000)
-return {allowed, math.floor(tokens), wait_ms}
 """
 
-# KEYS[1] the active-run set. ARGV: cap, reservation id, ttl ms.
+# The request rate: `bucket` is a hash (tokens, ts); a refill per minute, a capacity.
+# Returns {allowed 0|1, whole tokens left, ms until a token is available (0 when allowed)}.
+_TAKE_TOKEN_LUA = """
+local function take_token(bucket, per_minute, capacity, now)
+  local per_ms = tonumber(per_minute) / 60000.0
+  local burst = tonumber(capacity)
+  local state = redis.call('HMGET', bucket, 'tokens', 'ts')
+  local tokens = tonumber(state[1])
+  local ts = tonumber(state[2])
+  if tokens == nil or ts == nil then
+    tokens = burst
+    ts = now
+  end
+  if now > ts then
+    tokens = tokens + (now - ts) * per_ms
+    ts = now
+  end
+  if tokens > burst then tokens = burst end
+  local allowed = 0
+  local wait_ms = 0
+  if tokens >= 1 then
+    tokens = tokens - 1
+    allowed = 1
+  else
+    wait_ms = math.ceil((1 - tokens) / per_ms)
+  end
+  redis.call('HSET', bucket, 'tokens', tostring(tokens), 'ts', tostring(ts))
+  redis.call('PEXPIRE', bucket, math.ceil(burst / per_ms) + 1000)
+  return {allowed, math.floor(tokens), wait_ms}
+end
+"""
+
+# An active-run place: `set` is the org's active-run set; the cap, a reservation id, ttl ms.
 # Drops entries older than the ttl, then adds the reservation only if the set is below the cap.
 # Returns {admitted 0|1, members after}.
-ADMIT_LUA = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local ttl = tonumber(ARGV[3])
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - ttl)
-local n = redis.call('ZCARD', KEYS[1])
-if n >= tonumber(ARGV[1]) then
-  return {0, n}
+_RESERVE_LUA = """
+local function reserve(set, cap, reservation, ttl_ms, now)
+  local ttl = tonumber(ttl_ms)
+  redis.call('ZREMRANGEBYSCORE', set, '-inf', now - ttl)
+  local n = redis.call('ZCARD', set)
+  if n >= tonumber(cap) then
+    return {0, n}
+  end
+  redis.call('ZADD', set, now, reservation)
+  redis.call('PEXPIRE', set, ttl)
+  return {1, n + 1}
 end
-redis.call('ZADD', KEYS[1], now, ARGV[2])
-redis.call('PEXPIRE', KEYS[1], ttl)
-return {1, n + 1}
+"""
+
+# KEYS[1] the bucket. ARGV: refill per minute, capacity. Every authenticated request.
+RATE_LUA = _NOW_LUA + _TAKE_TOKEN_LUA + "return take_token(KEYS[1], ARGV[1], ARGV[2], now)\n"
+
+# KEYS[1] the active-run set. ARGV: cap, reservation id, ttl ms. A retry after reconciling.
+ADMIT_LUA = _NOW_LUA + _RESERVE_LUA + "return reserve(KEYS[1], ARGV[1], ARGV[2], ARGV[3], now)\n"
+
+# Both in one round trip (a request that starts a run): KEYS[1] the bucket, KEYS[2] the
+# active-run set; ARGV: refill per minute, capacity, cap, reservation id, ttl ms. A request the
+# rate refuses takes no place. Returns {allowed, tokens left, wait ms, admitted, members}.
+RATE_ADMIT_LUA = _NOW_LUA + _TAKE_TOKEN_LUA + _RESERVE_LUA + """
+local rate = take_token(KEYS[1], ARGV[1], ARGV[2], now)
+if rate[1] == 0 then
+  return {rate[1], rate[2], rate[3], 0, 0}
+end
+local place = reserve(KEYS[2], ARGV[3], ARGV[4], ARGV[5], now)
+return {rate[1], rate[2], rate[3], place[1], place[2]}
 """
 
 # KEYS[1] the active-run set. ARGV: reservation id, run id, ttl ms. The run's row is committed:
@@ -325,6 +350,7 @@ class Admission:
         self._pool = pool
         self._rate = redis.register_script(RATE_LUA)
         self._admit = redis.register_script(ADMIT_LUA)
+        self._rate_admit = redis.register_script(RATE_ADMIT_LUA)
         self._bind_script = redis.register_script(BIND_LUA)
         self._reconcile = redis.register_script(RECONCILE_LUA)
         self._cache: dict[str, tuple[float, Limits]] = {}
@@ -363,31 +389,53 @@ class Admission:
             allowed, remaining, wait_ms = await self._rate(
                 keys=[org_request_bucket_key(org_id)], args=[limits.requests_per_minute, limits.burst])
         except (RedisError, OSError) as exc:
-            _warner.warn("rate", "request rate not checked (Redis: %s); letting requests through", exc)
+            _rate_not_checked(exc)
             return None
         return RateDecision(bool(allowed), limits.requests_per_minute, limits.burst, int(remaining), int(wait_ms))
 
-    # --- active runs ------------------------------------------------------------------------
+    # --- request rate and active runs, together ---------------------------------------------
 
-    async def admit_run(self, org_id: str) -> RunTicket:
-        """Reserve a place for a new run under the org's cap. A ticket that is not `admitted`
-        carries the refusal (the caller may still answer an idempotent replay)."""
+    async def check_rate_and_admit_run(self, org_id: str) -> tuple[RateDecision | None, RunTicket | None]:
+        """`check_rate`, then a place for a new run under the org's cap on active runs, in one
+        Redis round trip (a request that starts a run). No ticket when the rate refused the
+        request: it took no place. A ticket that is not `admitted` carries the refusal (the
+        caller may still answer an idempotent replay). Redis down: (None, an admitted ticket
+        without a place), both let through as each alone would."""
         limits = await self.limits(org_id)
         if limits.closing:
-            return RunTicket(self, org_id, None, False, limits, 0)
+            # A closing org starts no run: nothing to reserve.
+            rate = await self.check_rate(org_id)
+            refused = rate is not None and not rate.allowed
+            return rate, None if refused else RunTicket(self, org_id, None, False, limits, 0)
         key = org_active_runs_key(org_id)
         token = PENDING_PREFIX + secrets.token_hex(12)
         ttl_ms = self.settings.active_run_ttl_s * 1000
         try:
-            admitted, active = await self._admit(keys=[key], args=[limits.max_active_runs, token, ttl_ms])
-            if not admitted:
-                # Full: make sure it is really full (Postgres is the truth), then try once more.
-                await self._reconcile_with_postgres(org_id, key, ttl_ms)
-                admitted, active = await self._admit(keys=[key], args=[limits.max_active_runs, token, ttl_ms])
+            allowed, remaining, wait_ms, admitted, active = await self._rate_admit(
+                keys=[org_request_bucket_key(org_id), key],
+                args=[limits.requests_per_minute, limits.burst, limits.max_active_runs, token, ttl_ms])
         except (RedisError, OSError) as exc:
-            _warner.warn("admit", "active runs not counted (Redis: %s); admitting runs", exc)
-            return RunTicket(self, org_id, None, True, limits, 0)
-        return RunTicket(self, org_id, token if admitted else None, bool(admitted), limits, int(active))
+            _rate_not_checked(exc)
+            _not_counted(exc)
+            return None, RunTicket(self, org_id, None, True, limits, 0)
+        rate = RateDecision(bool(allowed), limits.requests_per_minute, limits.burst, int(remaining), int(wait_ms))
+        if not allowed:
+            return rate, None
+        if not admitted:
+            try:
+                admitted, active = await self._admit_after_reconciling(org_id, key, limits, token, ttl_ms)
+            except (RedisError, OSError) as exc:
+                _not_counted(exc)
+                return rate, RunTicket(self, org_id, None, True, limits, 0)
+        return rate, RunTicket(self, org_id, token if admitted else None, bool(admitted), limits, int(active))
+
+    async def _admit_after_reconciling(self, org_id: str, key: str, limits: Limits, token: str,
+                                       ttl_ms: int) -> tuple[int, int]:
+        """The set looked full: make sure it is really full (Postgres is the truth), then try
+        once more; (admitted, members)."""
+        await self._reconcile_with_postgres(org_id, key, ttl_ms)
+        admitted, active = await self._admit(keys=[key], args=[limits.max_active_runs, token, ttl_ms])
+        return int(admitted), int(active)
 
     async def _reconcile_with_postgres(self, org_id: str, key: str, ttl_ms: int) -> None:
         seconds, micros = await self.redis.time()
@@ -410,6 +458,14 @@ class Admission:
     async def _bind(self, org_id: str, token: str, run_id: str) -> None:
         await self._bind_script(keys=[org_active_runs_key(org_id)],
                                 args=[token, run_id, self.settings.active_run_ttl_s * 1000])
+
+
+def _rate_not_checked(exc: BaseException) -> None:
+    _warner.warn("rate", "request rate not checked (Redis: %s); letting requests through", exc)
+
+
+def _not_counted(exc: BaseException) -> None:
+    _warner.warn("admit", "active runs not counted (Redis: %s); admitting runs", exc)
 
 
 async def release_run(redis: aioredis.Redis, org_id: str, run_id: str) -> None:

@@ -112,7 +112,8 @@ class EventReader:
             if event is not None:  # not KEEPALIVE
                 yield event
 
-    async def follow_with_keepalives(self, after: int, newest: int | None = None) -> AsyncGenerator[Event | None, None]:
+    async def follow_with_keepalives(self, after: int, newest: int | None = None,
+                                     first: Event | None = None) -> AsyncGenerator[Event | None, None]:
         """`follow`, with `KEEPALIVE` (None) between events whenever the hub's timer says the
         stream has been quiet for its keep-alive interval.
 
@@ -120,16 +121,26 @@ class EventReader:
         that starts there has nothing to read from Postgres first (one transaction less per
         stream opened: a burst of clients reconnecting is a burst of these); whatever comes
         later reaches it through the hub, and the hub's Postgres check covers an event that
-        never reached Redis."""
+        never reached Redis.
+
+        `first`: the event with seq `after + 1` when the caller holds it already (the POST's
+        `run.queued`, to the stream the same process opens right after it): it is yielded before
+        anything is read. The reads are those without it (the first still names it, so an empty
+        answer means what it always meant); it is not yielded twice."""
         last = after
+        if first is not None and first.seq == after + 1:
+            yield first
+            last = first.seq
+        cursor = after
         while True:  # catch up from Redis while it has a full page, then from Postgres
-            streamed = await self._hub.read_once(self._key, last)
+            streamed = await self._hub.read_once(self._key, cursor)
             if streamed:
                 async for event in self._in_order(streamed, last):
                     yield event
                     last = event.seq
             if streamed is None or len(streamed) < PAGE:
                 break
+            cursor = last
         if not streamed and (newest is None or last < newest):
             # The stream is empty, gone or unreachable: Postgres has the truth.
             async for event in self._fill(last, None):

@@ -9,11 +9,13 @@ from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, TypeVar, cast
 
 import httpx
+import orjson
 import psycopg
 import pytest
 import redis
 from psycopg.rows import dict_row
 from starlette.testclient import TestClient
+from starlette.types import ASGIApp, Message
 
 from api.app import create_app
 from core import events
@@ -30,6 +32,11 @@ LONG_RUN = "wait: 10"  # stays active for the length of a test, worker or not
 def in_process(settings: Settings, scenario: Callable[[httpx.AsyncClient], Awaitable[T]]) -> T:
     """`scenario` against the API in this process (its own app, lifespan and pools), so what a
     request sends can be counted in the request's own context."""
+    return served(settings, lambda client, _app: scenario(client))
+
+
+def served(settings: Settings, scenario: Callable[[httpx.AsyncClient, ASGIApp], Awaitable[T]]) -> T:
+    """`in_process`, the scenario also given the app itself (for a stream read event by event)."""
     app = create_app(settings)
 
     async def go() -> T:
@@ -47,7 +54,7 @@ def in_process(settings: Settings, scenario: Callable[[httpx.AsyncClient], Await
 
             transport = httpx.ASGITransport(app=with_state)
             async with httpx.AsyncClient(transport=transport, base_url="http://api") as client:
-                return await scenario(client)
+                return await scenario(client, with_state)
 
     return asyncio.run(go())
 
@@ -97,16 +104,16 @@ def without_seq(found: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in found.items() if k != "event_seq"}
 
 
-def test_a_post_costs_one_postgres_round_trip_and_three_redis_ones(org: Org, settings: Settings) -> None:
+def test_a_post_costs_one_postgres_round_trip_and_two_redis_ones(org: Org, settings: Settings) -> None:
     """BEGIN, the org, the session's lock, the run (with its message, event and line place), the
-    audit entry and COMMIT travel as one batch; Redis: the rate, the admission, then the event's
-    publication with the admission's bind (the Celery send is not counted here)."""
+    audit entry and COMMIT travel as one batch; Redis: the rate and the admission in one script,
+    then the event's publication with the admission's bind (the Celery send is not counted here)."""
     session = str(org.create_session(str(org.create_agent()["id"]))["id"])
     r, trips = post_counted(settings, org, session, {"input": "hello"})
     assert r.status_code == 202, r.text
     assert len(trips.pg) == 1, trips.summary()
     assert len(trips.statements) == 6, trips.summary()
-    assert len(trips.redis) == 3, trips.summary()
+    assert trips.redis == ["EVALSHA", "pipeline EVALSHA,XADD,EXPIRE"], trips.summary()
 
 
 def test_with_budgets_the_post_decides_before_its_commit(client: TestClient, org: Org, settings: Settings) -> None:
@@ -257,3 +264,194 @@ def test_refusals_inside_the_transaction_roll_everything_back(client: TestClient
         for run in (ok, held):
             if run.status_code == 202:
                 org.client.post(f"/v1/runs/{run.json()['id']}/cancel", headers=org.headers)
+
+
+# --- the rate and the admission, one Redis round trip ----------------------------------------------
+
+
+Request = tuple[str, dict[str, Any], dict[str, str]]  # (url, body, headers) of a POST
+
+
+def posts_counted(settings: Settings, warm: list[Request], counted: Request) -> tuple[httpx.Response, Trips]:
+    """`warm` POSTs (they load the org's limits, its keys and the scripts), then one counted."""
+    async def scenario(client: httpx.AsyncClient) -> tuple[httpx.Response, Trips]:
+        for url, body, headers in warm:
+            await client.post(url, json=body, headers=headers)
+        url, body, headers = counted
+        with counting() as trips:
+            r = await client.post(url, json=body, headers=headers)
+        return r, trips
+
+    return in_process(settings, scenario)
+
+
+def places(settings: Settings, org: Org) -> set[str]:
+    """The org's active-run set: its runs and the reservations of requests not yet done."""
+    plain = redis.Redis.from_url(settings.redis.url)
+    try:
+        return {m.decode() for m in cast(list[bytes], plain.zrange(org_active_runs_key(org.id), 0, -1))}
+    finally:
+        plain.close()
+
+
+def reservations(settings: Settings, org: Org) -> set[str]:
+    return {m for m in places(settings, org) if m.startswith("pending:")}
+
+
+def test_a_rate_limited_post_is_429_first_and_takes_no_place(client: TestClient, org: Org,
+                                                             settings: Settings) -> None:
+    """Two tokens: the warm POST takes one, a GET the other; the POST then is refused by its one
+    round trip, before anything else (even a malformed body), and no place is taken."""
+    session = str(org.create_session(str(org.create_agent()["id"]))["id"])
+    r = client.patch(f"/v1/orgs/{org.id}", json={"limits": {"requests_per_minute": 1, "burst": 2}}, headers=ADMIN)
+    assert r.status_code == 200, r.text
+    url = f"/v1/sessions/{session}/runs"
+
+    async def scenario(client: httpx.AsyncClient) -> tuple[httpx.Response, httpx.Response, Trips]:
+        first = await client.post(url, json={"input": LONG_RUN}, headers=org.headers)
+        assert first.status_code == 202 and first.headers["RateLimit-Remaining"] == "1", first.text
+        assert (await client.get("/v1/me", headers=org.headers)).status_code == 200
+        with counting() as trips:
+            refused = await client.post(url, json={"input": ""}, headers=org.headers | {"Idempotency-Key": "k"})
+        return first, refused, trips
+
+    first, refused, trips = in_process(settings, scenario)
+    try:
+        error = error_of(refused, 429, "RATE_LIMITED")
+        assert error["details"]["burst"] == 2 and refused.headers["RateLimit-Remaining"] == "0"
+        assert int(refused.headers["Retry-After"]) >= 1
+        assert trips.redis == ["EVALSHA"] and trips.pg == [], trips.summary()
+        assert reservations(settings, org) == set()
+    finally:
+        org.client.post(f"/v1/runs/{first.json()['id']}/cancel", headers=org.headers)
+
+
+def test_a_viewers_post_is_forbidden_and_takes_no_place(org: Org, settings: Settings) -> None:
+    """The role is known before Redis is asked: a viewer's POST draws on the rate alone."""
+    session = str(org.create_session(str(org.create_agent()["id"]))["id"])
+    viewer = {"Authorization": f"Bearer {org.key_with_role('viewer')}"}
+    url = f"/v1/sessions/{session}/runs"
+    r, trips = posts_counted(settings, [(url, {"input": "warm"}, org.headers), (url, {"input": "x"}, viewer)],
+                             (url, {"input": "hello"}, viewer))
+    error_of(r, 403, "FORBIDDEN")
+    assert trips.redis == ["EVALSHA"] and trips.pg == [], trips.summary()
+    assert reservations(settings, org) == set()
+
+
+@pytest.mark.parametrize(("path", "body", "headers", "status", "code"), [
+    ("{session}", {"input": ""}, {}, 422, "VALIDATION_FAILED"),
+    ("{session}", {"input": "hello", "extra": 1}, {}, 422, "VALIDATION_FAILED"),
+    ("{session}", {"input": "hello"}, {"Content-Type": "text/plain"}, 415, "UNSUPPORTED_MEDIA_TYPE"),
+    ("{session}", {"input": "hello"}, {"Idempotency-Key": "x" * 201}, 400, "BAD_REQUEST"),
+    ("not-a-session", {"input": "hello"}, {}, 404, "NOT_FOUND"),
+    ("ses_" + "0" * 28, {"input": "hello"}, {"Idempotency-Key": "k"}, 404, "NOT_FOUND"),
+])
+def test_a_post_refused_after_its_admission_leaves_no_place_behind(
+        org: Org, settings: Settings, path: str, body: dict[str, Any], headers: dict[str, str],
+        status: int, code: str) -> None:
+    """The place taken with the rate's token is released when the body, the path or the
+    Idempotency-Key refuse the request (or the session does not exist)."""
+    session = str(org.create_session(str(org.create_agent()["id"]))["id"])
+    url = f"/v1/sessions/{path.format(session=session)}/runs"
+    warm = f"/v1/sessions/{session}/runs"
+    r, trips = posts_counted(settings, [(warm, {"input": "warm"}, org.headers)], (url, body, org.headers | headers))
+    error_of(r, status, code)
+    assert trips.redis[0] == "EVALSHA", trips.summary()
+    assert reservations(settings, org) == set()
+
+
+def test_at_the_cap_only_a_replay_passes_and_no_place_is_left_behind(client: TestClient, org: Org,
+                                                                     settings: Settings) -> None:
+    r = client.patch(f"/v1/orgs/{org.id}", json={"limits": {"max_active_runs": 1}}, headers=ADMIN)
+    assert r.status_code == 200, r.text
+    agent = str(org.create_agent()["id"])
+    held_session, other = (str(org.create_session(agent)["id"]) for _ in range(2))
+    held = org.client.post(f"/v1/sessions/{held_session}/runs", json={"input": LONG_RUN},
+                           headers=org.headers | {"Idempotency-Key": "held"})
+    assert held.status_code == 202, held.text
+    try:
+        url = f"/v1/sessions/{other}/runs"
+        error = error_of(org.client.post(url, json={"input": "hello"}, headers=org.headers), 429, "QUOTA_EXCEEDED")
+        assert error["details"] == {"max_active_runs": 1, "active_runs": 1}
+        error_of(org.client.post(url, json={"input": "hello"}, headers=org.headers | {"Idempotency-Key": "new"}),
+                 429, "QUOTA_EXCEEDED")
+        replay = org.client.post(f"/v1/sessions/{held_session}/runs", json={"input": LONG_RUN},
+                                 headers=org.headers | {"Idempotency-Key": "held"})
+        assert replay.status_code == 202 and replay.headers["Idempotent-Replayed"] == "true", replay.text
+        assert replay.json()["id"] == held.json()["id"] and "RateLimit-Remaining" in replay.headers
+        assert places(settings, org) == {held.json()["id"]}
+        assert org.client.get(f"/v1/sessions/{other}/runs", headers=org.headers).json()["data"] == []
+    finally:
+        org.client.post(f"/v1/runs/{held.json()['id']}/cancel", headers=org.headers)
+
+
+def test_an_accepted_post_carries_the_rate_headers(org: Org, settings: Settings) -> None:
+    session = str(org.create_session(str(org.create_agent()["id"]))["id"])
+    r, _ = post_counted(settings, org, session, {"input": "hello"})
+    assert r.status_code == 202, r.text
+    assert r.headers["RateLimit-Limit"] == "1200" and int(r.headers["RateLimit-Remaining"]) >= 0
+
+
+# --- the stream opened right after the POST -----------------------------------------------------
+
+
+async def first_event(app: ASGIApp, path: str, headers: dict[str, str]) -> tuple[bytes, Trips]:
+    """GET an event stream until its first event: that event's bytes, and the round trips made
+    before it was sent (then the client leaves). httpx's ASGI transport would wait for the end."""
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "GET", "scheme": "http",
+             "path": path, "raw_path": path.encode(), "query_string": b"", "root_path": "",
+             "headers": [(k.lower().encode(), v.encode()) for k, v in headers.items()],
+             "server": ("api", 80), "client": ("127.0.0.1", 50000)}
+    got: list[tuple[bytes, Trips]] = []
+    asked, gone = False, asyncio.Event()
+
+    async def receive() -> Message:
+        nonlocal asked
+        if not asked:
+            asked = True
+            return {"type": "http.request", "body": b"", "more_body": False}
+        await gone.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(message: Message) -> None:
+        assert message["type"] != "http.response.start" or message["status"] == 200, message
+        body = message.get("body", b"")
+        if message["type"] == "http.response.body" and b"data:" in body and not got:
+            got.append((body, Trips(list(trips.pg), list(trips.statements), list(trips.redis))))
+            gone.set()
+
+    with counting() as trips:
+        await asyncio.wait_for(app(scope, receive, send), 30)
+    assert got, "the stream ended without an event"
+    return got[0]
+
+
+def test_the_stream_opened_right_after_the_post_sends_run_queued_before_any_round_trip(
+        org: Org, settings: Settings) -> None:
+    """The API process that took the POST holds the run's run.queued (api.fresh_runs): the stream
+    sends it, the same bytes a read from Redis gives, after the rate's round trip alone."""
+    session = str(org.create_session(str(org.create_agent()["id"]))["id"])
+    url = f"/v1/sessions/{session}/runs"
+
+    async def scenario(client: httpx.AsyncClient, app: ASGIApp) -> tuple[dict[str, Any], bytes, Trips, bytes]:
+        warm = await client.post(url, json={"input": "warm"}, headers=org.headers)
+        assert warm.status_code == 202, warm.text
+        await first_event(app, f"/v1/runs/{warm.json()['id']}/events", org.headers)
+        r = await client.post(url, json={"input": LONG_RUN}, headers=org.headers)
+        assert r.status_code == 202, r.text
+        run = dict(r.json())
+        fresh, trips = await first_event(app, f"/v1/runs/{run['id']}/events", org.headers)
+        # The same event read back (from Redis: a cursor takes the path that looks the run up).
+        seq = int(fresh.split(b"\r\n")[0].removeprefix(b"id: "))
+        read, _ = await first_event(app, f"/v1/runs/{run['id']}/events",
+                                    org.headers | {"Last-Event-ID": str(seq - 1)})
+        return run, fresh, trips, read
+
+    run, fresh, trips, read = served(settings, scenario)
+    try:
+        assert trips.redis == ["EVALSHA"] and trips.pg == [], trips.summary()
+        assert fresh.startswith(b"id: ") and b"\r\nevent: run.queued\r\n" in fresh, fresh
+        assert fresh == read
+        assert orjson.loads(fresh.split(b"data: ", 1)[1])["run_id"] == run["id"]
+    finally:
+        org.client.post(f"/v1/runs/{run['id']}/cancel", headers=org.headers)

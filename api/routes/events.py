@@ -84,8 +84,11 @@ async def run_events(call: Call[Any]) -> Response:
     run_id = call.path_id("run_id", "run")
     after = _after(call)
     fresh = state_of(call.request).fresh_runs.get(call.principal.org_id, run_id) if after is None else None
+    first: Event | None = None
     if fresh is not None:  # created here seconds ago: from its run.queued on, its end is ahead
-        session_id, start, finished = fresh.session_id, max(fresh.queue_seq - 1, 0), False
+        # The run.queued this process published is sent as it was, before anything is read.
+        first = fresh.queued
+        session_id, start, finished = fresh.session_id, first.seq - 1, False
     else:
         async with tenant_tx(call.pool, call.principal.org_id) as conn:
             run = await runs.get(conn, run_id)
@@ -98,7 +101,8 @@ async def run_events(call: Call[Any]) -> Response:
         session_id = run["session_id"]
     reader = reader_for(call, session_id)
 
-    return _response(call, _nothing() if finished else reader.follow_with_keepalives(start), run_id=run_id)
+    return _response(call, _nothing() if finished else reader.follow_with_keepalives(start, first=first),
+                     run_id=run_id)
 
 
 @endpoint("Stream every event of a session (SSE), live; `Last-Event-ID` or `?after=0` replays first.",

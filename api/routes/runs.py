@@ -87,24 +87,26 @@ def _idempotency_key(call: Call[Any]) -> str | None:
           params=(Param("Idempotency-Key", {"type": "string", "maxLength": IDEMPOTENCY_KEY_MAX,
                                             "pattern": "^[!-~]([ -~]*[!-~])?$"},
                         "Makes a retry safe: the same key and body answer the run the first request made.",
-                        where="header"),))
+                        where="header"),),
+          admits_run=True)
 async def create_run(call: Call[RunCreate]) -> Response:
-    session_id = call.path_id("session_id", "session")
-    body, principal = call.body, call.principal
-    key = _idempotency_key(call)
-    request_hash = hashlib.sha256(orjson.dumps(body.model_dump(), option=orjson.OPT_SORT_KEYS)).hexdigest()
-    # A place under the org's cap on active runs is reserved before the run is inserted, so
-    # concurrent POSTs cannot overshoot it. Over the cap, a request with an Idempotency-Key still
+    # A place under the org's cap on active runs was reserved (with the request's rate token, in
+    # one Redis round trip) before the run is inserted, so concurrent POSTs cannot overshoot it;
+    # it is released unless a run is made. Over the cap, a request with an Idempotency-Key still
     # goes on: a replay answers the run it made; anything new is refused (and rolled back).
-    ticket = await state_of(call.request).admission.admit_run(principal.org_id)
-    if not ticket.admitted and key is None:
-        raise ticket.refusal()
-    # What is refused inside the transaction (a run over the cap when only a replay may pass, a
-    # budget used up) must be known before it commits; otherwise the whole transaction is sent at
-    # once and read after its commit (a refused or busy request wrote nothing).
-    decide_before_commit = not ticket.admitted or budgets.any_set(ticket.limits)
-    run_id = new_id("run")
+    ticket = call.run_ticket
     try:
+        session_id = call.path_id("session_id", "session")
+        body, principal = call.body, call.principal
+        key = _idempotency_key(call)
+        if not ticket.admitted and key is None:
+            raise ticket.refusal()
+        request_hash = hashlib.sha256(orjson.dumps(body.model_dump(), option=orjson.OPT_SORT_KEYS)).hexdigest()
+        # What is refused inside the transaction (a run over the cap when only a replay may pass, a
+        # budget used up) must be known before it commits; otherwise the whole transaction is sent
+        # at once and read after its commit (a refused or busy request wrote nothing).
+        decide_before_commit = not ticket.admitted or budgets.any_set(ticket.limits)
+        run_id = new_id("run")
         async with tenant_pipeline_tx(call.pool, principal.org_id) as conn:
             creating = await runs.send_create(
                 conn, session_id=session_id, text=body.input, multitask=body.multitask, metadata=body.metadata,
@@ -131,7 +133,7 @@ async def create_run(call: Call[RunCreate]) -> Response:
     if not created.created:
         await ticket.release()
         return call.reply(_public(run), headers={**headers, "Idempotent-Replayed": "true"})
-    state_of(call.request).fresh_runs.remember(principal.org_id, run["id"], session_id, created.events[0].seq)
+    state_of(call.request).fresh_runs.remember(principal.org_id, created.events[0])
     m = metrics.get()
     m.runs_created.labels(run["agent_id"], *m.org(principal.org_id)).inc()
     infra = call.infra
