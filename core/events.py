@@ -453,10 +453,12 @@ class RunEmitter:
         await publish(self._redis, self.org_id, events, maxlen=self._maxlen, ttl_s=self._ttl_s)
 
     async def published(self) -> None:
-        """`publish_soon`'s publish is done (it never raises: see `publish`)."""
-        if self._publishing is not None:
-            publishing, self._publishing = self._publishing, None
+        """`publish_soon`'s publishes are done (they never raise: see `publish`). The last one
+        stays set while awaited, so one started meanwhile still comes after it."""
+        while (publishing := self._publishing) is not None:
             await publishing
+            if self._publishing is publishing:
+                self._publishing = None
 
     async def _add(self, kind: str, data: dict[str, Any]) -> None:
         async with self._lock:
