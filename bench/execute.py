@@ -1,0 +1,138 @@
+"""A worker's own cost per run, in one process: CPU and wall of `execute_run`, and what Postgres spent.
+
+    .venv/bin/python bench/execute.py [--runs 200] [--input hello] [--pg-stats]
+
+Starts its own stack (bench/runs.py's `Bench`: embedded Postgres and Redis, migrations, the API
+for the org and its agent), stores `--runs` queued runs of an `offline:default` agent, each in a
+session of its own, and executes them one after another in this process with
+`runtime.executor.execute_run`, as a Celery task would (no Celery, no API, no client: what is left
+is the run itself). Prints the p10/p50/p90 of each run's wall time and of this process's CPU time
+(user + system) while it ran. The first runs warm the pools (psycopg prepares a statement at its
+5th use on each pooled connection) and are not counted.
+
+`--pg-stats` starts Postgres with `pg_stat_statements` and prints the server's own time per run
+(execution + planning) and the statements that cost most. The default event loop is asyncio's;
+the worker's (uvloop) is a little cheaper. Compare two commits by running this from each one's
+checkout, interleaved (docs/benchmarks.md, "Issue 18: the worker's critical path").
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+import psycopg  # noqa: E402
+
+from agentos.stack.process import ServerProcess  # noqa: E402
+from bench.runs import Bench, console, new_sessions  # noqa: E402
+
+WARM = 20
+PG_STATS_ARGS = ["-c", "shared_preload_libraries=pg_stat_statements", "-c", "pg_stat_statements.track=all",
+                 "-c", "pg_stat_statements.track_planning=on"]
+
+
+def with_pg_stats() -> None:
+    """Start this process's embedded Postgres with pg_stat_statements loaded."""
+    original = ServerProcess.__init__
+
+    def init(self: Any, name: str, argv: list[str], *args: Any, **kwargs: Any) -> None:
+        original(self, name, [*argv, *PG_STATS_ARGS] if name == "postgres" else argv, *args, **kwargs)
+
+    ServerProcess.__init__ = init  # type: ignore[method-assign]
+
+
+def pct(values: list[float], q: int) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, len(ordered) * q // 100)]
+
+
+async def measure(bench: Bench, args: argparse.Namespace) -> None:
+    import runtime.executor as executor
+    from core.settings import load_settings
+    from core.store import runs
+    from core.tenancy import tenant_tx
+    from runtime.services import Services
+
+    assert bench.urls is not None
+    database_url = bench.urls.database_url
+    if args.pg_stats:
+        with psycopg.connect(database_url, autocommit=True) as conn:
+            conn.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+    settings = load_settings(database={"url": database_url}, redis={"url": bench.urls.redis_url},
+                             worker={"workspace_root": str(bench.dir / "workspaces")})
+    svc = await Services.open(settings)
+    walls: list[float] = []
+    cpus: list[float] = []
+    try:
+        run_ids = []
+        for session_id in await new_sessions(bench, WARM + args.runs):
+            async with tenant_tx(svc.pool, bench.org_id) as conn:
+                created = await runs.create(conn, session_id=session_id, text=args.input, multitask="enqueue",
+                                            metadata={}, idempotency_key=None, request_hash="bench",
+                                            created_by="bench")
+            run_ids.append(created.run["id"])
+        for i, run_id in enumerate(run_ids):
+            if i == WARM and args.pg_stats:
+                with psycopg.connect(database_url, autocommit=True) as conn:
+                    conn.execute("SELECT pg_stat_statements_reset()")
+            t0, c0 = time.perf_counter(), time.process_time()
+            delivery = await executor.execute_run(svc, run_id, bench.org_id)
+            if i >= WARM:
+                walls.append(time.perf_counter() - t0)
+                cpus.append(time.process_time() - c0)
+            if delivery.outcome != "succeeded":
+                raise RuntimeError(f"run {run_id}: {delivery.outcome}")
+    finally:
+        await svc.close()
+    console.print(f"{args.runs} runs of {args.input!r} in process (after {WARM} to warm up), ms:")
+    for name, values in (("wall", walls), ("CPU of this process", cpus)):
+        console.print(f"  {name:20s} p10 {pct(values, 10) * 1000:6.1f}  p50 {pct(values, 50) * 1000:6.1f}  "
+                      f"p90 {pct(values, 90) * 1000:6.1f}")
+    if args.pg_stats:
+        report_pg_stats(database_url, args.runs)
+
+
+def report_pg_stats(database_url: str, runs: int) -> None:
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        rows = conn.execute(
+            "SELECT calls, total_exec_time, total_plan_time, query FROM pg_stat_statements "
+            "WHERE query NOT ILIKE '%pg_stat_statements%' ORDER BY total_exec_time + total_plan_time DESC").fetchall()
+    total = sum(r[1] + r[2] for r in rows)
+    console.print(f"Postgres, per run: {total / runs:.2f} ms executing and planning, "
+                  f"{sum(r[0] for r in rows) / runs:.1f} statements (foreign-key checks and BEGIN/COMMIT included)")
+    for calls, exec_ms, plan_ms, query in rows[:12]:
+        console.print(f"  {calls / runs:5.2f}/run  exec {exec_ms / calls:6.3f}  plan {plan_ms / calls:6.3f} ms  "
+                      f"{' '.join(query.split())[:90]}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    p.add_argument("--runs", type=int, default=200, help="runs measured (default 200)")
+    p.add_argument("--input", default="hello", help="each run's input (default hello)")
+    p.add_argument("--pg-stats", action="store_true", help="Postgres with pg_stat_statements: its time per run")
+    p.add_argument("--keep", action="store_true", help="keep the temp dir (logs) at the end")
+    args = p.parse_args(argv)
+    # What bench/runs.py's Bench reads of its arguments.
+    args.trace, args.api_log_level, args.pool = False, "WARNING", "prefork"
+    if args.pg_stats:
+        with_pg_stats()
+    bench = Bench(args)
+    try:
+        bench.start_stack()
+        bench.create_org_and_agent()
+        asyncio.run(measure(bench, args))
+    finally:
+        bench.close()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
