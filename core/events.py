@@ -14,26 +14,26 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import cached_property
-from typing import Any, TypeVar
+from typing import Any
 
 import orjson
 import redis.asyncio as aioredis
 from psycopg import AsyncConnection
+from psycopg.errors import NoDataFound
 from psycopg.rows import DictRow
 from redis.asyncio.client import Pipeline
 from redis.exceptions import RedisError, ResponseError
 
 from core.storable import storable
 from core.store import webhooks
-from core.tenancy import AsyncPool, session_stream_key, tenant_batch, tenant_pipeline_tx
+from core.tenancy import AsyncPool, Statement, session_stream_key, tenant_batch, tenant_pipeline_tx
 
 log = logging.getLogger("agentos.events")
-T = TypeVar("T")
 
 RUN_QUEUED = "run.queued"
 RUN_STARTED = "run.started"
@@ -141,6 +141,12 @@ WITH s AS (
 )
 SELECT event_seq FROM s
 """
+# The same, for a batch whose transaction holds another write that must not outlive the events
+# (a usage record, `RunEmitter.flush_with`): an unknown session aborts the transaction (the
+# migration's `agentos_session_gone`, SQLSTATE P0002) instead of yielding no row.
+APPEND_EVENTS_STRICT_SQL = APPEND_EVENTS_SQL.replace(
+    "SELECT event_seq FROM s\n", "SELECT coalesce((SELECT event_seq FROM s), agentos_session_gone(%(session_id)s)) "
+    "AS event_seq\n")
 
 
 # A run's `run.started`, in the claim's batch (core.store.runs.claim_batch): stored only if the
@@ -226,8 +232,9 @@ class EventBatch:
         # Text a model or user produced may hold what Postgres cannot store (core.storable).
         self.datas = [storable(data) for _, _, data in items]
 
-    def statement(self) -> tuple[str, dict[str, Any]]:
-        return APPEND_EVENTS_SQL, {
+    def statement(self, *, strict: bool = False) -> tuple[str, dict[str, Any]]:
+        """`strict`: a session gone aborts the transaction (`APPEND_EVENTS_STRICT_SQL`)."""
+        return APPEND_EVENTS_STRICT_SQL if strict else APPEND_EVENTS_SQL, {
             "n": len(self.items), "session_id": self.session_id, "ts": self.ts,
             "runs": [run_id for run_id, _, _ in self.items], "types": [kind for _, kind, _ in self.items],
             "datas": [orjson.dumps(d).decode() for d in self.datas],
@@ -386,17 +393,15 @@ class RunEmitter:
         async with self._lock:
             await self._write()
 
-    async def flush_with(self, then: Callable[[AsyncConnection[DictRow]], Awaitable[T]]) -> T:
-        """Flush, running `then` in the same transaction after the events are stored (one
-        transaction for both: how a model call's usage is recorded without one of its own)."""
-        results: list[T] = []
-
-        async def run(conn: AsyncConnection[DictRow]) -> None:
-            results.append(await then(conn))
-
+    async def flush_with(self, then: Statement) -> DictRow:
+        """Flush, with `then` (one statement that returns one row: a usage record) in the same
+        transaction after the events, and that row: one transaction and one round trip for both,
+        how a model call's usage is recorded without a transaction of its own. A session gone
+        rolls `then` back too (SessionGone)."""
         async with self._lock:
-            await self._write(run)
-        return results[0]
+            row = await self._write(then)
+        assert row is not None
+        return row
 
     async def close(self) -> None:
         await self.flush()
@@ -480,12 +485,12 @@ class RunEmitter:
             except Exception as exc:  # kept in the buffer; the next flush tries again
                 log.warning("writing events of run %s failed: %s", self.run_id, exc)
 
-    async def _write(self, then: Callable[[AsyncConnection[DictRow]], Awaitable[None]] | None = None) -> None:
+    async def _write(self, then: Statement | None = None) -> DictRow | None:
         if not self._pending and then is None:
-            return
+            return None
         pending, self._pending = self._pending, []
         try:
-            stored = await self._store([(self.run_id, kind, data) for kind, data in pending], then)
+            stored, row = await self._store([(self.run_id, kind, data) for kind, data in pending], then)
         except BaseException:
             self._pending = pending + self._pending
             raise
@@ -495,28 +500,25 @@ class RunEmitter:
         self.emitted += len(stored)
         # Stored: the step goes on while Redis gets them (in order; see `publish_soon`).
         self.publish_soon(stored)
+        return row
 
     async def _store(self, items: list[tuple[str, str, dict[str, Any]]],
-                     then: Callable[[AsyncConnection[DictRow]], Awaitable[None]] | None) -> list[Event]:
-        """One transaction, sent as a batch: BEGIN, the org, the events, COMMIT in one round trip;
-        with `then`, which reads a result of its own, two (its read, then the COMMIT)."""
-        if not items or any(kind in WEBHOOK_EVENT_TYPES for _, kind, _ in items):
-            # Nothing to number, or deliveries to number too (a run's ending stores its terminal
-            # events itself, so this is rare): one statement after another.
+                     then: Statement | None) -> tuple[list[Event], DictRow | None]:
+        """One transaction in one round trip: BEGIN, the org, the events (one statement), `then`
+        and COMMIT sent together (`tenant_batch`). The stored events, and `then`'s row."""
+        if any(kind in WEBHOOK_EVENT_TYPES for _, kind, _ in items):
+            # Deliveries to number too (a run's ending stores its terminal events itself, so this
+            # is rare): one statement after another.
             async with tenant_pipeline_tx(self._pool, self.org_id) as conn:
                 stored = (await append_with_deliveries(conn, self.session_id, items)).events
-                if then is not None:
-                    await then(conn)
-            return stored
-        batch = EventBatch(self.session_id, items)
-        if then is None:
-            rows = await tenant_batch(self._pool, self.org_id, batch.statement())
-            return batch.stored(rows[0][0] if rows[0] else None)
-        async with tenant_pipeline_tx(self._pool, self.org_id) as conn:
-            # Events first: they lock the session row, which is taken before the run's row
-            # everywhere (core.store.runs.finish), so `then` may update the run. Their row is
-            # read after `then` (its round trip brings it), and before the COMMIT: a session
-            # gone rolls `then` back.
-            appended = await conn.execute(*batch.statement())
-            await then(conn)
-            return batch.stored(await appended.fetchone())
+                row = await (await conn.execute(*then)).fetchone() if then is not None else None
+            return stored, row
+        batch = EventBatch(self.session_id, items) if items else None
+        statements = [*([batch.statement(strict=then is not None)] if batch else []), *([then] if then else [])]
+        try:
+            rows = await tenant_batch(self._pool, self.org_id, *statements)
+        except NoDataFound as exc:  # the strict batch's session is gone: all rolled back
+            raise SessionGone(self.session_id) from exc
+        stored = batch.stored(rows[0][0] if rows[0] else None) if batch else []
+        found = rows[-1] if then is not None else []
+        return stored, found[0] if found else None

@@ -21,9 +21,6 @@ from datetime import date
 from decimal import Decimal
 from typing import Any
 
-from psycopg import AsyncConnection
-from psycopg.rows import DictRow
-
 from core import events
 from core.admission import Limits
 from core.budgets import BudgetState, monthly_states
@@ -107,10 +104,7 @@ class Meter:
                                       agent_id=agent_id, cpu_ms=max(cpu_ms, 0)))
 
     async def _record(self, call: usage.Call) -> None:
-        async def write(conn: AsyncConnection[DictRow]) -> usage.Month:
-            return await usage.record(conn, call)
-
-        month = await self._emitter.flush_with(write)
+        month = usage.month_of(await self._emitter.flush_with(usage.record_statement(call)))
         self._states = monthly_states(self._limits, month, self._settings.warn_at, self._today)
         await self._observe()
 

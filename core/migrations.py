@@ -1282,6 +1282,22 @@ def _email_verification(conn: psycopg.Connection) -> None:
                  "CHECK (purpose IN ('reset', 'verify'))")
 
 
+# Raised by the event batch that goes with a usage record (core.events.EventBatch, strict) when
+# its session is gone, so the record's transaction rolls back in the same round trip. VOLATILE:
+# the planner never evaluates it ahead of the COALESCE that calls it only when needed.
+_SESSION_GONE_SQL = """
+CREATE FUNCTION agentos_session_gone(session text) RETURNS bigint LANGUAGE plpgsql VOLATILE AS $$
+BEGIN
+    RAISE EXCEPTION 'session % is gone', session USING ERRCODE = 'no_data_found';
+END
+$$;
+"""
+
+
+def _session_gone(conn: psycopg.Connection) -> None:
+    conn.execute(_SESSION_GONE_SQL)
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration("initial schema with row-level security", _initial),
     Migration("per-session event sequence and run queue order", _run_queue),
@@ -1315,6 +1331,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration("run events partitioned by week; functions to create and drop partitions", _partitioned_events),
     Migration("runner calls record when the worker sent them", _runner_calls_sent),
     Migration("people: email verification tokens beside password reset tokens", _email_verification),
+    Migration("an event batch can roll back its transaction when its session is gone", _session_gone),
 )
 
 

@@ -38,12 +38,12 @@ CLAIM = (1, 0)  # the claim's batch (run.started is published in the background,
 STARTED = (0, 1)  # that publish: done by the first model call, whichever stretch it fell in
 MEMORY = (1, 2)  # Redis reads; the window's runs and the recall's search; Redis writes (in THINK)
 # The model call's usage record with the events pending: BEGIN, the org, the events and the record
-# sent together (its read: one turn), then the COMMIT. Was 6 (and the publish, now in the background).
-RECORD_PG = 2
+# sent together with the COMMIT: one turn. Was 6 (and the publish, now in the background).
+RECORD_PG = 1
 # A whole hello run, from its delivery to its end (the checkpoints not counted): the claim, the
 # memory's batch, the record, the ending's two; run.started, the memory's two, the model call's
 # events, the ending's pipeline.
-RUN = (6, 5)
+RUN = (5, 5)
 
 
 def _via(url: str, port: int) -> str:

@@ -63,6 +63,12 @@ WITH rec AS (
     FROM rec WHERE r.id = rec.run_id
 )
 SELECT tokens, cost_usd FROM month
+UNION ALL
+-- A repeat of the key recorded nothing: the month as it stands (this statement's snapshot, which
+-- its own writes, none here, do not change).
+SELECT coalesce(sum(tokens), 0)::bigint, coalesce(sum(cost_usd), 0) FROM usage_months
+WHERE month = date_trunc('month', now() AT TIME ZONE 'UTC')::date
+HAVING NOT EXISTS (SELECT 1 FROM month)
 """
 MONTH_SQL = """
 SELECT coalesce(sum(tokens), 0)::bigint AS tokens, coalesce(sum(cost_usd), 0) AS cost_usd FROM usage_months
@@ -132,15 +138,17 @@ class Month:
     cost_usd: Decimal
 
 
-async def record(conn: AsyncConnection[DictRow], call: Call) -> Month:
-    """Record a call once (a repeat of its key adds nothing) and return the org's month so far."""
-    row = await (await conn.execute(RECORD_SQL, {
+def record_statement(call: Call) -> tuple[str, dict[str, Any]]:
+    """Record a call once (a repeat of its key adds nothing): one statement, whose one row is the
+    org's month so far (`month_of`), so it can travel in a batch (`RunEmitter.flush_with`)."""
+    return RECORD_SQL, {
         "run_id": call.run_id, "key": call.key, "kind": call.kind, "agent_id": call.agent_id, "model": call.model,
         "input": call.input_tokens, "output": call.output_tokens, "cached": call.cached_tokens,
         "cost": call.cost_usd, "cpu_ms": call.cpu_ms,
-    })).fetchone()
-    if row is None:  # recorded before: nothing moved; read the month as it is
-        return await month(conn)
+    }
+
+
+def month_of(row: DictRow) -> Month:
     return Month(int(row["tokens"]), Decimal(row["cost_usd"]))
 
 
