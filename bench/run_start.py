@@ -17,30 +17,24 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import functools
 import statistics
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from bench.runs import Bench, new_sessions  # noqa: E402
-from bench.wire_turns import TurnCounter  # noqa: E402
+from bench.wire_turns import TurnCounter, around, via  # noqa: E402
 
 # Runs before counting: psycopg prepares a statement at its 5th use on each pooled connection.
 WARM = 30
 MARKS = ("claim", "to memory", "memory", "to model", "rest")
-
-
-def via(url: str, port: int) -> str:
-    parts = urlsplit(url)
-    return urlunsplit(parts._replace(netloc=parts.netloc.rsplit(":", 1)[0] + f":{port}"))
 
 
 Stretches = dict[str, tuple[float, tuple[int, ...]]]  # stretch -> (seconds, turns per counter)
@@ -70,18 +64,7 @@ class Marks:
 
 
 def hook(owner: Any, attr: str, before: Callable[[], None], after: Callable[[], None] | None = None) -> None:
-    original = getattr(owner, attr)
-
-    @functools.wraps(original)
-    async def wrapped(*args: Any, **kwargs: Any) -> Any:
-        before()
-        try:
-            return await original(*args, **kwargs)
-        finally:
-            if after is not None:
-                after()
-
-    setattr(owner, attr, wrapped)
+    setattr(owner, attr, around(getattr(owner, attr), before, after))
 
 
 def explain(marks: list[Marks]) -> None:

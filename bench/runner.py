@@ -40,7 +40,7 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
@@ -51,7 +51,7 @@ import psutil  # noqa: E402
 
 from agentos.stack.local import LocalStack, StackUrls  # noqa: E402
 from agentos.stack.process import ServerProcess, free_port  # noqa: E402
-from bench.wire_turns import TurnCounter  # noqa: E402
+from bench.wire_turns import TurnCounter, via  # noqa: E402
 from core.agent_config import RunnerRoute  # noqa: E402
 from core.ids import new_id  # noqa: E402
 from core.infra import Infra  # noqa: E402
@@ -79,13 +79,6 @@ class Target:
 def pct(values: list[float], p: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))]
-
-
-def via(url: str, port: int) -> str:
-    """`url` with its port replaced (to go through a forwarder)."""
-    parts = urlsplit(url)
-    host = parts.netloc.rsplit(":", 1)[0]
-    return urlunsplit(parts._replace(netloc=f"{host}:{port}"))
 
 
 def port_of(url: str) -> int:

@@ -11,9 +11,13 @@ messages) after it already answered counts nothing. Benches only: it adds a hop 
 from __future__ import annotations
 
 import asyncio
+import functools
 import threading
+from collections.abc import Callable
 from contextlib import suppress
 from types import TracebackType
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from agentos.stack.process import free_port
 
@@ -41,10 +45,20 @@ class TurnCounter:
         return self
 
     def __exit__(self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None) -> None:
-        if self._server is not None:
-            self._loop.call_soon_threadsafe(self._server.close)
+        with suppress(Exception):
+            asyncio.run_coroutine_threadsafe(self._close(), self._loop).result(timeout=5)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(timeout=5)
+
+    async def _close(self) -> None:
+        """Stop listening and end the forwarding of connections still open (a pooled client's),
+        rather than leave their tasks to be destroyed pending with the loop."""
+        if self._server is not None:
+            self._server.close()
+        tasks = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _listen(self) -> None:
         self._server = await asyncio.start_server(self._serve, "127.0.0.1", self.port, reuse_address=True)
@@ -79,3 +93,26 @@ class TurnCounter:
         finally:
             with suppress(Exception):
                 writer.close()
+
+
+def via(url: str, port: int) -> str:
+    """`url` (a Postgres or Redis URL) pointed at `port` on the same host: a counter's."""
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(netloc=parts.netloc.rsplit(":", 1)[0] + f":{port}"))
+
+
+def around(original: Callable[..., Any], before: Callable[[], None],
+           after: Callable[[], None] | None = None) -> Callable[..., Any]:
+    """The coroutine function `original` calling `before()` as it starts and `after()` as it
+    ends: where to take a counter's snapshot on the way through a code path."""
+
+    @functools.wraps(original)
+    async def wrapped(*args: Any, **kwargs: Any) -> Any:
+        before()
+        try:
+            return await original(*args, **kwargs)
+        finally:
+            if after is not None:
+                after()
+
+    return wrapped

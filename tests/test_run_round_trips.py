@@ -12,19 +12,18 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import functools
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import pytest
 
 import core.db
 import orchestrator.nodes as nodes
 import runtime.executor as executor
-from bench.wire_turns import TurnCounter
+from bench.wire_turns import TurnCounter, around, via
 from core.events import Event, RunEmitter
 from core.metering import Meter
 from core.settings import Settings
@@ -46,25 +45,9 @@ RECORD_PG = 1
 RUN = (5, 5)
 
 
-def _via(url: str, port: int) -> str:
-    parts = urlsplit(url)
-    return urlunsplit(parts._replace(netloc=parts.netloc.rsplit(":", 1)[0] + f":{port}"))
-
-
 def _hook(monkeypatch: pytest.MonkeyPatch, owner: Any, name: str, before: Callable[[], None],
           after: Callable[[], None] | None = None) -> None:
-    original = getattr(owner, name)
-
-    @functools.wraps(original)
-    async def wrapped(*args: Any, **kwargs: Any) -> Any:
-        before()
-        try:
-            return await original(*args, **kwargs)
-        finally:
-            if after is not None:
-                after()
-
-    monkeypatch.setattr(owner, name, wrapped)
+    monkeypatch.setattr(owner, name, around(getattr(owner, name), before, after))
 
 
 async def _stored_run(svc: Services, org_id: str, agent_id: str, session_id: str) -> str:
@@ -96,8 +79,8 @@ def test_a_run_reaches_its_model_call_in_few_round_trips(
         _hook(monkeypatch, nodes, "_think_with", mark("model call"))
         _hook(monkeypatch, Meter, "model_call", mark("recording"), mark("recorded"))
         counted = settings.model_copy(update={
-            "database": settings.database.model_copy(update={"url": _via(settings.database.url, pg.port)}),
-            "redis": settings.redis.model_copy(update={"url": _via(settings.redis.url, rd.port)}),
+            "database": settings.database.model_copy(update={"url": via(settings.database.url, pg.port)}),
+            "redis": settings.redis.model_copy(update={"url": via(settings.redis.url, rd.port)}),
             "worker": worker})
 
         async def go() -> list[dict[str, tuple[int, int]]]:
@@ -150,8 +133,8 @@ def test_a_batch_of_events_is_stored_in_one_round_trip(
     with TurnCounter(urlsplit(settings.database.url).port or 0) as pg, \
             TurnCounter(urlsplit(settings.redis.url).port or 0) as rd:
         counted = settings.model_copy(update={
-            "database": settings.database.model_copy(update={"url": _via(settings.database.url, pg.port)}),
-            "redis": settings.redis.model_copy(update={"url": _via(settings.redis.url, rd.port)})})
+            "database": settings.database.model_copy(update={"url": via(settings.database.url, pg.port)}),
+            "redis": settings.redis.model_copy(update={"url": via(settings.redis.url, rd.port)})})
 
         async def go() -> tuple[tuple[int, int], list[int]]:
             svc = await Services.open(counted)
