@@ -439,17 +439,11 @@ class RunEmitter:
             self._timer.cancel()
         self._timer = None
 
-    async def publish(self, events: list[Event]) -> None:
-        """Publish events stored by someone else's transaction (e.g. a run's terminal event),
-        after any this emitter publishes in the background."""
-        await self.published()
-        await publish(self._redis, self.org_id, events, maxlen=self._maxlen, ttl_s=self._ttl_s)
-
     def publish_soon(self, events: list[Event]) -> None:
-        """`publish` in the background (a run's `run.started` while its graph starts, a batch once
-        stored): every later publish of this emitter, `ending` and `close` wait for it, so the
-        stream gets the events in order. The caller awaits `published()` (or `close()`) before
-        letting the emitter go."""
+        """Publish stored events in the background (a run's `run.started`, stored by the claim,
+        while its graph starts; a batch once stored): each publish waits for the one before, and
+        `ending` and `close` for all of them, so the stream gets the events in order. The caller
+        awaits `published()` (or `close()`) before letting the emitter go."""
         self._publishing = asyncio.create_task(self._publish_after(self._publishing, events))
 
     async def _publish_after(self, earlier: asyncio.Task[None] | None, events: list[Event]) -> None:

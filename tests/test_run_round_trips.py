@@ -220,9 +220,9 @@ def test_a_publish_in_the_background_stays_in_order(org: Org, settings: Settings
                           data={"node": "think", "agent_id": "a"}) for seq in (101, 102, 103)]
             emitter.publish_soon(made[:1])
             emitter.publish_soon(made[1:2])
-            await emitter.publish(made[2:])  # no await between: each must wait for the one before
-            await emitter.published()
-            entries = await svc.redis.xrange(session_stream_key(org.id, session_id), "101-0", "+")
+            emitter.publish_soon(made[2:])  # no await between: each must wait for the one before
+            async with emitter.ending():  # the run's ending publishes after all of them
+                entries = await svc.redis.xrange(session_stream_key(org.id, session_id), "101-0", "+")
             ids = [e.decode() if isinstance(e, bytes) else str(e) for e, _ in entries or []]
             return [int(entry_id.split("-")[0]) for entry_id in ids]
         finally:
