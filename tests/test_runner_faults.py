@@ -81,10 +81,21 @@ def test_100_calls_over_a_link_cut_at_random_moments_lose_nothing_and_run_once(
             run = start_run(org, str(session["id"]), text)
             done = threading.Event()
             cuts = 0
+            log = state / "workspaces" / run["id"] / "calls.log"
+            # Cut points by progress, not by the clock, so the run cannot outpace them: after the
+            # 5th..95th call (8 of them, ~10 apart), at a random moment within the next call.
+            points = sorted(rng.sample(range(5, 96, 11), 8))
+
+            def calls_done() -> int:
+                return len(log.read_text().split()) if log.exists() else 0
 
             def cut_at_random() -> None:
                 nonlocal cuts
-                while not done.wait(rng.uniform(0.2, 1.5)):
+                for point in points:
+                    while calls_done() < point:
+                        if done.wait(0.005):
+                            return
+                    time.sleep(rng.uniform(0.0, 0.05))
                     proxy.down()
                     cuts += 1
                     time.sleep(rng.uniform(0.05, 1.0))
@@ -101,7 +112,7 @@ def test_100_calls_over_a_link_cut_at_random_moments_lose_nothing_and_run_once(
         finally:
             proc.stop()
     assert finished["status"] == "succeeded", (finished, proc.log_tail(80))
-    assert cuts >= 5 and proxy.connections > cuts
+    assert cuts == len(points) and proxy.connections > cuts
     # 0 executed twice: each command appended its number exactly once, in order.
     lines = (state / "workspaces" / run["id"] / "calls.log").read_text().split()
     assert lines == [str(n) for n in range(100)]
