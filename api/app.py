@@ -109,6 +109,7 @@ def create_app(settings: Settings) -> Starlette:
         # Before the pools open: the psycopg and redis instrumentations wrap new connections.
         tracing.setup(settings.telemetry, "api")
         infra = await Infra.open(settings, name="agentos-api")
+        infra.jobs.prime_soon()  # runs go to the workers in the POST's own Redis round trip once connected
         event_hub = EventHub.from_settings(settings, infra.pool)
         # Verified API keys trusted for seconds; the listener hears other processes' revocations.
         keys = KeyCache(infra.redis, settings.auth.key_cache_s)

@@ -5,12 +5,14 @@ runtime (or langchain).
 `JobQueue` is a small client. With `AGENTOS_DISPATCH=celery` (the default) it is a Celery app
 with no tasks, used only to send; with `modal` it spawns one Modal function call per job
 (`core.modal_dispatch`). Sending is blocking network IO, so async callers go through
-`enqueue_run`, which runs it in a thread.
+`enqueue_run`, which runs it in a thread, or take the run's message as Redis commands
+(`run_commands`, built on the loop with no IO) and send them in a pipeline of their own.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any
 
 from celery import Celery
@@ -18,8 +20,11 @@ from opentelemetry.trace import SpanKind
 from pydantic import BaseModel
 
 from core import redis_transport
+from core.redis_transport import Command, NeedsBroker
 from core.settings import Settings
 from core.telemetry import names, tracing
+
+log = logging.getLogger("agentos.jobs")
 
 EXECUTE_RUN = "agentos.execute_run"
 # Chunk and embed one knowledge-base document (memory.knowledge.ingest).
@@ -123,19 +128,75 @@ class JobQueue:
             from core.modal_dispatch import ModalSender
 
             self._modal = ModalSender(settings.modal)
+        # Whether `run_commands` can be used: our transport (plain redis://), Celery dispatch.
+        self._capturable = self._modal is None and settings.redis.url.split("://", 1)[0] == "redis"
+        # The producer `run_commands` publishes through, on the event loop only: connected and
+        # its queue declared in a thread (`_prime`), so that a captured publish does no IO.
+        self._loop_producer: Any = None
+        self._priming: asyncio.Future[None] | None = None
 
-    def send_run(self, job: RunJob) -> None:
+    def send_run(self, job: RunJob, producer: Any = None) -> None:
         if self._modal is not None:
             self._modal.send(EXECUTE_RUN, job.model_dump())
             return
         if not tracing.ON:
-            self._app.send_task(EXECUTE_RUN, kwargs=job.model_dump(), queue=RUNS_QUEUE)
+            self._app.send_task(EXECUTE_RUN, kwargs=job.model_dump(), queue=RUNS_QUEUE, producer=producer)
             return
         # The worker's span continues this one: W3C `traceparent` in the task's headers.
         with tracing.span(names.RUN_SEND, {names.MESSAGING_SYSTEM: "celery", names.MESSAGING_DESTINATION: RUNS_QUEUE,
                                            names.MESSAGING_OPERATION: "send", names.RUN_ID: job.run_id,
                                            names.ORG_ID: job.org_id}, kind=SpanKind.PRODUCER):
-            self._app.send_task(EXECUTE_RUN, kwargs=job.model_dump(), queue=RUNS_QUEUE, headers=tracing.inject())
+            self._app.send_task(EXECUTE_RUN, kwargs=job.model_dump(), queue=RUNS_QUEUE, headers=tracing.inject(),
+                                producer=producer)
+
+    def run_commands(self, run_id: str, org_id: str) -> list[Command] | None:
+        """The Redis commands that queue this run for the workers (Celery's own message, `LPUSH`ed
+        as kombu would), built here with no IO, for the caller to send in a pipeline of its own:
+        one round trip fewer and no thread for the API's POST. None when that cannot be done
+        (Modal dispatch, a TLS broker, or the sender not connected yet, which it then does in a
+        thread): send with `enqueue_run` instead. Call it on the event loop."""
+        producer = self._loop_producer
+        if producer is None:
+            self.prime_soon()
+            return None
+        try:
+            with redis_transport.capturing() as commands:
+                self.send_run(RunJob(run_id=run_id, org_id=org_id), producer)
+        except NeedsBroker:
+            # Its connection or declaration is gone (a reconnect): prime it again meanwhile.
+            self._loop_producer = None
+            self.prime_soon()
+            return None
+        return commands if commands else None
+
+    @property
+    def sends_on_loop(self) -> bool:
+        """Whether `run_commands` answers commands now (the sender is connected)."""
+        return self._loop_producer is not None
+
+    def prime_soon(self) -> None:
+        """Connect `run_commands`'s sender in a thread, unless that is done or under way (the API
+        calls it at start-up, and `run_commands` whenever it finds the sender gone)."""
+        if not self._capturable or self._priming is not None:
+            return
+        self._priming = asyncio.get_running_loop().run_in_executor(None, self._prime)
+        self._priming.add_done_callback(self._primed)
+
+    def _prime(self) -> None:
+        producer = self._app.amqp.Producer(self._app.connection_for_write())
+        producer.connection.ensure_connection(max_retries=1)
+        producer.maybe_declare(self._app.amqp.queues[RUNS_QUEUE])
+        with redis_transport.capturing() as commands:  # a dry run (no span): proves the publish needs no IO now
+            self._app.send_task(EXECUTE_RUN, kwargs=RunJob(run_id="run_prime", org_id="org_prime").model_dump(),
+                                queue=RUNS_QUEUE, producer=producer)
+        if [name for name, _ in commands] != ["lpush"]:
+            raise RuntimeError(f"a captured run message gave {commands!r}, not one LPUSH")
+        self._loop_producer = producer
+
+    def _primed(self, done: asyncio.Future[None]) -> None:
+        self._priming = None
+        if not done.cancelled() and done.exception() is not None:
+            log.info("runs are sent from a thread until the broker answers: %s", done.exception())
 
     async def enqueue_run(self, run_id: str, org_id: str) -> None:
         await asyncio.to_thread(self.send_run, RunJob(run_id=run_id, org_id=org_id))
@@ -163,4 +224,6 @@ class JobQueue:
         await asyncio.to_thread(self.send_export, ExportJob(export_id=export_id, org_id=org_id))
 
     def close(self) -> None:
+        if self._loop_producer is not None:
+            self._loop_producer.connection.release()
         self._app.close()

@@ -16,6 +16,7 @@ from redis.exceptions import RedisError
 from core import events, webhooks
 from core.admission import RunTicket, not_released, stage_release
 from core.infra import Infra
+from core.redis_transport import Command
 from core.store.runs import Finished
 from core.telemetry import metrics
 from core.tenancy import run_cancel_key, run_scratch_key
@@ -32,27 +33,34 @@ async def publish(infra: Infra, org_id: str, emitted: list[events.Event]) -> Non
 
 
 async def announce_created(infra: Infra, org_id: str, emitted: list[events.Event], ticket: RunTicket,
-                           run_id: str) -> None:
-    """A run's row is committed: publish its events and bind its admission ticket to it, in one
-    Redis round trip (never raises). Safe alongside `send_run`: should the run end before the bind
-    lands, its place is left over like a lost release, which admission reconciles with Postgres
-    before it ever refuses a run."""
+                           run_id: str, queue: list[Command] | None = None) -> BaseException | None:
+    """A run's row is committed: publish its events, bind its admission ticket to it and, given
+    `queue` (`JobQueue.run_commands`), send it to the workers, in one Redis round trip. Redis runs
+    the commands in order, so `run.queued` is in the stream before a worker can take the run.
+    Answers why the run could not be queued (None when it was, or when `queue` was not given);
+    never raises. Safe alongside `send_run`: should the run end before the bind lands, its place
+    is left over like a lost release, which admission reconciles with Postgres before it ever
+    refuses a run."""
     settings = infra.settings.events
     results: list[Any] | BaseException
     try:
         async with infra.redis.pipeline(transaction=False) as pipe:
             binds = ticket.queue_bind(pipe, run_id)
-            events.stage_publish(pipe, org_id, emitted, maxlen=settings.stream_maxlen, ttl_s=settings.stream_ttl_s)
+            published = events.stage_publish(pipe, org_id, emitted, maxlen=settings.stream_maxlen,
+                                             ttl_s=settings.stream_ttl_s)
+            for name, args in queue or ():
+                getattr(pipe, name)(*args)
             results = await pipe.execute(raise_on_error=False)
     except (RedisError, OSError) as exc:
         results = exc
     await ticket.bound(results if isinstance(results, BaseException) else results[:binds])
-    if not emitted:
-        return
     if isinstance(results, BaseException):
-        events.not_published(emitted, results)
-    else:
-        events.check_published(emitted, results[binds:])
+        if emitted:
+            events.not_published(emitted, results)
+        return results if queue else None
+    if emitted:
+        events.check_published(emitted, results[binds:binds + published])
+    return next((r for r in results[binds + published:] if isinstance(r, Exception)), None)
 
 
 async def send_run(infra: Infra, org_id: str, run_id: str) -> None:

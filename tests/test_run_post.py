@@ -19,6 +19,7 @@ from starlette.types import ASGIApp, Message
 
 from api.app import create_app
 from core import events
+from core.jobs import JobQueue
 from core.settings import Settings
 from core.tenancy import org_active_runs_key
 from tests.helpers import ADMIN_TOKEN, Org, error_of, wait
@@ -44,8 +45,10 @@ def served(settings: Settings, scenario: Callable[[httpx.AsyncClient, ASGIApp], 
             # Until its invalidation feed is live the key cache serves no hit: a key looked up
             # per request would be counted as the POST's.
             keys = state["api"].auth.keys if state else None
+            # Likewise the run's message rides the POST's Redis pipeline once the sender is connected.
+            jobs = state["api"].infra.jobs if state else None
             for _ in range(500):
-                if keys is None or keys.enabled:
+                if (keys is None or keys.enabled) and (jobs is None or jobs.sends_on_loop):
                     break
                 await asyncio.sleep(0.01)
             async def with_state(scope: Any, receive: Any, send: Any) -> None:
@@ -104,16 +107,27 @@ def without_seq(found: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in found.items() if k != "event_seq"}
 
 
-def test_a_post_costs_one_postgres_round_trip_and_two_redis_ones(org: Org, settings: Settings) -> None:
+def test_a_post_costs_one_postgres_round_trip_and_two_redis_ones(org: Org, settings: Settings,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     """BEGIN, the org, the session's lock, the run (with its message, event and line place), the
     audit entry and COMMIT travel as one batch; Redis: the rate and the admission in one script,
-    then the event's publication with the admission's bind (the Celery send is not counted here)."""
+    then the event's publication with the admission's bind and the run's Celery message, on the
+    loop: no thread."""
     session = str(org.create_session(str(org.create_agent()["id"]))["id"])
+    threads: list[str] = []  # runs sent from a thread (JobQueue.enqueue_run) instead
+    enqueue_run = JobQueue.enqueue_run
+
+    async def counted(self: JobQueue, run_id: str, org_id: str) -> None:
+        threads.append(run_id)
+        await enqueue_run(self, run_id, org_id)
+
+    monkeypatch.setattr(JobQueue, "enqueue_run", counted)
     r, trips = post_counted(settings, org, session, {"input": "hello"})
     assert r.status_code == 202, r.text
     assert len(trips.pg) == 1, trips.summary()
     assert len(trips.statements) == 6, trips.summary()
-    assert trips.redis == ["EVALSHA", "pipeline EVALSHA,XADD,EXPIRE"], trips.summary()
+    assert trips.redis == ["EVALSHA", "pipeline EVALSHA,XADD,EXPIRE,LPUSH"], trips.summary()
+    assert threads == [], threads
 
 
 def test_with_budgets_the_post_decides_before_its_commit(client: TestClient, org: Org, settings: Settings) -> None:

@@ -137,14 +137,19 @@ async def create_run(call: Call[RunCreate]) -> Response:
     m = metrics.get()
     m.runs_created.labels(run["agent_id"], *m.org(principal.org_id)).inc()
     infra = call.infra
-    sending = send_run(infra, principal.org_id, run["id"]) if created.first_in_line else asyncio.sleep(0)
-    # The events and the ticket's bind share one Redis round trip, alongside the send.
-    _, sent = await asyncio.gather(announce_created(infra, principal.org_id, created.events, ticket, run["id"]),
-                                   sending, return_exceptions=True)
-    if isinstance(sent, Exception):
+    # The events, the ticket's bind and (once the sender is connected) the run's message to the
+    # workers share one Redis round trip; otherwise the run is sent from a thread alongside.
+    queue = infra.jobs.run_commands(run["id"], principal.org_id) if created.first_in_line else None
+    sending = send_run(infra, principal.org_id, run["id"]) if created.first_in_line and queue is None \
+        else asyncio.sleep(0)
+    not_queued, sent = await asyncio.gather(
+        announce_created(infra, principal.org_id, created.events, ticket, run["id"], queue),
+        sending, return_exceptions=True)
+    failure = not_queued or (sent if isinstance(sent, Exception) else None)
+    if failure is not None:
         # The run is stored and stays queued; the watchdog sends it once the broker answers
         # again (docs/runs.md, "Redis trouble"). Nothing is lost and nothing is half-written.
-        log.warning("broker unreachable: run %s deferred to the watchdog (%s)", run["id"], sent)
+        log.warning("broker unreachable: run %s deferred to the watchdog (%s)", run["id"], failure)
         headers["AgentOS-Deferred"] = "broker-unavailable"
     return call.reply(_public(run), headers=headers)
 
