@@ -1,6 +1,6 @@
 """A worker's own cost per run, in one process: CPU and wall of `execute_run`, and what Postgres spent.
 
-    .venv/bin/python bench/execute.py [--runs 200] [--input hello] [--pg-stats]
+    .venv/bin/python bench/execute.py [--runs 200] [--input hello] [--pg-stats] [--stages]
 
 Starts its own stack (bench/runs.py's `Bench`: embedded Postgres and Redis, migrations, the API
 for the org and its agent), stores `--runs` queued runs of an `offline:default` agent, each in a
@@ -12,7 +12,12 @@ is the run itself). Prints the p10/p50/p90 of each run's wall time and of this p
 
 `--pg-stats` starts Postgres with `pg_stat_statements` and prints the server's own time per run
 (execution + planning) and the statements that cost most. The default event loop is asyncio's;
-the worker's (uvloop) is a little cheaper. Compare two commits by running this from each one's
+the worker's (uvloop) is a little cheaper.
+
+`--stages` stamps when a few parts of each run start and end (the claim, the memory prefetch,
+the graph and its checkpoint read, the model call, the usage record, the ending and its announcement; each wrapped with
+`time.perf_counter`, nothing else instrumented) and prints, per part, the median start and
+duration from `execute_run`'s call, and its share of the median run. Compare two commits by running this from each one's
 checkout, interleaved (docs/benchmarks.md, "Issue 18: the worker's critical path").
 """
 
@@ -49,6 +54,60 @@ def with_pg_stats() -> None:
     ServerProcess.__init__ = init  # type: ignore[method-assign]
 
 
+# (module, class or None, function, label) of the parts `--stages` times.
+STAGES = (("core.store.runs", None, "claim_batch", "claim (one round trip)"),
+          ("orchestrator.memory_context", None, "_fetch", "memory prefetch (beside the graph)"),
+          ("orchestrator.checkpointer", "StepSaver", "aget_tuple", "checkpoint read (graph start)"),
+          ("orchestrator.nodes", None, "_think_with", "model call (offline model)"),
+          ("core.metering", "Meter", "model_call", "usage record (one round trip)"),
+          ("runtime.executor", None, "_complete", "ending (transaction)"),
+          ("runtime.executor", None, "run_ended", "ending (Redis pipeline)"))
+
+
+class Stages:
+    """`--stages`: stamps (start, end) of each part of the run under way, keyed by label."""
+
+    def __init__(self, graph: Any) -> None:
+        import importlib
+
+        self.stamps: dict[str, tuple[float, float]] = {}
+        self.runs: list[dict[str, tuple[float, float]]] = []
+        self._t0 = 0.0
+        self._wrap(graph, "ainvoke", "graph (ainvoke)")
+        for module, cls, name, label in STAGES:
+            owner = importlib.import_module(module)
+            self._wrap(getattr(owner, cls) if cls else owner, name, label)
+
+    def _wrap(self, owner: Any, name: str, label: str) -> None:
+        original = getattr(owner, name)
+
+        async def timed(*args: Any, **kwargs: Any) -> Any:
+            start = time.perf_counter()
+            try:
+                return await original(*args, **kwargs)
+            finally:
+                self.stamps.setdefault(label, (start - self._t0, time.perf_counter() - self._t0))
+
+        setattr(owner, name, timed)
+
+    def begin(self) -> None:
+        self.stamps, self._t0 = {}, time.perf_counter()
+
+    def end(self, total: float) -> None:
+        self.runs.append({**self.stamps, "whole run": (0.0, total)})
+
+    def report(self) -> None:
+        labels = sorted({k for r in self.runs for k in r},
+                        key=lambda k: pct([r[k][0] for r in self.runs if k in r], 50))
+        whole = pct([r["whole run"][1] for r in self.runs], 50)
+        console.print("Stages (first call of each per run), ms from execute_run's call, medians:")
+        for label in labels:
+            starts = [r[label][0] for r in self.runs if label in r]
+            lengths = [r[label][1] - r[label][0] for r in self.runs if label in r]
+            console.print(f"  {label:36s} starts {pct(starts, 50) * 1000:6.2f}  lasts {pct(lengths, 50) * 1000:6.2f}"
+                          f"  ({pct(lengths, 50) / whole:4.0%} of the run)")
+
+
 def pct(values: list[float], q: int) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, len(ordered) * q // 100)]
@@ -69,6 +128,7 @@ async def measure(bench: Bench, args: argparse.Namespace) -> None:
     settings = load_settings(database={"url": database_url}, redis={"url": bench.urls.redis_url},
                              worker={"workspace_root": str(bench.dir / "workspaces")})
     svc = await Services.open(settings)
+    stages = Stages(svc.graph) if args.stages else None
     walls: list[float] = []
     cpus: list[float] = []
     try:
@@ -83,11 +143,16 @@ async def measure(bench: Bench, args: argparse.Namespace) -> None:
             if i == WARM and args.pg_stats:
                 with psycopg.connect(database_url, autocommit=True) as conn:
                     conn.execute("SELECT pg_stat_statements_reset()")
+            if stages is not None:
+                stages.begin()
             t0, c0 = time.perf_counter(), time.process_time()
             delivery = await executor.execute_run(svc, run_id, bench.org_id)
             if i >= WARM:
                 walls.append(time.perf_counter() - t0)
                 cpus.append(time.process_time() - c0)
+                if stages is not None:
+                    stages.end(walls[-1])
+                    await asyncio.sleep(0.02)  # what the run left in the background (its publishes) settles
             if delivery.outcome != "succeeded":
                 raise RuntimeError(f"run {run_id}: {delivery.outcome}")
     finally:
@@ -96,6 +161,8 @@ async def measure(bench: Bench, args: argparse.Namespace) -> None:
     for name, values in (("wall", walls), ("CPU of this process", cpus)):
         console.print(f"  {name:20s} p10 {pct(values, 10) * 1000:6.1f}  p50 {pct(values, 50) * 1000:6.1f}  "
                       f"p90 {pct(values, 90) * 1000:6.1f}")
+    if stages is not None:
+        stages.report()
     if args.pg_stats:
         report_pg_stats(database_url, args.runs)
 
@@ -118,6 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--runs", type=int, default=200, help="runs measured (default 200)")
     p.add_argument("--input", default="hello", help="each run's input (default hello)")
     p.add_argument("--pg-stats", action="store_true", help="Postgres with pg_stat_statements: its time per run")
+    p.add_argument("--stages", action="store_true", help="when parts of each run start and how long they last")
     p.add_argument("--keep", action="store_true", help="keep the temp dir (logs) at the end")
     args = p.parse_args(argv)
     # What bench/runs.py's Bench reads of its arguments.
