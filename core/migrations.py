@@ -1298,6 +1298,19 @@ def _session_gone(conn: psycopg.Connection) -> None:
     conn.execute(_SESSION_GONE_SQL)
 
 
+# An export whose message was lost (the broker was away when it was asked for) stays queued: the
+# watchdog sends it again, reading across orgs as it does for runs (core.tenancy.watchdog_scan_tx).
+_EXPORTS_WATCHDOG_SQL = """
+CREATE POLICY watchdog_scan ON org_exports FOR SELECT
+    USING (current_setting('app.watchdog', true) = 'on');
+CREATE INDEX org_exports_queued_idx ON org_exports (created_at) WHERE status = 'queued';
+"""
+
+
+def _exports_watchdog(conn: psycopg.Connection) -> None:
+    conn.execute(_EXPORTS_WATCHDOG_SQL)
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration("initial schema with row-level security", _initial),
     Migration("per-session event sequence and run queue order", _run_queue),
@@ -1332,6 +1345,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration("runner calls record when the worker sent them", _runner_calls_sent),
     Migration("people: email verification tokens beside password reset tokens", _email_verification),
     Migration("an event batch can roll back its transaction when its session is gone", _session_gone),
+    Migration("the watchdog sends again an export whose message was lost", _exports_watchdog),
 )
 
 

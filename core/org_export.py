@@ -24,7 +24,7 @@ import io
 import logging
 import time
 import zipfile
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -68,6 +68,12 @@ DONE_SQL = "UPDATE org_exports SET status = 'succeeded', progress = %s, storage_
            "finished_at = now() WHERE id = %s"
 FAILED_SQL = "UPDATE org_exports SET status = 'failed', error = %s, finished_at = now() WHERE id = %s"
 ORG_SQL = "SELECT id, name, settings, limits, retention, created_at FROM orgs WHERE id = agentos_current_org()"
+# Exports of any org queued for longer than %(after)s, oldest first (a `watchdog_scan_tx` reads
+# across orgs). A worker's first step moves an export to `running`, so these were never started.
+STALE_QUEUED_SQL = """
+SELECT id, org_id, 0 AS attempts FROM org_exports
+WHERE status = 'queued' AND created_at < now() - %(after)s ORDER BY created_at LIMIT %(limit)s
+"""
 
 
 def _default(value: Any) -> Any:
@@ -90,6 +96,12 @@ async def create(conn: AsyncConnection[DictRow], requested_by: str) -> dict[str,
     assert row is not None
     await audit.record(conn, requested_by, "org.export", "org_export", row["id"], {})
     return dict(row)
+
+
+async def stale_queued(conn: AsyncConnection[DictRow], after: timedelta, limit: int) -> list[dict[str, Any]]:
+    """Exports of any org still queued after `after` (their message was lost): `{id, org_id,
+    attempts}`. Needs a `core.tenancy.watchdog_scan_tx` connection."""
+    return list(await (await conn.execute(STALE_QUEUED_SQL, {"after": after, "limit": limit})).fetchall())
 
 
 async def get(conn: AsyncConnection[DictRow], export_id: str) -> dict[str, Any] | None:

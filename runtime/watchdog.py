@@ -20,7 +20,9 @@ broker was down when it was sent). One pass of the watchdog (`sweep`):
 - a webhook delivery due for `webhooks.requeue_after_s` already (its message was lost, or its
   wait was too long for a countdown) is sent again;
 - a knowledge-base document still `pending` that no attempt touched for `requeue_after_s` plus
-  the longest ingestion backoff (`memory.ingest_retry_max_s`) is sent again (its message was lost).
+  the longest ingestion backoff (`memory.ingest_retry_max_s`) is sent again (its message was lost);
+- an org export still `queued` after `requeue_after_s` (never started: its message was lost) is
+  sent again.
 
 Sending twice is harmless: the claim in Postgres decides who executes. The scan is read-only
 and crosses orgs (`watchdog_scan_tx`); every change happens in the run's own `tenant_tx`,
@@ -44,7 +46,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
-from core import webhooks
+from core import org_export, webhooks
 from core.infra import Infra
 from core.run_signals import run_ended, send_run
 from core.settings import Settings
@@ -107,6 +109,7 @@ class SweepReport:
     exhausted: list[str] = field(default_factory=list)  # failed ATTEMPTS_EXHAUSTED
     cancelled: list[str] = field(default_factory=list)
     documents_resent: list[str] = field(default_factory=list)  # knowledge documents left pending: sent again
+    exports_resent: list[str] = field(default_factory=list)  # org exports left queued: sent again
     webhooks_resent: list[str] = field(default_factory=list)  # webhook deliveries due a while: sent again
     skipped: int = 0  # changed between the scan and the action (claimed, finished, held again)
     errors: int = 0
@@ -114,13 +117,15 @@ class SweepReport:
     @property
     def acted(self) -> int:
         return (len(self.requeued) + len(self.resent) + len(self.timed_out) + len(self.exhausted)
-                + len(self.cancelled) + len(self.documents_resent) + len(self.webhooks_resent))
+                + len(self.cancelled) + len(self.documents_resent) + len(self.exports_resent)
+                + len(self.webhooks_resent))
 
     def summary(self) -> str:
         counts = [
             (len(self.requeued), "sent again (lease lapsed)"), (len(self.resent), "sent again (queued, unclaimed)"),
             (len(self.timed_out), "timed out"), (len(self.exhausted), "failed (attempts exhausted)"),
             (len(self.cancelled), "cancelled"), (len(self.documents_resent), "document(s) sent again"),
+            (len(self.exports_resent), "export(s) sent again"),
             (len(self.webhooks_resent), "webhook delivery(ies) sent again"),
             (self.skipped, "changed meanwhile"), (self.errors, "error(s)"),
         ]
@@ -211,6 +216,7 @@ async def sweep(infra: Infra, *, memo: SendMemo | None = None) -> SweepReport:
         # A document being retried is touched at each attempt: wait out the longest backoff too.
         stale_documents = await knowledge.stale_pending(conn, timedelta(
             seconds=settings.worker.requeue_after_s + settings.memory.ingest_retry_max_s), BATCH)
+        stale_exports = await org_export.stale_queued(conn, timedelta(seconds=settings.worker.requeue_after_s), BATCH)
     for run in lapsed:
         try:
             await _recover(infra, run, report, memo)
@@ -230,6 +236,12 @@ async def sweep(infra: Infra, *, memo: SendMemo | None = None) -> SweepReport:
     await _send_each(unsent, "attempt", resend, report.resent, report, memo, "queued run")
     await _send_each(stale_documents, "attempts", send_document, report.documents_resent, report, memo,
                      "pending document")
+
+    async def send_export(export: dict[str, Any]) -> bool:
+        await infra.jobs.enqueue_export(export["id"], export["org_id"])
+        return True
+
+    await _send_each(stale_exports, "attempts", send_export, report.exports_resent, report, memo, "queued export")
 
     async def send_delivery(delivery: dict[str, Any]) -> bool:
         await infra.jobs.enqueue_webhook(delivery["id"], delivery["org_id"])

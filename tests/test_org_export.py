@@ -12,15 +12,18 @@ import zipfile
 from typing import Any
 
 import psycopg
+import pytest
 from psycopg import sql
 from starlette.testclient import TestClient
 
+from api.app import create_app
 from core import org_export
 from core.file_storage import open_storage
 from core.infra import Infra
 from core.settings import Settings
 from core.tenancy import tenant_tx
-from tests.helpers import Org, error_of, populate_org
+from runtime.watchdog import sweep_once
+from tests.helpers import Org, error_of, make_settings, populate_org, until
 
 TABLES_WITH_ORG_SQL = """
 SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
@@ -126,3 +129,45 @@ def test_only_the_owner_exports_its_own_org(client: TestClient, org: Org, other_
     error_of(client.get(r.headers["location"], headers=other_org.headers), 404, "NOT_FOUND")
     actions = [e["action"] for e in client.get("/v1/audit-logs", headers=org.headers).json()["data"]]
     assert "org.export" in actions
+
+
+def _export_status(org: Org, export_id: str) -> str:
+    r = org.client.get(f"/v1/orgs/{org.id}/exports/{export_id}", headers=org.headers)
+    assert r.status_code == 200, r.text
+    return str(r.json()["status"])
+
+
+@pytest.mark.timeout(120)
+def test_an_export_asked_for_without_a_broker_is_kept_and_the_watchdog_sends_it(
+        client: TestClient, org: Org, settings: Settings, stack: Any, rsa_keys: Any, worker: object) -> None:
+    """The broker away: the export is stored queued all the same (202, `AgentOS-Deferred`), and the
+    watchdog sends it once it has waited `requeue_after_s`; one just asked for is left alone."""
+    away = make_settings(stack, rsa_keys, redis={"url": "redis://127.0.0.1:9/0", "socket_timeout_s": 0.5})
+    with TestClient(create_app(away)) as no_broker:
+        r = no_broker.post(f"/v1/orgs/{org.id}/exports", headers=org.headers)
+    assert r.status_code == 202, r.text
+    assert r.headers["AgentOS-Deferred"] == "broker-unavailable"
+    lost = r.json()["id"]
+    assert _export_status(org, lost) == "queued"
+    with psycopg.connect(stack.database_url) as conn:  # waited longer than requeue_after_s
+        conn.execute("UPDATE org_exports SET created_at = now() - interval '1 hour' WHERE id = %s", (lost,))
+    recent = org_export_row(settings, org.id)  # stored a moment ago, never sent either
+
+    report = asyncio.run(sweep_once(settings))
+    assert lost in report.exports_resent and recent not in report.exports_resent
+    until(lambda: _export_status(org, lost) in ("succeeded", "failed"), 60)
+    assert _export_status(org, lost) == "succeeded"
+    assert _export_status(org, recent) == "queued"
+
+
+def org_export_row(settings: Settings, org_id: str) -> str:
+    """An export recorded as the route does, but not sent to the workers."""
+    async def go() -> str:
+        infra = await Infra.open(settings, name="test-export", pool_min=0, pool_max=1)
+        try:
+            async with tenant_tx(infra.pool, org_id) as conn:
+                return str((await org_export.create(conn, "test"))["id"])
+        finally:
+            await infra.close()
+
+    return asyncio.run(go())

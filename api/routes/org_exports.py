@@ -1,10 +1,12 @@
 """Org exports (owner): `POST /v1/orgs/{id}/exports` queues a worker that builds a zip of every
 record, file and knowledge document of the org (secrets by name only; core.org_export);
 `GET /v1/orgs/{id}/exports/{export_id}` shows its progress and, once built, a signed download
-link that works without a credential until it expires."""
+link that works without a credential until it expires. With the broker away, the export is
+stored queued all the same (`AgentOS-Deferred: broker-unavailable`) and the watchdog sends it."""
 
 from __future__ import annotations
 
+import logging
 from datetime import UTC, datetime
 from typing import Any
 
@@ -17,6 +19,8 @@ from core import org_export
 from core.errors import ApiError
 from core.file_storage import StoredFileMissing
 from core.tenancy import tenant_tx
+
+log = logging.getLogger("agentos.api")
 
 
 def _own_org_id(call: Call[Any]) -> str:
@@ -37,14 +41,18 @@ def _public(call: Call[Any], org_id: str, row: dict[str, Any]) -> dict[str, Any]
 
 @endpoint("Export the caller's organisation (owner): a worker builds a zip of every record (JSON Lines per table), "
           "file and knowledge document, secrets by name only; poll the export for its progress and download link.",
-          role="owner", status=202, response=OrgExport, headers=("Location",))
+          role="owner", status=202, response=OrgExport, headers=("Location", "AgentOS-Deferred"))
 async def create_export(call: Call[Any]) -> Response:
     org_id = _own_org_id(call)
     async with tenant_tx(call.pool, org_id) as conn:
         row = await org_export.create(conn, call.principal.actor)
-    await call.infra.jobs.enqueue_export(row["id"], org_id)
-    return call.reply(_public(call, org_id, row), status=202,
-                      headers={"Location": f"/v1/orgs/{org_id}/exports/{row['id']}"})
+    headers = {"Location": f"/v1/orgs/{org_id}/exports/{row['id']}"}
+    try:
+        await call.infra.jobs.enqueue_export(row["id"], org_id)
+    except Exception as exc:  # stored and queued; the watchdog sends it once the broker answers
+        log.warning("broker unreachable: export %s deferred (%s)", row["id"], exc)
+        headers["AgentOS-Deferred"] = "broker-unavailable"
+    return call.reply(_public(call, org_id, row), status=202, headers=headers)
 
 
 async def _export(call: Call[Any], org_id: str) -> dict[str, Any]:

@@ -11221,6 +11221,7 @@ export interface operations {
             /** @description Export the caller's organisation (owner) */
             202: {
                 headers: {
+                    "AgentOS-Deferred": components["headers"]["AgentOS-Deferred"];
                     Location: components["headers"]["Location"];
                     "RateLimit-Limit": components["headers"]["RateLimit-Limit"];
                     "RateLimit-Remaining": components["headers"]["RateLimit-Remaining"];
