@@ -333,6 +333,22 @@ def test_the_watchdog_sends_again_a_delivery_whose_message_was_lost(
     assert delivery["id"] in asyncio.run(sweep())
 
 
+def test_a_retry_by_hand_with_the_broker_away_is_kept_for_the_watchdog(
+        stack: StackUrls, org: Org, rsa_keys: RsaKeys) -> None:
+    """The delivery is made due at once all the same (`202`, `AgentOS-Deferred`), not a 500: the
+    watchdog sends it once the broker answers."""
+    open_loopback(stack, org)
+    hook = register(org, "http://127.0.0.1:9/hooks")
+    ended_run(org)
+    [delivery] = deliveries(org, hook["id"])
+    away = make_settings(stack, rsa_keys, redis={"url": "redis://127.0.0.1:9/0", "socket_timeout_s": 0.5})
+    with TestClient(create_app(away)) as no_broker:
+        r = no_broker.post(f"/v1/webhooks/{hook['id']}/deliveries/{delivery['id']}/retry", headers=org.headers)
+    assert r.status_code == 202, r.text
+    assert r.headers["AgentOS-Deferred"] == "broker-unavailable"
+    assert r.json()["id"] == delivery["id"] and r.json()["status"] == "pending"
+
+
 # --- through a real worker ------------------------------------------------------------------------
 
 

@@ -16188,6 +16188,7 @@ export interface operations {
             /** @description Send a delivery again now, with the same webhook-id (whatever its state). */
             202: {
                 headers: {
+                    "AgentOS-Deferred": components["headers"]["AgentOS-Deferred"];
                     "RateLimit-Limit": components["headers"]["RateLimit-Limit"];
                     "RateLimit-Remaining": components["headers"]["RateLimit-Remaining"];
                     [name: string]: unknown;
