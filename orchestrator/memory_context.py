@@ -101,12 +101,15 @@ def prefetch(ctx: RunContext, query: str) -> None:
 
 
 async def drop_prefetch(ctx: RunContext) -> None:
-    """Let a prefetch THINK never took end (a few reads: waited for rather than cancelled, which
-    would cut a pooled connection off mid-batch); its outcome, an error included, is of no use."""
-    task = ctx.memory_cache.pop("fetching", None)
-    if isinstance(task, asyncio.Task):
-        with suppress(Exception):
-            await task
+    """Let what THINK's memory left running end, before the run does: a prefetch THINK never took
+    (a few reads: waited for rather than cancelled, which would cut a pooled connection off
+    mid-batch; its outcome, an error included, is of no use), and the write THINK left behind
+    (`_read`), so the run's ending, which deletes the run's scratch state, comes after it."""
+    for name in ("fetching", "keeping"):
+        task = ctx.memory_cache.pop(name, None)
+        if isinstance(task, asyncio.Task):
+            with suppress(Exception):
+                await task
 
 
 async def _fetch(ctx: RunContext, query: str) -> _Fetched:
@@ -149,8 +152,8 @@ async def _fetch(ctx: RunContext, query: str) -> _Fetched:
 async def _read(ctx: RunContext, query: str, summarise: Summariser) -> tuple[list[dict[str, Any]], bool, Window]:
     """(recalled items, whether they were recalled now rather than by an earlier attempt of the
     run, the session window), in few round trips: `_fetch`'s (started early by `prefetch`, or
-    now), then Redis written in one transaction (the recall kept for a later attempt, the window
-    if it changed)."""
+    now), then Redis written in one transaction behind the run's next steps (the recall kept for
+    a later attempt, the window if it changed: `_keep_behind`)."""
     memory = ctx.memory
     assert memory is not None
     config = ctx.agent.config.memory
@@ -167,7 +170,7 @@ async def _read(ctx: RunContext, query: str, summarise: Summariser) -> tuple[lis
         await ctx.emitter.emit(events.RUN_WARNING, {"code": "MEMORY_UNAVAILABLE", "message": (
             f"Long-term memory could not be searched ({type(failed).__name__}); the run goes on without it.")})
     if budget <= 0 or window_rows is None:
-        await memory.keep(person, ctx.run_id, RECALL_SCRATCH, items if keep else None, None)
+        _keep_behind(ctx, person, items if keep else None, None)
         return items, recalled_now, Window()
     window, changed = memory.short_term.window_from(cached.window, window_rows)
     folded, kept = split_for_summary(window, budget)
@@ -185,8 +188,19 @@ async def _read(ctx: RunContext, query: str, summarise: Summariser) -> tuple[lis
             log.warning("could not store the summary of session %s: %s: %s", ctx.session_id, type(exc).__name__, exc)
             await ctx.emitter.emit(events.RUN_WARNING, {"code": "MEMORY_UNAVAILABLE", "message": (
                 f"The conversation summary could not be stored ({type(exc).__name__}); it is kept for now.")})
-    await memory.keep(person, ctx.run_id, RECALL_SCRATCH, items if keep else None, window if changed else None)
+    _keep_behind(ctx, person, items if keep else None, window if changed else None)
     return items, recalled_now, window
+
+
+def _keep_behind(ctx: RunContext, person: Who, recalled: list[dict[str, Any]] | None, window: Window | None) -> None:
+    """Write what THINK keeps in Redis (`MemoryService.keep`: the recall for a later attempt, the
+    window if it changed) behind: the model call does not wait for it (a Redis failure there only
+    costs a recall or a rebuild later anyway), and `drop_prefetch` waits for it before the run
+    ends."""
+    memory = ctx.memory
+    if memory is not None and (recalled is not None or window is not None):
+        ctx.memory_cache["keeping"] = asyncio.create_task(
+            memory.keep(person, ctx.run_id, RECALL_SCRATCH, recalled, window))
 
 
 def earlier_messages(turns: Sequence[Turn]) -> list[BaseMessage]:

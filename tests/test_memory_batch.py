@@ -217,3 +217,55 @@ def test_the_first_think_s_memory_is_read_while_the_graph_starts(
         kinds = [k for (k,) in conn.execute("SELECT type FROM run_events WHERE run_id = %s ORDER BY seq",
                                              (run_id,)).fetchall()]
     assert kinds.index("step.started") < kinds.index("memory.recalled") < kinds.index("message.completed")
+
+
+def test_what_think_keeps_in_redis_is_written_behind_the_model_call_and_before_the_run_ends(
+        org: Org, settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    """THINK's Redis write (the recall kept for a later attempt, the session window) does not hold
+    up the model call; the run ends after it: the window is cached for the session's next run,
+    and the run's scratch state, deleted by the ending, is not written back after it."""
+    import redis as sync_redis
+
+    from core.store import runs
+    from core.tenancy import run_scratch_key, session_window_key
+    from memory.service import MemoryService
+    from orchestrator import nodes
+    from runtime.executor import execute_run
+    from runtime.services import Services
+
+    agent = org.create_agent()
+    session = str(org.create_session(str(agent["id"]))["id"])
+    seen: list[str] = []
+    keep, think_with = MemoryService.keep, nodes._think_with
+
+    async def slow_keep(self: MemoryService, *args: Any) -> None:
+        seen.append("keep starts")
+        await asyncio.sleep(0.3)
+        await keep(self, *args)
+        seen.append("keep ends")
+
+    async def thinking(*args: Any) -> Any:
+        seen.append("model call")
+        return await think_with(*args)
+
+    monkeypatch.setattr(MemoryService, "keep", slow_keep)
+    monkeypatch.setattr(nodes, "_think_with", thinking)
+
+    async def go() -> str:
+        svc = await Services.open(settings)
+        try:
+            async with tenant_tx(svc.pool, org.id) as conn:
+                created = await runs.create(conn, session_id=session, text="hello there", multitask="enqueue",
+                                            metadata={}, idempotency_key=None, request_hash="-", created_by=None)
+            assert (await execute_run(svc, created.run["id"], org.id)).outcome == "succeeded"
+            seen.append("run ended")
+            return created.run["id"]
+        finally:
+            await svc.close()
+
+    run_id = asyncio.run(go())
+    assert sorted(seen) == sorted(["keep starts", "model call", "keep ends", "run ended"]), seen
+    assert seen.index("model call") < seen.index("keep ends") < seen.index("run ended"), seen
+    client = sync_redis.Redis.from_url(settings.redis.url)
+    assert client.exists(session_window_key(org.id, session)) == 1  # kept for the next run
+    assert client.exists(run_scratch_key(org.id, run_id)) == 0  # deleted by the ending, after the write

@@ -35,7 +35,9 @@ from tests.helpers import Org
 # (Postgres, Redis) turns of each stretch of a run of an offline agent with memory on.
 CLAIM = (1, 0)  # the claim's batch (run.started is published in the background, as the graph starts)
 STARTED = (0, 1)  # that publish: done by the first model call, whichever stretch it fell in
-MEMORY = (1, 2)  # Redis reads; the window's runs and the recall's search; Redis writes (in THINK)
+# Redis reads; the window's runs and the recall's search. THINK's Redis write (the kept recall and
+# window) goes behind the model call (`memory_context._keep_behind`): counted in RUN only.
+MEMORY = (1, 1)
 # The model call's usage record with the events pending: BEGIN, the org, the events and the record
 # sent together with the COMMIT: one turn. Was 6 (and the publish, now in the background).
 RECORD_PG = 1
