@@ -175,14 +175,32 @@ def test_a_search_failing_in_the_batch_warns_and_the_window_is_still_read(
     assert recalled["items"] == [] and recalled["turns"] == 2  # the first run's message and answer
 
 
+def _executed(settings: Settings, org: Org, session_id: str, text: str) -> str:
+    """A run of `text` stored as the API stores it and executed in this process, as a worker
+    would (it must succeed); its id."""
+    from core.store import runs
+    from runtime.executor import execute_run
+    from runtime.services import Services
+
+    async def go() -> str:
+        svc = await Services.open(settings)
+        try:
+            async with tenant_tx(svc.pool, org.id) as conn:
+                created = await runs.create(conn, session_id=session_id, text=text, multitask="enqueue",
+                                            metadata={}, idempotency_key=None, request_hash="-", created_by=None)
+            assert (await execute_run(svc, created.run["id"], org.id)).outcome == "succeeded"
+            return str(created.run["id"])
+        finally:
+            await svc.close()
+
+    return asyncio.run(go())
+
+
 def test_the_first_think_s_memory_is_read_while_the_graph_starts(
         org: Org, settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
     """The executor starts the first THINK's memory reads with the graph (its checkpoint read
     and first steps), once per run; THINK takes them, and what it emits comes as before."""
-    from core.store import runs
     from orchestrator import memory_context, nodes
-    from runtime.executor import execute_run
-    from runtime.services import Services
 
     agent = org.create_agent()
     session = str(org.create_session(str(agent["id"]))["id"])
@@ -200,18 +218,7 @@ def test_the_first_think_s_memory_is_read_while_the_graph_starts(
     monkeypatch.setattr(memory_context, "_fetch", fetching)
     monkeypatch.setattr(nodes, "_step", stepping)
 
-    async def go() -> str:
-        svc = await Services.open(settings)
-        try:
-            async with tenant_tx(svc.pool, org.id) as conn:
-                created = await runs.create(conn, session_id=session, text="hello there", multitask="enqueue",
-                                            metadata={}, idempotency_key=None, request_hash="-", created_by=None)
-            assert (await execute_run(svc, created.run["id"], org.id)).outcome == "succeeded"
-            return created.run["id"]
-        finally:
-            await svc.close()
-
-    run_id = asyncio.run(go())
+    run_id = _executed(settings, org, session, "hello there")
     assert seen == ["fetch hello there", "step think", "step respond"]
     with psycopg.connect(settings.database.url) as conn:
         kinds = [k for (k,) in conn.execute("SELECT type FROM run_events WHERE run_id = %s ORDER BY seq",
@@ -226,12 +233,9 @@ def test_what_think_keeps_in_redis_is_written_behind_the_model_call_and_before_t
     and the run's scratch state, deleted by the ending, is not written back after it."""
     import redis as sync_redis
 
-    from core.store import runs
     from core.tenancy import run_scratch_key, session_window_key
     from memory.service import MemoryService
     from orchestrator import nodes
-    from runtime.executor import execute_run
-    from runtime.services import Services
 
     agent = org.create_agent()
     session = str(org.create_session(str(agent["id"]))["id"])
@@ -251,19 +255,8 @@ def test_what_think_keeps_in_redis_is_written_behind_the_model_call_and_before_t
     monkeypatch.setattr(MemoryService, "keep", slow_keep)
     monkeypatch.setattr(nodes, "_think_with", thinking)
 
-    async def go() -> str:
-        svc = await Services.open(settings)
-        try:
-            async with tenant_tx(svc.pool, org.id) as conn:
-                created = await runs.create(conn, session_id=session, text="hello there", multitask="enqueue",
-                                            metadata={}, idempotency_key=None, request_hash="-", created_by=None)
-            assert (await execute_run(svc, created.run["id"], org.id)).outcome == "succeeded"
-            seen.append("run ended")
-            return created.run["id"]
-        finally:
-            await svc.close()
-
-    run_id = asyncio.run(go())
+    run_id = _executed(settings, org, session, "hello there")
+    seen.append("run ended")
     assert sorted(seen) == sorted(["keep starts", "model call", "keep ends", "run ended"]), seen
     assert seen.index("model call") < seen.index("keep ends") < seen.index("run ended"), seen
     client = sync_redis.Redis.from_url(settings.redis.url)
