@@ -22,6 +22,11 @@ UsageKind = Literal["model", "sandbox"]
 GroupBy = Literal["day", "agent", "model"]
 
 _ADD = "coalesce((r.usage->>'{0}')::{1}, 0) + {2}"
+# The org's month so far (row-level security keeps it to the org); also `RECORD_SQL`'s answer when
+# its call was recorded before.
+MONTH_SQL = """SELECT coalesce(sum(tokens), 0)::bigint AS tokens, coalesce(sum(cost_usd), 0) AS cost_usd
+FROM usage_months WHERE month = date_trunc('month', now() AT TIME ZONE 'UTC')::date
+"""
 RECORD_SQL = f"""
 WITH rec AS (
     INSERT INTO usage_records (org_id, run_id, call_key, kind, agent_id, model, day, input_tokens, output_tokens,
@@ -66,13 +71,7 @@ SELECT tokens, cost_usd FROM month
 UNION ALL
 -- A repeat of the key recorded nothing: the month as it stands (this statement's snapshot, which
 -- its own writes, none here, do not change).
-SELECT coalesce(sum(tokens), 0)::bigint, coalesce(sum(cost_usd), 0) FROM usage_months
-WHERE month = date_trunc('month', now() AT TIME ZONE 'UTC')::date
-HAVING NOT EXISTS (SELECT 1 FROM month)
-"""
-MONTH_SQL = """
-SELECT coalesce(sum(tokens), 0)::bigint AS tokens, coalesce(sum(cost_usd), 0) AS cost_usd FROM usage_months
-WHERE month = date_trunc('month', now() AT TIME ZONE 'UTC')::date
+{MONTH_SQL}HAVING NOT EXISTS (SELECT 1 FROM month)
 """
 # Counts a new run against `max_runs_per_day`: no row comes back when the day's runs reached it.
 # The row stays locked until the creating transaction ends, which is what makes the cap exact.
