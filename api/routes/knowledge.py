@@ -10,13 +10,14 @@ document itself, sent with `Content-Type: text/plain` or `text/markdown` (its ti
 from __future__ import annotations
 
 import codecs
-import logging
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.requests import Request
 from starlette.responses import Response
 
+from api.deferred import HEADER as DEFERRED
+from api.deferred import send_or_defer
 from api.endpoint import Call, Param, endpoint, parse_body, resource, validation_failed
 from api.routes.memories import embed_query
 from api.schemas.base import page_of
@@ -30,8 +31,6 @@ from core.pagination import page
 from core.store import audit, files
 from core.tenancy import tenant_tx
 from memory import knowledge
-
-log = logging.getLogger("agentos.api")
 
 TITLE_MAX = 300
 # Room for the JSON around the content (title, metadata, escapes) when checking Content-Length.
@@ -160,7 +159,7 @@ async def _from_file(call: Call[Any], body: KnowledgeCreate) -> KnowledgeCreate:
           "deleting the file deletes the document), or the raw text with `Content-Type: text/plain` or "
           "`text/markdown` and `?title=`. It is chunked "
           "and embedded by a worker: poll it until `status` is `ready` (or `failed`).",
-          role="member", status=202, response=KnowledgeDocument, headers=("Location", "AgentOS-Deferred"),
+          role="member", status=202, response=KnowledgeDocument, headers=("Location", DEFERRED),
           body=KnowledgeCreate, parse=False, raw_types=RAW_TYPES, errors=("NOT_FOUND",),
           params=(Param("title", {"type": "string", "minLength": 1, "maxLength": TITLE_MAX},
                         "The title of a document sent raw."),))
@@ -194,13 +193,9 @@ async def create_document(call: Call[Any]) -> Response:
         await audit.record(conn, principal.actor, "knowledge.create", "document", doc["id"],
                            {"content_type": body.content_type, "size_bytes": size,
                             **({"file_id": body.file_id} if body.file_id else {})})
-    headers = {"Location": f"/v1/knowledge/{doc['id']}"}
-    try:
-        await call.infra.jobs.enqueue_ingest(doc["id"], principal.org_id)
-    except Exception as exc:  # stored and pending; sent again once the broker answers
-        log.warning("broker unreachable: document %s deferred (%s)", doc["id"], exc)
-        headers["AgentOS-Deferred"] = "broker-unavailable"
-    return call.reply(doc, headers=headers)
+    deferral = await send_or_defer(call.infra.jobs.enqueue_ingest(doc["id"], principal.org_id),
+                                   f"document {doc['id']}")
+    return call.reply(doc, headers={"Location": f"/v1/knowledge/{doc['id']}", **deferral})
 
 
 @endpoint("Knowledge-base documents, newest first (without their content); `?status=pending|ready|failed`.",

@@ -6,12 +6,13 @@ stored queued all the same (`AgentOS-Deferred: broker-unavailable`) and the watc
 
 from __future__ import annotations
 
-import logging
 from datetime import UTC, datetime
 from typing import Any
 
 from starlette.responses import Response
 
+from api.deferred import HEADER as DEFERRED
+from api.deferred import send_or_defer
 from api.endpoint import Call, Param, endpoint, resource
 from api.schemas.lifecycle import OrgExport
 from api.state import state_of
@@ -19,8 +20,6 @@ from core import org_export
 from core.errors import ApiError
 from core.file_storage import StoredFileMissing
 from core.tenancy import tenant_tx
-
-log = logging.getLogger("agentos.api")
 
 
 def _own_org_id(call: Call[Any]) -> str:
@@ -41,18 +40,14 @@ def _public(call: Call[Any], org_id: str, row: dict[str, Any]) -> dict[str, Any]
 
 @endpoint("Export the caller's organisation (owner): a worker builds a zip of every record (JSON Lines per table), "
           "file and knowledge document, secrets by name only; poll the export for its progress and download link.",
-          role="owner", status=202, response=OrgExport, headers=("Location", "AgentOS-Deferred"))
+          role="owner", status=202, response=OrgExport, headers=("Location", DEFERRED))
 async def create_export(call: Call[Any]) -> Response:
     org_id = _own_org_id(call)
     async with tenant_tx(call.pool, org_id) as conn:
         row = await org_export.create(conn, call.principal.actor)
-    headers = {"Location": f"/v1/orgs/{org_id}/exports/{row['id']}"}
-    try:
-        await call.infra.jobs.enqueue_export(row["id"], org_id)
-    except Exception as exc:  # stored and queued; the watchdog sends it once the broker answers
-        log.warning("broker unreachable: export %s deferred (%s)", row["id"], exc)
-        headers["AgentOS-Deferred"] = "broker-unavailable"
-    return call.reply(_public(call, org_id, row), status=202, headers=headers)
+    deferral = await send_or_defer(call.infra.jobs.enqueue_export(row["id"], org_id), f"export {row['id']}")
+    return call.reply(_public(call, org_id, row), status=202,
+                      headers={"Location": f"/v1/orgs/{org_id}/exports/{row['id']}", **deferral})
 
 
 async def _export(call: Call[Any], org_id: str) -> dict[str, Any]:

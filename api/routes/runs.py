@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import logging
 from contextlib import suppress
 from typing import Any, Literal
 
@@ -16,6 +15,8 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.responses import Response
 
+from api.deferred import HEADER as DEFERRED
+from api.deferred import deferred
 from api.endpoint import Call, Param, endpoint, resource, validation_failed
 from api.schemas.base import page_of
 from api.schemas.runs import Run
@@ -30,8 +31,6 @@ from core.store import audit, runs, sessions
 from core.store.runs import RunStatus
 from core.telemetry import metrics, names, scope, tracing
 from core.tenancy import tenant_pipeline_tx, tenant_tx
-
-log = logging.getLogger("agentos.api")
 
 MAX_INPUT_CHARS = 100_000
 IDEMPOTENCY_KEY_MAX = 200
@@ -81,7 +80,7 @@ def _idempotency_key(call: Call[Any]) -> str | None:
 
 
 @endpoint("Start a run: the message is stored and the run queued for a worker (`202`).", role="member",
-          body=RunCreate, status=202, response=Run, headers=("Location", "Idempotent-Replayed", "AgentOS-Deferred"),
+          body=RunCreate, status=202, response=Run, headers=("Location", "Idempotent-Replayed", DEFERRED),
           errors=("BAD_REQUEST", "CONFLICT", "SESSION_BUSY", "IDEMPOTENCY_MISMATCH", "QUOTA_EXCEEDED",
                   "ORG_DELETION_PENDING"),
           params=(Param("Idempotency-Key", {"type": "string", "maxLength": IDEMPOTENCY_KEY_MAX,
@@ -146,11 +145,8 @@ async def create_run(call: Call[RunCreate]) -> Response:
         announce_created(infra, principal.org_id, created.events, ticket, run["id"], queue),
         sending, return_exceptions=True)
     failure = not_queued or (sent if isinstance(sent, Exception) else None)
-    if failure is not None:
-        # The run is stored and stays queued; the watchdog sends it once the broker answers
-        # again (docs/runs.md, "Redis trouble"). Nothing is lost and nothing is half-written.
-        log.warning("broker unreachable: run %s deferred to the watchdog (%s)", run["id"], failure)
-        headers["AgentOS-Deferred"] = "broker-unavailable"
+    if failure is not None:  # stored and queued: the watchdog sends it once the broker answers
+        headers.update(deferred(f"run {run['id']}", failure))
     return call.reply(_public(run), headers=headers)
 
 

@@ -5,13 +5,14 @@ and again at every delivery."""
 
 from __future__ import annotations
 
-import logging
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 from starlette.responses import Response
 
+from api.deferred import HEADER as DEFERRED
+from api.deferred import send_or_defer
 from api.endpoint import Call, NoBody, Param, endpoint, resource, validation_failed
 from api.schemas.base import page_of
 from api.schemas.webhooks import Webhook, WebhookDelivery, WebhookSecret
@@ -25,8 +26,6 @@ from core.store import secrets as secret_store
 from core.store import webhooks as store
 from core.tenancy import tenant_tx
 from core.webhooks import check_url, org_allowlist
-
-log = logging.getLogger("agentos.api")
 
 EventName = Literal["run.succeeded", "run.failed", "run.cancelled", "run.timed_out"]
 assert set(EventName.__args__) == WEBHOOK_EVENT_TYPES  # type: ignore[attr-defined]
@@ -191,7 +190,7 @@ async def list_deliveries(call: Call[Any]) -> Response:
 
 
 @endpoint("Send a delivery again now, with the same webhook-id (whatever its state).", role="admin", body=NoBody,
-          status=202, response=WebhookDelivery, errors=("WEBHOOK_DISABLED",), headers=("AgentOS-Deferred",))
+          status=202, response=WebhookDelivery, errors=("WEBHOOK_DISABLED",), headers=(DEFERRED,))
 async def retry_delivery(call: Call[NoBody]) -> Response:
     webhook_id = call.path_id("webhook_id", "webhook")
     delivery_id = call.path_id("delivery_id", "webhook_delivery")
@@ -208,13 +207,9 @@ async def retry_delivery(call: Call[NoBody]) -> Response:
             raise ApiError("NOT_FOUND", f"No delivery with id {delivery_id!r} for this webhook.")
         await audit.record(conn, call.principal.actor, "webhook.retry_delivery", "webhook", webhook_id,
                            {"delivery_id": delivery_id})
-    headers: dict[str, str] = {}
-    try:
-        await call.infra.jobs.enqueue_webhook(delivery_id, org_id)
-    except Exception as exc:  # due now: the watchdog sends it once the broker answers
-        log.warning("broker unreachable: webhook delivery %s deferred (%s)", delivery_id, exc)
-        headers["AgentOS-Deferred"] = "broker-unavailable"
-    return call.reply(row, status=202, headers=headers)
+    deferral = await send_or_defer(call.infra.jobs.enqueue_webhook(delivery_id, org_id),
+                                   f"webhook delivery {delivery_id}")
+    return call.reply(row, status=202, headers=deferral)
 
 
 routes = [
