@@ -95,12 +95,12 @@ def prefetch(ctx: RunContext, query: str) -> None:
     """Start the first THINK's memory reads now, while the run's graph starts (its checkpoint
     read, its first steps): THINK then finds them done, or waits for the rest. Only reads: what
     the run emits or writes (a warning, the summary, the kept recall) still happens in THINK, in
-    its order. `drop_prefetch` ends what THINK never took."""
+    its order. `settle_memory` ends what THINK never took."""
     if ctx.memory is not None and ctx.depth == 0 and "context" not in ctx.memory_cache:
         ctx.memory_cache["fetching"] = asyncio.create_task(_fetch(ctx, query))
 
 
-async def drop_prefetch(ctx: RunContext) -> None:
+async def settle_memory(ctx: RunContext) -> None:
     """Let what THINK's memory left running end, before the run does: a prefetch THINK never took
     (a few reads: waited for rather than cancelled, which would cut a pooled connection off
     mid-batch; its outcome, an error included, is of no use), and the write THINK left behind
@@ -195,7 +195,7 @@ async def _read(ctx: RunContext, query: str, summarise: Summariser) -> tuple[lis
 def _keep_behind(ctx: RunContext, person: Who, recalled: list[dict[str, Any]] | None, window: Window | None) -> None:
     """Write what THINK keeps in Redis (`MemoryService.keep`: the recall for a later attempt, the
     window if it changed) behind: the model call does not wait for it (a Redis failure there only
-    costs a recall or a rebuild later anyway), and `drop_prefetch` waits for it before the run
+    costs a recall or a rebuild later anyway), and `settle_memory` waits for it before the run
     ends."""
     memory = ctx.memory
     if memory is not None and (recalled is not None or window is not None):

@@ -40,7 +40,7 @@ from core.store.runs import RunStatus
 from core.telemetry import metrics, names, scope, tracing
 from core.tenancy import Statement, checkpoint_thread_id, run_cancel_key, tenant_pipeline_tx, tenant_tx
 from orchestrator.context import AgentSpec, Budget, LimitExceeded, RunContext
-from orchestrator.memory_context import drop_prefetch, prefetch
+from orchestrator.memory_context import prefetch, settle_memory
 from orchestrator.models import ModelConfigError, aclose_model, describe_error
 from orchestrator.nodes import ModelCallFailed
 from runtime.services import Services
@@ -343,7 +343,7 @@ async def _execute(
                                                                         f"({type(exc).__name__}); see the worker log."})
     finally:
         watcher.cancel()
-        await drop_prefetch(ctx)
+        await settle_memory(ctx)
         await _settle_thread(svc, thread_id, keep=ours)
         for model in ctx.model_cache.values():
             await aclose_model(model)
