@@ -109,7 +109,6 @@ def create_app(settings: Settings) -> Starlette:
         # Before the pools open: the psycopg and redis instrumentations wrap new connections.
         tracing.setup(settings.telemetry, "api")
         infra = await Infra.open(settings, name="agentos-api")
-        infra.jobs.prime_soon()  # runs go to the workers in the POST's own Redis round trip once connected
         event_hub = EventHub.from_settings(settings, infra.pool)
         # Verified API keys trusted for seconds; the listener hears other processes' revocations.
         keys = KeyCache(infra.redis, settings.auth.key_cache_s)
@@ -118,6 +117,9 @@ def create_app(settings: Settings) -> Starlette:
         exit_watch = asyncio.create_task(watch_for_exit(event_hub), name="agentos-sse-exit-watch")
         try:
             await check_tenant_isolation(infra.pool)
+            # Past the start-up guards: runs go to the workers in the POST's own Redis round trip
+            # once this connects (in a thread).
+            infra.jobs.prime_soon()
             state = ApiState(infra, Authenticator(settings.auth, infra.pool, stream_keys=settings.secrets, keys=keys),
                              Admission(settings.limits, infra.redis, infra.pool, settings.sandbox),
                              await event_hub.open(), open_storage(settings.files), mailer=mailer_for(settings),
