@@ -35,14 +35,21 @@ def _set_role_sql(role: str) -> sql.Composed:
 
 
 # After a Postgres restart every idle connection is dead, so one that sat in the pool is pinged
-# before it is handed out. One returned moments ago is not: on a busy pool that ping would be a
-# round trip per transaction (and a connection that breaks anyway fails as an infrastructure
-# error, which callers retry).
+# before it is handed out. One returned (or opened) moments ago is not: on a busy pool that ping
+# would be a round trip per transaction (and a connection that breaks anyway fails as an
+# infrastructure error, which callers retry).
 IDLE_BEFORE_CHECK_S = 2.0
 _returned_at: weakref.WeakKeyDictionary[AsyncConnection[DictRow], float] = weakref.WeakKeyDictionary()
 
 
 async def _note_returned(conn: AsyncConnection[DictRow]) -> None:
+    _returned_at[conn] = time.monotonic()
+
+
+def _note_opened(conn: AsyncConnection[DictRow]) -> None:
+    """A connection the pool just opened and configured is as fresh as one just returned: its
+    first use pays no ping (a pool that grew under load paid one, on the next transaction's
+    path, per new connection)."""
     _returned_at[conn] = time.monotonic()
 
 
@@ -64,6 +71,7 @@ async def open_pool(
     async def configure(conn: AsyncConnection[DictRow]) -> None:
         await conn.execute(_set_role_sql(db.app_role))
         await conn.commit()
+        _note_opened(conn)
 
     pool: AsyncConnectionPool[AsyncConnection[DictRow]] = AsyncConnectionPool(
         db.url,

@@ -5,8 +5,9 @@ reads are one Redis pipeline, one batched transaction and one Redis transaction.
 
 What would add turns of its own while a run executes is held still: the cancel poll and the
 heartbeat (a minute apart), the event buffer's timer (a minute: the events go with the model
-call's usage), the pool's ping of idle connections; the checkpointer (not counted here) reaches
-Postgres directly."""
+call's usage), the pool's ping of idle connections and its growth (its connections are all opened
+up front: one opened while a run executes adds its handshake wherever it lands); the checkpointer
+(not counted here) reaches Postgres directly."""
 
 from __future__ import annotations
 
@@ -81,7 +82,8 @@ def test_a_run_reaches_its_model_call_in_few_round_trips(
         _hook(monkeypatch, nodes, "_think_with", mark("model call"))
         _hook(monkeypatch, Meter, "model_call", mark("recording"), mark("recorded"))
         counted = settings.model_copy(update={
-            "database": settings.database.model_copy(update={"url": via(settings.database.url, pg.port)}),
+            "database": settings.database.model_copy(update={"url": via(settings.database.url, pg.port),
+                                                             "pool_min": 4}),
             "redis": settings.redis.model_copy(update={"url": via(settings.redis.url, rd.port)}),
             "worker": worker})
 
