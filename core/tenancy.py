@@ -18,6 +18,8 @@ from psycopg.pq import TransactionStatus
 from psycopg.rows import DictRow
 from psycopg_pool import AsyncConnectionPool
 
+from core.pg_pipeline import one_write_pipeline
+
 SET_ORG_SQL = "SELECT set_config('app.org_id', %s, true)"
 
 AsyncPool = AsyncConnectionPool[AsyncConnection[DictRow]]
@@ -75,11 +77,11 @@ async def _pipeline_tx(conn: AsyncConnection[DictRow], scope_sql: str, scope: st
 
     psycopg's own transaction handling waits for BEGIN (and COMMIT) with a round trip each in
     pipeline mode; in autocommit mode, BEGIN and COMMIT are plain statements of the batch and
-    travel with it. The connection is left as it came, idle and not autocommit, or closed (the
-    pool then discards it)."""
+    travel with it, in one write (`core.pg_pipeline`). The connection is left as it came, idle
+    and not autocommit, or closed (the pool then discards it)."""
     await conn.set_autocommit(True)
     try:
-        async with conn.pipeline():
+        async with one_write_pipeline(conn):
             await conn.execute("BEGIN")
             await conn.execute(scope_sql, (scope,))
             yield
