@@ -138,6 +138,7 @@ class EventStream(Response):
         self.gauge.inc()
         try:
             await send(self._start())
+            last = b""
             async for event in self.events:
                 if event is None:
                     chunk = keepalive_bytes()
@@ -145,10 +146,11 @@ class EventStream(Response):
                     chunk = event_bytes(event)
                 else:
                     continue
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
                 if self.run_id is not None and event is not None and event.terminal:
+                    last = chunk  # sent with the stream's end: one write, one wake-up of the client
                     break
-            last = self.farewell() or b""
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            last += self.farewell() or b""
             streaming = False
             await send({"type": "http.response.body", "body": last, "more_body": False})
         except asyncio.CancelledError:

@@ -172,3 +172,47 @@ def test_a_change_to_one_streams_headers_leaves_every_other_streams_alone():
     assert any(name == b"set-cookie" for name, _ in second.raw_headers)
     assert third.raw_headers == before  # the shared pairs, untouched by either
     assert first._start()["headers"] == first.raw_headers
+
+
+def test_a_run_streams_terminal_event_and_its_end_go_out_in_one_write() -> None:
+    """The last body message of a run's stream carries its terminal event and ends the response
+    (uvicorn writes a chunked body's last chunk and its end together): one write, one wake-up of
+    the client, where the end used to follow as a write of its own. Other runs' events in the
+    session are left out."""
+    from datetime import UTC, datetime
+
+    from prometheus_client import CollectorRegistry, Gauge
+
+    from api.sse import EventStream, event_bytes
+    from core.events import Event
+
+    def event(seq: int, type_: str, run_id: str = "run_a") -> Event:
+        return Event(seq=seq, type=type_, run_id=run_id, session_id="ses_a", ts=datetime.now(UTC), data={})
+
+    stream_of = [event(1, "run.started"), event(2, "run.started", "run_b"), event(3, "run.succeeded"),
+                 event(4, "run.queued")]
+
+    async def events() -> Any:
+        for e in stream_of:
+            yield e
+
+    async def scenario() -> list[dict[str, Any]]:
+        sent: list[dict[str, Any]] = []
+        received = [{"type": "http.request", "body": b"", "more_body": False}]
+
+        async def receive() -> dict[str, Any]:
+            if received:
+                return received.pop()
+            await asyncio.sleep(3600)
+            return {"type": "http.disconnect"}
+
+        async def send(message: Any) -> None:
+            sent.append(message)
+
+        stream = EventStream(events(), gauge=Gauge("g2", "g", registry=CollectorRegistry()), run_id="run_a")
+        await stream({"type": "http", "method": "GET"}, receive, send)
+        return sent
+
+    sent = asyncio.run(scenario())
+    bodies = [(m["body"], m["more_body"]) for m in sent if m["type"] == "http.response.body"]
+    assert bodies == [(event_bytes(stream_of[0]), True), (event_bytes(stream_of[2]), False)]
