@@ -54,9 +54,9 @@ def keepalive_bytes() -> bytes:
 
 
 class EventStream(Response):
-    """`text/event-stream` of `events` (`core.event_reader`'s, None marking a keep-alive due),
-    only those of `run_id` when given, up to its terminal event; after they end, `farewell()`'s
-    bytes (if any) close it. Counted in `gauge` while open. HEAD answers the headers only: the
+    """`text/event-stream` of `events` (`core.event_reader`'s batches, each sent in one write; None
+    marking a keep-alive due), only those of `run_id` when given, up to its terminal event; after
+    they end, `farewell()`'s bytes (if any) close it. Counted in `gauge` while open. HEAD answers the headers only: the
     stream never starts (it might never end).
 
     Everything an idle stream holds lives in this one call's frame and the reader's generator:
@@ -64,7 +64,7 @@ class EventStream(Response):
 
     media_type = "text/event-stream"
 
-    def __init__(self, events: AsyncGenerator[Event | None, None], *, gauge: Gauge, run_id: str | None = None,
+    def __init__(self, events: AsyncGenerator[list[Event] | None, None], *, gauge: Gauge, run_id: str | None = None,
                  farewell: Callable[[], bytes | None] = lambda: None, headers: Mapping[str, str] | None = None) -> None:
         self.events = events
         self.gauge = gauge
@@ -114,6 +114,19 @@ class EventStream(Response):
         return {"type": "http.response.start", "status": self.status_code,
                 "headers": list(self._shared_headers if own is None else own)}
 
+    def _batch_bytes(self, batch: list[Event]) -> tuple[bytes, bool]:
+        """A batch of events at hand (only `run_id`'s, when given) as one chunk, one write; True
+        when it holds the run's terminal event, which ends it."""
+        if self.run_id is None:
+            return b"".join(event_bytes(event) for event in batch), False
+        chunks = []
+        for event in batch:
+            if event.run_id == self.run_id:
+                chunks.append(event_bytes(event))
+                if event.terminal:
+                    return b"".join(chunks), True
+        return b"".join(chunks), False
+
     async def _stream(self, receive: Receive, send: Send) -> None:
         # The request (a GET has no body) was received: the next message can only be the
         # disconnect, which uvicorn tells `receive()` alone (a send to a closed connection is
@@ -139,17 +152,13 @@ class EventStream(Response):
         try:
             await send(self._start())
             last = b""
-            async for event in self.events:
-                if event is None:
-                    chunk = keepalive_bytes()
-                elif self.run_id is None or event.run_id == self.run_id:
-                    chunk = event_bytes(event)
-                else:
-                    continue
-                if self.run_id is not None and event is not None and event.terminal:
+            async for batch in self.events:
+                chunk, ended = (keepalive_bytes(), False) if batch is None else self._batch_bytes(batch)
+                if ended:
                     last = chunk  # sent with the stream's end: one write, one wake-up of the client
                     break
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                if chunk:
+                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
             last += self.farewell() or b""
             streaming = False
             await send({"type": "http.response.body", "body": last, "more_body": False})

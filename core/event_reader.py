@@ -67,7 +67,7 @@ async def from_postgres(
 
 
 KEEPALIVE: Final = None
-"""What `EventReader.follow(keepalives=True)` yields when the stream has been quiet for the
+"""What `EventReader.follow_with_keepalives` yields when the stream has been quiet for the
 hub's keep-alive interval (an SSE response sends a comment line)."""
 
 
@@ -82,40 +82,52 @@ class EventReader:
         self._session_id = session_id
         self._key = session_stream_key(org_id, session_id)
 
-    async def _fill(self, after: int, upto: int | None) -> AsyncIterator[Event]:
+    async def _fill(self, after: int, upto: int | None) -> AsyncIterator[list[Event]]:
         """Every stored event with `after < seq <= upto`, page by page."""
         while True:
             page = await from_postgres(self._hub.pool, self._org_id, self._session_id, after, upto)
-            for event in page:
-                yield event
+            if page:
+                yield page
             if len(page) < PAGE:
                 return
             after = page[-1].seq
 
-    async def _in_order(self, events: list[Event], last: int) -> AsyncIterator[Event]:
-        """`events` after seq `last`, each once, with any seq they skip read from Postgres."""
+    async def _in_order(self, events: list[Event], last: int) -> AsyncIterator[list[Event]]:
+        """`events` after seq `last`, each once, with any seq they skip read from Postgres: in
+        batches of consecutive seqs (a page at most), each sent to a client in one write."""
+        batch: list[Event] = []
         for event in events:
             if event.seq <= last:
                 continue
             if event.seq > last + 1:
+                if batch:
+                    yield batch
+                    batch = []
                 async for missing in self._fill(last, event.seq - 1):
                     yield missing
-                    last = missing.seq
-            yield event
+                    last = missing[-1].seq
+            batch.append(event)
             last = event.seq
+            if len(batch) >= PAGE:
+                yield batch
+                batch = []
+        if batch:
+            yield batch
 
     async def follow(self, after: int) -> AsyncIterator[Event]:
         """Every event with seq > `after`, in order, each once. Never returns by itself, only
         when the hub closes or drains (the process shuts down; the client reconnects with its
         cursor)."""
-        async for event in self.follow_with_keepalives(after):
-            if event is not None:  # not KEEPALIVE
-                yield event
+        async for batch in self.follow_with_keepalives(after):
+            if batch is not None:  # not KEEPALIVE
+                for event in batch:
+                    yield event
 
     async def follow_with_keepalives(self, after: int, newest: int | None = None,
-                                     first: Event | None = None) -> AsyncGenerator[Event | None, None]:
-        """`follow`, with `KEEPALIVE` (None) between events whenever the hub's timer says the
-        stream has been quiet for its keep-alive interval.
+                                     first: Event | None = None) -> AsyncGenerator[list[Event] | None, None]:
+        """`follow` in batches (the events at hand at once, in order: what one write to a client
+        carries), with `KEEPALIVE` (None) between them whenever the hub's timer says the stream
+        has been quiet for its keep-alive interval.
 
         `newest`: the session's newest seq as the caller just read it from Postgres. A stream
         that starts there has nothing to read from Postgres first (one transaction less per
@@ -129,23 +141,23 @@ class EventReader:
         answer means what it always meant); it is not yielded twice."""
         last = after
         if first is not None and first.seq == after + 1:
-            yield first
+            yield [first]
             last = first.seq
         cursor = after
         while True:  # catch up from Redis while it has a full page, then from Postgres
             streamed = await self._hub.read_once(self._key, cursor)
             if streamed:
-                async for event in self._in_order(streamed, last):
-                    yield event
-                    last = event.seq
+                async for batch in self._in_order(streamed, last):
+                    yield batch
+                    last = batch[-1].seq
             if streamed is None or len(streamed) < PAGE:
                 break
             cursor = last
         if not streamed and (newest is None or last < newest):
             # The stream is empty, gone or unreachable: Postgres has the truth.
-            async for event in self._fill(last, None):
-                yield event
-                last = event.seq
+            async for batch in self._fill(last, None):
+                yield batch
+                last = batch[-1].seq
         follower = self._hub.join(self._org_id, self._session_id, last)
         try:
             while not follower.closed:
@@ -156,24 +168,24 @@ class EventReader:
                     follower.ping = False
                     yield KEEPALIVE
                 if follower.pending or follower.stale:
-                    async for event in self._next(follower):
-                        yield event
+                    async for batch in self._next(follower):
+                        yield batch
         finally:
             self._hub.leave(follower)
 
-    async def _next(self, follower: Follower) -> AsyncIterator[Event]:
+    async def _next(self, follower: Follower) -> AsyncIterator[list[Event]]:
         """What the hub gave `follower` since its last turn (Postgres first, when it is stale, and
-        for any seq its events skip)."""
+        for any seq its events skip), in batches."""
         try:
             if follower.stale:
                 follower.stale = False
-                async for event in self._fill(follower.last, None):
-                    yield event
-                    follower.last = event.seq
+                async for batch in self._fill(follower.last, None):
+                    yield batch
+                    follower.last = batch[-1].seq
             events, follower.pending = follower.pending, []
-            async for event in self._in_order(events, follower.last):
-                yield event
-                follower.last = event.seq
+            async for batch in self._in_order(events, follower.last):
+                yield batch
+                follower.last = batch[-1].seq
         except psycopg.OperationalError as exc:  # the pool is busy (PoolTimeout) or Postgres away
             # Keep the stream (keep-alives go on) and read again soon, instead of ending it: what
             # was not yet passed on is in Postgres after `follower.last`.

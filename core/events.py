@@ -309,7 +309,10 @@ async def publish(
     if not events:
         return
     try:
-        async with redis.pipeline(transaction=False) as pipe:
+        # MULTI/EXEC: Redis answers a follower's blocked XREAD after each command, so the events
+        # of a batch reached the hub one XREAD (and one write to each client) at a time; in one
+        # transaction they are added together and read together.
+        async with redis.pipeline(transaction=True) as pipe:
             stage_publish(pipe, org_id, events, maxlen=maxlen, ttl_s=ttl_s)
             results = await pipe.execute(raise_on_error=False)
     except (RedisError, OSError) as exc:

@@ -97,10 +97,11 @@ async def run_ended(infra: Infra, org_id: str, done: Finished) -> None:
     _count_ended(org_id, done)
     settings = infra.settings.events
     try:
-        async with infra.redis.pipeline(transaction=False) as pipe:
-            # Redis runs a pipeline's commands in order: the place is free before the terminal
-            # event is in the stream, so a client that starts its next run as soon as it sees
-            # this one end finds the place free.
+        # One transaction (as `events.publish`: the run's last events reach followers in one
+        # read). Redis runs its commands in order: the place is free before the terminal event
+        # is in the stream, so a client that starts its next run as soon as it sees this one end
+        # finds the place free.
+        async with infra.redis.pipeline(transaction=True) as pipe:
             stage_release(pipe, org_id, run_id)
             published = events.stage_publish(pipe, org_id, done.events, maxlen=settings.stream_maxlen,
                                               ttl_s=settings.stream_ttl_s)

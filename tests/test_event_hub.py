@@ -150,6 +150,37 @@ def test_followers_of_one_session_share_one_key_and_each_gets_every_event_once(s
     assert live == [7, 8, 9]
 
 
+def test_a_reader_hands_over_the_events_at_hand_in_one_batch_gaps_filled_in_order(setup: Setup):
+    """What a stream sends in one write: the events a read brought at once, in order, with a gap
+    (an event that never reached Redis) filled from Postgres in its place, and the live events a
+    publish added together."""
+    async def scenario() -> list[list[int] | None]:
+        pool = await open_pool(setup.settings.database, name="test-hub")
+        try:
+            async with EventHub.from_settings(setup.settings, pool) as hub:
+                stored = await _emit(pool, setup, 6, publish=False)  # seqs 2..7
+                await _publish(setup, stored[:2] + stored[3:])  # seq 4 never reached Redis
+                follow = EventReader(hub, setup.org_id, setup.session_id).follow_with_keepalives(1)
+                seen: list[list[int] | None] = [[e.seq for e in await anext(follow)]]
+                seen.append([e.seq for e in await anext(follow)])
+                seen.append([e.seq for e in await anext(follow)])
+                live = asyncio.ensure_future(anext(follow))
+                await _until(lambda: hub.followers == 1)
+                # Seqs 8..10, through the hub: published in one transaction, so the hub's blocked
+                # XREAD gets them together (Redis answers it after each command otherwise).
+                await _emit(pool, setup, 3, publish=True)
+                batch = await asyncio.wait_for(live, 10)
+                seen.append(None if batch is None else [e.seq for e in batch])
+                await follow.aclose()
+                return seen
+        finally:
+            await pool.close()
+
+    seen = asyncio.run(scenario())
+    # From Redis up to the gap, the gap from Postgres, the rest from Redis; then the live ones.
+    assert seen == [[2, 3], [4], [5, 6, 7], [8, 9, 10]]
+
+
 def test_with_redis_down_followers_read_postgres_and_the_hub_recovers(setup: Setup, caplog: pytest.LogCaptureFixture):
     async def scenario() -> tuple[list[int], bool, bool]:
         pool = await open_pool(setup.settings.database, name="test-hub")

@@ -174,11 +174,12 @@ def test_a_change_to_one_streams_headers_leaves_every_other_streams_alone():
     assert first._start()["headers"] == first.raw_headers
 
 
-def test_a_run_streams_terminal_event_and_its_end_go_out_in_one_write() -> None:
-    """The last body message of a run's stream carries its terminal event and ends the response
-    (uvicorn writes a chunked body's last chunk and its end together): one write, one wake-up of
-    the client, where the end used to follow as a write of its own. Other runs' events in the
-    session are left out."""
+def test_a_run_stream_writes_each_batch_at_hand_once_and_its_terminal_event_with_its_end() -> None:
+    """The reader hands the stream the events at hand in batches; each batch is one body message
+    (one write, one wake-up of the client) of the run's own events, other runs' left out, and
+    the batch with the terminal event is the response's last message, its end with it (uvicorn
+    writes a chunked body's last chunk and its end together). A session stream sends every
+    event of a batch."""
     from datetime import UTC, datetime
 
     from prometheus_client import CollectorRegistry, Gauge
@@ -189,14 +190,19 @@ def test_a_run_streams_terminal_event_and_its_end_go_out_in_one_write() -> None:
     def event(seq: int, type_: str, run_id: str = "run_a") -> Event:
         return Event(seq=seq, type=type_, run_id=run_id, session_id="ses_a", ts=datetime.now(UTC), data={})
 
-    stream_of = [event(1, "run.started"), event(2, "run.started", "run_b"), event(3, "run.succeeded"),
-                 event(4, "run.queued")]
+    batches: list[list[Event] | None] = [
+        [event(1, "run.queued")],
+        [event(2, "run.started"), event(3, "run.started", "run_b"), event(4, "step.started")],
+        None,  # a keep-alive due
+        [event(5, "run.started", "run_b")],  # none of the run's: nothing sent
+        [event(6, "message.completed"), event(7, "run.succeeded"), event(8, "run.queued", "run_b")],
+    ]
 
     async def events() -> Any:
-        for e in stream_of:
-            yield e
+        for batch in batches:
+            yield batch
 
-    async def scenario() -> list[dict[str, Any]]:
+    async def bodies(run_id: str | None) -> list[tuple[bytes, bool]]:
         sent: list[dict[str, Any]] = []
         received = [{"type": "http.request", "body": b"", "more_body": False}]
 
@@ -209,10 +215,17 @@ def test_a_run_streams_terminal_event_and_its_end_go_out_in_one_write() -> None:
         async def send(message: Any) -> None:
             sent.append(message)
 
-        stream = EventStream(events(), gauge=Gauge("g2", "g", registry=CollectorRegistry()), run_id="run_a")
+        stream = EventStream(events(), gauge=Gauge("g2", "g", registry=CollectorRegistry()), run_id=run_id)
         await stream({"type": "http", "method": "GET"}, receive, send)
-        return sent
+        return [(m["body"], m["more_body"]) for m in sent if m["type"] == "http.response.body"]
 
-    sent = asyncio.run(scenario())
-    bodies = [(m["body"], m["more_body"]) for m in sent if m["type"] == "http.response.body"]
-    assert bodies == [(event_bytes(stream_of[0]), True), (event_bytes(stream_of[2]), False)]
+    def wire(*seqs: int) -> bytes:
+        return b"".join(event_bytes(e) for b in batches if b for e in b if e.seq in seqs)
+
+    run = asyncio.run(bodies("run_a"))
+    assert [more for _, more in run] == [True, True, True, False]
+    assert run[0][0] == wire(1) and run[1][0] == wire(2, 4) and run[2][0].startswith(b": ping")
+    assert run[3][0] == wire(6, 7)
+    session = asyncio.run(bodies(None))
+    assert [body for body, _ in session if not body.startswith(b": ping")] == [
+        wire(1), wire(2, 3, 4), wire(5), wire(6, 7, 8), b""]

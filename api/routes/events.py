@@ -49,7 +49,7 @@ def _after(call: Call[Any]) -> int | None:
     return int(raw)
 
 
-def _response(call: Call[Any], events: AsyncGenerator[Event | None, None], run_id: str | None = None) -> Response:
+def _response(call: Call[Any], events: AsyncGenerator[list[Event] | None, None], run_id: str | None = None) -> Response:
     """The stream, counted in `agentos_sse_connections` while open; when it ends because the
     process is shutting down (the hub drained its followers), the farewell closes it. An event
     already read is always sent before the farewell, so the client's Last-Event-ID is the last
@@ -72,7 +72,7 @@ class _Farewell:
         return FAREWELL if self.hub.draining else None
 
 
-async def _nothing() -> AsyncGenerator[Event | None, None]:
+async def _nothing() -> AsyncGenerator[list[Event] | None, None]:
     """The events of a run that has ended and whose every event the client has."""
     return
     yield
