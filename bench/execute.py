@@ -37,7 +37,7 @@ if str(REPO) not in sys.path:
 import psycopg  # noqa: E402
 
 from agentos.stack.process import ServerProcess  # noqa: E402
-from bench.runs import Bench, console, new_sessions  # noqa: E402
+from bench.runs import Bench, console, new_sessions, stack_with_org  # noqa: E402
 
 WARM = 20
 PG_STATS_ARGS = ["-c", "shared_preload_libraries=pg_stat_statements", "-c", "pg_stat_statements.track=all",
@@ -188,17 +188,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--stages", action="store_true", help="when parts of each run start and how long they last")
     p.add_argument("--keep", action="store_true", help="keep the temp dir (logs) at the end")
     args = p.parse_args(argv)
-    # What bench/runs.py's Bench reads of its arguments.
-    args.trace, args.api_log_level, args.pool = False, "WARNING", "prefork"
     if args.pg_stats:
         with_pg_stats()
-    bench = Bench(args)
-    try:
-        bench.start_stack()
-        bench.create_org_and_agent()
+    with stack_with_org(args) as bench:
         asyncio.run(measure(bench, args))
-    finally:
-        bench.close()
     return 0
 
 

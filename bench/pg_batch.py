@@ -30,7 +30,7 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from bench.runs import Bench  # noqa: E402
+from bench.runs import Bench, stack_with_org  # noqa: E402
 
 QUERY = "SELECT %s::int AS x"
 _TCP_DATA_SEGS_OUT_AT = 156  # struct tcp_info (linux/tcp.h): tcpi_data_segs_out
@@ -119,14 +119,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=5, help="rounds, each way in turn (default 5)")
     parser.add_argument("--keep", action="store_true")
     args = parser.parse_args(argv)
-    args.trace, args.api_log_level, args.input, args.pool = False, "WARNING", "hello", "prefork"
-    bench = Bench(args)
-    try:
-        bench.start_stack()
-        bench.create_org_and_agent()
+    with stack_with_org(args) as bench:
         report(asyncio.run(measure(bench, args.batches, args.statements, args.rounds)), args.statements)
-    finally:
-        bench.close()
     return 0
 
 

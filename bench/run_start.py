@@ -29,7 +29,7 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from bench.runs import Bench, new_sessions  # noqa: E402
+from bench.runs import Bench, new_sessions, stack_with_org  # noqa: E402
 from bench.wire_turns import TurnCounter, around, via  # noqa: E402
 
 # Runs before counting: psycopg prepares a statement at its 5th use on each pooled connection.
@@ -189,16 +189,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--explain", action="store_true", help="print the statements and commands of a run")
     parser.add_argument("--keep", action="store_true")
     args = parser.parse_args(argv)
-    args.trace, args.api_log_level, args.input, args.pool = False, "WARNING", "hello", "prefork"
-    bench = Bench(args)
-    try:
-        bench.start_stack()
-        bench.create_org_and_agent()
+    with stack_with_org(args) as bench:
         report(asyncio.run(measure(bench, args.runs, counted=True, explained=args.explain)), counted=True)
         if args.wall:
             report(asyncio.run(measure(bench, args.runs * 3, counted=False)), counted=False)
-    finally:
-        bench.close()
     return 0
 
 

@@ -373,6 +373,24 @@ async def new_sessions(bench: Bench, count: int) -> list[str]:
         return await make_sessions(client, bench, count)
 
 
+@contextlib.contextmanager
+def stack_with_org(args: argparse.Namespace) -> Iterator[Bench]:
+    """For the benches that run the platform's code in their own process (bench/execute.py,
+    run_start.py, pg_batch.py): the stack, the API, an org and its agent, stopped at the end.
+    `args` needs only `keep` (and `input`, when it has one); the rest of what `Bench` reads is
+    filled in: no tracing, the API logging warnings, the default pool."""
+    for name, default in (("trace", False), ("api_log_level", "WARNING"), ("input", "hello"), ("pool", "prefork")):
+        if not hasattr(args, name):
+            setattr(args, name, default)
+    bench = Bench(args)
+    try:
+        bench.start_stack()
+        bench.create_org_and_agent()
+        yield bench
+    finally:
+        bench.close()
+
+
 def _tree_cpu(pid: int | None) -> float:
     """CPU seconds (user + system) used so far by a process and its live descendants."""
     if pid is None:
