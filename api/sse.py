@@ -56,8 +56,8 @@ def keepalive_bytes() -> bytes:
 class EventStream(Response):
     """`text/event-stream` of `events` (`core.event_reader`'s batches, each sent in one write; None
     marking a keep-alive due), only those of `run_id` when given, up to its terminal event; after
-    they end, `farewell()`'s bytes (if any) close it. Counted in `gauge` while open. HEAD answers the headers only: the
-    stream never starts (it might never end).
+    they end, `farewell()`'s bytes (if any) close it. Counted in `gauge` while open. HEAD answers
+    the headers only: the stream never starts (it might never end).
 
     Everything an idle stream holds lives in this one call's frame and the reader's generator:
     no wrapping generators, and the disconnect listener is uvicorn's own `receive()` in a task."""

@@ -46,13 +46,6 @@ async def _note_returned(conn: AsyncConnection[DictRow]) -> None:
     _returned_at[conn] = time.monotonic()
 
 
-def _note_opened(conn: AsyncConnection[DictRow]) -> None:
-    """A connection the pool just opened and configured is as fresh as one just returned: its
-    first use pays no ping (a pool that grew under load paid one, on the next transaction's
-    path, per new connection)."""
-    _returned_at[conn] = time.monotonic()
-
-
 async def _check_if_idle(conn: AsyncConnection[DictRow]) -> None:
     returned = _returned_at.get(conn)
     if returned is None or time.monotonic() - returned >= IDLE_BEFORE_CHECK_S:
@@ -71,7 +64,9 @@ async def open_pool(
     async def configure(conn: AsyncConnection[DictRow]) -> None:
         await conn.execute(_set_role_sql(db.app_role))
         await conn.commit()
-        _note_opened(conn)
+        # Just opened: as fresh as one just returned, so its first use pays no ping (a pool that
+        # grew under load paid one per new connection, on the next transaction's path).
+        await _note_returned(conn)
 
     pool: AsyncConnectionPool[AsyncConnection[DictRow]] = AsyncConnectionPool(
         db.url,

@@ -13,7 +13,8 @@ as few writes as the socket takes: one, for the batches a run makes. Round trips
 errors and their order are psycopg's own; only when the bytes leave changes.
 
 It overrides three of psycopg's pipeline internals (`_communicate_gen`, `_fetch_gen`,
-`_exit_gen`, present from psycopg 3.1 to 3.3). If a psycopg release drops them, `SUPPORTED` is
+`_exit_gen`) and calls a fourth (`_enqueue_sync`), all present from psycopg 3.1 to 3.3. If a
+psycopg release drops them, `SUPPORTED` is
 False and the batch uses psycopg's own pipeline as before (`tests/test_pg_pipeline.py` fails on
 that, so the fallback does not go unnoticed).
 """
