@@ -17,8 +17,9 @@ What it changes (issue 18, "one transaction per step"), and why it keeps every g
 - Writes that no checkpoint follows (a task that `interrupt()`s for a human, a task that
   failed) are stored by `flush_writes`, which the executor calls when the graph returns, and by
   every read of the thread (`aget_tuple`, `alist`), so this saver's readers always see them.
-- `skip_start=True` (the worker's setting) holds back a graph's input checkpoint (step -1) and
-  the one after its `__start__` task (step 0): the first real step's checkpoint stands in for
+- `skip_start=True` (the worker's setting) holds back a graph's input checkpoint and the one
+  after its `__start__` task (steps -1 and 0 in a thread's first run; the two after the last
+  run's end in a later one): the first real step's checkpoint stands in for
   them (it takes their parent and their blobs; writes to them are in its values). Resuming from
   either would run the first real step again, which is what starting again from the run's
   input does (`runtime.executor._graph_input`); if the graph stops before that checkpoint (an
@@ -127,6 +128,8 @@ class _Row:
     params: dict[str, Any]
     blobs: list[tuple[str, str, str, bytes | None]]
     skipped: frozenset[str] = frozenset()  # checkpoints this one stands in for (`skip_start`)
+    source: str | None = None  # its metadata's: "input", "loop", ...
+    after_input: bool = False  # it stands in for an input checkpoint (`skip_start`)
 
     @property
     def id(self) -> str:
@@ -182,21 +185,23 @@ class StepSaver(AsyncPostgresSaver):
         # and serialising them costs less than a hand-over to a thread and back (the loop's other
         # work, a heartbeat or a cancel poll, waits milliseconds at most for a very large state).
         blobs = self._dump_blobs(thread_id, ns, blob_values, versions) if versions else []
+        source = metadata.get("source")
         row = _Row({"thread_id": thread_id, "ns": ns, "checkpoint_id": checkpoint["id"],
                     "parent_id": configurable.get("checkpoint_id"), "checkpoint": Jsonb(copy),
                     "metadata": Jsonb(get_serializable_checkpoint_metadata(config, metadata))},
-                   [(b[2], b[3], b[4], b[5]) for b in blobs])
+                   [(b[2], b[3], b[4], b[5]) for b in blobs], source=source)
         key = (thread_id, ns)
         held = self._held.pop(key, None)
         if held is not None and held.id == row.params["parent_id"]:
             # This checkpoint stands in for the held one: it takes its parent and stores its blobs
             # (a later checkpoint may still name their versions).
             row = _Row({**row.params, "parent_id": held.params["parent_id"]}, held.blobs + row.blobs,
-                       held.skipped | {held.id})
+                       held.skipped | {held.id}, source, after_input=held.source == "input")
         elif held is not None:  # not followed by its own successor (not LangGraph's order): kept
             await self._store(key, held)
-        source, step = metadata.get("source"), metadata.get("step")
-        if self.skip_start and (source == "input" or (source == "loop" and step == 0 and row.skipped)):
+        # The input checkpoint, and the one after the `__start__` task that follows it: at step -1
+        # and 0 in a thread's first run, further on in its later runs.
+        if self.skip_start and (source == "input" or (source == "loop" and row.after_input)):
             self._held[key] = row
         elif self.hold_final is not None and not ns and self.hold_final in new_versions:
             self._final[thread_id] = (PUT_SQL, row.statement_params(self._pending.pop(key, {})))

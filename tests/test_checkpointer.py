@@ -181,6 +181,43 @@ def test_skip_start_stores_no_checkpoint_before_the_first_real_step(scratch_db: 
     asyncio.run(run())
 
 
+def test_skip_start_holds_back_a_later_runs_start_too(scratch_db: str) -> None:
+    """A thread's later run (a session's next message) starts with an input checkpoint and one
+    after `__start__` too, further on in the thread: held back as in its first run, so the first
+    real step's checkpoint is again the run's first stored (it was one round trip before the first
+    step in every run but a session's first). The thread reads the same from another saver."""
+    thread_id = str(uuid.uuid4())
+    config: Any = {"configurable": {"thread_id": thread_id}}
+
+    def prepare(state: _State) -> _State:
+        return {"steps": [*state.get("steps", []), "prepare"]}
+
+    graph = StateGraph(_State)
+    graph.add_node("prepare", prepare)
+    graph.add_edge(START, "prepare")
+    graph.add_edge("prepare", END)
+
+    async def run() -> None:
+        pool = await _pool(scratch_db)
+        try:
+            compiled = graph.compile(checkpointer=StepSaver(pool, skip_start=True))
+            assert await compiled.ainvoke({"steps": []}, config) == {"steps": ["prepare"]}
+            assert _stored_steps(scratch_db, thread_id) == [(1, False)]
+            assert await compiled.ainvoke({"steps": ["again"]}, config) == {"steps": ["again", "prepare"]}
+            # Steps 2 (the input) and 3 (after `__start__`) held back; step 4 stands in for them.
+            assert _stored_steps(scratch_db, thread_id) == [(1, False), (4, True)]
+            with psycopg.connect(scratch_db) as conn:
+                parents = conn.execute("SELECT checkpoint_id, parent_checkpoint_id FROM checkpoints "
+                                       "WHERE thread_id = %s ORDER BY checkpoint_id", (thread_id,)).fetchall()
+            assert parents[1][1] == parents[0][0]
+            reader = graph.compile(checkpointer=StepSaver(pool, skip_start=True))
+            assert (await reader.aget_state(config)).values == {"steps": ["again", "prepare"]}
+        finally:
+            await pool.close()
+
+    asyncio.run(run())
+
+
 def test_an_interrupt_flushed_at_the_graphs_return_is_resumed_by_another_saver(scratch_db: str) -> None:
     """The pause for a human, as the executor does it: the interrupting step has no checkpoint
     after it, so its writes are stored by `flush_writes`; a fresh saver (the worker that resumes

@@ -73,7 +73,8 @@ def test_a_read_mid_batch_sends_what_is_queued_and_the_batch_goes_on(org: Org, s
         try:
             async with tenant_pipeline_tx(pool, org.id) as conn:
                 await conn.execute("UPDATE agents SET name = 'mid-batch-2' WHERE name = 'mid-batch'")
-                first = await (await conn.execute("SELECT count(*) AS n FROM agents WHERE name = 'mid-batch-2'")).fetchone()
+                counted = await conn.execute("SELECT count(*) AS n FROM agents WHERE name = 'mid-batch-2'")
+                first = await counted.fetchone()
                 later = await conn.execute("SELECT %s::text AS t", ("after the read",))
             async with tenant_tx(pool, org.id) as conn:
                 names = [r["name"] for r in await (await conn.execute("SELECT name FROM agents")).fetchall()]
