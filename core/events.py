@@ -379,6 +379,8 @@ class RunEmitter:
         self._window = window_s
         self._lock = asyncio.Lock()
         self._pending: list[tuple[str, dict[str, Any]]] = []
+        # Statements that go with the next write, after the events (`defer`), by their key.
+        self._deferred: dict[str, Statement] = {}
         self._timer: asyncio.Task[None] | None = None
         self._publishing: asyncio.Task[None] | None = None  # `publish_soon`'s, not awaited yet
         self.emitted = 0
@@ -406,6 +408,23 @@ class RunEmitter:
         assert row is not None
         return row
 
+    async def flush_along(self, statement: Statement) -> None:
+        """Flush, with `statement` (its rows unread) after the events and the deferred statements,
+        in the same transaction: how a step's checkpoint is stored with the step's events and
+        usage records (`orchestrator.checkpointer.StepSaver.attach_writer`), so the checkpoint
+        never commits without them. A session gone rolls it back too (SessionGone)."""
+        async with self._lock:
+            await self._write(statement)
+
+    def defer(self, key: str, statement: Statement) -> None:
+        """Store `statement` with the next write (the next checkpoint's, the window's, a flush or
+        the ending), after its events; one per `key` (a step that runs again defers the same
+        key). For a usage record whose answer nobody waits for (`core.metering`): it leaves the
+        step's path and travels with the step's checkpoint instead of in a round trip of its own.
+        No await: it never waits for a write in progress."""
+        self._deferred[key] = statement
+        self._arm()
+
     async def close(self) -> None:
         await self.flush()
         self._disarm()
@@ -418,6 +437,8 @@ class RunEmitter:
         buffer stays locked and its timer stopped meanwhile, so nothing else writes them; if the
         block raises (its transaction rolled back), they are buffered again, ahead of any newer."""
         async with self._lock:
+            if self._deferred:  # rare (a record no checkpoint followed): stored first, with the events
+                await self._write()
             self._disarm()
             await self.published()  # the ending's publish comes after it
             pending, self._pending = self._pending, []
@@ -430,10 +451,11 @@ class RunEmitter:
 
     def discard(self) -> None:
         """Forget the buffered events (the run is no longer this emitter's to report)."""
-        if self._pending:
-            log.warning("%d event(s) of run %s not stored: the run is no longer this worker's", len(self._pending),
-                        self.run_id)
+        if self._pending or self._deferred:
+            log.warning("%d event(s) and %d record(s) of run %s not stored: the run is no longer this worker's",
+                        len(self._pending), len(self._deferred), self.run_id)
         self._pending = []
+        self._deferred = {}
         self._disarm()
 
     def _disarm(self) -> None:
@@ -470,8 +492,12 @@ class RunEmitter:
                 self._pending[-1] = (kind, {**last[1], "text": last[1]["text"] + data["text"]})
             else:
                 self._pending.append((kind, data))
-            if self._timer is None:
-                self._timer = asyncio.create_task(self._flush_later())
+            self._arm()
+
+    def _arm(self) -> None:
+        """Start the window's timer, unless one runs for what is buffered already."""
+        if self._timer is None:
+            self._timer = asyncio.create_task(self._flush_later())
 
     async def _flush_later(self) -> None:
         await asyncio.sleep(self._window)
@@ -483,39 +509,48 @@ class RunEmitter:
                 log.warning("writing events of run %s failed: %s", self.run_id, exc)
 
     async def _write(self, then: Statement | None = None) -> DictRow | None:
-        if not self._pending and then is None:
+        if not self._pending and not self._deferred and then is None:
             return None
         pending, self._pending = self._pending, []
+        deferred, self._deferred = self._deferred, {}
         try:
-            stored, row = await self._store([(self.run_id, kind, data) for kind, data in pending], then)
+            stored, row = await self._store([(self.run_id, kind, data) for kind, data in pending],
+                                            [*deferred.values(), *([then] if then is not None else [])])
         except BaseException:
             self._pending = pending + self._pending
+            self._deferred = {**deferred, **self._deferred}
             raise
-        # The window started by the first of these events is over: the next event starts its own
-        # (a timer left running would write it early, in a transaction of its own).
-        self._disarm()
+        # The window started by the first of these is over: the next event starts its own (a timer
+        # left running would write it early, in a transaction of its own). A statement deferred
+        # during the write (`defer` does not wait for the lock) keeps the timer it found.
+        if not self._deferred:
+            self._disarm()
         self.emitted += len(stored)
         # Stored: the step goes on while Redis gets them (in order; see `publish_soon`).
         self.publish_soon(stored)
         return row
 
     async def _store(self, items: list[tuple[str, str, dict[str, Any]]],
-                     then: Statement | None) -> tuple[list[Event], DictRow | None]:
-        """One transaction in one round trip: BEGIN, the org, the events (one statement), `then`
-        and COMMIT sent together (`tenant_batch`). The stored events, and `then`'s row."""
+                     then: list[Statement]) -> tuple[list[Event], DictRow | None]:
+        """One transaction in one round trip: BEGIN, the org, the events (one statement), the
+        statements `then` and COMMIT sent together (`tenant_batch`). The stored events, and the
+        first row of the last statement's (None if none)."""
         if any(kind in WEBHOOK_EVENT_TYPES for _, kind, _ in items):
             # Deliveries to number too (a run's ending stores its terminal events itself, so this
             # is rare): one statement after another.
             async with tenant_pipeline_tx(self._pool, self.org_id) as conn:
                 stored = (await append_with_deliveries(conn, self.session_id, items)).events
-                row = await (await conn.execute(*then)).fetchone() if then is not None else None
+                row = None
+                for statement in then:
+                    cur = await conn.execute(*statement)
+                    row = await cur.fetchone() if cur.description is not None else None
             return stored, row
         batch = EventBatch(self.session_id, items) if items else None
-        statements = [*([batch.statement(strict=then is not None)] if batch else []), *([then] if then else [])]
+        statements = [*([batch.statement(strict=bool(then))] if batch else []), *then]
         try:
             rows = await tenant_batch(self._pool, self.org_id, *statements)
         except NoDataFound as exc:  # the strict batch's session is gone: all rolled back
             raise SessionGone(self.session_id) from exc
         stored = batch.stored(rows[0][0] if rows[0] else None) if batch else []
-        found = rows[-1] if then is not None else []
+        found = rows[-1] if then else []
         return stored, found[0] if found else None

@@ -6,11 +6,18 @@ the call within the step, e.g. `think:7` (the THINK that saw 7 messages), `call_
 sub-agent's), `think:7:summary`, `plan:0`, `sandbox:<tool_call_id>`. A step that runs again after
 a crash, an infrastructure error or a resume makes the same keys, so its calls count once.
 
-The record is written in the same transaction as the run's pending events (`RunEmitter.flush_with`),
-before the step returns, so before LangGraph checkpoints the step: a call is either recorded, or
-its step runs again. Its statement returns the org's month so far, from which the meter learns
-whether a budget was reached (the run then stops at its next step, see `core.budgets`) or passed
-its warning share (a `budget.warning` event, once per budget per run).
+A call is either recorded, or its step runs again: its record is never stored after the step's
+checkpoint. How, depends on whether the org has a monthly budget:
+
+- With one, the record is written in the same transaction as the run's pending events
+  (`RunEmitter.flush_with`), before the step returns. Its statement returns the org's month so
+  far, from which the meter learns whether a budget was reached (the run then stops at its next
+  step, see `core.budgets`) or passed its warning share (a `budget.warning` event, once per
+  budget per run).
+- Without one, nobody waits for that answer: the record is deferred (`RunEmitter.defer`) and
+  travels with the step's checkpoint, in the transaction that stores it (the run's emitter
+  writes the thread's checkpoints, `StepSaver.attach_writer`), or with the emitter's next write
+  if that comes first. The step saves the round trip (docs/benchmarks.md, issue 18).
 """
 
 from __future__ import annotations
@@ -104,6 +111,9 @@ class Meter:
                                       agent_id=agent_id, cpu_ms=max(cpu_ms, 0)))
 
     async def _record(self, call: usage.Call) -> None:
+        if not self._states:  # no monthly budget: the month so far is of no use to the run
+            self._emitter.defer(f"usage:{call.key}", usage.record_statement(call))
+            return
         month = usage.month_of(await self._emitter.flush_with(usage.record_statement(call)))
         self._states = monthly_states(self._limits, month, self._settings.warn_at, self._today)
         await self._observe()

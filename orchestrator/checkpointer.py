@@ -36,6 +36,12 @@ What it changes (issue 18, "one transaction per step"), and why it keeps every g
   step before, and the next delivery runs RESPOND again (it has no side effect). Readers of
   the thread (`aget_tuple`, `alist`) store a held one first, so they always see it.
 
+- `attach_writer(thread_id, writer)` (the worker's run, with its emitter's `flush_along`): the
+  thread's checkpoints and writes are stored by `writer`, in the transaction that stores the
+  run's buffered events and deferred usage records, instead of on the saver's own connection.
+  A step's usage record is then never stored after its checkpoint (a crash in between runs the
+  step again, and its record is keyed), and costs no round trip of its own (`core.metering`).
+
 A hello run (`bench/runs.py --profile`) wrote 14 checkpoint statements with the library's saver
 (4 `aput`, 3 `aput_writes`, each its own transaction); 6 with one statement each, 4 with the
 writes kept for the checkpoint, 2 with `skip_start` (docs/benchmarks.md, issue 18).
@@ -47,7 +53,7 @@ would cut the per-step checkpoints too, and with them resuming a killed run from
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -106,6 +112,9 @@ DO UPDATE SET checkpoint = EXCLUDED.checkpoint, metadata = EXCLUDED.metadata
 # Writes no checkpoint followed (yet): stored on their own.
 WRITES_SQL = f"WITH {_WRITES_CTES.strip()} SELECT 1"
 
+# Stores a statement in a transaction of its own choosing (`StepSaver.attach_writer`).
+Writer = Callable[[Statement], Awaitable[None]]
+
 # (checkpoint_id, task_id, idx) -> (task_path, channel, type, blob, upsert)
 _Pending = dict[tuple[str, str, int], tuple[str, str, str, bytes | None, bool]]
 
@@ -162,6 +171,17 @@ class StepSaver(AsyncPostgresSaver):
         # checkpoint that writes it is held back, as its statement, for `take_final`.
         self.hold_final = hold_final
         self._final: dict[str, Statement] = {}
+        # Who stores a thread's statements instead of the saver's own connection, per thread_id.
+        self._writers: dict[str, Writer] = {}
+
+    def attach_writer(self, thread_id: str, writer: Writer) -> None:
+        """Store the thread's checkpoints and writes through `writer` (a run's emitter, with its
+        events and deferred usage records: `core.events.RunEmitter.flush_along`) until
+        `detach_writer`. One writer per thread: a session runs one run at a time."""
+        self._writers[thread_id] = writer
+
+    def detach_writer(self, thread_id: str) -> None:
+        self._writers.pop(thread_id, None)
 
     async def aput(
         self, config: RunnableConfig, checkpoint: Checkpoint, metadata: CheckpointMetadata,
@@ -210,14 +230,25 @@ class StepSaver(AsyncPostgresSaver):
         return {"configurable": {"thread_id": thread_id, "checkpoint_ns": ns, "checkpoint_id": checkpoint["id"]}}
 
     async def _store(self, key: tuple[str, str], row: _Row | None) -> None:
-        """One statement: `row` (if any) with the writes waiting for it."""
+        """One statement: `row` (if any) with the writes waiting for it; through the thread's
+        writer if it has one."""
+        if (writer := self._writers.get(key[0])) is not None:
+            if (statement := self._statement(key, row)) is not None:
+                await writer(statement)
+            return
         async with self._cursor() as cur:
             # Taken under the lock, so writes added while this waited go with this checkpoint.
-            pending = self._pending.pop(key, {})
-            if row is not None:
-                await cur.execute(PUT_SQL, row.statement_params(pending))
-            elif pending:
-                await cur.execute(WRITES_SQL, {"thread_id": key[0], "ns": key[1], **_writes_params(pending)})
+            if (statement := self._statement(key, row)) is not None:
+                await cur.execute(*statement)
+
+    def _statement(self, key: tuple[str, str], row: _Row | None) -> Statement | None:
+        """`row` with the writes waiting for it, or those writes alone; None if neither."""
+        pending = self._pending.pop(key, {})
+        if row is not None:
+            return PUT_SQL, row.statement_params(pending)
+        if pending:
+            return WRITES_SQL, {"thread_id": key[0], "ns": key[1], **_writes_params(pending)}
+        return None
 
     async def aput_writes(
         self, config: RunnableConfig, writes: Sequence[tuple[str, Any]], task_id: str, task_path: str = "",

@@ -305,6 +305,9 @@ async def _execute(
 
     watch = _Watch()
     ours = True  # False once another worker goes on with the run (or this one stops mid-way)
+    # The thread's checkpoints go with the run's events and deferred usage records, in one
+    # transaction per step (orchestrator.checkpointer, core.metering); detached in `finally`.
+    svc.checkpointer.attach_writer(thread_id, emitter.flush_along)
     task = asyncio.create_task(invoke())
     watcher = asyncio.create_task(_watch(svc, org_id, run["id"], owner, task, watch))
     try:
@@ -344,7 +347,10 @@ async def _execute(
     finally:
         watcher.cancel()
         await settle_memory(ctx)
-        await _settle_thread(svc, thread_id, keep=ours)
+        try:
+            await _settle_thread(svc, thread_id, keep=ours)
+        finally:
+            svc.checkpointer.detach_writer(thread_id)
         for model in ctx.model_cache.values():
             await aclose_model(model)
         await ctx.skills.aclose()

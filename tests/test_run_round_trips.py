@@ -39,12 +39,14 @@ STARTED = (0, 1)  # that publish: done by the first model call, whichever stretc
 # Redis reads; the window's runs and the recall's search. THINK's Redis write (the kept recall and
 # window) goes behind the model call (`memory_context._keep_behind`): counted in RUN only.
 MEMORY = (1, 1)
-# The model call's usage record with the events pending: BEGIN, the org, the events and the record
-# sent together with the COMMIT: one turn. Was 6 (and the publish, now in the background).
-RECORD_PG = 1
-# A whole hello run, from its delivery to its end (the checkpoints not counted): the claim, the
-# memory's batch, the record, the ending's two; run.started, the memory's two, the model call's
-# events, the ending's pipeline.
+# The model call's usage record: none. An org without a monthly budget does not wait for it; it
+# goes with THINK's checkpoint and the events pending (core.metering). Was 6, then 1 (BEGIN, the
+# org, the events and the record sent together with the COMMIT).
+RECORD_PG = 0
+# A whole hello run, from its delivery to its end: the claim, the memory's batch, THINK's
+# checkpoint with the record and the events (the emitter stores the thread's checkpoints: counted
+# here, unlike the checkpointer's own pool), the ending's two; run.started, the memory's two, the
+# model call's events, the ending's pipeline.
 RUN = (5, 5)
 
 

@@ -22,7 +22,8 @@ from core.events import RunEmitter, SessionGone
 from core.infra import open_redis
 from core.metering import Meter, cost_of, price_of, token_counts
 from core.settings import ModelPrice, Settings, UsageSettings
-from core.store import usage
+from core.store import runs, usage
+from core.tenancy import checkpoint_thread_id, tenant_tx
 from tests.helpers import PRICES, Org, Worker, error_of, post_concurrently, start_run, wait
 
 LIST = 'call: file_manager {"action": "list"}'
@@ -174,6 +175,10 @@ def test_a_sandbox_execution_is_recorded_once_per_tool_call(org: Org, settings: 
             await meter.sandbox("tc_1", "agt_x", 120)
             await meter.sandbox("tc_1", "agt_x", 120)  # the same execution, after a step re-ran
             await meter.sandbox("tc_2", "agt_x", 30)
+            # No monthly budget: the records wait for the emitter's next write (the step's checkpoint
+            # in a run), the repeated key deferred once.
+            assert sorted(emitter._deferred) == ["usage:sandbox:tc_1", "usage:sandbox:tc_2"]
+            await emitter.close()
         finally:
             await redis.aclose()
             await pool.close()
@@ -189,6 +194,127 @@ def test_a_sandbox_execution_is_recorded_once_per_tool_call(org: Org, settings: 
     assert [(g["sandbox_executions"], g["sandbox_cpu_ms"], g["model_calls"]) for g in sandbox] == [(2, 150, 0)]
 
 
+def test_without_a_budget_a_model_calls_record_commits_with_its_steps_checkpoint(org: Org, stack: Any,
+                                                                                  worker: Worker):
+    """An org without a monthly budget: THINK's usage record is not a round trip of its own but
+    travels with THINK's checkpoint, in the transaction that stores it (one xmin), so the record
+    is never stored after the checkpoint; the run's usage and the terminal event still count it."""
+    _, session = _agent_session_priced(org)
+    run = wait(org, start_run(org, session, "hello")["id"])
+    assert run["status"] == "succeeded" and run["usage"]["model_calls"] == 1
+    with _db(stack) as conn:
+        record = conn.execute("SELECT xmin::text AS tx FROM usage_records WHERE run_id = %s", (run["id"],)).fetchall()
+        checkpoints = conn.execute(
+            "SELECT xmin::text AS tx, metadata->>'step' AS step FROM checkpoints WHERE thread_id = %s "
+            "ORDER BY checkpoint_id", (checkpoint_thread_id(org.id, session),)).fetchall()
+        ended = conn.execute("SELECT xmin::text AS tx FROM runs WHERE id = %s", (run["id"],)).fetchone()
+        completed = conn.execute("SELECT data FROM run_events WHERE run_id = %s AND type = 'run.succeeded'",
+                                 (run["id"],)).fetchone()
+    # THINK's (step 1, standing in for the two before it), then RESPOND's, stored by the ending.
+    assert [c["step"] for c in checkpoints] == ["1", "2"]
+    assert [r["tx"] for r in record] == [checkpoints[0]["tx"]]
+    assert ended is not None and checkpoints[1]["tx"] == ended["tx"] != record[0]["tx"]
+    assert completed is not None and completed["data"]["usage"]["model_calls"] == 1
+
+
+def _agent_session_priced(org: Org) -> tuple[dict[str, Any], str]:
+    agent = org.create_agent(model="offline:priced")
+    return agent, str(org.create_session(str(agent["id"]))["id"])
+
+
+async def _unsent_run(pool: Any, org: Org, session_id: str) -> str:
+    """A queued run as the API stores it, never sent to the workers (none executes it beside)."""
+    async with tenant_tx(pool, org.id) as conn:
+        created = await runs.create(conn, session_id=session_id, text="hello", multitask="enqueue", metadata={},
+                                    idempotency_key=None, request_hash="-", created_by=None)
+    return str(created.run["id"])
+
+
+def _emitter_and_meter(pool: Any, redis: Any, org: Org, session_id: str, run_id: str,
+                       settings: Settings) -> tuple[RunEmitter, Meter]:
+    emitter = RunEmitter(pool, redis, org.id, session_id, run_id, maxlen=1000, ttl_s=60, window_s=60.0)
+    return emitter, Meter(emitter, UsageSettings(), effective_limits(settings.limits, None),
+                          usage.Month(0, Decimal(0)))
+
+
+def test_a_deferred_record_is_rolled_back_with_the_statement_it_went_with_and_stored_later_once(
+        org: Org, settings: Settings, stack: Any):
+    """The statement a deferred record travels with (a step's checkpoint) fails, or the write is
+    cancelled mid-way: the record is rolled back with it, stays deferred, and the next write
+    stores it, once."""
+    _, session = _agent_session_priced(org)
+    run: dict[str, str] = {}
+
+    async def go() -> list[str]:
+        pool = await open_pool(settings.database)
+        redis = open_redis(settings.redis)
+        seen = []
+        try:
+            run["id"] = await _unsent_run(pool, org, session)
+            emitter, meter = _emitter_and_meter(pool, redis, org, session, run["id"], settings)
+            await emitter.emit("step.started", {"node": "act", "agent_id": "agt_x"})
+            await meter.sandbox("tc_1", "agt_x", 40)
+            with pytest.raises(psycopg.errors.DivisionByZero):
+                await emitter.flush_along(("SELECT 1 / 0", {}))
+            seen.append(f"failed: {len(emitter._pending)} event, {sorted(emitter._deferred)}")
+            seen.append(f"stored: {len(_records(stack, [run['id']]))}")
+
+            write = asyncio.create_task(emitter.flush_along(("SELECT pg_sleep(0.5)", {})))
+            await asyncio.sleep(0.2)  # sent, and waiting for its answer
+            write.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await write
+            seen.append(f"cancelled: {len(emitter._pending)} event, {sorted(emitter._deferred)}")
+
+            await meter.sandbox("tc_1", "agt_x", 40)  # the step again: the same key
+            await emitter.flush()
+            seen.append(f"flushed: {len(emitter._pending)} event, {sorted(emitter._deferred)}")
+            await emitter.close()
+        finally:
+            await redis.aclose()
+            await pool.close()
+        return seen
+
+    assert asyncio.run(go()) == ["failed: 1 event, ['usage:sandbox:tc_1']", "stored: 0",
+                                 "cancelled: 1 event, ['usage:sandbox:tc_1']", "flushed: 0 event, []"]
+    records = [r for r in _records(stack, [run["id"]]) if r["kind"] == "sandbox"]
+    assert [(r["call_key"], r["cpu_ms"]) for r in records] == [("sandbox:tc_1", 40)]
+    got = org.client.get(f"/v1/runs/{run['id']}", headers=org.headers).json()["usage"]
+    assert got["sandbox_executions"] == 1 and got["sandbox_cpu_ms"] == 40
+    with _db(stack) as conn:
+        steps = conn.execute("SELECT count(*) AS n FROM run_events WHERE run_id = %s AND type = 'step.started'",
+                             (run["id"],)).fetchone()
+    assert steps is not None and steps["n"] == 1
+
+
+def test_a_deferred_record_no_write_follows_is_stored_by_the_window_or_the_ending(
+        org: Org, settings: Settings, stack: Any):
+    _, session = _agent_session_priced(org)
+    run: dict[str, str] = {}
+
+    async def go() -> tuple[int, int]:
+        pool = await open_pool(settings.database)
+        redis = open_redis(settings.redis)
+        try:
+            run["id"] = await _unsent_run(pool, org, session)
+            emitter = RunEmitter(pool, redis, org.id, session, run["id"], maxlen=1000, ttl_s=60, window_s=0.05)
+            meter = Meter(emitter, UsageSettings(), effective_limits(settings.limits, None), usage.Month(0, Decimal(0)))
+            await meter.sandbox("tc_1", "agt_x", 10)
+            await asyncio.sleep(0.5)  # the window's timer writes it (no event pending)
+            by_window = len(_records(stack, [run["id"]]))
+            await meter.sandbox("tc_2", "agt_x", 20)
+            async with emitter.ending() as buffered:  # a run ending before any write took it
+                assert buffered == []
+                by_ending = len(_records(stack, [run["id"]]))
+            await emitter.close()
+            return by_window, by_ending
+        finally:
+            await redis.aclose()
+            await pool.close()
+
+    assert asyncio.run(go()) == (1, 2)
+
+
 def test_a_usage_record_is_not_kept_when_its_events_cannot_be_stored(org: Org, settings: Settings, stack: Any):
     """The record and the events pending go in one transaction (sent as one batch): when the
     events' session is gone, the record is rolled back with them and the events stay buffered."""
@@ -202,17 +328,18 @@ def test_a_usage_record_is_not_kept_when_its_events_cannot_be_stored(org: Org, s
             emitter = RunEmitter(pool, redis, org.id, "ses_gone", run["id"], maxlen=1000, ttl_s=60, window_s=60.0)
             meter = Meter(emitter, UsageSettings(), effective_limits(settings.limits, None), usage.Month(0, Decimal(0)))
             await emitter.emit("step.started", {"node": "act", "agent_id": "agt_x"})
+            await meter.sandbox("tc_1", "agt_x", 120)  # deferred (no monthly budget): stored with the events
             try:
-                await meter.sandbox("tc_1", "agt_x", 120)
+                await emitter.flush()
             except SessionGone as exc:
-                return exc, len(emitter._pending)
-            return None, len(emitter._pending)
+                return exc, len(emitter._pending) + len(emitter._deferred)
+            return None, len(emitter._pending) + len(emitter._deferred)
         finally:
             await redis.aclose()
             await pool.close()
 
     raised, still_pending = asyncio.run(record())
-    assert isinstance(raised, SessionGone) and still_pending == 1
+    assert isinstance(raised, SessionGone) and still_pending == 2  # the event and the record
     assert [r for r in _records(stack, [run["id"]]) if r["kind"] == "sandbox"] == []
 
 
