@@ -1,6 +1,6 @@
 """A worker's own cost per run, in one process: CPU and wall of `execute_run`, and what Postgres spent.
 
-    .venv/bin/python bench/execute.py [--runs 200] [--input hello] [--pg-stats] [--stages]
+    .venv/bin/python bench/execute.py [--runs 200] [--input hello] [--per-session 1] [--pg-stats] [--stages]
 
 Starts its own stack (bench/runs.py's `Bench`: embedded Postgres and Redis, migrations, the API
 for the org and its agent), stores `--runs` queued runs of an `offline:default` agent, each in a
@@ -8,7 +8,8 @@ session of its own, and executes them one after another in this process with
 `runtime.executor.execute_run`, as a Celery task would (no Celery, no API, no client: what is left
 is the run itself). Prints the p10/p50/p90 of each run's wall time and of this process's CPU time
 (user + system) while it ran. The first runs warm the pools (psycopg prepares a statement at its
-5th use on each pooled connection) and are not counted.
+5th use on each pooled connection) and are not counted. `--per-session K` runs K runs in each
+session, one after another, as a conversation does (a session's later runs carry its thread).
 
 `--pg-stats` starts Postgres with `pg_stat_statements` and prints the server's own time per run
 (execution + planning) and the statements that cost most. The default event loop is asyncio's;
@@ -132,14 +133,20 @@ async def measure(bench: Bench, args: argparse.Namespace) -> None:
     walls: list[float] = []
     cpus: list[float] = []
     try:
-        run_ids = []
-        for session_id in await new_sessions(bench, WARM + args.runs):
+        async def queued_run(session_id: str) -> str:
             async with tenant_tx(svc.pool, bench.org_id) as conn:
                 created = await runs.create(conn, session_id=session_id, text=args.input, multitask="enqueue",
                                             metadata={}, idempotency_key=None, request_hash="bench",
                                             created_by="bench")
-            run_ids.append(created.run["id"])
-        for i, run_id in enumerate(run_ids):
+            return str(created.run["id"])
+
+        total = WARM + args.runs
+        sessions = await new_sessions(bench, -(-total // args.per_session))
+        # One run per session: all made up front (out of `--pg-stats`'s count). Several: each made
+        # just before it runs, as a session's next run is queued once the one before ended.
+        run_ids = [await queued_run(s) for s in sessions] if args.per_session == 1 else []
+        for i in range(total):
+            run_id = run_ids[i] if run_ids else await queued_run(sessions[i // args.per_session])
             if i == WARM and args.pg_stats:
                 with psycopg.connect(database_url, autocommit=True) as conn:
                     conn.execute("SELECT pg_stat_statements_reset()")
@@ -157,7 +164,8 @@ async def measure(bench: Bench, args: argparse.Namespace) -> None:
                 raise RuntimeError(f"run {run_id}: {delivery.outcome}")
     finally:
         await svc.close()
-    console.print(f"{args.runs} runs of {args.input!r} in process (after {WARM} to warm up), ms:")
+    console.print(f"{args.runs} runs of {args.input!r} in process, {args.per_session} per session (after {WARM} to "
+                  "warm up), ms:")
     for name, values in (("wall", walls), ("CPU of this process", cpus)):
         console.print(f"  {name:20s} p10 {pct(values, 10) * 1000:6.1f}  p50 {pct(values, 50) * 1000:6.1f}  "
                       f"p90 {pct(values, 90) * 1000:6.1f}")
@@ -184,6 +192,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     p.add_argument("--runs", type=int, default=200, help="runs measured (default 200)")
     p.add_argument("--input", default="hello", help="each run's input (default hello)")
+    p.add_argument("--per-session", type=int, default=1,
+                   help="runs per session, one after another (default 1: a session's first run each)")
     p.add_argument("--pg-stats", action="store_true", help="Postgres with pg_stat_statements: its time per run")
     p.add_argument("--stages", action="store_true", help="when parts of each run start and how long they last")
     p.add_argument("--keep", action="store_true", help="keep the temp dir (logs) at the end")
