@@ -49,11 +49,12 @@ async def noop_post(call: Call[RunCreate]) -> Response:
     return call.reply({"status": "ok"})
 
 
-async def _ready_events(run_id: str) -> AsyncGenerator[Event | None, None]:
+async def _ready_events(run_id: str) -> AsyncGenerator[list[Event] | None, None]:
+    """One batch per event, as a run's events mostly reach a stream (`EventStream` takes batches)."""
     now = datetime.now(UTC)
     for seq, kind in enumerate(KINDS, start=1):
         data: dict[str, Any] = {"text": "Hello! "} if kind == events.MESSAGE_DELTA else {"node": "think"}
-        yield Event(seq, kind, run_id, "session_bench", now, data)
+        yield [Event(seq, kind, run_id, "session_bench", now, data)]
 
 
 @endpoint("bench: an event stream of 7 events made in memory.", stream=True)

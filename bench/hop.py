@@ -227,9 +227,9 @@ class Bench:
         self.executor = ThreadPoolExecutor(1, thread_name_prefix="hop-sender")
         send_run = self.queue.send_run
 
-        def timed(job: jobs.RunJob) -> None:
+        def timed(job: jobs.RunJob, producer: Any = None) -> None:
             self.started[job.run_id] = time.monotonic()
-            send_run(job)
+            send_run(job, producer)
 
         from core import redis_transport
 

@@ -81,13 +81,13 @@ def explain(marks: list[Marks]) -> None:
         note("SQL " + " ".join(str(query).split())[:90])
         return await execute(self, query, params, **kwargs)
 
-    command = aioredis.Redis.execute_command
+    command: Any = aioredis.Redis.execute_command  # untyped in redis-py
 
     async def redis_command(self: Any, *args: Any, **kwargs: Any) -> Any:
         note(f"REDIS {args[0]}")
         return await command(self, *args, **kwargs)
 
-    pipeline = aioredis.client.Pipeline.execute
+    pipeline: Any = aioredis.client.Pipeline.execute
 
     async def pipeline_execute(self: Any, *args: Any, **kwargs: Any) -> Any:
         note("REDIS pipeline " + ",".join(str(c[0][0]) for c in self.command_stack))
