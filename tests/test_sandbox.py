@@ -417,6 +417,34 @@ def test_killing_the_service_mid_execution_fails_the_call_cleanly_and_leaves_not
     assert sandbox_processes() == []
 
 
+class _ServiceGoneAtStart(BwrapBackend):
+    """The launcher's guard reads end-of-file from the start: what the sandbox sees when the service
+    died while bwrap was starting, before `--die-with-parent` took hold (a SIGKILL of the service
+    timed into that window once left a sandbox running: the test above)."""
+
+    def _guard_pipe(self) -> tuple[int, int]:
+        read, write = os.pipe()
+        os.close(write)
+        return read, os.open(os.devnull, os.O_WRONLY)  # closed by `execute` like the real write end
+
+
+def test_a_sandbox_whose_service_is_gone_kills_its_code_and_ends() -> None:
+    require_bwrap()
+    settings = SandboxSettings()
+    backend = _ServiceGoneAtStart(settings)
+    started = time.monotonic()
+    try:
+        code = "import time\ntime.sleep(30)\nprint('outlived the service')\n"
+        result = backend.execute(ExecuteRequest(language="python", code=code),
+                                 settings.defaults.model_copy(update={"wall_s": 25}))
+    finally:
+        backend.close()
+    assert time.monotonic() - started < 10, "killed by the guard, not at the wall limit"
+    # The launcher exited before any code ran to an end: no exit status reached the result pipe.
+    assert (result.exit_code, result.timed_out, result.stdout) == (None, False, ""), result
+    assert sandbox_processes() == []
+
+
 def test_the_request_and_result_models_round_trip() -> None:
     request = ExecuteRequest(language="python", code="print(1)", files={"./a/../b.txt": b64("x")})
     assert list(request.files) == ["b.txt"]

@@ -8,8 +8,9 @@
   file size, open files, no core dumps.
 - `bwrap --unshare-all --unshare-user --disable-userns`: new user, pid, net (loopback only),
   ipc, uts and cgroup namespaces, no nested user namespaces; the launcher is the namespace's
-  pid 1, so every process dies with it, and `--die-with-parent` kills it if the service dies;
-  `--new-session` stops TIOCSTI.
+  pid 1, so every process dies with it, and `--die-with-parent` kills it if the service dies
+  (and, for a death while bwrap starts, before that holds, the launcher's guard pipe:
+  `execution.LAUNCHER`); `--new-session` stops TIOCSTI.
 - Filesystem: /usr read-only (with the /bin, /lib symlinks of a merged-/usr system), a fresh
   /proc and minimal /dev, size-limited tmpfs at /workspace and /tmp, the staged files
   read-only at /in, the code read-only at /code, a two-line /etc/passwd. Nothing else of the
@@ -96,24 +97,30 @@ class BwrapBackend:
         staging = stage(self._staging_parent(), request, inputs, self.settings.uid, self.settings.gid)
         result_r, result_w = os.pipe()
         info_r, info_w = os.pipe()
+        guard_r, guard_w = self._guard_pipe()
         seccomp_fd = None
         try:
-            extra: list[int] = []
+            extra: list[int] = [guard_r]
             if self._seccomp is not None:
                 seccomp_fd = os.memfd_create("agentos-seccomp", 0)
                 os.write(seccomp_fd, self._seccomp)
                 os.lseek(seccomp_fd, 0, os.SEEK_SET)
                 extra.append(seccomp_fd)
-            argv = self.argv(staging, request.language, limits, result_w, info_w, seccomp_fd)
+            argv = self.argv(staging, request.language, limits, result_w, info_w, seccomp_fd, guard_r)
             outcome = run_launcher(argv, staging.stdin, limits, (result_r, result_w), (info_r, info_w), extra)
         finally:
-            if seccomp_fd is not None:
-                os.close(seccomp_fd)
+            for fd in (guard_r, guard_w, *([seccomp_fd] if seccomp_fd is not None else [])):
+                os.close(fd)
             staging.remove()
         return result_of(outcome, inputs, limits)
 
+    def _guard_pipe(self) -> tuple[int, int]:
+        """The launcher's guard (`execution.LAUNCHER`): this process keeps the write end until the
+        sandbox is gone; the sandbox gets the read end only (`pass_fds`)."""
+        return os.pipe()
+
     def argv(self, staging: Staging, language: Language, limits: SandboxLimits, result_fd: int, info_fd: int,
-             seccomp_fd: int | None) -> list[str]:
+             seccomp_fd: int | None, guard_fd: int) -> list[str]:
         s = self.settings
         cpu = limits.cpu_s
         argv = [
@@ -160,7 +167,7 @@ class BwrapBackend:
             command = [self.python, f"{CODE_DIR}/main.py"]
         else:
             command = [LAUNCHER_PATH, f"{CODE_DIR}/main.sh"]
-        argv += ["--", LAUNCHER_PATH, "-c", LAUNCHER, "launcher", str(result_fd), *command]
+        argv += ["--", LAUNCHER_PATH, "-c", LAUNCHER, "launcher", str(result_fd), str(guard_fd), *command]
         return argv
 
 

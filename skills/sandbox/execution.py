@@ -32,8 +32,21 @@ from core.settings import SandboxLimits
 from skills.sandbox.protocol import TRUNCATED_MARKER, ExecuteRequest, ExecuteResult, FileChange, check_relative_path
 
 # $1: the result pipe's fd number; the rest: the command. The code never sees the result pipe.
+# The launcher, the sandbox's pid 1: `launcher <result fd> <guard fd> <command...>`. The guard is
+# the read end of a pipe whose write end only the service holds: it reads end-of-file when the
+# service is gone, even if the service died while bwrap was starting, before bwrap's
+# `--die-with-parent` took hold in each of its processes (a window of a few milliseconds in which
+# a SIGKILLed service left the sandbox running). The watcher then tells this pid 1 to exit (a
+# namespace's pid 1 takes only the signals it traps; the trap runs once the command at hand ends)
+# and kills every other process of the sandbox, which ends that command: pid 1 exits, and the
+# kernel ends the namespace.
 LAUNCHER = r"""
-exec 3>&"$1"; eval "exec $1>&-"; shift
+exec 3>&"$1"; eval "exec $1>&-"
+if [ "$2" != 9 ]; then exec 9<&"$2"; eval "exec $2<&-"; fi
+shift 2
+trap 'exit 137' USR1
+{ trap - USR1; while read -r -u 9 _; do :; done; kill -USR1 1; kill -KILL -1; } 3>&- 2>/dev/null &
+exec 9<&-
 if [ -d /in ] && ! cp -R /in/. /workspace/ 2>/dev/null; then
   echo "agentos-sandbox: the files do not fit in the workdir (limits.disk_mb)" >&2
 fi
