@@ -224,7 +224,7 @@ class StepSaver(AsyncPostgresSaver):
         if self.skip_start and (source == "input" or (source == "loop" and row.after_input)):
             self._held[key] = row
         elif self.hold_final is not None and not ns and self.hold_final in new_versions:
-            self._final[thread_id] = (PUT_SQL, row.statement_params(self._pending.pop(key, {})))
+            self._final[thread_id] = self._put(key, row)
         else:
             await self._store(key, row)
         return {"configurable": {"thread_id": thread_id, "checkpoint_ns": ns, "checkpoint_id": checkpoint["id"]}}
@@ -241,11 +241,15 @@ class StepSaver(AsyncPostgresSaver):
             if (statement := self._statement(key, row)) is not None:
                 await cur.execute(*statement)
 
+    def _put(self, key: tuple[str, str], row: _Row) -> Statement:
+        """`row` with the writes waiting for it."""
+        return PUT_SQL, row.statement_params(self._pending.pop(key, {}))
+
     def _statement(self, key: tuple[str, str], row: _Row | None) -> Statement | None:
         """`row` with the writes waiting for it, or those writes alone; None if neither."""
-        pending = self._pending.pop(key, {})
         if row is not None:
-            return PUT_SQL, row.statement_params(pending)
+            return self._put(key, row)
+        pending = self._pending.pop(key, {})
         if pending:
             return WRITES_SQL, {"thread_id": key[0], "ns": key[1], **_writes_params(pending)}
         return None
