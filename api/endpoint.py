@@ -149,6 +149,9 @@ class EndpointSpec:
     # True: the request starts a run, so its org's rate and a place under its cap on active runs
     # are taken in one Redis round trip (`Call.run_ticket`).
     admits_run: bool = False
+    # True: a request whose `Accept` names `text/event-stream` gets the run's event stream (its
+    # `RunEvent`s) instead of the JSON body, with the same status (`api.run_streams.wants_stream`).
+    streams_on_accept: bool = False
     tags: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -304,10 +307,11 @@ def endpoint(
     raw_types: tuple[str, ...] = (),
     download: bool = False,
     admits_run: bool = False,
+    streams_on_accept: bool = False,
 ) -> Callable[[Handler], Endpoint]:
     """Make a handler an `Endpoint` described by these fields (see `EndpointSpec`)."""
     spec = EndpointSpec(summary, role, body, status, response, paginated, also, errors, params, headers, stream,
-                        parse, raw_types, download, admits_run)
+                        parse, raw_types, download, admits_run, streams_on_accept)
 
     def wrap(handler: Handler) -> Endpoint:
         return Endpoint(handler, spec)

@@ -138,6 +138,10 @@ def _responses(spec: EndpointSpec, path: str, schemas: Schemas) -> dict[str, Any
                                      "`id:` the event's seq and its `event:` the type. Comment lines keep it alive.")
         elif spec.response is not None:
             answer["content"] = {"application/json": {"schema": schemas.ref(spec.response, "serialization")}}
+            if spec.streams_on_accept:
+                answer["content"]["text/event-stream"] = {"schema": schemas.ref(RunEvent, "serialization")}
+                answer["description"] += (". With `Accept: text/event-stream`, the run's events instead (SSE, as "
+                                          "`GET /v1/runs/{run_id}/events` without a cursor sends them).")
         elif spec.download:
             answer["content"] = {"*/*": {"schema": {"type": "string", "format": "binary"}}}
         if success_headers:

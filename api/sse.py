@@ -57,7 +57,8 @@ class EventStream(Response):
     """`text/event-stream` of `events` (`core.event_reader`'s batches, each sent in one write; None
     marking a keep-alive due), only those of `run_id` when given, up to its terminal event; after
     they end, `farewell()`'s bytes (if any) close it. Counted in `gauge` while open. HEAD answers
-    the headers only: the stream never starts (it might never end).
+    the headers only: the stream never starts (it might never end). `body_read`: the handler
+    already read the request's body (a POST that answers with its run's stream).
 
     Everything an idle stream holds lives in this one call's frame and the reader's generator:
     no wrapping generators, and the disconnect listener is uvicorn's own `receive()` in a task."""
@@ -65,12 +66,14 @@ class EventStream(Response):
     media_type = "text/event-stream"
 
     def __init__(self, events: AsyncGenerator[list[Event] | None, None], *, gauge: Gauge, run_id: str | None = None,
-                 farewell: Callable[[], bytes | None] = lambda: None, headers: Mapping[str, str] | None = None) -> None:
+                 farewell: Callable[[], bytes | None] = lambda: None, headers: Mapping[str, str] | None = None,
+                 status: int = 200, body_read: bool = False) -> None:
         self.events = events
         self.gauge = gauge
         self.run_id = run_id
         self.farewell = farewell
-        self.status_code = 200
+        self.status_code = status
+        self.body_read = body_read
         self.background = None
         # Shared with every stream that has the same headers, never changed: any change (the
         # endpoint's `RateLimit-*`, a cookie) goes to this stream's own copy (`raw_headers`).
@@ -78,7 +81,9 @@ class EventStream(Response):
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
-            if scope.get("method") == "HEAD" or (await receive())["type"] == "http.disconnect":
+            # A GET's request message (no body) is read first; a client already gone gets the
+            # headers only. A body the handler read is not there to read again.
+            if scope.get("method") == "HEAD" or (not self.body_read and (await receive())["type"] == "http.disconnect"):
                 await send(self._start())
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
                 return
@@ -128,9 +133,9 @@ class EventStream(Response):
         return b"".join(chunks), False
 
     async def _stream(self, receive: Receive, send: Send) -> None:
-        # The request (a GET has no body) was received: the next message can only be the
-        # disconnect, which uvicorn tells `receive()` alone (a send to a closed connection is
-        # dropped without an error). It cancels the body.
+        # The request (and its body) was received: the next message can only be the disconnect,
+        # which uvicorn tells `receive()` alone (a send to a closed connection is dropped without
+        # an error). It cancels the body.
         body = asyncio.current_task()
         assert body is not None
         streaming, left = True, False

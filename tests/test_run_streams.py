@@ -14,10 +14,9 @@ import redis
 from starlette.testclient import TestClient
 
 from agentos.stack.local import StackUrls
-from core.events import TERMINAL_TYPES
 from core.tenancy import session_stream_key
 from tests.helpers import Org, start_run, wait
-from tests.sse import read_events
+from tests.sse import assert_complete, read_events, run_events
 
 pytestmark = [pytest.mark.usefixtures("worker"), pytest.mark.timeout(60)]
 
@@ -43,15 +42,7 @@ def session(org: Org) -> dict[str, Any]:
 
 
 def events_of(client: TestClient, org: Org, run_id: str, **kwargs: Any) -> list[dict[str, Any]]:
-    return read_events(client, f"/v1/runs/{run_id}/events", org.headers, **kwargs)
-
-
-def assert_complete(events: list[dict[str, Any]], run_id: str) -> None:
-    """One run's whole stream: gap-free seqs, all of this run, exactly one terminal event, last."""
-    seqs = [e["seq"] for e in events]
-    assert seqs == list(range(seqs[0], seqs[0] + len(seqs))), f"gap or repeat in {seqs}"
-    assert {e["run_id"] for e in events} == {run_id}
-    assert [e["type"] for e in events if e["type"] in TERMINAL_TYPES] == [events[-1]["type"]]
+    return run_events(client, org.headers, run_id, **kwargs)
 
 
 @pytest.fixture

@@ -18,12 +18,12 @@ from starlette.responses import Response
 from api.deferred import HEADER as DEFERRED
 from api.deferred import deferred
 from api.endpoint import Call, Param, endpoint, resource, validation_failed
+from api.run_streams import reader_for, run_not_found, run_stream, session_not_found, wants_stream
 from api.schemas.base import page_of
 from api.schemas.runs import Run
 from api.state import state_of
 from core import budgets
 from core.errors import ApiError
-from core.event_reader import EventReader
 from core.ids import new_id
 from core.pagination import page
 from core.run_signals import announce_created, flag_cancel, run_ended, send_run
@@ -41,14 +41,6 @@ class RunCreate(BaseModel):
     input: str = Field(min_length=1, max_length=MAX_INPUT_CHARS)
     multitask: Literal["enqueue", "reject"] = "enqueue"
     metadata: dict[str, Any] = Field(default_factory=dict)
-
-
-def run_not_found(run_id: str) -> ApiError:
-    return ApiError("NOT_FOUND", f"No run with id {run_id!r} in this organisation.")
-
-
-def session_not_found(session_id: str) -> ApiError:
-    return ApiError("NOT_FOUND", f"No session with id {session_id!r} in this organisation.")
 
 
 def _public(run: runs.RunRow) -> dict[str, Any]:
@@ -79,7 +71,8 @@ def _idempotency_key(call: Call[Any]) -> str | None:
     return key
 
 
-@endpoint("Start a run: the message is stored and the run queued for a worker (`202`).", role="member",
+@endpoint("Start a run: the message is stored and the run queued for a worker (`202`); with `Accept: "
+          "text/event-stream`, the answer is the run's event stream.", role="member",
           body=RunCreate, status=202, response=Run, headers=("Location", "Idempotent-Replayed", DEFERRED),
           errors=("BAD_REQUEST", "CONFLICT", "SESSION_BUSY", "IDEMPOTENCY_MISMATCH", "QUOTA_EXCEEDED",
                   "ORG_DELETION_PENDING"),
@@ -87,7 +80,7 @@ def _idempotency_key(call: Call[Any]) -> str | None:
                                             "pattern": "^[!-~]([ -~]*[!-~])?$"},
                         "Makes a retry safe: the same key and body answer the run the first request made.",
                         where="header"),),
-          admits_run=True)
+          admits_run=True, streams_on_accept=True)
 async def create_run(call: Call[RunCreate]) -> Response:
     # A place under the org's cap on active runs was reserved (with the request's rate token, in
     # one Redis round trip) before the run is inserted, so concurrent POSTs cannot overshoot it;
@@ -131,7 +124,8 @@ async def create_run(call: Call[RunCreate]) -> Response:
         tracing.annotate(**{names.RUN_ID: run["id"], names.SESSION_ID: session_id, names.AGENT_ID: run["agent_id"]})
     if not created.created:
         await ticket.release()
-        return call.reply(_public(run), headers={**headers, "Idempotent-Replayed": "true"})
+        headers["Idempotent-Replayed"] = "true"
+        return await _answer(call, run, headers)
     state_of(call.request).fresh_runs.remember(principal.org_id, created.events[0])
     m = metrics.get()
     m.runs_created.labels(run["agent_id"], *m.org(principal.org_id)).inc()
@@ -147,7 +141,17 @@ async def create_run(call: Call[RunCreate]) -> Response:
     failure = not_queued or (sent if isinstance(sent, Exception) else None)
     if failure is not None:  # stored and queued: the watchdog sends it once the broker answers
         headers.update(deferred(f"run {run['id']}", failure))
-    return call.reply(_public(run), headers=headers)
+    return await _answer(call, run, headers)
+
+
+async def _answer(call: Call[RunCreate], run: runs.RunRow, headers: dict[str, str]) -> Response:
+    """The run (`202`, JSON), or, when the request's `Accept` asks for `text/event-stream`, the
+    run's event stream from its `run.queued` (`202` too): one request instead of a POST and a GET."""
+    if not wants_stream(call):
+        return call.reply(_public(run), headers=headers)
+    response = await run_stream(call, run["id"], None, status=202)
+    response.headers.update(headers)
+    return response
 
 
 def _made(outcome: runs.Created | runs.Absent, session_id: str) -> runs.Created:
@@ -227,10 +231,6 @@ async def wait_run(call: Call[Any]) -> Response:
     if run["status"] in runs.TERMINAL:
         return call.reply(_public(run))
     return call.reply(_public(run), status=202, headers={WAIT_HEADER: "timeout"})
-
-
-def reader_for(call: Call[Any], session_id: str) -> EventReader:
-    return EventReader(state_of(call.request).events, call.principal.org_id, session_id)
 
 
 @endpoint("Cancel a run: a queued run ends at once; a running one stops within a step (`202`).",

@@ -7,7 +7,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from starlette.responses import Response
 
 from api.endpoint import Call, endpoint, resource
-from api.routes.runs import run_not_found, session_not_found
+from api.run_streams import run_not_found, session_not_found
 from api.schemas.stream_tokens import StreamToken
 from api.stream_access import stream_path
 from core import ids

@@ -8,7 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.responses import Response
 
 from api.endpoint import Call, Param, endpoint, resource, validation_failed
-from api.routes.runs import run_not_found
+from api.run_streams import run_not_found
 from api.schemas.base import page_of
 from api.schemas.tool_calls import ToolCall
 from core import events

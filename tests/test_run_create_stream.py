@@ -1,0 +1,97 @@
+"""A run created and streamed in one request: `POST /v1/sessions/{id}/runs` with
+`Accept: text/event-stream` answers `202` with the run's event stream from its `run.queued` to its
+terminal event (what `GET /v1/runs/{id}/events` sends without a cursor), through a real worker.
+Refusals stay JSON errors; a replay with the same Idempotency-Key streams the run it made; a client
+that drops the stream resumes it with `GET .../events` and `Last-Event-ID`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from starlette.testclient import TestClient
+
+from tests.helpers import Org, error_of, wait
+from tests.sse import assert_complete, read_events, run_events
+
+pytestmark = [pytest.mark.usefixtures("worker"), pytest.mark.timeout(60)]
+
+SCRIPT = "\n".join([
+    'call: file_manager {"action": "write", "path": "a.txt", "content": "hello"}',
+    'call: file_manager {"action": "read", "path": "a.txt"}',
+])
+
+
+@pytest.fixture
+def session(org: Org) -> dict[str, Any]:
+    agent = org.create_agent(skills=["file_manager"], confirm="none")
+    return org.create_session(str(agent["id"]))
+
+
+def post_streaming(client: TestClient, org: Org, session_id: str, body: dict[str, Any],
+                   headers: dict[str, str] | None = None, **kwargs: Any) -> tuple[list[dict[str, Any]], dict[str, str]]:
+    answered: dict[str, str] = {}
+    events = read_events(client, f"/v1/sessions/{session_id}/runs", org.headers | (headers or {}), method="POST",
+                         json=body, status=202, response_headers=answered, **kwargs)
+    return events, answered
+
+
+def test_a_streaming_post_answers_the_whole_run_as_the_get_would(
+        client: TestClient, org: Org, session: dict[str, Any]):
+    events, headers = post_streaming(client, org, str(session["id"]), {"input": SCRIPT})
+    run_id = events[0]["run_id"]
+    assert_complete(events, run_id)
+    assert events[0]["type"] == "run.queued" and events[-1]["type"] == "run.succeeded"
+    assert [e["type"] for e in events].count("tool.result") == 2
+    # The JSON answer's headers come with the stream.
+    assert headers["location"] == f"/v1/runs/{run_id}"
+    assert headers["agentos-trace-id"] and "ratelimit-remaining" in {h.lower() for h in headers}
+    assert "agentos-deferred" not in headers and "idempotent-replayed" not in headers
+    # The stored run and its stream say the same.
+    assert wait(org, run_id)["status"] == "succeeded"
+    assert run_events(client, org.headers, run_id) == events
+
+
+def test_without_the_accept_header_the_post_answers_json(client: TestClient, org: Org, session: dict[str, Any]):
+    for accept in ("application/json", "*/*"):
+        r = client.post(f"/v1/sessions/{session['id']}/runs", json={"input": "hello"},
+                        headers=org.headers | {"Accept": accept})
+        assert r.status_code == 202 and r.headers["content-type"] == "application/json", r.text
+        assert r.json()["status"] == "queued"
+        wait(org, r.json()["id"])
+
+
+def test_refusals_stay_json_errors(client: TestClient, org: Org, session: dict[str, Any]):
+    stream = {"Accept": "text/event-stream"}
+    path = f"/v1/sessions/{session['id']}/runs"
+    error_of(client.post("/v1/sessions/ses_nope/runs", json={"input": "hi"}, headers=org.headers | stream),
+             404, "NOT_FOUND")
+    error_of(client.post(path, json={"input": ""}, headers=org.headers | stream), 422, "VALIDATION_FAILED")
+    viewer = {"Authorization": f"Bearer {org.key_with_role('viewer')}"}
+    error_of(client.post(path, json={"input": "hi"}, headers=viewer | stream), 403, "FORBIDDEN")
+    error_of(client.post(path, json={"input": "hi"}, headers=stream), 401, "UNAUTHENTICATED")
+
+
+def test_a_replayed_streaming_post_streams_the_run_it_made(client: TestClient, org: Org, session: dict[str, Any]):
+    key = {"Idempotency-Key": "stream-replay-1"}
+    events, first = post_streaming(client, org, str(session["id"]), {"input": SCRIPT}, key)
+    assert "idempotent-replayed" not in first
+    # Once the run ended: the same stream again, read back from the store, and no second run.
+    replayed, headers = post_streaming(client, org, str(session["id"]), {"input": SCRIPT}, key)
+    assert headers["idempotent-replayed"] == "true" and headers["location"] == first["location"]
+    assert replayed == events
+    runs = client.get(f"/v1/sessions/{session['id']}/runs", headers=org.headers).json()["data"]
+    assert [r["id"] for r in runs] == [events[0]["run_id"]]
+    # Another body with the key is refused, as a JSON error.
+    r = client.post(f"/v1/sessions/{session['id']}/runs", json={"input": "something else"},
+                    headers=org.headers | key | {"Accept": "text/event-stream"})
+    error_of(r, 422, "IDEMPOTENCY_MISMATCH")
+
+
+def test_a_dropped_streaming_post_resumes_with_last_event_id(client: TestClient, org: Org, session: dict[str, Any]):
+    head, _ = post_streaming(client, org, str(session["id"]), {"input": SCRIPT}, limit=3)
+    assert [e["type"] for e in head][:2] == ["run.queued", "run.started"]
+    run_id = head[0]["run_id"]
+    rest = run_events(client, org.headers, run_id, last_event_id=head[-1]["seq"])
+    assert_complete(head + rest, run_id)
+    assert rest[-1]["type"] == "run.succeeded"
