@@ -345,6 +345,41 @@ def test_fifty_runs_each_cut_at_a_random_event_arrive_whole(api_url: str, aos: C
     assert differ == []
 
 
+def test_a_run_started_and_streamed_in_one_request_survives_cuts_without_a_second_run(
+        api_url: str, aos: Client, org: Org) -> None:
+    """`runs.stream`: the POST answers with the stream. Its answer lost (`HTTP/`), or the stream
+    cut before the first event, the POST is sent again with its key: the same run, from its start.
+    Cut later, the rest comes from `GET .../events`."""
+    for marker, cut in ((b"HTTP/", 1), (b"data:", 1), (b"data:", 2), (b"data:", 6)):
+        _, session = _agent_and_session(aos)
+        with TcpProxy(int(api_url.rsplit(":", 1)[1])) as proxy:
+            proxy.cut_before(marker, cut)
+            with Client(f"http://127.0.0.1:{proxy.port}", org.key) as follower:
+                events = list(follower.runs.stream(session, SCRIPT))
+        assert proxy.connections == 2, f"{marker!r} {cut}: not cut and resumed"
+        runs = list(aos.runs.iter(session))
+        assert [r.id for r in runs] == [events[0].run_id], f"{marker!r} {cut}: {len(runs)} runs"
+        whole = list(aos.runs.events(events[0].run_id))
+        assert events == whole and _check(events, whole) == (0, 0), f"{marker!r} {cut}"
+        assert events[0].type == "run.queued" and events[-1].type == "run.succeeded"
+
+
+def test_the_async_clients_one_request_stream_is_the_runs_whole_stream(api_url: str, aos: Client,
+                                                                         org: Org) -> None:
+    _, session = _agent_and_session(aos)
+
+    async def follow() -> list[Event]:
+        async with AsyncClient(api_url, org.key) as client:
+            return [event async for event in client.runs.stream(session, SCRIPT, metadata={"via": "stream"})]
+
+    events = asyncio.run(follow())
+    run = aos.runs.get(events[0].run_id)
+    assert run.status == "succeeded" and run.metadata == {"via": "stream"}
+    assert events == list(aos.runs.events(run.id))
+    with pytest.raises(NotFound):
+        list(aos.runs.stream("ses_" + "0" * 28, "hello"))
+
+
 # --- the retry policy without a server -----------------------------------------------------------------
 
 

@@ -115,3 +115,41 @@ def test_the_sse_helper_resumes_after_a_drop_with_no_gap_and_no_repeat(npm, sett
     result = json.loads(done.stdout)
     assert result["seqs"] == [1, 2, 3, 4, 5, 6]  # every event once, in order, across the drop
     assert result["lastEventIds"] == [None, "1"]  # the reconnect resumed after the one event it had
+
+
+# Starts a run and streams it through streamNewRun; the first connection (the POST) is cut right
+# after its first event, and the helper must go on with the run's GET from there.
+NEW_RUN_SCRIPT = RESUME_SCRIPT.replace('import { streamEvents } from "./js/sse.js";',
+                                       'import { streamNewRun } from "./js/sse.js";').replace(
+    "lastEventIds.push(init.headers[\"Last-Event-ID\"] ?? null);",
+    "lastEventIds.push([init.method ?? \"GET\", input.replace(process.argv[2], \"\"), "
+    "init.headers[\"Last-Event-ID\"] ?? null, init.headers[\"Idempotency-Key\"] ? \"key\" : null]);").replace(
+    "for await (const event of streamEvents(url, { token, fetch: cutOnce, retryMs: 50 })) {\n  seqs.push(event.seq);\n"
+    "  if (seqs.length === total) break;\n}",
+    "const session = process.argv[4];\n"
+    "for await (const event of streamNewRun(url, session, { input: \"hello\" }, { token, fetch: cutOnce, retryMs: 50 "
+    "})) {\n  seqs.push([event.seq, event.type, event.run_id]);\n}")
+
+
+@pytest.mark.usefixtures("worker")
+def test_the_new_run_helper_starts_one_run_and_resumes_its_stream_with_a_get(npm, settings, client, tmp_path):
+    assert "streamNewRun(url, session" in NEW_RUN_SCRIPT  # every replacement above applied
+    org = new_org(client, "typescript new run")
+    session = org.create_session(str(org.create_agent()["id"]))
+    subprocess.run([npm, "exec", "--", "tsc", "-p", "tsconfig.json", "--noEmit", "false", "--outDir",
+                    str(tmp_path / "js")], cwd=PACKAGE, check=True, timeout=110, capture_output=True)
+    (tmp_path / "package.json").write_text('{"type": "module"}')
+    (tmp_path / "new_run.mjs").write_text(NEW_RUN_SCRIPT)
+    with serving(create_app(settings)) as served:
+        done = subprocess.run(["node", "new_run.mjs", served.url, org.key, str(session["id"])], cwd=tmp_path,
+                              timeout=60, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    seqs, types, run_ids = zip(*result["seqs"], strict=True)
+    assert types[0] == "run.queued" and types[-1] == "run.succeeded" and len(set(run_ids)) == 1
+    assert list(seqs) == list(range(seqs[0], seqs[0] + len(seqs)))  # every event once, in order
+    run_id = run_ids[0]
+    assert result["lastEventIds"] == [["POST", f"/v1/sessions/{session['id']}/runs", None, "key"],
+                                      ["GET", f"/v1/runs/{run_id}/events", str(seqs[0]), None]]
+    listed = client.get(f"/v1/sessions/{session['id']}/runs", headers=org.headers).json()["data"]
+    assert [r["id"] for r in listed] == [run_id]

@@ -174,10 +174,21 @@ class Runs:
     async def tool_calls(self, run_id: str) -> builtins.list[ToolCall]:
         return await self._c.call(calls.run_tool_calls(run_id))
 
-    async def events(self, run_id: str, *, after: int | None = None) -> AsyncIterator[Event]:
+    def events(self, run_id: str, *, after: int | None = None) -> AsyncIterator[Event]:
         """The run's events from its first (or after seq `after`) to its terminal one, each once
         and in order, reconnecting with `Last-Event-ID` whenever the connection drops."""
-        follower = RunFollower(self._c.config.base_url, run_id, self._c.config.policy, after)
+        return self._follow(RunFollower(self._c.config.base_url, run_id, self._c.config.policy, after))
+
+    def stream(self, session_id: str, input: str, *, idempotency_key: str | None = None,
+               **fields: Any) -> AsyncIterator[Event]:
+        """Start a run and follow it in one request (`Accept: text/event-stream`): its events from
+        `run.queued` (whose `run_id` names it) to the terminal one, as `events` gives them. A retry
+        before the first event sends the POST again with the same Idempotency-Key, so the run
+        never starts twice; later drops resume with `GET .../events` and `Last-Event-ID`."""
+        create = calls.create_run(session_id, input, fields, idempotency_key).request
+        return self._follow(RunFollower(self._c.config.base_url, None, self._c.config.policy, create=create))
+
+    async def _follow(self, follower: RunFollower) -> AsyncIterator[Event]:
         while not follower.done:
             try:
                 response = await self._c._send(follower.request(), stream=True)

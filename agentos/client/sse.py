@@ -6,6 +6,7 @@ event once, in order, up to the terminal one."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import httpx
 
@@ -35,27 +36,39 @@ class SseParser:
 
 
 class RunFollower:
-    """The state of one `runs.events(run_id)`: which request opens (or reopens) the stream, which
-    events to pass on, and whether and when to reconnect.
+    """The state of one `runs.events(run_id)` (or `runs.stream(...)`): which request opens (or
+    reopens) the stream, which events to pass on, and whether and when to reconnect.
 
     A reconnect sends `Last-Event-ID` with the last seq passed on, so the server resumes right
     after it; an event at or below that seq (none should come) is dropped rather than repeated.
     Failures in a row without a new event are bounded by the retry policy; any new event resets
-    the count, so a long run survives any number of drops."""
+    the count, so a long run survives any number of drops.
 
-    def __init__(self, base_url: str, run_id: str, policy: RetryPolicy, after: int | None = None) -> None:
+    Given `create` (a run's POST, with its Idempotency-Key) instead of a run id, the stream opens
+    with that POST asking for `text/event-stream`: the run is made and streamed in one request.
+    Until its first event arrives the POST is what is sent again (the key replays the run it
+    made, streamed from its start); after that, the run's `GET .../events`."""
+
+    def __init__(self, base_url: str, run_id: str | None, policy: RetryPolicy, after: int | None = None,
+                 create: Request | None = None) -> None:
+        if (run_id is None) == (create is None):
+            raise ValueError("follow either a run_id or the run a create request makes")
         self.base_url, self.run_id, self.policy = base_url, run_id, policy
         self.last_seq = after
         self.done = False
         self.reconnects = 0
         self._failures = 0
         self._parser = SseParser()
+        self._create = create
 
     def request(self) -> Request:
         headers = {"Accept": "text/event-stream"}
+        self._parser = SseParser()  # a half-received event of a broken connection is sent again
+        if self.run_id is None:
+            assert self._create is not None
+            return replace(self._create, headers={**self._create.headers, **headers})
         if self.last_seq is not None:
             headers["Last-Event-ID"] = str(self.last_seq)
-        self._parser = SseParser()  # a half-received event of a broken connection is sent again
         return Request("GET", f"/v1/runs/{self.run_id}/events", headers=headers)
 
     def refused(self, reply: Reply) -> float:
@@ -72,6 +85,7 @@ class RunFollower:
         if event is None or (self.last_seq is not None and event.seq <= self.last_seq):
             return None
         self.last_seq, self._failures = event.seq, 0
+        self.run_id = self.run_id or event.run_id  # a created run's first event names it
         self.done = event.terminal
         return event
 
@@ -80,14 +94,18 @@ class RunFollower:
         delay before reconnecting, or raise once the failures in a row are used up."""
         if self._failures >= self.policy.max_retries:
             if exc is None:
-                raise AgentOSError(f"the event stream of run {self.run_id} kept ending before the run did",
+                raise AgentOSError(f"the event stream of run {self._name} kept ending before the run did",
                                    code="STREAM_ENDED")
-            raise ConnectionFailed(f"lost the event stream of run {self.run_id} at {self.base_url}: {exc}",
+            raise ConnectionFailed(f"lost the event stream of run {self._name} at {self.base_url}: {exc}",
                                    maybe_handled=True)
         if exc is not None and not isinstance(exc, (httpx.NetworkError, httpx.TimeoutException,
                                                     httpx.RemoteProtocolError)):
-            raise ConnectionFailed(f"cannot stream run {self.run_id} from {self.base_url}: {exc}", maybe_handled=True)
+            raise ConnectionFailed(f"cannot stream run {self._name} from {self.base_url}: {exc}", maybe_handled=True)
         delay = self.policy.backoff_s(self._failures)
         self._failures += 1
         self.reconnects += 1
         return delay
+
+    @property
+    def _name(self) -> str:
+        return self.run_id or "(being created)"

@@ -3,8 +3,8 @@
 import type { components } from "./schema";
 
 export type { components, operations, paths } from "./schema";
-export { streamEvents, TERMINAL_TYPES } from "./sse";
-export type { StreamOptions } from "./sse";
+export { streamEvents, streamNewRun, TERMINAL_TYPES } from "./sse";
+export type { NewRun, NewRunOptions, StreamOptions } from "./sse";
 
 type Schemas = components["schemas"];
 export type Agent = Schemas["Agent"];

@@ -1656,8 +1656,8 @@ export interface paths {
         get: operations["list_session_runs"];
         put?: never;
         /**
-         * Start a run: the message is stored and the run queued for a worker (`202`).
-         * @description Start a run: the message is stored and the run queued for a worker (`202`).
+         * Start a run: the message is stored and the run queued for a worker (`202`); with `Accept: text/event-stream`, the answer is the run's event stream.
+         * @description Start a run: the message is stored and the run queued for a worker (`202`); with `Accept: text/event-stream`, the answer is the run's event stream.
          *
          *     Needs the `member` role or higher.
          */
@@ -14391,7 +14391,7 @@ export interface operations {
             };
         };
         responses: {
-            /** @description Start a run */
+            /** @description Start a run. With `Accept: text/event-stream`, the run's events instead (SSE, as `GET /v1/runs/{run_id}/events` without a cursor sends them). */
             202: {
                 headers: {
                     "AgentOS-Deferred": components["headers"]["AgentOS-Deferred"];
@@ -14403,6 +14403,7 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["Run"];
+                    "text/event-stream": components["schemas"]["RunEvent"];
                 };
             };
             /** @description `BAD_REQUEST`: The request is malformed. */

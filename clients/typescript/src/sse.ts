@@ -56,16 +56,61 @@ function parseEvents(buffer: string): { events: string[]; rest: string } {
  * A dropped connection is reopened with `Last-Event-ID` set to the last event yielded; `429` and
  * `503` are retried after their `Retry-After`; any other refusal throws.
  */
-export async function* streamEvents(url: string, options: StreamOptions): AsyncGenerator<RunEvent, void, undefined> {
+export function streamEvents(url: string, options: StreamOptions): AsyncGenerator<RunEvent, void, undefined> {
+  return follow((lastId) => ({ url, init: { headers: headersFor(options.token, lastId) } }),
+    url.includes("/v1/runs/"), options);
+}
+
+/** The body of a run's POST (`RunCreate` in the API's schema). */
+export type NewRun = components["schemas"]["RunCreate"];
+
+export interface NewRunOptions extends Omit<StreamOptions, "lastEventId"> {
+  /** The key that makes a resent POST answer the run the first one made (default: a new UUID). */
+  idempotencyKey?: string;
+}
+
+/**
+ * Start a run in session `sessionId` of the API at `api` and stream its events in one request
+ * (`POST /v1/sessions/{id}/runs` with `Accept: text/event-stream`): from `run.queued`, whose
+ * `run_id` names the run, to its terminal event. Until the first event arrives, a retry sends the
+ * same POST with the same `Idempotency-Key`, so the run starts once and streams from its start;
+ * after it, a drop resumes with `GET /v1/runs/{id}/events` and `Last-Event-ID`. A refusal (an
+ * unknown session, a busy one, a bad body) throws with the API's error body.
+ */
+export function streamNewRun(api: string, sessionId: string, run: NewRun,
+                             options: NewRunOptions): AsyncGenerator<RunEvent, void, undefined> {
+  const key = options.idempotencyKey ?? `aos-ts-${crypto.randomUUID()}`;
+  const body = JSON.stringify(run);
+  let runId: string | undefined;
+  return follow((lastId) => {
+    if (runId !== undefined) {
+      return { url: `${api}/v1/runs/${runId}/events`, init: { headers: headersFor(options.token, lastId) } };
+    }
+    const headers = { ...headersFor(options.token, undefined), "Content-Type": "application/json",
+                      "Idempotency-Key": key };
+    return { url: `${api}/v1/sessions/${sessionId}/runs`, init: { method: "POST", headers, body } };
+  }, true, options, (event) => { runId ??= event.run_id; });
+}
+
+function headersFor(token: string, lastId: number | undefined): Record<string, string> {
+  const headers: Record<string, string> = { Authorization: `Bearer ${token}`, Accept: "text/event-stream" };
+  if (lastId !== undefined) headers["Last-Event-ID"] = String(lastId);
+  return headers;
+}
+
+type Opening = (lastId: number | undefined) => { url: string; init: RequestInit };
+
+/** The events of the streams `open` makes, reopened after each drop (see `streamEvents`). */
+async function* follow(open: Opening, isRun: boolean, options: StreamOptions,
+                       seen: (event: RunEvent) => void = () => {}): AsyncGenerator<RunEvent, void, undefined> {
   const doFetch = options.fetch ?? fetch;
   let lastId = options.lastEventId;
   let failures = 0;
   while (!options.signal?.aborted) {
-    const headers: Record<string, string> = { Authorization: `Bearer ${options.token}`, Accept: "text/event-stream" };
-    if (lastId !== undefined) headers["Last-Event-ID"] = String(lastId);
+    const { url, init } = open(lastId);
     let response: Response;
     try {
-      response = await doFetch(url, { headers, signal: options.signal ?? null, cache: "no-store" });
+      response = await doFetch(url, { ...init, signal: options.signal ?? null, cache: "no-store" });
     } catch (error) {
       if (options.signal?.aborted) return;
       if (++failures > (options.maxRetries ?? 10)) throw error;
@@ -95,8 +140,9 @@ export async function* streamEvents(url: string, options: StreamOptions): AsyncG
         for (const data of parsed.events) {
           const event = JSON.parse(data) as RunEvent;
           lastId = event.seq;
+          seen(event);
           yield event;
-          if (TERMINAL_TYPES.has(event.type) && url.includes("/v1/runs/")) ended = true;
+          if (TERMINAL_TYPES.has(event.type) && isRun) ended = true;
         }
       }
     } catch (error) {
