@@ -270,6 +270,28 @@ async def post_and_follow(client: httpx.AsyncClient, post_path: str, body: dict[
     return Sample(post_s, first_s, terminal_s)
 
 
+async def post_streaming(client: httpx.AsyncClient, post_path: str, body: dict[str, Any],
+                         last: Callable[[dict[str, Any]], bool], headers: dict[str, str]) -> Sample:
+    """A POST that answers with its stream (`Accept: text/event-stream`), read to `last`."""
+    t0 = time.perf_counter()
+    post_s = first_s = terminal_s = math.nan
+    async with client.stream("POST", post_path, json=body, headers=headers | {"Accept": "text/event-stream"}) as resp:
+        post_s = time.perf_counter() - t0
+        if resp.status_code != 202:
+            raise RuntimeError(f"POST {post_path}: {resp.status_code}")
+        async for line in resp.aiter_lines():
+            if not line.startswith("data:"):
+                continue
+            now = time.perf_counter()
+            if math.isnan(first_s):
+                first_s = now - t0
+            if last(orjson.loads(line[5:])):
+                terminal_s = now - t0
+    if math.isnan(terminal_s):
+        raise RuntimeError("the stream ended without its last event")
+    return Sample(post_s, first_s, terminal_s)
+
+
 async def drive(name: str, base_url: str, n: int, concurrency: int,
                 one: Callable[[httpx.AsyncClient], Awaitable[Sample]], meter: CpuMeter | None,
                 only: tuple[str, ...] | None = None) -> Phase:
@@ -312,6 +334,16 @@ def api_pair(key: str) -> Callable[[httpx.AsyncClient], Awaitable[Sample]]:
     return one
 
 
+def api_one_request(key: str) -> Callable[[httpx.AsyncClient], Awaitable[Sample]]:
+    headers = {"Authorization": f"Bearer {key}"}
+
+    def one(client: httpx.AsyncClient) -> Awaitable[Sample]:
+        return post_streaming(client, "/bench/noop", {"input": "hello"}, lambda e: e.get("type") == "run.succeeded",
+                              headers)
+
+    return one
+
+
 PROTO_PROCS = ("proto api", "proto worker", "postgres", "redis", "client (this process)")
 API_PROCS = ("api", "postgres", "redis", "client (this process)")
 
@@ -332,7 +364,11 @@ async def http_floor(stack: Stack, args: argparse.Namespace) -> list[Phase]:
     seq = await drive("(a) API pair, sequential", stack.api_url, args.runs, 1, one, meter, API_PROCS)
     con = await drive(f"(a) API pair, C={args.concurrency}", stack.api_url, args.concurrent_runs, args.concurrency,
                       one, meter, API_PROCS)
-    return [seq, con]
+    single = api_one_request(stack.key)
+    seq1 = await drive("(a') API, one request, sequential", stack.api_url, args.runs, 1, single, meter, API_PROCS)
+    con1 = await drive(f"(a') API, one request, C={args.concurrency}", stack.api_url, args.concurrent_runs,
+                       args.concurrency, single, meter, API_PROCS)
+    return [seq, con, seq1, con1]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -597,9 +633,10 @@ def summary(args: argparse.Namespace, proto: list[Phase], pair: list[Phase], pg:
     pg_today = args.transactions * tx + today_inner * stmt
     pg_min = MIN_TRANSACTIONS * tx + MIN_WRITES * write
     events = by[RUN_EVENTS].cpu.total * 1000
-    con = pair[-1].cpu
+    con, con1 = pair[1].cpu, pair[3].cpu
     pair_api = (con.per.get("api", 0.0) + con.per.get("redis", 0.0)) * 1000 if con else math.nan
     pair_all = con.total * 1000 if con else math.nan
+    single_all = con1.total * 1000 if con1 else math.nan
     graph_mem = by["(d) run graph, InMemorySaver"].cpu.total * 1000
     graph_step = by["(d) run graph, StepSaver (Postgres)"].cpu.total * 1000
     full = full_run(args)
@@ -611,6 +648,8 @@ def summary(args: argparse.Namespace, proto: list[Phase], pair: list[Phase], pg:
     rows: list[tuple[str, float, str]] = [
         (f"(a) HTTP pair through the API, C={args.concurrency}: API + Redis (rate check)", pair_api, ""),
         ("(a) the same + the bench client (bench/runs.py counts it)", pair_all, "summed"),
+        ("(a') one request instead (the POST answers with the stream), the client included", single_all,
+         "in the one-request sum"),
         (f"(b) Postgres at today's count ({args.statements:g} statements, {args.transactions:g} tx), priced at "
          "trivial statements", pg_today, f"{args.transactions:g} x {tx:.2f} + {today_inner:.1f} x {stmt:.2f}"),
         (f"(b) Postgres at the least with the guarantees: {MIN_TRANSACTIONS} tenant tx, {MIN_WRITES} writes in "
@@ -633,6 +672,8 @@ def summary(args: argparse.Namespace, proto: list[Phase], pair: list[Phase], pg:
     floor = sum(v for v in (pair_all, pg_min, events, graph_step, celery) if not math.isnan(v))
     table.add_section()
     table.add_row("sum of the floors marked summed", f"{floor:.2f}", ceiling(floor, cores), "")
+    floor1 = floor - pair_all + single_all
+    table.add_row("the same with one request (a') for (a)", f"{floor1:.2f}", ceiling(floor1, cores), "")
     with_celery = floor + (inferred if math.isnan(celery) else 0.0)
     if math.isnan(celery):
         table.add_row("the same + (e') Celery's worker side, inferred", f"{with_celery:.2f}",
@@ -657,6 +698,11 @@ def summary(args: argparse.Namespace, proto: list[Phase], pair: list[Phase], pg:
     console.print(f"first event p50 (sequential), at the least: the API pair's POST -> first event {pair_first:.1f} + "
                   f"the insert tx {insert_w:.1f} + XADD/XREAD {xread_w:.1f} = {first:.1f} ms (target <= 8; "
                   f"{first / speed:.1f} ms {speed:g}x faster). Not in it: the Celery send in the POST.")
+    single_first = pair[2].p("first_s", 50) * 1000
+    xadd_w = by["XADD (one event)"].wall_s * 1000
+    console.print(f"first event p50 (sequential, one request), at the least: the API's POST -> first event "
+                  f"{single_first:.1f} + the insert tx {insert_w:.1f} + the XADD {xadd_w:.1f} = "
+                  f"{single_first + insert_w + xadd_w:.1f} ms (target <= 8).")
     hop = (proto[0].p("first_s", 50) - proto[0].p("post_s", 50)) * 1000
     graph_w = by["(d) run graph, StepSaver (Postgres)"].wall_s * 1000
     post = pair[0].p("post_s", 50) * 1000 + insert_w
@@ -672,7 +718,7 @@ def by_process_table(args: argparse.Namespace, pair: list[Phase], insert: Floor,
     """The summed floors laid out by the process that pays them in a real run, beside the full
     run's own split (with --with-runs): how far each process is above its floor."""
     client, pg_server = "client (this process)", "postgres"
-    con = pair[-1].cpu
+    con = pair[1].cpu
     per = con.per if con else {}
     step = by["(d) run graph, StepSaver (Postgres)"].cpu.per
     events = by[RUN_EVENTS].cpu.per
@@ -741,7 +787,8 @@ async def amain(stack: Stack, args: argparse.Namespace) -> None:
     phase_table("1. Machine calibration: the issue's prototype (Starlette -> Postgres -> Celery -> Redis Stream -> "
                 "SSE), CPU ms per run", proto)
     pair = await http_floor(stack, args)
-    phase_table("2a. A run's two requests (POST + SSE GET of 7 events) through the real API, nothing behind them",
+    phase_table("2a. A run's two requests (POST + SSE GET of 7 events) through the real API, nothing behind them; "
+                "(a') the POST answering with the stream",
                 pair)
     pg = await postgres_floors(stack, args)
     floor_table("2b. Postgres, in process (psycopg async pool as the application role, core.tenancy)", pg)

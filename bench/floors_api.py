@@ -6,7 +6,8 @@ The API is built by `api.app.create_app` and served by `agentos api`'s own code 
 uvicorn, lifespan), with two more routes through `@endpoint`, so every request passes the whole
 middleware stack, authentication (the key cache), the org's rate check and body parsing:
 
-- `POST /bench/noop` (member, a run's body): does nothing and answers `202`.
+- `POST /bench/noop` (member, a run's body): does nothing and answers `202`; with `Accept:
+  text/event-stream`, the stream below (one request instead of two).
 - `GET /bench/noop/events` (viewer): an `api.sse.EventStream` of 7 events made in memory (a hello
   run's count: queued, started, 2 steps, a delta, message.completed, succeeded), ending with the
   terminal one.
@@ -32,6 +33,7 @@ from starlette.routing import BaseRoute  # noqa: E402
 import api.app  # noqa: E402
 from api.endpoint import Call, endpoint, resource  # noqa: E402
 from api.routes.runs import RunCreate  # noqa: E402
+from api.run_streams import wants_stream  # noqa: E402
 from api.schemas.health import Health  # noqa: E402
 from api.sse import EventStream  # noqa: E402
 from core import events  # noqa: E402
@@ -44,8 +46,14 @@ KINDS = (events.RUN_QUEUED, events.RUN_STARTED, events.STEP_STARTED, events.MESS
          events.MESSAGE_COMPLETED, events.RUN_SUCCEEDED)
 
 
-@endpoint("bench: a POST that does nothing.", role="member", body=RunCreate, status=202, response=Health)
+@endpoint("bench: a POST that does nothing.", role="member", body=RunCreate, status=202, response=Health,
+          streams_on_accept=True)
 async def noop_post(call: Call[RunCreate]) -> Response:
+    """`202`; with `Accept: text/event-stream`, the 7 events of `GET /bench/noop/events` (a run's
+    POST that answers with its stream, `api.run_streams`)."""
+    if wants_stream(call):
+        return EventStream(_ready_events("run_bench"), gauge=metrics.get().sse_open, run_id="run_bench", status=202,
+                           body_read=True, headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
     return call.reply({"status": "ok"})
 
 

@@ -167,6 +167,10 @@ def create_org_and_agent(api_url: str, admin_token: str, org_name: str, agent: d
         r = client.post("/v1/orgs", json={"name": org_name}, headers={"Authorization": f"Bearer {admin_token}"})
         r.raise_for_status()
         org_id, key = r.json()["org"]["id"], r.json()["api_key"]["key"]
+        # No cap on active runs a bench could reach (`--profile` leaves 2 x --profile-runs queued).
+        r = client.patch(f"/v1/orgs/{org_id}", json={"limits": {"max_active_runs": 100_000}},
+                         headers={"Authorization": f"Bearer {admin_token}"})
+        r.raise_for_status()
         r = client.post("/v1/agents", json=agent, headers={"Authorization": f"Bearer {key}"})
         r.raise_for_status()
         return str(org_id), str(key), str(r.json()["id"])
@@ -585,6 +589,25 @@ class Timers:
         setattr(owner, name, timed)
         self._undo.append((owner, name, orig))
 
+    def wrap_cm(self, owner: Any, name: str, label: str) -> None:
+        """`wrap` for an async context manager factory: the time from its entry to its exit."""
+        orig = getattr(owner, name, None)
+        if orig is None:
+            return
+
+        @contextlib.asynccontextmanager
+        async def timed(*a: Any, **kw: Any) -> AsyncIterator[Any]:
+            t0 = time.perf_counter()
+            try:
+                async with orig(*a, **kw) as value:
+                    yield value
+            finally:
+                self.total[label] += time.perf_counter() - t0
+                self.calls[label] += 1
+
+        setattr(owner, name, timed)
+        self._undo.append((owner, name, orig))
+
     def restore(self) -> None:
         for owner, name, orig in reversed(self._undo):
             setattr(owner, name, orig)
@@ -677,9 +700,10 @@ async def profile_api(bench: Bench, runs_n: int) -> None:
     wrappers, then under cProfile. The runs are enqueued for real (the running worker executes them)."""
     import api.routes.runs as run_routes
     from api.app import create_app
+    from core.admission import Admission
     from core.jobs import JobQueue
     from core.settings import load_settings
-    from core.store import api_keys, runs
+    from core.store import api_keys
 
     assert bench.urls is not None
     settings = load_settings(database={"url": bench.urls.database_url}, redis={"url": bench.urls.redis_url},
@@ -713,11 +737,11 @@ async def profile_api(bench: Bench, runs_n: int) -> None:
         transport = httpx.ASGITransport(app=with_state)
         async with httpx.AsyncClient(transport=transport, base_url="http://bench") as client:
             await post_all(client, sessions[:3], None, [], [])
-            timers.wrap(api_keys, "verify", "api_keys.verify (auth tx)")
-            timers.wrap(runs, "create", "runs.create (SQL of the insert tx)")
-            timers.wrap(run_routes, "publish_events", "publish_events (XADD)")
-            timers.wrap(run_routes, "enqueue", "enqueue (Celery send_task in a thread)")
-            timers.wrap(JobQueue, "send_run", "  send_run in the thread (kombu)")
+            timers.wrap(api_keys, "verify", "api_keys.verify (auth tx: a key not in the cache)")
+            timers.wrap(Admission, "check_rate_and_admit_run", "admission: rate and run ticket (one Redis round trip)")
+            timers.wrap_cm(run_routes, "tenant_pipeline_tx", "the insert transaction (one Postgres round trip)")
+            timers.wrap(run_routes, "announce_created", "announce: ticket, XADD, EXPIRE, LPUSH (one Redis round trip)")
+            timers.wrap(JobQueue, "send_run", "  send_run in a thread (kombu; before the sender is primed)")
             walls: list[float] = []
             cpus: list[float] = []
             try:
