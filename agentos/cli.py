@@ -54,7 +54,9 @@ from core.store import orgs
 from core.telemetry.logs import configure as configure_logs
 
 if TYPE_CHECKING:
-    from agentos.client import AgentOSError, Client, Run
+    from collections.abc import Iterator
+
+    from agentos.client import AgentOSError, Client, Event
 
 console = Console(stderr=True, soft_wrap=True)
 
@@ -622,10 +624,17 @@ def run(
     out = Console(soft_wrap=True)
     with Client(url, key) as client:
         try:
-            started = _start_run(client, agent, message, session, user)
+            session_id, agent_id = _session_for(client, agent, message, session, user)
         except AgentOSError as exc:
             raise CliError(_client_failure(exc)) from None
-        console.print(f"[dim]session {started.session_id} · run {started.id}[/dim]")
+        run_ids: list[str] = []  # the run, once its first event (run.queued) names it
+
+        def announced(events: Iterator[Event]) -> Iterator[Event]:
+            for event in events:
+                if not run_ids:
+                    run_ids.append(event.run_id)
+                    console.print(f"[dim]session {session_id} · run {event.run_id}[/dim]")
+                yield event
 
         def on_confirm(call: dict[str, object]) -> None:
             tool_call_id = str(call["tool_call_id"])
@@ -638,17 +647,19 @@ def run(
                     client.tool_calls.reject(tool_call_id, "declined on the terminal")
             else:
                 decide = f"{url}/v1/tool-calls/{tool_call_id}"
-                console.print(f"run {started.id} waits for a decision and there is no terminal to ask (--yes "
+                console.print(f"run {run_ids[0]} waits for a decision and there is no terminal to ask (--yes "
                               f"approves every call): curl -X POST -H \"Authorization: Bearer {key_hint}\" "
-                              f"{decide}/approve   (or .../reject); then follow it: GET {url}/v1/runs/{started.id}"
+                              f"{decide}/approve   (or .../reject); then follow it: GET {url}/v1/runs/{run_ids[0]}"
                               "/events", highlight=False, markup=False)
                 raise typer.Exit(EXIT_NEEDS_APPROVAL)
 
         try:
-            terminal = render(client.runs.events(started.id), out, console, started.agent_id, on_confirm,
-                              stream=out.is_terminal)
+            # Started and followed in one request (the POST answers with the run's stream).
+            terminal = render(announced(client.runs.stream(session_id, message)), out, console, agent_id,
+                              on_confirm, stream=out.is_terminal)
         except KeyboardInterrupt:
-            client.runs.cancel(started.id)
+            if run_ids:
+                client.runs.cancel(run_ids[0])
             console.print("\n[yellow]cancelled[/yellow]")
             raise typer.Exit(EXIT_INTERRUPTED) from None
         except AgentOSError as exc:
@@ -660,20 +671,22 @@ def run(
         raise typer.Exit(EXIT_FAILED)
 
 
-def _start_run(client: Client, agent_ref: str, message: str, session_id: str | None, user_id: str | None) -> Run:
-    """Start a run: in `session_id`, or in a new session of the agent (by id or name) for end user `user_id`."""
+def _session_for(client: Client, agent_ref: str, message: str, session_id: str | None,
+                 user_id: str | None) -> tuple[str, str]:
+    """(session id, its agent's id) of the run to start: `session_id`, or a new session of the
+    agent (by id or name) for end user `user_id`."""
     from agentos.client import AgentOSError
 
-    if session_id is None:
-        if agent_ref.startswith("agt_"):
-            agent_id = client.agents.get(agent_ref).id
-        else:
-            found = next((a for a in client.agents.iter(limit=200) if a.name == agent_ref), None)
-            if found is None:
-                raise AgentOSError(f"no agent named {agent_ref!r} in this organisation", code="NOT_FOUND")
-            agent_id = found.id
-        session_id = client.sessions.create(agent_id, title=message[:80], user_id=user_id).id
-    return client.runs.create(session_id, message)
+    if session_id is not None:
+        return session_id, client.sessions.get(session_id).agent_id
+    if agent_ref.startswith("agt_"):
+        agent_id = client.agents.get(agent_ref).id
+    else:
+        found = next((a for a in client.agents.iter(limit=200) if a.name == agent_ref), None)
+        if found is None:
+            raise AgentOSError(f"no agent named {agent_ref!r} in this organisation", code="NOT_FOUND")
+        agent_id = found.id
+    return client.sessions.create(agent_id, title=message[:80], user_id=user_id).id, agent_id
 
 
 def _client_failure(exc: AgentOSError) -> str:

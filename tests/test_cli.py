@@ -325,3 +325,20 @@ def test_services_started_while_postgres_and_redis_are_away_wait_for_them(tmp_pa
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(timeout=10)
+
+
+def test_run_session_continues_a_session_and_an_unknown_one_is_one_line(api: Api, tmp_path: Path) -> None:
+    first = agentos("run", "assistant", "hello", cwd=tmp_path, env=run_env(api))
+    assert first.returncode == 0, first.stderr
+    session_id = first.stderr.split("session ")[1].split()[0]
+    first_run = first.stderr.split(" · run ")[1].split()[0]
+    again = agentos("run", "assistant", "hello again", "--session", session_id, cwd=tmp_path, env=run_env(api))
+    assert again.returncode == 0, again.stderr
+    assert again.stderr.split("session ")[1].split()[0] == session_id
+    second_run = again.stderr.split(" · run ")[1].split()[0]
+    assert second_run != first_run and again.stdout.strip()
+    listed = httpx.get(f"{api.url}/v1/sessions/{session_id}/runs", headers={"Authorization": f"Bearer {api.key}"})
+    assert sorted(r["id"] for r in listed.json()["data"]) == sorted([first_run, second_run])
+    unknown = agentos("run", "assistant", "hello", "--session", "ses_" + "0" * 28, cwd=tmp_path, env=run_env(api))
+    assert unknown.returncode != 0 and unknown.stdout == ""
+    assert "NOT_FOUND" in unknown.stderr and "Traceback" not in unknown.stderr, unknown.stderr

@@ -467,6 +467,8 @@ def test_the_readmes_python_example_runs(api_url: str, aos: Client, org: Org, tm
         os.chdir(cwd)
     printed = capsys.readouterr().out.splitlines()
     assert printed[0].startswith("run.queued") and printed[-1].startswith("run.succeeded"), printed
+    # two runs: created then followed, and started and followed in one request
+    assert [line.split()[0] for line in printed].count("run.succeeded") == 2, printed
 
 
 def test_a_run_over_the_orgs_cap_waits_for_a_slot_and_starts_once(client: TestClient, api_url: str, aos: Client,
