@@ -389,6 +389,8 @@ async def run_many(bench: Bench, phase: Phase, sessions: list[str], concurrency:
                     phase.errors += 1
                     if phase.errors <= 3:
                         console.print(f"[red]{phase.name}: {type(exc).__name__}: {exc}[/red]")
+                if concurrency == 1 and bench.args.gap_ms:
+                    await asyncio.sleep(bench.args.gap_ms / 1000)  # a user's pause between messages
 
         t0 = time.perf_counter()
         await asyncio.gather(*(loop() for _ in range(concurrency)))
@@ -916,6 +918,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--pool", default="prefork", choices=["prefork", "threads", "solo"], help="Celery pool")
     p.add_argument("--one-request", action="store_true",
                    help="each run's POST asks for its stream (Accept: text/event-stream) instead of a POST then a GET")
+    p.add_argument("--gap-ms", type=float, default=0.0,
+                   help="pause between sequential runs (default 0: the next POST as soon as the terminal event "
+                        "arrives, while the worker still finishes the run before)")
     p.add_argument("--warmup", type=int, default=6, help="warm-up runs (at least 2 per worker slot)")
     p.add_argument("--input", default="hello",
                    help="the run input (default: a plain message -> canned reply); with a "
