@@ -38,6 +38,10 @@ from core.events import Event
 EXIT_POLL_S = 0.25
 
 
+# How soon a client's departure cancels the stream's body again, if a cancellation was lost.
+RECANCEL_S = 0.05
+
+
 def event_bytes(event: Event) -> bytes:
     """One event as SSE: its seq as the id (the client's `Last-Event-ID`), its type, its JSON
     (orjson escapes newlines, so one `data:` line)."""
@@ -138,7 +142,7 @@ class EventStream(Response):
         # an error). It cancels the body.
         body = asyncio.current_task()
         assert body is not None
-        streaming, left = True, False
+        streaming, left, taken = True, False, False
         listener: asyncio.Future[Message] = asyncio.ensure_future(receive())
 
         def on_message(done: asyncio.Future[Message]) -> None:
@@ -150,7 +154,17 @@ class EventStream(Response):
                 listener.add_done_callback(on_message)
                 return
             left = True
-            body.cancel()
+            loop = asyncio.get_running_loop()
+
+            def cancel_body() -> None:
+                # A cancellation can be lost in a library call the body is in (Python 3.11's
+                # `asyncio.wait_for` drops one that lands as its inner call completes, and
+                # redis-py sends commands through it): repeated until the body has taken one.
+                if streaming and not taken:
+                    body.cancel()
+                    loop.call_later(RECANCEL_S, cancel_body)
+
+            cancel_body()
 
         listener.add_done_callback(on_message)
         self.gauge.inc()
@@ -170,7 +184,9 @@ class EventStream(Response):
         except asyncio.CancelledError:
             if not left:
                 raise
-            body.uncancel()  # the client is gone: this response is over, the server is not
+            taken = True
+            while body.uncancel():  # the client is gone: this response is over, the server is not
+                pass
         finally:
             streaming = False
             self.gauge.dec()

@@ -6,12 +6,18 @@ that drops the stream resumes it with `GET .../events` and `Last-Event-ID`."""
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
+import httpx
+import orjson
 import pytest
 from starlette.testclient import TestClient
 
-from tests.helpers import Org, error_of, wait
+from api.app import create_app
+from core.settings import Settings
+from core.telemetry import metrics
+from tests.helpers import Org, error_of, serving, wait
 from tests.sse import assert_complete, read_events, run_events
 
 pytestmark = [pytest.mark.usefixtures("worker"), pytest.mark.timeout(60)]
@@ -95,3 +101,29 @@ def test_a_dropped_streaming_post_resumes_with_last_event_id(client: TestClient,
     rest = run_events(client, org.headers, run_id, last_event_id=head[-1]["seq"])
     assert_complete(head + rest, run_id)
     assert rest[-1]["type"] == "run.succeeded"
+
+
+def _open_streams() -> float:
+    """This process's open streams, from the gauge the API's streams count themselves in."""
+    [family] = metrics.get().sse_open.collect()
+    return sum(sample.value for sample in family.samples)
+
+
+def test_a_client_that_leaves_a_streaming_post_frees_its_stream(settings: Settings, client: TestClient, org: Org):
+    # A run that waits for a human: its stream stays open and quiet until the client leaves.
+    agent = org.create_agent(skills=["file_manager"])
+    session = org.create_session(str(agent["id"]))
+    write = 'call: file_manager {"action": "write", "path": "w.txt", "content": "w"}'
+    before = _open_streams()
+    with serving(create_app(settings)) as served, httpx.Client(base_url=served.url, timeout=10) as http:
+        with http.stream("POST", f"/v1/sessions/{session['id']}/runs", json={"input": write},
+                         headers=org.headers | {"Accept": "text/event-stream"}) as response:
+            assert response.status_code == 202
+            first = orjson.loads(next(line for line in response.iter_lines() if line.startswith("data:"))[5:])
+            assert first["type"] == "run.queued" and _open_streams() == before + 1
+        deadline = time.monotonic() + 10
+        while _open_streams() > before and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert _open_streams() == before, "the stream outlived its client"
+    r = client.post(f"/v1/runs/{first['run_id']}/cancel", headers=org.headers)
+    assert r.status_code in (200, 202), r.text
