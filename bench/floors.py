@@ -253,42 +253,38 @@ async def post_and_follow(client: httpx.AsyncClient, post_path: str, body: dict[
     post_s = time.perf_counter() - t0
     if r.status_code != 202:
         raise RuntimeError(f"POST {post_path}: {r.status_code} {r.text[:200]}")
-    first_s = terminal_s = math.nan
     async with client.stream("GET", events_path(r.json()), headers=headers) as resp:
         if resp.status_code != 200:
             raise RuntimeError(f"GET events: {resp.status_code}")
-        async for line in resp.aiter_lines():
-            if not line.startswith("data:"):
-                continue
-            now = time.perf_counter()
-            if math.isnan(first_s):
-                first_s = now - t0
-            if last(orjson.loads(line[5:])):
-                terminal_s = now - t0
+        first_s, terminal_s = await _read_to(resp, t0, last)
+    return Sample(post_s, first_s, terminal_s)
+
+
+async def _read_to(resp: httpx.Response, t0: float, last: Callable[[dict[str, Any]], bool]) -> tuple[float, float]:
+    """(first event, `last` event) of a stream, in seconds from `t0`."""
+    first_s = terminal_s = math.nan
+    async for line in resp.aiter_lines():
+        if not line.startswith("data:"):
+            continue
+        now = time.perf_counter()
+        if math.isnan(first_s):
+            first_s = now - t0
+        if last(orjson.loads(line[5:])):
+            terminal_s = now - t0
     if math.isnan(terminal_s):
         raise RuntimeError("the stream ended without its last event")
-    return Sample(post_s, first_s, terminal_s)
+    return first_s, terminal_s
 
 
 async def post_streaming(client: httpx.AsyncClient, post_path: str, body: dict[str, Any],
                          last: Callable[[dict[str, Any]], bool], headers: dict[str, str]) -> Sample:
     """A POST that answers with its stream (`Accept: text/event-stream`), read to `last`."""
     t0 = time.perf_counter()
-    post_s = first_s = terminal_s = math.nan
     async with client.stream("POST", post_path, json=body, headers=headers | {"Accept": "text/event-stream"}) as resp:
         post_s = time.perf_counter() - t0
         if resp.status_code != 202:
             raise RuntimeError(f"POST {post_path}: {resp.status_code}")
-        async for line in resp.aiter_lines():
-            if not line.startswith("data:"):
-                continue
-            now = time.perf_counter()
-            if math.isnan(first_s):
-                first_s = now - t0
-            if last(orjson.loads(line[5:])):
-                terminal_s = now - t0
-    if math.isnan(terminal_s):
-        raise RuntimeError("the stream ended without its last event")
+        first_s, terminal_s = await _read_to(resp, t0, last)
     return Sample(post_s, first_s, terminal_s)
 
 

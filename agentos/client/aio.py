@@ -181,12 +181,10 @@ class Runs:
 
     def stream(self, session_id: str, input: str, *, idempotency_key: str | None = None,
                **fields: Any) -> AsyncIterator[Event]:
-        """Start a run and follow it in one request (`Accept: text/event-stream`): its events from
-        `run.queued` (whose `run_id` names it) to the terminal one, as `events` gives them. A retry
-        before the first event sends the POST again with the same Idempotency-Key, so the run
-        never starts twice; later drops resume with `GET .../events` and `Last-Event-ID`."""
-        create = calls.create_run(session_id, input, fields, idempotency_key).request
-        return self._follow(RunFollower(self._c.config.base_url, None, self._c.config.policy, create=create))
+        """`Client.runs.stream`: a run started and followed in one request."""
+        config = self._c.config
+        return self._follow(RunFollower.creating(config.base_url, config.policy, session_id, input, fields,
+                                                 idempotency_key))
 
     async def _follow(self, follower: RunFollower) -> AsyncIterator[Event]:
         while not follower.done:

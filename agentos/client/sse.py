@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import json
 from dataclasses import replace
+from typing import Any
 
 import httpx
 
-from agentos.client.calls import Reply, Request
+from agentos.client.calls import Reply, Request, create_run
 from agentos.client.errors import AgentOSError, ConnectionFailed, error_from_response
 from agentos.client.models import Event
 from agentos.client.retry import RetryPolicy
@@ -105,6 +106,13 @@ class RunFollower:
         self._failures += 1
         self.reconnects += 1
         return delay
+
+    @classmethod
+    def creating(cls, base_url: str, policy: RetryPolicy, session_id: str, input: str, fields: dict[str, Any],
+                 idempotency_key: str | None) -> RunFollower:
+        """The follower of a run made by its own POST (`runs.stream`), with one Idempotency-Key
+        for every time the POST is sent."""
+        return cls(base_url, None, policy, create=create_run(session_id, input, fields, idempotency_key).request)
 
     @property
     def _name(self) -> str:

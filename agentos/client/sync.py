@@ -181,8 +181,9 @@ class Runs:
         `run.queued` (whose `run_id` names it) to the terminal one, as `events` gives them. A retry
         before the first event sends the POST again with the same Idempotency-Key, so the run
         never starts twice; later drops resume with `GET .../events` and `Last-Event-ID`."""
-        create = calls.create_run(session_id, input, fields, idempotency_key).request
-        return self._follow(RunFollower(self._c.config.base_url, None, self._c.config.policy, create=create))
+        config = self._c.config
+        return self._follow(RunFollower.creating(config.base_url, config.policy, session_id, input, fields,
+                                                 idempotency_key))
 
     def _follow(self, follower: RunFollower) -> Iterator[Event]:
         while not follower.done:
