@@ -52,8 +52,17 @@ def reader_for(call: Call[Any], session_id: str) -> EventReader:
 
 
 def wants_stream(call: Call[Any]) -> bool:
-    """The request's `Accept` names `text/event-stream` (a create that answers with the stream)."""
-    return EVENT_STREAM in call.request.headers.get("accept", "")
+    """The request's `Accept` names `text/event-stream`, and not with `q=0` (a create that
+    answers with the stream)."""
+    accept = call.request.headers.get("accept", "").lower()
+    if EVENT_STREAM not in accept:
+        return False
+    for media_range in accept.split(","):
+        media, *params = (part.strip() for part in media_range.split(";"))
+        if media == EVENT_STREAM:
+            quality = next((p[2:].strip() for p in params if p.startswith("q=")), "1")
+            return quality.rstrip("0").rstrip(".") not in ("0", "")
+    return False
 
 
 def cursor_of(call: Call[Any]) -> int | None:

@@ -44,7 +44,8 @@ def post_streaming(client: TestClient, org: Org, session_id: str, body: dict[str
 
 def test_a_streaming_post_answers_the_whole_run_as_the_get_would(
         client: TestClient, org: Org, session: dict[str, Any]):
-    events, headers = post_streaming(client, org, str(session["id"]), {"input": SCRIPT})
+    events, headers = post_streaming(client, org, str(session["id"]), {"input": SCRIPT},
+                                     {"Accept": "application/json;q=0.5, Text/Event-Stream;q=0.9"})
     run_id = events[0]["run_id"]
     assert_complete(events, run_id)
     assert events[0]["type"] == "run.queued" and events[-1]["type"] == "run.succeeded"
@@ -59,7 +60,7 @@ def test_a_streaming_post_answers_the_whole_run_as_the_get_would(
 
 
 def test_without_the_accept_header_the_post_answers_json(client: TestClient, org: Org, session: dict[str, Any]):
-    for accept in ("application/json", "*/*"):
+    for accept in ("application/json", "*/*", "text/event-stream;q=0", "application/json, text/event-stream; q=0.0"):
         r = client.post(f"/v1/sessions/{session['id']}/runs", json={"input": "hello"},
                         headers=org.headers | {"Accept": accept})
         assert r.status_code == 202 and r.headers["content-type"] == "application/json", r.text
