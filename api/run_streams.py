@@ -36,7 +36,6 @@ SHUTDOWN_COMMENT = "shutting down; reconnect with Last-Event-ID"
 # How soon (ms) a client reconnects after the shutdown comment; EventSource honours `retry:`.
 RECONNECT_MS = 500
 FAREWELL = comment_bytes(SHUTDOWN_COMMENT, retry_ms=RECONNECT_MS)
-EVENT_STREAM = "text/event-stream"
 
 
 def run_not_found(run_id: str) -> ApiError:
@@ -54,12 +53,12 @@ def reader_for(call: Call[Any], session_id: str) -> EventReader:
 def wants_stream(call: Call[Any]) -> bool:
     """The request's `Accept` names `text/event-stream`, and not with `q=0` (a create that
     answers with the stream)."""
-    accept = call.request.headers.get("accept", "").lower()
-    if EVENT_STREAM not in accept:
+    accept, wanted = call.request.headers.get("accept", "").lower(), EventStream.media_type
+    if wanted not in accept:
         return False
     for media_range in accept.split(","):
         media, *params = (part.strip() for part in media_range.split(";"))
-        if media == EVENT_STREAM:
+        if media == wanted:
             quality = next((p[2:].strip() for p in params if p.startswith("q=")), "1")
             return quality.rstrip("0").rstrip(".") not in ("0", "")
     return False
