@@ -78,6 +78,8 @@ from core.telemetry import metrics, tracing
 from core.telemetry.http import TelemetryMiddleware
 
 log = logging.getLogger("agentos.api")
+# At shutdown, how long the lifespan waits for work that requests started and left running (api.in_flight).
+IN_FLIGHT_DRAIN_S = 5.0
 
 
 def _version() -> str:
@@ -125,7 +127,10 @@ def create_app(settings: Settings) -> Starlette:
                              await event_hub.open(), open_storage(settings.files), mailer=mailer_for(settings),
                              identity=IdentityProviders(settings.people, infra.redis))
             log.info("AgentOS API ready")
-            yield {"api": state}
+            try:
+                yield {"api": state}
+            finally:  # runs a streaming POST was still sending to the workers
+                await state.in_flight.drain(IN_FLIGHT_DRAIN_S)
         finally:
             for task in (key_listener, exit_watch):
                 task.cancel()

@@ -13,6 +13,7 @@ reconnect (through the load balancer, to another API process) and resume where t
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import AsyncGenerator
 from typing import Any
@@ -86,9 +87,11 @@ def stream_response(call: Call[Any], events: AsyncGenerator[list[Event] | None, 
                        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
 
-async def run_stream(call: Call[Any], run_id: str, after: int | None, *, status: int = 200) -> Response:
+async def run_stream(call: Call[Any], run_id: str, after: int | None, *, status: int = 200,
+                     published: asyncio.Future[Any] | None = None) -> Response:
     """Run `run_id`'s stream after `after` (None: from its `run.queued`), up to its terminal event.
-    NOT_FOUND when the caller's org has no such run."""
+    NOT_FOUND when the caller's org has no such run. `published`: the creating POST's publish of
+    the run's `run.queued`, still in flight (the stream reads nothing before it is done)."""
     fresh = state_of(call.request).fresh_runs.get(call.principal.org_id, run_id) if after is None else None
     first: Event | None = None
     if fresh is not None:  # created here seconds ago: from its run.queued on, its end is ahead
@@ -105,7 +108,8 @@ async def run_stream(call: Call[Any], run_id: str, after: int | None, *, status:
                 await (await conn.execute(RUN_HAS_EVENTS_AFTER_SQL, (run_id, start))).fetchone() is None
             )
         session_id = run["session_id"]
-    events = _nothing() if finished else reader_for(call, session_id).follow_with_keepalives(start, first=first)
+    events = _nothing() if finished else reader_for(call, session_id).follow_with_keepalives(
+        start, first=first, published=published if first is not None else None)
     return stream_response(call, events, run_id=run_id, status=status)
 
 

@@ -10,6 +10,7 @@ from starlette.requests import Request
 
 from api.auth import Authenticator
 from api.fresh_runs import FreshRuns
+from api.in_flight import InFlight
 from core.admission import Admission
 from core.event_hub import EventHub
 from core.file_storage import FileStorage
@@ -36,6 +37,8 @@ class ApiState:
     identity: IdentityProviders | None = None
     # Runs this process just created: their stream opens without looking them up (api.fresh_runs).
     fresh_runs: FreshRuns = field(default_factory=FreshRuns)
+    # Work a request started that outlives its client (api.in_flight): a streaming POST's send.
+    in_flight: InFlight = field(default_factory=InFlight)
 
 
 class LifespanState(TypedDict):

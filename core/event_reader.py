@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncGenerator, AsyncIterator
 from datetime import UTC, datetime, timedelta
-from typing import Final
+from typing import Any, Final
 
 import psycopg
 
@@ -123,8 +123,9 @@ class EventReader:
                 for event in batch:
                     yield event
 
-    async def follow_with_keepalives(self, after: int, newest: int | None = None,
-                                     first: Event | None = None) -> AsyncGenerator[list[Event] | None, None]:
+    async def follow_with_keepalives(self, after: int, newest: int | None = None, first: Event | None = None,
+                                     published: asyncio.Future[Any] | None = None,
+                                     ) -> AsyncGenerator[list[Event] | None, None]:
         """`follow` in batches (the events at hand at once, in order: what one write to a client
         carries), with `KEEPALIVE` (None) between them whenever the hub's timer says the stream
         has been quiet for its keep-alive interval.
@@ -138,11 +139,17 @@ class EventReader:
         `first`: the event with seq `after + 1` when the caller holds it already (the POST's
         `run.queued`, to the stream the same process opens right after it): it is yielded before
         anything is read. The reads are those without it (the first still names it, so an empty
-        answer means what it always meant); it is not yielded twice."""
+        answer means what it always meant); it is not yielded twice.
+
+        `published`: with `first`, the caller's publish of it (and of whatever it sent along), still
+        in flight: awaited (never cancelled from here) after `first` is yielded and before anything
+        is read, so the reads find `first` in Redis and need no Postgres round trip."""
         last = after
         if first is not None and first.seq == after + 1:
             yield [first]
             last = first.seq
+        if published is not None:
+            await asyncio.shield(published)
         cursor = after
         while True:  # catch up from Redis while it has a full page, then from Postgres
             streamed = await self._hub.read_once(self._key, cursor)

@@ -2,7 +2,8 @@
 process a Postgres (or Redis) outage without touching the server the rest of the suite uses.
 `down()` closes the listener and every open connection (clients see resets, then refusals);
 `up()` listens on the same port again. `cut_before(marker, nth)` breaks a connection at an exact point of
-what the server sends, while the server goes on (a dropped connection, not an outage)."""
+what the server sends, while the server goes on (a dropped connection, not an outage). `delay_s` holds
+back every piece the server sends for that long (a slow link)."""
 
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ class TcpProxy:
         self._writers: set[asyncio.StreamWriter] = set()
         self.connections = 0
         self._cut: _Cut | None = None
+        self.delay_s = 0.0
 
     def __enter__(self) -> TcpProxy:
         self._thread.start()
@@ -77,6 +79,8 @@ class TcpProxy:
     async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, answers: bool = False) -> None:
         try:
             while data := await reader.read(65536):
+                if answers and self.delay_s > 0:
+                    await asyncio.sleep(self.delay_s)
                 if answers and (cut := self._cut) is not None:
                     data, now = cut.split(data)
                     if now:

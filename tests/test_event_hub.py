@@ -5,6 +5,7 @@ not per read); once Redis is back the hub reads it again."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -179,6 +180,55 @@ def test_a_reader_hands_over_the_events_at_hand_in_one_batch_gaps_filled_in_orde
     seen = asyncio.run(scenario())
     # From Redis up to the gap, the gap from Postgres, the rest from Redis; then the live ones.
     assert seen == [[2, 3], [4], [5, 6, 7], [8, 9, 10]]
+
+
+def test_a_reader_given_its_first_event_sends_it_then_waits_for_its_publish(setup: Setup):
+    """A streaming POST's reader: the event in hand (`first`) goes out at once; nothing is read
+    until the POST's publish (`published`) is done, so the read finds the events in Redis; a
+    client that leaves meanwhile does not cancel the publish."""
+    async def scenario() -> tuple[list[int], bool, list[int], bool]:
+        pool = await open_pool(setup.settings.database, name="test-hub")
+        try:
+            async with EventHub.from_settings(setup.settings, pool) as hub:
+                stored = await _emit(pool, setup, 3, publish=False)
+                gate = asyncio.Event()
+
+                async def publish() -> None:
+                    await gate.wait()
+                    await _publish(setup, stored)
+
+                published = asyncio.ensure_future(publish())
+                after = stored[0].seq - 1
+                reader = EventReader(hub, setup.org_id, setup.session_id)
+                follow = reader.follow_with_keepalives(after, first=stored[0], published=published)
+                head = [e.seq for e in await anext(follow) or []]
+                rest = asyncio.ensure_future(anext(follow))
+                await asyncio.sleep(0.3)
+                waited = not rest.done()
+                gate.set()
+                batch = await asyncio.wait_for(rest, 10)
+                await follow.aclose()
+
+                # A second stream whose client leaves while the publish is in flight.
+                gate.clear()
+                published = asyncio.ensure_future(publish())
+                left = reader.follow_with_keepalives(after, first=stored[0], published=published)
+                await anext(left)
+                pending = asyncio.ensure_future(anext(left))
+                await asyncio.sleep(0.05)
+                pending.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await pending
+                gate.set()
+                await asyncio.wait_for(published, 10)
+                return head, waited, [e.seq for e in batch or []], published.cancelled()
+        finally:
+            await pool.close()
+
+    head, waited, batch, cancelled = asyncio.run(scenario())
+    assert len(head) == 1 and waited, "the reader read before the publish was done"
+    assert batch == [head[0] + 1, head[0] + 2]
+    assert not cancelled
 
 
 def test_with_redis_down_followers_read_postgres_and_the_hub_recovers(setup: Setup, caplog: pytest.LogCaptureFixture):

@@ -51,13 +51,25 @@ def test_runs_survive_a_redis_outage(stack: StackUrls, rsa_keys: RsaKeys, tmp_pa
             assert client.get(f"/v1/runs/{deferred['id']}", headers=org.headers).json()["status"] == "queued"
             messages = client.get(f"/v1/sessions/{session['id']}/messages", headers=org.headers).json()["data"]
             assert [m["content"] for m in messages if m["role"] == "user"] == ["before", "during"]
+            # A create that asks for its stream gets it at once, run.queued first: it was stored
+            # whole, and the watchdog sends it as it sends the other (no AgentOS-Deferred, which
+            # would hold the stream back until the send was tried).
+            other = org.create_session(str(agent["id"]))
+            answered: dict[str, str] = {}
+            [queued] = read_events(client, f"/v1/sessions/{other['id']}/runs", org.headers, method="POST",
+                                   json={"input": "streamed"}, status=202, limit=1, response_headers=answered)
+            assert queued["type"] == "run.queued" and "agentos-deferred" not in answered
+            streamed_id = queued["run_id"]
+            assert client.get(f"/v1/runs/{streamed_id}", headers=org.headers).json()["status"] == "queued"
 
             redis.start()  # same port, empty: the stream and the queue are gone
             time.sleep(0.6)
             report = asyncio.run(sweep_once(settings))
-            assert deferred["id"] in report.resent
+            assert deferred["id"] in report.resent and streamed_id in report.resent
             final = client.get(f"/v1/runs/{deferred['id']}/wait?timeout=60", headers=org.headers).json()
             assert final["status"] == "succeeded", final
+            streamed = client.get(f"/v1/runs/{streamed_id}/wait?timeout=60", headers=org.headers).json()
+            assert streamed["status"] == "succeeded", streamed
             events = read_events(client, f"/v1/runs/{deferred['id']}/events", org.headers)
             types = [e["type"] for e in events]
             assert types[0] == "run.queued" and types[-1] == "run.succeeded"

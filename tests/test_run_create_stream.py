@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import orjson
@@ -19,6 +20,7 @@ from core.settings import Settings
 from core.telemetry import metrics
 from tests.helpers import Org, error_of, serving, wait
 from tests.sse import assert_complete, read_events, run_events
+from tests.tcp_proxy import TcpProxy
 
 pytestmark = [pytest.mark.usefixtures("worker"), pytest.mark.timeout(60)]
 
@@ -128,3 +130,24 @@ def test_a_client_that_leaves_a_streaming_post_frees_its_stream(settings: Settin
         assert _open_streams() == before, "the stream outlived its client"
     r = client.post(f"/v1/runs/{first['run_id']}/cancel", headers=org.headers)
     assert r.status_code in (200, 202), r.text
+
+
+def test_a_client_that_leaves_at_the_first_event_does_not_stop_its_run(settings: Settings, org: Org):
+    # The API's Redis answers 0.3 s late, so the run is still being sent to the workers when the
+    # client, having read `run.queued`, leaves: the send must go on without the stream.
+    redis_url = urlsplit(settings.redis.url)
+    assert redis_url.port is not None
+    agent = org.create_agent()
+    session = org.create_session(str(agent["id"]))
+    with TcpProxy(redis_url.port) as proxy:
+        slow = settings.model_copy(update={"redis": settings.redis.model_copy(
+            update={"url": redis_url._replace(netloc=f"127.0.0.1:{proxy.port}").geturl()})})
+        with serving(create_app(slow)) as served, httpx.Client(base_url=served.url, timeout=10) as http:
+            proxy.delay_s = 0.3
+            with http.stream("POST", f"/v1/sessions/{session['id']}/runs", json={"input": "hello"},
+                             headers=org.headers | {"Accept": "text/event-stream"}) as response:
+                assert response.status_code == 202
+                first = orjson.loads(next(line for line in response.iter_lines() if line.startswith("data:"))[5:])
+                assert first["type"] == "run.queued"
+            # Well before the watchdog would send a run whose message never came (30 s).
+            assert wait(org, first["run_id"], timeout=15)["status"] == "succeeded"

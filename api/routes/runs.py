@@ -23,6 +23,7 @@ from api.schemas.base import page_of
 from api.schemas.runs import Run
 from api.state import state_of
 from core import budgets
+from core.admission import RunTicket
 from core.errors import ApiError
 from core.ids import new_id
 from core.pagination import page
@@ -126,27 +127,43 @@ async def create_run(call: Call[RunCreate]) -> Response:
         await ticket.release()
         headers["Idempotent-Replayed"] = "true"
         return await _answer(call, run, headers)
-    state_of(call.request).fresh_runs.remember(principal.org_id, created.events[0])
+    shared = state_of(call.request)
+    shared.fresh_runs.remember(principal.org_id, created.events[0])
     m = metrics.get()
     m.runs_created.labels(run["agent_id"], *m.org(principal.org_id)).inc()
-    infra = call.infra
-    # The events, the ticket's bind and (once the sender is connected) the run's message to the
-    # workers share one Redis round trip; otherwise the run is sent from a thread alongside.
-    queue = infra.jobs.run_commands(run["id"], principal.org_id) if created.first_in_line else None
-    sending = send_run(infra, principal.org_id, run["id"]) if created.first_in_line and queue is None \
-        else asyncio.sleep(0)
+    sending = _send_created(call, created, ticket)
+    if wants_stream(call):
+        # The stream's first event, the run's `run.queued`, is in hand: it goes out now, while the
+        # run is published and sent to the workers (the stream reads nothing before that is done).
+        # So this answer has no AgentOS-Deferred: had the broker been away, the watchdog sends the
+        # run later, and the stream shows it starting then. A task of its own: a client that
+        # leaves at once does not stop the send.
+        published = shared.in_flight.start(sending, name=f"send {run['id']}")
+        response = await run_stream(call, run["id"], None, status=202, published=published)
+        response.headers.update(headers)
+        return response
+    headers.update(await sending)
+    return call.reply(_public(run), headers=headers)
+
+
+async def _send_created(call: Call[RunCreate], created: runs.Created, ticket: RunTicket) -> dict[str, str]:
+    """After the commit: publish the new run's events and bind its admission ticket, and, first
+    in its session's line, send it to the workers. The events, the bind and (once the sender is
+    connected) the run's message to the workers share one Redis round trip; otherwise the run is
+    sent from a thread alongside. The AgentOS-Deferred header when it could not be sent (stored
+    and queued: the watchdog sends it once the broker answers); never raises."""
+    infra, org_id, run_id = call.infra, call.principal.org_id, created.run["id"]
+    queue = infra.jobs.run_commands(run_id, org_id) if created.first_in_line else None
+    sending = send_run(infra, org_id, run_id) if created.first_in_line and queue is None else asyncio.sleep(0)
     not_queued, sent = await asyncio.gather(
-        announce_created(infra, principal.org_id, created.events, ticket, run["id"], queue),
-        sending, return_exceptions=True)
-    failure = not_queued or (sent if isinstance(sent, Exception) else None)
-    if failure is not None:  # stored and queued: the watchdog sends it once the broker answers
-        headers.update(deferred(f"run {run['id']}", failure))
-    return await _answer(call, run, headers)
+        announce_created(infra, org_id, created.events, ticket, run_id, queue), sending, return_exceptions=True)
+    failure = not_queued or (sent if isinstance(sent, BaseException) else None)
+    return deferred(f"run {run_id}", failure) if failure is not None else {}
 
 
 async def _answer(call: Call[RunCreate], run: runs.RunRow, headers: dict[str, str]) -> Response:
-    """The run (`202`, JSON), or, when the request's `Accept` asks for `text/event-stream`, the
-    run's event stream from its `run.queued` (`202` too): one request instead of a POST and a GET."""
+    """A replayed request's answer: the run (`202`, JSON), or, when the request's `Accept` asks
+    for `text/event-stream`, the run's event stream from its `run.queued` (`202` too)."""
     if not wants_stream(call):
         return call.reply(_public(run), headers=headers)
     response = await run_stream(call, run["id"], None, status=202)
