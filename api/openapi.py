@@ -141,7 +141,8 @@ def _responses(spec: EndpointSpec, path: str, schemas: Schemas) -> dict[str, Any
             if spec.streams_on_accept:
                 answer["content"]["text/event-stream"] = {"schema": schemas.ref(RunEvent, "serialization")}
                 answer["description"] += (". With `Accept: text/event-stream`, the run's events instead (SSE, as "
-                                          "`GET /v1/runs/{run_id}/events` without a cursor sends them).")
+                                          "`GET /v1/runs/{run_id}/events` without a cursor sends them), which start "
+                                          "before the run is sent to the workers, so without `AgentOS-Deferred`.")
         elif spec.download:
             answer["content"] = {"*/*": {"schema": {"type": "string", "format": "binary"}}}
         if success_headers:

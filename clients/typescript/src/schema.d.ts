@@ -14391,7 +14391,7 @@ export interface operations {
             };
         };
         responses: {
-            /** @description Start a run. With `Accept: text/event-stream`, the run's events instead (SSE, as `GET /v1/runs/{run_id}/events` without a cursor sends them). */
+            /** @description Start a run. With `Accept: text/event-stream`, the run's events instead (SSE, as `GET /v1/runs/{run_id}/events` without a cursor sends them), which start before the run is sent to the workers, so without `AgentOS-Deferred`. */
             202: {
                 headers: {
                     "AgentOS-Deferred": components["headers"]["AgentOS-Deferred"];
