@@ -10,7 +10,9 @@ tested is that it is never lost, not the attempts cap).
 
 C asyncio clients each create a session, POST a run in it (an `offline:default` agent with the
 `file_manager` skill and `confirm: "none"`; the input scripts write / list / write with short
-waits, so a run takes ~1 s and makes 3 tool calls) and follow its SSE stream live to the end.
+waits, so a run takes ~1 s and makes 3 tool calls) and follow its SSE stream live to the end:
+every other run with one request (the POST asks for its stream, `Accept: text/event-stream`),
+the others with the POST then `GET /v1/runs/{id}/events`.
 A killer task meanwhile, every 0.5-2.5 s (random), picks a worker whose prefork child holds the
 lease of a running run (`runs.lease_owner` = `host:pid:nonce`, read as the Postgres superuser),
 or else a random ready worker, SIGKILLs its whole process group and starts a fresh worker in
@@ -136,6 +138,7 @@ class RunResult:
     session_id: str
     tag: str
     status: str = "?"
+    one_request: bool = False  # created and followed by one POST answering with its stream
     live_error: str | None = None
     events: list[dict[str, Any]] = field(default_factory=list)  # the replayed run stream
     problems: list[str] = field(default_factory=list)
@@ -144,6 +147,7 @@ class RunResult:
 @dataclass
 class ChaosReport:
     runs: int = 0
+    one_request_runs: int = 0  # of them, created and followed by one POST answering with its stream
     kills: int = 0
     kills_of_executing: int = 0  # kills of a worker that held a running run's lease
     succeeded: int = 0
@@ -311,15 +315,19 @@ class Cluster:
 
 
 async def read_sse(client: httpx.AsyncClient, path: str, headers: dict[str, str], *,
-                   until_run_terminal: str | None = None,
-                   into: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+                   until_run_terminal: str | None = None, into: list[dict[str, Any]] | None = None,
+                   post: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     """Events of an SSE response until it ends (or, with `until_run_terminal`, until that run's
     terminal event). Checks that `id:`/`event:` agree with the data. `into`: append the events
-    there as they arrive (kept when the stream breaks)."""
+    there as they arrive (kept when the stream breaks). `post`: the body of a POST that answers
+    `202` with its stream (a run's create), instead of a GET."""
     found: list[dict[str, Any]] = [] if into is None else into
-    async with client.stream("GET", path, headers=headers) as resp:
-        if resp.status_code != 200:
-            raise RuntimeError(f"GET {path}: {resp.status_code} {(await resp.aread())!r}")
+    method, status = ("GET", 200) if post is None else ("POST", 202)
+    if post is not None:
+        headers = headers | {"Accept": "text/event-stream"}
+    async with client.stream(method, path, headers=headers, json=post) as resp:
+        if resp.status_code != status:
+            raise RuntimeError(f"{method} {path}: {resp.status_code} {(await resp.aread())!r}")
         fields: dict[str, str] = {}
         async for line in resp.aiter_lines():
             if line == "":
@@ -390,6 +398,10 @@ class Driver:
             r.raise_for_status()
             session_id = r.json()["id"]
             tag = "r" + secrets.token_hex(6)
+            one_request = len(self.results) % 2 == 0
+            if one_request:
+                await self.one_request(client, session_id, tag)
+                continue
             r = await client.post(f"/v1/sessions/{session_id}/runs", json={"input": script(tag)}, headers=h)
             if r.status_code != 202:
                 raise RuntimeError(f"POST run: {r.status_code} {r.text}")
@@ -401,6 +413,24 @@ class Driver:
                 result.problems += stream_problems(live, "live run stream")
             except Exception as exc:
                 result.live_error = f"{type(exc).__name__}: {exc}"
+
+    async def one_request(self, client: httpx.AsyncClient, session_id: str, tag: str) -> None:
+        """A run created and followed by one POST that answers with its stream (its first event,
+        `run.queued`, names the run)."""
+        live: list[dict[str, Any]] = []
+        error: str | None = None
+        try:
+            async with asyncio.timeout(120):
+                await read_sse(client, f"/v1/sessions/{session_id}/runs", self.cluster.headers, into=live,
+                               post={"input": script(tag)})
+        except Exception as exc:
+            error = f"{type(exc).__name__}: {exc}"
+        if not live:
+            raise RuntimeError(f"POST run with its stream: no event ({error})")
+        result = RunResult(live[0]["run_id"], session_id, tag, one_request=True, live_error=error)
+        self.results.append(result)
+        if error is None:
+            result.problems += stream_problems(live, "live run stream (one request)")
 
     async def check(self, client: httpx.AsyncClient, result: RunResult, deadline: float) -> None:
         h = self.cluster.headers
@@ -454,6 +484,7 @@ class Driver:
 
     def tally(self, report: ChaosReport) -> None:
         report.runs = len(self.results)
+        report.one_request_runs = sum(1 for r in self.results if r.one_request)
         report.kills = len(self.kills)
         report.kills_of_executing = sum(1 for k in self.kills if k.run_id)
         by_id = {r.run_id: r for r in self.results}
@@ -528,6 +559,7 @@ def print_report(report: ChaosReport, opts: ChaosOptions) -> None:
     table.add_column("expected", justify="right")
     rows = [
         ("runs", report.runs, f">= {opts.runs}"),
+        ("  created and followed by one request", report.one_request_runs, ""),
         ("kills (SIGKILL of a worker's process group)", report.kills, f">= {opts.kills}"),
         ("  of a worker executing a run", report.kills_of_executing, ""),
         ("succeeded", report.succeeded, "all"),
