@@ -1311,6 +1311,19 @@ def _exports_watchdog(conn: psycopg.Connection) -> None:
     conn.execute(_EXPORTS_WATCHDOG_SQL)
 
 
+# An export whose worker stopped mid-way (killed, out of memory) stays `running` until the broker
+# hands its message out again, an hour later: a worker building one beats (`heartbeat_at`), and the
+# watchdog sends again a running export whose beat stopped.
+_EXPORTS_HEARTBEAT_SQL = """
+ALTER TABLE org_exports ADD COLUMN heartbeat_at timestamptz;
+CREATE INDEX org_exports_running_idx ON org_exports ((coalesce(heartbeat_at, created_at))) WHERE status = 'running';
+"""
+
+
+def _exports_heartbeat(conn: psycopg.Connection) -> None:
+    conn.execute(_EXPORTS_HEARTBEAT_SQL)
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration("initial schema with row-level security", _initial),
     Migration("per-session event sequence and run queue order", _run_queue),
@@ -1346,6 +1359,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration("people: email verification tokens beside password reset tokens", _email_verification),
     Migration("an event batch can roll back its transaction when its session is gone", _session_gone),
     Migration("the watchdog sends again an export whose message was lost", _exports_watchdog),
+    Migration("an export's worker beats; the watchdog sends again one whose worker stopped", _exports_heartbeat),
 )
 
 

@@ -17,7 +17,9 @@ and tool calls are exported).
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import contextlib
 import hashlib
 import hmac
 import io
@@ -61,19 +63,30 @@ RETURNING id, status, progress, size_bytes, error, created_at, finished_at
 """
 GET_SQL = "SELECT id, status, progress, storage_key, size_bytes, error, created_at, finished_at FROM org_exports " \
           "WHERE id = %s"
-START_SQL = "UPDATE org_exports SET status = 'running', progress = %s WHERE id = %s AND status IN ('queued', " \
-            "'running') RETURNING id"
-PROGRESS_SQL = "UPDATE org_exports SET progress = %s WHERE id = %s"
+START_SQL = "UPDATE org_exports SET status = 'running', progress = %s, heartbeat_at = now() WHERE id = %s " \
+            "AND status IN ('queued', 'running') RETURNING id"
+PROGRESS_SQL = "UPDATE org_exports SET progress = %s, heartbeat_at = now() WHERE id = %s"
+BEAT_SQL = "UPDATE org_exports SET heartbeat_at = now() WHERE id = %s AND status = 'running'"
 DONE_SQL = "UPDATE org_exports SET status = 'succeeded', progress = %s, storage_key = %s, size_bytes = %s, " \
            "finished_at = now() WHERE id = %s"
 FAILED_SQL = "UPDATE org_exports SET status = 'failed', error = %s, finished_at = now() WHERE id = %s"
 ORG_SQL = "SELECT id, name, settings, limits, retention, created_at FROM orgs WHERE id = agentos_current_org()"
-# Exports of any org queued for longer than %(after)s, oldest first (a `watchdog_scan_tx` reads
-# across orgs). A worker's first step moves an export to `running`, so these were never started.
-STALE_QUEUED_SQL = """
-SELECT id, org_id, 0 AS attempts FROM org_exports
-WHERE status = 'queued' AND created_at < now() - %(after)s ORDER BY created_at LIMIT %(limit)s
+# Exports of any org that need sending again, oldest first (a `watchdog_scan_tx` reads across
+# orgs): queued for longer than %(after)s (a worker's first step moves an export to `running`, so
+# these were never started: their message was lost), or running without a beat for that long
+# (their worker stopped; a live one beats every third of it). `attempts` is the watchdog's memo
+# key: the last beat, so an export whose next worker stops too is sent again.
+STALE_SQL = """
+(SELECT id, org_id, 0 AS attempts, created_at FROM org_exports
+ WHERE status = 'queued' AND created_at < now() - %(after)s ORDER BY created_at LIMIT %(limit)s)
+UNION ALL
+(SELECT id, org_id, floor(extract(epoch FROM coalesce(heartbeat_at, created_at)))::bigint, created_at FROM org_exports
+ WHERE status = 'running' AND coalesce(heartbeat_at, created_at) < now() - %(after)s
+ ORDER BY coalesce(heartbeat_at, created_at) LIMIT %(limit)s)
+ORDER BY created_at LIMIT %(limit)s
 """
+# How often a worker building an export beats, at most (`build`'s `beat_s`).
+BEAT_S = 10.0
 
 
 def _default(value: Any) -> Any:
@@ -98,10 +111,11 @@ async def create(conn: AsyncConnection[DictRow], requested_by: str) -> dict[str,
     return dict(row)
 
 
-async def stale_queued(conn: AsyncConnection[DictRow], after: timedelta, limit: int) -> list[dict[str, Any]]:
-    """Exports of any org still queued after `after` (their message was lost): `{id, org_id,
-    attempts}`. Needs a `core.tenancy.watchdog_scan_tx` connection."""
-    return list(await (await conn.execute(STALE_QUEUED_SQL, {"after": after, "limit": limit})).fetchall())
+async def stale(conn: AsyncConnection[DictRow], after: timedelta, limit: int) -> list[dict[str, Any]]:
+    """Exports of any org to send again: still queued after `after` (their message was lost), or
+    running without a beat for `after` (their worker stopped): `{id, org_id, attempts}`. Needs a
+    `core.tenancy.watchdog_scan_tx` connection."""
+    return list(await (await conn.execute(STALE_SQL, {"after": after, "limit": limit})).fetchall())
 
 
 async def get(conn: AsyncConnection[DictRow], export_id: str) -> dict[str, Any] | None:
@@ -115,14 +129,18 @@ async def exported_columns(conn: AsyncConnection[DictRow], table: str) -> list[s
     return [r["name"] for r in rows if r["type"] != "bytea" and r["name"] not in SECRET_COLUMNS]
 
 
-async def build(pool: AsyncPool, storage: FileStorage, org_id: str, export_id: str) -> str:
+async def build(pool: AsyncPool, storage: FileStorage, org_id: str, export_id: str, *,
+                beat_s: float = BEAT_S) -> str:
     """Build the archive of one export and store it; its final status. Safe to repeat (a
-    redelivered task builds it again)."""
+    redelivered task, or one the watchdog sent again, builds it again). While it builds, the
+    export's `heartbeat_at` is renewed every `beat_s`: the watchdog sends again a running export
+    whose beat stopped (its worker died)."""
     async with tenant_tx(pool, org_id) as conn:
         if await (await conn.execute(START_SQL, (Jsonb({"tables_done": 0}), export_id))).fetchone() is None:
             return "not pending"
         tables = [t.name for t in await tenant_tables(conn)]
         org = await (await conn.execute(ORG_SQL)).fetchone()
+    beating = asyncio.create_task(_beat(pool, org_id, export_id, beat_s), name=f"export {export_id} beat")
     try:
         data, manifest = await _archive(pool, storage, org_id, export_id, tables, dict(org or {}))
         key = key_for(org_id, export_id)
@@ -132,9 +150,26 @@ async def build(pool: AsyncPool, storage: FileStorage, org_id: str, export_id: s
         async with tenant_tx(pool, org_id) as conn:
             await conn.execute(FAILED_SQL, (f"{type(exc).__name__}: {exc}"[:500], export_id))
         return "failed"
+    finally:
+        beating.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await beating
     async with tenant_tx(pool, org_id) as conn:
         await conn.execute(DONE_SQL, (Jsonb(manifest["progress"]), key, len(data), export_id))
     return "succeeded"
+
+
+async def _beat(pool: AsyncPool, org_id: str, export_id: str, every_s: float) -> None:
+    """Renew the export's `heartbeat_at` every `every_s` until cancelled; a failed beat is logged
+    and the next one tried (Postgres away for longer than the watchdog waits: the export is built
+    again, which is safe)."""
+    while True:
+        await asyncio.sleep(every_s)
+        try:
+            async with tenant_tx(pool, org_id) as conn:
+                await conn.execute(BEAT_SQL, (export_id,))
+        except Exception as exc:
+            log.warning("export %s: its beat was not stored: %s", export_id, exc)
 
 
 async def _archive(pool: AsyncPool, storage: FileStorage, org_id: str, export_id: str, tables: list[str],

@@ -122,7 +122,10 @@ def create_celery(settings: Settings) -> Celery:
         job = jobs.ExportJob(export_id=export_id, org_id=org_id)
 
         async def build(services: Services, org: str, export: str) -> str:
-            return await org_export.build(services.pool, services.storage, org, export)
+            # A beat every third of the watchdog's wait: it sends the export again only when
+            # three beats in a row are missing (the worker stopped).
+            return await org_export.build(services.pool, services.storage, org, export,
+                                          beat_s=min(org_export.BEAT_S, services.settings.worker.requeue_after_s / 3))
 
         status = str(task.call_infra(f"export {job.export_id}", build, job.org_id, job.export_id))
         log.info("export %s of org %s: %s", job.export_id, job.org_id, status)

@@ -21,8 +21,8 @@ broker was down when it was sent). One pass of the watchdog (`sweep`):
   wait was too long for a countdown) is sent again;
 - a knowledge-base document still `pending` that no attempt touched for `requeue_after_s` plus
   the longest ingestion backoff (`memory.ingest_retry_max_s`) is sent again (its message was lost);
-- an org export still `queued` after `requeue_after_s` (never started: its message was lost) is
-  sent again.
+- an org export still `queued` after `requeue_after_s` (never started: its message was lost), or
+  `running` without a beat for `requeue_after_s` (its worker stopped), is sent again.
 
 Sending twice is harmless: the claim in Postgres decides who executes. The scan is read-only
 and crosses orgs (`watchdog_scan_tx`); every change happens in the run's own `tenant_tx`,
@@ -109,7 +109,7 @@ class SweepReport:
     exhausted: list[str] = field(default_factory=list)  # failed ATTEMPTS_EXHAUSTED
     cancelled: list[str] = field(default_factory=list)
     documents_resent: list[str] = field(default_factory=list)  # knowledge documents left pending: sent again
-    exports_resent: list[str] = field(default_factory=list)  # org exports left queued: sent again
+    exports_resent: list[str] = field(default_factory=list)  # org exports left queued or left running: sent again
     webhooks_resent: list[str] = field(default_factory=list)  # webhook deliveries due a while: sent again
     skipped: int = 0  # changed between the scan and the action (claimed, finished, held again)
     errors: int = 0
@@ -216,7 +216,7 @@ async def sweep(infra: Infra, *, memo: SendMemo | None = None) -> SweepReport:
         # A document being retried is touched at each attempt: wait out the longest backoff too.
         stale_documents = await knowledge.stale_pending(conn, timedelta(
             seconds=settings.worker.requeue_after_s + settings.memory.ingest_retry_max_s), BATCH)
-        stale_exports = await org_export.stale_queued(conn, timedelta(seconds=settings.worker.requeue_after_s), BATCH)
+        stale_exports = await org_export.stale(conn, timedelta(seconds=settings.worker.requeue_after_s), BATCH)
     for run in lapsed:
         try:
             await _recover(infra, run, report, memo)
@@ -241,7 +241,7 @@ async def sweep(infra: Infra, *, memo: SendMemo | None = None) -> SweepReport:
         await infra.jobs.enqueue_export(export["id"], export["org_id"])
         return True
 
-    await _send_each(stale_exports, "attempts", send_export, report.exports_resent, report, memo, "queued export")
+    await _send_each(stale_exports, "attempts", send_export, report.exports_resent, report, memo, "export")
 
     async def send_delivery(delivery: dict[str, Any]) -> bool:
         await infra.jobs.enqueue_webhook(delivery["id"], delivery["org_id"])

@@ -9,7 +9,7 @@ import asyncio
 import io
 import json
 import zipfile
-from typing import Any
+from typing import Any, cast
 
 import psycopg
 import pytest
@@ -18,7 +18,7 @@ from starlette.testclient import TestClient
 
 from api.app import create_app
 from core import org_export
-from core.file_storage import open_storage
+from core.file_storage import FileStorage, open_storage
 from core.infra import Infra
 from core.settings import Settings
 from core.tenancy import tenant_tx
@@ -158,6 +158,62 @@ def test_an_export_asked_for_without_a_broker_is_kept_and_the_watchdog_sends_it(
     until(lambda: _export_status(org, lost) in ("succeeded", "failed"), 60)
     assert _export_status(org, lost) == "succeeded"
     assert _export_status(org, recent) == "queued"
+
+
+@pytest.mark.timeout(120)
+def test_an_export_whose_worker_stopped_is_sent_again_and_finishes(
+        org: Org, settings: Settings, stack: Any, worker: object) -> None:
+    """A worker that dies building an export leaves it `running`, its beat stopped: the watchdog
+    sends it again once the beat is `requeue_after_s` old, and a worker builds it to the end. A
+    running export whose beat is fresh (its worker alive) is left alone."""
+    stopped, alive = org_export_row(settings, org.id), org_export_row(settings, org.id)
+    with psycopg.connect(stack.database_url) as conn:  # as a worker's first step leaves them
+        conn.execute("UPDATE org_exports SET status = 'running', heartbeat_at = now() - interval '1 hour' "
+                     "WHERE id = %s", (stopped,))
+        conn.execute("UPDATE org_exports SET status = 'running', heartbeat_at = now() WHERE id = %s", (alive,))
+
+    report = asyncio.run(sweep_once(settings))
+    assert stopped in report.exports_resent and alive not in report.exports_resent
+    until(lambda: _export_status(org, stopped) in ("succeeded", "failed"), 60)
+    assert _export_status(org, stopped) == "succeeded"
+    assert _export_status(org, alive) == "running"
+
+
+def test_a_worker_building_an_export_beats(org: Org, settings: Settings, stack: Any) -> None:
+    """While an export is built its `heartbeat_at` is renewed every `beat_s`: here 0.05 s, read
+    five times while a slow file storage takes 0.5 s to store the archive (nothing else touches
+    the row then)."""
+    export_id = org_export_row(settings, org.id)
+
+    def beat() -> Any:
+        with psycopg.connect(stack.database_url) as conn:
+            row = conn.execute("SELECT heartbeat_at FROM org_exports WHERE id = %s", (export_id,)).fetchone()
+        return row[0] if row else None
+
+    beats: list[Any] = []
+
+    class SlowStorage:
+        def __init__(self) -> None:
+            self.inner = open_storage(settings.files)
+
+        async def get(self, key: str) -> bytes:
+            return await self.inner.get(key)
+
+        async def put(self, key: str, data: bytes) -> None:
+            for _ in range(5):
+                await asyncio.sleep(0.1)
+                beats.append(await asyncio.to_thread(beat))
+            await self.inner.put(key, data)
+
+    async def go() -> str:
+        infra = await Infra.open(settings, name="test-export", pool_min=0, pool_max=2)
+        try:
+            return await org_export.build(infra.pool, cast(FileStorage, SlowStorage()), org.id, export_id, beat_s=0.05)
+        finally:
+            await infra.close()
+
+    assert asyncio.run(go()) == "succeeded"
+    assert None not in beats and len(set(beats)) >= 3, beats  # (a beat may land late on a busy machine)
 
 
 def org_export_row(settings: Settings, org_id: str) -> str:
