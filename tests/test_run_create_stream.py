@@ -133,8 +133,10 @@ def test_a_client_that_leaves_a_streaming_post_frees_its_stream(settings: Settin
 
 
 def test_a_client_that_leaves_at_the_first_event_does_not_stop_its_run(settings: Settings, org: Org):
-    # The API's Redis answers 0.3 s late, so the run is still being sent to the workers when the
-    # client, having read `run.queued`, leaves: the send must go on without the stream.
+    # The API's Redis answers 0.3 s late, so the send's answer (and the admission ticket's bind
+    # that follows it) is still on its way when the client, having read `run.queued`, leaves; the
+    # run must run all the same. (Its commands reached Redis already: that leaving never cancels
+    # the send itself is pinned by tests/test_event_hub.py, on the reader.)
     redis_url = urlsplit(settings.redis.url)
     assert redis_url.port is not None
     agent = org.create_agent()
