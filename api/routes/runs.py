@@ -138,10 +138,7 @@ async def create_run(call: Call[RunCreate]) -> Response:
         # So this answer has no AgentOS-Deferred: had the broker been away, the watchdog sends the
         # run later, and the stream shows it starting then. A task of its own: a client that
         # leaves at once does not stop the send.
-        published = shared.in_flight.start(sending, name=f"send {run['id']}")
-        response = await run_stream(call, run["id"], None, status=202, published=published)
-        response.headers.update(headers)
-        return response
+        return await _streamed(call, run, headers, shared.in_flight.start(sending, name=f"send {run['id']}"))
     headers.update(await sending)
     return call.reply(_public(run), headers=headers)
 
@@ -166,7 +163,14 @@ async def _answer(call: Call[RunCreate], run: runs.RunRow, headers: dict[str, st
     for `text/event-stream`, the run's event stream from its `run.queued` (`202` too)."""
     if not wants_stream(call):
         return call.reply(_public(run), headers=headers)
-    response = await run_stream(call, run["id"], None, status=202)
+    return await _streamed(call, run, headers)
+
+
+async def _streamed(call: Call[RunCreate], run: runs.RunRow, headers: dict[str, str],
+                    published: asyncio.Future[Any] | None = None) -> Response:
+    """The run's event stream from its `run.queued` (`202`), with the JSON answer's `headers`;
+    `published`: the send of a run just made, still in flight."""
+    response = await run_stream(call, run["id"], None, status=202, published=published)
     response.headers.update(headers)
     return response
 
